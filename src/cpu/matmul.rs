@@ -1,0 +1,47 @@
+//! Batched matmul through `matrixmultiply::sgemm` (f32, threaded by the crate).
+
+use super::alloc;
+use crate::error::Result;
+use crate::matmul_plan::MatmulPlan;
+
+pub(crate) fn matmul(a: &[f32], b: &[f32], plan: &MatmulPlan) -> Result<Vec<f32>> {
+    let (m, k, n) = (plan.m, plan.k, plan.n);
+    let mut out = alloc("matmul", plan.out_numel())?;
+    if m == 0 || n == 0 || k == 0 {
+        return Ok(out); // an empty sum is 0
+    }
+    let (ars, acs) = plan.a_strides;
+    let (brs, bcs) = plan.b_strides;
+    for (c, &(oa, ob)) in out.chunks_mut(m * n).zip(&plan.offsets) {
+        // Bounds: the plan was built from the operands' shapes, so every index that sgemm reads,
+        // oa + i*ars + p*acs for i < m, p < k, lies inside `a` (and likewise for `b`); we check
+        // the extreme corner once instead of trusting it.
+        let a_last = oa + (m - 1) * ars + (k - 1) * acs;
+        let b_last = ob + (k - 1) * brs + (n - 1) * bcs;
+        assert!(
+            a_last < a.len() && b_last < b.len(),
+            "matmul plan out of bounds"
+        );
+        // SAFETY: pointers are valid for the strided m x k, k x n and m x n matrices (checked
+        // above for a and b; c is a dense chunk of m*n), and c does not alias a or b.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr().add(oa),
+                ars as isize,
+                acs as isize,
+                b.as_ptr().add(ob),
+                brs as isize,
+                bcs as isize,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+    }
+    Ok(out)
+}

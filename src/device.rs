@@ -1,0 +1,352 @@
+//! Devices and the selection policy.
+
+use crate::error::{Error, Result};
+use crate::gpu::context::GpuContext;
+use crate::gpu::{self, PoolStats};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What kind of device runs the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceKind {
+    /// kiln's CPU backend (no wgpu involved).
+    Cpu,
+    /// A hardware GPU through wgpu.
+    Gpu,
+    /// A software rasterizer through wgpu (lavapipe, llvmpipe, WARP, SwiftShader).
+    SoftwareGpu,
+}
+
+/// Limits of a device that bound what kiln can run on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceLimits {
+    /// Largest buffer, in bytes.
+    pub max_buffer_size: u64,
+    /// Largest storage-buffer binding, in bytes (bounds the size of one tensor).
+    pub max_storage_buffer_binding_size: u64,
+    /// Workgroups per dispatch dimension.
+    pub max_compute_workgroups_per_dimension: u32,
+    /// Invocations in one workgroup.
+    pub max_compute_invocations_per_workgroup: u32,
+    /// Bytes of workgroup memory.
+    pub max_compute_workgroup_storage_size: u32,
+}
+
+/// A description of a device (or of an adapter that could become one) and why it was chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceInfo {
+    /// Adapter name, or "cpu".
+    pub name: String,
+    /// CPU, hardware GPU or software GPU.
+    pub kind: DeviceKind,
+    /// Graphics API: "cpu", "vulkan", "metal", "dx12", "gl".
+    pub backend: String,
+    /// Adapter type as wgpu reports it (discrete, integrated, ...), or "cpu".
+    pub device_type: String,
+    /// Driver name and version information.
+    pub driver: String,
+    /// Key limits; `None` for the CPU backend, whose limit is host memory.
+    pub limits: Option<DeviceLimits>,
+    /// Optional features granted (for an open device) or offered (for a listed adapter):
+    /// "shader-f16", "subgroup", "timestamp-query".
+    pub features: Vec<String>,
+    /// Why this device was chosen (empty for a listed adapter).
+    pub reason: String,
+}
+
+enum Backend {
+    Cpu,
+    Gpu(Arc<GpuContext>),
+}
+
+struct Inner {
+    id: u64,
+    info: DeviceInfo,
+    backend: Backend,
+}
+
+/// Where tensors live and ops run: the CPU backend or one wgpu device. Cheap to clone; clones
+/// are the same device.
+#[derive(Clone)]
+pub struct Device {
+    inner: Arc<Inner>,
+}
+
+/// Id 0 is the CPU backend: every `Device::cpu()` is the same device.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn cpu_info(reason: String) -> DeviceInfo {
+    DeviceInfo {
+        name: "cpu".into(),
+        kind: DeviceKind::Cpu,
+        backend: "cpu".into(),
+        device_type: "cpu".into(),
+        driver: format!("kiln {} (matrixmultiply, rayon)", env!("CARGO_PKG_VERSION")),
+        limits: None,
+        features: vec![],
+        reason,
+    }
+}
+
+fn adapter_info(
+    adapter: &wgpu::Adapter,
+    features: wgpu::Features,
+    limits: &wgpu::Limits,
+    reason: String,
+) -> DeviceInfo {
+    let info = adapter.get_info();
+    DeviceInfo {
+        kind: if gpu::is_software(&info) {
+            DeviceKind::SoftwareGpu
+        } else {
+            DeviceKind::Gpu
+        },
+        name: info.name.clone(),
+        backend: info.backend.to_str().to_string(),
+        device_type: gpu::type_name(info.device_type).into(),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
+        limits: Some(DeviceLimits {
+            max_buffer_size: limits.max_buffer_size,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+            max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+        }),
+        features: gpu::feature_names(features),
+        reason,
+    }
+}
+
+/// Adapters allowed by `KILN_ADAPTER` (a case-insensitive name substring), best first.
+fn candidates() -> (Vec<wgpu::Adapter>, String) {
+    let all = gpu::ranked_adapters();
+    let names: Vec<String> = all
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!("{} ({:?})", i.name, i.backend)
+        })
+        .collect();
+    let seen = if names.is_empty() {
+        "wgpu found no adapters".to_string()
+    } else {
+        format!("adapters: {}", names.join(", "))
+    };
+    match std::env::var("KILN_ADAPTER") {
+        Ok(filter) if !filter.is_empty() => {
+            let f = filter.to_lowercase();
+            let kept = all
+                .into_iter()
+                .filter(|a| a.get_info().name.to_lowercase().contains(&f))
+                .collect();
+            (kept, format!("KILN_ADAPTER={filter}; {seen}"))
+        }
+        _ => (all, seen),
+    }
+}
+
+impl Device {
+    /// The CPU backend.
+    pub fn cpu() -> Device {
+        Self::cpu_because("requested with Device::cpu()".into())
+    }
+
+    fn cpu_because(reason: String) -> Device {
+        Device {
+            inner: Arc::new(Inner {
+                id: 0,
+                info: cpu_info(reason),
+                backend: Backend::Cpu,
+            }),
+        }
+    }
+
+    /// The best wgpu adapter of any kind, software ones included: hardware first (discrete,
+    /// integrated, virtual), native APIs before GL. `Error::NoAdapter` if there is none.
+    pub fn gpu() -> Result<Device> {
+        let (adapters, seen) = candidates();
+        Self::open_first(adapters, &seen, "the best adapter wgpu offers")
+    }
+
+    /// A software adapter only (lavapipe, llvmpipe, WARP): what CI runs on.
+    pub fn software() -> Result<Device> {
+        let (adapters, seen) = candidates();
+        let soft = adapters
+            .into_iter()
+            .filter(|a| gpu::is_software(&a.get_info()))
+            .collect();
+        Self::open_first(soft, &seen, "a software adapter was requested")
+    }
+
+    /// Every GPU device that can be opened (one per adapter allowed by `KILN_ADAPTER`), best
+    /// first. Used by the tests to run the op table everywhere.
+    pub fn all_gpus() -> Vec<Result<Device>> {
+        let (adapters, _) = candidates();
+        adapters
+            .iter()
+            .map(|a| Self::open(a, "enumerated by Device::all_gpus".into()))
+            .collect()
+    }
+
+    /// Descriptions of every adapter wgpu can see (features listed are those offered), best
+    /// first, without opening any.
+    pub fn adapters() -> Vec<DeviceInfo> {
+        gpu::ranked_adapters()
+            .iter()
+            .map(|a| adapter_info(a, a.features(), &a.limits(), String::new()))
+            .collect()
+    }
+
+    fn open_first(adapters: Vec<wgpu::Adapter>, seen: &str, why: &str) -> Result<Device> {
+        let mut errors = Vec::new();
+        for adapter in &adapters {
+            match Self::open(adapter, format!("{why}; {seen}")) {
+                Ok(d) => return Ok(d),
+                Err(e) => {
+                    log::warn!("{e}");
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        Err(Error::NoAdapter {
+            reason: if errors.is_empty() {
+                format!("none matches ({seen})")
+            } else {
+                errors.join("; ")
+            },
+        })
+    }
+
+    fn open(adapter: &wgpu::Adapter, reason: String) -> Result<Device> {
+        let ctx = GpuContext::new(adapter)?;
+        let info = adapter_info(adapter, ctx.features, &ctx.limits, reason);
+        log::info!("device: {} ({}): {}", info.name, info.backend, info.reason);
+        Ok(Device {
+            inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                info,
+                backend: Backend::Gpu(Arc::new(ctx)),
+            }),
+        })
+    }
+
+    /// The default choice. `KILN_DEVICE` wins if set (see [`Device::from_env`]). Otherwise the
+    /// best hardware adapter; with only a software adapter, or none, the CPU backend, which is
+    /// faster than a software rasterizer for this work. [`DeviceInfo::reason`] says why.
+    pub fn auto() -> Result<Device> {
+        match std::env::var("KILN_DEVICE") {
+            Ok(v) if !v.is_empty() && v != "auto" => Self::from_env(),
+            _ => Self::auto_policy(),
+        }
+    }
+
+    fn auto_policy() -> Result<Device> {
+        let (adapters, seen) = candidates();
+        let hardware: Vec<wgpu::Adapter> = adapters
+            .into_iter()
+            .filter(|a| !gpu::is_software(&a.get_info()))
+            .collect();
+        if hardware.is_empty() {
+            let d = Self::cpu_because(format!(
+                "auto: no hardware GPU, and the CPU backend is faster than a software rasterizer ({seen})"
+            ));
+            log::info!("device: cpu: {}", d.info().reason);
+            return Ok(d);
+        }
+        match Self::open_first(hardware, &seen, "auto: the best hardware adapter") {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                let d = Self::cpu_because(format!("auto: hardware GPUs failed to open ({e})"));
+                log::warn!("device: cpu: {}", d.info().reason);
+                Ok(d)
+            }
+        }
+    }
+
+    /// The device `KILN_DEVICE` names: `auto` (the default), `gpu`, `software` or `cpu`.
+    /// `KILN_ADAPTER` narrows the adapters to those whose name contains it.
+    pub fn from_env() -> Result<Device> {
+        let v = std::env::var("KILN_DEVICE").unwrap_or_default();
+        match v.to_lowercase().as_str() {
+            "" | "auto" => Self::auto_policy(),
+            "gpu" => Self::gpu(),
+            "software" => Self::software(),
+            "cpu" => Ok(Self::cpu_because("KILN_DEVICE=cpu".into())),
+            other => Err(Error::InvalidShape {
+                op: "Device::from_env",
+                reason: format!("KILN_DEVICE={other} is not one of auto, gpu, software, cpu"),
+            }),
+        }
+    }
+
+    /// What this device is and why it was chosen.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.inner.info
+    }
+
+    /// Whether this is the CPU backend.
+    pub fn is_cpu(&self) -> bool {
+        matches!(self.inner.backend, Backend::Cpu)
+    }
+
+    /// Whether two handles name the same device.
+    pub fn same(&self, other: &Device) -> bool {
+        self.inner.id == other.inner.id
+    }
+
+    /// Submit all recorded work and wait for it; returns any error the GPU reported.
+    pub fn synchronize(&self) -> Result<()> {
+        match &self.inner.backend {
+            Backend::Cpu => Ok(()),
+            Backend::Gpu(ctx) => ctx.synchronize(),
+        }
+    }
+
+    /// Buffer-pool counters (all zero for the CPU backend).
+    pub fn pool_stats(&self) -> PoolStats {
+        match &self.inner.backend {
+            Backend::Cpu => PoolStats::default(),
+            Backend::Gpu(ctx) => ctx.pool_stats(),
+        }
+    }
+
+    /// Number of compute pipelines compiled so far (0 for the CPU backend).
+    pub fn pipeline_count(&self) -> usize {
+        match &self.inner.backend {
+            Backend::Cpu => 0,
+            Backend::Gpu(ctx) => ctx.pipeline_count(),
+        }
+    }
+
+    pub(crate) fn gpu_context(&self) -> Option<&Arc<GpuContext>> {
+        match &self.inner.backend {
+            Backend::Cpu => None,
+            Backend::Gpu(ctx) => Some(ctx),
+        }
+    }
+}
+
+impl PartialEq for Device {
+    fn eq(&self, other: &Self) -> bool {
+        self.same(other)
+    }
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Device({} {})",
+            self.inner.info.backend, self.inner.info.name
+        )
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.inner.info.name, self.inner.info.backend)
+    }
+}

@@ -1,0 +1,65 @@
+//! The one error type of the crate.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in kiln. Variants name the operation and carry the shapes or sizes
+/// involved, so a message says what was asked for and why it was refused.
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum Error {
+    /// Two operands have shapes that the operation cannot combine.
+    #[error("{op}: shape mismatch between {lhs:?} and {rhs:?}")]
+    ShapeMismatch {
+        /// The operation that refused the shapes.
+        op: &'static str,
+        /// Shape of the left operand.
+        lhs: Vec<usize>,
+        /// Shape of the right operand.
+        rhs: Vec<usize>,
+    },
+    /// A shape (or a data length for a shape) that the operation cannot accept.
+    #[error("{op}: invalid shape: {reason}")]
+    InvalidShape {
+        /// The operation that refused the shape.
+        op: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Operands live on different devices.
+    #[error("{op}: operands are on different devices ({lhs} and {rhs})")]
+    DeviceMismatch {
+        /// The operation.
+        op: &'static str,
+        /// Name of the left operand's device.
+        lhs: String,
+        /// Name of the right operand's device.
+        rhs: String,
+    },
+    /// No GPU adapter satisfies the request.
+    #[error("no GPU adapter: {reason}")]
+    NoAdapter {
+        /// Why none was found (what was looked for, what exists).
+        reason: String,
+    },
+    /// A buffer larger than the device allows.
+    #[error("{op}: {requested} bytes requested, the device allows at most {limit}")]
+    TooLarge {
+        /// The operation.
+        op: &'static str,
+        /// Bytes requested.
+        requested: u64,
+        /// The device's limit in bytes.
+        limit: u64,
+    },
+    /// The device (or the host, for the CPU backend) could not allocate memory.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    /// The GPU device was lost (driver reset, removal); the `Device` cannot be used again.
+    #[error("GPU device lost: {0}")]
+    DeviceLost(String),
+    /// Any other error reported by wgpu (validation, internal), with its message.
+    #[error("GPU error: {0}")]
+    Gpu(String),
+}
+
+/// `Result` with kiln's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

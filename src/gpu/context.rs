@@ -1,0 +1,319 @@
+//! The wgpu device behind a kiln `Device`: adapter, device, queue, limits, features, the buffer
+//! pool, the pipeline cache, the open batch, and the capture of wgpu's errors.
+
+use super::adapters::{self, OPTIONAL_FEATURES};
+use super::pipelines::{KernelSpec, PipelineCache};
+use super::pool::{BufferPool, PoolStats, PooledBuffer};
+use super::recorder::{MAX_BATCH, Recorder};
+use crate::error::{Error, Result};
+use std::sync::{Arc, Mutex, MutexGuard};
+use wgpu::util::DeviceExt;
+
+pub(crate) struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) limits: wgpu::Limits,
+    pub(crate) features: wgpu::Features,
+    pool: BufferPool,
+    pipelines: PipelineCache,
+    recorder: Mutex<Recorder>,
+    /// The first error wgpu reported outside an error scope, returned by the next fallible call.
+    error: Arc<Mutex<Option<Error>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl GpuContext {
+    /// Open a device on `adapter` with the adapter's own limits and the optional features it has.
+    pub(crate) fn new(adapter: &wgpu::Adapter) -> Result<Self> {
+        let info = adapter.get_info();
+        let wanted = OPTIONAL_FEATURES
+            .iter()
+            .fold(wgpu::Features::empty(), |acc, (f, _)| acc | *f);
+        let features = adapter.features() & wanted;
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("kiln"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::NoAdapter {
+            reason: format!("{} ({:?}) refused a device: {e}", info.name, info.backend),
+        })?;
+
+        // wgpu's default handler panics; record the error instead so that a call returns it.
+        let error: Arc<Mutex<Option<Error>>> = Arc::default();
+        let slot = error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            log::error!("wgpu: {e}");
+            let err = match e {
+                wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory(e.to_string()),
+                other => Error::Gpu(other.to_string()),
+            };
+            lock(&slot).get_or_insert(err);
+        }));
+        let slot = error.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                log::error!("wgpu device lost: {reason:?} {message}");
+                *lock(&slot) = Some(Error::DeviceLost(format!("{reason:?}: {message}")));
+            }
+        });
+        log::info!(
+            "opened {} ({:?}, {}), features {:?}",
+            info.name,
+            info.backend,
+            adapters::type_name(info.device_type),
+            adapters::feature_names(features)
+        );
+        Ok(GpuContext {
+            pool: BufferPool::new(device.clone()),
+            device,
+            queue,
+            limits,
+            features,
+            pipelines: PipelineCache::default(),
+            recorder: Mutex::new(Recorder::default()),
+            error,
+        })
+    }
+
+    /// Return (and clear) the error wgpu reported since the last check. A lost device stays lost.
+    pub(crate) fn check(&self) -> Result<()> {
+        let mut slot = lock(&self.error);
+        match slot.take() {
+            None => Ok(()),
+            Some(Error::DeviceLost(m)) => {
+                *slot = Some(Error::DeviceLost(m.clone()));
+                Err(Error::DeviceLost(m))
+            }
+            Some(e) => Err(e),
+        }
+    }
+
+    /// The largest buffer, in bytes, that one tensor may occupy on this device.
+    pub(crate) fn max_tensor_bytes(&self) -> u64 {
+        self.limits
+            .max_buffer_size
+            .min(self.limits.max_storage_buffer_binding_size)
+    }
+
+    /// A storage buffer for `numel` f32 values, checked against the device's limits.
+    pub(crate) fn alloc(&self, op: &'static str, numel: usize) -> Result<PooledBuffer> {
+        self.check()?;
+        let requested = (numel as u64).saturating_mul(4);
+        let limit = self.max_tensor_bytes();
+        if requested > limit || numel > u32::MAX as usize {
+            return Err(Error::TooLarge {
+                op,
+                requested,
+                limit,
+            });
+        }
+        {
+            let rec = lock(&self.recorder);
+            if rec.is_empty() {
+                self.pool.recycle_deferred();
+            }
+        }
+        Ok(self.pool.storage(requested, limit))
+    }
+
+    /// Upload `data` into a fresh buffer.
+    pub(crate) fn upload(&self, op: &'static str, data: &[f32]) -> Result<PooledBuffer> {
+        let buf = self.alloc(op, data.len())?;
+        self.queue
+            .write_buffer(&buf.buffer, 0, bytemuck::cast_slice(data));
+        Ok(buf)
+    }
+
+    /// Record one dispatch of `spec` with `buffers` bound at 0, 1, ... in order and `params` (a
+    /// `#[repr(C)]` struct's bytes) as a uniform at the next binding.
+    pub(crate) fn dispatch(
+        &self,
+        spec: &KernelSpec,
+        buffers: &[&wgpu::Buffer],
+        params: &[u8],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
+        let pipeline = self.pipelines.get(&self.device, spec)?;
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("kiln params"),
+                contents: params,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        entries.push(wgpu::BindGroupEntry {
+            binding: buffers.len() as u32,
+            resource: uniform.as_entire_binding(),
+        });
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(spec.entry),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let mut rec = lock(&self.recorder);
+        rec.dispatch(&self.device, &pipeline, &bind_group, workgroups);
+        if rec.len() >= MAX_BATCH {
+            self.submit(&mut rec);
+        }
+        Ok(())
+    }
+
+    /// A grid of `groups` workgroups laid out in x, folded into y past the per-dimension limit.
+    pub(crate) fn grid_1d(&self, op: &'static str, groups: u64) -> Result<[u32; 3]> {
+        let max = u64::from(self.limits.max_compute_workgroups_per_dimension);
+        let x = groups.clamp(1, max);
+        let y = groups.div_ceil(x);
+        if y > max {
+            return Err(Error::TooLarge {
+                op,
+                requested: groups,
+                limit: max * max,
+            });
+        }
+        Ok([x as u32, y as u32, 1])
+    }
+
+    fn submit(&self, rec: &mut Recorder) {
+        if let Some(cmd) = rec.finish() {
+            self.queue.submit([cmd]);
+        }
+        self.pool.recycle_deferred();
+    }
+
+    /// Submit the open batch.
+    pub(crate) fn flush(&self) -> Result<()> {
+        self.submit(&mut lock(&self.recorder));
+        self.check()
+    }
+
+    /// Submit the open batch and wait for the GPU to finish it.
+    pub(crate) fn synchronize(&self) -> Result<()> {
+        self.flush()?;
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.check()
+    }
+
+    /// Copy the first `numel` values of `src` to a staging buffer and submit, with everything
+    /// recorded before it; returns the staging buffer and a receiver that fires once it is mapped.
+    fn start_read(&self, src: &PooledBuffer, numel: usize) -> Result<(PooledBuffer, ReadSignal)> {
+        self.check()?;
+        let bytes = numel as u64 * 4;
+        let staging = self.pool.staging(bytes, self.limits.max_buffer_size);
+        {
+            let mut rec = lock(&self.recorder);
+            rec.encoder(&self.device).copy_buffer_to_buffer(
+                &src.buffer,
+                0,
+                &staging.buffer,
+                0,
+                bytes,
+            );
+            self.submit(&mut rec);
+        }
+        let (tx, rx) = futures::channel::oneshot::channel();
+        staging
+            .buffer
+            .slice(0..bytes)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        Ok((staging, rx))
+    }
+
+    fn finish_read(
+        &self,
+        staging: PooledBuffer,
+        numel: usize,
+        mapped: MapResult,
+    ) -> Result<Vec<f32>> {
+        match mapped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.check()?;
+                return Err(Error::Gpu(format!("mapping a readback buffer: {e}")));
+            }
+            Err(_) => {
+                self.check()?;
+                return Err(Error::Gpu("readback was cancelled".into()));
+            }
+        }
+        let bytes = numel as u64 * 4;
+        let out = {
+            let view = staging
+                .buffer
+                .slice(0..bytes)
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?;
+            let mut out = vec![0f32; numel];
+            bytemuck::cast_slice_mut(&mut out).copy_from_slice(&view);
+            out
+        };
+        staging.buffer.unmap();
+        self.check()?;
+        Ok(out)
+    }
+
+    /// Blocking readback of the first `numel` values of `src`.
+    pub(crate) fn read(&self, src: &PooledBuffer, numel: usize) -> Result<Vec<f32>> {
+        let (staging, mut rx) = self.start_read(src, numel)?;
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        let mapped = match rx.try_recv() {
+            Ok(Some(r)) => Ok(r),
+            _ => Err(futures::channel::oneshot::Canceled),
+        };
+        self.finish_read(staging, numel, mapped)
+    }
+
+    /// Readback as a future. A helper thread drives `Device::poll` so the caller's executor is
+    /// never blocked.
+    pub(crate) async fn read_async(
+        self: Arc<Self>,
+        src: &PooledBuffer,
+        numel: usize,
+    ) -> Result<Vec<f32>> {
+        let (staging, rx) = self.start_read(src, numel)?;
+        let device = self.device.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = device.poll(wgpu::PollType::wait_indefinitely()) {
+                log::error!("waiting for the GPU: {e}");
+            }
+        });
+        let mapped = rx.await;
+        self.finish_read(staging, numel, mapped)
+    }
+
+    pub(crate) fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    pub(crate) fn pipeline_count(&self) -> usize {
+        self.pipelines.len()
+    }
+}
+
+type MapResult = std::result::Result<
+    std::result::Result<(), wgpu::BufferAsyncError>,
+    futures::channel::oneshot::Canceled,
+>;
+type ReadSignal =
+    futures::channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;

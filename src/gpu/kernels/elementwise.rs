@@ -1,0 +1,152 @@
+//! `shaders/unary.wgsl` (unary ops and fill) and `shaders/binary.wgsl` (broadcast binary ops).
+
+use crate::error::{Error, Result};
+use crate::gpu::context::GpuContext;
+use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pool::PooledBuffer;
+use crate::op::{BinaryOp, UnaryOp};
+use crate::shape::BroadcastLayout;
+use bytemuck::{Pod, Zeroable};
+
+/// Invocations per workgroup for the elementwise kernels.
+const WG: u32 = 256;
+/// Largest coalesced rank `binary.wgsl` accepts.
+pub(crate) const MAX_BINARY_RANK: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct UnaryParams {
+    pub n: u32,
+    pub alpha: f32,
+    pub _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct BinaryParams {
+    pub n: u32,
+    pub rank: u32,
+    pub _pad: [u32; 2],
+    pub dims: [u32; MAX_BINARY_RANK],
+    pub lhs_strides: [u32; MAX_BINARY_RANK],
+    pub rhs_strides: [u32; MAX_BINARY_RANK],
+}
+
+fn unary_spec(op: UnaryOp) -> KernelSpec {
+    KernelSpec {
+        shader: "unary.wgsl",
+        entry: "main",
+        constants: vec![("OP", f64::from(op.shader_id())), ("WG", f64::from(WG))],
+    }
+}
+
+fn fill_spec() -> KernelSpec {
+    KernelSpec {
+        shader: "unary.wgsl",
+        entry: "fill",
+        constants: vec![("WG", f64::from(WG))],
+    }
+}
+
+fn binary_spec(op: BinaryOp) -> KernelSpec {
+    KernelSpec {
+        shader: "binary.wgsl",
+        entry: "main",
+        constants: vec![("OP", f64::from(op.shader_id())), ("WG", f64::from(WG))],
+    }
+}
+
+pub(crate) fn specs() -> Vec<KernelSpec> {
+    let mut specs: Vec<KernelSpec> = UnaryOp::ALL.iter().map(|&op| unary_spec(op)).collect();
+    specs.push(fill_spec());
+    specs.extend(BinaryOp::ALL.iter().map(|&op| binary_spec(op)));
+    specs
+}
+
+fn groups(n: usize) -> u64 {
+    (n as u64).div_ceil(u64::from(WG))
+}
+
+/// `y = op(x)` over `n > 0` elements.
+pub(crate) fn unary(
+    ctx: &GpuContext,
+    x: &PooledBuffer,
+    n: usize,
+    op: UnaryOp,
+) -> Result<PooledBuffer> {
+    let out = ctx.alloc(op.name(), n)?;
+    let params = UnaryParams {
+        n: n as u32,
+        alpha: op.param(),
+        _pad: [0; 2],
+    };
+    let grid = ctx.grid_1d(op.name(), groups(n))?;
+    ctx.dispatch(
+        &unary_spec(op),
+        &[&x.buffer, &out.buffer],
+        bytemuck::bytes_of(&params),
+        grid,
+    )?;
+    Ok(out)
+}
+
+/// A buffer of `n > 0` copies of `value`.
+pub(crate) fn fill(ctx: &GpuContext, n: usize, value: f32) -> Result<PooledBuffer> {
+    let out = ctx.alloc("fill", n)?;
+    let params = UnaryParams {
+        n: n as u32,
+        alpha: value,
+        _pad: [0; 2],
+    };
+    let grid = ctx.grid_1d("fill", groups(n))?;
+    ctx.dispatch(
+        &fill_spec(),
+        &[&out.buffer],
+        bytemuck::bytes_of(&params),
+        grid,
+    )?;
+    Ok(out)
+}
+
+/// `c = op(a, b)` over the `n > 0` elements of a broadcast described by `layout`.
+pub(crate) fn binary(
+    ctx: &GpuContext,
+    a: &PooledBuffer,
+    b: &PooledBuffer,
+    layout: &BroadcastLayout,
+    n: usize,
+    op: BinaryOp,
+) -> Result<PooledBuffer> {
+    let rank = layout.dims.len();
+    if rank > MAX_BINARY_RANK {
+        return Err(Error::InvalidShape {
+            op: op.name(),
+            reason: format!(
+                "the broadcast needs {rank} dimensions after merging contiguous ones; the GPU kernel handles {MAX_BINARY_RANK}"
+            ),
+        });
+    }
+    let out = ctx.alloc(op.name(), n)?;
+    let mut params = BinaryParams {
+        n: n as u32,
+        rank: rank as u32,
+        _pad: [0; 2],
+        dims: [1; MAX_BINARY_RANK],
+        lhs_strides: [0; MAX_BINARY_RANK],
+        rhs_strides: [0; MAX_BINARY_RANK],
+    };
+    for d in 0..rank {
+        // Every extent and stride is below the element count, which alloc bounded by u32::MAX.
+        params.dims[d] = layout.dims[d] as u32;
+        params.lhs_strides[d] = layout.lhs[d] as u32;
+        params.rhs_strides[d] = layout.rhs[d] as u32;
+    }
+    let grid = ctx.grid_1d(op.name(), groups(n))?;
+    ctx.dispatch(
+        &binary_spec(op),
+        &[&a.buffer, &b.buffer, &out.buffer],
+        bytemuck::bytes_of(&params),
+        grid,
+    )?;
+    Ok(out)
+}

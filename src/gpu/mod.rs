@@ -1,0 +1,14 @@
+//! The wgpu backend. Most of it is internal; what is public here serves tests and tools that
+//! need to see which shaders and specializations exist.
+
+mod adapters;
+pub(crate) mod context;
+pub(crate) mod kernels;
+mod pipelines;
+pub(crate) mod pool;
+mod recorder;
+
+pub(crate) use adapters::{feature_names, is_software, ranked_adapters, type_name};
+pub use kernels::{all_specs, param_structs};
+pub use pipelines::{KernelSpec, SHADERS};
+pub use pool::PoolStats;

@@ -1,0 +1,71 @@
+//! Batched recording: dispatches go into one open compute pass of one command encoder and are
+//! submitted together at a readback, at `synchronize`, or when the batch passes `MAX_BATCH`.
+
+/// Dispatches per submission before the batch is flushed on its own. Submitting costs tens of
+/// microseconds on lavapipe; recording a dispatch costs about one; a bound keeps the GPU busy
+/// while the host records the next batch.
+pub(crate) const MAX_BATCH: usize = 64;
+
+#[derive(Default)]
+pub(crate) struct Recorder {
+    encoder: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
+    dispatches: usize,
+}
+
+impl Recorder {
+    /// Whether nothing has been recorded since the last submission.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.encoder.is_none()
+    }
+
+    /// Number of dispatches recorded in the open batch.
+    pub(crate) fn len(&self) -> usize {
+        self.dispatches
+    }
+
+    /// Record one dispatch in the open compute pass, opening one if needed.
+    pub(crate) fn dispatch(
+        &mut self,
+        device: &wgpu::Device,
+        pipeline: &wgpu::ComputePipeline,
+        bind_group: &wgpu::BindGroup,
+        workgroups: [u32; 3],
+    ) {
+        if self.pass.is_none() {
+            let encoder = self.encoder.get_or_insert_with(|| new_encoder(device));
+            let pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("kiln batch"),
+                    timestamp_writes: None,
+                })
+                .forget_lifetime();
+            self.pass = Some(pass);
+        }
+        if let Some(pass) = self.pass.as_mut() {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+            self.dispatches += 1;
+        }
+    }
+
+    /// The open encoder with its compute pass ended, for recording copies after the dispatches.
+    pub(crate) fn encoder(&mut self, device: &wgpu::Device) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
+        self.encoder.get_or_insert_with(|| new_encoder(device))
+    }
+
+    /// End the batch: the command buffer to submit, if anything was recorded.
+    pub(crate) fn finish(&mut self) -> Option<wgpu::CommandBuffer> {
+        self.pass = None;
+        self.dispatches = 0;
+        self.encoder.take().map(wgpu::CommandEncoder::finish)
+    }
+}
+
+fn new_encoder(device: &wgpu::Device) -> wgpu::CommandEncoder {
+    device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+        label: Some("kiln batch"),
+    })
+}

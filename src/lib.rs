@@ -1,0 +1,40 @@
+//! # kiln
+//!
+//! A GPU compute engine for Rust on WebGPU. Tensors live on a [`Device`]: a wgpu adapter (any
+//! GPU wgpu can drive, software rasterizers such as lavapipe included) or kiln's CPU backend,
+//! which runs the same API and gives the same answers when no adapter exists.
+//!
+//! ```
+//! use kiln::{Device, Tensor};
+//!
+//! # fn main() -> kiln::Result<()> {
+//! let dev = Device::cpu(); // or Device::auto()?, Device::from_env()?
+//! let a = Tensor::from_vec(&dev, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])?;
+//! let b = Tensor::ones(&dev, &[3, 2])?;
+//! let c = a.matmul(&b)?.relu()?;
+//! let d = c.add(&Tensor::full(&dev, &[2], 0.5)?)?; // numpy broadcasting
+//! assert_eq!(d.to_vec()?, vec![6.5, 6.5, 15.5, 15.5]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! On a GPU, ops are recorded into one compute pass and submitted in batches; readback
+//! (`to_vec`, `to_vec_async`) and [`Device::synchronize`] submit what is pending.
+
+#![warn(missing_docs)]
+
+mod cpu;
+mod device;
+mod error;
+pub mod gpu;
+mod matmul_plan;
+mod op;
+mod random;
+mod shape;
+mod tensor;
+
+pub use device::{Device, DeviceInfo, DeviceKind, DeviceLimits};
+pub use error::{Error, Result};
+pub use op::{BinaryOp, UnaryOp};
+pub use shape::Shape;
+pub use tensor::Tensor;

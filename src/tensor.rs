@@ -1,0 +1,349 @@
+//! `Tensor`: constructors, readback, and op methods. Each method validates its inputs and hands
+//! the work to the backend of the tensor's device.
+
+use crate::cpu;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::gpu::kernels::{elementwise, matmul};
+use crate::gpu::pool::PooledBuffer;
+use crate::matmul_plan::MatmulPlan;
+use crate::op::{BinaryOp, UnaryOp};
+use crate::random;
+use crate::shape::{BroadcastLayout, Shape};
+use std::fmt;
+use std::sync::Arc;
+
+/// Where a tensor's values are.
+#[derive(Clone)]
+enum Storage {
+    Cpu(Arc<Vec<f32>>),
+    /// `None` for a tensor with no elements: no buffer, and ops on it dispatch nothing.
+    Gpu(Option<Arc<PooledBuffer>>),
+}
+
+/// An immutable n-dimensional array of f32, row-major, on one [`Device`]. Cloning is cheap (the
+/// values are shared); every op makes a new tensor. On a GPU, ops are recorded and run in
+/// batches: `to_vec`, `to_vec_async` and [`Device::synchronize`] submit the work.
+#[derive(Clone)]
+pub struct Tensor {
+    storage: Storage,
+    shape: Shape,
+    device: Device,
+}
+
+impl Tensor {
+    // ---- constructors -------------------------------------------------------------------
+
+    /// A tensor holding `data` (row-major) with shape `shape`.
+    /// `Error::InvalidShape` if `data.len()` is not the shape's element count.
+    pub fn from_vec(device: &Device, data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+        let shape = Shape::new(shape)?;
+        if data.len() != shape.numel() {
+            return Err(Error::InvalidShape {
+                op: "from_vec",
+                reason: format!(
+                    "{} values cannot fill shape {shape} ({} elements)",
+                    data.len(),
+                    shape.numel()
+                ),
+            });
+        }
+        let storage = match device.gpu_context() {
+            None => Storage::Cpu(Arc::new(data)),
+            Some(_) if data.is_empty() => Storage::Gpu(None),
+            Some(ctx) => Storage::Gpu(Some(Arc::new(ctx.upload("from_vec", &data)?))),
+        };
+        Ok(Tensor {
+            storage,
+            shape,
+            device: device.clone(),
+        })
+    }
+
+    /// A tensor holding a copy of `data` with shape `shape`.
+    pub fn from_slice(device: &Device, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        let shape_ = Shape::new(shape)?;
+        if data.len() != shape_.numel() {
+            return Err(Error::InvalidShape {
+                op: "from_slice",
+                reason: format!(
+                    "{} values cannot fill shape {shape_} ({} elements)",
+                    data.len(),
+                    shape_.numel()
+                ),
+            });
+        }
+        match device.gpu_context() {
+            // Upload straight from the slice: no intermediate Vec.
+            Some(ctx) if !data.is_empty() => Ok(Tensor {
+                storage: Storage::Gpu(Some(Arc::new(ctx.upload("from_slice", data)?))),
+                shape: shape_,
+                device: device.clone(),
+            }),
+            _ => Self::from_vec(device, data.to_vec(), shape),
+        }
+    }
+
+    /// A tensor of `shape` filled with `value` (on a GPU, by a fill kernel: nothing is uploaded).
+    pub fn full(device: &Device, shape: &[usize], value: f32) -> Result<Tensor> {
+        let shape = Shape::new(shape)?;
+        let n = shape.numel();
+        let storage = match device.gpu_context() {
+            None => Storage::Cpu(Arc::new(cpu::fill(n, value)?)),
+            Some(_) if n == 0 => Storage::Gpu(None),
+            Some(ctx) => Storage::Gpu(Some(Arc::new(elementwise::fill(ctx, n, value)?))),
+        };
+        Ok(Tensor {
+            storage,
+            shape,
+            device: device.clone(),
+        })
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(device: &Device, shape: &[usize]) -> Result<Tensor> {
+        Self::full(device, shape, 0.0)
+    }
+
+    /// A tensor of ones.
+    pub fn ones(device: &Device, shape: &[usize]) -> Result<Tensor> {
+        Self::full(device, shape, 1.0)
+    }
+
+    /// Values uniform in [0, 1), the same for a given seed on every device.
+    pub fn rand(device: &Device, shape: &[usize], seed: u64) -> Result<Tensor> {
+        let n = Shape::new(shape)?.numel();
+        cpu::alloc("rand", n)?; // refuse impossible sizes before generating
+        Self::from_vec(device, random::uniform(seed, n), shape)
+    }
+
+    /// Values from the standard normal distribution, the same for a given seed on every device.
+    pub fn randn(device: &Device, shape: &[usize], seed: u64) -> Result<Tensor> {
+        let n = Shape::new(shape)?.numel();
+        cpu::alloc("randn", n)?;
+        Self::from_vec(device, random::normal(seed, n), shape)
+    }
+
+    // ---- properties ---------------------------------------------------------------------
+
+    /// The dimensions.
+    pub fn shape(&self) -> &[usize] {
+        self.shape.dims()
+    }
+
+    /// Number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.shape.rank()
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.numel()
+    }
+
+    /// The device holding the values.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    // ---- layout -------------------------------------------------------------------------
+
+    /// The same values with another shape of the same element count; no copy is made.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let new = Shape::new(shape)?;
+        if new.numel() != self.numel() {
+            return Err(Error::InvalidShape {
+                op: "reshape",
+                reason: format!(
+                    "cannot view {} ({} elements) as {new} ({} elements)",
+                    self.shape,
+                    self.numel(),
+                    new.numel()
+                ),
+            });
+        }
+        Ok(Tensor {
+            storage: self.storage.clone(),
+            shape: new,
+            device: self.device.clone(),
+        })
+    }
+
+    // ---- readback and transfer ----------------------------------------------------------
+
+    /// The values, row-major. On a GPU this submits the recorded work and waits for it.
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        match &self.storage {
+            Storage::Cpu(v) => Ok(v.as_ref().clone()),
+            Storage::Gpu(None) => Ok(Vec::new()),
+            Storage::Gpu(Some(buf)) => self.ctx()?.read(buf, self.numel()),
+        }
+    }
+
+    /// [`Tensor::to_vec`] as a future: the caller's executor is not blocked while the GPU works.
+    pub async fn to_vec_async(&self) -> Result<Vec<f32>> {
+        match &self.storage {
+            Storage::Cpu(v) => Ok(v.as_ref().clone()),
+            Storage::Gpu(None) => Ok(Vec::new()),
+            Storage::Gpu(Some(buf)) => self.ctx()?.clone().read_async(buf, self.numel()).await,
+        }
+    }
+
+    /// A copy of this tensor on `device` (a clone if it is already there).
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        if self.device.same(device) {
+            return Ok(self.clone());
+        }
+        Self::from_vec(device, self.to_vec()?, self.shape())
+    }
+
+    // ---- ops ----------------------------------------------------------------------------
+
+    /// Apply an elementwise [`UnaryOp`].
+    pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        let storage = match &self.storage {
+            Storage::Cpu(v) => Storage::Cpu(Arc::new(cpu::unary(v, op)?)),
+            Storage::Gpu(None) => Storage::Gpu(None),
+            Storage::Gpu(Some(b)) => Storage::Gpu(Some(Arc::new(elementwise::unary(
+                self.ctx()?,
+                b,
+                self.numel(),
+                op,
+            )?))),
+        };
+        Ok(self.with(storage, self.shape.clone()))
+    }
+
+    /// `max(x, 0)`; NaN stays NaN.
+    pub fn relu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Relu)
+    }
+
+    /// `x` where `x >= 0`, else `alpha * x`.
+    pub fn leaky_relu(&self, alpha: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::LeakyRelu(alpha))
+    }
+
+    /// GELU with the exact (erf) normal CDF.
+    pub fn gelu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Gelu)
+    }
+
+    /// GELU, tanh approximation.
+    pub fn gelu_tanh(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::GeluTanh)
+    }
+
+    /// The logistic function.
+    pub fn sigmoid(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sigmoid)
+    }
+
+    /// Hyperbolic tangent.
+    pub fn tanh(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Tanh)
+    }
+
+    /// `x * sigmoid(x)`.
+    pub fn silu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Silu)
+    }
+
+    /// Apply an elementwise [`BinaryOp`] with numpy broadcasting.
+    pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        self.same_device(rhs, op.name())?;
+        let out = self.shape.broadcast(&rhs.shape, op.name())?;
+        let n = out.numel();
+        let layout = BroadcastLayout::new(&self.shape, &rhs.shape, &out);
+        let storage = match (&self.storage, &rhs.storage) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => {
+                Storage::Cpu(Arc::new(cpu::binary(a, b, &layout, n, op)?))
+            }
+            (Storage::Gpu(Some(a)), Storage::Gpu(Some(b))) if n > 0 => Storage::Gpu(Some(
+                Arc::new(elementwise::binary(self.ctx()?, a, b, &layout, n, op)?),
+            )),
+            // A broadcast with an empty operand has an empty result.
+            (Storage::Gpu(_), Storage::Gpu(_)) => Storage::Gpu(None),
+            _ => unreachable!("same_device checked the backends"),
+        };
+        Ok(self.with(storage, out))
+    }
+
+    /// `self + rhs`, broadcasting.
+    pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Add)
+    }
+
+    /// `self - rhs`, broadcasting.
+    pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Sub)
+    }
+
+    /// `self * rhs` elementwise, broadcasting.
+    pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Mul)
+    }
+
+    /// `self / rhs` elementwise, broadcasting.
+    pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Div)
+    }
+
+    /// Matrix product `[.., m, k] x [.., k, n] -> [.., m, n]`, batch dimensions broadcast
+    /// (numpy's `matmul` for operands of rank 2 or more). `k = 0` gives zeros.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.same_device(rhs, "matmul")?;
+        let plan = MatmulPlan::new(&self.shape, &rhs.shape)?;
+        let out_n = plan.out_numel();
+        let storage = match (&self.storage, &rhs.storage) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => Storage::Cpu(Arc::new(cpu::matmul(a, b, &plan)?)),
+            (Storage::Gpu(a), Storage::Gpu(b)) => {
+                let ctx = self.ctx()?;
+                match (a, b) {
+                    _ if out_n == 0 => Storage::Gpu(None),
+                    (Some(a), Some(b)) if plan.k > 0 => {
+                        Storage::Gpu(Some(Arc::new(matmul::matmul(ctx, a, b, &plan)?)))
+                    }
+                    // k = 0: the operands are empty and the product is all zeros.
+                    _ => Storage::Gpu(Some(Arc::new(elementwise::fill(ctx, out_n, 0.0)?))),
+                }
+            }
+            _ => unreachable!("same_device checked the backends"),
+        };
+        Ok(self.with(storage, plan.out_shape))
+    }
+
+    // ---- helpers ------------------------------------------------------------------------
+
+    fn with(&self, storage: Storage, shape: Shape) -> Tensor {
+        Tensor {
+            storage,
+            shape,
+            device: self.device.clone(),
+        }
+    }
+
+    fn ctx(&self) -> Result<&Arc<crate::gpu::context::GpuContext>> {
+        self.device
+            .gpu_context()
+            .ok_or_else(|| Error::Gpu("GPU storage on a CPU device".into()))
+    }
+
+    fn same_device(&self, other: &Tensor, op: &'static str) -> Result<()> {
+        if self.device.same(&other.device) {
+            Ok(())
+        } else {
+            Err(Error::DeviceMismatch {
+                op,
+                lhs: self.device.to_string(),
+                rhs: other.device.to_string(),
+            })
+        }
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor({} on {})", self.shape, self.device)
+    }
+}

@@ -1,0 +1,102 @@
+//! Every WGSL file parses and validates with naga, and every specialization the host uses
+//! (override constants applied) validates and compiles to SPIR-V. No adapter needed.
+
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+fn validator() -> Validator {
+    Validator::new(ValidationFlags::all(), Capabilities::all())
+}
+
+fn parse(name: &str, src: &str) -> naga::Module {
+    naga::front::wgsl::parse_str(src)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)))
+}
+
+#[test]
+fn every_shader_parses_and_validates() {
+    for (name, src) in kiln::gpu::SHADERS {
+        let module = parse(name, src);
+        validator()
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
+    }
+}
+
+#[test]
+fn every_specialization_validates_and_compiles() {
+    let specs = kiln::gpu::all_specs();
+    assert!(
+        specs.len() >= 12,
+        "expected every unary, binary and matmul spec, got {}",
+        specs.len()
+    );
+    for spec in specs {
+        let src = spec.source();
+        assert!(!src.is_empty(), "{} is not registered", spec.shader);
+        let module = parse(spec.shader, src);
+        let info = validator()
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}: {}", spec.shader, e.emit_to_string(src)));
+        let mut constants = naga::back::PipelineConstants::default();
+        for (name, value) in &spec.constants {
+            assert!(
+                module
+                    .overrides
+                    .iter()
+                    .any(|(_, o)| o.name.as_deref() == Some(*name)),
+                "{spec:?}: the shader has no override named {name}"
+            );
+            constants.insert((*name).to_string(), *value);
+        }
+        let (module, info) = naga::back::pipeline_constants::process_overrides(
+            &module,
+            &info,
+            Some((naga::ShaderStage::Compute, spec.entry)),
+            &constants,
+        )
+        .unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+        assert!(
+            module.entry_points.iter().any(|e| e.name == spec.entry),
+            "{spec:?}: no entry point {}",
+            spec.entry
+        );
+        let info = validator()
+            .validate(&module)
+            .map(|_| info)
+            .unwrap_or_else(|e| panic!("{spec:?} after overrides: {e:?}"));
+        naga::back::spv::write_vec(
+            &module,
+            &info,
+            &naga::back::spv::Options::default(),
+            Some(&naga::back::spv::PipelineOptions {
+                shader_stage: naga::ShaderStage::Compute,
+                entry_point: spec.entry.to_string(),
+            }),
+        )
+        .unwrap_or_else(|e| panic!("{spec:?} to SPIR-V: {e}"));
+    }
+}
+
+#[test]
+fn params_structs_match_the_rust_layout() {
+    for (shader, name, rust_size) in kiln::gpu::param_structs() {
+        let src = kiln::gpu::SHADERS
+            .iter()
+            .find(|(n, _)| *n == shader)
+            .unwrap()
+            .1;
+        let module = parse(shader, src);
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx()).unwrap();
+        let (handle, _) = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{shader}: no struct {name}"));
+        let wgsl_size = layouter[handle].size as usize;
+        assert_eq!(
+            wgsl_size, rust_size,
+            "{shader}::{name}: WGSL {wgsl_size} bytes, Rust {rust_size}"
+        );
+    }
+}
