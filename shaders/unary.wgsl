@@ -47,6 +47,12 @@ fn erf(v: f32) -> f32 {
     return select(r, -r, v < 0.0);
 }
 
+// NaN by bit pattern: some drivers compile with finite-math assumptions, under which `v != v`
+// and comparisons with NaN may be folded away.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
 fn apply(v: f32) -> f32 {
     switch OP {
         case 0u: { return select(v, 0.0, v < 0.0); }                 // relu (NaN passes through)
@@ -68,7 +74,9 @@ fn main(
 ) {
     let i = flat_index(wid, nwg, lid);
     if (i < p.n) {
-        y[i] = apply(x[i]);
+        let v = x[i];
+        // Every unary op maps NaN to NaN (the README's numerics contract).
+        y[i] = select(apply(v), v, is_nan(v));
     }
 }
 

@@ -103,8 +103,15 @@ impl GpuContext {
             .min(self.limits.max_storage_buffer_binding_size)
     }
 
-    /// A storage buffer for `numel` f32 values, checked against the device's limits.
+    /// A buffer for `numel` f32 values that a kernel recorded next will write, checked against
+    /// the device's limits.
     pub(crate) fn alloc(&self, op: &'static str, numel: usize) -> Result<PooledBuffer> {
+        let bytes = self.check_size(op, numel)?;
+        Ok(self.pool.output(bytes, self.max_tensor_bytes()))
+    }
+
+    /// Bytes for `numel` f32 values, or `TooLarge` if the device cannot hold them in one binding.
+    fn check_size(&self, op: &'static str, numel: usize) -> Result<u64> {
         self.check()?;
         let requested = (numel as u64).saturating_mul(4);
         let limit = self.max_tensor_bytes();
@@ -115,18 +122,19 @@ impl GpuContext {
                 limit,
             });
         }
+        Ok(requested)
+    }
+
+    /// Upload `data` into a buffer that no recorded work uses (see `pool`'s hazard note).
+    pub(crate) fn upload(&self, op: &'static str, data: &[f32]) -> Result<PooledBuffer> {
+        let bytes = self.check_size(op, data.len())?;
         {
             let rec = lock(&self.recorder);
             if rec.is_empty() {
                 self.pool.recycle_deferred();
             }
         }
-        Ok(self.pool.storage(requested, limit))
-    }
-
-    /// Upload `data` into a fresh buffer.
-    pub(crate) fn upload(&self, op: &'static str, data: &[f32]) -> Result<PooledBuffer> {
-        let buf = self.alloc(op, data.len())?;
+        let buf = self.pool.upload(bytes, self.max_tensor_bytes());
         self.queue
             .write_buffer(&buf.buffer, 0, bytemuck::cast_slice(data));
         Ok(buf)

@@ -4,7 +4,9 @@
 //! before the next submitted command buffer, so a buffer that a recorded but unsubmitted dispatch
 //! still reads must not be handed to an upload. Released buffers therefore wait in `deferred`
 //! until the open batch is submitted (`recycle_deferred`, called by the recorder's flush, or by
-//! an allocation that finds no batch open).
+//! an allocation that finds no batch open). A deferred buffer may still become the *output* of a
+//! later dispatch in the same batch: dispatches run in recording order, and wgpu puts a barrier
+//! between a dispatch that reads a buffer and a later one that writes it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,7 +30,7 @@ enum Kind {
 #[derive(Default)]
 struct State {
     free: HashMap<(Kind, u64), Vec<wgpu::Buffer>>,
-    deferred: Vec<(Kind, u64, wgpu::Buffer)>,
+    deferred: HashMap<(Kind, u64), Vec<wgpu::Buffer>>,
     cached_bytes: u64,
     live: usize,
     live_bytes: u64,
@@ -67,7 +69,9 @@ impl Drop for PooledBuffer {
         st.live -= 1;
         st.live_bytes -= self.class;
         st.deferred
-            .push((self.kind, self.class, self.buffer.clone()));
+            .entry((self.kind, self.class))
+            .or_default()
+            .push(self.buffer.clone());
     }
 }
 
@@ -97,28 +101,36 @@ impl BufferPool {
         }
     }
 
-    /// A storage buffer of at least `bytes` bytes (contents undefined). `max` is the largest
-    /// buffer the device allows; the caller has checked `bytes <= max`.
-    pub(crate) fn storage(&self, bytes: u64, max: u64) -> PooledBuffer {
-        self.get(Kind::Storage, bytes, max)
+    /// A storage buffer of at least `bytes` bytes (contents undefined) that only GPU commands
+    /// recorded from now on will write. `max` is the largest buffer the device allows; the
+    /// caller has checked `bytes <= max`.
+    pub(crate) fn output(&self, bytes: u64, max: u64) -> PooledBuffer {
+        self.get(Kind::Storage, bytes, max, true)
+    }
+
+    /// A storage buffer that `Queue::write_buffer` may fill: never one that the open batch uses.
+    pub(crate) fn upload(&self, bytes: u64, max: u64) -> PooledBuffer {
+        self.get(Kind::Storage, bytes, max, false)
     }
 
     /// A MAP_READ staging buffer of at least `bytes` bytes.
     pub(crate) fn staging(&self, bytes: u64, max: u64) -> PooledBuffer {
-        self.get(Kind::Staging, bytes, max)
+        self.get(Kind::Staging, bytes, max, true)
     }
 
-    fn get(&self, kind: Kind, bytes: u64, max: u64) -> PooledBuffer {
+    fn get(&self, kind: Kind, bytes: u64, max: u64, may_use_deferred: bool) -> PooledBuffer {
         let class = size_class(bytes, max);
         let mut st = lock(&self.state);
         st.live += 1;
         st.live_bytes += class;
-        let reused = st.free.get_mut(&(kind, class)).and_then(Vec::pop);
+        let mut reused = st.free.get_mut(&(kind, class)).and_then(Vec::pop);
+        if reused.is_some() {
+            st.cached_bytes -= class;
+        } else if may_use_deferred {
+            reused = st.deferred.get_mut(&(kind, class)).and_then(Vec::pop);
+        }
         let buffer = match reused {
-            Some(b) => {
-                st.cached_bytes -= class;
-                b
-            }
+            Some(b) => b,
             None => {
                 st.created += 1;
                 drop(st);
@@ -150,7 +162,10 @@ impl BufferPool {
     pub(crate) fn recycle_deferred(&self) {
         let mut st = lock(&self.state);
         let deferred = std::mem::take(&mut st.deferred);
-        for (kind, class, buffer) in deferred {
+        for ((kind, class), buffer) in deferred
+            .into_iter()
+            .flat_map(|(k, v)| v.into_iter().map(move |b| (k, b)))
+        {
             if st.cached_bytes + class > MAX_CACHED_BYTES {
                 buffer.destroy();
                 continue;
@@ -165,7 +180,12 @@ impl BufferPool {
         PoolStats {
             live: st.live,
             live_bytes: st.live_bytes,
-            cached: st.free.values().map(Vec::len).sum::<usize>() + st.deferred.len(),
+            cached: st
+                .free
+                .values()
+                .chain(st.deferred.values())
+                .map(Vec::len)
+                .sum(),
             created: st.created,
         }
     }

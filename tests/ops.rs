@@ -1,0 +1,422 @@
+//! The op table: each op names its sample inputs, its f64 reference, its tolerance and its error
+//! cases; one test walks the table on every available device (the CPU backend and every GPU
+//! adapter wgpu can open, lavapipe in CI).
+
+mod common;
+
+use common::*;
+use kiln::{Device, Error, Tensor};
+
+/// A reference value: shape and f64 data.
+#[derive(Clone, Debug)]
+struct Ref {
+    shape: Vec<usize>,
+    data: Vec<f64>,
+}
+
+/// An input that must fail: what it is, what the op returned, and a check of the error.
+type ErrorCase = (&'static str, kiln::Result<Tensor>, fn(&Error) -> bool);
+
+/// One sample: input shapes and values.
+struct Sample {
+    inputs: Vec<(Vec<usize>, Vec<f32>)>,
+}
+
+struct OpInfo {
+    name: &'static str,
+    samples: fn() -> Vec<Sample>,
+    run: fn(&[Tensor]) -> kiln::Result<Tensor>,
+    reference: fn(&[Ref]) -> Ref,
+    /// (atol, rtol) for a sample; matmul scales atol by k.
+    tol: fn(&[Ref]) -> (f64, f64),
+    /// Inputs that must fail, with a check of the error.
+    errors: fn(&Device) -> Vec<ErrorCase>,
+}
+
+// ---- samples ---------------------------------------------------------------------------
+
+/// Elementwise sample shapes: empty, one element, workgroup edges ±1, odd ranks.
+const UNARY_SHAPES: &[&[usize]] = &[
+    &[0],
+    &[1],
+    &[255],
+    &[256],
+    &[257],
+    &[3, 0, 2],
+    &[2, 3, 5],
+    &[7, 1, 33],
+    &[],
+];
+
+fn unary_samples() -> Vec<Sample> {
+    let mut rng = Lcg(11);
+    let mut out: Vec<Sample> = UNARY_SHAPES
+        .iter()
+        .map(|s| {
+            let n = s.iter().product();
+            Sample {
+                inputs: vec![(s.to_vec(), rng.vec(n, -6.0, 6.0))],
+            }
+        })
+        .collect();
+    // Values at the edges of the formulas: zero, tiny, large, and the extremes of f32.
+    let special = vec![
+        0.0, -0.0, 1e-30, -1e-30, 20.0, -20.0, 88.0, -88.0, 100.0, -100.0, 1e30, -1e30,
+    ];
+    out.push(Sample {
+        inputs: vec![(vec![special.len()], special)],
+    });
+    out
+}
+
+fn binary_samples() -> Vec<Sample> {
+    let mut rng = Lcg(22);
+    let mut pairs: Vec<(Vec<usize>, Vec<usize>)> = vec![
+        (vec![3, 4], vec![3, 4]),
+        (vec![3, 4], vec![4]),
+        (vec![4], vec![3, 4]),
+        (vec![2, 1, 5], vec![3, 1]),
+        (vec![5, 1, 3], vec![1, 4, 1]),
+        (vec![0, 3], vec![3]),
+        (vec![1], vec![7]),
+        (vec![], vec![2, 3]),
+        (vec![257], vec![257]),
+        (vec![2, 3, 1, 4], vec![3, 5, 1]),
+        (vec![1, 1, 1], vec![1]),
+    ];
+    // Random broadcast-compatible pairs.
+    let dims = [0usize, 1, 2, 3, 5, 15, 16, 17];
+    while pairs.len() < 24 {
+        let rank = 1 + rng.next_u32() as usize % 4;
+        let out: Vec<usize> = (0..rank).map(|_| rng.pick(&dims[1..])).collect();
+        let mut a = out.clone();
+        let mut b = out.clone();
+        for d in 0..rank {
+            match rng.next_u32() % 4 {
+                0 => a[d] = 1,
+                1 => b[d] = 1,
+                _ => {}
+            }
+        }
+        if rng.next_u32().is_multiple_of(5) {
+            a[0] = 0;
+            b[0] = if b[0] == 1 { 1 } else { 0 };
+        }
+        let drop = rng.next_u32() as usize % rank;
+        pairs.push((a, b[drop..].to_vec()));
+    }
+    pairs
+        .into_iter()
+        .map(|(a, b)| {
+            let na = a.iter().product();
+            let nb = b.iter().product();
+            // Keep divisors away from zero so division is well conditioned.
+            let bv = rng
+                .vec(nb, 0.5, 4.0)
+                .into_iter()
+                .map(|v| {
+                    if rng.next_u32().is_multiple_of(2) {
+                        v
+                    } else {
+                        -v
+                    }
+                })
+                .collect();
+            Sample {
+                inputs: vec![(a, rng.vec(na, -4.0, 4.0)), (b, bv)],
+            }
+        })
+        .collect()
+}
+
+fn matmul_samples() -> Vec<Sample> {
+    let mut rng = Lcg(33);
+    let shapes: Vec<(Vec<usize>, Vec<usize>)> = vec![
+        (vec![300, 257], vec![257, 129]), // the named case: no dimension divides the tile
+        (vec![16, 16], vec![16, 16]),
+        (vec![15, 17], vec![17, 31]),
+        (vec![17, 33], vec![33, 15]),
+        (vec![1, 64], vec![64, 1]),
+        (vec![1, 1], vec![1, 1]),
+        (vec![64, 1], vec![1, 64]),
+        (vec![5, 0], vec![0, 7]), // k = 0: zeros
+        (vec![0, 4], vec![4, 3]),
+        (vec![4, 3], vec![3, 0]),
+        (vec![2, 3, 17, 5], vec![5, 9]),
+        (vec![4, 1, 8, 16], vec![3, 16, 7]),
+        (vec![3, 33, 32], vec![3, 32, 33]),
+        (vec![2, 0, 3, 4], vec![4, 5]),
+    ];
+    shapes
+        .into_iter()
+        .map(|(a, b)| {
+            let na = a.iter().product();
+            let nb = b.iter().product();
+            Sample {
+                inputs: vec![(a, rng.vec(na, -1.0, 1.0)), (b, rng.vec(nb, -1.0, 1.0))],
+            }
+        })
+        .collect()
+}
+
+// ---- references ------------------------------------------------------------------------
+
+fn map_ref(x: &Ref, f: impl Fn(f64) -> f64) -> Ref {
+    Ref {
+        shape: x.shape.clone(),
+        data: x.data.iter().map(|&v| f(v)).collect(),
+    }
+}
+
+fn sigmoid(v: f64) -> f64 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+fn binary_ref(r: &[Ref], f: fn(f64, f64) -> f64) -> Ref {
+    let (a, b) = (&r[0], &r[1]);
+    let out = broadcast(&a.shape, &b.shape).expect("sample shapes broadcast");
+    let n = out.iter().product();
+    let data = (0..n)
+        .map(|i| {
+            let idx = unravel(i, &out);
+            f(
+                a.data[bcast_index(&a.shape, &out, &idx)],
+                b.data[bcast_index(&b.shape, &out, &idx)],
+            )
+        })
+        .collect();
+    Ref { shape: out, data }
+}
+
+fn matmul_ref(r: &[Ref]) -> Ref {
+    let (a, b) = (&r[0], &r[1]);
+    let (ar, br) = (a.shape.len(), b.shape.len());
+    let (m, k, n) = (a.shape[ar - 2], a.shape[ar - 1], b.shape[br - 1]);
+    let batch = broadcast(&a.shape[..ar - 2], &b.shape[..br - 2]).unwrap();
+    let nb: usize = batch.iter().product();
+    let mut data = Vec::with_capacity(nb * m * n);
+    for bi in 0..nb {
+        let idx = unravel(bi, &batch);
+        let oa = bcast_index(&a.shape[..ar - 2], &batch, &idx) * m * k;
+        let ob = bcast_index(&b.shape[..br - 2], &batch, &idx) * k * n;
+        for i in 0..m {
+            for j in 0..n {
+                data.push(
+                    (0..k)
+                        .map(|p| a.data[oa + i * k + p] * b.data[ob + p * n + j])
+                        .sum(),
+                );
+            }
+        }
+    }
+    let mut shape = batch;
+    shape.extend([m, n]);
+    Ref { shape, data }
+}
+
+fn no_errors(_: &Device) -> Vec<ErrorCase> {
+    vec![]
+}
+
+fn binary_errors(d: &Device) -> Vec<ErrorCase> {
+    let a = Tensor::zeros(d, &[2, 3]).unwrap();
+    let b = Tensor::zeros(d, &[4]).unwrap();
+    let c = Tensor::zeros(d, &[3, 2, 2]).unwrap();
+    vec![
+        ("[2,3] + [4]", a.add(&b), |e| {
+            matches!(e, Error::ShapeMismatch { op: "add", lhs, rhs } if lhs == &[2, 3] && rhs == &[4])
+                && e.to_string().contains("add")
+        }),
+        ("[2,3] / [3,2,2]", a.div(&c), |e| {
+            matches!(e, Error::ShapeMismatch { op: "div", .. })
+        }),
+    ]
+}
+
+fn matmul_errors(d: &Device) -> Vec<ErrorCase> {
+    let a = Tensor::zeros(d, &[2, 3]).unwrap();
+    let b = Tensor::zeros(d, &[4, 5]).unwrap();
+    let v = Tensor::zeros(d, &[3]).unwrap();
+    let x = Tensor::zeros(d, &[2, 2, 3]).unwrap();
+    let y = Tensor::zeros(d, &[3, 3, 4]).unwrap();
+    vec![
+        ("[2,3] x [4,5]", a.matmul(&b), |e| {
+            matches!(e, Error::ShapeMismatch { op: "matmul", .. })
+                && e.to_string().starts_with("matmul: shape mismatch")
+        }),
+        ("[2,3] x [3]", a.matmul(&v), |e| {
+            matches!(e, Error::InvalidShape { op: "matmul", .. })
+        }),
+        ("batch 2 vs 3", x.matmul(&y), |e| {
+            matches!(e, Error::ShapeMismatch { op: "matmul", .. })
+        }),
+    ]
+}
+
+macro_rules! unary_op {
+    ($name:literal, $method:ident, $reference:expr) => {
+        OpInfo {
+            name: $name,
+            samples: unary_samples,
+            run: |t| t[0].$method(),
+            reference: |r| map_ref(&r[0], $reference),
+            tol: |_| (2e-6, 2e-6),
+            errors: no_errors,
+        }
+    };
+}
+
+macro_rules! binary_op {
+    ($name:literal, $method:ident, $f:expr) => {
+        OpInfo {
+            name: $name,
+            samples: binary_samples,
+            run: |t| t[0].$method(&t[1]),
+            reference: |r| binary_ref(r, $f),
+            tol: |_| (1e-6, 1e-6),
+            errors: binary_errors,
+        }
+    };
+}
+
+fn table() -> Vec<OpInfo> {
+    vec![
+        unary_op!("relu", relu, |v| if v < 0.0 { 0.0 } else { v }),
+        OpInfo {
+            name: "leaky_relu",
+            samples: unary_samples,
+            run: |t| t[0].leaky_relu(0.1),
+            reference: |r| map_ref(&r[0], |v| if v < 0.0 { 0.1f32 as f64 * v } else { v }),
+            tol: |_| (2e-6, 2e-6),
+            errors: no_errors,
+        },
+        unary_op!("gelu", gelu, |v| 0.5 * v * (1.0 + erf(v / 2f64.sqrt()))),
+        unary_op!("gelu_tanh", gelu_tanh, |v| 0.5
+            * v
+            * (1.0
+                + ((2.0 / std::f64::consts::PI).sqrt()
+                    * (v + 0.044715 * v * v * v))
+                    .tanh())),
+        unary_op!("sigmoid", sigmoid, sigmoid),
+        unary_op!("tanh", tanh, f64::tanh),
+        unary_op!("silu", silu, |v| v * sigmoid(v)),
+        binary_op!("add", add, |a, b| a + b),
+        binary_op!("sub", sub, |a, b| a - b),
+        binary_op!("mul", mul, |a, b| a * b),
+        binary_op!("div", div, |a, b| a / b),
+        OpInfo {
+            name: "matmul",
+            samples: matmul_samples,
+            run: |t| t[0].matmul(&t[1]),
+            reference: matmul_ref,
+            // f32 accumulation over k terms of |a·b| <= 1: the absolute error grows with k.
+            tol: |r| (1e-6 * (1 + r[0].shape[r[0].shape.len() - 1]) as f64, 1e-5),
+            errors: matmul_errors,
+        },
+    ]
+}
+
+fn run_table_on(dev: &Device) {
+    let mut cases = 0;
+    for op in table() {
+        for (si, sample) in (op.samples)().into_iter().enumerate() {
+            let what = format!(
+                "{} sample {si} {:?} on {dev}",
+                op.name,
+                sample.inputs.iter().map(|i| &i.0).collect::<Vec<_>>()
+            );
+            let inputs: Vec<Tensor> = sample
+                .inputs
+                .iter()
+                .map(|(s, v)| Tensor::from_slice(dev, v, s).unwrap())
+                .collect();
+            let refs: Vec<Ref> = sample
+                .inputs
+                .iter()
+                .map(|(s, v)| Ref {
+                    shape: s.clone(),
+                    data: v.iter().map(|&x| f64::from(x)).collect(),
+                })
+                .collect();
+            let got = (op.run)(&inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let want = (op.reference)(&refs);
+            assert_eq!(got.shape(), want.shape.as_slice(), "{what}: shape");
+            let (atol, rtol) = (op.tol)(&refs);
+            assert_close(&what, &got.to_vec().unwrap(), &want.data, atol, rtol);
+            cases += 1;
+        }
+        for (what, result, check) in (op.errors)(dev) {
+            match result {
+                Ok(t) => panic!("{} {what} on {dev}: expected an error, got {t:?}", op.name),
+                Err(e) => assert!(
+                    check(&e),
+                    "{} {what} on {dev}: unexpected error {e:?}",
+                    op.name
+                ),
+            }
+        }
+    }
+    eprintln!("op table: {cases} cases passed on {dev}");
+}
+
+#[test]
+fn op_table_on_cpu() {
+    run_table_on(&Device::cpu());
+}
+
+#[test]
+fn op_table_on_every_gpu() {
+    for dev in gpus() {
+        run_table_on(&dev);
+    }
+}
+
+/// NaN and ±Inf propagate as IEEE says: checked by bit pattern class, on every device.
+#[test]
+fn nan_and_inf_propagate() {
+    for dev in devices() {
+        let x =
+            Tensor::from_vec(&dev, vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY], &[3]).unwrap();
+        for (name, t) in [
+            ("relu", x.relu()),
+            ("leaky_relu", x.leaky_relu(0.1)),
+            ("sigmoid", x.sigmoid()),
+            ("tanh", x.tanh()),
+        ] {
+            let v = t.unwrap().to_vec().unwrap();
+            assert!(
+                v[0].is_nan(),
+                "{name}(NaN) on {dev} = {:#x}",
+                v[0].to_bits()
+            );
+            let (p, n) = match name {
+                "relu" => (f32::INFINITY, 0.0),
+                "leaky_relu" => (f32::INFINITY, f32::NEG_INFINITY),
+                "sigmoid" => (1.0, 0.0),
+                _ => (1.0, -1.0),
+            };
+            assert_eq!((v[1], v[2]), (p, n), "{name}(±inf) on {dev}");
+        }
+        let z = Tensor::from_vec(&dev, vec![1.0, -1.0, 0.0], &[3]).unwrap();
+        let zero = Tensor::zeros(&dev, &[1]).unwrap();
+        let q = z.div(&zero).unwrap().to_vec().unwrap();
+        assert_eq!(
+            (q[0], q[1]),
+            (f32::INFINITY, f32::NEG_INFINITY),
+            "x/0 on {dev}"
+        );
+        assert!(q[2].is_nan(), "0/0 on {dev}");
+        let s = x.add(&x).unwrap().to_vec().unwrap();
+        assert!(
+            s[0].is_nan() && s[1] == f32::INFINITY && s[2] == f32::NEG_INFINITY,
+            "add on {dev}"
+        );
+        let m = Tensor::from_vec(&dev, vec![f32::NAN, 1.0], &[1, 2])
+            .unwrap()
+            .matmul(&Tensor::ones(&dev, &[2, 1]).unwrap())
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        assert!(m[0].is_nan(), "NaN through matmul on {dev}");
+    }
+}

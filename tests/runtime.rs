@@ -1,0 +1,196 @@
+//! The GPU runtime: buffer reuse hazards, batching, readback, transfer, seeding.
+
+mod common;
+
+use common::*;
+use kiln::{Device, Tensor};
+
+/// A buffer freed while a recorded (unsubmitted) dispatch still reads it must not be reused by
+/// an upload: `write_buffer` would land before the dispatch runs and the dispatch would read the
+/// new data.
+#[test]
+fn freed_buffer_is_not_overwritten_before_pending_read() {
+    for dev in fresh_gpus() {
+        dev.synchronize().unwrap();
+        let n = 1000;
+        let a = Tensor::from_vec(&dev, vec![-2.0; n], &[n]).unwrap();
+        dev.synchronize().unwrap(); // a's upload is done; the batch is empty
+        let b = a.relu().unwrap(); // recorded, not submitted: reads a's buffer
+        drop(a); // a's buffer goes back to the pool while b's dispatch is pending
+        let c = Tensor::from_vec(&dev, vec![7.0; n], &[n]).unwrap(); // same size class as a
+        let got = b.to_vec().unwrap();
+        assert!(
+            got.iter().all(|&v| v == 0.0),
+            "relu read the later upload on {dev}: {:?}",
+            &got[..4]
+        );
+        assert_eq!(c.to_vec().unwrap(), vec![7.0; n]);
+        // And once the batch has been submitted, the pool does reuse buffers.
+        let created = dev.pool_stats().created;
+        drop(c);
+        dev.synchronize().unwrap();
+        let _d = Tensor::from_vec(&dev, vec![1.0; n], &[n]).unwrap();
+        assert_eq!(
+            dev.pool_stats().created,
+            created,
+            "a released buffer was not reused on {dev}"
+        );
+    }
+}
+
+/// Many dispatches recorded between readbacks (more than one batch) give the right answer, and
+/// tensors dropped along the way are recycled instead of leaking.
+#[test]
+fn long_chains_batch_and_recycle() {
+    let mut devs = vec![Device::cpu()];
+    devs.extend(fresh_gpus());
+    for dev in devs {
+        let mut x = Tensor::from_vec(&dev, vec![0.0, 1.0, -1.0, 2.0], &[4]).unwrap();
+        let one = Tensor::ones(&dev, &[1]).unwrap();
+        for _ in 0..300 {
+            x = x.add(&one).unwrap();
+        }
+        assert_eq!(
+            x.to_vec().unwrap(),
+            vec![300.0, 301.0, 299.0, 302.0],
+            "on {dev}"
+        );
+        dev.synchronize().unwrap();
+        let stats = dev.pool_stats();
+        if !dev.is_cpu() {
+            assert!(
+                stats.live <= 4,
+                "live buffers after the chain on {dev}: {stats:?}"
+            );
+            assert!(
+                stats.created < 10,
+                "buffers were not reused on {dev}: {stats:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn async_readback_matches_blocking() {
+    for dev in devices() {
+        let t = Tensor::randn(&dev, &[33, 7], 5).unwrap().tanh().unwrap();
+        let a = pollster::block_on(t.to_vec_async()).unwrap();
+        assert_eq!(a, t.to_vec().unwrap(), "on {dev}");
+    }
+}
+
+#[test]
+fn random_tensors_are_identical_on_every_device() {
+    let want_n = Tensor::randn(&Device::cpu(), &[17, 31], 42)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let want_u = Tensor::rand(&Device::cpu(), &[1000], 9)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    assert!(want_u.iter().all(|v| (0.0..1.0).contains(v)));
+    for dev in gpus() {
+        assert_eq!(
+            Tensor::randn(&dev, &[17, 31], 42)
+                .unwrap()
+                .to_vec()
+                .unwrap(),
+            want_n,
+            "randn on {dev}"
+        );
+        assert_eq!(
+            Tensor::rand(&dev, &[1000], 9).unwrap().to_vec().unwrap(),
+            want_u,
+            "rand on {dev}"
+        );
+    }
+}
+
+#[test]
+fn to_device_round_trips_and_reshape_shares() {
+    let cpu = Device::cpu();
+    let x = Tensor::randn(&cpu, &[4, 6], 3).unwrap();
+    for dev in fresh_gpus() {
+        let g = x.to_device(&dev).unwrap();
+        assert!(g.device().same(&dev));
+        let r = g.reshape(&[2, 12]).unwrap();
+        assert_eq!(r.shape(), &[2, 12]);
+        let back = r.to_device(&cpu).unwrap();
+        assert_eq!(back.to_vec().unwrap(), x.to_vec().unwrap(), "on {dev}");
+        // reshape makes no copy: no new buffer is taken from the pool.
+        let live = dev.pool_stats().live;
+        let _v = g.reshape(&[24]).unwrap();
+        assert_eq!(dev.pool_stats().live, live);
+    }
+}
+
+#[test]
+fn constructors_fill_and_empty_tensors_dispatch_nothing() {
+    let mut devs = vec![Device::cpu()];
+    devs.extend(fresh_gpus());
+    for dev in devs {
+        assert_eq!(
+            Tensor::full(&dev, &[3, 2], 2.5).unwrap().to_vec().unwrap(),
+            vec![2.5; 6]
+        );
+        assert_eq!(
+            Tensor::zeros(&dev, &[5]).unwrap().to_vec().unwrap(),
+            vec![0.0; 5]
+        );
+        let e = Tensor::zeros(&dev, &[0, 3]).unwrap();
+        let before = dev.pool_stats().created;
+        let r = e
+            .gelu()
+            .unwrap()
+            .add(&Tensor::ones(&dev, &[3]).unwrap())
+            .unwrap();
+        assert_eq!(r.shape(), &[0, 3]);
+        assert_eq!(r.to_vec().unwrap(), Vec::<f32>::new());
+        assert!(
+            dev.pool_stats().created <= before + 1,
+            "empty ops allocated on {dev}"
+        );
+        let s = Tensor::from_vec(&dev, vec![4.0], &[]).unwrap();
+        assert_eq!(s.rank(), 0);
+        assert_eq!(s.mul(&s).unwrap().to_vec().unwrap(), vec![16.0]);
+    }
+}
+
+/// More than 65,535 workgroups in one dimension: the grid folds into 2-D.
+#[test]
+fn elementwise_past_65535_workgroups() {
+    let n = 65_536 * 256 + 3;
+    let data: Vec<f32> = (0..n).map(|i| (i % 1000) as f32 - 500.0).collect();
+    for dev in gpus() {
+        let y = Tensor::from_slice(&dev, &data, &[n])
+            .unwrap()
+            .relu()
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        for i in [0, 499, 500, 501, n / 2, n - 2, n - 1] {
+            assert_eq!(y[i], data[i].max(0.0), "element {i} on {dev}");
+        }
+        assert!(
+            y.iter().zip(&data).all(|(a, b)| *a == b.max(0.0)),
+            "on {dev}"
+        );
+    }
+}
+
+#[test]
+fn the_same_program_gives_the_same_answer_on_every_device() {
+    let run = |dev: &Device| {
+        let x = Tensor::randn(dev, &[8, 64], 1).unwrap();
+        let w1 = Tensor::randn(dev, &[64, 32], 2).unwrap();
+        let b1 = Tensor::randn(dev, &[32], 3).unwrap();
+        let w2 = Tensor::randn(dev, &[32, 10], 4).unwrap();
+        let h = x.matmul(&w1).unwrap().add(&b1).unwrap().gelu().unwrap();
+        h.matmul(&w2).unwrap().sigmoid().unwrap().to_vec().unwrap()
+    };
+    let want: Vec<f64> = run(&Device::cpu()).into_iter().map(f64::from).collect();
+    for dev in gpus() {
+        assert_close(&format!("mlp on {dev}"), &run(&dev), &want, 1e-5, 1e-4);
+    }
+}
