@@ -32,5 +32,7 @@ fi
 # Mesa warns when this is unset; a private directory keeps the output clean.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 export KILN_REQUIRE_GPU=1
+# Name the adapters (and auto's choice) in the log, so a reader can see where the GPU tests ran.
+cargo run -q --example info
 cargo test --all-targets "$@"
 cargo test --doc
