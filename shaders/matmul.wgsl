@@ -21,7 +21,7 @@ struct Params {
     b_rs: u32,
     b_cs: u32,
     row_tile0: u32,
-    _pad0: u32,
+    alpha: f32, // used by version 2's epilogue only
     _pad1: u32,
     _pad2: u32,
 }

@@ -321,6 +321,15 @@ impl Device {
         }
     }
 
+    /// Force the matmul kernel configuration on this device (`None`: back to the default choice,
+    /// autotuned per shape class). The same as `KILN_MATMUL_CONFIG`, for tests and benchmarks.
+    /// No effect on the CPU backend.
+    pub fn set_matmul_config(&self, config: Option<gpu::MatmulConfig>) {
+        if let Backend::Gpu(ctx) = &self.inner.backend {
+            ctx.tuner.force(config);
+        }
+    }
+
     pub(crate) fn gpu_context(&self) -> Option<&Arc<GpuContext>> {
         match &self.inner.backend {
             Backend::Cpu => None,

@@ -73,6 +73,33 @@ impl MatmulPlan {
         })
     }
 
+    /// `a x wᵀ` for `w` of shape `[n, k]` (a linear layer's weight), read through strides: the
+    /// transpose is never materialised.
+    pub(crate) fn with_transposed_rhs(a: &Shape, w: &Shape) -> Result<Self> {
+        if w.rank() != 2 {
+            return Err(Error::InvalidShape {
+                op: "linear",
+                reason: format!("the weight must be [out_features, in_features], got {w}"),
+            });
+        }
+        let (n, k) = (w.dims()[0], w.dims()[1]);
+        let wt = Shape::new(&[k, n])?;
+        let mut plan = Self::new(a, &wt).map_err(|e| match e {
+            Error::ShapeMismatch { .. } => Error::ShapeMismatch {
+                op: "linear",
+                lhs: a.dims().to_vec(),
+                rhs: w.dims().to_vec(),
+            },
+            Error::InvalidShape { reason, .. } => Error::InvalidShape {
+                op: "linear",
+                reason,
+            },
+            other => other,
+        })?;
+        plan.b_strides = (1, k);
+        Ok(plan)
+    }
+
     pub(crate) fn out_numel(&self) -> usize {
         self.out_shape.numel()
     }

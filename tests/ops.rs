@@ -146,6 +146,9 @@ fn matmul_samples() -> Vec<Sample> {
         (vec![4, 1, 8, 16], vec![3, 16, 7]),
         (vec![3, 33, 32], vec![3, 32, 33]),
         (vec![2, 0, 3, 4], vec![4, 5]),
+        // Shapes every candidate tile divides: these run the unchecked kernel variants.
+        (vec![128, 64], vec![64, 128]),
+        (vec![2, 64, 32], vec![32, 64]),
     ];
     shapes
         .into_iter()
@@ -212,6 +215,74 @@ fn matmul_ref(r: &[Ref]) -> Ref {
     let mut shape = batch;
     shape.extend([m, n]);
     Ref { shape, data }
+}
+
+fn linear_samples() -> Vec<Sample> {
+    let mut rng = Lcg(44);
+    // (x shape, out_features): weight is [out, in], bias [out].
+    let cases: Vec<(Vec<usize>, usize)> = vec![
+        (vec![300, 257], 129),
+        (vec![1, 64], 10),
+        (vec![5, 17], 1),
+        (vec![2, 3, 33], 31),
+        (vec![64, 32], 64),
+        (vec![4, 0], 3),
+        (vec![0, 8], 4),
+    ];
+    cases
+        .into_iter()
+        .map(|(x, n)| {
+            let k = *x.last().unwrap();
+            let nx = x.iter().product();
+            Sample {
+                inputs: vec![
+                    (x, rng.vec(nx, -1.0, 1.0)),
+                    (vec![n, k], rng.vec(n * k, -1.0, 1.0)),
+                    (vec![n], rng.vec(n, -1.0, 1.0)),
+                ],
+            }
+        })
+        .collect()
+}
+
+/// x · wᵀ + b, then `act`.
+fn linear_ref(r: &[Ref], act: fn(f64) -> f64) -> Ref {
+    let (x, w, b) = (&r[0], &r[1], &r[2]);
+    let (n, k) = (w.shape[0], w.shape[1]);
+    let wt: Vec<f64> = (0..k * n).map(|i| w.data[(i % n) * k + i / n]).collect();
+    let mut out = matmul_ref(&[
+        x.clone(),
+        Ref {
+            shape: vec![k, n],
+            data: wt,
+        },
+    ]);
+    for (i, v) in out.data.iter_mut().enumerate() {
+        *v = act(*v + b.data[i % n]);
+    }
+    out
+}
+
+fn linear_errors(d: &Device) -> Vec<ErrorCase> {
+    let x = Tensor::zeros(d, &[2, 3]).unwrap();
+    let w = Tensor::zeros(d, &[4, 5]).unwrap();
+    let w3 = Tensor::zeros(d, &[4, 3]).unwrap();
+    let b = Tensor::zeros(d, &[5]).unwrap();
+    vec![
+        ("x [2,3], w [4,5]", x.linear(&w, None, None), |e| {
+            matches!(e, Error::ShapeMismatch { op: "linear", .. })
+        }),
+        (
+            "bias [5] for 4 outputs",
+            x.linear(&w3, Some(&b), None),
+            |e| matches!(e, Error::ShapeMismatch { op: "linear", .. }),
+        ),
+        (
+            "weight of rank 3",
+            x.linear(&Tensor::zeros(d, &[1, 4, 3]).unwrap(), None, None),
+            |e| matches!(e, Error::InvalidShape { op: "linear", .. }),
+        ),
+    ]
 }
 
 fn no_errors(_: &Device) -> Vec<ErrorCase> {
@@ -313,6 +384,35 @@ fn table() -> Vec<OpInfo> {
             tol: |r| (1e-6 * (1 + r[0].shape[r[0].shape.len() - 1]) as f64, 1e-5),
             errors: matmul_errors,
         },
+        OpInfo {
+            name: "linear+bias+gelu_tanh",
+            samples: linear_samples,
+            run: |t| t[0].linear(&t[1], Some(&t[2]), Some(kiln::UnaryOp::GeluTanh)),
+            reference: |r| {
+                linear_ref(r, |v| {
+                    0.5 * v
+                        * (1.0
+                            + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v))
+                                .tanh())
+                })
+            },
+            tol: |r| (1e-6 * (2 + r[1].shape[1]) as f64, 1e-5),
+            errors: linear_errors,
+        },
+        OpInfo {
+            name: "linear",
+            samples: linear_samples,
+            run: |t| t[0].linear(&t[1], None, None),
+            reference: |r| {
+                let zero = Ref {
+                    shape: r[2].shape.clone(),
+                    data: vec![0.0; r[2].data.len()],
+                };
+                linear_ref(&[r[0].clone(), r[1].clone(), zero], |v| v)
+            },
+            tol: |r| (1e-6 * (1 + r[1].shape[1]) as f64, 1e-5),
+            errors: no_errors,
+        },
     ]
 }
 
@@ -364,10 +464,20 @@ fn op_table_on_cpu() {
     run_table_on(&Device::cpu());
 }
 
+/// The whole table on every GPU: with the default kernel choice, then with each matmul kernel
+/// configuration forced (version 1, and every autotuning candidate of version 2), so that every
+/// kernel the tuner may pick, checked and unchecked, is held to the reference.
 #[test]
 fn op_table_on_every_gpu() {
-    for dev in gpus() {
+    for dev in fresh_gpus() {
         run_table_on(&dev);
+        let mut configs = vec![kiln::gpu::MatmulConfig::Tiled16];
+        configs.extend(kiln::gpu::MATMUL_CANDIDATES);
+        for config in configs {
+            eprintln!("forcing matmul config {config}");
+            dev.set_matmul_config(Some(config));
+            run_table_on(&dev);
+        }
     }
 }
 

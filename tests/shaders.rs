@@ -14,11 +14,11 @@ fn parse(name: &str, src: &str) -> naga::Module {
 
 #[test]
 fn every_shader_parses_and_validates() {
-    for (name, src) in kiln::gpu::SHADERS {
-        let module = parse(name, src);
+    for (name, src) in kiln::gpu::shaders() {
+        let module = parse(name, &src);
         validator()
             .validate(&module)
-            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
     }
 }
 
@@ -33,10 +33,10 @@ fn every_specialization_validates_and_compiles() {
     for spec in specs {
         let src = spec.source();
         assert!(!src.is_empty(), "{} is not registered", spec.shader);
-        let module = parse(spec.shader, src);
+        let module = parse(spec.shader, &src);
         let info = validator()
             .validate(&module)
-            .unwrap_or_else(|e| panic!("{}: {}", spec.shader, e.emit_to_string(src)));
+            .unwrap_or_else(|e| panic!("{}: {}", spec.shader, e.emit_to_string(&src)));
         let mut constants = naga::back::PipelineConstants::default();
         for (name, value) in &spec.constants {
             assert!(
@@ -80,12 +80,12 @@ fn every_specialization_validates_and_compiles() {
 #[test]
 fn params_structs_match_the_rust_layout() {
     for (shader, name, rust_size) in kiln::gpu::param_structs() {
-        let src = kiln::gpu::SHADERS
-            .iter()
+        let src = kiln::gpu::shaders()
+            .into_iter()
             .find(|(n, _)| *n == shader)
             .unwrap()
             .1;
-        let module = parse(shader, src);
+        let module = parse(shader, &src);
         let mut layouter = naga::proc::Layouter::default();
         layouter.update(module.to_ctx()).unwrap();
         let (handle, _) = module

@@ -3,6 +3,7 @@
 use super::alloc;
 use crate::error::Result;
 use crate::matmul_plan::MatmulPlan;
+use crate::op::UnaryOp;
 
 pub(crate) fn matmul(a: &[f32], b: &[f32], plan: &MatmulPlan) -> Result<Vec<f32>> {
     let (m, k, n) = (plan.m, plan.k, plan.n);
@@ -41,6 +42,28 @@ pub(crate) fn matmul(a: &[f32], b: &[f32], plan: &MatmulPlan) -> Result<Vec<f32>
                 n as isize,
                 1,
             );
+        }
+    }
+    Ok(out)
+}
+
+/// `act(x · wᵀ + bias)` for a plan built by `MatmulPlan::with_transposed_rhs`.
+pub(crate) fn linear(
+    x: &[f32],
+    w: &[f32],
+    plan: &MatmulPlan,
+    bias: Option<&[f32]>,
+    act: Option<UnaryOp>,
+) -> Result<Vec<f32>> {
+    let mut out = matmul(x, w, plan)?;
+    if plan.n > 0 && (bias.is_some() || act.is_some()) {
+        for row in out.chunks_mut(plan.n) {
+            if let Some(b) = bias {
+                row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+            }
+            if let Some(op) = act {
+                row.iter_mut().for_each(|o| *o = op.apply(*o));
+            }
         }
     }
     Ok(out)

@@ -6,7 +6,7 @@ mod elementwise;
 mod matmul;
 
 pub(crate) use elementwise::{binary, fill, unary};
-pub(crate) use matmul::matmul;
+pub(crate) use matmul::{linear, matmul};
 
 use crate::error::{Error, Result};
 

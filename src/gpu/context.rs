@@ -2,6 +2,7 @@
 //! pool, the pipeline cache, the open batch, and the capture of wgpu's errors.
 
 use super::adapters::{self, OPTIONAL_FEATURES};
+use super::kernels::matmul_tune::Tuner;
 use super::pipelines::{KernelSpec, PipelineCache};
 use super::pool::{BufferPool, PoolStats, PooledBuffer};
 use super::recorder::{MAX_BATCH, Recorder};
@@ -17,6 +18,7 @@ pub(crate) struct GpuContext {
     pool: BufferPool,
     pipelines: PipelineCache,
     recorder: Mutex<Recorder>,
+    pub(crate) tuner: Tuner,
     /// The first error wgpu reported outside an error scope, returned by the next fallible call.
     error: Arc<Mutex<Option<Error>>>,
 }
@@ -71,6 +73,10 @@ impl GpuContext {
             adapters::type_name(info.device_type),
             adapters::feature_names(features)
         );
+        let tuner = Tuner::new(
+            &format!("{} {:?} {}", info.name, info.backend, info.driver_info),
+            &limits,
+        );
         Ok(GpuContext {
             pool: BufferPool::new(device.clone()),
             device,
@@ -78,6 +84,7 @@ impl GpuContext {
             limits,
             features,
             pipelines: PipelineCache::default(),
+            tuner,
             recorder: Mutex::new(Recorder::default()),
             error,
         })

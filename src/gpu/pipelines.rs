@@ -9,12 +9,50 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Every WGSL file, by name. `tests/shaders.rs` validates each one with naga.
-pub const SHADERS: [(&str, &str); 3] = [
-    ("unary.wgsl", include_str!("../../shaders/unary.wgsl")),
-    ("binary.wgsl", include_str!("../../shaders/binary.wgsl")),
-    ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
+/// Shared WGSL functions prepended to the shaders that need them (WGSL has no `#include`).
+const ACTIVATION: &str = include_str!("../../shaders/activation.wgsl");
+
+/// Every shader, by file name, with whether it needs `activation.wgsl` prepended.
+const FILES: [(&str, &str, bool); 4] = [
+    ("unary.wgsl", include_str!("../../shaders/unary.wgsl"), true),
+    (
+        "binary.wgsl",
+        include_str!("../../shaders/binary.wgsl"),
+        false,
+    ),
+    (
+        "matmul.wgsl",
+        include_str!("../../shaders/matmul.wgsl"),
+        false,
+    ),
+    (
+        "matmul_blocked.wgsl",
+        include_str!("../../shaders/matmul_blocked.wgsl"),
+        true,
+    ),
 ];
+
+/// The complete WGSL source of every shader module, by file name, as the device compiles it.
+/// `tests/shaders.rs` validates each one with naga.
+pub fn shaders() -> Vec<(&'static str, String)> {
+    FILES
+        .iter()
+        .map(|(name, _, _)| (*name, source(name).unwrap_or_default()))
+        .collect()
+}
+
+fn source(shader: &str) -> Option<String> {
+    FILES
+        .iter()
+        .find(|(name, _, _)| *name == shader)
+        .map(|(_, src, prelude)| {
+            if *prelude {
+                format!("{ACTIVATION}\n{src}")
+            } else {
+                (*src).to_string()
+            }
+        })
+}
 
 /// One pipeline the host can build: a shader file, its entry point and the values of its
 /// `override` constants.
@@ -26,20 +64,19 @@ pub struct KernelSpec {
     pub entry: &'static str,
     /// Override constants, by name.
     pub constants: Vec<(&'static str, f64)>,
+    /// Built without wgpu's runtime bounds checks and without zeroing workgroup memory: only for
+    /// kernels whose indexing is proven in bounds (the shader says why).
+    pub unchecked: bool,
 }
 
 impl KernelSpec {
-    /// The WGSL source of the spec's shader.
-    pub fn source(&self) -> &'static str {
-        SHADERS
-            .iter()
-            .find(|(name, _)| *name == self.shader)
-            .map(|(_, src)| *src)
-            .unwrap_or_default()
+    /// The complete WGSL source of the spec's shader (empty if it is not registered).
+    pub fn source(&self) -> String {
+        source(self.shader).unwrap_or_default()
     }
 
     fn key(&self) -> String {
-        let mut key = format!("{}:{}", self.shader, self.entry);
+        let mut key = format!("{}:{}:{}", self.shader, self.entry, self.unchecked);
         for (name, value) in &self.constants {
             key.push_str(&format!(":{name}={value}"));
         }
@@ -49,7 +86,7 @@ impl KernelSpec {
 
 #[derive(Default)]
 pub(crate) struct PipelineCache {
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<(&'static str, bool), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
 }
 
@@ -70,7 +107,7 @@ impl PipelineCache {
             return Ok(p.clone());
         }
         let start = Instant::now();
-        let module = self.module(device, spec.shader)?;
+        let module = self.module(device, spec.shader, spec.unchecked)?;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&key),
@@ -79,7 +116,7 @@ impl PipelineCache {
             entry_point: Some(spec.entry),
             compilation_options: wgpu::PipelineCompilationOptions {
                 constants: &spec.constants,
-                zero_initialize_workgroup_memory: true,
+                zero_initialize_workgroup_memory: !spec.unchecked,
             },
             cache: None,
         });
@@ -94,25 +131,37 @@ impl PipelineCache {
         Ok(pipeline)
     }
 
-    fn module(&self, device: &wgpu::Device, shader: &'static str) -> Result<wgpu::ShaderModule> {
+    fn module(
+        &self,
+        device: &wgpu::Device,
+        shader: &'static str,
+        unchecked: bool,
+    ) -> Result<wgpu::ShaderModule> {
         let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = modules.get(shader) {
+        if let Some(m) = modules.get(&(shader, unchecked)) {
             return Ok(m.clone());
         }
-        let source = SHADERS
-            .iter()
-            .find(|(name, _)| *name == shader)
-            .map(|(_, src)| *src)
-            .ok_or_else(|| Error::Gpu(format!("no shader named {shader}")))?;
+        let source =
+            source(shader).ok_or_else(|| Error::Gpu(format!("no shader named {shader}")))?;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let desc = wgpu::ShaderModuleDescriptor {
             label: Some(shader),
             source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
+        };
+        let module = if unchecked {
+            // SAFETY: only specs marked `unchecked` get here, and those are kernels whose every
+            // index is in bounds for the shapes the host dispatches them on (see each shader's
+            // header and the op-table tests that run them).
+            unsafe {
+                device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+            }
+        } else {
+            device.create_shader_module(desc)
+        };
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("compiling {shader}: {e}")));
         }
-        modules.insert(shader, module.clone());
+        modules.insert((shader, unchecked), module.clone());
         Ok(module)
     }
 

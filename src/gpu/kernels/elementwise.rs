@@ -37,6 +37,7 @@ fn unary_spec(op: UnaryOp) -> KernelSpec {
         shader: "unary.wgsl",
         entry: "main",
         constants: vec![("OP", f64::from(op.shader_id())), ("WG", f64::from(WG))],
+        unchecked: false,
     }
 }
 
@@ -45,6 +46,7 @@ fn fill_spec() -> KernelSpec {
         shader: "unary.wgsl",
         entry: "fill",
         constants: vec![("WG", f64::from(WG))],
+        unchecked: false,
     }
 }
 
@@ -53,6 +55,7 @@ fn binary_spec(op: BinaryOp) -> KernelSpec {
         shader: "binary.wgsl",
         entry: "main",
         constants: vec![("OP", f64::from(op.shader_id())), ("WG", f64::from(WG))],
+        unchecked: false,
     }
 }
 

@@ -1,14 +1,17 @@
-//! `shaders/matmul.wgsl`: batched, strided matmul.
+//! Host side of the matmul shaders: version 1 (`matmul.wgsl`, 16 x 16 tiles, one output per
+//! invocation; kept as the baseline) and version 2 (`matmul_blocked.wgsl`, register-blocked with
+//! tile sizes as override constants and a fused bias + activation epilogue), the choice of a
+//! configuration per shape class (forced, heuristic or autotuned), and the dispatch.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::KernelSpec;
 use crate::gpu::pool::PooledBuffer;
 use crate::matmul_plan::MatmulPlan;
+use crate::op::UnaryOp;
 use bytemuck::{Pod, Zeroable};
-
-/// Output tile edge of `matmul.wgsl` (its `TILE` constant).
-const TILE: u32 = 16;
+use std::fmt;
+use std::str::FromStr;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -22,27 +25,184 @@ pub(crate) struct MatmulParams {
     pub b_rs: u32,
     pub b_cs: u32,
     pub row_tile0: u32,
-    pub _pad: [u32; 3],
+    pub alpha: f32,
+    pub _pad: [u32; 2],
 }
 
-fn spec() -> KernelSpec {
-    KernelSpec {
-        shader: "matmul.wgsl",
-        entry: "main",
-        constants: vec![],
+/// Which matmul kernel runs, with its tile sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatmulConfig {
+    /// Version 1: 16 x 16 workgroup tiles, one output per invocation.
+    Tiled16,
+    /// Version 2: a `bm x bn` output tile per workgroup, 4 x 4 outputs per invocation, `bk`-deep
+    /// slices of A and B staged in workgroup memory.
+    Blocked {
+        /// Rows of C per workgroup (a multiple of 4).
+        bm: u32,
+        /// Columns of C per workgroup (a multiple of 4).
+        bn: u32,
+        /// Depth of the k slice staged per step (a multiple of 4).
+        bk: u32,
+    },
+}
+
+/// The configurations the autotuner times. Every one is validated by `tests/shaders.rs` and run
+/// through the op table by `tests/ops.rs`.
+pub const CANDIDATES: [MatmulConfig; 5] = [
+    MatmulConfig::Blocked {
+        bm: 64,
+        bn: 64,
+        bk: 8,
+    },
+    MatmulConfig::Blocked {
+        bm: 32,
+        bn: 32,
+        bk: 8,
+    },
+    MatmulConfig::Blocked {
+        bm: 64,
+        bn: 32,
+        bk: 16,
+    },
+    MatmulConfig::Blocked {
+        bm: 128,
+        bn: 64,
+        bk: 8,
+    },
+    MatmulConfig::Blocked {
+        bm: 64,
+        bn: 64,
+        bk: 16,
+    },
+];
+
+impl fmt::Display for MatmulConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MatmulConfig::Tiled16 => write!(f, "tiled16"),
+            MatmulConfig::Blocked { bm, bn, bk } => write!(f, "blocked:{bm}x{bn}x{bk}"),
+        }
     }
 }
 
-pub(crate) fn specs() -> Vec<KernelSpec> {
-    vec![spec()]
+impl FromStr for MatmulConfig {
+    type Err = Error;
+
+    /// `tiled16` or `blocked:BMxBNxBK` (each a multiple of 4, at most 256 invocations per
+    /// workgroup: (BM/4)·(BN/4) ≤ 256... up to the device's limit).
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::InvalidShape {
+            op: "KILN_MATMUL_CONFIG",
+            reason: format!("{s:?} is not `tiled16` or `blocked:BMxBNxBK` with multiples of 4"),
+        };
+        if s == "tiled16" {
+            return Ok(MatmulConfig::Tiled16);
+        }
+        let dims = s.strip_prefix("blocked:").ok_or_else(bad)?;
+        let v: Vec<u32> = dims
+            .split('x')
+            .map(|d| d.parse().map_err(|_| bad()))
+            .collect::<Result<_>>()?;
+        match v[..] {
+            [bm, bn, bk] if [bm, bn, bk].iter().all(|d| *d >= 4 && d % 4 == 0) => {
+                Ok(MatmulConfig::Blocked { bm, bn, bk })
+            }
+            _ => Err(bad()),
+        }
+    }
 }
 
-/// `C = A x B` for a plan with `m, n, k > 0` and at least one batch.
-pub(crate) fn matmul(
+impl MatmulConfig {
+    /// Whether this configuration fits the device's workgroup limits.
+    pub(crate) fn fits(&self, limits: &wgpu::Limits) -> bool {
+        match *self {
+            MatmulConfig::Tiled16 => limits.max_compute_invocations_per_workgroup >= 256,
+            MatmulConfig::Blocked { bm, bn, bk } => {
+                (bm / 4) * (bn / 4) <= limits.max_compute_invocations_per_workgroup
+                    && bn / 4 <= limits.max_compute_workgroup_size_x
+                    && bm / 4 <= limits.max_compute_workgroup_size_y
+                    && (bm + bn) * bk * 4 <= limits.max_compute_workgroup_storage_size
+            }
+        }
+    }
+
+    /// Output tile (rows, columns) of one workgroup.
+    fn tile(&self) -> (u32, u32) {
+        match *self {
+            MatmulConfig::Tiled16 => (16, 16),
+            MatmulConfig::Blocked { bm, bn, .. } => (bm, bn),
+        }
+    }
+}
+
+/// What the epilogue of version 2 adds: a bias per output column and an activation.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    pub bias: Option<&'a PooledBuffer>,
+    pub act: Option<UnaryOp>,
+}
+
+/// The pipeline for `config`; `checked` = false only when the tile sizes divide the problem.
+fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp>) -> KernelSpec {
+    match config {
+        MatmulConfig::Tiled16 => KernelSpec {
+            shader: "matmul.wgsl",
+            entry: "main",
+            constants: vec![],
+            unchecked: false,
+        },
+        MatmulConfig::Blocked { bm, bn, bk } => KernelSpec {
+            shader: "matmul_blocked.wgsl",
+            entry: "main",
+            constants: vec![
+                ("BM", f64::from(bm)),
+                ("BN", f64::from(bn)),
+                ("BK", f64::from(bk)),
+                ("CHECKED", f64::from(u8::from(checked))),
+                ("HAS_BIAS", f64::from(u8::from(has_bias))),
+                ("ACT", f64::from(act.map_or(255, UnaryOp::shader_id))),
+            ],
+            // The unchecked variant indexes only inside the operands (see the shader's header),
+            // so wgpu's runtime bounds checks can go; tests/ops.rs runs it on divisible shapes.
+            unchecked: !checked,
+        },
+    }
+}
+
+/// Every specialization the host may build (for `tests/shaders.rs`).
+pub(crate) fn specs() -> Vec<KernelSpec> {
+    let mut out = vec![spec(MatmulConfig::Tiled16, true, false, None)];
+    for c in CANDIDATES {
+        for checked in [true, false] {
+            out.push(spec(c, checked, false, None));
+        }
+    }
+    let default = CANDIDATES[0];
+    for act in UnaryOp::ALL {
+        out.push(spec(default, true, true, Some(act)));
+        out.push(spec(default, false, false, Some(act)));
+    }
+    out
+}
+
+/// Whether `config`'s tiles divide the problem exactly.
+fn divides(config: MatmulConfig, plan: &MatmulPlan) -> bool {
+    match config {
+        MatmulConfig::Tiled16 => false,
+        MatmulConfig::Blocked { bm, bn, bk } => {
+            plan.m % bm as usize == 0 && plan.n % bn as usize == 0 && plan.k % bk as usize == 0
+        }
+    }
+}
+
+/// `C = A x B` (plus the epilogue) with `config`, for a plan with `m, n, k > 0`.
+pub(crate) fn run(
     ctx: &GpuContext,
     a: &PooledBuffer,
     b: &PooledBuffer,
     plan: &MatmulPlan,
+    config: MatmulConfig,
+    epilogue: Epilogue,
 ) -> Result<PooledBuffer> {
     let out = ctx.alloc("matmul", plan.out_numel())?;
     let table: Vec<u32> = plan
@@ -52,14 +212,26 @@ pub(crate) fn matmul(
         .collect();
     let offsets = ctx.upload("matmul", bytemuck::cast_slice(&table))?;
     let max = ctx.limits.max_compute_workgroups_per_dimension;
-    let col_tiles = (plan.n as u32).div_ceil(TILE);
-    let row_tiles = (plan.m as u32).div_ceil(TILE);
+    let (tm, tn) = config.tile();
+    let col_tiles = (plan.n as u32).div_ceil(tn);
+    let row_tiles = (plan.m as u32).div_ceil(tm);
     if col_tiles > max {
-        return Err(crate::error::Error::TooLarge {
+        return Err(Error::TooLarge {
             op: "matmul",
             requested: plan.n as u64,
-            limit: u64::from(max) * u64::from(TILE),
+            limit: u64::from(max) * u64::from(tn),
         });
+    }
+    let spec = spec(
+        config,
+        !divides(config, plan),
+        epilogue.bias.is_some(),
+        epilogue.act,
+    );
+    let bias = epilogue.bias.unwrap_or(&offsets);
+    let mut buffers = vec![&a.buffer, &b.buffer, &out.buffer, &offsets.buffer];
+    if matches!(config, MatmulConfig::Blocked { .. }) {
+        buffers.push(&bias.buffer);
     }
     let batches = plan.offsets.len() as u32;
     // Split grids past the per-dimension limit into several dispatches.
@@ -79,11 +251,12 @@ pub(crate) fn matmul(
                 b_rs: plan.b_strides.0 as u32,
                 b_cs: plan.b_strides.1 as u32,
                 row_tile0: row0,
-                _pad: [0; 3],
+                alpha: epilogue.act.map_or(0.0, UnaryOp::param),
+                _pad: [0; 2],
             };
             ctx.dispatch(
-                &spec(),
-                &[&a.buffer, &b.buffer, &out.buffer, &offsets.buffer],
+                &spec,
+                &buffers,
                 bytemuck::bytes_of(&params),
                 [col_tiles, nr, nb],
             )?;
@@ -92,4 +265,17 @@ pub(crate) fn matmul(
         batch0 += nb;
     }
     Ok(out)
+}
+
+/// `C = A x B` (plus the epilogue) with the configuration the device's tuner picks.
+pub(crate) fn matmul(
+    ctx: &GpuContext,
+    a: &PooledBuffer,
+    b: &PooledBuffer,
+    plan: &MatmulPlan,
+    epilogue: Epilogue,
+) -> Result<PooledBuffer> {
+    let has_epilogue = epilogue.bias.is_some() || epilogue.act.is_some();
+    let config = ctx.tuner.choose(ctx, a, b, plan, has_epilogue)?;
+    run(ctx, a, b, plan, config, epilogue)
 }

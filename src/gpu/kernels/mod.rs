@@ -2,6 +2,7 @@
 
 pub(crate) mod elementwise;
 pub(crate) mod matmul;
+pub(crate) mod matmul_tune;
 
 use super::pipelines::KernelSpec;
 
@@ -34,5 +35,10 @@ pub fn param_structs() -> Vec<(&'static str, &'static str, usize)> {
             size_of::<elementwise::BinaryParams>(),
         ),
         ("matmul.wgsl", "Params", size_of::<matmul::MatmulParams>()),
+        (
+            "matmul_blocked.wgsl",
+            "Params",
+            size_of::<matmul::MatmulParams>(),
+        ),
     ]
 }

@@ -1,0 +1,122 @@
+// Batched matrix multiply, version 2: register-blocked, with a fused bias + activation epilogue.
+// Prepended with activation.wgsl (see src/gpu/pipelines.rs).
+//
+// A workgroup of (BN/4) x (BM/4) invocations computes a BM x BN tile of C; each invocation holds a
+// 4 x 4 block of C in registers (four vec4 accumulators) and updates it with an outer product per
+// k step, reading 4 rows of A and 4 columns of B from workgroup memory as two vec4 loads. The A
+// tile is stored k-major (element (kk, row) at kk*BM + row) so that those 4 rows are contiguous.
+// Tiles are loaded cooperatively, consecutive invocations reading consecutive elements of the
+// (row-major) operands. Tile sizes are override constants, chosen per device and shape class by
+// the autotuner (src/gpu/kernels/matmul.rs).
+//
+// CHECKED = false is only used when BM | m, BN | n and BK | k (the host guarantees it): then every
+// index is in bounds and the checks disappear from the inner loops. Every element of both tiles is
+// written before it is read, so workgroup memory needs no zero-initialisation.
+//
+// Operands are read through (row, column) strides, so a transposed operand needs no copy; batch
+// offsets come from a host-built table, as in version 1.
+
+override BM: u32 = 64u;
+override BN: u32 = 64u;
+override BK: u32 = 8u;
+override CHECKED: bool = true;
+override HAS_BIAS: bool = false;
+// Activation applied in the epilogue (UnaryOp::shader_id); any other value is the identity.
+override ACT: u32 = 255u;
+
+const TM: u32 = 4u;
+const TN: u32 = 4u;
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch0: u32,
+    a_rs: u32,
+    a_cs: u32,
+    b_rs: u32,
+    b_cs: u32,
+    row_tile0: u32,
+    alpha: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<storage, read> offsets: array<u32>; // [a_off, b_off] per batch
+@group(0) @binding(4) var<storage, read> bias: array<f32>;    // n values; unused unless HAS_BIAS
+@group(0) @binding(5) var<uniform> p: Params;
+
+var<workgroup> tile_a: array<vec4<f32>, BK * BM / 4u>;
+var<workgroup> tile_b: array<vec4<f32>, BK * BN / 4u>;
+
+@compute @workgroup_size(BN / TN, BM / TM, 1)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let batch = p.batch0 + wid.z;
+    let a_off = offsets[2u * batch];
+    let b_off = offsets[2u * batch + 1u];
+    let c_off = batch * p.m * p.n;
+    let row0 = (p.row_tile0 + wid.y) * BM;
+    let col0 = wid.x * BN;
+    let threads = (BM / TM) * (BN / TN);
+
+    var acc: array<vec4<f32>, 4>;
+    let tiles = (p.k + BK - 1u) / BK;
+    for (var t = 0u; t < tiles; t = t + 1u) {
+        let k0 = t * BK;
+        for (var i = tid; i < BM * BK; i = i + threads) {
+            let r = i / BK;
+            let kk = i % BK;
+            let gr = row0 + r;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (!CHECKED || (gr < p.m && gk < p.k)) {
+                v = a[a_off + gr * p.a_rs + gk * p.a_cs];
+            }
+            let j = kk * BM + r;
+            tile_a[j / 4u][j % 4u] = v;
+        }
+        for (var i = tid; i < BK * BN; i = i + threads) {
+            let kk = i / BN;
+            let col = i % BN;
+            let gk = k0 + kk;
+            let gc = col0 + col;
+            var v = 0.0;
+            if (!CHECKED || (gk < p.k && gc < p.n)) {
+                v = b[b_off + gk * p.b_rs + gc * p.b_cs];
+            }
+            let j = kk * BN + col;
+            tile_b[j / 4u][j % 4u] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk = kk + 1u) {
+            let av = tile_a[(kk * BM + lid.y * TM) / 4u];
+            let bv = tile_b[(kk * BN + lid.x * TN) / 4u];
+            acc[0] = acc[0] + av.x * bv;
+            acc[1] = acc[1] + av.y * bv;
+            acc[2] = acc[2] + av.z * bv;
+            acc[3] = acc[3] + av.w * bv;
+        }
+        workgroupBarrier();
+    }
+
+    for (var i = 0u; i < TM; i = i + 1u) {
+        let r = row0 + lid.y * TM + i;
+        for (var j = 0u; j < TN; j = j + 1u) {
+            let col = col0 + lid.x * TN + j;
+            if (!CHECKED || (r < p.m && col < p.n)) {
+                var v = acc[i][j];
+                if (HAS_BIAS) {
+                    v = v + bias[col];
+                }
+                c[c_off + r * p.n + col] = activate(ACT, v, p.alpha);
+            }
+        }
+    }
+}
