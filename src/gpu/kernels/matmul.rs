@@ -104,7 +104,7 @@ impl FromStr for MatmulConfig {
             .map(|d| d.parse().map_err(|_| bad()))
             .collect::<Result<_>>()?;
         match v[..] {
-            [bm, bn, bk] if [bm, bn, bk].iter().all(|d| *d >= 4 && d % 4 == 0) => {
+            [bm, bn, bk] if [bm, bn, bk].iter().all(|d| *d >= 4 && d.is_multiple_of(4)) => {
                 Ok(MatmulConfig::Blocked { bm, bn, bk })
             }
             _ => Err(bad()),
@@ -190,7 +190,9 @@ fn divides(config: MatmulConfig, plan: &MatmulPlan) -> bool {
     match config {
         MatmulConfig::Tiled16 => false,
         MatmulConfig::Blocked { bm, bn, bk } => {
-            plan.m % bm as usize == 0 && plan.n % bn as usize == 0 && plan.k % bk as usize == 0
+            plan.m.is_multiple_of(bm as usize)
+                && plan.n.is_multiple_of(bn as usize)
+                && plan.k.is_multiple_of(bk as usize)
         }
     }
 }
