@@ -13,7 +13,7 @@ use std::time::Instant;
 const ACTIVATION: &str = include_str!("../../shaders/activation.wgsl");
 
 /// Every shader, by file name, with whether it needs `activation.wgsl` prepended.
-const FILES: [(&str, &str, bool); 4] = [
+const FILES: [(&str, &str, bool); 5] = [
     ("unary.wgsl", include_str!("../../shaders/unary.wgsl"), true),
     (
         "binary.wgsl",
@@ -28,6 +28,11 @@ const FILES: [(&str, &str, bool); 4] = [
     (
         "matmul_blocked.wgsl",
         include_str!("../../shaders/matmul_blocked.wgsl"),
+        true,
+    ),
+    (
+        "matmul_strip.wgsl",
+        include_str!("../../shaders/matmul_strip.wgsl"),
         true,
     ),
 ];

@@ -1,6 +1,8 @@
 //! Host side of the matmul shaders: version 1 (`matmul.wgsl`, 16 x 16 tiles, one output per
-//! invocation; kept as the baseline) and version 2 (`matmul_blocked.wgsl`, register-blocked with
-//! tile sizes as override constants and a fused bias + activation epilogue), the choice of a
+//! invocation; kept as the baseline), version 2 (`matmul_blocked.wgsl`, register-blocked with
+//! tile sizes as override constants) and version 3 (`matmul_strip.wgsl`, column strips without
+//! workgroup memory, for CPU-based drivers); versions 2 and 3 fuse a bias + activation
+//! epilogue. Also the choice of a
 //! configuration per shape class (forced, heuristic or autotuned), and the dispatch.
 
 use crate::error::{Error, Result};
@@ -44,11 +46,19 @@ pub enum MatmulConfig {
         /// Depth of the k slice staged per step (a multiple of 4).
         bk: u32,
     },
+    /// Version 3: `rm` rows (at most 8) of one column per invocation, `wg` invocations per
+    /// workgroup, no workgroup memory.
+    Strip {
+        /// Rows per invocation, 1 to 8.
+        rm: u32,
+        /// Invocations (columns) per workgroup.
+        wg: u32,
+    },
 }
 
 /// The configurations the autotuner times. Every one is validated by `tests/shaders.rs` and run
 /// through the op table by `tests/ops.rs`.
-pub const CANDIDATES: [MatmulConfig; 5] = [
+pub const CANDIDATES: [MatmulConfig; 7] = [
     MatmulConfig::Blocked {
         bm: 64,
         bn: 64,
@@ -74,6 +84,8 @@ pub const CANDIDATES: [MatmulConfig; 5] = [
         bn: 64,
         bk: 16,
     },
+    MatmulConfig::Strip { rm: 8, wg: 64 },
+    MatmulConfig::Strip { rm: 1, wg: 64 },
 ];
 
 impl fmt::Display for MatmulConfig {
@@ -81,6 +93,7 @@ impl fmt::Display for MatmulConfig {
         match self {
             MatmulConfig::Tiled16 => write!(f, "tiled16"),
             MatmulConfig::Blocked { bm, bn, bk } => write!(f, "blocked:{bm}x{bn}x{bk}"),
+            MatmulConfig::Strip { rm, wg } => write!(f, "strip:{rm}x{wg}"),
         }
     }
 }
@@ -88,15 +101,27 @@ impl fmt::Display for MatmulConfig {
 impl FromStr for MatmulConfig {
     type Err = Error;
 
-    /// `tiled16` or `blocked:BMxBNxBK` (each a multiple of 4, at most 256 invocations per
-    /// workgroup: (BM/4)·(BN/4) ≤ 256... up to the device's limit).
+    /// `tiled16`, `blocked:BMxBNxBK` (multiples of 4; (BM/4)·(BN/4) invocations per workgroup,
+    /// within the device's limit) or `strip:RMxWG` (RM from 1 to 8).
     fn from_str(s: &str) -> Result<Self> {
         let bad = || Error::InvalidShape {
             op: "KILN_MATMUL_CONFIG",
-            reason: format!("{s:?} is not `tiled16` or `blocked:BMxBNxBK` with multiples of 4"),
+            reason: format!(
+                "{s:?} is not `tiled16`, `blocked:BMxBNxBK` with multiples of 4, or `strip:RMxWG` with RM in 1..=8"
+            ),
         };
         if s == "tiled16" {
             return Ok(MatmulConfig::Tiled16);
+        }
+        if let Some(dims) = s.strip_prefix("strip:") {
+            let v: Vec<u32> = dims
+                .split('x')
+                .map(|d| d.parse().map_err(|_| bad()))
+                .collect::<Result<_>>()?;
+            return match v[..] {
+                [rm, wg] if (1..=8).contains(&rm) && wg > 0 => Ok(MatmulConfig::Strip { rm, wg }),
+                _ => Err(bad()),
+            };
         }
         let dims = s.strip_prefix("blocked:").ok_or_else(bad)?;
         let v: Vec<u32> = dims
@@ -123,6 +148,10 @@ impl MatmulConfig {
                     && bm / 4 <= limits.max_compute_workgroup_size_y
                     && (bm + bn) * bk * 4 <= limits.max_compute_workgroup_storage_size
             }
+            MatmulConfig::Strip { wg, .. } => {
+                wg <= limits.max_compute_invocations_per_workgroup
+                    && wg <= limits.max_compute_workgroup_size_x
+            }
         }
     }
 
@@ -131,6 +160,7 @@ impl MatmulConfig {
         match *self {
             MatmulConfig::Tiled16 => (16, 16),
             MatmulConfig::Blocked { bm, bn, .. } => (bm, bn),
+            MatmulConfig::Strip { rm, wg } => (rm, wg),
         }
     }
 }
@@ -166,6 +196,17 @@ fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp
             // so wgpu's runtime bounds checks can go; tests/ops.rs runs it on divisible shapes.
             unchecked: !checked,
         },
+        MatmulConfig::Strip { rm, wg } => KernelSpec {
+            shader: "matmul_strip.wgsl",
+            entry: "main",
+            constants: vec![
+                ("RM", f64::from(rm)),
+                ("WG", f64::from(wg)),
+                ("HAS_BIAS", f64::from(u8::from(has_bias))),
+                ("ACT", f64::from(act.map_or(255, UnaryOp::shader_id))),
+            ],
+            unchecked: false,
+        },
     }
 }
 
@@ -175,12 +216,28 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
     for c in CANDIDATES {
         for checked in [true, false] {
             out.push(spec(c, checked, false, None));
+            out.push(spec(c, checked, true, Some(UnaryOp::Relu)));
         }
     }
-    let default = CANDIDATES[0];
     for act in UnaryOp::ALL {
-        out.push(spec(default, true, true, Some(act)));
-        out.push(spec(default, false, false, Some(act)));
+        out.push(spec(CANDIDATES[0], true, true, Some(act)));
+        out.push(spec(CANDIDATES[0], false, false, Some(act)));
+        out.push(spec(
+            MatmulConfig::Strip { rm: 8, wg: 64 },
+            true,
+            true,
+            Some(act),
+        ));
+    }
+    // The heuristic's skinny choices: one strip row per matrix row, m = 1..8.
+    for rm in 1..=8 {
+        out.push(spec(MatmulConfig::Strip { rm, wg: 64 }, true, false, None));
+        out.push(spec(
+            MatmulConfig::Strip { rm, wg: 64 },
+            true,
+            true,
+            Some(UnaryOp::Relu),
+        ));
     }
     out
 }
@@ -188,7 +245,7 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
 /// Whether `config`'s tiles divide the problem exactly.
 fn divides(config: MatmulConfig, plan: &MatmulPlan) -> bool {
     match config {
-        MatmulConfig::Tiled16 => false,
+        MatmulConfig::Tiled16 | MatmulConfig::Strip { .. } => false,
         MatmulConfig::Blocked { bm, bn, bk } => {
             plan.m.is_multiple_of(bm as usize)
                 && plan.n.is_multiple_of(bn as usize)
@@ -232,7 +289,7 @@ pub(crate) fn run(
     );
     let bias = epilogue.bias.unwrap_or(&offsets);
     let mut buffers = vec![&a.buffer, &b.buffer, &out.buffer, &offsets.buffer];
-    if matches!(config, MatmulConfig::Blocked { .. }) {
+    if !matches!(config, MatmulConfig::Tiled16) {
         buffers.push(&bias.buffer);
     }
     let batches = plan.offsets.len() as u32;

@@ -206,9 +206,16 @@ impl Tuner {
     }
 }
 
-/// Small problems: big tiles would leave most of a workgroup idle.
+/// Small problems: big tiles would leave most of a workgroup idle. A few rows (batch-1 inference)
+/// go to the column-strip kernel with one strip row per matrix row: measured 2.5–4x faster than
+/// the smallest blocked tile for m = 1 and 4 on lavapipe (BENCHMARKS.md).
 fn heuristic(plan: &MatmulPlan) -> MatmulConfig {
-    if plan.m <= 32 || plan.n <= 32 {
+    if plan.m <= 8 {
+        MatmulConfig::Strip {
+            rm: plan.m.max(1) as u32,
+            wg: 64,
+        }
+    } else if plan.m <= 32 || plan.n <= 32 {
         CANDIDATES[1]
     } else {
         CANDIDATES[0]

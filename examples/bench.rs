@@ -1,0 +1,247 @@
+//! Benchmarks that print a table (and optionally JSON): matmul GFLOP/s, elementwise GB/s and an
+//! MLP forward pass, on the device `KILN_DEVICE` picks (or `--device`), for machines where
+//! criterion is too slow to run.
+//!
+//! ```sh
+//! cargo run --release --example bench -- --device software --matmul 256 512 --configs tiled16,auto
+//! cargo run --release --example bench -- --device cpu --matmul 256 512 1024 2048 --mlp 1024 64 256 256 10
+//! cargo run --release --example bench -- --device gpu --elementwise 16777216 --json out.json
+//! ```
+//!
+//! Times are wall-clock medians after warm-up, each run ending in `Device::synchronize` (the GPU
+//! has finished). `--configs` lists matmul kernels to compare in one run: `auto` (the tuned
+//! choice), `tiled16` (version 1) or `blocked:BMxBNxBK`.
+
+use kiln::{Device, Tensor, UnaryOp};
+use std::time::{Duration, Instant};
+
+struct Args {
+    device: Option<String>,
+    matmul: Vec<(usize, usize, usize)>,
+    elementwise: Vec<usize>,
+    mlp: Vec<usize>,
+    configs: Vec<String>,
+    reps: usize,
+    json: Option<String>,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        device: None,
+        matmul: vec![],
+        elementwise: vec![],
+        mlp: vec![],
+        configs: vec!["auto".into()],
+        reps: 9,
+        json: None,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    let list = |i: &mut usize| {
+        let mut v = vec![];
+        while *i + 1 < argv.len() && !argv[*i + 1].starts_with("--") {
+            *i += 1;
+            v.push(argv[*i].clone());
+        }
+        v
+    };
+    while i < argv.len() {
+        let flag = argv[i].clone();
+        let vals = list(&mut i);
+        let nums = || {
+            vals.iter()
+                .map(|v| v.parse().expect("a number"))
+                .collect::<Vec<usize>>()
+        };
+        match flag.as_str() {
+            "--device" => a.device = vals.first().cloned(),
+            // N (square) or MxKxN
+            "--matmul" => {
+                a.matmul = vals
+                    .iter()
+                    .map(|v| {
+                        let d: Vec<usize> =
+                            v.split('x').map(|x| x.parse().expect("a size")).collect();
+                        if d.len() == 3 {
+                            (d[0], d[1], d[2])
+                        } else {
+                            (d[0], d[0], d[0])
+                        }
+                    })
+                    .collect()
+            }
+            "--elementwise" => a.elementwise = nums(),
+            "--mlp" => a.mlp = nums(),
+            "--configs" => {
+                a.configs = vals
+                    .iter()
+                    .flat_map(|v| v.split(','))
+                    .map(String::from)
+                    .collect()
+            }
+            "--reps" => a.reps = nums().first().copied().unwrap_or(9),
+            "--json" => a.json = vals.first().cloned(),
+            other => panic!("unknown flag {other}"),
+        }
+        i += 1;
+    }
+    a
+}
+
+/// Median wall time of `f` (which must leave the device idle) after two warm-up runs.
+fn time<F: FnMut() -> kiln::Result<()>>(reps: usize, mut f: F) -> kiln::Result<Duration> {
+    for _ in 0..2 {
+        f()?;
+    }
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(times[reps / 2])
+}
+
+fn main() -> kiln::Result<()> {
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,kiln=info,wgpu_hal=off"),
+    )
+    .init();
+    let args = parse_args();
+    if let Some(d) = &args.device {
+        // SAFETY: set before any thread that could read the environment is started.
+        unsafe { std::env::set_var("KILN_DEVICE", d) };
+    }
+    let dev = Device::from_env()?;
+    let info = dev.info();
+    println!(
+        "device: {} ({:?}, {}, driver {})",
+        info.name, info.kind, info.backend, info.driver
+    );
+    println!(
+        "{:<12} {:>22} {:<20} {:>12} {:>12}",
+        "op", "size", "config", "median", "rate"
+    );
+    let mut rows = Vec::new();
+    let mut report = |op: &str, size: String, config: &str, t: Duration, rate: f64, unit: &str| {
+        println!(
+            "{op:<12} {size:>22} {config:<20} {:>10.3}ms {rate:>8.1} {unit}",
+            t.as_secs_f64() * 1e3
+        );
+        rows.push(format!(
+            r#"{{"op":"{op}","size":"{size}","config":"{config}","device":"{}","seconds":{},"{}":{rate}}}"#,
+            info.name.replace('"', "'"),
+            t.as_secs_f64(),
+            unit.replace('/', "_per_")
+        ));
+    };
+
+    for &(m, k, n) in &args.matmul {
+        let a = Tensor::randn(&dev, &[m, k], 1)?;
+        let b = Tensor::randn(&dev, &[k, n], 2)?;
+        for config in &args.configs {
+            let forced = if config == "auto" {
+                None
+            } else {
+                Some(config.parse()?)
+            };
+            if dev.is_cpu() && forced.is_some() {
+                continue;
+            }
+            dev.set_matmul_config(forced);
+            let reps = if m * k * n >= 1 << 33 && !dev.is_cpu() {
+                args.reps.min(5)
+            } else {
+                args.reps
+            };
+            let t = time(reps, || {
+                let c = a.matmul(&b)?;
+                dev.synchronize()?;
+                drop(c);
+                Ok(())
+            })?;
+            let gflops = 2.0 * (m * k * n) as f64 / t.as_secs_f64() / 1e9;
+            report(
+                "matmul",
+                format!("{m}x{k}x{n}"),
+                config,
+                t,
+                gflops,
+                "GFLOP/s",
+            );
+        }
+        dev.set_matmul_config(None);
+    }
+
+    for &n in &args.elementwise {
+        let x = Tensor::randn(&dev, &[n], 3)?;
+        let y = Tensor::randn(&dev, &[n], 4)?;
+        let t = time(args.reps, || {
+            let r = x.relu()?;
+            dev.synchronize()?;
+            drop(r);
+            Ok(())
+        })?;
+        report(
+            "relu",
+            format!("{n}"),
+            "-",
+            t,
+            8.0 * n as f64 / t.as_secs_f64() / 1e9,
+            "GB/s",
+        );
+        let t = time(args.reps, || {
+            let r = x.add(&y)?;
+            dev.synchronize()?;
+            drop(r);
+            Ok(())
+        })?;
+        report(
+            "add",
+            format!("{n}"),
+            "-",
+            t,
+            12.0 * n as f64 / t.as_secs_f64() / 1e9,
+            "GB/s",
+        );
+    }
+
+    if args.mlp.len() >= 3 {
+        let (batch, widths) = (args.mlp[0], &args.mlp[1..]);
+        let x = Tensor::randn(&dev, &[batch, widths[0]], 5)?;
+        let mut layers = Vec::new();
+        for (i, w) in widths.windows(2).enumerate() {
+            let weight = Tensor::randn(&dev, &[w[1], w[0]], 10 + i as u64)?;
+            layers.push((weight, Tensor::zeros(&dev, &[w[1]])?));
+        }
+        let flops: f64 = widths
+            .windows(2)
+            .map(|w| 2.0 * (batch * w[0] * w[1]) as f64)
+            .sum();
+        let t = time(args.reps, || {
+            let mut h = x.clone();
+            for (i, (w, b)) in layers.iter().enumerate() {
+                let act = (i + 1 < layers.len()).then_some(UnaryOp::Relu);
+                h = h.linear(w, Some(b), act)?;
+            }
+            h.to_vec()?;
+            Ok(())
+        })?;
+        report(
+            "mlp_forward",
+            format!("{batch}x{widths:?}").replace(' ', ""),
+            "fused linear",
+            t,
+            flops / t.as_secs_f64() / 1e9,
+            "GFLOP/s",
+        );
+    }
+
+    if let Some(path) = args.json {
+        std::fs::write(&path, format!("[\n{}\n]\n", rows.join(",\n")))
+            .expect("writing the JSON file");
+        println!("wrote {path}");
+    }
+    Ok(())
+}
