@@ -225,5 +225,6 @@ pub fn fresh_gpus() -> Vec<Device> {
     Device::all_gpus()
         .into_iter()
         .filter_map(|d| d.ok())
+        .filter(tested)
         .collect()
 }

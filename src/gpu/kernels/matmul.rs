@@ -338,3 +338,27 @@ pub(crate) fn matmul(
     let config = ctx.tuner.choose(ctx, a, b, plan, has_epilogue)?;
     run(ctx, a, b, plan, config, epilogue)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_round_trip_through_their_names() {
+        let mut all = vec![MatmulConfig::Tiled16];
+        all.extend(CANDIDATES);
+        for c in all {
+            assert_eq!(c.to_string().parse::<MatmulConfig>().unwrap(), c);
+        }
+        for bad in [
+            "",
+            "blocked:64x64",
+            "blocked:63x64x8",
+            "strip:9x64",
+            "strip:0x64",
+            "fast",
+        ] {
+            assert!(bad.parse::<MatmulConfig>().is_err(), "{bad}");
+        }
+    }
+}

@@ -146,7 +146,13 @@ impl Tuner {
         }
         let start = Instant::now();
         let mut results: Vec<(Duration, MatmulConfig)> = Vec::new();
-        for config in CANDIDATES.into_iter().filter(|c| c.fits(&ctx.limits)) {
+        // Column strips only pay off for a few rows; don't spend tuning time on them otherwise.
+        let candidates = CANDIDATES
+            .into_iter()
+            .filter(|c| c.fits(&ctx.limits))
+            .filter(|c| plan.m <= 64 || !matches!(c, MatmulConfig::Strip { .. }));
+        for config in candidates {
+            let best = results.iter().map(|r| r.0).min();
             let mut times = Vec::with_capacity(TUNE_RUNS);
             for run in 0..=TUNE_RUNS {
                 let t = Instant::now();
@@ -154,10 +160,14 @@ impl Tuner {
                 ctx.synchronize()?;
                 if run > 0 {
                     times.push(t.elapsed());
+                    // Far behind the best so far after one timed run: stop spending time on it.
+                    if best.is_some_and(|b| t.elapsed() > 2 * b) {
+                        break;
+                    }
                 }
             }
             times.sort();
-            results.push((times[TUNE_RUNS / 2], config));
+            results.push((times[times.len() / 2], config));
         }
         results.sort_by_key(|r| r.0);
         let best = results.first().map_or(CANDIDATES[0], |r| r.1);

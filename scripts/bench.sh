@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The side-by-side runs behind BENCHMARKS.md, in one go on one machine:
+#   kiln's CPU backend and numpy (its OpenBLAS) on the same sizes, then kiln on the software
+#   adapter with version 1 (tiled16) beside the autotuned kernels, then the MLP forward pass.
+# Needs numpy (pip install numpy) and, for the GPU part, a Vulkan driver (lavapipe is enough).
+# Writes JSON under ${OUT:-bench-out}/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-bench-out}
+mkdir -p "$out"
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+# A private tuning cache, so the autotuner's first-use cost is visible in the log.
+export KILN_CACHE_DIR="$out/cache"
+rm -rf "$KILN_CACHE_DIR"
+peer=../shared/bench/numpy_ref.py
+cargo build -q --release --example bench
+bench=target/release/examples/bench
+
+echo "== machine"; lscpu | grep -E "Model name|^CPU\(s\)"; git rev-parse --short HEAD
+echo "== CPU: kiln vs numpy"
+$bench --device cpu --matmul 256 512 1024 2048 --mlp 1024 64 256 256 10 --json "$out/kiln-cpu.json"
+python3 "$peer" --matmul 256 512 1024 2048 --mlp 1024 64 256 256 10 | tee "$out/numpy.json"
+echo "== lavapipe: version 1 vs tuned, skinny shapes, MLP"
+$bench --device software --reps 5 --matmul 256 512 --configs tiled16,auto --json "$out/kiln-lavapipe-square.json"
+$bench --device software --reps 5 --matmul 1x1024x1024 4x1024x1024 --configs blocked:32x32x8,auto --json "$out/kiln-lavapipe-skinny.json"
+$bench --device software --reps 5 --mlp 1024 64 256 256 10 --elementwise 1048576 --json "$out/kiln-lavapipe-mlp.json"

@@ -1,0 +1,75 @@
+//! The matmul autotuner: it tunes a new shape class once, writes the winner to the on-disk cache,
+//! and a new device on the same adapter reuses it without tuning. (Its own test binary: it sets
+//! KILN_CACHE_DIR, which the tuner reads when a device opens.)
+
+mod common;
+
+use common::*;
+use kiln::{Device, Tensor};
+
+#[test]
+fn autotune_result_is_cached_on_disk_and_reused() {
+    let dir = std::env::temp_dir().join(format!("kiln-tuning-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // SAFETY: the only test in this binary; no other thread reads the environment yet.
+    unsafe { std::env::set_var("KILN_CACHE_DIR", &dir) };
+    let n = 256; // m·n·k = 2^24: large enough to be tuned
+    let a = Tensor::randn(&Device::cpu(), &[n, n], 1).unwrap();
+    let b = Tensor::randn(&Device::cpu(), &[n, n], 2).unwrap();
+    let want: Vec<f64> = a
+        .matmul(&b)
+        .unwrap()
+        .to_vec()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    for dev in fresh_gpus() {
+        let got = a
+            .to_device(&dev)
+            .unwrap()
+            .matmul(&b.to_device(&dev).unwrap())
+            .unwrap();
+        assert_close(
+            &format!("tuned matmul on {dev}"),
+            &got.to_vec().unwrap(),
+            &want,
+            1e-6 * 257.0,
+            1e-5,
+        );
+        let tuned = dev.pipeline_count();
+        assert!(
+            tuned >= 3,
+            "the first product of a new class should time several kernels, compiled {tuned}"
+        );
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(files.len(), 1, "one cache file per adapter: {files:?}");
+        let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+        assert!(text.starts_with("8 8 8 0\t"), "cache line: {text:?}");
+
+        // A new device on the same adapter reads the cache: one pipeline, no tuning.
+        let again = Device::all_gpus()
+            .into_iter()
+            .flatten()
+            .find(|d| d.info().name == dev.info().name && d.info().backend == dev.info().backend)
+            .unwrap();
+        let got = a
+            .to_device(&again)
+            .unwrap()
+            .matmul(&b.to_device(&again).unwrap())
+            .unwrap();
+        assert_close(
+            "cached choice",
+            &got.to_vec().unwrap(),
+            &want,
+            1e-6 * 257.0,
+            1e-5,
+        );
+        assert_eq!(
+            again.pipeline_count(),
+            1,
+            "the cached configuration should be used directly"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
