@@ -32,8 +32,34 @@ fn erf(v: f32) -> f32 {
     return select(r, -r, v < 0.0);
 }
 
-// Activation `op` (alpha: leaky_relu's slope). NaN maps to NaN for every op.
-fn activate(op: u32, v: f32, alpha: f32) -> f32 {
+// powf with C semantics: WGSL's pow is undefined for x < 0 and inexact at 0 on some drivers, so
+// compute |x|^p (0 or inf at zero), then NaN for a negative base with non-integer p, and the
+// sign of the base (-0 included) for odd integer p.
+fn pow_signed(x: f32, p: f32) -> f32 {
+    if (p == 0.0) {
+        return 1.0;
+    }
+    let inf = bitcast<f32>(0x7f800000u);
+    var m = pow(abs(x), p);
+    if (x == 0.0) {
+        m = select(0.0, inf, p < 0.0);
+    }
+    let integer = p == floor(p);
+    if (x < 0.0 && !integer) {
+        return bitcast<f32>(0x7fc00000u); // NaN
+    }
+    let negative = (bitcast<u32>(x) & 0x80000000u) != 0u;
+    let odd = integer && abs(p - 2.0 * floor(p / 2.0)) == 1.0;
+    return select(m, -m, negative && odd);
+}
+
+// ln(1 + e^v) = max(v, 0) + ln(1 + e^-|v|), without overflow.
+fn softplus(v: f32) -> f32 {
+    return max(v, 0.0) + log(1.0 + exp(-abs(v)));
+}
+
+// Unary op `op` with its scalar parameters (alpha, beta: see UnaryOp::params). NaN maps to NaN.
+fn activate(op: u32, v: f32, alpha: f32, beta: f32) -> f32 {
     var r = v;
     switch op {
         case 0u: { r = select(v, 0.0, v < 0.0); }                  // relu
@@ -43,6 +69,21 @@ fn activate(op: u32, v: f32, alpha: f32) -> f32 {
         case 4u: { r = sigmoid(v); }
         case 5u: { r = tanh_stable(v); }
         case 6u: { r = v * sigmoid(v); }                           // silu
+        case 7u: { r = exp(v); }
+        case 8u: { r = log(v); }
+        case 9u: { r = sqrt(v); }
+        case 10u: { r = 1.0 / sqrt(v); }                           // rsqrt (the builtin is approximate)
+        case 11u: { r = abs(v); }
+        case 12u: { r = -v; }
+        case 13u: { r = 1.0 / v; }
+        case 14u: { r = v * v; }
+        case 15u: { r = pow_signed(v, alpha); }
+        case 16u: { r = min(max(v, alpha), beta); }                // clamp
+        case 17u: { r = softplus(v); }
+        case 18u: { r = select(alpha * (exp(v) - 1.0), v, v > 0.0); } // elu
+        case 19u: { r = v + alpha; }
+        case 20u: { r = v * alpha; }
+        case 21u: { r = v / alpha; }
         default: { }                                               // identity
     }
     return select(r, v, is_nan(v));

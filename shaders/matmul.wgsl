@@ -21,8 +21,8 @@ struct Params {
     b_rs: u32,
     b_cs: u32,
     row_tile0: u32,
-    alpha: f32, // used by version 2's epilogue only
-    _pad1: u32,
+    alpha: f32, // alpha and beta: the epilogue's op parameters (versions 2 and 3 only)
+    beta: f32,
     _pad2: u32,
 }
 

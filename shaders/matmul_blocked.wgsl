@@ -38,7 +38,7 @@ struct Params {
     b_cs: u32,
     row_tile0: u32,
     alpha: f32,
-    _pad0: u32,
+    beta: f32,
     _pad1: u32,
 }
 
@@ -115,7 +115,7 @@ fn main(
                 if (HAS_BIAS) {
                     v = v + bias[col];
                 }
-                c[c_off + r * p.n + col] = activate(ACT, v, p.alpha);
+                c[c_off + r * p.n + col] = activate(ACT, v, p.alpha, p.beta);
             }
         }
     }

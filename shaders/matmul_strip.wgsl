@@ -26,7 +26,7 @@ struct Params {
     b_cs: u32,
     row_tile0: u32,
     alpha: f32,
-    _pad0: u32,
+    beta: f32,
     _pad1: u32,
 }
 
@@ -73,7 +73,7 @@ fn main(
     for (var i = 0u; i < RM; i = i + 1u) {
         let r = row0 + i;
         if (r < p.m) {
-            c[c_off + r * p.n + col] = activate(ACT, acc[i] + bias_v, p.alpha);
+            c[c_off + r * p.n + col] = activate(ACT, acc[i] + bias_v, p.alpha, p.beta);
         }
     }
 }

@@ -11,8 +11,8 @@ override WG: u32 = 256u;
 struct Params {
     n: u32,
     alpha: f32,
+    beta: f32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -31,7 +31,7 @@ fn main(
 ) {
     let i = flat_index(wid, nwg, lid);
     if (i < p.n) {
-        y[i] = activate(OP, x[i], p.alpha);
+        y[i] = activate(OP, x[i], p.alpha, p.beta);
     }
 }
 

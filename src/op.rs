@@ -1,10 +1,12 @@
 //! The closed op set and the scalar formula of each op, shared by the CPU backend and mirrored in
 //! WGSL (`shaders/`). The selector numbers here are the `OP` override constants of the shaders.
 
-/// Elementwise functions of one tensor.
+/// Elementwise functions of one tensor. Every one maps NaN to NaN (even `Powf(0.0)`, where C's
+/// `pow` would give 1): the GPU kernels check the bit pattern, so drivers' finite-math
+/// assumptions cannot change it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum UnaryOp {
-    /// `max(x, 0)`; NaN stays NaN.
+    /// `max(x, 0)`.
     Relu,
     /// `x` for `x >= 0`, `alpha * x` otherwise.
     LeakyRelu(f32),
@@ -18,11 +20,41 @@ pub enum UnaryOp {
     Tanh,
     /// `x * sigmoid(x)` (also called swish).
     Silu,
+    /// `e^x`.
+    Exp,
+    /// Natural logarithm (`-inf` at 0, NaN below).
+    Log,
+    /// Square root (NaN below 0).
+    Sqrt,
+    /// `1 / sqrt(x)` (`+inf` at 0, NaN below).
+    Rsqrt,
+    /// `|x|`.
+    Abs,
+    /// `-x`.
+    Neg,
+    /// `1 / x`.
+    Recip,
+    /// `x * x`.
+    Square,
+    /// `x^p` for a scalar `p` (`powf`; NaN for a negative base and a non-integer `p`).
+    Powf(f32),
+    /// `min(max(x, lo), hi)`.
+    Clamp(f32, f32),
+    /// `ln(1 + e^x)`, evaluated without overflow.
+    Softplus,
+    /// `x` for `x > 0`, `alpha (e^x - 1)` otherwise.
+    Elu(f32),
+    /// `x + c`.
+    AddScalar(f32),
+    /// `x * c`.
+    MulScalar(f32),
+    /// `x / c`.
+    DivScalar(f32),
 }
 
 impl UnaryOp {
     /// Every unary op, with a representative parameter where one is needed.
-    pub const ALL: [UnaryOp; 7] = [
+    pub const ALL: [UnaryOp; 22] = [
         UnaryOp::Relu,
         UnaryOp::LeakyRelu(0.01),
         UnaryOp::Gelu,
@@ -30,6 +62,21 @@ impl UnaryOp {
         UnaryOp::Sigmoid,
         UnaryOp::Tanh,
         UnaryOp::Silu,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Abs,
+        UnaryOp::Neg,
+        UnaryOp::Recip,
+        UnaryOp::Square,
+        UnaryOp::Powf(1.5),
+        UnaryOp::Clamp(-1.0, 1.0),
+        UnaryOp::Softplus,
+        UnaryOp::Elu(1.0),
+        UnaryOp::AddScalar(1.0),
+        UnaryOp::MulScalar(2.0),
+        UnaryOp::DivScalar(3.0),
     ];
 
     /// Name as in the public API.
@@ -42,10 +89,25 @@ impl UnaryOp {
             UnaryOp::Sigmoid => "sigmoid",
             UnaryOp::Tanh => "tanh",
             UnaryOp::Silu => "silu",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Rsqrt => "rsqrt",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Neg => "neg",
+            UnaryOp::Recip => "recip",
+            UnaryOp::Square => "square",
+            UnaryOp::Powf(_) => "powf",
+            UnaryOp::Clamp(..) => "clamp",
+            UnaryOp::Softplus => "softplus",
+            UnaryOp::Elu(_) => "elu",
+            UnaryOp::AddScalar(_) => "add_scalar",
+            UnaryOp::MulScalar(_) => "mul_scalar",
+            UnaryOp::DivScalar(_) => "div_scalar",
         }
     }
 
-    /// The value of the `OP` override constant in `shaders/unary.wgsl`.
+    /// The selector of `activate` in `shaders/activation.wgsl`.
     pub(crate) fn shader_id(self) -> u32 {
         match self {
             UnaryOp::Relu => 0,
@@ -55,19 +117,43 @@ impl UnaryOp {
             UnaryOp::Sigmoid => 4,
             UnaryOp::Tanh => 5,
             UnaryOp::Silu => 6,
+            UnaryOp::Exp => 7,
+            UnaryOp::Log => 8,
+            UnaryOp::Sqrt => 9,
+            UnaryOp::Rsqrt => 10,
+            UnaryOp::Abs => 11,
+            UnaryOp::Neg => 12,
+            UnaryOp::Recip => 13,
+            UnaryOp::Square => 14,
+            UnaryOp::Powf(_) => 15,
+            UnaryOp::Clamp(..) => 16,
+            UnaryOp::Softplus => 17,
+            UnaryOp::Elu(_) => 18,
+            UnaryOp::AddScalar(_) => 19,
+            UnaryOp::MulScalar(_) => 20,
+            UnaryOp::DivScalar(_) => 21,
         }
     }
 
-    /// The scalar parameter passed to the shader (alpha for leaky_relu, unused otherwise).
-    pub(crate) fn param(self) -> f32 {
+    /// The scalar parameters passed to the shader (`alpha`, `beta`); unused ones are 0.
+    pub(crate) fn params(self) -> (f32, f32) {
         match self {
-            UnaryOp::LeakyRelu(alpha) => alpha,
-            _ => 0.0,
+            UnaryOp::LeakyRelu(a)
+            | UnaryOp::Powf(a)
+            | UnaryOp::Elu(a)
+            | UnaryOp::AddScalar(a)
+            | UnaryOp::MulScalar(a)
+            | UnaryOp::DivScalar(a) => (a, 0.0),
+            UnaryOp::Clamp(lo, hi) => (lo, hi),
+            _ => (0.0, 0.0),
         }
     }
 
     /// The op on one f32 value, exactly as the CPU backend computes it.
     pub fn apply(self, x: f32) -> f32 {
+        if x.is_nan() {
+            return x;
+        }
         match self {
             UnaryOp::Relu => {
                 if x < 0.0 {
@@ -91,6 +177,28 @@ impl UnaryOp {
             UnaryOp::Sigmoid => sigmoid_f32(x),
             UnaryOp::Tanh => tanh_f32(x),
             UnaryOp::Silu => x * sigmoid_f32(x),
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Rsqrt => 1.0 / x.sqrt(),
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Neg => -x,
+            UnaryOp::Recip => 1.0 / x,
+            UnaryOp::Square => x * x,
+            UnaryOp::Powf(p) => x.powf(p),
+            UnaryOp::Clamp(lo, hi) => x.max(lo).min(hi),
+            // ln(1 + e^x) = max(x, 0) + ln(1 + e^-|x|)
+            UnaryOp::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
+            UnaryOp::Elu(alpha) => {
+                if x > 0.0 {
+                    x
+                } else {
+                    alpha * x.exp_m1()
+                }
+            }
+            UnaryOp::AddScalar(c) => x + c,
+            UnaryOp::MulScalar(c) => x * c,
+            UnaryOp::DivScalar(c) => x / c,
         }
     }
 }

@@ -250,6 +250,92 @@ impl Tensor {
         self.unary(UnaryOp::Silu)
     }
 
+    /// `e^x`.
+    pub fn exp(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Exp)
+    }
+
+    /// Natural logarithm.
+    pub fn log(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Log)
+    }
+
+    /// Square root.
+    pub fn sqrt(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sqrt)
+    }
+
+    /// `1 / sqrt(x)`.
+    pub fn rsqrt(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Rsqrt)
+    }
+
+    /// `|x|`.
+    pub fn abs(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Abs)
+    }
+
+    /// `-x`.
+    pub fn neg(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Neg)
+    }
+
+    /// `1 / x`.
+    pub fn recip(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Recip)
+    }
+
+    /// `x * x`.
+    pub fn square(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Square)
+    }
+
+    /// `x^p` for a scalar `p`.
+    pub fn powf(&self, p: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::Powf(p))
+    }
+
+    /// `min(max(x, lo), hi)`; `Error::InvalidShape` if `lo > hi` or either is NaN.
+    pub fn clamp(&self, lo: f32, hi: f32) -> Result<Tensor> {
+        if lo.is_nan() || hi.is_nan() || lo > hi {
+            return Err(Error::InvalidShape {
+                op: "clamp",
+                reason: format!("bounds must satisfy lo <= hi, got lo = {lo}, hi = {hi}"),
+            });
+        }
+        self.unary(UnaryOp::Clamp(lo, hi))
+    }
+
+    /// `ln(1 + e^x)`.
+    pub fn softplus(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Softplus)
+    }
+
+    /// `x` for `x > 0`, `alpha (e^x - 1)` otherwise.
+    pub fn elu(&self, alpha: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::Elu(alpha))
+    }
+
+    /// `x + c`.
+    pub fn add_scalar(&self, c: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::AddScalar(c))
+    }
+
+    /// `x - c`.
+    pub fn sub_scalar(&self, c: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::AddScalar(-c))
+    }
+
+    /// `x * c`.
+    pub fn mul_scalar(&self, c: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::MulScalar(c))
+    }
+
+    /// `x / c`.
+    pub fn div_scalar(&self, c: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::DivScalar(c))
+    }
+
     /// Apply an elementwise [`BinaryOp`] with numpy broadcasting.
     pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
         self.same_device(rhs, op.name())?;

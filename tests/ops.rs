@@ -69,6 +69,25 @@ fn unary_samples() -> Vec<Sample> {
     out
 }
 
+/// Samples for ops defined on x >= 0 only: positive values, zero, and extremes.
+fn positive_samples() -> Vec<Sample> {
+    let mut rng = Lcg(12);
+    let mut out: Vec<Sample> = UNARY_SHAPES
+        .iter()
+        .map(|s| {
+            let n = s.iter().product();
+            Sample {
+                inputs: vec![(s.to_vec(), rng.vec(n, 0.01, 10.0))],
+            }
+        })
+        .collect();
+    let special = vec![0.0, 1e-30, 1e-6, 1.0, 1e6, 1e30, f32::MAX];
+    out.push(Sample {
+        inputs: vec![(vec![special.len()], special)],
+    });
+    out
+}
+
 fn binary_samples() -> Vec<Sample> {
     let mut rng = Lcg(22);
     let mut pairs: Vec<(Vec<usize>, Vec<usize>)> = vec![
@@ -337,6 +356,21 @@ macro_rules! unary_op {
     };
 }
 
+/// A unary math op: its samples, its f64 formula, and a relative tolerance (GPU `exp` and `log`
+/// lose a few ulp more than the activations' formulas).
+macro_rules! math_op {
+    ($name:literal, $samples:expr, $run:expr, $reference:expr) => {
+        OpInfo {
+            name: $name,
+            samples: $samples,
+            run: $run,
+            reference: |r| map_ref(&r[0], $reference),
+            tol: |_| (1e-6, 2e-5),
+            errors: no_errors,
+        }
+    };
+}
+
 macro_rules! binary_op {
     ($name:literal, $method:ident, $f:expr) => {
         OpInfo {
@@ -371,6 +405,50 @@ fn table() -> Vec<OpInfo> {
         unary_op!("sigmoid", sigmoid, sigmoid),
         unary_op!("tanh", tanh, f64::tanh),
         unary_op!("silu", silu, |v| v * sigmoid(v)),
+        math_op!("exp", unary_samples, |t| t[0].exp(), f64::exp),
+        math_op!("log", positive_samples, |t| t[0].log(), f64::ln),
+        math_op!("sqrt", positive_samples, |t| t[0].sqrt(), f64::sqrt),
+        math_op!("rsqrt", positive_samples, |t| t[0].rsqrt(), |v| 1.0
+            / v.sqrt()),
+        math_op!("abs", unary_samples, |t| t[0].abs(), f64::abs),
+        math_op!("neg", unary_samples, |t| t[0].neg(), |v| -v),
+        math_op!("recip", unary_samples, |t| t[0].recip(), |v| 1.0 / v),
+        math_op!("square", unary_samples, |t| t[0].square(), |v| v * v),
+        math_op!("powf(1.5)", positive_samples, |t| t[0].powf(1.5), |v| v
+            .powf(1.5)),
+        math_op!("powf(3)", unary_samples, |t| t[0].powf(3.0), |v| v.powi(3)),
+        math_op!("powf(-2)", unary_samples, |t| t[0].powf(-2.0), |v| v
+            .powi(-2)),
+        math_op!("clamp", unary_samples, |t| t[0].clamp(-1.5, 2.5), |v| v
+            .clamp(-1.5, 2.5)),
+        math_op!("softplus", unary_samples, |t| t[0].softplus(), |v| v
+            .max(0.0)
+            + (-v.abs()).exp().ln_1p()),
+        math_op!("elu", unary_samples, |t| t[0].elu(0.7), |v| if v > 0.0 {
+            v
+        } else {
+            0.7f32 as f64 * v.exp_m1()
+        }),
+        math_op!(
+            "add_scalar",
+            unary_samples,
+            |t| t[0].add_scalar(0.25),
+            |v| v + 0.25
+        ),
+        math_op!(
+            "sub_scalar",
+            unary_samples,
+            |t| t[0].sub_scalar(0.25),
+            |v| v - 0.25
+        ),
+        math_op!(
+            "mul_scalar",
+            unary_samples,
+            |t| t[0].mul_scalar(-3.0),
+            |v| v * -3.0
+        ),
+        math_op!("div_scalar", unary_samples, |t| t[0].div_scalar(7.0), |v| v
+            / 7.0),
         binary_op!("add", add, |a, b| a + b),
         binary_op!("sub", sub, |a, b| a - b),
         binary_op!("mul", mul, |a, b| a * b),
@@ -477,6 +555,65 @@ fn op_table_on_every_gpu() {
             eprintln!("forcing matmul config {config}");
             dev.set_matmul_config(Some(config));
             run_table_on(&dev);
+        }
+    }
+}
+
+/// Every unary op maps NaN to NaN; domain edges give IEEE's answers; clamp refuses bad bounds.
+#[test]
+fn unary_math_edges() {
+    for dev in devices() {
+        let nan = Tensor::from_vec(&dev, vec![f32::NAN; 3], &[3]).unwrap();
+        for op in kiln::UnaryOp::ALL {
+            let v = nan.unary(op).unwrap().to_vec().unwrap();
+            assert!(
+                v.iter().all(|x| x.is_nan()),
+                "{}(NaN) on {dev}: {v:?}",
+                op.name()
+            );
+        }
+        let x = Tensor::from_vec(
+            &dev,
+            vec![-1.0, 0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY],
+            &[5],
+        )
+        .unwrap();
+        let log = x.log().unwrap().to_vec().unwrap();
+        assert!(
+            log[0].is_nan() && log[1] == f32::NEG_INFINITY && log[3] == f32::INFINITY,
+            "log on {dev}: {log:?}"
+        );
+        let sqrt = x.sqrt().unwrap().to_vec().unwrap();
+        assert!(
+            sqrt[0].is_nan() && sqrt[1] == 0.0 && sqrt[3] == f32::INFINITY,
+            "sqrt on {dev}: {sqrt:?}"
+        );
+        let rsqrt = x.rsqrt().unwrap().to_vec().unwrap();
+        assert!(
+            rsqrt[1] == f32::INFINITY && rsqrt[3] == 0.0,
+            "rsqrt on {dev}: {rsqrt:?}"
+        );
+        let recip = x.recip().unwrap().to_vec().unwrap();
+        assert_eq!(
+            &recip[1..],
+            &[f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0],
+            "recip on {dev}"
+        );
+        let exp = x.exp().unwrap().to_vec().unwrap();
+        assert_eq!((exp[3], exp[4]), (f32::INFINITY, 0.0), "exp on {dev}");
+        let pow = x.powf(0.5).unwrap().to_vec().unwrap();
+        assert!(
+            pow[0].is_nan() && pow[3] == f32::INFINITY,
+            "powf(0.5) on {dev}: {pow:?}"
+        );
+        let sp = x.softplus().unwrap().to_vec().unwrap();
+        assert_eq!((sp[3], sp[4]), (f32::INFINITY, 0.0), "softplus on {dev}");
+        for (lo, hi) in [(1.0, -1.0), (f32::NAN, 1.0)] {
+            let e = x.clamp(lo, hi).unwrap_err();
+            assert!(
+                matches!(e, Error::InvalidShape { op: "clamp", .. }),
+                "{e:?}"
+            );
         }
     }
 }

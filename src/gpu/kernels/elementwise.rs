@@ -18,7 +18,8 @@ pub(crate) const MAX_BINARY_RANK: usize = 8;
 pub(crate) struct UnaryParams {
     pub n: u32,
     pub alpha: f32,
-    pub _pad: [u32; 2],
+    pub beta: f32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -78,10 +79,12 @@ pub(crate) fn unary(
     op: UnaryOp,
 ) -> Result<PooledBuffer> {
     let out = ctx.alloc(op.name(), n)?;
+    let (alpha, beta) = op.params();
     let params = UnaryParams {
         n: n as u32,
-        alpha: op.param(),
-        _pad: [0; 2],
+        alpha,
+        beta,
+        _pad: 0,
     };
     let grid = ctx.grid_1d(op.name(), groups(n))?;
     ctx.dispatch(
@@ -99,7 +102,8 @@ pub(crate) fn fill(ctx: &GpuContext, n: usize, value: f32) -> Result<PooledBuffe
     let params = UnaryParams {
         n: n as u32,
         alpha: value,
-        _pad: [0; 2],
+        beta: 0.0,
+        _pad: 0,
     };
     let grid = ctx.grid_1d("fill", groups(n))?;
     ctx.dispatch(

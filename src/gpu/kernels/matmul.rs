@@ -28,7 +28,8 @@ pub(crate) struct MatmulParams {
     pub b_cs: u32,
     pub row_tile0: u32,
     pub alpha: f32,
-    pub _pad: [u32; 2],
+    pub beta: f32,
+    pub _pad: u32,
 }
 
 /// Which matmul kernel runs, with its tile sizes.
@@ -310,8 +311,9 @@ pub(crate) fn run(
                 b_rs: plan.b_strides.0 as u32,
                 b_cs: plan.b_strides.1 as u32,
                 row_tile0: row0,
-                alpha: epilogue.act.map_or(0.0, UnaryOp::param),
-                _pad: [0; 2],
+                alpha: epilogue.act.map_or(0.0, |a| a.params().0),
+                beta: epilogue.act.map_or(0.0, |a| a.params().1),
+                _pad: 0,
             };
             ctx.dispatch(
                 &spec,
