@@ -227,7 +227,9 @@ fn erf_f32(x: f32) -> f32 {
     if x < 0.0 { -y } else { y }
 }
 
-/// Elementwise functions of two tensors, with numpy broadcasting.
+/// Elementwise functions of two tensors, with numpy broadcasting. `Maximum` and `Minimum`
+/// propagate NaN (like PyTorch, unlike IEEE `fmax`); comparisons give 1.0 or 0.0 and are false
+/// for NaN except `Ne`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BinaryOp {
     /// `a + b`
@@ -238,11 +240,43 @@ pub enum BinaryOp {
     Mul,
     /// `a / b` (IEEE: x/0 is ±Inf, 0/0 is NaN)
     Div,
+    /// `max(a, b)`, NaN if either is NaN.
+    Maximum,
+    /// `min(a, b)`, NaN if either is NaN.
+    Minimum,
+    /// `a^b` (`powf` semantics).
+    Pow,
+    /// `a == b` as 1.0 / 0.0.
+    Eq,
+    /// `a != b` as 1.0 / 0.0.
+    Ne,
+    /// `a < b` as 1.0 / 0.0.
+    Lt,
+    /// `a <= b` as 1.0 / 0.0.
+    Le,
+    /// `a > b` as 1.0 / 0.0.
+    Gt,
+    /// `a >= b` as 1.0 / 0.0.
+    Ge,
 }
 
 impl BinaryOp {
     /// Every binary op.
-    pub const ALL: [BinaryOp; 4] = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div];
+    pub const ALL: [BinaryOp; 13] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Maximum,
+        BinaryOp::Minimum,
+        BinaryOp::Pow,
+        BinaryOp::Eq,
+        BinaryOp::Ne,
+        BinaryOp::Lt,
+        BinaryOp::Le,
+        BinaryOp::Gt,
+        BinaryOp::Ge,
+    ];
 
     /// Name as in the public API.
     pub fn name(self) -> &'static str {
@@ -251,26 +285,42 @@ impl BinaryOp {
             BinaryOp::Sub => "sub",
             BinaryOp::Mul => "mul",
             BinaryOp::Div => "div",
+            BinaryOp::Maximum => "maximum",
+            BinaryOp::Minimum => "minimum",
+            BinaryOp::Pow => "pow",
+            BinaryOp::Eq => "eq",
+            BinaryOp::Ne => "ne",
+            BinaryOp::Lt => "lt",
+            BinaryOp::Le => "le",
+            BinaryOp::Gt => "gt",
+            BinaryOp::Ge => "ge",
         }
     }
 
     /// The value of the `OP` override constant in `shaders/binary.wgsl`.
     pub(crate) fn shader_id(self) -> u32 {
-        match self {
-            BinaryOp::Add => 0,
-            BinaryOp::Sub => 1,
-            BinaryOp::Mul => 2,
-            BinaryOp::Div => 3,
-        }
+        self as u32
     }
 
     /// The op on one pair of f32 values.
     pub fn apply(self, a: f32, b: f32) -> f32 {
+        let flag = |c: bool| if c { 1.0 } else { 0.0 };
         match self {
             BinaryOp::Add => a + b,
             BinaryOp::Sub => a - b,
             BinaryOp::Mul => a * b,
             BinaryOp::Div => a / b,
+            BinaryOp::Maximum if a.is_nan() || b.is_nan() => f32::NAN,
+            BinaryOp::Maximum => a.max(b),
+            BinaryOp::Minimum if a.is_nan() || b.is_nan() => f32::NAN,
+            BinaryOp::Minimum => a.min(b),
+            BinaryOp::Pow => a.powf(b),
+            BinaryOp::Eq => flag(a == b),
+            BinaryOp::Ne => flag(a != b),
+            BinaryOp::Lt => flag(a < b),
+            BinaryOp::Le => flag(a <= b),
+            BinaryOp::Gt => flag(a > b),
+            BinaryOp::Ge => flag(a >= b),
         }
     }
 }

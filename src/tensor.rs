@@ -376,6 +376,51 @@ impl Tensor {
         self.binary(rhs, BinaryOp::Div)
     }
 
+    /// Elementwise maximum (NaN if either is NaN), broadcasting.
+    pub fn maximum(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Maximum)
+    }
+
+    /// Elementwise minimum (NaN if either is NaN), broadcasting.
+    pub fn minimum(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Minimum)
+    }
+
+    /// `self^rhs` elementwise (`powf` semantics), broadcasting.
+    pub fn pow(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Pow)
+    }
+
+    /// `self == rhs` as a 1.0/0.0 mask, broadcasting.
+    pub fn eq(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Eq)
+    }
+
+    /// `self != rhs` as a 1.0/0.0 mask, broadcasting.
+    pub fn ne(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Ne)
+    }
+
+    /// `self < rhs` as a 1.0/0.0 mask, broadcasting.
+    pub fn lt(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Lt)
+    }
+
+    /// `self <= rhs` as a 1.0/0.0 mask, broadcasting.
+    pub fn le(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Le)
+    }
+
+    /// `self > rhs` as a 1.0/0.0 mask, broadcasting.
+    pub fn gt(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Gt)
+    }
+
+    /// `self >= rhs` as a 1.0/0.0 mask, broadcasting.
+    pub fn ge(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Ge)
+    }
+
     /// Matrix product `[.., m, k] x [.., k, n] -> [.., m, n]`, batch dimensions broadcast
     /// (numpy's `matmul` for operands of rank 2 or more). `k = 0` gives zeros.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {

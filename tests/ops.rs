@@ -103,6 +103,12 @@ fn binary_samples() -> Vec<Sample> {
         (vec![2, 3, 1, 4], vec![3, 5, 1]),
         (vec![1, 1, 1], vec![1]),
     ];
+    // Ties: integers in a small range, so eq/le/ge see equal pairs.
+    let ties = |rng: &mut Lcg, n: usize| {
+        (0..n)
+            .map(|_| (rng.next_u32() % 3) as f32 - 1.0)
+            .collect::<Vec<f32>>()
+    };
     // Random broadcast-compatible pairs.
     let dims = [0usize, 1, 2, 3, 5, 15, 16, 17];
     while pairs.len() < 24 {
@@ -124,6 +130,10 @@ fn binary_samples() -> Vec<Sample> {
         let drop = rng.next_u32() as usize % rank;
         pairs.push((a, b[drop..].to_vec()));
     }
+    let (ta, tb) = (ties(&mut rng, 64), ties(&mut rng, 8));
+    let tie_sample = Sample {
+        inputs: vec![(vec![8, 8], ta), (vec![8], tb)],
+    };
     pairs
         .into_iter()
         .map(|(a, b)| {
@@ -146,6 +156,30 @@ fn binary_samples() -> Vec<Sample> {
             }
         })
         .collect()
+}
+
+/// Bases of both signs with integer exponents, and positive bases with fractional ones; plus a
+/// comparison-friendly sample with repeated values (ties for eq/le/ge).
+fn pow_samples() -> Vec<Sample> {
+    let mut rng = Lcg(55);
+    let base: Vec<f32> = rng.vec(60, -3.0, 3.0);
+    let exps: Vec<f32> = (0..60).map(|i| (i % 7) as f32 - 3.0).collect();
+    let pos: Vec<f32> = rng.vec(40, 0.0, 5.0);
+    let frac: Vec<f32> = rng.vec(40, -2.5, 2.5);
+    vec![
+        Sample {
+            inputs: vec![(vec![60], base), (vec![60], exps)],
+        },
+        Sample {
+            inputs: vec![(vec![4, 10], pos), (vec![4, 10], frac)],
+        },
+        Sample {
+            inputs: vec![
+                (vec![3, 1], vec![0.0, 2.0, -2.0]),
+                (vec![4], vec![0.0, 1.0, -1.0, 0.5]),
+            ],
+        },
+    ]
 }
 
 fn matmul_samples() -> Vec<Sample> {
@@ -453,6 +487,22 @@ fn table() -> Vec<OpInfo> {
         binary_op!("sub", sub, |a, b| a - b),
         binary_op!("mul", mul, |a, b| a * b),
         binary_op!("div", div, |a, b| a / b),
+        binary_op!("maximum", maximum, f64::max),
+        binary_op!("minimum", minimum, f64::min),
+        OpInfo {
+            name: "pow",
+            samples: pow_samples,
+            run: |t| t[0].pow(&t[1]),
+            reference: |r| binary_ref(r, f64::powf),
+            tol: |_| (1e-6, 2e-5),
+            errors: no_errors,
+        },
+        binary_op!("eq", eq, |a, b| f64::from(u8::from(a == b))),
+        binary_op!("ne", ne, |a, b| f64::from(u8::from(a != b))),
+        binary_op!("lt", lt, |a, b| f64::from(u8::from(a < b))),
+        binary_op!("le", le, |a, b| f64::from(u8::from(a <= b))),
+        binary_op!("gt", gt, |a, b| f64::from(u8::from(a > b))),
+        binary_op!("ge", ge, |a, b| f64::from(u8::from(a >= b))),
         OpInfo {
             name: "matmul",
             samples: matmul_samples,
@@ -653,6 +703,27 @@ fn nan_and_inf_propagate() {
             "x/0 on {dev}"
         );
         assert!(q[2].is_nan(), "0/0 on {dev}");
+        let one = Tensor::ones(&dev, &[3]).unwrap();
+        for (name, t, want) in [
+            ("maximum", x.maximum(&one), [f32::NAN, f32::INFINITY, 1.0]),
+            (
+                "minimum",
+                x.minimum(&one),
+                [f32::NAN, 1.0, f32::NEG_INFINITY],
+            ),
+            ("eq", x.eq(&x), [0.0, 1.0, 1.0]),
+            ("ne", x.ne(&x), [1.0, 0.0, 0.0]),
+            ("lt", x.lt(&one), [0.0, 0.0, 1.0]),
+            ("ge", x.ge(&one), [0.0, 1.0, 0.0]),
+        ] {
+            let v = t.unwrap().to_vec().unwrap();
+            for (g, w) in v.iter().zip(want) {
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "{name} on {dev}: {v:?}"
+                );
+            }
+        }
         let s = x.add(&x).unwrap().to_vec().unwrap();
         assert!(
             s[0].is_nan() && s[1] == f32::INFINITY && s[2] == f32::NEG_INFINITY,

@@ -18,7 +18,7 @@ const FILES: [(&str, &str, bool); 5] = [
     (
         "binary.wgsl",
         include_str!("../../shaders/binary.wgsl"),
-        false,
+        true,
     ),
     (
         "matmul.wgsl",
