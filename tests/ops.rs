@@ -155,6 +155,7 @@ fn binary_samples() -> Vec<Sample> {
                 inputs: vec![(a, rng.vec(na, -4.0, 4.0)), (b, bv)],
             }
         })
+        .chain(std::iter::once(tie_sample))
         .collect()
 }
 
