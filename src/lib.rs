@@ -35,6 +35,6 @@ mod tensor;
 
 pub use device::{Device, DeviceInfo, DeviceKind, DeviceLimits};
 pub use error::{Error, Result};
-pub use op::{BinaryOp, UnaryOp};
+pub use op::{BinaryOp, ReduceOp, UnaryOp};
 pub use shape::Shape;
 pub use tensor::Tensor;

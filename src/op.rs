@@ -324,3 +324,73 @@ impl BinaryOp {
         }
     }
 }
+
+/// Reductions along one axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    /// Sum (0 over an empty axis).
+    Sum,
+    /// Arithmetic mean (NaN over an empty axis).
+    Mean,
+    /// Maximum; NaN if any element is NaN; an error over an empty axis.
+    Max,
+    /// Minimum; NaN if any element is NaN; an error over an empty axis.
+    Min,
+    /// Unbiased variance (divides by n - 1, as PyTorch's default; NaN for n = 1).
+    Var,
+}
+
+impl ReduceOp {
+    /// Every reduction.
+    pub const ALL: [ReduceOp; 5] = [
+        ReduceOp::Sum,
+        ReduceOp::Mean,
+        ReduceOp::Max,
+        ReduceOp::Min,
+        ReduceOp::Var,
+    ];
+
+    /// Name as in the public API.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Mean => "mean",
+            ReduceOp::Max => "max",
+            ReduceOp::Min => "min",
+            ReduceOp::Var => "var",
+        }
+    }
+
+    /// The value of the `OP` override constant of `reduce` in `shaders/reduce.wgsl`.
+    pub(crate) fn shader_id(self) -> u32 {
+        self as u32
+    }
+
+    /// The reduction of `len` values read by `get(j)`, as the CPU backend computes it.
+    pub(crate) fn apply(self, len: usize, get: impl Fn(usize) -> f32) -> f32 {
+        match self {
+            ReduceOp::Sum => (0..len).map(&get).sum(),
+            ReduceOp::Mean => (0..len).map(&get).sum::<f32>() / len as f32,
+            ReduceOp::Max | ReduceOp::Min => {
+                let mut acc = get(0);
+                for j in 0..len {
+                    let v = get(j);
+                    if v.is_nan() {
+                        return f32::NAN;
+                    }
+                    acc = if self == ReduceOp::Max {
+                        acc.max(v)
+                    } else {
+                        acc.min(v)
+                    };
+                }
+                acc
+            }
+            ReduceOp::Var if len == 0 => f32::NAN,
+            ReduceOp::Var => {
+                let mean = (0..len).map(&get).sum::<f32>() / len as f32;
+                (0..len).map(|j| (get(j) - mean).powi(2)).sum::<f32>() / (len as f32 - 1.0)
+            }
+        }
+    }
+}

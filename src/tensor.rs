@@ -5,10 +5,10 @@ use crate::cpu;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::gpu::kernels::matmul::Epilogue;
-use crate::gpu::kernels::{elementwise, matmul};
+use crate::gpu::kernels::{elementwise, matmul, reduce};
 use crate::gpu::pool::PooledBuffer;
 use crate::matmul_plan::MatmulPlan;
-use crate::op::{BinaryOp, UnaryOp};
+use crate::op::{BinaryOp, ReduceOp, UnaryOp};
 use crate::random;
 use crate::shape::{BroadcastLayout, Shape};
 use std::fmt;
@@ -511,6 +511,136 @@ impl Tensor {
             _ => unreachable!("same_device checked the backends"),
         };
         Ok(self.with(storage, plan.out_shape))
+    }
+
+    /// The axis `dim` names (negative counts from the end), or `InvalidShape`.
+    fn axis(&self, op: &'static str, dim: isize) -> Result<usize> {
+        let rank = self.rank() as isize;
+        let d = if dim < 0 { dim + rank } else { dim };
+        if d < 0 || d >= rank {
+            return Err(Error::InvalidShape {
+                op,
+                reason: format!(
+                    "dimension {dim} is out of range for a tensor of shape {}",
+                    self.shape
+                ),
+            });
+        }
+        Ok(d as usize)
+    }
+
+    /// `[outer, len, inner]` around `axis`.
+    fn around(&self, axis: usize) -> (usize, usize, usize) {
+        let d = self.shape();
+        (
+            d[..axis].iter().product(),
+            d[axis],
+            d[axis + 1..].iter().product(),
+        )
+    }
+
+    /// Reduce along `dim` (negative counts from the end); `keepdim` keeps it with extent 1.
+    /// `max` and `min` over an empty axis are an error; `sum` gives 0 and `mean`/`var` NaN there.
+    pub fn reduce(&self, op: ReduceOp, dim: isize, keepdim: bool) -> Result<Tensor> {
+        let axis = self.axis(op.name(), dim)?;
+        let (outer, len, inner) = self.around(axis);
+        let n_out = outer * inner;
+        if len == 0 && n_out > 0 && matches!(op, ReduceOp::Max | ReduceOp::Min) {
+            return Err(Error::InvalidShape {
+                op: op.name(),
+                reason: format!(
+                    "cannot take the {} of an empty dimension ({dim} of {})",
+                    op.name(),
+                    self.shape
+                ),
+            });
+        }
+        let mut dims = self.shape().to_vec();
+        if keepdim {
+            dims[axis] = 1;
+        } else {
+            dims.remove(axis);
+        }
+        let storage = match &self.storage {
+            Storage::Cpu(x) => Storage::Cpu(Arc::new(cpu::reduce(x, (outer, len, inner), op)?)),
+            _ if n_out == 0 => Storage::Gpu(None),
+            Storage::Gpu(Some(x)) => Storage::Gpu(Some(Arc::new(reduce::reduce(
+                self.ctx()?,
+                x,
+                (outer, len, inner),
+                op,
+            )?))),
+            // An empty axis: the sum of nothing is 0, its mean and variance NaN.
+            Storage::Gpu(None) => {
+                let v = if op == ReduceOp::Sum { 0.0 } else { f32::NAN };
+                Storage::Gpu(Some(Arc::new(elementwise::fill(self.ctx()?, n_out, v)?)))
+            }
+        };
+        Ok(self.with(storage, Shape::new(&dims)?))
+    }
+
+    /// Sum along `dim`.
+    pub fn sum(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Sum, dim, keepdim)
+    }
+
+    /// Mean along `dim`.
+    pub fn mean(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Mean, dim, keepdim)
+    }
+
+    /// Maximum along `dim` (NaN if any element is NaN).
+    pub fn max(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Max, dim, keepdim)
+    }
+
+    /// Minimum along `dim` (NaN if any element is NaN).
+    pub fn min(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Min, dim, keepdim)
+    }
+
+    /// Unbiased variance along `dim` (divides by n - 1).
+    pub fn var(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Var, dim, keepdim)
+    }
+
+    /// Reduce every element to a scalar (shape `[]`).
+    pub fn reduce_all(&self, op: ReduceOp) -> Result<Tensor> {
+        self.reshape(&[self.numel()])?.reduce(op, 0, false)
+    }
+
+    /// Sum of all elements, as a scalar tensor.
+    pub fn sum_all(&self) -> Result<Tensor> {
+        self.reduce_all(ReduceOp::Sum)
+    }
+
+    /// Mean of all elements, as a scalar tensor.
+    pub fn mean_all(&self) -> Result<Tensor> {
+        self.reduce_all(ReduceOp::Mean)
+    }
+
+    fn softmax_impl(&self, dim: isize, log: bool) -> Result<Tensor> {
+        let op = if log { "log_softmax" } else { "softmax" };
+        let axis = self.axis(op, dim)?;
+        let dims = self.around(axis);
+        let storage = match &self.storage {
+            Storage::Cpu(x) => Storage::Cpu(Arc::new(cpu::softmax(x, dims, log)?)),
+            Storage::Gpu(Some(x)) => {
+                Storage::Gpu(Some(Arc::new(reduce::softmax(self.ctx()?, x, dims, log)?)))
+            }
+            Storage::Gpu(None) => Storage::Gpu(None),
+        };
+        Ok(self.with(storage, self.shape.clone()))
+    }
+
+    /// Numerically stable softmax along `dim` (negative counts from the end).
+    pub fn softmax(&self, dim: isize) -> Result<Tensor> {
+        self.softmax_impl(dim, false)
+    }
+
+    /// Numerically stable log-softmax along `dim`.
+    pub fn log_softmax(&self, dim: isize) -> Result<Tensor> {
+        self.softmax_impl(dim, true)
     }
 
     // ---- helpers ------------------------------------------------------------------------

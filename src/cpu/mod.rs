@@ -4,9 +4,11 @@
 
 mod elementwise;
 mod matmul;
+mod reduce;
 
 pub(crate) use elementwise::{binary, fill, unary};
 pub(crate) use matmul::{linear, matmul};
+pub(crate) use reduce::{reduce, softmax};
 
 use crate::error::{Error, Result};
 

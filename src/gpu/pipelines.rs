@@ -13,7 +13,7 @@ use std::time::Instant;
 const ACTIVATION: &str = include_str!("../../shaders/activation.wgsl");
 
 /// Every shader, by file name, with whether it needs `activation.wgsl` prepended.
-const FILES: [(&str, &str, bool); 5] = [
+const FILES: [(&str, &str, bool); 6] = [
     ("unary.wgsl", include_str!("../../shaders/unary.wgsl"), true),
     (
         "binary.wgsl",
@@ -33,6 +33,11 @@ const FILES: [(&str, &str, bool); 5] = [
     (
         "matmul_strip.wgsl",
         include_str!("../../shaders/matmul_strip.wgsl"),
+        true,
+    ),
+    (
+        "reduce.wgsl",
+        include_str!("../../shaders/reduce.wgsl"),
         true,
     ),
 ];

@@ -3,6 +3,7 @@
 pub(crate) mod elementwise;
 pub(crate) mod matmul;
 pub(crate) mod matmul_tune;
+pub(crate) mod reduce;
 
 use super::pipelines::KernelSpec;
 
@@ -11,6 +12,7 @@ use super::pipelines::KernelSpec;
 pub fn all_specs() -> Vec<KernelSpec> {
     let mut specs = elementwise::specs();
     specs.extend(matmul::specs());
+    specs.extend(reduce::specs());
     specs
 }
 

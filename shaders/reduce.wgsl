@@ -1,0 +1,109 @@
+// Reductions and softmax along one axis. Prepended with activation.wgsl (for is_nan).
+//
+// The input is viewed as [outer, len, inner] (the reduced axis in the middle; the host computes
+// the three extents). One invocation owns one (outer, inner) position: it walks the axis, so
+// neighbouring invocations read neighbouring elements whenever inner > 1. OP (override) picks the
+// reduction: 0 sum, 1 mean, 2 max, 3 min, 4 variance (unbiased, two passes over the axis).
+// Max and min propagate NaN. The grid may be folded into 2-D past 65,535 workgroups.
+
+override OP: u32 = 0u;
+override WG: u32 = 256u;
+// softmax entry: 0 softmax, 1 log_softmax
+override LOG: bool = false;
+
+struct Params {
+    outer: u32,
+    len: u32,
+    inner: u32,
+    n_out: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<uniform> p: Params;
+
+fn position(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid;
+}
+
+@compute @workgroup_size(WG)
+fn reduce(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let o = position(wid, nwg, lid);
+    if (o >= p.n_out) {
+        return;
+    }
+    let base = (o / p.inner) * p.len * p.inner + o % p.inner;
+    let nan = bitcast<f32>(0x7fc00000u);
+    var acc = 0.0;
+    switch OP {
+        case 2u, 3u: {
+            acc = x[base];
+            var seen_nan = false;
+            for (var j = 0u; j < p.len; j = j + 1u) {
+                let v = x[base + j * p.inner];
+                seen_nan = seen_nan || is_nan(v);
+                acc = select(min(acc, v), max(acc, v), OP == 2u);
+            }
+            acc = select(acc, nan, seen_nan);
+        }
+        case 4u: {
+            var sum = 0.0;
+            for (var j = 0u; j < p.len; j = j + 1u) {
+                sum = sum + x[base + j * p.inner];
+            }
+            let mean = sum / f32(p.len);
+            for (var j = 0u; j < p.len; j = j + 1u) {
+                let d = x[base + j * p.inner] - mean;
+                acc = acc + d * d;
+            }
+            acc = acc / (f32(p.len) - 1.0);
+        }
+        default: {
+            for (var j = 0u; j < p.len; j = j + 1u) {
+                acc = acc + x[base + j * p.inner];
+            }
+            if (OP == 1u) {
+                acc = acc / f32(p.len);
+            }
+        }
+    }
+    y[o] = acc;
+}
+
+// Numerically stable softmax (or log_softmax, LOG = true) along the axis: subtract the maximum,
+// exponentiate, normalise. A NaN anywhere on the axis makes that whole slice NaN.
+@compute @workgroup_size(WG)
+fn softmax(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let o = position(wid, nwg, lid);
+    if (o >= p.n_out) {
+        return;
+    }
+    let base = (o / p.inner) * p.len * p.inner + o % p.inner;
+    var m = x[base];
+    var seen_nan = false;
+    for (var j = 0u; j < p.len; j = j + 1u) {
+        let v = x[base + j * p.inner];
+        seen_nan = seen_nan || is_nan(v);
+        m = max(m, v);
+    }
+    var sum = 0.0;
+    for (var j = 0u; j < p.len; j = j + 1u) {
+        sum = sum + exp(x[base + j * p.inner] - m);
+    }
+    let log_sum = log(sum);
+    let nan = bitcast<f32>(0x7fc00000u);
+    for (var j = 0u; j < p.len; j = j + 1u) {
+        let i = base + j * p.inner;
+        let d = x[i] - m;
+        var r = select(exp(d) / sum, d - log_sum, LOG);
+        y[i] = select(r, nan, seen_nan);
+    }
+}

@@ -1,0 +1,97 @@
+//! `shaders/reduce.wgsl`: reductions and softmax along one axis.
+
+use crate::error::Result;
+use crate::gpu::context::GpuContext;
+use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pool::PooledBuffer;
+use crate::op::ReduceOp;
+use bytemuck::{Pod, Zeroable};
+
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct ReduceParams {
+    pub outer: u32,
+    pub len: u32,
+    pub inner: u32,
+    pub n_out: u32,
+}
+
+fn reduce_spec(op: ReduceOp) -> KernelSpec {
+    KernelSpec {
+        shader: "reduce.wgsl",
+        entry: "reduce",
+        constants: vec![("OP", f64::from(op.shader_id())), ("WG", f64::from(WG))],
+        unchecked: false,
+    }
+}
+
+fn softmax_spec(log: bool) -> KernelSpec {
+    KernelSpec {
+        shader: "reduce.wgsl",
+        entry: "softmax",
+        constants: vec![("LOG", f64::from(u8::from(log))), ("WG", f64::from(WG))],
+        unchecked: false,
+    }
+}
+
+pub(crate) fn specs() -> Vec<KernelSpec> {
+    let mut specs: Vec<KernelSpec> = ReduceOp::ALL.iter().map(|&op| reduce_spec(op)).collect();
+    specs.push(softmax_spec(false));
+    specs.push(softmax_spec(true));
+    specs
+}
+
+/// `[outer, len, inner] -> [outer, inner]`, for `outer * inner > 0` and `len > 0`.
+pub(crate) fn reduce(
+    ctx: &GpuContext,
+    x: &PooledBuffer,
+    dims: (usize, usize, usize),
+    op: ReduceOp,
+) -> Result<PooledBuffer> {
+    let (outer, len, inner) = dims;
+    let n_out = outer * inner;
+    let out = ctx.alloc(op.name(), n_out)?;
+    let params = ReduceParams {
+        outer: outer as u32,
+        len: len as u32,
+        inner: inner as u32,
+        n_out: n_out as u32,
+    };
+    let grid = ctx.grid_1d(op.name(), (n_out as u64).div_ceil(u64::from(WG)))?;
+    ctx.dispatch(
+        &reduce_spec(op),
+        &[&x.buffer, &out.buffer],
+        bytemuck::bytes_of(&params),
+        grid,
+    )?;
+    Ok(out)
+}
+
+/// Softmax (or log-softmax) along the middle axis of `[outer, len, inner]`, all extents > 0.
+pub(crate) fn softmax(
+    ctx: &GpuContext,
+    x: &PooledBuffer,
+    dims: (usize, usize, usize),
+    log: bool,
+) -> Result<PooledBuffer> {
+    let (outer, len, inner) = dims;
+    let op = if log { "log_softmax" } else { "softmax" };
+    let out = ctx.alloc(op, outer * len * inner)?;
+    let n_out = outer * inner;
+    let params = ReduceParams {
+        outer: outer as u32,
+        len: len as u32,
+        inner: inner as u32,
+        n_out: n_out as u32,
+    };
+    let grid = ctx.grid_1d(op, (n_out as u64).div_ceil(u64::from(WG)))?;
+    ctx.dispatch(
+        &softmax_spec(log),
+        &[&x.buffer, &out.buffer],
+        bytemuck::bytes_of(&params),
+        grid,
+    )?;
+    Ok(out)
+}
