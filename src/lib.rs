@@ -31,6 +31,7 @@ mod matmul_plan;
 mod op;
 mod random;
 mod shape;
+mod strided;
 mod tensor;
 
 pub use device::{Device, DeviceInfo, DeviceKind, DeviceLimits};

@@ -1,5 +1,6 @@
 //! Host side of each shader family: binds buffers, picks a specialization, dispatches.
 
+pub(crate) mod copy;
 pub(crate) mod elementwise;
 pub(crate) mod matmul;
 pub(crate) mod matmul_tune;
@@ -13,6 +14,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     let mut specs = elementwise::specs();
     specs.extend(matmul::specs());
     specs.extend(reduce::specs());
+    specs.push(copy::spec());
     specs
 }
 

@@ -1,0 +1,46 @@
+// Strided copy: out[out_offset + Σ idx_d · out_stride_d] = x[in_offset + Σ idx_d · in_stride_d]
+// for every multi-index idx of `dims` (at most 8 dimensions). One kernel serves every layout op:
+// permute/transpose (permuted input strides), narrow (an input offset), concat (an output offset
+// per input), and making any strided view contiguous.
+
+override WG: u32 = 256u;
+
+struct Params {
+    n: u32,
+    rank: u32,
+    in_offset: u32,
+    out_offset: u32,
+    // Packed four to a vec4 because uniform arrays have a 16-byte element stride.
+    dims: array<vec4<u32>, 2>,
+    in_strides: array<vec4<u32>, 2>,
+    out_strides: array<vec4<u32>, 2>,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<uniform> p: Params;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (i >= p.n) {
+        return;
+    }
+    var rem = i;
+    var src = p.in_offset;
+    var dst = p.out_offset;
+    for (var d = i32(p.rank) - 1; d >= 0; d = d - 1) {
+        let q = u32(d) / 4u;
+        let r = u32(d) % 4u;
+        let dim = p.dims[q][r];
+        let idx = rem % dim;
+        rem = rem / dim;
+        src = src + idx * p.in_strides[q][r];
+        dst = dst + idx * p.out_strides[q][r];
+    }
+    y[dst] = x[src];
+}

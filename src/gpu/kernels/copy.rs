@@ -1,0 +1,64 @@
+//! `shaders/copy.wgsl`: strided copies.
+
+use crate::error::Result;
+use crate::gpu::context::GpuContext;
+use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pool::PooledBuffer;
+use crate::strided::{MAX_COPY_RANK, StridedCopy};
+use bytemuck::{Pod, Zeroable};
+
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct CopyParams {
+    pub n: u32,
+    pub rank: u32,
+    pub in_offset: u32,
+    pub out_offset: u32,
+    pub dims: [u32; MAX_COPY_RANK],
+    pub in_strides: [u32; MAX_COPY_RANK],
+    pub out_strides: [u32; MAX_COPY_RANK],
+}
+
+pub(crate) fn spec() -> KernelSpec {
+    KernelSpec {
+        shader: "copy.wgsl",
+        entry: "main",
+        constants: vec![("WG", f64::from(WG))],
+        unchecked: false,
+    }
+}
+
+/// Record `copy` (already squeezed, non-empty) from `src` into `dst`.
+pub(crate) fn copy(
+    ctx: &GpuContext,
+    src: &PooledBuffer,
+    dst: &PooledBuffer,
+    copy: &StridedCopy,
+    op: &'static str,
+) -> Result<()> {
+    let n = copy.numel();
+    let mut params = CopyParams {
+        n: n as u32,
+        rank: copy.dims.len() as u32,
+        in_offset: copy.in_offset as u32,
+        out_offset: copy.out_offset as u32,
+        dims: [1; MAX_COPY_RANK],
+        in_strides: [0; MAX_COPY_RANK],
+        out_strides: [0; MAX_COPY_RANK],
+    };
+    for d in 0..copy.dims.len() {
+        // Extents, strides and offsets index tensors that alloc bounded by u32::MAX elements.
+        params.dims[d] = copy.dims[d] as u32;
+        params.in_strides[d] = copy.in_strides[d] as u32;
+        params.out_strides[d] = copy.out_strides[d] as u32;
+    }
+    let grid = ctx.grid_1d(op, (n as u64).div_ceil(u64::from(WG)))?;
+    ctx.dispatch(
+        &spec(),
+        &[&src.buffer, &dst.buffer],
+        bytemuck::bytes_of(&params),
+        grid,
+    )
+}

@@ -1,0 +1,68 @@
+//! Strided copies, the one primitive behind the layout ops (permute, transpose, narrow, concat),
+//! described once for both backends.
+
+use crate::error::{Error, Result};
+
+/// Copy every element of a `dims`-shaped view: source element at
+/// `in_offset + Σ idx·in_strides`, destination at `out_offset + Σ idx·out_strides`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StridedCopy {
+    pub dims: Vec<usize>,
+    pub in_strides: Vec<usize>,
+    pub in_offset: usize,
+    pub out_strides: Vec<usize>,
+    pub out_offset: usize,
+}
+
+/// Largest rank the GPU copy kernel takes.
+pub(crate) const MAX_COPY_RANK: usize = 8;
+
+impl StridedCopy {
+    pub(crate) fn numel(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// The same copy with unit dimensions dropped (they never move an index) and at least one
+    /// dimension; `InvalidShape` past `MAX_COPY_RANK`.
+    pub(crate) fn squeezed(&self, op: &'static str) -> Result<StridedCopy> {
+        let keep: Vec<usize> = (0..self.dims.len())
+            .filter(|&d| self.dims[d] != 1)
+            .collect();
+        if keep.len() > MAX_COPY_RANK {
+            return Err(Error::InvalidShape {
+                op,
+                reason: format!(
+                    "{} dimensions of extent > 1; the copy kernel handles {MAX_COPY_RANK}",
+                    keep.len()
+                ),
+            });
+        }
+        let pick = |v: &[usize]| -> Vec<usize> {
+            let p: Vec<usize> = keep.iter().map(|&d| v[d]).collect();
+            if p.is_empty() { vec![0] } else { p }
+        };
+        Ok(StridedCopy {
+            dims: if keep.is_empty() {
+                vec![1]
+            } else {
+                keep.iter().map(|&d| self.dims[d]).collect()
+            },
+            in_strides: pick(&self.in_strides),
+            in_offset: self.in_offset,
+            out_strides: pick(&self.out_strides),
+            out_offset: self.out_offset,
+        })
+    }
+
+    /// (source, destination) element offsets of the copy's `i`-th element.
+    pub(crate) fn offsets(&self, mut i: usize) -> (usize, usize) {
+        let (mut s, mut t) = (self.in_offset, self.out_offset);
+        for d in (0..self.dims.len()).rev() {
+            let idx = i % self.dims[d];
+            i /= self.dims[d];
+            s += idx * self.in_strides[d];
+            t += idx * self.out_strides[d];
+        }
+        (s, t)
+    }
+}
