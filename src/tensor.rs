@@ -5,7 +5,7 @@ use crate::cpu;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::gpu::kernels::matmul::Epilogue;
-use crate::gpu::kernels::{copy, elementwise, matmul, reduce};
+use crate::gpu::kernels::{copy, elementwise, matmul, norm, reduce};
 use crate::gpu::pool::PooledBuffer;
 use crate::matmul_plan::MatmulPlan;
 use crate::op::{BinaryOp, ReduceOp, UnaryOp};
@@ -791,6 +791,89 @@ impl Tensor {
     /// Numerically stable log-softmax along `dim`.
     pub fn log_softmax(&self, dim: isize) -> Result<Tensor> {
         self.softmax_impl(dim, true)
+    }
+
+    fn norm_impl(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+        rms: bool,
+    ) -> Result<Tensor> {
+        let op = if rms { "rms_norm" } else { "layer_norm" };
+        let len = *self.shape().last().ok_or_else(|| Error::InvalidShape {
+            op,
+            reason: "a scalar has no dimension to normalise".into(),
+        })?;
+        if eps.is_nan() || eps < 0.0 {
+            return Err(Error::InvalidShape {
+                op,
+                reason: format!("eps must be >= 0, got {eps}"),
+            });
+        }
+        for p in [weight, bias].into_iter().flatten() {
+            self.same_device(p, op)?;
+            if p.shape() != [len] {
+                return Err(Error::ShapeMismatch {
+                    op,
+                    lhs: self.shape().to_vec(),
+                    rhs: p.shape().to_vec(),
+                });
+            }
+        }
+        let rows = if len == 0 { 0 } else { self.numel() / len };
+        let cpu_slice = |t: Option<&Tensor>| match t.map(|t| &t.storage) {
+            Some(Storage::Cpu(v)) => Some(v.clone()),
+            _ => None,
+        };
+        let gpu_buf = |t: Option<&Tensor>| match t.map(|t| &t.storage) {
+            Some(Storage::Gpu(Some(b))) => Some(b.clone()),
+            _ => None,
+        };
+        let storage = match &self.storage {
+            Storage::Cpu(x) => {
+                let (w, b) = (cpu_slice(weight), cpu_slice(bias));
+                Storage::Cpu(Arc::new(cpu::norm(
+                    x,
+                    w.as_deref().map(|v| v.as_slice()),
+                    b.as_deref().map(|v| v.as_slice()),
+                    len,
+                    eps,
+                    rms,
+                )?))
+            }
+            Storage::Gpu(Some(x)) if rows > 0 => {
+                let (w, b) = (gpu_buf(weight), gpu_buf(bias));
+                Storage::Gpu(Some(Arc::new(norm::norm(
+                    self.ctx()?,
+                    x,
+                    w.as_deref(),
+                    b.as_deref(),
+                    rows,
+                    len,
+                    eps,
+                    rms,
+                )?)))
+            }
+            Storage::Gpu(_) => Storage::Gpu(None),
+        };
+        Ok(self.with(storage, self.shape.clone()))
+    }
+
+    /// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`
+    /// with the biased variance; `weight` and `bias` (shape `[last]`) are optional.
+    pub fn layer_norm(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
+        self.norm_impl(weight, bias, eps, false)
+    }
+
+    /// RMS normalisation over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
+    pub fn rms_norm(&self, weight: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+        self.norm_impl(weight, None, eps, true)
     }
 
     // ---- helpers ------------------------------------------------------------------------

@@ -58,3 +58,41 @@ pub(crate) fn softmax(
         });
     Ok(out)
 }
+
+/// layer_norm (`rms` false) or rms_norm over rows of `len` values; see `shaders/norm.wgsl`.
+pub(crate) fn norm(
+    x: &[f32],
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    len: usize,
+    eps: f32,
+    rms: bool,
+) -> Result<Vec<f32>> {
+    let mut out = alloc(if rms { "rms_norm" } else { "layer_norm" }, x.len())?;
+    if len == 0 {
+        return Ok(out);
+    }
+    out.par_chunks_mut(len)
+        .zip(x.par_chunks(len))
+        .for_each(|(y, row)| {
+            let n = len as f32;
+            let mean = if rms {
+                0.0
+            } else {
+                row.iter().sum::<f32>() / n
+            };
+            let ss: f32 = row.iter().map(|v| (v - mean) * (v - mean)).sum();
+            let inv = 1.0 / (ss / n + eps).sqrt();
+            for (j, (o, v)) in y.iter_mut().zip(row).enumerate() {
+                let mut r = (v - mean) * inv;
+                if let Some(w) = weight {
+                    r *= w[j];
+                }
+                if let Some(b) = bias {
+                    r += b[j];
+                }
+                *o = r;
+            }
+        });
+    Ok(out)
+}

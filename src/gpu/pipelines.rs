@@ -13,7 +13,7 @@ use std::time::Instant;
 const ACTIVATION: &str = include_str!("../../shaders/activation.wgsl");
 
 /// Every shader, by file name, with whether it needs `activation.wgsl` prepended.
-const FILES: [(&str, &str, bool); 7] = [
+const FILES: [(&str, &str, bool); 8] = [
     ("unary.wgsl", include_str!("../../shaders/unary.wgsl"), true),
     (
         "binary.wgsl",
@@ -41,6 +41,7 @@ const FILES: [(&str, &str, bool); 7] = [
         true,
     ),
     ("copy.wgsl", include_str!("../../shaders/copy.wgsl"), false),
+    ("norm.wgsl", include_str!("../../shaders/norm.wgsl"), false),
 ];
 
 /// The complete WGSL source of every shader module, by file name, as the device compiles it.

@@ -4,6 +4,7 @@ pub(crate) mod copy;
 pub(crate) mod elementwise;
 pub(crate) mod matmul;
 pub(crate) mod matmul_tune;
+pub(crate) mod norm;
 pub(crate) mod reduce;
 
 use super::pipelines::KernelSpec;
@@ -15,6 +16,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     specs.extend(matmul::specs());
     specs.extend(reduce::specs());
     specs.push(copy::spec());
+    specs.extend(norm::specs());
     specs
 }
 

@@ -1,0 +1,78 @@
+//! `shaders/norm.wgsl`: layer_norm and rms_norm over the last dimension.
+
+use crate::error::Result;
+use crate::gpu::context::GpuContext;
+use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pool::PooledBuffer;
+use bytemuck::{Pod, Zeroable};
+
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct NormParams {
+    pub rows: u32,
+    pub len: u32,
+    pub eps: f32,
+    pub _pad: u32,
+}
+
+fn spec(rms: bool, weight: bool, bias: bool) -> KernelSpec {
+    KernelSpec {
+        shader: "norm.wgsl",
+        entry: "main",
+        constants: vec![
+            ("WG", f64::from(WG)),
+            ("RMS", f64::from(u8::from(rms))),
+            ("HAS_WEIGHT", f64::from(u8::from(weight))),
+            ("HAS_BIAS", f64::from(u8::from(bias))),
+        ],
+        unchecked: false,
+    }
+}
+
+pub(crate) fn specs() -> Vec<KernelSpec> {
+    let mut out = Vec::new();
+    for rms in [false, true] {
+        for weight in [false, true] {
+            for bias in [false, true] {
+                if !(rms && bias) {
+                    out.push(spec(rms, weight, bias));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Normalise `rows x len` values (both > 0).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn norm(
+    ctx: &GpuContext,
+    x: &PooledBuffer,
+    weight: Option<&PooledBuffer>,
+    bias: Option<&PooledBuffer>,
+    rows: usize,
+    len: usize,
+    eps: f32,
+    rms: bool,
+) -> Result<PooledBuffer> {
+    let op = if rms { "rms_norm" } else { "layer_norm" };
+    let out = ctx.alloc(op, rows * len)?;
+    let params = NormParams {
+        rows: rows as u32,
+        len: len as u32,
+        eps,
+        _pad: 0,
+    };
+    let grid = ctx.grid_1d(op, (rows as u64).div_ceil(u64::from(WG)))?;
+    let w = weight.unwrap_or(x);
+    let b = bias.unwrap_or(x);
+    ctx.dispatch(
+        &spec(rms, weight.is_some(), bias.is_some()),
+        &[&x.buffer, &w.buffer, &b.buffer, &out.buffer],
+        bytemuck::bytes_of(&params),
+        grid,
+    )?;
+    Ok(out)
+}
