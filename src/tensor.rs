@@ -821,7 +821,7 @@ impl Tensor {
                 });
             }
         }
-        let rows = if len == 0 { 0 } else { self.numel() / len };
+        let rows = self.numel().checked_div(len).unwrap_or(0);
         let cpu_slice = |t: Option<&Tensor>| match t.map(|t| &t.storage) {
             Some(Storage::Cpu(v)) => Some(v.clone()),
             _ => None,
