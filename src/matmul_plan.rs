@@ -73,6 +73,36 @@ impl MatmulPlan {
         })
     }
 
+    /// `op(a) x op(b)` where `op` transposes the last two dimensions when asked, read through
+    /// strides (nothing is materialised).
+    pub(crate) fn transposed(a: &Shape, b: &Shape, ta: bool, tb: bool) -> Result<Self> {
+        let swap = |s: &Shape, t: bool| -> Result<Shape> {
+            let mut d = s.dims().to_vec();
+            let r = d.len();
+            if t && r >= 2 {
+                d.swap(r - 2, r - 1);
+            }
+            Shape::new(&d)
+        };
+        let mut plan = Self::new(&swap(a, ta)?, &swap(b, tb)?).map_err(|e| match e {
+            Error::ShapeMismatch { op, .. } => Error::ShapeMismatch {
+                op,
+                lhs: a.dims().to_vec(),
+                rhs: b.dims().to_vec(),
+            },
+            other => other,
+        })?;
+        if ta {
+            // A is stored [.., k, m]: element (i, p) at p*m + i.
+            plan.a_strides = (1, plan.m);
+        }
+        if tb {
+            // B is stored [.., n, k]: element (p, j) at j*k + p.
+            plan.b_strides = (1, plan.k);
+        }
+        Ok(plan)
+    }
+
     /// `a x wᵀ` for `w` of shape `[n, k]` (a linear layer's weight), read through strides: the
     /// transpose is never materialised.
     pub(crate) fn with_transposed_rhs(a: &Shape, w: &Shape) -> Result<Self> {

@@ -574,8 +574,20 @@ impl Tensor {
     /// Matrix product `[.., m, k] x [.., k, n] -> [.., m, n]`, batch dimensions broadcast
     /// (numpy's `matmul` for operands of rank 2 or more). `k = 0` gives zeros.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.matmul_transposed(rhs, false, false)
+    }
+
+    /// `op(self) x op(rhs)`, where `op` swaps the last two dimensions of an operand whose flag is
+    /// set, without materialising the transpose (the kernels read through strides): for example
+    /// `a.matmul_transposed(&b, false, true)` is `a · bᵀ` for `b` of shape `[.., n, k]`.
+    pub fn matmul_transposed(
+        &self,
+        rhs: &Tensor,
+        transpose_self: bool,
+        transpose_rhs: bool,
+    ) -> Result<Tensor> {
         self.same_device(rhs, "matmul")?;
-        let plan = MatmulPlan::new(&self.shape, &rhs.shape)?;
+        let plan = MatmulPlan::transposed(&self.shape, &rhs.shape, transpose_self, transpose_rhs)?;
         let out_n = plan.out_numel();
         let storage = match (&self.storage, &rhs.storage) {
             (Storage::Cpu(a), Storage::Cpu(b)) => Storage::Cpu(Arc::new(cpu::matmul(a, b, &plan)?)),

@@ -605,6 +605,45 @@ fn norm_errors(d: &Device) -> Vec<ErrorCase> {
     ]
 }
 
+/// Transpose the last two dimensions of a reference.
+fn t_last(r: &Ref) -> Ref {
+    let n = r.shape.len();
+    let mut perm: Vec<usize> = (0..n).collect();
+    perm.swap(n - 2, n - 1);
+    permute_ref(r, &perm)
+}
+
+/// Samples for `op(a) x op(b)`, stored already transposed where the op transposes.
+fn matmul_t_samples(ta: bool, tb: bool) -> Vec<Sample> {
+    let mut rng = Lcg(90);
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[300, 257], &[257, 129]),
+        (&[17, 33], &[33, 15]),
+        (&[1, 64], &[64, 1]),
+        (&[128, 64], &[64, 128]),
+        (&[2, 3, 17, 5], &[5, 9]),
+        (&[5, 0], &[0, 7]),
+    ];
+    cases
+        .iter()
+        .map(|(a, b)| {
+            let sw = |s: &[usize], t: bool| {
+                let mut d = s.to_vec();
+                let r = d.len();
+                if t {
+                    d.swap(r - 2, r - 1);
+                }
+                d
+            };
+            let (a, b) = (sw(a, ta), sw(b, tb));
+            let (na, nb) = (a.iter().product(), b.iter().product());
+            Sample {
+                inputs: vec![(a, rng.vec(na, -1.0, 1.0)), (b, rng.vec(nb, -1.0, 1.0))],
+            }
+        })
+        .collect()
+}
+
 fn linear_samples() -> Vec<Sample> {
     let mut rng = Lcg(44);
     // (x shape, out_features): weight is [out, in], bias [out].
@@ -1069,6 +1108,30 @@ fn table() -> Vec<OpInfo> {
             // f32 accumulation over k terms of |a·b| <= 1: the absolute error grows with k.
             tol: |r| (1e-6 * (1 + r[0].shape[r[0].shape.len() - 1]) as f64, 1e-5),
             errors: matmul_errors,
+        },
+        OpInfo {
+            name: "matmul(aᵀ, b)",
+            samples: || matmul_t_samples(true, false),
+            run: |t| t[0].matmul_transposed(&t[1], true, false),
+            reference: |r| matmul_ref(&[t_last(&r[0]), r[1].clone()]),
+            tol: |r| (1e-6 * (1 + r[0].shape[r[0].shape.len() - 2]) as f64, 1e-5),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "matmul(a, bᵀ)",
+            samples: || matmul_t_samples(false, true),
+            run: |t| t[0].matmul_transposed(&t[1], false, true),
+            reference: |r| matmul_ref(&[r[0].clone(), t_last(&r[1])]),
+            tol: |r| (1e-6 * (1 + r[0].shape[r[0].shape.len() - 1]) as f64, 1e-5),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "matmul(aᵀ, bᵀ)",
+            samples: || matmul_t_samples(true, true),
+            run: |t| t[0].matmul_transposed(&t[1], true, true),
+            reference: |r| matmul_ref(&[t_last(&r[0]), t_last(&r[1])]),
+            tol: |r| (1e-6 * (1 + r[0].shape[r[0].shape.len() - 2]) as f64, 1e-5),
+            errors: no_errors,
         },
         OpInfo {
             name: "linear+bias+gelu_tanh",
