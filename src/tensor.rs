@@ -5,7 +5,7 @@ use crate::cpu;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::gpu::kernels::matmul::Epilogue;
-use crate::gpu::kernels::{copy, elementwise, matmul, norm, reduce};
+use crate::gpu::kernels::{copy, elementwise, matmul, norm, reduce, select};
 use crate::gpu::pool::PooledBuffer;
 use crate::matmul_plan::MatmulPlan;
 use crate::op::{BinaryOp, ReduceOp, UnaryOp};
@@ -569,6 +569,64 @@ impl Tensor {
     /// `self >= rhs` as a 1.0/0.0 mask, broadcasting.
     pub fn ge(&self, rhs: &Tensor) -> Result<Tensor> {
         self.binary(rhs, BinaryOp::Ge)
+    }
+
+    /// `a` where `mask` is non-zero (NaN counts as non-zero), else `b`; all three broadcast
+    /// together under numpy's rules. Masks usually come from the comparison ops.
+    pub fn where_cond(mask: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        mask.same_device(a, "where")?;
+        mask.same_device(b, "where")?;
+        let ab = a.shape.broadcast(&b.shape, "where")?;
+        let out = mask
+            .shape
+            .broadcast(&ab, "where")
+            .map_err(|_| Error::ShapeMismatch {
+                op: "where",
+                lhs: mask.shape().to_vec(),
+                rhs: ab.dims().to_vec(),
+            })?;
+        let n = out.numel();
+        let keep: Vec<usize> = (0..out.rank()).filter(|&d| out.dims()[d] != 1).collect();
+        let strides = |t: &Tensor| -> Vec<usize> {
+            let s = t.shape.broadcast_strides(&out);
+            keep.iter().map(|&d| s[d]).collect()
+        };
+        let (sm, sa, sb) = (strides(mask), strides(a), strides(b));
+        let dims: Vec<usize> = keep.iter().map(|&d| out.dims()[d]).collect();
+        let storage = match (&mask.storage, &a.storage, &b.storage) {
+            (Storage::Cpu(m), Storage::Cpu(x), Storage::Cpu(y)) => {
+                let mut v = cpu::alloc("where", n)?;
+                for (i, o) in v.iter_mut().enumerate() {
+                    let (mut rem, mut im, mut ia, mut ib) = (i, 0, 0, 0);
+                    for d in (0..dims.len()).rev() {
+                        let idx = rem % dims[d];
+                        rem /= dims[d];
+                        im += idx * sm[d];
+                        ia += idx * sa[d];
+                        ib += idx * sb[d];
+                    }
+                    *o = if m[im].to_bits() & 0x7fff_ffff != 0 {
+                        x[ia]
+                    } else {
+                        y[ib]
+                    };
+                }
+                Storage::Cpu(Arc::new(v))
+            }
+            (Storage::Gpu(Some(m)), Storage::Gpu(Some(x)), Storage::Gpu(Some(y))) if n > 0 => {
+                let dims = if dims.is_empty() { vec![1] } else { dims };
+                let pad = |s: Vec<usize>| if s.is_empty() { vec![0] } else { s };
+                let (sm, sa, sb) = (pad(sm), pad(sa), pad(sb));
+                Storage::Gpu(Some(Arc::new(select::where_(
+                    mask.ctx()?,
+                    [m, x, y],
+                    &dims,
+                    [&sm, &sa, &sb],
+                )?)))
+            }
+            _ => Storage::Gpu(None),
+        };
+        Ok(mask.with(storage, out))
     }
 
     /// Matrix product `[.., m, k] x [.., k, n] -> [.., m, n]`, batch dimensions broadcast

@@ -644,6 +644,64 @@ fn matmul_t_samples(ta: bool, tb: bool) -> Vec<Sample> {
         .collect()
 }
 
+fn where_samples() -> Vec<Sample> {
+    let mut rng = Lcg(95);
+    let cases: &[[&[usize]; 3]] = &[
+        [&[3, 4], &[3, 4], &[3, 4]],
+        [&[3, 1], &[4], &[3, 4]],
+        [&[2, 1, 5], &[3, 1], &[1]],
+        [&[0, 3], &[3], &[1]],
+        [&[], &[2, 3], &[3]],
+        [&[257], &[1], &[257]],
+    ];
+    cases
+        .iter()
+        .map(|c| {
+            let nm = c[0].iter().product();
+            let mask = (0..nm)
+                .map(|_| rng.pick(&[0.0, 1.0, -0.0, 2.5, f32::NAN]))
+                .collect();
+            let (na, nb) = (c[1].iter().product(), c[2].iter().product());
+            Sample {
+                inputs: vec![
+                    (c[0].to_vec(), mask),
+                    (c[1].to_vec(), rng.vec(na, -3.0, 3.0)),
+                    (c[2].to_vec(), rng.vec(nb, -3.0, 3.0)),
+                ],
+            }
+        })
+        .collect()
+}
+
+fn where_ref(r: &[Ref]) -> Ref {
+    let ab = broadcast(&r[1].shape, &r[2].shape).unwrap();
+    let out = broadcast(&r[0].shape, &ab).unwrap();
+    let n = out.iter().product();
+    let data = (0..n)
+        .map(|i| {
+            let idx = unravel(i, &out);
+            let m = r[0].data[bcast_index(&r[0].shape, &out, &idx)];
+            let pick = if m != 0.0 || m.is_nan() { &r[1] } else { &r[2] };
+            pick.data[bcast_index(&pick.shape, &out, &idx)]
+        })
+        .collect();
+    Ref { shape: out, data }
+}
+
+fn where_errors(d: &Device) -> Vec<ErrorCase> {
+    let m = Tensor::zeros(d, &[2, 3]).unwrap();
+    let a = Tensor::zeros(d, &[4]).unwrap();
+    let b = Tensor::zeros(d, &[3]).unwrap();
+    vec![
+        ("a [4] and b [3]", Tensor::where_cond(&m, &a, &b), |e| {
+            matches!(e, Error::ShapeMismatch { op: "where", .. })
+        }),
+        ("mask [2,3] with [4]", Tensor::where_cond(&m, &a, &a), |e| {
+            matches!(e, Error::ShapeMismatch { op: "where", .. })
+        }),
+    ]
+}
+
 fn linear_samples() -> Vec<Sample> {
     let mut rng = Lcg(44);
     // (x shape, out_features): weight is [out, in], bias [out].
@@ -1079,6 +1137,14 @@ fn table() -> Vec<OpInfo> {
             reference: |r| norm_ref(r, 1e-6, true, true),
             tol: |_| (1e-5, 1e-5),
             errors: no_errors,
+        },
+        OpInfo {
+            name: "where",
+            samples: where_samples,
+            run: |t| Tensor::where_cond(&t[0], &t[1], &t[2]),
+            reference: where_ref,
+            tol: |_| (0.0, 0.0),
+            errors: where_errors,
         },
         binary_op!("add", add, |a, b| a + b),
         binary_op!("sub", sub, |a, b| a - b),

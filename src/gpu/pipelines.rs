@@ -13,7 +13,7 @@ use std::time::Instant;
 const ACTIVATION: &str = include_str!("../../shaders/activation.wgsl");
 
 /// Every shader, by file name, with whether it needs `activation.wgsl` prepended.
-const FILES: [(&str, &str, bool); 8] = [
+const FILES: [(&str, &str, bool); 9] = [
     ("unary.wgsl", include_str!("../../shaders/unary.wgsl"), true),
     (
         "binary.wgsl",
@@ -42,6 +42,11 @@ const FILES: [(&str, &str, bool); 8] = [
     ),
     ("copy.wgsl", include_str!("../../shaders/copy.wgsl"), false),
     ("norm.wgsl", include_str!("../../shaders/norm.wgsl"), false),
+    (
+        "where.wgsl",
+        include_str!("../../shaders/where.wgsl"),
+        false,
+    ),
 ];
 
 /// The complete WGSL source of every shader module, by file name, as the device compiles it.

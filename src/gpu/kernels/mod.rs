@@ -6,6 +6,7 @@ pub(crate) mod matmul;
 pub(crate) mod matmul_tune;
 pub(crate) mod norm;
 pub(crate) mod reduce;
+pub(crate) mod select;
 
 use super::pipelines::KernelSpec;
 
@@ -17,6 +18,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     specs.extend(reduce::specs());
     specs.push(copy::spec());
     specs.extend(norm::specs());
+    specs.push(select::spec());
     specs
 }
 
