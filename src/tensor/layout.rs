@@ -1,0 +1,182 @@
+//! Layout: reshape (a view), and the materialised permute, transpose, narrow and cat.
+
+use super::{Storage, Tensor};
+use crate::cpu;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::gpu::kernels::copy;
+use crate::shape::Shape;
+use crate::strided::StridedCopy;
+use std::sync::Arc;
+
+impl Tensor {
+    /// The same values with another shape of the same element count; no copy is made.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let new = Shape::new(shape)?;
+        if new.numel() != self.numel() {
+            return Err(Error::InvalidShape {
+                op: "reshape",
+                reason: format!(
+                    "cannot view {} ({} elements) as {new} ({} elements)",
+                    self.shape,
+                    self.numel(),
+                    new.numel()
+                ),
+            });
+        }
+        Ok(Tensor {
+            storage: self.storage.clone(),
+            shape: new,
+            device: self.device.clone(),
+        })
+    }
+
+    /// Dimensions reordered: output dimension `i` is input dimension `dims[i]` (materialised:
+    /// the result is contiguous). `dims` must be a permutation of `0..rank`.
+    pub fn permute(&self, dims: &[usize]) -> Result<Tensor> {
+        let rank = self.rank();
+        let mut seen = vec![false; rank];
+        let valid = dims.len() == rank
+            && dims
+                .iter()
+                .all(|&d| d < rank && !std::mem::replace(&mut seen[d], true));
+        if !valid {
+            return Err(Error::InvalidShape {
+                op: "permute",
+                reason: format!(
+                    "{dims:?} is not a permutation of the {rank} dimensions of {}",
+                    self.shape
+                ),
+            });
+        }
+        let strides = self.shape.strides();
+        let out_dims: Vec<usize> = dims.iter().map(|&d| self.shape()[d]).collect();
+        let out_shape = Shape::new(&out_dims)?;
+        let plan = StridedCopy {
+            dims: out_dims,
+            in_strides: dims.iter().map(|&d| strides[d]).collect(),
+            in_offset: 0,
+            out_strides: out_shape.strides(),
+            out_offset: 0,
+        };
+        Self::assemble("permute", &self.device, out_shape, &[(self, plan)])
+    }
+
+    /// Dimensions `d0` and `d1` swapped (materialised). Negative dimensions count from the end.
+    pub fn transpose(&self, d0: isize, d1: isize) -> Result<Tensor> {
+        let (a, b) = (self.axis("transpose", d0)?, self.axis("transpose", d1)?);
+        let mut dims: Vec<usize> = (0..self.rank()).collect();
+        dims.swap(a, b);
+        self.permute(&dims)
+    }
+
+    /// The slice `start..start + len` of dimension `dim` (materialised).
+    pub fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Tensor> {
+        let axis = self.axis("narrow", dim)?;
+        let extent = self.shape()[axis];
+        if start.checked_add(len).is_none_or(|end| end > extent) {
+            return Err(Error::InvalidShape {
+                op: "narrow",
+                reason: format!(
+                    "{start}..{start}+{len} is outside dimension {dim} (extent {extent}) of {}",
+                    self.shape
+                ),
+            });
+        }
+        let strides = self.shape.strides();
+        let mut out_dims = self.shape().to_vec();
+        out_dims[axis] = len;
+        let out_shape = Shape::new(&out_dims)?;
+        let plan = StridedCopy {
+            dims: out_dims,
+            in_strides: strides.clone(),
+            in_offset: start * strides[axis],
+            out_strides: out_shape.strides(),
+            out_offset: 0,
+        };
+        Self::assemble("narrow", &self.device, out_shape, &[(self, plan)])
+    }
+
+    /// Tensors joined along `dim`: every tensor has the same rank and the same extents except
+    /// along `dim`, and all live on one device.
+    pub fn cat(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
+        let first = *tensors.first().ok_or_else(|| Error::InvalidShape {
+            op: "cat",
+            reason: "no tensors to concatenate".into(),
+        })?;
+        let axis = first.axis("cat", dim)?;
+        let mut total = 0;
+        for t in tensors {
+            first.same_device(t, "cat")?;
+            let compatible = t.rank() == first.rank()
+                && (0..first.rank()).all(|d| d == axis || t.shape()[d] == first.shape()[d]);
+            if !compatible {
+                return Err(Error::ShapeMismatch {
+                    op: "cat",
+                    lhs: first.shape().to_vec(),
+                    rhs: t.shape().to_vec(),
+                });
+            }
+            total += t.shape()[axis];
+        }
+        let mut out_dims = first.shape().to_vec();
+        out_dims[axis] = total;
+        let out_shape = Shape::new(&out_dims)?;
+        let out_strides = out_shape.strides();
+        let mut at = 0;
+        let parts: Vec<(&Tensor, StridedCopy)> = tensors
+            .iter()
+            .map(|t| {
+                let plan = StridedCopy {
+                    dims: t.shape().to_vec(),
+                    in_strides: t.shape.strides(),
+                    in_offset: 0,
+                    out_strides: out_strides.clone(),
+                    out_offset: at * out_strides[axis],
+                };
+                at += t.shape()[axis];
+                (*t, plan)
+            })
+            .collect();
+        Self::assemble("cat", &first.device, out_shape, &parts)
+    }
+
+    /// A new tensor of `shape` on `device` filled by strided copies from `parts` (which cover it).
+    fn assemble(
+        op: &'static str,
+        device: &Device,
+        shape: Shape,
+        parts: &[(&Tensor, StridedCopy)],
+    ) -> Result<Tensor> {
+        let n = shape.numel();
+        let storage = match device.gpu_context() {
+            None => {
+                let mut out = cpu::alloc(op, n)?;
+                for (t, plan) in parts {
+                    if let Storage::Cpu(src) = &t.storage {
+                        for i in 0..plan.numel() {
+                            let (s, d) = plan.offsets(i);
+                            out[d] = src[s];
+                        }
+                    }
+                }
+                Storage::Cpu(Arc::new(out))
+            }
+            Some(_) if n == 0 => Storage::Gpu(None),
+            Some(ctx) => {
+                let out = ctx.alloc(op, n)?;
+                for (t, plan) in parts {
+                    if let Storage::Gpu(Some(src)) = &t.storage {
+                        copy::copy(ctx, src, &out, &plan.squeezed(op)?, op)?;
+                    }
+                }
+                Storage::Gpu(Some(Arc::new(out)))
+            }
+        };
+        Ok(Tensor {
+            storage,
+            shape,
+            device: device.clone(),
+        })
+    }
+}

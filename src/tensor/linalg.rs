@@ -1,0 +1,116 @@
+//! Matrix products: matmul (batched, broadcast, optionally transposed operands) and the fused linear layer.
+
+use super::{Storage, Tensor};
+use crate::cpu;
+use crate::error::{Error, Result};
+use crate::gpu::kernels::matmul::Epilogue;
+use crate::gpu::kernels::{elementwise, matmul};
+use crate::matmul_plan::MatmulPlan;
+use crate::op::UnaryOp;
+use std::sync::Arc;
+
+impl Tensor {
+    /// Matrix product `[.., m, k] x [.., k, n] -> [.., m, n]`, batch dimensions broadcast
+    /// (numpy's `matmul` for operands of rank 2 or more). `k = 0` gives zeros.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.matmul_transposed(rhs, false, false)
+    }
+
+    /// `op(self) x op(rhs)`, where `op` swaps the last two dimensions of an operand whose flag is
+    /// set, without materialising the transpose (the kernels read through strides): for example
+    /// `a.matmul_transposed(&b, false, true)` is `a · bᵀ` for `b` of shape `[.., n, k]`.
+    pub fn matmul_transposed(
+        &self,
+        rhs: &Tensor,
+        transpose_self: bool,
+        transpose_rhs: bool,
+    ) -> Result<Tensor> {
+        self.same_device(rhs, "matmul")?;
+        let plan = MatmulPlan::transposed(&self.shape, &rhs.shape, transpose_self, transpose_rhs)?;
+        let out_n = plan.out_numel();
+        let storage = match (&self.storage, &rhs.storage) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => Storage::Cpu(Arc::new(cpu::matmul(a, b, &plan)?)),
+            (Storage::Gpu(a), Storage::Gpu(b)) => {
+                let ctx = self.ctx()?;
+                match (a, b) {
+                    _ if out_n == 0 => Storage::Gpu(None),
+                    (Some(a), Some(b)) if plan.k > 0 => Storage::Gpu(Some(Arc::new(
+                        matmul::matmul(ctx, a, b, &plan, Epilogue::default())?,
+                    ))),
+                    // k = 0: the operands are empty and the product is all zeros.
+                    _ => Storage::Gpu(Some(Arc::new(elementwise::fill(ctx, out_n, 0.0)?))),
+                }
+            }
+            _ => unreachable!("same_device checked the backends"),
+        };
+        Ok(self.with(storage, plan.out_shape))
+    }
+
+    /// A linear layer in one op: `act(self · weightᵀ + bias)`, with `weight` of shape
+    /// `[out_features, in_features]` (PyTorch's convention) read transposed in place, `bias` of
+    /// shape `[out_features]`, and the activation applied in the matmul kernel's epilogue.
+    pub fn linear(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        act: Option<UnaryOp>,
+    ) -> Result<Tensor> {
+        self.same_device(weight, "linear")?;
+        let plan = MatmulPlan::with_transposed_rhs(&self.shape, &weight.shape)?;
+        if let Some(b) = bias {
+            self.same_device(b, "linear")?;
+            if b.shape() != [plan.n] {
+                return Err(Error::ShapeMismatch {
+                    op: "linear",
+                    lhs: weight.shape().to_vec(),
+                    rhs: b.shape().to_vec(),
+                });
+            }
+        }
+        let out_n = plan.out_numel();
+        let storage = match (&self.storage, &weight.storage) {
+            (Storage::Cpu(x), Storage::Cpu(w)) => {
+                let bias = bias.map(|b| match &b.storage {
+                    Storage::Cpu(v) => v.as_slice(),
+                    Storage::Gpu(_) => &[],
+                });
+                Storage::Cpu(Arc::new(cpu::linear(x, w, &plan, bias, act)?))
+            }
+            (Storage::Gpu(x), Storage::Gpu(w)) => {
+                let ctx = self.ctx()?;
+                let bias_buf = match bias.map(|b| &b.storage) {
+                    Some(Storage::Gpu(Some(buf))) => Some(buf.as_ref()),
+                    _ => None,
+                };
+                match (x, w) {
+                    _ if out_n == 0 => Storage::Gpu(None),
+                    (Some(x), Some(w)) if plan.k > 0 => {
+                        let epilogue = Epilogue {
+                            bias: bias_buf,
+                            act,
+                        };
+                        Storage::Gpu(Some(Arc::new(matmul::matmul(ctx, x, w, &plan, epilogue)?)))
+                    }
+                    // k = 0: the product is zero; bias and activation still apply.
+                    _ => {
+                        let zero = self.with(
+                            Storage::Gpu(Some(Arc::new(elementwise::fill(ctx, out_n, 0.0)?))),
+                            plan.out_shape.clone(),
+                        );
+                        let with_bias = match bias {
+                            Some(b) => zero.add(b)?,
+                            None => zero,
+                        };
+                        let out = match act {
+                            Some(op) => with_bias.unary(op)?,
+                            None => with_bias,
+                        };
+                        return Ok(out);
+                    }
+                }
+            }
+            _ => unreachable!("same_device checked the backends"),
+        };
+        Ok(self.with(storage, plan.out_shape))
+    }
+}

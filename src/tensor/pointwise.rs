@@ -1,0 +1,290 @@
+//! Elementwise ops: unary, binary with broadcasting, and `where`.
+
+use super::{Storage, Tensor};
+use crate::cpu;
+use crate::error::{Error, Result};
+use crate::gpu::kernels::{elementwise, select};
+use crate::op::{BinaryOp, UnaryOp};
+use crate::shape::BroadcastLayout;
+use std::sync::Arc;
+
+impl Tensor {
+    /// Apply an elementwise [`UnaryOp`].
+    pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        let storage = match &self.storage {
+            Storage::Cpu(v) => Storage::Cpu(Arc::new(cpu::unary(v, op)?)),
+            Storage::Gpu(None) => Storage::Gpu(None),
+            Storage::Gpu(Some(b)) => Storage::Gpu(Some(Arc::new(elementwise::unary(
+                self.ctx()?,
+                b,
+                self.numel(),
+                op,
+            )?))),
+        };
+        Ok(self.with(storage, self.shape.clone()))
+    }
+
+    /// `max(x, 0)`; NaN stays NaN.
+    pub fn relu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Relu)
+    }
+
+    /// `x` where `x >= 0`, else `alpha * x`.
+    pub fn leaky_relu(&self, alpha: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::LeakyRelu(alpha))
+    }
+
+    /// GELU with the exact (erf) normal CDF.
+    pub fn gelu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Gelu)
+    }
+
+    /// GELU, tanh approximation.
+    pub fn gelu_tanh(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::GeluTanh)
+    }
+
+    /// The logistic function.
+    pub fn sigmoid(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sigmoid)
+    }
+
+    /// Hyperbolic tangent.
+    pub fn tanh(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Tanh)
+    }
+
+    /// `x * sigmoid(x)`.
+    pub fn silu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Silu)
+    }
+
+    /// `e^x`.
+    pub fn exp(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Exp)
+    }
+
+    /// Natural logarithm.
+    pub fn log(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Log)
+    }
+
+    /// Square root.
+    pub fn sqrt(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sqrt)
+    }
+
+    /// `1 / sqrt(x)`.
+    pub fn rsqrt(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Rsqrt)
+    }
+
+    /// `|x|`.
+    pub fn abs(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Abs)
+    }
+
+    /// `-x`.
+    pub fn neg(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Neg)
+    }
+
+    /// `1 / x`.
+    pub fn recip(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Recip)
+    }
+
+    /// `x * x`.
+    pub fn square(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Square)
+    }
+
+    /// `x^p` for a scalar `p`.
+    pub fn powf(&self, p: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::Powf(p))
+    }
+
+    /// `min(max(x, lo), hi)`; `Error::InvalidShape` if `lo > hi` or either is NaN.
+    pub fn clamp(&self, lo: f32, hi: f32) -> Result<Tensor> {
+        if lo.is_nan() || hi.is_nan() || lo > hi {
+            return Err(Error::InvalidShape {
+                op: "clamp",
+                reason: format!("bounds must satisfy lo <= hi, got lo = {lo}, hi = {hi}"),
+            });
+        }
+        self.unary(UnaryOp::Clamp(lo, hi))
+    }
+
+    /// `ln(1 + e^x)`.
+    pub fn softplus(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Softplus)
+    }
+
+    /// `x` for `x > 0`, `alpha (e^x - 1)` otherwise.
+    pub fn elu(&self, alpha: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::Elu(alpha))
+    }
+
+    /// `x + c`.
+    pub fn add_scalar(&self, c: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::AddScalar(c))
+    }
+
+    /// `x - c`.
+    pub fn sub_scalar(&self, c: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::AddScalar(-c))
+    }
+
+    /// `x * c`.
+    pub fn mul_scalar(&self, c: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::MulScalar(c))
+    }
+
+    /// `x / c`.
+    pub fn div_scalar(&self, c: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::DivScalar(c))
+    }
+
+    /// Apply an elementwise [`BinaryOp`] with numpy broadcasting.
+    pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        self.same_device(rhs, op.name())?;
+        let out = self.shape.broadcast(&rhs.shape, op.name())?;
+        let n = out.numel();
+        let layout = BroadcastLayout::new(&self.shape, &rhs.shape, &out);
+        let storage = match (&self.storage, &rhs.storage) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => {
+                Storage::Cpu(Arc::new(cpu::binary(a, b, &layout, n, op)?))
+            }
+            (Storage::Gpu(Some(a)), Storage::Gpu(Some(b))) if n > 0 => Storage::Gpu(Some(
+                Arc::new(elementwise::binary(self.ctx()?, a, b, &layout, n, op)?),
+            )),
+            // A broadcast with an empty operand has an empty result.
+            (Storage::Gpu(_), Storage::Gpu(_)) => Storage::Gpu(None),
+            _ => unreachable!("same_device checked the backends"),
+        };
+        Ok(self.with(storage, out))
+    }
+
+    /// `self + rhs`, broadcasting.
+    pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Add)
+    }
+
+    /// `self - rhs`, broadcasting.
+    pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Sub)
+    }
+
+    /// `self * rhs` elementwise, broadcasting.
+    pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Mul)
+    }
+
+    /// `self / rhs` elementwise, broadcasting.
+    pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Div)
+    }
+
+    /// Elementwise maximum (NaN if either is NaN), broadcasting.
+    pub fn maximum(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Maximum)
+    }
+
+    /// Elementwise minimum (NaN if either is NaN), broadcasting.
+    pub fn minimum(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Minimum)
+    }
+
+    /// `self^rhs` elementwise (`powf` semantics), broadcasting.
+    pub fn pow(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Pow)
+    }
+
+    /// `self == rhs` as a 1.0/0.0 mask, broadcasting.
+    pub fn eq(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Eq)
+    }
+
+    /// `self != rhs` as a 1.0/0.0 mask, broadcasting.
+    pub fn ne(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Ne)
+    }
+
+    /// `self < rhs` as a 1.0/0.0 mask, broadcasting.
+    pub fn lt(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Lt)
+    }
+
+    /// `self <= rhs` as a 1.0/0.0 mask, broadcasting.
+    pub fn le(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Le)
+    }
+
+    /// `self > rhs` as a 1.0/0.0 mask, broadcasting.
+    pub fn gt(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Gt)
+    }
+
+    /// `self >= rhs` as a 1.0/0.0 mask, broadcasting.
+    pub fn ge(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Ge)
+    }
+
+    /// `a` where `mask` is non-zero (NaN counts as non-zero), else `b`; all three broadcast
+    /// together under numpy's rules. Masks usually come from the comparison ops.
+    pub fn where_cond(mask: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        mask.same_device(a, "where")?;
+        mask.same_device(b, "where")?;
+        let ab = a.shape.broadcast(&b.shape, "where")?;
+        let out = mask
+            .shape
+            .broadcast(&ab, "where")
+            .map_err(|_| Error::ShapeMismatch {
+                op: "where",
+                lhs: mask.shape().to_vec(),
+                rhs: ab.dims().to_vec(),
+            })?;
+        let n = out.numel();
+        let keep: Vec<usize> = (0..out.rank()).filter(|&d| out.dims()[d] != 1).collect();
+        let strides = |t: &Tensor| -> Vec<usize> {
+            let s = t.shape.broadcast_strides(&out);
+            keep.iter().map(|&d| s[d]).collect()
+        };
+        let (sm, sa, sb) = (strides(mask), strides(a), strides(b));
+        let dims: Vec<usize> = keep.iter().map(|&d| out.dims()[d]).collect();
+        let storage = match (&mask.storage, &a.storage, &b.storage) {
+            (Storage::Cpu(m), Storage::Cpu(x), Storage::Cpu(y)) => {
+                let mut v = cpu::alloc("where", n)?;
+                for (i, o) in v.iter_mut().enumerate() {
+                    let (mut rem, mut im, mut ia, mut ib) = (i, 0, 0, 0);
+                    for d in (0..dims.len()).rev() {
+                        let idx = rem % dims[d];
+                        rem /= dims[d];
+                        im += idx * sm[d];
+                        ia += idx * sa[d];
+                        ib += idx * sb[d];
+                    }
+                    *o = if m[im].to_bits() & 0x7fff_ffff != 0 {
+                        x[ia]
+                    } else {
+                        y[ib]
+                    };
+                }
+                Storage::Cpu(Arc::new(v))
+            }
+            (Storage::Gpu(Some(m)), Storage::Gpu(Some(x)), Storage::Gpu(Some(y))) if n > 0 => {
+                let dims = if dims.is_empty() { vec![1] } else { dims };
+                let pad = |s: Vec<usize>| if s.is_empty() { vec![0] } else { s };
+                let (sm, sa, sb) = (pad(sm), pad(sa), pad(sb));
+                Storage::Gpu(Some(Arc::new(select::where_(
+                    mask.ctx()?,
+                    [m, x, y],
+                    &dims,
+                    [&sm, &sa, &sb],
+                )?)))
+            }
+            _ => Storage::Gpu(None),
+        };
+        Ok(mask.with(storage, out))
+    }
+}

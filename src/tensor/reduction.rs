@@ -1,0 +1,208 @@
+//! Reductions along an axis, softmax, and normalisation.
+
+use super::{Storage, Tensor};
+use crate::cpu;
+use crate::error::{Error, Result};
+use crate::gpu::kernels::{elementwise, norm, reduce};
+use crate::op::ReduceOp;
+use crate::shape::Shape;
+use std::sync::Arc;
+
+impl Tensor {
+    /// `[outer, len, inner]` around `axis`.
+    fn around(&self, axis: usize) -> (usize, usize, usize) {
+        let d = self.shape();
+        (
+            d[..axis].iter().product(),
+            d[axis],
+            d[axis + 1..].iter().product(),
+        )
+    }
+
+    /// Reduce along `dim` (negative counts from the end); `keepdim` keeps it with extent 1.
+    /// `max` and `min` over an empty axis are an error; `sum` gives 0 and `mean`/`var` NaN there.
+    pub fn reduce(&self, op: ReduceOp, dim: isize, keepdim: bool) -> Result<Tensor> {
+        let axis = self.axis(op.name(), dim)?;
+        let (outer, len, inner) = self.around(axis);
+        let n_out = outer * inner;
+        if len == 0 && n_out > 0 && matches!(op, ReduceOp::Max | ReduceOp::Min) {
+            return Err(Error::InvalidShape {
+                op: op.name(),
+                reason: format!(
+                    "cannot take the {} of an empty dimension ({dim} of {})",
+                    op.name(),
+                    self.shape
+                ),
+            });
+        }
+        let mut dims = self.shape().to_vec();
+        if keepdim {
+            dims[axis] = 1;
+        } else {
+            dims.remove(axis);
+        }
+        let storage = match &self.storage {
+            Storage::Cpu(x) => Storage::Cpu(Arc::new(cpu::reduce(x, (outer, len, inner), op)?)),
+            _ if n_out == 0 => Storage::Gpu(None),
+            Storage::Gpu(Some(x)) => Storage::Gpu(Some(Arc::new(reduce::reduce(
+                self.ctx()?,
+                x,
+                (outer, len, inner),
+                op,
+            )?))),
+            // An empty axis: the sum of nothing is 0, its mean and variance NaN.
+            Storage::Gpu(None) => {
+                let v = if op == ReduceOp::Sum { 0.0 } else { f32::NAN };
+                Storage::Gpu(Some(Arc::new(elementwise::fill(self.ctx()?, n_out, v)?)))
+            }
+        };
+        Ok(self.with(storage, Shape::new(&dims)?))
+    }
+
+    /// Sum along `dim`.
+    pub fn sum(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Sum, dim, keepdim)
+    }
+
+    /// Mean along `dim`.
+    pub fn mean(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Mean, dim, keepdim)
+    }
+
+    /// Maximum along `dim` (NaN if any element is NaN).
+    pub fn max(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Max, dim, keepdim)
+    }
+
+    /// Minimum along `dim` (NaN if any element is NaN).
+    pub fn min(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Min, dim, keepdim)
+    }
+
+    /// Unbiased variance along `dim` (divides by n - 1).
+    pub fn var(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Var, dim, keepdim)
+    }
+
+    /// Reduce every element to a scalar (shape `[]`).
+    pub fn reduce_all(&self, op: ReduceOp) -> Result<Tensor> {
+        self.reshape(&[self.numel()])?.reduce(op, 0, false)
+    }
+
+    /// Sum of all elements, as a scalar tensor.
+    pub fn sum_all(&self) -> Result<Tensor> {
+        self.reduce_all(ReduceOp::Sum)
+    }
+
+    /// Mean of all elements, as a scalar tensor.
+    pub fn mean_all(&self) -> Result<Tensor> {
+        self.reduce_all(ReduceOp::Mean)
+    }
+
+    fn softmax_impl(&self, dim: isize, log: bool) -> Result<Tensor> {
+        let op = if log { "log_softmax" } else { "softmax" };
+        let axis = self.axis(op, dim)?;
+        let dims = self.around(axis);
+        let storage = match &self.storage {
+            Storage::Cpu(x) => Storage::Cpu(Arc::new(cpu::softmax(x, dims, log)?)),
+            Storage::Gpu(Some(x)) => {
+                Storage::Gpu(Some(Arc::new(reduce::softmax(self.ctx()?, x, dims, log)?)))
+            }
+            Storage::Gpu(None) => Storage::Gpu(None),
+        };
+        Ok(self.with(storage, self.shape.clone()))
+    }
+
+    /// Numerically stable softmax along `dim` (negative counts from the end).
+    pub fn softmax(&self, dim: isize) -> Result<Tensor> {
+        self.softmax_impl(dim, false)
+    }
+
+    /// Numerically stable log-softmax along `dim`.
+    pub fn log_softmax(&self, dim: isize) -> Result<Tensor> {
+        self.softmax_impl(dim, true)
+    }
+
+    fn norm_impl(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+        rms: bool,
+    ) -> Result<Tensor> {
+        let op = if rms { "rms_norm" } else { "layer_norm" };
+        let len = *self.shape().last().ok_or_else(|| Error::InvalidShape {
+            op,
+            reason: "a scalar has no dimension to normalise".into(),
+        })?;
+        if eps.is_nan() || eps < 0.0 {
+            return Err(Error::InvalidShape {
+                op,
+                reason: format!("eps must be >= 0, got {eps}"),
+            });
+        }
+        for p in [weight, bias].into_iter().flatten() {
+            self.same_device(p, op)?;
+            if p.shape() != [len] {
+                return Err(Error::ShapeMismatch {
+                    op,
+                    lhs: self.shape().to_vec(),
+                    rhs: p.shape().to_vec(),
+                });
+            }
+        }
+        let rows = self.numel().checked_div(len).unwrap_or(0);
+        let cpu_slice = |t: Option<&Tensor>| match t.map(|t| &t.storage) {
+            Some(Storage::Cpu(v)) => Some(v.clone()),
+            _ => None,
+        };
+        let gpu_buf = |t: Option<&Tensor>| match t.map(|t| &t.storage) {
+            Some(Storage::Gpu(Some(b))) => Some(b.clone()),
+            _ => None,
+        };
+        let storage = match &self.storage {
+            Storage::Cpu(x) => {
+                let (w, b) = (cpu_slice(weight), cpu_slice(bias));
+                Storage::Cpu(Arc::new(cpu::norm(
+                    x,
+                    w.as_deref().map(|v| v.as_slice()),
+                    b.as_deref().map(|v| v.as_slice()),
+                    len,
+                    eps,
+                    rms,
+                )?))
+            }
+            Storage::Gpu(Some(x)) if rows > 0 => {
+                let (w, b) = (gpu_buf(weight), gpu_buf(bias));
+                Storage::Gpu(Some(Arc::new(norm::norm(
+                    self.ctx()?,
+                    x,
+                    w.as_deref(),
+                    b.as_deref(),
+                    rows,
+                    len,
+                    eps,
+                    rms,
+                )?)))
+            }
+            Storage::Gpu(_) => Storage::Gpu(None),
+        };
+        Ok(self.with(storage, self.shape.clone()))
+    }
+
+    /// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`
+    /// with the biased variance; `weight` and `bias` (shape `[last]`) are optional.
+    pub fn layer_norm(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
+        self.norm_impl(weight, bias, eps, false)
+    }
+
+    /// RMS normalisation over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
+    pub fn rms_norm(&self, weight: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+        self.norm_impl(weight, None, eps, true)
+    }
+}
