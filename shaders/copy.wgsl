@@ -16,8 +16,8 @@ struct Params {
     out_strides: array<vec4<u32>, 2>,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<u32>;
+@group(0) @binding(1) var<storage, read_write> y: array<u32>;
 @group(0) @binding(2) var<uniform> p: Params;
 
 @compute @workgroup_size(WG)

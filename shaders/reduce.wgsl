@@ -5,6 +5,7 @@
 // neighbouring invocations read neighbouring elements whenever inner > 1. OP (override) picks the
 // reduction: 0 sum, 1 mean, 2 max, 3 min, 4 variance (unbiased, two passes over the axis).
 // Max and min propagate NaN. The grid may be folded into 2-D past 65,535 workgroups.
+// (argmax, whose output is u32, lives in argmax.wgsl.)
 
 override OP: u32 = 0u;
 override WG: u32 = 256u;

@@ -24,6 +24,26 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// An operand has the wrong element type for the operation.
+    #[error("{op}: expected a {expected} tensor, got {got}")]
+    DTypeMismatch {
+        /// The operation.
+        op: &'static str,
+        /// The element type the operation needs.
+        expected: crate::DType,
+        /// The element type it was given.
+        got: crate::DType,
+    },
+    /// An index tensor holds a value outside the dimension it indexes.
+    #[error("{op}: index {index} is out of range for a dimension of size {size}")]
+    IndexOutOfRange {
+        /// The operation.
+        op: &'static str,
+        /// The offending index.
+        index: u32,
+        /// The size of the indexed dimension.
+        size: usize,
+    },
     /// Operands live on different devices.
     #[error("{op}: operands are on different devices ({lhs} and {rhs})")]
     DeviceMismatch {

@@ -25,6 +25,7 @@
 
 mod cpu;
 mod device;
+mod dtype;
 mod error;
 pub mod gpu;
 mod matmul_plan;
@@ -35,6 +36,7 @@ mod strided;
 mod tensor;
 
 pub use device::{Device, DeviceInfo, DeviceKind, DeviceLimits};
+pub use dtype::DType;
 pub use error::{Error, Result};
 pub use op::{BinaryOp, ReduceOp, UnaryOp};
 pub use shape::Shape;

@@ -702,6 +702,130 @@ fn where_errors(d: &Device) -> Vec<ErrorCase> {
     ]
 }
 
+/// The second input's values as a u32 index tensor on the same device.
+fn as_indices(t: &Tensor) -> Tensor {
+    let v: Vec<u32> = t.to_vec().unwrap().into_iter().map(|x| x as u32).collect();
+    Tensor::from_vec_u32(t.device(), v, t.shape()).unwrap()
+}
+
+fn argmax_samples() -> Vec<Sample> {
+    let mut out = reduce_samples();
+    // Ties: the first maximum wins.
+    out.push(Sample {
+        inputs: vec![(vec![2, 4], vec![1.0, 3.0, 3.0, 0.0, -1.0, -1.0, -2.0, -1.0])],
+    });
+    out
+}
+
+fn argmax_ref(r: &Ref, dim: isize, keepdim: bool) -> Ref {
+    reduce_ref(r, dim, keepdim, |v| {
+        let mut at = 0;
+        for (j, x) in v.iter().enumerate() {
+            if *x > v[at] {
+                at = j;
+            }
+        }
+        at as f64
+    })
+}
+
+/// (source, indices along `dim`) samples; index values are stored as f32 and converted.
+fn index_samples(dim: usize) -> Vec<Sample> {
+    let mut rng = Lcg(97);
+    let shapes: &[&[usize]] = &[&[5, 4], &[3, 6, 2], &[1, 257], &[4, 1]];
+    shapes
+        .iter()
+        .map(|s| {
+            let n = s.iter().product();
+            let len = s[dim] as u32;
+            let idx: Vec<f32> = (0..7).map(|_| (rng.next_u32() % len) as f32).collect();
+            Sample {
+                inputs: vec![(s.to_vec(), rng.vec(n, -3.0, 3.0)), (vec![7], idx)],
+            }
+        })
+        .chain(std::iter::once(Sample {
+            inputs: vec![
+                (vec![3, 4], (0..12).map(|x| x as f32).collect()),
+                (vec![0], vec![]),
+            ],
+        }))
+        .collect()
+}
+
+fn index_ref(r: &[Ref], dim: usize) -> Ref {
+    let (x, idx) = (&r[0], &r[1]);
+    let mut shape = x.shape.clone();
+    shape[dim] = idx.data.len();
+    let st = strides(&x.shape);
+    let n = shape.iter().product();
+    let data = (0..n)
+        .map(|i| {
+            let mut m = unravel(i, &shape);
+            m[dim] = idx.data[m[dim]] as usize;
+            x.data[m.iter().zip(&st).map(|(a, b)| a * b).sum::<usize>()]
+        })
+        .collect();
+    Ref { shape, data }
+}
+
+fn index_errors(d: &Device) -> Vec<ErrorCase> {
+    let x = Tensor::zeros(d, &[3, 4]).unwrap();
+    let bad = Tensor::from_vec_u32(d, vec![0, 4], &[2]).unwrap();
+    let f = Tensor::zeros(d, &[2]).unwrap();
+    let two_d = Tensor::from_vec_u32(d, vec![0, 1], &[1, 2]).unwrap();
+    let w = Tensor::zeros(d, &[5, 2]).unwrap();
+    let ids = Tensor::from_vec_u32(d, vec![1, 5], &[2]).unwrap();
+    vec![
+        ("index 4 of 4 columns", x.index_select(1, &bad), |e| {
+            *e == Error::IndexOutOfRange {
+                op: "index_select",
+                index: 4,
+                size: 4,
+            } && e.to_string() == "index_select: index 4 is out of range for a dimension of size 4"
+        }),
+        ("f32 indices", x.index_select(0, &f), |e| {
+            matches!(
+                e,
+                Error::DTypeMismatch {
+                    op: "index_select",
+                    expected: kiln::DType::U32,
+                    got: kiln::DType::F32
+                }
+            )
+        }),
+        ("2-D indices", x.index_select(0, &two_d), |e| {
+            matches!(
+                e,
+                Error::InvalidShape {
+                    op: "index_select",
+                    ..
+                }
+            )
+        }),
+        ("embedding id 5 of 5", Tensor::embedding(&w, &ids), |e| {
+            matches!(
+                e,
+                Error::IndexOutOfRange {
+                    op: "embedding",
+                    index: 5,
+                    size: 5
+                }
+            )
+        }),
+        ("relu of a u32 tensor", bad.relu(), |e| {
+            matches!(e, Error::DTypeMismatch { op: "relu", .. })
+        }),
+        ("u32 + f32", bad.add(&f), |e| {
+            matches!(e, Error::DTypeMismatch { op: "add", .. })
+        }),
+        (
+            "argmax over an empty axis",
+            Tensor::zeros(d, &[2, 0]).unwrap().argmax(1, false),
+            |e| matches!(e, Error::InvalidShape { op: "argmax", .. }),
+        ),
+    ]
+}
+
 fn linear_samples() -> Vec<Sample> {
     let mut rng = Lcg(44);
     // (x shape, out_features): weight is [out, in], bias [out].
@@ -1146,6 +1270,67 @@ fn table() -> Vec<OpInfo> {
             tol: |_| (0.0, 0.0),
             errors: where_errors,
         },
+        OpInfo {
+            name: "argmax(-1)",
+            samples: argmax_samples,
+            run: |t| t[0].argmax(-1, false),
+            reference: |r| argmax_ref(&r[0], -1, false),
+            tol: |_| (0.0, 0.0),
+            errors: index_errors,
+        },
+        OpInfo {
+            name: "argmax(0, keepdim)",
+            samples: argmax_samples,
+            run: |t| t[0].argmax(0, true),
+            reference: |r| argmax_ref(&r[0], 0, true),
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "index_select(0)",
+            samples: || index_samples(0),
+            run: |t| t[0].index_select(0, &as_indices(&t[1])),
+            reference: |r| index_ref(r, 0),
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "index_select(1)",
+            samples: || index_samples(1),
+            run: |t| t[0].index_select(1, &as_indices(&t[1])),
+            reference: |r| index_ref(r, 1),
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "embedding",
+            samples: || {
+                let mut rng = Lcg(98);
+                vec![
+                    Sample {
+                        inputs: vec![
+                            (vec![10, 3], rng.vec(30, -1.0, 1.0)),
+                            (vec![2, 3], vec![0.0, 9.0, 4.0, 4.0, 1.0, 7.0]),
+                        ],
+                    },
+                    Sample {
+                        inputs: vec![(vec![4, 8], rng.vec(32, -1.0, 1.0)), (vec![0], vec![])],
+                    },
+                ]
+            },
+            run: |t| Tensor::embedding(&t[0], &as_indices(&t[1])),
+            reference: |r| {
+                let flat = Ref {
+                    shape: vec![r[1].data.len()],
+                    data: r[1].data.clone(),
+                };
+                let mut out = index_ref(&[r[0].clone(), flat], 0);
+                out.shape = r[1].shape.iter().cloned().chain([r[0].shape[1]]).collect();
+                out
+            },
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
         binary_op!("add", add, |a, b| a + b),
         binary_op!("sub", sub, |a, b| a - b),
         binary_op!("mul", mul, |a, b| a * b),
@@ -1257,7 +1442,16 @@ fn run_table_on(dev: &Device) {
             let want = (op.reference)(&refs);
             assert_eq!(got.shape(), want.shape.as_slice(), "{what}: shape");
             let (atol, rtol) = (op.tol)(&refs);
-            assert_close(&what, &got.to_vec().unwrap(), &want.data, atol, rtol);
+            let values = match got.dtype() {
+                kiln::DType::U32 => got
+                    .to_vec_u32()
+                    .unwrap()
+                    .into_iter()
+                    .map(|v| v as f32)
+                    .collect(),
+                kiln::DType::F32 => got.to_vec().unwrap(),
+            };
+            assert_close(&what, &values, &want.data, atol, rtol);
             cases += 1;
         }
         for (what, result, check) in (op.errors)(dev) {

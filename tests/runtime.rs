@@ -194,3 +194,64 @@ fn the_same_program_gives_the_same_answer_on_every_device() {
         assert_close(&format!("mlp on {dev}"), &run(&dev), &want, 1e-5, 1e-4);
     }
 }
+
+/// u32 tensors keep every bit pattern (including ones that are NaN or subnormal as f32) through
+/// upload, readback, transfer and the layout ops, on every device.
+#[test]
+fn u32_tensors_are_bit_exact() {
+    let vals: Vec<u32> = vec![
+        0,
+        1,
+        2,
+        7,
+        0x7f80_0001,
+        0xffc0_0000,
+        0x8000_0000,
+        u32::MAX,
+        123_456_789,
+    ];
+    let cpu = Tensor::from_vec_u32(&Device::cpu(), vals.clone(), &[3, 3]).unwrap();
+    for dev in devices() {
+        let t = cpu.to_device(&dev).unwrap();
+        assert_eq!(t.dtype(), kiln::DType::U32);
+        assert_eq!(t.to_vec_u32().unwrap(), vals, "round trip on {dev}");
+        let tt = t.transpose(0, 1).unwrap().transpose(0, 1).unwrap();
+        assert_eq!(tt.to_vec_u32().unwrap(), vals, "transpose twice on {dev}");
+        let c = Tensor::cat(&[&t, &t.narrow(0, 1, 1).unwrap()], 0).unwrap();
+        assert_eq!(
+            c.to_vec_u32().unwrap()[9..],
+            vals[3..6],
+            "cat/narrow on {dev}"
+        );
+        assert_eq!(
+            t.to_device(&Device::cpu()).unwrap().to_vec_u32().unwrap(),
+            vals
+        );
+        assert!(t.to_vec().is_err(), "reading u32 as f32 must be refused");
+        let f = Tensor::zeros(&dev, &[3, 3]).unwrap();
+        assert!(matches!(
+            Tensor::cat(&[&f, &t], 0),
+            Err(kiln::Error::DTypeMismatch { op: "cat", .. })
+        ));
+    }
+}
+
+/// Reductions with more than 65,535 workgroups of outputs fold their grid. (One f32 per output
+/// row: 2^24 + 5 values fill most of lavapipe's 128 MiB binding limit.)
+#[test]
+fn reductions_past_65535_workgroups() {
+    let rows = 65_536 * 256 + 5;
+    let data: Vec<f32> = (0..rows).map(|i| (i % 7) as f32).collect();
+    for dev in gpus() {
+        let x = Tensor::from_slice(&dev, &data, &[rows, 1]).unwrap();
+        let s = x.sum(-1, false).unwrap().to_vec().unwrap();
+        assert_eq!(s, data, "sum over a unit axis on {dev}");
+        let a = x.argmax(-1, false).unwrap().to_vec_u32().unwrap();
+        assert!(a.iter().all(|&i| i == 0), "argmax on {dev}");
+        let m = x.softmax(-1).unwrap().to_vec().unwrap();
+        assert!(
+            m.iter().all(|&v| v == 1.0),
+            "softmax over a unit axis on {dev}"
+        );
+    }
+}

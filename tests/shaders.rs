@@ -79,6 +79,16 @@ fn every_specialization_validates_and_compiles() {
 
 #[test]
 fn params_structs_match_the_rust_layout() {
+    // Every shader with a uniform params struct is listed (a new shader cannot be forgotten).
+    for (shader, src) in kiln::gpu::shaders() {
+        let listed = kiln::gpu::param_structs()
+            .iter()
+            .any(|(s, _, _)| *s == shader);
+        assert!(
+            listed || !src.contains("var<uniform>"),
+            "{shader} has a uniform struct that param_structs() does not list"
+        );
+    }
     for (shader, name, rust_size) in kiln::gpu::param_structs() {
         let src = kiln::gpu::shaders()
             .into_iter()

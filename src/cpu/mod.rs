@@ -8,7 +8,7 @@ mod reduce;
 
 pub(crate) use elementwise::{binary, fill, unary};
 pub(crate) use matmul::{linear, matmul};
-pub(crate) use reduce::{norm, reduce, softmax};
+pub(crate) use reduce::{argmax, index_select, norm, reduce, softmax};
 
 use crate::error::{Error, Result};
 

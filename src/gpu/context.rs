@@ -289,12 +289,19 @@ impl GpuContext {
     /// Blocking readback of the first `numel` values of `src`.
     pub(crate) fn read(&self, src: &PooledBuffer, numel: usize) -> Result<Vec<f32>> {
         let (staging, mut rx) = self.start_read(src, numel)?;
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-        let mapped = match rx.try_recv() {
-            Ok(Some(r)) => Ok(r),
-            _ => Err(futures::channel::oneshot::Canceled),
+        // Another thread polling the same device may be the one that runs our map callback, a
+        // moment after our own poll returns: keep polling until the callback has run.
+        let mapped = loop {
+            match rx.try_recv() {
+                Ok(Some(r)) => break Ok(r),
+                Ok(None) => {
+                    self.device
+                        .poll(wgpu::PollType::wait_indefinitely())
+                        .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+                    std::thread::yield_now();
+                }
+                Err(canceled) => break Err(canceled),
+            }
         };
         self.finish_read(staging, numel, mapped)
     }

@@ -12,41 +12,30 @@ use std::time::Instant;
 /// Shared WGSL functions prepended to the shaders that need them (WGSL has no `#include`).
 const ACTIVATION: &str = include_str!("../../shaders/activation.wgsl");
 
+/// `(file name, source, whether activation.wgsl is prepended)` for a file under `shaders/`.
+macro_rules! shader {
+    ($name:literal, $prelude:expr) => {
+        (
+            $name,
+            include_str!(concat!("../../shaders/", $name)),
+            $prelude,
+        )
+    };
+}
+
 /// Every shader, by file name, with whether it needs `activation.wgsl` prepended.
-const FILES: [(&str, &str, bool); 9] = [
-    ("unary.wgsl", include_str!("../../shaders/unary.wgsl"), true),
-    (
-        "binary.wgsl",
-        include_str!("../../shaders/binary.wgsl"),
-        true,
-    ),
-    (
-        "matmul.wgsl",
-        include_str!("../../shaders/matmul.wgsl"),
-        false,
-    ),
-    (
-        "matmul_blocked.wgsl",
-        include_str!("../../shaders/matmul_blocked.wgsl"),
-        true,
-    ),
-    (
-        "matmul_strip.wgsl",
-        include_str!("../../shaders/matmul_strip.wgsl"),
-        true,
-    ),
-    (
-        "reduce.wgsl",
-        include_str!("../../shaders/reduce.wgsl"),
-        true,
-    ),
-    ("copy.wgsl", include_str!("../../shaders/copy.wgsl"), false),
-    ("norm.wgsl", include_str!("../../shaders/norm.wgsl"), false),
-    (
-        "where.wgsl",
-        include_str!("../../shaders/where.wgsl"),
-        false,
-    ),
+const FILES: &[(&str, &str, bool)] = &[
+    shader!("unary.wgsl", true),
+    shader!("binary.wgsl", true),
+    shader!("matmul.wgsl", false),
+    shader!("matmul_blocked.wgsl", true),
+    shader!("matmul_strip.wgsl", true),
+    shader!("reduce.wgsl", true),
+    shader!("copy.wgsl", false),
+    shader!("norm.wgsl", false),
+    shader!("where.wgsl", false),
+    shader!("index.wgsl", false),
+    shader!("argmax.wgsl", false),
 ];
 
 /// The complete WGSL source of every shader module, by file name, as the device compiles it.

@@ -3,6 +3,7 @@
 use super::{Storage, Tensor};
 use crate::cpu;
 use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::kernels::elementwise;
 use crate::random;
@@ -33,7 +34,22 @@ impl Tensor {
             storage,
             shape,
             device: device.clone(),
+            dtype: DType::F32,
         })
+    }
+
+    /// A u32 tensor (indices, for `index_select` and `embedding`) holding `data` with `shape`.
+    pub fn from_vec_u32(device: &Device, data: Vec<u32>, shape: &[usize]) -> Result<Tensor> {
+        let bits: Vec<f32> = data.into_iter().map(f32::from_bits).collect();
+        let mut t = Self::from_vec(device, bits, shape).map_err(|e| match e {
+            Error::InvalidShape { reason, .. } => Error::InvalidShape {
+                op: "from_vec_u32",
+                reason,
+            },
+            other => other,
+        })?;
+        t.dtype = DType::U32;
+        Ok(t)
     }
 
     /// A tensor holding a copy of `data` with shape `shape`.
@@ -55,6 +71,7 @@ impl Tensor {
                 storage: Storage::Gpu(Some(Arc::new(ctx.upload("from_slice", data)?))),
                 shape: shape_,
                 device: device.clone(),
+                dtype: DType::F32,
             }),
             _ => Self::from_vec(device, data.to_vec(), shape),
         }
@@ -73,6 +90,7 @@ impl Tensor {
             storage,
             shape,
             device: device.clone(),
+            dtype: DType::F32,
         })
     }
 

@@ -3,6 +3,7 @@
 use super::{Storage, Tensor};
 use crate::cpu;
 use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::kernels::copy;
 use crate::shape::Shape;
@@ -28,6 +29,7 @@ impl Tensor {
             storage: self.storage.clone(),
             shape: new,
             device: self.device.clone(),
+            dtype: self.dtype,
         })
     }
 
@@ -59,7 +61,13 @@ impl Tensor {
             out_strides: out_shape.strides(),
             out_offset: 0,
         };
-        Self::assemble("permute", &self.device, out_shape, &[(self, plan)])
+        Self::assemble(
+            "permute",
+            &self.device,
+            self.dtype,
+            out_shape,
+            &[(self, plan)],
+        )
     }
 
     /// Dimensions `d0` and `d1` swapped (materialised). Negative dimensions count from the end.
@@ -94,7 +102,13 @@ impl Tensor {
             out_strides: out_shape.strides(),
             out_offset: 0,
         };
-        Self::assemble("narrow", &self.device, out_shape, &[(self, plan)])
+        Self::assemble(
+            "narrow",
+            &self.device,
+            self.dtype,
+            out_shape,
+            &[(self, plan)],
+        )
     }
 
     /// Tensors joined along `dim`: every tensor has the same rank and the same extents except
@@ -108,6 +122,7 @@ impl Tensor {
         let mut total = 0;
         for t in tensors {
             first.same_device(t, "cat")?;
+            t.expect(first.dtype, "cat")?;
             let compatible = t.rank() == first.rank()
                 && (0..first.rank()).all(|d| d == axis || t.shape()[d] == first.shape()[d]);
             if !compatible {
@@ -138,13 +153,14 @@ impl Tensor {
                 (*t, plan)
             })
             .collect();
-        Self::assemble("cat", &first.device, out_shape, &parts)
+        Self::assemble("cat", &first.device, first.dtype, out_shape, &parts)
     }
 
     /// A new tensor of `shape` on `device` filled by strided copies from `parts` (which cover it).
     fn assemble(
         op: &'static str,
         device: &Device,
+        dtype: DType,
         shape: Shape,
         parts: &[(&Tensor, StridedCopy)],
     ) -> Result<Tensor> {
@@ -177,6 +193,7 @@ impl Tensor {
             storage,
             shape,
             device: device.clone(),
+            dtype,
         })
     }
 }

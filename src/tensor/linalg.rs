@@ -2,6 +2,7 @@
 
 use super::{Storage, Tensor};
 use crate::cpu;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::kernels::matmul::Epilogue;
 use crate::gpu::kernels::{elementwise, matmul};
@@ -26,6 +27,8 @@ impl Tensor {
         transpose_rhs: bool,
     ) -> Result<Tensor> {
         self.same_device(rhs, "matmul")?;
+        self.expect(DType::F32, "matmul")?;
+        rhs.expect(DType::F32, "matmul")?;
         let plan = MatmulPlan::transposed(&self.shape, &rhs.shape, transpose_self, transpose_rhs)?;
         let out_n = plan.out_numel();
         let storage = match (&self.storage, &rhs.storage) {
@@ -56,9 +59,12 @@ impl Tensor {
         act: Option<UnaryOp>,
     ) -> Result<Tensor> {
         self.same_device(weight, "linear")?;
+        self.expect(DType::F32, "linear")?;
+        weight.expect(DType::F32, "linear")?;
         let plan = MatmulPlan::with_transposed_rhs(&self.shape, &weight.shape)?;
         if let Some(b) = bias {
             self.same_device(b, "linear")?;
+            b.expect(DType::F32, "linear")?;
             if b.shape() != [plan.n] {
                 return Err(Error::ShapeMismatch {
                     op: "linear",

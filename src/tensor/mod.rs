@@ -2,6 +2,7 @@
 //! the work to the backend of the tensor's device.
 
 use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::pool::PooledBuffer;
 use crate::shape::Shape;
@@ -24,9 +25,11 @@ pub struct Tensor {
     storage: Storage,
     shape: Shape,
     device: Device,
+    dtype: DType,
 }
 
 mod construct;
+mod index;
 mod layout;
 mod linalg;
 mod pointwise;
@@ -59,6 +62,18 @@ impl Tensor {
 
     /// The values, row-major. On a GPU this submits the recorded work and waits for it.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
+        self.expect(DType::F32, "to_vec")?;
+        self.raw_values()
+    }
+
+    /// The values of a u32 tensor, row-major (`DTypeMismatch` for an f32 tensor).
+    pub fn to_vec_u32(&self) -> Result<Vec<u32>> {
+        self.expect(DType::U32, "to_vec_u32")?;
+        Ok(self.raw_values()?.into_iter().map(f32::to_bits).collect())
+    }
+
+    /// The stored 32-bit values, whatever the element type (u32 values as f32 bit patterns).
+    fn raw_values(&self) -> Result<Vec<f32>> {
         match &self.storage {
             Storage::Cpu(v) => Ok(v.as_ref().clone()),
             Storage::Gpu(None) => Ok(Vec::new()),
@@ -68,6 +83,7 @@ impl Tensor {
 
     /// [`Tensor::to_vec`] as a future: the caller's executor is not blocked while the GPU works.
     pub async fn to_vec_async(&self) -> Result<Vec<f32>> {
+        self.expect(DType::F32, "to_vec_async")?;
         match &self.storage {
             Storage::Cpu(v) => Ok(v.as_ref().clone()),
             Storage::Gpu(None) => Ok(Vec::new()),
@@ -80,7 +96,9 @@ impl Tensor {
         if self.device.same(device) {
             return Ok(self.clone());
         }
-        Self::from_vec(device, self.to_vec()?, self.shape())
+        let mut t = Self::from_vec(device, self.raw_values()?, self.shape())?;
+        t.dtype = self.dtype;
+        Ok(t)
     }
 
     // ---- helpers ------------------------------------------------------------------------
@@ -101,11 +119,40 @@ impl Tensor {
         Ok(d as usize)
     }
 
+    /// `DTypeMismatch` unless this tensor has element type `dtype`.
+    fn expect(&self, dtype: DType, op: &'static str) -> Result<()> {
+        if self.dtype == dtype {
+            Ok(())
+        } else {
+            Err(Error::DTypeMismatch {
+                op,
+                expected: dtype,
+                got: self.dtype,
+            })
+        }
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// `[outer, len, inner]` around `axis`.
+    fn around(&self, axis: usize) -> (usize, usize, usize) {
+        let d = self.shape();
+        (
+            d[..axis].iter().product(),
+            d[axis],
+            d[axis + 1..].iter().product(),
+        )
+    }
+
     fn with(&self, storage: Storage, shape: Shape) -> Tensor {
         Tensor {
             storage,
             shape,
             device: self.device.clone(),
+            dtype: self.dtype,
         }
     }
 
@@ -130,6 +177,10 @@ impl Tensor {
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tensor({} on {})", self.shape, self.device)
+        write!(
+            f,
+            "Tensor({} {} on {})",
+            self.dtype, self.shape, self.device
+        )
     }
 }

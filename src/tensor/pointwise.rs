@@ -2,6 +2,7 @@
 
 use super::{Storage, Tensor};
 use crate::cpu;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::kernels::{elementwise, select};
 use crate::op::{BinaryOp, UnaryOp};
@@ -11,6 +12,7 @@ use std::sync::Arc;
 impl Tensor {
     /// Apply an elementwise [`UnaryOp`].
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        self.expect(DType::F32, op.name())?;
         let storage = match &self.storage {
             Storage::Cpu(v) => Storage::Cpu(Arc::new(cpu::unary(v, op)?)),
             Storage::Gpu(None) => Storage::Gpu(None),
@@ -147,6 +149,8 @@ impl Tensor {
 
     /// Apply an elementwise [`BinaryOp`] with numpy broadcasting.
     pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        self.expect(DType::F32, op.name())?;
+        rhs.expect(DType::F32, op.name())?;
         self.same_device(rhs, op.name())?;
         let out = self.shape.broadcast(&rhs.shape, op.name())?;
         let n = out.numel();
@@ -235,6 +239,9 @@ impl Tensor {
     pub fn where_cond(mask: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         mask.same_device(a, "where")?;
         mask.same_device(b, "where")?;
+        for t in [mask, a, b] {
+            t.expect(DType::F32, "where")?;
+        }
         let ab = a.shape.broadcast(&b.shape, "where")?;
         let out = mask
             .shape

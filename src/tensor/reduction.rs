@@ -2,6 +2,7 @@
 
 use super::{Storage, Tensor};
 use crate::cpu;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::kernels::{elementwise, norm, reduce};
 use crate::op::ReduceOp;
@@ -9,19 +10,10 @@ use crate::shape::Shape;
 use std::sync::Arc;
 
 impl Tensor {
-    /// `[outer, len, inner]` around `axis`.
-    fn around(&self, axis: usize) -> (usize, usize, usize) {
-        let d = self.shape();
-        (
-            d[..axis].iter().product(),
-            d[axis],
-            d[axis + 1..].iter().product(),
-        )
-    }
-
     /// Reduce along `dim` (negative counts from the end); `keepdim` keeps it with extent 1.
     /// `max` and `min` over an empty axis are an error; `sum` gives 0 and `mean`/`var` NaN there.
     pub fn reduce(&self, op: ReduceOp, dim: isize, keepdim: bool) -> Result<Tensor> {
+        self.expect(DType::F32, op.name())?;
         let axis = self.axis(op.name(), dim)?;
         let (outer, len, inner) = self.around(axis);
         let n_out = outer * inner;
@@ -101,6 +93,7 @@ impl Tensor {
 
     fn softmax_impl(&self, dim: isize, log: bool) -> Result<Tensor> {
         let op = if log { "log_softmax" } else { "softmax" };
+        self.expect(DType::F32, op)?;
         let axis = self.axis(op, dim)?;
         let dims = self.around(axis);
         let storage = match &self.storage {
@@ -131,6 +124,7 @@ impl Tensor {
         rms: bool,
     ) -> Result<Tensor> {
         let op = if rms { "rms_norm" } else { "layer_norm" };
+        self.expect(DType::F32, op)?;
         let len = *self.shape().last().ok_or_else(|| Error::InvalidShape {
             op,
             reason: "a scalar has no dimension to normalise".into(),
@@ -143,6 +137,7 @@ impl Tensor {
         }
         for p in [weight, bias].into_iter().flatten() {
             self.same_device(p, op)?;
+            p.expect(DType::F32, op)?;
             if p.shape() != [len] {
                 return Err(Error::ShapeMismatch {
                     op,

@@ -2,6 +2,7 @@
 
 pub(crate) mod copy;
 pub(crate) mod elementwise;
+pub(crate) mod index;
 pub(crate) mod matmul;
 pub(crate) mod matmul_tune;
 pub(crate) mod norm;
@@ -19,6 +20,8 @@ pub fn all_specs() -> Vec<KernelSpec> {
     specs.push(copy::spec());
     specs.extend(norm::specs());
     specs.push(select::spec());
+    specs.push(index::spec());
+    specs.push(reduce::argmax_spec());
     specs
 }
 
@@ -26,6 +29,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
 /// struct, so that `tests/shaders.rs` can check the Rust layout against naga's.
 pub fn param_structs() -> Vec<(&'static str, &'static str, usize)> {
     use std::mem::size_of;
+    let matmul = size_of::<matmul::MatmulParams>();
     vec![
         (
             "unary.wgsl",
@@ -42,11 +46,14 @@ pub fn param_structs() -> Vec<(&'static str, &'static str, usize)> {
             "Params",
             size_of::<elementwise::BinaryParams>(),
         ),
-        ("matmul.wgsl", "Params", size_of::<matmul::MatmulParams>()),
-        (
-            "matmul_blocked.wgsl",
-            "Params",
-            size_of::<matmul::MatmulParams>(),
-        ),
+        ("matmul.wgsl", "Params", matmul),
+        ("matmul_blocked.wgsl", "Params", matmul),
+        ("matmul_strip.wgsl", "Params", matmul),
+        ("reduce.wgsl", "Params", size_of::<reduce::ReduceParams>()),
+        ("copy.wgsl", "Params", size_of::<copy::CopyParams>()),
+        ("norm.wgsl", "Params", size_of::<norm::NormParams>()),
+        ("where.wgsl", "Params", size_of::<select::WhereParams>()),
+        ("index.wgsl", "Params", size_of::<index::IndexParams>()),
+        ("argmax.wgsl", "Params", size_of::<reduce::ReduceParams>()),
     ]
 }

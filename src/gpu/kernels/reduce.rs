@@ -95,3 +95,36 @@ pub(crate) fn softmax(
     )?;
     Ok(out)
 }
+
+pub(crate) fn argmax_spec() -> KernelSpec {
+    KernelSpec {
+        shader: "argmax.wgsl",
+        entry: "main",
+        constants: vec![("WG", f64::from(WG))],
+        unchecked: false,
+    }
+}
+
+/// argmax along the middle axis of `[outer, len, inner]` (`outer * inner > 0`, `len > 0`), as u32.
+pub(crate) fn argmax(
+    ctx: &GpuContext,
+    x: &PooledBuffer,
+    (outer, len, inner): (usize, usize, usize),
+) -> Result<PooledBuffer> {
+    let n_out = outer * inner;
+    let out = ctx.alloc("argmax", n_out)?;
+    let params = ReduceParams {
+        outer: outer as u32,
+        len: len as u32,
+        inner: inner as u32,
+        n_out: n_out as u32,
+    };
+    let grid = ctx.grid_1d("argmax", (n_out as u64).div_ceil(u64::from(WG)))?;
+    ctx.dispatch(
+        &argmax_spec(),
+        &[&x.buffer, &out.buffer],
+        bytemuck::bytes_of(&params),
+        grid,
+    )?;
+    Ok(out)
+}

@@ -1,0 +1,35 @@
+// index_select: out[o, j, i] = x[o, idx[j], i] for a source viewed as [outer, len, inner] and
+// `count` indices. The host has checked every index against `len` before dispatching, so reads
+// stay in bounds. Elements move as u32 (bit-exact for any element type).
+//
+// argmax lives in reduce.wgsl; this file holds the ops that read u32 index tensors.
+
+override WG: u32 = 256u;
+
+struct Params {
+    n: u32,
+    len: u32,
+    inner: u32,
+    count: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<u32>;
+@group(0) @binding(1) var<storage, read> idx: array<u32>;
+@group(0) @binding(2) var<storage, read_write> y: array<u32>;
+@group(0) @binding(3) var<uniform> p: Params;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let o = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (o >= p.n) {
+        return;
+    }
+    let i = o % p.inner;
+    let j = (o / p.inner) % p.count;
+    let outer = o / (p.inner * p.count);
+    y[o] = x[(outer * p.len + idx[j]) * p.inner + i];
+}

@@ -1,0 +1,115 @@
+//! Ops with u32 tensors: argmax (produces one), index_select and embedding (read one).
+
+use super::{Storage, Tensor};
+use crate::cpu;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gpu::kernels::{index, reduce};
+use crate::shape::Shape;
+use std::sync::Arc;
+
+impl Tensor {
+    /// Index of the maximum along `dim` as a u32 tensor (the first maximum; the first NaN if
+    /// there is one, NaN counting as the largest value). An empty axis is an error.
+    pub fn argmax(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        self.expect(DType::F32, "argmax")?;
+        let axis = self.axis("argmax", dim)?;
+        let (outer, len, inner) = self.around(axis);
+        let n_out = outer * inner;
+        if len == 0 && n_out > 0 {
+            return Err(Error::InvalidShape {
+                op: "argmax",
+                reason: format!(
+                    "cannot take the argmax of an empty dimension ({dim} of {})",
+                    self.shape
+                ),
+            });
+        }
+        let mut dims = self.shape().to_vec();
+        if keepdim {
+            dims[axis] = 1;
+        } else {
+            dims.remove(axis);
+        }
+        let storage = match &self.storage {
+            Storage::Cpu(x) => Storage::Cpu(Arc::new(cpu::argmax(x, (outer, len, inner))?)),
+            Storage::Gpu(Some(x)) if n_out > 0 => Storage::Gpu(Some(Arc::new(reduce::argmax(
+                self.ctx()?,
+                x,
+                (outer, len, inner),
+            )?))),
+            Storage::Gpu(_) => Storage::Gpu(None),
+        };
+        let mut out = self.with(storage, Shape::new(&dims)?);
+        out.dtype = DType::U32;
+        Ok(out)
+    }
+
+    /// The slices `indices[0], indices[1], ...` of dimension `dim`, in that order: the result has
+    /// `indices.len()` in place of that dimension. `indices` is a 1-D u32 tensor on the same
+    /// device; every value is checked against the dimension's size first (on a GPU this reads
+    /// the indices back, one synchronisation), so an out-of-range index is
+    /// `Error::IndexOutOfRange`, never garbage. Works for f32 and u32 tensors.
+    pub fn index_select(&self, dim: isize, indices: &Tensor) -> Result<Tensor> {
+        self.same_device(indices, "index_select")?;
+        indices.expect(DType::U32, "index_select")?;
+        if indices.rank() != 1 {
+            return Err(Error::InvalidShape {
+                op: "index_select",
+                reason: format!("indices must be 1-D, got shape {}", indices.shape),
+            });
+        }
+        let axis = self.axis("index_select", dim)?;
+        let (outer, len, inner) = self.around(axis);
+        let idx = indices.to_vec_u32()?;
+        if let Some(&bad) = idx.iter().find(|&&i| i as usize >= len) {
+            return Err(Error::IndexOutOfRange {
+                op: "index_select",
+                index: bad,
+                size: len,
+            });
+        }
+        let mut dims = self.shape().to_vec();
+        dims[axis] = idx.len();
+        let n = outer * idx.len() * inner;
+        let storage = match (&self.storage, &indices.storage) {
+            (Storage::Cpu(x), _) => {
+                Storage::Cpu(Arc::new(cpu::index_select(x, &idx, (outer, len, inner))?))
+            }
+            (Storage::Gpu(Some(x)), Storage::Gpu(Some(i))) if n > 0 => {
+                Storage::Gpu(Some(Arc::new(index::index_select(
+                    self.ctx()?,
+                    x,
+                    i,
+                    (outer, len, inner),
+                    idx.len(),
+                )?)))
+            }
+            (Storage::Gpu(_), _) => Storage::Gpu(None),
+        };
+        Ok(self.with(storage, Shape::new(&dims)?))
+    }
+
+    /// Embedding lookup: rows of `weight` (`[vocab, dim]`) for every id in `ids` (a u32 tensor of
+    /// any shape); the result has shape `ids.shape + [dim]`.
+    pub fn embedding(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
+        if weight.rank() != 2 {
+            return Err(Error::InvalidShape {
+                op: "embedding",
+                reason: format!("the weight must be [vocab, dim], got {}", weight.shape),
+            });
+        }
+        let flat = ids.reshape(&[ids.numel()])?;
+        let rows = weight.index_select(0, &flat).map_err(|e| match e {
+            Error::IndexOutOfRange { index, size, .. } => Error::IndexOutOfRange {
+                op: "embedding",
+                index,
+                size,
+            },
+            other => other,
+        })?;
+        let mut dims = ids.shape().to_vec();
+        dims.push(weight.shape()[1]);
+        rows.reshape(&dims)
+    }
+}
