@@ -23,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+mod conv;
 mod cpu;
 mod device;
 mod dtype;
@@ -35,6 +36,7 @@ mod shape;
 mod strided;
 mod tensor;
 
+pub use conv::Conv2dOptions;
 pub use device::{Device, DeviceInfo, DeviceKind, DeviceLimits};
 pub use dtype::DType;
 pub use error::{Error, Result};

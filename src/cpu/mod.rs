@@ -2,10 +2,12 @@
 //! exists. Matmul goes through `matrixmultiply` (threaded); elementwise work is split across cores
 //! with rayon.
 
+mod conv;
 mod elementwise;
 mod matmul;
 mod reduce;
 
+pub(crate) use conv::{conv2d, pool2d};
 pub(crate) use elementwise::{binary, fill, unary};
 pub(crate) use matmul::{linear, matmul};
 pub(crate) use reduce::{argmax, index_select, norm, reduce, softmax};

@@ -36,6 +36,8 @@ const FILES: &[(&str, &str, bool)] = &[
     shader!("where.wgsl", false),
     shader!("index.wgsl", false),
     shader!("argmax.wgsl", false),
+    shader!("conv2d.wgsl", false),
+    shader!("pool2d.wgsl", false),
 ];
 
 /// The complete WGSL source of every shader module, by file name, as the device compiles it.

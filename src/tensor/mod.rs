@@ -29,6 +29,7 @@ pub struct Tensor {
 }
 
 mod construct;
+mod convolution;
 mod index;
 mod layout;
 mod linalg;

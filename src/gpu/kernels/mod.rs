@@ -1,5 +1,6 @@
 //! Host side of each shader family: binds buffers, picks a specialization, dispatches.
 
+pub(crate) mod conv;
 pub(crate) mod copy;
 pub(crate) mod elementwise;
 pub(crate) mod index;
@@ -22,6 +23,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     specs.push(select::spec());
     specs.push(index::spec());
     specs.push(reduce::argmax_spec());
+    specs.extend(conv::specs());
     specs
 }
 
@@ -55,5 +57,7 @@ pub fn param_structs() -> Vec<(&'static str, &'static str, usize)> {
         ("where.wgsl", "Params", size_of::<select::WhereParams>()),
         ("index.wgsl", "Params", size_of::<index::IndexParams>()),
         ("argmax.wgsl", "Params", size_of::<reduce::ReduceParams>()),
+        ("conv2d.wgsl", "Params", size_of::<conv::ConvParams>()),
+        ("pool2d.wgsl", "Params", size_of::<conv::PoolParams>()),
     ]
 }

@@ -1,0 +1,153 @@
+//! `shaders/conv2d.wgsl` and `shaders/pool2d.wgsl`.
+
+use crate::conv::Window;
+use crate::error::Result;
+use crate::gpu::context::GpuContext;
+use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pool::PooledBuffer;
+use bytemuck::{Pod, Zeroable};
+
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct ConvParams {
+    pub n_out: u32,
+    pub c_in: u32,
+    pub h: u32,
+    pub w: u32,
+    pub c_out: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub sh: u32,
+    pub sw: u32,
+    pub ph: u32,
+    pub pw: u32,
+    pub dh: u32,
+    pub dw: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct PoolParams {
+    pub n_out: u32,
+    pub h: u32,
+    pub w: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub sh: u32,
+    pub sw: u32,
+    pub ph: u32,
+    pub pw: u32,
+    pub _pad: u32,
+}
+
+fn conv_spec(bias: bool) -> KernelSpec {
+    KernelSpec {
+        shader: "conv2d.wgsl",
+        entry: "main",
+        constants: vec![
+            ("WG", f64::from(WG)),
+            ("HAS_BIAS", f64::from(u8::from(bias))),
+        ],
+        unchecked: false,
+    }
+}
+
+fn pool_spec(max: bool) -> KernelSpec {
+    KernelSpec {
+        shader: "pool2d.wgsl",
+        entry: "main",
+        constants: vec![("WG", f64::from(WG)), ("MAX", f64::from(u8::from(max)))],
+        unchecked: false,
+    }
+}
+
+pub(crate) fn specs() -> Vec<KernelSpec> {
+    vec![
+        conv_spec(false),
+        conv_spec(true),
+        pool_spec(false),
+        pool_spec(true),
+    ]
+}
+
+/// Convolution with a non-empty output and non-empty operands.
+pub(crate) fn conv2d(
+    ctx: &GpuContext,
+    x: &PooledBuffer,
+    wt: &PooledBuffer,
+    bias: Option<&PooledBuffer>,
+    g: &Window,
+) -> Result<PooledBuffer> {
+    let n_out = g.out_dims().iter().product::<usize>();
+    let out = ctx.alloc("conv2d", n_out)?;
+    let u = |v: usize| v as u32;
+    let params = ConvParams {
+        n_out: u(n_out),
+        c_in: u(g.c_in),
+        h: u(g.h),
+        w: u(g.w),
+        c_out: u(g.c_out),
+        kh: u(g.kh),
+        kw: u(g.kw),
+        oh: u(g.oh),
+        ow: u(g.ow),
+        sh: u(g.opts.stride.0),
+        sw: u(g.opts.stride.1),
+        ph: u(g.opts.padding.0),
+        pw: u(g.opts.padding.1),
+        dh: u(g.opts.dilation.0),
+        dw: u(g.opts.dilation.1),
+        _pad: 0,
+    };
+    let grid = ctx.grid_1d("conv2d", (n_out as u64).div_ceil(u64::from(WG)))?;
+    let b = bias.unwrap_or(wt);
+    ctx.dispatch(
+        &conv_spec(bias.is_some()),
+        &[&x.buffer, &wt.buffer, &b.buffer, &out.buffer],
+        bytemuck::bytes_of(&params),
+        grid,
+    )?;
+    Ok(out)
+}
+
+/// Pooling with a non-empty output (`g.c_out` = channels).
+pub(crate) fn pool2d(
+    ctx: &GpuContext,
+    x: &PooledBuffer,
+    g: &Window,
+    max: bool,
+) -> Result<PooledBuffer> {
+    let op = if max { "max_pool2d" } else { "avg_pool2d" };
+    let n_out = g.out_dims().iter().product::<usize>();
+    let out = ctx.alloc(op, n_out)?;
+    let u = |v: usize| v as u32;
+    let params = PoolParams {
+        n_out: u(n_out),
+        h: u(g.h),
+        w: u(g.w),
+        kh: u(g.kh),
+        kw: u(g.kw),
+        oh: u(g.oh),
+        ow: u(g.ow),
+        sh: u(g.opts.stride.0),
+        sw: u(g.opts.stride.1),
+        ph: u(g.opts.padding.0),
+        pw: u(g.opts.padding.1),
+        _pad: 0,
+    };
+    let grid = ctx.grid_1d(op, (n_out as u64).div_ceil(u64::from(WG)))?;
+    ctx.dispatch(
+        &pool_spec(max),
+        &[&x.buffer, &out.buffer],
+        bytemuck::bytes_of(&params),
+        grid,
+    )?;
+    Ok(out)
+}

@@ -1,0 +1,138 @@
+//! 2-D convolution and pooling (NCHW).
+
+use super::{Storage, Tensor};
+use crate::conv::{Conv2dOptions, Window};
+use crate::cpu;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gpu::kernels::conv;
+use crate::shape::Shape;
+use std::sync::Arc;
+
+impl Tensor {
+    /// 2-D convolution (cross-correlation, as PyTorch's `conv2d`) of an NCHW input with `weight`
+    /// of shape `[c_out, c_in, kh, kw]` and an optional `bias` of shape `[c_out]`; groups = 1.
+    pub fn conv2d(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        opts: Conv2dOptions,
+    ) -> Result<Tensor> {
+        for t in [Some(weight), bias].into_iter().flatten() {
+            self.same_device(t, "conv2d")?;
+            t.expect(DType::F32, "conv2d")?;
+        }
+        self.expect(DType::F32, "conv2d")?;
+        let [c_out, c_in, kh, kw] = weight.shape()[..] else {
+            return Err(Error::InvalidShape {
+                op: "conv2d",
+                reason: format!(
+                    "the weight must be [c_out, c_in, kh, kw], got {}",
+                    weight.shape
+                ),
+            });
+        };
+        if let Some(b) = bias {
+            if b.shape() != [c_out] {
+                return Err(Error::ShapeMismatch {
+                    op: "conv2d",
+                    lhs: weight.shape().to_vec(),
+                    rhs: b.shape().to_vec(),
+                });
+            }
+        }
+        let g = Window::new("conv2d", self.shape(), c_out, Some(c_in), (kh, kw), opts)?;
+        let dims = g.out_dims();
+        let n_out: usize = dims.iter().product();
+        let storage = match (&self.storage, &weight.storage) {
+            (Storage::Cpu(x), Storage::Cpu(w)) => {
+                let b = bias.and_then(|b| match &b.storage {
+                    Storage::Cpu(v) => Some(v.clone()),
+                    Storage::Gpu(_) => None,
+                });
+                Storage::Cpu(Arc::new(cpu::conv2d(
+                    x,
+                    w,
+                    b.as_deref().map(|v| v.as_slice()),
+                    &g,
+                )?))
+            }
+            (Storage::Gpu(Some(x)), Storage::Gpu(Some(w))) if n_out > 0 => {
+                let b = bias.and_then(|b| match &b.storage {
+                    Storage::Gpu(Some(buf)) => Some(buf.clone()),
+                    _ => None,
+                });
+                Storage::Gpu(Some(Arc::new(conv::conv2d(
+                    self.ctx()?,
+                    x,
+                    w,
+                    b.as_deref(),
+                    &g,
+                )?)))
+            }
+            // An empty input or kernel with a non-empty output: the sum is empty, so bias only.
+            (Storage::Gpu(_), Storage::Gpu(_)) if n_out > 0 => {
+                let zeros = Tensor::zeros(&self.device, &dims)?;
+                return match bias {
+                    Some(b) => zeros.add(&b.reshape(&[c_out, 1, 1])?),
+                    None => Ok(zeros),
+                };
+            }
+            _ => Storage::Gpu(None),
+        };
+        Ok(self.with(storage, Shape::new(&dims)?))
+    }
+
+    fn pool2d(
+        &self,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+        max: bool,
+    ) -> Result<Tensor> {
+        let op = if max { "max_pool2d" } else { "avg_pool2d" };
+        self.expect(DType::F32, op)?;
+        if padding.0 * 2 > kernel.0 || padding.1 * 2 > kernel.1 {
+            return Err(Error::InvalidShape {
+                op,
+                reason: format!("padding {padding:?} must be at most half the kernel {kernel:?}"),
+            });
+        }
+        let channels = self.shape().get(1).copied().unwrap_or(0);
+        let opts = Conv2dOptions {
+            stride,
+            padding,
+            dilation: (1, 1),
+        };
+        let g = Window::new(op, self.shape(), channels, None, kernel, opts)?;
+        let dims = g.out_dims();
+        let storage = match &self.storage {
+            Storage::Cpu(x) => Storage::Cpu(Arc::new(cpu::pool2d(x, &g, max)?)),
+            Storage::Gpu(Some(x)) if dims.iter().product::<usize>() > 0 => {
+                Storage::Gpu(Some(Arc::new(conv::pool2d(self.ctx()?, x, &g, max)?)))
+            }
+            Storage::Gpu(_) => Storage::Gpu(None),
+        };
+        Ok(self.with(storage, Shape::new(&dims)?))
+    }
+
+    /// 2-D max pooling of an NCHW input (padding ignored; NaN propagates).
+    pub fn max_pool2d(
+        &self,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+    ) -> Result<Tensor> {
+        self.pool2d(kernel, stride, padding, true)
+    }
+
+    /// 2-D average pooling of an NCHW input (padded positions count as zeros; divides by kh·kw).
+    pub fn avg_pool2d(
+        &self,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+    ) -> Result<Tensor> {
+        self.pool2d(kernel, stride, padding, false)
+    }
+}
