@@ -83,14 +83,14 @@ impl Window {
                 reason: format!("the input must be NCHW (rank 4), got {x:?}"),
             });
         };
-        if let Some(ck) = c_in_kernel {
-            if ck != c_in {
-                return Err(Error::ShapeMismatch {
-                    op,
-                    lhs: x.to_vec(),
-                    rhs: vec![c_out, ck, k.0, k.1],
-                });
-            }
+        if let Some(ck) = c_in_kernel
+            && ck != c_in
+        {
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: x.to_vec(),
+                rhs: vec![c_out, ck, k.0, k.1],
+            });
         }
         let oh = out_extent(op, h, k.0, opts.stride.0, opts.padding.0, opts.dilation.0)?;
         let ow = out_extent(op, w, k.1, opts.stride.1, opts.padding.1, opts.dilation.1)?;

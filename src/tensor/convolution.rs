@@ -32,14 +32,14 @@ impl Tensor {
                 ),
             });
         };
-        if let Some(b) = bias {
-            if b.shape() != [c_out] {
-                return Err(Error::ShapeMismatch {
-                    op: "conv2d",
-                    lhs: weight.shape().to_vec(),
-                    rhs: b.shape().to_vec(),
-                });
-            }
+        if let Some(b) = bias
+            && b.shape() != [c_out]
+        {
+            return Err(Error::ShapeMismatch {
+                op: "conv2d",
+                lhs: weight.shape().to_vec(),
+                rhs: b.shape().to_vec(),
+            });
         }
         let g = Window::new("conv2d", self.shape(), c_out, Some(c_in), (kh, kw), opts)?;
         let dims = g.out_dims();
