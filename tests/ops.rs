@@ -990,6 +990,57 @@ fn conv_errors(d: &Device) -> Vec<ErrorCase> {
     ]
 }
 
+/// (source, index) samples for gather along `dim`: index values below the source's extent.
+fn gather_samples(dim: usize) -> Vec<Sample> {
+    let mut rng = Lcg(120);
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[4, 5], &[4, 3]),
+        (&[3, 4, 2], &[2, 6, 2]),
+        (&[1, 257], &[1, 300]),
+        (&[3, 3], &[0, 3]),
+    ];
+    cases
+        .iter()
+        .map(|(x, ix)| {
+            // For dim 0, swap the first two extents so dimension 0 is the gathered one.
+            let mut ix = ix.to_vec();
+            if dim == 0 {
+                ix.swap(0, 1);
+            }
+            let x: Vec<usize> = if dim == 0 {
+                vec![x[1], x[0]]
+                    .into_iter()
+                    .chain(x[2..].iter().cloned())
+                    .collect()
+            } else {
+                x.to_vec()
+            };
+            let (nx, ni) = (x.iter().product(), ix.iter().product());
+            let len = x[dim] as u32;
+            let idx = (0..ni).map(|_| (rng.next_u32() % len) as f32).collect();
+            Sample {
+                inputs: vec![(x.clone(), rng.vec(nx, -3.0, 3.0)), (ix, idx)],
+            }
+        })
+        .collect()
+}
+
+fn gather_ref(r: &[Ref], dim: usize) -> Ref {
+    let (x, idx) = (&r[0], &r[1]);
+    let st = strides(&x.shape);
+    let data = (0..idx.data.len())
+        .map(|i| {
+            let mut m = unravel(i, &idx.shape);
+            m[dim] = idx.data[i] as usize;
+            x.data[m.iter().zip(&st).map(|(a, b)| a * b).sum::<usize>()]
+        })
+        .collect();
+    Ref {
+        shape: idx.shape.clone(),
+        data,
+    }
+}
+
 fn linear_samples() -> Vec<Sample> {
     let mut rng = Lcg(44);
     // (x shape, out_features): weight is [out, in], bias [out].
@@ -1463,6 +1514,38 @@ fn table() -> Vec<OpInfo> {
             samples: || index_samples(1),
             run: |t| t[0].index_select(1, &as_indices(&t[1])),
             reference: |r| index_ref(r, 1),
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "gather(1)",
+            samples: || gather_samples(1),
+            run: |t| t[0].gather(1, &as_indices(&t[1])),
+            reference: |r| gather_ref(r, 1),
+            tol: |_| (0.0, 0.0),
+            errors: |d| {
+                let x = Tensor::zeros(d, &[2, 3]).unwrap();
+                let big = Tensor::from_vec_u32(d, vec![0; 8], &[4, 2]).unwrap();
+                let oob = Tensor::from_vec_u32(d, vec![0, 3], &[1, 2]).unwrap();
+                vec![
+                    ("index larger than the source", x.gather(1, &big), |e| {
+                        matches!(e, Error::ShapeMismatch { op: "gather", .. })
+                    }),
+                    ("index 3 of 3", x.gather(1, &oob), |e| {
+                        *e == Error::IndexOutOfRange {
+                            op: "gather",
+                            index: 3,
+                            size: 3,
+                        }
+                    }),
+                ]
+            },
+        },
+        OpInfo {
+            name: "gather(0)",
+            samples: || gather_samples(0),
+            run: |t| t[0].gather(0, &as_indices(&t[1])),
+            reference: |r| gather_ref(r, 0),
             tol: |_| (0.0, 0.0),
             errors: no_errors,
         },

@@ -35,6 +35,7 @@ const FILES: &[(&str, &str, bool)] = &[
     shader!("norm.wgsl", false),
     shader!("where.wgsl", false),
     shader!("index.wgsl", false),
+    shader!("gather.wgsl", false),
     shader!("argmax.wgsl", false),
     shader!("conv2d.wgsl", false),
     shader!("pool2d.wgsl", false),

@@ -1,4 +1,4 @@
-//! Ops with u32 tensors: argmax (produces one), index_select and embedding (read one).
+//! Ops with u32 tensors: argmax (produces one), index_select, gather and embedding (read one).
 
 use super::{Storage, Tensor};
 use crate::cpu;
@@ -88,6 +88,76 @@ impl Tensor {
             (Storage::Gpu(_), _) => Storage::Gpu(None),
         };
         Ok(self.with(storage, Shape::new(&dims)?))
+    }
+
+    /// PyTorch's `gather`: the result has the shape of `index` (a u32 tensor of the same rank),
+    /// and `out[m] = self[m with m[dim] replaced by index[m]]`. Outside `dim`, `index` may not be
+    /// larger than `self`. Every index is checked first (on a GPU, one read back), so an
+    /// out-of-range one is `Error::IndexOutOfRange`.
+    pub fn gather(&self, dim: isize, index: &Tensor) -> Result<Tensor> {
+        self.same_device(index, "gather")?;
+        index.expect(DType::U32, "gather")?;
+        let axis = self.axis("gather", dim)?;
+        let fits = index.rank() == self.rank()
+            && (0..self.rank()).all(|d| d == axis || index.shape()[d] <= self.shape()[d]);
+        if !fits {
+            return Err(Error::ShapeMismatch {
+                op: "gather",
+                lhs: self.shape().to_vec(),
+                rhs: index.shape().to_vec(),
+            });
+        }
+        let len = self.shape()[axis];
+        let idx = index.to_vec_u32()?;
+        if let Some(&bad) = idx.iter().find(|&&i| i as usize >= len) {
+            return Err(Error::IndexOutOfRange {
+                op: "gather",
+                index: bad,
+                size: len,
+            });
+        }
+        let x_strides = self.shape.strides();
+        let dims = index.shape().to_vec();
+        let storage = match (&self.storage, &index.storage) {
+            (Storage::Cpu(x), _) => {
+                let mut out = cpu::alloc("gather", idx.len())?;
+                for (i, o) in out.iter_mut().enumerate() {
+                    let (mut rem, mut src) = (i, 0);
+                    for d in (0..dims.len()).rev() {
+                        let mut at = rem % dims[d];
+                        rem /= dims[d];
+                        if d == axis {
+                            at = idx[i] as usize;
+                        }
+                        src += at * x_strides[d];
+                    }
+                    *o = x[src];
+                }
+                Storage::Cpu(Arc::new(out))
+            }
+            (Storage::Gpu(Some(x)), Storage::Gpu(Some(i))) => {
+                if dims.len() > index::MAX_GATHER_RANK {
+                    return Err(Error::InvalidShape {
+                        op: "gather",
+                        reason: format!(
+                            "rank {} is over the GPU kernel's {}",
+                            dims.len(),
+                            index::MAX_GATHER_RANK
+                        ),
+                    });
+                }
+                Storage::Gpu(Some(Arc::new(index::gather(
+                    self.ctx()?,
+                    x,
+                    i,
+                    &dims,
+                    &x_strides,
+                    axis,
+                )?)))
+            }
+            (Storage::Gpu(_), _) => Storage::Gpu(None),
+        };
+        Ok(self.with(storage, index.shape.clone()))
     }
 
     /// Embedding lookup: rows of `weight` (`[vocab, dim]`) for every id in `ids` (a u32 tensor of

@@ -1,4 +1,4 @@
-//! `shaders/index.wgsl`: index_select with u32 indices.
+//! `shaders/index.wgsl` (index_select) and `shaders/gather.wgsl` (gather), with u32 indices.
 
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
@@ -47,6 +47,62 @@ pub(crate) fn index_select(
         &spec(),
         &[&x.buffer, &idx.buffer, &out.buffer],
         bytemuck::bytes_of(&params),
+        grid,
+    )?;
+    Ok(out)
+}
+
+/// Largest rank `gather.wgsl` takes.
+pub(crate) const MAX_GATHER_RANK: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct GatherParams {
+    pub n: u32,
+    pub rank: u32,
+    pub dim: u32,
+    pub _pad: u32,
+    pub dims: [u32; MAX_GATHER_RANK],
+    pub x_strides: [u32; MAX_GATHER_RANK],
+}
+
+pub(crate) fn gather_spec() -> KernelSpec {
+    KernelSpec {
+        shader: "gather.wgsl",
+        entry: "main",
+        constants: vec![("WG", f64::from(WG))],
+        unchecked: false,
+    }
+}
+
+/// gather along `dim` with an index of shape `dims` (rank <= 8, non-empty); indices checked.
+pub(crate) fn gather(
+    ctx: &GpuContext,
+    x: &PooledBuffer,
+    idx: &PooledBuffer,
+    dims: &[usize],
+    x_strides: &[usize],
+    dim: usize,
+) -> Result<PooledBuffer> {
+    let n: usize = dims.iter().product();
+    let out = ctx.alloc("gather", n)?;
+    let mut p = GatherParams {
+        n: n as u32,
+        rank: dims.len() as u32,
+        dim: dim as u32,
+        _pad: 0,
+        dims: [1; MAX_GATHER_RANK],
+        x_strides: [0; MAX_GATHER_RANK],
+    };
+    for d in 0..dims.len() {
+        p.dims[d] = dims[d] as u32;
+        p.x_strides[d] = x_strides[d] as u32;
+    }
+    let grid = ctx.grid_1d("gather", (n as u64).div_ceil(u64::from(WG)))?;
+    ctx.dispatch(
+        &gather_spec(),
+        &[&x.buffer, &idx.buffer, &out.buffer],
+        bytemuck::bytes_of(&p),
         grid,
     )?;
     Ok(out)

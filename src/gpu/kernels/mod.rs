@@ -22,6 +22,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     specs.extend(norm::specs());
     specs.push(select::spec());
     specs.push(index::spec());
+    specs.push(index::gather_spec());
     specs.push(reduce::argmax_spec());
     specs.extend(conv::specs());
     specs
@@ -56,6 +57,7 @@ pub fn param_structs() -> Vec<(&'static str, &'static str, usize)> {
         ("norm.wgsl", "Params", size_of::<norm::NormParams>()),
         ("where.wgsl", "Params", size_of::<select::WhereParams>()),
         ("index.wgsl", "Params", size_of::<index::IndexParams>()),
+        ("gather.wgsl", "Params", size_of::<index::GatherParams>()),
         ("argmax.wgsl", "Params", size_of::<reduce::ReduceParams>()),
         ("conv2d.wgsl", "Params", size_of::<conv::ConvParams>()),
         ("pool2d.wgsl", "Params", size_of::<conv::PoolParams>()),
