@@ -1978,3 +1978,101 @@ fn nan_and_inf_propagate() {
         assert!(m[0].is_nan(), "NaN through matmul on {dev}");
     }
 }
+
+/// The NaN contract for the ops not covered above, on every device: a NaN input gives NaN exactly
+/// where the README says (checked by bit pattern class), and copies keep a NaN's payload bits.
+#[test]
+fn nan_contract_for_composite_ops() {
+    for dev in devices() {
+        let nan = f32::NAN;
+        // One NaN in the first row of a [2, 4] tensor.
+        let x =
+            Tensor::from_vec(&dev, vec![nan, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], &[2, 4]).unwrap();
+        let row_nan = |name: &str, v: Vec<f32>, width: usize| {
+            assert!(
+                v[..width].iter().all(|x| x.is_nan()),
+                "{name} on {dev}: first row {v:?}"
+            );
+            assert!(
+                v[width..].iter().all(|x| !x.is_nan()),
+                "{name} on {dev}: second row {v:?}"
+            );
+        };
+        row_nan(
+            "layer_norm",
+            x.layer_norm(None, None, 1e-5).unwrap().to_vec().unwrap(),
+            4,
+        );
+        row_nan(
+            "rms_norm",
+            x.rms_norm(None, 1e-5).unwrap().to_vec().unwrap(),
+            4,
+        );
+        row_nan(
+            "log_softmax",
+            x.log_softmax(-1).unwrap().to_vec().unwrap(),
+            4,
+        );
+        row_nan("mean", x.mean(-1, false).unwrap().to_vec().unwrap(), 1);
+        row_nan("var", x.var(-1, false).unwrap().to_vec().unwrap(), 1);
+        let w = Tensor::ones(&dev, &[3, 4]).unwrap();
+        row_nan(
+            "linear",
+            x.linear(&w, None, Some(kiln::UnaryOp::Relu))
+                .unwrap()
+                .to_vec()
+                .unwrap(),
+            3,
+        );
+        let a = x.argmax(-1, false).unwrap().to_vec_u32().unwrap();
+        assert_eq!(a, vec![0, 3], "argmax picks the NaN on {dev}");
+        // Convolution and average pooling: the NaN reaches exactly the outputs whose window holds it.
+        let img = x.reshape(&[1, 1, 2, 4]).unwrap();
+        let k = Tensor::ones(&dev, &[1, 1, 1, 2]).unwrap();
+        let c = img
+            .conv2d(
+                &k,
+                None,
+                kiln::Conv2dOptions {
+                    stride: (1, 2),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        assert!(
+            c[0].is_nan() && c[1..].iter().all(|v| !v.is_nan()),
+            "conv2d on {dev}: {c:?}"
+        );
+        let p = img
+            .avg_pool2d((1, 2), (1, 2), (0, 0))
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        assert!(
+            p[0].is_nan() && p[1..].iter().all(|v| !v.is_nan()),
+            "avg_pool2d on {dev}: {p:?}"
+        );
+        // Layout and index ops move bits: a NaN with a payload comes back with the same payload.
+        let payload = f32::from_bits(0x7fc0_1234);
+        let t = Tensor::from_vec(&dev, vec![payload, 1.0, 2.0, 3.0], &[2, 2]).unwrap();
+        let moved = [
+            t.transpose(0, 1).unwrap().transpose(0, 1).unwrap(),
+            Tensor::cat(
+                &[&t.narrow(0, 0, 1).unwrap(), &t.narrow(0, 1, 1).unwrap()],
+                0,
+            )
+            .unwrap(),
+            t.index_select(0, &Tensor::from_vec_u32(&dev, vec![0, 1], &[2]).unwrap())
+                .unwrap(),
+        ];
+        for m in moved {
+            assert_eq!(
+                m.to_vec().unwrap()[0].to_bits(),
+                0x7fc0_1234,
+                "NaN payload through a copy on {dev}"
+            );
+        }
+    }
+}
