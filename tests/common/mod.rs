@@ -2,6 +2,15 @@
 #![allow(dead_code)]
 
 use kiln::{Device, Tensor};
+
+/// Like eprintln!, but written to the stderr handle itself: the test harness captures eprintln!
+/// and hides it for passing tests, and a skipped GPU half must be visible.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 use std::sync::OnceLock;
 
 /// Logging for tests: `RUST_LOG=kiln=debug cargo test`.
@@ -28,13 +37,13 @@ fn gpu_devices() -> &'static Vec<Device> {
         for d in Device::all_gpus() {
             match d {
                 Ok(d) if !tested(&d) => {
-                    eprintln!(
+                    say!(
                         "kiln tests: skipping {} on the GL backend (set KILN_TEST_GL=1 to test it)",
                         d.info().name
                     )
                 }
                 Ok(d) => {
-                    eprintln!(
+                    say!(
                         "kiln tests: GPU device {} ({:?}, {})",
                         d.info().name,
                         d.info().kind,
@@ -42,7 +51,7 @@ fn gpu_devices() -> &'static Vec<Device> {
                     );
                     gpus.push(d);
                 }
-                Err(e) => eprintln!("kiln tests: an adapter failed to open: {e}"),
+                Err(e) => say!("kiln tests: an adapter failed to open: {e}"),
             }
         }
         gpus
@@ -59,7 +68,7 @@ pub fn gpus() -> Vec<Device> {
                 "KILN_REQUIRE_GPU=1 but no GPU adapter could be opened (install mesa-vulkan-drivers for lavapipe)"
             );
         }
-        eprintln!(
+        say!(
             "!!!!! kiln tests: NO GPU ADAPTER — GPU cases SKIPPED (set KILN_REQUIRE_GPU=1 to fail instead) !!!!!"
         );
     }
