@@ -10,7 +10,8 @@
 //!
 //! Times are wall-clock medians after warm-up, each run ending in `Device::synchronize` (the GPU
 //! has finished). `--configs` lists matmul kernels to compare in one run: `auto` (the tuned
-//! choice), `tiled16` (version 1) or `blocked:BMxBNxBK`.
+//! choice), `tiled16` (version 1), `blocked:BMxBNxBK`, `strip:RMxWG`, or `f16` (f16-storage
+//! operands, f32 accumulation).
 
 use kiln::{Device, Tensor, UnaryOp};
 use std::time::{Duration, Instant};
@@ -141,7 +142,9 @@ fn main() -> kiln::Result<()> {
         let a = Tensor::randn(&dev, &[m, k], 1)?;
         let b = Tensor::randn(&dev, &[k, n], 2)?;
         for config in &args.configs {
-            let forced = if config == "auto" {
+            // `f16`: the f16-storage matmul (f32 accumulation), with the default kernel choice.
+            let f16 = config == "f16";
+            let forced = if config == "auto" || f16 {
                 None
             } else {
                 Some(config.parse()?)
@@ -156,7 +159,11 @@ fn main() -> kiln::Result<()> {
                 args.reps
             };
             let t = time(reps, || {
-                let c = a.matmul(&b)?;
+                let c = if f16 {
+                    a.matmul_f16(&b)?
+                } else {
+                    a.matmul(&b)?
+                };
                 dev.synchronize()?;
                 drop(c);
                 Ok(())

@@ -42,8 +42,13 @@ struct Params {
     _pad1: u32,
 }
 
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
+// The operands' element type. The registry builds an f16-storage variant
+// ("matmul_blocked_f16.wgsl") by switching this alias to f16 and enabling the f16 extension;
+// loads convert to f32, so accumulation is f32 either way.
+alias Elem = f32;
+
+@group(0) @binding(0) var<storage, read> a: array<Elem>;
+@group(0) @binding(1) var<storage, read> b: array<Elem>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<storage, read> offsets: array<u32>; // [a_off, b_off] per batch
 @group(0) @binding(4) var<storage, read> bias: array<f32>;    // n values; unused unless HAS_BIAS
@@ -77,7 +82,7 @@ fn main(
             let gk = k0 + kk;
             var v = 0.0;
             if (!CHECKED || (gr < p.m && gk < p.k)) {
-                v = a[a_off + gr * p.a_rs + gk * p.a_cs];
+                v = f32(a[a_off + gr * p.a_rs + gk * p.a_cs]);
             }
             let j = kk * BM + r;
             tile_a[j / 4u][j % 4u] = v;
@@ -89,7 +94,7 @@ fn main(
             let gc = col0 + col;
             var v = 0.0;
             if (!CHECKED || (gk < p.k && gc < p.n)) {
-                v = b[b_off + gk * p.b_rs + gc * p.b_cs];
+                v = f32(b[b_off + gk * p.b_rs + gc * p.b_cs]);
             }
             let j = kk * BN + col;
             tile_b[j / 4u][j % 4u] = v;

@@ -34,6 +34,14 @@ pub enum Error {
         /// The element type it was given.
         got: crate::DType,
     },
+    /// The device lacks a capability the operation needs (for example SHADER_F16).
+    #[error("{op}: not supported on this device: {reason}")]
+    Unsupported {
+        /// The operation.
+        op: &'static str,
+        /// What is missing.
+        reason: String,
+    },
     /// An index tensor holds a value outside the dimension it indexes.
     #[error("{op}: index {index} is out of range for a dimension of size {size}")]
     IndexOutOfRange {

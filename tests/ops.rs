@@ -2076,3 +2076,90 @@ fn nan_contract_for_composite_ops() {
         }
     }
 }
+
+/// f16-storage matmul: on the CPU and on every GPU that grants SHADER_F16 it matches the f64
+/// reference of the f32 inputs within an f16 tolerance (and the CPU twin to f32 rounding); on a
+/// GPU without SHADER_F16 it is `Error::Unsupported`.
+#[test]
+fn matmul_f16_within_f16_tolerance() {
+    let mut rng = Lcg(130);
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[64, 128], &[128, 64]),
+        (&[300, 257], &[257, 129]),
+        (&[2, 17, 33], &[33, 15]),
+        (&[5, 0], &[0, 3]),
+    ];
+    for dev in devices() {
+        let f16 = dev.is_cpu() || dev.info().features.iter().any(|f| f == "shader-f16");
+        for (sa, sb) in cases {
+            let (na, nb) = (sa.iter().product(), sb.iter().product());
+            let (va, vb) = (rng.vec(na, -1.0, 1.0), rng.vec(nb, -1.0, 1.0));
+            let a = Tensor::from_slice(&dev, &va, sa).unwrap();
+            let b = Tensor::from_slice(&dev, &vb, sb).unwrap();
+            let r = a.matmul_f16(&b);
+            if !f16 {
+                assert!(
+                    matches!(
+                        r,
+                        Err(Error::Unsupported {
+                            op: "matmul_f16",
+                            ..
+                        })
+                    ),
+                    "{r:?} on {dev}"
+                );
+                continue;
+            }
+            let got = r.unwrap();
+            let refs = [
+                Ref {
+                    shape: sa.to_vec(),
+                    data: va.iter().map(|&x| f64::from(x)).collect(),
+                },
+                Ref {
+                    shape: sb.to_vec(),
+                    data: vb.iter().map(|&x| f64::from(x)).collect(),
+                },
+            ];
+            let want = matmul_ref(&refs);
+            assert_eq!(got.shape(), want.shape.as_slice());
+            let k = sa[sa.len() - 1] as f64;
+            // Each input carries a relative rounding error of at most 2^-11.
+            assert_close(
+                &format!("matmul_f16 {sa:?}x{sb:?} on {dev}"),
+                &got.to_vec().unwrap(),
+                &want.data,
+                1e-3 * (k + 1.0),
+                2e-3,
+            );
+            // It really rounds: it matches the CPU's f16-rounded product to f32 precision, and
+            // differs from the plain f32 product by more than that.
+            let got = got.to_vec().unwrap();
+            let cpu = Device::cpu();
+            let twin = Tensor::from_slice(&cpu, &va, sa)
+                .unwrap()
+                .matmul_f16(&Tensor::from_slice(&cpu, &vb, sb).unwrap())
+                .unwrap()
+                .to_vec()
+                .unwrap();
+            let exact = a.matmul(&b).unwrap().to_vec().unwrap();
+            let diff = |x: &[f32], y: &[f32]| {
+                x.iter()
+                    .zip(y)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0.0f32, f32::max)
+            };
+            assert!(
+                diff(&got, &twin) <= 1e-5 * (k as f32 + 1.0),
+                "f16 GPU vs CPU twin on {dev}: {}",
+                diff(&got, &twin)
+            );
+            if k > 0.0 && !got.is_empty() {
+                assert!(
+                    diff(&got, &exact) > 1e-5,
+                    "matmul_f16 did not round its inputs on {dev}"
+                );
+            }
+        }
+    }
+}

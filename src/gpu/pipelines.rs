@@ -39,6 +39,7 @@ const FILES: &[(&str, &str, bool)] = &[
     shader!("argmax.wgsl", false),
     shader!("conv2d.wgsl", false),
     shader!("pool2d.wgsl", false),
+    shader!("cast_f16.wgsl", false),
 ];
 
 /// The complete WGSL source of every shader module, by file name, as the device compiles it.
@@ -46,11 +47,33 @@ const FILES: &[(&str, &str, bool)] = &[
 pub fn shaders() -> Vec<(&'static str, String)> {
     FILES
         .iter()
-        .map(|(name, _, _)| (*name, source(name).unwrap_or_default()))
+        .map(|(name, _, _)| *name)
+        .chain(DERIVED.iter().copied())
+        .map(|name| (name, source(name).unwrap_or_default()))
         .collect()
 }
 
+/// Shaders derived from another by templating (WGSL has no generics): the f16-storage matmul
+/// is `matmul_blocked.wgsl` with its `Elem` alias switched to f16.
+fn derived(shader: &str) -> Option<String> {
+    match shader {
+        "matmul_blocked_f16.wgsl" => source("matmul_blocked.wgsl").map(|s| {
+            format!(
+                "enable f16;\n{}",
+                s.replace("alias Elem = f32;", "alias Elem = f16;")
+            )
+        }),
+        _ => None,
+    }
+}
+
+/// Names of the derived shaders.
+const DERIVED: &[&str] = &["matmul_blocked_f16.wgsl"];
+
 fn source(shader: &str) -> Option<String> {
+    if let Some(s) = derived(shader) {
+        return Some(s);
+    }
     FILES
         .iter()
         .find(|(name, _, _)| *name == shader)

@@ -119,4 +119,42 @@ impl Tensor {
         };
         Ok(self.with(storage, plan.out_shape))
     }
+
+    /// `self x rhs` (2-D or batched, as [`Tensor::matmul`]) with both operands stored as f16 and
+    /// the products accumulated in f32: half the memory traffic for the operands, at f16 input
+    /// precision (relative rounding 2^-11). On a GPU it needs SHADER_F16 (`Error::Unsupported`
+    /// otherwise); the CPU backend rounds the operands to f16 the same way and multiplies in f32.
+    pub fn matmul_f16(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.same_device(rhs, "matmul_f16")?;
+        self.expect(DType::F32, "matmul_f16")?;
+        rhs.expect(DType::F32, "matmul_f16")?;
+        let plan = MatmulPlan::new(&self.shape, &rhs.shape)?;
+        let out_n = plan.out_numel();
+        let storage = match (&self.storage, &rhs.storage) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => {
+                let round = |v: &[f32]| -> Vec<f32> {
+                    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+                };
+                Storage::Cpu(Arc::new(cpu::matmul(&round(a), &round(b), &plan)?))
+            }
+            (Storage::Gpu(a), Storage::Gpu(b)) => {
+                let ctx = self.ctx()?;
+                if !matmul::f16_supported(ctx) {
+                    return Err(Error::Unsupported {
+                        op: "matmul_f16",
+                        reason: format!("{} does not grant SHADER_F16", self.device),
+                    });
+                }
+                match (a, b) {
+                    _ if out_n == 0 => Storage::Gpu(None),
+                    (Some(a), Some(b)) if plan.k > 0 => Storage::Gpu(Some(Arc::new(
+                        matmul::matmul_f16(ctx, a, b, self.numel(), rhs.numel(), &plan)?,
+                    ))),
+                    _ => Storage::Gpu(Some(Arc::new(elementwise::fill(ctx, out_n, 0.0)?))),
+                }
+            }
+            _ => unreachable!("same_device checked the backends"),
+        };
+        Ok(self.with(storage, plan.out_shape))
+    }
 }

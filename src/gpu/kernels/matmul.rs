@@ -173,6 +173,23 @@ pub(crate) struct Epilogue<'a> {
     pub act: Option<UnaryOp>,
 }
 
+/// The pipeline for `config` with f16-storage operands (version 2 only).
+fn spec_f16(config: MatmulConfig, checked: bool) -> KernelSpec {
+    let mut spec = spec(config, checked, false, None);
+    spec.shader = "matmul_blocked_f16.wgsl";
+    spec
+}
+
+/// The f32 -> f16 cast used to store the operands of `matmul_f16`.
+fn cast_spec() -> KernelSpec {
+    KernelSpec {
+        shader: "cast_f16.wgsl",
+        entry: "main",
+        constants: vec![("WG", 256.0)],
+        unchecked: false,
+    }
+}
+
 /// The pipeline for `config`; `checked` = false only when the tile sizes divide the problem.
 fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp>) -> KernelSpec {
     match config {
@@ -230,6 +247,12 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
             Some(act),
         ));
     }
+    for c in [CANDIDATES[0], CANDIDATES[1]] {
+        for checked in [true, false] {
+            out.push(spec_f16(c, checked));
+        }
+    }
+    out.push(cast_spec());
     // The heuristic's skinny choices: one strip row per matrix row, m = 1..8.
     for rm in 1..=8 {
         out.push(spec(MatmulConfig::Strip { rm, wg: 64 }, true, false, None));
@@ -264,6 +287,25 @@ pub(crate) fn run(
     config: MatmulConfig,
     epilogue: Epilogue,
 ) -> Result<PooledBuffer> {
+    let spec = spec(
+        config,
+        !divides(config, plan),
+        epilogue.bias.is_some(),
+        epilogue.act,
+    );
+    run_with(ctx, a, b, plan, config, epilogue, spec)
+}
+
+/// Dispatch `spec` (a specialization of `config`) over the plan.
+fn run_with(
+    ctx: &GpuContext,
+    a: &PooledBuffer,
+    b: &PooledBuffer,
+    plan: &MatmulPlan,
+    config: MatmulConfig,
+    epilogue: Epilogue,
+    spec: KernelSpec,
+) -> Result<PooledBuffer> {
     let out = ctx.alloc("matmul", plan.out_numel())?;
     let table: Vec<u32> = plan
         .offsets
@@ -282,12 +324,6 @@ pub(crate) fn run(
             limit: u64::from(max) * u64::from(tn),
         });
     }
-    let spec = spec(
-        config,
-        !divides(config, plan),
-        epilogue.bias.is_some(),
-        epilogue.act,
-    );
     let bias = epilogue.bias.unwrap_or(&offsets);
     let mut buffers = vec![&a.buffer, &b.buffer, &out.buffer, &offsets.buffer];
     if !matches!(config, MatmulConfig::Tiled16) {
@@ -326,6 +362,45 @@ pub(crate) fn run(
         batch0 += nb;
     }
     Ok(out)
+}
+
+/// Whether the device can run `matmul_f16`.
+pub(crate) fn f16_supported(ctx: &GpuContext) -> bool {
+    ctx.features.contains(wgpu::Features::SHADER_F16)
+}
+
+/// A new buffer holding `x`'s `n` values rounded to f16 (2 bytes each).
+fn to_f16(ctx: &GpuContext, x: &PooledBuffer, n: usize) -> Result<PooledBuffer> {
+    let out = ctx.alloc("matmul_f16", n.div_ceil(2))?;
+    let params: [u32; 4] = [n as u32, 0, 0, 0];
+    let grid = ctx.grid_1d("matmul_f16", (n as u64).div_ceil(256))?;
+    ctx.dispatch(
+        &cast_spec(),
+        &[&x.buffer, &out.buffer],
+        bytemuck::cast_slice(&params),
+        grid,
+    )?;
+    Ok(out)
+}
+
+/// `C = A x B` with both operands stored as f16 and f32 accumulation (`m, n, k > 0`); the
+/// caller has checked `f16_supported`. `a_len` and `b_len` are the operands' element counts.
+pub(crate) fn matmul_f16(
+    ctx: &GpuContext,
+    a: &PooledBuffer,
+    b: &PooledBuffer,
+    a_len: usize,
+    b_len: usize,
+    plan: &MatmulPlan,
+) -> Result<PooledBuffer> {
+    let (a16, b16) = (to_f16(ctx, a, a_len)?, to_f16(ctx, b, b_len)?);
+    let config = if plan.m <= 32 || plan.n <= 32 {
+        CANDIDATES[1]
+    } else {
+        CANDIDATES[0]
+    };
+    let spec = spec_f16(config, !divides(config, plan));
+    run_with(ctx, &a16, &b16, plan, config, Epilogue::default(), spec)
 }
 
 /// `C = A x B` (plus the epilogue) with the configuration the device's tuner picks.

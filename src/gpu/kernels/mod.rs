@@ -61,5 +61,7 @@ pub fn param_structs() -> Vec<(&'static str, &'static str, usize)> {
         ("argmax.wgsl", "Params", size_of::<reduce::ReduceParams>()),
         ("conv2d.wgsl", "Params", size_of::<conv::ConvParams>()),
         ("pool2d.wgsl", "Params", size_of::<conv::PoolParams>()),
+        ("cast_f16.wgsl", "Params", size_of::<[u32; 4]>()),
+        ("matmul_blocked_f16.wgsl", "Params", matmul),
     ]
 }
