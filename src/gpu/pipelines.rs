@@ -27,6 +27,8 @@ macro_rules! shader {
 const FILES: &[(&str, &str, bool)] = &[
     shader!("unary.wgsl", true),
     shader!("binary.wgsl", true),
+    shader!("unary_vec4.wgsl", true),
+    shader!("binary_vec4.wgsl", false),
     shader!("matmul.wgsl", false),
     shader!("matmul_blocked.wgsl", true),
     shader!("matmul_strip.wgsl", true),

@@ -60,9 +60,32 @@ fn binary_spec(op: BinaryOp) -> KernelSpec {
     }
 }
 
+fn unary_vec4_spec(op: UnaryOp) -> KernelSpec {
+    KernelSpec {
+        shader: "unary_vec4.wgsl",
+        entry: "main",
+        constants: vec![("OP", f64::from(op.shader_id())), ("WG", f64::from(WG))],
+        unchecked: false,
+    }
+}
+
+fn binary_vec4_spec(op: BinaryOp) -> KernelSpec {
+    KernelSpec {
+        shader: "binary_vec4.wgsl",
+        entry: "main",
+        constants: vec![("OP", f64::from(op.shader_id())), ("WG", f64::from(WG))],
+        unchecked: false,
+    }
+}
+
+/// The binary ops with a vec4 kernel.
+const VEC4_BINARY: [BinaryOp; 4] = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div];
+
 pub(crate) fn specs() -> Vec<KernelSpec> {
     let mut specs: Vec<KernelSpec> = UnaryOp::ALL.iter().map(|&op| unary_spec(op)).collect();
     specs.push(fill_spec());
+    specs.extend(UnaryOp::ALL.iter().map(|&op| unary_vec4_spec(op)));
+    specs.extend(VEC4_BINARY.iter().map(|&op| binary_vec4_spec(op)));
     specs.extend(BinaryOp::ALL.iter().map(|&op| binary_spec(op)));
     specs
 }
@@ -86,6 +109,22 @@ pub(crate) fn unary(
         beta,
         _pad: 0,
     };
+    if n.is_multiple_of(4) {
+        let params = UnaryParams {
+            n: (n / 4) as u32,
+            alpha,
+            beta,
+            _pad: 0,
+        };
+        let grid = ctx.grid_1d(op.name(), groups(n / 4))?;
+        ctx.dispatch(
+            &unary_vec4_spec(op),
+            &[&x.buffer, &out.buffer],
+            bytemuck::bytes_of(&params),
+            grid,
+        )?;
+        return Ok(out);
+    }
     let grid = ctx.grid_1d(op.name(), groups(n))?;
     ctx.dispatch(
         &unary_spec(op),
@@ -132,6 +171,19 @@ pub(crate) fn binary(
                 "the broadcast needs {rank} dimensions after merging contiguous ones; the GPU kernel handles {MAX_BINARY_RANK}"
             ),
         });
+    }
+    let contiguous = rank == 1 && layout.lhs[0] == 1 && layout.rhs[0] == 1;
+    if contiguous && n.is_multiple_of(4) && VEC4_BINARY.contains(&op) {
+        let out = ctx.alloc(op.name(), n)?;
+        let params: [u32; 4] = [(n / 4) as u32, 0, 0, 0];
+        let grid = ctx.grid_1d(op.name(), groups(n / 4))?;
+        ctx.dispatch(
+            &binary_vec4_spec(op),
+            &[&a.buffer, &b.buffer, &out.buffer],
+            bytemuck::cast_slice(&params),
+            grid,
+        )?;
+        return Ok(out);
     }
     let out = ctx.alloc(op.name(), n)?;
     let mut params = BinaryParams {

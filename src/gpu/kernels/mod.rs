@@ -61,6 +61,12 @@ pub fn param_structs() -> Vec<(&'static str, &'static str, usize)> {
         ("argmax.wgsl", "Params", size_of::<reduce::ReduceParams>()),
         ("conv2d.wgsl", "Params", size_of::<conv::ConvParams>()),
         ("pool2d.wgsl", "Params", size_of::<conv::PoolParams>()),
+        (
+            "unary_vec4.wgsl",
+            "Params",
+            size_of::<elementwise::UnaryParams>(),
+        ),
+        ("binary_vec4.wgsl", "Params", size_of::<[u32; 4]>()),
         ("cast_f16.wgsl", "Params", size_of::<[u32; 4]>()),
         ("matmul_blocked_f16.wgsl", "Params", matmul),
     ]
