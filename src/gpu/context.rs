@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 use std::sync::{Arc, Mutex, MutexGuard};
 use wgpu::util::DeviceExt;
 
+/// Workgroup size of every 1-D kernel (the `WG` override constant they are built with).
+pub(crate) const WG_1D: u32 = 256;
+
 pub(crate) struct GpuContext {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
@@ -187,6 +190,20 @@ impl GpuContext {
             self.submit(&mut rec);
         }
         Ok(())
+    }
+
+    /// Record a dispatch of a 1-D kernel (workgroup size `WG_1D`) covering `threads` invocations,
+    /// on a grid folded into 2-D past the per-dimension limit.
+    pub(crate) fn dispatch_1d(
+        &self,
+        op: &'static str,
+        spec: &KernelSpec,
+        buffers: &[&wgpu::Buffer],
+        params: &[u8],
+        threads: usize,
+    ) -> Result<()> {
+        let grid = self.grid_1d(op, (threads as u64).div_ceil(u64::from(WG_1D)))?;
+        self.dispatch(spec, buffers, params, grid)
     }
 
     /// A grid of `groups` workgroups laid out in x, folded into y past the per-dimension limit.

@@ -148,6 +148,17 @@ impl Tensor {
         )
     }
 
+    /// The shape after reducing `axis`: removed, or kept with extent 1.
+    fn reduced_dims(&self, axis: usize, keepdim: bool) -> Vec<usize> {
+        let mut dims = self.shape().to_vec();
+        if keepdim {
+            dims[axis] = 1;
+        } else {
+            dims.remove(axis);
+        }
+        dims
+    }
+
     fn with(&self, storage: Storage, shape: Shape) -> Tensor {
         Tensor {
             storage,

@@ -27,12 +27,7 @@ impl Tensor {
                 ),
             });
         }
-        let mut dims = self.shape().to_vec();
-        if keepdim {
-            dims[axis] = 1;
-        } else {
-            dims.remove(axis);
-        }
+        let dims = self.reduced_dims(axis, keepdim);
         let storage = match &self.storage {
             Storage::Cpu(x) => Storage::Cpu(Arc::new(cpu::reduce(x, (outer, len, inner), op)?)),
             _ if n_out == 0 => Storage::Gpu(None),

@@ -7,7 +7,8 @@ use crate::gpu::pipelines::KernelSpec;
 use crate::gpu::pool::PooledBuffer;
 use bytemuck::{Pod, Zeroable};
 
-const WG: u32 = 256;
+/// The 1-D kernels' workgroup size, shared with `GpuContext::dispatch_1d`.
+use crate::gpu::context::WG_1D as WG;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -106,13 +107,13 @@ pub(crate) fn conv2d(
         dw: u(g.opts.dilation.1),
         _pad: 0,
     };
-    let grid = ctx.grid_1d("conv2d", (n_out as u64).div_ceil(u64::from(WG)))?;
     let b = bias.unwrap_or(wt);
-    ctx.dispatch(
+    ctx.dispatch_1d(
+        "conv2d",
         &conv_spec(bias.is_some()),
         &[&x.buffer, &wt.buffer, &b.buffer, &out.buffer],
         bytemuck::bytes_of(&params),
-        grid,
+        n_out,
     )?;
     Ok(out)
 }
@@ -142,12 +143,12 @@ pub(crate) fn pool2d(
         pw: u(g.opts.padding.1),
         _pad: 0,
     };
-    let grid = ctx.grid_1d(op, (n_out as u64).div_ceil(u64::from(WG)))?;
-    ctx.dispatch(
+    ctx.dispatch_1d(
+        op,
         &pool_spec(max),
         &[&x.buffer, &out.buffer],
         bytemuck::bytes_of(&params),
-        grid,
+        n_out,
     )?;
     Ok(out)
 }

@@ -7,7 +7,8 @@ use crate::gpu::pool::PooledBuffer;
 use crate::strided::{MAX_COPY_RANK, StridedCopy};
 use bytemuck::{Pod, Zeroable};
 
-const WG: u32 = 256;
+/// The 1-D kernels' workgroup size, shared with `GpuContext::dispatch_1d`.
+use crate::gpu::context::WG_1D as WG;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -54,11 +55,11 @@ pub(crate) fn copy(
         params.in_strides[d] = copy.in_strides[d] as u32;
         params.out_strides[d] = copy.out_strides[d] as u32;
     }
-    let grid = ctx.grid_1d(op, (n as u64).div_ceil(u64::from(WG)))?;
-    ctx.dispatch(
+    ctx.dispatch_1d(
+        op,
         &spec(),
         &[&src.buffer, &dst.buffer],
         bytemuck::bytes_of(&params),
-        grid,
+        n,
     )
 }

@@ -8,8 +8,8 @@ use crate::op::{BinaryOp, UnaryOp};
 use crate::shape::BroadcastLayout;
 use bytemuck::{Pod, Zeroable};
 
-/// Invocations per workgroup for the elementwise kernels.
-const WG: u32 = 256;
+/// The 1-D kernels' workgroup size, shared with `GpuContext::dispatch_1d`.
+use crate::gpu::context::WG_1D as WG;
 /// Largest coalesced rank `binary.wgsl` accepts.
 pub(crate) const MAX_BINARY_RANK: usize = 8;
 
@@ -90,10 +90,6 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
     specs
 }
 
-fn groups(n: usize) -> u64 {
-    (n as u64).div_ceil(u64::from(WG))
-}
-
 /// `y = op(x)` over `n > 0` elements.
 pub(crate) fn unary(
     ctx: &GpuContext,
@@ -116,21 +112,21 @@ pub(crate) fn unary(
             beta,
             _pad: 0,
         };
-        let grid = ctx.grid_1d(op.name(), groups(n / 4))?;
-        ctx.dispatch(
+        ctx.dispatch_1d(
+            op.name(),
             &unary_vec4_spec(op),
             &[&x.buffer, &out.buffer],
             bytemuck::bytes_of(&params),
-            grid,
+            n / 4,
         )?;
         return Ok(out);
     }
-    let grid = ctx.grid_1d(op.name(), groups(n))?;
-    ctx.dispatch(
+    ctx.dispatch_1d(
+        op.name(),
         &unary_spec(op),
         &[&x.buffer, &out.buffer],
         bytemuck::bytes_of(&params),
-        grid,
+        n,
     )?;
     Ok(out)
 }
@@ -144,12 +140,12 @@ pub(crate) fn fill(ctx: &GpuContext, n: usize, value: f32) -> Result<PooledBuffe
         beta: 0.0,
         _pad: 0,
     };
-    let grid = ctx.grid_1d("fill", groups(n))?;
-    ctx.dispatch(
+    ctx.dispatch_1d(
+        "fill",
         &fill_spec(),
         &[&out.buffer],
         bytemuck::bytes_of(&params),
-        grid,
+        n,
     )?;
     Ok(out)
 }
@@ -176,12 +172,12 @@ pub(crate) fn binary(
     if contiguous && n.is_multiple_of(4) && VEC4_BINARY.contains(&op) {
         let out = ctx.alloc(op.name(), n)?;
         let params: [u32; 4] = [(n / 4) as u32, 0, 0, 0];
-        let grid = ctx.grid_1d(op.name(), groups(n / 4))?;
-        ctx.dispatch(
+        ctx.dispatch_1d(
+            op.name(),
             &binary_vec4_spec(op),
             &[&a.buffer, &b.buffer, &out.buffer],
             bytemuck::cast_slice(&params),
-            grid,
+            n / 4,
         )?;
         return Ok(out);
     }
@@ -200,12 +196,12 @@ pub(crate) fn binary(
         params.lhs_strides[d] = layout.lhs[d] as u32;
         params.rhs_strides[d] = layout.rhs[d] as u32;
     }
-    let grid = ctx.grid_1d(op.name(), groups(n))?;
-    ctx.dispatch(
+    ctx.dispatch_1d(
+        op.name(),
         &binary_spec(op),
         &[&a.buffer, &b.buffer, &out.buffer],
         bytemuck::bytes_of(&params),
-        grid,
+        n,
     )?;
     Ok(out)
 }

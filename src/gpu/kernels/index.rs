@@ -6,7 +6,8 @@ use crate::gpu::pipelines::KernelSpec;
 use crate::gpu::pool::PooledBuffer;
 use bytemuck::{Pod, Zeroable};
 
-const WG: u32 = 256;
+/// The 1-D kernels' workgroup size, shared with `GpuContext::dispatch_1d`.
+use crate::gpu::context::WG_1D as WG;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -42,12 +43,12 @@ pub(crate) fn index_select(
         inner: inner as u32,
         count: count as u32,
     };
-    let grid = ctx.grid_1d("index_select", (n as u64).div_ceil(u64::from(WG)))?;
-    ctx.dispatch(
+    ctx.dispatch_1d(
+        "index_select",
         &spec(),
         &[&x.buffer, &idx.buffer, &out.buffer],
         bytemuck::bytes_of(&params),
-        grid,
+        n,
     )?;
     Ok(out)
 }
@@ -98,12 +99,12 @@ pub(crate) fn gather(
         p.dims[d] = dims[d] as u32;
         p.x_strides[d] = x_strides[d] as u32;
     }
-    let grid = ctx.grid_1d("gather", (n as u64).div_ceil(u64::from(WG)))?;
-    ctx.dispatch(
+    ctx.dispatch_1d(
+        "gather",
         &gather_spec(),
         &[&x.buffer, &idx.buffer, &out.buffer],
         bytemuck::bytes_of(&p),
-        grid,
+        n,
     )?;
     Ok(out)
 }

@@ -373,12 +373,12 @@ pub(crate) fn f16_supported(ctx: &GpuContext) -> bool {
 fn to_f16(ctx: &GpuContext, x: &PooledBuffer, n: usize) -> Result<PooledBuffer> {
     let out = ctx.alloc("matmul_f16", n.div_ceil(2))?;
     let params: [u32; 4] = [n as u32, 0, 0, 0];
-    let grid = ctx.grid_1d("matmul_f16", (n as u64).div_ceil(256))?;
-    ctx.dispatch(
+    ctx.dispatch_1d(
+        "matmul_f16",
         &cast_spec(),
         &[&x.buffer, &out.buffer],
         bytemuck::cast_slice(&params),
-        grid,
+        n,
     )?;
     Ok(out)
 }

@@ -6,7 +6,8 @@ use crate::gpu::pipelines::KernelSpec;
 use crate::gpu::pool::PooledBuffer;
 use bytemuck::{Pod, Zeroable};
 
-const WG: u32 = 256;
+/// The 1-D kernels' workgroup size, shared with `GpuContext::dispatch_1d`.
+use crate::gpu::context::WG_1D as WG;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -65,14 +66,14 @@ pub(crate) fn norm(
         eps,
         _pad: 0,
     };
-    let grid = ctx.grid_1d(op, (rows as u64).div_ceil(u64::from(WG)))?;
     let w = weight.unwrap_or(x);
     let b = bias.unwrap_or(x);
-    ctx.dispatch(
+    ctx.dispatch_1d(
+        op,
         &spec(rms, weight.is_some(), bias.is_some()),
         &[&x.buffer, &w.buffer, &b.buffer, &out.buffer],
         bytemuck::bytes_of(&params),
-        grid,
+        rows,
     )?;
     Ok(out)
 }

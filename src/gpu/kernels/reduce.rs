@@ -7,7 +7,8 @@ use crate::gpu::pool::PooledBuffer;
 use crate::op::ReduceOp;
 use bytemuck::{Pod, Zeroable};
 
-const WG: u32 = 256;
+/// The 1-D kernels' workgroup size, shared with `GpuContext::dispatch_1d`.
+use crate::gpu::context::WG_1D as WG;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -59,12 +60,12 @@ pub(crate) fn reduce(
         inner: inner as u32,
         n_out: n_out as u32,
     };
-    let grid = ctx.grid_1d(op.name(), (n_out as u64).div_ceil(u64::from(WG)))?;
-    ctx.dispatch(
+    ctx.dispatch_1d(
+        op.name(),
         &reduce_spec(op),
         &[&x.buffer, &out.buffer],
         bytemuck::bytes_of(&params),
-        grid,
+        n_out,
     )?;
     Ok(out)
 }
@@ -86,12 +87,12 @@ pub(crate) fn softmax(
         inner: inner as u32,
         n_out: n_out as u32,
     };
-    let grid = ctx.grid_1d(op, (n_out as u64).div_ceil(u64::from(WG)))?;
-    ctx.dispatch(
+    ctx.dispatch_1d(
+        op,
         &softmax_spec(log),
         &[&x.buffer, &out.buffer],
         bytemuck::bytes_of(&params),
-        grid,
+        n_out,
     )?;
     Ok(out)
 }
@@ -119,12 +120,12 @@ pub(crate) fn argmax(
         inner: inner as u32,
         n_out: n_out as u32,
     };
-    let grid = ctx.grid_1d("argmax", (n_out as u64).div_ceil(u64::from(WG)))?;
-    ctx.dispatch(
+    ctx.dispatch_1d(
+        "argmax",
         &argmax_spec(),
         &[&x.buffer, &out.buffer],
         bytemuck::bytes_of(&params),
-        grid,
+        n_out,
     )?;
     Ok(out)
 }

@@ -6,7 +6,8 @@ use crate::gpu::pipelines::KernelSpec;
 use crate::gpu::pool::PooledBuffer;
 use bytemuck::{Pod, Zeroable};
 
-const WG: u32 = 256;
+/// The 1-D kernels' workgroup size, shared with `GpuContext::dispatch_1d`.
+use crate::gpu::context::WG_1D as WG;
 const MAX_RANK: usize = 8;
 
 #[repr(C)]
@@ -63,8 +64,8 @@ pub(crate) fn where_(
         p.a_strides[d] = strides[1][d] as u32;
         p.b_strides[d] = strides[2][d] as u32;
     }
-    let grid = ctx.grid_1d("where", (n as u64).div_ceil(u64::from(WG)))?;
-    ctx.dispatch(
+    ctx.dispatch_1d(
+        "where",
         &spec(),
         &[
             &bufs[0].buffer,
@@ -73,7 +74,7 @@ pub(crate) fn where_(
             &out.buffer,
         ],
         bytemuck::bytes_of(&p),
-        grid,
+        n,
     )?;
     Ok(out)
 }
