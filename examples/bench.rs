@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Times are wall-clock medians after warm-up, each run ending in `Device::synchronize` (the GPU
-//! has finished). `--configs` lists matmul kernels to compare in one run: `auto` (the tuned
-//! choice), `tiled16` (version 1), `blocked:BMxBNxBK`, `strip:RMxWG`, or `f16` (f16-storage
+//! has finished); `--timer gpu` times matmuls with GPU timestamp queries where granted.
+//! `--configs` lists matmul kernels to compare in one run: `auto` (the tuned choice), `tiled16` (version 1), `blocked:BMxBNxBK`, `strip:RMxWG`, or `f16` (f16-storage
 //! operands, f32 accumulation).
 
 use kiln::{Device, Tensor, UnaryOp};
@@ -24,6 +24,7 @@ struct Args {
     configs: Vec<String>,
     reps: usize,
     json: Option<String>,
+    gpu_timer: bool,
 }
 
 fn parse_args() -> Args {
@@ -35,6 +36,7 @@ fn parse_args() -> Args {
         configs: vec!["auto".into()],
         reps: 9,
         json: None,
+        gpu_timer: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -82,6 +84,8 @@ fn parse_args() -> Args {
             }
             "--reps" => a.reps = nums().first().copied().unwrap_or(9),
             "--json" => a.json = vals.first().cloned(),
+            // Time matmuls with GPU timestamp queries where the device grants them.
+            "--timer" => a.gpu_timer = vals.first().is_some_and(|v| v == "gpu"),
             other => panic!("unknown flag {other}"),
         }
         i += 1;
@@ -158,7 +162,7 @@ fn main() -> kiln::Result<()> {
             } else {
                 args.reps
             };
-            let t = time(reps, || {
+            let run = || -> kiln::Result<()> {
                 let c = if f16 {
                     a.matmul_f16(&b)?
                 } else {
@@ -167,7 +171,29 @@ fn main() -> kiln::Result<()> {
                 dev.synchronize()?;
                 drop(c);
                 Ok(())
-            })?;
+            };
+            let mut t = time(reps, run)?;
+            if args.gpu_timer {
+                // Median of GPU timestamps (where granted) instead of wall time.
+                let mut ts = Vec::new();
+                for _ in 0..reps {
+                    if let Some(g) = dev.time_gpu(|| {
+                        let c = if f16 {
+                            a.matmul_f16(&b)?
+                        } else {
+                            a.matmul(&b)?
+                        };
+                        drop(c);
+                        Ok(())
+                    })? {
+                        ts.push(g);
+                    }
+                }
+                ts.sort();
+                if let Some(g) = ts.get(ts.len() / 2) {
+                    t = *g;
+                }
+            }
             let gflops = 2.0 * (m * k * n) as f64 / t.as_secs_f64() / 1e9;
             report(
                 "matmul",

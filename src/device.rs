@@ -305,6 +305,16 @@ impl Device {
         }
     }
 
+    /// Run `f` and measure the GPU time of the compute passes it records, from timestamp
+    /// queries (summed over passes, at most 64 of them), after waiting for earlier work. `None`
+    /// on the CPU backend and where TIMESTAMP_QUERY is not granted; `f` runs either way.
+    pub fn time_gpu(&self, f: impl FnOnce() -> Result<()>) -> Result<Option<std::time::Duration>> {
+        match &self.inner.backend {
+            Backend::Cpu => f().map(|()| None),
+            Backend::Gpu(ctx) => ctx.time(f),
+        }
+    }
+
     /// Buffer-pool counters (all zero for the CPU backend).
     pub fn pool_stats(&self) -> PoolStats {
         match &self.inner.backend {

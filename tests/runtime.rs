@@ -255,3 +255,48 @@ fn reductions_past_65535_workgroups() {
         );
     }
 }
+
+/// Timestamp-query timing: where granted it reports a positive GPU time for the recorded passes
+/// and the work still gives the right answer; elsewhere it reports None and still runs the work.
+#[test]
+fn gpu_timestamps_measure_recorded_work() {
+    let cpu = Device::cpu();
+    assert_eq!(cpu.time_gpu(|| Ok(())).unwrap(), None);
+    for dev in fresh_gpus() {
+        let a = Tensor::randn(&dev, &[128, 96], 1).unwrap();
+        let b = Tensor::randn(&dev, &[96, 64], 2).unwrap();
+        let mut out = None;
+        let t = dev
+            .time_gpu(|| {
+                out = Some(a.matmul(&b)?.relu()?);
+                Ok(())
+            })
+            .unwrap();
+        let want = a
+            .to_device(&cpu)
+            .unwrap()
+            .matmul(&b.to_device(&cpu).unwrap())
+            .unwrap()
+            .relu()
+            .unwrap();
+        let want: Vec<f64> = want.to_vec().unwrap().into_iter().map(f64::from).collect();
+        assert_close(
+            &format!("timed matmul on {dev}"),
+            &out.unwrap().to_vec().unwrap(),
+            &want,
+            1e-4,
+            1e-5,
+        );
+        let granted = dev.info().features.iter().any(|f| f == "timestamp-query");
+        match t {
+            Some(d) => {
+                assert!(granted, "timing without the feature on {dev}");
+                assert!(
+                    d > std::time::Duration::ZERO && d < std::time::Duration::from_secs(10),
+                    "{d:?} on {dev}"
+                );
+            }
+            None => assert!(!granted, "timestamp-query granted but no time on {dev}"),
+        }
+    }
+}

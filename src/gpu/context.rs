@@ -341,6 +341,94 @@ impl GpuContext {
         self.finish_read(staging, numel, mapped)
     }
 
+    /// GPU time of the compute passes that `f` records, from timestamp queries; `None` where
+    /// TIMESTAMP_QUERY is not granted (then `f` still runs). At most 64 passes are timed.
+    pub(crate) fn time(
+        &self,
+        f: impl FnOnce() -> Result<()>,
+    ) -> Result<Option<std::time::Duration>> {
+        if !self.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            f()?;
+            self.synchronize()?;
+            return Ok(None);
+        }
+        self.synchronize()?;
+        let capacity = 128;
+        let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("kiln timing"),
+            ty: wgpu::QueryType::Timestamp,
+            count: capacity,
+        });
+        lock(&self.recorder).timing = Some(super::recorder::Timing {
+            set,
+            next: 0,
+            capacity,
+        });
+        let ran = f();
+        let timing = {
+            let mut rec = lock(&self.recorder);
+            self.submit(&mut rec);
+            rec.timing.take()
+        };
+        ran?;
+        let Some(t) = timing.filter(|t| t.next > 0) else {
+            self.synchronize()?;
+            return Ok(Some(std::time::Duration::ZERO));
+        };
+        let bytes = u64::from(t.next) * 8;
+        let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln timing resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let read = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln timing read"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("kiln timing"),
+            });
+        encoder.resolve_query_set(&t.set, 0..t.next, &resolve, 0);
+        encoder.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
+        self.queue.submit([encoder.finish()]);
+        let (tx, mut rx) = futures::channel::oneshot::channel();
+        read.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        loop {
+            match rx.try_recv() {
+                Ok(Some(Ok(()))) => break,
+                Ok(Some(Err(e))) => return Err(Error::Gpu(format!("mapping timestamps: {e}"))),
+                Ok(None) => {
+                    self.device
+                        .poll(wgpu::PollType::wait_indefinitely())
+                        .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+                }
+                Err(_) => return Err(Error::Gpu("timestamp readback was cancelled".into())),
+            }
+        }
+        let ticks: Vec<u64> = {
+            let view = read
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("reading timestamps: {e}")))?;
+            bytemuck::cast_slice(&view).to_vec()
+        };
+        read.unmap();
+        self.check()?;
+        let period = f64::from(self.queue.get_timestamp_period());
+        let ns: f64 = ticks
+            .chunks(2)
+            .map(|p| p[1].saturating_sub(p[0]) as f64 * period)
+            .sum();
+        Ok(Some(std::time::Duration::from_nanos(ns as u64)))
+    }
+
     pub(crate) fn pool_stats(&self) -> PoolStats {
         self.pool.stats()
     }

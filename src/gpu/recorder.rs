@@ -11,6 +11,16 @@ pub(crate) struct Recorder {
     encoder: Option<wgpu::CommandEncoder>,
     pass: Option<wgpu::ComputePass<'static>>,
     dispatches: usize,
+    /// While set, every compute pass opened writes begin/end timestamps into the query set.
+    pub(crate) timing: Option<Timing>,
+}
+
+/// Timestamp queries for the passes recorded while timing is on.
+pub(crate) struct Timing {
+    pub(crate) set: wgpu::QuerySet,
+    /// Next free query index (two per pass).
+    pub(crate) next: u32,
+    pub(crate) capacity: u32,
 }
 
 impl Recorder {
@@ -34,10 +44,21 @@ impl Recorder {
     ) {
         if self.pass.is_none() {
             let encoder = self.encoder.get_or_insert_with(|| new_encoder(device));
+            let writes = match self.timing.as_mut() {
+                Some(t) if t.next + 2 <= t.capacity => {
+                    t.next += 2;
+                    Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &t.set,
+                        beginning_of_pass_write_index: Some(t.next - 2),
+                        end_of_pass_write_index: Some(t.next - 1),
+                    })
+                }
+                _ => None,
+            };
             let pass = encoder
                 .begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("kiln batch"),
-                    timestamp_writes: None,
+                    timestamp_writes: writes,
                 })
                 .forget_lifetime();
             self.pass = Some(pass);
