@@ -2,6 +2,8 @@
 // the first NaN if there is one (NaN counts as the largest value, as in PyTorch). The result is a
 // u32 tensor, written as u32 so that no float path can flush or change it.
 
+// Prepended with activation.wgsl (for is_nan).
+
 override WG: u32 = 256u;
 
 struct Params {
@@ -14,10 +16,6 @@ struct Params {
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> y: array<u32>;
 @group(0) @binding(2) var<uniform> p: Params;
-
-fn is_nan(v: f32) -> bool {
-    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
-}
 
 @compute @workgroup_size(WG)
 fn main(

@@ -2,6 +2,8 @@
 // Max pooling ignores padding (it is -inf) and propagates NaN; average pooling counts padded
 // positions as zeros and divides by kh·kw (PyTorch's count_include_pad = true).
 
+// Prepended with activation.wgsl (for is_nan).
+
 override WG: u32 = 256u;
 override MAX: bool = true;
 
@@ -23,10 +25,6 @@ struct Params {
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<uniform> p: Params;
-
-fn is_nan(v: f32) -> bool {
-    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
-}
 
 @compute @workgroup_size(WG)
 fn main(

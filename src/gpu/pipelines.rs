@@ -38,9 +38,9 @@ const FILES: &[(&str, &str, bool)] = &[
     shader!("where.wgsl", false),
     shader!("index.wgsl", false),
     shader!("gather.wgsl", false),
-    shader!("argmax.wgsl", false),
+    shader!("argmax.wgsl", true),
     shader!("conv2d.wgsl", false),
-    shader!("pool2d.wgsl", false),
+    shader!("pool2d.wgsl", true),
     shader!("cast_f16.wgsl", false),
 ];
 
