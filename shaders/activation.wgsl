@@ -88,3 +88,40 @@ fn activate(op: u32, v: f32, alpha: f32, beta: f32) -> f32 {
     }
     return select(r, v, is_nan(v));
 }
+
+// d activate(op, v) / dv, for backward (UnaryOp::derivative in src/op.rs). Kinks take the
+// one-sided value PyTorch uses (relu'(0) = 0, abs'(0) = 0, clamp' = 1 on the closed interval).
+fn derivative(op: u32, v: f32, alpha: f32, beta: f32) -> f32 {
+    var d = 1.0;
+    switch op {
+        case 0u: { d = select(0.0, 1.0, v > 0.0); }                 // relu
+        case 1u: { d = select(alpha, 1.0, v > 0.0); }               // leaky_relu
+        case 2u: {                                                  // gelu (erf)
+            d = 0.5 * (1.0 + erf(v * 0.70710678118654752)) + v * 0.3989422804014327 * exp(-0.5 * v * v);
+        }
+        case 3u: {                                                  // gelu_tanh
+            let t = tanh_stable(0.7978845608028654 * (v + 0.044715 * v * v * v));
+            d = 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 0.134145 * v * v);
+        }
+        case 4u: { let s = sigmoid(v); d = s * (1.0 - s); }
+        case 5u: { let t = tanh_stable(v); d = 1.0 - t * t; }
+        case 6u: { let s = sigmoid(v); d = s * (1.0 + v * (1.0 - s)); } // silu
+        case 7u: { d = exp(v); }
+        case 8u: { d = 1.0 / v; }
+        case 9u: { d = 0.5 / sqrt(v); }
+        case 10u: { d = -0.5 / (v * sqrt(v)); }                     // rsqrt
+        case 11u: { d = select(select(0.0, -1.0, v < 0.0), 1.0, v > 0.0); } // abs
+        case 12u: { d = -1.0; }
+        case 13u: { d = -1.0 / (v * v); }                           // recip
+        case 14u: { d = 2.0 * v; }
+        case 15u: { d = select(alpha * pow_signed(v, alpha - 1.0), 0.0, alpha == 0.0); } // powf
+        case 16u: { d = select(0.0, 1.0, v >= alpha && v <= beta); } // clamp
+        case 17u: { d = sigmoid(v); }                               // softplus
+        case 18u: { d = select(alpha * exp(v), 1.0, v > 0.0); }     // elu
+        case 19u: { d = 1.0; }
+        case 20u: { d = alpha; }
+        case 21u: { d = 1.0 / alpha; }
+        default: { }
+    }
+    return select(d, v, is_nan(v));
+}

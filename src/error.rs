@@ -78,6 +78,16 @@ pub enum Error {
         /// The device's limit in bytes.
         limit: u64,
     },
+    /// Autograd was asked for something it cannot do: backward from a tensor that does not
+    /// require gradients, from a non-scalar without an output gradient, through a graph already
+    /// freed by an earlier backward, or through an op that has no backward.
+    #[error("{op}: {reason}")]
+    Autograd {
+        /// The op or method.
+        op: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
     /// The device (or the host, for the CPU backend) could not allocate memory.
     #[error("out of memory: {0}")]
     OutOfMemory(String),

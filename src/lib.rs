@@ -23,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+mod autograd;
 mod conv;
 mod cpu;
 mod device;
@@ -30,12 +31,14 @@ mod dtype;
 mod error;
 pub mod gpu;
 mod matmul_plan;
+pub mod nn;
 mod op;
 mod random;
 mod shape;
 mod strided;
 mod tensor;
 
+pub use autograd::{NoGradGuard, is_grad_enabled, no_grad};
 pub use conv::Conv2dOptions;
 pub use device::{Device, DeviceInfo, DeviceKind, DeviceLimits};
 pub use dtype::DType;

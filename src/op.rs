@@ -203,6 +203,58 @@ impl UnaryOp {
     }
 }
 
+impl UnaryOp {
+    /// The derivative of the op at `x`, as backward uses it (`shaders/activation.wgsl`'s
+    /// `derivative` is the GPU twin). At kinks it takes PyTorch's one-sided values: relu'(0) =
+    /// 0, abs'(0) = 0, clamp' = 1 on the closed interval. NaN in, NaN out.
+    pub fn derivative(self, x: f32) -> f32 {
+        if x.is_nan() {
+            return x;
+        }
+        const K: f32 = 0.797_884_6; // sqrt(2/pi)
+        let step = |on: bool, a: f32, b: f32| if on { a } else { b };
+        match self {
+            UnaryOp::Relu => step(x > 0.0, 1.0, 0.0),
+            UnaryOp::LeakyRelu(alpha) => step(x > 0.0, 1.0, alpha),
+            UnaryOp::Gelu => {
+                0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+                    + x * 0.398_942_3 * (-0.5 * x * x).exp()
+            }
+            UnaryOp::GeluTanh => {
+                let t = tanh_f32(K * (x + 0.044715 * x * x * x));
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K * (1.0 + 0.134145 * x * x)
+            }
+            UnaryOp::Sigmoid => {
+                let s = sigmoid_f32(x);
+                s * (1.0 - s)
+            }
+            UnaryOp::Tanh => {
+                let t = tanh_f32(x);
+                1.0 - t * t
+            }
+            UnaryOp::Silu => {
+                let s = sigmoid_f32(x);
+                s * (1.0 + x * (1.0 - s))
+            }
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => 1.0 / x,
+            UnaryOp::Sqrt => 0.5 / x.sqrt(),
+            UnaryOp::Rsqrt => -0.5 / (x * x.sqrt()),
+            UnaryOp::Abs => step(x > 0.0, 1.0, step(x < 0.0, -1.0, 0.0)),
+            UnaryOp::Neg => -1.0,
+            UnaryOp::Recip => -1.0 / (x * x),
+            UnaryOp::Square => 2.0 * x,
+            UnaryOp::Powf(p) => step(p == 0.0, 0.0, p * x.powf(p - 1.0)),
+            UnaryOp::Clamp(lo, hi) => step(x >= lo && x <= hi, 1.0, 0.0),
+            UnaryOp::Softplus => sigmoid_f32(x),
+            UnaryOp::Elu(alpha) => step(x > 0.0, 1.0, alpha * x.exp()),
+            UnaryOp::AddScalar(_) => 1.0,
+            UnaryOp::MulScalar(c) => c,
+            UnaryOp::DivScalar(c) => 1.0 / c,
+        }
+    }
+}
+
 fn sigmoid_f32(x: f32) -> f32 {
     if x >= 0.0 {
         1.0 / (1.0 + (-x).exp())
@@ -277,6 +329,14 @@ impl BinaryOp {
         BinaryOp::Gt,
         BinaryOp::Ge,
     ];
+
+    /// Whether the op is a comparison (a 1.0/0.0 mask, with no gradient).
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge
+        )
+    }
 
     /// Name as in the public API.
     pub fn name(self) -> &'static str {

@@ -42,6 +42,11 @@ const FILES: &[(&str, &str, bool)] = &[
     shader!("conv2d.wgsl", false),
     shader!("pool2d.wgsl", true),
     shader!("cast_f16.wgsl", false),
+    shader!("unary_grad.wgsl", true),
+    shader!("scatter_add.wgsl", false),
+    shader!("conv2d_grad.wgsl", false),
+    shader!("pool2d_grad.wgsl", true),
+    shader!("optim.wgsl", false),
 ];
 
 /// The complete WGSL source of every shader module, by file name, as the device compiles it.

@@ -35,6 +35,7 @@ impl Tensor {
             shape,
             device: device.clone(),
             dtype: DType::F32,
+            node: None,
         })
     }
 
@@ -72,6 +73,7 @@ impl Tensor {
                 shape: shape_,
                 device: device.clone(),
                 dtype: DType::F32,
+                node: None,
             }),
             _ => Self::from_vec(device, data.to_vec(), shape),
         }
@@ -91,6 +93,7 @@ impl Tensor {
             shape,
             device: device.clone(),
             dtype: DType::F32,
+            node: None,
         })
     }
 

@@ -18,6 +18,46 @@ impl Tensor {
         bias: Option<&Tensor>,
         opts: Conv2dOptions,
     ) -> Result<Tensor> {
+        let out = self.conv2d_forward(weight, bias, opts)?;
+        let present: Vec<&Tensor> = [Some(self), Some(weight), bias]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !Tensor::tracking(&present) {
+            return Ok(out);
+        }
+        let [c_out, c_in, kh, kw] = weight.shape()[..] else {
+            unreachable!("conv2d_forward checked the weight's rank")
+        };
+        let win = Window::new("conv2d", self.shape(), c_out, Some(c_in), (kh, kw), opts)?;
+        let (x, w) = (self.detach(), weight.detach());
+        let has_bias = bias.is_some();
+        Ok(out.record("conv2d", &present, move |g, need| {
+            let mut grads = vec![
+                need[0]
+                    .then(|| g.conv2d_grad(&w, &win, false, x.shape()))
+                    .transpose()?,
+                need[1]
+                    .then(|| g.conv2d_grad(&x, &win, true, w.shape()))
+                    .transpose()?,
+            ];
+            if has_bias {
+                grads.push(
+                    need[2]
+                        .then(|| g.sum(-1, false)?.sum(-1, false)?.sum(0, false))
+                        .transpose()?,
+                );
+            }
+            Ok(grads)
+        }))
+    }
+
+    fn conv2d_forward(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        opts: Conv2dOptions,
+    ) -> Result<Tensor> {
         for t in [Some(weight), bias].into_iter().flatten() {
             self.same_device(t, "conv2d")?;
             t.expect(DType::F32, "conv2d")?;
@@ -113,7 +153,14 @@ impl Tensor {
             }
             Storage::Gpu(_) => Storage::Gpu(None),
         };
-        Ok(self.with(storage, Shape::new(&dims)?))
+        let out = self.with(storage, Shape::new(&dims)?);
+        if !Tensor::tracking(&[self]) {
+            return Ok(out);
+        }
+        let x = self.detach();
+        Ok(out.record(op, &[self], move |grad, _| {
+            Ok(vec![Some(x.pool2d_grad(grad, &g, max)?)])
+        }))
     }
 
     /// 2-D max pooling of an NCHW input (padding ignored; NaN propagates).

@@ -46,6 +46,18 @@ impl Tensor {
     /// the indices back, one synchronisation), so an out-of-range index is
     /// `Error::IndexOutOfRange`, never garbage. Works for f32 and u32 tensors.
     pub fn index_select(&self, dim: isize, indices: &Tensor) -> Result<Tensor> {
+        let out = self.index_select_forward(dim, indices)?;
+        if !Tensor::tracking(&[self]) {
+            return Ok(out);
+        }
+        let (x, idx) = (self.detach(), indices.detach());
+        let axis = self.axis("index_select", dim)?;
+        Ok(out.record("index_select", &[self, indices], move |g, _| {
+            Ok(vec![Some(x.scatter_add(g, &idx, axis, false)?), None])
+        }))
+    }
+
+    fn index_select_forward(&self, dim: isize, indices: &Tensor) -> Result<Tensor> {
         self.same_device(indices, "index_select")?;
         indices.expect(DType::U32, "index_select")?;
         if indices.rank() != 1 {
@@ -90,6 +102,18 @@ impl Tensor {
     /// larger than `self`. Every index is checked first (on a GPU, one read back), so an
     /// out-of-range one is `Error::IndexOutOfRange`.
     pub fn gather(&self, dim: isize, index: &Tensor) -> Result<Tensor> {
+        let out = self.gather_forward(dim, index)?;
+        if !Tensor::tracking(&[self]) {
+            return Ok(out);
+        }
+        let (x, idx) = (self.detach(), index.detach());
+        let axis = self.axis("gather", dim)?;
+        Ok(out.record("gather", &[self, index], move |g, _| {
+            Ok(vec![Some(x.scatter_add(g, &idx, axis, true)?), None])
+        }))
+    }
+
+    fn gather_forward(&self, dim: isize, index: &Tensor) -> Result<Tensor> {
         self.same_device(index, "gather")?;
         index.expect(DType::U32, "gather")?;
         let axis = self.axis("gather", dim)?;

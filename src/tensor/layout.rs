@@ -25,12 +25,18 @@ impl Tensor {
                 ),
             });
         }
-        Ok(Tensor {
+        let out = Tensor {
             storage: self.storage.clone(),
             shape: new,
             device: self.device.clone(),
             dtype: self.dtype,
-        })
+            node: None,
+        };
+        if !Tensor::tracking(&[self]) {
+            return Ok(out);
+        }
+        let dims = self.shape().to_vec();
+        Ok(out.record("reshape", &[self], move |g, _| Ok(vec![Some(g.reshape(&dims)?)])))
     }
 
     /// Dimensions reordered: output dimension `i` is input dimension `dims[i]` (materialised:
@@ -61,13 +67,23 @@ impl Tensor {
             out_strides: out_shape.strides(),
             out_offset: 0,
         };
-        Self::assemble(
+        let out = Self::assemble(
             "permute",
             &self.device,
             self.dtype,
             out_shape,
             &[(self, plan)],
-        )
+        )?;
+        if !Tensor::tracking(&[self]) {
+            return Ok(out);
+        }
+        let mut inverse = vec![0; rank];
+        for (i, &d) in dims.iter().enumerate() {
+            inverse[d] = i;
+        }
+        Ok(out.record("permute", &[self], move |g, _| {
+            Ok(vec![Some(g.permute(&inverse)?)])
+        }))
     }
 
     /// Dimensions `d0` and `d1` swapped (materialised). Negative dimensions count from the end.
@@ -102,13 +118,33 @@ impl Tensor {
             out_strides: out_shape.strides(),
             out_offset: 0,
         };
-        Self::assemble(
+        let out = Self::assemble(
             "narrow",
             &self.device,
             self.dtype,
             out_shape,
             &[(self, plan)],
-        )
+        )?;
+        if !Tensor::tracking(&[self]) {
+            return Ok(out);
+        }
+        let dims = self.shape().to_vec();
+        Ok(out.record("narrow", &[self], move |g, _| {
+            // The gradient sits at start..start + len; zeros elsewhere.
+            let zeros = |extent: usize| -> Result<Option<Tensor>> {
+                let mut d = dims.clone();
+                d[axis] = extent;
+                (extent > 0)
+                    .then(|| Tensor::zeros(g.device(), &d))
+                    .transpose()
+            };
+            let (before, after) = (zeros(start)?, zeros(extent - start - len)?);
+            let all: Vec<&Tensor> = [before.as_ref(), Some(g), after.as_ref()]
+                .into_iter()
+                .flatten()
+                .collect();
+            Ok(vec![Some(Tensor::cat(&all, axis as isize)?)])
+        }))
     }
 
     /// Tensors joined along `dim`: every tensor has the same rank and the same extents except
@@ -153,11 +189,27 @@ impl Tensor {
                 (*t, plan)
             })
             .collect();
-        Self::assemble("cat", &first.device, first.dtype, out_shape, &parts)
+        let out = Self::assemble("cat", &first.device, first.dtype, out_shape, &parts)?;
+        if !Tensor::tracking(tensors) {
+            return Ok(out);
+        }
+        let extents: Vec<usize> = tensors.iter().map(|t| t.shape()[axis]).collect();
+        Ok(out.record("cat", tensors, move |g, need| {
+            let mut start = 0;
+            let mut grads = Vec::with_capacity(extents.len());
+            for (&len, &want) in extents.iter().zip(need) {
+                grads.push(match want {
+                    true => Some(g.narrow(axis as isize, start, len)?),
+                    false => None,
+                });
+                start += len;
+            }
+            Ok(grads)
+        }))
     }
 
     /// A new tensor of `shape` on `device` filled by strided copies from `parts` (which cover it).
-    fn assemble(
+    pub(super) fn assemble(
         op: &'static str,
         device: &Device,
         dtype: DType,
@@ -194,6 +246,7 @@ impl Tensor {
             shape,
             device: device.clone(),
             dtype,
+            node: None,
         })
     }
 }

@@ -26,6 +26,38 @@ impl Tensor {
         transpose_self: bool,
         transpose_rhs: bool,
     ) -> Result<Tensor> {
+        let out = self.matmul_forward(rhs, transpose_self, transpose_rhs)?;
+        if !Tensor::tracking(&[self, rhs]) {
+            return Ok(out);
+        }
+        let (a, b) = (self.detach(), rhs.detach());
+        let (ta, tb) = (transpose_self, transpose_rhs);
+        Ok(out.record("matmul", &[self, rhs], move |g, need| {
+            // C = op(A)·op(B): dop(A) = g·op(B)ᵀ and dop(B) = op(A)ᵀ·g, transposed back where
+            // the operand was read transposed, then summed over broadcast batch dimensions.
+            let ga = match (need[0], ta) {
+                (false, _) => None,
+                (true, false) => Some(g.matmul_transposed(&b, false, !tb)?),
+                (true, true) => Some(b.matmul_transposed(g, tb, true)?),
+            };
+            let gb = match (need[1], tb) {
+                (false, _) => None,
+                (true, false) => Some(a.matmul_transposed(g, !ta, false)?),
+                (true, true) => Some(g.matmul_transposed(&a, true, ta)?),
+            };
+            Ok(vec![
+                ga.map(|t| t.sum_to(a.shape())).transpose()?,
+                gb.map(|t| t.sum_to(b.shape())).transpose()?,
+            ])
+        }))
+    }
+
+    fn matmul_forward(
+        &self,
+        rhs: &Tensor,
+        transpose_self: bool,
+        transpose_rhs: bool,
+    ) -> Result<Tensor> {
         self.same_device(rhs, "matmul")?;
         self.expect(DType::F32, "matmul")?;
         rhs.expect(DType::F32, "matmul")?;
@@ -53,6 +85,45 @@ impl Tensor {
     /// `[out_features, in_features]` (PyTorch's convention) read transposed in place, `bias` of
     /// shape `[out_features]`, and the activation applied in the matmul kernel's epilogue.
     pub fn linear(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        act: Option<UnaryOp>,
+    ) -> Result<Tensor> {
+        let present: Vec<&Tensor> = [Some(self), Some(weight), bias]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !Tensor::tracking(&present) {
+            return self.linear_forward(weight, bias, act);
+        }
+        if let Some(op) = act {
+            // Training: the activation's backward needs its input, so it runs as its own op.
+            return self.linear(weight, bias, None)?.unary(op);
+        }
+        let out = self.linear_forward(weight, bias, None)?;
+        let (x, w) = (self.detach(), weight.detach());
+        let has_bias = bias.is_some();
+        Ok(out.record("linear", &present, move |g, need| {
+            let (n, k) = (w.shape()[0], w.shape()[1]);
+            let rows: usize = x.shape()[..x.rank() - 1].iter().product();
+            let mut grads = vec![
+                need[0].then(|| g.matmul(&w)).transpose()?,
+                need[1]
+                    .then(|| {
+                        g.reshape(&[rows, n])?
+                            .matmul_transposed(&x.reshape(&[rows, k])?, true, false)
+                    })
+                    .transpose()?,
+            ];
+            if has_bias {
+                grads.push(need[2].then(|| g.sum_to(&[n])).transpose()?);
+            }
+            Ok(grads)
+        }))
+    }
+
+    fn linear_forward(
         &self,
         weight: &Tensor,
         bias: Option<&Tensor>,
@@ -125,6 +196,14 @@ impl Tensor {
     /// precision (relative rounding 2^-11). On a GPU it needs SHADER_F16 (`Error::Unsupported`
     /// otherwise); the CPU backend rounds the operands to f16 the same way and multiplies in f32.
     pub fn matmul_f16(&self, rhs: &Tensor) -> Result<Tensor> {
+        if Tensor::tracking(&[self, rhs]) {
+            return Err(Error::Autograd {
+                op: "matmul_f16",
+                reason: "matmul_f16 has no backward; use matmul for training, or run \
+                         inference inside kiln::no_grad"
+                    .into(),
+            });
+        }
         self.same_device(rhs, "matmul_f16")?;
         self.expect(DType::F32, "matmul_f16")?;
         rhs.expect(DType::F32, "matmul_f16")?;

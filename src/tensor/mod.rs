@@ -6,6 +6,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::pool::PooledBuffer;
 use crate::shape::Shape;
+use crate::autograd::Node;
 use std::fmt;
 use std::sync::Arc;
 
@@ -26,8 +27,12 @@ pub struct Tensor {
     shape: Shape,
     device: Device,
     dtype: DType,
+    /// The autograd graph vertex: a leaf that requires gradients, or the op that made this
+    /// tensor from inputs that do (`None` for a plain value).
+    node: Option<Arc<Node>>,
 }
 
+mod autograd;
 mod construct;
 mod convolution;
 mod index;
@@ -165,6 +170,7 @@ impl Tensor {
             shape,
             device: self.device.clone(),
             dtype: self.dtype,
+            node: None,
         }
     }
 

@@ -12,6 +12,17 @@ use std::sync::Arc;
 impl Tensor {
     /// Apply an elementwise [`UnaryOp`].
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        let out = self.unary_forward(op)?;
+        if !Tensor::tracking(&[self]) {
+            return Ok(out);
+        }
+        let x = self.detach();
+        Ok(out.record(op.name(), &[self], move |g, _| {
+            Ok(vec![Some(x.unary_grad(g, op)?)])
+        }))
+    }
+
+    fn unary_forward(&self, op: UnaryOp) -> Result<Tensor> {
         self.expect(DType::F32, op.name())?;
         let storage = match &self.storage {
             Storage::Cpu(v) => Storage::Cpu(Arc::new(cpu::unary(v, op)?)),
@@ -147,8 +158,24 @@ impl Tensor {
         self.unary(UnaryOp::DivScalar(c))
     }
 
-    /// Apply an elementwise [`BinaryOp`] with numpy broadcasting.
+    /// Apply an elementwise [`BinaryOp`] with numpy broadcasting. The comparisons have no
+    /// gradient (their output does not require one).
     pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        let out = self.binary_forward(rhs, op)?;
+        if op.is_comparison() || !Tensor::tracking(&[self, rhs]) {
+            return Ok(out);
+        }
+        let (a, b, y) = (self.detach(), rhs.detach(), out.detach());
+        Ok(out.record(op.name(), &[self, rhs], move |g, need| {
+            let (ga, gb) = binary_grads(op, g, &a, &b, &y, need)?;
+            Ok(vec![
+                ga.map(|t| t.sum_to(a.shape())).transpose()?,
+                gb.map(|t| t.sum_to(b.shape())).transpose()?,
+            ])
+        }))
+    }
+
+    fn binary_forward(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
         self.expect(DType::F32, op.name())?;
         rhs.expect(DType::F32, op.name())?;
         self.same_device(rhs, op.name())?;
@@ -237,6 +264,26 @@ impl Tensor {
     /// `a` where `mask` is non-zero (NaN counts as non-zero), else `b`; all three broadcast
     /// together under numpy's rules. Masks usually come from the comparison ops.
     pub fn where_cond(mask: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let out = Self::where_forward(mask, a, b)?;
+        if !Tensor::tracking(&[a, b]) {
+            return Ok(out);
+        }
+        let (m, da, db) = (mask.detach(), a.shape().to_vec(), b.shape().to_vec());
+        Ok(out.record("where", &[mask, a, b], move |g, need| {
+            let zero = Tensor::zeros(g.device(), &[])?;
+            let ga = match need[1] {
+                true => Some(Tensor::where_cond(&m, g, &zero)?.sum_to(&da)?),
+                false => None,
+            };
+            let gb = match need[2] {
+                true => Some(Tensor::where_cond(&m, &zero, g)?.sum_to(&db)?),
+                false => None,
+            };
+            Ok(vec![None, ga, gb])
+        }))
+    }
+
+    fn where_forward(mask: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         mask.same_device(a, "where")?;
         mask.same_device(b, "where")?;
         for t in [mask, a, b] {
@@ -293,5 +340,43 @@ impl Tensor {
             _ => Storage::Gpu(None),
         };
         Ok(mask.with(storage, out))
+    }
+}
+
+/// Gradients of `y = a op b` (before summing back over broadcast dimensions), for the inputs
+/// that `need` them. Every one is built from tracked-free ops on the device.
+fn binary_grads(
+    op: BinaryOp,
+    g: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    y: &Tensor,
+    need: &[bool],
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let (na, nb) = (need[0], need[1]);
+    let pick = |on: bool, f: &dyn Fn() -> Result<Tensor>| if on { f().map(Some) } else { Ok(None) };
+    match op {
+        BinaryOp::Add => Ok((pick(na, &|| Ok(g.clone()))?, pick(nb, &|| Ok(g.clone()))?)),
+        BinaryOp::Sub => Ok((pick(na, &|| Ok(g.clone()))?, pick(nb, &|| g.neg())?)),
+        BinaryOp::Mul => Ok((pick(na, &|| g.mul(b))?, pick(nb, &|| g.mul(a))?)),
+        // d(a/b)/db = -a/b² = -y/b
+        BinaryOp::Div => Ok((
+            pick(na, &|| g.div(b))?,
+            pick(nb, &|| g.mul(y)?.div(b)?.neg())?,
+        )),
+        // The winner takes the gradient; ties split it evenly (PyTorch's rule).
+        BinaryOp::Maximum | BinaryOp::Minimum => {
+            let wins = if op == BinaryOp::Maximum { a.gt(b)? } else { a.lt(b)? };
+            let share_a = wins.add(&a.eq(b)?.mul_scalar(0.5)?)?;
+            let ga = g.mul(&share_a)?;
+            let gb = if nb { Some(g.sub(&ga)?) } else { None };
+            Ok((na.then_some(ga), gb))
+        }
+        // d(a^b)/da = b·a^(b-1); d(a^b)/db = a^b·ln(a) (NaN for a negative base, as in math).
+        BinaryOp::Pow => Ok((
+            pick(na, &|| g.mul(&b.mul(&a.pow(&b.sub_scalar(1.0)?)?)?))?,
+            pick(nb, &|| g.mul(&y.mul(&a.log()?)?))?,
+        )),
+        _ => Ok((None, None)),
     }
 }

@@ -13,6 +13,36 @@ impl Tensor {
     /// Reduce along `dim` (negative counts from the end); `keepdim` keeps it with extent 1.
     /// `max` and `min` over an empty axis are an error; `sum` gives 0 and `mean`/`var` NaN there.
     pub fn reduce(&self, op: ReduceOp, dim: isize, keepdim: bool) -> Result<Tensor> {
+        let out = self.reduce_forward(op, dim, keepdim)?;
+        if !Tensor::tracking(&[self]) {
+            return Ok(out);
+        }
+        let axis = self.axis(op.name(), dim)?;
+        let kept = self.reduced_dims(axis, true);
+        let (x, y) = (self.detach(), out.detach());
+        Ok(out.record(op.name(), &[self], move |g, _| {
+            let gk = g.reshape(&kept)?;
+            let len = x.shape()[axis];
+            let dx = match op {
+                ReduceOp::Sum => gk.broadcast_to(x.shape())?,
+                ReduceOp::Mean => gk.div_scalar(len as f32)?.broadcast_to(x.shape())?,
+                // The extreme takes the gradient; ties share it evenly.
+                ReduceOp::Max | ReduceOp::Min => {
+                    let hit = x.eq(&y.reshape(&kept)?)?;
+                    let count = hit.sum(axis as isize, true)?;
+                    hit.mul(&gk.div(&count)?)?
+                }
+                // d var / dx_i = 2 (x_i - mean) / (n - 1)
+                ReduceOp::Var => {
+                    let centered = x.sub(&x.mean(axis as isize, true)?)?;
+                    centered.mul(&gk)?.mul_scalar(2.0 / (len as f32 - 1.0))?
+                }
+            };
+            Ok(vec![Some(dx)])
+        }))
+    }
+
+    fn reduce_forward(&self, op: ReduceOp, dim: isize, keepdim: bool) -> Result<Tensor> {
         self.expect(DType::F32, op.name())?;
         let axis = self.axis(op.name(), dim)?;
         let (outer, len, inner) = self.around(axis);
@@ -103,15 +133,84 @@ impl Tensor {
 
     /// Numerically stable softmax along `dim` (negative counts from the end).
     pub fn softmax(&self, dim: isize) -> Result<Tensor> {
-        self.softmax_impl(dim, false)
+        self.softmax_tracked(dim, false)
     }
 
     /// Numerically stable log-softmax along `dim`.
     pub fn log_softmax(&self, dim: isize) -> Result<Tensor> {
-        self.softmax_impl(dim, true)
+        self.softmax_tracked(dim, true)
+    }
+
+    fn softmax_tracked(&self, dim: isize, log: bool) -> Result<Tensor> {
+        let out = self.softmax_impl(dim, log)?;
+        if !Tensor::tracking(&[self]) {
+            return Ok(out);
+        }
+        let y = out.detach();
+        let name = if log { "log_softmax" } else { "softmax" };
+        Ok(out.record(name, &[self], move |g, _| {
+            let dx = if log {
+                // dx = g - softmax · Σ g
+                g.sub(&y.exp()?.mul(&g.sum(dim, true)?)?)?
+            } else {
+                // dx = y · (g - Σ g·y)
+                y.mul(&g.sub(&g.mul(&y)?.sum(dim, true)?)?)?
+            };
+            Ok(vec![Some(dx)])
+        }))
     }
 
     fn norm_impl(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+        rms: bool,
+    ) -> Result<Tensor> {
+        let out = self.norm_forward(weight, bias, eps, rms)?;
+        let inputs = [Some(self), weight, bias];
+        let present: Vec<&Tensor> = inputs.iter().flatten().copied().collect();
+        if !Tensor::tracking(&present) {
+            return Ok(out);
+        }
+        let x = self.detach();
+        let w = weight.map(Tensor::detach);
+        let has_bias = bias.is_some();
+        let name = if rms { "rms_norm" } else { "layer_norm" };
+        Ok(out.record(name, &present, move |g, need| {
+            let len = *x.shape().last().unwrap_or(&1);
+            // x̂ = (x - mean) · r (layer_norm) or x · r (rms_norm), r = 1/sqrt(var + eps)
+            let centered = if rms { x.clone() } else { x.sub(&x.mean(-1, true)?)? };
+            let r = centered.square()?.mean(-1, true)?.add_scalar(eps)?.rsqrt()?;
+            let xhat = centered.mul(&r)?;
+            let dxhat = match &w {
+                Some(w) => g.mul(w)?,
+                None => g.clone(),
+            };
+            let proj = dxhat.mul(&xhat)?.mean(-1, true)?.mul(&xhat)?;
+            let dx = if rms {
+                dxhat.sub(&proj)?.mul(&r)?
+            } else {
+                dxhat.sub(&dxhat.mean(-1, true)?)?.sub(&proj)?.mul(&r)?
+            };
+            let mut grads = vec![Some(dx)];
+            if w.is_some() {
+                grads.push(match need[1] {
+                    true => Some(g.mul(&xhat)?.sum_to(&[len])?),
+                    false => None,
+                });
+            }
+            if has_bias {
+                grads.push(match need[grads.len()] {
+                    true => Some(g.sum_to(&[len])?),
+                    false => None,
+                });
+            }
+            Ok(grads)
+        }))
+    }
+
+    fn norm_forward(
         &self,
         weight: Option<&Tensor>,
         bias: Option<&Tensor>,

@@ -28,7 +28,8 @@ pub(crate) struct ConvParams {
     pub pw: u32,
     pub dh: u32,
     pub dw: u32,
-    pub _pad: u32,
+    /// Batch size (read by the backward kernels only).
+    pub batch: u32,
 }
 
 #[repr(C)]
@@ -69,27 +70,40 @@ fn pool_spec(max: bool) -> KernelSpec {
     }
 }
 
+fn conv_grad_spec(entry: &'static str) -> KernelSpec {
+    KernelSpec {
+        shader: "conv2d_grad.wgsl",
+        entry,
+        constants: vec![("WG", f64::from(WG))],
+        unchecked: false,
+    }
+}
+
+fn pool_grad_spec(max: bool) -> KernelSpec {
+    KernelSpec {
+        shader: "pool2d_grad.wgsl",
+        entry: "main",
+        constants: vec![("WG", f64::from(WG)), ("MAX", f64::from(u8::from(max)))],
+        unchecked: false,
+    }
+}
+
 pub(crate) fn specs() -> Vec<KernelSpec> {
     vec![
         conv_spec(false),
         conv_spec(true),
         pool_spec(false),
         pool_spec(true),
+        conv_grad_spec("grad_input"),
+        conv_grad_spec("grad_weight"),
+        pool_grad_spec(false),
+        pool_grad_spec(true),
     ]
 }
 
-/// Convolution with a non-empty output and non-empty operands.
-pub(crate) fn conv2d(
-    ctx: &GpuContext,
-    x: &PooledBuffer,
-    wt: &PooledBuffer,
-    bias: Option<&PooledBuffer>,
-    g: &Window,
-) -> Result<PooledBuffer> {
-    let n_out = g.out_dims().iter().product::<usize>();
-    let out = ctx.alloc("conv2d", n_out)?;
+fn conv_params(g: &Window, n_out: usize) -> ConvParams {
     let u = |v: usize| v as u32;
-    let params = ConvParams {
+    ConvParams {
         n_out: u(n_out),
         c_in: u(g.c_in),
         h: u(g.h),
@@ -105,8 +119,84 @@ pub(crate) fn conv2d(
         pw: u(g.opts.padding.1),
         dh: u(g.opts.dilation.0),
         dw: u(g.opts.dilation.1),
+        batch: u(g.n),
+    }
+}
+
+fn pool_params(g: &Window, n_out: usize) -> PoolParams {
+    let u = |v: usize| v as u32;
+    PoolParams {
+        n_out: u(n_out),
+        h: u(g.h),
+        w: u(g.w),
+        kh: u(g.kh),
+        kw: u(g.kw),
+        oh: u(g.oh),
+        ow: u(g.ow),
+        sh: u(g.opts.stride.0),
+        sw: u(g.opts.stride.1),
+        ph: u(g.opts.padding.0),
+        pw: u(g.opts.padding.1),
         _pad: 0,
+    }
+}
+
+/// Gradient of the convolution's input (`weight = true`: of its weight) from the output
+/// gradient `grad`; `other` is the weight (the input). Non-empty operands.
+pub(crate) fn conv2d_grad(
+    ctx: &GpuContext,
+    grad: &PooledBuffer,
+    other: &PooledBuffer,
+    g: &Window,
+    weight: bool,
+) -> Result<PooledBuffer> {
+    let (n_out, entry) = if weight {
+        (g.c_out * g.c_in * g.kh * g.kw, "grad_weight")
+    } else {
+        (g.n * g.c_in * g.h * g.w, "grad_input")
     };
+    let out = ctx.alloc("conv2d backward", n_out)?;
+    ctx.dispatch_1d(
+        "conv2d backward",
+        &conv_grad_spec(entry),
+        &[&grad.buffer, &other.buffer, &out.buffer],
+        bytemuck::bytes_of(&conv_params(g, n_out)),
+        n_out,
+    )?;
+    Ok(out)
+}
+
+/// Gradient of a pooling's input from its output gradient (non-empty).
+pub(crate) fn pool2d_grad(
+    ctx: &GpuContext,
+    x: &PooledBuffer,
+    grad: &PooledBuffer,
+    g: &Window,
+    max: bool,
+) -> Result<PooledBuffer> {
+    let n_out = g.n * g.c_out * g.h * g.w;
+    let out = ctx.alloc("pool2d backward", n_out)?;
+    ctx.dispatch_1d(
+        "pool2d backward",
+        &pool_grad_spec(max),
+        &[&x.buffer, &grad.buffer, &out.buffer],
+        bytemuck::bytes_of(&pool_params(g, n_out)),
+        n_out,
+    )?;
+    Ok(out)
+}
+
+/// Convolution with a non-empty output and non-empty operands.
+pub(crate) fn conv2d(
+    ctx: &GpuContext,
+    x: &PooledBuffer,
+    wt: &PooledBuffer,
+    bias: Option<&PooledBuffer>,
+    g: &Window,
+) -> Result<PooledBuffer> {
+    let n_out = g.out_dims().iter().product::<usize>();
+    let out = ctx.alloc("conv2d", n_out)?;
+    let params = conv_params(g, n_out);
     let b = bias.unwrap_or(wt);
     ctx.dispatch_1d(
         "conv2d",
@@ -128,21 +218,7 @@ pub(crate) fn pool2d(
     let op = if max { "max_pool2d" } else { "avg_pool2d" };
     let n_out = g.out_dims().iter().product::<usize>();
     let out = ctx.alloc(op, n_out)?;
-    let u = |v: usize| v as u32;
-    let params = PoolParams {
-        n_out: u(n_out),
-        h: u(g.h),
-        w: u(g.w),
-        kh: u(g.kh),
-        kw: u(g.kw),
-        oh: u(g.oh),
-        ow: u(g.ow),
-        sh: u(g.opts.stride.0),
-        sw: u(g.opts.stride.1),
-        ph: u(g.opts.padding.0),
-        pw: u(g.opts.padding.1),
-        _pad: 0,
-    };
+    let params = pool_params(g, n_out);
     ctx.dispatch_1d(
         op,
         &pool_spec(max),

@@ -3,10 +3,12 @@
 pub(crate) mod conv;
 pub(crate) mod copy;
 pub(crate) mod elementwise;
+pub(crate) mod grad;
 pub(crate) mod index;
 pub(crate) mod matmul;
 pub(crate) mod matmul_tune;
 pub(crate) mod norm;
+pub(crate) mod optim;
 pub(crate) mod reduce;
 pub(crate) mod select;
 
@@ -25,6 +27,8 @@ pub fn all_specs() -> Vec<KernelSpec> {
     specs.push(index::gather_spec());
     specs.push(reduce::argmax_spec());
     specs.extend(conv::specs());
+    specs.extend(grad::specs());
+    specs.extend(optim::specs());
     specs
 }
 
@@ -69,5 +73,18 @@ pub fn param_structs() -> Vec<(&'static str, &'static str, usize)> {
         ("binary_vec4.wgsl", "Params", size_of::<[u32; 4]>()),
         ("cast_f16.wgsl", "Params", size_of::<[u32; 4]>()),
         ("matmul_blocked_f16.wgsl", "Params", matmul),
+        (
+            "unary_grad.wgsl",
+            "Params",
+            size_of::<elementwise::UnaryParams>(),
+        ),
+        (
+            "scatter_add.wgsl",
+            "Params",
+            size_of::<grad::ScatterParams>(),
+        ),
+        ("conv2d_grad.wgsl", "Params", size_of::<conv::ConvParams>()),
+        ("pool2d_grad.wgsl", "Params", size_of::<conv::PoolParams>()),
+        ("optim.wgsl", "Params", size_of::<optim::OptimParams>()),
     ]
 }

@@ -1,0 +1,96 @@
+// Fused optimizer updates, in place on the parameter and the optimizer state, one thread per
+// element. The formulas are PyTorch's (torch.optim.SGD, Adam, AdamW); the CPU twin is
+// src/cpu/optim.rs.
+//   sgd:          p -= lr · (g + wd·p)
+//   sgd_momentum: d = g + wd·p; buf = first ? d : momentum·buf + d;
+//                 p -= lr · (nesterov ? d + momentum·buf : buf)
+//   adam:         d = g + wd·p (Adam) or p *= 1 - lr·wd first (AdamW, DECOUPLED);
+//                 m = b1·m + (1-b1)·d; v = b2·v + (1-b2)·d²;
+//                 p -= lr · (m / bc1) / (sqrt(v / bc2) + eps), bc = 1 - beta^step
+
+override WG: u32 = 256u;
+
+struct Params {
+    n: u32,
+    lr: f32,
+    weight_decay: f32,
+    momentum: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    bc1: f32,
+    bc2: f32,
+    flags: u32, // bit 0: nesterov, bit 1: first step, bit 2: decoupled weight decay
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> param: array<f32>;
+@group(0) @binding(1) var<storage, read> grad: array<f32>;
+@group(0) @binding(2) var<storage, read_write> s1: array<f32>; // momentum buffer, or m
+@group(0) @binding(3) var<storage, read_write> s2: array<f32>; // v
+@group(0) @binding(4) var<uniform> p: Params;
+// Each entry point binds its buffers first and its params right after (bindings may repeat
+// across entry points that do not share them).
+@group(0) @binding(2) var<uniform> p_sgd: Params;
+@group(0) @binding(3) var<uniform> p_momentum: Params;
+
+fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid;
+}
+
+@compute @workgroup_size(WG)
+fn sgd(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = index(wid, nwg, lid);
+    if (i < p_sgd.n) {
+        let w = param[i];
+        param[i] = w - p_sgd.lr * (grad[i] + p_sgd.weight_decay * w);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn sgd_momentum(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = index(wid, nwg, lid);
+    if (i < p_momentum.n) {
+        let w = param[i];
+        let d = grad[i] + p_momentum.weight_decay * w;
+        var b = d;
+        if ((p_momentum.flags & 2u) == 0u) {
+            b = p_momentum.momentum * s1[i] + d;
+        }
+        s1[i] = b;
+        let upd = select(b, d + p_momentum.momentum * b, (p_momentum.flags & 1u) != 0u);
+        param[i] = w - p_momentum.lr * upd;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn adam(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = index(wid, nwg, lid);
+    if (i < p.n) {
+        var w = param[i];
+        var d = grad[i];
+        if ((p.flags & 4u) != 0u) {
+            w = w * (1.0 - p.lr * p.weight_decay);
+        } else {
+            d = d + p.weight_decay * w;
+        }
+        let m = p.beta1 * s1[i] + (1.0 - p.beta1) * d;
+        let v = p.beta2 * s2[i] + (1.0 - p.beta2) * d * d;
+        s1[i] = m;
+        s2[i] = v;
+        param[i] = w - p.lr * (m / p.bc1) / (sqrt(v / p.bc2) + p.eps);
+    }
+}

@@ -1,0 +1,72 @@
+// Backward of index_select, gather and embedding: the gradient of the source is the output
+// gradient g added back at the positions the indices picked,
+//   out[c] = Σ_j [idx(c, j) == c[dim]] · g[c with c[dim] replaced by j]
+// for every multi-index c of the source shape. One thread per source element loops over the
+// `count` indices along `dim`, so the sums are deterministic (no float atomics, which WGSL
+// lacks) and in the same order as the CPU backend. With PER_ELEM (gather) the index tensor has
+// g's shape and idx(c, j) sits where g does; otherwise (index_select) idx is 1-D and
+// idx(c, j) = idx[j]. Source elements outside g's extent (gather with a smaller index) get 0.
+
+override WG: u32 = 256u;
+override PER_ELEM: bool = false;
+
+struct Params {
+    n: u32,
+    rank: u32,
+    dim: u32,
+    count: u32,
+    // Packed four to a vec4 because uniform arrays have a 16-byte element stride.
+    out_dims: array<vec4<u32>, 2>, // the source shape
+    g_dims: array<vec4<u32>, 2>,   // g's shape (and the index's, with PER_ELEM)
+    g_strides: array<vec4<u32>, 2>,
+}
+
+@group(0) @binding(0) var<storage, read> g: array<f32>;
+@group(0) @binding(1) var<storage, read> idx: array<u32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<uniform> p: Params;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (i >= p.n) {
+        return;
+    }
+    var rem = i;
+    var base = 0u;
+    var want = 0u;
+    var inside = true;
+    for (var d = i32(p.rank) - 1; d >= 0; d = d - 1) {
+        let q = u32(d) / 4u;
+        let r = u32(d) % 4u;
+        let at = rem % p.out_dims[q][r];
+        rem = rem / p.out_dims[q][r];
+        if (u32(d) == p.dim) {
+            want = at;
+        } else {
+            inside = inside && at < p.g_dims[q][r];
+            base = base + at * p.g_strides[q][r];
+        }
+    }
+    var acc = 0.0;
+    if (inside) {
+        let stride_j = p.g_strides[p.dim / 4u][p.dim % 4u];
+        for (var j = 0u; j < p.count; j = j + 1u) {
+            let at = base + j * stride_j;
+            var k = 0u;
+            if (PER_ELEM) {
+                k = idx[at];
+            } else {
+                k = idx[j];
+            }
+            if (k == want) {
+                acc = acc + g[at];
+            }
+        }
+    }
+    out[i] = acc;
+}

@@ -1,0 +1,127 @@
+//! Backward kernels: `shaders/unary_grad.wgsl` (dx = g · f'(x)) and `shaders/scatter_add.wgsl`
+//! (the gradient of index_select, gather and embedding).
+
+use super::elementwise::UnaryParams;
+use crate::error::Result;
+use crate::gpu::context::GpuContext;
+use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pool::PooledBuffer;
+use crate::op::UnaryOp;
+use bytemuck::{Pod, Zeroable};
+
+/// The 1-D kernels' workgroup size, shared with `GpuContext::dispatch_1d`.
+use crate::gpu::context::WG_1D as WG;
+
+/// Largest rank `scatter_add.wgsl` takes.
+pub(crate) const MAX_SCATTER_RANK: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct ScatterParams {
+    pub n: u32,
+    pub rank: u32,
+    pub dim: u32,
+    pub count: u32,
+    pub out_dims: [u32; MAX_SCATTER_RANK],
+    pub g_dims: [u32; MAX_SCATTER_RANK],
+    pub g_strides: [u32; MAX_SCATTER_RANK],
+}
+
+fn unary_grad_spec(op: UnaryOp) -> KernelSpec {
+    KernelSpec {
+        shader: "unary_grad.wgsl",
+        entry: "main",
+        constants: vec![("OP", f64::from(op.shader_id())), ("WG", f64::from(WG))],
+        unchecked: false,
+    }
+}
+
+fn scatter_spec(per_elem: bool) -> KernelSpec {
+    KernelSpec {
+        shader: "scatter_add.wgsl",
+        entry: "main",
+        constants: vec![
+            ("WG", f64::from(WG)),
+            ("PER_ELEM", f64::from(u8::from(per_elem))),
+        ],
+        unchecked: false,
+    }
+}
+
+pub(crate) fn specs() -> Vec<KernelSpec> {
+    let mut specs: Vec<KernelSpec> = UnaryOp::ALL.iter().map(|&op| unary_grad_spec(op)).collect();
+    specs.push(scatter_spec(false));
+    specs.push(scatter_spec(true));
+    specs
+}
+
+/// `dx = g · op'(x)` over `n > 0` elements.
+pub(crate) fn unary_grad(
+    ctx: &GpuContext,
+    x: &PooledBuffer,
+    g: &PooledBuffer,
+    n: usize,
+    op: UnaryOp,
+) -> Result<PooledBuffer> {
+    let out = ctx.alloc("unary backward", n)?;
+    let (alpha, beta) = op.params();
+    let params = UnaryParams {
+        n: n as u32,
+        alpha,
+        beta,
+        _pad: 0,
+    };
+    ctx.dispatch_1d(
+        "unary backward",
+        &unary_grad_spec(op),
+        &[&x.buffer, &g.buffer, &out.buffer],
+        bytemuck::bytes_of(&params),
+        n,
+    )?;
+    Ok(out)
+}
+
+/// What a scatter-add adds back: the source shape, the gradient's shape and the axis.
+pub(crate) struct Scatter<'a> {
+    pub out_dims: &'a [usize],
+    pub g_dims: &'a [usize],
+    pub axis: usize,
+    /// The index has `g_dims` (gather) rather than being 1-D (index_select).
+    pub per_elem: bool,
+}
+
+/// The scatter-add of `g` through `idx` into a zeroed tensor of `s.out_dims` (non-empty, rank
+/// <= 8; indices already checked by the forward op).
+pub(crate) fn scatter_add(
+    ctx: &GpuContext,
+    g: &PooledBuffer,
+    idx: &PooledBuffer,
+    s: &Scatter,
+) -> Result<PooledBuffer> {
+    let n: usize = s.out_dims.iter().product();
+    let out = ctx.alloc("scatter_add", n)?;
+    let mut p = ScatterParams {
+        n: n as u32,
+        rank: s.out_dims.len() as u32,
+        dim: s.axis as u32,
+        count: s.g_dims[s.axis] as u32,
+        out_dims: [1; MAX_SCATTER_RANK],
+        g_dims: [1; MAX_SCATTER_RANK],
+        g_strides: [0; MAX_SCATTER_RANK],
+    };
+    let mut stride = 1;
+    for d in (0..s.out_dims.len()).rev() {
+        p.out_dims[d] = s.out_dims[d] as u32;
+        p.g_dims[d] = s.g_dims[d] as u32;
+        p.g_strides[d] = stride as u32;
+        stride *= s.g_dims[d];
+    }
+    ctx.dispatch_1d(
+        "scatter_add",
+        &scatter_spec(s.per_elem),
+        &[&g.buffer, &idx.buffer, &out.buffer],
+        bytemuck::bytes_of(&p),
+        n,
+    )?;
+    Ok(out)
+}

@@ -1,0 +1,57 @@
+//! Loss functions, composed from tracked ops so that backward comes with them.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Mean cross-entropy of `logits` (`[batch, classes]`) against integer class `targets` (a u32
+/// tensor of shape `[batch]`): `-mean(log_softmax(logits)[i, targets[i]])`, a scalar. The
+/// log-softmax is the stable one, so large logits do not overflow. A target outside
+/// `0..classes` is `Error::IndexOutOfRange` (checked on the host: on a GPU, one read-back).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if targets.dtype() != DType::U32 {
+        return Err(Error::DTypeMismatch {
+            op: "cross_entropy",
+            expected: DType::U32,
+            got: targets.dtype(),
+        });
+    }
+    let [batch, _classes] = logits.shape()[..] else {
+        return Err(Error::InvalidShape {
+            op: "cross_entropy",
+            reason: format!("logits must be [batch, classes], got {:?}", logits.shape()),
+        });
+    };
+    if targets.shape() != [batch] {
+        return Err(Error::ShapeMismatch {
+            op: "cross_entropy",
+            lhs: logits.shape().to_vec(),
+            rhs: targets.shape().to_vec(),
+        });
+    }
+    let picked = logits
+        .log_softmax(-1)?
+        .gather(1, &targets.reshape(&[batch, 1])?)
+        .map_err(|e| match e {
+            Error::IndexOutOfRange { index, size, .. } => Error::IndexOutOfRange {
+                op: "cross_entropy",
+                index,
+                size,
+            },
+            other => other,
+        })?;
+    picked.mean_all()?.neg()
+}
+
+/// Mean squared error between `pred` and `target` (the same shape; no broadcasting, so a
+/// shape slip is an error rather than a silently wrong loss), a scalar.
+pub fn mse_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    if pred.shape() != target.shape() {
+        return Err(Error::ShapeMismatch {
+            op: "mse_loss",
+            lhs: pred.shape().to_vec(),
+            rhs: target.shape().to_vec(),
+        });
+    }
+    pred.sub(target)?.square()?.mean_all()
+}

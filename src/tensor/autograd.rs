@@ -1,0 +1,370 @@
+//! Autograd on tensors: marking leaves, reading gradients, running backward, and the backward
+//! kernels that ops record (unary derivatives, scatter-add, convolution and pooling gradients).
+
+use super::{Storage, Tensor};
+use crate::autograd::{self, Node};
+use crate::conv::Window;
+use crate::cpu;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gpu::kernels::optim::OptimParams;
+use crate::gpu::kernels::{conv, grad, optim};
+use crate::op::UnaryOp;
+use crate::shape::Shape;
+use crate::strided::StridedCopy;
+use std::sync::Arc;
+
+impl Tensor {
+    // ---- the public surface -------------------------------------------------------------
+
+    /// This tensor as a leaf of the autograd graph: ops on it record what backward needs, and
+    /// [`Tensor::backward`] fills its [`Tensor::grad`]. The values are shared, not copied. A
+    /// tensor that is already a leaf is returned as is; an op's output is detached first.
+    /// u32 tensors cannot require gradients (`DTypeMismatch`).
+    pub fn with_grad(self) -> Result<Tensor> {
+        self.expect(DType::F32, "with_grad")?;
+        if self.node.as_ref().is_some_and(|n| n.is_leaf()) {
+            return Ok(self);
+        }
+        Ok(Tensor {
+            node: Some(Node::leaf()),
+            ..self
+        })
+    }
+
+    /// Whether this tensor is part of the autograd graph (a leaf that requires gradients, or
+    /// computed from one while recording was on).
+    pub fn requires_grad(&self) -> bool {
+        self.node.is_some()
+    }
+
+    /// Whether this is a leaf that collects a gradient (made with [`Tensor::with_grad`]).
+    pub fn is_leaf(&self) -> bool {
+        self.node.as_ref().is_some_and(|n| n.is_leaf())
+    }
+
+    /// The gradient accumulated by backward passes (leaves only; `None` before the first
+    /// backward, after [`Tensor::zero_grad`], and for tensors that are not leaves).
+    pub fn grad(&self) -> Option<Tensor> {
+        self.node.as_ref().and_then(|n| n.grad())
+    }
+
+    /// Forgets the accumulated gradient (backward adds to it, as in PyTorch).
+    pub fn zero_grad(&self) {
+        if let Some(n) = &self.node {
+            n.set_grad(None);
+        }
+    }
+
+    /// The same values outside the autograd graph.
+    pub fn detach(&self) -> Tensor {
+        Tensor {
+            node: None,
+            ..self.clone()
+        }
+    }
+
+    /// Backward from this scalar (one element): the gradient of every leaf it depends on is
+    /// added to that leaf's [`Tensor::grad`]. The graph's saved tensors are freed as backward
+    /// passes through them, so a second backward through the same graph is `Error::Autograd`.
+    pub fn backward(&self) -> Result<()> {
+        if self.numel() != 1 {
+            return Err(Error::Autograd {
+                op: "backward",
+                reason: format!(
+                    "backward() needs a one-element output, got shape {}; pass the output \
+                     gradient to backward_with",
+                    self.shape
+                ),
+            });
+        }
+        let seed = Tensor::ones(&self.device, self.shape())?;
+        self.backward_with(&seed)
+    }
+
+    /// Backward with an explicit gradient of this tensor (same shape): vector-Jacobian
+    /// products for non-scalar outputs.
+    pub fn backward_with(&self, grad: &Tensor) -> Result<()> {
+        let Some(node) = &self.node else {
+            return Err(Error::Autograd {
+                op: "backward",
+                reason: "the tensor does not require gradients (no input was made with \
+                         with_grad, or it was computed inside no_grad)"
+                    .into(),
+            });
+        };
+        self.same_device(grad, "backward")?;
+        grad.expect(DType::F32, "backward")?;
+        if grad.shape() != self.shape() {
+            return Err(Error::ShapeMismatch {
+                op: "backward",
+                lhs: self.shape().to_vec(),
+                rhs: grad.shape().to_vec(),
+            });
+        }
+        autograd::backward(node, grad.detach())
+    }
+
+    /// The values repeated along broadcast dimensions to `shape` (numpy's rules: this shape
+    /// aligned at the right, extents of 1 stretched); materialised.
+    pub fn broadcast_to(&self, shape: &[usize]) -> Result<Tensor> {
+        let target = Shape::new(shape)?;
+        let fits = self.shape.broadcast(&target, "broadcast_to").ok().as_ref() == Some(&target);
+        if !fits {
+            return Err(Error::ShapeMismatch {
+                op: "broadcast_to",
+                lhs: self.shape().to_vec(),
+                rhs: shape.to_vec(),
+            });
+        }
+        if self.shape() == shape {
+            return Ok(self.clone());
+        }
+        let plan = StridedCopy {
+            dims: shape.to_vec(),
+            in_strides: self.shape.broadcast_strides(&target),
+            in_offset: 0,
+            out_strides: target.strides(),
+            out_offset: 0,
+        };
+        let out = Self::assemble(
+            "broadcast_to",
+            &self.device,
+            self.dtype,
+            target,
+            &[(self, plan)],
+        )?;
+        if !Tensor::tracking(&[self]) {
+            return Ok(out);
+        }
+        let dims = self.shape().to_vec();
+        Ok(out.record("broadcast_to", &[self], move |g, _| {
+            Ok(vec![Some(g.sum_to(&dims)?)])
+        }))
+    }
+
+    // ---- recording ----------------------------------------------------------------------
+
+    /// Whether an op on `inputs` records a graph node: recording is on and an input requires
+    /// gradients. Ops check this before saving anything, so inference costs nothing extra.
+    pub(crate) fn tracking(inputs: &[&Tensor]) -> bool {
+        autograd::is_grad_enabled() && inputs.iter().any(|t| t.node.is_some())
+    }
+
+    /// This tensor (an op's output) with a graph node for `backward`, which maps the output
+    /// gradient to one gradient per input (in the order of `inputs`).
+    pub(crate) fn record(
+        self,
+        name: &'static str,
+        inputs: &[&Tensor],
+        backward: impl FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
+    ) -> Tensor {
+        let parents = inputs.iter().map(|t| t.node.clone()).collect();
+        Tensor {
+            node: Some(Node::op(name, parents, Box::new(backward))),
+            ..self
+        }
+    }
+
+    /// The sum of this gradient over the dimensions that broadcasting added or stretched, so
+    /// that it has the shape `dims` of the operand it flows back to.
+    pub(crate) fn sum_to(&self, dims: &[usize]) -> Result<Tensor> {
+        let mut t = self.clone();
+        while t.rank() > dims.len() {
+            t = t.sum(0, false)?;
+        }
+        for (d, &want) in dims.iter().enumerate() {
+            if want == 1 && t.shape()[d] != 1 {
+                t = t.sum(d as isize, true)?;
+            }
+        }
+        Ok(t)
+    }
+
+    /// Zeros of this tensor's shape, on its device.
+    pub(crate) fn zeros_like(&self) -> Result<Tensor> {
+        Tensor::zeros(&self.device, self.shape())
+    }
+
+    // ---- backward kernels ---------------------------------------------------------------
+
+    /// `g · op'(self)`, elementwise.
+    pub(crate) fn unary_grad(&self, g: &Tensor, op: UnaryOp) -> Result<Tensor> {
+        let storage = match (&self.storage, &g.storage) {
+            (Storage::Cpu(x), Storage::Cpu(g)) => Storage::Cpu(Arc::new(cpu::unary_grad(x, g, op)?)),
+            (Storage::Gpu(Some(x)), Storage::Gpu(Some(g))) => Storage::Gpu(Some(Arc::new(
+                grad::unary_grad(self.ctx()?, x, g, self.numel(), op)?,
+            ))),
+            _ => Storage::Gpu(None),
+        };
+        Ok(self.with(storage, self.shape.clone()))
+    }
+
+    /// The scatter-add of `g` (shape `g_dims`) through the u32 `index` along `axis` into zeros
+    /// of this tensor's shape: the gradient of index_select (`per_elem` false) and gather.
+    pub(crate) fn scatter_add(
+        &self,
+        g: &Tensor,
+        index: &Tensor,
+        axis: usize,
+        per_elem: bool,
+    ) -> Result<Tensor> {
+        if self.numel() == 0 || g.numel() == 0 {
+            return self.zeros_like();
+        }
+        let storage = match (&g.storage, &index.storage) {
+            (Storage::Cpu(gv), Storage::Cpu(iv)) => {
+                let idx: Vec<u32> = iv.iter().map(|v| v.to_bits()).collect();
+                Storage::Cpu(Arc::new(cpu::scatter_add(
+                    gv,
+                    &idx,
+                    self.shape(),
+                    g.shape(),
+                    axis,
+                    per_elem,
+                )?))
+            }
+            (Storage::Gpu(Some(gb)), Storage::Gpu(Some(ib))) => {
+                if self.rank() > grad::MAX_SCATTER_RANK {
+                    return Err(Error::InvalidShape {
+                        op: "scatter_add",
+                        reason: format!(
+                            "rank {} is over the GPU kernel's {}",
+                            self.rank(),
+                            grad::MAX_SCATTER_RANK
+                        ),
+                    });
+                }
+                let s = grad::Scatter {
+                    out_dims: self.shape(),
+                    g_dims: g.shape(),
+                    axis,
+                    per_elem,
+                };
+                Storage::Gpu(Some(Arc::new(grad::scatter_add(self.ctx()?, gb, ib, &s)?)))
+            }
+            _ => unreachable!("the forward op checked the devices"),
+        };
+        Ok(self.with(storage, self.shape.clone()))
+    }
+
+    /// conv2d's input gradient (`weight` false; `other` is the weight) or weight gradient
+    /// (`other` is the input) from the output gradient `self`; `out_dims` is the result shape.
+    pub(crate) fn conv2d_grad(
+        &self,
+        other: &Tensor,
+        w: &Window,
+        weight: bool,
+        out_dims: &[usize],
+    ) -> Result<Tensor> {
+        let shape = Shape::new(out_dims)?;
+        if shape.numel() == 0 || self.numel() == 0 {
+            return Tensor::zeros(&self.device, out_dims);
+        }
+        let storage = match (&self.storage, &other.storage) {
+            (Storage::Cpu(g), Storage::Cpu(o)) => Storage::Cpu(Arc::new(if weight {
+                cpu::conv2d_grad_weight(g, o, w)?
+            } else {
+                cpu::conv2d_grad_input(g, o, w)?
+            })),
+            (Storage::Gpu(Some(g)), Storage::Gpu(Some(o))) => Storage::Gpu(Some(Arc::new(
+                conv::conv2d_grad(self.ctx()?, g, o, w, weight)?,
+            ))),
+            _ => return Tensor::zeros(&self.device, out_dims),
+        };
+        Ok(self.with(storage, shape))
+    }
+
+    /// The pooling gradient of the input `self` from the output gradient `g`.
+    pub(crate) fn pool2d_grad(&self, g: &Tensor, w: &Window, max: bool) -> Result<Tensor> {
+        if self.numel() == 0 || g.numel() == 0 {
+            return self.zeros_like();
+        }
+        let storage = match (&self.storage, &g.storage) {
+            (Storage::Cpu(x), Storage::Cpu(gv)) => {
+                Storage::Cpu(Arc::new(cpu::pool2d_grad(x, gv, w, max)?))
+            }
+            (Storage::Gpu(Some(x)), Storage::Gpu(Some(gb))) => Storage::Gpu(Some(Arc::new(
+                conv::pool2d_grad(self.ctx()?, x, gb, w, max)?,
+            ))),
+            _ => return self.zeros_like(),
+        };
+        Ok(self.with(storage, self.shape.clone()))
+    }
+
+    // ---- in-place updates (optimizers) --------------------------------------------------
+
+    /// Makes this tensor's values unshared (copying them if another tensor shares them), so an
+    /// in-place write changes this tensor only: tensors stay values.
+    fn make_unique(&mut self) -> Result<()> {
+        let shared = match &mut self.storage {
+            Storage::Cpu(v) => {
+                Arc::make_mut(v);
+                false
+            }
+            Storage::Gpu(Some(b)) => Arc::strong_count(b) > 1,
+            Storage::Gpu(None) => false,
+        };
+        if shared {
+            let n = self.numel();
+            let copy = self.detach().reshape(&[n])?.narrow(0, 0, n)?;
+            self.storage = copy.storage;
+        }
+        Ok(())
+    }
+
+    /// One fused optimizer update of this parameter in place (see `shaders/optim.wgsl`), with
+    /// `state` the optimizer's buffers for it (none, the momentum buffer, or Adam's moments),
+    /// which are updated in place too.
+    pub(crate) fn optimizer_update(
+        &mut self,
+        grad: &Tensor,
+        state: &mut [Tensor],
+        params: &OptimParams,
+    ) -> Result<()> {
+        self.same_device(grad, "optimizer step")?;
+        if grad.shape() != self.shape() {
+            return Err(Error::ShapeMismatch {
+                op: "optimizer step",
+                lhs: self.shape().to_vec(),
+                rhs: grad.shape().to_vec(),
+            });
+        }
+        if self.numel() == 0 {
+            return Ok(());
+        }
+        self.make_unique()?;
+        for s in state.iter_mut() {
+            s.make_unique()?;
+        }
+        let mut p = *params;
+        p.n = self.numel() as u32;
+        match (&mut self.storage, &grad.storage) {
+            (Storage::Cpu(w), Storage::Cpu(g)) => {
+                let mut bufs: Vec<&mut Vec<f32>> = state
+                    .iter_mut()
+                    .filter_map(|s| match &mut s.storage {
+                        Storage::Cpu(v) => Some(Arc::make_mut(v)),
+                        Storage::Gpu(_) => None,
+                    })
+                    .collect();
+                cpu::update(Arc::make_mut(w).as_mut_slice(), g, &mut bufs, &p);
+                Ok(())
+            }
+            (Storage::Gpu(Some(w)), Storage::Gpu(Some(g))) => {
+                let bufs: Vec<&crate::gpu::pool::PooledBuffer> = state
+                    .iter()
+                    .filter_map(|s| match &s.storage {
+                        Storage::Gpu(Some(b)) => Some(b.as_ref()),
+                        _ => None,
+                    })
+                    .collect();
+                let ctx = self.device.gpu_context().ok_or_else(|| {
+                    Error::Gpu("GPU storage on a CPU device".into())
+                })?;
+                optim::update(ctx, w, g, &bufs, &p)
+            }
+            _ => unreachable!("same_device checked the backends"),
+        }
+    }
+}
