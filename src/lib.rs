@@ -20,6 +20,30 @@
 //!
 //! On a GPU, ops are recorded into one compute pass and submitted in batches; readback
 //! (`to_vec`, `to_vec_async`) and [`Device::synchronize`] submit what is pending.
+//!
+//! Training uses reverse-mode autograd ([`Tensor::with_grad`], [`Tensor::backward`]), the losses
+//! and optimizers of [`nn`], and [`no_grad`] for inference:
+//!
+//! ```
+//! use kiln::nn::{Optimizer, Sgd, mse_loss};
+//! use kiln::{Device, Tensor};
+//!
+//! # fn main() -> kiln::Result<()> {
+//! let dev = Device::cpu();
+//! let x = Tensor::from_vec(&dev, vec![1.0, 2.0, 3.0, 4.0], &[4, 1])?;
+//! let y = x.mul_scalar(3.0)?; // learn y = 3x
+//! let mut w = Tensor::zeros(&dev, &[1, 1])?.with_grad()?;
+//! let mut opt = Sgd::new(0.05);
+//! for _ in 0..50 {
+//!     let loss = mse_loss(&x.matmul(&w)?, &y)?;
+//!     loss.backward()?;
+//!     opt.step(&mut [&mut w])?;
+//!     opt.zero_grad(&mut [&mut w]);
+//! }
+//! assert!((w.to_vec()?[0] - 3.0).abs() < 1e-3);
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 

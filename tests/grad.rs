@@ -34,10 +34,12 @@ const SHAPES: &[&[usize]] = &[&[2, 3, 5], &[7], &[], &[0, 3]];
 /// Random values in `lo..hi`, moved at least `gap` away from every point of `kinks`.
 fn values(rng: &mut Lcg, n: usize, lo: f32, hi: f32, kinks: &[f32], gap: f32) -> Vec<f32> {
     (0..n)
-        .map(|_| loop {
-            let v = rng.uniform(lo, hi);
-            if kinks.iter().all(|k| (v - k).abs() >= gap) {
-                break v;
+        .map(|_| {
+            loop {
+                let v = rng.uniform(lo, hi);
+                if kinks.iter().all(|k| (v - k).abs() >= gap) {
+                    break v;
+                }
             }
         })
         .collect()
@@ -49,7 +51,10 @@ fn unary(lo: f32, hi: f32, kinks: &[f32]) -> Option<Vec<Sample>> {
         SHAPES
             .iter()
             .map(|s| Sample {
-                inputs: vec![(s.to_vec(), values(&mut rng, s.iter().product(), lo, hi, kinks, 0.05))],
+                inputs: vec![(
+                    s.to_vec(),
+                    values(&mut rng, s.iter().product(), lo, hi, kinks, 0.05),
+                )],
             })
             .collect(),
     )
@@ -74,10 +79,7 @@ fn binary(a_lo: f32, a_hi: f32) -> Option<Vec<Sample>> {
                 let nb: usize = b.iter().product();
                 let bv = values(&mut rng, nb, -2.0, 2.0, &[0.0], 0.5);
                 Sample {
-                    inputs: vec![
-                        (a.to_vec(), rng.vec(na, a_lo, a_hi)),
-                        (b.to_vec(), bv),
-                    ],
+                    inputs: vec![(a.to_vec(), rng.vec(na, a_lo, a_hi)), (b.to_vec(), bv)],
                 }
             })
             .collect(),
@@ -193,7 +195,11 @@ fn spec(name: &str) -> Spec {
 impl Spec {
     /// The same samples regenerated with a wider distance from the kinks.
     fn with_gap(self, gap: f32) -> Spec {
-        let Check { wrt, samples: Some(samples) } = self else {
+        let Check {
+            wrt,
+            samples: Some(samples),
+        } = self
+        else {
             return self;
         };
         let mut rng = Lcg(17);
@@ -272,7 +278,11 @@ fn check_op_on(op: &OpInfo, wrt: &[usize], samples: &[Sample], dev: &Device) -> 
             .enumerate()
             .map(|(k, (s, v))| {
                 let t = Tensor::from_slice(dev, v, s).unwrap();
-                if wrt.contains(&k) { t.with_grad().unwrap() } else { t }
+                if wrt.contains(&k) {
+                    t.with_grad().unwrap()
+                } else {
+                    t
+                }
             })
             .collect();
         let y = (op.run)(&inputs).unwrap_or_else(|e| panic!("{what}: forward: {e}"));

@@ -62,7 +62,14 @@ pub(crate) fn scatter_add(
 }
 
 /// The output position along one axis that tap `k` of input position `i` feeds, if any.
-fn out_pos(i: usize, k: usize, pad: usize, dil: usize, stride: usize, extent: usize) -> Option<usize> {
+fn out_pos(
+    i: usize,
+    k: usize,
+    pad: usize,
+    dil: usize,
+    stride: usize,
+    extent: usize,
+) -> Option<usize> {
     let t = (i + pad).checked_sub(k * dil)?;
     (t % stride == 0 && t / stride < extent).then_some(t / stride)
 }

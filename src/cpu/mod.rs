@@ -11,7 +11,9 @@ mod reduce;
 
 pub(crate) use conv::{conv2d, pool2d};
 pub(crate) use elementwise::{binary, fill, unary};
-pub(crate) use grad::{conv2d_grad_input, conv2d_grad_weight, pool2d_grad, scatter_add, unary_grad};
+pub(crate) use grad::{
+    conv2d_grad_input, conv2d_grad_weight, pool2d_grad, scatter_add, unary_grad,
+};
 pub(crate) use matmul::{linear, matmul};
 pub(crate) use optim::update;
 pub(crate) use reduce::{argmax, index_select, norm, reduce, softmax};

@@ -4,7 +4,12 @@ use crate::gpu::kernels::optim::{DECOUPLED, FIRST_STEP, NESTEROV, OptimParams};
 
 /// Update `param` in place from `grad` and the state (none: SGD; one: the momentum buffer;
 /// two: Adam's moments).
-pub(crate) fn update(param: &mut [f32], grad: &[f32], state: &mut [&mut Vec<f32>], p: &OptimParams) {
+pub(crate) fn update(
+    param: &mut [f32],
+    grad: &[f32],
+    state: &mut [&mut Vec<f32>],
+    p: &OptimParams,
+) {
     match state {
         [] => {
             for (w, &g) in param.iter_mut().zip(grad) {

@@ -24,17 +24,14 @@ pub trait Optimizer {
     }
 }
 
-/// Checks that the state kept for parameter `i` still matches it.
-fn check_state(i: usize, param: &Tensor, state: &Tensor) -> Result<()> {
+/// Checks that the state kept for a parameter still matches it (the same parameters must be
+/// passed to every step, in the same order).
+fn check_state(param: &Tensor, state: &Tensor) -> Result<()> {
     if state.shape() != param.shape() || !state.device().same(param.device()) {
         return Err(Error::ShapeMismatch {
             op: "optimizer step",
             lhs: state.shape().to_vec(),
             rhs: param.shape().to_vec(),
-        })
-        .map_err(|e| {
-            log::warn!("parameter {i} changed shape or device between steps");
-            e
         });
     }
     Ok(())
@@ -106,7 +103,7 @@ impl Optimizer for Sgd {
             }
             let buf = match self.buffers[i].take() {
                 Some(b) => {
-                    check_state(i, p, &b)?;
+                    check_state(p, &b)?;
                     b
                 }
                 None => {
@@ -209,7 +206,7 @@ impl Optimizer for Adam {
             let Some(g) = p.grad() else { continue };
             let mut state = match self.moments[i].take() {
                 Some(s) => {
-                    check_state(i, p, &s[0])?;
+                    check_state(p, &s[0])?;
                     s
                 }
                 None => [p.zeros_like()?, p.zeros_like()?],

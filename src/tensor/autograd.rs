@@ -191,7 +191,9 @@ impl Tensor {
     /// `g · op'(self)`, elementwise.
     pub(crate) fn unary_grad(&self, g: &Tensor, op: UnaryOp) -> Result<Tensor> {
         let storage = match (&self.storage, &g.storage) {
-            (Storage::Cpu(x), Storage::Cpu(g)) => Storage::Cpu(Arc::new(cpu::unary_grad(x, g, op)?)),
+            (Storage::Cpu(x), Storage::Cpu(g)) => {
+                Storage::Cpu(Arc::new(cpu::unary_grad(x, g, op)?))
+            }
             (Storage::Gpu(Some(x)), Storage::Gpu(Some(g))) => Storage::Gpu(Some(Arc::new(
                 grad::unary_grad(self.ctx()?, x, g, self.numel(), op)?,
             ))),
@@ -359,9 +361,10 @@ impl Tensor {
                         _ => None,
                     })
                     .collect();
-                let ctx = self.device.gpu_context().ok_or_else(|| {
-                    Error::Gpu("GPU storage on a CPU device".into())
-                })?;
+                let ctx = self
+                    .device
+                    .gpu_context()
+                    .ok_or_else(|| Error::Gpu("GPU storage on a CPU device".into()))?;
                 optim::update(ctx, w, g, &bufs, &p)
             }
             _ => unreachable!("same_device checked the backends"),

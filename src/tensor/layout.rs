@@ -36,7 +36,9 @@ impl Tensor {
             return Ok(out);
         }
         let dims = self.shape().to_vec();
-        Ok(out.record("reshape", &[self], move |g, _| Ok(vec![Some(g.reshape(&dims)?)])))
+        Ok(out.record("reshape", &[self], move |g, _| {
+            Ok(vec![Some(g.reshape(&dims)?)])
+        }))
     }
 
     /// Dimensions reordered: output dimension `i` is input dimension `dims[i]` (materialised:

@@ -111,8 +111,11 @@ impl Tensor {
                 need[0].then(|| g.matmul(&w)).transpose()?,
                 need[1]
                     .then(|| {
-                        g.reshape(&[rows, n])?
-                            .matmul_transposed(&x.reshape(&[rows, k])?, true, false)
+                        g.reshape(&[rows, n])?.matmul_transposed(
+                            &x.reshape(&[rows, k])?,
+                            true,
+                            false,
+                        )
                     })
                     .transpose()?,
             ];

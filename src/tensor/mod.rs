@@ -1,12 +1,12 @@
 //! `Tensor`: constructors, readback, and op methods. Each method validates its inputs and hands
 //! the work to the backend of the tensor's device.
 
+use crate::autograd::Node;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::pool::PooledBuffer;
 use crate::shape::Shape;
-use crate::autograd::Node;
 use std::fmt;
 use std::sync::Arc;
 

@@ -366,7 +366,11 @@ fn binary_grads(
         )),
         // The winner takes the gradient; ties split it evenly (PyTorch's rule).
         BinaryOp::Maximum | BinaryOp::Minimum => {
-            let wins = if op == BinaryOp::Maximum { a.gt(b)? } else { a.lt(b)? };
+            let wins = if op == BinaryOp::Maximum {
+                a.gt(b)?
+            } else {
+                a.lt(b)?
+            };
             let share_a = wins.add(&a.eq(b)?.mul_scalar(0.5)?)?;
             let ga = g.mul(&share_a)?;
             let gb = if nb { Some(g.sub(&ga)?) } else { None };

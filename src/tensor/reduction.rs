@@ -180,8 +180,16 @@ impl Tensor {
         Ok(out.record(name, &present, move |g, need| {
             let len = *x.shape().last().unwrap_or(&1);
             // x̂ = (x - mean) · r (layer_norm) or x · r (rms_norm), r = 1/sqrt(var + eps)
-            let centered = if rms { x.clone() } else { x.sub(&x.mean(-1, true)?)? };
-            let r = centered.square()?.mean(-1, true)?.add_scalar(eps)?.rsqrt()?;
+            let centered = if rms {
+                x.clone()
+            } else {
+                x.sub(&x.mean(-1, true)?)?
+            };
+            let r = centered
+                .square()?
+                .mean(-1, true)?
+                .add_scalar(eps)?
+                .rsqrt()?;
             let xhat = centered.mul(&r)?;
             let dxhat = match &w {
                 Some(w) => g.mul(w)?,

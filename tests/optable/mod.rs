@@ -894,7 +894,13 @@ pub fn conv_ref(r: &[Ref], opts: kiln::Conv2dOptions, bias: bool) -> Ref {
     }
 }
 
-pub fn pool_ref(x: &Ref, k: (usize, usize), s: (usize, usize), p: (usize, usize), max: bool) -> Ref {
+pub fn pool_ref(
+    x: &Ref,
+    k: (usize, usize),
+    s: (usize, usize),
+    p: (usize, usize),
+    max: bool,
+) -> Ref {
     let [n, c, h, w] = x.shape[..] else {
         unreachable!()
     };
