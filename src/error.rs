@@ -88,6 +88,23 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A weights file does not fit the model: a parameter is missing, or has another shape or
+    /// element type than the model's.
+    #[error("parameter `{name}`: {reason}")]
+    Checkpoint {
+        /// The parameter's name (as `Module::parameters` gives it).
+        name: String,
+        /// What does not match.
+        reason: String,
+    },
+    /// Reading or writing a file failed, or its contents are not valid safetensors.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        reason: String,
+    },
     /// The device (or the host, for the CPU backend) could not allocate memory.
     #[error("out of memory: {0}")]
     OutOfMemory(String),

@@ -53,16 +53,4 @@ impl StridedCopy {
             out_offset: self.out_offset,
         })
     }
-
-    /// (source, destination) element offsets of the copy's `i`-th element.
-    pub(crate) fn offsets(&self, mut i: usize) -> (usize, usize) {
-        let (mut s, mut t) = (self.in_offset, self.out_offset);
-        for d in (0..self.dims.len()).rev() {
-            let idx = i % self.dims[d];
-            i /= self.dims[d];
-            s += idx * self.in_strides[d];
-            t += idx * self.out_strides[d];
-        }
-        (s, t)
-    }
 }

@@ -8,6 +8,7 @@ mod grad;
 mod matmul;
 mod optim;
 mod reduce;
+mod strided;
 
 pub(crate) use conv::{conv2d, pool2d};
 pub(crate) use elementwise::{binary, fill, unary};
@@ -17,6 +18,7 @@ pub(crate) use grad::{
 pub(crate) use matmul::{linear, matmul};
 pub(crate) use optim::update;
 pub(crate) use reduce::{argmax, index_select, norm, reduce, softmax};
+pub(crate) use strided::strided_copy;
 
 use crate::error::{Error, Result};
 

@@ -2,6 +2,7 @@
 //! kernel per parameter (`shaders/optim.wgsl`, or its CPU twin) that updates the parameter and
 //! the optimizer state in place on the parameter's device.
 
+use super::Module;
 use crate::error::{Error, Result};
 use crate::gpu::kernels::optim::{DECOUPLED, FIRST_STEP, NESTEROV, OptimParams};
 use crate::tensor::Tensor;
@@ -21,6 +22,16 @@ pub trait Optimizer {
         for p in params.iter() {
             p.zero_grad();
         }
+    }
+
+    /// One update of every parameter of `model` (in [`Module::parameters_mut`] order), then
+    /// clears their gradients.
+    fn step_module(&mut self, model: &mut dyn Module) -> Result<()> {
+        let mut params: Vec<&mut Tensor> =
+            model.parameters_mut().into_iter().map(|(_, p)| p).collect();
+        self.step(&mut params)?;
+        self.zero_grad(&mut params);
+        Ok(())
     }
 }
 

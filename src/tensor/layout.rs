@@ -224,10 +224,7 @@ impl Tensor {
                 let mut out = cpu::alloc(op, n)?;
                 for (t, plan) in parts {
                     if let Storage::Cpu(src) = &t.storage {
-                        for i in 0..plan.numel() {
-                            let (s, d) = plan.offsets(i);
-                            out[d] = src[s];
-                        }
+                        cpu::strided_copy(src, &mut out, plan);
                     }
                 }
                 Storage::Cpu(Arc::new(out))

@@ -1,0 +1,86 @@
+//! A small transformer (token + position embeddings, 2 pre-norm blocks of causal multi-head
+//! self-attention and a GELU MLP, layer norms, a linear head) trained to predict the next
+//! character of `examples/data/kiln.txt`, then sampled.
+//!
+//! ```sh
+//! cargo run --release --example char_transformer             # KILN_DEVICE=cpu|software|gpu
+//! cargo run --release --example char_transformer -- --steps 600
+//! ```
+
+mod common;
+
+use common::data::{Rng, TEXT};
+use common::models::{CharTransformer, TransformerConfig};
+use common::progress;
+use common::train::{SampleOptions, encode, sample, text_batch, text_step};
+use kiln::Device;
+use kiln::nn::{Adam, Module};
+use std::time::Instant;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,wgpu_hal=off"),
+    )
+    .init();
+    let mut steps = 400;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match (flag.as_str(), it.next()) {
+            ("--steps", Some(v)) => steps = v.parse()?,
+            _ => return Err(format!("unknown argument {flag}; try --steps N").into()),
+        }
+    }
+    let dev = Device::from_env()?;
+    println!("device: {} — {}", dev.info().name, dev.info().reason);
+    let (vocab, ids) = encode(TEXT);
+    let config = TransformerConfig {
+        vocab: vocab.len(),
+        dim: 64,
+        heads: 4,
+        layers: 2,
+        context: 32,
+    };
+    let mut model = CharTransformer::new(&dev, &config)?;
+    println!(
+        "text: {} characters, vocabulary {}; model: {} parameters, context {}",
+        ids.len(),
+        vocab.len(),
+        model.num_parameters(),
+        config.context
+    );
+    let mut opt = Adam::new(3e-3);
+    let mut rng = Rng(7);
+    let start = Instant::now();
+    let mut recent = Vec::new();
+    for step in 1..=steps {
+        let (x, y) = text_batch(&ids, 16, config.context, &mut rng, &dev)?;
+        let loss = text_step(&mut model, &mut opt, &x, &y, vocab.len())?;
+        recent.push(loss);
+        progress::bar("training", step, steps, loss);
+        if step % 100 == 0 || step == steps {
+            let mean = recent.iter().sum::<f32>() / recent.len() as f32;
+            progress::finish(&format!(
+                "steps {}..{step}: mean loss {mean:.3}",
+                step + 1 - recent.len()
+            ));
+            recent.clear();
+        }
+    }
+    println!(
+        "trained {steps} steps in {:.2?} on {}",
+        start.elapsed(),
+        dev.info().name
+    );
+    let opts = SampleOptions {
+        prompt: "the ",
+        n: 240,
+        temp: 0.6,
+        seed: 1,
+    };
+    let text = sample(&model, &vocab, config.context, &opts)?;
+    println!(
+        "sample (temperature {}):\n{}{}",
+        opts.temp, opts.prompt, text
+    );
+    Ok(())
+}

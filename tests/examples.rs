@@ -1,0 +1,195 @@
+//! The examples' cores at a small size on every device (`examples/common` is compiled into this
+//! test): the digits MLP learns, the convnet and the transformer train with the same loss curve
+//! on the CPU and on every GPU, weights saved on one device give the same predictions on another.
+
+#[macro_use]
+mod common;
+#[path = "../examples/common/mod.rs"]
+mod ex;
+
+use common::*;
+use ex::data::{Rng, TEXT, digits, split};
+use ex::models::{CharTransformer, TransformerConfig, digits_cnn, digits_mlp};
+use ex::train::{
+    SampleOptions, accuracy, digits_lr, encode, sample, text_batch, text_step, train_epoch,
+};
+use kiln::Device;
+use kiln::nn::{Adam, Module};
+
+/// Three epochs of the digits MLP: its losses and held-out accuracy.
+fn digits_run(dev: &Device) -> (Vec<f32>, f64, kiln::nn::Sequential) {
+    let (train, test) = split(&digits(), 0.2, 42);
+    let mut model = digits_mlp(dev, 128).unwrap();
+    let mut opt = Adam::new(3e-3);
+    let mut losses = Vec::new();
+    for epoch in 1..=3 {
+        losses.extend(
+            train_epoch(&mut model, &mut opt, &train, &[64], 32, epoch, |_, _, _| {}).unwrap(),
+        );
+    }
+    let acc = accuracy(&mut model, &test, &[64], dev).unwrap();
+    (losses, acc, model)
+}
+
+#[test]
+fn digits_mlp_learns_on_every_device_and_weights_move_between_devices() {
+    let (cpu_losses, cpu_acc, cpu_model) = digits_run(&Device::cpu());
+    say!(
+        "digits mlp, 3 epochs on cpu: held-out {:.1}%",
+        100.0 * cpu_acc
+    );
+    assert!(cpu_acc > 0.9, "held-out accuracy {cpu_acc}");
+    let dir = std::env::temp_dir().join(format!("kiln-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("digits.safetensors");
+    cpu_model.save_safetensors(&path).unwrap();
+    let (_, test) = split(&digits(), 0.2, 42);
+    for dev in gpus() {
+        let (losses, acc, gpu_model) = digits_run(&dev);
+        say!(
+            "digits mlp, 3 epochs on {dev}: held-out {:.1}%",
+            100.0 * acc
+        );
+        let want: Vec<f64> = cpu_losses.iter().map(|&v| f64::from(v)).collect();
+        assert_close(
+            &format!("digits loss curve on {dev}"),
+            &losses,
+            &want,
+            2e-3,
+            2e-2,
+        );
+        assert!((acc - cpu_acc).abs() < 0.02, "{acc} vs {cpu_acc}");
+        // CPU weights on the GPU (and GPU weights on the CPU) predict the same classes.
+        let mut on_gpu = digits_mlp(&dev, 128).unwrap();
+        on_gpu.load_safetensors(&path).unwrap();
+        let moved = accuracy(&mut on_gpu, &test, &[64], &dev).unwrap();
+        assert_eq!(moved, cpu_acc, "CPU weights evaluated on {dev}");
+        let back = dir.join("from-gpu.safetensors");
+        gpu_model.save_safetensors(&back).unwrap();
+        let mut on_cpu = digits_mlp(&Device::cpu(), 128).unwrap();
+        on_cpu.load_safetensors(&back).unwrap();
+        let back_acc = accuracy(&mut on_cpu, &test, &[64], &Device::cpu()).unwrap();
+        assert_eq!(back_acc, acc, "{dev} weights evaluated on the CPU");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Ten convnet steps on 320 digits: the batch losses.
+fn cnn_run(dev: &Device) -> Vec<f32> {
+    let (train, _) = split(&digits(), 0.2, 42);
+    let small = train.subset(&(0..320).collect::<Vec<_>>());
+    let mut model = digits_cnn(dev).unwrap();
+    let mut opt = Adam::new(3e-3);
+    train_epoch(
+        &mut model,
+        &mut opt,
+        &small,
+        &[1, 8, 8],
+        32,
+        1,
+        |_, _, _| {},
+    )
+    .unwrap()
+}
+
+#[test]
+fn digits_cnn_trains_with_the_same_curve_on_every_device() {
+    let cpu = cnn_run(&Device::cpu());
+    let head: f32 = cpu[..3].iter().sum();
+    let tail: f32 = cpu[cpu.len() - 3..].iter().sum();
+    assert!(tail < head, "the loss falls: {cpu:?}");
+    for dev in gpus() {
+        let gpu = cnn_run(&dev);
+        let want: Vec<f64> = cpu.iter().map(|&v| f64::from(v)).collect();
+        assert_close(
+            &format!("convnet loss curve on {dev}"),
+            &gpu,
+            &want,
+            1e-3,
+            1e-2,
+        );
+    }
+}
+
+/// A tiny transformer for 12 steps: its losses and a short sample.
+fn transformer_run(dev: &Device) -> (Vec<f32>, String) {
+    let (vocab, ids) = encode(TEXT);
+    let config = TransformerConfig {
+        vocab: vocab.len(),
+        dim: 32,
+        heads: 2,
+        layers: 1,
+        context: 16,
+    };
+    let mut model = CharTransformer::new(dev, &config).unwrap();
+    let mut opt = Adam::new(1e-2);
+    let mut rng = Rng(3);
+    let losses = (0..12)
+        .map(|_| {
+            let (x, y) = text_batch(&ids, 4, config.context, &mut rng, dev).unwrap();
+            text_step(&mut model, &mut opt, &x, &y, vocab.len()).unwrap()
+        })
+        .collect();
+    let opts = SampleOptions {
+        prompt: "the ",
+        n: 8,
+        temp: 1.0,
+        seed: 5,
+    };
+    let text = sample(&model, &vocab, config.context, &opts).unwrap();
+    assert_eq!(text.chars().count(), 8);
+    assert!(text.chars().all(|c| vocab.contains(&c)));
+    (losses, text)
+}
+
+#[test]
+fn transformer_trains_and_samples_on_every_device() {
+    let (cpu, text) = transformer_run(&Device::cpu());
+    assert!(cpu[11] < cpu[0], "the loss falls: {cpu:?}");
+    say!(
+        "transformer on cpu: loss {:.3} -> {:.3}, sample {text:?}",
+        cpu[0],
+        cpu[11]
+    );
+    for dev in gpus() {
+        let (gpu, _) = transformer_run(&dev);
+        let want: Vec<f64> = cpu.iter().map(|&v| f64::from(v)).collect();
+        assert_close(
+            &format!("transformer loss curve on {dev}"),
+            &gpu,
+            &want,
+            1e-3,
+            1e-2,
+        );
+    }
+}
+
+/// The main example's full run (30 epochs, its schedule): at least 95% held-out on the CPU and
+/// on every GPU, the bar for `cargo run --release --example digits`.
+#[test]
+fn digits_example_reaches_95_percent_on_every_device() {
+    for dev in devices() {
+        let (train, test) = split(&digits(), 0.2, 42);
+        let mut model = digits_mlp(&dev, 128).unwrap();
+        let mut opt = Adam::new(3e-3);
+        for epoch in 1..=30 {
+            opt.lr = digits_lr(epoch, 30);
+            train_epoch(
+                &mut model,
+                &mut opt,
+                &train,
+                &[64],
+                32,
+                epoch as u64,
+                |_, _, _| {},
+            )
+            .unwrap();
+        }
+        let acc = accuracy(&mut model, &test, &[64], &dev).unwrap();
+        say!(
+            "digits example, 30 epochs on {dev}: held-out {:.2}%",
+            100.0 * acc
+        );
+        assert!(acc >= 0.95, "held-out accuracy {acc} on {dev}");
+    }
+}
