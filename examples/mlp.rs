@@ -1,4 +1,4 @@
-//! The main example until the digits classifier lands: a random 3-layer MLP (batch 1024,
+//! Inference demo: a random 3-layer MLP (batch 1024,
 //! 64-256-256-10) run forward on the device `Device::from_env()` picks, checked against the CPU
 //! backend, with timings.
 //!

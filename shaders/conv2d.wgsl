@@ -2,7 +2,7 @@
 // One invocation per output element (b, co, oy, ox):
 //   y = bias[co] + Σ_{ci, ky, kx} x[b, ci, oy·sh - ph + ky·dh, ox·sw - pw + kx·dw] · w[co, ci, ky, kx]
 // Taps that fall in the padding contribute nothing. Correctness first: a tiled (im2col-style)
-// kernel is the later speed step.
+// kernel is the later speed step. The backward entry points (grad_input, grad_weight) follow.
 
 override WG: u32 = 256u;
 override HAS_BIAS: bool = false;
@@ -23,7 +23,7 @@ struct Params {
     pw: u32,
     dh: u32,
     dw: u32,
-    _pad: u32,
+    batch: u32, // read by the backward entry points
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -69,4 +69,100 @@ fn main(
         }
     }
     y[o] = acc;
+}
+
+// ---- backward -----------------------------------------------------------------------
+// Backward, with the same Params; `n_out` is the number of elements the entry point writes.
+// The bindings repeat numbers of the forward entry point, which never uses them together.
+//
+// grad_input, one invocation per input element (b, ci, iy, ix):
+//   dx = Σ_{co, ky, kx} g[b, co, oy, ox] · w[co, ci, ky, kx]
+// over the taps where iy = oy·sh - ph + ky·dh (and the same in x) for a whole output position.
+// grad_weight, one invocation per weight element (co, ci, ky, kx):
+//   dw = Σ_{b, oy, ox} g[b, co, oy, ox] · x[b, ci, oy·sh - ph + ky·dh, ox·sw - pw + kx·dw]
+// Both loop in a fixed order, so results are deterministic; the CPU twin is src/cpu/conv.rs.
+
+@group(0) @binding(0) var<storage, read> g: array<f32>;
+@group(0) @binding(1) var<storage, read> other: array<f32>; // w for grad_input, x for grad_weight
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<uniform> gp: Params;
+
+// The output index along one axis that tap `k` of input position `i` belongs to, or -1.
+fn out_pos(i: u32, k: u32, pad: u32, dil: u32, stride: u32, extent: u32) -> i32 {
+    let t = i32(i + pad) - i32(k * dil);
+    if (t < 0 || t % i32(stride) != 0) {
+        return -1;
+    }
+    let o = t / i32(stride);
+    return select(-1, o, o < i32(extent));
+}
+
+@compute @workgroup_size(WG)
+fn grad_input(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (i >= gp.n_out) {
+        return;
+    }
+    let ix = i % gp.w;
+    let iy = (i / gp.w) % gp.h;
+    let ci = (i / (gp.w * gp.h)) % gp.c_in;
+    let b = i / (gp.w * gp.h * gp.c_in);
+    var acc = 0.0;
+    for (var co = 0u; co < gp.c_out; co = co + 1u) {
+        let g_plane = (b * gp.c_out + co) * gp.oh * gp.ow;
+        let w_plane = (co * gp.c_in + ci) * gp.kh * gp.kw;
+        for (var ky = 0u; ky < gp.kh; ky = ky + 1u) {
+            let oy = out_pos(iy, ky, gp.ph, gp.dh, gp.sh, gp.oh);
+            if (oy < 0) {
+                continue;
+            }
+            for (var kx = 0u; kx < gp.kw; kx = kx + 1u) {
+                let ox = out_pos(ix, kx, gp.pw, gp.dw, gp.sw, gp.ow);
+                if (ox < 0) {
+                    continue;
+                }
+                acc = acc + g[g_plane + u32(oy) * gp.ow + u32(ox)] * other[w_plane + ky * gp.kw + kx];
+            }
+        }
+    }
+    out[i] = acc;
+}
+
+@compute @workgroup_size(WG)
+fn grad_weight(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (i >= gp.n_out) {
+        return;
+    }
+    let kx = i % gp.kw;
+    let ky = (i / gp.kw) % gp.kh;
+    let ci = (i / (gp.kw * gp.kh)) % gp.c_in;
+    let co = i / (gp.kw * gp.kh * gp.c_in);
+    var acc = 0.0;
+    for (var b = 0u; b < gp.batch; b = b + 1u) {
+        let g_plane = (b * gp.c_out + co) * gp.oh * gp.ow;
+        let x_plane = (b * gp.c_in + ci) * gp.h * gp.w;
+        for (var oy = 0u; oy < gp.oh; oy = oy + 1u) {
+            let iy = i32(oy * gp.sh + ky * gp.dh) - i32(gp.ph);
+            if (iy < 0 || iy >= i32(gp.h)) {
+                continue;
+            }
+            for (var ox = 0u; ox < gp.ow; ox = ox + 1u) {
+                let ix = i32(ox * gp.sw + kx * gp.dw) - i32(gp.pw);
+                if (ix < 0 || ix >= i32(gp.w)) {
+                    continue;
+                }
+                acc = acc + g[g_plane + oy * gp.ow + ox] * other[x_plane + u32(iy) * gp.w + u32(ix)];
+            }
+        }
+    }
+    out[i] = acc;
 }

@@ -44,8 +44,6 @@ const FILES: &[(&str, &str, bool)] = &[
     shader!("cast_f16.wgsl", false),
     shader!("unary_grad.wgsl", true),
     shader!("scatter_add.wgsl", false),
-    shader!("conv2d_grad.wgsl", false),
-    shader!("pool2d_grad.wgsl", true),
     shader!("optim.wgsl", false),
 ];
 

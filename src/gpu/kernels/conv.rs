@@ -1,4 +1,4 @@
-//! `shaders/conv2d.wgsl` and `shaders/pool2d.wgsl`.
+//! `shaders/conv2d.wgsl` and `shaders/pool2d.wgsl`, forward and backward entry points.
 
 use crate::conv::Window;
 use crate::error::Result;
@@ -72,7 +72,7 @@ fn pool_spec(max: bool) -> KernelSpec {
 
 fn conv_grad_spec(entry: &'static str) -> KernelSpec {
     KernelSpec {
-        shader: "conv2d_grad.wgsl",
+        shader: "conv2d.wgsl",
         entry,
         constants: vec![("WG", f64::from(WG))],
         unchecked: false,
@@ -81,8 +81,8 @@ fn conv_grad_spec(entry: &'static str) -> KernelSpec {
 
 fn pool_grad_spec(max: bool) -> KernelSpec {
     KernelSpec {
-        shader: "pool2d_grad.wgsl",
-        entry: "main",
+        shader: "pool2d.wgsl",
+        entry: "grad",
         constants: vec![("WG", f64::from(WG)), ("MAX", f64::from(u8::from(max)))],
         unchecked: false,
     }

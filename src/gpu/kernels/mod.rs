@@ -83,8 +83,6 @@ pub fn param_structs() -> Vec<(&'static str, &'static str, usize)> {
             "Params",
             size_of::<grad::ScatterParams>(),
         ),
-        ("conv2d_grad.wgsl", "Params", size_of::<conv::ConvParams>()),
-        ("pool2d_grad.wgsl", "Params", size_of::<conv::PoolParams>()),
         ("optim.wgsl", "Params", size_of::<optim::OptimParams>()),
     ]
 }
