@@ -5,6 +5,10 @@ use crate::error::Result;
 use crate::matmul_plan::MatmulPlan;
 use crate::op::UnaryOp;
 
+/// Products of at least this many multiply-adds use kiln's AVX-512 kernel where the CPU has it.
+#[cfg(target_arch = "x86_64")]
+const OWN_KERNEL_MIN: usize = 1 << 21;
+
 pub(crate) fn matmul(a: &[f32], b: &[f32], plan: &MatmulPlan) -> Result<Vec<f32>> {
     let (m, k, n) = (plan.m, plan.k, plan.n);
     let mut out = alloc("matmul", plan.out_numel())?;
@@ -14,6 +18,24 @@ pub(crate) fn matmul(a: &[f32], b: &[f32], plan: &MatmulPlan) -> Result<Vec<f32>
     let (ars, acs) = plan.a_strides;
     let (brs, bcs) = plan.b_strides;
     for (c, &(oa, ob)) in out.chunks_mut(m * n).zip(&plan.offsets) {
+        #[cfg(target_arch = "x86_64")]
+        if m * n * k >= OWN_KERNEL_MIN && super::gemm_avx512::available() {
+            use super::gemm_avx512::{View, gemm};
+            let va = View {
+                data: a,
+                offset: oa,
+                rs: ars,
+                cs: acs,
+            };
+            let vb = View {
+                data: b,
+                offset: ob,
+                rs: brs,
+                cs: bcs,
+            };
+            gemm(m, k, n, va, vb, c);
+            continue;
+        }
         // Bounds: the plan was built from the operands' shapes, so every index that sgemm reads,
         // oa + i*ars + p*acs for i < m, p < k, lies inside `a` (and likewise for `b`); we check
         // the extreme corner once instead of trusting it.

@@ -1,9 +1,11 @@
 //! The CPU backend: the reference the GPU is checked against, and the fallback when no adapter
-//! exists. Matmul goes through `matrixmultiply` (threaded); elementwise work is split across cores
-//! with rayon.
+//! exists. Large matmuls use kiln's AVX-512 kernel where the CPU has it (`gemm_avx512.rs`), the
+//! rest `matrixmultiply` (threaded); elementwise work is split across cores with rayon.
 
 mod conv;
 mod elementwise;
+#[cfg(target_arch = "x86_64")]
+mod gemm_avx512;
 mod grad;
 mod matmul;
 mod optim;
