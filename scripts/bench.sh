@@ -17,9 +17,12 @@ cargo build -q --release --example bench
 bench=target/release/examples/bench
 
 echo "== machine"; lscpu | grep -E "Model name|^CPU\(s\)"; git rev-parse --short HEAD
-echo "== CPU: kiln vs numpy"
-$bench --device cpu --matmul 256 512 1024 2048 --mlp 1024 64 256 256 10 --json "$out/kiln-cpu.json"
-python3 "$peer" --matmul 256 512 1024 2048 --mlp 1024 64 256 256 10 | tee "$out/numpy.json"
+echo "== CPU: kiln vs numpy, ${ROUNDS:-5} alternating rounds (the machine is noisy: medians of rounds)"
+for r in $(seq 1 "${ROUNDS:-5}"); do
+  $bench --device cpu --matmul 256 512 1024 2048 --mlp 1024 64 256 256 10 --json "$out/kiln-cpu-$r.json" > /dev/null
+  python3 "$peer" --matmul 256 512 1024 2048 --mlp 1024 64 256 256 10 > "$out/numpy-$r.json"
+done
+python3 scripts/cpu_vs_numpy.py "$out" "${ROUNDS:-5}"
 echo "== lavapipe: version 1 vs tuned, skinny shapes, MLP"
 $bench --device software --reps 5 --matmul 256 512 --configs tiled16,auto,f16 --json "$out/kiln-lavapipe-square.json"
 $bench --device software --reps 5 --matmul 1x1024x1024 4x1024x1024 --configs blocked:32x32x8,auto --json "$out/kiln-lavapipe-skinny.json"

@@ -82,7 +82,10 @@ fn cpu_info(reason: String) -> DeviceInfo {
         kind: DeviceKind::Cpu,
         backend: "cpu".into(),
         device_type: "cpu".into(),
-        driver: format!("kiln {} (matrixmultiply, rayon)", env!("CARGO_PKG_VERSION")),
+        driver: format!(
+            "kiln {} (AVX-512 SGEMM where available, matrixmultiply, rayon)",
+            env!("CARGO_PKG_VERSION")
+        ),
         limits: None,
         features: vec![],
         reason,
