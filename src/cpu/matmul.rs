@@ -9,33 +9,54 @@ use crate::op::UnaryOp;
 #[cfg(target_arch = "x86_64")]
 const OWN_KERNEL_MIN: usize = 1 << 21;
 
+/// Every batch through `gemm_avx512` (m, n, k > 0), into an output that is never zeroed: the
+/// kernel writes every element.
+#[cfg(target_arch = "x86_64")]
+fn own_kernel(a: &[f32], b: &[f32], plan: &MatmulPlan) -> Result<Vec<f32>> {
+    use super::gemm_avx512::{View, gemm};
+    let (m, k, n) = (plan.m, plan.k, plan.n);
+    let total = plan.out_numel();
+    let mut out: Vec<f32> = Vec::new();
+    out.try_reserve_exact(total).map_err(|e| {
+        crate::error::Error::OutOfMemory(format!("matmul: {total} f32 values on the CPU: {e}"))
+    })?;
+    for (c, &(oa, ob)) in out.spare_capacity_mut()[..total]
+        .chunks_mut(m * n)
+        .zip(&plan.offsets)
+    {
+        let view = |data, offset, (rs, cs): (usize, usize)| View {
+            data,
+            offset,
+            rs,
+            cs,
+        };
+        gemm(
+            m,
+            k,
+            n,
+            view(a, oa, plan.a_strides),
+            view(b, ob, plan.b_strides),
+            c,
+        );
+    }
+    // SAFETY: gemm wrote all m·n elements of every batch, i.e. the first `total` values.
+    unsafe { out.set_len(total) };
+    Ok(out)
+}
+
 pub(crate) fn matmul(a: &[f32], b: &[f32], plan: &MatmulPlan) -> Result<Vec<f32>> {
     let (m, k, n) = (plan.m, plan.k, plan.n);
-    let mut out = alloc("matmul", plan.out_numel())?;
     if m == 0 || n == 0 || k == 0 {
-        return Ok(out); // an empty sum is 0
+        return alloc("matmul", plan.out_numel()); // an empty sum is 0
     }
     let (ars, acs) = plan.a_strides;
     let (brs, bcs) = plan.b_strides;
+    #[cfg(target_arch = "x86_64")]
+    if m * n * k >= OWN_KERNEL_MIN && super::gemm_avx512::available() {
+        return own_kernel(a, b, plan);
+    }
+    let mut out = alloc("matmul", plan.out_numel())?;
     for (c, &(oa, ob)) in out.chunks_mut(m * n).zip(&plan.offsets) {
-        #[cfg(target_arch = "x86_64")]
-        if m * n * k >= OWN_KERNEL_MIN && super::gemm_avx512::available() {
-            use super::gemm_avx512::{View, gemm};
-            let va = View {
-                data: a,
-                offset: oa,
-                rs: ars,
-                cs: acs,
-            };
-            let vb = View {
-                data: b,
-                offset: ob,
-                rs: brs,
-                cs: bcs,
-            };
-            gemm(m, k, n, va, vb, c);
-            continue;
-        }
         // Bounds: the plan was built from the operands' shapes, so every index that sgemm reads,
         // oa + i*ars + p*acs for i < m, p < k, lies inside `a` (and likewise for `b`); we check
         // the extreme corner once instead of trusting it.
