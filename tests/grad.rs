@@ -86,9 +86,9 @@ fn binary(a_lo: f32, a_hi: f32) -> Option<Vec<Sample>> {
     )
 }
 
-/// Small matmul operands (finite differences cost inputs × a reference product each).
+/// Small matmul operands (finite differences cost inputs × a reference product each), stored
+/// already transposed where the op transposes (as the table's `matmul_t_samples`).
 fn matmul_small(ta: bool, tb: bool) -> Option<Vec<Sample>> {
-    let mut rng = Lcg(9);
     let cases: &[(&[usize], &[usize])] = &[
         (&[5, 7], &[7, 3]),
         (&[1, 9], &[9, 1]),
@@ -96,26 +96,7 @@ fn matmul_small(ta: bool, tb: bool) -> Option<Vec<Sample>> {
         (&[2, 1, 3, 4], &[3, 4, 2]),
         (&[4, 0], &[0, 3]),
     ];
-    Some(
-        cases
-            .iter()
-            .map(|(a, b)| {
-                let sw = |s: &[usize], t: bool| {
-                    let mut d = s.to_vec();
-                    let r = d.len();
-                    if t {
-                        d.swap(r - 2, r - 1);
-                    }
-                    d
-                };
-                let (a, b) = (sw(a, ta), sw(b, tb));
-                let (na, nb) = (a.iter().product(), b.iter().product());
-                Sample {
-                    inputs: vec![(a, rng.vec(na, -1.0, 1.0)), (b, rng.vec(nb, -1.0, 1.0))],
-                }
-            })
-            .collect(),
-    )
+    Some(transposed_pairs(cases, ta, tb, 9))
 }
 
 fn spec(name: &str) -> Spec {

@@ -18,6 +18,13 @@ fn uniform(dev: &Device, shape: &[usize], bound: f32, seed: u64) -> Result<Tenso
         .with_grad()
 }
 
+/// `[("weight", w), ("bias", b)]`, the bias only if there is one.
+fn weight_and_bias<T>(weight: T, bias: Option<T>) -> Vec<(String, T)> {
+    let mut p = vec![("weight".to_string(), weight)];
+    p.extend(bias.map(|b| ("bias".to_string(), b)));
+    p
+}
+
 /// `y = x · weightᵀ + bias`, weight `[out, in]`, bias `[out]` (PyTorch's `nn.Linear`).
 #[derive(Debug)]
 pub struct Linear {
@@ -50,15 +57,11 @@ impl Module for Linear {
     }
 
     fn parameters(&self) -> Vec<(String, &Tensor)> {
-        let mut p = vec![("weight".to_string(), &self.weight)];
-        p.extend(self.bias.iter().map(|b| ("bias".to_string(), b)));
-        p
+        weight_and_bias(&self.weight, self.bias.as_ref())
     }
 
     fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-        let mut p = vec![("weight".to_string(), &mut self.weight)];
-        p.extend(self.bias.iter_mut().map(|b| ("bias".to_string(), b)));
-        p
+        weight_and_bias(&mut self.weight, self.bias.as_mut())
     }
 }
 
@@ -99,15 +102,11 @@ impl Module for Conv2d {
     }
 
     fn parameters(&self) -> Vec<(String, &Tensor)> {
-        let mut p = vec![("weight".to_string(), &self.weight)];
-        p.extend(self.bias.iter().map(|b| ("bias".to_string(), b)));
-        p
+        weight_and_bias(&self.weight, self.bias.as_ref())
     }
 
     fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-        let mut p = vec![("weight".to_string(), &mut self.weight)];
-        p.extend(self.bias.iter_mut().map(|b| ("bias".to_string(), b)));
-        p
+        weight_and_bias(&mut self.weight, self.bias.as_mut())
     }
 }
 

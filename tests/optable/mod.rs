@@ -615,7 +615,6 @@ pub fn t_last(r: &Ref) -> Ref {
 
 /// Samples for `op(a) x op(b)`, stored already transposed where the op transposes.
 pub fn matmul_t_samples(ta: bool, tb: bool) -> Vec<Sample> {
-    let mut rng = Lcg(90);
     let cases: &[(&[usize], &[usize])] = &[
         (&[300, 257], &[257, 129]),
         (&[17, 33], &[33, 15]),
@@ -624,17 +623,29 @@ pub fn matmul_t_samples(ta: bool, tb: bool) -> Vec<Sample> {
         (&[2, 3, 17, 5], &[5, 9]),
         (&[5, 0], &[0, 7]),
     ];
+    transposed_pairs(cases, ta, tb, 90)
+}
+
+/// Random operand pairs of the given shapes, each stored with its last two dimensions swapped
+/// where `ta` / `tb` says.
+pub fn transposed_pairs(
+    cases: &[(&[usize], &[usize])],
+    ta: bool,
+    tb: bool,
+    seed: u64,
+) -> Vec<Sample> {
+    let mut rng = Lcg(seed);
+    let sw = |s: &[usize], t: bool| {
+        let mut d = s.to_vec();
+        let r = d.len();
+        if t {
+            d.swap(r - 2, r - 1);
+        }
+        d
+    };
     cases
         .iter()
         .map(|(a, b)| {
-            let sw = |s: &[usize], t: bool| {
-                let mut d = s.to_vec();
-                let r = d.len();
-                if t {
-                    d.swap(r - 2, r - 1);
-                }
-                d
-            };
             let (a, b) = (sw(a, ta), sw(b, tb));
             let (na, nb) = (a.iter().product(), b.iter().product());
             Sample {
