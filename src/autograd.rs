@@ -137,6 +137,34 @@ impl Node {
     }
 }
 
+impl Drop for Node {
+    /// Frees the graph behind this node with an explicit stack instead of one nested drop per
+    /// node: a chain of a few hundred thousand recorded ops would otherwise overflow the
+    /// thread's stack. (Backward closures hold only detached tensors, never nodes.)
+    fn drop(&mut self) {
+        let mut stack: Vec<Arc<Node>> = take_inputs(self);
+        while let Some(node) = stack.pop() {
+            if let Ok(mut owned) = Arc::try_unwrap(node) {
+                stack.extend(take_inputs(&mut owned));
+                // `owned` drops here with no inputs left, so its own drop does not recurse.
+            }
+        }
+    }
+}
+
+/// The input nodes of an op node that has not run its backward (emptied from it).
+fn take_inputs(node: &mut Node) -> Vec<Arc<Node>> {
+    match &mut node.kind {
+        NodeKind::Op { pending, .. } => pending
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(|p| p.inputs.into_iter().flatten().collect())
+            .unwrap_or_default(),
+        NodeKind::Leaf { .. } => Vec::new(),
+    }
+}
+
 /// Locks a mutex, recovering the data if another thread panicked while holding it.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

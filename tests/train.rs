@@ -421,3 +421,26 @@ fn optimizer_state_must_match_its_parameter() {
         assert_eq!(c.to_vec().unwrap(), vec![1.0; 2]);
     }
 }
+
+/// A long chain of recorded ops that never sees backward is freed without recursing once per
+/// node (which would overflow the stack).
+#[test]
+fn dropping_a_very_long_graph_does_not_overflow_the_stack() {
+    let x = Tensor::ones(&Device::cpu(), &[1])
+        .unwrap()
+        .with_grad()
+        .unwrap();
+    let mut y = x.clone();
+    for _ in 0..200_000 {
+        y = y.add_scalar(1.0).unwrap();
+    }
+    assert_eq!(y.to_vec().unwrap(), vec![200_001.0]);
+    drop(y);
+    // And after backward, the freed graph is as cheap to drop.
+    let mut z = x.clone();
+    for _ in 0..200_000 {
+        z = z.mul_scalar(1.0).unwrap();
+    }
+    z.sum_all().unwrap().backward().unwrap();
+    assert_eq!(x.grad().unwrap().to_vec().unwrap(), vec![1.0]);
+}
