@@ -24,7 +24,6 @@ pub(crate) fn scatter_add(
     out_dims: &[usize],
     g_dims: &[usize],
     axis: usize,
-    per_elem: bool,
 ) -> Result<Vec<f32>> {
     let n: usize = out_dims.iter().product();
     let mut out = alloc("scatter_add", n)?;
@@ -51,12 +50,31 @@ pub(crate) fn scatter_add(
         let mut acc = 0.0;
         for j in 0..count {
             let at = base + j * g_strides[axis];
-            let k = if per_elem { idx[at] } else { idx[j] };
-            if k as usize == want {
+            if idx[at] as usize == want {
                 acc += g[at];
             }
         }
         *o = acc;
+    }
+    Ok(out)
+}
+
+/// index_select's backward from a row-grouped index (see `shaders/scatter_add.wgsl`, `rows`).
+pub(crate) fn index_select_grad(
+    g: &[f32],
+    starts: &[u32],
+    order: &[u32],
+    (outer, len, inner): (usize, usize, usize),
+    count: usize,
+) -> Result<Vec<f32>> {
+    let mut out = alloc("index_select backward", outer * len * inner)?;
+    for (e, o) in out.iter_mut().enumerate() {
+        let (i, r, b) = (e % inner, (e / inner) % len, e / (inner * len));
+        let picked = &order[starts[r] as usize..starts[r + 1] as usize];
+        *o = picked
+            .iter()
+            .map(|&j| g[(b * count + j as usize) * inner + i])
+            .sum();
     }
     Ok(out)
 }

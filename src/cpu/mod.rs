@@ -15,7 +15,7 @@ mod strided;
 pub(crate) use conv::{conv2d, pool2d};
 pub(crate) use elementwise::{binary, fill, unary};
 pub(crate) use grad::{
-    conv2d_grad_input, conv2d_grad_weight, pool2d_grad, scatter_add, unary_grad,
+    conv2d_grad_input, conv2d_grad_weight, index_select_grad, pool2d_grad, scatter_add, unary_grad,
 };
 pub(crate) use matmul::{linear, matmul};
 pub(crate) use optim::update;

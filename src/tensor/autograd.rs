@@ -203,14 +203,8 @@ impl Tensor {
     }
 
     /// The scatter-add of `g` (shape `g_dims`) through the u32 `index` along `axis` into zeros
-    /// of this tensor's shape: the gradient of index_select (`per_elem` false) and gather.
-    pub(crate) fn scatter_add(
-        &self,
-        g: &Tensor,
-        index: &Tensor,
-        axis: usize,
-        per_elem: bool,
-    ) -> Result<Tensor> {
+    /// of this tensor's shape (`index` has g's shape): the gradient of gather.
+    pub(crate) fn scatter_add(&self, g: &Tensor, index: &Tensor, axis: usize) -> Result<Tensor> {
         if self.numel() == 0 || g.numel() == 0 {
             return self.zeros_like();
         }
@@ -223,7 +217,6 @@ impl Tensor {
                     self.shape(),
                     g.shape(),
                     axis,
-                    per_elem,
                 )?))
             }
             (Storage::Gpu(Some(gb)), Storage::Gpu(Some(ib))) => {
@@ -241,11 +234,61 @@ impl Tensor {
                     out_dims: self.shape(),
                     g_dims: g.shape(),
                     axis,
-                    per_elem,
                 };
                 Storage::Gpu(Some(Arc::new(grad::scatter_add(self.ctx()?, gb, ib, &s)?)))
             }
             _ => unreachable!("the forward op checked the devices"),
+        };
+        Ok(self.with(storage, self.shape.clone()))
+    }
+
+    /// index_select's gradient: `g` (this tensor's shape with `idx.len()` along `axis`) added
+    /// back into zeros of this tensor's shape at the rows `idx` picked. The indices are grouped
+    /// by row on the host (a stable counting sort), so the kernel does O(this + g) work.
+    pub(crate) fn index_select_grad(&self, g: &Tensor, idx: &[u32], axis: usize) -> Result<Tensor> {
+        let dims = self.around(axis);
+        let (_, len, _) = dims;
+        if self.numel() == 0 || g.numel() == 0 {
+            return self.zeros_like();
+        }
+        let mut starts = vec![0u32; len + 1];
+        for &r in idx {
+            starts[r as usize + 1] += 1;
+        }
+        for r in 0..len {
+            starts[r + 1] += starts[r];
+        }
+        let mut next = starts.clone();
+        let mut order = vec![0u32; idx.len()];
+        for (j, &r) in idx.iter().enumerate() {
+            order[next[r as usize] as usize] = j as u32;
+            next[r as usize] += 1;
+        }
+        let storage = match &g.storage {
+            Storage::Cpu(gv) => Storage::Cpu(Arc::new(cpu::index_select_grad(
+                gv,
+                &starts,
+                &order,
+                dims,
+                idx.len(),
+            )?)),
+            Storage::Gpu(Some(gb)) => {
+                let s = Tensor::from_vec_u32(&self.device, starts, &[len + 1])?;
+                let o = Tensor::from_vec_u32(&self.device, order, &[idx.len()])?;
+                let (Storage::Gpu(Some(sb)), Storage::Gpu(Some(ob))) = (&s.storage, &o.storage)
+                else {
+                    unreachable!("non-empty uploads to a GPU device")
+                };
+                Storage::Gpu(Some(Arc::new(grad::index_select_grad(
+                    self.ctx()?,
+                    gb,
+                    sb,
+                    ob,
+                    dims,
+                    idx.len(),
+                )?)))
+            }
+            Storage::Gpu(None) => return self.zeros_like(),
         };
         Ok(self.with(storage, self.shape.clone()))
     }

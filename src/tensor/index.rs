@@ -46,18 +46,20 @@ impl Tensor {
     /// the indices back, one synchronisation), so an out-of-range index is
     /// `Error::IndexOutOfRange`, never garbage. Works for f32 and u32 tensors.
     pub fn index_select(&self, dim: isize, indices: &Tensor) -> Result<Tensor> {
-        let out = self.index_select_forward(dim, indices)?;
+        let (out, idx) = self.index_select_forward(dim, indices)?;
         if !Tensor::tracking(&[self]) {
             return Ok(out);
         }
-        let (x, idx) = (self.detach(), indices.detach());
+        let x = self.detach();
         let axis = self.axis("index_select", dim)?;
         Ok(out.record("index_select", &[self, indices], move |g, _| {
-            Ok(vec![Some(x.scatter_add(g, &idx, axis, false)?), None])
+            // The indices were read back by the forward check: group them by row here.
+            Ok(vec![Some(x.index_select_grad(g, &idx, axis)?), None])
         }))
     }
 
-    fn index_select_forward(&self, dim: isize, indices: &Tensor) -> Result<Tensor> {
+    /// The selection and the indices (read back for the range check).
+    fn index_select_forward(&self, dim: isize, indices: &Tensor) -> Result<(Tensor, Vec<u32>)> {
         self.same_device(indices, "index_select")?;
         indices.expect(DType::U32, "index_select")?;
         if indices.rank() != 1 {
@@ -94,7 +96,7 @@ impl Tensor {
             }
             (Storage::Gpu(_), _) => Storage::Gpu(None),
         };
-        Ok(self.with(storage, Shape::new(&dims)?))
+        Ok((self.with(storage, Shape::new(&dims)?), idx))
     }
 
     /// PyTorch's `gather`: the result has the shape of `index` (a u32 tensor of the same rank),
@@ -109,7 +111,7 @@ impl Tensor {
         let (x, idx) = (self.detach(), index.detach());
         let axis = self.axis("gather", dim)?;
         Ok(out.record("gather", &[self, index], move |g, _| {
-            Ok(vec![Some(x.scatter_add(g, &idx, axis, true)?), None])
+            Ok(vec![Some(x.scatter_add(g, &idx, axis)?), None])
         }))
     }
 

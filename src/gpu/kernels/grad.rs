@@ -1,5 +1,5 @@
 //! Backward kernels: `shaders/unary_grad.wgsl` (dx = g · f'(x)) and `shaders/scatter_add.wgsl`
-//! (the gradient of index_select, gather and embedding).
+//! (the gradient of gather; its `rows` entry point is index_select's and embedding's).
 
 use super::elementwise::UnaryParams;
 use crate::error::Result;
@@ -36,23 +36,67 @@ fn unary_grad_spec(op: UnaryOp) -> KernelSpec {
     }
 }
 
-fn scatter_spec(per_elem: bool) -> KernelSpec {
+fn scatter_spec() -> KernelSpec {
     KernelSpec {
         shader: "scatter_add.wgsl",
         entry: "main",
-        constants: vec![
-            ("WG", f64::from(WG)),
-            ("PER_ELEM", f64::from(u8::from(per_elem))),
-        ],
+        constants: vec![("WG", f64::from(WG))],
+        unchecked: false,
+    }
+}
+
+fn rows_spec() -> KernelSpec {
+    KernelSpec {
+        shader: "scatter_add.wgsl",
+        entry: "rows",
+        constants: vec![("WG", f64::from(WG))],
         unchecked: false,
     }
 }
 
 pub(crate) fn specs() -> Vec<KernelSpec> {
     let mut specs: Vec<KernelSpec> = UnaryOp::ALL.iter().map(|&op| unary_grad_spec(op)).collect();
-    specs.push(scatter_spec(false));
-    specs.push(scatter_spec(true));
+    specs.push(scatter_spec());
+    specs.push(rows_spec());
     specs
+}
+
+/// The rows kernel's parameters (`RowParams` in `shaders/scatter_add.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct RowParams {
+    pub n: u32,
+    pub len: u32,
+    pub inner: u32,
+    pub count: u32,
+}
+
+/// index_select's backward from a row-grouped index (`starts`, `order`: see the shader): the
+/// source is `[outer, len, inner]`, g is `[outer, count, inner]`; non-empty.
+pub(crate) fn index_select_grad(
+    ctx: &GpuContext,
+    g: &PooledBuffer,
+    starts: &PooledBuffer,
+    order: &PooledBuffer,
+    (outer, len, inner): (usize, usize, usize),
+    count: usize,
+) -> Result<PooledBuffer> {
+    let n = outer * len * inner;
+    let out = ctx.alloc("index_select backward", n)?;
+    let p = RowParams {
+        n: n as u32,
+        len: len as u32,
+        inner: inner as u32,
+        count: count as u32,
+    };
+    ctx.dispatch_1d(
+        "index_select backward",
+        &rows_spec(),
+        &[&g.buffer, &starts.buffer, &order.buffer, &out.buffer],
+        bytemuck::bytes_of(&p),
+        n,
+    )?;
+    Ok(out)
 }
 
 /// `dx = g · op'(x)` over `n > 0` elements.
@@ -86,8 +130,6 @@ pub(crate) struct Scatter<'a> {
     pub out_dims: &'a [usize],
     pub g_dims: &'a [usize],
     pub axis: usize,
-    /// The index has `g_dims` (gather) rather than being 1-D (index_select).
-    pub per_elem: bool,
 }
 
 /// The scatter-add of `g` through `idx` into a zeroed tensor of `s.out_dims` (non-empty, rank
@@ -118,7 +160,7 @@ pub(crate) fn scatter_add(
     }
     ctx.dispatch_1d(
         "scatter_add",
-        &scatter_spec(s.per_elem),
+        &scatter_spec(),
         &[&g.buffer, &idx.buffer, &out.buffer],
         bytemuck::bytes_of(&p),
         n,

@@ -83,6 +83,11 @@ pub fn param_structs() -> Vec<(&'static str, &'static str, usize)> {
             "Params",
             size_of::<grad::ScatterParams>(),
         ),
+        (
+            "scatter_add.wgsl",
+            "RowParams",
+            size_of::<grad::RowParams>(),
+        ),
         ("optim.wgsl", "Params", size_of::<optim::OptimParams>()),
     ]
 }
