@@ -428,3 +428,26 @@ fn matmul_f16_within_f16_tolerance() {
         }
     }
 }
+
+/// Index ops accept indices computed on the device (no host copy to check against: they are
+/// read back) as well as uploaded ones, with the same results and the same range errors.
+#[test]
+fn index_ops_take_device_made_indices() {
+    for dev in devices() {
+        let x = Tensor::from_vec(&dev, vec![3.0, 1.0, 2.0, 0.0, 5.0, 4.0], &[2, 3]).unwrap();
+        let picked = x.argmax(-1, false).unwrap(); // [0, 1], made on the device
+        let rows = Tensor::from_vec(&dev, (0..12).map(|v| v as f32).collect(), &[4, 3]).unwrap();
+        let got = rows.index_select(0, &picked).unwrap().to_vec().unwrap();
+        assert_eq!(got, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "{dev}");
+        let short = Tensor::from_vec(&dev, vec![0.0; 3], &[1, 3]).unwrap();
+        assert_eq!(
+            short.index_select(0, &picked).unwrap_err(),
+            Error::IndexOutOfRange {
+                op: "index_select",
+                index: 1,
+                size: 1
+            },
+            "{dev}"
+        );
+    }
+}

@@ -36,12 +36,13 @@ impl Tensor {
             device: device.clone(),
             dtype: DType::F32,
             node: None,
+            host_u32: None,
         })
     }
 
     /// A u32 tensor (indices, for `index_select` and `embedding`) holding `data` with `shape`.
     pub fn from_vec_u32(device: &Device, data: Vec<u32>, shape: &[usize]) -> Result<Tensor> {
-        let bits: Vec<f32> = data.into_iter().map(f32::from_bits).collect();
+        let bits: Vec<f32> = data.iter().map(|&v| f32::from_bits(v)).collect();
         let mut t = Self::from_vec(device, bits, shape).map_err(|e| match e {
             Error::InvalidShape { reason, .. } => Error::InvalidShape {
                 op: "from_vec_u32",
@@ -50,6 +51,7 @@ impl Tensor {
             other => other,
         })?;
         t.dtype = DType::U32;
+        t.host_u32 = Some(Arc::new(data));
         Ok(t)
     }
 
@@ -74,6 +76,7 @@ impl Tensor {
                 device: device.clone(),
                 dtype: DType::F32,
                 node: None,
+                host_u32: None,
             }),
             _ => Self::from_vec(device, data.to_vec(), shape),
         }
@@ -94,6 +97,7 @@ impl Tensor {
             device: device.clone(),
             dtype: DType::F32,
             node: None,
+            host_u32: None,
         })
     }
 

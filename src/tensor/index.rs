@@ -59,7 +59,11 @@ impl Tensor {
     }
 
     /// The selection and the indices (read back for the range check).
-    fn index_select_forward(&self, dim: isize, indices: &Tensor) -> Result<(Tensor, Vec<u32>)> {
+    fn index_select_forward(
+        &self,
+        dim: isize,
+        indices: &Tensor,
+    ) -> Result<(Tensor, Arc<Vec<u32>>)> {
         self.same_device(indices, "index_select")?;
         indices.expect(DType::U32, "index_select")?;
         if indices.rank() != 1 {
@@ -70,7 +74,7 @@ impl Tensor {
         }
         let axis = self.axis("index_select", dim)?;
         let (outer, len, inner) = self.around(axis);
-        let idx = indices.to_vec_u32()?;
+        let idx = indices.indices_on_host()?;
         if let Some(&bad) = idx.iter().find(|&&i| i as usize >= len) {
             return Err(Error::IndexOutOfRange {
                 op: "index_select",
@@ -129,7 +133,7 @@ impl Tensor {
             });
         }
         let len = self.shape()[axis];
-        let idx = index.to_vec_u32()?;
+        let idx = index.indices_on_host()?;
         if let Some(&bad) = idx.iter().find(|&&i| i as usize >= len) {
             return Err(Error::IndexOutOfRange {
                 op: "gather",

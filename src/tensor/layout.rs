@@ -31,6 +31,7 @@ impl Tensor {
             device: self.device.clone(),
             dtype: self.dtype,
             node: None,
+            host_u32: self.host_u32.clone(),
         };
         if !Tensor::tracking(&[self]) {
             return Ok(out);
@@ -246,6 +247,7 @@ impl Tensor {
             device: device.clone(),
             dtype,
             node: None,
+            host_u32: None,
         })
     }
 }

@@ -30,6 +30,9 @@ pub struct Tensor {
     /// The autograd graph vertex: a leaf that requires gradients, or the op that made this
     /// tensor from inputs that do (`None` for a plain value).
     node: Option<Arc<Node>>,
+    /// For a u32 tensor made from host data: those values, so that index ops can check them
+    /// (and backward can group them) without reading the device back.
+    host_u32: Option<Arc<Vec<u32>>>,
 }
 
 mod autograd;
@@ -76,6 +79,15 @@ impl Tensor {
     pub fn to_vec_u32(&self) -> Result<Vec<u32>> {
         self.expect(DType::U32, "to_vec_u32")?;
         Ok(self.raw_values()?.into_iter().map(f32::to_bits).collect())
+    }
+
+    /// The values of a u32 tensor, from the host copy kept by `from_vec_u32` when there is one
+    /// (no device read-back), else read back.
+    pub(crate) fn indices_on_host(&self) -> Result<Arc<Vec<u32>>> {
+        match &self.host_u32 {
+            Some(v) => Ok(v.clone()),
+            None => Ok(Arc::new(self.to_vec_u32()?)),
+        }
     }
 
     /// The stored 32-bit values, whatever the element type (u32 values as f32 bit patterns).
@@ -171,6 +183,7 @@ impl Tensor {
             device: self.device.clone(),
             dtype: self.dtype,
             node: None,
+            host_u32: None,
         }
     }
 
