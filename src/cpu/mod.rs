@@ -19,7 +19,9 @@ pub(crate) use grad::{
 };
 pub(crate) use matmul::{linear, matmul};
 pub(crate) use optim::update;
-pub(crate) use reduce::{argmax, index_select, norm, reduce, softmax};
+pub(crate) use reduce::{
+    argmax, cross_entropy_grad, cross_entropy_rows, index_select, norm, reduce, softmax,
+};
 pub(crate) use strided::strided_copy;
 
 use crate::error::{Error, Result};

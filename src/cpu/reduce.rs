@@ -135,3 +135,38 @@ pub(crate) fn index_select(
     }
     Ok(out)
 }
+
+/// Per-row cross-entropy of `[rows, classes]` logits against `t`: (losses, logsumexp), the twin
+/// of `shaders/xent.wgsl`'s `forward`.
+pub(crate) fn cross_entropy_rows(
+    x: &[f32],
+    t: &[u32],
+    classes: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let rows = t.len();
+    let (mut loss, mut lse) = (alloc("cross_entropy", rows)?, alloc("cross_entropy", rows)?);
+    for (b, row) in x.chunks(classes).enumerate().take(rows) {
+        let m = row.iter().cloned().fold(row[0], f32::max);
+        let s: f32 = row.iter().map(|&v| (v - m).exp()).sum();
+        lse[b] = m + s.ln();
+        loss[b] = lse[b] - row[t[b] as usize];
+    }
+    Ok((loss, lse))
+}
+
+/// The logits' gradient, `g[b] · (softmax - onehot)`: the twin of `xent.wgsl`'s `backward`.
+pub(crate) fn cross_entropy_grad(
+    x: &[f32],
+    t: &[u32],
+    lse: &[f32],
+    g: &[f32],
+    classes: usize,
+) -> Result<Vec<f32>> {
+    let mut dx = alloc("cross_entropy backward", x.len())?;
+    for (e, d) in dx.iter_mut().enumerate() {
+        let (b, c) = (e / classes, e % classes);
+        let hit = if t[b] as usize == c { 1.0 } else { 0.0 };
+        *d = g[b] * ((x[e] - lse[b]).exp() - hit);
+    }
+    Ok(dx)
+}

@@ -45,6 +45,7 @@ const FILES: &[(&str, &str, bool)] = &[
     shader!("unary_grad.wgsl", true),
     shader!("scatter_add.wgsl", false),
     shader!("optim.wgsl", false),
+    shader!("xent.wgsl", false),
 ];
 
 /// The complete WGSL source of every shader module, by file name, as the device compiles it.

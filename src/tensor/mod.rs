@@ -138,7 +138,7 @@ impl Tensor {
     }
 
     /// `DTypeMismatch` unless this tensor has element type `dtype`.
-    fn expect(&self, dtype: DType, op: &'static str) -> Result<()> {
+    pub(crate) fn expect(&self, dtype: DType, op: &'static str) -> Result<()> {
         if self.dtype == dtype {
             Ok(())
         } else {
@@ -193,7 +193,7 @@ impl Tensor {
             .ok_or_else(|| Error::Gpu("GPU storage on a CPU device".into()))
     }
 
-    fn same_device(&self, other: &Tensor, op: &'static str) -> Result<()> {
+    pub(crate) fn same_device(&self, other: &Tensor, op: &'static str) -> Result<()> {
         if self.device.same(&other.device) {
             Ok(())
         } else {

@@ -4,7 +4,7 @@ use super::{Storage, Tensor};
 use crate::cpu;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::kernels::{elementwise, norm, reduce};
+use crate::gpu::kernels::{elementwise, norm, reduce, xent};
 use crate::op::ReduceOp;
 use crate::shape::Shape;
 use std::sync::Arc;
@@ -301,5 +301,54 @@ impl Tensor {
     /// RMS normalisation over the last dimension: `x / sqrt(mean(x²) + eps) * weight`.
     pub fn rms_norm(&self, weight: Option<&Tensor>, eps: f32) -> Result<Tensor> {
         self.norm_impl(weight, None, eps, true)
+    }
+}
+
+impl Tensor {
+    /// Per-row cross-entropy of `[rows, classes]` logits against the u32 `targets` (`[rows]`,
+    /// values `t` already checked against `classes` by the caller): one fused kernel forward and
+    /// one backward. `nn::cross_entropy` validates and averages.
+    pub(crate) fn cross_entropy_rows(&self, targets: &Tensor, t: Arc<Vec<u32>>) -> Result<Tensor> {
+        let (rows, classes) = (self.shape()[0], self.shape()[1]);
+        let (loss, lse) = match (&self.storage, &targets.storage) {
+            (Storage::Cpu(x), _) => {
+                let (loss, lse) = cpu::cross_entropy_rows(x, &t, classes)?;
+                (Storage::Cpu(Arc::new(loss)), Storage::Cpu(Arc::new(lse)))
+            }
+            (Storage::Gpu(Some(x)), Storage::Gpu(Some(tb))) if rows > 0 && classes > 0 => {
+                let (loss, lse) = xent::forward(self.ctx()?, x, tb, rows, classes)?;
+                (
+                    Storage::Gpu(Some(Arc::new(loss))),
+                    Storage::Gpu(Some(Arc::new(lse))),
+                )
+            }
+            _ => (Storage::Gpu(None), Storage::Gpu(None)),
+        };
+        let shape = Shape::new(&[rows])?;
+        let out = self.with(loss, shape.clone());
+        if !Tensor::tracking(&[self]) {
+            return Ok(out);
+        }
+        let (x, tt, lse) = (self.detach(), targets.detach(), self.with(lse, shape));
+        Ok(out.record("cross_entropy", &[self, targets], move |g, _| {
+            let dx = match (&x.storage, &g.storage, &tt.storage, &lse.storage) {
+                (Storage::Cpu(xv), Storage::Cpu(gv), _, Storage::Cpu(lv)) => {
+                    Storage::Cpu(Arc::new(cpu::cross_entropy_grad(xv, &t, lv, gv, classes)?))
+                }
+                (
+                    Storage::Gpu(Some(xb)),
+                    Storage::Gpu(Some(gb)),
+                    Storage::Gpu(Some(tb)),
+                    Storage::Gpu(Some(lb)),
+                ) => Storage::Gpu(Some(Arc::new(xent::backward(
+                    x.ctx()?,
+                    [xb, tb, lb, gb],
+                    rows,
+                    classes,
+                )?))),
+                _ => Storage::Gpu(None),
+            };
+            Ok(vec![Some(x.with(dx, x.shape.clone())), None])
+        }))
     }
 }

@@ -11,6 +11,7 @@ pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod reduce;
 pub(crate) mod select;
+pub(crate) mod xent;
 
 use super::pipelines::KernelSpec;
 
@@ -29,6 +30,7 @@ pub fn all_specs() -> Vec<KernelSpec> {
     specs.extend(conv::specs());
     specs.extend(grad::specs());
     specs.extend(optim::specs());
+    specs.extend(xent::specs());
     specs
 }
 
@@ -89,5 +91,6 @@ pub fn param_structs() -> Vec<(&'static str, &'static str, usize)> {
             size_of::<grad::RowParams>(),
         ),
         ("optim.wgsl", "Params", size_of::<optim::OptimParams>()),
+        ("xent.wgsl", "Params", size_of::<xent::XentParams>()),
     ]
 }
