@@ -129,6 +129,7 @@ fn spec(name: &str) -> Spec {
             wrt: THREE,
             samples: None,
         },
+        "broadcast_to" => own(),
         "where" => Check {
             wrt: &[1, 2],
             samples: None,

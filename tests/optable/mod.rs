@@ -1503,6 +1503,56 @@ pub fn table() -> Vec<OpInfo> {
             errors: where_errors,
         },
         OpInfo {
+            name: "broadcast_to",
+            // The second input only carries the target shape.
+            samples: || {
+                pairs(
+                    &[
+                        (&[3], &[2, 3]),
+                        (&[2, 1], &[2, 5]),
+                        (&[1, 4, 1], &[3, 4, 2]),
+                        (&[], &[2, 2]),
+                        (&[5], &[0, 5]),
+                        (&[2, 3], &[2, 3]),
+                    ],
+                    140,
+                )
+            },
+            run: |t| t[0].broadcast_to(t[1].shape()),
+            reference: |r| {
+                let out = r[1].shape.clone();
+                let n = out.iter().product();
+                let data = (0..n)
+                    .map(|i| r[0].data[bcast_index(&r[0].shape, &out, &unravel(i, &out))])
+                    .collect();
+                Ref { shape: out, data }
+            },
+            tol: |_| (0.0, 0.0),
+            errors: |d| {
+                let x = Tensor::zeros(d, &[2, 3]).unwrap();
+                vec![
+                    ("[2, 3] to [3, 3]", x.broadcast_to(&[3, 3]), |e| {
+                        matches!(
+                            e,
+                            Error::ShapeMismatch {
+                                op: "broadcast_to",
+                                ..
+                            }
+                        )
+                    }),
+                    ("[2, 3] to [3]", x.broadcast_to(&[3]), |e| {
+                        matches!(
+                            e,
+                            Error::ShapeMismatch {
+                                op: "broadcast_to",
+                                ..
+                            }
+                        )
+                    }),
+                ]
+            },
+        },
+        OpInfo {
             name: "argmax(-1)",
             samples: argmax_samples,
             run: |t| t[0].argmax(-1, false),
