@@ -53,19 +53,8 @@ fn pack_a(a: &View, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32])
     for (panel, dst) in out.chunks_mut(MR * kc).enumerate().take(mc.div_ceil(MR)) {
         let r0 = panel * MR;
         let rows = MR.min(mc - r0);
-        if a.cs == 1 {
-            // Row-major A: read each row once, contiguously, and spread it over the panel.
-            for r in 0..MR {
-                if r < rows {
-                    let s = a.offset + (i0 + r0 + r) * a.rs + p0;
-                    let src = &a.data[s..s + kc];
-                    for (d, &v) in dst[r..].iter_mut().step_by(MR).zip(src) {
-                        *d = v;
-                    }
-                } else {
-                    dst[r..].iter_mut().step_by(MR).for_each(|d| *d = 0.0);
-                }
-            }
+        if a.cs == 1 && rows == MR {
+            pack_a_rows(a, i0 + r0, p0, kc, dst);
             continue;
         }
         for p in 0..kc {
@@ -77,6 +66,45 @@ fn pack_a(a: &View, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32])
                     0.0
                 };
             }
+        }
+    }
+}
+
+/// Packs one full MR-row panel of a row-major A (rows `i0..i0+MR`, columns `p0..p0+kc`),
+/// transposing 4 × 4 blocks in SSE registers: every load reads four consecutive values of a
+/// row and every store writes four consecutive values of the panel.
+fn pack_a_rows(a: &View, i0: usize, p0: usize, kc: usize, dst: &mut [f32]) {
+    let start = a.offset + i0 * a.rs + p0;
+    // Bounds: the last value read is row i0 + MR - 1, column p0 + kc - 1; the panel holds
+    // MR·kc values.
+    assert!(start + (MR - 1) * a.rs + kc <= a.data.len() && dst.len() >= MR * kc);
+    let src = a.data[start..].as_ptr();
+    let out = dst.as_mut_ptr();
+    let quads = kc / 4;
+    for g in 0..MR / 4 {
+        for q in 0..quads {
+            // SAFETY: rows 4g..4g+4 and columns 4q..4q+4 lie inside the block checked above;
+            // the stores go to columns 4q..4q+4 of the panel, rows 4g..4g+4 (index p·MR + r).
+            unsafe {
+                let row = |r: usize| src.add((4 * g + r) * a.rs + 4 * q);
+                let (mut r0, mut r1, mut r2, mut r3) = (
+                    _mm_loadu_ps(row(0)),
+                    _mm_loadu_ps(row(1)),
+                    _mm_loadu_ps(row(2)),
+                    _mm_loadu_ps(row(3)),
+                );
+                _MM_TRANSPOSE4_PS(&mut r0, &mut r1, &mut r2, &mut r3);
+                let col = |p: usize| out.add((4 * q + p) * MR + 4 * g);
+                _mm_storeu_ps(col(0), r0);
+                _mm_storeu_ps(col(1), r1);
+                _mm_storeu_ps(col(2), r2);
+                _mm_storeu_ps(col(3), r3);
+            }
+        }
+    }
+    for p in quads * 4..kc {
+        for r in 0..MR {
+            dst[p * MR + r] = a.data[start + r * a.rs + p];
         }
     }
 }
@@ -99,6 +127,22 @@ fn pack_b_panel(b: &View, p0: usize, kc: usize, c0: usize, cols: usize, dst: &mu
 
 /// Packs rows `p0..p0+kc` and columns `j0..j0+nc` of B into NR-column panels.
 fn pack_b(b: &View, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]) {
+    let full = nc / NR;
+    if b.cs == 1 && full > 0 {
+        // Row-major B: read each row once, front to back, and deal it out over the full
+        // panels (a panel at a time would read 128 bytes per row, a row stride apart).
+        for p in 0..kc {
+            let s = b.offset + (p0 + p) * b.rs + j0;
+            for (jp, chunk) in b.data[s..s + full * NR].chunks_exact(NR).enumerate() {
+                out[jp * NR * kc + p * NR..][..NR].copy_from_slice(chunk);
+            }
+        }
+        if full * NR < nc {
+            let c0 = full * NR;
+            pack_b_panel(b, p0, kc, j0 + c0, nc - c0, &mut out[full * NR * kc..]);
+        }
+        return;
+    }
     for (panel, dst) in out.chunks_mut(NR * kc).take(nc.div_ceil(NR)).enumerate() {
         let c0 = panel * NR;
         pack_b_panel(b, p0, kc, j0 + c0, NR.min(nc - c0), dst);
@@ -197,6 +241,38 @@ enum PackedB<'a> {
 /// rows of C are split into one contiguous range per thread, and each thread runs the blocked
 /// loop on its range: two fork-joins per product, no synchronisation inside them.
 pub(crate) fn gemm(m: usize, k: usize, n: usize, a: View, b: View, c: &mut [MaybeUninit<f32>]) {
+    gemm_with(m, k, n, a, b, c, Blocking::DEFAULT);
+}
+
+/// Block sizes of the loops around the micro-kernel.
+#[derive(Clone, Copy, Debug)]
+struct Blocking {
+    /// Depth of one packed block.
+    kc: usize,
+    /// Rows of A in one packed block (a multiple of MR).
+    mc: usize,
+    /// Whether a block of rows of C finishes every k block before the next (C stays in L2)
+    /// instead of each k block sweeping all of the thread's rows.
+    rows_outer: bool,
+}
+
+impl Blocking {
+    const DEFAULT: Blocking = Blocking {
+        kc: KC,
+        mc: MC_MAX,
+        rows_outer: false,
+    };
+}
+
+fn gemm_with(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: View,
+    b: View,
+    c: &mut [MaybeUninit<f32>],
+    bl: Blocking,
+) {
     assert!(c.len() >= m * n && k > 0 && available());
     let threads = rayon::current_num_threads().clamp(1, m.div_ceil(MR));
     let per = m.div_ceil(MR).div_ceil(threads) * MR;
@@ -205,20 +281,25 @@ pub(crate) fn gemm(m: usize, k: usize, n: usize, a: View, b: View, c: &mut [Mayb
     let mut shared = Vec::new();
     let source = if shared_len <= SHARED_B_MAX {
         shared = take_shared(shared_len);
-        let mut jobs = Vec::with_capacity(k.div_ceil(KC) * panels);
-        let mut rest = &mut shared[..shared_len];
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
-            for jp in 0..panels {
-                let (dst, tail) = rest.split_at_mut(NR * kc);
+        // Jobs of up to PACK_PANELS panels of one k block: each reads its rows of B front to
+        // back.
+        const PACK_PANELS: usize = 8;
+        let mut jobs = Vec::with_capacity(k.div_ceil(bl.kc) * panels.div_ceil(PACK_PANELS));
+        let mut rest = &mut aligned(&mut shared)[..shared_len];
+        for p0 in (0..k).step_by(bl.kc) {
+            let kc = bl.kc.min(k - p0);
+            for jp in (0..panels).step_by(PACK_PANELS) {
+                let count = PACK_PANELS.min(panels - jp);
+                let (dst, tail) = rest.split_at_mut(NR * kc * count);
                 jobs.push((p0, kc, jp, dst));
                 rest = tail;
             }
         }
         jobs.into_par_iter().for_each(|(p0, kc, jp, dst)| {
-            pack_b_panel(&b, p0, kc, jp * NR, NR.min(n - jp * NR), dst);
+            let j0 = jp * NR;
+            pack_b(&b, p0, kc, j0, (PACK_PANELS * NR).min(n - j0), dst);
         });
-        PackedB::Shared(&shared[..shared_len])
+        PackedB::Shared(&aligned(&mut shared)[..shared_len])
     } else {
         PackedB::Own(&b)
     };
@@ -226,7 +307,7 @@ pub(crate) fn gemm(m: usize, k: usize, n: usize, a: View, b: View, c: &mut [Mayb
         .par_chunks_mut(per * n)
         .enumerate()
         .for_each(|(t, rows)| {
-            gemm_rows(t * per, rows.len() / n, k, n, &a, &source, rows);
+            gemm_rows(t * per, rows.len() / n, k, n, &a, &source, rows, bl);
         });
     if !shared.is_empty() {
         *SHARED_B.lock().unwrap_or_else(|e| e.into_inner()) = shared;
@@ -234,6 +315,7 @@ pub(crate) fn gemm(m: usize, k: usize, n: usize, a: View, b: View, c: &mut [Mayb
 }
 
 /// Rows `i0..i0 + m` of the product into `c` (those rows only, dense), on this thread.
+#[allow(clippy::too_many_arguments)]
 fn gemm_rows(
     i0: usize,
     m: usize,
@@ -242,6 +324,7 @@ fn gemm_rows(
     a: &View,
     b: &PackedB,
     c: &mut [MaybeUninit<f32>],
+    bl: Blocking,
 ) {
     let panels = n.div_ceil(NR);
     let nc_step = match b {
@@ -250,50 +333,77 @@ fn gemm_rows(
     };
     let mut own = match b {
         PackedB::Shared(_) => Vec::new(),
-        PackedB::Own(_) => take_buffer(&B_PACK, KC * NR * NC.min(n).div_ceil(NR)),
+        PackedB::Own(_) => take_buffer(&B_PACK, bl.kc * NR * NC.min(n).div_ceil(NR)),
     };
-    let mut apack = take_buffer(&A_PACK, KC * MC_MAX.div_ceil(MR) * MR);
+    let mut apack_buf = take_buffer(&A_PACK, bl.kc * bl.mc.div_ceil(MR) * MR);
+    let apack = aligned(&mut apack_buf);
+    let own_len = own.len();
+    let own_block = aligned(&mut own[..own_len]);
+    // One k block of one block of rows: pack A, then run the micro-kernel over every panel.
+    let mut block =
+        |ib: usize, mc: usize, j0: usize, nc: usize, p0: usize, kc: usize, bb: &[f32]| {
+            pack_a(a, i0 + ib, mc, p0, kc, apack);
+            for jp in 0..nc.div_ceil(NR) {
+                let cols = NR.min(nc - jp * NR);
+                let bp = &bb[jp * NR * kc..];
+                for ip in 0..mc.div_ceil(MR) {
+                    let rows = MR.min(mc - ip * MR);
+                    let at = (ib + ip * MR) * n + j0 + jp * NR;
+                    // SAFETY: AVX-512F was checked by `gemm`; the packed panels hold MR·kc
+                    // and NR·kc values; the `rows` × `cols` tile at `at` lies inside `c`
+                    // (rows ib + ip·MR + rows ≤ m, columns j0 + jp·NR + cols ≤ n).
+                    unsafe {
+                        kernel(
+                            kc,
+                            apack[ip * MR * kc..].as_ptr(),
+                            bp.as_ptr(),
+                            c[at..].as_mut_ptr().cast::<f32>(),
+                            n,
+                            rows,
+                            cols,
+                            p0 > 0,
+                        );
+                    }
+                }
+            }
+        };
     for j0 in (0..n).step_by(nc_step) {
         let nc = nc_step.min(n - j0);
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
-            let bblock: &[f32] = match b {
-                PackedB::Shared(all) => &all[p0 * panels * NR..],
-                PackedB::Own(view) => {
-                    pack_b(view, p0, kc, j0, nc, &mut own);
-                    &own
+        match b {
+            PackedB::Shared(all) if bl.rows_outer => {
+                for ib in (0..m).step_by(bl.mc) {
+                    for p0 in (0..k).step_by(bl.kc) {
+                        let kc = bl.kc.min(k - p0);
+                        block(
+                            ib,
+                            bl.mc.min(m - ib),
+                            j0,
+                            nc,
+                            p0,
+                            kc,
+                            &all[p0 * panels * NR..],
+                        );
+                    }
                 }
-            };
-            for ib in (0..m).step_by(MC_MAX) {
-                let mc = MC_MAX.min(m - ib);
-                pack_a(a, i0 + ib, mc, p0, kc, &mut apack);
-                for jp in 0..nc.div_ceil(NR) {
-                    let cols = NR.min(nc - jp * NR);
-                    let bp = &bblock[jp * NR * kc..];
-                    for ip in 0..mc.div_ceil(MR) {
-                        let rows = MR.min(mc - ip * MR);
-                        let at = (ib + ip * MR) * n + j0 + jp * NR;
-                        // SAFETY: AVX-512F was checked by `gemm`; the packed panels hold MR·kc
-                        // and NR·kc values; the `rows` × `cols` tile at `at` lies inside `c`
-                        // (rows ib + ip·MR + rows ≤ m, columns j0 + jp·NR + cols ≤ n).
-                        unsafe {
-                            kernel(
-                                kc,
-                                apack[ip * MR * kc..].as_ptr(),
-                                bp.as_ptr(),
-                                c[at..].as_mut_ptr().cast::<f32>(),
-                                n,
-                                rows,
-                                cols,
-                                p0 > 0,
-                            );
+            }
+            _ => {
+                for p0 in (0..k).step_by(bl.kc) {
+                    let kc = bl.kc.min(k - p0);
+                    let bblock: &[f32] = match b {
+                        PackedB::Shared(all) => &all[p0 * panels * NR..],
+                        PackedB::Own(view) => {
+                            pack_b(view, p0, kc, j0, nc, own_block);
+                            own_block
                         }
+                    };
+                    for ib in (0..m).step_by(bl.mc) {
+                        block(ib, bl.mc.min(m - ib), j0, nc, p0, kc, bblock);
                     }
                 }
             }
         }
     }
-    A_PACK.with(|slot| *slot.borrow_mut() = apack);
+    A_PACK.with(|slot| *slot.borrow_mut() = apack_buf);
     if !own.is_empty() {
         B_PACK.with(|slot| *slot.borrow_mut() = own);
     }
@@ -305,10 +415,22 @@ static SHARED_B: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
 
 fn take_shared(len: usize) -> Vec<f32> {
     let mut v = std::mem::take(&mut *SHARED_B.lock().unwrap_or_else(|e| e.into_inner()));
-    if v.len() < len {
-        v.resize(len, 0.0);
+    if v.len() < len + ALIGN_PAD {
+        v.resize(len + ALIGN_PAD, 0.0);
     }
     v
+}
+
+/// Spare values at the end of every packing buffer, so that [`aligned`] can start it on a
+/// 64-byte boundary.
+const ALIGN_PAD: usize = 16;
+
+/// The part of a packing buffer that starts on a cache line. Large allocations from the
+/// system allocator start 16 bytes past a page boundary: unaligned, every 64-byte load of a
+/// packed panel would straddle two cache lines.
+fn aligned(v: &mut [f32]) -> &mut [f32] {
+    let skip = v.as_ptr().align_offset(64).min(ALIGN_PAD).min(v.len());
+    &mut v[skip..]
 }
 
 thread_local! {
@@ -322,8 +444,8 @@ thread_local! {
 /// every value it later reads, padding included).
 fn take_buffer(slot: &'static std::thread::LocalKey<RefCell<Vec<f32>>>, len: usize) -> Vec<f32> {
     let mut v = slot.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    if v.len() < len {
-        v.resize(len, 0.0);
+    if v.len() < len + ALIGN_PAD {
+        v.resize(len + ALIGN_PAD, 0.0);
     }
     v
 }
@@ -331,6 +453,96 @@ fn take_buffer(slot: &'static std::thread::LocalKey<RefCell<Vec<f32>>>, len: usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Not a test: a throughput comparison of block sizes and loop orders, interleaved in one
+    /// process (this machine is too noisy for separate runs). Run with
+    /// `KILN_GEMM_N=1024 KILN_GEMM_THREADS=1 cargo test --release --lib gemm_throughput -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn gemm_throughput() {
+        let n: usize = std::env::var("KILN_GEMM_N").map_or(1024, |v| v.parse().unwrap());
+        let threads: usize = std::env::var("KILN_GEMM_THREADS").map_or(1, |v| v.parse().unwrap());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
+        let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.1).collect();
+        let view = |d| View {
+            data: d,
+            offset: 0,
+            rs: n,
+            cs: 1,
+        };
+        let mut configs = vec![Blocking::DEFAULT];
+        for spec in std::env::var("KILN_GEMM_CONFIGS")
+            .unwrap_or_default()
+            .split(',')
+        {
+            let f: Vec<&str> = spec.split(':').collect();
+            if f.len() == 3 {
+                configs.push(Blocking {
+                    kc: f[0].parse().unwrap(),
+                    mc: f[1].parse().unwrap(),
+                    rows_outer: f[2] == "r",
+                });
+            }
+        }
+        {
+            // Packing alone, one thread: all of B (panel by panel) and all of A (block by block).
+            let mut buf = vec![0.0f32; n * n + 4096];
+            let mut tb = Vec::new();
+            let mut ta = Vec::new();
+            for _ in 0..15 {
+                let t0 = std::time::Instant::now();
+                let mut off = 0;
+                for p0 in (0..n).step_by(KC) {
+                    pack_b(&view(&b), p0, KC, 0, n, &mut buf[off..]);
+                    off += n * KC;
+                }
+                tb.push(t0.elapsed().as_secs_f64());
+                let t0 = std::time::Instant::now();
+                for p0 in (0..n).step_by(KC) {
+                    for ib in (0..n).step_by(MC_MAX) {
+                        pack_a(
+                            &view(&a),
+                            ib,
+                            MC_MAX.min(n - ib),
+                            p0,
+                            KC,
+                            &mut buf[..KC * MC_MAX],
+                        );
+                    }
+                }
+                ta.push(t0.elapsed().as_secs_f64());
+            }
+            tb.sort_by(f64::total_cmp);
+            ta.sort_by(f64::total_cmp);
+            println!(
+                "pack B {:.3} ms, pack A {:.3} ms (medians, one thread)",
+                tb[7] * 1e3,
+                ta[7] * 1e3
+            );
+        }
+        let mut c = vec![MaybeUninit::new(0.0f32); n * n];
+        let mut times = vec![Vec::new(); configs.len()];
+        for _round in 0..15 {
+            for (cfg, t) in configs.iter().zip(&mut times) {
+                let start = std::time::Instant::now();
+                pool.install(|| gemm_with(n, n, n, view(&a), view(&b), &mut c, *cfg));
+                t.push(start.elapsed().as_secs_f64());
+            }
+        }
+        for (cfg, t) in configs.iter().zip(&mut times) {
+            t.sort_by(f64::total_cmp);
+            let med = t[t.len() / 2];
+            println!(
+                "{cfg:?}: {:.1} GFLOP/s (median), best {:.1}",
+                2.0 * (n as f64).powi(3) / med / 1e9,
+                2.0 * (n as f64).powi(3) / t[0] / 1e9
+            );
+        }
+    }
 
     /// The kernel against an f64 reference: edge tiles in every direction (m, n not multiples
     /// of MR, NR; k across several KC blocks), and operands read through transposed strides
