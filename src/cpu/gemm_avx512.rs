@@ -7,10 +7,11 @@
 //! Used for products of at least 2^21 multiply-adds when the CPU has AVX-512F (checked at run
 //! time) unless `KILN_CPU_GEMM=matrixmultiply`; everything else goes through `matrixmultiply`.
 
-use rayon::prelude::*;
+use super::spin_pool;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Rows of C per micro-tile.
 const MR: usize = 12;
@@ -225,10 +226,86 @@ unsafe fn kernel(
 /// thread, block by block.
 const SHARED_B_MAX: usize = 1 << 24;
 
+/// Panels of B packed as one unit (each unit reads its rows of B front to back).
+const PACK_PANELS: usize = 8;
+
+/// All of B, packed once for every thread, one unit (a k block × `PACK_PANELS` panels) at a
+/// time as the threads first need it: the first thread to need a unit claims and packs it, a
+/// thread that needs a unit being packed waits for it. Packing thus overlaps the arithmetic
+/// and needs no barrier (the tasks may even run one after another).
+struct SharedB<'a> {
+    b: View<'a>,
+    k: usize,
+    n: usize,
+    kc: usize,
+    /// The packed copy: k block by k block, each `n.div_ceil(NR)` panels of NR·kc values.
+    ptr: *mut f32,
+    len: usize,
+    /// Per unit, k block-major: [`FREE`], [`PACKING`], [`PACKED`] or [`FAILED`].
+    state: Vec<AtomicU8>,
+    groups: usize,
+}
+
+const FREE: u8 = 0;
+const PACKING: u8 = 1;
+const PACKED: u8 = 2;
+/// The packing thread panicked (a bug): waiters panic too instead of waiting forever.
+const FAILED: u8 = 3;
+
+// SAFETY: the packed copy is written only by the thread that claimed a unit (FREE -> PACKING)
+// and read only after the release store of PACKED, acquired by the reader.
+unsafe impl Sync for SharedB<'_> {}
+
+impl SharedB<'_> {
+    /// The packed panels of unit (`p0`'s k block, group `g`), packing them first if needed.
+    fn group(&self, p0: usize, g: usize) -> &[f32] {
+        let kc = self.kc.min(self.k - p0);
+        let panels = self.n.div_ceil(NR);
+        let first = g * PACK_PANELS;
+        let count = PACK_PANELS.min(panels - first);
+        let start = p0 * panels * NR + first * NR * kc;
+        let len = count * NR * kc;
+        assert!(start + len <= self.len);
+        let state = &self.state[p0 / self.kc * self.groups + g];
+        if state.load(Ordering::Acquire) != PACKED {
+            if state
+                .compare_exchange(FREE, PACKING, Ordering::Acquire, Ordering::Acquire)
+                .is_ok()
+            {
+                /// Marks the unit FAILED if packing unwinds.
+                struct Failed<'s>(&'s AtomicU8);
+                impl Drop for Failed<'_> {
+                    fn drop(&mut self) {
+                        self.0.store(FAILED, Ordering::Release);
+                    }
+                }
+                let failed = Failed(state);
+                // SAFETY: inside the buffer (asserted above); this thread claimed the unit, so
+                // no other thread touches these values until it stores PACKED.
+                let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) };
+                let j0 = first * NR;
+                pack_b(&self.b, p0, kc, j0, (count * NR).min(self.n - j0), dst);
+                std::mem::forget(failed);
+                state.store(PACKED, Ordering::Release);
+            } else {
+                loop {
+                    match state.load(Ordering::Acquire) {
+                        PACKED => break,
+                        FAILED => panic!("kiln SGEMM: another thread failed to pack B"),
+                        _ => std::hint::spin_loop(),
+                    }
+                }
+            }
+        }
+        // SAFETY: packed (PACKED acquired above); nothing writes it again during this product.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(start), len) }
+    }
+}
+
 /// Where a thread finds B's packed panels.
 enum PackedB<'a> {
-    /// All of B, packed once for every thread: k block by k block, each `panels` panels wide.
-    Shared(&'a [f32]),
+    /// All of B, packed once for every thread.
+    Shared(&'a SharedB<'a>),
     /// Packed by the thread itself, NC columns and KC rows at a time.
     Own(&'a View<'a>),
 }
@@ -237,11 +314,12 @@ enum PackedB<'a> {
 /// written (the first k block stores, later ones add to what it stored), so `c` may start
 /// uninitialised. Callers check [`available`] first.
 ///
-/// B is packed once, all threads helping (unless it is larger than `SHARED_B_MAX`); then the
-/// rows of C are split into one contiguous range per thread, and each thread runs the blocked
-/// loop on its range: two fork-joins per product, no synchronisation inside them.
+/// The rows of C are split into one contiguous range per thread of kiln's SGEMM pool
+/// (`spin_pool`), and each thread runs the blocked loop on its range; B is packed once, unit by
+/// unit, by whichever thread needs a unit first (unless it is larger than `SHARED_B_MAX`, when
+/// each thread packs its own blocks). One fork-join per product.
 pub(crate) fn gemm(m: usize, k: usize, n: usize, a: View, b: View, c: &mut [MaybeUninit<f32>]) {
-    gemm_with(m, k, n, a, b, c, Blocking::DEFAULT);
+    gemm_with(m, k, n, a, b, c, Blocking::DEFAULT, usize::MAX);
 }
 
 /// Block sizes of the loops around the micro-kernel.
@@ -264,6 +342,24 @@ impl Blocking {
     };
 }
 
+/// A pointer the tasks of one product share; each task writes only its own rows through it.
+struct RowsOut(*mut MaybeUninit<f32>);
+// SAFETY: the tasks write disjoint row ranges (see `gemm_with`).
+unsafe impl Sync for RowsOut {}
+
+impl RowsOut {
+    /// Values `start..start + len`.
+    ///
+    /// # Safety
+    /// Inside the output, and no other live slice overlaps them.
+    #[allow(clippy::mut_from_ref)] // disjoint ranges, per the contract above
+    unsafe fn rows(&self, start: usize, len: usize) -> &mut [MaybeUninit<f32>] {
+        // SAFETY: per the contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn gemm_with(
     m: usize,
     k: usize,
@@ -272,49 +368,55 @@ fn gemm_with(
     b: View,
     c: &mut [MaybeUninit<f32>],
     bl: Blocking,
+    max_threads: usize,
 ) {
     assert!(c.len() >= m * n && k > 0 && available());
-    let threads = rayon::current_num_threads().clamp(1, m.div_ceil(MR));
-    let per = m.div_ceil(MR).div_ceil(threads) * MR;
+    let tasks = spin_pool::width().min(max_threads).clamp(1, m.div_ceil(MR));
+    let per = m.div_ceil(MR).div_ceil(tasks) * MR;
     let panels = n.div_ceil(NR);
     let shared_len = k * panels * NR;
-    let mut shared = Vec::new();
-    let source = if shared_len <= SHARED_B_MAX {
-        shared = take_shared(shared_len);
-        // Jobs of up to PACK_PANELS panels of one k block: each reads its rows of B front to
-        // back.
-        const PACK_PANELS: usize = 8;
-        let mut jobs = Vec::with_capacity(k.div_ceil(bl.kc) * panels.div_ceil(PACK_PANELS));
-        let mut rest = &mut aligned(&mut shared)[..shared_len];
-        for p0 in (0..k).step_by(bl.kc) {
-            let kc = bl.kc.min(k - p0);
-            for jp in (0..panels).step_by(PACK_PANELS) {
-                let count = PACK_PANELS.min(panels - jp);
-                let (dst, tail) = rest.split_at_mut(NR * kc * count);
-                jobs.push((p0, kc, jp, dst));
-                rest = tail;
-            }
+    let mut buffer = Vec::new();
+    let shared = (shared_len <= SHARED_B_MAX).then(|| {
+        buffer = take_shared(shared_len);
+        let groups = panels.div_ceil(PACK_PANELS);
+        SharedB {
+            b,
+            k,
+            n,
+            kc: bl.kc,
+            ptr: aligned(&mut buffer).as_mut_ptr(),
+            len: shared_len,
+            state: (0..k.div_ceil(bl.kc) * groups)
+                .map(|_| AtomicU8::new(FREE))
+                .collect(),
+            groups,
         }
-        jobs.into_par_iter().for_each(|(p0, kc, jp, dst)| {
-            let j0 = jp * NR;
-            pack_b(&b, p0, kc, j0, (PACK_PANELS * NR).min(n - j0), dst);
-        });
-        PackedB::Shared(&aligned(&mut shared)[..shared_len])
-    } else {
-        PackedB::Own(&b)
+    });
+    let source = match &shared {
+        Some(s) => PackedB::Shared(s),
+        None => PackedB::Own(&b),
     };
-    c[..m * n]
-        .par_chunks_mut(per * n)
-        .enumerate()
-        .for_each(|(t, rows)| {
-            gemm_rows(t * per, rows.len() / n, k, n, &a, &source, rows, bl);
-        });
-    if !shared.is_empty() {
-        *SHARED_B.lock().unwrap_or_else(|e| e.into_inner()) = shared;
+    let out = RowsOut(c.as_mut_ptr());
+    spin_pool::run(tasks, &|t| {
+        let i0 = t * per;
+        if i0 >= m {
+            return;
+        }
+        let rows = per.min(m - i0);
+        // SAFETY: rows i0..i0 + rows of the dense m × n output `c` (checked above), disjoint
+        // from every other task's rows.
+        let c = unsafe { out.rows(i0 * n, rows * n) };
+        gemm_rows(i0, rows, k, n, &a, &source, c, bl, (t, tasks));
+    });
+    drop(shared);
+    if !buffer.is_empty() {
+        *SHARED_B.lock().unwrap_or_else(|e| e.into_inner()) = buffer;
     }
 }
 
-/// Rows `i0..i0 + m` of the product into `c` (those rows only, dense), on this thread.
+/// Rows `i0..i0 + m` of the product into `c` (those rows only, dense), on this thread, which
+/// is task `t` of `tasks` (it starts each sweep over B's panels at its own fraction of them,
+/// so that the tasks pack different units of a shared B).
 #[allow(clippy::too_many_arguments)]
 fn gemm_rows(
     i0: usize,
@@ -325,8 +427,8 @@ fn gemm_rows(
     b: &PackedB,
     c: &mut [MaybeUninit<f32>],
     bl: Blocking,
+    (t, tasks): (usize, usize),
 ) {
-    let panels = n.div_ceil(NR);
     let nc_step = match b {
         PackedB::Shared(_) => n,
         PackedB::Own(_) => NC,
@@ -339,65 +441,70 @@ fn gemm_rows(
     let apack = aligned(&mut apack_buf);
     let own_len = own.len();
     let own_block = aligned(&mut own[..own_len]);
-    // One k block of one block of rows: pack A, then run the micro-kernel over every panel.
-    let mut block =
-        |ib: usize, mc: usize, j0: usize, nc: usize, p0: usize, kc: usize, bb: &[f32]| {
-            pack_a(a, i0 + ib, mc, p0, kc, apack);
-            for jp in 0..nc.div_ceil(NR) {
-                let cols = NR.min(nc - jp * NR);
-                let bp = &bb[jp * NR * kc..];
-                for ip in 0..mc.div_ceil(MR) {
-                    let rows = MR.min(mc - ip * MR);
-                    let at = (ib + ip * MR) * n + j0 + jp * NR;
-                    // SAFETY: AVX-512F was checked by `gemm`; the packed panels hold MR·kc
-                    // and NR·kc values; the `rows` × `cols` tile at `at` lies inside `c`
-                    // (rows ib + ip·MR + rows ≤ m, columns j0 + jp·NR + cols ≤ n).
-                    unsafe {
-                        kernel(
-                            kc,
-                            apack[ip * MR * kc..].as_ptr(),
-                            bp.as_ptr(),
-                            c[at..].as_mut_ptr().cast::<f32>(),
-                            n,
-                            rows,
-                            cols,
-                            p0 > 0,
-                        );
-                    }
-                }
-            }
-        };
+    let me = (t, tasks);
     for j0 in (0..n).step_by(nc_step) {
         let nc = nc_step.min(n - j0);
         match b {
-            PackedB::Shared(all) if bl.rows_outer => {
+            PackedB::Shared(shared) if bl.rows_outer => {
                 for ib in (0..m).step_by(bl.mc) {
+                    let mc = bl.mc.min(m - ib);
                     for p0 in (0..k).step_by(bl.kc) {
                         let kc = bl.kc.min(k - p0);
-                        block(
+                        pack_a(a, i0 + ib, mc, p0, kc, apack);
+                        let at = Tile {
                             ib,
-                            bl.mc.min(m - ib),
+                            mc,
                             j0,
                             nc,
                             p0,
                             kc,
-                            &all[p0 * panels * NR..],
-                        );
+                        };
+                        sweep(at, apack, &|g| shared.group(p0, g), c, n, me);
                     }
                 }
             }
-            _ => {
+            PackedB::Shared(shared) => {
                 for p0 in (0..k).step_by(bl.kc) {
                     let kc = bl.kc.min(k - p0);
-                    let bblock: &[f32] = match b {
-                        PackedB::Shared(all) => &all[p0 * panels * NR..],
-                        PackedB::Own(view) => {
-                            pack_b(view, p0, kc, j0, nc, own_block);
-                            own_block
-                        }
-                    };
                     for ib in (0..m).step_by(bl.mc) {
-                        block(ib, bl.mc.min(m - ib), j0, nc, p0, kc, bblock);
+                        let mc = bl.mc.min(m - ib);
+                        pack_a(a, i0 + ib, mc, p0, kc, apack);
+                        let at = Tile {
+                            ib,
+                            mc,
+                            j0,
+                            nc,
+                            p0,
+                            kc,
+                        };
+                        sweep(at, apack, &|g| shared.group(p0, g), c, n, me);
+                    }
+                }
+            }
+            PackedB::Own(view) => {
+                for p0 in (0..k).step_by(bl.kc) {
+                    let kc = bl.kc.min(k - p0);
+                    pack_b(view, p0, kc, j0, nc, own_block);
+                    let packed: &[f32] = own_block;
+                    for ib in (0..m).step_by(bl.mc) {
+                        let mc = bl.mc.min(m - ib);
+                        pack_a(a, i0 + ib, mc, p0, kc, apack);
+                        let at = Tile {
+                            ib,
+                            mc,
+                            j0,
+                            nc,
+                            p0,
+                            kc,
+                        };
+                        sweep(
+                            at,
+                            apack,
+                            &|g| &packed[g * PACK_PANELS * NR * kc..],
+                            c,
+                            n,
+                            me,
+                        );
                     }
                 }
             }
@@ -406,6 +513,67 @@ fn gemm_rows(
     A_PACK.with(|slot| *slot.borrow_mut() = apack_buf);
     if !own.is_empty() {
         B_PACK.with(|slot| *slot.borrow_mut() = own);
+    }
+}
+
+/// Where one call of [`sweep`] works: rows `ib..ib + mc` of the thread's range, columns
+/// `j0..j0 + nc`, the k block `p0..p0 + kc`.
+#[derive(Clone, Copy)]
+struct Tile {
+    ib: usize,
+    mc: usize,
+    j0: usize,
+    nc: usize,
+    p0: usize,
+    kc: usize,
+}
+
+/// One k block of one block of packed rows of A against columns j0..j0 + nc: the micro-kernel
+/// over every panel, a group of panels (from `group`) at a time, starting at this task's
+/// fraction of the groups.
+fn sweep<'g>(
+    Tile {
+        ib,
+        mc,
+        j0,
+        nc,
+        p0,
+        kc,
+    }: Tile,
+    apack: &[f32],
+    group: &dyn Fn(usize) -> &'g [f32],
+    c: &mut [MaybeUninit<f32>],
+    n: usize,
+    (t, tasks): (usize, usize),
+) {
+    let groups = nc.div_ceil(NR * PACK_PANELS);
+    for g in (0..groups).map(|g| (g + t * groups / tasks) % groups) {
+        let bg = group(g);
+        let first = g * PACK_PANELS;
+        for jp in first..(first + PACK_PANELS).min(nc.div_ceil(NR)) {
+            let cols = NR.min(nc - jp * NR);
+            let bp = &bg[(jp - first) * NR * kc..][..NR * kc];
+            for ip in 0..mc.div_ceil(MR) {
+                let rows = MR.min(mc - ip * MR);
+                let at = (ib + ip * MR) * n + j0 + jp * NR;
+                let ap = &apack[ip * MR * kc..][..MR * kc];
+                assert!(at + (rows - 1) * n + cols <= c.len());
+                // SAFETY: AVX-512F was checked by `gemm`; the packed panels hold MR·kc and
+                // NR·kc values; the `rows` × `cols` tile at `at` lies inside `c` (asserted).
+                unsafe {
+                    kernel(
+                        kc,
+                        ap.as_ptr(),
+                        bp.as_ptr(),
+                        c[at..].as_mut_ptr().cast::<f32>(),
+                        n,
+                        rows,
+                        cols,
+                        p0 > 0,
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -462,10 +630,6 @@ mod tests {
     fn gemm_throughput() {
         let n: usize = std::env::var("KILN_GEMM_N").map_or(1024, |v| v.parse().unwrap());
         let threads: usize = std::env::var("KILN_GEMM_THREADS").map_or(1, |v| v.parse().unwrap());
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
         let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
         let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.1).collect();
         let view = |d| View {
@@ -526,10 +690,11 @@ mod tests {
         }
         let mut c = vec![MaybeUninit::new(0.0f32); n * n];
         let mut times = vec![Vec::new(); configs.len()];
-        for _round in 0..15 {
+        let rounds: usize = std::env::var("KILN_GEMM_ROUNDS").map_or(15, |v| v.parse().unwrap());
+        for _round in 0..rounds {
             for (cfg, t) in configs.iter().zip(&mut times) {
                 let start = std::time::Instant::now();
-                pool.install(|| gemm_with(n, n, n, view(&a), view(&b), &mut c, *cfg));
+                gemm_with(n, n, n, view(&a), view(&b), &mut c, *cfg, threads);
                 t.push(start.elapsed().as_secs_f64());
             }
         }

@@ -10,6 +10,8 @@ mod grad;
 mod matmul;
 mod optim;
 mod reduce;
+#[cfg(target_arch = "x86_64")]
+mod spin_pool;
 mod strided;
 
 pub(crate) use conv::{conv2d, pool2d};
