@@ -21,8 +21,9 @@ const NR: usize = 32;
 const KC: usize = 256;
 /// Most rows of A in one packed block.
 const MC_MAX: usize = 144;
-/// Most columns of B in one packed block.
-const NC: usize = 2048;
+/// Most columns of B in one packed block (1 MiB of packed B at KC: it stays in L2 while a
+/// block of rows sweeps it).
+const NC: usize = 1024;
 
 /// Whether this CPU can run the kernel.
 pub(crate) fn available() -> bool {
@@ -329,6 +330,9 @@ struct Blocking {
     kc: usize,
     /// Rows of A in one packed block (a multiple of MR).
     mc: usize,
+    /// Columns of B swept per block of rows, when B is shared (a multiple of
+    /// NR·PACK_PANELS).
+    nc: usize,
     /// Whether a block of rows of C finishes every k block before the next (C stays in L2)
     /// instead of each k block sweeping all of the thread's rows.
     rows_outer: bool,
@@ -338,6 +342,7 @@ impl Blocking {
     const DEFAULT: Blocking = Blocking {
         kc: KC,
         mc: MC_MAX,
+        nc: NC,
         rows_outer: false,
     };
 }
@@ -430,7 +435,7 @@ fn gemm_rows(
     (t, tasks): (usize, usize),
 ) {
     let nc_step = match b {
-        PackedB::Shared(_) => n,
+        PackedB::Shared(_) => bl.nc,
         PackedB::Own(_) => NC,
     };
     let mut own = match b {
@@ -459,7 +464,14 @@ fn gemm_rows(
                             p0,
                             kc,
                         };
-                        sweep(at, apack, &|g| shared.group(p0, g), c, n, me);
+                        sweep(
+                            at,
+                            apack,
+                            &|g| shared.group(p0, j0 / (NR * PACK_PANELS) + g),
+                            c,
+                            n,
+                            me,
+                        );
                     }
                 }
             }
@@ -477,7 +489,14 @@ fn gemm_rows(
                             p0,
                             kc,
                         };
-                        sweep(at, apack, &|g| shared.group(p0, g), c, n, me);
+                        sweep(
+                            at,
+                            apack,
+                            &|g| shared.group(p0, j0 / (NR * PACK_PANELS) + g),
+                            c,
+                            n,
+                            me,
+                        );
                     }
                 }
             }
@@ -644,11 +663,12 @@ mod tests {
             .split(',')
         {
             let f: Vec<&str> = spec.split(':').collect();
-            if f.len() == 3 {
+            if f.len() == 4 {
                 configs.push(Blocking {
                     kc: f[0].parse().unwrap(),
                     mc: f[1].parse().unwrap(),
-                    rows_outer: f[2] == "r",
+                    nc: f[2].parse().unwrap(),
+                    rows_outer: f[3] == "r",
                 });
             }
         }
@@ -732,6 +752,8 @@ mod tests {
             (50, 257, 70, true, false),
             (29, 513, 33, false, true),
             (13, 100, 65, true, true),
+            // Wider than NC: two column blocks of the shared B.
+            (40, 300, 1100, false, false),
             // B larger than SHARED_B_MAX: each thread packs its own blocks.
             (3, 4100, 4100, false, false),
         ] {
