@@ -1,31 +1,20 @@
 //! Unary, binary and fill loops, parallel over chunks.
 
-use super::{PARALLEL_MIN, alloc};
-use crate::error::{Error, Result};
+use super::{PARALLEL_MIN, alloc, reserve};
+use crate::error::Result;
 use crate::op::{BinaryOp, UnaryOp};
 use crate::shape::BroadcastLayout;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
 
-/// An empty vector with room for `n` values, or `OutOfMemory` instead of an abort. Filling it
-/// from an iterator avoids zeroing memory that is about to be overwritten.
-fn reserve(op: &'static str, n: usize) -> Result<Vec<f32>> {
-    let mut v: Vec<f32> = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|e| Error::OutOfMemory(format!("{op}: {n} f32 values on the CPU: {e}")))?;
-    Ok(v)
-}
-
 pub(crate) fn unary(x: &[f32], op: UnaryOp) -> Result<Vec<f32>> {
     let mut out = reserve(op.name(), x.len())?;
+    out.extend_from_slice(x);
     if x.len() >= PARALLEL_MIN {
-        x.par_iter()
-            .with_min_len(CHUNK)
-            .map(|&v| op.apply(v))
-            .collect_into_vec(&mut out);
+        out.par_chunks_mut(CHUNK).for_each(|c| op.apply_slice(c));
     } else {
-        out.extend(x.iter().map(|&v| op.apply(v)));
+        op.apply_slice(&mut out);
     }
     Ok(out)
 }
@@ -56,24 +45,15 @@ pub(crate) fn binary(
     let (sa, sb) = (layout.lhs[last], layout.rhs[last]);
     let row = |(r, o): (usize, &mut [f32])| {
         let (ia, ib) = layout.offsets(r * inner);
-        match (sa, sb) {
-            (1, 1) => o
-                .iter_mut()
-                .zip(&a[ia..ia + inner])
-                .zip(&b[ib..ib + inner])
-                .for_each(|((o, &x), &y)| *o = op.apply(x, y)),
-            (1, 0) => o
-                .iter_mut()
-                .zip(&a[ia..ia + inner])
-                .for_each(|(o, &x)| *o = op.apply(x, b[ib])),
-            (0, 1) => o
-                .iter_mut()
-                .zip(&b[ib..ib + inner])
-                .for_each(|(o, &y)| *o = op.apply(a[ia], y)),
-            _ => o
-                .iter_mut()
-                .enumerate()
-                .for_each(|(j, o)| *o = op.apply(a[ia + j * sa], b[ib + j * sb])),
+        let at = (ia, ib, sa, sb);
+        // The arithmetic ops get loops of their own, which the compiler vectorises; the rest
+        // call `apply` per value. Both give `apply`'s results.
+        match op {
+            BinaryOp::Add => binary_row(|x, y| x + y, o, a, b, at),
+            BinaryOp::Sub => binary_row(|x, y| x - y, o, a, b, at),
+            BinaryOp::Mul => binary_row(|x, y| x * y, o, a, b, at),
+            BinaryOp::Div => binary_row(|x, y| x / y, o, a, b, at),
+            _ => binary_row(|x, y| op.apply(x, y), o, a, b, at),
         }
     };
     if n >= PARALLEL_MIN {
@@ -86,4 +66,40 @@ pub(crate) fn binary(
         out.chunks_mut(inner).enumerate().for_each(row);
     }
     Ok(out)
+}
+
+/// One row `o` of a broadcast binary op: `o[j] = f(a[ia + j·sa], b[ib + j·sb])`, with the
+/// contiguous and broadcast strides as plain loops.
+#[inline(always)]
+fn binary_row<F: Fn(f32, f32) -> f32>(
+    f: F,
+    o: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    (ia, ib, sa, sb): (usize, usize, usize, usize),
+) {
+    let inner = o.len();
+    match (sa, sb) {
+        (1, 1) => o
+            .iter_mut()
+            .zip(&a[ia..ia + inner])
+            .zip(&b[ib..ib + inner])
+            .for_each(|((o, &x), &y)| *o = f(x, y)),
+        (1, 0) => {
+            let y = b[ib];
+            o.iter_mut()
+                .zip(&a[ia..ia + inner])
+                .for_each(|(o, &x)| *o = f(x, y));
+        }
+        (0, 1) => {
+            let x = a[ia];
+            o.iter_mut()
+                .zip(&b[ib..ib + inner])
+                .for_each(|(o, &y)| *o = f(x, y));
+        }
+        _ => o
+            .iter_mut()
+            .enumerate()
+            .for_each(|(j, o)| *o = f(a[ia + j * sa], b[ib + j * sb])),
+    }
 }

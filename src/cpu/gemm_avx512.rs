@@ -7,7 +7,7 @@
 //! Used for products of at least 2^21 multiply-adds when the CPU has AVX-512F (checked at run
 //! time) unless `KILN_CPU_GEMM=matrixmultiply`; everything else goes through `matrixmultiply`.
 
-use super::spin_pool;
+use super::{RowEpilogue, spin_pool};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -319,8 +319,19 @@ enum PackedB<'a> {
 /// (`spin_pool`), and each thread runs the blocked loop on its range; B is packed once, unit by
 /// unit, by whichever thread needs a unit first (unless it is larger than `SHARED_B_MAX`, when
 /// each thread packs its own blocks). One fork-join per product.
-pub(crate) fn gemm(m: usize, k: usize, n: usize, a: View, b: View, c: &mut [MaybeUninit<f32>]) {
-    gemm_with(m, k, n, a, b, c, Blocking::DEFAULT, usize::MAX);
+///
+/// `epilogue`, when given, is applied to every finished row of `c` (n values) by the thread
+/// that computed it, while the row is still in its cache (bias and activation of `linear`).
+pub(crate) fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: View,
+    b: View,
+    c: &mut [MaybeUninit<f32>],
+    epilogue: Option<RowEpilogue>,
+) {
+    gemm_with(m, k, n, a, b, c, Blocking::DEFAULT, usize::MAX, epilogue);
 }
 
 /// Block sizes of the loops around the micro-kernel.
@@ -374,6 +385,7 @@ fn gemm_with(
     c: &mut [MaybeUninit<f32>],
     bl: Blocking,
     max_threads: usize,
+    epilogue: Option<RowEpilogue>,
 ) {
     assert!(c.len() >= m * n && k > 0 && available());
     let tasks = spin_pool::width().min(max_threads).clamp(1, m.div_ceil(MR));
@@ -412,6 +424,13 @@ fn gemm_with(
         // from every other task's rows.
         let c = unsafe { out.rows(i0 * n, rows * n) };
         gemm_rows(i0, rows, k, n, &a, &source, c, bl, (t, tasks));
+        if let Some(f) = epilogue {
+            // SAFETY: gemm_rows wrote every value of these rows; MaybeUninit<f32> has f32's
+            // layout.
+            let done =
+                unsafe { std::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<f32>(), c.len()) };
+            done.chunks_exact_mut(n).for_each(f);
+        }
     });
     drop(shared);
     if !buffer.is_empty() {
@@ -444,6 +463,9 @@ fn gemm_rows(
     };
     let mut apack_buf = take_buffer(&A_PACK, bl.kc * bl.mc.div_ceil(MR) * MR);
     let apack = aligned(&mut apack_buf);
+    // Blocks of rows of equal size (at most `bl.mc`, a multiple of MR): 512 rows go as 4 × 128
+    // instead of 3 × 144 + 80, whose last block would sweep all of B for fewer rows.
+    let mc_step = m.div_ceil(m.div_ceil(bl.mc)).div_ceil(MR) * MR;
     let own_len = own.len();
     let own_block = aligned(&mut own[..own_len]);
     let me = (t, tasks);
@@ -451,8 +473,8 @@ fn gemm_rows(
         let nc = nc_step.min(n - j0);
         match b {
             PackedB::Shared(shared) if bl.rows_outer => {
-                for ib in (0..m).step_by(bl.mc) {
-                    let mc = bl.mc.min(m - ib);
+                for ib in (0..m).step_by(mc_step) {
+                    let mc = mc_step.min(m - ib);
                     for p0 in (0..k).step_by(bl.kc) {
                         let kc = bl.kc.min(k - p0);
                         pack_a(a, i0 + ib, mc, p0, kc, apack);
@@ -478,8 +500,8 @@ fn gemm_rows(
             PackedB::Shared(shared) => {
                 for p0 in (0..k).step_by(bl.kc) {
                     let kc = bl.kc.min(k - p0);
-                    for ib in (0..m).step_by(bl.mc) {
-                        let mc = bl.mc.min(m - ib);
+                    for ib in (0..m).step_by(mc_step) {
+                        let mc = mc_step.min(m - ib);
                         pack_a(a, i0 + ib, mc, p0, kc, apack);
                         let at = Tile {
                             ib,
@@ -505,8 +527,8 @@ fn gemm_rows(
                     let kc = bl.kc.min(k - p0);
                     pack_b(view, p0, kc, j0, nc, own_block);
                     let packed: &[f32] = own_block;
-                    for ib in (0..m).step_by(bl.mc) {
-                        let mc = bl.mc.min(m - ib);
+                    for ib in (0..m).step_by(mc_step) {
+                        let mc = mc_step.min(m - ib);
                         pack_a(a, i0 + ib, mc, p0, kc, apack);
                         let at = Tile {
                             ib,
@@ -714,7 +736,7 @@ mod tests {
         for _round in 0..rounds {
             for (cfg, t) in configs.iter().zip(&mut times) {
                 let start = std::time::Instant::now();
-                gemm_with(n, n, n, view(&a), view(&b), &mut c, *cfg, threads);
+                gemm_with(n, n, n, view(&a), view(&b), &mut c, *cfg, threads, None);
                 t.push(start.elapsed().as_secs_f64());
             }
         }
@@ -775,7 +797,7 @@ mod tests {
                 cs: bcs,
             };
             let mut c = vec![MaybeUninit::new(f32::NAN); m * n];
-            gemm(m, k, n, va, vb, &mut c);
+            gemm(m, k, n, va, vb, &mut c, None);
             // SAFETY: initialised above (and overwritten by gemm).
             let c: Vec<f32> = c.into_iter().map(|v| unsafe { v.assume_init() }).collect();
             for i in 0..m {

@@ -12,14 +12,16 @@ const OWN_KERNEL_MIN: usize = 1 << 21;
 /// Every batch through `gemm_avx512` (m, n, k > 0), into an output that is never zeroed: the
 /// kernel writes every element.
 #[cfg(target_arch = "x86_64")]
-fn own_kernel(a: &[f32], b: &[f32], plan: &MatmulPlan) -> Result<Vec<f32>> {
+fn own_kernel(
+    a: &[f32],
+    b: &[f32],
+    plan: &MatmulPlan,
+    epilogue: Option<super::RowEpilogue>,
+) -> Result<Vec<f32>> {
     use super::gemm_avx512::{View, gemm};
     let (m, k, n) = (plan.m, plan.k, plan.n);
     let total = plan.out_numel();
-    let mut out: Vec<f32> = Vec::new();
-    out.try_reserve_exact(total).map_err(|e| {
-        crate::error::Error::OutOfMemory(format!("matmul: {total} f32 values on the CPU: {e}"))
-    })?;
+    let mut out = super::reserve("matmul", total)?;
     for (c, &(oa, ob)) in out.spare_capacity_mut()[..total]
         .chunks_mut(m * n)
         .zip(&plan.offsets)
@@ -37,6 +39,7 @@ fn own_kernel(a: &[f32], b: &[f32], plan: &MatmulPlan) -> Result<Vec<f32>> {
             view(a, oa, plan.a_strides),
             view(b, ob, plan.b_strides),
             c,
+            epilogue,
         );
     }
     // SAFETY: gemm wrote all m·n elements of every batch, i.e. the first `total` values.
@@ -45,15 +48,34 @@ fn own_kernel(a: &[f32], b: &[f32], plan: &MatmulPlan) -> Result<Vec<f32>> {
 }
 
 pub(crate) fn matmul(a: &[f32], b: &[f32], plan: &MatmulPlan) -> Result<Vec<f32>> {
+    matmul_then(a, b, plan, None)
+}
+
+/// The product, with `epilogue` applied to every row of the result: inside the threads of
+/// kiln's own kernel where it runs, afterwards otherwise.
+fn matmul_then(
+    a: &[f32],
+    b: &[f32],
+    plan: &MatmulPlan,
+    epilogue: Option<super::RowEpilogue>,
+) -> Result<Vec<f32>> {
     let (m, k, n) = (plan.m, plan.k, plan.n);
+    let finish = |mut out: Vec<f32>| {
+        if let Some(f) = epilogue
+            && n > 0
+        {
+            out.chunks_exact_mut(n).for_each(f);
+        }
+        Ok(out)
+    };
     if m == 0 || n == 0 || k == 0 {
-        return alloc("matmul", plan.out_numel()); // an empty sum is 0
+        return finish(alloc("matmul", plan.out_numel())?); // an empty sum is 0
     }
     let (ars, acs) = plan.a_strides;
     let (brs, bcs) = plan.b_strides;
     #[cfg(target_arch = "x86_64")]
     if m * n * k >= OWN_KERNEL_MIN && super::gemm_avx512::available() {
-        return own_kernel(a, b, plan);
+        return own_kernel(a, b, plan, epilogue);
     }
     let mut out = alloc("matmul", plan.out_numel())?;
     for (c, &(oa, ob)) in out.chunks_mut(m * n).zip(&plan.offsets) {
@@ -87,7 +109,7 @@ pub(crate) fn matmul(a: &[f32], b: &[f32], plan: &MatmulPlan) -> Result<Vec<f32>
             );
         }
     }
-    Ok(out)
+    finish(out)
 }
 
 /// `act(x · wᵀ + bias)` for a plan built by `MatmulPlan::with_transposed_rhs`.
@@ -98,16 +120,16 @@ pub(crate) fn linear(
     bias: Option<&[f32]>,
     act: Option<UnaryOp>,
 ) -> Result<Vec<f32>> {
-    let mut out = matmul(x, w, plan)?;
-    if plan.n > 0 && (bias.is_some() || act.is_some()) {
-        for row in out.chunks_mut(plan.n) {
-            if let Some(b) = bias {
-                row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
-            }
-            if let Some(op) = act {
-                row.iter_mut().for_each(|o| *o = op.apply(*o));
-            }
-        }
+    if bias.is_none() && act.is_none() {
+        return matmul(x, w, plan);
     }
-    Ok(out)
+    let epilogue = |row: &mut [f32]| {
+        if let Some(b) = bias {
+            row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+        }
+        if let Some(op) = act {
+            op.apply_slice(row);
+        }
+    };
+    matmul_then(x, w, plan, Some(&epilogue))
 }
