@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The side-by-side runs behind BENCHMARKS.md, in one go on one machine:
-#   kiln's CPU backend and numpy (its OpenBLAS) on the same sizes, then kiln on the software
+#   kiln's CPU backend and numpy (its OpenBLAS; elementwise ops) on the same sizes, then kiln on the software
 #   adapter with version 1 (tiled16) beside the autotuned kernels, then the MLP forward pass.
 # Needs numpy (pip install numpy) and, for the GPU part, a Vulkan driver (lavapipe is enough).
 # Writes JSON under ${OUT:-bench-out}/.
@@ -19,13 +19,13 @@ bench=target/release/examples/bench
 echo "== machine"; lscpu | grep -E "Model name|^CPU\(s\)"; git rev-parse --short HEAD
 echo "== CPU: kiln vs numpy, ${ROUNDS:-5} alternating rounds (the machine is noisy: medians of rounds)"
 for r in $(seq 1 "${ROUNDS:-5}"); do
-  $bench --device cpu --matmul 256 512 1024 2048 --mlp 1024 64 256 256 10 --json "$out/kiln-cpu-$r.json" > /dev/null
+  $bench --device cpu --matmul 256 512 1024 2048 --mlp 1024 64 256 256 10 \
+    --elementwise 1048576 16777216 --json "$out/kiln-cpu-$r.json" > /dev/null
   python3 "$peer" --matmul 256 512 1024 2048 --mlp 1024 64 256 256 10 > "$out/numpy-$r.json"
+  python3 scripts/numpy_elementwise.py 1048576 16777216 > "$out/numpy-elementwise-$r.json"
 done
 python3 scripts/cpu_vs_numpy.py "$out" "${ROUNDS:-5}"
 echo "== lavapipe: version 1 vs tuned, skinny shapes, MLP"
 $bench --device software --reps 5 --matmul 256 512 --configs tiled16,auto,f16 --json "$out/kiln-lavapipe-square.json"
 $bench --device software --reps 5 --matmul 1x1024x1024 4x1024x1024 --configs blocked:32x32x8,auto --json "$out/kiln-lavapipe-skinny.json"
 $bench --device software --reps 5 --mlp 1024 64 256 256 10 --elementwise 1048576 16777216 --json "$out/kiln-lavapipe-mlp.json"
-echo "== CPU elementwise"
-$bench --device cpu --elementwise 1048576 16777216 --json "$out/kiln-cpu-elementwise.json"

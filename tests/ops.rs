@@ -451,3 +451,59 @@ fn index_ops_take_device_made_indices() {
         );
     }
 }
+
+/// Elementwise ops large enough for the CPU backend to split them over its worker threads,
+/// in shapes whose pieces start and end inside rows (one long row, a few long rows with a
+/// broadcast row vector, a broadcast column, a scalar), against a plain loop of the op's
+/// scalar formula, on every device.
+#[test]
+fn large_elementwise_ops_match_a_scalar_loop() {
+    let mut rng = Lcg(7);
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[300_001], &[300_001]),
+        (&[3, 100_003], &[100_003]),
+        (&[100_003, 3], &[100_003, 1]),
+        (&[2, 150_001], &[1]),
+    ];
+    for dev in devices() {
+        for (sa, sb) in cases {
+            let (na, nb): (usize, usize) = (sa.iter().product(), sb.iter().product());
+            let (va, vb) = (rng.vec(na, -2.0, 2.0), rng.vec(nb, -2.0, 2.0));
+            let a = Tensor::from_slice(&dev, &va, sa).unwrap();
+            let b = Tensor::from_slice(&dev, &vb, sb).unwrap();
+            // Index of b's value for output value i, under numpy broadcasting.
+            let cols = *sa.last().unwrap();
+            let bi = |i: usize| match (sb.len(), nb) {
+                (_, 1) => 0,
+                (1, _) => i % cols,
+                _ => i / cols,
+            };
+            type Want<'a> = Box<dyn Fn(usize) -> f32 + 'a>;
+            let checks: [(&str, Tensor, Want); 4] = [
+                ("add", a.add(&b).unwrap(), Box::new(|i| va[i] + vb[bi(i)])),
+                ("mul", a.mul(&b).unwrap(), Box::new(|i| va[i] * vb[bi(i)])),
+                (
+                    "maximum",
+                    a.maximum(&b).unwrap(),
+                    Box::new(|i| va[i].max(vb[bi(i)])),
+                ),
+                (
+                    "leaky_relu",
+                    a.leaky_relu(0.1).unwrap(),
+                    Box::new(|i| if va[i] < 0.0 { 0.1 * va[i] } else { va[i] }),
+                ),
+            ];
+            for (name, got, want) in checks {
+                let got = got.to_vec().unwrap();
+                assert_eq!(got.len(), na, "{name} {sa:?} {sb:?} on {dev}");
+                for (i, g) in got.iter().enumerate() {
+                    let w = want(i);
+                    assert!(
+                        (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+                        "{name} {sa:?} {sb:?} on {dev} at {i}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -358,23 +358,6 @@ impl Blocking {
     };
 }
 
-/// A pointer the tasks of one product share; each task writes only its own rows through it.
-struct RowsOut(*mut MaybeUninit<f32>);
-// SAFETY: the tasks write disjoint row ranges (see `gemm_with`).
-unsafe impl Sync for RowsOut {}
-
-impl RowsOut {
-    /// Values `start..start + len`.
-    ///
-    /// # Safety
-    /// Inside the output, and no other live slice overlaps them.
-    #[allow(clippy::mut_from_ref)] // disjoint ranges, per the contract above
-    unsafe fn rows(&self, start: usize, len: usize) -> &mut [MaybeUninit<f32>] {
-        // SAFETY: per the contract.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn gemm_with(
     m: usize,
@@ -413,16 +396,8 @@ fn gemm_with(
         Some(s) => PackedB::Shared(s),
         None => PackedB::Own(&b),
     };
-    let out = RowsOut(c.as_mut_ptr());
-    spin_pool::run(tasks, &|t| {
-        let i0 = t * per;
-        if i0 >= m {
-            return;
-        }
-        let rows = per.min(m - i0);
-        // SAFETY: rows i0..i0 + rows of the dense m × n output `c` (checked above), disjoint
-        // from every other task's rows.
-        let c = unsafe { out.rows(i0 * n, rows * n) };
+    spin_pool::run_chunks(&mut c[..m * n], per * n, &|t, c| {
+        let (i0, rows) = (t * per, c.len() / n);
         gemm_rows(i0, rows, k, n, &a, &source, c, bl, (t, tasks));
         if let Some(f) = epilogue {
             // SAFETY: gemm_rows wrote every value of these rows; MaybeUninit<f32> has f32's

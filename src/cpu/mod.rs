@@ -1,6 +1,7 @@
 //! The CPU backend: the reference the GPU is checked against, and the fallback when no adapter
 //! exists. Large matmuls use kiln's AVX-512 kernel where the CPU has it (`gemm_avx512.rs`), the
-//! rest `matrixmultiply` (threaded); elementwise work is split across cores with rayon.
+//! rest `matrixmultiply` (threaded); the SGEMM and elementwise loops run on kiln's own worker
+//! pool (`spin_pool.rs`), whose threads stay awake between ops; other loops use rayon.
 
 mod conv;
 mod elementwise;
@@ -10,7 +11,6 @@ mod grad;
 mod matmul;
 mod optim;
 mod reduce;
-#[cfg(target_arch = "x86_64")]
 mod spin_pool;
 mod strided;
 
@@ -30,9 +30,6 @@ use crate::error::{Error, Result};
 
 /// Work applied to each finished row of a product (a matmul's fused bias and activation).
 pub(crate) type RowEpilogue<'e> = &'e (dyn Fn(&mut [f32]) + Sync);
-
-/// Below this many elements, elementwise loops stay on one thread.
-const PARALLEL_MIN: usize = 1 << 15;
 
 /// A zeroed vector of `n` values, or `OutOfMemory` instead of an abort.
 pub(crate) fn alloc(op: &'static str, n: usize) -> Result<Vec<f32>> {

@@ -1,11 +1,13 @@
-//! A small pool of worker threads that stay awake between jobs, for the CPU SGEMM.
+//! A small pool of worker threads that stay awake between jobs, for the CPU backend's SGEMM
+//! and elementwise loops.
 //!
 //! rayon's workers go to sleep microseconds after their queue empties, so a product that
 //! follows other work pays for waking them: measured on the 2-vCPU development VM, a two-way
 //! rayon fork-join costs about 10 µs back to back and 135 µs (median) when the caller did
 //! 200 µs of other work first — most of a 256³ product. These workers spin, then yield, for
 //! [`AWAKE`] after each job before they park (OpenBLAS's threads do the same, for longer),
-//! and the calling thread runs one share of the work itself.
+//! and the calling thread runs one share of the work itself. Work below a few hundred
+//! microseconds should stay on the calling thread.
 //!
 //! Jobs are plain parallel loops: `run(tasks, f)` calls `f(t)` once for every `t < tasks`,
 //! in any order, and returns when all have returned. The tasks must not wait for one another
@@ -84,8 +86,8 @@ pub(crate) fn width() -> usize {
     pool().workers + 1
 }
 
-/// Calls `f(t)` for every `t < tasks` (at most [`width`] at once; `tasks` ≤ `width()` gives
-/// one task per thread) and returns when all have returned. A panic in a task is resumed on
+/// Calls `f(t)` for every `t < tasks` (one task per thread when `tasks` ≤ [`width`]; more
+/// run on rayon) and returns when all have returned. A panic in a task is resumed on
 /// the caller after every task has finished.
 pub(crate) fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     let p = pool();
@@ -130,6 +132,41 @@ pub(crate) fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         "a task of a parallel SGEMM panicked on a worker thread"
     );
 }
+
+/// Splits `data` into pieces of `per` values (the last may be shorter; at most [`width`]
+/// pieces, so `per` should be at least `data.len() / width()`) and calls `f(index, piece)` for
+/// each on the pool, the first on the calling thread.
+pub(crate) fn run_chunks<T: Send>(
+    data: &mut [T],
+    per: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    let per = per.max(1);
+    let pieces = data.len().div_ceil(per);
+    let base = SharedPtr(data.as_mut_ptr());
+    let len = data.len();
+    run(pieces, &|t| {
+        let start = t * per;
+        let end = len.min(start + per);
+        // SAFETY: pieces are disjoint ranges inside `data`, which stays mutably borrowed (by
+        // this function) until every task has returned.
+        let piece = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
+        f(t, piece);
+    });
+}
+
+/// A pointer to the start of a slice whose disjoint pieces the tasks of one job write.
+struct SharedPtr<T>(*mut T);
+
+impl<T> SharedPtr<T> {
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
+// SAFETY: used only by `run_chunks`, whose tasks touch disjoint pieces of a `&mut [T]` with
+// `T: Send`.
+unsafe impl<T: Send> Sync for SharedPtr<T> {}
 
 fn worker(p: &'static Pool, index: usize) {
     let mut seen = 0u64;
