@@ -15,14 +15,23 @@ rm -rf "$KILN_CACHE_DIR"
 peer=../shared/bench/numpy_ref.py
 cargo build -q --release --example bench
 bench=target/release/examples/bench
+# PEERS=1 adds candle's CPU backend (a separate project, benches/peers/candle; ~3 min to build).
+candle=""
+if [ "${PEERS:-0}" = 1 ]; then
+  (cd benches/peers/candle && cargo build -q --release)
+  candle=benches/peers/candle/target/release/candle-peer
+fi
 
 echo "== machine"; lscpu | grep -E "Model name|^CPU\(s\)"; git rev-parse --short HEAD
-echo "== CPU: kiln vs numpy, ${ROUNDS:-5} alternating rounds (the machine is noisy: medians of rounds)"
+echo "== CPU: kiln vs numpy (and candle with PEERS=1), ${ROUNDS:-5} alternating rounds (the machine is noisy: medians of rounds)"
 for r in $(seq 1 "${ROUNDS:-5}"); do
   $bench --device cpu --matmul 256 512 1024 2048 --mlp 1024 64 256 256 10 \
     --elementwise 1048576 16777216 --json "$out/kiln-cpu-$r.json" > /dev/null
   python3 "$peer" --matmul 256 512 1024 2048 --mlp 1024 64 256 256 10 > "$out/numpy-$r.json"
   python3 scripts/numpy_elementwise.py 1048576 16777216 > "$out/numpy-elementwise-$r.json"
+  if [ -n "$candle" ]; then
+    $candle --matmul 256 512 1024 2048 --mlp 1024 64 256 256 10 > "$out/candle-$r.json"
+  fi
 done
 python3 scripts/cpu_vs_numpy.py "$out" "${ROUNDS:-5}"
 echo "== lavapipe: version 1 vs tuned, skinny shapes, MLP"

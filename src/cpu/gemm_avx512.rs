@@ -289,13 +289,11 @@ impl SharedB<'_> {
                 std::mem::forget(failed);
                 state.store(PACKED, Ordering::Release);
             } else {
-                loop {
-                    match state.load(Ordering::Acquire) {
-                        PACKED => break,
-                        FAILED => panic!("kiln SGEMM: another thread failed to pack B"),
-                        _ => std::hint::spin_loop(),
-                    }
-                }
+                spin_pool::wait_until(|| state.load(Ordering::Acquire) != PACKING);
+                assert!(
+                    state.load(Ordering::Acquire) == PACKED,
+                    "kiln SGEMM: another thread failed to pack B"
+                );
             }
         }
         // SAFETY: packed (PACKED acquired above); nothing writes it again during this product.

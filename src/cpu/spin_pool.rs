@@ -119,9 +119,7 @@ pub(crate) fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         p.wake.notify_all();
     }
     let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0)));
-    while p.pending.load(Ordering::Acquire) > 0 {
-        std::hint::spin_loop();
-    }
+    wait_until(|| p.pending.load(Ordering::Acquire) == 0);
     let theirs = p.panicked.swap(false, Ordering::Relaxed);
     p.busy.store(false, Ordering::Release);
     if let Err(payload) = mine {
@@ -167,6 +165,21 @@ impl<T> SharedPtr<T> {
 // SAFETY: used only by `run_chunks`, whose tasks touch disjoint pieces of a `&mut [T]` with
 // `T: Send`.
 unsafe impl<T: Send> Sync for SharedPtr<T> {}
+
+/// Waits for `done()`, spinning for a few microseconds and then yielding the CPU between
+/// checks: the thread being waited for may need this CPU (a pure spin would hold it for the
+/// rest of its time slice, ~4 ms; measured once as a 20× slower 256³ product).
+pub(crate) fn wait_until(done: impl Fn() -> bool) {
+    let mut polls = 0u32;
+    while !done() {
+        if polls < 1 << 12 {
+            polls += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
 
 fn worker(p: &'static Pool, index: usize) {
     let mut seen = 0u64;
