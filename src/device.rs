@@ -158,6 +158,7 @@ impl Device {
     }
 
     fn cpu_because(reason: String) -> Device {
+        crate::cpu::start_workers();
         Device {
             inner: Arc::new(Inner {
                 id: 0,

@@ -28,6 +28,12 @@ pub(crate) use strided::strided_copy;
 
 use crate::error::{Error, Result};
 
+/// Starts the CPU backend's worker threads (see `spin_pool.rs`), so that the first ops do not
+/// wait for them.
+pub(crate) fn start_workers() {
+    spin_pool::start();
+}
+
 /// Work applied to each finished row of a product (a matmul's fused bias and activation).
 pub(crate) type RowEpilogue<'e> = &'e (dyn Fn(&mut [f32]) + Sync);
 

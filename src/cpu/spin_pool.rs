@@ -30,25 +30,35 @@ type Job = &'static (dyn Fn(usize) + Sync);
 struct Pool {
     /// Worker threads (the caller is one more participant).
     workers: usize,
-    /// `generation << 16 | tasks` of the latest job; workers wait for it to change.
-    state: AtomicU64,
-    /// The latest job; written by the caller only while no worker is running a task.
+    /// Generation of the latest job; workers wait for it to change.
+    generation: AtomicU64,
+    /// `generation << 32 | next task` of the latest job: every participant (the caller
+    /// included) claims tasks by advancing it, so a task no worker has started yet is run by
+    /// the caller instead of waited for, and a worker that wakes after the job is over finds a
+    /// newer generation (or no task left) and touches nothing.
+    claim: AtomicU64,
+    /// Tasks of the latest job, and how many have finished.
+    tasks: AtomicUsize,
+    finished: AtomicUsize,
+    /// The latest job; written by the caller only when no task of the previous job runs.
     job: UnsafeCell<Option<Job>>,
-    /// Workers still running a task of the latest job.
-    pending: AtomicUsize,
     /// Set when a task panicked on a worker.
     panicked: AtomicBool,
     /// Held by the caller whose job is running.
     busy: AtomicBool,
     /// Workers parked on `wake`.
     sleepers: AtomicUsize,
+    /// Workers that have started running.
+    started: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
 }
 
 // SAFETY: `job` is written by the one caller holding `busy`, before the release store of
-// `state` that publishes it and only after every worker reading the previous job has finished
-// (`pending` back to 0, acquire); workers read it only after an acquire load of that `state`.
+// `claim` that opens the job, and only after every task of the previous job has finished
+// (`finished` == `tasks`, acquire). A worker reads `job` only after claiming a task of the
+// current generation (acquire), and the caller does not return (so the job stays alive) until
+// that task has finished.
 unsafe impl Sync for Pool {}
 
 fn pool() -> &'static Pool {
@@ -57,28 +67,49 @@ fn pool() -> &'static Pool {
         let workers = rayon::current_num_threads().saturating_sub(1);
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             workers,
-            state: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            claim: AtomicU64::new(0),
+            tasks: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
             job: UnsafeCell::new(None),
-            pending: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             busy: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         }));
         for w in 0..workers {
             let spawned = std::thread::Builder::new()
-                .name(format!("kiln-gemm-{}", w + 1))
-                .spawn(move || worker(pool, w + 1));
+                .name(format!("kiln-cpu-{}", w + 1))
+                .spawn(move || worker(pool));
             if let Err(e) = spawned {
-                // Jobs that count on this worker would never finish: give up on the pool.
-                log::warn!("kiln: could not start a GEMM worker thread ({e}); using rayon");
-                pool.busy.store(true, Ordering::SeqCst);
+                // Not fatal: the caller runs every task no worker claims.
+                log::warn!("kiln: could not start a CPU worker thread ({e})");
             }
         }
-        log::debug!("kiln: SGEMM pool of {} threads", workers + 1);
+        // A new thread can take milliseconds to be scheduled for the first time (measured on
+        // the 2-vCPU VM: the first few products ran without their worker); wait a little for
+        // the workers here, once, rather than in the first ops' timings.
+        let start = Instant::now();
+        while pool.started.load(Ordering::Acquire) < workers
+            && start.elapsed() < Duration::from_millis(50)
+        {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        log::debug!(
+            "kiln: CPU worker pool of {} threads ({} started in {:?})",
+            workers + 1,
+            pool.started.load(Ordering::Acquire),
+            start.elapsed()
+        );
         pool
     })
+}
+
+/// Starts the pool's workers now (they are otherwise started by the first parallel op).
+pub(crate) fn start() {
+    pool();
 }
 
 /// Threads a job can use: the workers and the caller.
@@ -86,12 +117,13 @@ pub(crate) fn width() -> usize {
     pool().workers + 1
 }
 
-/// Calls `f(t)` for every `t < tasks` (one task per thread when `tasks` ≤ [`width`]; more
-/// run on rayon) and returns when all have returned. A panic in a task is resumed on
-/// the caller after every task has finished.
+/// Calls `f(t)` for every `t < tasks` and returns when all have returned. The caller runs
+/// tasks too, and any task no worker has started; more tasks than threads, or a pool busy
+/// with another caller's job, go to rayon. A panic in a task is resumed on the caller after
+/// every task has finished.
 pub(crate) fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     let p = pool();
-    if tasks <= 1 {
+    if tasks <= 1 || p.workers == 0 {
         (0..tasks).for_each(f);
         return;
     }
@@ -100,26 +132,32 @@ pub(crate) fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
     {
-        // Another caller's job is running (or more tasks than threads): share rayon's pool.
         use rayon::prelude::*;
         (0..tasks).into_par_iter().for_each(f);
         return;
     }
     // SAFETY: the lifetime is erased only until this function returns, and it returns only
-    // after every worker has finished its task (`pending` == 0), even when a task panics.
+    // after every claimed task has finished, even when a task panics (see `impl Sync`).
     let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
-    // SAFETY: we hold `busy` and the previous job's workers are done (see `impl Sync`).
+    // SAFETY: we hold `busy` and every task of the previous job has finished.
     unsafe { *p.job.get() = Some(job) };
-    p.pending.store(tasks - 1, Ordering::Relaxed);
-    let generation = (p.state.load(Ordering::Relaxed) >> 16) + 1;
-    p.state
-        .store(generation << 16 | tasks as u64, Ordering::SeqCst);
+    p.tasks.store(tasks, Ordering::Relaxed);
+    p.finished.store(0, Ordering::Relaxed);
+    let generation = p.generation.load(Ordering::Relaxed) + 1;
+    p.claim.store(generation << 32, Ordering::Release);
+    p.generation.store(generation, Ordering::SeqCst);
     if p.sleepers.load(Ordering::SeqCst) > 0 {
         let _guard = p.lock.lock().unwrap_or_else(|e| e.into_inner());
         p.wake.notify_all();
     }
-    let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0)));
-    wait_until(|| p.pending.load(Ordering::Acquire) == 0);
+    let mut mine = Ok(());
+    while let Some(t) = claim(p, generation) {
+        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(t))) {
+            mine = Err(e);
+        }
+        p.finished.fetch_add(1, Ordering::Release);
+    }
+    wait_until(|| p.finished.load(Ordering::Acquire) == tasks);
     let theirs = p.panicked.swap(false, Ordering::Relaxed);
     p.busy.store(false, Ordering::Release);
     if let Err(payload) = mine {
@@ -127,8 +165,32 @@ pub(crate) fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     }
     assert!(
         !theirs,
-        "a task of a parallel SGEMM panicked on a worker thread"
+        "a task of a parallel CPU op panicked on a worker thread"
     );
+}
+
+/// The next unclaimed task of job `generation`, if that job is still open and has one.
+fn claim(p: &Pool, generation: u64) -> Option<usize> {
+    let mut current = p.claim.load(Ordering::Acquire);
+    loop {
+        if current >> 32 != generation {
+            return None;
+        }
+        let next = (current & 0xffff_ffff) as usize;
+        // `tasks` was stored before the release store of `claim` we acquired.
+        if next >= p.tasks.load(Ordering::Relaxed) {
+            return None;
+        }
+        match p.claim.compare_exchange_weak(
+            current,
+            current + 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return Some(next),
+            Err(now) => current = now,
+        }
+    }
 }
 
 /// Splits `data` into pieces of `per` values (the last may be shorter; at most [`width`]
@@ -166,14 +228,22 @@ impl<T> SharedPtr<T> {
 // `T: Send`.
 unsafe impl<T: Send> Sync for SharedPtr<T> {}
 
-/// Waits for `done()`, spinning for a few microseconds and then yielding the CPU between
-/// checks: the thread being waited for may need this CPU (a pure spin would hold it for the
-/// rest of its time slice, ~4 ms; measured once as a 20× slower 256³ product).
+/// Waits for `done()`: a pure spin for up to [`WAIT_SPIN`], then yielding the CPU between
+/// checks. Yielding early is worse than it looks: measured on the 2-vCPU VM, yielding after
+/// 4096 polls (or 500 µs) made 256³ products 2–5× slower, apparently because a yield lets the
+/// awaited thread run on the waiter's CPU and the two then stay there, one job after another;
+/// a spinning waiter keeps its CPU busy, so the scheduler moves the other thread to an idle
+/// one. The yield is only a backstop for a thread that is not running at all.
 pub(crate) fn wait_until(done: impl Fn() -> bool) {
+    let mut since: Option<Instant> = None;
     let mut polls = 0u32;
     while !done() {
-        if polls < 1 << 12 {
-            polls += 1;
+        polls = polls.wrapping_add(1);
+        if !polls.is_multiple_of(64) {
+            std::hint::spin_loop();
+            continue;
+        }
+        if since.get_or_insert_with(Instant::now).elapsed() < WAIT_SPIN {
             std::hint::spin_loop();
         } else {
             std::thread::yield_now();
@@ -181,34 +251,35 @@ pub(crate) fn wait_until(done: impl Fn() -> bool) {
     }
 }
 
-fn worker(p: &'static Pool, index: usize) {
+/// How long [`wait_until`] spins before it starts yielding.
+const WAIT_SPIN: Duration = Duration::from_millis(5);
+
+fn worker(p: &'static Pool) {
+    p.started.fetch_add(1, Ordering::Release);
     let mut seen = 0u64;
     loop {
-        let state = wait_for_job(p, seen);
-        seen = state >> 16;
-        let tasks = (state & 0xffff) as usize;
-        if index >= tasks {
-            continue;
+        seen = wait_for_job(p, seen);
+        while let Some(t) = claim(p, seen) {
+            // SAFETY: a claimed task of the current job (see `impl Sync`).
+            let job = unsafe { *p.job.get() };
+            if let Some(f) = job
+                && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(t))).is_err()
+            {
+                p.panicked.store(true, Ordering::Relaxed);
+            }
+            p.finished.fetch_add(1, Ordering::Release);
         }
-        // SAFETY: published by the acquire load in `wait_for_job` (see `impl Sync`).
-        let job = unsafe { *p.job.get() };
-        if let Some(f) = job
-            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(index))).is_err()
-        {
-            p.panicked.store(true, Ordering::Relaxed);
-        }
-        p.pending.fetch_sub(1, Ordering::Release);
     }
 }
 
-/// The state of the first job after generation `seen`: spinning, then yielding, then parked.
+/// The first job generation after `seen`: spinning, then yielding, then parked.
 fn wait_for_job(p: &Pool, seen: u64) -> u64 {
     let start = Instant::now();
     let mut polls = 0u32;
     loop {
-        let state = p.state.load(Ordering::Acquire);
-        if state >> 16 != seen {
-            return state;
+        let generation = p.generation.load(Ordering::Acquire);
+        if generation != seen {
+            return generation;
         }
         polls = polls.wrapping_add(1);
         if !polls.is_multiple_of(64) {
@@ -225,12 +296,12 @@ fn wait_for_job(p: &Pool, seen: u64) -> u64 {
         }
         let mut guard = p.lock.lock().unwrap_or_else(|e| e.into_inner());
         p.sleepers.fetch_add(1, Ordering::SeqCst);
-        while p.state.load(Ordering::SeqCst) >> 16 == seen {
+        while p.generation.load(Ordering::SeqCst) == seen {
             guard = p.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
         }
         p.sleepers.fetch_sub(1, Ordering::SeqCst);
         drop(guard);
-        return p.state.load(Ordering::Acquire);
+        return p.generation.load(Ordering::Acquire);
     }
 }
 
@@ -262,5 +333,32 @@ mod tests {
             hits.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(hits.load(Ordering::Relaxed), n);
+    }
+
+    /// Callers on several threads at once (all but one fall back to rayon while the pool is
+    /// busy), jobs nested inside tasks, and pieces from `run_chunks`: every value written once.
+    #[test]
+    fn concurrent_and_nested_jobs_all_complete() {
+        std::thread::scope(|scope| {
+            for caller in 0..4 {
+                scope.spawn(move || {
+                    for round in 0..100 {
+                        let mut data = vec![0usize; 1000 + caller * 7 + round];
+                        let per = data.len().div_ceil(width());
+                        run_chunks(&mut data, per, &|t, piece| {
+                            let total = AtomicUsize::new(0);
+                            run(width(), &|_| {
+                                total.fetch_add(1, Ordering::Relaxed);
+                            });
+                            assert_eq!(total.load(Ordering::Relaxed), width());
+                            for (i, v) in piece.iter_mut().enumerate() {
+                                *v += t * per + i + 1;
+                            }
+                        });
+                        assert!(data.iter().enumerate().all(|(i, &v)| v == i + 1));
+                    }
+                });
+            }
+        });
     }
 }
