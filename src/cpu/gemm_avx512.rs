@@ -1,8 +1,10 @@
 //! A row-major SGEMM for x86-64 CPUs with AVX-512F, in the BLIS style: operands are packed
 //! into panels that stay in cache, and a 12 × 32 register-blocked micro-kernel (24 zmm
 //! accumulators; per step of k it loads two vectors of B and broadcasts twelve values of A)
-//! does the arithmetic. The rows of C are split into one contiguous range per rayon thread,
-//! and each thread runs the whole blocked loop on its range: one fork and one join per product.
+//! does the arithmetic. The rows of C are split into one contiguous range per thread of kiln's
+//! CPU worker pool (`spin_pool.rs`), and each thread runs the whole blocked loop on its range;
+//! B is packed once, unit by unit, by whichever thread needs a unit first. One fork and one
+//! join per product, no barrier.
 //!
 //! Used for products of at least 2^21 multiply-adds when the CPU has AVX-512F (checked at run
 //! time) unless `KILN_CPU_GEMM=matrixmultiply`; everything else goes through `matrixmultiply`.

@@ -6,7 +6,8 @@
 //! rayon fork-join costs about 10 µs back to back and 135 µs (median) when the caller did
 //! 200 µs of other work first — most of a 256³ product. These workers spin, then yield, for
 //! [`AWAKE`] after each job before they park (OpenBLAS's threads do the same, for longer),
-//! and the calling thread runs one share of the work itself. Work below a few hundred
+//! and the calling thread claims tasks too (any task no worker has started by then), so a
+//! worker the OS has not scheduled never holds a job up. Work below a few tens of
 //! microseconds should stay on the calling thread.
 //!
 //! Jobs are plain parallel loops: `run(tasks, f)` calls `f(t)` once for every `t < tasks`,
