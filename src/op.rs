@@ -168,6 +168,7 @@ impl UnaryOp {
     }
 
     /// The op on one f32 value, exactly as the CPU backend computes it.
+    #[inline]
     pub fn apply(self, x: f32) -> f32 {
         if x.is_nan() {
             return x;
@@ -225,6 +226,7 @@ impl UnaryOp {
     /// The derivative of the op at `x`, as backward uses it (`shaders/activation.wgsl`'s
     /// `derivative` is the GPU twin). At kinks it takes PyTorch's one-sided values: relu'(0) =
     /// 0, abs'(0) = 0, clamp' = 1 on the closed interval. NaN in, NaN out.
+    #[inline]
     pub fn derivative(self, x: f32) -> f32 {
         if x.is_nan() {
             return x;

@@ -10,9 +10,14 @@ use rayon::prelude::*;
 /// `dx = g · op'(x)`.
 pub(crate) fn unary_grad(x: &[f32], g: &[f32], op: UnaryOp) -> Result<Vec<f32>> {
     let mut out = alloc("unary backward", x.len())?;
-    for ((o, &v), &d) in out.iter_mut().zip(x).zip(g) {
-        *o = d * op.derivative(v);
-    }
+    let per = x.len().div_ceil(super::spin_pool::width()).max(1 << 14);
+    super::spin_pool::run_chunks(&mut out, per, &|t, piece| {
+        let start = t * per;
+        let (x, g) = (&x[start..], &g[start..]);
+        for ((o, &v), &d) in piece.iter_mut().zip(x).zip(g) {
+            *o = d * op.derivative(v);
+        }
+    });
     Ok(out)
 }
 

@@ -14,6 +14,22 @@ pub(crate) fn reduce(
     if inner == 0 {
         return Ok(out);
     }
+    if inner > 1 && matches!(op, ReduceOp::Sum | ReduceOp::Mean) {
+        // Rows of x added into the zeroed output row in order of j: contiguous, vectorised
+        // loads, and for each output the same sum in the same order (0 + x0 + x1 + ...) as the
+        // strided loop below and `shaders/reduce.wgsl`.
+        out.par_chunks_mut(inner).enumerate().for_each(|(o, row)| {
+            let base = o * len * inner;
+            for src in x[base..base + len * inner].chunks_exact(inner) {
+                row.iter_mut().zip(src).for_each(|(acc, &v)| *acc += v);
+            }
+            if op == ReduceOp::Mean {
+                let n = len as f32;
+                row.iter_mut().for_each(|acc| *acc /= n);
+            }
+        });
+        return Ok(out);
+    }
     out.par_chunks_mut(inner).enumerate().for_each(|(o, row)| {
         let base = o * len * inner;
         for (i, y) in row.iter_mut().enumerate() {
