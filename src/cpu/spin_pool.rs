@@ -80,20 +80,22 @@ fn pool() -> &'static Pool {
             lock: Mutex::new(()),
             wake: Condvar::new(),
         }));
+        let mut spawned = 0;
         for w in 0..workers {
-            let spawned = std::thread::Builder::new()
+            match std::thread::Builder::new()
                 .name(format!("kiln-cpu-{}", w + 1))
-                .spawn(move || worker(pool));
-            if let Err(e) = spawned {
+                .spawn(move || worker(pool))
+            {
+                Ok(_) => spawned += 1,
                 // Not fatal: the caller runs every task no worker claims.
-                log::warn!("kiln: could not start a CPU worker thread ({e})");
+                Err(e) => log::warn!("kiln: could not start a CPU worker thread ({e})"),
             }
         }
         // A new thread can take milliseconds to be scheduled for the first time (measured on
         // the 2-vCPU VM: the first few products ran without their worker); wait a little for
         // the workers here, once, rather than in the first ops' timings.
         let start = Instant::now();
-        while pool.started.load(Ordering::Acquire) < workers
+        while pool.started.load(Ordering::Acquire) < spawned
             && start.elapsed() < Duration::from_millis(50)
         {
             std::thread::sleep(Duration::from_micros(100));
