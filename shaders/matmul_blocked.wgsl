@@ -15,6 +15,12 @@
 //
 // Operands are read through (row, column) strides, so a transposed operand needs no copy; batch
 // offsets come from a host-built table, as in version 1.
+//
+// Subgroup variant ("matmul_blocked_sg.wgsl", derived from this file by src/gpu/pipelines.rs):
+// lane l of a subgroup reads the A vector of k step l once, and every k step takes it from that
+// lane with subgroupShuffle instead of each lane reading it from workgroup memory. The host uses
+// it only where every subgroup has at least BK lanes and lies within one row of invocations
+// (the subgroup size divides BN / 4), so the lanes sharing a shuffle need the same A values.
 
 override BM: u32 = 64u;
 override BN: u32 = 64u;
@@ -57,10 +63,11 @@ alias Elem = f32;
 var<workgroup> tile_a: array<vec4<f32>, BK * BM / 4u>;
 var<workgroup> tile_b: array<vec4<f32>, BK * BN / 4u>;
 
-@compute @workgroup_size(BN / TN, BM / TM, 1)
+// One-dimensional workgroups (the invocation's place in the tile is computed from its index) so
+// that the subgroup variant (below) may use subgroup builtins, which WGSL allows only there.
+@compute @workgroup_size((BN / TN) * (BM / TM), 1, 1)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
     let batch = p.batch0 + wid.z;
@@ -70,6 +77,7 @@ fn main(
     let row0 = (p.row_tile0 + wid.y) * BM;
     let col0 = wid.x * BN;
     let threads = (BM / TM) * (BN / TN);
+    let lid = vec2<u32>(tid % (BN / TN), tid / (BN / TN));
 
     var acc: array<vec4<f32>, 4>;
     let tiles = (p.k + BK - 1u) / BK;

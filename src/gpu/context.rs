@@ -18,6 +18,8 @@ pub(crate) struct GpuContext {
     pub(crate) queue: wgpu::Queue,
     pub(crate) limits: wgpu::Limits,
     pub(crate) features: wgpu::Features,
+    /// (min, max) subgroup size, where SUBGROUP is granted.
+    pub(crate) subgroups: Option<(u32, u32)>,
     pool: BufferPool,
     pipelines: PipelineCache,
     recorder: Mutex<Recorder>,
@@ -76,9 +78,13 @@ impl GpuContext {
             adapters::type_name(info.device_type),
             adapters::feature_names(features)
         );
+        let subgroups = features
+            .contains(wgpu::Features::SUBGROUP)
+            .then_some((info.subgroup_min_size, info.subgroup_max_size));
         let tuner = Tuner::new(
             &format!("{} {:?} {}", info.name, info.backend, info.driver_info),
             &limits,
+            subgroups,
         );
         Ok(GpuContext {
             pool: BufferPool::new(device.clone()),
@@ -86,6 +92,7 @@ impl GpuContext {
             queue,
             limits,
             features,
+            subgroups,
             pipelines: PipelineCache::default(),
             tuner,
             recorder: Mutex::new(Recorder::default()),

@@ -60,7 +60,8 @@ pub fn shaders() -> Vec<(&'static str, String)> {
 }
 
 /// Shaders derived from another by templating (WGSL has no generics): the f16-storage matmul
-/// is `matmul_blocked.wgsl` with its `Elem` alias switched to f16.
+/// is `matmul_blocked.wgsl` with its `Elem` alias switched to f16; the subgroup matmul is the
+/// same file with its A operand shared through subgroup shuffles.
 fn derived(shader: &str) -> Option<String> {
     match shader {
         "matmul_blocked_f16.wgsl" => source("matmul_blocked.wgsl").map(|s| {
@@ -69,12 +70,32 @@ fn derived(shader: &str) -> Option<String> {
                 s.replace("alias Elem = f32;", "alias Elem = f16;")
             )
         }),
+        "matmul_blocked_sg.wgsl" => source("matmul_blocked.wgsl").map(|s| {
+            let with_lanes = s.replace(
+                "    @builtin(local_invocation_index) tid: u32,\n) {",
+                "    @builtin(local_invocation_index) tid: u32,\n    \
+                 @builtin(subgroup_invocation_id) lane: u32,\n) {",
+            );
+            with_lanes.replace(SUBGROUP_K_STEP.0, SUBGROUP_K_STEP.1)
+        }),
         _ => None,
     }
 }
 
+/// The k-step loop of `matmul_blocked.wgsl` and its subgroup version (see the shader's header).
+const SUBGROUP_K_STEP: (&str, &str) = (
+    "        for (var kk = 0u; kk < BK; kk = kk + 1u) {
+            let av = tile_a[(kk * BM + lid.y * TM) / 4u];",
+    "        var own_a = vec4<f32>(0.0);
+        if (lane < BK) {
+            own_a = tile_a[(lane * BM + lid.y * TM) / 4u];
+        }
+        for (var kk = 0u; kk < BK; kk = kk + 1u) {
+            let av = subgroupShuffle(own_a, kk);",
+);
+
 /// Names of the derived shaders.
-const DERIVED: &[&str] = &["matmul_blocked_f16.wgsl"];
+const DERIVED: &[&str] = &["matmul_blocked_f16.wgsl", "matmul_blocked_sg.wgsl"];
 
 fn source(shader: &str) -> Option<String> {
     if let Some(s) = derived(shader) {
@@ -208,5 +229,22 @@ impl PipelineCache {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The derived shaders are built by string replacement: if `matmul_blocked.wgsl` changes
+    /// under them, the replacements must not silently stop matching.
+    #[test]
+    fn derived_shaders_apply_their_replacements() {
+        let f16 = source("matmul_blocked_f16.wgsl").unwrap();
+        assert!(f16.starts_with("enable f16;") && f16.contains("alias Elem = f16;"));
+        let sg = source("matmul_blocked_sg.wgsl").unwrap();
+        assert!(sg.contains("@builtin(subgroup_invocation_id) lane: u32"));
+        assert!(sg.contains("subgroupShuffle(own_a, kk)"));
+        assert!(!sg.contains(SUBGROUP_K_STEP.0));
     }
 }

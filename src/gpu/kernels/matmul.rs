@@ -47,6 +47,16 @@ pub enum MatmulConfig {
         /// Depth of the k slice staged per step (a multiple of 4).
         bk: u32,
     },
+    /// Version 2 with the A operand shared through subgroup shuffles (needs SUBGROUP, a
+    /// subgroup size that divides `bn / 4`, and at least `bk` lanes per subgroup).
+    Subgroup {
+        /// Rows of C per workgroup (a multiple of 4).
+        bm: u32,
+        /// Columns of C per workgroup (a multiple of 4).
+        bn: u32,
+        /// Depth of the k slice staged per step (a multiple of 4).
+        bk: u32,
+    },
     /// Version 3: `rm` rows (at most 8) of one column per invocation, `wg` invocations per
     /// workgroup, no workgroup memory.
     Strip {
@@ -59,7 +69,7 @@ pub enum MatmulConfig {
 
 /// The configurations the autotuner times. Every one is validated by `tests/shaders.rs` and run
 /// through the op table by `tests/ops.rs`.
-pub const CANDIDATES: [MatmulConfig; 7] = [
+pub const CANDIDATES: [MatmulConfig; 10] = [
     MatmulConfig::Blocked {
         bm: 64,
         bn: 64,
@@ -87,6 +97,22 @@ pub const CANDIDATES: [MatmulConfig; 7] = [
     },
     MatmulConfig::Strip { rm: 8, wg: 64 },
     MatmulConfig::Strip { rm: 1, wg: 64 },
+    // Subgroups of 8 or 16 lanes (lavapipe, Intel), and of up to 32 (NVIDIA, AMD RDNA).
+    MatmulConfig::Subgroup {
+        bm: 128,
+        bn: 64,
+        bk: 8,
+    },
+    MatmulConfig::Subgroup {
+        bm: 64,
+        bn: 64,
+        bk: 8,
+    },
+    MatmulConfig::Subgroup {
+        bm: 32,
+        bn: 128,
+        bk: 8,
+    },
 ];
 
 impl fmt::Display for MatmulConfig {
@@ -94,6 +120,7 @@ impl fmt::Display for MatmulConfig {
         match self {
             MatmulConfig::Tiled16 => write!(f, "tiled16"),
             MatmulConfig::Blocked { bm, bn, bk } => write!(f, "blocked:{bm}x{bn}x{bk}"),
+            MatmulConfig::Subgroup { bm, bn, bk } => write!(f, "subgroup:{bm}x{bn}x{bk}"),
             MatmulConfig::Strip { rm, wg } => write!(f, "strip:{rm}x{wg}"),
         }
     }
@@ -102,13 +129,13 @@ impl fmt::Display for MatmulConfig {
 impl FromStr for MatmulConfig {
     type Err = Error;
 
-    /// `tiled16`, `blocked:BMxBNxBK` (multiples of 4; (BM/4)·(BN/4) invocations per workgroup,
-    /// within the device's limit) or `strip:RMxWG` (RM from 1 to 8).
+    /// `tiled16`, `blocked:BMxBNxBK` or `subgroup:BMxBNxBK` (multiples of 4; (BM/4)·(BN/4)
+    /// invocations per workgroup, within the device's limit) or `strip:RMxWG` (RM from 1 to 8).
     fn from_str(s: &str) -> Result<Self> {
         let bad = || Error::InvalidShape {
             op: "KILN_MATMUL_CONFIG",
             reason: format!(
-                "{s:?} is not `tiled16`, `blocked:BMxBNxBK` with multiples of 4, or `strip:RMxWG` with RM in 1..=8"
+                "{s:?} is not `tiled16`, `blocked:BMxBNxBK` or `subgroup:BMxBNxBK` with multiples of 4, or `strip:RMxWG` with RM in 1..=8"
             ),
         };
         if s == "tiled16" {
@@ -124,14 +151,21 @@ impl FromStr for MatmulConfig {
                 _ => Err(bad()),
             };
         }
-        let dims = s.strip_prefix("blocked:").ok_or_else(bad)?;
+        let (dims, subgroup) = match s.strip_prefix("subgroup:") {
+            Some(dims) => (dims, true),
+            None => (s.strip_prefix("blocked:").ok_or_else(bad)?, false),
+        };
         let v: Vec<u32> = dims
             .split('x')
             .map(|d| d.parse().map_err(|_| bad()))
             .collect::<Result<_>>()?;
         match v[..] {
             [bm, bn, bk] if [bm, bn, bk].iter().all(|d| *d >= 4 && d.is_multiple_of(4)) => {
-                Ok(MatmulConfig::Blocked { bm, bn, bk })
+                Ok(if subgroup {
+                    MatmulConfig::Subgroup { bm, bn, bk }
+                } else {
+                    MatmulConfig::Blocked { bm, bn, bk }
+                })
             }
             _ => Err(bad()),
         }
@@ -139,15 +173,23 @@ impl FromStr for MatmulConfig {
 }
 
 impl MatmulConfig {
-    /// Whether this configuration fits the device's workgroup limits.
-    pub(crate) fn fits(&self, limits: &wgpu::Limits) -> bool {
+    /// Whether this configuration fits the device's workgroup limits and, for the subgroup
+    /// variant, its subgroups (`subgroups`: the (min, max) subgroup size where SUBGROUP is
+    /// granted).
+    pub(crate) fn fits(&self, limits: &wgpu::Limits, subgroups: Option<(u32, u32)>) -> bool {
         match *self {
             MatmulConfig::Tiled16 => limits.max_compute_invocations_per_workgroup >= 256,
             MatmulConfig::Blocked { bm, bn, bk } => {
                 (bm / 4) * (bn / 4) <= limits.max_compute_invocations_per_workgroup
-                    && bn / 4 <= limits.max_compute_workgroup_size_x
-                    && bm / 4 <= limits.max_compute_workgroup_size_y
+                    && (bm / 4) * (bn / 4) <= limits.max_compute_workgroup_size_x
                     && (bm + bn) * bk * 4 <= limits.max_compute_workgroup_storage_size
+            }
+            MatmulConfig::Subgroup { bm, bn, bk } => {
+                // Subgroup sizes are powers of two: if the largest divides bn / 4, all do.
+                MatmulConfig::Blocked { bm, bn, bk }.fits(limits, subgroups)
+                    && subgroups.is_some_and(|(min, max)| {
+                        min >= bk && max > 0 && (bn / 4).is_multiple_of(max)
+                    })
             }
             MatmulConfig::Strip { wg, .. } => {
                 wg <= limits.max_compute_invocations_per_workgroup
@@ -160,7 +202,9 @@ impl MatmulConfig {
     fn tile(&self) -> (u32, u32) {
         match *self {
             MatmulConfig::Tiled16 => (16, 16),
-            MatmulConfig::Blocked { bm, bn, .. } => (bm, bn),
+            MatmulConfig::Blocked { bm, bn, .. } | MatmulConfig::Subgroup { bm, bn, .. } => {
+                (bm, bn)
+            }
             MatmulConfig::Strip { rm, wg } => (rm, wg),
         }
     }
@@ -198,6 +242,10 @@ fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp
             entry: "main",
             constants: vec![],
             unchecked: false,
+        },
+        MatmulConfig::Subgroup { bm, bn, bk } => KernelSpec {
+            shader: "matmul_blocked_sg.wgsl",
+            ..spec(MatmulConfig::Blocked { bm, bn, bk }, checked, has_bias, act)
         },
         MatmulConfig::Blocked { bm, bn, bk } => KernelSpec {
             shader: "matmul_blocked.wgsl",
@@ -270,7 +318,7 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
 fn divides(config: MatmulConfig, plan: &MatmulPlan) -> bool {
     match config {
         MatmulConfig::Tiled16 | MatmulConfig::Strip { .. } => false,
-        MatmulConfig::Blocked { bm, bn, bk } => {
+        MatmulConfig::Blocked { bm, bn, bk } | MatmulConfig::Subgroup { bm, bn, bk } => {
             plan.m.is_multiple_of(bm as usize)
                 && plan.n.is_multiple_of(bn as usize)
                 && plan.k.is_multiple_of(bk as usize)
@@ -432,6 +480,7 @@ mod tests {
             "blocked:64x64",
             "blocked:63x64x8",
             "strip:9x64",
+            "subgroup:64x64",
             "strip:0x64",
             "fast",
         ] {

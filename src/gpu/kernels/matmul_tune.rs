@@ -53,7 +53,11 @@ fn parse_line(line: &str) -> Option<(ShapeClass, MatmulConfig)> {
 
 impl Tuner {
     /// A tuner for the adapter named by `adapter_key`, loading what earlier runs measured.
-    pub(crate) fn new(adapter_key: &str, limits: &wgpu::Limits) -> Tuner {
+    pub(crate) fn new(
+        adapter_key: &str,
+        limits: &wgpu::Limits,
+        subgroups: Option<(u32, u32)>,
+    ) -> Tuner {
         let forced = match std::env::var("KILN_MATMUL_CONFIG") {
             Ok(s) if !s.is_empty() => match s.parse::<MatmulConfig>() {
                 Ok(c) => Some(c),
@@ -80,7 +84,7 @@ impl Tuner {
             tuned.extend(
                 text.lines()
                     .filter_map(parse_line)
-                    .filter(|(_, c)| c.fits(limits)),
+                    .filter(|(_, c)| c.fits(limits, subgroups)),
             );
             log::debug!(
                 "matmul tuning cache: {} entries from {:?}",
@@ -123,7 +127,7 @@ impl Tuner {
         // Version 1 has no epilogue: a fused op always runs on version 2.
         Ok(match config {
             MatmulConfig::Tiled16 if epilogue => CANDIDATES[0],
-            c if !c.fits(&ctx.limits) => heuristic(plan),
+            c if !c.fits(&ctx.limits, ctx.subgroups) => heuristic(plan),
             c => c,
         })
     }
@@ -149,7 +153,7 @@ impl Tuner {
         // Column strips only pay off for a few rows; don't spend tuning time on them otherwise.
         let candidates = CANDIDATES
             .into_iter()
-            .filter(|c| c.fits(&ctx.limits))
+            .filter(|c| c.fits(&ctx.limits, ctx.subgroups))
             .filter(|c| plan.m <= 64 || !matches!(c, MatmulConfig::Strip { .. }));
         for config in candidates {
             let best = results.iter().map(|r| r.0).min();

@@ -75,6 +75,7 @@ pub fn param_structs() -> Vec<(&'static str, &'static str, usize)> {
         ("binary_vec4.wgsl", "Params", size_of::<[u32; 4]>()),
         ("cast_f16.wgsl", "Params", size_of::<[u32; 4]>()),
         ("matmul_blocked_f16.wgsl", "Params", matmul),
+        ("matmul_blocked_sg.wgsl", "Params", matmul),
         (
             "unary_grad.wgsl",
             "Params",
