@@ -344,9 +344,6 @@ struct Blocking {
     /// Columns of B swept per block of rows, when B is shared (a multiple of
     /// NR·PACK_PANELS).
     nc: usize,
-    /// Whether a block of rows of C finishes every k block before the next (C stays in L2)
-    /// instead of each k block sweeping all of the thread's rows.
-    rows_outer: bool,
 }
 
 impl Blocking {
@@ -354,7 +351,6 @@ impl Blocking {
         kc: KC,
         mc: MC_MAX,
         nc: NC,
-        rows_outer: false,
     };
 }
 
@@ -446,83 +442,31 @@ fn gemm_rows(
     let me = (t, tasks);
     for j0 in (0..n).step_by(nc_step) {
         let nc = nc_step.min(n - j0);
-        match b {
-            PackedB::Shared(shared) if bl.rows_outer => {
-                for ib in (0..m).step_by(mc_step) {
-                    let mc = mc_step.min(m - ib);
-                    for p0 in (0..k).step_by(bl.kc) {
-                        let kc = bl.kc.min(k - p0);
-                        pack_a(a, i0 + ib, mc, p0, kc, apack);
-                        let at = Tile {
-                            ib,
-                            mc,
-                            j0,
-                            nc,
-                            p0,
-                            kc,
-                        };
-                        sweep(
-                            at,
-                            apack,
-                            &|g| shared.group(p0, j0 / (NR * PACK_PANELS) + g),
-                            c,
-                            n,
-                            me,
-                        );
-                    }
-                }
-            }
-            PackedB::Shared(shared) => {
-                for p0 in (0..k).step_by(bl.kc) {
-                    let kc = bl.kc.min(k - p0);
-                    for ib in (0..m).step_by(mc_step) {
-                        let mc = mc_step.min(m - ib);
-                        pack_a(a, i0 + ib, mc, p0, kc, apack);
-                        let at = Tile {
-                            ib,
-                            mc,
-                            j0,
-                            nc,
-                            p0,
-                            kc,
-                        };
-                        sweep(
-                            at,
-                            apack,
-                            &|g| shared.group(p0, j0 / (NR * PACK_PANELS) + g),
-                            c,
-                            n,
-                            me,
-                        );
-                    }
-                }
-            }
-            PackedB::Own(view) => {
-                for p0 in (0..k).step_by(bl.kc) {
-                    let kc = bl.kc.min(k - p0);
+        for p0 in (0..k).step_by(bl.kc) {
+            let kc = bl.kc.min(k - p0);
+            let packed: &[f32] = match b {
+                PackedB::Shared(_) => &[],
+                PackedB::Own(view) => {
                     pack_b(view, p0, kc, j0, nc, own_block);
-                    let packed: &[f32] = own_block;
-                    for ib in (0..m).step_by(mc_step) {
-                        let mc = mc_step.min(m - ib);
-                        pack_a(a, i0 + ib, mc, p0, kc, apack);
-                        let at = Tile {
-                            ib,
-                            mc,
-                            j0,
-                            nc,
-                            p0,
-                            kc,
-                        };
-                        sweep(
-                            at,
-                            apack,
-                            &|g| &packed[g * PACK_PANELS * NR * kc..],
-                            c,
-                            n,
-                            me,
-                        );
-                    }
+                    own_block
                 }
+            };
+            let group = |g: usize| match b {
+                PackedB::Shared(shared) => shared.group(p0, j0 / (NR * PACK_PANELS) + g),
+                PackedB::Own(_) => &packed[g * PACK_PANELS * NR * kc..],
+            };
+            for ib in (0..m).step_by(mc_step) {
+                let mc = mc_step.min(m - ib);
+                pack_a(a, i0 + ib, mc, p0, kc, apack);
+                let at = Tile {
+                    ib,
+                    mc,
+                    j0,
+                    nc,
+                    p0,
+                    kc,
+                };
+                sweep(at, apack, &group, c, n, me);
             }
         }
     }
@@ -638,9 +582,11 @@ fn take_buffer(slot: &'static std::thread::LocalKey<RefCell<Vec<f32>>>, len: usi
 mod tests {
     use super::*;
 
-    /// Not a test: a throughput comparison of block sizes and loop orders, interleaved in one
-    /// process (this machine is too noisy for separate runs). Run with
-    /// `KILN_GEMM_N=1024 KILN_GEMM_THREADS=1 cargo test --release --lib gemm_throughput -- --ignored --nocapture`.
+    /// Not a test: a throughput comparison of block sizes, interleaved in one process (this
+    /// machine is too noisy for separate runs), after timing the packing alone. Run with
+    /// `KILN_GEMM_N=1024 KILN_GEMM_THREADS=2 KILN_GEMM_CONFIGS=384:96:1024,128:144:512
+    /// cargo test --release --lib gemm_throughput -- --ignored --nocapture` (each config
+    /// `KC:MC:NC`, compared with the defaults; `KILN_GEMM_ROUNDS` rounds, 15 by default).
     #[test]
     #[ignore]
     fn gemm_throughput() {
@@ -660,12 +606,11 @@ mod tests {
             .split(',')
         {
             let f: Vec<&str> = spec.split(':').collect();
-            if f.len() == 4 {
+            if f.len() == 3 {
                 configs.push(Blocking {
                     kc: f[0].parse().unwrap(),
                     mc: f[1].parse().unwrap(),
                     nc: f[2].parse().unwrap(),
-                    rows_outer: f[3] == "r",
                 });
             }
         }
