@@ -147,7 +147,7 @@ pub(crate) fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     p.tasks.store(tasks, Ordering::Relaxed);
     p.finished.store(0, Ordering::Relaxed);
     let generation = p.generation.load(Ordering::Relaxed) + 1;
-    p.claim.store(generation << 32, Ordering::Release);
+    p.claim.store(claim_word(generation), Ordering::Release);
     p.generation.store(generation, Ordering::SeqCst);
     if p.sleepers.load(Ordering::SeqCst) > 0 {
         let _guard = p.lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -172,11 +172,17 @@ pub(crate) fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     );
 }
 
+/// The `claim` word that opens job `generation`: its low 32 bits in the high half (a
+/// generation count that passes 2^32 after billions of jobs must still match), next task 0.
+fn claim_word(generation: u64) -> u64 {
+    (generation & 0xffff_ffff) << 32
+}
+
 /// The next unclaimed task of job `generation`, if that job is still open and has one.
 fn claim(p: &Pool, generation: u64) -> Option<usize> {
     let mut current = p.claim.load(Ordering::Acquire);
     loop {
-        if current >> 32 != generation {
+        if current >> 32 != claim_word(generation) >> 32 {
             return None;
         }
         let next = (current & 0xffff_ffff) as usize;
@@ -336,6 +342,17 @@ mod tests {
             hits.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(hits.load(Ordering::Relaxed), n);
+    }
+
+    /// The claim word keeps matching its job across the 2^32 wrap of the generation count.
+    #[test]
+    fn claim_words_survive_generation_wrap() {
+        for g in [1u64, (1 << 32) - 1, 1 << 32, (1 << 32) + 5, u64::MAX >> 1] {
+            let word = claim_word(g);
+            assert_eq!(word & 0xffff_ffff, 0);
+            assert_eq!(word >> 32, g & 0xffff_ffff);
+            assert_ne!(claim_word(g + 1) >> 32, word >> 32);
+        }
     }
 
     /// Callers on several threads at once (all but one fall back to rayon while the pool is
