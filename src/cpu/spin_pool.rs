@@ -20,8 +20,31 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// How long a worker stays awake (spinning, then yielding) after its last job.
+/// How long a worker stays awake (spinning, then yielding) after its last job, unless
+/// `KILN_CPU_AWAKE_US` says otherwise (see [`awake`]).
 const AWAKE: Duration = Duration::from_millis(2);
+
+/// How long workers stay awake after a job: `KILN_CPU_AWAKE_US` microseconds if set (0: park
+/// at once, for machines where idle spinning costs power or other processes' time), else
+/// [`AWAKE`].
+fn awake() -> Duration {
+    static AWAKE_FOR: OnceLock<Duration> = OnceLock::new();
+    *AWAKE_FOR.get_or_init(|| parse_awake(std::env::var("KILN_CPU_AWAKE_US").ok().as_deref()))
+}
+
+/// [`awake`]'s reading of the variable; a value that is not a number is ignored (and logged).
+fn parse_awake(var: Option<&str>) -> Duration {
+    let Some(v) = var.map(str::trim).filter(|v| !v.is_empty()) else {
+        return AWAKE;
+    };
+    v.parse::<u64>().map_or_else(
+        |_| {
+            log::warn!("kiln: ignoring KILN_CPU_AWAKE_US={v:?} (not a number of microseconds)");
+            AWAKE
+        },
+        Duration::from_micros,
+    )
+}
 /// Of which the first part is a pure spin (no system calls).
 const SPIN: Duration = Duration::from_micros(50);
 
@@ -296,10 +319,11 @@ fn wait_for_job(p: &Pool, seen: u64) -> u64 {
             continue;
         }
         let idle = start.elapsed();
-        if idle < SPIN {
+        let awake = awake();
+        if idle < SPIN.min(awake) {
             continue;
         }
-        if idle < AWAKE {
+        if idle < awake {
             std::thread::yield_now();
             continue;
         }
@@ -342,6 +366,15 @@ mod tests {
             hits.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(hits.load(Ordering::Relaxed), n);
+    }
+
+    #[test]
+    fn awake_time_comes_from_the_environment_variable() {
+        assert_eq!(parse_awake(None), AWAKE);
+        assert_eq!(parse_awake(Some("0")), Duration::ZERO);
+        assert_eq!(parse_awake(Some(" 500 ")), Duration::from_micros(500));
+        assert_eq!(parse_awake(Some("fast")), AWAKE);
+        assert_eq!(parse_awake(Some("")), AWAKE);
     }
 
     /// The claim word keeps matching its job across the 2^32 wrap of the generation count.
