@@ -1,47 +1,17 @@
 //! Unary, binary and fill loops, parallel over chunks.
 
-use super::{alloc, reserve, spin_pool};
+use super::{alloc, assume_init, fill_spare, reserve};
 use crate::error::Result;
 use crate::op::{BinaryOp, UnaryOp};
 use crate::shape::BroadcastLayout;
 use std::mem::MaybeUninit;
 
-/// Outputs of at least this many values are split over kiln's worker pool (`spin_pool`); below
-/// it (about 100 µs of work) waking a worker can cost more than it saves.
-const PARALLEL_MIN: usize = 1 << 18;
 /// Values converted per step of a unary loop: copied, then transformed while in L1.
 const BLOCK: usize = 2048;
 
-/// Fills the first `n` values of `out`'s spare capacity with `fill(start, piece)` (every value
-/// of each piece), over the worker pool for large `n`, and sets its length.
-fn fill_spare(
-    out: &mut Vec<f32>,
-    n: usize,
-    fill: &(dyn Fn(usize, &mut [MaybeUninit<f32>]) + Sync),
-) {
-    let spare = &mut out.spare_capacity_mut()[..n];
-    if n >= PARALLEL_MIN {
-        let per = n.div_ceil(spin_pool::width());
-        spin_pool::run_chunks(spare, per, &|t, piece| fill(t * per, piece));
-    } else {
-        fill(0, spare);
-    }
-    // SAFETY: every piece was filled completely (the contract of `fill`).
-    unsafe { out.set_len(n) };
-}
-
-/// `&mut [f32]` over values that have all been written.
-///
-/// # Safety
-/// Every value of `d` is initialised.
-unsafe fn assume_init(d: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    // SAFETY: per the contract; MaybeUninit<f32> has f32's layout.
-    unsafe { &mut *(d as *mut [MaybeUninit<f32>] as *mut [f32]) }
-}
-
 pub(crate) fn unary(x: &[f32], op: UnaryOp) -> Result<Vec<f32>> {
     let mut out = reserve(op.name(), x.len())?;
-    fill_spare(&mut out, x.len(), &|start, piece| {
+    let write_piece = |start: usize, piece: &mut [MaybeUninit<f32>]| {
         let src = &x[start..start + piece.len()];
         for (s, d) in src.chunks(BLOCK).zip(piece.chunks_mut(BLOCK)) {
             d.iter_mut().zip(s).for_each(|(d, &v)| {
@@ -50,7 +20,9 @@ pub(crate) fn unary(x: &[f32], op: UnaryOp) -> Result<Vec<f32>> {
             // SAFETY: every value of `d` was just written.
             op.apply_slice(unsafe { assume_init(d) });
         }
-    });
+    };
+    // SAFETY: `write_piece` writes every value of its piece.
+    unsafe { fill_spare(&mut out, x.len(), &write_piece) };
     Ok(out)
 }
 
@@ -78,7 +50,7 @@ pub(crate) fn binary(
     let last = layout.dims.len() - 1;
     let inner = layout.dims[last];
     let (sa, sb) = (layout.lhs[last], layout.rhs[last]);
-    fill_spare(&mut out, n, &|start, piece| {
+    let write_piece = |start: usize, piece: &mut [MaybeUninit<f32>]| {
         // The piece covers output values start..start + len: row by row (whole or partial).
         let mut at = start;
         let mut piece = piece;
@@ -100,7 +72,9 @@ pub(crate) fn binary(
             piece = rest;
             at += len;
         }
-    });
+    };
+    // SAFETY: `write_piece` writes every value of its piece.
+    unsafe { fill_spare(&mut out, n, &write_piece) };
     Ok(out)
 }
 

@@ -396,11 +396,10 @@ fn gemm_with(
         let (i0, rows) = (t * per, c.len() / n);
         gemm_rows(i0, rows, k, n, &a, &source, c, bl, (t, tasks));
         if let Some(f) = epilogue {
-            // SAFETY: gemm_rows wrote every value of these rows; MaybeUninit<f32> has f32's
-            // layout.
-            let done =
-                unsafe { std::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<f32>(), c.len()) };
-            done.chunks_exact_mut(n).for_each(f);
+            // SAFETY: gemm_rows wrote every value of these rows.
+            unsafe { super::assume_init(c) }
+                .chunks_exact_mut(n)
+                .for_each(f);
         }
     });
     drop(shared);

@@ -6,18 +6,19 @@ use crate::conv::Window;
 use crate::error::Result;
 use crate::op::UnaryOp;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// `dx = g · op'(x)`.
 pub(crate) fn unary_grad(x: &[f32], g: &[f32], op: UnaryOp) -> Result<Vec<f32>> {
-    let mut out = alloc("unary backward", x.len())?;
-    let per = x.len().div_ceil(super::spin_pool::width()).max(1 << 14);
-    super::spin_pool::run_chunks(&mut out, per, &|t, piece| {
-        let start = t * per;
+    let mut out = super::reserve("unary backward", x.len())?;
+    let write_piece = |start: usize, piece: &mut [MaybeUninit<f32>]| {
         let (x, g) = (&x[start..], &g[start..]);
         for ((o, &v), &d) in piece.iter_mut().zip(x).zip(g) {
-            *o = d * op.derivative(v);
+            o.write(d * op.derivative(v));
         }
-    });
+    };
+    // SAFETY: `write_piece` writes every value of its piece.
+    unsafe { super::fill_spare(&mut out, x.len(), &write_piece) };
     Ok(out)
 }
 

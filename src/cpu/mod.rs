@@ -27,6 +27,7 @@ pub(crate) use reduce::{
 pub(crate) use strided::strided_copy;
 
 use crate::error::{Error, Result};
+use std::mem::MaybeUninit;
 
 /// Starts the CPU backend's worker threads (see `spin_pool.rs`), so that the first ops do not
 /// wait for them.
@@ -36,6 +37,40 @@ pub(crate) fn start_workers() {
 
 /// Work applied to each finished row of a product (a matmul's fused bias and activation).
 pub(crate) type RowEpilogue<'e> = &'e (dyn Fn(&mut [f32]) + Sync);
+
+/// Outputs of at least this many values are split over kiln's worker pool (`spin_pool`); below
+/// it (about 100 µs of work) waking a worker can cost more than it saves.
+const PARALLEL_MIN: usize = 1 << 18;
+
+/// Fills the first `n` values of `out`'s spare capacity with `fill(start, piece)`, over the
+/// worker pool for large `n`, and sets its length.
+///
+/// # Safety
+/// `fill` writes every value of each piece it is given (or panics).
+pub(crate) unsafe fn fill_spare(
+    out: &mut Vec<f32>,
+    n: usize,
+    fill: &(dyn Fn(usize, &mut [MaybeUninit<f32>]) + Sync),
+) {
+    let spare = &mut out.spare_capacity_mut()[..n];
+    if n >= PARALLEL_MIN {
+        let per = n.div_ceil(spin_pool::width());
+        spin_pool::run_chunks(spare, per, &|t, piece| fill(t * per, piece));
+    } else {
+        fill(0, spare);
+    }
+    // SAFETY: every piece was filled completely (the caller's contract).
+    unsafe { out.set_len(n) };
+}
+
+/// `&mut [f32]` over values that have all been written.
+///
+/// # Safety
+/// Every value of `d` is initialised.
+pub(crate) unsafe fn assume_init(d: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: per the contract; MaybeUninit<f32> has f32's layout.
+    unsafe { &mut *(d as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
 
 /// A zeroed vector of `n` values, or `OutOfMemory` instead of an abort.
 pub(crate) fn alloc(op: &'static str, n: usize) -> Result<Vec<f32>> {
