@@ -57,8 +57,10 @@ pub mod gpu;
 mod matmul_plan;
 pub mod nn;
 mod op;
+mod optim_params;
 mod random;
 mod shape;
+mod storage;
 mod strided;
 mod tensor;
 

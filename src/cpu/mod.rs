@@ -8,6 +8,7 @@ mod elementwise;
 #[cfg(target_arch = "x86_64")]
 mod gemm_avx512;
 mod grad;
+mod index;
 mod matmul;
 mod optim;
 mod reduce;
@@ -19,11 +20,10 @@ pub(crate) use elementwise::{binary, fill, unary};
 pub(crate) use grad::{
     conv2d_grad_input, conv2d_grad_weight, index_select_grad, pool2d_grad, scatter_add, unary_grad,
 };
+pub(crate) use index::{gather, index_select, where_};
 pub(crate) use matmul::{linear, matmul};
 pub(crate) use optim::update;
-pub(crate) use reduce::{
-    argmax, cross_entropy_grad, cross_entropy_rows, index_select, norm, reduce, softmax,
-};
+pub(crate) use reduce::{argmax, cross_entropy_grad, cross_entropy_rows, norm, reduce, softmax};
 pub(crate) use strided::strided_copy;
 
 use crate::error::{Error, Result};
@@ -73,30 +73,34 @@ pub(crate) unsafe fn assume_init(d: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 }
 
 /// A zeroed vector of `n` values, or `OutOfMemory` instead of an abort.
-pub(crate) fn alloc(op: &'static str, n: usize) -> Result<Vec<f32>> {
+pub(crate) fn alloc<T: Copy + Default>(op: &'static str, n: usize) -> Result<Vec<T>> {
     let mut v = reserve(op, n)?;
-    v.resize(n, 0.0);
+    v.resize(n, T::default());
     Ok(v)
 }
 
 /// An empty vector with room for `n` values, or `OutOfMemory` instead of an abort. Large
 /// buffers ask for transparent huge pages (as numpy does): a fresh 64 MiB output otherwise
 /// takes 16,384 page faults, most of an elementwise op's time.
-pub(crate) fn reserve(op: &'static str, n: usize) -> Result<Vec<f32>> {
-    let mut v: Vec<f32> = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|e| Error::OutOfMemory(format!("{op}: {n} f32 values on the CPU: {e}")))?;
+pub(crate) fn reserve<T>(op: &'static str, n: usize) -> Result<Vec<T>> {
+    let mut v: Vec<T> = Vec::new();
+    v.try_reserve_exact(n).map_err(|e| {
+        Error::OutOfMemory(format!(
+            "{op}: {n} values of {} bytes on the CPU: {e}",
+            size_of::<T>()
+        ))
+    })?;
     advise_huge_pages(&v);
     Ok(v)
 }
 
 /// Asks Linux for transparent huge pages over the 2 MiB-aligned part of `v`'s buffer, when it
 /// is at least [`HUGE_PAGE_MIN`] bytes (a hint: without THP it changes nothing).
-fn advise_huge_pages(v: &Vec<f32>) {
+fn advise_huge_pages<T>(v: &Vec<T>) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
-        let bytes = v.capacity() * size_of::<f32>();
+        let bytes = v.capacity() * size_of::<T>();
         if bytes < HUGE_PAGE_MIN {
             return;
         }

@@ -1,6 +1,6 @@
 //! The optimizer update on the CPU: the twin of `shaders/optim.wgsl`, with the same formulas.
 
-use crate::gpu::kernels::optim::{DECOUPLED, FIRST_STEP, NESTEROV, OptimParams};
+use crate::optim_params::{DECOUPLED, FIRST_STEP, NESTEROV, OptimParams};
 
 /// Update `param` in place from `grad` and the state (none: SGD; one: the momentum buffer;
 /// two: Adam's moments).

@@ -113,8 +113,8 @@ pub(crate) fn norm(
     Ok(out)
 }
 
-/// argmax along the middle axis (first maximum; first NaN if any), as u32 bit patterns in f32s.
-pub(crate) fn argmax(x: &[f32], (outer, len, inner): (usize, usize, usize)) -> Result<Vec<f32>> {
+/// argmax along the middle axis (first maximum; first NaN if any).
+pub(crate) fn argmax(x: &[f32], (outer, len, inner): (usize, usize, usize)) -> Result<Vec<u32>> {
     let mut out = alloc("argmax", outer * inner)?;
     for (o, y) in out.iter_mut().enumerate() {
         let base = (o / inner) * len * inner + o % inner;
@@ -130,24 +130,7 @@ pub(crate) fn argmax(x: &[f32], (outer, len, inner): (usize, usize, usize)) -> R
                 at = j as u32;
             }
         }
-        *y = f32::from_bits(at);
-    }
-    Ok(out)
-}
-
-/// index_select along the middle axis of `[outer, len, inner]` with checked indices.
-pub(crate) fn index_select(
-    x: &[f32],
-    idx: &[u32],
-    (outer, len, inner): (usize, usize, usize),
-) -> Result<Vec<f32>> {
-    let count = idx.len();
-    let mut out = alloc("index_select", outer * count * inner)?;
-    for (k, y) in out.iter_mut().enumerate() {
-        let i = k % inner;
-        let j = (k / inner) % count;
-        let o = k / (inner * count);
-        *y = x[(o * len + idx[j] as usize) * inner + i];
+        *y = at;
     }
     Ok(out)
 }

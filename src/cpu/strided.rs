@@ -3,7 +3,7 @@
 
 use crate::strided::StridedCopy;
 
-pub(crate) fn strided_copy(src: &[f32], dst: &mut [f32], plan: &StridedCopy) {
+pub(crate) fn strided_copy<T: Copy>(src: &[T], dst: &mut [T], plan: &StridedCopy) {
     let n = plan.numel();
     if n == 0 {
         return;

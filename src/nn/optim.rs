@@ -4,7 +4,7 @@
 
 use super::Module;
 use crate::error::{Error, Result};
-use crate::gpu::kernels::optim::{DECOUPLED, FIRST_STEP, NESTEROV, OptimParams};
+use crate::optim_params::{DECOUPLED, FIRST_STEP, NESTEROV, OptimParams};
 use crate::tensor::Tensor;
 
 /// Updates parameters from their gradients.

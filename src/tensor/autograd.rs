@@ -1,18 +1,16 @@
 //! Autograd on tensors: marking leaves, reading gradients, running backward, and the backward
 //! kernels that ops record (unary derivatives, scatter-add, convolution and pooling gradients).
 
-use super::{Storage, Tensor};
+use super::Tensor;
 use crate::autograd::{self, Node};
 use crate::conv::Window;
-use crate::cpu;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::kernels::optim::OptimParams;
-use crate::gpu::kernels::{conv, grad, optim};
 use crate::op::UnaryOp;
+use crate::optim_params::OptimParams;
 use crate::shape::Shape;
+use crate::storage::Storage;
 use crate::strided::StridedCopy;
-use std::sync::Arc;
 
 impl Tensor {
     // ---- the public surface -------------------------------------------------------------
@@ -130,7 +128,7 @@ impl Tensor {
         let out = Self::assemble(
             "broadcast_to",
             &self.device,
-            self.dtype,
+            self.dtype(),
             target,
             &[(self, plan)],
         )?;
@@ -190,15 +188,7 @@ impl Tensor {
 
     /// `g · op'(self)`, elementwise.
     pub(crate) fn unary_grad(&self, g: &Tensor, op: UnaryOp) -> Result<Tensor> {
-        let storage = match (&self.storage, &g.storage) {
-            (Storage::Cpu(x), Storage::Cpu(g)) => {
-                Storage::Cpu(Arc::new(cpu::unary_grad(x, g, op)?))
-            }
-            (Storage::Gpu(Some(x)), Storage::Gpu(Some(g))) => Storage::Gpu(Some(Arc::new(
-                grad::unary_grad(self.ctx()?, x, g, self.numel(), op)?,
-            ))),
-            _ => Storage::Gpu(None),
-        };
+        let storage = self.storage.unary_grad(&g.storage, op, self.numel())?;
         Ok(self.with(storage, self.shape.clone()))
     }
 
@@ -208,37 +198,9 @@ impl Tensor {
         if self.numel() == 0 || g.numel() == 0 {
             return self.zeros_like();
         }
-        let storage = match (&g.storage, &index.storage) {
-            (Storage::Cpu(gv), Storage::Cpu(iv)) => {
-                let idx: Vec<u32> = iv.iter().map(|v| v.to_bits()).collect();
-                Storage::Cpu(Arc::new(cpu::scatter_add(
-                    gv,
-                    &idx,
-                    self.shape(),
-                    g.shape(),
-                    axis,
-                )?))
-            }
-            (Storage::Gpu(Some(gb)), Storage::Gpu(Some(ib))) => {
-                if self.rank() > grad::MAX_SCATTER_RANK {
-                    return Err(Error::InvalidShape {
-                        op: "scatter_add",
-                        reason: format!(
-                            "rank {} is over the GPU kernel's {}",
-                            self.rank(),
-                            grad::MAX_SCATTER_RANK
-                        ),
-                    });
-                }
-                let s = grad::Scatter {
-                    out_dims: self.shape(),
-                    g_dims: g.shape(),
-                    axis,
-                };
-                Storage::Gpu(Some(Arc::new(grad::scatter_add(self.ctx()?, gb, ib, &s)?)))
-            }
-            _ => unreachable!("the forward op checked the devices"),
-        };
+        let idx = index.indices_on_host()?;
+        let storage =
+            (g.storage).scatter_add(&index.storage, &idx, self.shape(), g.shape(), axis)?;
         Ok(self.with(storage, self.shape.clone()))
     }
 
@@ -264,32 +226,7 @@ impl Tensor {
             order[next[r as usize] as usize] = j as u32;
             next[r as usize] += 1;
         }
-        let storage = match &g.storage {
-            Storage::Cpu(gv) => Storage::Cpu(Arc::new(cpu::index_select_grad(
-                gv,
-                &starts,
-                &order,
-                dims,
-                idx.len(),
-            )?)),
-            Storage::Gpu(Some(gb)) => {
-                let s = Tensor::from_vec_u32(&self.device, starts, &[len + 1])?;
-                let o = Tensor::from_vec_u32(&self.device, order, &[idx.len()])?;
-                let (Storage::Gpu(Some(sb)), Storage::Gpu(Some(ob))) = (&s.storage, &o.storage)
-                else {
-                    unreachable!("non-empty uploads to a GPU device")
-                };
-                Storage::Gpu(Some(Arc::new(grad::index_select_grad(
-                    self.ctx()?,
-                    gb,
-                    sb,
-                    ob,
-                    dims,
-                    idx.len(),
-                )?)))
-            }
-            Storage::Gpu(None) => return self.zeros_like(),
-        };
+        let storage = g.storage.index_select_grad(starts, order, dims)?;
         Ok(self.with(storage, self.shape.clone()))
     }
 
@@ -306,17 +243,8 @@ impl Tensor {
         if shape.numel() == 0 || self.numel() == 0 {
             return Tensor::zeros(&self.device, out_dims);
         }
-        let storage = match (&self.storage, &other.storage) {
-            (Storage::Cpu(g), Storage::Cpu(o)) => Storage::Cpu(Arc::new(if weight {
-                cpu::conv2d_grad_weight(g, o, w)?
-            } else {
-                cpu::conv2d_grad_input(g, o, w)?
-            })),
-            (Storage::Gpu(Some(g)), Storage::Gpu(Some(o))) => Storage::Gpu(Some(Arc::new(
-                conv::conv2d_grad(self.ctx()?, g, o, w, weight)?,
-            ))),
-            _ => return Tensor::zeros(&self.device, out_dims),
-        };
+        let n = shape.numel();
+        let storage = self.storage.conv2d_grad(&other.storage, w, weight, n)?;
         Ok(self.with(storage, shape))
     }
 
@@ -325,15 +253,7 @@ impl Tensor {
         if self.numel() == 0 || g.numel() == 0 {
             return self.zeros_like();
         }
-        let storage = match (&self.storage, &g.storage) {
-            (Storage::Cpu(x), Storage::Cpu(gv)) => {
-                Storage::Cpu(Arc::new(cpu::pool2d_grad(x, gv, w, max)?))
-            }
-            (Storage::Gpu(Some(x)), Storage::Gpu(Some(gb))) => Storage::Gpu(Some(Arc::new(
-                conv::pool2d_grad(self.ctx()?, x, gb, w, max)?,
-            ))),
-            _ => return self.zeros_like(),
-        };
+        let storage = self.storage.pool2d_grad(&g.storage, w, max, self.numel())?;
         Ok(self.with(storage, self.shape.clone()))
     }
 
@@ -342,15 +262,7 @@ impl Tensor {
     /// Makes this tensor's values unshared (copying them if another tensor shares them), so an
     /// in-place write changes this tensor only: tensors stay values.
     fn make_unique(&mut self) -> Result<()> {
-        let shared = match &mut self.storage {
-            Storage::Cpu(v) => {
-                Arc::make_mut(v);
-                false
-            }
-            Storage::Gpu(Some(b)) => Arc::strong_count(b) > 1,
-            Storage::Gpu(None) => false,
-        };
-        if shared {
+        if self.storage.is_shared() {
             let n = self.numel();
             let copy = self.detach().reshape(&[n])?.narrow(0, 0, n)?;
             self.storage = copy.storage;
@@ -384,33 +296,7 @@ impl Tensor {
         }
         let mut p = *params;
         p.n = self.numel() as u32;
-        match (&mut self.storage, &grad.storage) {
-            (Storage::Cpu(w), Storage::Cpu(g)) => {
-                let mut bufs: Vec<&mut Vec<f32>> = state
-                    .iter_mut()
-                    .filter_map(|s| match &mut s.storage {
-                        Storage::Cpu(v) => Some(Arc::make_mut(v)),
-                        Storage::Gpu(_) => None,
-                    })
-                    .collect();
-                cpu::update(Arc::make_mut(w).as_mut_slice(), g, &mut bufs, &p);
-                Ok(())
-            }
-            (Storage::Gpu(Some(w)), Storage::Gpu(Some(g))) => {
-                let bufs: Vec<&crate::gpu::pool::PooledBuffer> = state
-                    .iter()
-                    .filter_map(|s| match &s.storage {
-                        Storage::Gpu(Some(b)) => Some(b.as_ref()),
-                        _ => None,
-                    })
-                    .collect();
-                let ctx = self
-                    .device
-                    .gpu_context()
-                    .ok_or_else(|| Error::Gpu("GPU storage on a CPU device".into()))?;
-                optim::update(ctx, w, g, &bufs, &p)
-            }
-            _ => unreachable!("same_device checked the backends"),
-        }
+        let mut bufs: Vec<&mut Storage> = state.iter_mut().map(|s| &mut s.storage).collect();
+        self.storage.optimizer_update(&grad.storage, &mut bufs, &p)
     }
 }

@@ -1,13 +1,10 @@
 //! 2-D convolution and pooling (NCHW).
 
-use super::{Storage, Tensor};
+use super::Tensor;
 use crate::conv::{Conv2dOptions, Window};
-use crate::cpu;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::kernels::conv;
 use crate::shape::Shape;
-use std::sync::Arc;
 
 impl Tensor {
     /// 2-D convolution (cross-correlation, as PyTorch's `conv2d`) of an NCHW input with `weight`
@@ -84,42 +81,15 @@ impl Tensor {
         let g = Window::new("conv2d", self.shape(), c_out, Some(c_in), (kh, kw), opts)?;
         let dims = g.out_dims();
         let n_out: usize = dims.iter().product();
-        let storage = match (&self.storage, &weight.storage) {
-            (Storage::Cpu(x), Storage::Cpu(w)) => {
-                let b = bias.and_then(|b| match &b.storage {
-                    Storage::Cpu(v) => Some(v.clone()),
-                    Storage::Gpu(_) => None,
-                });
-                Storage::Cpu(Arc::new(cpu::conv2d(
-                    x,
-                    w,
-                    b.as_deref().map(|v| v.as_slice()),
-                    &g,
-                )?))
-            }
-            (Storage::Gpu(Some(x)), Storage::Gpu(Some(w))) if n_out > 0 => {
-                let b = bias.and_then(|b| match &b.storage {
-                    Storage::Gpu(Some(buf)) => Some(buf.clone()),
-                    _ => None,
-                });
-                Storage::Gpu(Some(Arc::new(conv::conv2d(
-                    self.ctx()?,
-                    x,
-                    w,
-                    b.as_deref(),
-                    &g,
-                )?)))
-            }
-            // An empty input or kernel with a non-empty output: the sum is empty, so bias only.
-            (Storage::Gpu(_), Storage::Gpu(_)) if n_out > 0 => {
-                let zeros = Tensor::zeros(&self.device, &dims)?;
-                return match bias {
-                    Some(b) => zeros.add(&b.reshape(&[c_out, 1, 1])?),
-                    None => Ok(zeros),
-                };
-            }
-            _ => Storage::Gpu(None),
-        };
+        if self.numel() == 0 || weight.numel() == 0 {
+            // An empty sum: zeros, plus the bias where there is one.
+            let zeros = Tensor::zeros(&self.device, &dims)?;
+            return match bias {
+                Some(b) if n_out > 0 => zeros.add(&b.reshape(&[c_out, 1, 1])?),
+                _ => Ok(zeros),
+            };
+        }
+        let storage = (self.storage).conv2d(&weight.storage, bias.map(|b| &b.storage), &g)?;
         Ok(self.with(storage, Shape::new(&dims)?))
     }
 
@@ -146,13 +116,7 @@ impl Tensor {
         };
         let g = Window::new(op, self.shape(), channels, None, kernel, opts)?;
         let dims = g.out_dims();
-        let storage = match &self.storage {
-            Storage::Cpu(x) => Storage::Cpu(Arc::new(cpu::pool2d(x, &g, max)?)),
-            Storage::Gpu(Some(x)) if dims.iter().product::<usize>() > 0 => {
-                Storage::Gpu(Some(Arc::new(conv::pool2d(self.ctx()?, x, &g, max)?)))
-            }
-            Storage::Gpu(_) => Storage::Gpu(None),
-        };
+        let storage = self.storage.pool2d(&g, max)?;
         let out = self.with(storage, Shape::new(&dims)?);
         if !Tensor::tracking(&[self]) {
             return Ok(out);

@@ -1,10 +1,8 @@
 //! Ops with u32 tensors: argmax (produces one), index_select, gather and embedding (read one).
 
-use super::{Storage, Tensor};
-use crate::cpu;
+use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::kernels::{index, reduce};
 use crate::shape::Shape;
 use std::sync::Arc;
 
@@ -26,18 +24,8 @@ impl Tensor {
             });
         }
         let dims = self.reduced_dims(axis, keepdim);
-        let storage = match &self.storage {
-            Storage::Cpu(x) => Storage::Cpu(Arc::new(cpu::argmax(x, (outer, len, inner))?)),
-            Storage::Gpu(Some(x)) if n_out > 0 => Storage::Gpu(Some(Arc::new(reduce::argmax(
-                self.ctx()?,
-                x,
-                (outer, len, inner),
-            )?))),
-            Storage::Gpu(_) => Storage::Gpu(None),
-        };
-        let mut out = self.with(storage, Shape::new(&dims)?);
-        out.dtype = DType::U32;
-        Ok(out)
+        let storage = self.storage.argmax((outer, len, inner))?;
+        Ok(self.with(storage, Shape::new(&dims)?))
     }
 
     /// The slices `indices[0], indices[1], ...` of dimension `dim`, in that order: the result has
@@ -84,22 +72,7 @@ impl Tensor {
         }
         let mut dims = self.shape().to_vec();
         dims[axis] = idx.len();
-        let n = outer * idx.len() * inner;
-        let storage = match (&self.storage, &indices.storage) {
-            (Storage::Cpu(x), _) => {
-                Storage::Cpu(Arc::new(cpu::index_select(x, &idx, (outer, len, inner))?))
-            }
-            (Storage::Gpu(Some(x)), Storage::Gpu(Some(i))) if n > 0 => {
-                Storage::Gpu(Some(Arc::new(index::index_select(
-                    self.ctx()?,
-                    x,
-                    i,
-                    (outer, len, inner),
-                    idx.len(),
-                )?)))
-            }
-            (Storage::Gpu(_), _) => Storage::Gpu(None),
-        };
+        let storage = (self.storage).index_select(&indices.storage, &idx, (outer, len, inner))?;
         Ok((self.with(storage, Shape::new(&dims)?), idx))
     }
 
@@ -143,45 +116,7 @@ impl Tensor {
         }
         let x_strides = self.shape.strides();
         let dims = index.shape().to_vec();
-        let storage = match (&self.storage, &index.storage) {
-            (Storage::Cpu(x), _) => {
-                let mut out = cpu::alloc("gather", idx.len())?;
-                for (i, o) in out.iter_mut().enumerate() {
-                    let (mut rem, mut src) = (i, 0);
-                    for d in (0..dims.len()).rev() {
-                        let mut at = rem % dims[d];
-                        rem /= dims[d];
-                        if d == axis {
-                            at = idx[i] as usize;
-                        }
-                        src += at * x_strides[d];
-                    }
-                    *o = x[src];
-                }
-                Storage::Cpu(Arc::new(out))
-            }
-            (Storage::Gpu(Some(x)), Storage::Gpu(Some(i))) => {
-                if dims.len() > index::MAX_GATHER_RANK {
-                    return Err(Error::InvalidShape {
-                        op: "gather",
-                        reason: format!(
-                            "rank {} is over the GPU kernel's {}",
-                            dims.len(),
-                            index::MAX_GATHER_RANK
-                        ),
-                    });
-                }
-                Storage::Gpu(Some(Arc::new(index::gather(
-                    self.ctx()?,
-                    x,
-                    i,
-                    &dims,
-                    &x_strides,
-                    axis,
-                )?)))
-            }
-            (Storage::Gpu(_), _) => Storage::Gpu(None),
-        };
+        let storage = (self.storage).gather(&index.storage, &idx, &dims, &x_strides, axis)?;
         Ok(self.with(storage, index.shape.clone()))
     }
 

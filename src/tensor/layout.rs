@@ -1,14 +1,12 @@
 //! Layout: reshape (a view), and the materialised permute, transpose, narrow and cat.
 
-use super::{Storage, Tensor};
-use crate::cpu;
+use super::Tensor;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::kernels::copy;
 use crate::shape::Shape;
+use crate::storage::Storage;
 use crate::strided::StridedCopy;
-use std::sync::Arc;
 
 impl Tensor {
     /// The same values with another shape of the same element count; no copy is made.
@@ -26,12 +24,8 @@ impl Tensor {
             });
         }
         let out = Tensor {
-            storage: self.storage.clone(),
-            shape: new,
-            device: self.device.clone(),
-            dtype: self.dtype,
-            node: None,
             host_u32: self.host_u32.clone(),
+            ..self.with(self.storage.clone(), new)
         };
         if !Tensor::tracking(&[self]) {
             return Ok(out);
@@ -73,7 +67,7 @@ impl Tensor {
         let out = Self::assemble(
             "permute",
             &self.device,
-            self.dtype,
+            self.dtype(),
             out_shape,
             &[(self, plan)],
         )?;
@@ -124,7 +118,7 @@ impl Tensor {
         let out = Self::assemble(
             "narrow",
             &self.device,
-            self.dtype,
+            self.dtype(),
             out_shape,
             &[(self, plan)],
         )?;
@@ -161,7 +155,7 @@ impl Tensor {
         let mut total = 0;
         for t in tensors {
             first.same_device(t, "cat")?;
-            t.expect(first.dtype, "cat")?;
+            t.expect(first.dtype(), "cat")?;
             let compatible = t.rank() == first.rank()
                 && (0..first.rank()).all(|d| d == axis || t.shape()[d] == first.shape()[d]);
             if !compatible {
@@ -192,7 +186,7 @@ impl Tensor {
                 (*t, plan)
             })
             .collect();
-        let out = Self::assemble("cat", &first.device, first.dtype, out_shape, &parts)?;
+        let out = Self::assemble("cat", &first.device, first.dtype(), out_shape, &parts)?;
         if !Tensor::tracking(tensors) {
             return Ok(out);
         }
@@ -219,35 +213,9 @@ impl Tensor {
         shape: Shape,
         parts: &[(&Tensor, StridedCopy)],
     ) -> Result<Tensor> {
-        let n = shape.numel();
-        let storage = match device.gpu_context() {
-            None => {
-                let mut out = cpu::alloc(op, n)?;
-                for (t, plan) in parts {
-                    if let Storage::Cpu(src) = &t.storage {
-                        cpu::strided_copy(src, &mut out, plan);
-                    }
-                }
-                Storage::Cpu(Arc::new(out))
-            }
-            Some(_) if n == 0 => Storage::Gpu(None),
-            Some(ctx) => {
-                let out = ctx.alloc(op, n)?;
-                for (t, plan) in parts {
-                    if let Storage::Gpu(Some(src)) = &t.storage {
-                        copy::copy(ctx, src, &out, &plan.squeezed(op)?, op)?;
-                    }
-                }
-                Storage::Gpu(Some(Arc::new(out)))
-            }
-        };
-        Ok(Tensor {
-            storage,
-            shape,
-            device: device.clone(),
-            dtype,
-            node: None,
-            host_u32: None,
-        })
+        let parts: Vec<(&Storage, &StridedCopy)> =
+            parts.iter().map(|(t, plan)| (&t.storage, plan)).collect();
+        let storage = Storage::assemble(device, op, dtype, shape.numel(), &parts)?;
+        Ok(Tensor::new(storage, shape, device))
     }
 }

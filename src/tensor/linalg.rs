@@ -1,14 +1,10 @@
 //! Matrix products: matmul (batched, broadcast, optionally transposed operands) and the fused linear layer.
 
-use super::{Storage, Tensor};
-use crate::cpu;
+use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::kernels::matmul::Epilogue;
-use crate::gpu::kernels::{elementwise, matmul};
 use crate::matmul_plan::MatmulPlan;
 use crate::op::UnaryOp;
-use std::sync::Arc;
 
 impl Tensor {
     /// Matrix product `[.., m, k] x [.., k, n] -> [.., m, n]`, batch dimensions broadcast
@@ -62,22 +58,11 @@ impl Tensor {
         self.expect(DType::F32, "matmul")?;
         rhs.expect(DType::F32, "matmul")?;
         let plan = MatmulPlan::transposed(&self.shape, &rhs.shape, transpose_self, transpose_rhs)?;
-        let out_n = plan.out_numel();
-        let storage = match (&self.storage, &rhs.storage) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => Storage::Cpu(Arc::new(cpu::matmul(a, b, &plan)?)),
-            (Storage::Gpu(a), Storage::Gpu(b)) => {
-                let ctx = self.ctx()?;
-                match (a, b) {
-                    _ if out_n == 0 => Storage::Gpu(None),
-                    (Some(a), Some(b)) if plan.k > 0 => Storage::Gpu(Some(Arc::new(
-                        matmul::matmul(ctx, a, b, &plan, Epilogue::default())?,
-                    ))),
-                    // k = 0: the operands are empty and the product is all zeros.
-                    _ => Storage::Gpu(Some(Arc::new(elementwise::fill(ctx, out_n, 0.0)?))),
-                }
-            }
-            _ => unreachable!("same_device checked the backends"),
-        };
+        if plan.k == 0 {
+            // An empty sum: the product is all zeros.
+            return Tensor::zeros(&self.device, plan.out_shape.dims());
+        }
+        let storage = self.storage.matmul(&rhs.storage, &plan, None, None)?;
         Ok(self.with(storage, plan.out_shape))
     }
 
@@ -147,50 +132,20 @@ impl Tensor {
                 });
             }
         }
-        let out_n = plan.out_numel();
-        let storage = match (&self.storage, &weight.storage) {
-            (Storage::Cpu(x), Storage::Cpu(w)) => {
-                let bias = bias.map(|b| match &b.storage {
-                    Storage::Cpu(v) => v.as_slice(),
-                    Storage::Gpu(_) => &[],
-                });
-                Storage::Cpu(Arc::new(cpu::linear(x, w, &plan, bias, act)?))
-            }
-            (Storage::Gpu(x), Storage::Gpu(w)) => {
-                let ctx = self.ctx()?;
-                let bias_buf = match bias.map(|b| &b.storage) {
-                    Some(Storage::Gpu(Some(buf))) => Some(buf.as_ref()),
-                    _ => None,
-                };
-                match (x, w) {
-                    _ if out_n == 0 => Storage::Gpu(None),
-                    (Some(x), Some(w)) if plan.k > 0 => {
-                        let epilogue = Epilogue {
-                            bias: bias_buf,
-                            act,
-                        };
-                        Storage::Gpu(Some(Arc::new(matmul::matmul(ctx, x, w, &plan, epilogue)?)))
-                    }
-                    // k = 0: the product is zero; bias and activation still apply.
-                    _ => {
-                        let zero = self.with(
-                            Storage::Gpu(Some(Arc::new(elementwise::fill(ctx, out_n, 0.0)?))),
-                            plan.out_shape.clone(),
-                        );
-                        let with_bias = match bias {
-                            Some(b) => zero.add(b)?,
-                            None => zero,
-                        };
-                        let out = match act {
-                            Some(op) => with_bias.unary(op)?,
-                            None => with_bias,
-                        };
-                        return Ok(out);
-                    }
-                }
-            }
-            _ => unreachable!("same_device checked the backends"),
-        };
+        if plan.k == 0 {
+            // An empty sum: the product is zero; bias and activation still apply.
+            let zero = Tensor::zeros(&self.device, plan.out_shape.dims())?;
+            let with_bias = match bias {
+                Some(b) => zero.add(b)?,
+                None => zero,
+            };
+            return match act {
+                Some(op) => with_bias.unary(op),
+                None => Ok(with_bias),
+            };
+        }
+        let bias = bias.map(|b| &b.storage);
+        let storage = self.storage.matmul(&weight.storage, &plan, bias, act)?;
         Ok(self.with(storage, plan.out_shape))
     }
 
@@ -211,32 +166,8 @@ impl Tensor {
         self.expect(DType::F32, "matmul_f16")?;
         rhs.expect(DType::F32, "matmul_f16")?;
         let plan = MatmulPlan::new(&self.shape, &rhs.shape)?;
-        let out_n = plan.out_numel();
-        let storage = match (&self.storage, &rhs.storage) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => {
-                let round = |v: &[f32]| -> Vec<f32> {
-                    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
-                };
-                Storage::Cpu(Arc::new(cpu::matmul(&round(a), &round(b), &plan)?))
-            }
-            (Storage::Gpu(a), Storage::Gpu(b)) => {
-                let ctx = self.ctx()?;
-                if !matmul::f16_supported(ctx) {
-                    return Err(Error::Unsupported {
-                        op: "matmul_f16",
-                        reason: format!("{} does not grant SHADER_F16", self.device),
-                    });
-                }
-                match (a, b) {
-                    _ if out_n == 0 => Storage::Gpu(None),
-                    (Some(a), Some(b)) if plan.k > 0 => Storage::Gpu(Some(Arc::new(
-                        matmul::matmul_f16(ctx, a, b, self.numel(), rhs.numel(), &plan)?,
-                    ))),
-                    _ => Storage::Gpu(Some(Arc::new(elementwise::fill(ctx, out_n, 0.0)?))),
-                }
-            }
-            _ => unreachable!("same_device checked the backends"),
-        };
+        let lens = (self.numel(), rhs.numel());
+        let storage = self.storage.matmul_f16(&rhs.storage, &plan, lens)?;
         Ok(self.with(storage, plan.out_shape))
     }
 }

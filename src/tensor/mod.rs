@@ -1,22 +1,14 @@
-//! `Tensor`: constructors, readback, and op methods. Each method validates its inputs and hands
-//! the work to the backend of the tensor's device.
+//! `Tensor`: constructors, readback, and op methods. Each method validates its inputs, makes one
+//! call into the storage seam (`crate::storage`), and records its backward.
 
 use crate::autograd::Node;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::pool::PooledBuffer;
 use crate::shape::Shape;
+use crate::storage::Storage;
 use std::fmt;
 use std::sync::Arc;
-
-/// Where a tensor's values are.
-#[derive(Clone)]
-enum Storage {
-    Cpu(Arc<Vec<f32>>),
-    /// `None` for a tensor with no elements: no buffer, and ops on it dispatch nothing.
-    Gpu(Option<Arc<PooledBuffer>>),
-}
 
 /// An immutable n-dimensional array of f32, row-major, on one [`Device`]. Cloning is cheap (the
 /// values are shared); every op makes a new tensor. On a GPU, ops are recorded and run in
@@ -26,7 +18,6 @@ pub struct Tensor {
     storage: Storage,
     shape: Shape,
     device: Device,
-    dtype: DType,
     /// The autograd graph vertex: a leaf that requires gradients, or the op that made this
     /// tensor from inputs that do (`None` for a plain value).
     node: Option<Arc<Node>>,
@@ -71,14 +62,12 @@ impl Tensor {
 
     /// The values, row-major. On a GPU this submits the recorded work and waits for it.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
-        self.expect(DType::F32, "to_vec")?;
-        self.raw_values()
+        self.storage.to_f32("to_vec", self.numel())
     }
 
     /// The values of a u32 tensor, row-major (`DTypeMismatch` for an f32 tensor).
     pub fn to_vec_u32(&self) -> Result<Vec<u32>> {
-        self.expect(DType::U32, "to_vec_u32")?;
-        Ok(self.raw_values()?.into_iter().map(f32::to_bits).collect())
+        self.storage.to_u32("to_vec_u32", self.numel())
     }
 
     /// The values of a u32 tensor, from the host copy kept by `from_vec_u32` when there is one
@@ -90,23 +79,11 @@ impl Tensor {
         }
     }
 
-    /// The stored 32-bit values, whatever the element type (u32 values as f32 bit patterns).
-    fn raw_values(&self) -> Result<Vec<f32>> {
-        match &self.storage {
-            Storage::Cpu(v) => Ok(v.as_ref().clone()),
-            Storage::Gpu(None) => Ok(Vec::new()),
-            Storage::Gpu(Some(buf)) => self.ctx()?.read(buf, self.numel()),
-        }
-    }
-
     /// [`Tensor::to_vec`] as a future: the caller's executor is not blocked while the GPU works.
     pub async fn to_vec_async(&self) -> Result<Vec<f32>> {
-        self.expect(DType::F32, "to_vec_async")?;
-        match &self.storage {
-            Storage::Cpu(v) => Ok(v.as_ref().clone()),
-            Storage::Gpu(None) => Ok(Vec::new()),
-            Storage::Gpu(Some(buf)) => self.ctx()?.clone().read_async(buf, self.numel()).await,
-        }
+        self.storage
+            .to_f32_async("to_vec_async", self.numel())
+            .await
     }
 
     /// A copy of this tensor on `device` (a clone if it is already there).
@@ -114,9 +91,8 @@ impl Tensor {
         if self.device.same(device) {
             return Ok(self.clone());
         }
-        let mut t = Self::from_vec(device, self.raw_values()?, self.shape())?;
-        t.dtype = self.dtype;
-        Ok(t)
+        let storage = self.storage.to_device(device, self.numel())?;
+        Ok(Tensor::new(storage, self.shape.clone(), device))
     }
 
     // ---- helpers ------------------------------------------------------------------------
@@ -139,20 +115,20 @@ impl Tensor {
 
     /// `DTypeMismatch` unless this tensor has element type `dtype`.
     pub(crate) fn expect(&self, dtype: DType, op: &'static str) -> Result<()> {
-        if self.dtype == dtype {
+        if self.dtype() == dtype {
             Ok(())
         } else {
             Err(Error::DTypeMismatch {
                 op,
                 expected: dtype,
-                got: self.dtype,
+                got: self.dtype(),
             })
         }
     }
 
     /// The element type.
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.storage.dtype()
     }
 
     /// `[outer, len, inner]` around `axis`.
@@ -176,21 +152,20 @@ impl Tensor {
         dims
     }
 
-    fn with(&self, storage: Storage, shape: Shape) -> Tensor {
+    /// A plain tensor (no autograd node) over `storage`.
+    fn new(storage: Storage, shape: Shape, device: &Device) -> Tensor {
         Tensor {
             storage,
             shape,
-            device: self.device.clone(),
-            dtype: self.dtype,
+            device: device.clone(),
             node: None,
             host_u32: None,
         }
     }
 
-    fn ctx(&self) -> Result<&Arc<crate::gpu::context::GpuContext>> {
-        self.device
-            .gpu_context()
-            .ok_or_else(|| Error::Gpu("GPU storage on a CPU device".into()))
+    /// A plain tensor over `storage` on this tensor's device.
+    fn with(&self, storage: Storage, shape: Shape) -> Tensor {
+        Tensor::new(storage, shape, &self.device)
     }
 
     pub(crate) fn same_device(&self, other: &Tensor, op: &'static str) -> Result<()> {
@@ -211,7 +186,9 @@ impl fmt::Debug for Tensor {
         write!(
             f,
             "Tensor({} {} on {})",
-            self.dtype, self.shape, self.device
+            self.dtype(),
+            self.shape,
+            self.device
         )
     }
 }

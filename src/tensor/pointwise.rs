@@ -1,13 +1,11 @@
 //! Elementwise ops: unary, binary with broadcasting, and `where`.
 
-use super::{Storage, Tensor};
-use crate::cpu;
+use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::kernels::{elementwise, select};
 use crate::op::{BinaryOp, UnaryOp};
 use crate::shape::BroadcastLayout;
-use std::sync::Arc;
+use crate::storage::{Storage, WherePlan};
 
 impl Tensor {
     /// Apply an elementwise [`UnaryOp`].
@@ -24,16 +22,7 @@ impl Tensor {
 
     fn unary_forward(&self, op: UnaryOp) -> Result<Tensor> {
         self.expect(DType::F32, op.name())?;
-        let storage = match &self.storage {
-            Storage::Cpu(v) => Storage::Cpu(Arc::new(cpu::unary(v, op)?)),
-            Storage::Gpu(None) => Storage::Gpu(None),
-            Storage::Gpu(Some(b)) => Storage::Gpu(Some(Arc::new(elementwise::unary(
-                self.ctx()?,
-                b,
-                self.numel(),
-                op,
-            )?))),
-        };
+        let storage = self.storage.unary(op, self.numel())?;
         Ok(self.with(storage, self.shape.clone()))
     }
 
@@ -182,17 +171,7 @@ impl Tensor {
         let out = self.shape.broadcast(&rhs.shape, op.name())?;
         let n = out.numel();
         let layout = BroadcastLayout::new(&self.shape, &rhs.shape, &out);
-        let storage = match (&self.storage, &rhs.storage) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => {
-                Storage::Cpu(Arc::new(cpu::binary(a, b, &layout, n, op)?))
-            }
-            (Storage::Gpu(Some(a)), Storage::Gpu(Some(b))) if n > 0 => Storage::Gpu(Some(
-                Arc::new(elementwise::binary(self.ctx()?, a, b, &layout, n, op)?),
-            )),
-            // A broadcast with an empty operand has an empty result.
-            (Storage::Gpu(_), Storage::Gpu(_)) => Storage::Gpu(None),
-            _ => unreachable!("same_device checked the backends"),
-        };
+        let storage = self.storage.binary(&rhs.storage, &layout, n, op)?;
         Ok(self.with(storage, out))
     }
 
@@ -298,47 +277,16 @@ impl Tensor {
                 lhs: mask.shape().to_vec(),
                 rhs: ab.dims().to_vec(),
             })?;
-        let n = out.numel();
         let keep: Vec<usize> = (0..out.rank()).filter(|&d| out.dims()[d] != 1).collect();
         let strides = |t: &Tensor| -> Vec<usize> {
             let s = t.shape.broadcast_strides(&out);
             keep.iter().map(|&d| s[d]).collect()
         };
-        let (sm, sa, sb) = (strides(mask), strides(a), strides(b));
-        let dims: Vec<usize> = keep.iter().map(|&d| out.dims()[d]).collect();
-        let storage = match (&mask.storage, &a.storage, &b.storage) {
-            (Storage::Cpu(m), Storage::Cpu(x), Storage::Cpu(y)) => {
-                let mut v = cpu::alloc("where", n)?;
-                for (i, o) in v.iter_mut().enumerate() {
-                    let (mut rem, mut im, mut ia, mut ib) = (i, 0, 0, 0);
-                    for d in (0..dims.len()).rev() {
-                        let idx = rem % dims[d];
-                        rem /= dims[d];
-                        im += idx * sm[d];
-                        ia += idx * sa[d];
-                        ib += idx * sb[d];
-                    }
-                    *o = if m[im].to_bits() & 0x7fff_ffff != 0 {
-                        x[ia]
-                    } else {
-                        y[ib]
-                    };
-                }
-                Storage::Cpu(Arc::new(v))
-            }
-            (Storage::Gpu(Some(m)), Storage::Gpu(Some(x)), Storage::Gpu(Some(y))) if n > 0 => {
-                let dims = if dims.is_empty() { vec![1] } else { dims };
-                let pad = |s: Vec<usize>| if s.is_empty() { vec![0] } else { s };
-                let (sm, sa, sb) = (pad(sm), pad(sa), pad(sb));
-                Storage::Gpu(Some(Arc::new(select::where_(
-                    mask.ctx()?,
-                    [m, x, y],
-                    &dims,
-                    [&sm, &sa, &sb],
-                )?)))
-            }
-            _ => Storage::Gpu(None),
+        let plan = WherePlan {
+            dims: keep.iter().map(|&d| out.dims()[d]).collect(),
+            strides: [strides(mask), strides(a), strides(b)],
         };
+        let storage = Storage::where_(&mask.storage, &a.storage, &b.storage, &plan)?;
         Ok(mask.with(storage, out))
     }
 }

@@ -1,10 +1,8 @@
 //! Reductions along an axis, softmax, and normalisation.
 
-use super::{Storage, Tensor};
-use crate::cpu;
+use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::kernels::{elementwise, norm, reduce, xent};
 use crate::op::ReduceOp;
 use crate::shape::Shape;
 use std::sync::Arc;
@@ -58,21 +56,12 @@ impl Tensor {
             });
         }
         let dims = self.reduced_dims(axis, keepdim);
-        let storage = match &self.storage {
-            Storage::Cpu(x) => Storage::Cpu(Arc::new(cpu::reduce(x, (outer, len, inner), op)?)),
-            _ if n_out == 0 => Storage::Gpu(None),
-            Storage::Gpu(Some(x)) => Storage::Gpu(Some(Arc::new(reduce::reduce(
-                self.ctx()?,
-                x,
-                (outer, len, inner),
-                op,
-            )?))),
+        if len == 0 {
             // An empty axis: the sum of nothing is 0, its mean and variance NaN.
-            Storage::Gpu(None) => {
-                let v = if op == ReduceOp::Sum { 0.0 } else { f32::NAN };
-                Storage::Gpu(Some(Arc::new(elementwise::fill(self.ctx()?, n_out, v)?)))
-            }
-        };
+            let v = if op == ReduceOp::Sum { 0.0 } else { f32::NAN };
+            return Tensor::full(&self.device, &dims, v);
+        }
+        let storage = self.storage.reduce((outer, len, inner), op)?;
         Ok(self.with(storage, Shape::new(&dims)?))
     }
 
@@ -120,14 +109,7 @@ impl Tensor {
         let op = if log { "log_softmax" } else { "softmax" };
         self.expect(DType::F32, op)?;
         let axis = self.axis(op, dim)?;
-        let dims = self.around(axis);
-        let storage = match &self.storage {
-            Storage::Cpu(x) => Storage::Cpu(Arc::new(cpu::softmax(x, dims, log)?)),
-            Storage::Gpu(Some(x)) => {
-                Storage::Gpu(Some(Arc::new(reduce::softmax(self.ctx()?, x, dims, log)?)))
-            }
-            Storage::Gpu(None) => Storage::Gpu(None),
-        };
+        let storage = self.storage.softmax(self.around(axis), log)?;
         Ok(self.with(storage, self.shape.clone()))
     }
 
@@ -249,41 +231,8 @@ impl Tensor {
             }
         }
         let rows = self.numel().checked_div(len).unwrap_or(0);
-        let cpu_slice = |t: Option<&Tensor>| match t.map(|t| &t.storage) {
-            Some(Storage::Cpu(v)) => Some(v.clone()),
-            _ => None,
-        };
-        let gpu_buf = |t: Option<&Tensor>| match t.map(|t| &t.storage) {
-            Some(Storage::Gpu(Some(b))) => Some(b.clone()),
-            _ => None,
-        };
-        let storage = match &self.storage {
-            Storage::Cpu(x) => {
-                let (w, b) = (cpu_slice(weight), cpu_slice(bias));
-                Storage::Cpu(Arc::new(cpu::norm(
-                    x,
-                    w.as_deref().map(|v| v.as_slice()),
-                    b.as_deref().map(|v| v.as_slice()),
-                    len,
-                    eps,
-                    rms,
-                )?))
-            }
-            Storage::Gpu(Some(x)) if rows > 0 => {
-                let (w, b) = (gpu_buf(weight), gpu_buf(bias));
-                Storage::Gpu(Some(Arc::new(norm::norm(
-                    self.ctx()?,
-                    x,
-                    w.as_deref(),
-                    b.as_deref(),
-                    rows,
-                    len,
-                    eps,
-                    rms,
-                )?)))
-            }
-            Storage::Gpu(_) => Storage::Gpu(None),
-        };
+        let (w, b) = (weight.map(|t| &t.storage), bias.map(|t| &t.storage));
+        let storage = self.storage.norm(w, b, rows, len, eps, rms)?;
         Ok(self.with(storage, self.shape.clone()))
     }
 
@@ -310,20 +259,7 @@ impl Tensor {
     /// one backward. `nn::cross_entropy` validates and averages.
     pub(crate) fn cross_entropy_rows(&self, targets: &Tensor, t: Arc<Vec<u32>>) -> Result<Tensor> {
         let (rows, classes) = (self.shape()[0], self.shape()[1]);
-        let (loss, lse) = match (&self.storage, &targets.storage) {
-            (Storage::Cpu(x), _) => {
-                let (loss, lse) = cpu::cross_entropy_rows(x, &t, classes)?;
-                (Storage::Cpu(Arc::new(loss)), Storage::Cpu(Arc::new(lse)))
-            }
-            (Storage::Gpu(Some(x)), Storage::Gpu(Some(tb))) if rows > 0 && classes > 0 => {
-                let (loss, lse) = xent::forward(self.ctx()?, x, tb, rows, classes)?;
-                (
-                    Storage::Gpu(Some(Arc::new(loss))),
-                    Storage::Gpu(Some(Arc::new(lse))),
-                )
-            }
-            _ => (Storage::Gpu(None), Storage::Gpu(None)),
-        };
+        let (loss, lse) = self.storage.cross_entropy(&targets.storage, &t, classes)?;
         let shape = Shape::new(&[rows])?;
         let out = self.with(loss, shape.clone());
         if !Tensor::tracking(&[self]) {
@@ -331,23 +267,13 @@ impl Tensor {
         }
         let (x, tt, lse) = (self.detach(), targets.detach(), self.with(lse, shape));
         Ok(out.record("cross_entropy", &[self, targets], move |g, _| {
-            let dx = match (&x.storage, &g.storage, &tt.storage, &lse.storage) {
-                (Storage::Cpu(xv), Storage::Cpu(gv), _, Storage::Cpu(lv)) => {
-                    Storage::Cpu(Arc::new(cpu::cross_entropy_grad(xv, &t, lv, gv, classes)?))
-                }
-                (
-                    Storage::Gpu(Some(xb)),
-                    Storage::Gpu(Some(gb)),
-                    Storage::Gpu(Some(tb)),
-                    Storage::Gpu(Some(lb)),
-                ) => Storage::Gpu(Some(Arc::new(xent::backward(
-                    x.ctx()?,
-                    [xb, tb, lb, gb],
-                    rows,
-                    classes,
-                )?))),
-                _ => Storage::Gpu(None),
-            };
+            let dx = (x.storage).cross_entropy_grad(
+                &tt.storage,
+                &t,
+                &lse.storage,
+                &g.storage,
+                classes,
+            )?;
             Ok(vec![Some(x.with(dx, x.shape.clone())), None])
         }))
     }

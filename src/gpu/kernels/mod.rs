@@ -91,7 +91,11 @@ pub fn param_structs() -> Vec<(&'static str, &'static str, usize)> {
             "RowParams",
             size_of::<grad::RowParams>(),
         ),
-        ("optim.wgsl", "Params", size_of::<optim::OptimParams>()),
+        (
+            "optim.wgsl",
+            "Params",
+            size_of::<crate::optim_params::OptimParams>(),
+        ),
         ("xent.wgsl", "Params", size_of::<xent::XentParams>()),
     ]
 }

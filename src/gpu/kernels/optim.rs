@@ -4,35 +4,10 @@ use crate::error::Result;
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::KernelSpec;
 use crate::gpu::pool::PooledBuffer;
-use bytemuck::{Pod, Zeroable};
+use crate::optim_params::OptimParams;
 
 /// The 1-D kernels' workgroup size, shared with `GpuContext::dispatch_1d`.
 use crate::gpu::context::WG_1D as WG;
-
-/// Hyper-parameters of one update, shared by every optimizer kernel.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable, Default, Debug)]
-pub(crate) struct OptimParams {
-    pub n: u32,
-    pub lr: f32,
-    pub weight_decay: f32,
-    pub momentum: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    /// `1 - beta1^step`.
-    pub bc1: f32,
-    /// `1 - beta2^step`.
-    pub bc2: f32,
-    /// Bit 0: nesterov; bit 1: first step (momentum buffer starts at the gradient); bit 2:
-    /// decoupled weight decay (AdamW).
-    pub flags: u32,
-    pub _pad: [u32; 2],
-}
-
-pub(crate) const NESTEROV: u32 = 1;
-pub(crate) const FIRST_STEP: u32 = 2;
-pub(crate) const DECOUPLED: u32 = 4;
 
 fn spec(entry: &'static str) -> KernelSpec {
     KernelSpec {

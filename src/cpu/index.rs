@@ -1,0 +1,74 @@
+//! Index-driven loops: index_select, gather (for any element type) and `where`.
+
+use super::alloc;
+use crate::error::Result;
+
+/// index_select along the middle axis of `[outer, len, inner]` with checked indices.
+pub(crate) fn index_select<T: Copy + Default>(
+    x: &[T],
+    idx: &[u32],
+    (outer, len, inner): (usize, usize, usize),
+) -> Result<Vec<T>> {
+    let count = idx.len();
+    let mut out = alloc("index_select", outer * count * inner)?;
+    for (k, y) in out.iter_mut().enumerate() {
+        let i = k % inner;
+        let j = (k / inner) % count;
+        let o = k / (inner * count);
+        *y = x[(o * len + idx[j] as usize) * inner + i];
+    }
+    Ok(out)
+}
+
+/// PyTorch's gather along `axis`: `out[m] = x[m with m[axis] = idx[m]]` over the index's shape
+/// `dims`, for a source with strides `x_strides` (indices checked by the caller).
+pub(crate) fn gather<T: Copy + Default>(
+    x: &[T],
+    idx: &[u32],
+    dims: &[usize],
+    x_strides: &[usize],
+    axis: usize,
+) -> Result<Vec<T>> {
+    let mut out = alloc("gather", idx.len())?;
+    for (i, o) in out.iter_mut().enumerate() {
+        let (mut rem, mut src) = (i, 0);
+        for d in (0..dims.len()).rev() {
+            let mut at = rem % dims[d];
+            rem /= dims[d];
+            if d == axis {
+                at = idx[i] as usize;
+            }
+            src += at * x_strides[d];
+        }
+        *o = x[src];
+    }
+    Ok(out)
+}
+
+/// `a` where the mask is non-zero (NaN counts as non-zero), else `b`, over the output
+/// dimensions `dims`, each operand read through its broadcast `strides` (the twin of
+/// `shaders/where.wgsl`).
+pub(crate) fn where_(
+    [m, a, b]: [&[f32]; 3],
+    dims: &[usize],
+    [sm, sa, sb]: [&[usize]; 3],
+) -> Result<Vec<f32>> {
+    let n = dims.iter().product();
+    let mut v = alloc("where", n)?;
+    for (i, o) in v.iter_mut().enumerate() {
+        let (mut rem, mut im, mut ia, mut ib) = (i, 0, 0, 0);
+        for d in (0..dims.len()).rev() {
+            let idx = rem % dims[d];
+            rem /= dims[d];
+            im += idx * sm[d];
+            ia += idx * sa[d];
+            ib += idx * sb[d];
+        }
+        *o = if m[im].to_bits() & 0x7fff_ffff != 0 {
+            a[ia]
+        } else {
+            b[ib]
+        };
+    }
+    Ok(v)
+}

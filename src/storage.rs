@@ -1,0 +1,928 @@
+//! The storage seam: where a tensor's values live, and the one module that matches on the
+//! backend.
+//!
+//! A [`Storage`] is either CPU memory (typed: `Vec<f32>` or `Vec<u32>`) or a GPU buffer tagged
+//! with its element type. Every op the tensor layer runs is one method here: it checks that the
+//! operands share a backend and have the element types the op needs, handles empty GPU tensors
+//! (which own no buffer), and calls the CPU loop in `cpu/` or the kernel in `gpu/kernels/`.
+//! Shapes are validated by the caller (`tensor/`), which passes the derived sizes in; a third
+//! element type is one new arm of [`CpuStorage`] and one more `DType` on [`GpuStorage`].
+
+use crate::conv::Window;
+use crate::cpu;
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gpu::context::GpuContext;
+use crate::gpu::kernels::matmul::Epilogue;
+use crate::gpu::kernels::{conv, copy, elementwise, grad, index, matmul, norm, optim};
+use crate::gpu::kernels::{reduce, select, xent};
+use crate::gpu::pool::PooledBuffer;
+use crate::matmul_plan::MatmulPlan;
+use crate::op::{BinaryOp, ReduceOp, UnaryOp};
+use crate::optim_params::OptimParams;
+use crate::shape::BroadcastLayout;
+use crate::strided::StridedCopy;
+use std::sync::Arc;
+
+/// A tensor's values on one backend. Cloning shares them.
+#[derive(Clone)]
+pub(crate) enum Storage {
+    /// Host memory of the CPU backend.
+    Cpu(CpuStorage),
+    /// A buffer on a wgpu device.
+    Gpu(GpuStorage),
+}
+
+/// Host values, typed.
+#[derive(Clone)]
+pub(crate) enum CpuStorage {
+    /// 32-bit floats.
+    F32(Arc<Vec<f32>>),
+    /// 32-bit unsigned integers.
+    U32(Arc<Vec<u32>>),
+}
+
+/// A GPU buffer of 32-bit values with their element type. A tensor with no elements has no
+/// buffer (`buf` is `None`) and ops on it dispatch nothing.
+#[derive(Clone)]
+pub(crate) struct GpuStorage {
+    ctx: Arc<GpuContext>,
+    buf: Option<Arc<PooledBuffer>>,
+    dtype: DType,
+}
+
+/// Dimensions `[outer, len, inner]` around one axis.
+pub(crate) type Around = (usize, usize, usize);
+
+/// Operands of a `where`: unit dimensions of the output dropped, and each operand's broadcast
+/// strides for the dimensions kept.
+pub(crate) struct WherePlan {
+    /// The output's dimensions of extent > 1.
+    pub dims: Vec<usize>,
+    /// Strides of the mask, `a` and `b` over `dims` (0 where broadcast).
+    pub strides: [Vec<usize>; 3],
+}
+
+impl CpuStorage {
+    fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::U32(_) => DType::U32,
+        }
+    }
+
+    fn f32s(&self, op: &'static str) -> Result<&Arc<Vec<f32>>> {
+        match self {
+            CpuStorage::F32(v) => Ok(v),
+            other => Err(mismatch(op, DType::F32, other.dtype())),
+        }
+    }
+
+    fn u32s(&self, op: &'static str) -> Result<&Arc<Vec<u32>>> {
+        match self {
+            CpuStorage::U32(v) => Ok(v),
+            other => Err(mismatch(op, DType::U32, other.dtype())),
+        }
+    }
+}
+
+impl GpuStorage {
+    /// The buffer of an operand the op reads, checked for its element type. An empty operand
+    /// has none; the tensor layer handles empty inputs before an op needs their buffer, so
+    /// reaching that is a bug reported as `Error::Gpu`, not a panic.
+    fn bound(&self, op: &'static str, dtype: DType) -> Result<&PooledBuffer> {
+        if self.dtype != dtype {
+            return Err(mismatch(op, dtype, self.dtype));
+        }
+        self.buf.as_deref().ok_or_else(|| {
+            Error::Gpu(format!(
+                "{op}: internal error: an empty operand was bound to a kernel"
+            ))
+        })
+    }
+
+    /// The buffer to read back (`None` for an empty tensor), checked for its element type.
+    fn readable(&self, op: &'static str, dtype: DType) -> Result<Option<&PooledBuffer>> {
+        if self.dtype != dtype {
+            return Err(mismatch(op, dtype, self.dtype));
+        }
+        Ok(self.buf.as_deref())
+    }
+
+    /// A tensor of `dtype` with no elements on this device.
+    fn empty(&self, dtype: DType) -> Storage {
+        Storage::Gpu(GpuStorage {
+            ctx: self.ctx.clone(),
+            buf: None,
+            dtype,
+        })
+    }
+
+    /// A result of `n` values of `dtype` on this device: no buffer when `n` is 0, else the
+    /// buffer that `run` makes.
+    fn output(
+        &self,
+        n: usize,
+        dtype: DType,
+        run: impl FnOnce(&GpuContext) -> Result<PooledBuffer>,
+    ) -> Result<Storage> {
+        if n == 0 {
+            return Ok(self.empty(dtype));
+        }
+        Ok(Storage::Gpu(GpuStorage {
+            ctx: self.ctx.clone(),
+            buf: Some(Arc::new(run(&self.ctx)?)),
+            dtype,
+        }))
+    }
+}
+
+fn mismatch(op: &'static str, expected: DType, got: DType) -> Error {
+    Error::DTypeMismatch { op, expected, got }
+}
+
+fn backends(op: &'static str) -> Error {
+    Error::DeviceMismatch {
+        op,
+        lhs: "a CPU tensor".into(),
+        rhs: "a GPU tensor".into(),
+    }
+}
+
+/// The host values of an operand that must be on the CPU too.
+fn host<'s>(op: &'static str, s: &'s Storage) -> Result<&'s CpuStorage> {
+    match s {
+        Storage::Cpu(c) => Ok(c),
+        Storage::Gpu(_) => Err(backends(op)),
+    }
+}
+
+/// The f32 buffer of an optional operand that must be on the GPU too.
+fn gpu_f32<'s>(op: &'static str, s: Option<&'s Storage>) -> Result<Option<&'s PooledBuffer>> {
+    match s {
+        None => Ok(None),
+        Some(Storage::Gpu(g)) => g.bound(op, DType::F32).map(Some),
+        Some(Storage::Cpu(_)) => Err(backends(op)),
+    }
+}
+
+fn cpu_f32(v: Vec<f32>) -> Storage {
+    Storage::Cpu(CpuStorage::F32(Arc::new(v)))
+}
+
+impl Storage {
+    // ---- making and reading ---------------------------------------------------------------
+
+    /// `data` on `device`.
+    pub(crate) fn from_f32(device: &Device, op: &'static str, data: &[f32]) -> Result<Storage> {
+        Self::upload(device, op, DType::F32, data)
+    }
+
+    /// `data` (owned: the CPU backend keeps it without a copy) on `device`.
+    pub(crate) fn from_f32_vec(
+        device: &Device,
+        op: &'static str,
+        data: Vec<f32>,
+    ) -> Result<Storage> {
+        match device.gpu_context() {
+            None => Ok(cpu_f32(data)),
+            Some(_) => Self::from_f32(device, op, &data),
+        }
+    }
+
+    /// u32 `data` on `device` (the CPU backend shares it).
+    pub(crate) fn from_u32(
+        device: &Device,
+        op: &'static str,
+        data: Arc<Vec<u32>>,
+    ) -> Result<Storage> {
+        match device.gpu_context() {
+            None => Ok(Storage::Cpu(CpuStorage::U32(data))),
+            Some(_) => Self::upload(device, op, DType::U32, bytemuck::cast_slice(&data)),
+        }
+    }
+
+    /// 32-bit words uploaded to `device` as `dtype` (a copy for the CPU backend).
+    fn upload(device: &Device, op: &'static str, dtype: DType, words: &[f32]) -> Result<Storage> {
+        match device.gpu_context() {
+            None => Ok(match dtype {
+                DType::F32 => cpu_f32(words.to_vec()),
+                DType::U32 => Storage::Cpu(CpuStorage::U32(Arc::new(
+                    words.iter().map(|v| v.to_bits()).collect(),
+                ))),
+            }),
+            Some(ctx) => {
+                let buf = match words.len() {
+                    0 => None,
+                    _ => Some(Arc::new(ctx.upload(op, words)?)),
+                };
+                Ok(Storage::Gpu(GpuStorage {
+                    ctx: ctx.clone(),
+                    buf,
+                    dtype,
+                }))
+            }
+        }
+    }
+
+    /// `n` copies of `value` on `device` (on a GPU by a fill kernel: nothing is uploaded).
+    pub(crate) fn full(device: &Device, n: usize, value: f32) -> Result<Storage> {
+        match device.gpu_context() {
+            None => Ok(cpu_f32(cpu::fill(n, value)?)),
+            Some(ctx) => GpuStorage {
+                ctx: ctx.clone(),
+                buf: None,
+                dtype: DType::F32,
+            }
+            .output(n, DType::F32, |ctx| elementwise::fill(ctx, n, value)),
+        }
+    }
+
+    /// The element type.
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(c) => c.dtype(),
+            Storage::Gpu(g) => g.dtype,
+        }
+    }
+
+    /// The `n` f32 values (a GPU submits its recorded work and waits).
+    pub(crate) fn to_f32(&self, op: &'static str, n: usize) -> Result<Vec<f32>> {
+        match self {
+            Storage::Cpu(c) => Ok(c.f32s(op)?.as_ref().clone()),
+            Storage::Gpu(g) => match g.readable(op, DType::F32)? {
+                None => Ok(Vec::new()),
+                Some(buf) => g.ctx.read(buf, n),
+            },
+        }
+    }
+
+    /// [`Storage::to_f32`] as a future.
+    pub(crate) async fn to_f32_async(&self, op: &'static str, n: usize) -> Result<Vec<f32>> {
+        match self {
+            Storage::Cpu(c) => Ok(c.f32s(op)?.as_ref().clone()),
+            Storage::Gpu(g) => match g.readable(op, DType::F32)? {
+                None => Ok(Vec::new()),
+                Some(buf) => g.ctx.clone().read_async(buf, n).await,
+            },
+        }
+    }
+
+    /// The `n` u32 values.
+    pub(crate) fn to_u32(&self, op: &'static str, n: usize) -> Result<Vec<u32>> {
+        match self {
+            Storage::Cpu(c) => Ok(c.u32s(op)?.as_ref().clone()),
+            Storage::Gpu(g) => match g.readable(op, DType::U32)? {
+                None => Ok(Vec::new()),
+                Some(buf) => Ok(g.ctx.read(buf, n)?.into_iter().map(f32::to_bits).collect()),
+            },
+        }
+    }
+
+    /// These `n` values on `device` (whatever their element type).
+    pub(crate) fn to_device(&self, device: &Device, n: usize) -> Result<Storage> {
+        match self.dtype() {
+            DType::F32 => Self::from_f32_vec(device, "to_device", self.to_f32("to_device", n)?),
+            DType::U32 => {
+                Self::from_u32(device, "to_device", Arc::new(self.to_u32("to_device", n)?))
+            }
+        }
+    }
+
+    // ---- elementwise ----------------------------------------------------------------------
+
+    /// `op` on each of the `n` values.
+    pub(crate) fn unary(&self, op: UnaryOp, n: usize) -> Result<Storage> {
+        match self {
+            Storage::Cpu(c) => Ok(cpu_f32(cpu::unary(c.f32s(op.name())?, op)?)),
+            Storage::Gpu(g) => g.output(n, DType::F32, |ctx| {
+                elementwise::unary(ctx, g.bound(op.name(), DType::F32)?, n, op)
+            }),
+        }
+    }
+
+    /// `self op rhs` over the `n` outputs of `layout`.
+    pub(crate) fn binary(
+        &self,
+        rhs: &Storage,
+        layout: &BroadcastLayout,
+        n: usize,
+        op: BinaryOp,
+    ) -> Result<Storage> {
+        let name = op.name();
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(cpu_f32(cpu::binary(
+                a.f32s(name)?,
+                b.f32s(name)?,
+                layout,
+                n,
+                op,
+            )?)),
+            (Storage::Gpu(a), Storage::Gpu(b)) => a.output(n, DType::F32, |ctx| {
+                let (x, y) = (a.bound(name, DType::F32)?, b.bound(name, DType::F32)?);
+                elementwise::binary(ctx, x, y, layout, n, op)
+            }),
+            _ => Err(backends(name)),
+        }
+    }
+
+    /// `a` where `mask` is non-zero, else `b`, over `plan`.
+    pub(crate) fn where_(
+        mask: &Storage,
+        a: &Storage,
+        b: &Storage,
+        plan: &WherePlan,
+    ) -> Result<Storage> {
+        const OP: &str = "where";
+        let n: usize = plan.dims.iter().product();
+        let [sm, sa, sb] = &plan.strides;
+        match (mask, a, b) {
+            (Storage::Cpu(m), Storage::Cpu(x), Storage::Cpu(y)) => Ok(cpu_f32(cpu::where_(
+                [m.f32s(OP)?, x.f32s(OP)?, y.f32s(OP)?],
+                &plan.dims,
+                [sm, sa, sb],
+            )?)),
+            (Storage::Gpu(m), Storage::Gpu(x), Storage::Gpu(y)) => m.output(n, DType::F32, |ctx| {
+                let bufs = [
+                    m.bound(OP, DType::F32)?,
+                    x.bound(OP, DType::F32)?,
+                    y.bound(OP, DType::F32)?,
+                ];
+                // The kernel wants at least one dimension.
+                let one =
+                    |v: &[usize], unit: usize| if v.is_empty() { vec![unit] } else { v.to_vec() };
+                let dims = one(&plan.dims, 1);
+                let (sm, sa, sb) = (one(sm, 0), one(sa, 0), one(sb, 0));
+                select::where_(ctx, bufs, &dims, [&sm, &sa, &sb])
+            }),
+            _ => Err(backends(OP)),
+        }
+    }
+
+    // ---- reductions and normalisation ---------------------------------------------------------
+
+    /// `op` along the middle of `dims` (`len > 0`: the tensor layer fills empty reductions).
+    pub(crate) fn reduce(&self, dims: Around, op: ReduceOp) -> Result<Storage> {
+        let n = dims.0 * dims.2;
+        match self {
+            Storage::Cpu(c) => Ok(cpu_f32(cpu::reduce(c.f32s(op.name())?, dims, op)?)),
+            Storage::Gpu(g) => g.output(n, DType::F32, |ctx| {
+                reduce::reduce(ctx, g.bound(op.name(), DType::F32)?, dims, op)
+            }),
+        }
+    }
+
+    /// (log-)softmax along the middle of `dims`.
+    pub(crate) fn softmax(&self, dims: Around, log: bool) -> Result<Storage> {
+        let op = if log { "log_softmax" } else { "softmax" };
+        let n = dims.0 * dims.1 * dims.2;
+        match self {
+            Storage::Cpu(c) => Ok(cpu_f32(cpu::softmax(c.f32s(op)?, dims, log)?)),
+            Storage::Gpu(g) => g.output(n, DType::F32, |ctx| {
+                reduce::softmax(ctx, g.bound(op, DType::F32)?, dims, log)
+            }),
+        }
+    }
+
+    /// Index of the maximum along the middle of `dims` (`len > 0`), as u32.
+    pub(crate) fn argmax(&self, dims: Around) -> Result<Storage> {
+        const OP: &str = "argmax";
+        let n = dims.0 * dims.2;
+        match self {
+            Storage::Cpu(c) => Ok(Storage::Cpu(CpuStorage::U32(Arc::new(cpu::argmax(
+                c.f32s(OP)?,
+                dims,
+            )?)))),
+            Storage::Gpu(g) => g.output(n, DType::U32, |ctx| {
+                reduce::argmax(ctx, g.bound(OP, DType::F32)?, dims)
+            }),
+        }
+    }
+
+    /// layer_norm (`rms` false) or rms_norm over `rows` rows of `len` values, with optional
+    /// weight and bias of `len` values.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn norm(
+        &self,
+        weight: Option<&Storage>,
+        bias: Option<&Storage>,
+        rows: usize,
+        len: usize,
+        eps: f32,
+        rms: bool,
+    ) -> Result<Storage> {
+        let op = if rms { "rms_norm" } else { "layer_norm" };
+        match self {
+            Storage::Cpu(x) => {
+                let host = |t: Option<&Storage>| -> Result<Option<Arc<Vec<f32>>>> {
+                    match t {
+                        None => Ok(None),
+                        Some(Storage::Cpu(c)) => Ok(Some(c.f32s(op)?.clone())),
+                        Some(Storage::Gpu(_)) => Err(backends(op)),
+                    }
+                };
+                let (w, b) = (host(weight)?, host(bias)?);
+                Ok(cpu_f32(cpu::norm(
+                    x.f32s(op)?,
+                    w.as_deref().map(Vec::as_slice),
+                    b.as_deref().map(Vec::as_slice),
+                    len,
+                    eps,
+                    rms,
+                )?))
+            }
+            Storage::Gpu(x) => x.output(rows * len, DType::F32, |ctx| {
+                let (w, b) = (gpu_f32(op, weight)?, gpu_f32(op, bias)?);
+                norm::norm(ctx, x.bound(op, DType::F32)?, w, b, rows, len, eps, rms)
+            }),
+        }
+    }
+
+    /// Per-row cross-entropy of `[rows, classes]` logits against `targets` (u32, with `t` its
+    /// values on the host): the losses and each row's logsumexp.
+    pub(crate) fn cross_entropy(
+        &self,
+        targets: &Storage,
+        t: &[u32],
+        classes: usize,
+    ) -> Result<(Storage, Storage)> {
+        const OP: &str = "cross_entropy";
+        let rows = t.len();
+        match (self, targets) {
+            (Storage::Cpu(x), Storage::Cpu(_)) => {
+                let (loss, lse) = cpu::cross_entropy_rows(x.f32s(OP)?, t, classes)?;
+                Ok((cpu_f32(loss), cpu_f32(lse)))
+            }
+            (Storage::Gpu(x), Storage::Gpu(tg)) => {
+                if rows == 0 || classes == 0 {
+                    return Ok((x.empty(DType::F32), x.empty(DType::F32)));
+                }
+                let (xb, tb) = (x.bound(OP, DType::F32)?, tg.bound(OP, DType::U32)?);
+                let (loss, lse) = xent::forward(&x.ctx, xb, tb, rows, classes)?;
+                let wrap = |b| {
+                    Storage::Gpu(GpuStorage {
+                        ctx: x.ctx.clone(),
+                        buf: Some(Arc::new(b)),
+                        dtype: DType::F32,
+                    })
+                };
+                Ok((wrap(loss), wrap(lse)))
+            }
+            _ => Err(backends(OP)),
+        }
+    }
+
+    /// The logits' gradient of [`Storage::cross_entropy`] from the loss gradient `g`.
+    pub(crate) fn cross_entropy_grad(
+        &self,
+        targets: &Storage,
+        t: &[u32],
+        lse: &Storage,
+        g: &Storage,
+        classes: usize,
+    ) -> Result<Storage> {
+        const OP: &str = "cross_entropy backward";
+        let rows = t.len();
+        match (self, targets, lse, g) {
+            (Storage::Cpu(x), Storage::Cpu(_), Storage::Cpu(l), Storage::Cpu(gv)) => Ok(cpu_f32(
+                cpu::cross_entropy_grad(x.f32s(OP)?, t, l.f32s(OP)?, gv.f32s(OP)?, classes)?,
+            )),
+            (Storage::Gpu(x), Storage::Gpu(tg), Storage::Gpu(l), Storage::Gpu(gb)) => {
+                x.output(rows * classes, DType::F32, |ctx| {
+                    let bufs = [
+                        x.bound(OP, DType::F32)?,
+                        tg.bound(OP, DType::U32)?,
+                        l.bound(OP, DType::F32)?,
+                        gb.bound(OP, DType::F32)?,
+                    ];
+                    xent::backward(ctx, bufs, rows, classes)
+                })
+            }
+            _ => Err(backends(OP)),
+        }
+    }
+
+    // ---- products -----------------------------------------------------------------------------
+
+    /// `act(self · rhs + bias)` over `plan` (`k > 0`: the tensor layer handles empty sums).
+    pub(crate) fn matmul(
+        &self,
+        rhs: &Storage,
+        plan: &MatmulPlan,
+        bias: Option<&Storage>,
+        act: Option<UnaryOp>,
+    ) -> Result<Storage> {
+        const OP: &str = "matmul";
+        match (self, rhs, bias) {
+            (Storage::Cpu(a), Storage::Cpu(b), None | Some(Storage::Cpu(_))) => {
+                let bias = match bias {
+                    Some(Storage::Cpu(c)) => Some(c.f32s(OP)?.as_slice()),
+                    _ => None,
+                };
+                Ok(cpu_f32(cpu::linear(
+                    a.f32s(OP)?,
+                    b.f32s(OP)?,
+                    plan,
+                    bias,
+                    act,
+                )?))
+            }
+            (Storage::Gpu(a), Storage::Gpu(b), None | Some(Storage::Gpu(_))) => {
+                a.output(plan.out_numel(), DType::F32, |ctx| {
+                    let bias = match bias {
+                        Some(Storage::Gpu(c)) => Some(c.bound(OP, DType::F32)?),
+                        _ => None,
+                    };
+                    let (x, y) = (a.bound(OP, DType::F32)?, b.bound(OP, DType::F32)?);
+                    matmul::matmul(ctx, x, y, plan, Epilogue { bias, act })
+                })
+            }
+            _ => Err(backends(OP)),
+        }
+    }
+
+    /// `self · rhs` with both operands rounded to f16 and f32 accumulation; the operands hold
+    /// `lens` values. `Unsupported` on a GPU without SHADER_F16 (even for an empty product).
+    pub(crate) fn matmul_f16(
+        &self,
+        rhs: &Storage,
+        plan: &MatmulPlan,
+        lens: (usize, usize),
+    ) -> Result<Storage> {
+        const OP: &str = "matmul_f16";
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => {
+                let round = |v: &[f32]| -> Vec<f32> {
+                    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+                };
+                let (a, b) = (round(a.f32s(OP)?), round(b.f32s(OP)?));
+                Ok(cpu_f32(cpu::matmul(&a, &b, plan)?))
+            }
+            (Storage::Gpu(a), Storage::Gpu(b)) => {
+                if !matmul::f16_supported(&a.ctx) {
+                    return Err(Error::Unsupported {
+                        op: OP,
+                        reason: "the adapter does not grant SHADER_F16".into(),
+                    });
+                }
+                let n = plan.out_numel();
+                a.output(n, DType::F32, |ctx| {
+                    if plan.k == 0 {
+                        return elementwise::fill(ctx, n, 0.0); // an empty sum
+                    }
+                    let (x, y) = (a.bound(OP, DType::F32)?, b.bound(OP, DType::F32)?);
+                    matmul::matmul_f16(ctx, x, y, lens.0, lens.1, plan)
+                })
+            }
+            _ => Err(backends(OP)),
+        }
+    }
+
+    /// 2-D convolution over the window `w` (input and weight non-empty).
+    pub(crate) fn conv2d(
+        &self,
+        weight: &Storage,
+        bias: Option<&Storage>,
+        w: &Window,
+    ) -> Result<Storage> {
+        const OP: &str = "conv2d";
+        let n: usize = w.out_dims().iter().product();
+        match (self, weight, bias) {
+            (Storage::Cpu(x), Storage::Cpu(k), None | Some(Storage::Cpu(_))) => {
+                let bias = match bias {
+                    Some(Storage::Cpu(c)) => Some(c.f32s(OP)?.as_slice()),
+                    _ => None,
+                };
+                Ok(cpu_f32(cpu::conv2d(x.f32s(OP)?, k.f32s(OP)?, bias, w)?))
+            }
+            (Storage::Gpu(x), Storage::Gpu(k), None | Some(Storage::Gpu(_))) => {
+                x.output(n, DType::F32, |ctx| {
+                    let bias = match bias {
+                        Some(Storage::Gpu(c)) => Some(c.bound(OP, DType::F32)?),
+                        _ => None,
+                    };
+                    conv::conv2d(
+                        ctx,
+                        x.bound(OP, DType::F32)?,
+                        k.bound(OP, DType::F32)?,
+                        bias,
+                        w,
+                    )
+                })
+            }
+            _ => Err(backends(OP)),
+        }
+    }
+
+    /// Max (`max`) or average pooling over the window `w`.
+    pub(crate) fn pool2d(&self, w: &Window, max: bool) -> Result<Storage> {
+        let op = if max { "max_pool2d" } else { "avg_pool2d" };
+        let n: usize = w.out_dims().iter().product();
+        match self {
+            Storage::Cpu(x) => Ok(cpu_f32(cpu::pool2d(x.f32s(op)?, w, max)?)),
+            Storage::Gpu(x) => x.output(n, DType::F32, |ctx| {
+                conv::pool2d(ctx, x.bound(op, DType::F32)?, w, max)
+            }),
+        }
+    }
+
+    // ---- layout and indexing --------------------------------------------------------------------
+
+    /// A new storage of `n` values of `dtype` on `device`, filled by strided copies from
+    /// `parts` (which cover it and have that element type).
+    pub(crate) fn assemble(
+        device: &Device,
+        op: &'static str,
+        dtype: DType,
+        n: usize,
+        parts: &[(&Storage, &StridedCopy)],
+    ) -> Result<Storage> {
+        match device.gpu_context() {
+            None => {
+                fn fill<T: Copy + Default>(
+                    op: &'static str,
+                    n: usize,
+                    parts: &[(&[T], &StridedCopy)],
+                ) -> Result<Vec<T>> {
+                    let mut out = cpu::alloc(op, n)?;
+                    for (src, plan) in parts {
+                        cpu::strided_copy(src, &mut out, plan);
+                    }
+                    Ok(out)
+                }
+                Ok(Storage::Cpu(match dtype {
+                    DType::F32 => {
+                        let srcs = parts
+                            .iter()
+                            .map(|(s, p)| Ok((host(op, s)?.f32s(op)?.as_slice(), *p)))
+                            .collect::<Result<Vec<_>>>()?;
+                        CpuStorage::F32(Arc::new(fill(op, n, &srcs)?))
+                    }
+                    DType::U32 => {
+                        let srcs = parts
+                            .iter()
+                            .map(|(s, p)| Ok((host(op, s)?.u32s(op)?.as_slice(), *p)))
+                            .collect::<Result<Vec<_>>>()?;
+                        CpuStorage::U32(Arc::new(fill(op, n, &srcs)?))
+                    }
+                }))
+            }
+            Some(ctx) => {
+                let out = GpuStorage {
+                    ctx: ctx.clone(),
+                    buf: None,
+                    dtype,
+                };
+                out.output(n, dtype, |ctx| {
+                    let buf = ctx.alloc(op, n)?;
+                    for (src, plan) in parts {
+                        let Storage::Gpu(g) = src else {
+                            return Err(backends(op));
+                        };
+                        if plan.numel() > 0 {
+                            copy::copy(ctx, g.bound(op, dtype)?, &buf, &plan.squeezed(op)?, op)?;
+                        }
+                    }
+                    Ok(buf)
+                })
+            }
+        }
+    }
+
+    /// The slices `idx` (u32 `indices`, checked) of the middle of `dims`, any element type.
+    pub(crate) fn index_select(
+        &self,
+        indices: &Storage,
+        idx: &[u32],
+        dims: Around,
+    ) -> Result<Storage> {
+        const OP: &str = "index_select";
+        let n = dims.0 * idx.len() * dims.2;
+        match (self, indices) {
+            (Storage::Cpu(x), Storage::Cpu(_)) => Ok(Storage::Cpu(match x {
+                CpuStorage::F32(v) => CpuStorage::F32(Arc::new(cpu::index_select(v, idx, dims)?)),
+                CpuStorage::U32(v) => CpuStorage::U32(Arc::new(cpu::index_select(v, idx, dims)?)),
+            })),
+            (Storage::Gpu(x), Storage::Gpu(i)) => x.output(n, x.dtype, |ctx| {
+                let src = x.bound(OP, x.dtype)?;
+                index::index_select(ctx, src, i.bound(OP, DType::U32)?, dims, idx.len())
+            }),
+            _ => Err(backends(OP)),
+        }
+    }
+
+    /// PyTorch's gather along `axis` with the u32 `index` (shape `dims`, values `idx` checked),
+    /// from a source with strides `x_strides`; any element type.
+    pub(crate) fn gather(
+        &self,
+        index: &Storage,
+        idx: &[u32],
+        dims: &[usize],
+        x_strides: &[usize],
+        axis: usize,
+    ) -> Result<Storage> {
+        const OP: &str = "gather";
+        match (self, index) {
+            (Storage::Cpu(x), Storage::Cpu(_)) => Ok(Storage::Cpu(match x {
+                CpuStorage::F32(v) => {
+                    CpuStorage::F32(Arc::new(cpu::gather(v, idx, dims, x_strides, axis)?))
+                }
+                CpuStorage::U32(v) => {
+                    CpuStorage::U32(Arc::new(cpu::gather(v, idx, dims, x_strides, axis)?))
+                }
+            })),
+            (Storage::Gpu(x), Storage::Gpu(i)) => x.output(idx.len(), x.dtype, |ctx| {
+                let src = x.bound(OP, x.dtype)?;
+                index::gather(ctx, src, i.bound(OP, DType::U32)?, dims, x_strides, axis)
+            }),
+            _ => Err(backends(OP)),
+        }
+    }
+
+    // ---- backward kernels -----------------------------------------------------------------------
+
+    /// `g · op'(self)` over `n` values.
+    pub(crate) fn unary_grad(&self, g: &Storage, op: UnaryOp, n: usize) -> Result<Storage> {
+        let name = op.name();
+        match (self, g) {
+            (Storage::Cpu(x), Storage::Cpu(gv)) => {
+                Ok(cpu_f32(cpu::unary_grad(x.f32s(name)?, gv.f32s(name)?, op)?))
+            }
+            (Storage::Gpu(x), Storage::Gpu(gb)) => x.output(n, DType::F32, |ctx| {
+                let (xb, gb) = (x.bound(name, DType::F32)?, gb.bound(name, DType::F32)?);
+                grad::unary_grad(ctx, xb, gb, n, op)
+            }),
+            _ => Err(backends(name)),
+        }
+    }
+
+    /// The scatter-add of `self` (a gradient of shape `g_dims`, non-empty) through the u32
+    /// `index` (values `idx`) along `axis` into zeros of shape `out_dims` (non-empty).
+    pub(crate) fn scatter_add(
+        &self,
+        index: &Storage,
+        idx: &[u32],
+        out_dims: &[usize],
+        g_dims: &[usize],
+        axis: usize,
+    ) -> Result<Storage> {
+        const OP: &str = "scatter_add";
+        let n: usize = out_dims.iter().product();
+        match (self, index) {
+            (Storage::Cpu(g), Storage::Cpu(_)) => Ok(cpu_f32(cpu::scatter_add(
+                g.f32s(OP)?,
+                idx,
+                out_dims,
+                g_dims,
+                axis,
+            )?)),
+            (Storage::Gpu(g), Storage::Gpu(i)) => g.output(n, DType::F32, |ctx| {
+                let s = grad::Scatter {
+                    out_dims,
+                    g_dims,
+                    axis,
+                };
+                grad::scatter_add(ctx, g.bound(OP, DType::F32)?, i.bound(OP, DType::U32)?, &s)
+            }),
+            _ => Err(backends(OP)),
+        }
+    }
+
+    /// index_select's gradient from `self` (non-empty) into zeros of `dims`, with the picked
+    /// rows grouped on the host (`starts`, `order`: a counting sort of the `count` indices).
+    pub(crate) fn index_select_grad(
+        &self,
+        starts: Vec<u32>,
+        order: Vec<u32>,
+        dims: Around,
+    ) -> Result<Storage> {
+        const OP: &str = "index_select backward";
+        let count = order.len();
+        match self {
+            Storage::Cpu(g) => Ok(cpu_f32(cpu::index_select_grad(
+                g.f32s(OP)?,
+                &starts,
+                &order,
+                dims,
+                count,
+            )?)),
+            Storage::Gpu(g) => g.output(dims.0 * dims.1 * dims.2, DType::F32, |ctx| {
+                let sb = ctx.upload(OP, bytemuck::cast_slice(&starts))?;
+                let ob = ctx.upload(OP, bytemuck::cast_slice(&order))?;
+                let gb = g.bound(OP, DType::F32)?;
+                grad::index_select_grad(ctx, gb, &sb, &ob, dims, count)
+            }),
+        }
+    }
+
+    /// conv2d's input gradient (`weight` false; `other` is the weight) or weight gradient
+    /// (`other` is the input) from the output gradient `self`; `n` values out (non-empty).
+    pub(crate) fn conv2d_grad(
+        &self,
+        other: &Storage,
+        w: &Window,
+        weight: bool,
+        n: usize,
+    ) -> Result<Storage> {
+        const OP: &str = "conv2d backward";
+        match (self, other) {
+            (Storage::Cpu(g), Storage::Cpu(o)) => {
+                let (g, o) = (g.f32s(OP)?, o.f32s(OP)?);
+                Ok(cpu_f32(if weight {
+                    cpu::conv2d_grad_weight(g, o, w)?
+                } else {
+                    cpu::conv2d_grad_input(g, o, w)?
+                }))
+            }
+            (Storage::Gpu(g), Storage::Gpu(o)) => g.output(n, DType::F32, |ctx| {
+                let (gb, ob) = (g.bound(OP, DType::F32)?, o.bound(OP, DType::F32)?);
+                conv::conv2d_grad(ctx, gb, ob, w, weight)
+            }),
+            _ => Err(backends(OP)),
+        }
+    }
+
+    /// The pooling gradient of the input `self` (`n` values) from the output gradient `g`.
+    pub(crate) fn pool2d_grad(
+        &self,
+        g: &Storage,
+        w: &Window,
+        max: bool,
+        n: usize,
+    ) -> Result<Storage> {
+        const OP: &str = "pool2d backward";
+        match (self, g) {
+            (Storage::Cpu(x), Storage::Cpu(gv)) => Ok(cpu_f32(cpu::pool2d_grad(
+                x.f32s(OP)?,
+                gv.f32s(OP)?,
+                w,
+                max,
+            )?)),
+            (Storage::Gpu(x), Storage::Gpu(gb)) => x.output(n, DType::F32, |ctx| {
+                let (xb, gb) = (x.bound(OP, DType::F32)?, gb.bound(OP, DType::F32)?);
+                conv::pool2d_grad(ctx, xb, gb, w, max)
+            }),
+            _ => Err(backends(OP)),
+        }
+    }
+
+    // ---- in-place updates -----------------------------------------------------------------------
+
+    /// Whether another storage shares these values (an in-place write would change it too). The
+    /// CPU backend copies on write instead, so its values never count as shared.
+    pub(crate) fn is_shared(&self) -> bool {
+        match self {
+            Storage::Cpu(_) => false,
+            Storage::Gpu(g) => g.buf.as_ref().is_some_and(|b| Arc::strong_count(b) > 1),
+        }
+    }
+
+    /// One fused optimizer update of these `params.n` values in place from `grad`, with `state`
+    /// (none, the momentum buffer, or Adam's moments) updated in place too. The caller has made
+    /// every one of them unshared.
+    pub(crate) fn optimizer_update(
+        &mut self,
+        grad: &Storage,
+        state: &mut [&mut Storage],
+        params: &OptimParams,
+    ) -> Result<()> {
+        const OP: &str = "optimizer step";
+        match (self, grad) {
+            (Storage::Cpu(CpuStorage::F32(w)), Storage::Cpu(g)) => {
+                let mut bufs = Vec::with_capacity(state.len());
+                for s in state.iter_mut() {
+                    match &mut **s {
+                        Storage::Cpu(CpuStorage::F32(v)) => bufs.push(Arc::make_mut(v)),
+                        other => return Err(mismatch(OP, DType::F32, other.dtype())),
+                    }
+                }
+                cpu::update(
+                    Arc::make_mut(w).as_mut_slice(),
+                    g.f32s(OP)?,
+                    &mut bufs,
+                    params,
+                );
+                Ok(())
+            }
+            (Storage::Gpu(w), Storage::Gpu(g)) => {
+                let bufs = state
+                    .iter()
+                    .map(|s| match &**s {
+                        Storage::Gpu(b) => b.bound(OP, DType::F32),
+                        Storage::Cpu(_) => Err(backends(OP)),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                optim::update(
+                    &w.ctx,
+                    w.bound(OP, DType::F32)?,
+                    g.bound(OP, DType::F32)?,
+                    &bufs,
+                    params,
+                )
+            }
+            (w, _) if w.dtype() != DType::F32 => Err(mismatch(OP, DType::F32, w.dtype())),
+            _ => Err(backends(OP)),
+        }
+    }
+}
