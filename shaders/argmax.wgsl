@@ -2,7 +2,7 @@
 // the first NaN if there is one (NaN counts as the largest value, as in PyTorch). The result is a
 // u32 tensor, written as u32 so that no float path can flush or change it.
 
-// Prepended with activation.wgsl (for is_nan).
+// Compiled after the prelude (shaders/common.wgsl).
 
 override WG: u32 = 256u;
 
@@ -23,7 +23,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let o = (wid.y * nwg.x + wid.x) * WG + lid;
+    let o = folded_index(wid, nwg, lid, WG);
     if (o >= p.n_out) {
         return;
     }

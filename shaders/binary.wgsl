@@ -1,10 +1,10 @@
-// Elementwise functions of two tensors with numpy broadcasting. Prepended with activation.wgsl
-// (for is_nan and pow_signed).
+// Elementwise functions of two tensors with numpy broadcasting. The formulas are `binary_op` of
+// the prelude (generated from the op registry, src/op/binary.rs).
 //
 // The host coalesces the broadcast into at most MAX_RANK dimensions (src/shape.rs,
 // BroadcastLayout) and passes the output dimensions and both operands' strides (0 on a broadcast
 // dimension). The common same-shape case arrives as rank 1 with unit strides. The op is chosen by
-// the `OP` override constant (values in src/op.rs).
+// the `OP` override constant (a BINARY_* selector of the registry).
 
 override OP: u32 = 0u;
 override WG: u32 = 256u;
@@ -27,38 +27,13 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 
-fn flag(c: bool) -> f32 {
-    return select(0.0, 1.0, c);
-}
-
-// NaN is tested by bit pattern (is_nan), so finite-math compilers cannot drop it.
-fn apply(x: f32, y: f32) -> f32 {
-    let nan = is_nan(x) || is_nan(y);
-    switch OP {
-        case 0u: { return x + y; }
-        case 1u: { return x - y; }
-        case 2u: { return x * y; }
-        case 3u: { return x / y; }
-        case 4u: { return select(max(x, y), bitcast<f32>(0x7fc00000u), nan); }  // maximum
-        case 5u: { return select(min(x, y), bitcast<f32>(0x7fc00000u), nan); }  // minimum
-        case 6u: { return select(pow_signed(x, y), bitcast<f32>(0x7fc00000u), is_nan(x) && y != 0.0 || is_nan(y) && x != 1.0); }
-        case 7u: { return flag(!nan && x == y); }
-        case 8u: { return flag(nan || x != y); }
-        case 9u: { return flag(!nan && x < y); }
-        case 10u: { return flag(!nan && x <= y); }
-        case 11u: { return flag(!nan && x > y); }
-        case 12u: { return flag(!nan && x >= y); }
-        default: { return x; }
-    }
-}
-
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    let i = folded_index(wid, nwg, lid, WG);
     if (i >= p.n) {
         return;
     }
@@ -74,5 +49,5 @@ fn main(
         ia = ia + idx * p.lhs_strides[q][r];
         ib = ib + idx * p.rhs_strides[q][r];
     }
-    c[i] = apply(a[ia], b[ib]);
+    c[i] = binary_op(OP, a[ia], b[ib]);
 }

@@ -1,6 +1,6 @@
 // binary.wgsl for two operands of the same shape (no broadcasting), contiguous, with a length
-// that is a multiple of 4: one vec4 per invocation. OP is BinaryOp::shader_id; only add, sub,
-// mul and div use this path (the others go through binary.wgsl).
+// that is a multiple of 4: one vec4 per invocation. OP is a BINARY_* selector of the registry,
+// and the formula is the same `binary_op` as binary.wgsl's.
 
 override OP: u32 = 0u;
 override WG: u32 = 256u;
@@ -23,16 +23,16 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    let i = folded_index(wid, nwg, lid, WG);
     if (i >= p.n4) {
         return;
     }
     let x = a[i];
     let y = b[i];
-    switch OP {
-        case 0u: { c[i] = x + y; }
-        case 1u: { c[i] = x - y; }
-        case 2u: { c[i] = x * y; }
-        default: { c[i] = x / y; }
-    }
+    c[i] = vec4(
+        binary_op(OP, x.x, y.x),
+        binary_op(OP, x.y, y.y),
+        binary_op(OP, x.z, y.z),
+        binary_op(OP, x.w, y.w),
+    );
 }

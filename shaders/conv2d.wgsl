@@ -38,7 +38,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let o = (wid.y * nwg.x + wid.x) * WG + lid;
+    let o = folded_index(wid, nwg, lid, WG);
     if (o >= p.n_out) {
         return;
     }
@@ -103,7 +103,7 @@ fn grad_input(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    let i = folded_index(wid, nwg, lid, WG);
     if (i >= gp.n_out) {
         return;
     }
@@ -138,7 +138,7 @@ fn grad_weight(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    let i = folded_index(wid, nwg, lid, WG);
     if (i >= gp.n_out) {
         return;
     }

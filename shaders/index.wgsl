@@ -24,7 +24,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let o = (wid.y * nwg.x + wid.x) * WG + lid;
+    let o = folded_index(wid, nwg, lid, WG);
     if (o >= p.n) {
         return;
     }

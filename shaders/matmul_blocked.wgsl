@@ -1,5 +1,6 @@
 // Batched matrix multiply, version 2: register-blocked, with a fused bias + activation epilogue.
-// Prepended with activation.wgsl (see src/gpu/pipelines.rs).
+// Compiled after the prelude (shaders/common.wgsl and the registry's
+// `activate`, see src/op/).
 //
 // A workgroup of (BN/4) x (BM/4) invocations computes a BM x BN tile of C; each invocation holds a
 // 4 x 4 block of C in registers (four vec4 accumulators) and updates it with an outer product per
@@ -28,7 +29,7 @@ override BK: u32 = 8u;
 override CHECKED: bool = true;
 override HAS_BIAS: bool = false;
 // Activation applied in the epilogue (UnaryOp::shader_id); any other value is the identity.
-override ACT: u32 = 255u;
+override ACT: u32 = UNARY_NONE;
 
 const TM: u32 = 4u;
 const TN: u32 = 4u;

@@ -1,5 +1,6 @@
 // Batched matrix multiply, version 3: column strips, no workgroup memory, no barriers.
-// Prepended with activation.wgsl (see src/gpu/pipelines.rs).
+// Compiled after the prelude (shaders/common.wgsl and the registry's
+// `activate`, see src/op/).
 //
 // Each invocation computes RM consecutive rows of one column of C. Neighbouring invocations take
 // neighbouring columns, so at each k step their loads of B are contiguous (one vector load when a
@@ -13,7 +14,7 @@
 override RM: u32 = 8u;   // rows per invocation, at most 8
 override WG: u32 = 64u;  // invocations per workgroup (columns per workgroup)
 override HAS_BIAS: bool = false;
-override ACT: u32 = 255u;
+override ACT: u32 = UNARY_NONE;
 
 struct Params {
     m: u32,

@@ -28,7 +28,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let row = (wid.y * nwg.x + wid.x) * WG + lid;
+    let row = folded_index(wid, nwg, lid, WG);
     if (row >= p.rows) {
         return;
     }

@@ -35,17 +35,13 @@ struct Params {
 @group(0) @binding(2) var<uniform> p_sgd: Params;
 @group(0) @binding(3) var<uniform> p_momentum: Params;
 
-fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid;
-}
-
 @compute @workgroup_size(WG)
 fn sgd(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = index(wid, nwg, lid);
+    let i = folded_index(wid, nwg, lid, WG);
     if (i < p_sgd.n) {
         let w = param[i];
         param[i] = w - p_sgd.lr * (grad[i] + p_sgd.weight_decay * w);
@@ -58,7 +54,7 @@ fn sgd_momentum(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = index(wid, nwg, lid);
+    let i = folded_index(wid, nwg, lid, WG);
     if (i < p_momentum.n) {
         let w = param[i];
         let d = grad[i] + p_momentum.weight_decay * w;
@@ -78,7 +74,7 @@ fn adam(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = index(wid, nwg, lid);
+    let i = folded_index(wid, nwg, lid, WG);
     if (i < p.n) {
         var w = param[i];
         var d = grad[i];

@@ -3,7 +3,7 @@
 // positions as zeros and divides by kh·kw (PyTorch's count_include_pad = true). The backward
 // entry point (grad) follows.
 
-// Prepended with activation.wgsl (for is_nan).
+// Compiled after the prelude (shaders/common.wgsl).
 
 override WG: u32 = 256u;
 override MAX: bool = true;
@@ -33,7 +33,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let o = (wid.y * nwg.x + wid.x) * WG + lid;
+    let o = folded_index(wid, nwg, lid, WG);
     if (o >= p.n_out) {
         return;
     }
@@ -111,7 +111,7 @@ fn grad(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    let i = folded_index(wid, nwg, lid, WG);
     if (i >= gp.n_out) {
         return;
     }

@@ -1,9 +1,10 @@
-// Reductions and softmax along one axis. Prepended with activation.wgsl (for is_nan).
+// Reductions and softmax along one axis. Compiled after the prelude
+// (shaders/common.wgsl and the registry's REDUCE_* selectors).
 //
 // The input is viewed as [outer, len, inner] (the reduced axis in the middle; the host computes
 // the three extents). One invocation owns one (outer, inner) position: it walks the axis, so
 // neighbouring invocations read neighbouring elements whenever inner > 1. OP (override) picks the
-// reduction: 0 sum, 1 mean, 2 max, 3 min, 4 variance (unbiased, two passes over the axis).
+// reduction: sum, mean, max, min, variance (unbiased, two passes over the axis).
 // Max and min propagate NaN. The grid may be folded into 2-D past 65,535 workgroups.
 // (argmax, whose output is u32, lives in argmax.wgsl.)
 
@@ -23,17 +24,13 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<uniform> p: Params;
 
-fn position(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid;
-}
-
 @compute @workgroup_size(WG)
 fn reduce(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let o = position(wid, nwg, lid);
+    let o = folded_index(wid, nwg, lid, WG);
     if (o >= p.n_out) {
         return;
     }
@@ -41,17 +38,17 @@ fn reduce(
     let nan = bitcast<f32>(0x7fc00000u);
     var acc = 0.0;
     switch OP {
-        case 2u, 3u: {
+        case REDUCE_MAX, REDUCE_MIN: {
             acc = x[base];
             var seen_nan = false;
             for (var j = 0u; j < p.len; j = j + 1u) {
                 let v = x[base + j * p.inner];
                 seen_nan = seen_nan || is_nan(v);
-                acc = select(min(acc, v), max(acc, v), OP == 2u);
+                acc = select(min(acc, v), max(acc, v), OP == REDUCE_MAX);
             }
             acc = select(acc, nan, seen_nan);
         }
-        case 4u: {
+        case REDUCE_VAR: {
             var sum = 0.0;
             for (var j = 0u; j < p.len; j = j + 1u) {
                 sum = sum + x[base + j * p.inner];
@@ -63,14 +60,15 @@ fn reduce(
             }
             acc = acc / (f32(p.len) - 1.0);
         }
-        default: {
+        case REDUCE_SUM, REDUCE_MEAN: {
             for (var j = 0u; j < p.len; j = j + 1u) {
                 acc = acc + x[base + j * p.inner];
             }
-            if (OP == 1u) {
+            if (OP == REDUCE_MEAN) {
                 acc = acc / f32(p.len);
             }
         }
+        default: { acc = nan; } // a selector the registry does not know
     }
     y[o] = acc;
 }
@@ -83,7 +81,7 @@ fn softmax(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let o = position(wid, nwg, lid);
+    let o = folded_index(wid, nwg, lid, WG);
     if (o >= p.n_out) {
         return;
     }

@@ -31,7 +31,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    let i = folded_index(wid, nwg, lid, WG);
     if (i >= p.n) {
         return;
     }
@@ -90,7 +90,7 @@ fn rows(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let e = (wid.y * nwg.x + wid.x) * WG + lid;
+    let e = folded_index(wid, nwg, lid, WG);
     if (e >= rp.n) {
         return;
     }

@@ -1,9 +1,9 @@
 // Elementwise functions of one tensor, and `fill`.
 //
-// Prepended with activation.wgsl (see src/gpu/pipelines.rs). One thread per element. The grid may be folded into 2-D (x * y workgroups) because some drivers
-// cap a dimension at 65,535 workgroups; `flat_index` undoes the fold. The op is chosen by the `OP`
-// override constant (values in src/op.rs), so each op is its own specialised pipeline with no
-// branch at run time.
+// Compiled after the prelude (shaders/common.wgsl and the registry's `activate`, src/op/). One
+// thread per element; the grid may be folded into 2-D (see `folded_index`). The op is chosen by
+// the `OP` override constant (a UNARY_* selector of the registry), so each op is its own
+// specialised pipeline with no branch at run time.
 
 override OP: u32 = 0u;
 override WG: u32 = 256u;
@@ -19,17 +19,13 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<uniform> p: Params;
 
-fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid;
-}
-
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = flat_index(wid, nwg, lid);
+    let i = folded_index(wid, nwg, lid, WG);
     if (i < p.n) {
         y[i] = activate(OP, x[i], p.alpha, p.beta);
     }
@@ -51,7 +47,7 @@ fn fill(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = flat_index(wid, nwg, lid);
+    let i = folded_index(wid, nwg, lid, WG);
     if (i < fp.n) {
         out[i] = fp.value;
     }

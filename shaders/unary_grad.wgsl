@@ -1,6 +1,6 @@
 // Backward of the unary ops: dx = g · f'(x), one thread per element, the op chosen by the `OP`
-// override constant (the selectors of `activate`). Prepended with activation.wgsl, which holds
-// `derivative`. The grid may be folded into 2-D (see unary.wgsl).
+// override constant (the selectors of `activate`). Compiled after the prelude, whose
+// `derivative` the op registry generates (src/op/unary.rs). The grid may be folded into 2-D (see unary.wgsl).
 
 override OP: u32 = 0u;
 override WG: u32 = 256u;
@@ -23,7 +23,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    let i = folded_index(wid, nwg, lid, WG);
     if (i < p.n) {
         dx[i] = g[i] * derivative(OP, x[i], p.alpha, p.beta);
     }

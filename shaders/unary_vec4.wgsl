@@ -1,6 +1,6 @@
 // unary.wgsl for contiguous tensors whose length is a multiple of 4: one vec4 per invocation
-// (a quarter of the invocations, full-width loads). Prepended with activation.wgsl; OP is
-// UnaryOp::shader_id.
+// (a quarter of the invocations, full-width loads). Compiled after the prelude; OP is
+// a UNARY_* selector of the registry.
 
 override OP: u32 = 0u;
 override WG: u32 = 256u;
@@ -22,7 +22,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    let i = folded_index(wid, nwg, lid, WG);
     if (i < p.n4) {
         let v = x[i];
         y[i] = vec4(

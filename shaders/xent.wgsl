@@ -21,10 +21,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid;
-}
-
 // One invocation per row.
 @compute @workgroup_size(WG)
 fn forward(
@@ -32,7 +28,7 @@ fn forward(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let b = flat(wid, nwg, lid);
+    let b = folded_index(wid, nwg, lid, WG);
     if (b >= p.rows) {
         return;
     }
@@ -64,7 +60,7 @@ fn backward(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let e = flat(wid, nwg, lid);
+    let e = folded_index(wid, nwg, lid, WG);
     if (e >= gp.rows * gp.classes) {
         return;
     }

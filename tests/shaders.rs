@@ -110,3 +110,36 @@ fn params_structs_match_the_rust_layout() {
         );
     }
 }
+
+/// Shaders name op selectors only through the registry's generated constants (UNARY_*,
+/// BINARY_*, REDUCE_*) or its dispatchers, never as numbers, so a shader cannot disagree with
+/// the Rust ids: a numeric `case` label or an `OP == 3u` test fails here, on any machine.
+#[test]
+fn shaders_name_op_selectors_through_the_registry() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let src = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        for (n, line) in src.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let numeric_case = code
+                .split("case ")
+                .skip(1)
+                .any(|rest| rest.trim_start().starts_with(|c: char| c.is_ascii_digit()));
+            let numeric_op_test = ["OP ==", "OP !=", "ACT ==", "ACT !="].iter().any(|t| {
+                code.split(t)
+                    .skip(1)
+                    .any(|rest| rest.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+            });
+            assert!(
+                !numeric_case && !numeric_op_test,
+                "{name}:{}: an op selector written as a number: {line}",
+                n + 1
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} shaders found in {dir:?}");
+}

@@ -9,22 +9,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Shared WGSL functions prepended to the shaders that need them (WGSL has no `#include`).
-const ACTIVATION: &str = include_str!("../../shaders/activation.wgsl");
-
-/// `(file name, source, whether activation.wgsl is prepended)` for a file under `shaders/`.
+/// `(file name, source)` for a file under `shaders/`.
 macro_rules! shader {
     ($name:literal, $prelude:expr) => {
-        (
-            $name,
-            include_str!(concat!("../../shaders/", $name)),
-            $prelude,
-        )
+        ($name, include_str!(concat!("../../shaders/", $name)))
     };
 }
 
-/// Every shader, by file name, with whether it needs `activation.wgsl` prepended.
-const FILES: &[(&str, &str, bool)] = &[
+/// Every shader, by file name. Each is compiled after the prelude (`crate::op::wgsl_prelude`).
+const FILES: &[(&str, &str)] = &[
     shader!("unary.wgsl", true),
     shader!("binary.wgsl", true),
     shader!("unary_vec4.wgsl", true),
@@ -53,7 +46,7 @@ const FILES: &[(&str, &str, bool)] = &[
 pub fn shaders() -> Vec<(&'static str, String)> {
     FILES
         .iter()
-        .map(|(name, _, _)| *name)
+        .map(|(name, _)| *name)
         .chain(DERIVED.iter().copied())
         .map(|name| (name, source(name).unwrap_or_default()))
         .collect()
@@ -103,14 +96,21 @@ fn source(shader: &str) -> Option<String> {
     }
     FILES
         .iter()
-        .find(|(name, _, _)| *name == shader)
-        .map(|(_, src, prelude)| {
-            if *prelude {
-                format!("{ACTIVATION}\n{src}")
-            } else {
-                (*src).to_string()
-            }
-        })
+        .find(|(name, _)| *name == shader)
+        .map(|(_, src)| with_prelude(src))
+}
+
+/// `src` compiled after the prelude: its global directives (`enable f16;`), which WGSL allows
+/// only before every declaration, stay first.
+fn with_prelude(src: &str) -> String {
+    let (directives, body): (Vec<&str>, Vec<&str>) =
+        src.lines().partition(|l| l.starts_with("enable "));
+    format!(
+        "{}\n{}\n{}\n",
+        directives.join("\n"),
+        crate::op::wgsl_prelude(),
+        body.join("\n")
+    )
 }
 
 /// One pipeline the host can build: a shader file, its entry point and the values of its

@@ -329,6 +329,9 @@ fn binary_grads(
             pick(na, &|| g.mul(&b.mul(&a.pow(&b.sub_scalar(1.0)?)?)?))?,
             pick(nb, &|| g.mul(&y.mul(&a.log()?)?))?,
         )),
-        _ => Ok((None, None)),
+        // Comparisons are piecewise constant: `binary` records no node for them.
+        BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => {
+            Ok((None, None))
+        }
     }
 }

@@ -78,14 +78,11 @@ fn binary_vec4_spec(op: BinaryOp) -> KernelSpec {
     }
 }
 
-/// The binary ops with a vec4 kernel.
-const VEC4_BINARY: [BinaryOp; 4] = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div];
-
 pub(crate) fn specs() -> Vec<KernelSpec> {
     let mut specs: Vec<KernelSpec> = UnaryOp::ALL.iter().map(|&op| unary_spec(op)).collect();
     specs.push(fill_spec());
     specs.extend(UnaryOp::ALL.iter().map(|&op| unary_vec4_spec(op)));
-    specs.extend(VEC4_BINARY.iter().map(|&op| binary_vec4_spec(op)));
+    specs.extend(BinaryOp::ALL.iter().map(|&op| binary_vec4_spec(op)));
     specs.extend(BinaryOp::ALL.iter().map(|&op| binary_spec(op)));
     specs
 }
@@ -169,7 +166,7 @@ pub(crate) fn binary(
         });
     }
     let contiguous = rank == 1 && layout.lhs[0] == 1 && layout.rhs[0] == 1;
-    if contiguous && n.is_multiple_of(4) && VEC4_BINARY.contains(&op) {
+    if contiguous && n.is_multiple_of(4) {
         let out = ctx.alloc(op.name(), n)?;
         let params: [u32; 4] = [(n / 4) as u32, 0, 0, 0];
         ctx.dispatch_1d(

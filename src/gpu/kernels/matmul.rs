@@ -256,7 +256,10 @@ fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp
                 ("BK", f64::from(bk)),
                 ("CHECKED", f64::from(u8::from(checked))),
                 ("HAS_BIAS", f64::from(u8::from(has_bias))),
-                ("ACT", f64::from(act.map_or(255, UnaryOp::shader_id))),
+                (
+                    "ACT",
+                    f64::from(act.map_or(crate::op::NO_ACTIVATION, UnaryOp::shader_id)),
+                ),
             ],
             // The unchecked variant indexes only inside the operands (see the shader's header),
             // so wgpu's runtime bounds checks can go; tests/ops.rs runs it on divisible shapes.
@@ -269,7 +272,10 @@ fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp
                 ("RM", f64::from(rm)),
                 ("WG", f64::from(wg)),
                 ("HAS_BIAS", f64::from(u8::from(has_bias))),
-                ("ACT", f64::from(act.map_or(255, UnaryOp::shader_id))),
+                (
+                    "ACT",
+                    f64::from(act.map_or(crate::op::NO_ACTIVATION, UnaryOp::shader_id)),
+                ),
             ],
             unchecked: false,
         },

@@ -1,0 +1,85 @@
+// Helpers shared by every shader: the host prepends this file, followed by the WGSL that the op
+// registry generates (src/op/: selector constants, one function per op, the `activate`,
+// `derivative` and `binary_op` dispatchers), to every shader, because WGSL has no #include.
+
+// NaN by bit pattern: some drivers compile with finite-math assumptions, under which `v != v`
+// and comparisons with NaN may be folded away.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+fn any_nan(x: f32, y: f32) -> bool {
+    return is_nan(x) || is_nan(y);
+}
+
+// The quiet NaN.
+fn nan_f32() -> f32 {
+    return bitcast<f32>(0x7fc00000u);
+}
+
+// A comparison's result as 1.0 / 0.0.
+fn flag(c: bool) -> f32 {
+    return select(0.0, 1.0, c);
+}
+
+// The flat index of an invocation in a 1-D launch whose grid may be folded into 2-D (x * y
+// workgroups of `wg` invocations), because some drivers cap a dimension at 65,535 workgroups.
+fn folded_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, wg: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * wg + lid;
+}
+
+// Overflow-free logistic function.
+fn sigmoid(v: f32) -> f32 {
+    if (v >= 0.0) {
+        return 1.0 / (1.0 + exp(-v));
+    }
+    let e = exp(v);
+    return e / (1.0 + e);
+}
+
+// Overflow-free tanh: the builtin may return NaN for large |v| on some drivers.
+fn tanh_stable(v: f32) -> f32 {
+    let t = exp(-2.0 * abs(v));
+    let r = (1.0 - t) / (1.0 + t);
+    return select(r, -r, v < 0.0);
+}
+
+// Abramowitz & Stegun 7.1.26, absolute error below 1.5e-7 (WGSL has no erf builtin).
+fn erf(v: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.3275911 * abs(v));
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    let r = 1.0 - poly * exp(-v * v);
+    return select(r, -r, v < 0.0);
+}
+
+// powf with C semantics: WGSL's pow is undefined for x < 0 and inexact at 0 on some drivers, so
+// compute |x|^p (0 or inf at zero), then NaN for a negative base with non-integer p, and the
+// sign of the base (-0 included) for odd integer p.
+fn pow_signed(x: f32, p: f32) -> f32 {
+    if (p == 0.0) {
+        return 1.0;
+    }
+    let inf = bitcast<f32>(0x7f800000u);
+    var m = pow(abs(x), p);
+    if (x == 0.0) {
+        m = select(0.0, inf, p < 0.0);
+    }
+    let integer = p == floor(p);
+    if (x < 0.0 && !integer) {
+        return bitcast<f32>(0x7fc00000u); // NaN
+    }
+    let negative = (bitcast<u32>(x) & 0x80000000u) != 0u;
+    let odd = integer && abs(p - 2.0 * floor(p / 2.0)) == 1.0;
+    return select(m, -m, negative && odd);
+}
+
+// ln(1 + e^v) = max(v, 0) + ln(1 + e^-|v|), without overflow.
+fn softplus(v: f32) -> f32 {
+    return max(v, 0.0) + log(1.0 + exp(-abs(v)));
+}
+
+// d/dv of the tanh approximation of GELU.
+fn gelu_tanh_grad(v: f32) -> f32 {
+    let t = tanh_stable(0.7978845608028654 * (v + 0.044715 * v * v * v));
+    return 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 0.134145 * v * v);
+}

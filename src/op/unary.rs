@@ -1,0 +1,284 @@
+//! Unary ops: the registry table (Rust enum, selectors, WGSL formulas) and the Rust formula and
+//! derivative of each op, which the CPU backend runs and the GPU's WGSL mirrors.
+
+use super::registry::op_family;
+
+op_family! {
+    /// Elementwise functions of one tensor. Every one maps NaN to NaN (even `Powf(0.0)`, where C's
+    /// `pow` would give 1): the GPU kernels check the bit pattern, so drivers' finite-math
+    /// assumptions cannot change it.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub enum UnaryOp, prefix "UNARY" {
+        /// `max(x, 0)`.
+        Relu = 0, "relu",
+            wgsl: "select(v, 0.0, v < 0.0)",
+            grad: "select(0.0, 1.0, v > 0.0)";
+        /// `x` for `x >= 0`, `alpha * x` otherwise.
+        LeakyRelu(alpha = 0.01) = 1, "leaky_relu",
+            wgsl: "select(v, alpha * v, v < 0.0)",
+            grad: "select(alpha, 1.0, v > 0.0)";
+        /// `x * Φ(x)` with the exact (erf) normal CDF.
+        Gelu = 2, "gelu",
+            wgsl: "0.5 * v * (1.0 + erf(v * 0.70710678118654752))",
+            grad: "0.5 * (1.0 + erf(v * 0.70710678118654752)) + v * 0.3989422804014327 * exp(-0.5 * v * v)";
+        /// The tanh approximation of GELU: `0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³)))`.
+        GeluTanh = 3, "gelu_tanh",
+            wgsl: "0.5 * v * (1.0 + tanh_stable(0.7978845608028654 * (v + 0.044715 * v * v * v)))",
+            grad: "gelu_tanh_grad(v)";
+        /// `1 / (1 + e^-x)`, evaluated without overflow.
+        Sigmoid = 4, "sigmoid",
+            wgsl: "sigmoid(v)",
+            grad: "sigmoid(v) * (1.0 - sigmoid(v))";
+        /// Hyperbolic tangent, evaluated without overflow.
+        Tanh = 5, "tanh",
+            wgsl: "tanh_stable(v)",
+            grad: "1.0 - tanh_stable(v) * tanh_stable(v)";
+        /// `x * sigmoid(x)` (also called swish).
+        Silu = 6, "silu",
+            wgsl: "v * sigmoid(v)",
+            grad: "sigmoid(v) * (1.0 + v * (1.0 - sigmoid(v)))";
+        /// `e^x`.
+        Exp = 7, "exp",
+            wgsl: "exp(v)",
+            grad: "exp(v)";
+        /// Natural logarithm (`-inf` at 0, NaN below).
+        Log = 8, "log",
+            wgsl: "log(v)",
+            grad: "1.0 / v";
+        /// Square root (NaN below 0).
+        Sqrt = 9, "sqrt",
+            wgsl: "sqrt(v)",
+            grad: "0.5 / sqrt(v)";
+        /// `1 / sqrt(x)` (`+inf` at 0, NaN below). WGSL's `inverseSqrt` is approximate.
+        Rsqrt = 10, "rsqrt",
+            wgsl: "1.0 / sqrt(v)",
+            grad: "-0.5 / (v * sqrt(v))";
+        /// `|x|`.
+        Abs = 11, "abs",
+            wgsl: "abs(v)",
+            grad: "select(select(0.0, -1.0, v < 0.0), 1.0, v > 0.0)";
+        /// `-x`.
+        Neg = 12, "neg",
+            wgsl: "-v",
+            grad: "-1.0";
+        /// `1 / x`.
+        Recip = 13, "recip",
+            wgsl: "1.0 / v",
+            grad: "-1.0 / (v * v)";
+        /// `x * x`.
+        Square = 14, "square",
+            wgsl: "v * v",
+            grad: "2.0 * v";
+        /// `x^p` for a scalar `p` (`powf`; NaN for a negative base and a non-integer `p`).
+        Powf(p = 1.5) = 15, "powf",
+            wgsl: "pow_signed(v, alpha)",
+            grad: "select(alpha * pow_signed(v, alpha - 1.0), 0.0, alpha == 0.0)";
+        /// `min(max(x, lo), hi)`.
+        Clamp(lo = -1.0, hi = 1.0) = 16, "clamp",
+            wgsl: "min(max(v, alpha), beta)",
+            grad: "select(0.0, 1.0, v >= alpha && v <= beta)";
+        /// `ln(1 + e^x)`, evaluated without overflow.
+        Softplus = 17, "softplus",
+            wgsl: "softplus(v)",
+            grad: "sigmoid(v)";
+        /// `x` for `x > 0`, `alpha (e^x - 1)` otherwise.
+        Elu(alpha = 1.0) = 18, "elu",
+            wgsl: "select(alpha * (exp(v) - 1.0), v, v > 0.0)",
+            grad: "select(alpha * exp(v), 1.0, v > 0.0)";
+        /// `x + c`.
+        AddScalar(c = 1.0) = 19, "add_scalar",
+            wgsl: "v + alpha",
+            grad: "1.0";
+        /// `x * c`.
+        MulScalar(c = 2.0) = 20, "mul_scalar",
+            wgsl: "v * alpha",
+            grad: "alpha";
+        /// `x / c`.
+        DivScalar(c = 3.0) = 21, "div_scalar",
+            wgsl: "v / alpha",
+            grad: "1.0 / alpha";
+    }
+}
+
+/// The selector of "no activation" (a matmul without an epilogue activation): `activate` passes
+/// the value through and `derivative` gives 1.
+pub(crate) const NO_ACTIVATION: u32 = 255;
+
+impl UnaryOp {
+    /// The scalar parameters passed to the shader (`alpha`, `beta`); unused ones are 0.
+    pub(crate) fn params(self) -> (f32, f32) {
+        match self {
+            UnaryOp::LeakyRelu(a)
+            | UnaryOp::Powf(a)
+            | UnaryOp::Elu(a)
+            | UnaryOp::AddScalar(a)
+            | UnaryOp::MulScalar(a)
+            | UnaryOp::DivScalar(a) => (a, 0.0),
+            UnaryOp::Clamp(lo, hi) => (lo, hi),
+            UnaryOp::Relu
+            | UnaryOp::Gelu
+            | UnaryOp::GeluTanh
+            | UnaryOp::Sigmoid
+            | UnaryOp::Tanh
+            | UnaryOp::Silu
+            | UnaryOp::Exp
+            | UnaryOp::Log
+            | UnaryOp::Sqrt
+            | UnaryOp::Rsqrt
+            | UnaryOp::Abs
+            | UnaryOp::Neg
+            | UnaryOp::Recip
+            | UnaryOp::Square
+            | UnaryOp::Softplus => (0.0, 0.0),
+        }
+    }
+
+    /// The op on every value of `xs`, in place: the same results as [`UnaryOp::apply`], with
+    /// the cheap ops as branch-free loops the compiler vectorises (a call of `apply` per value
+    /// cost a fused `linear`'s epilogue more than its bias).
+    pub(crate) fn apply_slice(self, xs: &mut [f32]) {
+        // NaN stays NaN in each arm: `x < 0.0` is false for it, and NaN + s, NaN * s, ... are NaN.
+        match self {
+            UnaryOp::Relu => xs.iter_mut().for_each(|x| {
+                *x = if *x < 0.0 { 0.0 } else { *x };
+            }),
+            UnaryOp::LeakyRelu(alpha) => xs.iter_mut().for_each(|x| {
+                *x = if *x < 0.0 { alpha * *x } else { *x };
+            }),
+            UnaryOp::AddScalar(s) => xs.iter_mut().for_each(|x| *x += s),
+            UnaryOp::MulScalar(s) => xs.iter_mut().for_each(|x| *x *= s),
+            _ => xs.iter_mut().for_each(|x| *x = self.apply(*x)),
+        }
+    }
+
+    /// The op on one f32 value, exactly as the CPU backend computes it.
+    #[inline]
+    pub fn apply(self, x: f32) -> f32 {
+        if x.is_nan() {
+            return x;
+        }
+        match self {
+            UnaryOp::Relu => {
+                if x < 0.0 {
+                    0.0
+                } else {
+                    x
+                }
+            }
+            UnaryOp::LeakyRelu(alpha) => {
+                if x < 0.0 {
+                    alpha * x
+                } else {
+                    x
+                }
+            }
+            UnaryOp::Gelu => 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2)),
+            UnaryOp::GeluTanh => {
+                const K: f32 = 0.797_884_6; // sqrt(2/pi)
+                0.5 * x * (1.0 + tanh_f32(K * (x + 0.044715 * x * x * x)))
+            }
+            UnaryOp::Sigmoid => sigmoid_f32(x),
+            UnaryOp::Tanh => tanh_f32(x),
+            UnaryOp::Silu => x * sigmoid_f32(x),
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Rsqrt => 1.0 / x.sqrt(),
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Neg => -x,
+            UnaryOp::Recip => 1.0 / x,
+            UnaryOp::Square => x * x,
+            UnaryOp::Powf(p) => x.powf(p),
+            UnaryOp::Clamp(lo, hi) => x.max(lo).min(hi),
+            // ln(1 + e^x) = max(x, 0) + ln(1 + e^-|x|)
+            UnaryOp::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
+            UnaryOp::Elu(alpha) => {
+                if x > 0.0 {
+                    x
+                } else {
+                    alpha * x.exp_m1()
+                }
+            }
+            UnaryOp::AddScalar(c) => x + c,
+            UnaryOp::MulScalar(c) => x * c,
+            UnaryOp::DivScalar(c) => x / c,
+        }
+    }
+}
+
+impl UnaryOp {
+    /// The derivative of the op at `x`, as backward uses it (the registry's `grad` formulas
+    /// are the GPU twin). At kinks it takes PyTorch's one-sided values: relu'(0) =
+    /// 0, abs'(0) = 0, clamp' = 1 on the closed interval. NaN in, NaN out.
+    #[inline]
+    pub fn derivative(self, x: f32) -> f32 {
+        if x.is_nan() {
+            return x;
+        }
+        const K: f32 = 0.797_884_6; // sqrt(2/pi)
+        let step = |on: bool, a: f32, b: f32| if on { a } else { b };
+        match self {
+            UnaryOp::Relu => step(x > 0.0, 1.0, 0.0),
+            UnaryOp::LeakyRelu(alpha) => step(x > 0.0, 1.0, alpha),
+            UnaryOp::Gelu => {
+                0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+                    + x * 0.398_942_3 * (-0.5 * x * x).exp()
+            }
+            UnaryOp::GeluTanh => {
+                let t = tanh_f32(K * (x + 0.044715 * x * x * x));
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K * (1.0 + 0.134145 * x * x)
+            }
+            UnaryOp::Sigmoid => {
+                let s = sigmoid_f32(x);
+                s * (1.0 - s)
+            }
+            UnaryOp::Tanh => {
+                let t = tanh_f32(x);
+                1.0 - t * t
+            }
+            UnaryOp::Silu => {
+                let s = sigmoid_f32(x);
+                s * (1.0 + x * (1.0 - s))
+            }
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => 1.0 / x,
+            UnaryOp::Sqrt => 0.5 / x.sqrt(),
+            UnaryOp::Rsqrt => -0.5 / (x * x.sqrt()),
+            UnaryOp::Abs => step(x > 0.0, 1.0, step(x < 0.0, -1.0, 0.0)),
+            UnaryOp::Neg => -1.0,
+            UnaryOp::Recip => -1.0 / (x * x),
+            UnaryOp::Square => 2.0 * x,
+            UnaryOp::Powf(p) => step(p == 0.0, 0.0, p * x.powf(p - 1.0)),
+            UnaryOp::Clamp(lo, hi) => step(x >= lo && x <= hi, 1.0, 0.0),
+            UnaryOp::Softplus => sigmoid_f32(x),
+            UnaryOp::Elu(alpha) => step(x > 0.0, 1.0, alpha * x.exp()),
+            UnaryOp::AddScalar(_) => 1.0,
+            UnaryOp::MulScalar(c) => c,
+            UnaryOp::DivScalar(c) => 1.0 / c,
+        }
+    }
+}
+
+fn sigmoid_f32(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+fn tanh_f32(x: f32) -> f32 {
+    x.tanh()
+}
+
+/// erf with absolute error below 1.5e-7 (Abramowitz & Stegun 7.1.26); the same formula as the
+/// `erf` function in `shaders/common.wgsl`, since WGSL has no erf builtin.
+fn erf_f32(x: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let y = 1.0 - poly * (-x * x).exp();
+    if x < 0.0 { -y } else { y }
+}
