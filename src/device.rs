@@ -340,7 +340,7 @@ impl Device {
     /// No effect on the CPU backend.
     pub fn set_matmul_config(&self, config: Option<gpu::MatmulConfig>) {
         if let Backend::Gpu(ctx) = &self.inner.backend {
-            ctx.tuner.force(config);
+            gpu::kernels::matmul::force_config(ctx, config);
         }
     }
 

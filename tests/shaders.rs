@@ -32,11 +32,11 @@ fn every_specialization_validates_and_compiles() {
     );
     for spec in specs {
         let src = spec.source();
-        assert!(!src.is_empty(), "{} is not registered", spec.shader);
-        let module = parse(spec.shader, &src);
+        assert!(!src.is_empty(), "{} is not registered", spec.shader.name());
+        let module = parse(spec.shader.name(), &src);
         let info = validator()
             .validate(&module)
-            .unwrap_or_else(|e| panic!("{}: {}", spec.shader, e.emit_to_string(&src)));
+            .unwrap_or_else(|e| panic!("{}: {}", spec.shader.name(), e.emit_to_string(&src)));
         let mut constants = naga::back::PipelineConstants::default();
         for (name, value) in &spec.constants {
             assert!(

@@ -2,11 +2,12 @@
 //! pool, the pipeline cache, the open batch, and the capture of wgpu's errors.
 
 use super::adapters::{self, OPTIONAL_FEATURES};
-use super::kernels::matmul_tune::Tuner;
 use super::pipelines::{KernelSpec, PipelineCache};
 use super::pool::{BufferPool, PoolStats, PooledBuffer};
 use super::recorder::{MAX_BATCH, Recorder};
 use crate::error::{Error, Result};
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use wgpu::util::DeviceExt;
 
@@ -23,7 +24,10 @@ pub(crate) struct GpuContext {
     pool: BufferPool,
     pipelines: PipelineCache,
     recorder: Mutex<Recorder>,
-    pub(crate) tuner: Tuner,
+    /// `name backend driver` of the adapter: a key for what is measured on it.
+    pub(crate) adapter_key: String,
+    /// Per-device state of kernel families (the matmul tuner), by type; see [`GpuContext::state`].
+    states: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     /// The first error wgpu reported outside an error scope, returned by the next fallible call.
     error: Arc<Mutex<Option<Error>>>,
 }
@@ -81,11 +85,7 @@ impl GpuContext {
         let subgroups = features
             .contains(wgpu::Features::SUBGROUP)
             .then_some((info.subgroup_min_size, info.subgroup_max_size));
-        let tuner = Tuner::new(
-            &format!("{} {:?} {}", info.name, info.backend, info.driver_info),
-            &limits,
-            subgroups,
-        );
+        let adapter_key = format!("{} {:?} {}", info.name, info.backend, info.driver_info);
         Ok(GpuContext {
             pool: BufferPool::new(device.clone()),
             device,
@@ -94,10 +94,28 @@ impl GpuContext {
             features,
             subgroups,
             pipelines: PipelineCache::default(),
-            tuner,
+            adapter_key,
+            states: Mutex::default(),
             recorder: Mutex::new(Recorder::default()),
             error,
         })
+    }
+
+    /// The state of type `T` that a kernel family keeps for this device, made by `init` on first
+    /// use. Generic, so that the context knows nothing of the families (no import cycle).
+    pub(crate) fn state<T: Any + Send + Sync>(&self, init: impl FnOnce(&Self) -> T) -> Arc<T> {
+        let key = TypeId::of::<T>();
+        let found = lock(&self.states).get(&key).cloned();
+        let any = match found {
+            Some(s) => s,
+            // Made outside the lock (`init` may use the context); the first insert wins.
+            None => {
+                let made: Arc<dyn Any + Send + Sync> = Arc::new(init(self));
+                lock(&self.states).entry(key).or_insert(made).clone()
+            }
+        };
+        any.downcast::<T>()
+            .unwrap_or_else(|_| unreachable!("states are keyed by their TypeId"))
     }
 
     /// Return (and clear) the error wgpu reported since the last check. A lost device stays lost.

@@ -1,4 +1,4 @@
-//! The shader registry and the pipeline cache.
+//! Shader modules and the pipeline cache.
 //!
 //! wgpu does not deduplicate pipelines, so each (shader, entry point, specialization constants)
 //! is compiled once per device and kept. Creation runs inside a validation error scope, so a
@@ -9,95 +9,92 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// `(file name, source)` for a file under `shaders/`.
+/// A shader module of one kernel family: its name (a file under `shaders/`, or the name of a
+/// variant derived from one) and its WGSL, compiled after the prelude (`crate::op::wgsl_prelude`).
+/// Each family in `kernels/` declares its own with [`shader!`](crate::gpu::pipelines::shader) or
+/// [`Shader::derived`]; there is no central list.
+#[derive(Clone, Copy)]
+pub struct Shader {
+    name: &'static str,
+    body: Body,
+}
+
+#[derive(Clone, Copy)]
+enum Body {
+    File(&'static str),
+    Derived(fn() -> String),
+}
+
+impl Shader {
+    /// The shader in `shaders/<name>` with contents `wgsl` (see [`shader!`]).
+    pub(crate) const fn file(name: &'static str, wgsl: &'static str) -> Shader {
+        Shader {
+            name,
+            body: Body::File(wgsl),
+        }
+    }
+
+    /// A variant named `name` whose WGSL `make` builds (templating another family's file,
+    /// where WGSL has no generics).
+    pub(crate) const fn derived(name: &'static str, make: fn() -> String) -> Shader {
+        Shader {
+            name,
+            body: Body::Derived(make),
+        }
+    }
+
+    /// The file (or variant) name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The WGSL before the prelude.
+    pub(crate) fn body(&self) -> String {
+        match self.body {
+            Body::File(s) => s.to_string(),
+            Body::Derived(make) => make(),
+        }
+    }
+
+    /// The complete WGSL the device compiles: the prelude, then the body.
+    pub fn source(&self) -> String {
+        with_prelude(&self.body())
+    }
+}
+
+impl std::fmt::Debug for Shader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl PartialEq for Shader {
+    fn eq(&self, other: &Shader) -> bool {
+        self.name == other.name
+    }
+}
+
+/// The [`Shader`] for the file `shaders/<name>`, embedded at compile time.
 macro_rules! shader {
-    ($name:literal, $prelude:expr) => {
-        ($name, include_str!(concat!("../../shaders/", $name)))
+    ($name:literal) => {
+        $crate::gpu::pipelines::Shader::file(
+            $name,
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name)),
+        )
     };
 }
+pub(crate) use shader;
 
-/// Every shader, by file name. Each is compiled after the prelude (`crate::op::wgsl_prelude`).
-const FILES: &[(&str, &str)] = &[
-    shader!("unary.wgsl", true),
-    shader!("binary.wgsl", true),
-    shader!("unary_vec4.wgsl", true),
-    shader!("binary_vec4.wgsl", false),
-    shader!("matmul.wgsl", false),
-    shader!("matmul_blocked.wgsl", true),
-    shader!("matmul_strip.wgsl", true),
-    shader!("reduce.wgsl", true),
-    shader!("copy.wgsl", false),
-    shader!("norm.wgsl", false),
-    shader!("where.wgsl", false),
-    shader!("index.wgsl", false),
-    shader!("gather.wgsl", false),
-    shader!("argmax.wgsl", true),
-    shader!("conv2d.wgsl", false),
-    shader!("pool2d.wgsl", true),
-    shader!("cast_f16.wgsl", false),
-    shader!("unary_grad.wgsl", true),
-    shader!("scatter_add.wgsl", false),
-    shader!("optim.wgsl", false),
-    shader!("xent.wgsl", false),
-];
-
-/// The complete WGSL source of every shader module, by file name, as the device compiles it.
-/// `tests/shaders.rs` validates each one with naga.
+/// The complete WGSL source of every shader module the host's specializations use, by name, as
+/// the device compiles it. `tests/shaders.rs` validates each one with naga.
 pub fn shaders() -> Vec<(&'static str, String)> {
-    FILES
-        .iter()
-        .map(|(name, _)| *name)
-        .chain(DERIVED.iter().copied())
-        .map(|name| (name, source(name).unwrap_or_default()))
-        .collect()
-}
-
-/// Shaders derived from another by templating (WGSL has no generics): the f16-storage matmul
-/// is `matmul_blocked.wgsl` with its `Elem` alias switched to f16; the subgroup matmul is the
-/// same file with its A operand shared through subgroup shuffles.
-fn derived(shader: &str) -> Option<String> {
-    match shader {
-        "matmul_blocked_f16.wgsl" => source("matmul_blocked.wgsl").map(|s| {
-            format!(
-                "enable f16;\n{}",
-                s.replace("alias Elem = f32;", "alias Elem = f16;")
-            )
-        }),
-        "matmul_blocked_sg.wgsl" => source("matmul_blocked.wgsl").map(|s| {
-            let with_lanes = s.replace(
-                "    @builtin(local_invocation_index) tid: u32,\n) {",
-                "    @builtin(local_invocation_index) tid: u32,\n    \
-                 @builtin(subgroup_invocation_id) lane: u32,\n) {",
-            );
-            with_lanes.replace(SUBGROUP_K_STEP.0, SUBGROUP_K_STEP.1)
-        }),
-        _ => None,
-    }
-}
-
-/// The k-step loop of `matmul_blocked.wgsl` and its subgroup version (see the shader's header).
-const SUBGROUP_K_STEP: (&str, &str) = (
-    "        for (var kk = 0u; kk < BK; kk = kk + 1u) {
-            let av = tile_a[(kk * BM + lid.y * TM) / 4u];",
-    "        var own_a = vec4<f32>(0.0);
-        if (lane < BK) {
-            own_a = tile_a[(lane * BM + lid.y * TM) / 4u];
+    let mut seen: Vec<Shader> = Vec::new();
+    for spec in super::kernels::all_specs() {
+        if !seen.contains(&spec.shader) {
+            seen.push(spec.shader);
         }
-        for (var kk = 0u; kk < BK; kk = kk + 1u) {
-            let av = subgroupShuffle(own_a, kk);",
-);
-
-/// Names of the derived shaders.
-const DERIVED: &[&str] = &["matmul_blocked_f16.wgsl", "matmul_blocked_sg.wgsl"];
-
-fn source(shader: &str) -> Option<String> {
-    if let Some(s) = derived(shader) {
-        return Some(s);
     }
-    FILES
-        .iter()
-        .find(|(name, _)| *name == shader)
-        .map(|(_, src)| with_prelude(src))
+    seen.into_iter().map(|s| (s.name, s.source())).collect()
 }
 
 /// `src` compiled after the prelude: its global directives (`enable f16;`), which WGSL allows
@@ -117,8 +114,8 @@ fn with_prelude(src: &str) -> String {
 /// `override` constants.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelSpec {
-    /// File name under `shaders/`.
-    pub shader: &'static str,
+    /// The shader module.
+    pub shader: Shader,
     /// Entry point.
     pub entry: &'static str,
     /// Override constants, by name.
@@ -129,13 +126,13 @@ pub struct KernelSpec {
 }
 
 impl KernelSpec {
-    /// The complete WGSL source of the spec's shader (empty if it is not registered).
+    /// The complete WGSL source of the spec's shader.
     pub fn source(&self) -> String {
-        source(self.shader).unwrap_or_default()
+        self.shader.source()
     }
 
     fn key(&self) -> String {
-        let mut key = format!("{}:{}:{}", self.shader, self.entry, self.unchecked);
+        let mut key = format!("{}:{}:{}", self.shader.name, self.entry, self.unchecked);
         for (name, value) in &self.constants {
             key.push_str(&format!(":{name}={value}"));
         }
@@ -193,18 +190,17 @@ impl PipelineCache {
     fn module(
         &self,
         device: &wgpu::Device,
-        shader: &'static str,
+        shader: Shader,
         unchecked: bool,
     ) -> Result<wgpu::ShaderModule> {
         let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = modules.get(&(shader, unchecked)) {
+        if let Some(m) = modules.get(&(shader.name, unchecked)) {
             return Ok(m.clone());
         }
-        let source =
-            source(shader).ok_or_else(|| Error::Gpu(format!("no shader named {shader}")))?;
+        let source = shader.source();
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let desc = wgpu::ShaderModuleDescriptor {
-            label: Some(shader),
+            label: Some(shader.name),
             source: wgpu::ShaderSource::Wgsl(source.into()),
         };
         let module = if unchecked {
@@ -218,9 +214,9 @@ impl PipelineCache {
             device.create_shader_module(desc)
         };
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Gpu(format!("compiling {shader}: {e}")));
+            return Err(Error::Gpu(format!("compiling {}: {e}", shader.name)));
         }
-        modules.insert((shader, unchecked), module.clone());
+        modules.insert((shader.name, unchecked), module.clone());
         Ok(module)
     }
 
@@ -229,22 +225,5 @@ impl PipelineCache {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The derived shaders are built by string replacement: if `matmul_blocked.wgsl` changes
-    /// under them, the replacements must not silently stop matching.
-    #[test]
-    fn derived_shaders_apply_their_replacements() {
-        let f16 = source("matmul_blocked_f16.wgsl").unwrap();
-        assert!(f16.starts_with("enable f16;") && f16.contains("alias Elem = f16;"));
-        let sg = source("matmul_blocked_sg.wgsl").unwrap();
-        assert!(sg.contains("@builtin(subgroup_invocation_id) lane: u32"));
-        assert!(sg.contains("subgroupShuffle(own_a, kk)"));
-        assert!(!sg.contains(SUBGROUP_K_STEP.0));
     }
 }

@@ -1,9 +1,10 @@
 //! `shaders/conv2d.wgsl` and `shaders/pool2d.wgsl`, forward and backward entry points.
 
+use super::Family;
 use crate::conv::Window;
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pipelines::{KernelSpec, shader};
 use crate::gpu::pool::PooledBuffer;
 use bytemuck::{Pod, Zeroable};
 
@@ -51,7 +52,7 @@ pub(crate) struct PoolParams {
 
 fn conv_spec(bias: bool) -> KernelSpec {
     KernelSpec {
-        shader: "conv2d.wgsl",
+        shader: shader!("conv2d.wgsl"),
         entry: "main",
         constants: vec![
             ("WG", f64::from(WG)),
@@ -63,7 +64,7 @@ fn conv_spec(bias: bool) -> KernelSpec {
 
 fn pool_spec(max: bool) -> KernelSpec {
     KernelSpec {
-        shader: "pool2d.wgsl",
+        shader: shader!("pool2d.wgsl"),
         entry: "main",
         constants: vec![("WG", f64::from(WG)), ("MAX", f64::from(u8::from(max)))],
         unchecked: false,
@@ -72,7 +73,7 @@ fn pool_spec(max: bool) -> KernelSpec {
 
 fn conv_grad_spec(entry: &'static str) -> KernelSpec {
     KernelSpec {
-        shader: "conv2d.wgsl",
+        shader: shader!("conv2d.wgsl"),
         entry,
         constants: vec![("WG", f64::from(WG))],
         unchecked: false,
@@ -81,7 +82,7 @@ fn conv_grad_spec(entry: &'static str) -> KernelSpec {
 
 fn pool_grad_spec(max: bool) -> KernelSpec {
     KernelSpec {
-        shader: "pool2d.wgsl",
+        shader: shader!("pool2d.wgsl"),
         entry: "grad",
         constants: vec![("WG", f64::from(WG)), ("MAX", f64::from(u8::from(max)))],
         unchecked: false,
@@ -228,3 +229,12 @@ pub(crate) fn pool2d(
     )?;
     Ok(out)
 }
+
+/// This family's specializations and uniform params structs (see `kernels::Family`).
+pub(crate) const FAMILY: Family = Family {
+    specs,
+    params: &[
+        ("conv2d.wgsl", "Params", size_of::<ConvParams>()),
+        ("pool2d.wgsl", "Params", size_of::<PoolParams>()),
+    ],
+};

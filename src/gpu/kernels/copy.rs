@@ -1,8 +1,9 @@
 //! `shaders/copy.wgsl`: strided copies.
 
+use super::Family;
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pipelines::{KernelSpec, shader};
 use crate::gpu::pool::PooledBuffer;
 use crate::strided::{MAX_COPY_RANK, StridedCopy};
 use bytemuck::{Pod, Zeroable};
@@ -24,7 +25,7 @@ pub(crate) struct CopyParams {
 
 pub(crate) fn spec() -> KernelSpec {
     KernelSpec {
-        shader: "copy.wgsl",
+        shader: shader!("copy.wgsl"),
         entry: "main",
         constants: vec![("WG", f64::from(WG))],
         unchecked: false,
@@ -63,3 +64,9 @@ pub(crate) fn copy(
         n,
     )
 }
+
+/// This family's specializations and uniform params structs (see `kernels::Family`).
+pub(crate) const FAMILY: Family = Family {
+    specs: || vec![spec()],
+    params: &[("copy.wgsl", "Params", size_of::<CopyParams>())],
+};

@@ -1,8 +1,9 @@
 //! `shaders/unary.wgsl` (unary ops and fill) and `shaders/binary.wgsl` (broadcast binary ops).
 
+use super::Family;
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pipelines::{KernelSpec, shader};
 use crate::gpu::pool::PooledBuffer;
 use crate::op::{BinaryOp, UnaryOp};
 use crate::shape::BroadcastLayout;
@@ -35,7 +36,7 @@ pub(crate) struct BinaryParams {
 
 fn unary_spec(op: UnaryOp) -> KernelSpec {
     KernelSpec {
-        shader: "unary.wgsl",
+        shader: shader!("unary.wgsl"),
         entry: "main",
         constants: vec![("OP", f64::from(op.shader_id())), ("WG", f64::from(WG))],
         unchecked: false,
@@ -44,7 +45,7 @@ fn unary_spec(op: UnaryOp) -> KernelSpec {
 
 fn fill_spec() -> KernelSpec {
     KernelSpec {
-        shader: "unary.wgsl",
+        shader: shader!("unary.wgsl"),
         entry: "fill",
         constants: vec![("WG", f64::from(WG))],
         unchecked: false,
@@ -53,7 +54,7 @@ fn fill_spec() -> KernelSpec {
 
 fn binary_spec(op: BinaryOp) -> KernelSpec {
     KernelSpec {
-        shader: "binary.wgsl",
+        shader: shader!("binary.wgsl"),
         entry: "main",
         constants: vec![("OP", f64::from(op.shader_id())), ("WG", f64::from(WG))],
         unchecked: false,
@@ -62,7 +63,7 @@ fn binary_spec(op: BinaryOp) -> KernelSpec {
 
 fn unary_vec4_spec(op: UnaryOp) -> KernelSpec {
     KernelSpec {
-        shader: "unary_vec4.wgsl",
+        shader: shader!("unary_vec4.wgsl"),
         entry: "main",
         constants: vec![("OP", f64::from(op.shader_id())), ("WG", f64::from(WG))],
         unchecked: false,
@@ -71,7 +72,7 @@ fn unary_vec4_spec(op: UnaryOp) -> KernelSpec {
 
 fn binary_vec4_spec(op: BinaryOp) -> KernelSpec {
     KernelSpec {
-        shader: "binary_vec4.wgsl",
+        shader: shader!("binary_vec4.wgsl"),
         entry: "main",
         constants: vec![("OP", f64::from(op.shader_id())), ("WG", f64::from(WG))],
         unchecked: false,
@@ -202,3 +203,15 @@ pub(crate) fn binary(
     )?;
     Ok(out)
 }
+
+/// This family's specializations and uniform params structs (see `kernels::Family`).
+pub(crate) const FAMILY: Family = Family {
+    specs,
+    params: &[
+        ("unary.wgsl", "Params", size_of::<UnaryParams>()),
+        ("unary.wgsl", "FillParams", size_of::<UnaryParams>()),
+        ("binary.wgsl", "Params", size_of::<BinaryParams>()),
+        ("unary_vec4.wgsl", "Params", size_of::<UnaryParams>()),
+        ("binary_vec4.wgsl", "Params", size_of::<[u32; 4]>()),
+    ],
+};

@@ -1,10 +1,11 @@
 //! Backward kernels: `shaders/unary_grad.wgsl` (dx = g · f'(x)) and `shaders/scatter_add.wgsl`
 //! (the gradient of gather; its `rows` entry point is index_select's and embedding's).
 
+use super::Family;
 use super::elementwise::UnaryParams;
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pipelines::{KernelSpec, shader};
 use crate::gpu::pool::PooledBuffer;
 use crate::op::UnaryOp;
 use bytemuck::{Pod, Zeroable};
@@ -29,7 +30,7 @@ pub(crate) struct ScatterParams {
 
 fn unary_grad_spec(op: UnaryOp) -> KernelSpec {
     KernelSpec {
-        shader: "unary_grad.wgsl",
+        shader: shader!("unary_grad.wgsl"),
         entry: "main",
         constants: vec![("OP", f64::from(op.shader_id())), ("WG", f64::from(WG))],
         unchecked: false,
@@ -38,7 +39,7 @@ fn unary_grad_spec(op: UnaryOp) -> KernelSpec {
 
 fn scatter_spec() -> KernelSpec {
     KernelSpec {
-        shader: "scatter_add.wgsl",
+        shader: shader!("scatter_add.wgsl"),
         entry: "main",
         constants: vec![("WG", f64::from(WG))],
         unchecked: false,
@@ -47,7 +48,7 @@ fn scatter_spec() -> KernelSpec {
 
 fn rows_spec() -> KernelSpec {
     KernelSpec {
-        shader: "scatter_add.wgsl",
+        shader: shader!("scatter_add.wgsl"),
         entry: "rows",
         constants: vec![("WG", f64::from(WG))],
         unchecked: false,
@@ -167,3 +168,17 @@ pub(crate) fn scatter_add(
     )?;
     Ok(out)
 }
+
+/// This family's specializations and uniform params structs (see `kernels::Family`).
+pub(crate) const FAMILY: Family = Family {
+    specs,
+    params: &[
+        (
+            "unary_grad.wgsl",
+            "Params",
+            size_of::<super::elementwise::UnaryParams>(),
+        ),
+        ("scatter_add.wgsl", "Params", size_of::<ScatterParams>()),
+        ("scatter_add.wgsl", "RowParams", size_of::<RowParams>()),
+    ],
+};

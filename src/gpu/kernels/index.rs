@@ -1,8 +1,9 @@
 //! `shaders/index.wgsl` (index_select) and `shaders/gather.wgsl` (gather), with u32 indices.
 
+use super::Family;
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pipelines::{KernelSpec, shader};
 use crate::gpu::pool::PooledBuffer;
 use bytemuck::{Pod, Zeroable};
 
@@ -20,7 +21,7 @@ pub(crate) struct IndexParams {
 
 pub(crate) fn spec() -> KernelSpec {
     KernelSpec {
-        shader: "index.wgsl",
+        shader: shader!("index.wgsl"),
         entry: "main",
         constants: vec![("WG", f64::from(WG))],
         unchecked: false,
@@ -69,7 +70,7 @@ pub(crate) struct GatherParams {
 
 pub(crate) fn gather_spec() -> KernelSpec {
     KernelSpec {
-        shader: "gather.wgsl",
+        shader: shader!("gather.wgsl"),
         entry: "main",
         constants: vec![("WG", f64::from(WG))],
         unchecked: false,
@@ -108,3 +109,12 @@ pub(crate) fn gather(
     )?;
     Ok(out)
 }
+
+/// This family's specializations and uniform params structs (see `kernels::Family`).
+pub(crate) const FAMILY: Family = Family {
+    specs: || vec![spec(), gather_spec()],
+    params: &[
+        ("index.wgsl", "Params", size_of::<IndexParams>()),
+        ("gather.wgsl", "Params", size_of::<GatherParams>()),
+    ],
+};

@@ -1,4 +1,7 @@
-//! Host side of each shader family: binds buffers, picks a specialization, dispatches.
+//! The kernel families: one module (or folder) per shader family, holding its shaders, its
+//! specializations, its uniform params structs and the host code that binds and dispatches.
+//! Each family describes itself with a [`Family`]; the list below is the only place that names
+//! them all, for the tests that validate every specialization.
 
 pub(crate) mod conv;
 pub(crate) mod copy;
@@ -6,7 +9,6 @@ pub(crate) mod elementwise;
 pub(crate) mod grad;
 pub(crate) mod index;
 pub(crate) mod matmul;
-pub(crate) mod matmul_tune;
 pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod reduce;
@@ -15,87 +17,40 @@ pub(crate) mod xent;
 
 use super::pipelines::KernelSpec;
 
+/// What a kernel family declares about itself.
+pub(crate) struct Family {
+    /// Every specialization the host can ask for.
+    pub specs: fn() -> Vec<KernelSpec>,
+    /// `(shader, WGSL struct name, size of the Rust #[repr(C)] struct)` for each uniform
+    /// params struct.
+    pub params: &'static [(&'static str, &'static str, usize)],
+}
+
+const FAMILIES: [&Family; 11] = [
+    &elementwise::FAMILY,
+    &matmul::FAMILY,
+    &reduce::FAMILY,
+    &copy::FAMILY,
+    &norm::FAMILY,
+    &select::FAMILY,
+    &index::FAMILY,
+    &conv::FAMILY,
+    &grad::FAMILY,
+    &optim::FAMILY,
+    &xent::FAMILY,
+];
+
 /// Every specialization the host can ask for, so that `tests/shaders.rs` validates exactly what
 /// runs.
 pub fn all_specs() -> Vec<KernelSpec> {
-    let mut specs = elementwise::specs();
-    specs.extend(matmul::specs());
-    specs.extend(reduce::specs());
-    specs.push(copy::spec());
-    specs.extend(norm::specs());
-    specs.push(select::spec());
-    specs.push(index::spec());
-    specs.push(index::gather_spec());
-    specs.push(reduce::argmax_spec());
-    specs.extend(conv::specs());
-    specs.extend(grad::specs());
-    specs.extend(optim::specs());
-    specs.extend(xent::specs());
-    specs
+    FAMILIES.iter().flat_map(|f| (f.specs)()).collect()
 }
 
 /// `(shader, WGSL struct name, size of the Rust #[repr(C)] struct)` for every uniform params
 /// struct, so that `tests/shaders.rs` can check the Rust layout against naga's.
 pub fn param_structs() -> Vec<(&'static str, &'static str, usize)> {
-    use std::mem::size_of;
-    let matmul = size_of::<matmul::MatmulParams>();
-    vec![
-        (
-            "unary.wgsl",
-            "Params",
-            size_of::<elementwise::UnaryParams>(),
-        ),
-        (
-            "unary.wgsl",
-            "FillParams",
-            size_of::<elementwise::UnaryParams>(),
-        ),
-        (
-            "binary.wgsl",
-            "Params",
-            size_of::<elementwise::BinaryParams>(),
-        ),
-        ("matmul.wgsl", "Params", matmul),
-        ("matmul_blocked.wgsl", "Params", matmul),
-        ("matmul_strip.wgsl", "Params", matmul),
-        ("reduce.wgsl", "Params", size_of::<reduce::ReduceParams>()),
-        ("copy.wgsl", "Params", size_of::<copy::CopyParams>()),
-        ("norm.wgsl", "Params", size_of::<norm::NormParams>()),
-        ("where.wgsl", "Params", size_of::<select::WhereParams>()),
-        ("index.wgsl", "Params", size_of::<index::IndexParams>()),
-        ("gather.wgsl", "Params", size_of::<index::GatherParams>()),
-        ("argmax.wgsl", "Params", size_of::<reduce::ReduceParams>()),
-        ("conv2d.wgsl", "Params", size_of::<conv::ConvParams>()),
-        ("pool2d.wgsl", "Params", size_of::<conv::PoolParams>()),
-        (
-            "unary_vec4.wgsl",
-            "Params",
-            size_of::<elementwise::UnaryParams>(),
-        ),
-        ("binary_vec4.wgsl", "Params", size_of::<[u32; 4]>()),
-        ("cast_f16.wgsl", "Params", size_of::<[u32; 4]>()),
-        ("matmul_blocked_f16.wgsl", "Params", matmul),
-        ("matmul_blocked_sg.wgsl", "Params", matmul),
-        (
-            "unary_grad.wgsl",
-            "Params",
-            size_of::<elementwise::UnaryParams>(),
-        ),
-        (
-            "scatter_add.wgsl",
-            "Params",
-            size_of::<grad::ScatterParams>(),
-        ),
-        (
-            "scatter_add.wgsl",
-            "RowParams",
-            size_of::<grad::RowParams>(),
-        ),
-        (
-            "optim.wgsl",
-            "Params",
-            size_of::<crate::optim_params::OptimParams>(),
-        ),
-        ("xent.wgsl", "Params", size_of::<xent::XentParams>()),
-    ]
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.params.iter().copied())
+        .collect()
 }

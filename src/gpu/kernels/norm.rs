@@ -1,8 +1,9 @@
 //! `shaders/norm.wgsl`: layer_norm and rms_norm over the last dimension.
 
+use super::Family;
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pipelines::{KernelSpec, shader};
 use crate::gpu::pool::PooledBuffer;
 use bytemuck::{Pod, Zeroable};
 
@@ -20,7 +21,7 @@ pub(crate) struct NormParams {
 
 fn spec(rms: bool, weight: bool, bias: bool) -> KernelSpec {
     KernelSpec {
-        shader: "norm.wgsl",
+        shader: shader!("norm.wgsl"),
         entry: "main",
         constants: vec![
             ("WG", f64::from(WG)),
@@ -77,3 +78,9 @@ pub(crate) fn norm(
     )?;
     Ok(out)
 }
+
+/// This family's specializations and uniform params structs (see `kernels::Family`).
+pub(crate) const FAMILY: Family = Family {
+    specs,
+    params: &[("norm.wgsl", "Params", size_of::<NormParams>())],
+};

@@ -1,8 +1,9 @@
 //! `shaders/optim.wgsl`: fused optimizer updates, in place.
 
+use super::Family;
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pipelines::{KernelSpec, shader};
 use crate::gpu::pool::PooledBuffer;
 use crate::optim_params::OptimParams;
 
@@ -11,7 +12,7 @@ use crate::gpu::context::WG_1D as WG;
 
 fn spec(entry: &'static str) -> KernelSpec {
     KernelSpec {
-        shader: "optim.wgsl",
+        shader: shader!("optim.wgsl"),
         entry,
         constants: vec![("WG", f64::from(WG))],
         unchecked: false,
@@ -49,3 +50,9 @@ pub(crate) fn update(
         params.n as usize,
     )
 }
+
+/// This family's specializations and uniform params structs (see `kernels::Family`).
+pub(crate) const FAMILY: Family = Family {
+    specs,
+    params: &[("optim.wgsl", "Params", size_of::<OptimParams>())],
+};

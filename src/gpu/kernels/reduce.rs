@@ -1,8 +1,9 @@
 //! `shaders/reduce.wgsl`: reductions and softmax along one axis.
 
+use super::Family;
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pipelines::{KernelSpec, shader};
 use crate::gpu::pool::PooledBuffer;
 use crate::op::ReduceOp;
 use bytemuck::{Pod, Zeroable};
@@ -21,7 +22,7 @@ pub(crate) struct ReduceParams {
 
 fn reduce_spec(op: ReduceOp) -> KernelSpec {
     KernelSpec {
-        shader: "reduce.wgsl",
+        shader: shader!("reduce.wgsl"),
         entry: "reduce",
         constants: vec![("OP", f64::from(op.shader_id())), ("WG", f64::from(WG))],
         unchecked: false,
@@ -30,7 +31,7 @@ fn reduce_spec(op: ReduceOp) -> KernelSpec {
 
 fn softmax_spec(log: bool) -> KernelSpec {
     KernelSpec {
-        shader: "reduce.wgsl",
+        shader: shader!("reduce.wgsl"),
         entry: "softmax",
         constants: vec![("LOG", f64::from(u8::from(log))), ("WG", f64::from(WG))],
         unchecked: false,
@@ -99,7 +100,7 @@ pub(crate) fn softmax(
 
 pub(crate) fn argmax_spec() -> KernelSpec {
     KernelSpec {
-        shader: "argmax.wgsl",
+        shader: shader!("argmax.wgsl"),
         entry: "main",
         constants: vec![("WG", f64::from(WG))],
         unchecked: false,
@@ -129,3 +130,16 @@ pub(crate) fn argmax(
     )?;
     Ok(out)
 }
+
+/// This family's specializations and uniform params structs (see `kernels::Family`).
+pub(crate) const FAMILY: Family = Family {
+    specs: || {
+        let mut s = specs();
+        s.push(argmax_spec());
+        s
+    },
+    params: &[
+        ("reduce.wgsl", "Params", size_of::<ReduceParams>()),
+        ("argmax.wgsl", "Params", size_of::<ReduceParams>()),
+    ],
+};

@@ -1,8 +1,9 @@
 //! `shaders/where.wgsl`: `where(mask, a, b)` with three-way broadcasting.
 
+use super::Family;
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pipelines::{KernelSpec, shader};
 use crate::gpu::pool::PooledBuffer;
 use bytemuck::{Pod, Zeroable};
 
@@ -24,7 +25,7 @@ pub(crate) struct WhereParams {
 
 pub(crate) fn spec() -> KernelSpec {
     KernelSpec {
-        shader: "where.wgsl",
+        shader: shader!("where.wgsl"),
         entry: "main",
         constants: vec![("WG", f64::from(WG))],
         unchecked: false,
@@ -78,3 +79,9 @@ pub(crate) fn where_(
     )?;
     Ok(out)
 }
+
+/// This family's specializations and uniform params structs (see `kernels::Family`).
+pub(crate) const FAMILY: Family = Family {
+    specs: || vec![spec()],
+    params: &[("where.wgsl", "Params", size_of::<WhereParams>())],
+};

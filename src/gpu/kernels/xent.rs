@@ -1,8 +1,9 @@
 //! `shaders/xent.wgsl`: fused cross-entropy from logits, forward and backward.
 
+use super::Family;
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pipelines::{KernelSpec, shader};
 use crate::gpu::pool::PooledBuffer;
 use bytemuck::{Pod, Zeroable};
 
@@ -19,7 +20,7 @@ pub(crate) struct XentParams {
 
 fn spec(entry: &'static str) -> KernelSpec {
     KernelSpec {
-        shader: "xent.wgsl",
+        shader: shader!("xent.wgsl"),
         entry,
         constants: vec![("WG", f64::from(WG))],
         unchecked: false,
@@ -75,3 +76,9 @@ pub(crate) fn backward(
     )?;
     Ok(dx)
 }
+
+/// This family's specializations and uniform params structs (see `kernels::Family`).
+pub(crate) const FAMILY: Family = Family {
+    specs,
+    params: &[("xent.wgsl", "Params", size_of::<XentParams>())],
+};

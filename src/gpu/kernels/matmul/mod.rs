@@ -2,12 +2,16 @@
 //! invocation; kept as the baseline), version 2 (`matmul_blocked.wgsl`, register-blocked with
 //! tile sizes as override constants) and version 3 (`matmul_strip.wgsl`, column strips without
 //! workgroup memory, for CPU-based drivers); versions 2 and 3 fuse a bias + activation
-//! epilogue. Also the choice of a
-//! configuration per shape class (forced, heuristic or autotuned), and the dispatch.
+//! epilogue. Also the choice of a configuration per shape class (forced, heuristic or autotuned:
+//! `tune.rs`), the templated variants (`variants.rs`) and the dispatch.
 
+mod tune;
+mod variants;
+
+use super::Family;
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::pipelines::KernelSpec;
+use crate::gpu::pipelines::{KernelSpec, shader};
 use crate::gpu::pool::PooledBuffer;
 use crate::matmul_plan::MatmulPlan;
 use crate::op::UnaryOp;
@@ -220,14 +224,14 @@ pub(crate) struct Epilogue<'a> {
 /// The pipeline for `config` with f16-storage operands (version 2 only).
 fn spec_f16(config: MatmulConfig, checked: bool) -> KernelSpec {
     let mut spec = spec(config, checked, false, None);
-    spec.shader = "matmul_blocked_f16.wgsl";
+    spec.shader = variants::F16;
     spec
 }
 
 /// The f32 -> f16 cast used to store the operands of `matmul_f16`.
 fn cast_spec() -> KernelSpec {
     KernelSpec {
-        shader: "cast_f16.wgsl",
+        shader: shader!("cast_f16.wgsl"),
         entry: "main",
         constants: vec![("WG", 256.0)],
         unchecked: false,
@@ -238,17 +242,17 @@ fn cast_spec() -> KernelSpec {
 fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp>) -> KernelSpec {
     match config {
         MatmulConfig::Tiled16 => KernelSpec {
-            shader: "matmul.wgsl",
+            shader: shader!("matmul.wgsl"),
             entry: "main",
             constants: vec![],
             unchecked: false,
         },
         MatmulConfig::Subgroup { bm, bn, bk } => KernelSpec {
-            shader: "matmul_blocked_sg.wgsl",
+            shader: variants::SUBGROUP,
             ..spec(MatmulConfig::Blocked { bm, bn, bk }, checked, has_bias, act)
         },
         MatmulConfig::Blocked { bm, bn, bk } => KernelSpec {
-            shader: "matmul_blocked.wgsl",
+            shader: variants::BLOCKED,
             entry: "main",
             constants: vec![
                 ("BM", f64::from(bm)),
@@ -266,7 +270,7 @@ fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp
             unchecked: !checked,
         },
         MatmulConfig::Strip { rm, wg } => KernelSpec {
-            shader: "matmul_strip.wgsl",
+            shader: shader!("matmul_strip.wgsl"),
             entry: "main",
             constants: vec![
                 ("RM", f64::from(rm)),
@@ -448,11 +452,7 @@ pub(crate) fn matmul_f16(
     plan: &MatmulPlan,
 ) -> Result<PooledBuffer> {
     let (a16, b16) = (to_f16(ctx, a, a_len)?, to_f16(ctx, b, b_len)?);
-    let config = if plan.m <= 32 || plan.n <= 32 {
-        CANDIDATES[1]
-    } else {
-        CANDIDATES[0]
-    };
+    let config = tune::blocked_for(plan);
     let spec = spec_f16(config, !divides(config, plan));
     run_with(ctx, &a16, &b16, plan, config, Epilogue::default(), spec)
 }
@@ -466,9 +466,40 @@ pub(crate) fn matmul(
     epilogue: Epilogue,
 ) -> Result<PooledBuffer> {
     let has_epilogue = epilogue.bias.is_some() || epilogue.act.is_some();
-    let config = ctx.tuner.choose(ctx, a, b, plan, has_epilogue)?;
+    let config = tuner(ctx).choose(ctx, a, b, plan, has_epilogue)?;
     run(ctx, a, b, plan, config, epilogue)
 }
+
+/// The device's tuner (made on first use: it reads the tuning cache).
+fn tuner(ctx: &GpuContext) -> std::sync::Arc<tune::Tuner> {
+    ctx.state(tune::Tuner::new)
+}
+
+/// Force one configuration for every matmul on the device (`None`: choose again).
+pub(crate) fn force_config(ctx: &GpuContext, config: Option<MatmulConfig>) {
+    tuner(ctx).force(config);
+}
+
+/// This family's specializations and uniform params structs (see `kernels::Family`).
+pub(crate) const FAMILY: Family = Family {
+    specs,
+    params: &[
+        ("matmul.wgsl", "Params", size_of::<MatmulParams>()),
+        ("matmul_blocked.wgsl", "Params", size_of::<MatmulParams>()),
+        ("matmul_strip.wgsl", "Params", size_of::<MatmulParams>()),
+        ("cast_f16.wgsl", "Params", size_of::<[u32; 4]>()),
+        (
+            "matmul_blocked_f16.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_blocked_sg.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+    ],
+};
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,7 @@
 //! a heuristic for small problems, or autotuned once per adapter and shape class, kept in memory
 //! and in an on-disk cache (`KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`).
 
-use super::matmul::{self, CANDIDATES, Epilogue, MatmulConfig};
+use super::{CANDIDATES, Epilogue, MatmulConfig};
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
 use crate::gpu::pool::PooledBuffer;
@@ -52,12 +52,9 @@ fn parse_line(line: &str) -> Option<(ShapeClass, MatmulConfig)> {
 }
 
 impl Tuner {
-    /// A tuner for the adapter named by `adapter_key`, loading what earlier runs measured.
-    pub(crate) fn new(
-        adapter_key: &str,
-        limits: &wgpu::Limits,
-        subgroups: Option<(u32, u32)>,
-    ) -> Tuner {
+    /// A tuner for the device's adapter, loading what earlier runs measured on it.
+    pub(crate) fn new(ctx: &GpuContext) -> Tuner {
+        let (adapter_key, limits, subgroups) = (&ctx.adapter_key, &ctx.limits, ctx.subgroups);
         let forced = match std::env::var("KILN_MATMUL_CONFIG") {
             Ok(s) if !s.is_empty() => match s.parse::<MatmulConfig>() {
                 Ok(c) => Some(c),
@@ -160,7 +157,7 @@ impl Tuner {
             let mut times = Vec::with_capacity(TUNE_RUNS);
             for run in 0..=TUNE_RUNS {
                 let t = Instant::now();
-                drop(matmul::run(ctx, a, b, plan, config, Epilogue::default())?);
+                drop(super::run(ctx, a, b, plan, config, Epilogue::default())?);
                 ctx.synchronize()?;
                 if run > 0 {
                     times.push(t.elapsed());
@@ -229,7 +226,15 @@ fn heuristic(plan: &MatmulPlan) -> MatmulConfig {
             rm: plan.m.max(1) as u32,
             wg: 64,
         }
-    } else if plan.m <= 32 || plan.n <= 32 {
+    } else {
+        blocked_for(plan)
+    }
+}
+
+/// The register-blocked configuration for `plan`: the smaller tile when either side of the
+/// output is narrow, so that the workgroups are not mostly idle.
+pub(super) fn blocked_for(plan: &MatmulPlan) -> MatmulConfig {
+    if plan.m <= 32 || plan.n <= 32 {
         CANDIDATES[1]
     } else {
         CANDIDATES[0]
