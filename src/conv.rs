@@ -47,7 +47,7 @@ fn out_extent(
     dil: usize,
 ) -> Result<usize> {
     if stride == 0 || dil == 0 || k == 0 {
-        return Err(Error::InvalidShape {
+        return Err(Error::InvalidArgument {
             op,
             reason: format!(
                 "kernel size, stride and dilation must be at least 1 (kernel {k}, stride {stride}, dilation {dil})"

@@ -279,7 +279,7 @@ impl Device {
             "gpu" => Self::gpu(),
             "software" => Self::software(),
             "cpu" => Ok(Self::cpu_because("KILN_DEVICE=cpu".into())),
-            other => Err(Error::InvalidShape {
+            other => Err(Error::InvalidArgument {
                 op: "Device::from_env",
                 reason: format!("KILN_DEVICE={other} is not one of auto, gpu, software, cpu"),
             }),

@@ -34,7 +34,18 @@ pub enum Error {
         /// The element type it was given.
         got: crate::DType,
     },
-    /// The device lacks a capability the operation needs (for example SHADER_F16).
+    /// A scalar argument or a configuration value out of its domain: clamp bounds with
+    /// `lo > hi`, a dropout probability outside [0, 1), a negative `eps`, a stride of 0, an
+    /// unknown `KILN_DEVICE` or `KILN_MATMUL_CONFIG`.
+    #[error("{op}: invalid argument: {reason}")]
+    InvalidArgument {
+        /// The operation or setting.
+        op: &'static str,
+        /// What is wrong with the value.
+        reason: String,
+    },
+    /// The device or backend cannot do what was asked, though the request is valid: a capability
+    /// it lacks (SHADER_F16) or a limit of a kernel (the GPU kernels' rank caps).
     #[error("{op}: not supported on this device: {reason}")]
     Unsupported {
         /// The operation.

@@ -1,5 +1,7 @@
 //! Seeded random numbers, generated on the host so that every device gets the same values.
 
+use crate::error::{Error, Result};
+
 /// SplitMix64: small, fast, and good enough for initialising weights and test data.
 struct SplitMix64(u64);
 
@@ -18,19 +20,27 @@ impl SplitMix64 {
     }
 }
 
+/// Room for `n` values, or `OutOfMemory` instead of an abort.
+fn room(op: &'static str, n: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|e| Error::OutOfMemory(format!("{op}: {n} f32 values on the host: {e}")))?;
+    Ok(v)
+}
+
 /// `n` values uniform in [0, 1).
-pub(crate) fn uniform(seed: u64, n: usize) -> Vec<f32> {
+pub(crate) fn uniform(op: &'static str, seed: u64, n: usize) -> Result<Vec<f32>> {
     let mut rng = SplitMix64(seed);
+    let mut out = room(op, n)?;
     // 24 bits: every value is exactly representable and strictly below 1.
-    (0..n)
-        .map(|_| (rng.next() >> 40) as f32 * (1.0 / (1u32 << 24) as f32))
-        .collect()
+    out.extend((0..n).map(|_| (rng.next() >> 40) as f32 * (1.0 / (1u32 << 24) as f32)));
+    Ok(out)
 }
 
 /// `n` values from the standard normal distribution (Box–Muller in f64).
-pub(crate) fn normal(seed: u64, n: usize) -> Vec<f32> {
+pub(crate) fn normal(op: &'static str, seed: u64, n: usize) -> Result<Vec<f32>> {
     let mut rng = SplitMix64(seed);
-    let mut out = Vec::with_capacity(n);
+    let mut out = room(op, n)?;
     while out.len() < n {
         let u1 = 1.0 - rng.next_f64(); // in (0, 1], so ln is finite
         let u2 = rng.next_f64();
@@ -41,14 +51,14 @@ pub(crate) fn normal(seed: u64, n: usize) -> Vec<f32> {
             out.push((r * t.sin()) as f32);
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn normal_has_unit_moments() {
-        let v = super::normal(7, 100_000);
+        let v = super::normal("test", 7, 100_000).unwrap();
         let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
         let var = v
             .iter()
@@ -61,9 +71,10 @@ mod tests {
 
     #[test]
     fn uniform_is_in_range_and_seeded() {
-        let a = super::uniform(1, 1000);
+        let u = |seed| super::uniform("test", seed, 1000).unwrap();
+        let a = u(1);
         assert!(a.iter().all(|&x| (0.0..1.0).contains(&x)));
-        assert_eq!(a, super::uniform(1, 1000));
-        assert_ne!(a, super::uniform(2, 1000));
+        assert_eq!(a, u(1));
+        assert_ne!(a, u(2));
     }
 }

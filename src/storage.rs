@@ -789,15 +789,12 @@ impl Storage {
         }
     }
 
-    /// index_select's gradient from `self` (non-empty) into zeros of `dims`, with the picked
-    /// rows grouped on the host (`starts`, `order`: a counting sort of the `count` indices).
-    pub(crate) fn index_select_grad(
-        &self,
-        starts: Vec<u32>,
-        order: Vec<u32>,
-        dims: Around,
-    ) -> Result<Storage> {
+    /// index_select's gradient from `self` (non-empty) into zeros of `dims`, for the checked
+    /// indices `idx` along the middle axis. The picks are grouped by row on the host first (a
+    /// counting sort), so either backend does O(rows + picks) work.
+    pub(crate) fn index_select_grad(&self, idx: &[u32], dims: Around) -> Result<Storage> {
         const OP: &str = "index_select backward";
+        let (starts, order) = cpu::group_by_row(idx, dims.1);
         let count = order.len();
         match self {
             Storage::Cpu(g) => Ok(cpu_f32(cpu::index_select_grad(

@@ -23,13 +23,13 @@ impl StridedCopy {
     }
 
     /// The same copy with unit dimensions dropped (they never move an index) and at least one
-    /// dimension; `InvalidShape` past `MAX_COPY_RANK`.
+    /// dimension; `Unsupported` past `MAX_COPY_RANK` (the GPU copy kernel's cap).
     pub(crate) fn squeezed(&self, op: &'static str) -> Result<StridedCopy> {
         let keep: Vec<usize> = (0..self.dims.len())
             .filter(|&d| self.dims[d] != 1)
             .collect();
         if keep.len() > MAX_COPY_RANK {
-            return Err(Error::InvalidShape {
+            return Err(Error::Unsupported {
                 op,
                 reason: format!(
                     "{} dimensions of extent > 1; the copy kernel handles {MAX_COPY_RANK}",

@@ -126,3 +126,53 @@ fn environment_selection_rejects_unknown_values() {
     assert!(cpu.is_cpu());
     assert_eq!(cpu.info().reason, "KILN_DEVICE=cpu");
 }
+
+/// A GPU kernel's limit is `Unsupported` (the request is valid; the CPU backend serves it):
+/// gather and its backward handle rank 8 on a GPU, any rank on the CPU.
+#[test]
+fn gpu_rank_caps_are_unsupported_not_invalid() {
+    let dims = [2, 1, 1, 1, 1, 1, 1, 1, 3];
+    let n: usize = dims.iter().product();
+    for dev in devices() {
+        let x = Tensor::from_vec(&dev, (0..n).map(|v| v as f32).collect(), &dims).unwrap();
+        let idx = Tensor::from_vec_u32(&dev, vec![2, 0, 1, 2, 1, 0], &dims).unwrap();
+        match x.gather(-1, &idx) {
+            Ok(y) => {
+                assert!(
+                    dev.is_cpu(),
+                    "{dev}: rank 9 gather ran on a GPU kernel capped at 8"
+                );
+                assert_eq!(y.to_vec().unwrap(), vec![2.0, 0.0, 1.0, 5.0, 4.0, 3.0]);
+            }
+            Err(e) => {
+                assert!(!dev.is_cpu(), "{dev}: {e}");
+                assert!(
+                    matches!(e, Error::Unsupported { op: "gather", .. }),
+                    "{dev}: {e:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Scalar arguments and settings out of their domain are `InvalidArgument`, naming the op.
+#[test]
+fn bad_scalar_arguments_are_invalid_arguments() {
+    for dev in devices() {
+        let x = Tensor::ones(&dev, &[1, 1, 4, 4]).unwrap();
+        let cases = [
+            ("clamp", x.clamp(1.0, 0.0).unwrap_err()),
+            ("layer_norm", x.layer_norm(None, None, -1.0).unwrap_err()),
+            (
+                "max_pool2d",
+                x.max_pool2d((2, 2), (0, 1), (0, 0)).unwrap_err(),
+            ),
+        ];
+        for (op, e) in cases {
+            assert!(
+                matches!(&e, Error::InvalidArgument { op: o, .. } if *o == op),
+                "{dev}: {op}: {e:?}"
+            );
+        }
+    }
+}

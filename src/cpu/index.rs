@@ -1,4 +1,5 @@
-//! Index-driven loops: index_select, gather (for any element type) and `where`.
+//! Index-driven loops: index_select, gather (for any element type), `where`, and the grouping
+//! of indices by row that index_select's backward uses on every device.
 
 use super::alloc;
 use crate::error::Result;
@@ -71,4 +72,24 @@ pub(crate) fn where_(
         };
     }
     Ok(v)
+}
+
+/// The positions `j` of `idx` grouped by the row `idx[j]` (< `len`) they pick, by a stable
+/// counting sort: `order[starts[r]..starts[r + 1]]` are the `j` with `idx[j] == r`, in order.
+/// Both backends' index_select backward read this, so each does O(rows + picks) work.
+pub(crate) fn group_by_row(idx: &[u32], len: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut starts = vec![0u32; len + 1];
+    for &r in idx {
+        starts[r as usize + 1] += 1;
+    }
+    for r in 0..len {
+        starts[r + 1] += starts[r];
+    }
+    let mut next = starts.clone();
+    let mut order = vec![0u32; idx.len()];
+    for (j, &r) in idx.iter().enumerate() {
+        order[next[r as usize] as usize] = j as u32;
+        next[r as usize] += 1;
+    }
+    (starts, order)
 }

@@ -20,7 +20,7 @@ pub(crate) use elementwise::{binary, fill, unary};
 pub(crate) use grad::{
     conv2d_grad_input, conv2d_grad_weight, index_select_grad, pool2d_grad, scatter_add, unary_grad,
 };
-pub(crate) use index::{gather, index_select, where_};
+pub(crate) use index::{gather, group_by_row, index_select, where_};
 pub(crate) use matmul::{linear, matmul};
 pub(crate) use optim::update;
 pub(crate) use reduce::{argmax, cross_entropy_grad, cross_entropy_rows, norm, reduce, softmax};

@@ -198,7 +198,7 @@ impl Dropout {
     /// Dropout with probability `p` in `[0, 1)` (`InvalidShape` otherwise).
     pub fn new(p: f32, seed: u64) -> Result<Dropout> {
         if !(0.0..1.0).contains(&p) {
-            return Err(Error::InvalidShape {
+            return Err(Error::InvalidArgument {
                 op: "dropout",
                 reason: format!("the probability must be in [0, 1), got {p}"),
             });

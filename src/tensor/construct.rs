@@ -1,7 +1,6 @@
 //! Constructors: from host data, filled, and seeded random tensors.
 
 use super::Tensor;
-use crate::cpu;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::random;
@@ -72,14 +71,12 @@ impl Tensor {
     /// Values uniform in [0, 1), the same for a given seed on every device.
     pub fn rand(device: &Device, shape: &[usize], seed: u64) -> Result<Tensor> {
         let n = Shape::new(shape)?.numel();
-        cpu::alloc::<f32>("rand", n)?; // refuse impossible sizes before generating
-        Self::from_vec(device, random::uniform(seed, n), shape)
+        Self::from_vec(device, random::uniform("rand", seed, n)?, shape)
     }
 
     /// Values from the standard normal distribution, the same for a given seed on every device.
     pub fn randn(device: &Device, shape: &[usize], seed: u64) -> Result<Tensor> {
         let n = Shape::new(shape)?.numel();
-        cpu::alloc::<f32>("randn", n)?;
-        Self::from_vec(device, random::normal(seed, n), shape)
+        Self::from_vec(device, random::normal("randn", seed, n)?, shape)
     }
 }

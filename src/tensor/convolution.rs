@@ -103,7 +103,7 @@ impl Tensor {
         let op = if max { "max_pool2d" } else { "avg_pool2d" };
         self.expect(DType::F32, op)?;
         if padding.0 * 2 > kernel.0 || padding.1 * 2 > kernel.1 {
-            return Err(Error::InvalidShape {
+            return Err(Error::InvalidArgument {
                 op,
                 reason: format!("padding {padding:?} must be at most half the kernel {kernel:?}"),
             });

@@ -218,4 +218,42 @@ impl Tensor {
         let storage = Storage::assemble(device, op, dtype, shape.numel(), &parts)?;
         Ok(Tensor::new(storage, shape, device))
     }
+
+    /// The values repeated along broadcast dimensions to `shape` (numpy's rules: this shape
+    /// aligned at the right, extents of 1 stretched); materialised.
+    pub fn broadcast_to(&self, shape: &[usize]) -> Result<Tensor> {
+        let target = Shape::new(shape)?;
+        let fits = self.shape.broadcast(&target, "broadcast_to").ok().as_ref() == Some(&target);
+        if !fits {
+            return Err(Error::ShapeMismatch {
+                op: "broadcast_to",
+                lhs: self.shape().to_vec(),
+                rhs: shape.to_vec(),
+            });
+        }
+        if self.shape() == shape {
+            return Ok(self.clone());
+        }
+        let plan = StridedCopy {
+            dims: shape.to_vec(),
+            in_strides: self.shape.broadcast_strides(&target),
+            in_offset: 0,
+            out_strides: target.strides(),
+            out_offset: 0,
+        };
+        let out = Self::assemble(
+            "broadcast_to",
+            &self.device,
+            self.dtype(),
+            target,
+            &[(self, plan)],
+        )?;
+        if !Tensor::tracking(&[self]) {
+            return Ok(out);
+        }
+        let dims = self.shape().to_vec();
+        Ok(out.record("broadcast_to", &[self], move |g, _| {
+            Ok(vec![Some(g.sum_to(&dims)?)])
+        }))
+    }
 }

@@ -27,6 +27,7 @@ pub struct Tensor {
 }
 
 mod autograd;
+mod backward;
 mod construct;
 mod convolution;
 mod index;
@@ -34,6 +35,7 @@ mod layout;
 mod linalg;
 mod pointwise;
 mod reduction;
+mod update;
 
 impl Tensor {
     // ---- properties ---------------------------------------------------------------------

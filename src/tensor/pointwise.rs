@@ -106,10 +106,10 @@ impl Tensor {
         self.unary(UnaryOp::Powf(p))
     }
 
-    /// `min(max(x, lo), hi)`; `Error::InvalidShape` if `lo > hi` or either is NaN.
+    /// `min(max(x, lo), hi)`; `Error::InvalidArgument` if `lo > hi` or either is NaN.
     pub fn clamp(&self, lo: f32, hi: f32) -> Result<Tensor> {
         if lo.is_nan() || hi.is_nan() || lo > hi {
-            return Err(Error::InvalidShape {
+            return Err(Error::InvalidArgument {
                 op: "clamp",
                 reason: format!("bounds must satisfy lo <= hi, got lo = {lo}, hi = {hi}"),
             });

@@ -214,7 +214,7 @@ impl Tensor {
             reason: "a scalar has no dimension to normalise".into(),
         })?;
         if eps.is_nan() || eps < 0.0 {
-            return Err(Error::InvalidShape {
+            return Err(Error::InvalidArgument {
                 op,
                 reason: format!("eps must be >= 0, got {eps}"),
             });

@@ -591,7 +591,7 @@ pub fn norm_errors(d: &Device) -> Vec<ErrorCase> {
             },
         ),
         ("negative eps", x.rms_norm(None, -1.0), |e| {
-            matches!(e, Error::InvalidShape { op: "rms_norm", .. })
+            matches!(e, Error::InvalidArgument { op: "rms_norm", .. })
         }),
         ("a scalar", s.layer_norm(None, None, 1e-5), |e| {
             matches!(
@@ -976,7 +976,7 @@ pub fn conv_errors(d: &Device) -> Vec<ErrorCase> {
         (
             "stride 0",
             x.conv2d(&Tensor::zeros(d, &[2, 3, 3, 3]).unwrap(), None, s0),
-            |e| matches!(e, Error::InvalidShape { op: "conv2d", .. }),
+            |e| matches!(e, Error::InvalidArgument { op: "conv2d", .. }),
         ),
         (
             "input of rank 3",
@@ -997,7 +997,7 @@ pub fn conv_errors(d: &Device) -> Vec<ErrorCase> {
             |e| {
                 matches!(
                     e,
-                    Error::InvalidShape {
+                    Error::InvalidArgument {
                         op: "avg_pool2d",
                         ..
                     }

@@ -159,7 +159,7 @@ pub(crate) fn binary(
 ) -> Result<PooledBuffer> {
     let rank = layout.dims.len();
     if rank > MAX_BINARY_RANK {
-        return Err(Error::InvalidShape {
+        return Err(Error::Unsupported {
             op: op.name(),
             reason: format!(
                 "the broadcast needs {rank} dimensions after merging contiguous ones; the GPU kernel handles {MAX_BINARY_RANK}"

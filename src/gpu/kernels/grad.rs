@@ -3,7 +3,7 @@
 
 use super::Family;
 use super::elementwise::UnaryParams;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::{KernelSpec, shader};
 use crate::gpu::pool::PooledBuffer;
@@ -141,6 +141,15 @@ pub(crate) fn scatter_add(
     idx: &PooledBuffer,
     s: &Scatter,
 ) -> Result<PooledBuffer> {
+    if s.out_dims.len() > MAX_SCATTER_RANK {
+        return Err(Error::Unsupported {
+            op: "scatter_add",
+            reason: format!(
+                "rank {} is over the GPU kernel's {MAX_SCATTER_RANK}",
+                s.out_dims.len()
+            ),
+        });
+    }
     let n: usize = s.out_dims.iter().product();
     let out = ctx.alloc("scatter_add", n)?;
     let mut p = ScatterParams {

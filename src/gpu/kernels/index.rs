@@ -1,7 +1,7 @@
 //! `shaders/index.wgsl` (index_select) and `shaders/gather.wgsl` (gather), with u32 indices.
 
 use super::Family;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::{KernelSpec, shader};
 use crate::gpu::pool::PooledBuffer;
@@ -86,6 +86,15 @@ pub(crate) fn gather(
     x_strides: &[usize],
     dim: usize,
 ) -> Result<PooledBuffer> {
+    if dims.len() > MAX_GATHER_RANK {
+        return Err(Error::Unsupported {
+            op: "gather",
+            reason: format!(
+                "rank {} is over the GPU kernel's {MAX_GATHER_RANK}",
+                dims.len()
+            ),
+        });
+    }
     let n: usize = dims.iter().product();
     let out = ctx.alloc("gather", n)?;
     let mut p = GatherParams {

@@ -40,7 +40,7 @@ pub(crate) fn where_(
     strides: [&[usize]; 3],
 ) -> Result<PooledBuffer> {
     if dims.len() > MAX_RANK {
-        return Err(Error::InvalidShape {
+        return Err(Error::Unsupported {
             op: "where",
             reason: format!(
                 "{} broadcast dimensions of extent > 1; the kernel handles {MAX_RANK}",

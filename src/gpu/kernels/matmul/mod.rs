@@ -136,7 +136,7 @@ impl FromStr for MatmulConfig {
     /// `tiled16`, `blocked:BMxBNxBK` or `subgroup:BMxBNxBK` (multiples of 4; (BM/4)·(BN/4)
     /// invocations per workgroup, within the device's limit) or `strip:RMxWG` (RM from 1 to 8).
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::InvalidShape {
+        let bad = || Error::InvalidArgument {
             op: "KILN_MATMUL_CONFIG",
             reason: format!(
                 "{s:?} is not `tiled16`, `blocked:BMxBNxBK` or `subgroup:BMxBNxBK` with multiples of 4, or `strip:RMxWG` with RM in 1..=8"
