@@ -1,0 +1,285 @@
+//! The op table's argmax, index_select, gather and embedding (u32 tensors).
+
+use super::*;
+use kiln::{Device, Error, Tensor};
+
+/// The index entries of the op table.
+pub fn table() -> Vec<OpInfo> {
+    vec![
+        OpInfo {
+            name: "argmax(-1)",
+            grad: || Grad::NoGrad("integer output"),
+            samples: argmax_samples,
+            run: |t| t[0].argmax(-1, false),
+            reference: |r| argmax_ref(&r[0], -1, false),
+            tol: |_| (0.0, 0.0),
+            errors: index_errors,
+        },
+        OpInfo {
+            name: "argmax(0, keepdim)",
+            grad: || Grad::NoGrad("integer output"),
+            samples: argmax_samples,
+            run: |t| t[0].argmax(0, true),
+            reference: |r| argmax_ref(&r[0], 0, true),
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "index_select(0)",
+            grad: own,
+            samples: || index_samples(0),
+            run: |t| t[0].index_select(0, &as_indices(&t[1])),
+            reference: |r| index_ref(r, 0),
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "index_select(1)",
+            grad: own,
+            samples: || index_samples(1),
+            run: |t| t[0].index_select(1, &as_indices(&t[1])),
+            reference: |r| index_ref(r, 1),
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "gather(1)",
+            grad: own,
+            samples: || gather_samples(1),
+            run: |t| t[0].gather(1, &as_indices(&t[1])),
+            reference: |r| gather_ref(r, 1),
+            tol: |_| (0.0, 0.0),
+            errors: |d| {
+                let x = Tensor::zeros(d, &[2, 3]).unwrap();
+                let big = Tensor::from_vec_u32(d, vec![0; 8], &[4, 2]).unwrap();
+                let oob = Tensor::from_vec_u32(d, vec![0, 3], &[1, 2]).unwrap();
+                vec![
+                    ("index larger than the source", x.gather(1, &big), |e| {
+                        matches!(e, Error::ShapeMismatch { op: "gather", .. })
+                    }),
+                    ("index 3 of 3", x.gather(1, &oob), |e| {
+                        *e == Error::IndexOutOfRange {
+                            op: "gather",
+                            index: 3,
+                            size: 3,
+                        }
+                    }),
+                ]
+            },
+        },
+        OpInfo {
+            name: "gather(0)",
+            grad: own,
+            samples: || gather_samples(0),
+            run: |t| t[0].gather(0, &as_indices(&t[1])),
+            reference: |r| gather_ref(r, 0),
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "embedding",
+            grad: own,
+            samples: || {
+                let mut rng = Lcg(98);
+                vec![
+                    Sample {
+                        inputs: vec![
+                            (vec![10, 3], rng.vec(30, -1.0, 1.0)),
+                            (vec![2, 3], vec![0.0, 9.0, 4.0, 4.0, 1.0, 7.0]),
+                        ],
+                    },
+                    Sample {
+                        inputs: vec![(vec![4, 8], rng.vec(32, -1.0, 1.0)), (vec![0], vec![])],
+                    },
+                ]
+            },
+            run: |t| Tensor::embedding(&t[0], &as_indices(&t[1])),
+            reference: |r| {
+                let flat = Ref {
+                    shape: vec![r[1].data.len()],
+                    data: r[1].data.clone(),
+                };
+                let mut out = index_ref(&[r[0].clone(), flat], 0);
+                out.shape = r[1].shape.iter().cloned().chain([r[0].shape[1]]).collect();
+                out
+            },
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+    ]
+}
+
+/// The second input's values as a u32 index tensor on the same device.
+pub fn as_indices(t: &Tensor) -> Tensor {
+    let v: Vec<u32> = t.to_vec().unwrap().into_iter().map(|x| x as u32).collect();
+    Tensor::from_vec_u32(t.device(), v, t.shape()).unwrap()
+}
+
+pub fn argmax_samples() -> Vec<Sample> {
+    let mut out = reduce_samples();
+    // Ties: the first maximum wins.
+    out.push(Sample {
+        inputs: vec![(vec![2, 4], vec![1.0, 3.0, 3.0, 0.0, -1.0, -1.0, -2.0, -1.0])],
+    });
+    out
+}
+
+pub fn argmax_ref(r: &Ref, dim: isize, keepdim: bool) -> Ref {
+    reduce_ref(r, dim, keepdim, |v| {
+        let mut at = 0;
+        for (j, x) in v.iter().enumerate() {
+            if *x > v[at] {
+                at = j;
+            }
+        }
+        at as f64
+    })
+}
+
+/// (source, indices along `dim`) samples; index values are stored as f32 and converted.
+pub fn index_samples(dim: usize) -> Vec<Sample> {
+    let mut rng = Lcg(97);
+    let shapes: &[&[usize]] = &[&[5, 4], &[3, 6, 2], &[1, 257], &[4, 1]];
+    shapes
+        .iter()
+        .map(|s| {
+            let n = s.iter().product();
+            let len = s[dim] as u32;
+            let idx: Vec<f32> = (0..7).map(|_| (rng.next_u32() % len) as f32).collect();
+            Sample {
+                inputs: vec![(s.to_vec(), rng.vec(n, -3.0, 3.0)), (vec![7], idx)],
+            }
+        })
+        .chain(std::iter::once(Sample {
+            inputs: vec![
+                (vec![3, 4], (0..12).map(|x| x as f32).collect()),
+                (vec![0], vec![]),
+            ],
+        }))
+        .collect()
+}
+
+pub fn index_ref(r: &[Ref], dim: usize) -> Ref {
+    let (x, idx) = (&r[0], &r[1]);
+    let mut shape = x.shape.clone();
+    shape[dim] = idx.data.len();
+    let st = strides(&x.shape);
+    let n = shape.iter().product();
+    let data = (0..n)
+        .map(|i| {
+            let mut m = unravel(i, &shape);
+            m[dim] = idx.data[m[dim]] as usize;
+            x.data[m.iter().zip(&st).map(|(a, b)| a * b).sum::<usize>()]
+        })
+        .collect();
+    Ref { shape, data }
+}
+
+pub fn index_errors(d: &Device) -> Vec<ErrorCase> {
+    let x = Tensor::zeros(d, &[3, 4]).unwrap();
+    let bad = Tensor::from_vec_u32(d, vec![0, 4], &[2]).unwrap();
+    let f = Tensor::zeros(d, &[2]).unwrap();
+    let two_d = Tensor::from_vec_u32(d, vec![0, 1], &[1, 2]).unwrap();
+    let w = Tensor::zeros(d, &[5, 2]).unwrap();
+    let ids = Tensor::from_vec_u32(d, vec![1, 5], &[2]).unwrap();
+    vec![
+        ("index 4 of 4 columns", x.index_select(1, &bad), |e| {
+            *e == Error::IndexOutOfRange {
+                op: "index_select",
+                index: 4,
+                size: 4,
+            } && e.to_string() == "index_select: index 4 is out of range for a dimension of size 4"
+        }),
+        ("f32 indices", x.index_select(0, &f), |e| {
+            matches!(
+                e,
+                Error::DTypeMismatch {
+                    op: "index_select",
+                    expected: kiln::DType::U32,
+                    got: kiln::DType::F32
+                }
+            )
+        }),
+        ("2-D indices", x.index_select(0, &two_d), |e| {
+            matches!(
+                e,
+                Error::InvalidShape {
+                    op: "index_select",
+                    ..
+                }
+            )
+        }),
+        ("embedding id 5 of 5", Tensor::embedding(&w, &ids), |e| {
+            matches!(
+                e,
+                Error::IndexOutOfRange {
+                    op: "embedding",
+                    index: 5,
+                    size: 5
+                }
+            )
+        }),
+        ("relu of a u32 tensor", bad.relu(), |e| {
+            matches!(e, Error::DTypeMismatch { op: "relu", .. })
+        }),
+        ("u32 + f32", bad.add(&f), |e| {
+            matches!(e, Error::DTypeMismatch { op: "add", .. })
+        }),
+        (
+            "argmax over an empty axis",
+            Tensor::zeros(d, &[2, 0]).unwrap().argmax(1, false),
+            |e| matches!(e, Error::InvalidShape { op: "argmax", .. }),
+        ),
+    ]
+}
+
+/// (source, index) samples for gather along `dim`: index values below the source's extent.
+pub fn gather_samples(dim: usize) -> Vec<Sample> {
+    let mut rng = Lcg(120);
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[4, 5], &[4, 3]),
+        (&[3, 4, 2], &[2, 6, 2]),
+        (&[1, 257], &[1, 300]),
+        (&[3, 3], &[0, 3]),
+    ];
+    cases
+        .iter()
+        .map(|(x, ix)| {
+            // For dim 0, swap the first two extents so dimension 0 is the gathered one.
+            let mut ix = ix.to_vec();
+            if dim == 0 {
+                ix.swap(0, 1);
+            }
+            let x: Vec<usize> = if dim == 0 {
+                vec![x[1], x[0]]
+                    .into_iter()
+                    .chain(x[2..].iter().cloned())
+                    .collect()
+            } else {
+                x.to_vec()
+            };
+            let (nx, ni) = (x.iter().product(), ix.iter().product());
+            let len = x[dim] as u32;
+            let idx = (0..ni).map(|_| (rng.next_u32() % len) as f32).collect();
+            Sample {
+                inputs: vec![(x.clone(), rng.vec(nx, -3.0, 3.0)), (ix, idx)],
+            }
+        })
+        .collect()
+}
+
+pub fn gather_ref(r: &[Ref], dim: usize) -> Ref {
+    let (x, idx) = (&r[0], &r[1]);
+    let st = strides(&x.shape);
+    let data = (0..idx.data.len())
+        .map(|i| {
+            let mut m = unravel(i, &idx.shape);
+            m[dim] = idx.data[i] as usize;
+            x.data[m.iter().zip(&st).map(|(a, b)| a * b).sum::<usize>()]
+        })
+        .collect();
+    Ref {
+        shape: idx.shape.clone(),
+        data,
+    }
+}

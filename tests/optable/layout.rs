@@ -1,0 +1,263 @@
+//! The op table's layout ops: transpose, permute, narrow, cat, broadcast_to.
+
+use super::*;
+use kiln::{Device, Error, Tensor};
+
+/// The layout entries of the op table.
+pub fn table() -> Vec<OpInfo> {
+    vec![
+        OpInfo {
+            name: "transpose(0, -1)",
+            grad: own,
+            samples: || {
+                shaped(
+                    &[
+                        &[3, 4],
+                        &[2, 3, 5],
+                        &[1, 257],
+                        &[0, 3],
+                        &[5],
+                        &[2, 3, 4, 5],
+                        &[17, 1, 33],
+                    ],
+                    70,
+                )
+            },
+            run: |t| t[0].transpose(0, -1),
+            reference: |r| {
+                let mut perm: Vec<usize> = (0..r[0].shape.len()).collect();
+                let last = perm.len() - 1;
+                perm.swap(0, last);
+                permute_ref(&r[0], &perm)
+            },
+            tol: |_| (0.0, 0.0),
+            errors: layout_errors,
+        },
+        OpInfo {
+            name: "permute([2, 0, 1])",
+            grad: own,
+            samples: || {
+                shaped(
+                    &[
+                        &[2, 3, 5],
+                        &[1, 4, 1],
+                        &[3, 0, 2],
+                        &[7, 1, 33],
+                        &[16, 17, 15],
+                    ],
+                    71,
+                )
+            },
+            run: |t| t[0].permute(&[2, 0, 1]),
+            reference: |r| permute_ref(&r[0], &[2, 0, 1]),
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "narrow(-1, 1, 2)",
+            grad: own,
+            samples: || {
+                shaped(
+                    &[
+                        &[3, 4],
+                        &[2, 3, 5],
+                        &[1, 257],
+                        &[4, 1, 6],
+                        &[2, 300, 3],
+                        &[0, 3],
+                    ],
+                    72,
+                )
+            },
+            run: |t| t[0].narrow(-1, 1, 2),
+            reference: |r| narrow_ref(&r[0], r[0].shape.len() - 1, 1, 2),
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "narrow(0, 1, 1)",
+            grad: own,
+            samples: || shaped(&[&[3, 4], &[2, 3, 5], &[2, 300, 3], &[4, 0]], 73),
+            run: |t| t[0].narrow(0, 1, 1),
+            reference: |r| narrow_ref(&r[0], 0, 1, 1),
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "cat(0)",
+            grad: || Grad::wrt(TWO),
+            samples: || {
+                pairs(
+                    &[
+                        (&[2, 3], &[4, 3]),
+                        (&[0, 3], &[2, 3]),
+                        (&[1, 5, 2], &[3, 5, 2]),
+                        (&[257], &[1]),
+                    ],
+                    74,
+                )
+            },
+            run: |t| Tensor::cat(&[&t[0], &t[1]], 0),
+            reference: |r| cat_ref(&r[0], &r[1], 0),
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "cat(-1)",
+            grad: || Grad::wrt(TWO),
+            samples: || {
+                pairs(
+                    &[
+                        (&[2, 3], &[2, 1]),
+                        (&[2, 3, 4], &[2, 3, 0]),
+                        (&[3, 17], &[3, 16]),
+                    ],
+                    75,
+                )
+            },
+            run: |t| Tensor::cat(&[&t[0], &t[1]], -1),
+            reference: |r| cat_ref(&r[0], &r[1], r[0].shape.len() - 1),
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "broadcast_to",
+            grad: own,
+            // The second input only carries the target shape.
+            samples: || {
+                pairs(
+                    &[
+                        (&[3], &[2, 3]),
+                        (&[2, 1], &[2, 5]),
+                        (&[1, 4, 1], &[3, 4, 2]),
+                        (&[], &[2, 2]),
+                        (&[5], &[0, 5]),
+                        (&[2, 3], &[2, 3]),
+                    ],
+                    140,
+                )
+            },
+            run: |t| t[0].broadcast_to(t[1].shape()),
+            reference: |r| {
+                let out = r[1].shape.clone();
+                let n = out.iter().product();
+                let data = (0..n)
+                    .map(|i| r[0].data[bcast_index(&r[0].shape, &out, &unravel(i, &out))])
+                    .collect();
+                Ref { shape: out, data }
+            },
+            tol: |_| (0.0, 0.0),
+            errors: |d| {
+                let x = Tensor::zeros(d, &[2, 3]).unwrap();
+                vec![
+                    ("[2, 3] to [3, 3]", x.broadcast_to(&[3, 3]), |e| {
+                        matches!(
+                            e,
+                            Error::ShapeMismatch {
+                                op: "broadcast_to",
+                                ..
+                            }
+                        )
+                    }),
+                    ("[2, 3] to [3]", x.broadcast_to(&[3]), |e| {
+                        matches!(
+                            e,
+                            Error::ShapeMismatch {
+                                op: "broadcast_to",
+                                ..
+                            }
+                        )
+                    }),
+                ]
+            },
+        },
+    ]
+}
+
+/// Reference permute: output dimension i is input dimension perm[i].
+pub fn permute_ref(r: &Ref, perm: &[usize]) -> Ref {
+    let shape: Vec<usize> = perm.iter().map(|&d| r.shape[d]).collect();
+    let st = strides(&r.shape);
+    let n = shape.iter().product();
+    let data = (0..n)
+        .map(|i| {
+            let idx = unravel(i, &shape);
+            r.data[perm
+                .iter()
+                .enumerate()
+                .map(|(o, &d)| idx[o] * st[d])
+                .sum::<usize>()]
+        })
+        .collect();
+    Ref { shape, data }
+}
+
+/// Reference narrow along `axis` (non-negative).
+pub fn narrow_ref(r: &Ref, axis: usize, start: usize, len: usize) -> Ref {
+    let mut shape = r.shape.clone();
+    shape[axis] = len;
+    let st = strides(&r.shape);
+    let n = shape.iter().product();
+    let data = (0..n)
+        .map(|i| {
+            let mut idx = unravel(i, &shape);
+            idx[axis] += start;
+            r.data[idx.iter().zip(&st).map(|(a, b)| a * b).sum::<usize>()]
+        })
+        .collect();
+    Ref { shape, data }
+}
+
+/// Reference concatenation of two tensors along `axis` (non-negative).
+pub fn cat_ref(a: &Ref, b: &Ref, axis: usize) -> Ref {
+    let mut shape = a.shape.clone();
+    shape[axis] += b.shape[axis];
+    let n = shape.iter().product();
+    let data = (0..n)
+        .map(|i| {
+            let mut idx = unravel(i, &shape);
+            let (src, st) = if idx[axis] < a.shape[axis] {
+                (a, strides(&a.shape))
+            } else {
+                idx[axis] -= a.shape[axis];
+                (b, strides(&b.shape))
+            };
+            src.data[idx.iter().zip(&st).map(|(x, y)| x * y).sum::<usize>()]
+        })
+        .collect();
+    Ref { shape, data }
+}
+
+pub fn layout_errors(d: &Device) -> Vec<ErrorCase> {
+    let x = Tensor::zeros(d, &[2, 3]).unwrap();
+    let y = Tensor::zeros(d, &[3, 3]).unwrap();
+    vec![
+        ("permute [0,0]", x.permute(&[0, 0]), |e| {
+            matches!(e, Error::InvalidShape { op: "permute", .. })
+        }),
+        ("permute [1]", x.permute(&[1]), |e| {
+            matches!(e, Error::InvalidShape { op: "permute", .. })
+        }),
+        ("transpose dim 2", x.transpose(0, 2), |e| {
+            matches!(
+                e,
+                Error::InvalidShape {
+                    op: "transpose",
+                    ..
+                }
+            )
+        }),
+        ("narrow past the end", x.narrow(1, 2, 2), |e| {
+            matches!(e, Error::InvalidShape { op: "narrow", .. })
+                && e.to_string().contains("outside")
+        }),
+        (
+            "cat [2,3] and [3,3] along 1",
+            Tensor::cat(&[&x, &y], 1),
+            |e| matches!(e, Error::ShapeMismatch { op: "cat", .. }),
+        ),
+        ("cat of nothing", Tensor::cat(&[], 0), |e| {
+            matches!(e, Error::InvalidShape { op: "cat", .. })
+        }),
+    ]
+}
