@@ -85,18 +85,6 @@ macro_rules! shader {
 }
 pub(crate) use shader;
 
-/// The complete WGSL source of every shader module the host's specializations use, by name, as
-/// the device compiles it. `tests/shaders.rs` validates each one with naga.
-pub fn shaders() -> Vec<(&'static str, String)> {
-    let mut seen: Vec<Shader> = Vec::new();
-    for spec in super::kernels::all_specs() {
-        if !seen.contains(&spec.shader) {
-            seen.push(spec.shader);
-        }
-    }
-    seen.into_iter().map(|s| (s.name, s.source())).collect()
-}
-
 /// `src` compiled after the prelude: its global directives (`enable f16;`), which WGSL allows
 /// only before every declaration, stay first.
 fn with_prelude(src: &str) -> String {

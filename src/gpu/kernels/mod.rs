@@ -15,7 +15,7 @@ pub(crate) mod reduce;
 pub(crate) mod select;
 pub(crate) mod xent;
 
-use super::pipelines::KernelSpec;
+use super::pipelines::{KernelSpec, Shader};
 
 /// What a kernel family declares about itself.
 pub(crate) struct Family {
@@ -53,4 +53,16 @@ pub fn param_structs() -> Vec<(&'static str, &'static str, usize)> {
         .iter()
         .flat_map(|f| f.params.iter().copied())
         .collect()
+}
+
+/// The complete WGSL source of every shader module the host's specializations use, by name, as
+/// the device compiles it. `tests/shaders.rs` validates each one with naga.
+pub fn shaders() -> Vec<(&'static str, String)> {
+    let mut seen: Vec<Shader> = Vec::new();
+    for spec in all_specs() {
+        if !seen.contains(&spec.shader) {
+            seen.push(spec.shader);
+        }
+    }
+    seen.into_iter().map(|s| (s.name(), s.source())).collect()
 }
