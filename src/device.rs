@@ -301,11 +301,40 @@ impl Device {
         self.inner.id == other.inner.id
     }
 
-    /// Submit all recorded work and wait for it; returns any error the GPU reported.
+    /// Run every pending op (on a GPU: the fused elementwise programs that live tensors hold),
+    /// submit all recorded work and wait for it; returns any error the GPU reported.
     pub fn synchronize(&self) -> Result<()> {
         match &self.inner.backend {
             Backend::Cpu => Ok(()),
-            Backend::Gpu(ctx) => ctx.synchronize(),
+            Backend::Gpu(ctx) => {
+                gpu::kernels::fused::materialize_pending(ctx)?;
+                ctx.synchronize()
+            }
+        }
+    }
+
+    /// Counters of the work this device has done (all zero for the CPU backend).
+    pub fn stats(&self) -> DeviceStats {
+        match &self.inner.backend {
+            Backend::Cpu => DeviceStats::default(),
+            Backend::Gpu(ctx) => {
+                let (fused_kernels, fused_ops) = gpu::kernels::fused::counters(ctx);
+                DeviceStats {
+                    dispatches: ctx.dispatches.load(std::sync::atomic::Ordering::Relaxed),
+                    fused_kernels,
+                    fused_ops,
+                    pipelines: ctx.pipeline_count(),
+                }
+            }
+        }
+    }
+
+    /// Turn elementwise fusion on or off on this device (on by default; `KILN_FUSION=0` starts
+    /// it off). Off, every elementwise op is its own dispatch, as before fusion existed. No
+    /// effect on the CPU backend.
+    pub fn set_fusion(&self, on: bool) {
+        if let Backend::Gpu(ctx) = &self.inner.backend {
+            gpu::kernels::fused::set_enabled(ctx, on);
         }
     }
 
@@ -315,7 +344,13 @@ impl Device {
     pub fn time_gpu(&self, f: impl FnOnce() -> Result<()>) -> Result<Option<std::time::Duration>> {
         match &self.inner.backend {
             Backend::Cpu => f().map(|()| None),
-            Backend::Gpu(ctx) => ctx.time(f),
+            Backend::Gpu(ctx) => {
+                gpu::kernels::fused::materialize_pending(ctx)?;
+                ctx.time(|| {
+                    f()?;
+                    gpu::kernels::fused::materialize_pending(ctx)
+                })
+            }
         }
     }
 
@@ -350,6 +385,19 @@ impl Device {
             Backend::Gpu(ctx) => Some(ctx),
         }
     }
+}
+
+/// Counters of the work a device has done ([`Device::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeviceStats {
+    /// Compute dispatches recorded since the device was opened (fused kernels included).
+    pub dispatches: u64,
+    /// Fused elementwise kernels dispatched.
+    pub fused_kernels: u64,
+    /// Elementwise ops computed inside those kernels.
+    pub fused_ops: u64,
+    /// Compute pipelines compiled.
+    pub pipelines: usize,
 }
 
 impl PartialEq for Device {

@@ -66,7 +66,7 @@ mod tensor;
 
 pub use autograd::{NoGradGuard, is_grad_enabled, no_grad};
 pub use conv::Conv2dOptions;
-pub use device::{Device, DeviceInfo, DeviceKind, DeviceLimits};
+pub use device::{Device, DeviceInfo, DeviceKind, DeviceLimits, DeviceStats};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use op::{BinaryOp, ReduceOp, UnaryOp};

@@ -14,6 +14,7 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
+use crate::gpu::kernels::fused::{self, Fused, LeafMap, Operand};
 use crate::gpu::kernels::matmul::Epilogue;
 use crate::gpu::kernels::{conv, copy, elementwise, grad, index, matmul, norm, optim};
 use crate::gpu::kernels::{reduce, select, xent};
@@ -44,11 +45,14 @@ pub(crate) enum CpuStorage {
 }
 
 /// A GPU buffer of 32-bit values with their element type. A tensor with no elements has no
-/// buffer (`buf` is `None`) and ops on it dispatch nothing.
+/// buffer (`buf` is `None`) and ops on it dispatch nothing. The result of an elementwise op may
+/// be a fused program not yet run (`lazy`, see `gpu/kernels/fused.rs`): it runs when an op binds
+/// it or it is read.
 #[derive(Clone)]
 pub(crate) struct GpuStorage {
     ctx: Arc<GpuContext>,
     buf: Option<Arc<PooledBuffer>>,
+    lazy: Option<Arc<Fused>>,
     dtype: DType,
 }
 
@@ -95,6 +99,9 @@ impl GpuStorage {
         if self.dtype != dtype {
             return Err(mismatch(op, dtype, self.dtype));
         }
+        if let Some(f) = &self.lazy {
+            return Ok(f.materialized(&self.ctx)?);
+        }
         self.buf.as_deref().ok_or_else(|| {
             Error::Gpu(format!(
                 "{op}: internal error: an empty operand was bound to a kernel"
@@ -107,7 +114,48 @@ impl GpuStorage {
         if self.dtype != dtype {
             return Err(mismatch(op, dtype, self.dtype));
         }
+        if let Some(f) = &self.lazy {
+            return Ok(Some(f.materialized(&self.ctx)?));
+        }
         Ok(self.buf.as_deref())
+    }
+
+    /// This f32 operand as the input of a fused program, read through `map`: its program (to
+    /// extend) where it has the output's shape and the program stays within one kernel's size
+    /// (`parts` operands share it), else its buffer.
+    fn operand(&self, op: &'static str, map: LeafMap, parts: usize) -> Result<Operand<'_>> {
+        if self.dtype != DType::F32 {
+            return Err(mismatch(op, DType::F32, self.dtype));
+        }
+        if let Some(f) = &self.lazy {
+            let small =
+                f.insts() < fused::MAX_INSTS / parts && f.leaves() <= fused::MAX_LEAVES / parts;
+            if map == LeafMap::Contiguous && !f.is_done() && small {
+                return Ok(Operand::Program(f));
+            }
+        }
+        Ok(Operand::Buffer(self.materialized(op)?, map))
+    }
+
+    /// The buffer (running a fused program if this is one), as a shareable `Arc`.
+    fn materialized(&self, op: &'static str) -> Result<&Arc<PooledBuffer>> {
+        match (&self.lazy, &self.buf) {
+            (Some(f), _) => f.materialized(&self.ctx),
+            (None, Some(b)) => Ok(b),
+            (None, None) => Err(Error::Gpu(format!(
+                "{op}: internal error: an empty operand was bound to a kernel"
+            ))),
+        }
+    }
+
+    /// A result that is the fused program `f`.
+    fn lazy(&self, f: Arc<Fused>) -> Storage {
+        Storage::Gpu(GpuStorage {
+            ctx: self.ctx.clone(),
+            buf: None,
+            lazy: Some(f),
+            dtype: DType::F32,
+        })
     }
 
     /// A tensor of `dtype` with no elements on this device.
@@ -115,6 +163,7 @@ impl GpuStorage {
         Storage::Gpu(GpuStorage {
             ctx: self.ctx.clone(),
             buf: None,
+            lazy: None,
             dtype,
         })
     }
@@ -133,6 +182,7 @@ impl GpuStorage {
         Ok(Storage::Gpu(GpuStorage {
             ctx: self.ctx.clone(),
             buf: Some(Arc::new(run(&self.ctx)?)),
+            lazy: None,
             dtype,
         }))
     }
@@ -220,6 +270,7 @@ impl Storage {
                 Ok(Storage::Gpu(GpuStorage {
                     ctx: ctx.clone(),
                     buf,
+                    lazy: None,
                     dtype,
                 }))
             }
@@ -233,6 +284,7 @@ impl Storage {
             Some(ctx) => GpuStorage {
                 ctx: ctx.clone(),
                 buf: None,
+                lazy: None,
                 dtype: DType::F32,
             }
             .output(n, DType::F32, |ctx| elementwise::fill(ctx, n, value)),
@@ -296,6 +348,10 @@ impl Storage {
     pub(crate) fn unary(&self, op: UnaryOp, n: usize) -> Result<Storage> {
         match self {
             Storage::Cpu(c) => Ok(cpu_f32(cpu::unary(c.f32s(op.name())?, op)?)),
+            Storage::Gpu(g) if n > 0 && fused::enabled(&g.ctx) => {
+                let x = g.operand(op.name(), LeafMap::Contiguous, 1)?;
+                Ok(g.lazy(Fused::unary(&g.ctx, x, op, n)))
+            }
             Storage::Gpu(g) => g.output(n, DType::F32, |ctx| {
                 elementwise::unary(ctx, g.bound(op.name(), DType::F32)?, n, op)
             }),
@@ -319,6 +375,27 @@ impl Storage {
                 n,
                 op,
             )?)),
+            (Storage::Gpu(a), Storage::Gpu(b)) if n > 0 && fused::enabled(&a.ctx) => {
+                let (ma, mb) = (
+                    LeafMap::of(&layout.dims, &layout.lhs),
+                    LeafMap::of(&layout.dims, &layout.rhs),
+                );
+                if !fused::fits(&ma) || !fused::fits(&mb) {
+                    return a.output(n, DType::F32, |ctx| {
+                        let (x, y) = (a.bound(name, DType::F32)?, b.bound(name, DType::F32)?);
+                        elementwise::binary(ctx, x, y, layout, n, op)
+                    });
+                }
+                let x = a.operand(name, ma, 2)?;
+                let (xi, xl) = Fused::size(&x);
+                let mut y = b.operand(name, mb.clone(), 2)?;
+                let (yi, yl) = Fused::size(&y);
+                if xi + yi + 1 > fused::MAX_INSTS || xl + yl > fused::MAX_LEAVES {
+                    // Too big for one kernel: run the right operand's program first.
+                    y = Operand::Buffer(b.materialized(name)?, mb);
+                }
+                Ok(a.lazy(Fused::binary(&a.ctx, x, y, op, n)))
+            }
             (Storage::Gpu(a), Storage::Gpu(b)) => a.output(n, DType::F32, |ctx| {
                 let (x, y) = (a.bound(name, DType::F32)?, b.bound(name, DType::F32)?);
                 elementwise::binary(ctx, x, y, layout, n, op)
@@ -464,6 +541,7 @@ impl Storage {
                     Storage::Gpu(GpuStorage {
                         ctx: x.ctx.clone(),
                         buf: Some(Arc::new(b)),
+                        lazy: None,
                         dtype: DType::F32,
                     })
                 };
@@ -672,6 +750,7 @@ impl Storage {
                 let out = GpuStorage {
                     ctx: ctx.clone(),
                     buf: None,
+                    lazy: None,
                     dtype,
                 };
                 out.output(n, dtype, |ctx| {
@@ -871,7 +950,10 @@ impl Storage {
     pub(crate) fn is_shared(&self) -> bool {
         match self {
             Storage::Cpu(_) => false,
-            Storage::Gpu(g) => g.buf.as_ref().is_some_and(|b| Arc::strong_count(b) > 1),
+            // A program not yet run counts as shared: the update works on a copy.
+            Storage::Gpu(g) => {
+                g.lazy.is_some() || g.buf.as_ref().is_some_and(|b| Arc::strong_count(b) > 1)
+            }
         }
     }
 

@@ -67,11 +67,17 @@ fn op_table_on_cpu() {
 
 /// The whole table on every GPU: with the default kernel choice, then with each matmul kernel
 /// configuration forced (version 1, and every autotuning candidate of version 2), so that every
-/// kernel the tuner may pick, checked and unchecked, is held to the reference.
+/// kernel the tuner may pick, checked and unchecked, is held to the reference. The default run
+/// fuses elementwise ops (each op's result is a generated kernel); the table also runs eagerly
+/// (fusion off: each op's own kernel), so both paths meet the same reference.
 #[test]
 fn op_table_on_every_gpu() {
     for dev in fresh_gpus() {
         run_table_on(&dev);
+        eprintln!("fusion off");
+        dev.set_fusion(false);
+        run_table_on(&dev);
+        dev.set_fusion(true);
         let mut configs = vec![kiln::gpu::MatmulConfig::Tiled16];
         configs.extend(kiln::gpu::MATMUL_CANDIDATES);
         for config in configs {

@@ -8,6 +8,7 @@ use super::recorder::{MAX_BATCH, Recorder};
 use crate::error::{Error, Result};
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use wgpu::util::DeviceExt;
 
@@ -28,6 +29,8 @@ pub(crate) struct GpuContext {
     pub(crate) adapter_key: String,
     /// Per-device state of kernel families (the matmul tuner), by type; see [`GpuContext::state`].
     states: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    /// Compute dispatches recorded since the device was opened.
+    pub(crate) dispatches: AtomicU64,
     /// The first error wgpu reported outside an error scope, returned by the next fallible call.
     error: Arc<Mutex<Option<Error>>>,
 }
@@ -96,6 +99,7 @@ impl GpuContext {
             pipelines: PipelineCache::default(),
             adapter_key,
             states: Mutex::default(),
+            dispatches: AtomicU64::new(0),
             recorder: Mutex::new(Recorder::default()),
             error,
         })
@@ -209,6 +213,7 @@ impl GpuContext {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
+        self.dispatches.fetch_add(1, Ordering::Relaxed);
         let mut rec = lock(&self.recorder);
         rec.dispatch(&self.device, &pipeline, &bind_group, workgroups);
         if rec.len() >= MAX_BATCH {

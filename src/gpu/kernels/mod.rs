@@ -6,6 +6,7 @@
 pub(crate) mod conv;
 pub(crate) mod copy;
 pub(crate) mod elementwise;
+pub(crate) mod fused;
 pub(crate) mod grad;
 pub(crate) mod index;
 pub(crate) mod matmul;
@@ -26,8 +27,9 @@ pub(crate) struct Family {
     pub params: &'static [(&'static str, &'static str, usize)],
 }
 
-const FAMILIES: [&Family; 11] = [
+const FAMILIES: [&Family; 12] = [
     &elementwise::FAMILY,
+    &fused::FAMILY,
     &matmul::FAMILY,
     &reduce::FAMILY,
     &copy::FAMILY,

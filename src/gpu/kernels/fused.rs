@@ -1,0 +1,463 @@
+//! Lazy elementwise fusion: chains of unary and binary ops become one generated kernel.
+//!
+//! On a GPU device with fusion on (the default; `KILN_FUSION=0` or [`set_enabled`] turns it
+//! off), an elementwise op does not dispatch: its result is a [`Fused`] program over the
+//! materialised buffers it reads (its leaves). An elementwise op on such a result extends the
+//! program instead of reading a buffer, so an intermediate that no live tensor holds is never
+//! written to memory. A program runs (one dispatch) when its value is needed: a non-elementwise
+//! op binds it, it is read back, or [`materialize_pending`] runs at `Device::synchronize`.
+//!
+//! The kernel is generated WGSL: one load per leaf (contiguous, a broadcast scalar, or strided
+//! through its own dimensions and strides), then each op through the registry's `activate` /
+//! `binary_op` with a constant selector, so a fused op computes exactly what the op's own kernel
+//! does. Kernels are cached by structure (the generated source); parameters (scalars, shapes,
+//! strides) travel in a storage buffer, so a new shape or learning rate compiles nothing.
+
+use super::Family;
+use crate::error::Result;
+use crate::gpu::context::{GpuContext, WG_1D};
+use crate::gpu::pipelines::{KernelSpec, Shader};
+use crate::gpu::pool::PooledBuffer;
+use crate::op::{BinaryOp, UnaryOp};
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+/// Most instructions in one program; past it the operand is materialised first.
+pub(crate) const MAX_INSTS: usize = 48;
+/// Most leaves (input buffers) of one program: with the output, 7 storage buffers, within the
+/// 8 per shader stage that every adapter offers.
+pub(crate) const MAX_LEAVES: usize = 6;
+/// Most dimensions of a strided leaf.
+const MAX_RANK: usize = 8;
+/// Words of metadata the uniform holds (the WGSL `words` array: 64 vec4). The caps above bound
+/// what a program needs: per strided leaf 1 + 2 · rank, per unary op 2, so at most
+/// `MAX_LEAVES · (1 + 2 · MAX_RANK) + 2 · MAX_INSTS` = 198 words.
+const META_WORDS: usize = 256;
+const _: () = assert!(MAX_LEAVES * (1 + 2 * MAX_RANK) + 2 * MAX_INSTS <= META_WORDS);
+
+/// How the output's flat index `i` reaches a leaf's element.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum LeafMap {
+    /// Element `i`: the leaf has the output's shape.
+    Contiguous,
+    /// Element 0: one value broadcast everywhere.
+    Scalar,
+    /// `i` unravelled over `dims`, dotted with `strides` (0 where broadcast).
+    Strided {
+        /// The (coalesced) output dimensions.
+        dims: Vec<usize>,
+        /// The leaf's strides for them.
+        strides: Vec<usize>,
+    },
+}
+
+impl LeafMap {
+    /// The map of an operand read through `strides` over `dims` (a `BroadcastLayout` side).
+    pub(crate) fn of(dims: &[usize], strides: &[usize]) -> LeafMap {
+        if strides.iter().all(|&s| s == 0) {
+            return LeafMap::Scalar;
+        }
+        let mut contiguous = 1;
+        let row_major = dims.iter().zip(strides).rev().all(|(&d, &s)| {
+            let ok = s == contiguous || d == 1;
+            contiguous *= d;
+            ok
+        });
+        if row_major {
+            LeafMap::Contiguous
+        } else {
+            LeafMap::Strided {
+                dims: dims.to_vec(),
+                strides: strides.to_vec(),
+            }
+        }
+    }
+}
+
+/// One step of a program, in SSA order: instruction `k` defines value `v{k}`.
+#[derive(Clone, Copy, Debug)]
+enum Inst {
+    /// Load from leaf `.0`.
+    Load(usize),
+    /// A unary op of an earlier value.
+    Unary(UnaryOp, usize),
+    /// A binary op of two earlier values.
+    Binary(BinaryOp, usize, usize),
+}
+
+/// A fused elementwise program over materialised leaves; its last instruction is its value.
+pub(crate) struct Fused {
+    insts: Vec<Inst>,
+    leaves: Vec<(Arc<PooledBuffer>, LeafMap)>,
+    n: usize,
+    /// The buffer, once the program has run.
+    done: OnceLock<Arc<PooledBuffer>>,
+}
+
+/// An operand of a new program: a program to extend, or a buffer read through a map.
+pub(crate) enum Operand<'a> {
+    /// An unmaterialised program with the output's shape.
+    Program(&'a Arc<Fused>),
+    /// A materialised buffer.
+    Buffer(&'a Arc<PooledBuffer>, LeafMap),
+}
+
+/// Builds a program from operands, sharing leaves and repeated sub-programs.
+struct Builder {
+    insts: Vec<Inst>,
+    leaves: Vec<(Arc<PooledBuffer>, LeafMap)>,
+    inlined: HashMap<*const Fused, usize>,
+}
+
+impl Builder {
+    fn new() -> Builder {
+        Builder {
+            insts: Vec::new(),
+            leaves: Vec::new(),
+            inlined: HashMap::new(),
+        }
+    }
+
+    fn leaf(&mut self, buf: &Arc<PooledBuffer>, map: LeafMap) -> usize {
+        let found = self
+            .leaves
+            .iter()
+            .position(|(b, m)| Arc::ptr_eq(b, buf) && *m == map);
+        let leaf = found.unwrap_or_else(|| {
+            self.leaves.push((buf.clone(), map));
+            self.leaves.len() - 1
+        });
+        self.insts.push(Inst::Load(leaf));
+        self.insts.len() - 1
+    }
+
+    /// The value of `op` in this program.
+    fn operand(&mut self, op: &Operand) -> usize {
+        match op {
+            Operand::Buffer(buf, map) => self.leaf(buf, map.clone()),
+            Operand::Program(p) => {
+                let key = Arc::as_ptr(p);
+                if let Some(&v) = self.inlined.get(&key) {
+                    return v;
+                }
+                let mut at = Vec::with_capacity(p.insts.len());
+                for inst in &p.insts {
+                    let v = match *inst {
+                        Inst::Load(l) => {
+                            let (buf, map) = &p.leaves[l];
+                            self.leaf(buf, map.clone())
+                        }
+                        Inst::Unary(op, x) => self.push(Inst::Unary(op, at[x])),
+                        Inst::Binary(op, a, b) => self.push(Inst::Binary(op, at[a], at[b])),
+                    };
+                    at.push(v);
+                }
+                let v = *at.last().expect("a program has at least one instruction");
+                self.inlined.insert(key, v);
+                v
+            }
+        }
+    }
+
+    fn push(&mut self, inst: Inst) -> usize {
+        self.insts.push(inst);
+        self.insts.len() - 1
+    }
+
+    fn finish(self, n: usize) -> Arc<Fused> {
+        Arc::new(Fused {
+            insts: self.insts,
+            leaves: self.leaves,
+            n,
+            done: OnceLock::new(),
+        })
+    }
+}
+
+impl Fused {
+    /// Instructions and leaves an operand adds to a program (an upper bound).
+    pub(crate) fn size(op: &Operand) -> (usize, usize) {
+        match op {
+            Operand::Buffer(..) => (1, 1),
+            Operand::Program(p) => (p.insts.len(), p.leaves.len()),
+        }
+    }
+
+    /// `op(x)` over `n` values, as a program.
+    pub(crate) fn unary(ctx: &GpuContext, x: Operand, op: UnaryOp, n: usize) -> Arc<Fused> {
+        let mut b = Builder::new();
+        let v = b.operand(&x);
+        b.push(Inst::Unary(op, v));
+        pending(ctx, b.finish(n))
+    }
+
+    /// `x op y` over `n` values, as a program.
+    pub(crate) fn binary(
+        ctx: &GpuContext,
+        x: Operand,
+        y: Operand,
+        op: BinaryOp,
+        n: usize,
+    ) -> Arc<Fused> {
+        let mut b = Builder::new();
+        let (vx, vy) = (b.operand(&x), b.operand(&y));
+        b.push(Inst::Binary(op, vx, vy));
+        pending(ctx, b.finish(n))
+    }
+
+    /// The program's buffer, running it (one dispatch) on first use.
+    pub(crate) fn materialized(&self, ctx: &GpuContext) -> Result<&Arc<PooledBuffer>> {
+        if let Some(b) = self.done.get() {
+            return Ok(b);
+        }
+        let out = Arc::new(self.run(ctx)?);
+        Ok(self.done.get_or_init(|| out))
+    }
+
+    /// Instructions in the program.
+    pub(crate) fn insts(&self) -> usize {
+        self.insts.len()
+    }
+
+    /// Leaves (input buffers) of the program.
+    pub(crate) fn leaves(&self) -> usize {
+        self.leaves.len()
+    }
+
+    /// Whether the program has run.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done.get().is_some()
+    }
+
+    fn run(&self, ctx: &GpuContext) -> Result<PooledBuffer> {
+        let maps: Vec<&LeafMap> = self.leaves.iter().map(|(_, m)| m).collect();
+        let (wgsl, meta) = generate(&self.insts, &maps);
+        let spec = KernelSpec {
+            shader: intern(wgsl),
+            entry: "main",
+            constants: vec![("WG", f64::from(WG_1D))],
+            unchecked: false,
+        };
+        let out = ctx.alloc("fused elementwise", self.n)?;
+        let mut buffers: Vec<&wgpu::Buffer> = self.leaves.iter().map(|(b, _)| &b.buffer).collect();
+        buffers.push(&out.buffer);
+        // The caps on instructions, leaves and rank keep the metadata within the uniform.
+        assert!(meta.len() <= META_WORDS, "fused metadata overflow");
+        let mut params = [0u32; 4 + META_WORDS];
+        params[0] = self.n as u32;
+        params[4..4 + meta.len()].copy_from_slice(&meta);
+        ctx.dispatch_1d(
+            "fused elementwise",
+            &spec,
+            &buffers,
+            bytemuck::cast_slice(&params),
+            self.n,
+        )?;
+        let ops = self
+            .insts
+            .iter()
+            .filter(|i| !matches!(i, Inst::Load(_)))
+            .count();
+        let stats = ctx.state(FusionState::new);
+        stats.kernels.fetch_add(1, Ordering::Relaxed);
+        stats.ops.fetch_add(ops as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+}
+
+/// The kernel's WGSL (without the prelude) and its metadata words (passed in the uniform): per
+/// strided leaf its rank, dimensions and strides; per unary op its two parameters as f32 bits.
+fn generate(insts: &[Inst], maps: &[&LeafMap]) -> (String, Vec<u32>) {
+    let mut meta: Vec<u32> = Vec::new();
+    let mut s = String::from("// generated by src/gpu/kernels/fused.rs\n");
+    let l = maps.len();
+    for k in 0..l {
+        writeln!(
+            s,
+            "@group(0) @binding({k}) var<storage, read> x{k}: array<f32>;"
+        )
+        .unwrap();
+    }
+    writeln!(
+        s,
+        "@group(0) @binding({l}) var<storage, read_write> y: array<f32>;"
+    )
+    .unwrap();
+    writeln!(s, "@group(0) @binding({}) var<uniform> p: Params;", l + 1).unwrap();
+    s.push_str(
+        "struct Params {\n    n: u32,\n    _pad0: u32,\n    _pad1: u32,\n    _pad2: u32,\n    \
+         words: array<vec4<u32>, 64>,\n}\n\n\
+         // Word k of the metadata (uniform arrays have a 16-byte element stride).\n\
+         fn fmeta(k: u32) -> u32 {\n    return p.words[k / 4u][k % 4u];\n}\n\n\
+         override WG: u32 = 256u;\n\n\
+         // Element offset of flat index i for the strided leaf whose rank is at fmeta(at).\n\
+         fn strided(i: u32, at: u32) -> u32 {\n    \
+         let rank = fmeta(at);\n    var rem = i;\n    var idx = 0u;\n    \
+         for (var d = rank; d > 0u; d = d - 1u) {\n        \
+         let dim = fmeta(at + d);\n        \
+         idx = idx + (rem % dim) * fmeta(at + rank + d);\n        \
+         rem = rem / dim;\n    }\n    return idx;\n}\n\n\
+         @compute @workgroup_size(WG)\nfn main(\n    \
+         @builtin(workgroup_id) wid: vec3<u32>,\n    \
+         @builtin(num_workgroups) nwg: vec3<u32>,\n    \
+         @builtin(local_invocation_index) lid: u32,\n) {\n    \
+         let i = folded_index(wid, nwg, lid, WG);\n    \
+         if (i >= p.n) {\n        return;\n    }\n",
+    );
+    for (v, inst) in insts.iter().enumerate() {
+        let expr = match *inst {
+            Inst::Load(leaf) => match maps[leaf] {
+                LeafMap::Contiguous => format!("x{leaf}[i]"),
+                LeafMap::Scalar => format!("x{leaf}[0]"),
+                LeafMap::Strided { dims, strides } => {
+                    let at = meta.len();
+                    meta.push(dims.len() as u32);
+                    meta.extend(dims.iter().map(|&d| d as u32));
+                    meta.extend(strides.iter().map(|&d| d as u32));
+                    format!("x{leaf}[strided(i, {at}u)]")
+                }
+            },
+            Inst::Unary(op, x) => {
+                let at = meta.len();
+                let (alpha, beta) = op.params();
+                meta.extend([alpha.to_bits(), beta.to_bits()]);
+                format!(
+                    "activate({}, v{x}, bitcast<f32>(fmeta({at}u)), bitcast<f32>(fmeta({}u)))",
+                    op.wgsl_const(),
+                    at + 1
+                )
+            }
+            Inst::Binary(op, a, b) => format!("binary_op({}, v{a}, v{b})", op.wgsl_const()),
+        };
+        writeln!(s, "    let v{v} = {expr};").unwrap();
+    }
+    writeln!(s, "    y[i] = v{};\n}}", insts.len() - 1).unwrap();
+    (s, meta)
+}
+
+/// Whether a strided leaf fits the generated index code.
+pub(crate) fn fits(map: &LeafMap) -> bool {
+    match map {
+        LeafMap::Strided { dims, .. } => dims.len() <= MAX_RANK,
+        _ => true,
+    }
+}
+
+/// The shader for generated WGSL: one `Shader` per distinct source, kept for the life of the
+/// process like the pipelines compiled from it (the pipeline cache keys modules by name).
+fn intern(wgsl: String) -> Shader {
+    static SHADERS: OnceLock<Mutex<HashMap<String, Shader>>> = OnceLock::new();
+    let mut map = SHADERS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let next = map.len();
+    *map.entry(wgsl).or_insert_with_key(|src| {
+        let name: &'static str = Box::leak(format!("fused_{next}.wgsl").into_boxed_str());
+        let body: &'static str = Box::leak(src.clone().into_boxed_str());
+        log::debug!("fused kernel {name}:\n{body}");
+        Shader::file(name, body)
+    })
+}
+
+/// Per-device fusion state: the switch, the programs not yet run, and counters.
+pub(crate) struct FusionState {
+    enabled: AtomicBool,
+    pending: Mutex<Vec<Weak<Fused>>>,
+    /// Fused kernels dispatched.
+    pub(crate) kernels: AtomicU64,
+    /// Elementwise ops those kernels computed.
+    pub(crate) ops: AtomicU64,
+}
+
+impl FusionState {
+    fn new(_: &GpuContext) -> FusionState {
+        let enabled = std::env::var("KILN_FUSION").map_or(true, |v| v != "0");
+        FusionState {
+            enabled: AtomicBool::new(enabled),
+            pending: Mutex::default(),
+            kernels: AtomicU64::new(0),
+            ops: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Whether elementwise ops on this device fuse (`KILN_FUSION=0` turns it off at start).
+pub(crate) fn enabled(ctx: &GpuContext) -> bool {
+    ctx.state(FusionState::new).enabled.load(Ordering::Relaxed)
+}
+
+/// Turn fusion on or off for this device (programs already built still run).
+pub(crate) fn set_enabled(ctx: &GpuContext, on: bool) {
+    ctx.state(FusionState::new)
+        .enabled
+        .store(on, Ordering::Relaxed);
+}
+
+/// `(fused kernels dispatched, elementwise ops they computed)` on this device.
+pub(crate) fn counters(ctx: &GpuContext) -> (u64, u64) {
+    let s = ctx.state(FusionState::new);
+    (
+        s.kernels.load(Ordering::Relaxed),
+        s.ops.load(Ordering::Relaxed),
+    )
+}
+
+fn pending(ctx: &GpuContext, f: Arc<Fused>) -> Arc<Fused> {
+    let state = ctx.state(FusionState::new);
+    let mut list = state.pending.lock().unwrap_or_else(|e| e.into_inner());
+    list.retain(|w| w.strong_count() > 0);
+    list.push(Arc::downgrade(&f));
+    f
+}
+
+/// Run every program that a live tensor still holds (in the order they were built), so that
+/// `Device::synchronize` means the work is done. Programs whose tensors are gone never run.
+pub(crate) fn materialize_pending(ctx: &GpuContext) -> Result<()> {
+    let state = ctx.state(FusionState::new);
+    let live: Vec<Arc<Fused>> = {
+        let mut list = state.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let live = list.iter().filter_map(Weak::upgrade).collect();
+        list.clear();
+        live
+    };
+    for f in live {
+        f.materialized(ctx)?;
+    }
+    Ok(())
+}
+
+/// A representative generated kernel, so that `tests/shaders.rs` validates the generator's
+/// output without an adapter: every unary and binary op in one program, over one leaf of each
+/// map.
+const REPRESENTATIVE: Shader = Shader::derived("fused.wgsl", || {
+    let mut insts: Vec<Inst> = vec![Inst::Load(0), Inst::Load(1), Inst::Load(2)];
+    for op in UnaryOp::ALL {
+        insts.push(Inst::Unary(op, insts.len() - 1));
+    }
+    for op in BinaryOp::ALL {
+        insts.push(Inst::Binary(op, insts.len() - 1, 1));
+    }
+    let strided = LeafMap::Strided {
+        dims: vec![3, 4],
+        strides: vec![0, 1],
+    };
+    generate(&insts, &[&LeafMap::Contiguous, &LeafMap::Scalar, &strided]).0
+});
+
+fn specs() -> Vec<KernelSpec> {
+    vec![KernelSpec {
+        shader: REPRESENTATIVE,
+        entry: "main",
+        constants: vec![("WG", f64::from(WG_1D))],
+        unchecked: false,
+    }]
+}
+
+/// This family's specializations (a representative generated kernel) and params.
+pub(crate) const FAMILY: Family = Family {
+    specs,
+    params: &[("fused.wgsl", "Params", size_of::<[u32; 4 + META_WORDS]>())],
+};

@@ -1,0 +1,226 @@
+//! Lazy elementwise fusion on GPU devices: chains of unary and binary ops (with broadcasting
+//! operands) give the CPU's answers and the eager path's, in one dispatch where they fit one
+//! kernel; intermediates that live tensors hold stay readable; dropped ones never run.
+
+mod common;
+
+use common::*;
+use kiln::{BinaryOp, Device, Tensor, UnaryOp};
+
+/// One step of a random chain: a unary op, or a binary op with a fresh operand of some shape.
+#[derive(Clone, Debug)]
+enum Step {
+    Unary(UnaryOp),
+    Binary(BinaryOp, Vec<usize>, Vec<f32>),
+}
+
+/// Unary ops that keep values finite and moderate on any finite input (so long chains stay
+/// comparable), with their parameters.
+const SAFE_UNARY: [UnaryOp; 10] = [
+    UnaryOp::Relu,
+    UnaryOp::LeakyRelu(0.1),
+    UnaryOp::Gelu,
+    UnaryOp::GeluTanh,
+    UnaryOp::Sigmoid,
+    UnaryOp::Tanh,
+    UnaryOp::Silu,
+    UnaryOp::Abs,
+    UnaryOp::Neg,
+    UnaryOp::Clamp(-2.0, 2.0),
+];
+const SAFE_BINARY: [BinaryOp; 7] = [
+    BinaryOp::Add,
+    BinaryOp::Sub,
+    BinaryOp::Mul,
+    BinaryOp::Maximum,
+    BinaryOp::Minimum,
+    BinaryOp::Gt,
+    BinaryOp::Le,
+];
+
+/// A random chain over `shape`: operands of the full shape, of its last dimension (a bias), a
+/// scalar, or a column (broadcast along the last dimension: a strided leaf).
+fn chain(rng: &mut Lcg, shape: &[usize], len: usize) -> Vec<Step> {
+    let last = *shape.last().unwrap();
+    let col: Vec<usize> = shape[..shape.len() - 1]
+        .iter()
+        .copied()
+        .chain([1])
+        .collect();
+    (0..len)
+        .map(|_| {
+            if rng.next_u32().is_multiple_of(2) {
+                Step::Unary(rng.pick(&SAFE_UNARY))
+            } else {
+                let op = rng.pick(&SAFE_BINARY);
+                let s = match rng.next_u32() % 4 {
+                    0 => shape.to_vec(),
+                    1 => vec![last],
+                    2 => vec![],
+                    _ => col.clone(),
+                };
+                let n = s.iter().product();
+                Step::Binary(op, s, rng.vec(n, -1.5, 1.5))
+            }
+        })
+        .collect()
+}
+
+/// Run `steps` on `x`, returning every intermediate.
+fn run(dev: &Device, x: &[f32], shape: &[usize], steps: &[Step]) -> Vec<Tensor> {
+    let mut out = vec![Tensor::from_slice(dev, x, shape).unwrap()];
+    for step in steps {
+        let cur = out.last().unwrap();
+        let next = match step {
+            Step::Unary(op) => cur.unary(*op),
+            Step::Binary(op, s, v) => cur.binary(&Tensor::from_slice(dev, v, s).unwrap(), *op),
+        };
+        out.push(next.unwrap());
+    }
+    out
+}
+
+fn close(what: &str, got: &[f32], want: &[f32]) {
+    let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+    assert_close(what, got, &want, 1e-5, 1e-5);
+}
+
+/// Random chains of 1 to 40 ops (past one kernel's instruction cap of 48 with the operands'
+/// loads, so some split), on shapes with broadcast, scalar and strided operands: the final value
+/// and some intermediates match the CPU, fused and eager.
+#[test]
+fn random_chains_match_the_cpu_fused_and_eager() {
+    let cpu = Device::cpu();
+    let mut rng = Lcg(41);
+    let shapes: [&[usize]; 4] = [&[3, 5], &[4, 1, 7], &[64, 33], &[1000]];
+    for dev in fresh_gpus() {
+        for case in 0..24 {
+            let shape = shapes[case % shapes.len()];
+            let len = 1 + (rng.next_u32() % 40) as usize;
+            let steps = chain(&mut rng, shape, len);
+            let n: usize = shape.iter().product();
+            let x = rng.vec(n, -2.0, 2.0);
+            let want = run(&cpu, &x, shape, &steps);
+            for fused in [true, false] {
+                dev.set_fusion(fused);
+                let got = run(&dev, &x, shape, &steps);
+                let what = format!("case {case} {shape:?} fused={fused} on {dev}: {steps:?}");
+                // The last value, and one intermediate that a live tensor holds.
+                let mid = got.len() / 2;
+                close(
+                    &what,
+                    &got[mid].to_vec().unwrap(),
+                    &want[mid].to_vec().unwrap(),
+                );
+                close(
+                    &what,
+                    &got[len].to_vec().unwrap(),
+                    &want[len].to_vec().unwrap(),
+                );
+            }
+            dev.set_fusion(true);
+        }
+    }
+}
+
+/// A chain of 16 elementwise ops is one dispatch when fused and 16 when eager, and a program
+/// that a dropped tensor held never runs.
+#[test]
+fn a_fused_chain_is_one_dispatch() {
+    for dev in fresh_gpus() {
+        let x = Tensor::rand(&dev, &[1 << 12], 3).unwrap();
+        let b = Tensor::rand(&dev, &[1 << 12], 4).unwrap();
+        dev.synchronize().unwrap();
+        for fused in [true, false] {
+            dev.set_fusion(fused);
+            let before = dev.stats();
+            let mut y = x.clone();
+            for k in 0..8 {
+                y = y.mul_scalar(1.0 + k as f32 / 64.0).unwrap();
+                y = y.add(&b).unwrap();
+            }
+            dev.synchronize().unwrap();
+            let after = dev.stats();
+            let dispatches = after.dispatches - before.dispatches;
+            if fused {
+                assert_eq!(dispatches, 1, "{dev}: {before:?} -> {after:?}");
+                assert_eq!(after.fused_kernels - before.fused_kernels, 1);
+                assert_eq!(after.fused_ops - before.fused_ops, 16);
+            } else {
+                assert_eq!(dispatches, 16, "{dev}: {before:?} -> {after:?}");
+                assert_eq!(after.fused_kernels, before.fused_kernels);
+            }
+            // A dropped program never runs: synchronize finds nothing to do.
+            let before = dev.stats();
+            drop(x.relu().unwrap().exp().unwrap());
+            dev.synchronize().unwrap();
+            let ran = dev.stats().dispatches - before.dispatches;
+            assert_eq!(ran, if fused { 0 } else { 2 }, "{dev} fused={fused}");
+        }
+        dev.set_fusion(true);
+    }
+}
+
+/// Sums of many distinct tensors (more leaves than one kernel binds) and a long chain (past the
+/// instruction cap) split into several kernels and stay exact.
+#[test]
+fn programs_past_the_caps_split_and_stay_exact() {
+    for dev in fresh_gpus() {
+        let parts: Vec<Tensor> = (0..13)
+            .map(|k| Tensor::full(&dev, &[5, 3], k as f32).unwrap())
+            .collect();
+        let mut sum = parts[0].clone();
+        for p in &parts[1..] {
+            sum = sum.add(p).unwrap();
+        }
+        assert_eq!(sum.to_vec().unwrap(), vec![78.0; 15], "{dev}");
+        let mut y = Tensor::zeros(&dev, &[7]).unwrap();
+        for _ in 0..200 {
+            y = y.add_scalar(1.0).unwrap();
+        }
+        assert_eq!(y.to_vec().unwrap(), vec![200.0; 7], "{dev}");
+    }
+}
+
+/// Fused results feed every other kind of op (matmul, reductions, layout, indexing, backward)
+/// and match the eager path.
+#[test]
+fn fused_results_feed_other_ops_and_autograd() {
+    for dev in fresh_gpus() {
+        let mut results = Vec::new();
+        for fused in [true, false] {
+            dev.set_fusion(fused);
+            let x = Tensor::randn(&dev, &[6, 5], 1)
+                .unwrap()
+                .with_grad()
+                .unwrap();
+            let w = Tensor::randn(&dev, &[5, 4], 2)
+                .unwrap()
+                .with_grad()
+                .unwrap();
+            let h = x
+                .mul_scalar(0.5)
+                .unwrap()
+                .tanh()
+                .unwrap()
+                .add_scalar(0.1)
+                .unwrap();
+            let y = h.matmul(&w).unwrap().gelu().unwrap();
+            let loss = y.square().unwrap().sum_all().unwrap();
+            loss.backward().unwrap();
+            let t = h.transpose(0, 1).unwrap().sum(-1, false).unwrap();
+            results.push((
+                loss.to_vec().unwrap(),
+                x.grad().unwrap().to_vec().unwrap(),
+                w.grad().unwrap().to_vec().unwrap(),
+                t.to_vec().unwrap(),
+            ));
+        }
+        dev.set_fusion(true);
+        let (a, b) = (&results[0], &results[1]);
+        close("loss", &a.0, &b.0);
+        close("dx", &a.1, &b.1);
+        close("dw", &a.2, &b.2);
+        close("transpose+sum", &a.3, &b.3);
+    }
+}
