@@ -10,6 +10,7 @@
 //!
 //! Times are wall-clock medians after warm-up, each run ending in `Device::synchronize` (the GPU
 //! has finished); `--timer gpu` times matmuls with GPU timestamp queries where granted.
+//! `--chain N` times a chain of 16 elementwise ops over N values (fused and eager on a GPU).
 //! `--configs` lists matmul kernels to compare in one run: `auto` (the tuned choice), `tiled16` (version 1), `blocked:BMxBNxBK`, `strip:RMxWG`, or `f16` (f16-storage
 //! operands, f32 accumulation).
 
@@ -20,6 +21,7 @@ struct Args {
     device: Option<String>,
     matmul: Vec<(usize, usize, usize)>,
     elementwise: Vec<usize>,
+    chain: Vec<usize>,
     mlp: Vec<usize>,
     configs: Vec<String>,
     reps: usize,
@@ -32,6 +34,7 @@ fn parse_args() -> Args {
         device: None,
         matmul: vec![],
         elementwise: vec![],
+        chain: vec![],
         mlp: vec![],
         configs: vec!["auto".into()],
         reps: 9,
@@ -74,6 +77,8 @@ fn parse_args() -> Args {
                     .collect()
             }
             "--elementwise" => a.elementwise = nums(),
+            // N: a chain of 16 elementwise ops over N values, fused and eager.
+            "--chain" => a.chain = nums(),
             "--mlp" => a.mlp = nums(),
             "--configs" => {
                 a.configs = vals
@@ -238,6 +243,57 @@ fn main() -> kiln::Result<()> {
             12.0 * n as f64 / t.as_secs_f64() / 1e9,
             "GB/s",
         );
+    }
+
+    for &n in &args.chain {
+        let x = Tensor::randn(&dev, &[n], 6)?;
+        let y = Tensor::rand(&dev, &[n], 7)?;
+        // Mixed: transcendental activations between arithmetic (compute-heavy per element).
+        let mixed = || -> kiln::Result<Tensor> {
+            let h = x.add_scalar(0.5)?.mul(&y)?.relu()?.mul_scalar(0.9)?;
+            let h = h.sub(&y)?.tanh()?.add(&y)?.sigmoid()?;
+            let h = h.mul_scalar(1.1)?.add_scalar(-0.2)?.maximum(&y)?.abs()?;
+            h.mul(&y)?.add_scalar(0.1)?.silu()?.div_scalar(2.0)
+        };
+        // Arithmetic only (memory- and dispatch-bound: what fusion removes).
+        let arith = || -> kiln::Result<Tensor> {
+            let mut h = x.clone();
+            for k in 0..4 {
+                h = h
+                    .mul_scalar(1.01)?
+                    .add(&y)?
+                    .relu()?
+                    .sub_scalar(0.1 * k as f32)?;
+            }
+            Ok(h)
+        };
+        let modes: &[(&str, bool)] = if dev.is_cpu() {
+            &[("-", true)]
+        } else {
+            &[("fused", true), ("eager", false)]
+        };
+        type Chain<'c> = &'c dyn Fn() -> kiln::Result<Tensor>;
+        let chains: [(&str, Chain); 2] = [("chain16_mixed", &mixed), ("chain16_arith", &arith)];
+        for (name, chain) in chains {
+            for &(label, fused) in modes {
+                dev.set_fusion(fused);
+                let t = time(args.reps, || {
+                    let r = chain()?;
+                    dev.synchronize()?;
+                    drop(r);
+                    Ok(())
+                })?;
+                report(
+                    name,
+                    format!("{n}"),
+                    label,
+                    t,
+                    16.0 * n as f64 / t.as_secs_f64() / 1e9,
+                    "Gop/s",
+                );
+            }
+        }
+        dev.set_fusion(true);
     }
 
     if args.mlp.len() >= 3 {
