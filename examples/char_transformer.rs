@@ -66,11 +66,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             recent.clear();
         }
     }
+    let stats = dev.stats();
     println!(
         "trained {steps} steps in {:.2?} on {}",
         start.elapsed(),
         dev.info().name
     );
+    if !dev.is_cpu() {
+        println!(
+            "GPU work per step: {:.0} dispatches, of which {:.0} fused kernels computing {:.0} elementwise ops",
+            stats.dispatches as f64 / steps as f64,
+            stats.fused_kernels as f64 / steps as f64,
+            stats.fused_ops as f64 / steps as f64,
+        );
+    }
     let opts = SampleOptions {
         prompt: "the ",
         n: 240,
