@@ -137,6 +137,11 @@ impl GpuStorage {
         Ok(Operand::Buffer(self.materialized(op)?, map))
     }
 
+    /// The fused program this is, if it has not run yet.
+    fn program(&self) -> Option<&Arc<Fused>> {
+        self.lazy.as_ref().filter(|f| !f.is_done())
+    }
+
     /// The buffer (running a fused program if this is one), as a shareable `Arc`.
     fn materialized(&self, op: &'static str) -> Result<&Arc<PooledBuffer>> {
         match (&self.lazy, &self.buf) {
@@ -444,8 +449,10 @@ impl Storage {
         let n = dims.0 * dims.2;
         match self {
             Storage::Cpu(c) => Ok(cpu_f32(cpu::reduce(c.f32s(op.name())?, dims, op)?)),
-            Storage::Gpu(g) => g.output(n, DType::F32, |ctx| {
-                reduce::reduce(ctx, g.bound(op.name(), DType::F32)?, dims, op)
+            // An elementwise program not yet run becomes the reduction's prologue.
+            Storage::Gpu(g) => g.output(n, DType::F32, |ctx| match g.program() {
+                Some(f) => f.reduce(ctx, dims, op),
+                None => reduce::reduce(ctx, g.bound(op.name(), DType::F32)?, dims, op),
             }),
         }
     }

@@ -224,3 +224,49 @@ fn fused_results_feed_other_ops_and_autograd() {
         close("transpose+sum", &a.3, &b.3);
     }
 }
+
+/// A reduction of an elementwise program runs the program as its prologue: `sum(a * b + c)`
+/// along any axis is one dispatch, and every reduction matches the CPU (NaN included).
+#[test]
+fn reductions_take_programs_as_prologues() {
+    let cpu = Device::cpu();
+    let mut rng = Lcg(5);
+    let (a, b, c) = (
+        rng.vec(60, -2.0, 2.0),
+        rng.vec(60, -2.0, 2.0),
+        rng.vec(5, -1.0, 1.0),
+    );
+    let mut a_nan = a.clone();
+    a_nan[7] = f32::NAN;
+    for dev in fresh_gpus() {
+        for (label, av) in [("finite", &a), ("with NaN", &a_nan)] {
+            let make = |d: &Device| {
+                let ta = Tensor::from_slice(d, av, &[3, 4, 5]).unwrap();
+                let tb = Tensor::from_slice(d, &b, &[3, 4, 5]).unwrap();
+                let tc = Tensor::from_slice(d, &c, &[5]).unwrap();
+                // A column operand too: a strided leaf.
+                let col = Tensor::from_slice(d, &c[..4], &[4, 1]).unwrap();
+                ta.mul(&tb)
+                    .unwrap()
+                    .add(&tc)
+                    .unwrap()
+                    .tanh()
+                    .unwrap()
+                    .sub(&col)
+                    .unwrap()
+            };
+            let (x, want) = (make(&dev), make(&cpu));
+            for op in kiln::ReduceOp::ALL {
+                for dim in [0, 1, -1] {
+                    let before = dev.stats();
+                    let got = x.reduce(op, dim, false).unwrap();
+                    let got = got.to_vec().unwrap();
+                    let dispatches = dev.stats().dispatches - before.dispatches;
+                    assert_eq!(dispatches, 1, "{op:?}({dim}) {label} on {dev}");
+                    let w = want.reduce(op, dim, false).unwrap().to_vec().unwrap();
+                    close(&format!("{op:?}({dim}) {label} on {dev}"), &got, &w);
+                }
+            }
+        }
+    }
+}

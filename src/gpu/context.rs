@@ -214,6 +214,7 @@ impl GpuContext {
             entries: &entries,
         });
         self.dispatches.fetch_add(1, Ordering::Relaxed);
+        log::trace!("dispatch {}:{}", spec.shader.name(), spec.entry);
         let mut rec = lock(&self.recorder);
         rec.dispatch(&self.device, &pipeline, &bind_group, workgroups);
         if rec.len() >= MAX_BATCH {
