@@ -463,8 +463,10 @@ impl Storage {
         let n = dims.0 * dims.1 * dims.2;
         match self {
             Storage::Cpu(c) => Ok(cpu_f32(cpu::softmax(c.f32s(op)?, dims, log)?)),
-            Storage::Gpu(g) => g.output(n, DType::F32, |ctx| {
-                reduce::softmax(ctx, g.bound(op, DType::F32)?, dims, log)
+            // An elementwise program not yet run becomes the softmax's prologue.
+            Storage::Gpu(g) => g.output(n, DType::F32, |ctx| match g.program() {
+                Some(f) => f.softmax(ctx, dims, log),
+                None => reduce::softmax(ctx, g.bound(op, DType::F32)?, dims, log),
             }),
         }
     }

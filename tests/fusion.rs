@@ -270,3 +270,46 @@ fn reductions_take_programs_as_prologues() {
         }
     }
 }
+
+/// softmax and log_softmax of an elementwise program (attention's `softmax(scores * s + mask)`)
+/// run the program as their prologue: one dispatch, the CPU's values, NaN rows stay NaN.
+#[test]
+fn softmax_takes_programs_as_prologues() {
+    let cpu = Device::cpu();
+    let mut rng = Lcg(9);
+    let mut scores = rng.vec(2 * 6 * 6, -3.0, 3.0);
+    scores[40] = f32::NAN;
+    let mask: Vec<f32> = (0..36)
+        .map(|k| if k % 6 > k / 6 { -1e9 } else { 0.0 })
+        .collect();
+    for dev in fresh_gpus() {
+        let make = |d: &Device| {
+            let s = Tensor::from_slice(d, &scores, &[2, 6, 6]).unwrap();
+            let m = Tensor::from_slice(d, &mask, &[6, 6]).unwrap();
+            s.mul_scalar(0.4).unwrap().add(&m).unwrap()
+        };
+        let (x, want) = (make(&dev), make(&cpu));
+        for log in [false, true] {
+            for dim in [-1, 1, 0] {
+                let before = dev.stats();
+                let got = if log {
+                    x.log_softmax(dim)
+                } else {
+                    x.softmax(dim)
+                };
+                let got = got.unwrap().to_vec().unwrap();
+                assert_eq!(dev.stats().dispatches - before.dispatches, 1, "{dev}");
+                let w = if log {
+                    want.log_softmax(dim)
+                } else {
+                    want.softmax(dim)
+                };
+                close(
+                    &format!("log={log} dim {dim} on {dev}"),
+                    &got,
+                    &w.unwrap().to_vec().unwrap(),
+                );
+            }
+        }
+    }
+}

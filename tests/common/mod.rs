@@ -231,6 +231,10 @@ pub fn fresh_gpus() -> Vec<Device> {
     if gpus().is_empty() {
         return vec![];
     }
+    // Opening every adapter opens (and drops) GL devices too, and wgpu-hal's EGL code can panic
+    // (BadAccess) when two threads do that at once: one test at a time.
+    static OPENING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = OPENING.lock().unwrap_or_else(|e| e.into_inner());
     Device::all_gpus()
         .into_iter()
         .filter_map(|d| d.ok())

@@ -229,7 +229,7 @@ impl Fused {
         let (outer, len, inner) = dims;
         let n_out = outer * inner;
         let maps: Vec<&LeafMap> = self.leaves.iter().map(|(_, m)| m).collect();
-        let (wgsl, meta) = generate_reduce(&self.insts, &maps);
+        let (wgsl, meta) = generate_reduce(&self.insts, &maps, "reduce");
         let spec = KernelSpec {
             shader: intern(wgsl),
             entry: "reduce",
@@ -247,6 +247,33 @@ impl Fused {
             bytemuck::cast_slice(&params),
             n_out,
         )?;
+        self.count(ctx);
+        Ok(out)
+    }
+
+    /// (log-)softmax along the middle of `dims` over the program's values, in one kernel whose
+    /// prologue is the program (all extents > 0).
+    pub(crate) fn softmax(
+        &self,
+        ctx: &GpuContext,
+        dims: (usize, usize, usize),
+        log: bool,
+    ) -> Result<PooledBuffer> {
+        let (outer, len, inner) = dims;
+        let (n_out, name) = (outer * inner, if log { "log_softmax" } else { "softmax" });
+        let maps: Vec<&LeafMap> = self.leaves.iter().map(|(_, m)| m).collect();
+        let (wgsl, meta) = generate_reduce(&self.insts, &maps, "softmax");
+        let spec = KernelSpec {
+            shader: intern(wgsl),
+            entry: "softmax",
+            constants: vec![("LOG", f64::from(u8::from(log))), ("WG", f64::from(WG_1D))],
+            unchecked: false,
+        };
+        let out = ctx.alloc(name, outer * len * inner)?;
+        let mut buffers: Vec<&wgpu::Buffer> = self.leaves.iter().map(|(b, _)| &b.buffer).collect();
+        buffers.push(&out.buffer);
+        let params = uniform([outer, len, inner, n_out], &meta);
+        ctx.dispatch_1d(name, &spec, &buffers, bytemuck::cast_slice(&params), n_out)?;
         self.count(ctx);
         Ok(out)
     }
@@ -430,18 +457,33 @@ fn generate(insts: &[Inst], maps: &[&LeafMap], vec4: bool) -> (String, Vec<u32>)
     (s, meta)
 }
 
-/// The reduction kernel over a program's values (the program as its prologue): the `reduce`
-/// entry of `shaders/reduce.wgsl`, with each read of its input replaced by the program's value
-/// at that flat index, so the reduction itself is the same code as the eager one's.
-fn generate_reduce(insts: &[Inst], maps: &[&LeafMap]) -> (String, Vec<u32>) {
+/// A kernel of `shaders/reduce.wgsl` (`entry`: `reduce` or `softmax`) over a program's values
+/// (the program as its prologue): the entry point's own code, with each read of its input
+/// replaced by the program's value at that flat index, so the reduction is the same code as the
+/// eager one's.
+fn generate_reduce(insts: &[Inst], maps: &[&LeafMap], entry: &str) -> (String, Vec<u32>) {
     let mut meta = Vec::new();
     let header = "    outer: u32,\n    len: u32,\n    inner: u32,\n    n_out: u32,\n";
     let mut s = declarations(maps, false, header);
-    s.push_str("override OP: u32 = 0u;\n\n// The program's value at flat index i.\nfn value(i: u32) -> f32 {\n");
+    s.push_str(match entry {
+        "softmax" => "override LOG: bool = false;\n\n",
+        _ => "override OP: u32 = 0u;\n\n",
+    });
+    s.push_str("// The program's value at flat index i.\nfn value(i: u32) -> f32 {\n");
     s.push_str(&statements(insts, maps, false, &mut meta));
     writeln!(s, "    return v{};\n}}\n", insts.len() - 1).unwrap();
-    s.push_str(&reads_through_value(reduce_entry()));
+    s.push_str(&reads_through_value(&reduce_entry(entry)));
     (s, meta)
+}
+
+/// The entry point `name` of `shaders/reduce.wgsl`, from its attribute to its closing brace.
+fn reduce_entry(name: &str) -> String {
+    let src = include_str!("../../../shaders/reduce.wgsl");
+    let start = src
+        .find(&format!("@compute @workgroup_size(WG)\nfn {name}("))
+        .unwrap_or_else(|| panic!("reduce.wgsl has no entry point {name}"));
+    let end = start + src[start..].find("\n}\n").expect("the entry point ends") + 3;
+    src[start..end].to_string()
 }
 
 /// `src` with every read `x[e]` of the input (no brackets inside `e`) turned into `value(e)`.
@@ -470,19 +512,6 @@ fn reads_through_value(src: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// The `reduce` entry point of `shaders/reduce.wgsl`, from its attribute to its closing brace.
-fn reduce_entry() -> &'static str {
-    static ENTRY: OnceLock<String> = OnceLock::new();
-    ENTRY.get_or_init(|| {
-        let src = include_str!("../../../shaders/reduce.wgsl");
-        let start = src
-            .find("@compute @workgroup_size(WG)\nfn reduce(")
-            .expect("reduce.wgsl has a reduce entry point");
-        let end = start + src[start..].find("\n}\n").expect("the entry point ends") + 3;
-        src[start..end].to_string()
-    })
 }
 
 /// The uniform of a generated kernel: four header words, then the metadata.
@@ -634,7 +663,23 @@ const REPRESENTATIVE_REDUCE: Shader = Shader::derived("fused_reduce.wgsl", || {
         dims: vec![3, 4],
         strides: vec![0, 1],
     };
-    generate_reduce(&insts, &[&LeafMap::Contiguous, &LeafMap::Scalar, &strided]).0
+    let maps = [&LeafMap::Contiguous, &LeafMap::Scalar, &strided];
+    generate_reduce(&insts, &maps, "reduce").0
+});
+
+/// A representative softmax with a program prologue (`softmax(x * s + mask)`).
+const REPRESENTATIVE_SOFTMAX: Shader = Shader::derived("fused_softmax.wgsl", || {
+    let insts = vec![
+        Inst::Load(0),
+        Inst::Unary(UnaryOp::MulScalar(0.5), 0),
+        Inst::Load(1),
+        Inst::Binary(BinaryOp::Add, 1, 2),
+    ];
+    let mask = LeafMap::Strided {
+        dims: vec![3, 4],
+        strides: vec![4, 1],
+    };
+    generate_reduce(&insts, &[&LeafMap::Contiguous, &mask], "softmax").0
 });
 
 fn specs() -> Vec<KernelSpec> {
@@ -653,6 +698,12 @@ fn specs() -> Vec<KernelSpec> {
         constants: vec![("OP", f64::from(op.shader_id())), ("WG", f64::from(WG_1D))],
         unchecked: false,
     }));
+    specs.extend([false, true].map(|log| KernelSpec {
+        shader: REPRESENTATIVE_SOFTMAX,
+        entry: "softmax",
+        constants: vec![("LOG", f64::from(u8::from(log))), ("WG", f64::from(WG_1D))],
+        unchecked: false,
+    }));
     specs
 }
 
@@ -663,5 +714,6 @@ pub(crate) const FAMILY: Family = Family {
         ("fused.wgsl", "Params", UNIFORM_BYTES),
         ("fused_vec4.wgsl", "Params", UNIFORM_BYTES),
         ("fused_reduce.wgsl", "Params", UNIFORM_BYTES),
+        ("fused_softmax.wgsl", "Params", UNIFORM_BYTES),
     ],
 };
