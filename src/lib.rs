@@ -53,6 +53,7 @@ mod cpu;
 mod device;
 mod dtype;
 mod error;
+mod fusion;
 pub mod gpu;
 mod matmul_plan;
 pub mod nn;

@@ -13,8 +13,9 @@ use crate::cpu;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::fusion::{self, LeafMap, Operand};
 use crate::gpu::context::GpuContext;
-use crate::gpu::kernels::fused::{self, Fused, LeafMap, Operand};
+use crate::gpu::kernels::fused::{self, Fused};
 use crate::gpu::kernels::matmul::Epilogue;
 use crate::gpu::kernels::{conv, copy, elementwise, grad, index, matmul, norm, optim};
 use crate::gpu::kernels::{reduce, select, xent};
@@ -123,13 +124,18 @@ impl GpuStorage {
     /// This f32 operand as the input of a fused program, read through `map`: its program (to
     /// extend) where it has the output's shape and the program stays within one kernel's size
     /// (`parts` operands share it), else its buffer.
-    fn operand(&self, op: &'static str, map: LeafMap, parts: usize) -> Result<Operand<'_>> {
+    fn operand(
+        &self,
+        op: &'static str,
+        map: LeafMap,
+        parts: usize,
+    ) -> Result<Operand<'_, Arc<PooledBuffer>>> {
         if self.dtype != DType::F32 {
             return Err(mismatch(op, DType::F32, self.dtype));
         }
         if let Some(f) = &self.lazy {
             let small =
-                f.insts() < fused::MAX_INSTS / parts && f.leaves() <= fused::MAX_LEAVES / parts;
+                f.insts() < fusion::MAX_INSTS / parts && f.leaves() <= fusion::MAX_LEAVES / parts;
             if map == LeafMap::Contiguous && !f.is_done() && small {
                 return Ok(Operand::Program(f));
             }
@@ -355,7 +361,7 @@ impl Storage {
             Storage::Cpu(c) => Ok(cpu_f32(cpu::unary(c.f32s(op.name())?, op)?)),
             Storage::Gpu(g) if n > 0 && fused::enabled(&g.ctx) => {
                 let x = g.operand(op.name(), LeafMap::Contiguous, 1)?;
-                Ok(g.lazy(Fused::unary(&g.ctx, x, op, n)))
+                Ok(g.lazy(fused::unary(&g.ctx, x, op, n)))
             }
             Storage::Gpu(g) => g.output(n, DType::F32, |ctx| {
                 elementwise::unary(ctx, g.bound(op.name(), DType::F32)?, n, op)
@@ -385,7 +391,7 @@ impl Storage {
                     LeafMap::of(&layout.dims, &layout.lhs),
                     LeafMap::of(&layout.dims, &layout.rhs),
                 );
-                if !fused::fits(&ma) || !fused::fits(&mb) {
+                if !fusion::fits(&ma) || !fusion::fits(&mb) {
                     return a.output(n, DType::F32, |ctx| {
                         let (x, y) = (a.bound(name, DType::F32)?, b.bound(name, DType::F32)?);
                         elementwise::binary(ctx, x, y, layout, n, op)
@@ -395,11 +401,11 @@ impl Storage {
                 let (xi, xl) = Fused::size(&x);
                 let mut y = b.operand(name, mb.clone(), 2)?;
                 let (yi, yl) = Fused::size(&y);
-                if xi + yi + 1 > fused::MAX_INSTS || xl + yl > fused::MAX_LEAVES {
+                if xi + yi + 1 > fusion::MAX_INSTS || xl + yl > fusion::MAX_LEAVES {
                     // Too big for one kernel: run the right operand's program first.
                     y = Operand::Buffer(b.materialized(name)?, mb);
                 }
-                Ok(a.lazy(Fused::binary(&a.ctx, x, y, op, n)))
+                Ok(a.lazy(fused::binary(&a.ctx, x, y, op, n)))
             }
             (Storage::Gpu(a), Storage::Gpu(b)) => a.output(n, DType::F32, |ctx| {
                 let (x, y) = (a.bound(name, DType::F32)?, b.bound(name, DType::F32)?);

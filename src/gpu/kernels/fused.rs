@@ -1,20 +1,22 @@
-//! Lazy elementwise fusion: chains of unary and binary ops become one generated kernel.
+//! Fused elementwise programs (`crate::fusion`) on the GPU: each becomes one generated kernel.
 //!
 //! On a GPU device with fusion on (the default; `KILN_FUSION=0` or [`set_enabled`] turns it
 //! off), an elementwise op does not dispatch: its result is a [`Fused`] program over the
-//! materialised buffers it reads (its leaves). An elementwise op on such a result extends the
-//! program instead of reading a buffer, so an intermediate that no live tensor holds is never
-//! written to memory. A program runs (one dispatch) when its value is needed: a non-elementwise
-//! op binds it, it is read back, or [`materialize_pending`] runs at `Device::synchronize`.
+//! buffers it reads. A program runs (one dispatch) when its value is needed: a non-elementwise
+//! op binds it, it is read back, or [`materialize_pending`] runs at `Device::synchronize`. A
+//! reduction or softmax of an unrun program takes it as its prologue instead ([`Fused::reduce`],
+//! [`Fused::softmax`]).
 //!
 //! The kernel is generated WGSL: one load per leaf (contiguous, a broadcast scalar, or strided
-//! through its own dimensions and strides), then each op through the registry's `activate` /
-//! `binary_op` with a constant selector, so a fused op computes exactly what the op's own kernel
-//! does. Kernels are cached by structure (the generated source); parameters (scalars, shapes,
-//! strides) travel in a storage buffer, so a new shape or learning rate compiles nothing.
+//! through its own dimensions and strides), then each op through the registry's function for it
+//! (`unary_relu`, `binary_add`, ...: what `activate` and `binary_op` dispatch to), so a fused op
+//! computes exactly what the op's own kernel does. Kernels are cached by structure (the
+//! generated source); parameters (scalars, shapes, strides) travel in the uniform, so a new
+//! shape or learning rate compiles nothing.
 
 use super::Family;
 use crate::error::Result;
+use crate::fusion::{Inst, LeafMap, MAX_INSTS, MAX_LEAVES, MAX_RANK, Operand, Program};
 use crate::gpu::context::{GpuContext, WG_1D};
 use crate::gpu::pipelines::{KernelSpec, Shader};
 use crate::gpu::pool::PooledBuffer;
@@ -24,191 +26,39 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-/// Most instructions in one program; past it the operand is materialised first.
-pub(crate) const MAX_INSTS: usize = 48;
-/// Most leaves (input buffers) of one program: with the output, 7 storage buffers, within the
-/// 8 per shader stage that every adapter offers.
-pub(crate) const MAX_LEAVES: usize = 6;
-/// Most dimensions of a strided leaf.
-const MAX_RANK: usize = 8;
-/// Words of metadata the uniform holds (the WGSL `words` array: 64 vec4). The caps above bound
-/// what a program needs: per strided leaf 1 + 2 · rank, per unary op 2, so at most
+/// Words of metadata the uniform holds (the WGSL `words` array: 64 vec4). The caps of
+/// `crate::fusion` bound what a program needs: per strided leaf 1 + 2 · rank, per unary op 2, so at most
 /// `MAX_LEAVES · (1 + 2 · MAX_RANK) + 2 · MAX_INSTS` = 198 words.
 const META_WORDS: usize = 256;
 const _: () = assert!(MAX_LEAVES * (1 + 2 * MAX_RANK) + 2 * MAX_INSTS <= META_WORDS);
 /// Bytes of a generated kernel's uniform: four header words and the metadata.
 const UNIFORM_BYTES: usize = size_of::<[u32; 4 + META_WORDS]>();
 
-/// How the output's flat index `i` reaches a leaf's element.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum LeafMap {
-    /// Element `i`: the leaf has the output's shape.
-    Contiguous,
-    /// Element 0: one value broadcast everywhere.
-    Scalar,
-    /// `i` unravelled over `dims`, dotted with `strides` (0 where broadcast).
-    Strided {
-        /// The (coalesced) output dimensions.
-        dims: Vec<usize>,
-        /// The leaf's strides for them.
-        strides: Vec<usize>,
-    },
-}
+/// A program over GPU buffers.
+pub(crate) type Fused = Program<Arc<PooledBuffer>>;
 
-impl LeafMap {
-    /// The map of an operand read through `strides` over `dims` (a `BroadcastLayout` side).
-    pub(crate) fn of(dims: &[usize], strides: &[usize]) -> LeafMap {
-        if strides.iter().all(|&s| s == 0) {
-            return LeafMap::Scalar;
-        }
-        let mut contiguous = 1;
-        let row_major = dims.iter().zip(strides).rev().all(|(&d, &s)| {
-            let ok = s == contiguous || d == 1;
-            contiguous *= d;
-            ok
-        });
-        if row_major {
-            LeafMap::Contiguous
-        } else {
-            LeafMap::Strided {
-                dims: dims.to_vec(),
-                strides: strides.to_vec(),
-            }
-        }
-    }
-}
-
-/// One step of a program, in SSA order: instruction `k` defines value `v{k}`.
-#[derive(Clone, Copy, Debug)]
-enum Inst {
-    /// Load from leaf `.0`.
-    Load(usize),
-    /// A unary op of an earlier value.
-    Unary(UnaryOp, usize),
-    /// A binary op of two earlier values.
-    Binary(BinaryOp, usize, usize),
-}
-
-/// A fused elementwise program over materialised leaves; its last instruction is its value.
-pub(crate) struct Fused {
-    insts: Vec<Inst>,
-    leaves: Vec<(Arc<PooledBuffer>, LeafMap)>,
+/// `op(x)` over `n` values, as a program of this device (run later).
+pub(crate) fn unary(
+    ctx: &GpuContext,
+    x: Operand<Arc<PooledBuffer>>,
+    op: UnaryOp,
     n: usize,
-    /// The buffer, once the program has run.
-    done: OnceLock<Arc<PooledBuffer>>,
+) -> Arc<Fused> {
+    pending(ctx, Program::unary(x, op, n))
 }
 
-/// An operand of a new program: a program to extend, or a buffer read through a map.
-pub(crate) enum Operand<'a> {
-    /// An unmaterialised program with the output's shape.
-    Program(&'a Arc<Fused>),
-    /// A materialised buffer.
-    Buffer(&'a Arc<PooledBuffer>, LeafMap),
-}
-
-/// Builds a program from operands, sharing leaves and repeated sub-programs.
-struct Builder {
-    insts: Vec<Inst>,
-    leaves: Vec<(Arc<PooledBuffer>, LeafMap)>,
-    inlined: HashMap<*const Fused, usize>,
-}
-
-impl Builder {
-    fn new() -> Builder {
-        Builder {
-            insts: Vec::new(),
-            leaves: Vec::new(),
-            inlined: HashMap::new(),
-        }
-    }
-
-    fn leaf(&mut self, buf: &Arc<PooledBuffer>, map: LeafMap) -> usize {
-        let found = self
-            .leaves
-            .iter()
-            .position(|(b, m)| Arc::ptr_eq(b, buf) && *m == map);
-        let leaf = found.unwrap_or_else(|| {
-            self.leaves.push((buf.clone(), map));
-            self.leaves.len() - 1
-        });
-        self.insts.push(Inst::Load(leaf));
-        self.insts.len() - 1
-    }
-
-    /// The value of `op` in this program.
-    fn operand(&mut self, op: &Operand) -> usize {
-        match op {
-            Operand::Buffer(buf, map) => self.leaf(buf, map.clone()),
-            Operand::Program(p) => {
-                let key = Arc::as_ptr(p);
-                if let Some(&v) = self.inlined.get(&key) {
-                    return v;
-                }
-                let mut at = Vec::with_capacity(p.insts.len());
-                for inst in &p.insts {
-                    let v = match *inst {
-                        Inst::Load(l) => {
-                            let (buf, map) = &p.leaves[l];
-                            self.leaf(buf, map.clone())
-                        }
-                        Inst::Unary(op, x) => self.push(Inst::Unary(op, at[x])),
-                        Inst::Binary(op, a, b) => self.push(Inst::Binary(op, at[a], at[b])),
-                    };
-                    at.push(v);
-                }
-                let v = *at.last().expect("a program has at least one instruction");
-                self.inlined.insert(key, v);
-                v
-            }
-        }
-    }
-
-    fn push(&mut self, inst: Inst) -> usize {
-        self.insts.push(inst);
-        self.insts.len() - 1
-    }
-
-    fn finish(self, n: usize) -> Arc<Fused> {
-        Arc::new(Fused {
-            insts: self.insts,
-            leaves: self.leaves,
-            n,
-            done: OnceLock::new(),
-        })
-    }
+/// `x op y` over `n` values, as a program of this device (run later).
+pub(crate) fn binary(
+    ctx: &GpuContext,
+    x: Operand<Arc<PooledBuffer>>,
+    y: Operand<Arc<PooledBuffer>>,
+    op: BinaryOp,
+    n: usize,
+) -> Arc<Fused> {
+    pending(ctx, Program::binary(x, y, op, n))
 }
 
 impl Fused {
-    /// Instructions and leaves an operand adds to a program (an upper bound).
-    pub(crate) fn size(op: &Operand) -> (usize, usize) {
-        match op {
-            Operand::Buffer(..) => (1, 1),
-            Operand::Program(p) => (p.insts.len(), p.leaves.len()),
-        }
-    }
-
-    /// `op(x)` over `n` values, as a program.
-    pub(crate) fn unary(ctx: &GpuContext, x: Operand, op: UnaryOp, n: usize) -> Arc<Fused> {
-        let mut b = Builder::new();
-        let v = b.operand(&x);
-        b.push(Inst::Unary(op, v));
-        pending(ctx, b.finish(n))
-    }
-
-    /// `x op y` over `n` values, as a program.
-    pub(crate) fn binary(
-        ctx: &GpuContext,
-        x: Operand,
-        y: Operand,
-        op: BinaryOp,
-        n: usize,
-    ) -> Arc<Fused> {
-        let mut b = Builder::new();
-        let (vx, vy) = (b.operand(&x), b.operand(&y));
-        b.push(Inst::Binary(op, vx, vy));
-        pending(ctx, b.finish(n))
-    }
-
     /// The program's buffer, running it (one dispatch) on first use.
     pub(crate) fn materialized(&self, ctx: &GpuContext) -> Result<&Arc<PooledBuffer>> {
         if let Some(b) = self.done.get() {
@@ -280,29 +130,10 @@ impl Fused {
 
     /// Count one fused kernel and the program's ops in the device's stats.
     fn count(&self, ctx: &GpuContext) {
-        let ops = self
-            .insts
-            .iter()
-            .filter(|i| !matches!(i, Inst::Load(_)))
-            .count();
+        let ops = self.ops();
         let stats = ctx.state(FusionState::new);
         stats.kernels.fetch_add(1, Ordering::Relaxed);
         stats.ops.fetch_add(ops as u64, Ordering::Relaxed);
-    }
-
-    /// Instructions in the program.
-    pub(crate) fn insts(&self) -> usize {
-        self.insts.len()
-    }
-
-    /// Leaves (input buffers) of the program.
-    pub(crate) fn leaves(&self) -> usize {
-        self.leaves.len()
-    }
-
-    /// Whether the program has run.
-    pub(crate) fn is_done(&self) -> bool {
-        self.done.get().is_some()
     }
 
     fn run(&self, ctx: &GpuContext) -> Result<PooledBuffer> {
@@ -524,14 +355,6 @@ fn uniform(header: [usize; 4], meta: &[u32]) -> [u32; 4 + META_WORDS] {
     }
     params[4..4 + meta.len()].copy_from_slice(meta);
     params
-}
-
-/// Whether a strided leaf fits the generated index code.
-pub(crate) fn fits(map: &LeafMap) -> bool {
-    match map {
-        LeafMap::Strided { dims, .. } => dims.len() <= MAX_RANK,
-        _ => true,
-    }
 }
 
 /// The shader for generated WGSL: one `Shader` per distinct source, kept for the life of the

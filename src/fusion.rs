@@ -1,0 +1,227 @@
+//! Elementwise fusion, backend-neutral: a program of unary and binary ops over materialised
+//! buffers (its leaves), built lazily as ops are applied. An elementwise op on a program's
+//! unrun result extends the program instead of reading a buffer, so an intermediate that no
+//! live tensor holds is never written. Each backend runs a program its own way, with the same
+//! formulas: the GPU as one generated WGSL kernel (`gpu/kernels/fused.rs`), the CPU as one pass
+//! over blocks of values (`cpu/fused.rs`).
+
+use crate::op::{BinaryOp, UnaryOp};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+/// Most instructions in one program; past it the operand is materialised first.
+pub(crate) const MAX_INSTS: usize = 48;
+/// Most leaves (input buffers) of one program: with the output, 7 storage buffers, within the
+/// 8 per shader stage that every adapter offers.
+pub(crate) const MAX_LEAVES: usize = 6;
+/// Most dimensions of a strided leaf.
+pub(crate) const MAX_RANK: usize = 8;
+
+/// A backend's materialised values, shareable by programs.
+pub(crate) trait Buffer: Clone {
+    /// Whether `self` and `other` are the same values (not merely equal ones).
+    fn same(&self, other: &Self) -> bool;
+}
+
+impl<T> Buffer for Arc<T> {
+    fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(self, other)
+    }
+}
+
+/// How the output's flat index `i` reaches a leaf's element.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum LeafMap {
+    /// Element `i`: the leaf has the output's shape.
+    Contiguous,
+    /// Element 0: one value broadcast everywhere.
+    Scalar,
+    /// `i` unravelled over `dims`, dotted with `strides` (0 where broadcast).
+    Strided {
+        /// The (coalesced) output dimensions.
+        dims: Vec<usize>,
+        /// The leaf's strides for them.
+        strides: Vec<usize>,
+    },
+}
+
+impl LeafMap {
+    /// The map of an operand read through `strides` over `dims` (a `BroadcastLayout` side).
+    pub(crate) fn of(dims: &[usize], strides: &[usize]) -> LeafMap {
+        if strides.iter().all(|&s| s == 0) {
+            return LeafMap::Scalar;
+        }
+        let mut contiguous = 1;
+        let row_major = dims.iter().zip(strides).rev().all(|(&d, &s)| {
+            let ok = s == contiguous || d == 1;
+            contiguous *= d;
+            ok
+        });
+        if row_major {
+            LeafMap::Contiguous
+        } else {
+            LeafMap::Strided {
+                dims: dims.to_vec(),
+                strides: strides.to_vec(),
+            }
+        }
+    }
+}
+
+/// One step of a program, in SSA order: instruction `k` defines value `v{k}`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Inst {
+    /// Load from leaf `.0`.
+    Load(usize),
+    /// A unary op of an earlier value.
+    Unary(UnaryOp, usize),
+    /// A binary op of two earlier values.
+    Binary(BinaryOp, usize, usize),
+}
+
+/// A fused elementwise program over materialised leaves (of backend buffer type `B`); its last
+/// instruction is its value.
+pub(crate) struct Program<B> {
+    pub(crate) insts: Vec<Inst>,
+    pub(crate) leaves: Vec<(B, LeafMap)>,
+    pub(crate) n: usize,
+    /// The values, once the program has run.
+    pub(crate) done: OnceLock<B>,
+}
+
+/// An operand of a new program: a program to extend, or a buffer read through a map.
+pub(crate) enum Operand<'a, B> {
+    /// An unmaterialised program with the output's shape.
+    Program(&'a Arc<Program<B>>),
+    /// A materialised buffer.
+    Buffer(&'a B, LeafMap),
+}
+
+/// Builds a program from operands, sharing leaves and repeated sub-programs.
+struct Builder<B> {
+    insts: Vec<Inst>,
+    leaves: Vec<(B, LeafMap)>,
+    inlined: HashMap<*const Program<B>, usize>,
+}
+
+impl<B: Buffer> Builder<B> {
+    fn new() -> Builder<B> {
+        Builder {
+            insts: Vec::new(),
+            leaves: Vec::new(),
+            inlined: HashMap::new(),
+        }
+    }
+
+    fn leaf(&mut self, buf: &B, map: LeafMap) -> usize {
+        let found = self
+            .leaves
+            .iter()
+            .position(|(b, m)| b.same(buf) && *m == map);
+        let leaf = found.unwrap_or_else(|| {
+            self.leaves.push((buf.clone(), map));
+            self.leaves.len() - 1
+        });
+        self.insts.push(Inst::Load(leaf));
+        self.insts.len() - 1
+    }
+
+    /// The value of `op` in this program.
+    fn operand(&mut self, op: &Operand<B>) -> usize {
+        match op {
+            Operand::Buffer(buf, map) => self.leaf(buf, map.clone()),
+            Operand::Program(p) => {
+                let key = Arc::as_ptr(p);
+                if let Some(&v) = self.inlined.get(&key) {
+                    return v;
+                }
+                let mut at = Vec::with_capacity(p.insts.len());
+                for inst in &p.insts {
+                    let v = match *inst {
+                        Inst::Load(l) => {
+                            let (buf, map) = &p.leaves[l];
+                            self.leaf(buf, map.clone())
+                        }
+                        Inst::Unary(op, x) => self.push(Inst::Unary(op, at[x])),
+                        Inst::Binary(op, a, b) => self.push(Inst::Binary(op, at[a], at[b])),
+                    };
+                    at.push(v);
+                }
+                let v = *at.last().expect("a program has at least one instruction");
+                self.inlined.insert(key, v);
+                v
+            }
+        }
+    }
+
+    fn push(&mut self, inst: Inst) -> usize {
+        self.insts.push(inst);
+        self.insts.len() - 1
+    }
+
+    fn finish(self, n: usize) -> Arc<Program<B>> {
+        Arc::new(Program {
+            insts: self.insts,
+            leaves: self.leaves,
+            n,
+            done: OnceLock::new(),
+        })
+    }
+}
+
+impl<B: Buffer> Program<B> {
+    /// Instructions and leaves an operand adds to a program (an upper bound).
+    pub(crate) fn size(op: &Operand<B>) -> (usize, usize) {
+        match op {
+            Operand::Buffer(..) => (1, 1),
+            Operand::Program(p) => (p.insts.len(), p.leaves.len()),
+        }
+    }
+
+    /// `op(x)` over `n` values, as a program.
+    pub(crate) fn unary(x: Operand<B>, op: UnaryOp, n: usize) -> Arc<Program<B>> {
+        let mut b = Builder::new();
+        let v = b.operand(&x);
+        b.push(Inst::Unary(op, v));
+        b.finish(n)
+    }
+
+    /// `x op y` over `n` values, as a program.
+    pub(crate) fn binary(x: Operand<B>, y: Operand<B>, op: BinaryOp, n: usize) -> Arc<Program<B>> {
+        let mut b = Builder::new();
+        let (vx, vy) = (b.operand(&x), b.operand(&y));
+        b.push(Inst::Binary(op, vx, vy));
+        b.finish(n)
+    }
+
+    /// Elementwise ops the program computes.
+    pub(crate) fn ops(&self) -> usize {
+        self.insts
+            .iter()
+            .filter(|i| !matches!(i, Inst::Load(_)))
+            .count()
+    }
+
+    /// Instructions in the program.
+    pub(crate) fn insts(&self) -> usize {
+        self.insts.len()
+    }
+
+    /// Leaves (input buffers) of the program.
+    pub(crate) fn leaves(&self) -> usize {
+        self.leaves.len()
+    }
+
+    /// Whether the program has run.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done.get().is_some()
+    }
+}
+
+/// Whether a strided leaf fits the generated index code.
+pub(crate) fn fits(map: &LeafMap) -> bool {
+    match map {
+        LeafMap::Strided { dims, .. } => dims.len() <= MAX_RANK,
+        _ => true,
+    }
+}
