@@ -10,7 +10,7 @@
 //!
 //! Times are wall-clock medians after warm-up, each run ending in `Device::synchronize` (the GPU
 //! has finished); `--timer gpu` times matmuls with GPU timestamp queries where granted.
-//! `--chain N` times a chain of 16 elementwise ops over N values (fused and eager on a GPU).
+//! `--chain N` times a chain of 16 elementwise ops over N values, fused and eager.
 //! `--configs` lists matmul kernels to compare in one run: `auto` (the tuned choice), `tiled16` (version 1), `blocked:BMxBNxBK`, `strip:RMxWG`, or `f16` (f16-storage
 //! operands, f32 accumulation).
 
@@ -267,11 +267,7 @@ fn main() -> kiln::Result<()> {
             }
             Ok(h)
         };
-        let modes: &[(&str, bool)] = if dev.is_cpu() {
-            &[("-", true)]
-        } else {
-            &[("fused", true), ("eager", false)]
-        };
+        let modes: &[(&str, bool)] = &[("fused", true), ("eager", false)];
         type Chain<'c> = &'c dyn Fn() -> kiln::Result<Tensor>;
         let chains: [(&str, Chain); 2] = [("chain16_mixed", &mixed), ("chain16_arith", &arith)];
         for (name, chain) in chains {

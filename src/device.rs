@@ -301,11 +301,11 @@ impl Device {
         self.inner.id == other.inner.id
     }
 
-    /// Run every pending op (on a GPU: the fused elementwise programs that live tensors hold),
-    /// submit all recorded work and wait for it; returns any error the GPU reported.
+    /// Run every pending op (the fused elementwise programs that live tensors hold), and on a
+    /// GPU submit all recorded work and wait for it; returns any error the GPU reported.
     pub fn synchronize(&self) -> Result<()> {
         match &self.inner.backend {
-            Backend::Cpu => Ok(()),
+            Backend::Cpu => crate::cpu::fused::materialize_pending(),
             Backend::Gpu(ctx) => {
                 gpu::kernels::fused::materialize_pending(ctx)?;
                 ctx.synchronize()
@@ -329,12 +329,14 @@ impl Device {
         }
     }
 
-    /// Turn elementwise fusion on or off on this device (on by default; `KILN_FUSION=0` starts
-    /// it off). Off, every elementwise op is its own dispatch, as before fusion existed. No
-    /// effect on the CPU backend.
+    /// Turn elementwise fusion on or off (on by default; `KILN_FUSION=0` starts it off). Off,
+    /// every elementwise op is its own pass (on a GPU its own dispatch), as before fusion
+    /// existed. On a GPU the switch is per device; the CPU backend has one switch for the
+    /// process.
     pub fn set_fusion(&self, on: bool) {
-        if let Backend::Gpu(ctx) = &self.inner.backend {
-            gpu::kernels::fused::set_enabled(ctx, on);
+        match &self.inner.backend {
+            Backend::Cpu => crate::cpu::fused::set_enabled(on),
+            Backend::Gpu(ctx) => gpu::kernels::fused::set_enabled(ctx, on),
         }
     }
 

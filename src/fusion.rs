@@ -7,7 +7,7 @@
 
 use crate::op::{BinaryOp, UnaryOp};
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 /// Most instructions in one program; past it the operand is materialised first.
 pub(crate) const MAX_INSTS: usize = 48;
@@ -223,5 +223,42 @@ pub(crate) fn fits(map: &LeafMap) -> bool {
     match map {
         LeafMap::Strided { dims, .. } => dims.len() <= MAX_RANK,
         _ => true,
+    }
+}
+
+/// The programs a backend has built and not run, for `Device::synchronize`: weak references, so
+/// a program whose tensors are gone is never run. Dead entries are pruned when the list has
+/// doubled since the last pruning, so recording an op costs O(1) amortised even while
+/// thousands of programs stay alive (an autograd graph holds its intermediates).
+pub(crate) struct Pending<B> {
+    list: Vec<Weak<Program<B>>>,
+    prune_at: usize,
+}
+
+impl<B> Pending<B> {
+    /// An empty list.
+    pub(crate) const fn new() -> Pending<B> {
+        Pending {
+            list: Vec::new(),
+            prune_at: 64,
+        }
+    }
+
+    /// Remember `f`.
+    pub(crate) fn push(&mut self, f: &Arc<Program<B>>) {
+        if self.list.len() >= self.prune_at {
+            self.list.retain(|w| w.strong_count() > 0);
+            self.prune_at = (2 * self.list.len()).max(64);
+        }
+        self.list.push(Arc::downgrade(f));
+    }
+
+    /// The programs still alive, in the order they were built; the list is emptied.
+    pub(crate) fn take_live(&mut self) -> Vec<Arc<Program<B>>> {
+        self.prune_at = 64;
+        std::mem::take(&mut self.list)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 }

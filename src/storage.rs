@@ -10,10 +10,11 @@
 
 use crate::conv::Window;
 use crate::cpu;
+use crate::cpu::fused::CpuFused;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::fusion::{self, LeafMap, Operand};
+use crate::fusion::{self, LeafMap, Operand, Program};
 use crate::gpu::context::GpuContext;
 use crate::gpu::kernels::fused::{self, Fused};
 use crate::gpu::kernels::matmul::Epilogue;
@@ -43,6 +44,9 @@ pub(crate) enum CpuStorage {
     F32(Arc<Vec<f32>>),
     /// 32-bit unsigned integers.
     U32(Arc<Vec<u32>>),
+    /// 32-bit floats that a fused elementwise program computes when they are read
+    /// (`cpu/fused.rs`).
+    Lazy(Arc<CpuFused>),
 }
 
 /// A GPU buffer of 32-bit values with their element type. A tensor with no elements has no
@@ -72,7 +76,7 @@ pub(crate) struct WherePlan {
 impl CpuStorage {
     fn dtype(&self) -> DType {
         match self {
-            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F32(_) | CpuStorage::Lazy(_) => DType::F32,
             CpuStorage::U32(_) => DType::U32,
         }
     }
@@ -80,8 +84,27 @@ impl CpuStorage {
     fn f32s(&self, op: &'static str) -> Result<&Arc<Vec<f32>>> {
         match self {
             CpuStorage::F32(v) => Ok(v),
+            CpuStorage::Lazy(f) => f.materialized(),
             other => Err(mismatch(op, DType::F32, other.dtype())),
         }
+    }
+
+    /// This f32 operand as the input of a fused program, read through `map` (see
+    /// `GpuStorage::operand`).
+    fn operand(
+        &self,
+        op: &'static str,
+        map: LeafMap,
+        parts: usize,
+    ) -> Result<Operand<'_, Arc<Vec<f32>>>> {
+        if let CpuStorage::Lazy(f) = self {
+            let small =
+                f.insts() < fusion::MAX_INSTS / parts && f.leaves() <= fusion::MAX_LEAVES / parts;
+            if map == LeafMap::Contiguous && !f.is_done() && small {
+                return Ok(Operand::Program(f));
+            }
+        }
+        Ok(Operand::Buffer(self.f32s(op)?, map))
     }
 
     fn u32s(&self, op: &'static str) -> Result<&Arc<Vec<u32>>> {
@@ -358,6 +381,12 @@ impl Storage {
     /// `op` on each of the `n` values.
     pub(crate) fn unary(&self, op: UnaryOp, n: usize) -> Result<Storage> {
         match self {
+            Storage::Cpu(c) if n > 0 && cpu::fused::enabled() => {
+                let x = c.operand(op.name(), LeafMap::Contiguous, 1)?;
+                Ok(Storage::Cpu(CpuStorage::Lazy(cpu::fused::fused_unary(
+                    x, op, n,
+                ))))
+            }
             Storage::Cpu(c) => Ok(cpu_f32(cpu::unary(c.f32s(op.name())?, op)?)),
             Storage::Gpu(g) if n > 0 && fused::enabled(&g.ctx) => {
                 let x = g.operand(op.name(), LeafMap::Contiguous, 1)?;
@@ -379,6 +408,26 @@ impl Storage {
     ) -> Result<Storage> {
         let name = op.name();
         match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b))
+                if n > 0
+                    && cpu::fused::enabled()
+                    && fusion::fits(&LeafMap::of(&layout.dims, &layout.lhs))
+                    && fusion::fits(&LeafMap::of(&layout.dims, &layout.rhs)) =>
+            {
+                let (ma, mb) = (
+                    LeafMap::of(&layout.dims, &layout.lhs),
+                    LeafMap::of(&layout.dims, &layout.rhs),
+                );
+                let x = a.operand(name, ma, 2)?;
+                let (xi, xl) = Program::size(&x);
+                let mut y = b.operand(name, mb.clone(), 2)?;
+                let (yi, yl) = Program::size(&y);
+                if xi + yi + 1 > fusion::MAX_INSTS || xl + yl > fusion::MAX_LEAVES {
+                    y = Operand::Buffer(b.f32s(name)?, mb);
+                }
+                let f = cpu::fused::fused_binary(x, y, op, n);
+                Ok(Storage::Cpu(CpuStorage::Lazy(f)))
+            }
             (Storage::Cpu(a), Storage::Cpu(b)) => Ok(cpu_f32(cpu::binary(
                 a.f32s(name)?,
                 b.f32s(name)?,
@@ -398,9 +447,9 @@ impl Storage {
                     });
                 }
                 let x = a.operand(name, ma, 2)?;
-                let (xi, xl) = Fused::size(&x);
+                let (xi, xl) = Program::size(&x);
                 let mut y = b.operand(name, mb.clone(), 2)?;
-                let (yi, yl) = Fused::size(&y);
+                let (yi, yl) = Program::size(&y);
                 if xi + yi + 1 > fusion::MAX_INSTS || xl + yl > fusion::MAX_LEAVES {
                     // Too big for one kernel: run the right operand's program first.
                     y = Operand::Buffer(b.materialized(name)?, mb);
@@ -795,8 +844,8 @@ impl Storage {
         let n = dims.0 * idx.len() * dims.2;
         match (self, indices) {
             (Storage::Cpu(x), Storage::Cpu(_)) => Ok(Storage::Cpu(match x {
-                CpuStorage::F32(v) => CpuStorage::F32(Arc::new(cpu::index_select(v, idx, dims)?)),
                 CpuStorage::U32(v) => CpuStorage::U32(Arc::new(cpu::index_select(v, idx, dims)?)),
+                f => CpuStorage::F32(Arc::new(cpu::index_select(f.f32s(OP)?, idx, dims)?)),
             })),
             (Storage::Gpu(x), Storage::Gpu(i)) => x.output(n, x.dtype, |ctx| {
                 let src = x.bound(OP, x.dtype)?;
@@ -819,12 +868,16 @@ impl Storage {
         const OP: &str = "gather";
         match (self, index) {
             (Storage::Cpu(x), Storage::Cpu(_)) => Ok(Storage::Cpu(match x {
-                CpuStorage::F32(v) => {
-                    CpuStorage::F32(Arc::new(cpu::gather(v, idx, dims, x_strides, axis)?))
-                }
                 CpuStorage::U32(v) => {
                     CpuStorage::U32(Arc::new(cpu::gather(v, idx, dims, x_strides, axis)?))
                 }
+                f => CpuStorage::F32(Arc::new(cpu::gather(
+                    f.f32s(OP)?,
+                    idx,
+                    dims,
+                    x_strides,
+                    axis,
+                )?)),
             })),
             (Storage::Gpu(x), Storage::Gpu(i)) => x.output(idx.len(), x.dtype, |ctx| {
                 let src = x.bound(OP, x.dtype)?;
@@ -964,7 +1017,8 @@ impl Storage {
     /// CPU backend copies on write instead, so its values never count as shared.
     pub(crate) fn is_shared(&self) -> bool {
         match self {
-            Storage::Cpu(_) => false,
+            // Unrun programs count as shared: the update works on a copy.
+            Storage::Cpu(c) => matches!(c, CpuStorage::Lazy(_)),
             // A program not yet run counts as shared: the update works on a copy.
             Storage::Gpu(g) => {
                 g.lazy.is_some() || g.buf.as_ref().is_some_and(|b| Arc::strong_count(b) > 1)

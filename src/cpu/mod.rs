@@ -5,6 +5,7 @@
 
 mod conv;
 mod elementwise;
+pub(crate) mod fused;
 #[cfg(target_arch = "x86_64")]
 mod gemm_avx512;
 mod grad;

@@ -16,7 +16,7 @@
 
 use super::Family;
 use crate::error::Result;
-use crate::fusion::{Inst, LeafMap, MAX_INSTS, MAX_LEAVES, MAX_RANK, Operand, Program};
+use crate::fusion::{Inst, LeafMap, MAX_INSTS, MAX_LEAVES, MAX_RANK, Operand, Pending, Program};
 use crate::gpu::context::{GpuContext, WG_1D};
 use crate::gpu::pipelines::{KernelSpec, Shader};
 use crate::gpu::pool::PooledBuffer;
@@ -24,7 +24,7 @@ use crate::op::{BinaryOp, ReduceOp, UnaryOp};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Words of metadata the uniform holds (the WGSL `words` array: 64 vec4). The caps of
 /// `crate::fusion` bound what a program needs: per strided leaf 1 + 2 · rank, per unary op 2, so at most
@@ -377,7 +377,7 @@ fn intern(wgsl: String) -> Shader {
 /// Per-device fusion state: the switch, the programs not yet run, and counters.
 pub(crate) struct FusionState {
     enabled: AtomicBool,
-    pending: Mutex<Vec<Weak<Fused>>>,
+    pending: Mutex<Pending<Arc<PooledBuffer>>>,
     /// Fused kernels dispatched.
     pub(crate) kernels: AtomicU64,
     /// Elementwise ops those kernels computed.
@@ -389,7 +389,7 @@ impl FusionState {
         let enabled = std::env::var("KILN_FUSION").map_or(true, |v| v != "0");
         FusionState {
             enabled: AtomicBool::new(enabled),
-            pending: Mutex::default(),
+            pending: Mutex::new(Pending::new()),
             kernels: AtomicU64::new(0),
             ops: AtomicU64::new(0),
         }
@@ -419,9 +419,11 @@ pub(crate) fn counters(ctx: &GpuContext) -> (u64, u64) {
 
 fn pending(ctx: &GpuContext, f: Arc<Fused>) -> Arc<Fused> {
     let state = ctx.state(FusionState::new);
-    let mut list = state.pending.lock().unwrap_or_else(|e| e.into_inner());
-    list.retain(|w| w.strong_count() > 0);
-    list.push(Arc::downgrade(&f));
+    state
+        .pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(&f);
     f
 }
 
@@ -429,12 +431,11 @@ fn pending(ctx: &GpuContext, f: Arc<Fused>) -> Arc<Fused> {
 /// `Device::synchronize` means the work is done. Programs whose tensors are gone never run.
 pub(crate) fn materialize_pending(ctx: &GpuContext) -> Result<()> {
     let state = ctx.state(FusionState::new);
-    let live: Vec<Arc<Fused>> = {
-        let mut list = state.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let live = list.iter().filter_map(Weak::upgrade).collect();
-        list.clear();
-        live
-    };
+    let live = state
+        .pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take_live();
     for f in live {
         f.materialized(ctx)?;
     }
