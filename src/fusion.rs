@@ -6,7 +6,6 @@
 //! over blocks of values (`cpu/fused.rs`).
 
 use crate::op::{BinaryOp, UnaryOp};
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};
 
 /// Most instructions in one program; past it the operand is materialised first.
@@ -101,7 +100,8 @@ pub(crate) enum Operand<'a, B> {
 struct Builder<B> {
     insts: Vec<Inst>,
     leaves: Vec<(B, LeafMap)>,
-    inlined: HashMap<*const Program<B>, usize>,
+    /// Programs already inlined (few per build: a linear search beats hashing).
+    inlined: Vec<(*const Program<B>, usize)>,
 }
 
 impl<B: Buffer> Builder<B> {
@@ -109,7 +109,7 @@ impl<B: Buffer> Builder<B> {
         Builder {
             insts: Vec::new(),
             leaves: Vec::new(),
-            inlined: HashMap::new(),
+            inlined: Vec::new(),
         }
     }
 
@@ -132,7 +132,7 @@ impl<B: Buffer> Builder<B> {
             Operand::Buffer(buf, map) => self.leaf(buf, map.clone()),
             Operand::Program(p) => {
                 let key = Arc::as_ptr(p);
-                if let Some(&v) = self.inlined.get(&key) {
+                if let Some(&(_, v)) = self.inlined.iter().find(|(k, _)| *k == key) {
                     return v;
                 }
                 let mut at = Vec::with_capacity(p.insts.len());
@@ -148,7 +148,7 @@ impl<B: Buffer> Builder<B> {
                     at.push(v);
                 }
                 let v = *at.last().expect("a program has at least one instruction");
-                self.inlined.insert(key, v);
+                self.inlined.push((key, v));
                 v
             }
         }

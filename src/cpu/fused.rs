@@ -80,25 +80,34 @@ impl CpuFused {
         }
     }
 
-    /// Outputs `start..start + piece.len()` into `piece`, block by block.
+    /// Outputs `start..start + piece.len()` into `piece`, block by block. Contiguous leaves are
+    /// read in place; every other value of the block lives in its instruction's register.
     fn eval_into(&self, start: usize, piece: &mut [MaybeUninit<f32>]) {
-        let mut regs = vec![[0f32; BLOCK]; self.insts.len()];
-        for (b, chunk) in piece.chunks_mut(BLOCK).enumerate() {
-            let (base, len) = (start + b * BLOCK, chunk.len());
+        // Registers as large as a block of this piece (small tensors zero less).
+        let blk = BLOCK.min(piece.len());
+        let mut store = vec![0f32; self.insts.len() * blk];
+        let mut regs: Vec<&mut [f32]> = store.chunks_mut(blk).collect();
+        let mut views: Vec<Option<&[f32]>> = vec![None; self.insts.len()];
+        for (b, chunk) in piece.chunks_mut(blk).enumerate() {
+            let (base, len) = (start + b * blk, chunk.len());
             for (k, inst) in self.insts.iter().enumerate() {
                 let (before, rest) = regs.split_at_mut(k);
                 let dst = &mut rest[0][..len];
+                let (seen, view) = views.split_at_mut(k);
+                let arg = |x: usize| seen[x].unwrap_or(&before[x][..len]);
+                view[0] = None;
                 match *inst {
-                    Inst::Load(leaf) => {
-                        let (values, map) = &self.leaves[leaf];
-                        load(values, map, base, dst);
-                    }
-                    Inst::Unary(op, x) => unary(op, &before[x][..len], dst),
-                    Inst::Binary(op, a, b) => binary(op, &before[a][..len], &before[b][..len], dst),
+                    Inst::Load(leaf) => match &self.leaves[leaf] {
+                        (values, LeafMap::Contiguous) => view[0] = Some(&values[base..base + len]),
+                        (values, map) => load(values, map, base, dst),
+                    },
+                    Inst::Unary(op, x) => unary(op, arg(x), dst),
+                    Inst::Binary(op, a, b) => binary(op, arg(a), arg(b), dst),
                 }
             }
-            let last = &regs[self.insts.len() - 1][..len];
-            for (o, &v) in chunk.iter_mut().zip(last) {
+            let last = self.insts.len() - 1;
+            let value = views[last].unwrap_or(&regs[last][..len]);
+            for (o, &v) in chunk.iter_mut().zip(value) {
                 o.write(v);
             }
         }
@@ -111,13 +120,41 @@ fn load(values: &[f32], map: &LeafMap, base: usize, dst: &mut [f32]) {
         LeafMap::Contiguous => dst.copy_from_slice(&values[base..base + dst.len()]),
         LeafMap::Scalar => dst.fill(values[0]),
         LeafMap::Strided { dims, strides } => {
-            for (j, d) in dst.iter_mut().enumerate() {
-                let (mut rem, mut at) = (base + j, 0);
-                for k in (0..dims.len()).rev() {
-                    at += (rem % dims[k]) * strides[k];
-                    rem /= dims[k];
+            // An odometer over the dimensions from `base`: one division per dimension for the
+            // block, then runs along the last dimension (copied where its stride is 1).
+            let rank = dims.len();
+            let mut idx = vec![0; rank];
+            let (mut rem, mut at) = (base, 0);
+            for k in (0..rank).rev() {
+                idx[k] = rem % dims[k];
+                at += idx[k] * strides[k];
+                rem /= dims[k];
+            }
+            let (last, step) = (dims[rank - 1], strides[rank - 1]);
+            let mut j = 0;
+            while j < dst.len() {
+                let run = (last - idx[rank - 1]).min(dst.len() - j);
+                let out = &mut dst[j..j + run];
+                if step == 1 {
+                    out.copy_from_slice(&values[at..at + run]);
+                } else {
+                    out.iter_mut()
+                        .enumerate()
+                        .for_each(|(r, d)| *d = values[at + r * step]);
                 }
-                *d = values[at];
+                j += run;
+                // Carry into the outer dimensions.
+                at += run * step;
+                idx[rank - 1] += run;
+                for k in (1..rank).rev() {
+                    if idx[k] < dims[k] {
+                        break;
+                    }
+                    at -= idx[k] * strides[k];
+                    idx[k] = 0;
+                    idx[k - 1] += 1;
+                    at += strides[k - 1];
+                }
             }
         }
     }
