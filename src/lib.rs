@@ -19,7 +19,11 @@
 //! ```
 //!
 //! On a GPU, ops are recorded into one compute pass and submitted in batches; readback
-//! (`to_vec`, `to_vec_async`) and [`Device::synchronize`] submit what is pending.
+//! (`to_vec`, `to_vec_async`) and [`Device::synchronize`] submit what is pending. Elementwise
+//! ops are fused on every device: a chain of them (broadcasting included) runs as one generated
+//! kernel on a GPU and one pass on the CPU when its value is needed, and a reduction or softmax
+//! of such a chain takes it as its prologue ([`Device::set_fusion`], `KILN_FUSION=0` to turn it
+//! off; [`Device::stats`] counts the work).
 //!
 //! Training uses reverse-mode autograd ([`Tensor::with_grad`], [`Tensor::backward`]), the losses
 //! and optimizers of [`nn`], and [`no_grad`] for inference:
