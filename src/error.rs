@@ -127,5 +127,5 @@ pub enum Error {
     Gpu(String),
 }
 
-/// `Result` with kiln's [`Error`].
+/// `Result` with kiln's [`Error`](enum@Error).
 pub type Result<T> = std::result::Result<T, Error>;

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 /// A shader module of one kernel family: its name (a file under `shaders/`, or the name of a
 /// variant derived from one) and its WGSL, compiled after the prelude (`crate::op::wgsl_prelude`).
-/// Each family in `kernels/` declares its own with [`shader!`](crate::gpu::pipelines::shader) or
-/// [`Shader::derived`]; there is no central list.
+/// Each family in `kernels/` declares its own with the crate's `shader!` macro or
+/// `Shader::derived`; there is no central list.
 #[derive(Clone, Copy)]
 pub struct Shader {
     name: &'static str,
