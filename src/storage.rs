@@ -251,6 +251,21 @@ fn gpu_f32<'s>(op: &'static str, s: Option<&'s Storage>) -> Result<Option<&'s Po
     }
 }
 
+/// `y` as the right operand of a binary program with left operand `x`, or, when the two
+/// together would pass one program's caps, `y` run first (`as_buffer`).
+fn within_caps<'a, B: fusion::Buffer>(
+    x: &Operand<'a, B>,
+    y: Operand<'a, B>,
+    as_buffer: impl FnOnce() -> Result<Operand<'a, B>>,
+) -> Result<Operand<'a, B>> {
+    let ((xi, xl), (yi, yl)) = (Program::size(x), Program::size(&y));
+    if xi + yi + 1 > fusion::MAX_INSTS || xl + yl > fusion::MAX_LEAVES {
+        as_buffer()
+    } else {
+        Ok(y)
+    }
+}
+
 fn cpu_f32(v: Vec<f32>) -> Storage {
     Storage::Cpu(CpuStorage::F32(Arc::new(v)))
 }
@@ -407,24 +422,19 @@ impl Storage {
         op: BinaryOp,
     ) -> Result<Storage> {
         let name = op.name();
+        // With fusion on, both operands' maps within the generated code's reach: a program.
+        let maps = (
+            LeafMap::of(&layout.dims, &layout.lhs),
+            LeafMap::of(&layout.dims, &layout.rhs),
+        );
+        let fusable = n > 0 && fusion::fits(&maps.0) && fusion::fits(&maps.1);
         match (self, rhs) {
-            (Storage::Cpu(a), Storage::Cpu(b))
-                if n > 0
-                    && cpu::fused::enabled()
-                    && fusion::fits(&LeafMap::of(&layout.dims, &layout.lhs))
-                    && fusion::fits(&LeafMap::of(&layout.dims, &layout.rhs)) =>
-            {
-                let (ma, mb) = (
-                    LeafMap::of(&layout.dims, &layout.lhs),
-                    LeafMap::of(&layout.dims, &layout.rhs),
+            (Storage::Cpu(a), Storage::Cpu(b)) if fusable && cpu::fused::enabled() => {
+                let (x, y) = (
+                    a.operand(name, maps.0, 2)?,
+                    b.operand(name, maps.1.clone(), 2)?,
                 );
-                let x = a.operand(name, ma, 2)?;
-                let (xi, xl) = Program::size(&x);
-                let mut y = b.operand(name, mb.clone(), 2)?;
-                let (yi, yl) = Program::size(&y);
-                if xi + yi + 1 > fusion::MAX_INSTS || xl + yl > fusion::MAX_LEAVES {
-                    y = Operand::Buffer(b.f32s(name)?, mb);
-                }
+                let y = within_caps(&x, y, || Ok(Operand::Buffer(b.f32s(name)?, maps.1)))?;
                 let f = cpu::fused::fused_binary(x, y, op, n);
                 Ok(Storage::Cpu(CpuStorage::Lazy(f)))
             }
@@ -435,25 +445,12 @@ impl Storage {
                 n,
                 op,
             )?)),
-            (Storage::Gpu(a), Storage::Gpu(b)) if n > 0 && fused::enabled(&a.ctx) => {
-                let (ma, mb) = (
-                    LeafMap::of(&layout.dims, &layout.lhs),
-                    LeafMap::of(&layout.dims, &layout.rhs),
+            (Storage::Gpu(a), Storage::Gpu(b)) if fusable && fused::enabled(&a.ctx) => {
+                let (x, y) = (
+                    a.operand(name, maps.0, 2)?,
+                    b.operand(name, maps.1.clone(), 2)?,
                 );
-                if !fusion::fits(&ma) || !fusion::fits(&mb) {
-                    return a.output(n, DType::F32, |ctx| {
-                        let (x, y) = (a.bound(name, DType::F32)?, b.bound(name, DType::F32)?);
-                        elementwise::binary(ctx, x, y, layout, n, op)
-                    });
-                }
-                let x = a.operand(name, ma, 2)?;
-                let (xi, xl) = Program::size(&x);
-                let mut y = b.operand(name, mb.clone(), 2)?;
-                let (yi, yl) = Program::size(&y);
-                if xi + yi + 1 > fusion::MAX_INSTS || xl + yl > fusion::MAX_LEAVES {
-                    // Too big for one kernel: run the right operand's program first.
-                    y = Operand::Buffer(b.materialized(name)?, mb);
-                }
+                let y = within_caps(&x, y, || Ok(Operand::Buffer(b.materialized(name)?, maps.1)))?;
                 Ok(a.lazy(fused::binary(&a.ctx, x, y, op, n)))
             }
             (Storage::Gpu(a), Storage::Gpu(b)) => a.output(n, DType::F32, |ctx| {

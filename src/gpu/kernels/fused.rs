@@ -76,29 +76,8 @@ impl Fused {
         dims: (usize, usize, usize),
         op: ReduceOp,
     ) -> Result<PooledBuffer> {
-        let (outer, len, inner) = dims;
-        let n_out = outer * inner;
-        let maps: Vec<&LeafMap> = self.leaves.iter().map(|(_, m)| m).collect();
-        let (wgsl, meta) = generate_reduce(&self.insts, &maps, "reduce");
-        let spec = KernelSpec {
-            shader: intern(wgsl, || self.describe("reduce of ")),
-            entry: "reduce",
-            constants: vec![("OP", f64::from(op.shader_id())), ("WG", f64::from(WG_1D))],
-            unchecked: false,
-        };
-        let out = ctx.alloc(op.name(), n_out)?;
-        let mut buffers: Vec<&wgpu::Buffer> = self.leaves.iter().map(|(b, _)| &b.buffer).collect();
-        buffers.push(&out.buffer);
-        let params = uniform([outer, len, inner, n_out], &meta);
-        ctx.dispatch_1d(
-            op.name(),
-            &spec,
-            &buffers,
-            bytemuck::cast_slice(&params),
-            n_out,
-        )?;
-        self.count(ctx);
-        Ok(out)
+        let constant = ("OP", f64::from(op.shader_id()));
+        self.run_reduce_entry(ctx, "reduce", op.name(), constant, dims, dims.0 * dims.2)
     }
 
     /// (log-)softmax along the middle of `dims` over the program's values, in one kernel whose
@@ -109,17 +88,39 @@ impl Fused {
         dims: (usize, usize, usize),
         log: bool,
     ) -> Result<PooledBuffer> {
-        let (outer, len, inner) = dims;
-        let (n_out, name) = (outer * inner, if log { "log_softmax" } else { "softmax" });
+        let name = if log { "log_softmax" } else { "softmax" };
+        let constant = ("LOG", f64::from(u8::from(log)));
+        self.run_reduce_entry(
+            ctx,
+            "softmax",
+            name,
+            constant,
+            dims,
+            dims.0 * dims.1 * dims.2,
+        )
+    }
+
+    /// Dispatch `entry` of `reduce.wgsl` over the program's values (one invocation per
+    /// `[outer, inner]` position) with its op constant, into a new buffer of `out_n` values.
+    fn run_reduce_entry(
+        &self,
+        ctx: &GpuContext,
+        entry: &'static str,
+        name: &'static str,
+        constant: (&'static str, f64),
+        (outer, len, inner): (usize, usize, usize),
+        out_n: usize,
+    ) -> Result<PooledBuffer> {
+        let n_out = outer * inner;
         let maps: Vec<&LeafMap> = self.leaves.iter().map(|(_, m)| m).collect();
-        let (wgsl, meta) = generate_reduce(&self.insts, &maps, "softmax");
+        let (wgsl, meta) = generate_reduce(&self.insts, &maps, entry);
         let spec = KernelSpec {
-            shader: intern(wgsl, || self.describe("softmax of ")),
-            entry: "softmax",
-            constants: vec![("LOG", f64::from(u8::from(log))), ("WG", f64::from(WG_1D))],
+            shader: intern(wgsl, || self.describe(&format!("{name} of "))),
+            entry,
+            constants: vec![constant, ("WG", f64::from(WG_1D))],
             unchecked: false,
         };
-        let out = ctx.alloc(name, outer * len * inner)?;
+        let out = ctx.alloc(name, out_n)?;
         let mut buffers: Vec<&wgpu::Buffer> = self.leaves.iter().map(|(b, _)| &b.buffer).collect();
         buffers.push(&out.buffer);
         let params = uniform([outer, len, inner, n_out], &meta);
