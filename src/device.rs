@@ -313,6 +313,19 @@ impl Device {
         }
     }
 
+    /// Run every pending op (the fused programs that live tensors hold) and, on a GPU, submit
+    /// the recorded work without waiting for it: the GPU starts while the caller goes on.
+    /// [`Device::synchronize`] also waits.
+    pub fn flush(&self) -> Result<()> {
+        match &self.inner.backend {
+            Backend::Cpu => crate::cpu::fused::materialize_pending(),
+            Backend::Gpu(ctx) => {
+                gpu::kernels::fused::materialize_pending(ctx)?;
+                ctx.flush()
+            }
+        }
+    }
+
     /// Counters of the work this device has done (all zero for the CPU backend).
     pub fn stats(&self) -> DeviceStats {
         match &self.inner.backend {

@@ -150,6 +150,21 @@ fn a_fused_chain_is_one_dispatch() {
                 assert_eq!(dispatches, 16, "{dev}: {before:?} -> {after:?}");
                 assert_eq!(after.fused_kernels, before.fused_kernels);
             }
+            // flush runs what live tensors hold (without waiting), and only once.
+            let before = dev.stats();
+            let z = x.add(&b).unwrap().relu().unwrap();
+            dev.flush().unwrap();
+            dev.flush().unwrap();
+            let ran = dev.stats().dispatches - before.dispatches;
+            assert_eq!(ran, if fused { 1 } else { 2 }, "{dev} fused={fused}: flush");
+            let want: Vec<f32> = x
+                .to_vec()
+                .unwrap()
+                .iter()
+                .zip(b.to_vec().unwrap())
+                .map(|(p, q)| (p + q).max(0.0))
+                .collect();
+            assert_eq!(z.to_vec().unwrap(), want, "{dev} fused={fused}");
             // A dropped program never runs: synchronize finds nothing to do.
             let before = dev.stats();
             drop(x.relu().unwrap().exp().unwrap());
