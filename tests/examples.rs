@@ -193,3 +193,31 @@ fn digits_example_reaches_95_percent_on_every_device() {
         assert!(acc >= 0.95, "held-out accuracy {acc} on {dev}");
     }
 }
+
+/// The examples' training steps give the same answers fused and eager: bit for bit on the CPU
+/// (the same Rust formulas either way), within rounding on every GPU (a fused kernel may
+/// contract differently), for the convnet and the transformer.
+#[test]
+fn examples_train_the_same_fused_and_eager() {
+    let cpu = Device::cpu();
+    let mut on_cpu = Vec::new();
+    for fused in [true, false] {
+        cpu.set_fusion(fused);
+        on_cpu.push((cnn_run(&cpu), transformer_run(&cpu).0));
+    }
+    cpu.set_fusion(true);
+    assert_eq!(on_cpu[0], on_cpu[1], "CPU: fused vs eager losses");
+    for dev in fresh_gpus() {
+        let mut runs = Vec::new();
+        for fused in [true, false] {
+            dev.set_fusion(fused);
+            runs.push((cnn_run(&dev), transformer_run(&dev).0));
+        }
+        let close = |what: &str, a: &[f32], b: &[f32]| {
+            let want: Vec<f64> = b.iter().map(|&v| f64::from(v)).collect();
+            assert_close(&format!("{what} on {dev}, fused vs eager"), a, &want, 1e-4, 1e-3);
+        };
+        close("convnet", &runs[0].0, &runs[1].0);
+        close("transformer", &runs[0].1, &runs[1].1);
+    }
+}
