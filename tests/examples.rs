@@ -215,7 +215,13 @@ fn examples_train_the_same_fused_and_eager() {
         }
         let close = |what: &str, a: &[f32], b: &[f32]| {
             let want: Vec<f64> = b.iter().map(|&v| f64::from(v)).collect();
-            assert_close(&format!("{what} on {dev}, fused vs eager"), a, &want, 1e-4, 1e-3);
+            assert_close(
+                &format!("{what} on {dev}, fused vs eager"),
+                a,
+                &want,
+                1e-4,
+                1e-3,
+            );
         };
         close("convnet", &runs[0].0, &runs[1].0);
         close("transformer", &runs[0].1, &runs[1].1);
