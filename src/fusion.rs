@@ -202,14 +202,14 @@ impl<B: Buffer> Program<B> {
             .count()
     }
 
-    /// Instructions in the program.
-    pub(crate) fn insts(&self) -> usize {
-        self.insts.len()
-    }
-
-    /// Leaves (input buffers) of the program.
-    pub(crate) fn leaves(&self) -> usize {
-        self.leaves.len()
+    /// Whether a new program with `parts` operands may extend this one rather than read its
+    /// values: it has not run, it is read element for element (`map` contiguous), and each
+    /// operand's share of the caps leaves room.
+    pub(crate) fn extendable(&self, map: &LeafMap, parts: usize) -> bool {
+        *map == LeafMap::Contiguous
+            && !self.is_done()
+            && self.insts.len() < MAX_INSTS / parts
+            && self.leaves.len() <= MAX_LEAVES / parts
     }
 
     /// Whether the program has run.

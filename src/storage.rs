@@ -97,12 +97,10 @@ impl CpuStorage {
         map: LeafMap,
         parts: usize,
     ) -> Result<Operand<'_, Arc<Vec<f32>>>> {
-        if let CpuStorage::Lazy(f) = self {
-            let small =
-                f.insts() < fusion::MAX_INSTS / parts && f.leaves() <= fusion::MAX_LEAVES / parts;
-            if map == LeafMap::Contiguous && !f.is_done() && small {
-                return Ok(Operand::Program(f));
-            }
+        if let CpuStorage::Lazy(f) = self
+            && f.extendable(&map, parts)
+        {
+            return Ok(Operand::Program(f));
         }
         Ok(Operand::Buffer(self.f32s(op)?, map))
     }
@@ -156,12 +154,10 @@ impl GpuStorage {
         if self.dtype != DType::F32 {
             return Err(mismatch(op, DType::F32, self.dtype));
         }
-        if let Some(f) = &self.lazy {
-            let small =
-                f.insts() < fusion::MAX_INSTS / parts && f.leaves() <= fusion::MAX_LEAVES / parts;
-            if map == LeafMap::Contiguous && !f.is_done() && small {
-                return Ok(Operand::Program(f));
-            }
+        if let Some(f) = &self.lazy
+            && f.extendable(&map, parts)
+        {
+            return Ok(Operand::Program(f));
         }
         Ok(Operand::Buffer(self.materialized(op)?, map))
     }
@@ -182,24 +178,35 @@ impl GpuStorage {
         }
     }
 
+    /// Storage of `dtype` on `ctx` with no values yet: empty, or about to get `buf` or `lazy`.
+    fn blank(ctx: &Arc<GpuContext>, dtype: DType) -> GpuStorage {
+        GpuStorage {
+            ctx: ctx.clone(),
+            buf: None,
+            lazy: None,
+            dtype,
+        }
+    }
+
     /// A result that is the fused program `f`.
     fn lazy(&self, f: Arc<Fused>) -> Storage {
         Storage::Gpu(GpuStorage {
-            ctx: self.ctx.clone(),
-            buf: None,
             lazy: Some(f),
-            dtype: DType::F32,
+            ..GpuStorage::blank(&self.ctx, DType::F32)
+        })
+    }
+
+    /// A result held in `buf`, of `dtype`, on this device.
+    fn filled(&self, buf: PooledBuffer, dtype: DType) -> Storage {
+        Storage::Gpu(GpuStorage {
+            buf: Some(Arc::new(buf)),
+            ..GpuStorage::blank(&self.ctx, dtype)
         })
     }
 
     /// A tensor of `dtype` with no elements on this device.
     fn empty(&self, dtype: DType) -> Storage {
-        Storage::Gpu(GpuStorage {
-            ctx: self.ctx.clone(),
-            buf: None,
-            lazy: None,
-            dtype,
-        })
+        Storage::Gpu(GpuStorage::blank(&self.ctx, dtype))
     }
 
     /// A result of `n` values of `dtype` on this device: no buffer when `n` is 0, else the
@@ -213,12 +220,7 @@ impl GpuStorage {
         if n == 0 {
             return Ok(self.empty(dtype));
         }
-        Ok(Storage::Gpu(GpuStorage {
-            ctx: self.ctx.clone(),
-            buf: Some(Arc::new(run(&self.ctx)?)),
-            lazy: None,
-            dtype,
-        }))
+        Ok(self.filled(run(&self.ctx)?, dtype))
     }
 }
 
@@ -275,7 +277,10 @@ impl Storage {
 
     /// `data` on `device`.
     pub(crate) fn from_f32(device: &Device, op: &'static str, data: &[f32]) -> Result<Storage> {
-        Self::upload(device, op, DType::F32, data)
+        match device.gpu_context() {
+            None => Ok(cpu_f32(data.to_vec())),
+            Some(ctx) => Self::upload(ctx, op, DType::F32, data),
+        }
     }
 
     /// `data` (owned: the CPU backend keeps it without a copy) on `device`.
@@ -286,7 +291,7 @@ impl Storage {
     ) -> Result<Storage> {
         match device.gpu_context() {
             None => Ok(cpu_f32(data)),
-            Some(_) => Self::from_f32(device, op, &data),
+            Some(ctx) => Self::upload(ctx, op, DType::F32, &data),
         }
     }
 
@@ -298,45 +303,26 @@ impl Storage {
     ) -> Result<Storage> {
         match device.gpu_context() {
             None => Ok(Storage::Cpu(CpuStorage::U32(data))),
-            Some(_) => Self::upload(device, op, DType::U32, bytemuck::cast_slice(&data)),
+            Some(ctx) => Self::upload(ctx, op, DType::U32, bytemuck::cast_slice(&data)),
         }
     }
 
-    /// 32-bit words uploaded to `device` as `dtype` (a copy for the CPU backend).
-    fn upload(device: &Device, op: &'static str, dtype: DType, words: &[f32]) -> Result<Storage> {
-        match device.gpu_context() {
-            None => Ok(match dtype {
-                DType::F32 => cpu_f32(words.to_vec()),
-                DType::U32 => Storage::Cpu(CpuStorage::U32(Arc::new(
-                    words.iter().map(|v| v.to_bits()).collect(),
-                ))),
-            }),
-            Some(ctx) => {
-                let buf = match words.len() {
-                    0 => None,
-                    _ => Some(Arc::new(ctx.upload(op, words)?)),
-                };
-                Ok(Storage::Gpu(GpuStorage {
-                    ctx: ctx.clone(),
-                    buf,
-                    lazy: None,
-                    dtype,
-                }))
-            }
-        }
+    /// 32-bit words uploaded to the GPU of `ctx` as `dtype`.
+    fn upload(
+        ctx: &Arc<GpuContext>,
+        op: &'static str,
+        dtype: DType,
+        words: &[f32],
+    ) -> Result<Storage> {
+        GpuStorage::blank(ctx, dtype).output(words.len(), dtype, |ctx| ctx.upload(op, words))
     }
 
     /// `n` copies of `value` on `device` (on a GPU by a fill kernel: nothing is uploaded).
     pub(crate) fn full(device: &Device, n: usize, value: f32) -> Result<Storage> {
         match device.gpu_context() {
             None => Ok(cpu_f32(cpu::fill(n, value)?)),
-            Some(ctx) => GpuStorage {
-                ctx: ctx.clone(),
-                buf: None,
-                lazy: None,
-                dtype: DType::F32,
-            }
-            .output(n, DType::F32, |ctx| elementwise::fill(ctx, n, value)),
+            Some(ctx) => GpuStorage::blank(ctx, DType::F32)
+                .output(n, DType::F32, |ctx| elementwise::fill(ctx, n, value)),
         }
     }
 
@@ -598,15 +584,7 @@ impl Storage {
                 }
                 let (xb, tb) = (x.bound(OP, DType::F32)?, tg.bound(OP, DType::U32)?);
                 let (loss, lse) = xent::forward(&x.ctx, xb, tb, rows, classes)?;
-                let wrap = |b| {
-                    Storage::Gpu(GpuStorage {
-                        ctx: x.ctx.clone(),
-                        buf: Some(Arc::new(b)),
-                        lazy: None,
-                        dtype: DType::F32,
-                    })
-                };
-                Ok((wrap(loss), wrap(lse)))
+                Ok((x.filled(loss, DType::F32), x.filled(lse, DType::F32)))
             }
             _ => Err(backends(OP)),
         }
@@ -807,26 +785,18 @@ impl Storage {
                     }
                 }))
             }
-            Some(ctx) => {
-                let out = GpuStorage {
-                    ctx: ctx.clone(),
-                    buf: None,
-                    lazy: None,
-                    dtype,
-                };
-                out.output(n, dtype, |ctx| {
-                    let buf = ctx.alloc(op, n)?;
-                    for (src, plan) in parts {
-                        let Storage::Gpu(g) = src else {
-                            return Err(backends(op));
-                        };
-                        if plan.numel() > 0 {
-                            copy::copy(ctx, g.bound(op, dtype)?, &buf, &plan.squeezed(op)?, op)?;
-                        }
+            Some(ctx) => GpuStorage::blank(ctx, dtype).output(n, dtype, |ctx| {
+                let buf = ctx.alloc(op, n)?;
+                for (src, plan) in parts {
+                    let Storage::Gpu(g) = src else {
+                        return Err(backends(op));
+                    };
+                    if plan.numel() > 0 {
+                        copy::copy(ctx, g.bound(op, dtype)?, &buf, &plan.squeezed(op)?, op)?;
                     }
-                    Ok(buf)
-                })
-            }
+                }
+                Ok(buf)
+            }),
         }
     }
 

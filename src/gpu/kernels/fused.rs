@@ -473,13 +473,7 @@ pub(crate) fn materialize_pending(ctx: &GpuContext) -> Result<()> {
 /// output without an adapter: every unary and binary op in one program, over one leaf of each
 /// map.
 const REPRESENTATIVE: Shader = Shader::derived("fused.wgsl", || {
-    let mut insts: Vec<Inst> = vec![Inst::Load(0), Inst::Load(1), Inst::Load(2)];
-    for op in UnaryOp::ALL {
-        insts.push(Inst::Unary(op, insts.len() - 1));
-    }
-    for op in BinaryOp::ALL {
-        insts.push(Inst::Binary(op, insts.len() - 1, 1));
-    }
+    let insts = every_op(3);
     let strided = LeafMap::Strided {
         dims: vec![3, 4],
         strides: vec![0, 1],
@@ -494,15 +488,26 @@ const REPRESENTATIVE: Shader = Shader::derived("fused.wgsl", || {
 
 /// The vec4 form of the representative program (contiguous and scalar leaves).
 const REPRESENTATIVE_VEC4: Shader = Shader::derived("fused_vec4.wgsl", || {
-    let mut insts: Vec<Inst> = vec![Inst::Load(0), Inst::Load(1)];
+    generate(
+        &every_op(2),
+        &[&LeafMap::Contiguous, &LeafMap::Scalar],
+        true,
+    )
+    .0
+});
+
+/// A program that loads `leaves` leaves, then applies every unary op in turn and every binary
+/// op with leaf 1.
+fn every_op(leaves: usize) -> Vec<Inst> {
+    let mut insts: Vec<Inst> = (0..leaves).map(Inst::Load).collect();
     for op in UnaryOp::ALL {
         insts.push(Inst::Unary(op, insts.len() - 1));
     }
     for op in BinaryOp::ALL {
         insts.push(Inst::Binary(op, insts.len() - 1, 1));
     }
-    generate(&insts, &[&LeafMap::Contiguous, &LeafMap::Scalar], true).0
-});
+    insts
+}
 
 /// A representative reduction with a program prologue.
 const REPRESENTATIVE_REDUCE: Shader = Shader::derived("fused_reduce.wgsl", || {
