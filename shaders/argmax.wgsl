@@ -6,11 +6,13 @@
 
 override WG: u32 = 256u;
 
+// The first four words of reduce.wgsl's Params; the rest is unused here.
 struct Params {
     outer: u32,
     len: u32,
     inner: u32,
     n_out: u32,
+    _unused: vec4<u32>,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;

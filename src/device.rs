@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
-use crate::gpu::{self, PoolStats};
+use crate::gpu::{self, MemoryStats};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -369,11 +369,54 @@ impl Device {
         }
     }
 
-    /// Buffer-pool counters (all zero for the CPU backend).
-    pub fn pool_stats(&self) -> PoolStats {
+    /// What the device's memory holds: live, pooled and peak bytes, buffer counts and the
+    /// budget. All zero for the CPU backend, whose tensors are ordinary host allocations.
+    pub fn memory(&self) -> MemoryStats {
         match &self.inner.backend {
-            Backend::Cpu => PoolStats::default(),
-            Backend::Gpu(ctx) => ctx.pool_stats(),
+            Backend::Cpu => MemoryStats::default(),
+            Backend::Gpu(ctx) => ctx.memory(),
+        }
+    }
+
+    /// Free the idle buffers the pool keeps for reuse (after submitting recorded work). Live
+    /// tensors are untouched. Nothing to do on the CPU backend.
+    pub fn trim(&self) {
+        if let Backend::Gpu(ctx) = &self.inner.backend {
+            ctx.trim();
+        }
+    }
+
+    /// Bound the bytes this GPU device may hold, live and pooled (`None`: no bound but the
+    /// driver's; `KILN_MEMORY_BUDGET=512M` sets one when a device opens). An allocation that
+    /// would go over it first frees pooled buffers, then fails with `Error::OutOfMemory`; the
+    /// device stays usable, and freeing tensors makes room again. No effect on the CPU backend.
+    pub fn set_memory_budget(&self, bytes: Option<u64>) {
+        if let Backend::Gpu(ctx) = &self.inner.backend {
+            ctx.set_memory_budget(bytes);
+        }
+    }
+
+    /// Lose this GPU device on purpose, as a driver reset would (wgpu's `Device::destroy`): its
+    /// memory is freed, recorded work is dropped, and from then on every call on it, and every
+    /// readback already waiting, returns `Error::DeviceLost`. For tests of recovery, and to
+    /// release a GPU at once. The CPU backend cannot be lost: there it does nothing.
+    ///
+    /// Recovery from a loss (this one or the driver's): open a device again
+    /// ([`Device::gpu`], [`Device::auto`], ...; the same adapter works), load the last
+    /// checkpoint onto it ([`Module::load_safetensors`](crate::nn::Module::load_safetensors),
+    /// [`nn::load_checkpoint`](crate::nn::load_checkpoint)) and go on.
+    pub fn destroy(&self) {
+        match &self.inner.backend {
+            Backend::Cpu => log::warn!("Device::destroy on the CPU backend does nothing"),
+            Backend::Gpu(ctx) => ctx.destroy(),
+        }
+    }
+
+    /// Whether this device is lost (always false for the CPU backend).
+    pub fn is_lost(&self) -> bool {
+        match &self.inner.backend {
+            Backend::Cpu => false,
+            Backend::Gpu(ctx) => ctx.is_lost(),
         }
     }
 

@@ -74,6 +74,7 @@ pub use conv::Conv2dOptions;
 pub use device::{Device, DeviceInfo, DeviceKind, DeviceLimits, DeviceStats};
 pub use dtype::DType;
 pub use error::{Error, Result};
+pub use gpu::MemoryStats;
 pub use op::{BinaryOp, ReduceOp, UnaryOp};
 pub use shape::Shape;
 pub use tensor::Tensor;

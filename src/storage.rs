@@ -919,6 +919,8 @@ impl Storage {
                 count,
             )?)),
             Storage::Gpu(g) => g.output(dims.0 * dims.1 * dims.2, DType::F32, |ctx| {
+                let most = starts.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+                ctx.check_walk(OP, most as usize)?;
                 let sb = ctx.upload(OP, bytemuck::cast_slice(&starts))?;
                 let ob = ctx.upload(OP, bytemuck::cast_slice(&order))?;
                 let gb = g.bound(OP, DType::F32)?;

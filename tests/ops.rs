@@ -1,6 +1,7 @@
 //! The op table (`tests/optable`) walked on every available device: the CPU backend and every
 //! GPU adapter wgpu can open (lavapipe in CI).
 
+#[macro_use]
 mod common;
 mod optable;
 
@@ -509,6 +510,147 @@ fn large_elementwise_ops_match_a_scalar_loop() {
                         "{name} {sa:?} {sb:?} on {dev} at {i}: {g} vs {w}"
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Reductions along axes longer than one invocation may walk (lavapipe ends every shader loop
+/// after 65,535 iterations: a sum of 100,000 ones was 65,535 before reductions were chunked)
+/// match the CPU, eager and with a fused prologue; ops that still walk an axis in one
+/// invocation either match or refuse with `Error::Unsupported`, never a wrong value.
+#[test]
+fn long_axes_match_the_cpu_or_are_refused() {
+    let mut rng = Lcg(11);
+    let cases: &[(&[usize], isize)] = &[
+        (&[100_003], 0),
+        (&[2, 70_001], 1),
+        (&[70_001, 3], 0),
+        (&[2, 9_000, 2], 1),
+    ];
+    let cpu = Device::cpu();
+    for (shape, axis) in cases {
+        let n: usize = shape.iter().product();
+        let mut v = rng.vec(n, -1.0, 1.0);
+        let len = shape[*axis as usize] as f32;
+        for dev in gpus() {
+            for nan in [false, true] {
+                if nan {
+                    v[n / 2] = f32::NAN;
+                }
+                let x_cpu = Tensor::from_slice(&cpu, &v, shape).unwrap();
+                let x_gpu = Tensor::from_slice(&dev, &v, shape).unwrap();
+                for op in kiln::ReduceOp::ALL {
+                    let want = x_cpu.reduce(op, *axis, false).unwrap().to_vec().unwrap();
+                    let prologue = |x: &Tensor| x.mul_scalar(2.0).unwrap().add_scalar(1.0).unwrap();
+                    let want_fused = prologue(&x_cpu).reduce(op, *axis, false).unwrap();
+                    let got = x_gpu.reduce(op, *axis, false).unwrap().to_vec().unwrap();
+                    let got_fused = prologue(&x_gpu).reduce(op, *axis, false).unwrap();
+                    let tol = |w: f32| 2e-6 * len + 1e-4 * w.abs();
+                    for (what, g, w) in [
+                        ("eager", got, want.clone()),
+                        (
+                            "fused",
+                            got_fused.to_vec().unwrap(),
+                            want_fused.to_vec().unwrap(),
+                        ),
+                    ] {
+                        for (i, (g, w)) in g.iter().zip(&w).enumerate() {
+                            assert!(
+                                (g.is_nan() && w.is_nan()) || (g - w).abs() <= tol(*w),
+                                "{} {what} of {shape:?} along {axis} (NaN {nan}) on {dev} at {i}: {g} vs {w}",
+                                op.name()
+                            );
+                        }
+                    }
+                }
+                type Run = fn(&Tensor, isize) -> kiln::Result<Vec<f32>>;
+                let others: [(&str, Run); 3] = [
+                    ("softmax", |x, a| x.softmax(a)?.to_vec()),
+                    ("log_softmax", |x, a| x.log_softmax(a)?.to_vec()),
+                    ("argmax", |x, a| {
+                        let i = x.argmax(a, false)?.to_vec_u32()?;
+                        Ok(i.into_iter().map(|i| i as f32).collect())
+                    }),
+                ];
+                for (name, f) in others {
+                    let want = f(&x_cpu, *axis).unwrap();
+                    match f(&x_gpu, *axis) {
+                        Ok(got) => {
+                            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                                assert!(
+                                    (g.is_nan() && w.is_nan())
+                                        || (g - w).abs() <= 1e-5 + 1e-3 * w.abs(),
+                                    "{name} of {shape:?} along {axis} (NaN {nan}) on {dev} at {i}: {g} vs {w}"
+                                );
+                            }
+                        }
+                        Err(Error::Unsupported { .. }) => {
+                            say!("{name} of {shape:?} along {axis} refused on {dev}")
+                        }
+                        Err(e) => panic!("{name} of {shape:?} on {dev}: {e:?}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Matmul with a long K, layer_norm of long rows and cross_entropy over many classes match the
+/// CPU on every GPU (on lavapipe through their composite forms: split-K, chunked reductions).
+#[test]
+fn long_walks_in_matmul_norm_and_cross_entropy_match_the_cpu() {
+    let mut rng = Lcg(12);
+    let cpu = Device::cpu();
+    let k = 70_001;
+    let (va, vb) = (rng.vec(3 * k, -1.0, 1.0), rng.vec(k * 2, -1.0, 1.0));
+    let classes = 70_003;
+    let logits = rng.vec(2 * classes, -3.0, 3.0);
+    for dev in gpus() {
+        let run = |d: &Device| -> Vec<Vec<f32>> {
+            let a = Tensor::from_slice(d, &va, &[3, k]).unwrap();
+            let b = Tensor::from_slice(d, &vb, &[k, 2]).unwrap();
+            let bt = Tensor::from_slice(d, &vb, &[2, k]).unwrap();
+            let bias = Tensor::from_slice(d, &[0.5, -0.5], &[2]).unwrap();
+            let x = Tensor::from_slice(d, &logits, &[2, classes])
+                .unwrap()
+                .with_grad()
+                .unwrap();
+            let t = Tensor::from_vec_u32(d, vec![5, classes as u32 - 1], &[2]).unwrap();
+            let loss = kiln::nn::cross_entropy(&x, &t).unwrap();
+            loss.backward().unwrap();
+            vec![
+                a.matmul(&b).unwrap().to_vec().unwrap(),
+                a.linear(&bt, Some(&bias), Some(kiln::UnaryOp::Relu))
+                    .unwrap()
+                    .to_vec()
+                    .unwrap(),
+                x.detach()
+                    .layer_norm(None, None, 1e-5)
+                    .unwrap()
+                    .to_vec()
+                    .unwrap(),
+                loss.to_vec().unwrap(),
+                x.grad().unwrap().to_vec().unwrap(),
+            ]
+        };
+        let (want, got) = (run(&cpu), run(&dev));
+        for (what, (g, w)) in [
+            "matmul",
+            "linear",
+            "layer_norm",
+            "cross_entropy",
+            "its gradient",
+        ]
+        .iter()
+        .zip(got.iter().zip(&want))
+        {
+            assert_eq!(g.len(), w.len());
+            for (i, (g, w)) in g.iter().zip(w).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-3 + 1e-4 * w.abs(),
+                    "{what} on {dev} at {i}: {g} vs {w}"
+                );
             }
         }
     }

@@ -26,12 +26,12 @@ fn freed_buffer_is_not_overwritten_before_pending_read() {
         );
         assert_eq!(c.to_vec().unwrap(), vec![7.0; n]);
         // And once the batch has been submitted, the pool does reuse buffers.
-        let created = dev.pool_stats().created;
+        let created = dev.memory().created;
         drop(c);
         dev.synchronize().unwrap();
         let _d = Tensor::from_vec(&dev, vec![1.0; n], &[n]).unwrap();
         assert_eq!(
-            dev.pool_stats().created,
+            dev.memory().created,
             created,
             "a released buffer was not reused on {dev}"
         );
@@ -56,7 +56,7 @@ fn long_chains_batch_and_recycle() {
             "on {dev}"
         );
         dev.synchronize().unwrap();
-        let stats = dev.pool_stats();
+        let stats = dev.memory();
         if !dev.is_cpu() {
             assert!(
                 stats.live <= 4,
@@ -119,9 +119,9 @@ fn to_device_round_trips_and_reshape_shares() {
         let back = r.to_device(&cpu).unwrap();
         assert_eq!(back.to_vec().unwrap(), x.to_vec().unwrap(), "on {dev}");
         // reshape makes no copy: no new buffer is taken from the pool.
-        let live = dev.pool_stats().live;
+        let live = dev.memory().live;
         let _v = g.reshape(&[24]).unwrap();
-        assert_eq!(dev.pool_stats().live, live);
+        assert_eq!(dev.memory().live, live);
     }
 }
 
@@ -139,7 +139,7 @@ fn constructors_fill_and_empty_tensors_dispatch_nothing() {
             vec![0.0; 5]
         );
         let e = Tensor::zeros(&dev, &[0, 3]).unwrap();
-        let before = dev.pool_stats().created;
+        let before = dev.memory().created;
         let r = e
             .gelu()
             .unwrap()
@@ -148,7 +148,7 @@ fn constructors_fill_and_empty_tensors_dispatch_nothing() {
         assert_eq!(r.shape(), &[0, 3]);
         assert_eq!(r.to_vec().unwrap(), Vec::<f32>::new());
         assert!(
-            dev.pool_stats().created <= before + 1,
+            dev.memory().created <= before + 1,
             "empty ops allocated on {dev}"
         );
         let s = Tensor::from_vec(&dev, vec![4.0], &[]).unwrap();

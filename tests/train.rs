@@ -386,7 +386,7 @@ fn training_does_not_grow_gpu_memory() {
             opt.zero_grad(&mut [&mut w]);
             drop(loss);
             dev.synchronize().unwrap();
-            live.push(dev.pool_stats().live);
+            live.push(dev.memory().live);
         }
         // After warm-up (optimizer state allocated), the live buffer count is flat.
         assert!(

@@ -3,14 +3,13 @@
 
 use super::adapters::{self, OPTIONAL_FEATURES};
 use super::pipelines::{KernelSpec, PipelineCache};
-use super::pool::{BufferPool, PoolStats, PooledBuffer};
+use super::pool::{BufferPool, MemoryStats, PooledBuffer};
 use super::recorder::{MAX_BATCH, Recorder};
 use crate::error::{Error, Result};
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use wgpu::util::DeviceExt;
 
 /// Workgroup size of every 1-D kernel (the `WG` override constant they are built with).
 pub(crate) const WG_1D: u32 = 256;
@@ -33,6 +32,40 @@ pub(crate) struct GpuContext {
     pub(crate) dispatches: AtomicU64,
     /// The first error wgpu reported outside an error scope, returned by the next fallible call.
     error: Arc<Mutex<Option<Error>>>,
+    /// The most loop iterations one invocation may run in all, where the driver ends longer
+    /// loops silently (llvmpipe/lavapipe: 65,535, Mesa's `LP_MAX_TGSI_LOOP_ITERATIONS`).
+    walk_cap: Option<u64>,
+    /// Set once the device is lost (destroyed, or reported lost by the driver): from then on
+    /// every call returns `Error::DeviceLost`.
+    lost: Arc<AtomicBool>,
+}
+
+/// llvmpipe (and lavapipe, built on it) ends a shader's loops once their iterations, counted
+/// together per invocation, reach this many, without an error.
+const LLVMPIPE_LOOP_ITERATIONS: u64 = 65_535;
+
+/// Parse a byte count with an optional K, M or G suffix (powers of 1024): `KILN_MEMORY_BUDGET`.
+pub(crate) fn parse_bytes(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (digits, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c.to_ascii_uppercase()),
+        _ => (t, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        _ => u32::MAX,
+    };
+    match digits.trim().parse::<u64>() {
+        Ok(n) if shift != u32::MAX => n.checked_shl(shift).filter(|v| v >> shift == n),
+        _ => None,
+    }
+    .ok_or_else(|| Error::InvalidArgument {
+        op: "KILN_MEMORY_BUDGET",
+        reason: format!("{text:?} is not a byte count such as 1073741824, 512M or 2G"),
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -61,7 +94,12 @@ impl GpuContext {
         })?;
 
         // wgpu's default handler panics; record the error instead so that a call returns it.
+        let budget = match std::env::var("KILN_MEMORY_BUDGET") {
+            Ok(v) if !v.trim().is_empty() => Some(parse_bytes(&v)?),
+            _ => None,
+        };
         let error: Arc<Mutex<Option<Error>>> = Arc::default();
+        let lost = Arc::new(AtomicBool::new(false));
         let slot = error.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             log::error!("wgpu: {e}");
@@ -71,12 +109,14 @@ impl GpuContext {
             };
             lock(&slot).get_or_insert(err);
         }));
-        let slot = error.clone();
+        let (slot, flag) = (error.clone(), lost.clone());
         device.set_device_lost_callback(move |reason, message| {
-            if reason != wgpu::DeviceLostReason::Destroyed {
-                log::error!("wgpu device lost: {reason:?} {message}");
-                *lock(&slot) = Some(Error::DeviceLost(format!("{reason:?}: {message}")));
+            log::error!("wgpu device lost: {reason:?} {message}");
+            let mut slot = lock(&slot);
+            if !matches!(*slot, Some(Error::DeviceLost(_))) {
+                *slot = Some(Error::DeviceLost(format!("{reason:?}: {message}")));
             }
+            flag.store(true, Ordering::SeqCst);
         });
         log::info!(
             "opened {} ({:?}, {}), features {:?}",
@@ -89,8 +129,11 @@ impl GpuContext {
             .contains(wgpu::Features::SUBGROUP)
             .then_some((info.subgroup_min_size, info.subgroup_max_size));
         let adapter_key = format!("{} {:?} {}", info.name, info.backend, info.driver_info);
+        let walk_cap = (info.name.to_lowercase().contains("llvmpipe")
+            || info.driver.to_lowercase().contains("llvmpipe"))
+        .then_some(LLVMPIPE_LOOP_ITERATIONS);
         Ok(GpuContext {
-            pool: BufferPool::new(device.clone()),
+            pool: BufferPool::new(device.clone(), budget),
             device,
             queue,
             limits,
@@ -102,6 +145,8 @@ impl GpuContext {
             dispatches: AtomicU64::new(0),
             recorder: Mutex::new(Recorder::default()),
             error,
+            walk_cap,
+            lost,
         })
     }
 
@@ -124,6 +169,7 @@ impl GpuContext {
 
     /// Return (and clear) the error wgpu reported since the last check. A lost device stays lost.
     pub(crate) fn check(&self) -> Result<()> {
+        self.check_lost()?;
         let mut slot = lock(&self.error);
         match slot.take() {
             None => Ok(()),
@@ -133,6 +179,85 @@ impl GpuContext {
             }
             Some(e) => Err(e),
         }
+    }
+
+    /// `Error::Unsupported` if a kernel whose invocations run `iterations` loop iterations in
+    /// all (the caller's bound for its shape) would be cut short by the driver, instead of a
+    /// silently wrong result. Ops with a composite form fall back to it on this error.
+    pub(crate) fn check_walk(&self, op: &'static str, iterations: usize) -> Result<()> {
+        match self.walk_cap {
+            Some(cap) if iterations as u64 >= cap => Err(Error::Unsupported {
+                op,
+                reason: format!(
+                    "one invocation would run {iterations} loop iterations, and this driver \
+                     (llvmpipe) ends shader loops after {cap}"
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// `Error::DeviceLost` once the device is lost; one atomic load otherwise.
+    pub(crate) fn check_lost(&self) -> Result<()> {
+        if !self.lost.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let known = match &*lock(&self.error) {
+            Some(Error::DeviceLost(m)) => m.clone(),
+            _ => "lost".to_string(),
+        };
+        Err(Error::DeviceLost(known))
+    }
+
+    /// Whether the device is lost.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Lose the device on purpose (wgpu's `Device::destroy`): its memory is freed and every
+    /// later call, and every readback already waiting, returns `Error::DeviceLost`.
+    pub(crate) fn destroy(&self) {
+        *lock(&self.error) = Some(Error::DeviceLost("destroyed by Device::destroy".into()));
+        self.lost.store(true, Ordering::SeqCst);
+        lock(&self.recorder).discard();
+        self.device.destroy();
+    }
+
+    /// A buffer from the pool; when the pool refuses for lack of memory while released buffers
+    /// wait for the open batch, submit it (so they can be freed) and ask once more.
+    fn pooled(&self, get: impl Fn(&BufferPool) -> Result<PooledBuffer>) -> Result<PooledBuffer> {
+        match get(&self.pool) {
+            Err(Error::OutOfMemory(_)) if self.pool.has_deferred() => {
+                self.submit(&mut lock(&self.recorder));
+                get(&self.pool)
+            }
+            other => other,
+        }
+    }
+
+    /// Free the idle buffers the pool holds, after submitting the open batch.
+    pub(crate) fn trim(&self) {
+        let mut rec = lock(&self.recorder);
+        self.submit(&mut rec);
+        self.pool.trim();
+    }
+
+    /// Set or lift the memory budget.
+    pub(crate) fn set_memory_budget(&self, budget: Option<u64>) {
+        self.pool.set_budget(budget);
+    }
+
+    /// Wait for the GPU to finish the submitted work. A device lost meanwhile (by the driver, or
+    /// by another thread's `destroy`) ends the wait with `Error::DeviceLost`: the driver's wait
+    /// fails, or the work finishes. (Not in time slices: wgpu 30 asserts, and panics, when a
+    /// timed-out wait races with another thread's submission.)
+    fn wait(&self) -> Result<()> {
+        self.check_lost()?;
+        let waited = self.device.poll(wgpu::PollType::wait_indefinitely());
+        self.check_lost()?;
+        waited
+            .map(drop)
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))
     }
 
     /// The largest buffer, in bytes, that one tensor may occupy on this device.
@@ -146,7 +271,7 @@ impl GpuContext {
     /// the device's limits.
     pub(crate) fn alloc(&self, op: &'static str, numel: usize) -> Result<PooledBuffer> {
         let bytes = self.check_size(op, numel)?;
-        Ok(self.pool.output(bytes, self.max_tensor_bytes()))
+        self.pooled(|p| p.output(bytes, self.max_tensor_bytes()))
     }
 
     /// Bytes for `numel` f32 values, or `TooLarge` if the device cannot hold them in one binding.
@@ -173,7 +298,7 @@ impl GpuContext {
                 self.pool.recycle_deferred();
             }
         }
-        let buf = self.pool.upload(bytes, self.max_tensor_bytes());
+        let buf = self.pooled(|p| p.upload(bytes, self.max_tensor_bytes()))?;
         self.queue
             .write_buffer(&buf.buffer, 0, bytemuck::cast_slice(data));
         Ok(buf)
@@ -188,14 +313,9 @@ impl GpuContext {
         params: &[u8],
         workgroups: [u32; 3],
     ) -> Result<()> {
+        self.check_lost()?;
         let pipeline = self.pipelines.get(&self.device, spec)?;
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("kiln params"),
-                contents: params,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        let uniform = self.uniform(params)?;
         let mut entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
@@ -221,6 +341,28 @@ impl GpuContext {
             self.submit(&mut rec);
         }
         Ok(())
+    }
+
+    /// A uniform buffer holding `params`. Written through a mapping rather than wgpu's
+    /// `create_buffer_init`, which panics when the device is lost while it runs.
+    fn uniform(&self, params: &[u8]) -> Result<wgpu::Buffer> {
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln params"),
+            size: (params.len() as u64)
+                .next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+                .max(16),
+            usage: wgpu::BufferUsages::UNIFORM,
+            mapped_at_creation: true,
+        });
+        match buffer.get_mapped_range_mut(..) {
+            Ok(mut view) => view.slice(..params.len()).copy_from_slice(params),
+            Err(e) => {
+                self.check_lost()?;
+                return Err(Error::Gpu(format!("writing a uniform buffer: {e}")));
+            }
+        }
+        buffer.unmap();
+        Ok(buffer)
     }
 
     /// Record a dispatch of a 1-D kernel (workgroup size `WG_1D`) covering `threads` invocations,
@@ -253,7 +395,9 @@ impl GpuContext {
     }
 
     fn submit(&self, rec: &mut Recorder) {
-        if let Some(cmd) = rec.finish() {
+        if self.is_lost() {
+            rec.discard();
+        } else if let Some(cmd) = rec.finish() {
             self.queue.submit([cmd]);
         }
         self.pool.recycle_deferred();
@@ -268,9 +412,7 @@ impl GpuContext {
     /// Submit the open batch and wait for the GPU to finish it.
     pub(crate) fn synchronize(&self) -> Result<()> {
         self.flush()?;
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.wait()?;
         self.check()
     }
 
@@ -279,7 +421,7 @@ impl GpuContext {
     fn start_read(&self, src: &PooledBuffer, numel: usize) -> Result<(PooledBuffer, ReadSignal)> {
         self.check()?;
         let bytes = numel as u64 * 4;
-        let staging = self.pool.staging(bytes, self.limits.max_buffer_size);
+        let staging = self.pooled(|p| p.staging(bytes, self.limits.max_buffer_size))?;
         {
             let mut rec = lock(&self.recorder);
             rec.encoder(&self.device).copy_buffer_to_buffer(
@@ -296,7 +438,8 @@ impl GpuContext {
             .buffer
             .slice(0..bytes)
             .map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
+                let _ =
+                    tx.send(r.map_err(|e| Error::Gpu(format!("mapping a readback buffer: {e}"))));
             });
         Ok((staging, rx))
     }
@@ -307,31 +450,38 @@ impl GpuContext {
         numel: usize,
         mapped: MapResult,
     ) -> Result<Vec<f32>> {
-        match mapped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                self.check()?;
-                return Err(Error::Gpu(format!("mapping a readback buffer: {e}")));
-            }
-            Err(_) => {
-                self.check()?;
-                return Err(Error::Gpu("readback was cancelled".into()));
-            }
-        }
+        let failed = match mapped {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(Error::Gpu("readback was cancelled".into())),
+        };
         let bytes = numel as u64 * 4;
-        let out = {
-            let view = staging
+        let read = match failed {
+            None => staging
                 .buffer
                 .slice(0..bytes)
                 .get_mapped_range()
-                .map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?;
-            let mut out = vec![0f32; numel];
-            bytemuck::cast_slice_mut(&mut out).copy_from_slice(&view);
-            out
+                .map(|view| {
+                    let mut out = vec![0f32; numel];
+                    bytemuck::cast_slice_mut(&mut out).copy_from_slice(&view);
+                    out
+                })
+                .map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}"))),
+            Some(e) => Err(e),
         };
-        staging.buffer.unmap();
-        self.check()?;
-        Ok(out)
+        match read {
+            Ok(out) => {
+                staging.buffer.unmap();
+                self.check()?;
+                Ok(out)
+            }
+            Err(e) => {
+                // Its mapping may still complete later: never hand it out again.
+                staging.discard();
+                self.check()?;
+                Err(e)
+            }
+        }
     }
 
     /// Blocking readback of the first `numel` values of `src`.
@@ -342,12 +492,10 @@ impl GpuContext {
         let mapped = loop {
             match rx.try_recv() {
                 Ok(Some(r)) => break Ok(r),
-                Ok(None) => {
-                    self.device
-                        .poll(wgpu::PollType::wait_indefinitely())
-                        .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-                    std::thread::yield_now();
-                }
+                Ok(None) => match self.wait() {
+                    Ok(()) => std::thread::yield_now(),
+                    Err(e) => break Ok(Err(e)),
+                },
                 Err(canceled) => break Err(canceled),
             }
         };
@@ -362,13 +510,20 @@ impl GpuContext {
         numel: usize,
     ) -> Result<Vec<f32>> {
         let (staging, rx) = self.start_read(src, numel)?;
-        let device = self.device.clone();
+        // The helper waits for the GPU; if its wait fails (a lost device), the future ends with
+        // that error instead of waiting for a map callback that may never run.
+        let (done_tx, done_rx) = futures::channel::oneshot::channel::<Result<()>>();
+        let ctx = self.clone();
         std::thread::spawn(move || {
-            if let Err(e) = device.poll(wgpu::PollType::wait_indefinitely()) {
-                log::error!("waiting for the GPU: {e}");
-            }
+            let _ = done_tx.send(ctx.wait());
         });
-        let mapped = rx.await;
+        let mapped = match futures::future::select(rx, done_rx).await {
+            futures::future::Either::Left((mapped, _)) => mapped,
+            futures::future::Either::Right((waited, rx)) => match waited {
+                Ok(Err(e)) => Ok(Err(e)),
+                _ => rx.await,
+            },
+        };
         self.finish_read(staging, numel, mapped)
     }
 
@@ -434,12 +589,11 @@ impl GpuContext {
         loop {
             match rx.try_recv() {
                 Ok(Some(Ok(()))) => break,
-                Ok(Some(Err(e))) => return Err(Error::Gpu(format!("mapping timestamps: {e}"))),
-                Ok(None) => {
-                    self.device
-                        .poll(wgpu::PollType::wait_indefinitely())
-                        .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+                Ok(Some(Err(e))) => {
+                    self.check_lost()?;
+                    return Err(Error::Gpu(format!("mapping timestamps: {e}")));
                 }
+                Ok(None) => self.wait()?,
                 Err(_) => return Err(Error::Gpu("timestamp readback was cancelled".into())),
             }
         }
@@ -460,7 +614,7 @@ impl GpuContext {
         Ok(Some(std::time::Duration::from_nanos(ns as u64)))
     }
 
-    pub(crate) fn pool_stats(&self) -> PoolStats {
+    pub(crate) fn memory(&self) -> MemoryStats {
         self.pool.stats()
     }
 
@@ -469,9 +623,5 @@ impl GpuContext {
     }
 }
 
-type MapResult = std::result::Result<
-    std::result::Result<(), wgpu::BufferAsyncError>,
-    futures::channel::oneshot::Canceled,
->;
-type ReadSignal =
-    futures::channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
+type MapResult = std::result::Result<Result<()>, futures::channel::oneshot::Canceled>;
+type ReadSignal = futures::channel::oneshot::Receiver<Result<()>>;

@@ -12,4 +12,4 @@ pub(crate) use adapters::{feature_names, is_software, ranked_adapters, type_name
 pub use kernels::matmul::{CANDIDATES as MATMUL_CANDIDATES, MatmulConfig};
 pub use kernels::{all_specs, param_structs, shaders};
 pub use pipelines::{KernelSpec, Shader};
-pub use pool::PoolStats;
+pub use pool::MemoryStats;

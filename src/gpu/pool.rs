@@ -1,4 +1,4 @@
-//! A pool of GPU buffers keyed by size class.
+//! A pool of GPU buffers keyed by size class, within an optional memory budget.
 //!
 //! A dropped tensor's buffer comes back here for reuse. Hazard: `Queue::write_buffer` is ordered
 //! before the next submitted command buffer, so a buffer that a recorded but unsubmitted dispatch
@@ -7,7 +7,14 @@
 //! an allocation that finds no batch open). A deferred buffer may still become the *output* of a
 //! later dispatch in the same batch: dispatches run in recording order, and wgpu puts a barrier
 //! between a dispatch that reads a buffer and a later one that writes it.
+//!
+//! Memory: every buffer the pool made and has not freed counts, lent or idle. A new buffer that
+//! would take the total over the budget first frees idle buffers (the pool trims itself); if
+//! that is not enough the request fails with `Error::OutOfMemory` and nothing else changes. A
+//! failure of the driver to allocate (wgpu's out-of-memory error, caught in an error scope) is
+//! handled the same way: idle buffers are freed and the allocation is tried once more.
 
+use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -31,23 +38,68 @@ enum Kind {
 struct State {
     free: HashMap<(Kind, u64), Vec<wgpu::Buffer>>,
     deferred: HashMap<(Kind, u64), Vec<wgpu::Buffer>>,
+    /// Bytes of the buffers in `free`.
     cached_bytes: u64,
+    /// Bytes of the buffers in `deferred`.
+    deferred_bytes: u64,
     live: usize,
     live_bytes: u64,
+    peak_bytes: u64,
     created: usize,
+    budget: Option<u64>,
 }
 
-/// Counters describing the pool, for tests and diagnostics.
+impl State {
+    /// Bytes of every buffer the pool holds or has lent.
+    fn total(&self) -> u64 {
+        self.live_bytes + self.cached_bytes + self.deferred_bytes
+    }
+
+    /// Free idle buffers, largest first, until at most `keep` bytes of them are left.
+    fn trim_free(&mut self, keep: u64) {
+        if self.cached_bytes <= keep {
+            return;
+        }
+        let mut keys: Vec<(Kind, u64)> = self.free.keys().copied().collect();
+        keys.sort_by_key(|&(_, class)| std::cmp::Reverse(class));
+        for key in keys {
+            while self.cached_bytes > keep {
+                let Some(b) = self.free.get_mut(&key).and_then(Vec::pop) else {
+                    break;
+                };
+                b.destroy();
+                self.cached_bytes -= key.1;
+            }
+        }
+        self.free.retain(|_, v| !v.is_empty());
+    }
+
+    fn lend(&mut self, class: u64) {
+        self.live += 1;
+        self.live_bytes += class;
+        self.peak_bytes = self.peak_bytes.max(self.total());
+    }
+}
+
+/// What a device's memory holds, in bytes ([`Device::memory`](crate::Device::memory)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PoolStats {
+pub struct MemoryStats {
     /// Buffers held by live tensors (or in-flight readbacks).
     pub live: usize,
     /// Bytes of those buffers (rounded up to their size class).
     pub live_bytes: u64,
     /// Idle buffers held for reuse, including those waiting for the open batch to be submitted.
     pub cached: usize,
+    /// Bytes of those idle buffers ([`Device::trim`](crate::Device::trim) frees them).
+    pub pooled_bytes: u64,
+    /// The most bytes live and pooled together ever held at once.
+    pub peak_bytes: u64,
     /// Buffers created since the device was made.
     pub created: usize,
+    /// The most bytes the device may hold (`KILN_MEMORY_BUDGET`,
+    /// [`Device::set_memory_budget`](crate::Device::set_memory_budget)); `None`: what the
+    /// driver grants.
+    pub budget: Option<u64>,
 }
 
 pub(crate) struct BufferPool {
@@ -61,6 +113,16 @@ pub(crate) struct PooledBuffer {
     kind: Kind,
     class: u64,
     state: Arc<Mutex<State>>,
+    /// Destroy the buffer when dropped instead of pooling it ([`PooledBuffer::discard`]).
+    discard: bool,
+}
+
+impl PooledBuffer {
+    /// Free the buffer instead of returning it to the pool: for a staging buffer whose mapping
+    /// did not finish (it may still become mapped, and a mapped buffer must not be reused).
+    pub(crate) fn discard(mut self) {
+        self.discard = true;
+    }
 }
 
 impl Drop for PooledBuffer {
@@ -68,6 +130,11 @@ impl Drop for PooledBuffer {
         let mut st = lock(&self.state);
         st.live -= 1;
         st.live_bytes -= self.class;
+        if self.discard {
+            self.buffer.destroy();
+            return;
+        }
+        st.deferred_bytes += self.class;
         st.deferred
             .entry((self.kind, self.class))
             .or_default()
@@ -94,67 +161,133 @@ pub(crate) fn size_class(bytes: u64, max: u64) -> u64 {
 }
 
 impl BufferPool {
-    pub(crate) fn new(device: wgpu::Device) -> Self {
+    pub(crate) fn new(device: wgpu::Device, budget: Option<u64>) -> Self {
         BufferPool {
             device,
-            state: Arc::new(Mutex::new(State::default())),
+            state: Arc::new(Mutex::new(State {
+                budget,
+                ..State::default()
+            })),
         }
     }
 
     /// A storage buffer of at least `bytes` bytes (contents undefined) that only GPU commands
     /// recorded from now on will write. `max` is the largest buffer the device allows; the
     /// caller has checked `bytes <= max`.
-    pub(crate) fn output(&self, bytes: u64, max: u64) -> PooledBuffer {
+    pub(crate) fn output(&self, bytes: u64, max: u64) -> Result<PooledBuffer> {
         self.get(Kind::Storage, bytes, max, true)
     }
 
     /// A storage buffer that `Queue::write_buffer` may fill: never one that the open batch uses.
-    pub(crate) fn upload(&self, bytes: u64, max: u64) -> PooledBuffer {
+    pub(crate) fn upload(&self, bytes: u64, max: u64) -> Result<PooledBuffer> {
         self.get(Kind::Storage, bytes, max, false)
     }
 
     /// A MAP_READ staging buffer of at least `bytes` bytes.
-    pub(crate) fn staging(&self, bytes: u64, max: u64) -> PooledBuffer {
+    pub(crate) fn staging(&self, bytes: u64, max: u64) -> Result<PooledBuffer> {
         self.get(Kind::Staging, bytes, max, true)
     }
 
-    fn get(&self, kind: Kind, bytes: u64, max: u64, may_use_deferred: bool) -> PooledBuffer {
+    fn get(
+        &self,
+        kind: Kind,
+        bytes: u64,
+        max: u64,
+        may_use_deferred: bool,
+    ) -> Result<PooledBuffer> {
         let class = size_class(bytes, max);
         let mut st = lock(&self.state);
-        st.live += 1;
-        st.live_bytes += class;
         let mut reused = st.free.get_mut(&(kind, class)).and_then(Vec::pop);
         if reused.is_some() {
             st.cached_bytes -= class;
         } else if may_use_deferred {
             reused = st.deferred.get_mut(&(kind, class)).and_then(Vec::pop);
-        }
-        let buffer = match reused {
-            Some(b) => b,
-            None => {
-                st.created += 1;
-                drop(st);
-                log::trace!("pool: new {kind:?} buffer of {class} bytes");
-                self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(match kind {
-                        Kind::Storage => "kiln tensor",
-                        Kind::Staging => "kiln staging",
-                    }),
-                    size: class,
-                    usage: match kind {
-                        Kind::Storage => STORAGE_USAGE,
-                        Kind::Staging => STAGING_USAGE,
-                    },
-                    mapped_at_creation: false,
-                })
+            if reused.is_some() {
+                st.deferred_bytes -= class;
             }
-        };
+        }
+        if let Some(buffer) = reused {
+            st.lend(class);
+            return Ok(self.loan(buffer, kind, class));
+        }
+        if let Some(budget) = st.budget {
+            // Under pressure: free idle buffers to make room before refusing.
+            let others = st.live_bytes + st.deferred_bytes + class;
+            st.trim_free(budget.saturating_sub(others));
+            if st.total() + class > budget {
+                return Err(self.refusal(&st, class, "over the memory budget"));
+            }
+        }
+        st.created += 1;
+        st.lend(class);
+        drop(st);
+        log::trace!("pool: new {kind:?} buffer of {class} bytes");
+        match self.create(kind, class) {
+            Ok(buffer) => Ok(self.loan(buffer, kind, class)),
+            Err(first) => {
+                // The driver refused: free every idle buffer and try once more.
+                lock(&self.state).trim_free(0);
+                match self.create(kind, class) {
+                    Ok(buffer) => Ok(self.loan(buffer, kind, class)),
+                    Err(_) => {
+                        let mut st = lock(&self.state);
+                        st.live -= 1;
+                        st.live_bytes -= class;
+                        Err(self.refusal(&st, class, &first))
+                    }
+                }
+            }
+        }
+    }
+
+    fn refusal(&self, st: &State, class: u64, why: &str) -> Error {
+        Error::OutOfMemory(format!(
+            "a buffer of {class} bytes: {why} (live {} bytes, pooled {} bytes, budget {})",
+            st.live_bytes,
+            st.cached_bytes + st.deferred_bytes,
+            st.budget
+                .map_or("none".to_string(), |b| format!("{b} bytes")),
+        ))
+    }
+
+    /// A new buffer, or the driver's out-of-memory message.
+    fn create(&self, kind: Kind, class: u64) -> std::result::Result<wgpu::Buffer, String> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(match kind {
+                Kind::Storage => "kiln tensor",
+                Kind::Staging => "kiln staging",
+            }),
+            size: class,
+            usage: match kind {
+                Kind::Storage => STORAGE_USAGE,
+                Kind::Staging => STAGING_USAGE,
+            },
+            mapped_at_creation: false,
+        });
+        match pollster::block_on(scope.pop()) {
+            None => Ok(buffer),
+            Some(e) => {
+                log::warn!("pool: the driver refused {class} bytes: {e}");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn loan(&self, buffer: wgpu::Buffer, kind: Kind, class: u64) -> PooledBuffer {
         PooledBuffer {
             buffer,
             kind,
             class,
             state: self.state.clone(),
+            discard: false,
         }
+    }
+
+    /// Whether released buffers wait for the open batch to be submitted (submitting it and
+    /// recycling them may make room).
+    pub(crate) fn has_deferred(&self) -> bool {
+        lock(&self.state).deferred_bytes > 0
     }
 
     /// Make the buffers released so far available for reuse. Call only when no recorded work is
@@ -162,6 +295,7 @@ impl BufferPool {
     pub(crate) fn recycle_deferred(&self) {
         let mut st = lock(&self.state);
         let deferred = std::mem::take(&mut st.deferred);
+        st.deferred_bytes = 0;
         for ((kind, class), buffer) in deferred
             .into_iter()
             .flat_map(|(k, v)| v.into_iter().map(move |b| (k, b)))
@@ -175,9 +309,25 @@ impl BufferPool {
         }
     }
 
-    pub(crate) fn stats(&self) -> PoolStats {
+    /// Free every idle buffer. Call only when no recorded work is waiting to be submitted.
+    pub(crate) fn trim(&self) {
+        self.recycle_deferred();
+        lock(&self.state).trim_free(0);
+    }
+
+    /// Set (or lift, with `None`) the memory budget; idle buffers over it are freed now.
+    pub(crate) fn set_budget(&self, budget: Option<u64>) {
+        let mut st = lock(&self.state);
+        st.budget = budget;
+        if let Some(b) = budget {
+            let others = st.live_bytes + st.deferred_bytes;
+            st.trim_free(b.saturating_sub(others));
+        }
+    }
+
+    pub(crate) fn stats(&self) -> MemoryStats {
         let st = lock(&self.state);
-        PoolStats {
+        MemoryStats {
             live: st.live,
             live_bytes: st.live_bytes,
             cached: st
@@ -186,7 +336,10 @@ impl BufferPool {
                 .chain(st.deferred.values())
                 .map(Vec::len)
                 .sum(),
+            pooled_bytes: st.cached_bytes + st.deferred_bytes,
+            peak_bytes: st.peak_bytes,
             created: st.created,
+            budget: st.budget,
         }
     }
 }

@@ -77,6 +77,14 @@ impl Recorder {
         self.encoder.get_or_insert_with(|| new_encoder(device))
     }
 
+    /// Drop the open batch unsubmitted (the device is being destroyed).
+    pub(crate) fn discard(&mut self) {
+        self.pass = None;
+        self.dispatches = 0;
+        self.encoder = None;
+        self.timing = None;
+    }
+
     /// End the batch: the command buffer to submit, if anything was recorded.
     pub(crate) fn finish(&mut self) -> Option<wgpu::CommandBuffer> {
         self.pass = None;

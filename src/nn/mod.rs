@@ -1,11 +1,14 @@
-//! Neural-network building blocks: modules and layers, losses, optimizers, and safetensors I/O.
+//! Neural-network building blocks: modules and layers, losses, optimizers, safetensors I/O and
+//! checkpoints.
 
+mod checkpoint;
 mod layers;
 mod loss;
 mod module;
 mod optim;
 mod weights;
 
+pub use checkpoint::{OptimizerState, load_checkpoint, save_checkpoint};
 pub use layers::{
     Activation, Conv2d, Dropout, Embedding, Flatten, LayerNorm, Linear, MaxPool2d, Sequential,
 };

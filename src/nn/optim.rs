@@ -3,6 +3,7 @@
 //! the optimizer state in place on the parameter's device.
 
 use super::Module;
+use super::checkpoint::OptimizerState;
 use crate::error::{Error, Result};
 use crate::optim_params::{DECOUPLED, FIRST_STEP, NESTEROV, OptimParams};
 use crate::tensor::Tensor;
@@ -16,6 +17,14 @@ use crate::tensor::Tensor;
 pub trait Optimizer {
     /// One update of every parameter that has a gradient.
     fn step(&mut self, params: &mut [&mut Tensor]) -> Result<()>;
+
+    /// The state to save in a checkpoint ([`save_checkpoint`](super::save_checkpoint)).
+    fn state(&self) -> OptimizerState;
+
+    /// Continue from a saved state. `params` are the parameters in step order (their devices
+    /// and shapes are the state's); on an error (another optimizer's state, a shape that does
+    /// not match) nothing changes.
+    fn load_state(&mut self, state: &OptimizerState, params: &[&Tensor]) -> Result<()>;
 
     /// Clears the gradients of `params` (backward adds to them).
     fn zero_grad(&self, params: &mut [&mut Tensor]) {
@@ -129,6 +138,29 @@ impl Optimizer for Sgd {
         }
         Ok(())
     }
+
+    fn state(&self) -> OptimizerState {
+        let mut s = OptimizerState::default();
+        s.values.insert("kind".into(), "sgd".into());
+        for (i, b) in self.buffers.iter().enumerate() {
+            if let Some(b) = b {
+                s.tensors.insert(format!("{i}.momentum"), b.clone());
+            }
+        }
+        s
+    }
+
+    fn load_state(&mut self, state: &OptimizerState, params: &[&Tensor]) -> Result<()> {
+        state.expect_kind("sgd")?;
+        state.check_positions(params.len())?;
+        let buffers = params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| state.tensor_for(&format!("{i}.momentum"), p))
+            .collect::<Result<Vec<_>>>()?;
+        self.buffers = buffers;
+        Ok(())
+    }
 }
 
 /// Adam (`torch.optim.Adam`, L2 weight decay added to the gradient) or AdamW
@@ -225,6 +257,37 @@ impl Optimizer for Adam {
             p.optimizer_update(&g, &mut state, &hp)?;
             self.moments[i] = Some(state);
         }
+        Ok(())
+    }
+
+    fn state(&self) -> OptimizerState {
+        let mut s = OptimizerState::default();
+        s.values.insert("kind".into(), "adam".into());
+        s.values.insert("step".into(), self.step.to_string());
+        for (i, m) in self.moments.iter().enumerate() {
+            if let Some([m, v]) = m {
+                s.tensors.insert(format!("{i}.m"), m.clone());
+                s.tensors.insert(format!("{i}.v"), v.clone());
+            }
+        }
+        s
+    }
+
+    fn load_state(&mut self, state: &OptimizerState, params: &[&Tensor]) -> Result<()> {
+        state.expect_kind("adam")?;
+        state.check_positions(params.len())?;
+        let step: i32 = state.value("step")?;
+        let moments = params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let m = state.tensor_for(&format!("{i}.m"), p)?;
+                let v = state.tensor_for(&format!("{i}.v"), p)?;
+                Ok(m.zip(v).map(|(m, v)| [m, v]))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.step = step;
+        self.moments = moments;
         Ok(())
     }
 }

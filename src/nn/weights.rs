@@ -15,6 +15,15 @@ fn io(path: &Path, e: impl std::fmt::Display) -> Error {
 
 /// Writes named tensors (f32) to a safetensors file. Values are read back from their devices.
 pub fn save(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
+    save_with_metadata(path, tensors, HashMap::new())
+}
+
+/// [`save`] with text metadata in the file's header.
+pub(crate) fn save_with_metadata(
+    path: &Path,
+    tensors: &[(String, &Tensor)],
+    meta: HashMap<String, String>,
+) -> Result<()> {
     let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let values = t.to_vec()?;
@@ -32,12 +41,39 @@ pub fn save(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
                 .map_err(|e| io(path, e))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, None, path).map_err(|e| io(path, e))?;
+    let meta = (!meta.is_empty()).then_some(meta);
+    safetensors::serialize_to_file(views, meta, path).map_err(|e| io(path, e))?;
     log::info!("saved {} tensors to {}", tensors.len(), path.display());
     Ok(())
 }
 
-fn to_tensor(device: &crate::Device, name: &str, view: &TensorView<'_>) -> Result<Tensor> {
+/// A file's bytes.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| io(path, e))
+}
+
+/// The tensors and metadata of a safetensors file, every header entry checked.
+pub(crate) struct Parsed<'a> {
+    pub(crate) tensors: HashMap<String, TensorView<'a>>,
+    pub(crate) metadata: Option<HashMap<String, String>>,
+}
+
+/// Parse a safetensors file's bytes; anything malformed is `Error::Io`.
+pub(crate) fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<Parsed<'a>> {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| io(path, e))?;
+    let metadata = header.metadata().clone();
+    let file = SafeTensors::deserialize(bytes).map_err(|e| io(path, e))?;
+    Ok(Parsed {
+        tensors: file.tensors().into_iter().collect(),
+        metadata,
+    })
+}
+
+pub(crate) fn to_tensor(
+    device: &crate::Device,
+    name: &str,
+    view: &TensorView<'_>,
+) -> Result<Tensor> {
     if view.dtype() != Dtype::F32 {
         return Err(Error::Checkpoint {
             name: name.to_string(),
@@ -55,9 +91,9 @@ fn to_tensor(device: &crate::Device, name: &str, view: &TensorView<'_>) -> Resul
 
 /// Reads every tensor of a safetensors file (f32) onto `device`, by name.
 pub fn load(path: &Path, device: &crate::Device) -> Result<HashMap<String, Tensor>> {
-    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| io(path, e))?;
-    file.tensors()
+    let bytes = read(path)?;
+    parse(path, &bytes)?
+        .tensors
         .iter()
         .map(|(name, view)| Ok((name.clone(), to_tensor(device, name, view)?)))
         .collect()
@@ -66,11 +102,19 @@ pub fn load(path: &Path, device: &crate::Device) -> Result<HashMap<String, Tenso
 /// Reads the tensors named in `wanted`, each onto the device of its model tensor, checking
 /// that every name is present with the same shape and element type: all or nothing.
 pub(crate) fn load_matching(path: &Path, wanted: &[(String, &Tensor)]) -> Result<Vec<Tensor>> {
-    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| io(path, e))?;
+    let bytes = read(path)?;
+    matching(path, &parse(path, &bytes)?, wanted)
+}
+
+/// [`load_matching`] over a parsed file.
+pub(crate) fn matching(
+    path: &Path,
+    file: &Parsed<'_>,
+    wanted: &[(String, &Tensor)],
+) -> Result<Vec<Tensor>> {
     let mut out = Vec::with_capacity(wanted.len());
     for (name, model) in wanted {
-        let view = file.tensor(name).map_err(|_| Error::Checkpoint {
+        let view = file.tensors.get(name).ok_or_else(|| Error::Checkpoint {
             name: name.clone(),
             reason: format!("missing from {}", path.display()),
         })?;
@@ -85,7 +129,7 @@ pub(crate) fn load_matching(path: &Path, wanted: &[(String, &Tensor)]) -> Result
                 ),
             });
         }
-        out.push(to_tensor(model.device(), name, &view)?);
+        out.push(to_tensor(model.device(), name, view)?);
     }
     Ok(out)
 }

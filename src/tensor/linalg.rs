@@ -6,6 +6,9 @@ use crate::error::{Error, Result};
 use crate::matmul_plan::MatmulPlan;
 use crate::op::UnaryOp;
 
+/// Slices of K a split-K matmul sums, where a device cannot walk all of K in one kernel.
+const SPLIT_K: usize = 16_384;
+
 impl Tensor {
     /// Matrix product `[.., m, k] x [.., k, n] -> [.., m, n]`, batch dimensions broadcast
     /// (numpy's `matmul` for operands of rank 2 or more). `k = 0` gives zeros.
@@ -62,8 +65,37 @@ impl Tensor {
             // An empty sum: the product is all zeros.
             return Tensor::zeros(&self.device, plan.out_shape.dims());
         }
-        let storage = self.storage.matmul(&rhs.storage, &plan, None, None)?;
-        Ok(self.with(storage, plan.out_shape))
+        match self.storage.matmul(&rhs.storage, &plan, None, None) {
+            Ok(storage) => Ok(self.with(storage, plan.out_shape)),
+            // A kernel that cannot walk all of K on this device (llvmpipe's loop limit):
+            // the sum of products over slices of K.
+            Err(Error::Unsupported { .. }) if plan.k > SPLIT_K => {
+                let dim = |t: &Tensor, transposed: bool, k_last: bool| match t.rank() {
+                    1 => 0,
+                    r if transposed ^ k_last => r as isize - 1,
+                    r => r as isize - 2,
+                };
+                let (da, db) = (
+                    dim(self, transpose_self, true),
+                    dim(rhs, transpose_rhs, false),
+                );
+                let mut sum: Option<Tensor> = None;
+                for k0 in (0..plan.k).step_by(SPLIT_K) {
+                    let kc = SPLIT_K.min(plan.k - k0);
+                    let part = self.narrow(da, k0, kc)?.matmul_forward(
+                        &rhs.narrow(db, k0, kc)?,
+                        transpose_self,
+                        transpose_rhs,
+                    )?;
+                    sum = Some(match sum {
+                        Some(s) => s.add(&part)?,
+                        None => part,
+                    });
+                }
+                sum.ok_or_else(|| unreachable!("plan.k > SPLIT_K > 0"))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// A linear layer in one op: `act(self · weightᵀ + bias)`, with `weight` of shape
@@ -144,9 +176,23 @@ impl Tensor {
                 None => Ok(with_bias),
             };
         }
-        let bias = bias.map(|b| &b.storage);
-        let storage = self.storage.matmul(&weight.storage, &plan, bias, act)?;
-        Ok(self.with(storage, plan.out_shape))
+        let fused = bias.map(|b| &b.storage);
+        match self.storage.matmul(&weight.storage, &plan, fused, act) {
+            Ok(storage) => Ok(self.with(storage, plan.out_shape)),
+            // Too long a K for this device's kernels: split-K matmul, then the epilogue.
+            Err(Error::Unsupported { .. }) if plan.k > SPLIT_K => {
+                let y = self.matmul_forward(weight, false, true)?;
+                let y = match bias {
+                    Some(b) => y.add(b)?,
+                    None => y,
+                };
+                match act {
+                    Some(op) => y.unary(op),
+                    None => Ok(y),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `self x rhs` (2-D or batched, as [`Tensor::matmul`]) with both operands stored as f16 and

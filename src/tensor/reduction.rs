@@ -109,8 +109,24 @@ impl Tensor {
         let op = if log { "log_softmax" } else { "softmax" };
         self.expect(DType::F32, op)?;
         let axis = self.axis(op, dim)?;
-        let storage = self.storage.softmax(self.around(axis), log)?;
-        Ok(self.with(storage, self.shape.clone()))
+        match self.storage.softmax(self.around(axis), log) {
+            Ok(storage) => Ok(self.with(storage, self.shape.clone())),
+            // A kernel that cannot walk so long an axis on this device (llvmpipe's loop
+            // limit): the same formula from chunked reductions and fused elementwise ops. A NaN
+            // on the axis makes the maximum NaN, and so the whole slice, as the kernel does.
+            Err(Error::Unsupported { .. }) => {
+                let x = self.detach();
+                let shifted = x.sub(&x.max(dim, true)?)?;
+                let e = shifted.exp()?;
+                let s = e.sum(dim, true)?;
+                if log {
+                    shifted.sub(&s.log()?)
+                } else {
+                    e.div(&s)
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Numerically stable softmax along `dim` (negative counts from the end).
@@ -232,8 +248,29 @@ impl Tensor {
         }
         let rows = self.numel().checked_div(len).unwrap_or(0);
         let (w, b) = (weight.map(|t| &t.storage), bias.map(|t| &t.storage));
-        let storage = self.storage.norm(w, b, rows, len, eps, rms)?;
-        Ok(self.with(storage, self.shape.clone()))
+        match self.storage.norm(w, b, rows, len, eps, rms) {
+            Ok(storage) => Ok(self.with(storage, self.shape.clone())),
+            // Too long a row for this device's kernel (llvmpipe's loop limit): the same
+            // formula from chunked reductions and fused elementwise ops.
+            Err(Error::Unsupported { .. }) => {
+                let x = self.detach();
+                let centered = if rms { x } else { x.sub(&x.mean(-1, true)?)? };
+                let r = centered
+                    .square()?
+                    .mean(-1, true)?
+                    .add_scalar(eps)?
+                    .rsqrt()?;
+                let mut y = centered.mul(&r)?;
+                if let Some(w) = weight {
+                    y = y.mul(&w.detach())?;
+                }
+                match bias {
+                    Some(b) => y.add(&b.detach()),
+                    None => Ok(y),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`
@@ -259,7 +296,18 @@ impl Tensor {
     /// one backward. `nn::cross_entropy` validates and averages.
     pub(crate) fn cross_entropy_rows(&self, targets: &Tensor, t: Arc<Vec<u32>>) -> Result<Tensor> {
         let (rows, classes) = (self.shape()[0], self.shape()[1]);
-        let (loss, lse) = self.storage.cross_entropy(&targets.storage, &t, classes)?;
+        let (loss, lse) = match self.storage.cross_entropy(&targets.storage, &t, classes) {
+            Ok(pair) => pair,
+            // Too many classes for this device's kernel (llvmpipe's loop limit): the same
+            // loss from log_softmax and a gather, tracked op by op.
+            Err(Error::Unsupported { .. }) => {
+                let picked = self
+                    .log_softmax(1)?
+                    .gather(1, &targets.reshape(&[rows, 1])?)?;
+                return picked.reshape(&[rows])?.neg();
+            }
+            Err(e) => return Err(e),
+        };
         let shape = Shape::new(&[rows])?;
         let out = self.with(loss, shape.clone());
         if !Tensor::tracking(&[self]) {

@@ -151,11 +151,15 @@ pub(crate) fn conv2d_grad(
     g: &Window,
     weight: bool,
 ) -> Result<PooledBuffer> {
-    let (n_out, entry) = if weight {
-        (g.c_out * g.c_in * g.kh * g.kw, "grad_weight")
+    let (n_out, entry, walk) = if weight {
+        let (oh, ow) = (g.out_dims()[2], g.out_dims()[3]);
+        let walk = g.n * (1 + oh * (1 + ow));
+        (g.c_out * g.c_in * g.kh * g.kw, "grad_weight", walk)
     } else {
-        (g.n * g.c_in * g.h * g.w, "grad_input")
+        let walk = g.c_out * (1 + g.kh * (1 + g.kw));
+        (g.n * g.c_in * g.h * g.w, "grad_input", walk)
     };
+    ctx.check_walk("conv2d backward", walk)?;
     let out = ctx.alloc("conv2d backward", n_out)?;
     ctx.dispatch_1d(
         "conv2d backward",
@@ -196,6 +200,7 @@ pub(crate) fn conv2d(
     g: &Window,
 ) -> Result<PooledBuffer> {
     let n_out = g.out_dims().iter().product::<usize>();
+    ctx.check_walk("conv2d", g.c_in * (1 + g.kh * (1 + g.kw)))?;
     let out = ctx.alloc("conv2d", n_out)?;
     let params = conv_params(g, n_out);
     let b = bias.unwrap_or(wt);

@@ -15,6 +15,7 @@
 //! shape or learning rate compiles nothing.
 
 use super::Family;
+use super::reduce::{self, ReduceParams};
 use crate::error::Result;
 use crate::fusion::{Inst, LeafMap, MAX_INSTS, MAX_LEAVES, MAX_RANK, Operand, Pending, Program};
 use crate::gpu::context::{GpuContext, WG_1D};
@@ -32,7 +33,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 const META_WORDS: usize = 256;
 const _: () = assert!(MAX_LEAVES * (1 + 2 * MAX_RANK) + 2 * MAX_INSTS <= META_WORDS);
 /// Bytes of a generated kernel's uniform: four header words and the metadata.
-const UNIFORM_BYTES: usize = size_of::<[u32; 4 + META_WORDS]>();
+/// Words of the uniform before the metadata: the kernel's own parameters (`ReduceParams` for
+/// the reductions).
+const HEADER_WORDS: usize = 8;
+const _: () = assert!(size_of::<ReduceParams>() == 4 * HEADER_WORDS);
+const UNIFORM_BYTES: usize = size_of::<[u32; HEADER_WORDS + META_WORDS]>();
 
 /// A program over GPU buffers.
 pub(crate) type Fused = Program<Arc<PooledBuffer>>;
@@ -76,8 +81,10 @@ impl Fused {
         dims: (usize, usize, usize),
         op: ReduceOp,
     ) -> Result<PooledBuffer> {
-        let constant = ("OP", f64::from(op.shader_id()));
-        self.run_reduce_entry(ctx, "reduce", op.name(), constant, dims, dims.0 * dims.2)
+        reduce::chunked(ctx, dims, op, dims.1, &|params, op, n| {
+            let constant = ("OP", f64::from(op.shader_id()));
+            self.run_reduce_entry(ctx, "reduce", op.name(), constant, params, n)
+        })
     }
 
     /// (log-)softmax along the middle of `dims` over the program's values, in one kernel whose
@@ -90,28 +97,29 @@ impl Fused {
     ) -> Result<PooledBuffer> {
         let name = if log { "log_softmax" } else { "softmax" };
         let constant = ("LOG", f64::from(u8::from(log)));
+        ctx.check_walk(name, reduce::softmax_walk(dims.1))?;
+        let params = ReduceParams::whole(dims);
         self.run_reduce_entry(
             ctx,
             "softmax",
             name,
             constant,
-            dims,
+            params,
             dims.0 * dims.1 * dims.2,
         )
     }
 
-    /// Dispatch `entry` of `reduce.wgsl` over the program's values (one invocation per
-    /// `[outer, inner]` position) with its op constant, into a new buffer of `out_n` values.
+    /// Dispatch `entry` of `reduce.wgsl` over the program's values (`params.n_out`
+    /// invocations) with its op constant, into a new buffer of `out_n` values.
     fn run_reduce_entry(
         &self,
         ctx: &GpuContext,
         entry: &'static str,
         name: &'static str,
         constant: (&'static str, f64),
-        (outer, len, inner): (usize, usize, usize),
+        params: ReduceParams,
         out_n: usize,
     ) -> Result<PooledBuffer> {
-        let n_out = outer * inner;
         let maps: Vec<&LeafMap> = self.leaves.iter().map(|(_, m)| m).collect();
         let (wgsl, meta) = generate_reduce(&self.insts, &maps, entry);
         let spec = KernelSpec {
@@ -123,8 +131,16 @@ impl Fused {
         let out = ctx.alloc(name, out_n)?;
         let mut buffers: Vec<&wgpu::Buffer> = self.leaves.iter().map(|(b, _)| &b.buffer).collect();
         buffers.push(&out.buffer);
-        let params = uniform([outer, len, inner, n_out], &meta);
-        ctx.dispatch_1d(name, &spec, &buffers, bytemuck::cast_slice(&params), n_out)?;
+        let header: [u32; HEADER_WORDS] = bytemuck::cast(params);
+        let params = uniform(header, &meta);
+        let threads = params[3] as usize;
+        ctx.dispatch_1d(
+            name,
+            &spec,
+            &buffers,
+            bytemuck::cast_slice(&params),
+            threads,
+        )?;
         self.count(ctx);
         Ok(out)
     }
@@ -152,7 +168,9 @@ impl Fused {
         let out = ctx.alloc("fused elementwise", self.n)?;
         let mut buffers: Vec<&wgpu::Buffer> = self.leaves.iter().map(|(b, _)| &b.buffer).collect();
         buffers.push(&out.buffer);
-        let params = uniform([threads, 0, 0, 0], &meta);
+        let mut header = [0u32; HEADER_WORDS];
+        header[0] = threads as u32;
+        let params = uniform(header, &meta);
         ctx.dispatch_1d(
             "fused elementwise",
             &spec,
@@ -274,7 +292,8 @@ fn statements(insts: &[Inst], maps: &[&LeafMap], vec4: bool, meta: &mut Vec<u32>
 /// contiguous elements with 16-byte loads and stores, as the eager vec4 kernels do.
 fn generate(insts: &[Inst], maps: &[&LeafMap], vec4: bool) -> (String, Vec<u32>) {
     let mut meta = Vec::new();
-    let header = "    n: u32,\n    _pad0: u32,\n    _pad1: u32,\n    _pad2: u32,\n";
+    let header = "    n: u32,\n    _p1: u32,\n    _p2: u32,\n    _p3: u32,\n    _p4: u32,\n    \
+                  _p5: u32,\n    _p6: u32,\n    _p7: u32,\n";
     let mut s = declarations(maps, vec4, header);
     s.push_str(
         "@compute @workgroup_size(WG)\nfn main(\n    \
@@ -295,7 +314,8 @@ fn generate(insts: &[Inst], maps: &[&LeafMap], vec4: bool) -> (String, Vec<u32>)
 /// eager one's.
 fn generate_reduce(insts: &[Inst], maps: &[&LeafMap], entry: &str) -> (String, Vec<u32>) {
     let mut meta = Vec::new();
-    let header = "    outer: u32,\n    len: u32,\n    inner: u32,\n    n_out: u32,\n";
+    let header = "    outer: u32,\n    len: u32,\n    inner: u32,\n    n_out: u32,\n    \
+                  chunks: u32,\n    chunk: u32,\n    count: u32,\n    _pad: u32,\n";
     let mut s = declarations(maps, false, header);
     s.push_str(match entry {
         "softmax" => "override LOG: bool = false;\n\n",
@@ -347,14 +367,12 @@ fn reads_through_value(src: &str) -> String {
 }
 
 /// The uniform of a generated kernel: four header words, then the metadata.
-fn uniform(header: [usize; 4], meta: &[u32]) -> [u32; 4 + META_WORDS] {
+fn uniform(header: [u32; HEADER_WORDS], meta: &[u32]) -> [u32; HEADER_WORDS + META_WORDS] {
     // The caps on instructions, leaves and rank keep the metadata within the uniform.
     assert!(meta.len() <= META_WORDS, "fused metadata overflow");
-    let mut params = [0u32; 4 + META_WORDS];
-    for (p, h) in params.iter_mut().zip(header) {
-        *p = h as u32;
-    }
-    params[4..4 + meta.len()].copy_from_slice(meta);
+    let mut params = [0u32; HEADER_WORDS + META_WORDS];
+    params[..HEADER_WORDS].copy_from_slice(&header);
+    params[HEADER_WORDS..HEADER_WORDS + meta.len()].copy_from_slice(meta);
     params
 }
 

@@ -151,6 +151,7 @@ pub(crate) fn scatter_add(
         });
     }
     let n: usize = s.out_dims.iter().product();
+    ctx.check_walk("scatter_add", s.g_dims[s.axis] + MAX_SCATTER_RANK)?;
     let out = ctx.alloc("scatter_add", n)?;
     let mut p = ScatterParams {
         n: n as u32,

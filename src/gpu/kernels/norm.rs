@@ -60,6 +60,7 @@ pub(crate) fn norm(
     rms: bool,
 ) -> Result<PooledBuffer> {
     let op = if rms { "rms_norm" } else { "layer_norm" };
+    ctx.check_walk(op, 3 * len)?;
     let out = ctx.alloc(op, rows * len)?;
     let params = NormParams {
         rows: rows as u32,

@@ -47,6 +47,7 @@ pub(crate) fn forward(
     rows: usize,
     classes: usize,
 ) -> Result<(PooledBuffer, PooledBuffer)> {
+    ctx.check_walk("cross_entropy", 2 * classes)?;
     let loss = ctx.alloc("cross_entropy", rows)?;
     let lse = ctx.alloc("cross_entropy", rows)?;
     ctx.dispatch_1d(

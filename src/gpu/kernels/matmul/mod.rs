@@ -364,6 +364,8 @@ fn run_with(
     epilogue: Epilogue,
     spec: KernelSpec,
 ) -> Result<PooledBuffer> {
+    // Every variant walks K once, plus its tile loads: at most twice K in all.
+    ctx.check_walk("matmul", 2 * plan.k + 64)?;
     let out = ctx.alloc("matmul", plan.out_numel())?;
     let table: Vec<u32> = plan
         .offsets
