@@ -5,7 +5,13 @@
 //! ```sh
 //! cargo run --release --example char_transformer             # KILN_DEVICE=cpu|software|gpu
 //! cargo run --release --example char_transformer -- --steps 600
+//! cargo run --release --example char_transformer -- --stop-after 200   # as if interrupted
+//! cargo run --release --example char_transformer -- --resume out/char_transformer.ckpt.safetensors
 //! ```
+//!
+//! Every 100 steps (and at a stop) the model, the optimizer's state, the step and the batch
+//! sampler's state are checkpointed to `out/char_transformer.ckpt.safetensors`; `--resume`
+//! continues from such a file, on any device, as if the run had not stopped.
 
 mod common;
 
@@ -14,7 +20,8 @@ use common::models::{CharTransformer, TransformerConfig};
 use common::progress;
 use common::train::{SampleOptions, encode, sample, text_batch, text_step};
 use kiln::Device;
-use kiln::nn::{Adam, Module};
+use kiln::nn::{Adam, Module, load_checkpoint, save_checkpoint};
+use std::path::PathBuf;
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,11 +30,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .init();
     let mut steps = 400;
+    let mut resume: Option<PathBuf> = None;
+    let mut stop_after: Option<usize> = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match (flag.as_str(), it.next()) {
             ("--steps", Some(v)) => steps = v.parse()?,
-            _ => return Err(format!("unknown argument {flag}; try --steps N").into()),
+            ("--resume", Some(v)) => resume = Some(PathBuf::from(v)),
+            ("--stop-after", Some(v)) => stop_after = Some(v.parse()?),
+            _ => {
+                return Err(format!(
+                    "unknown argument {flag}; try --steps N, --stop-after N, --resume FILE"
+                )
+                .into());
+            }
         }
     }
     let dev = Device::from_env()?;
@@ -50,9 +66,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut opt = Adam::new(3e-3);
     let mut rng = Rng(7);
+    let mut first = 1;
+    if let Some(path) = &resume {
+        let progress = load_checkpoint(path, &mut model, &mut opt)?;
+        let field = |k: &str| progress.get(k).ok_or(format!("no {k} in the checkpoint"));
+        let done: usize = field("step")?.parse()?;
+        rng = Rng(field("rng")?.parse()?);
+        first = done + 1;
+        println!("resumed from {} after step {done}", path.display());
+    }
+    let out = PathBuf::from("out");
+    std::fs::create_dir_all(&out)?;
+    let checkpoint = out.join("char_transformer.ckpt.safetensors");
     let start = Instant::now();
     let mut recent = Vec::new();
-    for step in 1..=steps {
+    for step in first..=steps {
         let (x, y) = text_batch(&ids, 16, config.context, &mut rng, &dev)?;
         let loss = text_step(&mut model, &mut opt, &x, &y, vocab.len())?;
         recent.push(loss);
@@ -65,19 +93,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ));
             recent.clear();
         }
+        let stop = stop_after == Some(step);
+        if step % 100 == 0 || stop {
+            let progress = [("step", step.to_string()), ("rng", rng.0.to_string())];
+            save_checkpoint(&checkpoint, &model, &opt, &progress)?;
+        }
+        if stop {
+            println!(
+                "stopped after step {step}; continue with --resume {}",
+                checkpoint.display()
+            );
+            return Ok(());
+        }
     }
     let stats = dev.stats();
+    let ran = (steps + 1).saturating_sub(first).max(1);
     println!(
-        "trained {steps} steps in {:.2?} on {}",
+        "trained steps {first}..={steps} in {:.2?} on {}",
         start.elapsed(),
         dev.info().name
     );
     if !dev.is_cpu() {
         println!(
             "GPU work per step: {:.0} dispatches, of which {:.0} fused kernels computing {:.0} elementwise ops",
-            stats.dispatches as f64 / steps as f64,
-            stats.fused_kernels as f64 / steps as f64,
-            stats.fused_ops as f64 / steps as f64,
+            stats.dispatches as f64 / ran as f64,
+            stats.fused_kernels as f64 / ran as f64,
+            stats.fused_ops as f64 / ran as f64,
         );
     }
     let opts = SampleOptions {

@@ -6,7 +6,13 @@
 //! cargo run --release --example digits                       # train (KILN_DEVICE=cpu|software|gpu)
 //! cargo run --release --example digits -- --eval out/digits.safetensors
 //! cargo run --release --example digits -- --epochs 40 --out somewhere
+//! cargo run --release --example digits -- --stop-after 10       # as if interrupted
+//! cargo run --release --example digits -- --resume out/digits.ckpt.safetensors
 //! ```
+//!
+//! After every epoch the model, the optimizer's state and the losses so far are checkpointed to
+//! `<out>/digits.ckpt.safetensors`; `--resume` continues from such a file (on any device) and
+//! ends with the same model an uninterrupted run gives.
 
 mod common;
 
@@ -15,7 +21,7 @@ use common::models::digits_mlp;
 use common::train::{accuracy, digits_lr, train_epoch};
 use common::{plot, progress};
 use kiln::Device;
-use kiln::nn::{Adam, Module};
+use kiln::nn::{Adam, Module, load_checkpoint, save_checkpoint};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -26,6 +32,8 @@ struct Args {
     epochs: usize,
     out: PathBuf,
     eval: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    stop_after: Option<usize>,
 }
 
 fn args() -> Result<Args, String> {
@@ -33,6 +41,8 @@ fn args() -> Result<Args, String> {
         epochs: 30,
         out: PathBuf::from("out"),
         eval: None,
+        resume: None,
+        stop_after: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -41,6 +51,10 @@ fn args() -> Result<Args, String> {
             "--epochs" => a.epochs = value()?.parse().map_err(|e| format!("--epochs: {e}"))?,
             "--out" => a.out = PathBuf::from(value()?),
             "--eval" => a.eval = Some(PathBuf::from(value()?)),
+            "--resume" => a.resume = Some(PathBuf::from(value()?)),
+            "--stop-after" => {
+                a.stop_after = Some(value()?.parse().map_err(|e| format!("--stop-after: {e}"))?)
+            }
             other => return Err(format!("unknown argument {other}; see the file's header")),
         }
     }
@@ -88,9 +102,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut opt = Adam::new(3e-3);
     let mut losses = Vec::new();
+    let mut first = 1;
+    if let Some(path) = &args.resume {
+        let progress = load_checkpoint(path, &mut model, &mut opt)?;
+        let done: usize = progress
+            .get("epoch")
+            .ok_or("no epoch in the checkpoint")?
+            .parse()?;
+        losses = progress
+            .get("losses")
+            .map(|l| {
+                l.split(',')
+                    .filter(|v| !v.is_empty())
+                    .map(str::parse)
+                    .collect()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        first = done + 1;
+        println!("resumed from {} after epoch {done}", path.display());
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let checkpoint = args.out.join("digits.ckpt.safetensors");
     let start = Instant::now();
-    let mut per_epoch = 0;
-    for epoch in 1..=args.epochs {
+    let per_epoch = train.len().div_ceil(32);
+    for epoch in first..=args.epochs {
         opt.lr = digits_lr(epoch, args.epochs);
         let label = format!("epoch {epoch:>2}/{}", args.epochs);
         let l = train_epoch(
@@ -102,11 +138,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             epoch as u64,
             |i, n, loss| progress::bar(&label, i, n, loss),
         )?;
-        per_epoch = l.len();
         let mean = l.iter().sum::<f32>() / l.len() as f32;
         losses.extend(l);
         let acc = accuracy(&mut model, &test, &[64], &dev)?;
         progress::finish(&format!("mean {mean:.4}  held-out {:.2}%", 100.0 * acc));
+        let so_far: Vec<String> = losses.iter().map(f32::to_string).collect();
+        save_checkpoint(
+            &checkpoint,
+            &model,
+            &opt,
+            &[("epoch", epoch.to_string()), ("losses", so_far.join(","))],
+        )?;
+        if args.stop_after == Some(epoch) {
+            println!(
+                "stopped after epoch {epoch}; continue with --resume {}",
+                checkpoint.display()
+            );
+            return Ok(());
+        }
     }
     let took = start.elapsed();
     let acc = accuracy(&mut model, &test, &[64], &dev)?;
@@ -116,7 +165,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         100.0 * acc
     );
 
-    std::fs::create_dir_all(&args.out)?;
     let weights = args.out.join("digits.safetensors");
     model.save_safetensors(&weights)?;
     let png = args.out.join("digits_loss.png");

@@ -4,7 +4,12 @@
 //! ```sh
 //! cargo run --release --example digits_cnn                  # KILN_DEVICE=cpu|software|gpu
 //! cargo run --release --example digits_cnn -- --epochs 20
+//! cargo run --release --example digits_cnn -- --stop-after 4      # as if interrupted
+//! cargo run --release --example digits_cnn -- --resume out/digits_cnn.ckpt.safetensors
 //! ```
+//!
+//! After every epoch the model and the optimizer's state are checkpointed to
+//! `out/digits_cnn.ckpt.safetensors`; `--resume` continues from such a file, on any device.
 
 mod common;
 
@@ -13,7 +18,8 @@ use common::models::digits_cnn;
 use common::progress;
 use common::train::{accuracy, train_epoch};
 use kiln::Device;
-use kiln::nn::{Adam, Module};
+use kiln::nn::{Adam, Module, load_checkpoint, save_checkpoint};
+use std::path::PathBuf;
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,11 +28,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .init();
     let mut epochs = 12;
+    let mut resume: Option<PathBuf> = None;
+    let mut stop_after: Option<usize> = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match (flag.as_str(), it.next()) {
             ("--epochs", Some(v)) => epochs = v.parse()?,
-            _ => return Err(format!("unknown argument {flag}; try --epochs N").into()),
+            ("--resume", Some(v)) => resume = Some(PathBuf::from(v)),
+            ("--stop-after", Some(v)) => stop_after = Some(v.parse()?),
+            _ => {
+                return Err(format!(
+                    "unknown argument {flag}; try --epochs N, --stop-after N, --resume FILE"
+                )
+                .into());
+            }
         }
     }
     let dev = Device::from_env()?;
@@ -39,8 +54,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         epochs
     );
     let mut opt = Adam::new(3e-3);
+    let mut first = 1;
+    if let Some(path) = &resume {
+        let progress = load_checkpoint(path, &mut model, &mut opt)?;
+        let done: usize = progress
+            .get("epoch")
+            .ok_or("no epoch in the checkpoint")?
+            .parse()?;
+        first = done + 1;
+        println!("resumed from {} after epoch {done}", path.display());
+    }
+    std::fs::create_dir_all("out")?;
+    let checkpoint = PathBuf::from("out/digits_cnn.ckpt.safetensors");
     let start = Instant::now();
-    for epoch in 1..=epochs {
+    for epoch in first..=epochs {
         let label = format!("epoch {epoch:>2}/{epochs}");
         let l = train_epoch(
             &mut model,
@@ -54,6 +81,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let acc = accuracy(&mut model, &test, &[1, 8, 8], &dev)?;
         let mean = l.iter().sum::<f32>() / l.len() as f32;
         progress::finish(&format!("mean {mean:.4}  held-out {:.2}%", 100.0 * acc));
+        save_checkpoint(&checkpoint, &model, &opt, &[("epoch", epoch.to_string())])?;
+        if stop_after == Some(epoch) {
+            println!(
+                "stopped after epoch {epoch}; continue with --resume {}",
+                checkpoint.display()
+            );
+            return Ok(());
+        }
     }
     let acc = accuracy(&mut model, &test, &[1, 8, 8], &dev)?;
     println!(

@@ -14,7 +14,7 @@ use ex::train::{
     SampleOptions, accuracy, digits_lr, encode, sample, text_batch, text_step, train_epoch,
 };
 use kiln::Device;
-use kiln::nn::{Adam, Module};
+use kiln::nn::{Adam, Module, Optimizer, Sgd, load_checkpoint, save_checkpoint};
 
 /// Three epochs of the digits MLP: its losses and held-out accuracy.
 fn digits_run(dev: &Device) -> (Vec<f32>, f64, kiln::nn::Sequential) {
@@ -226,4 +226,102 @@ fn examples_train_the_same_fused_and_eager() {
         close("convnet", &runs[0].0, &runs[1].0);
         close("transformer", &runs[0].1, &runs[1].1);
     }
+}
+
+/// Epochs `epochs` of the digits MLP on 320 images: the batch losses.
+fn digits_epochs(
+    model: &mut kiln::nn::Sequential,
+    opt: &mut dyn Optimizer,
+    epochs: std::ops::RangeInclusive<u64>,
+) -> Vec<f32> {
+    let (train, _) = split(&digits(), 0.2, 42);
+    let small = train.subset(&(0..320).collect::<Vec<_>>());
+    epochs
+        .flat_map(|e| train_epoch(model, opt, &small, &[64], 32, e, |_, _, _| {}).unwrap())
+        .collect()
+}
+
+fn values(model: &dyn Module) -> Vec<Vec<f32>> {
+    model
+        .parameters()
+        .iter()
+        .map(|(_, p)| p.to_vec().unwrap())
+        .collect()
+}
+
+/// Training stopped after 2 of 4 epochs, checkpointed (weights and optimizer state) and resumed
+/// in a new model and optimizer gives the losses of an uninterrupted run: bit for bit on the
+/// CPU, for Adam and for SGD with momentum; resumed on every GPU from the CPU's checkpoint,
+/// within rounding. A checkpoint that does not fit changes nothing.
+#[test]
+fn a_resumed_run_matches_an_uninterrupted_one() {
+    let cpu = Device::cpu();
+    let dir = std::env::temp_dir().join(format!("kiln-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("digits.ckpt.safetensors");
+    type MakeOpt = fn() -> Box<dyn Optimizer>;
+    let optimizers: [(&str, MakeOpt); 2] = [
+        ("adam", || Box::new(Adam::new(3e-3))),
+        ("sgd", || {
+            Box::new(Sgd::new(0.05).momentum(0.9).nesterov(true))
+        }),
+    ];
+    for (name, make) in optimizers {
+        let mut model = digits_mlp(&cpu, 32).unwrap();
+        let mut opt = make();
+        let full = digits_epochs(&mut model, opt.as_mut(), 1..=4);
+
+        let mut model = digits_mlp(&cpu, 32).unwrap();
+        let mut opt = make();
+        let mut resumed = digits_epochs(&mut model, opt.as_mut(), 1..=2);
+        save_checkpoint(&path, &model, opt.as_ref(), &[("epoch", "2".into())]).unwrap();
+        for dev in devices() {
+            let mut model = digits_mlp(&dev, 32).unwrap();
+            let mut opt = make();
+            let progress = load_checkpoint(&path, &mut model, opt.as_mut()).unwrap();
+            assert_eq!(progress.get("epoch").map(String::as_str), Some("2"));
+            let mut losses = resumed.clone();
+            losses.extend(digits_epochs(&mut model, opt.as_mut(), 3..=4));
+            if dev.is_cpu() {
+                assert_eq!(losses, full, "{name}: resumed on the CPU");
+            } else {
+                let want: Vec<f64> = full.iter().map(|&v| f64::from(v)).collect();
+                assert_close(
+                    &format!("{name}: resumed on {dev}"),
+                    &losses,
+                    &want,
+                    1e-3,
+                    1e-2,
+                );
+            }
+            say!("{name}: 2 epochs on cpu, checkpoint, 2 more on {dev}: the uninterrupted losses");
+        }
+        resumed.clear();
+    }
+
+    // Adam's state into SGD, a model of another size, a cut file: errors, and nothing changes.
+    let mut model = digits_mlp(&cpu, 32).unwrap();
+    let mut adam = Adam::new(3e-3);
+    digits_epochs(&mut model, &mut adam, 1..=1);
+    save_checkpoint(&path, &model, &adam, &[]).unwrap();
+    let mut other = digits_mlp(&cpu, 32).unwrap();
+    let before = values(&other);
+    let mut sgd = Sgd::new(0.1).momentum(0.9);
+    let e = load_checkpoint(&path, &mut other, &mut sgd).unwrap_err();
+    assert!(matches!(e, kiln::Error::Checkpoint { .. }), "{e:?}");
+    assert_eq!(
+        values(&other),
+        before,
+        "a refused checkpoint changed the model"
+    );
+    let mut wider = digits_mlp(&cpu, 64).unwrap();
+    let e = load_checkpoint(&path, &mut wider, &mut Adam::new(1e-3)).unwrap_err();
+    assert!(matches!(e, kiln::Error::Checkpoint { .. }), "{e:?}");
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_checkpoint(&cut, &mut other, &mut Adam::new(1e-3)).unwrap_err();
+    assert!(matches!(e, kiln::Error::Io { .. }), "{e:?}");
+    assert_eq!(values(&other), before);
+    std::fs::remove_dir_all(&dir).ok();
 }
