@@ -52,20 +52,36 @@ fn erf(v: f32) -> f32 {
     return select(r, -r, v < 0.0);
 }
 
-// powf with C semantics: WGSL's pow is undefined for x < 0 and inexact at 0 on some drivers, so
-// compute |x|^p (0 or inf at zero), then NaN for a negative base with non-integer p, and the
-// sign of the base (-0 included) for odd integer p.
+// powf with C semantics (Rust's f32::powf, on the CPU backend): WGSL's pow is undefined for
+// x < 0 and at 0, infinities and NaN, so: x^0 = 1 and 1^p = 1 (NaN included), NaN otherwise
+// from NaN; ±1^±inf = 1, and |x|^±inf is 0 or inf; 0 and ±inf bases give 0 or inf by the sign
+// of p; otherwise |x|^p, NaN for a finite negative base with non-integer p, and the sign of the
+// base (-0 and -inf included) for odd integer p. NaN is tested on the bits, before any
+// comparison (the earlier form, `y != 0.0` on a NaN y, gave pow(NaN, NaN) = 0 on lavapipe).
 fn pow_signed(x: f32, p: f32) -> f32 {
-    if (p == 0.0) {
+    if (!is_nan(p) && p == 0.0) || (!is_nan(x) && x == 1.0) {
         return 1.0;
     }
+    if (is_nan(x) || is_nan(p)) {
+        return bitcast<f32>(0x7fc00000u);
+    }
     let inf = bitcast<f32>(0x7f800000u);
-    var m = pow(abs(x), p);
-    if (x == 0.0) {
+    let ax = abs(x);
+    if (abs(p) == inf) {
+        if (ax == 1.0) {
+            return 1.0;
+        }
+        return select(0.0, inf, (ax > 1.0) == (p > 0.0));
+    }
+    var m = pow(ax, p);
+    if (ax == 0.0) {
         m = select(0.0, inf, p < 0.0);
     }
+    if (ax == inf) {
+        m = select(inf, 0.0, p < 0.0);
+    }
     let integer = p == floor(p);
-    if (x < 0.0 && !integer) {
+    if (x < 0.0 && ax != inf && !integer) {
         return bitcast<f32>(0x7fc00000u); // NaN
     }
     let negative = (bitcast<u32>(x) & 0x80000000u) != 0u;

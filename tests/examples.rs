@@ -325,3 +325,123 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
     assert_eq!(values(&other), before);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// One memory sample of a long run.
+#[derive(Debug, Clone, Copy)]
+struct MemSample {
+    step: usize,
+    live: usize,
+    live_bytes: u64,
+    pooled_bytes: u64,
+    rss: u64,
+}
+
+/// The process's resident memory in bytes (Linux; 0 elsewhere).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// `steps` digits training steps (the main example's model and optimizer) on `dev`, with a
+/// memory sample every `every` steps.
+fn digits_soak(dev: &Device, steps: usize, every: usize) -> Vec<MemSample> {
+    let (train, _) = split(&digits(), 0.2, 42);
+    let mut model = digits_mlp(dev, 128).unwrap();
+    let mut opt = Adam::new(1e-3);
+    let mut samples = Vec::new();
+    let mut step = 0;
+    let mut epoch = 0;
+    while step < steps {
+        epoch += 1;
+        let budget = steps - step;
+        let part = train.subset(&(0..train.len().min(budget * 32)).collect::<Vec<_>>());
+        train_epoch(&mut model, &mut opt, &part, &[64], 32, epoch, |_, _, _| {
+            step += 1;
+            if step % every == 0 {
+                let m = dev.memory();
+                samples.push(MemSample {
+                    step,
+                    live: m.live,
+                    live_bytes: m.live_bytes,
+                    pooled_bytes: m.pooled_bytes,
+                    rss: rss_bytes(),
+                });
+            }
+        })
+        .unwrap();
+    }
+    samples
+}
+
+/// Flat after warm-up (the first sample): the same live buffers and bytes at every sample,
+/// pooled bytes never above their first value, and (when `rss_slack` is given) resident memory
+/// within that fraction of its first value.
+fn assert_flat(what: &str, samples: &[MemSample], rss_slack: Option<f64>) {
+    let first = samples[0];
+    for s in &samples[1..] {
+        assert_eq!(
+            (s.live, s.live_bytes),
+            (first.live, first.live_bytes),
+            "{what}: live buffers grew: {s:?} after {first:?}"
+        );
+        assert!(
+            s.pooled_bytes <= first.pooled_bytes,
+            "{what}: pooled bytes grew: {s:?} after {first:?}"
+        );
+        if let Some(slack) = rss_slack {
+            assert!(
+                s.rss as f64 <= first.rss as f64 * (1.0 + slack),
+                "{what}: resident memory grew: {s:?} after {first:?}"
+            );
+        }
+    }
+}
+
+/// A fused training loop's memory stays flat over 1,000 steps on every GPU: live buffers and
+/// bytes identical at every sample after warm-up, pooled bytes never growing.
+#[test]
+fn a_thousand_fused_training_steps_keep_gpu_memory_flat() {
+    for dev in fresh_gpus() {
+        let samples = digits_soak(&dev, 1000, 100);
+        assert_flat(&format!("1,000 digits steps on {dev}"), &samples, None);
+        let last = samples[samples.len() - 1];
+        say!(
+            "1,000 digits steps on {dev}: {} live buffers ({} KiB), {} KiB pooled, flat",
+            last.live,
+            last.live_bytes / 1024,
+            last.pooled_bytes / 1024
+        );
+    }
+}
+
+/// The soak test (`scripts/soak.sh`): `KILN_SOAK_STEPS` (default 10,000) digits training steps
+/// on every GPU with live buffers, pooled bytes and the process's resident memory flat (within
+/// 5% after the first tenth of the run). Ignored by default: minutes on lavapipe.
+#[test]
+#[ignore = "long: run by scripts/soak.sh"]
+fn soak_digits_training() {
+    let steps: usize = std::env::var("KILN_SOAK_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let every = (steps / 10).max(1);
+    for dev in fresh_gpus() {
+        let start = std::time::Instant::now();
+        let samples = digits_soak(&dev, steps, every);
+        say!("soak on {dev}: {steps} steps in {:.1?}", start.elapsed());
+        say!("  step   live  live KiB  pooled KiB  RSS MiB");
+        for s in &samples {
+            say!(
+                "  {:>6} {:>5} {:>9} {:>11} {:>8.1}",
+                s.step,
+                s.live,
+                s.live_bytes / 1024,
+                s.pooled_bytes / 1024,
+                s.rss as f64 / (1 << 20) as f64
+            );
+        }
+        assert_flat(&format!("{steps} digits steps on {dev}"), &samples, Some(0.05));
+    }
+}

@@ -22,7 +22,7 @@ op_family! {
         Minimum = 5, "minimum", wgsl: "select(min(x, y), nan_f32(), any_nan(x, y))";
         /// `a^b` (`powf` semantics).
         Pow = 6, "pow",
-            wgsl: "select(pow_signed(x, y), nan_f32(), (is_nan(x) && y != 0.0) || (is_nan(y) && x != 1.0))";
+            wgsl: "pow_signed(x, y)";
         /// `a == b` as 1.0 / 0.0.
         Eq = 7, "eq", wgsl: "flag(!any_nan(x, y) && x == y)";
         /// `a != b` as 1.0 / 0.0.
