@@ -442,6 +442,10 @@ fn soak_digits_training() {
                 s.rss as f64 / (1 << 20) as f64
             );
         }
-        assert_flat(&format!("{steps} digits steps on {dev}"), &samples, Some(0.05));
+        assert_flat(
+            &format!("{steps} digits steps on {dev}"),
+            &samples,
+            Some(0.05),
+        );
     }
 }
