@@ -61,6 +61,8 @@ mod fusion;
 pub mod gpu;
 mod matmul_plan;
 pub mod nn;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 mod op;
 mod optim_params;
 mod random;

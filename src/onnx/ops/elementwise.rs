@@ -1,0 +1,373 @@
+//! Elementwise ONNX ops: unary functions, arithmetic and comparisons with broadcasting (on the
+//! device for floats, on the host for integers), logic on masks, `Where`, `Clip`, `Cast`.
+
+use super::{Args, Ctx};
+use crate::error::Result;
+use crate::onnx::proto::dtype;
+use crate::onnx::value::{IntTensor, Value};
+use crate::{BinaryOp, Tensor};
+
+fn scalar(ctx: &Ctx, v: f32) -> Result<Tensor> {
+    Tensor::full(ctx.dev, &[1], v)
+}
+
+pub(super) fn unary(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let op = ctx.node.op_type.as_str();
+    if let Value::Int(i) = ctx.input(args, 0)? {
+        let f: fn(i64) -> i64 = match op {
+            "Abs" => i64::wrapping_abs,
+            "Neg" => i64::wrapping_neg,
+            "Relu" => |v| v.max(0),
+            _ => return Err(ctx.unsupported("integer input")),
+        };
+        let data = i.data.iter().map(|&v| f(v)).collect();
+        return Ok(vec![Value::Int(IntTensor { data, ..i.clone() })]);
+    }
+    let x = ctx.float_input(args, 0)?;
+    let y = match op {
+        "Abs" => x.abs()?,
+        "Neg" => x.neg()?,
+        "Exp" => x.exp()?,
+        "Log" => x.log()?,
+        "Sqrt" => x.sqrt()?,
+        "Reciprocal" => x.recip()?,
+        "Relu" => x.relu()?,
+        "Sigmoid" => x.sigmoid()?,
+        "Tanh" => x.tanh()?,
+        "Softplus" => x.softplus()?,
+        "Softsign" => x.div(&x.abs()?.add_scalar(1.0)?)?,
+        "Elu" => x.elu(ctx.float("alpha", 1.0))?,
+        "Selu" => x
+            .elu(ctx.float("alpha", 1.673_263_2))?
+            .mul_scalar(ctx.float("gamma", 1.050_701))?,
+        "LeakyRelu" => x.leaky_relu(ctx.float("alpha", 0.01))?,
+        "Gelu" => match ctx.string("approximate", "none").as_str() {
+            "none" => x.gelu()?,
+            "tanh" => x.gelu_tanh()?,
+            other => return Err(ctx.unsupported(format!("approximate = {other}"))),
+        },
+        "HardSigmoid" => hard_sigmoid(x, ctx.float("alpha", 0.2), ctx.float("beta", 0.5))?,
+        "HardSwish" => x.mul(&hard_sigmoid(x, 1.0 / 6.0, 0.5)?)?,
+        "Mish" => x.mul(&x.softplus()?.tanh()?)?,
+        _ => return Err(ctx.unsupported("the op type")),
+    };
+    Ok(vec![Value::Float(y)])
+}
+
+/// `max(0, min(1, alpha·x + beta))`, NaN kept.
+fn hard_sigmoid(x: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
+    x.mul_scalar(alpha)?.add_scalar(beta)?.clamp(0.0, 1.0)
+}
+
+pub(super) fn identity(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.input(args, 0)?.clone();
+    if ctx.node.op_type == "Dropout" {
+        // Inference: the identity. A training-mode dropout is refused, not ignored.
+        let training = ctx
+            .int_input(args, 2)?
+            .is_some_and(|t| t.data.iter().any(|&v| v != 0));
+        let ratio = match args.get(1).and_then(Option::as_ref) {
+            Some(r) => r.to_f64()?.first().copied().unwrap_or(0.5),
+            None => 0.5,
+        };
+        if training && ratio != 0.0 {
+            return Err(ctx.unsupported("training_mode = true with a ratio above 0 (random masks)"));
+        }
+        if ctx.node.output.len() > 1 {
+            let mask = Tensor::ones(ctx.dev, x.shape())?;
+            return Ok(vec![x, Value::Bool(mask)]);
+        }
+    }
+    Ok(vec![x])
+}
+
+/// Numpy broadcasting of two shapes.
+pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let r = a.len().max(b.len());
+    (0..r)
+        .map(|i| {
+            let da = if i + a.len() >= r {
+                a[i + a.len() - r]
+            } else {
+                1
+            };
+            let db = if i + b.len() >= r {
+                b[i + b.len() - r]
+            } else {
+                1
+            };
+            match (da, db) {
+                (x, y) if x == y => Some(x),
+                (1, y) => Some(y),
+                (x, 1) => Some(x),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Flat index into `shape` (broadcast to `out`) of the output's flat index `i`.
+fn source_index(shape: &[usize], out: &[usize], mut i: usize) -> usize {
+    let (mut idx, mut stride) = (0, 1);
+    for d in (0..out.len()).rev() {
+        let coord = i % out[d];
+        i /= out[d];
+        let k = d as isize - (out.len() - shape.len()) as isize;
+        if k >= 0 {
+            let dim = shape[k as usize];
+            if dim != 1 {
+                idx += coord * stride;
+            }
+            stride *= dim;
+        }
+    }
+    idx
+}
+
+/// `f` over two host integer tensors with broadcasting.
+pub(crate) fn zip_ints(
+    ctx: &Ctx,
+    a: &IntTensor,
+    b: &IntTensor,
+    f: impl Fn(i64, i64) -> i64,
+) -> Result<IntTensor> {
+    let out = broadcast_shape(&a.shape, &b.shape)
+        .ok_or_else(|| ctx.invalid(format!("shapes {:?} and {:?}", a.shape, b.shape)))?;
+    let n = out.iter().product();
+    let data = (0..n)
+        .map(|i| {
+            f(
+                a.data[source_index(&a.shape, &out, i)],
+                b.data[source_index(&b.shape, &out, i)],
+            )
+        })
+        .collect();
+    Ok(IntTensor {
+        shape: out,
+        data,
+        elem: a.elem,
+    })
+}
+
+/// A host 0/1 tensor as a device mask.
+fn mask(ctx: &Ctx, t: IntTensor) -> Result<Value> {
+    let data = t
+        .data
+        .iter()
+        .map(|&v| f32::from(u8::from(v != 0)))
+        .collect();
+    Ok(Value::Bool(Tensor::from_vec(ctx.dev, data, &t.shape)?))
+}
+
+pub(super) fn binary(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let op = ctx.node.op_type.as_str();
+    let (a, b) = (ctx.input(args, 0)?, ctx.input(args, 1)?);
+    let compare = matches!(
+        op,
+        "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual"
+    );
+    if let (Value::Int(x), Value::Int(y)) = (a, b) {
+        let f: fn(i64, i64) -> i64 = match op {
+            "Add" => i64::wrapping_add,
+            "Sub" => i64::wrapping_sub,
+            "Mul" => i64::wrapping_mul,
+            "Div" => |p, q| if q == 0 { 0 } else { p.wrapping_div(q) },
+            "Pow" => |p, q| if q < 0 { 0 } else { p.wrapping_pow(q as u32) },
+            "Equal" => |p, q| i64::from(p == q),
+            "Less" => |p, q| i64::from(p < q),
+            "LessOrEqual" => |p, q| i64::from(p <= q),
+            "Greater" => |p, q| i64::from(p > q),
+            _ => |p, q| i64::from(p >= q),
+        };
+        let r = zip_ints(ctx, x, y, f)?;
+        return Ok(vec![if compare {
+            mask(ctx, r)?
+        } else {
+            Value::Int(r)
+        }]);
+    }
+    if let (Value::Int(x), "Pow") = (a, op) {
+        // An integer base keeps its type (ONNX's Pow output is the base's type).
+        let e = b.ints().ok().filter(|_| matches!(b, Value::Int(_)));
+        let exps = match e {
+            Some(e) => e.data.iter().map(|&v| v as f64).collect(),
+            None => b.to_f64()?,
+        };
+        let ex = IntTensor::new(
+            b.shape().to_vec(),
+            exps.iter().map(|v| v.to_bits() as i64).collect(),
+        );
+        let r = zip_ints(ctx, x, &ex, |p, q| {
+            (p as f64).powf(f64::from_bits(q as u64)) as i64
+        })?;
+        return Ok(vec![Value::Int(r)]);
+    }
+    if matches!(a, Value::Int(_)) {
+        return Err(ctx.unsupported("an integer tensor with a float one"));
+    }
+    let (x, y) = (a.float_on(ctx.dev)?, b.float_on(ctx.dev)?);
+    let bop = match op {
+        "Add" => BinaryOp::Add,
+        "Sub" => BinaryOp::Sub,
+        "Mul" => BinaryOp::Mul,
+        "Div" => BinaryOp::Div,
+        "Pow" => BinaryOp::Pow,
+        "Equal" => BinaryOp::Eq,
+        "Less" => BinaryOp::Lt,
+        "LessOrEqual" => BinaryOp::Le,
+        "Greater" => BinaryOp::Gt,
+        _ => BinaryOp::Ge,
+    };
+    let r = x.binary(&y, bop)?;
+    Ok(vec![if compare {
+        Value::Bool(r)
+    } else {
+        Value::Float(r)
+    }])
+}
+
+pub(super) fn logical(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let a = ctx.input(args, 0)?.float_on(ctx.dev)?;
+    let r = match ctx.node.op_type.as_str() {
+        "Not" => a.eq(&scalar(ctx, 0.0)?)?,
+        op => {
+            let b = ctx.input(args, 1)?.float_on(ctx.dev)?;
+            match op {
+                "And" => a.mul(&b)?,
+                "Or" => a.maximum(&b)?,
+                _ => a.ne(&b)?,
+            }
+        }
+    };
+    Ok(vec![Value::Bool(r)])
+}
+
+pub(super) fn variadic(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let op = ctx.node.op_type.as_str();
+    let inputs: Vec<&Value> = args.iter().flatten().collect();
+    if inputs.is_empty() {
+        return Err(ctx.invalid("no inputs"));
+    }
+    if inputs.iter().all(|v| matches!(v, Value::Int(_))) {
+        let mut acc = inputs[0].ints()?;
+        for v in &inputs[1..] {
+            let f: fn(i64, i64) -> i64 = match op {
+                "Max" => i64::max,
+                "Min" => i64::min,
+                _ => i64::wrapping_add,
+            };
+            acc = zip_ints(ctx, &acc, &v.ints()?, f)?;
+        }
+        if op == "Mean" {
+            let n = inputs.len() as i64;
+            acc.data.iter_mut().for_each(|v| *v /= n);
+        }
+        return Ok(vec![Value::Int(acc)]);
+    }
+    let mut acc = inputs[0].float_on(ctx.dev)?;
+    for v in &inputs[1..] {
+        let t = v.float_on(ctx.dev)?;
+        acc = match op {
+            "Max" => acc.maximum(&t)?,
+            "Min" => acc.minimum(&t)?,
+            _ => acc.add(&t)?,
+        };
+    }
+    if op == "Mean" {
+        acc = acc.div_scalar(inputs.len() as f32)?;
+    }
+    // A single input still broadcasts to nothing: the value itself.
+    Ok(vec![Value::Float(acc)])
+}
+
+pub(super) fn where_(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let (c, a, b) = (
+        ctx.input(args, 0)?,
+        ctx.input(args, 1)?,
+        ctx.input(args, 2)?,
+    );
+    if let (Value::Int(x), Value::Int(y)) = (a, b) {
+        let cond = c.ints()?;
+        let picked = zip_ints(ctx, &cond, x, |c, v| if c != 0 { v } else { i64::MIN })?;
+        let r = zip_ints(ctx, &picked, y, |p, v| if p != i64::MIN { p } else { v })?;
+        // i64::MIN marks "take y"; a real i64::MIN in x is not expected in shape math.
+        return Ok(vec![Value::Int(IntTensor { elem: x.elem, ..r })]);
+    }
+    let mask = c.float_on(ctx.dev)?;
+    let r = Tensor::where_cond(&mask, &a.float_on(ctx.dev)?, &b.float_on(ctx.dev)?)?;
+    Ok(vec![match a {
+        Value::Bool(_) => Value::Bool(r),
+        _ => Value::Float(r),
+    }])
+}
+
+pub(super) fn clip(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.input(args, 0)?;
+    let bound = |i: usize, attr: &str, default: f32| -> Result<f32> {
+        if ctx.opset < 11 {
+            return Ok(ctx.float(attr, default));
+        }
+        match args.get(i).and_then(Option::as_ref) {
+            None => Ok(default),
+            Some(v) => Ok(v.to_f64()?.first().map_or(default, |&f| f as f32)),
+        }
+    };
+    let (lo, hi) = (
+        bound(1, "min", f32::NEG_INFINITY)?,
+        bound(2, "max", f32::INFINITY)?,
+    );
+    if let Value::Int(i) = x {
+        let (lo, hi) = (
+            lo.max(i64::MIN as f32) as i64,
+            hi.min(i64::MAX as f32) as i64,
+        );
+        let data = i.data.iter().map(|&v| v.max(lo).min(hi)).collect();
+        return Ok(vec![Value::Int(IntTensor { data, ..i.clone() })]);
+    }
+    // numpy's clip: the lower bound, then the upper (min > max gives max everywhere).
+    let t = x.tensor("onnx")?;
+    let y = t.maximum(&scalar(ctx, lo)?)?.minimum(&scalar(ctx, hi)?)?;
+    Ok(vec![Value::Float(y)])
+}
+
+pub(super) fn cast(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.input(args, 0)?;
+    let to = if ctx.node.op_type == "CastLike" {
+        match ctx.input(args, 1)? {
+            Value::Float(_) => dtype::FLOAT,
+            Value::Bool(_) => dtype::BOOL,
+            Value::Int(i) => i.elem,
+        }
+    } else {
+        ctx.int("to", 0) as i32
+    };
+    let out = match to {
+        dtype::FLOAT | dtype::DOUBLE => Value::Float(x.float_on(ctx.dev)?),
+        dtype::FLOAT16 => {
+            let v = x.to_f64()?;
+            let data = v
+                .into_iter()
+                .map(|f| half::f16::from_f64(f).to_f32())
+                .collect();
+            Value::Float(Tensor::from_vec(ctx.dev, data, x.shape())?)
+        }
+        dtype::BOOL => match x {
+            Value::Int(i) => mask(ctx, i.clone())?,
+            v => Value::Bool(v.float_on(ctx.dev)?.ne(&scalar(ctx, 0.0)?)?),
+        },
+        dtype::INT64
+        | dtype::INT32
+        | dtype::INT16
+        | dtype::INT8
+        | dtype::UINT8
+        | dtype::UINT16
+        | dtype::UINT32
+        | dtype::UINT64 => {
+            let mut i = x.ints()?;
+            i.elem = to;
+            Value::Int(i)
+        }
+        other => return Err(ctx.unsupported(format!("cast to element type {other}"))),
+    };
+    Ok(vec![out])
+}

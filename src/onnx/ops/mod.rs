@@ -1,0 +1,261 @@
+//! The ONNX ops kiln runs: a table of op types with the attributes each understands and the
+//! function that runs it on kiln's ops.
+
+mod elementwise;
+mod nn;
+mod shape;
+
+use super::proto::{AttributeProto, NodeProto};
+use super::value::{IntTensor, Value};
+use crate::error::{Error, Result};
+use crate::{Device, Tensor};
+
+/// What an op sees: the device, its node and the model's opset.
+pub(crate) struct Ctx<'a> {
+    pub dev: &'a Device,
+    pub node: &'a NodeProto,
+    pub opset: i64,
+}
+
+/// The inputs of a node (`None`: an optional input left out).
+pub(crate) type Args = [Option<Value>];
+
+/// One op type.
+pub(crate) struct OpDef {
+    pub name: &'static str,
+    /// Attribute names it understands (any other is reported at load).
+    pub attrs: &'static [&'static str],
+    pub run: fn(&Ctx, &Args) -> Result<Vec<Value>>,
+}
+
+/// Every op type kiln runs.
+pub(crate) static OPS: &[OpDef] = &[
+    // elementwise.rs
+    op("Abs", &[], elementwise::unary),
+    op("Neg", &[], elementwise::unary),
+    op("Exp", &[], elementwise::unary),
+    op("Log", &[], elementwise::unary),
+    op("Sqrt", &[], elementwise::unary),
+    op("Reciprocal", &[], elementwise::unary),
+    op("Relu", &[], elementwise::unary),
+    op("Sigmoid", &[], elementwise::unary),
+    op("Tanh", &[], elementwise::unary),
+    op("Softplus", &[], elementwise::unary),
+    op("Softsign", &[], elementwise::unary),
+    op("Elu", &["alpha"], elementwise::unary),
+    op("Selu", &["alpha", "gamma"], elementwise::unary),
+    op("LeakyRelu", &["alpha"], elementwise::unary),
+    op("Gelu", &["approximate"], elementwise::unary),
+    op("HardSigmoid", &["alpha", "beta"], elementwise::unary),
+    op("HardSwish", &[], elementwise::unary),
+    op("Mish", &[], elementwise::unary),
+    op("Identity", &[], elementwise::identity),
+    op("Dropout", &["seed", "ratio"], elementwise::identity),
+    op("Clip", &["min", "max"], elementwise::clip),
+    op("Add", &[], elementwise::binary),
+    op("Sub", &[], elementwise::binary),
+    op("Mul", &[], elementwise::binary),
+    op("Div", &[], elementwise::binary),
+    op("Pow", &[], elementwise::binary),
+    op("Equal", &[], elementwise::binary),
+    op("Less", &[], elementwise::binary),
+    op("LessOrEqual", &[], elementwise::binary),
+    op("Greater", &[], elementwise::binary),
+    op("GreaterOrEqual", &[], elementwise::binary),
+    op("And", &[], elementwise::logical),
+    op("Or", &[], elementwise::logical),
+    op("Xor", &[], elementwise::logical),
+    op("Not", &[], elementwise::logical),
+    op("Max", &[], elementwise::variadic),
+    op("Min", &[], elementwise::variadic),
+    op("Sum", &[], elementwise::variadic),
+    op("Mean", &[], elementwise::variadic),
+    op("Where", &[], elementwise::where_),
+    op("Cast", &["to", "saturate"], elementwise::cast),
+    op("CastLike", &["saturate"], elementwise::cast),
+    // shape.rs
+    op("Shape", &["start", "end"], shape::shape),
+    op("Size", &[], shape::size),
+    op("Reshape", &["allowzero"], shape::reshape),
+    op("Flatten", &["axis"], shape::flatten),
+    op("Squeeze", &["axes"], shape::squeeze),
+    op("Unsqueeze", &["axes"], shape::unsqueeze),
+    op("Transpose", &["perm"], shape::transpose),
+    op("Concat", &["axis"], shape::concat),
+    op("Split", &["axis", "split", "num_outputs"], shape::split),
+    op("Slice", &["starts", "ends", "axes", "steps"], shape::slice),
+    op("Gather", &["axis"], shape::gather),
+    op("Expand", &[], shape::expand),
+    op("Constant", CONSTANT_ATTRS, shape::constant),
+    op("ConstantOfShape", &["value"], shape::constant_of_shape),
+    op("Range", &[], shape::range),
+    // nn.rs
+    op("MatMul", &[], nn::matmul),
+    op("Gemm", &["alpha", "beta", "transA", "transB"], nn::gemm),
+    op("Softmax", &["axis"], nn::softmax),
+    op("LogSoftmax", &["axis"], nn::softmax),
+    op("ReduceSum", REDUCE_ATTRS, nn::reduce),
+    op("ReduceMean", REDUCE_ATTRS, nn::reduce),
+    op("ReduceMax", REDUCE_ATTRS, nn::reduce),
+    op("ReduceMin", REDUCE_ATTRS, nn::reduce),
+    op("ReduceSumSquare", REDUCE_ATTRS, nn::reduce),
+    op("ReduceL1", REDUCE_ATTRS, nn::reduce),
+    op("ReduceL2", REDUCE_ATTRS, nn::reduce),
+    op("ReduceLogSum", REDUCE_ATTRS, nn::reduce),
+    op("ReduceLogSumExp", REDUCE_ATTRS, nn::reduce),
+    op(
+        "ArgMax",
+        &["axis", "keepdims", "select_last_index"],
+        nn::argmax,
+    ),
+    op(
+        "ArgMin",
+        &["axis", "keepdims", "select_last_index"],
+        nn::argmax,
+    ),
+    op("Conv", CONV_ATTRS, nn::conv),
+    op("MaxPool", POOL_ATTRS, nn::pool),
+    op("AveragePool", POOL_ATTRS, nn::pool),
+    op("GlobalAveragePool", &[], nn::global_pool),
+    op("GlobalMaxPool", &[], nn::global_pool),
+    op(
+        "BatchNormalization",
+        &["epsilon", "momentum", "training_mode", "spatial"],
+        nn::batch_norm,
+    ),
+    op(
+        "LayerNormalization",
+        &["axis", "epsilon", "stash_type"],
+        nn::layer_norm,
+    ),
+];
+
+const CONSTANT_ATTRS: &[&str] = &[
+    "value",
+    "value_float",
+    "value_floats",
+    "value_int",
+    "value_ints",
+    "sparse_value",
+    "value_string",
+    "value_strings",
+];
+const REDUCE_ATTRS: &[&str] = &["axes", "keepdims", "noop_with_empty_axes"];
+const CONV_ATTRS: &[&str] = &[
+    "auto_pad",
+    "dilations",
+    "group",
+    "kernel_shape",
+    "pads",
+    "strides",
+];
+const POOL_ATTRS: &[&str] = &[
+    "auto_pad",
+    "ceil_mode",
+    "count_include_pad",
+    "dilations",
+    "kernel_shape",
+    "pads",
+    "storage_order",
+    "strides",
+];
+
+const fn op(
+    name: &'static str,
+    attrs: &'static [&'static str],
+    run: fn(&Ctx, &Args) -> Result<Vec<Value>>,
+) -> OpDef {
+    OpDef { name, attrs, run }
+}
+
+/// The definition of op type `name`.
+pub(crate) fn find(name: &str) -> Option<&'static OpDef> {
+    OPS.iter().find(|o| o.name == name)
+}
+
+/// Run the node's op; errors name the node.
+pub(crate) fn run(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let def = find(&ctx.node.op_type).ok_or_else(|| ctx.unsupported("the op type"))?;
+    (def.run)(ctx, args).map_err(|e| match e {
+        Error::Unsupported { reason, .. } => Error::Unsupported {
+            op: "onnx",
+            reason: format!("{}: {reason}", crate::onnx::describe(ctx.node)),
+        },
+        Error::InvalidArgument { reason, .. } => Error::InvalidArgument {
+            op: "onnx",
+            reason: format!("{}: {reason}", crate::onnx::describe(ctx.node)),
+        },
+        other => other,
+    })
+}
+
+impl Ctx<'_> {
+    fn attr(&self, name: &str) -> Option<&AttributeProto> {
+        self.node.attribute.iter().find(|a| a.name == name)
+    }
+
+    pub fn int(&self, name: &str, default: i64) -> i64 {
+        self.attr(name).map_or(default, |a| a.i)
+    }
+
+    pub fn float(&self, name: &str, default: f32) -> f32 {
+        self.attr(name).map_or(default, |a| a.f)
+    }
+
+    pub fn ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.attr(name).map(|a| a.ints.clone())
+    }
+
+    pub fn string(&self, name: &str, default: &str) -> String {
+        self.attr(name).map_or(default.to_string(), |a| {
+            String::from_utf8_lossy(&a.s).into_owned()
+        })
+    }
+
+    pub fn unsupported(&self, what: impl std::fmt::Display) -> Error {
+        Error::Unsupported {
+            op: "onnx",
+            reason: format!("{}: {what}", crate::onnx::describe(self.node)),
+        }
+    }
+
+    pub fn invalid(&self, what: impl std::fmt::Display) -> Error {
+        Error::InvalidArgument {
+            op: "onnx",
+            reason: format!("{}: {what}", crate::onnx::describe(self.node)),
+        }
+    }
+
+    /// Input `i`, which must be present.
+    pub fn input<'a>(&self, args: &'a Args, i: usize) -> Result<&'a Value> {
+        args.get(i)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| self.invalid(format!("input {i} is missing")))
+    }
+
+    /// Input `i` as a float tensor.
+    pub fn float_input<'a>(&self, args: &'a Args, i: usize) -> Result<&'a Tensor> {
+        self.input(args, i)?.tensor("onnx")
+    }
+
+    /// Input `i` (if present) as host integers.
+    pub fn int_input(&self, args: &Args, i: usize) -> Result<Option<IntTensor>> {
+        args.get(i)
+            .and_then(Option::as_ref)
+            .map(Value::ints)
+            .transpose()
+    }
+
+    /// An axis in `-rank..rank`, made non-negative.
+    pub fn axis(&self, axis: i64, rank: usize) -> Result<usize> {
+        let r = rank as i64;
+        if axis < -r || axis >= r.max(1) {
+            return Err(self.invalid(format!("axis {axis} for rank {rank}")));
+        }
+        Ok(if axis < 0 {
+            (axis + r) as usize
+        } else {
+            axis as usize
+        })
+    }
+}

@@ -1,0 +1,485 @@
+//! Neural-network ONNX ops: matrix products, softmax, reductions, convolution and pooling,
+//! normalisation.
+
+use super::{Args, Ctx};
+use crate::error::Result;
+use crate::onnx::value::{IntTensor, Value};
+use crate::{Conv2dOptions, Tensor};
+
+pub(super) fn matmul(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let (a, b) = (ctx.float_input(args, 0)?, ctx.float_input(args, 1)?);
+    // numpy's matmul: a 1-D left operand is a row, a 1-D right one a column, dropped after.
+    let a2 = if a.rank() == 1 {
+        a.reshape(&[1, a.numel()])?
+    } else {
+        a.clone()
+    };
+    let b2 = if b.rank() == 1 {
+        b.reshape(&[b.numel(), 1])?
+    } else {
+        b.clone()
+    };
+    let y = a2.matmul(&b2)?;
+    let mut dims = y.shape().to_vec();
+    if b.rank() == 1 {
+        dims.pop();
+    }
+    if a.rank() == 1 {
+        dims.remove(dims.len() - usize::from(b.rank() != 1) - 1);
+    }
+    Ok(vec![Value::Float(y.reshape(&dims)?)])
+}
+
+pub(super) fn gemm(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let (a, b) = (ctx.float_input(args, 0)?, ctx.float_input(args, 1)?);
+    let (alpha, beta) = (ctx.float("alpha", 1.0), ctx.float("beta", 1.0));
+    let mut y = a.matmul_transposed(b, ctx.int("transA", 0) != 0, ctx.int("transB", 0) != 0)?;
+    if alpha != 1.0 {
+        y = y.mul_scalar(alpha)?;
+    }
+    if let Some(c) = args.get(2).and_then(Option::as_ref) {
+        let c = c.float_on(ctx.dev)?;
+        y = y.add(&if beta == 1.0 { c } else { c.mul_scalar(beta)? })?;
+    }
+    Ok(vec![Value::Float(y)])
+}
+
+pub(super) fn softmax(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.float_input(args, 0)?;
+    let log = ctx.node.op_type == "LogSoftmax";
+    let r = x.rank();
+    let f = |t: &Tensor, d: isize| if log { t.log_softmax(d) } else { t.softmax(d) };
+    if ctx.opset >= 13 {
+        let axis = ctx.axis(ctx.int("axis", -1), r)?;
+        return Ok(vec![Value::Float(f(x, axis as isize)?)]);
+    }
+    // Before opset 13: the input is coerced to 2-D at `axis` (default 1).
+    let axis = ctx.axis(ctx.int("axis", 1), r)?;
+    let (head, tail) = x.shape().split_at(axis);
+    let flat = x.reshape(&[head.iter().product(), tail.iter().product()])?;
+    Ok(vec![Value::Float(f(&flat, 1)?.reshape(x.shape())?)])
+}
+
+/// The axes a reduction reduces (sorted, deduplicated), or `None` for "none: the identity".
+fn reduce_axes(ctx: &Ctx, args: &Args, rank: usize) -> Result<Option<Vec<usize>>> {
+    let given = match ctx.int_input(args, 1)? {
+        Some(t) => Some(t.data),
+        None => ctx.ints("axes"),
+    };
+    let mut axes: Vec<usize> = match given {
+        Some(a) if !a.is_empty() => a
+            .iter()
+            .map(|&x| ctx.axis(x, rank))
+            .collect::<Result<_>>()?,
+        _ if ctx.int("noop_with_empty_axes", 0) != 0 => return Ok(None),
+        _ => (0..rank).collect(),
+    };
+    axes.sort_unstable();
+    axes.dedup();
+    Ok(Some(axes))
+}
+
+pub(super) fn reduce(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let input = ctx.input(args, 0)?;
+    let x = input.tensor("onnx")?;
+    let op = ctx.node.op_type.as_str();
+    let keep = ctx.int("keepdims", 1) != 0;
+    let Some(axes) = reduce_axes(ctx, args, x.rank())? else {
+        return Ok(vec![input.clone()]);
+    };
+    if axes.iter().any(|&a| x.shape()[a] == 0) {
+        // An empty reduction: ONNX's identity element of each (opset 18).
+        let fill = match op {
+            "ReduceMax" | "ReduceLogSumExp" | "ReduceLogSum" => f32::NEG_INFINITY,
+            "ReduceMin" => f32::INFINITY,
+            "ReduceMean" => f32::NAN,
+            _ => 0.0,
+        };
+        let dims: Vec<usize> = (0..x.rank())
+            .filter(|d| keep || !axes.contains(d))
+            .map(|d| if axes.contains(&d) { 1 } else { x.shape()[d] })
+            .collect();
+        let t = Tensor::full(ctx.dev, &dims, fill)?;
+        return Ok(vec![match input {
+            Value::Bool(_) => Value::Bool(t.clamp(0.0, 1.0)?),
+            _ => Value::Float(t),
+        }]);
+    }
+    let each = |t: &Tensor, f: &dyn Fn(&Tensor, isize) -> Result<Tensor>| -> Result<Tensor> {
+        axes.iter()
+            .try_fold(t.clone(), |acc, &a| f(&acc, a as isize))
+    };
+    let sum = |t: &Tensor| each(t, &|t, a| t.sum(a, true));
+    let y = match op {
+        "ReduceSum" => sum(x)?,
+        "ReduceMean" => each(x, &|t, a| t.mean(a, true))?,
+        "ReduceMax" => each(x, &|t, a| t.max(a, true))?,
+        "ReduceMin" => each(x, &|t, a| t.min(a, true))?,
+        "ReduceSumSquare" => sum(&x.square()?)?,
+        "ReduceL1" => sum(&x.abs()?)?,
+        "ReduceL2" => sum(&x.square()?)?.sqrt()?,
+        "ReduceLogSum" => sum(x)?.log()?,
+        _ => {
+            // log Σ exp, stably: m + log Σ exp(x - m).
+            let m = each(x, &|t, a| t.max(a, true))?;
+            let safe = Tensor::where_cond(
+                &m.abs()?.eq(&Tensor::full(ctx.dev, &[1], f32::INFINITY)?)?,
+                &Tensor::zeros(ctx.dev, &[1])?,
+                &m,
+            )?;
+            sum(&x.sub(&safe)?.exp()?)?.log()?.add(&safe)?
+        }
+    };
+    let y = if keep {
+        y
+    } else {
+        let dims: Vec<usize> = (0..x.rank())
+            .filter(|d| !axes.contains(d))
+            .map(|d| y.shape()[d])
+            .collect();
+        y.reshape(&dims)?
+    };
+    Ok(vec![match input {
+        Value::Bool(_) => Value::Bool(y),
+        _ => Value::Float(y),
+    }])
+}
+
+pub(super) fn argmax(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.float_input(args, 0)?;
+    let x = if ctx.node.op_type == "ArgMin" {
+        x.neg()?
+    } else {
+        x.clone()
+    };
+    let axis = ctx.axis(ctx.int("axis", 0), x.rank())?;
+    let keep = ctx.int("keepdims", 1) != 0;
+    let len = x.shape()[axis];
+    let last = ctx.int("select_last_index", 0) != 0;
+    // The last maximum is the first one of the axis reversed.
+    let x = if last && len > 1 {
+        let rev: Vec<u32> = (0..len as u32).rev().collect();
+        x.index_select(axis as isize, &Tensor::from_vec_u32(ctx.dev, rev, &[len])?)?
+    } else {
+        x
+    };
+    let i = x.argmax(axis as isize, keep)?;
+    let data = i
+        .to_vec_u32()?
+        .into_iter()
+        .map(|v| {
+            if last {
+                (len - 1) as i64 - i64::from(v)
+            } else {
+                i64::from(v)
+            }
+        })
+        .collect();
+    Ok(vec![Value::Int(IntTensor::new(i.shape().to_vec(), data))])
+}
+
+/// 2-D padding (top, left, bottom, right) from ONNX's `pads` ([top, left, bottom, right]) or
+/// `auto_pad` (SAME_UPPER puts the odd pixel at the end, SAME_LOWER at the start).
+type Pads = (usize, usize, usize, usize);
+
+fn padding(
+    ctx: &Ctx,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    dil: (usize, usize),
+    input: (usize, usize),
+) -> Result<Pads> {
+    match ctx.string("auto_pad", "NOTSET").as_str() {
+        "NOTSET" => {
+            let p = ctx.ints("pads").unwrap_or_else(|| vec![0; 4]);
+            if p.len() != 4 || p.iter().any(|&v| v < 0) {
+                return Err(ctx.invalid(format!("pads {p:?}")));
+            }
+            Ok((p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize))
+        }
+        "VALID" => Ok((0, 0, 0, 0)),
+        mode @ ("SAME_UPPER" | "SAME_LOWER") => {
+            let total = |i: usize, k: usize, s: usize, d: usize| {
+                let out = i.div_ceil(s);
+                ((out - 1) * s + (k - 1) * d + 1).saturating_sub(i)
+            };
+            let (th, tw) = (
+                total(input.0, kernel.0, stride.0, dil.0),
+                total(input.1, kernel.1, stride.1, dil.1),
+            );
+            let lower = mode == "SAME_LOWER";
+            let begin = |t: usize| if lower { t.div_ceil(2) } else { t / 2 };
+            Ok((begin(th), begin(tw), th - begin(th), tw - begin(tw)))
+        }
+        other => Err(ctx.unsupported(format!("auto_pad {other}"))),
+    }
+}
+
+/// `t` (`[n, c, h, w]`) padded with `value`: `top` rows above, `left` columns before, ...
+fn pad2d(t: &Tensor, (top, left, bottom, right): Pads, value: f32) -> Result<Tensor> {
+    let mut t = t.clone();
+    for (dim, before, after) in [(2usize, top, bottom), (3, left, right)] {
+        if before + after == 0 {
+            continue;
+        }
+        let mut parts = Vec::new();
+        for (n, first) in [(before, true), (after, false)] {
+            if n > 0 {
+                let mut s = t.shape().to_vec();
+                s[dim] = n;
+                parts.push((Tensor::full(t.device(), &s, value)?, first));
+            }
+        }
+        let mut refs: Vec<&Tensor> = parts.iter().filter(|p| p.1).map(|p| &p.0).collect();
+        refs.push(&t);
+        refs.extend(parts.iter().filter(|p| !p.1).map(|p| &p.0));
+        t = Tensor::cat(&refs, dim as isize)?;
+    }
+    Ok(t)
+}
+
+/// Two values of a 2-D attribute (`default` when absent).
+fn pair(ctx: &Ctx, name: &str, default: usize) -> Result<(usize, usize)> {
+    match ctx.ints(name) {
+        None => Ok((default, default)),
+        Some(v) if v.len() == 2 && v.iter().all(|&x| x > 0) => Ok((v[0] as usize, v[1] as usize)),
+        Some(v) => Err(ctx.unsupported(format!("{name} {v:?} (2-D only)"))),
+    }
+}
+
+/// A 1-D input `[n, c, l]` as 2-D `[n, c, 1, l]`, so that 1-D convolution and pooling run on
+/// the 2-D kernels.
+fn as_2d(t: &Tensor) -> Result<Tensor> {
+    match t.shape() {
+        [n, c, l] => t.reshape(&[*n, *c, 1, *l]),
+        _ => Ok(t.clone()),
+    }
+}
+
+/// The node with its 1-D attributes widened to 2-D (a leading 1, or zero padding in height).
+fn widened(node: &crate::onnx::proto::NodeProto) -> crate::onnx::proto::NodeProto {
+    let mut node = node.clone();
+    for a in &mut node.attribute {
+        match (a.name.as_str(), a.ints.len()) {
+            ("pads", 2) => a.ints = vec![0, a.ints[0], 0, a.ints[1]],
+            ("kernel_shape" | "strides" | "dilations", 1) => a.ints = vec![1, a.ints[0]],
+            _ => {}
+        }
+    }
+    node
+}
+
+/// The 2-D result of a 1-D op back to `[n, c, l]`.
+fn as_1d(y: Tensor, one_d: bool) -> Result<Tensor> {
+    if !one_d {
+        return Ok(y);
+    }
+    let s = y.shape().to_vec();
+    y.reshape(&[s[0], s[1], s[3]])
+}
+
+pub(super) fn conv(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let (x, w) = (ctx.float_input(args, 0)?, ctx.float_input(args, 1)?);
+    let one_d = x.rank() == 3;
+    if !(x.rank() == 4 || one_d) || w.rank() != x.rank() {
+        return Err(ctx.unsupported(format!("a {}-D convolution", x.rank().saturating_sub(2))));
+    }
+    let (x, w) = (as_2d(x)?, as_2d(w)?);
+    let node = if one_d {
+        widened(ctx.node)
+    } else {
+        ctx.node.clone()
+    };
+    let c2 = super::Ctx {
+        node: &node,
+        ..*ctx
+    };
+    let kernel = (w.shape()[2], w.shape()[3]);
+    let stride = pair(&c2, "strides", 1)?;
+    let dilation = pair(&c2, "dilations", 1)?;
+    let pads = padding(&c2, kernel, stride, dilation, (x.shape()[2], x.shape()[3]))?;
+    let (x, padding) = if pads.0 == pads.2 && pads.1 == pads.3 {
+        (x, (pads.0, pads.1))
+    } else {
+        (pad2d(&x, pads, 0.0)?, (0, 0))
+    };
+    let bias = args
+        .get(2)
+        .and_then(Option::as_ref)
+        .map(|b| b.tensor("onnx"))
+        .transpose()?;
+    let opts = Conv2dOptions {
+        stride,
+        padding,
+        dilation,
+    };
+    let groups = ctx.int("group", 1).max(1) as usize;
+    let (c_in, c_out) = (x.shape()[1], w.shape()[0]);
+    if c_in % groups != 0 || c_out % groups != 0 || w.shape()[1] * groups != c_in {
+        return Err(ctx.invalid(format!(
+            "group {groups} for {c_in} input and {c_out} output channels"
+        )));
+    }
+    let y = if groups == 1 {
+        x.conv2d(&w, bias, opts)?
+    } else {
+        // A grouped convolution: one convolution per group of channels, concatenated.
+        let (gi, go) = (c_in / groups, c_out / groups);
+        let parts = (0..groups)
+            .map(|g| {
+                let b = bias.map(|b| b.narrow(0, g * go, go)).transpose()?;
+                x.narrow(1, g * gi, gi)?
+                    .conv2d(&w.narrow(0, g * go, go)?, b.as_ref(), opts)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&Tensor> = parts.iter().collect();
+        Tensor::cat(&refs, 1)?
+    };
+    Ok(vec![Value::Float(as_1d(y, one_d)?)])
+}
+
+pub(super) fn pool(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.float_input(args, 0)?;
+    let max = ctx.node.op_type == "MaxPool";
+    let one_d = x.rank() == 3;
+    if !(x.rank() == 4 || one_d) {
+        return Err(ctx.unsupported(format!("{}-D pooling", x.rank().saturating_sub(2))));
+    }
+    if ctx.node.output.len() > 1 && !ctx.node.output[1].is_empty() {
+        return Err(ctx.unsupported("MaxPool's indices output"));
+    }
+    let x = as_2d(x)?;
+    let node = if one_d {
+        widened(ctx.node)
+    } else {
+        ctx.node.clone()
+    };
+    let c2 = super::Ctx {
+        node: &node,
+        ..*ctx
+    };
+    let kernel = pair(&c2, "kernel_shape", 0)?;
+    if kernel.0 == 0 {
+        return Err(ctx.invalid("no kernel_shape"));
+    }
+    if pair(&c2, "dilations", 1)? != (1, 1) {
+        return Err(ctx.unsupported("dilated pooling"));
+    }
+    let stride = pair(&c2, "strides", 1)?;
+    let (h, w) = (x.shape()[2], x.shape()[3]);
+    let pads = padding(&c2, kernel, stride, (1, 1), (h, w))?;
+    // Output size, rounded up with ceil_mode (a window must still start inside the input or
+    // its leading padding); the extra rows and columns that needs are padding too.
+    let ceil = ctx.int("ceil_mode", 0) != 0;
+    let out = |i: usize, k: usize, s: usize, b: usize, e: usize| -> Result<usize> {
+        let span = (i + b + e)
+            .checked_sub(k)
+            .ok_or_else(|| ctx.invalid("a window larger than the padded input"))?;
+        let mut o = if ceil { span.div_ceil(s) } else { span / s } + 1;
+        if ceil && (o - 1) * s >= i + b {
+            o -= 1;
+        }
+        Ok(o)
+    };
+    let (oh, ow) = (
+        out(h, kernel.0, stride.0, pads.0, pads.2)?,
+        out(w, kernel.1, stride.1, pads.1, pads.3)?,
+    );
+    let extra =
+        |o: usize, k: usize, s: usize, total: usize| ((o - 1) * s + k).saturating_sub(total);
+    let (eb, er) = (
+        extra(oh, kernel.0, stride.0, h + pads.0 + pads.2),
+        extra(ow, kernel.1, stride.1, w + pads.1 + pads.3),
+    );
+    let all = (pads.0, pads.1, pads.2 + eb, pads.3 + er);
+    let y = if max {
+        pad2d(&x, all, f32::NEG_INFINITY)?.max_pool2d(kernel, stride, (0, 0))?
+    } else {
+        let sums = pad2d(&x, all, 0.0)?.avg_pool2d(kernel, stride, (0, 0))?;
+        if all == (0, 0, 0, 0) {
+            sums
+        } else {
+            // Divide by the number of counted positions in each window: the input's, plus
+            // the explicit padding's with count_include_pad (never ceil_mode's extra).
+            let ones = Tensor::ones(ctx.dev, &[1, 1, h, w])?;
+            let counted = if ctx.int("count_include_pad", 0) != 0 {
+                pad2d(&pad2d(&ones, pads, 1.0)?, (0, 0, eb, er), 0.0)?
+            } else {
+                pad2d(&ones, all, 0.0)?
+            };
+            sums.div(&counted.avg_pool2d(kernel, stride, (0, 0))?)?
+        }
+    };
+    Ok(vec![Value::Float(as_1d(y, one_d)?)])
+}
+
+pub(super) fn global_pool(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.float_input(args, 0)?;
+    let max = ctx.node.op_type == "GlobalMaxPool";
+    let y = (2..x.rank()).try_fold(x.clone(), |t, d| {
+        if max {
+            t.max(d as isize, true)
+        } else {
+            t.mean(d as isize, true)
+        }
+    })?;
+    Ok(vec![Value::Float(y)])
+}
+
+/// A per-channel parameter `[c]` shaped to broadcast over `[n, c, ...]` of rank `rank`.
+fn per_channel(p: &Tensor, rank: usize) -> Result<Tensor> {
+    let mut dims = vec![p.numel()];
+    dims.extend(std::iter::repeat_n(1, rank.saturating_sub(2)));
+    p.reshape(&dims)
+}
+
+pub(super) fn batch_norm(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    if ctx.int("training_mode", 0) != 0 || ctx.node.output.iter().skip(1).any(|o| !o.is_empty()) {
+        return Err(ctx.unsupported("training mode"));
+    }
+    let x = ctx.float_input(args, 0)?;
+    let r = x.rank();
+    let p = |i| ctx.float_input(args, i).and_then(|t| per_channel(t, r));
+    let (scale, bias, mean, var) = (p(1)?, p(2)?, p(3)?, p(4)?);
+    let eps = ctx.float("epsilon", 1e-5);
+    let y = x
+        .sub(&mean)?
+        .mul(&var.add_scalar(eps)?.rsqrt()?.mul(&scale)?)?
+        .add(&bias)?;
+    Ok(vec![Value::Float(y)])
+}
+
+pub(super) fn layer_norm(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.float_input(args, 0)?;
+    let axis = ctx.axis(ctx.int("axis", -1), x.rank())?;
+    let eps = ctx.float("epsilon", 1e-5);
+    let (head, tail) = x.shape().split_at(axis);
+    let flat = x.reshape(&[head.iter().product(), tail.iter().product()])?;
+    let y = flat.layer_norm(None, None, eps)?.reshape(x.shape())?;
+    // The optional Mean and InvStdDev outputs: the statistics, reduced axes kept as 1.
+    let mut stats = Vec::new();
+    if ctx.node.output.len() > 1 {
+        let mut dims = head.to_vec();
+        dims.extend(std::iter::repeat_n(1, tail.len()));
+        let mean = flat.mean(1, true)?;
+        let inv = flat
+            .sub(&mean)?
+            .square()?
+            .mean(1, true)?
+            .add_scalar(eps)?
+            .rsqrt()?;
+        stats.push(Value::Float(mean.reshape(&dims)?));
+        stats.push(Value::Float(inv.reshape(&dims)?));
+    }
+    let y = match args.get(1).and_then(Option::as_ref) {
+        Some(s) => y.mul(&s.float_on(ctx.dev)?)?,
+        None => y,
+    };
+    let y = match args.get(2).and_then(Option::as_ref) {
+        Some(b) => y.add(&b.float_on(ctx.dev)?)?,
+        None => y,
+    };
+    let mut out = vec![Value::Float(y)];
+    out.extend(stats);
+    Ok(out)
+}
