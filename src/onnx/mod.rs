@@ -20,6 +20,7 @@
 //! tensors (shapes, indices) live on the host, where ONNX models do their shape arithmetic;
 //! booleans are 0/1 float masks on the device. See `supported_ops` for the op list.
 
+mod narrow;
 mod ops;
 mod proto;
 mod value;
@@ -50,6 +51,8 @@ pub struct Model {
     inputs: Vec<String>,
     /// Index of the last node that reads each value (to free it after).
     last_use: HashMap<String, usize>,
+    /// Element types the graph declares (inputs, outputs, value_info).
+    types: HashMap<String, i32>,
 }
 
 impl std::fmt::Debug for Model {
@@ -118,6 +121,16 @@ impl Model {
         for o in &graph.output {
             last_use.insert(o.name.clone(), usize::MAX);
         }
+        let types = graph
+            .input
+            .iter()
+            .chain(&graph.output)
+            .chain(&graph.value_info)
+            .filter_map(|v| {
+                let t = v.r#type.as_ref()?.tensor_type.as_ref()?;
+                Some((v.name.clone(), t.elem_type))
+            })
+            .collect();
         log::info!(
             "onnx: loaded graph `{}`: {} nodes, opset {opset}, {} initializers",
             graph.name,
@@ -131,6 +144,7 @@ impl Model {
             constants,
             inputs,
             last_use,
+            types,
         })
     }
 
@@ -207,6 +221,7 @@ impl Model {
                 dev: &self.device,
                 node,
                 opset: self.opset,
+                types: &self.types,
             };
             let out = ops::run(&ctx, &args)?;
             for (name, v) in node.output.iter().zip(out) {

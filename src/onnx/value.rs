@@ -1,5 +1,6 @@
 //! Values flowing through an ONNX graph, and their conversion from ONNX tensors.
 
+use super::narrow::Narrow;
 use super::proto::{TensorProto, dtype};
 use crate::error::{Error, Result};
 use crate::{Device, Tensor};
@@ -146,6 +147,24 @@ pub(crate) fn from_proto(t: &TensorProto, dev: &Device) -> Result<Value> {
         }))
     };
     let raw_err = || bad(name, format!("{} raw bytes for shape {shape:?}", raw.len()));
+    if let Some(narrow) = Narrow::of(t.data_type) {
+        // Stored raw (sub-byte types packed), or one value per int32 (8- and 16-bit types),
+        // or packed bytes in int32s (4- and 2-bit types).
+        let patterns = if has_raw {
+            narrow.unpack(raw, n).ok_or_else(raw_err)?
+        } else if narrow.bits() >= 8 {
+            t.int32_data.iter().map(|&v| v as u32).collect()
+        } else {
+            let bytes: Vec<u8> = t.int32_data.iter().map(|&v| v as u8).collect();
+            narrow.unpack(&bytes, n).ok_or_else(raw_err)?
+        };
+        let values: Vec<f64> = patterns.into_iter().map(|p| narrow.decode(p)).collect();
+        return if narrow.is_int() {
+            ints(values.into_iter().map(|v| v as i64).collect(), t.data_type)
+        } else {
+            floats(values.into_iter().map(|v| v as f32).collect())
+        };
+    }
     match t.data_type {
         dtype::FLOAT => floats(if has_raw {
             from_raw(raw, 4, n, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))

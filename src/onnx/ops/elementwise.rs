@@ -3,6 +3,7 @@
 
 use super::{Args, Ctx};
 use crate::error::Result;
+use crate::onnx::narrow::Narrow;
 use crate::onnx::proto::dtype;
 use crate::onnx::value::{IntTensor, Value};
 use crate::{BinaryOp, Tensor};
@@ -333,14 +334,35 @@ pub(super) fn clip(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
 pub(super) fn cast(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     let x = ctx.input(args, 0)?;
     let to = if ctx.node.op_type == "CastLike" {
-        match ctx.input(args, 1)? {
-            Value::Float(_) => dtype::FLOAT,
-            Value::Bool(_) => dtype::BOOL,
-            Value::Int(i) => i.elem,
+        // The declared type of the `like` input where the graph has one (a narrow float is
+        // held as f32, so its value alone does not tell), else its value's kind.
+        match (ctx.declared(1), ctx.input(args, 1)?) {
+            (Some(t), _) => t,
+            (None, Value::Float(_)) => dtype::FLOAT,
+            (None, Value::Bool(_)) => dtype::BOOL,
+            (None, Value::Int(i)) => i.elem,
         }
     } else {
         ctx.int("to", 0) as i32
     };
+    if let Some(narrow) = Narrow::of(to) {
+        let saturate = ctx.int("saturate", 1) != 0;
+        let v: Vec<f64> = x
+            .to_f64()?
+            .into_iter()
+            .map(|f| narrow.round(f, saturate))
+            .collect();
+        return Ok(vec![if narrow.is_int() {
+            Value::Int(IntTensor {
+                shape: x.shape().to_vec(),
+                data: v.into_iter().map(|f| f as i64).collect(),
+                elem: to,
+            })
+        } else {
+            let data = v.into_iter().map(|f| f as f32).collect();
+            Value::Float(Tensor::from_vec(ctx.dev, data, x.shape())?)
+        }]);
+    }
     let out = match to {
         dtype::FLOAT | dtype::DOUBLE => Value::Float(x.float_on(ctx.dev)?),
         dtype::FLOAT16 => {

@@ -15,6 +15,8 @@ pub(crate) struct Ctx<'a> {
     pub dev: &'a Device,
     pub node: &'a NodeProto,
     pub opset: i64,
+    /// Element types the graph declares for its inputs, outputs and values.
+    pub types: &'a std::collections::HashMap<String, i32>,
 }
 
 /// The inputs of a node (`None`: an optional input left out).
@@ -192,6 +194,15 @@ pub(crate) fn run(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
 impl Ctx<'_> {
     fn attr(&self, name: &str) -> Option<&AttributeProto> {
         self.node.attribute.iter().find(|a| a.name == name)
+    }
+
+    /// The element type the graph declares for input `i`, if it does.
+    pub fn declared(&self, i: usize) -> Option<i32> {
+        self.node
+            .input
+            .get(i)
+            .and_then(|n| self.types.get(n))
+            .copied()
     }
 
     pub fn int(&self, name: &str, default: i64) -> i64 {

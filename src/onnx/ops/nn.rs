@@ -339,7 +339,14 @@ pub(super) fn conv(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
 }
 
 pub(super) fn pool(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
-    let x = ctx.float_input(args, 0)?;
+    let input = ctx.input(args, 0)?;
+    // Integer images (uint8, ...) pool exactly in f32 and go back to their type.
+    if let Value::Int(i) = input {
+        let as_float = [Some(Value::Float(input.float_on(ctx.dev)?))];
+        let y = pool(ctx, &as_float)?.remove(0).ints()?;
+        return Ok(vec![Value::Int(IntTensor { elem: i.elem, ..y })]);
+    }
+    let x = input.tensor("onnx")?;
     let max = ctx.node.op_type == "MaxPool";
     let one_d = x.rank() == 3;
     if !(x.rank() == 4 || one_d) {
