@@ -52,6 +52,13 @@ fn erf(v: f32) -> f32 {
     return select(r, -r, v < 0.0);
 }
 
+// v minus the nearest multiple of 2π (Cody–Waite: 2π split in two so the product is exact for
+// moderate multiples), for sin and cos, whose WGSL accuracy is specified on [-π, π] only.
+fn reduce_angle(v: f32) -> f32 {
+    let k = round(v * 0.15915494309189535);
+    return (v - k * 6.28125) - k * 0.0019353071795864769;
+}
+
 // powf with C semantics (Rust's f32::powf, on the CPU backend): WGSL's pow is undefined for
 // x < 0 and at 0, infinities and NaN, so: x^0 = 1 and 1^p = 1 (NaN included), NaN otherwise
 // from NaN; ±1^±inf = 1, and |x|^±inf is 0 or inf; 0 and ±inf bases give 0 or inf by the sign

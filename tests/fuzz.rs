@@ -165,6 +165,10 @@ fn gpu_list() -> &'static Vec<Device> {
 /// One fuzz case: op `op` of the table on its sample `sample` after `m`, on the CPU and on every
 /// GPU (with views where asked), compared.
 fn check_case(op: &OpInfo, sample: usize, m: &Mutation) -> Result<(), TestCaseError> {
+    // sin and cos are accurate on a GPU for |x| up to about 1e4 only (README, Numerics).
+    if matches!(m, Mutation::Large) && matches!(op.name, "sin" | "cos") {
+        return Ok(());
+    }
     let samples = (op.samples)();
     let base = &samples[sample % samples.len()];
     let (inputs, view) = mutate(&base.inputs, m);

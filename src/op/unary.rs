@@ -97,6 +97,35 @@ op_family! {
         DivScalar(c = 3.0) = 21, "div_scalar",
             wgsl: "v / alpha",
             grad: "1.0 / alpha";
+        /// The error function (the approximation `gelu` uses: absolute error below 1.5e-7).
+        Erf = 22, "erf",
+            wgsl: "erf(v)",
+            grad: "1.1283791670955126 * exp(-v * v)";
+        /// Sine. On a GPU the argument is reduced by 2π in f32 first (WGSL's `sin` is only
+        /// specified on [-π, π]): accurate for |x| up to about 1e4.
+        Sin = 23, "sin",
+            wgsl: "sin(reduce_angle(v))",
+            grad: "cos(reduce_angle(v))";
+        /// Cosine (reduced as `sin`).
+        Cos = 24, "cos",
+            wgsl: "cos(reduce_angle(v))",
+            grad: "-sin(reduce_angle(v))";
+        /// The largest integer not above `x`.
+        Floor = 25, "floor",
+            wgsl: "floor(v)",
+            grad: "0.0";
+        /// The smallest integer not below `x`.
+        Ceil = 26, "ceil",
+            wgsl: "ceil(v)",
+            grad: "0.0";
+        /// `-1`, `0` or `1` by the sign of `x` (0 for ±0).
+        Sign = 27, "sign",
+            wgsl: "select(select(0.0, -1.0, v < 0.0), 1.0, v > 0.0)",
+            grad: "0.0";
+        /// The nearest integer, ties to even (ONNX's and numpy's `round`).
+        Round = 28, "round",
+            wgsl: "round(v)",
+            grad: "0.0";
     }
 }
 
@@ -129,7 +158,14 @@ impl UnaryOp {
             | UnaryOp::Neg
             | UnaryOp::Recip
             | UnaryOp::Square
-            | UnaryOp::Softplus => (0.0, 0.0),
+            | UnaryOp::Softplus
+            | UnaryOp::Erf
+            | UnaryOp::Sin
+            | UnaryOp::Cos
+            | UnaryOp::Floor
+            | UnaryOp::Ceil
+            | UnaryOp::Sign
+            | UnaryOp::Round => (0.0, 0.0),
         }
     }
 
@@ -202,6 +238,21 @@ impl UnaryOp {
             UnaryOp::AddScalar(c) => x + c,
             UnaryOp::MulScalar(c) => x * c,
             UnaryOp::DivScalar(c) => x / c,
+            UnaryOp::Erf => erf_f32(x),
+            UnaryOp::Sin => x.sin(),
+            UnaryOp::Cos => x.cos(),
+            UnaryOp::Floor => x.floor(),
+            UnaryOp::Ceil => x.ceil(),
+            UnaryOp::Sign => {
+                if x > 0.0 {
+                    1.0
+                } else if x < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                }
+            }
+            UnaryOp::Round => x.round_ties_even(),
         }
     }
 }
@@ -255,6 +306,10 @@ impl UnaryOp {
             UnaryOp::AddScalar(_) => 1.0,
             UnaryOp::MulScalar(c) => c,
             UnaryOp::DivScalar(c) => 1.0 / c,
+            UnaryOp::Erf => std::f32::consts::FRAC_2_SQRT_PI * (-x * x).exp(),
+            UnaryOp::Sin => x.cos(),
+            UnaryOp::Cos => -x.sin(),
+            UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Sign | UnaryOp::Round => 0.0,
         }
     }
 }

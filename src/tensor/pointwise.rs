@@ -61,6 +61,41 @@ impl Tensor {
         self.unary(UnaryOp::Silu)
     }
 
+    /// The error function.
+    pub fn erf(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Erf)
+    }
+
+    /// Sine.
+    pub fn sin(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sin)
+    }
+
+    /// Cosine.
+    pub fn cos(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Cos)
+    }
+
+    /// Round down to an integer.
+    pub fn floor(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Floor)
+    }
+
+    /// Round up to an integer.
+    pub fn ceil(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Ceil)
+    }
+
+    /// `-1`, `0` or `1` by the sign (0 for ±0; NaN stays NaN).
+    pub fn sign(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sign)
+    }
+
+    /// Round to the nearest integer, ties to even.
+    pub fn round(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Round)
+    }
+
     /// `e^x`.
     pub fn exp(&self) -> Result<Tensor> {
         self.unary(UnaryOp::Exp)

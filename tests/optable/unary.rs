@@ -140,6 +140,43 @@ pub fn table() -> Vec<OpInfo> {
             |v| v.clamp(-1.5, 2.5),
             || un(-4.0, 4.0, &[-1.5, 2.5])
         ),
+        math_op!("erf", unary_samples, |t| t[0].erf(), erf, || un(
+            -3.0,
+            3.0,
+            &[]
+        )),
+        math_op!("sin", trig_samples, |t| t[0].sin(), f64::sin, || un(
+            -3.0,
+            3.0,
+            &[]
+        )),
+        math_op!("cos", trig_samples, |t| t[0].cos(), f64::cos, || un(
+            -3.0,
+            3.0,
+            &[]
+        )),
+        math_op!("floor", unary_samples, |t| t[0].floor(), f64::floor, steps),
+        math_op!("ceil", unary_samples, |t| t[0].ceil(), f64::ceil, steps),
+        math_op!(
+            "sign",
+            unary_samples,
+            |t| t[0].sign(),
+            |v| if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                0.0
+            },
+            || un(-3.0, 3.0, &[0.0])
+        ),
+        math_op!(
+            "round",
+            unary_samples,
+            |t| t[0].round(),
+            f64::round_ties_even,
+            || un(-3.0, 3.0, &[-2.5, -1.5, -0.5, 0.5, 1.5, 2.5])
+        ),
         math_op!(
             "softplus",
             unary_samples,
@@ -202,6 +239,11 @@ pub const UNARY_SHAPES: &[&[usize]] = &[
     &[],
 ];
 
+/// Gradient samples for the integer steps (floor, ceil): away from every integer.
+fn steps() -> Grad {
+    un(-3.0, 3.0, &[-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0])
+}
+
 pub fn unary_samples() -> Vec<Sample> {
     let mut rng = Lcg(11);
     let mut out: Vec<Sample> = UNARY_SHAPES
@@ -217,6 +259,22 @@ pub fn unary_samples() -> Vec<Sample> {
     let special = vec![
         0.0, -0.0, 1e-30, -1e-30, 20.0, -20.0, 88.0, -88.0, 100.0, -100.0, 1e30, -1e30,
     ];
+    out.push(Sample {
+        inputs: vec![(vec![special.len()], special)],
+    });
+    out
+}
+
+/// Samples for sin and cos: the unary shapes over [-20, 20], and edges up to |x| = 1e4, the
+/// range kiln's GPU sin and cos are accurate on (README, Numerics).
+pub fn trig_samples() -> Vec<Sample> {
+    let mut out = unary_samples();
+    for s in &mut out {
+        for v in &mut s.inputs[0].1 {
+            *v = v.clamp(-20.0, 20.0);
+        }
+    }
+    let special = vec![0.0, -0.0, 1e-30, 3.14159, 1e3, -1e3, 1e4, -1e4, 12345.6];
     out.push(Sample {
         inputs: vec![(vec![special.len()], special)],
     });

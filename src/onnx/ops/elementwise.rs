@@ -19,6 +19,8 @@ pub(super) fn unary(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
             "Abs" => i64::wrapping_abs,
             "Neg" => i64::wrapping_neg,
             "Relu" => |v| v.max(0),
+            "Sign" => i64::signum,
+            "Floor" | "Ceil" | "Round" => |v| v,
             _ => return Err(ctx.unsupported("integer input")),
         };
         let data = i.data.iter().map(|&v| f(v)).collect();
@@ -27,6 +29,13 @@ pub(super) fn unary(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     let x = ctx.float_input(args, 0)?;
     let y = match op {
         "Abs" => x.abs()?,
+        "Erf" => x.erf()?,
+        "Sin" => x.sin()?,
+        "Cos" => x.cos()?,
+        "Floor" => x.floor()?,
+        "Ceil" => x.ceil()?,
+        "Sign" => x.sign()?,
+        "Round" => x.round()?,
         "Neg" => x.neg()?,
         "Exp" => x.exp()?,
         "Log" => x.log()?,

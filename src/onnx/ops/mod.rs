@@ -34,6 +34,13 @@ pub(crate) struct OpDef {
 pub(crate) static OPS: &[OpDef] = &[
     // elementwise.rs
     op("Abs", &[], elementwise::unary),
+    op("Erf", &[], elementwise::unary),
+    op("Sin", &[], elementwise::unary),
+    op("Cos", &[], elementwise::unary),
+    op("Floor", &[], elementwise::unary),
+    op("Ceil", &[], elementwise::unary),
+    op("Sign", &[], elementwise::unary),
+    op("Round", &[], elementwise::unary),
     op("Neg", &[], elementwise::unary),
     op("Exp", &[], elementwise::unary),
     op("Log", &[], elementwise::unary),
