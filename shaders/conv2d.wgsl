@@ -1,4 +1,4 @@
-// Direct 2-D convolution (cross-correlation, as PyTorch), NCHW, groups = 1, zero padding.
+// Direct 2-D convolution (cross-correlation, as PyTorch), NCHW, grouped, zero padding.
 // One invocation per output element (b, co, oy, ox):
 //   y = bias[co] + Σ_{ci, ky, kx} x[b, ci, oy·sh - ph + ky·dh, ox·sw - pw + kx·dw] · w[co, ci, ky, kx]
 // Taps that fall in the padding contribute nothing. Correctness first: a tiled (im2col-style)
@@ -24,6 +24,10 @@ struct Params {
     dh: u32,
     dw: u32,
     batch: u32, // read by the backward entry points
+    groups: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -50,9 +54,12 @@ fn main(
     if (HAS_BIAS) {
         acc = bias[co];
     }
-    for (var ci = 0u; ci < p.c_in; ci = ci + 1u) {
-        let x_plane = (b * p.c_in + ci) * p.h * p.w;
-        let w_plane = (co * p.c_in + ci) * p.kh * p.kw;
+    // With groups, output channel co sees input channels first .. first + cig.
+    let cig = p.c_in / p.groups;
+    let first = (co / (p.c_out / p.groups)) * cig;
+    for (var cl = 0u; cl < cig; cl = cl + 1u) {
+        let x_plane = (b * p.c_in + first + cl) * p.h * p.w;
+        let w_plane = (co * cig + cl) * p.kh * p.kw;
         for (var ky = 0u; ky < p.kh; ky = ky + 1u) {
             // Signed arithmetic: the tap may sit in the padding above or left of the image.
             let iy = i32(oy * p.sh + ky * p.dh) - i32(p.ph);
@@ -111,10 +118,13 @@ fn grad_input(
     let iy = (i / gp.w) % gp.h;
     let ci = (i / (gp.w * gp.h)) % gp.c_in;
     let b = i / (gp.w * gp.h * gp.c_in);
+    let cig = gp.c_in / gp.groups;
+    let cog = gp.c_out / gp.groups;
+    let group = ci / cig;
     var acc = 0.0;
-    for (var co = 0u; co < gp.c_out; co = co + 1u) {
+    for (var co = group * cog; co < (group + 1u) * cog; co = co + 1u) {
         let g_plane = (b * gp.c_out + co) * gp.oh * gp.ow;
-        let w_plane = (co * gp.c_in + ci) * gp.kh * gp.kw;
+        let w_plane = (co * cig + ci % cig) * gp.kh * gp.kw;
         for (var ky = 0u; ky < gp.kh; ky = ky + 1u) {
             let oy = out_pos(iy, ky, gp.ph, gp.dh, gp.sh, gp.oh);
             if (oy < 0) {
@@ -144,8 +154,10 @@ fn grad_weight(
     }
     let kx = i % gp.kw;
     let ky = (i / gp.kw) % gp.kh;
-    let ci = (i / (gp.kw * gp.kh)) % gp.c_in;
-    let co = i / (gp.kw * gp.kh * gp.c_in);
+    let cig = gp.c_in / gp.groups;
+    let cl = (i / (gp.kw * gp.kh)) % cig;
+    let co = i / (gp.kw * gp.kh * cig);
+    let ci = (co / (gp.c_out / gp.groups)) * cig + cl;
     var acc = 0.0;
     for (var b = 0u; b < gp.batch; b = b + 1u) {
         let g_plane = (b * gp.c_out + co) * gp.oh * gp.ow;

@@ -2,7 +2,8 @@
 
 use crate::error::{Error, Result};
 
-/// Stride, padding and dilation of a 2-D convolution, as (height, width) pairs.
+/// Stride, padding and dilation of a 2-D convolution, as (height, width) pairs, and its
+/// channel groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv2dOptions {
     /// Step between output positions (each at least 1).
@@ -11,6 +12,10 @@ pub struct Conv2dOptions {
     pub padding: (usize, usize),
     /// Spacing between kernel taps (each at least 1).
     pub dilation: (usize, usize),
+    /// Channel groups (at least 1; it divides both channel counts): group `g` of the output
+    /// channels sees only group `g` of the input channels, and the weight is
+    /// `[c_out, c_in / groups, kh, kw]`. `groups = c_in = c_out` is a depthwise convolution.
+    pub groups: usize,
 }
 
 impl Default for Conv2dOptions {
@@ -19,6 +24,7 @@ impl Default for Conv2dOptions {
             stride: (1, 1),
             padding: (0, 0),
             dilation: (1, 1),
+            groups: 1,
         }
     }
 }
@@ -83,8 +89,17 @@ impl Window {
                 reason: format!("the input must be NCHW (rank 4), got {x:?}"),
             });
         };
+        let groups = opts.groups;
+        if groups == 0 || !c_in.is_multiple_of(groups) || !c_out.is_multiple_of(groups) {
+            return Err(Error::InvalidArgument {
+                op,
+                reason: format!(
+                    "groups {groups} must be at least 1 and divide the {c_in} input and {c_out} output channels"
+                ),
+            });
+        }
         if let Some(ck) = c_in_kernel
-            && ck != c_in
+            && ck * groups != c_in
         {
             return Err(Error::ShapeMismatch {
                 op,
@@ -106,6 +121,11 @@ impl Window {
             ow,
             opts,
         })
+    }
+
+    /// Input channels each output channel sees (`c_in / groups`).
+    pub(crate) fn c_in_group(&self) -> usize {
+        self.c_in / self.opts.groups
     }
 
     pub(crate) fn out_dims(&self) -> [usize; 4] {

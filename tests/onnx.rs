@@ -306,3 +306,50 @@ fn onnx_load_errors_are_typed_and_complete() {
         outcomes.1
     );
 }
+
+/// The two real-model-shaped networks of `scripts/onnx_models.py` (a MobileNetV3-style convnet
+/// with depthwise convolutions, batch norms folded at load, hard-swish and squeeze-excite; two
+/// transformer blocks with attention in the MatMul/Softmax pattern and layer norm) give ONNX's
+/// reference evaluator's outputs on the CPU and every GPU, within 1e-4.
+#[test]
+fn onnx_models_match_the_reference_evaluator() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/onnx-models");
+    if !dir.join("transformer.output.pb").exists() {
+        let made = std::process::Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/onnx_models.py"))
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !made {
+            if std::env::var("KILN_REQUIRE_ONNX").is_ok_and(|v| v == "1") {
+                panic!(
+                    "KILN_REQUIRE_ONNX=1 but scripts/onnx_models.py failed (pip install onnx numpy)"
+                );
+            }
+            say!("!!!!! kiln tests: no ONNX models (pip install onnx numpy) — SKIPPED !!!!!");
+            return;
+        }
+    }
+    let mut devices = vec![Device::cpu()];
+    devices.extend(gpus());
+    for name in ["mobile", "transformer"] {
+        for dev in &devices {
+            let model = Model::load(&dir.join(format!("{name}.onnx")), dev).unwrap();
+            let (_, x) = load_tensor(&dir.join(format!("{name}.input.pb")), dev).unwrap();
+            let (_, want) =
+                load_tensor(&dir.join(format!("{name}.output.pb")), &Device::cpu()).unwrap();
+            let out = model.run(&[("input", x)]).unwrap();
+            let (got, want) = (out[0].1.to_f64().unwrap(), want.to_f64().unwrap());
+            assert_eq!(got.len(), want.len());
+            let diff = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            say!(
+                "onnx {name} on {dev}: max abs difference {diff:.2e} from ONNX's reference evaluator"
+            );
+            assert!(diff <= 1e-4, "{name} on {dev}: {diff}");
+        }
+    }
+}

@@ -14,14 +14,17 @@ pub(crate) fn conv2d(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) ->
     let (sh, sw) = g.opts.stride;
     let (ph, pw) = g.opts.padding;
     let (dh, dw) = g.opts.dilation;
+    let cig = g.c_in_group();
+    let cog = g.c_out / g.opts.groups;
     out.par_chunks_mut(plane).enumerate().for_each(|(bc, y)| {
         let (b, co) = (bc / g.c_out, bc % g.c_out);
+        let first = (co / cog) * cig;
         for oy in 0..g.oh {
             for ox in 0..g.ow {
                 let mut acc = bias.map_or(0.0, |v| v[co]);
-                for ci in 0..g.c_in {
-                    let xp = (b * g.c_in + ci) * g.h * g.w;
-                    let wp = (co * g.c_in + ci) * g.kh * g.kw;
+                for cl in 0..cig {
+                    let xp = (b * g.c_in + first + cl) * g.h * g.w;
+                    let wp = (co * cig + cl) * g.kh * g.kw;
                     for ky in 0..g.kh {
                         let iy = (oy * sh + ky * dh) as isize - ph as isize;
                         if iy < 0 || iy >= g.h as isize {

@@ -108,14 +108,17 @@ pub(crate) fn conv2d_grad_input(g: &[f32], wt: &[f32], w: &Window) -> Result<Vec
     let (sh, sw) = w.opts.stride;
     let (ph, pw) = w.opts.padding;
     let (dh, dw) = w.opts.dilation;
+    let cig = w.c_in_group();
+    let cog = w.c_out / w.opts.groups;
     out.par_chunks_mut(plane).enumerate().for_each(|(bc, dx)| {
         let (b, ci) = (bc / w.c_in, bc % w.c_in);
+        let (group, cl) = (ci / cig, ci % cig);
         for iy in 0..w.h {
             for ix in 0..w.w {
                 let mut acc = 0.0;
-                for co in 0..w.c_out {
+                for co in group * cog..(group + 1) * cog {
                     let gp = (b * w.c_out + co) * w.oh * w.ow;
-                    let wp = (co * w.c_in + ci) * w.kh * w.kw;
+                    let wp = (co * cig + cl) * w.kh * w.kw;
                     for ky in 0..w.kh {
                         let Some(oy) = out_pos(iy, ky, ph, dh, sh, w.oh) else {
                             continue;
@@ -138,7 +141,9 @@ pub(crate) fn conv2d_grad_input(g: &[f32], wt: &[f32], w: &Window) -> Result<Vec
 /// Gradient of conv2d's weight from the output gradient `g` and the input `x`.
 pub(crate) fn conv2d_grad_weight(g: &[f32], x: &[f32], w: &Window) -> Result<Vec<f32>> {
     let taps = w.kh * w.kw;
-    let mut out = alloc("conv2d backward", w.c_out * w.c_in * taps)?;
+    let cig = w.c_in_group();
+    let cog = w.c_out / w.opts.groups;
+    let mut out = alloc("conv2d backward", w.c_out * cig * taps)?;
     if taps == 0 {
         return Ok(out);
     }
@@ -146,7 +151,8 @@ pub(crate) fn conv2d_grad_weight(g: &[f32], x: &[f32], w: &Window) -> Result<Vec
     let (ph, pw) = w.opts.padding;
     let (dh, dw) = w.opts.dilation;
     out.par_chunks_mut(taps).enumerate().for_each(|(oc, dwt)| {
-        let (co, ci) = (oc / w.c_in, oc % w.c_in);
+        let (co, cl) = (oc / cig, oc % cig);
+        let ci = (co / cog) * cig + cl;
         for ky in 0..w.kh {
             for kx in 0..w.kw {
                 let mut acc = 0.0;

@@ -40,6 +40,12 @@ pub fn supported_ops() -> Vec<&'static str> {
     v
 }
 
+/// A run's outputs: each graph output's name and value, in the graph's order.
+pub type Outputs = Vec<(String, Value)>;
+
+/// Per op type: the nodes run and their total time, longest first ([`Model::run_profiled`]).
+pub type Profile = Vec<(String, usize, std::time::Duration)>;
+
 /// A loaded ONNX model: its graph, its initializers on the device, its opset.
 pub struct Model {
     device: Device,
@@ -85,7 +91,7 @@ impl Model {
     /// [`Model::load`] from the file's bytes.
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Model> {
         let model: ModelProto = proto::decode(bytes, "ONNX model")?;
-        let graph = model.graph.ok_or_else(|| Error::Io {
+        let mut graph = model.graph.ok_or_else(|| Error::Io {
             path: "ONNX model".into(),
             reason: "the model has no graph".into(),
         })?;
@@ -98,6 +104,10 @@ impl Model {
         let mut constants = HashMap::new();
         for t in &graph.initializer {
             constants.insert(t.name.clone(), value::from_proto(t, device)?);
+        }
+        let folded = fold_batch_norms(&mut graph, &mut constants, device)?;
+        if folded > 0 {
+            log::info!("onnx: folded {folded} BatchNormalization nodes into their convolutions");
         }
         if let Some(s) = graph.sparse_initializer.first() {
             let name = s.values.as_ref().map_or("?", |v| v.name.as_str());
@@ -153,6 +163,31 @@ impl Model {
         &self.inputs
     }
 
+    /// The declared input shapes, in the graph's order: each dimension a number, or `None`
+    /// where the model names a symbolic one (a batch size).
+    pub fn input_shapes(&self) -> Vec<(String, Vec<Option<usize>>)> {
+        self.graph
+            .input
+            .iter()
+            .filter(|i| self.inputs.contains(&i.name))
+            .map(|i| {
+                let dims = i
+                    .r#type
+                    .as_ref()
+                    .and_then(|t| t.tensor_type.as_ref())
+                    .and_then(|t| t.shape.as_ref())
+                    .map(|s| {
+                        s.dim
+                            .iter()
+                            .map(|d| d.dim_value.and_then(|v| usize::try_from(v).ok()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (i.name.clone(), dims)
+            })
+            .collect()
+    }
+
     /// The names of the graph's outputs, in order.
     pub fn outputs(&self) -> Vec<&str> {
         self.graph.output.iter().map(|o| o.name.as_str()).collect()
@@ -177,6 +212,25 @@ impl Model {
     /// Run the graph on named inputs (float tensors must be on the model's device), returning
     /// the graph's outputs by name, in its order. A missing input is `Error::InvalidArgument`.
     pub fn run(&self, inputs: &[(&str, Value)]) -> Result<Vec<(String, Value)>> {
+        self.execute(inputs, None)
+    }
+
+    /// [`Model::run`], timing each op type: the device is synchronized after every node, so
+    /// the times are per node and the run is slower than `run`. Returns the outputs and, per op
+    /// type, the nodes run and their total time, longest first.
+    pub fn run_profiled(&self, inputs: &[(&str, Value)]) -> Result<(Outputs, Profile)> {
+        let mut times: HashMap<String, (usize, std::time::Duration)> = HashMap::new();
+        let out = self.execute(inputs, Some(&mut times))?;
+        let mut v: Profile = times.into_iter().map(|(k, (n, t))| (k, n, t)).collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.2));
+        Ok((out, v))
+    }
+
+    fn execute(
+        &self,
+        inputs: &[(&str, Value)],
+        mut profile: Option<&mut HashMap<String, (usize, std::time::Duration)>>,
+    ) -> Result<Vec<(String, Value)>> {
         let mut values: HashMap<String, Value> = HashMap::new();
         for (name, v) in inputs {
             if let Value::Float(t) | Value::Bool(t) = v
@@ -223,7 +277,14 @@ impl Model {
                 opset: self.opset,
                 types: &self.types,
             };
+            let start = std::time::Instant::now();
             let out = ops::run(&ctx, &args)?;
+            if let Some(p) = profile.as_deref_mut() {
+                self.device.synchronize()?;
+                let e = p.entry(node.op_type.clone()).or_default();
+                e.0 += 1;
+                e.1 += start.elapsed();
+            }
             for (name, v) in node.output.iter().zip(out) {
                 if !name.is_empty() {
                     values.insert(name.clone(), v);
@@ -251,6 +312,122 @@ impl Model {
             })
             .collect()
     }
+}
+
+/// Fold each inference BatchNormalization whose input is a Conv's output read by nothing else
+/// into that Conv's weight and bias (all of them initializers): `w' = w·s` and
+/// `b' = (b - mean)·s + B`, with `s = scale / sqrt(var + eps)` per output channel. One op less
+/// per pair, and no elementwise pass over the activation. Returns how many were folded.
+fn fold_batch_norms(
+    graph: &mut GraphProto,
+    constants: &mut HashMap<String, Value>,
+    device: &Device,
+) -> Result<usize> {
+    let mut readers: HashMap<String, usize> = HashMap::new();
+    for n in &graph.node {
+        for i in n.input.iter().filter(|i| !i.is_empty()) {
+            *readers.entry(i.clone()).or_default() += 1;
+        }
+    }
+    for o in &graph.output {
+        *readers.entry(o.name.clone()).or_default() += 1;
+    }
+    fn host(constants: &HashMap<String, Value>, name: &str) -> Option<Vec<f64>> {
+        match constants.get(name) {
+            Some(v @ Value::Float(_)) => v.to_f64().ok(),
+            _ => None,
+        }
+    }
+    let mut folded = 0;
+    let mut removed = HashSet::new();
+    for b in 0..graph.node.len() {
+        let bn = &graph.node[b];
+        if bn.op_type != "BatchNormalization"
+            || bn.input.len() != 5
+            || bn.output.len() != 1
+            || bn
+                .attribute
+                .iter()
+                .any(|a| a.name == "training_mode" && a.i != 0)
+        {
+            continue;
+        }
+        let Some(c) = graph
+            .node
+            .iter()
+            .position(|n| n.op_type == "Conv" && n.output.first() == Some(&bn.input[0]))
+        else {
+            continue;
+        };
+        if readers.get(&bn.input[0]) != Some(&1) {
+            continue;
+        }
+        let conv = &graph.node[c];
+        let (Some(w), Some(scale), Some(shift), Some(mean), Some(var)) = (
+            host(constants, &conv.input[1]),
+            host(constants, &bn.input[1]),
+            host(constants, &bn.input[2]),
+            host(constants, &bn.input[3]),
+            host(constants, &bn.input[4]),
+        ) else {
+            continue;
+        };
+        let c_out = scale.len();
+        let dims = constants[&conv.input[1]].shape().to_vec();
+        if dims.first() != Some(&c_out) || [&shift, &mean, &var].iter().any(|v| v.len() != c_out) {
+            continue;
+        }
+        let bias = match conv.input.get(2).filter(|n| !n.is_empty()) {
+            Some(n) => match host(constants, n) {
+                Some(v) if v.len() == c_out => v,
+                _ => continue,
+            },
+            None => vec![0.0; c_out],
+        };
+        let eps = bn
+            .attribute
+            .iter()
+            .find(|a| a.name == "epsilon")
+            .map_or(1e-5, |a| f64::from(a.f));
+        let s: Vec<f64> = (0..c_out)
+            .map(|k| scale[k] / (var[k] + eps).sqrt())
+            .collect();
+        let per = w.len() / c_out;
+        let new_w: Vec<f32> = w
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (v * s[i / per]) as f32)
+            .collect();
+        let new_b: Vec<f32> = (0..c_out)
+            .map(|k| ((bias[k] - mean[k]) * s[k] + shift[k]) as f32)
+            .collect();
+        let (wn, bname) = (
+            format!("{}.kiln_folded_w", bn.output[0]),
+            format!("{}.kiln_folded_b", bn.output[0]),
+        );
+        constants.insert(
+            wn.clone(),
+            Value::Float(crate::Tensor::from_vec(device, new_w, &dims)?),
+        );
+        constants.insert(
+            bname.clone(),
+            Value::Float(crate::Tensor::from_vec(device, new_b, &[c_out])?),
+        );
+        let out = bn.output[0].clone();
+        let conv = &mut graph.node[c];
+        conv.input.truncate(2);
+        conv.input[1] = wn;
+        conv.input.push(bname);
+        conv.output[0] = out;
+        removed.insert(b);
+        folded += 1;
+    }
+    let mut k = 0;
+    graph.node.retain(|_| {
+        k += 1;
+        !removed.contains(&(k - 1))
+    });
+    Ok(folded)
 }
 
 /// Every op type and attribute of `graph` (and its subgraphs) that kiln lacks, as one error.

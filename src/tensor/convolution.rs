@@ -8,7 +8,8 @@ use crate::shape::Shape;
 
 impl Tensor {
     /// 2-D convolution (cross-correlation, as PyTorch's `conv2d`) of an NCHW input with `weight`
-    /// of shape `[c_out, c_in, kh, kw]` and an optional `bias` of shape `[c_out]`; groups = 1.
+    /// of shape `[c_out, c_in / groups, kh, kw]` and an optional `bias` of shape `[c_out]`
+    /// (`opts.groups`: grouped and depthwise convolutions).
     pub fn conv2d(
         &self,
         weight: &Tensor,
@@ -89,6 +90,20 @@ impl Tensor {
                 _ => Ok(zeros),
             };
         }
+        if (kh, kw) == (1, 1) && opts.stride == (1, 1) && opts.padding == (0, 0) && opts.groups == 1
+        {
+            // A pointwise convolution is a matrix product over channels: [c_out, c_in] times
+            // each image's [c_in, h·w], on the tuned matmul kernels.
+            let (n, h, w) = (g.n, g.h, g.w);
+            let y = weight
+                .reshape(&[c_out, c_in])?
+                .matmul(&self.reshape(&[n, c_in, h * w])?)?;
+            let y = match bias {
+                Some(b) => y.add(&b.reshape(&[c_out, 1])?)?,
+                None => y,
+            };
+            return y.reshape(&dims);
+        }
         let storage = (self.storage).conv2d(&weight.storage, bias.map(|b| &b.storage), &g)?;
         Ok(self.with(storage, Shape::new(&dims)?))
     }
@@ -112,7 +127,7 @@ impl Tensor {
         let opts = Conv2dOptions {
             stride,
             padding,
-            dilation: (1, 1),
+            ..Conv2dOptions::default()
         };
         let g = Window::new(op, self.shape(), channels, None, kernel, opts)?;
         let dims = g.out_dims();

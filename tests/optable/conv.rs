@@ -32,6 +32,7 @@ pub fn table() -> Vec<OpInfo> {
                         stride: (2, 1),
                         padding: (1, 2),
                         dilation: (2, 1),
+                        groups: 1,
                     },
                 )
             },
@@ -42,10 +43,42 @@ pub fn table() -> Vec<OpInfo> {
                         stride: (2, 1),
                         padding: (1, 2),
                         dilation: (2, 1),
+                        groups: 1,
                     },
                     false,
                 )
             },
+            tol: |r| {
+                (
+                    1e-6 * (1 + r[1].data.len() / r[1].shape[0].max(1)) as f64,
+                    1e-5,
+                )
+            },
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "conv2d(groups 2, bias, pad 1)",
+            grad: || Grad::wrt(THREE),
+            samples: grouped_samples,
+            run: |t| t[0].conv2d(&t[1], Some(&t[2]), grouped(2)),
+            reference: |r| conv_ref(r, grouped(2), true),
+            tol: |r| {
+                (
+                    1e-6 * (1 + r[1].data.len() / r[1].shape[0].max(1)) as f64,
+                    1e-5,
+                )
+            },
+            errors: grouped_errors,
+        },
+        OpInfo {
+            name: "conv2d(depthwise, stride 2, pad 1)",
+            grad: || Grad::wrt(THREE),
+            samples: depthwise_samples,
+            run: |t| {
+                let g = t[0].shape()[1];
+                t[0].conv2d(&t[1], Some(&t[2]), depthwise(g))
+            },
+            reference: |r| conv_ref(r, depthwise(r[0].shape[1]), true),
             tol: |r| {
                 (
                     1e-6 * (1 + r[1].data.len() / r[1].shape[0].max(1)) as f64,
@@ -96,14 +129,44 @@ pub fn table() -> Vec<OpInfo> {
 
 /// (input NCHW, weight, bias) samples: odd sizes, 1x1 kernels, channels 1 and 3, an empty batch.
 pub fn conv_samples() -> Vec<Sample> {
-    let mut rng = Lcg(110);
-    let cases: &[(&[usize], &[usize])] = &[
-        (&[2, 3, 9, 7], &[4, 3, 3, 3]),
-        (&[1, 1, 5, 5], &[2, 1, 1, 1]),
-        (&[1, 2, 17, 16], &[3, 2, 5, 2]),
-        (&[0, 2, 4, 4], &[1, 2, 3, 3]),
-        (&[1, 4, 3, 3], &[2, 4, 3, 3]),
-    ];
+    conv_cases(
+        110,
+        &[
+            (&[2, 3, 9, 7], &[4, 3, 3, 3]),
+            (&[1, 1, 5, 5], &[2, 1, 1, 1]),
+            (&[1, 2, 17, 16], &[3, 2, 5, 2]),
+            (&[0, 2, 4, 4], &[1, 2, 3, 3]),
+            (&[1, 4, 3, 3], &[2, 4, 3, 3]),
+        ],
+    )
+}
+
+/// Samples for 2 groups: weights `[c_out, c_in / 2, kh, kw]`.
+pub fn grouped_samples() -> Vec<Sample> {
+    conv_cases(
+        113,
+        &[
+            (&[2, 4, 7, 6], &[6, 2, 3, 3]),
+            (&[1, 6, 5, 5], &[4, 3, 1, 1]),
+            (&[1, 2, 6, 9], &[2, 1, 3, 2]),
+        ],
+    )
+}
+
+/// Depthwise samples: one filter per channel (`groups = c_in = c_out`).
+pub fn depthwise_samples() -> Vec<Sample> {
+    conv_cases(
+        114,
+        &[
+            (&[2, 3, 9, 8], &[3, 1, 3, 3]),
+            (&[1, 8, 6, 6], &[8, 1, 3, 3]),
+            (&[1, 1, 5, 4], &[1, 1, 3, 3]),
+        ],
+    )
+}
+
+fn conv_cases(seed: u64, cases: &[(&[usize], &[usize])]) -> Vec<Sample> {
+    let mut rng = Lcg(seed);
     cases
         .iter()
         .map(|(x, w)| {
@@ -121,9 +184,10 @@ pub fn conv_samples() -> Vec<Sample> {
 
 pub fn conv_ref(r: &[Ref], opts: kiln::Conv2dOptions, bias: bool) -> Ref {
     let (x, w, b) = (&r[0], &r[1], &r[2]);
-    let [n, ci, h, wd] = x.shape[..] else {
+    let [n, c_in, h, wd] = x.shape[..] else {
         unreachable!()
     };
+    let ci = c_in / opts.groups;
     let [co, _, kh, kw] = w.shape[..] else {
         unreachable!()
     };
@@ -138,14 +202,15 @@ pub fn conv_ref(r: &[Ref], opts: kiln::Conv2dOptions, bias: bool) -> Ref {
             for oy in 0..oh {
                 for ox in 0..ow {
                     let mut acc = if bias { b.data[c] } else { 0.0 };
+                    let first = c / (co / opts.groups) * ci;
                     for i in 0..ci {
                         for ky in 0..kh {
                             for kx in 0..kw {
                                 let iy = (oy * sh + ky * dh) as isize - ph as isize;
                                 let ix = (ox * sw + kx * dw) as isize - pw as isize;
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
-                                    acc += x.data
-                                        [((bi * ci + i) * h + iy as usize) * wd + ix as usize]
+                                    acc += x.data[((bi * c_in + first + i) * h + iy as usize) * wd
+                                        + ix as usize]
                                         * w.data[((c * ci + i) * kh + ky) * kw + kx];
                                 }
                             }
@@ -200,6 +265,45 @@ pub fn pool_ref(
         shape: vec![n, c, oh, ow],
         data,
     }
+}
+
+/// Padding 1 and `groups` channel groups.
+fn grouped(groups: usize) -> kiln::Conv2dOptions {
+    kiln::Conv2dOptions {
+        padding: (1, 1),
+        groups,
+        ..Default::default()
+    }
+}
+
+/// A depthwise convolution of `channels` channels, stride 2, padding 1.
+fn depthwise(channels: usize) -> kiln::Conv2dOptions {
+    kiln::Conv2dOptions {
+        stride: (2, 2),
+        padding: (1, 1),
+        groups: channels,
+        ..Default::default()
+    }
+}
+
+/// Groups that do not divide the channels, groups 0, and a weight of the wrong group width.
+pub fn grouped_errors(d: &Device) -> Vec<ErrorCase> {
+    let x = Tensor::zeros(d, &[1, 4, 6, 6]).unwrap();
+    let w = Tensor::zeros(d, &[6, 2, 3, 3]).unwrap();
+    let bad = |e: &Error| matches!(e, Error::InvalidArgument { op: "conv2d", .. });
+    vec![
+        (
+            "groups 3 of 4 channels",
+            x.conv2d(&w, None, grouped(3)),
+            bad,
+        ),
+        ("groups 0", x.conv2d(&w, None, grouped(0)), bad),
+        (
+            "a weight 4 wide for 2 groups of 2",
+            x.conv2d(&Tensor::zeros(d, &[6, 4, 3, 3]).unwrap(), None, grouped(2)),
+            |e| matches!(e, Error::ShapeMismatch { op: "conv2d", .. }),
+        ),
+    ]
 }
 
 pub fn conv_errors(d: &Device) -> Vec<ErrorCase> {

@@ -31,6 +31,9 @@ pub(crate) struct ConvParams {
     pub dw: u32,
     /// Batch size (read by the backward kernels only).
     pub batch: u32,
+    /// Channel groups.
+    pub groups: u32,
+    pub _pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -121,6 +124,8 @@ fn conv_params(g: &Window, n_out: usize) -> ConvParams {
         dh: u(g.opts.dilation.0),
         dw: u(g.opts.dilation.1),
         batch: u(g.n),
+        groups: u(g.opts.groups),
+        _pad: [0; 3],
     }
 }
 
@@ -154,7 +159,7 @@ pub(crate) fn conv2d_grad(
     let (n_out, entry, walk) = if weight {
         let (oh, ow) = (g.out_dims()[2], g.out_dims()[3]);
         let walk = g.n * (1 + oh * (1 + ow));
-        (g.c_out * g.c_in * g.kh * g.kw, "grad_weight", walk)
+        (g.c_out * g.c_in_group() * g.kh * g.kw, "grad_weight", walk)
     } else {
         let walk = g.c_out * (1 + g.kh * (1 + g.kw));
         (g.n * g.c_in * g.h * g.w, "grad_input", walk)

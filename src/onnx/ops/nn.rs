@@ -308,33 +308,14 @@ pub(super) fn conv(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         .and_then(Option::as_ref)
         .map(|b| b.tensor("onnx"))
         .transpose()?;
+    let groups = ctx.int("group", 1).max(1) as usize;
     let opts = Conv2dOptions {
         stride,
         padding,
         dilation,
+        groups,
     };
-    let groups = ctx.int("group", 1).max(1) as usize;
-    let (c_in, c_out) = (x.shape()[1], w.shape()[0]);
-    if c_in % groups != 0 || c_out % groups != 0 || w.shape()[1] * groups != c_in {
-        return Err(ctx.invalid(format!(
-            "group {groups} for {c_in} input and {c_out} output channels"
-        )));
-    }
-    let y = if groups == 1 {
-        x.conv2d(&w, bias, opts)?
-    } else {
-        // A grouped convolution: one convolution per group of channels, concatenated.
-        let (gi, go) = (c_in / groups, c_out / groups);
-        let parts = (0..groups)
-            .map(|g| {
-                let b = bias.map(|b| b.narrow(0, g * go, go)).transpose()?;
-                x.narrow(1, g * gi, gi)?
-                    .conv2d(&w.narrow(0, g * go, go)?, b.as_ref(), opts)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let refs: Vec<&Tensor> = parts.iter().collect();
-        Tensor::cat(&refs, 1)?
-    };
+    let y = x.conv2d(&w, bias, opts)?;
     Ok(vec![Value::Float(as_1d(y, one_d)?)])
 }
 

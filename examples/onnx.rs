@@ -1,0 +1,133 @@
+//! Run an ONNX model on the device `Device::from_env()` picks, print its outputs and the time of
+//! a run (median of `--runs`, each including reading the outputs back).
+//!
+//! ```sh
+//! cargo run --release --example onnx -- model.onnx                      # seeded random inputs
+//! cargo run --release --example onnx -- model.onnx --input x=x.pb      # an ONNX TensorProto file
+//! cargo run --release --example onnx -- model.onnx --runs 20 --json out.json
+//! cargo run --release --example onnx -- model.onnx --profile            # time per op type
+//! ```
+//!
+//! Symbolic input dimensions (a batch size) are 1 unless `--dim N` sets them. `--json FILE`
+//! writes every output's shape and values, for `scripts/onnx_compare.py`.
+
+use kiln::Device;
+use kiln::onnx::{Model, Value, load_tensor};
+use std::path::PathBuf;
+use std::time::Instant;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,wgpu_hal=off"),
+    )
+    .init();
+    let mut it = std::env::args().skip(1);
+    let path = PathBuf::from(it.next().ok_or(
+        "usage: onnx MODEL.onnx [--input name=file.pb] [--runs N] [--dim N] [--json FILE]",
+    )?);
+    let (mut files, mut runs, mut dim, mut json) = (Vec::new(), 10usize, 1usize, None);
+    let mut profile = false;
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--input" => {
+                let v = value()?;
+                let (name, file) = v.split_once('=').ok_or("--input takes name=file.pb")?;
+                files.push((name.to_string(), PathBuf::from(file)));
+            }
+            "--runs" => runs = value()?.parse()?,
+            "--dim" => dim = value()?.parse()?,
+            "--json" => json = Some(PathBuf::from(value()?)),
+            "--profile" => profile = true,
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    let dev = Device::from_env()?;
+    println!("device: {} — {}", dev.info().name, dev.info().reason);
+    let start = Instant::now();
+    let model = Model::load(&path, &dev)?;
+    println!(
+        "loaded {} in {:.2?}: ops {}",
+        path.display(),
+        start.elapsed(),
+        model.op_types().join(", ")
+    );
+    let mut inputs: Vec<(String, Value)> = Vec::new();
+    for (k, (name, dims)) in model.input_shapes().into_iter().enumerate() {
+        let value = match files.iter().find(|(n, _)| *n == name) {
+            Some((_, file)) => load_tensor(file, &dev)?.1,
+            None => {
+                let shape: Vec<usize> = dims.iter().map(|d| d.unwrap_or(dim)).collect();
+                Value::Float(kiln::Tensor::randn(&dev, &shape, 1000 + k as u64)?)
+            }
+        };
+        println!("input {name}: {:?}", value.shape());
+        inputs.push((name, value));
+    }
+    let named: Vec<(&str, Value)> = inputs
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.clone()))
+        .collect();
+    if profile {
+        model.run(&named)?; // warm-up: pipelines, tuning
+        let (_, times) = model.run_profiled(&named)?;
+        println!("time per op type (synchronized after every node):");
+        for (op, n, t) in times {
+            println!("  {op:<24} {n:>4} nodes {:>10.3} ms", t.as_secs_f64() * 1e3);
+        }
+    }
+    let mut times = Vec::new();
+    let mut outputs = Vec::new();
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        outputs = model.run(&named)?;
+        let read: Vec<Vec<f64>> = outputs
+            .iter()
+            .map(|(_, v)| v.to_f64())
+            .collect::<Result<_, _>>()?;
+        times.push(t.elapsed().as_secs_f64());
+        drop(read);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let mut out_json = Vec::new();
+    for (name, v) in &outputs {
+        let values = v.to_f64()?;
+        let head: Vec<String> = values.iter().take(6).map(|x| format!("{x:.5}")).collect();
+        println!(
+            "output {name}: {:?} [{}{}]",
+            v.shape(),
+            head.join(", "),
+            if values.len() > 6 { ", ..." } else { "" }
+        );
+        let list: Vec<String> = values
+            .iter()
+            .map(|x| {
+                if x.is_finite() {
+                    format!("{x}")
+                } else {
+                    "null".into()
+                }
+            })
+            .collect();
+        out_json.push(format!(
+            "\"{name}\": {{\"shape\": {:?}, \"values\": [{}]}}",
+            v.shape(),
+            list.join(",")
+        ));
+    }
+    println!(
+        "run: median {:.3} ms over {} runs (outputs read back)",
+        median * 1e3,
+        times.len()
+    );
+    if let Some(file) = json {
+        let text = format!(
+            "{{\"median_ms\": {}, \"outputs\": {{{}}}}}",
+            median * 1e3,
+            out_json.join(", ")
+        );
+        std::fs::write(&file, text)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Builds the ONNX models kiln is compared with onnxruntime on (scripts/onnx_compare.py), with
+seeded random weights, so no large file lives in git:
+
+  mobile.onnx       a MobileNetV3-style network: a strided 3x3 conv, BatchNormalization,
+                    HardSwish, depthwise 3x3 convs (group = channels), 1x1 convs, a
+                    squeeze-and-excite block (GlobalAveragePool, HardSigmoid, Mul), global
+                    pooling, Gemm, Softmax. Input [1, 3, 96, 96].
+  transformer.onnx  two pre-norm transformer blocks: LayerNormalization, multi-head
+                    self-attention in the MatMul/Softmax pattern (Reshape, Transpose, a causal
+                    mask added before Softmax), a GELU MLP, residual Adds. Input [1, 64, 128].
+
+Beside each model it writes a seeded input (`<name>.input.pb`) and the output ONNX's own
+reference evaluator computes for it (`<name>.output.pb`), which tests/onnx.rs checks kiln
+against on every device.
+
+usage: scripts/onnx_models.py OUT_DIR      (needs `pip install onnx numpy`)
+"""
+import os
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+rng = np.random.default_rng(0)
+nodes, inits = [], []
+
+
+def w(name, *shape, scale=None):
+    scale = scale if scale is not None else 1.0 / np.sqrt(max(1, np.prod(shape[1:])))
+    inits.append(numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name))
+    return name
+
+
+def const(name, arr):
+    inits.append(numpy_helper.from_array(np.asarray(arr), name))
+    return name
+
+
+def node(op, inputs, name, **attrs):
+    nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+    return name
+
+
+def conv_bn_act(x, cin, cout, k, stride, group, act, tag):
+    y = node("Conv", [x, w(f"{tag}.w", cout, cin // group, k, k)], f"{tag}.conv",
+             kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4, group=group)
+    c = cout
+    gamma = const(f"{tag}.g", (1 + 0.1 * rng.standard_normal(c)).astype(np.float32))
+    beta, mean = w(f"{tag}.b", c, scale=0.1), w(f"{tag}.m", c, scale=0.1)
+    var = const(f"{tag}.v", (np.abs(rng.standard_normal(c)) + 0.5).astype(np.float32))
+    y = node("BatchNormalization", [y, gamma, beta, mean, var], f"{tag}.bn", epsilon=1e-3)
+    return node(act, [y], f"{tag}.act") if act else y
+
+
+def mobile():
+    x = conv_bn_act("input", 3, 16, 3, 2, 1, "HardSwish", "stem")
+    c = 16
+    for i, (cout, stride, se) in enumerate([(24, 2, False), (40, 2, True), (48, 1, True), (96, 2, True)]):
+        e = c * 4
+        y = conv_bn_act(x, c, e, 1, 1, 1, "HardSwish", f"b{i}.expand")
+        y = conv_bn_act(y, e, e, 3, stride, e, "HardSwish", f"b{i}.dw")
+        if se:
+            s = node("GlobalAveragePool", [y], f"b{i}.se.pool")
+            s = node("Conv", [s, w(f"b{i}.se.w1", e // 4, e, 1, 1), w(f"b{i}.se.b1", e // 4, scale=0.1)], f"b{i}.se.fc1", kernel_shape=[1, 1])
+            s = node("Relu", [s], f"b{i}.se.relu")
+            s = node("Conv", [s, w(f"b{i}.se.w2", e, e // 4, 1, 1), w(f"b{i}.se.b2", e, scale=0.1)], f"b{i}.se.fc2", kernel_shape=[1, 1])
+            s = node("HardSigmoid", [s], f"b{i}.se.gate", alpha=1 / 6, beta=0.5)
+            y = node("Mul", [y, s], f"b{i}.se.mul")
+        y = conv_bn_act(y, e, cout, 1, 1, 1, None, f"b{i}.project")
+        if stride == 1 and cout == c:
+            y = node("Add", [x, y], f"b{i}.residual")
+        x, c = y, cout
+    x = node("GlobalAveragePool", [x], "head.pool")
+    x = node("Flatten", [x], "head.flat", axis=1)
+    x = node("Gemm", [x, w("head.w", 10, c), w("head.b", 10, scale=0.1)], "head.fc", transB=1)
+    x = node("Softmax", [x], "output", axis=-1)
+    return [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 96, 96])], [1, 10]
+
+
+def transformer():
+    t, d, h = 64, 128, 4
+    x = "input"
+    mask = np.triu(np.full((t, t), -1e9, dtype=np.float32), 1)
+    const("mask", mask)
+    const("heads", np.array([1, t, h, d // h], dtype=np.int64))
+    const("merged", np.array([1, t, d], dtype=np.int64))
+    const("scale", np.array(1.0 / np.sqrt(d // h), dtype=np.float32))
+    for b in range(2):
+        n = node("LayerNormalization", [x, w(f"l{b}.ln1.g", d, scale=0.1), w(f"l{b}.ln1.b", d, scale=0.1)], f"l{b}.ln1", axis=-1, epsilon=1e-5)
+        qkv = []
+        for part in "qkv":
+            p = node("MatMul", [n, w(f"l{b}.{part}", d, d)], f"l{b}.{part}.proj")
+            p = node("Reshape", [p, "heads"], f"l{b}.{part}.heads")
+            perm = [0, 2, 3, 1] if part == "k" else [0, 2, 1, 3]
+            qkv.append(node("Transpose", [p], f"l{b}.{part}.t", perm=perm))
+        s = node("MatMul", [qkv[0], qkv[1]], f"l{b}.scores")
+        s = node("Mul", [s, "scale"], f"l{b}.scaled")
+        s = node("Add", [s, "mask"], f"l{b}.masked")
+        s = node("Softmax", [s], f"l{b}.attn", axis=-1)
+        o = node("MatMul", [s, qkv[2]], f"l{b}.ctx")
+        o = node("Transpose", [o], f"l{b}.ctx.t", perm=[0, 2, 1, 3])
+        o = node("Reshape", [o, "merged"], f"l{b}.ctx.merged")
+        o = node("MatMul", [o, w(f"l{b}.o", d, d)], f"l{b}.out")
+        x = node("Add", [x, o], f"l{b}.res1")
+        n = node("LayerNormalization", [x, w(f"l{b}.ln2.g", d, scale=0.1), w(f"l{b}.ln2.b", d, scale=0.1)], f"l{b}.ln2", axis=-1, epsilon=1e-5)
+        m = node("MatMul", [n, w(f"l{b}.fc1", d, 4 * d)], f"l{b}.fc1.out")
+        m = node("Add", [m, w(f"l{b}.fc1.b", 4 * d, scale=0.1)], f"l{b}.fc1.bias")
+        m = node("Gelu", [m], f"l{b}.gelu")
+        m = node("MatMul", [m, w(f"l{b}.fc2", 4 * d, d)], f"l{b}.fc2.out")
+        x = node("Add", [x, m], f"l{b}.res2" if b == 0 else "output")
+    return [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, t, d])], [1, t, d]
+
+
+def save(out, name, build):
+    nodes.clear()
+    inits.clear()
+    inputs, out_shape = build()
+    output = helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)
+    graph = helper.make_graph(nodes, name, inputs, [output], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, os.path.join(out, f"{name}.onnx"))
+    from onnx.reference import ReferenceEvaluator
+
+    x = np.random.default_rng(1).standard_normal(inputs[0].type.tensor_type.shape.dim and [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]).astype(np.float32)
+    (y,) = ReferenceEvaluator(model).run(None, {"input": x})
+    for kind, arr in (("input", x), ("output", y)):
+        with open(os.path.join(out, f"{name}.{kind}.pb"), "wb") as f:
+            f.write(numpy_helper.from_array(np.asarray(arr, dtype=np.float32), kind).SerializeToString())
+    print(f"{name}.onnx: {len(nodes)} nodes, {sum(np.prod(i.dims) for i in inits):,} weights")
+
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    os.makedirs(out, exist_ok=True)
+    save(out, "mobile", mobile)
+    save(out, "transformer", transformer)
