@@ -59,6 +59,7 @@ pub(super) fn unary(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         "HardSigmoid" => hard_sigmoid(x, ctx.float("alpha", 0.2), ctx.float("beta", 0.5))?,
         "HardSwish" => x.mul(&hard_sigmoid(x, 1.0 / 6.0, 0.5)?)?,
         "Mish" => x.mul(&x.softplus()?.tanh()?)?,
+        "Swish" => x.mul(&x.mul_scalar(ctx.float("alpha", 1.0))?.sigmoid()?)?,
         _ => return Err(ctx.unsupported("the op type")),
     };
     Ok(vec![Value::Float(y)])
@@ -67,6 +68,74 @@ pub(super) fn unary(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
 /// `max(0, min(1, alpha·x + beta))`, NaN kept.
 fn hard_sigmoid(x: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
     x.mul_scalar(alpha)?.add_scalar(beta)?.clamp(0.0, 1.0)
+}
+
+pub(super) fn is_special(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.input(args, 0)?.float_on(ctx.dev)?;
+    let m = if ctx.node.op_type == "IsNaN" {
+        x.ne(&x)?
+    } else {
+        let (neg, pos) = (
+            ctx.int("detect_negative", 1) != 0,
+            ctx.int("detect_positive", 1) != 0,
+        );
+        let hit = |v: f32| x.eq(&scalar(ctx, v)?);
+        match (neg, pos) {
+            (true, true) => hit(f32::INFINITY)?.maximum(&hit(f32::NEG_INFINITY)?)?,
+            (true, false) => hit(f32::NEG_INFINITY)?,
+            (false, true) => hit(f32::INFINITY)?,
+            (false, false) => Tensor::zeros(ctx.dev, x.shape())?,
+        }
+    };
+    Ok(vec![Value::Bool(m)])
+}
+
+/// `Mod`: C's fmod (`fmod = 1`, the sign of the dividend) or the modulus with the divisor's
+/// sign (`fmod = 0`, Python's and numpy's), on the host.
+pub(super) fn modulo(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let (a, b) = (ctx.input(args, 0)?, ctx.input(args, 1)?);
+    let fmod = ctx.int("fmod", 0) != 0;
+    if let (Value::Int(x), Value::Int(y)) = (a, b) {
+        let f: fn(i64, i64) -> i64 = if fmod {
+            |p, q| if q == 0 { 0 } else { p.wrapping_rem(q) }
+        } else {
+            |p, q| {
+                if q == 0 {
+                    0
+                } else {
+                    p.wrapping_rem(q).wrapping_add(q).wrapping_rem(q)
+                }
+            }
+        };
+        return Ok(vec![Value::Int(zip_ints(ctx, x, y, f)?)]);
+    }
+    // Floats: on the host, as f64 bit patterns through the integer broadcaster.
+    let bits = |v: &Value| -> Result<IntTensor> {
+        let data = v
+            .to_f64()?
+            .into_iter()
+            .map(|f| f.to_bits() as i64)
+            .collect();
+        Ok(IntTensor::new(v.shape().to_vec(), data))
+    };
+    let r = zip_ints(ctx, &bits(a)?, &bits(b)?, |p, q| {
+        let (p, q) = (f64::from_bits(p as u64), f64::from_bits(q as u64));
+        let m = p % q;
+        let m = if !fmod && m != 0.0 && (m < 0.0) != (q < 0.0) {
+            m + q
+        } else {
+            m
+        };
+        m.to_bits() as i64
+    })?;
+    let data = r
+        .data
+        .iter()
+        .map(|&v| f64::from_bits(v as u64) as f32)
+        .collect();
+    Ok(vec![Value::Float(Tensor::from_vec(
+        ctx.dev, data, &r.shape,
+    )?)])
 }
 
 pub(super) fn identity(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {

@@ -58,6 +58,14 @@ pub(crate) static OPS: &[OpDef] = &[
     op("HardSigmoid", &["alpha", "beta"], elementwise::unary),
     op("HardSwish", &[], elementwise::unary),
     op("Mish", &[], elementwise::unary),
+    op("Swish", &["alpha"], elementwise::unary),
+    op("IsNaN", &[], elementwise::is_special),
+    op(
+        "IsInf",
+        &["detect_negative", "detect_positive"],
+        elementwise::is_special,
+    ),
+    op("Mod", &["fmod"], elementwise::modulo),
     op("Identity", &[], elementwise::identity),
     op("Dropout", &["seed", "ratio"], elementwise::identity),
     op("Clip", &["min", "max"], elementwise::clip),
@@ -94,6 +102,8 @@ pub(crate) static OPS: &[OpDef] = &[
     op("Split", &["axis", "split", "num_outputs"], shape::split),
     op("Slice", &["starts", "ends", "axes", "steps"], shape::slice),
     op("Gather", &["axis"], shape::gather),
+    op("GatherElements", &["axis"], shape::gather_elements),
+    op("Trilu", &["upper"], shape::trilu),
     op("Expand", &[], shape::expand),
     op("Constant", CONSTANT_ATTRS, shape::constant),
     op("ConstantOfShape", &["value"], shape::constant_of_shape),
@@ -136,6 +146,11 @@ pub(crate) static OPS: &[OpDef] = &[
         "LayerNormalization",
         &["axis", "epsilon", "stash_type"],
         nn::layer_norm,
+    ),
+    op(
+        "RMSNormalization",
+        &["axis", "epsilon", "stash_type"],
+        nn::rms_norm,
     ),
 ];
 

@@ -437,6 +437,22 @@ pub(super) fn batch_norm(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     Ok(vec![Value::Float(y)])
 }
 
+/// `RMSNormalization` (opset 23): `x / sqrt(mean(x²) + eps) · scale` over the axes from `axis`.
+pub(super) fn rms_norm(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.float_input(args, 0)?;
+    let axis = ctx.axis(ctx.int("axis", -1), x.rank())?;
+    let (head, tail) = x.shape().split_at(axis);
+    let flat = x.reshape(&[head.iter().product(), tail.iter().product()])?;
+    let y = flat
+        .rms_norm(None, ctx.float("epsilon", 1e-5))?
+        .reshape(x.shape())?;
+    let y = match args.get(1).and_then(Option::as_ref) {
+        Some(s) => y.mul(&s.float_on(ctx.dev)?)?,
+        None => y,
+    };
+    Ok(vec![Value::Float(y)])
+}
+
 pub(super) fn layer_norm(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     let x = ctx.float_input(args, 0)?;
     let axis = ctx.axis(ctx.int("axis", -1), x.rank())?;

@@ -384,6 +384,83 @@ pub(super) fn gather(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     Ok(vec![reshaped(&picked, &dims)?])
 }
 
+pub(super) fn gather_elements(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.input(args, 0)?;
+    let idx = ctx
+        .int_input(args, 1)?
+        .ok_or_else(|| ctx.invalid("no indices"))?;
+    let r = x.shape().len();
+    let axis = ctx.axis(ctx.int("axis", 0), r)?;
+    let dim = x.shape()[axis] as i64;
+    let norm = |i: i64| -> Result<usize> {
+        let j = if i < 0 { i + dim } else { i };
+        if (0..dim).contains(&j) {
+            Ok(j as usize)
+        } else {
+            Err(crate::Error::IndexOutOfRange {
+                op: "onnx GatherElements",
+                index: i.clamp(0, u32::MAX as i64) as u32,
+                size: dim as usize,
+            })
+        }
+    };
+    if idx.shape.len() != r {
+        return Err(ctx.invalid(format!("indices {:?} for data {:?}", idx.shape, x.shape())));
+    }
+    let flat: Vec<usize> = idx.data.iter().map(|&v| norm(v)).collect::<Result<_>>()?;
+    if let Value::Int(i) = x {
+        let st = strides(&i.shape);
+        let ist = strides(&idx.shape);
+        return Ok(vec![Value::Int(remap(i, idx.shape.clone(), |c| {
+            let at: usize = c.iter().zip(&ist).map(|(a, b)| a * b).sum();
+            c.iter()
+                .enumerate()
+                .map(|(d, &v)| if d == axis { flat[at] } else { v } * st[d])
+                .sum()
+        }))]);
+    }
+    let ids: Vec<u32> = flat.iter().map(|&j| j as u32).collect();
+    let ids = Tensor::from_vec_u32(ctx.dev, ids, &idx.shape)?;
+    let t = x.tensor("onnx")?.gather(axis as isize, &ids)?;
+    Ok(vec![same_kind(x, t)])
+}
+
+/// `Trilu`: the upper (or lower) triangle of the last two dimensions, from diagonal `k`.
+pub(super) fn trilu(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.input(args, 0)?;
+    let k = ctx
+        .int_input(args, 1)?
+        .and_then(|t| t.data.first().copied())
+        .unwrap_or(0);
+    let upper = ctx.int("upper", 1) != 0;
+    let s = x.shape().to_vec();
+    if s.len() < 2 {
+        return Err(ctx.invalid(format!("rank {} (at least 2)", s.len())));
+    }
+    let (rows, cols) = (s[s.len() - 2].max(1), s[s.len() - 1].max(1));
+    let keep = |n: usize| {
+        let (i, j) = ((n / cols) % rows, n % cols);
+        let d = j as i64 - i as i64;
+        if upper { d >= k } else { d <= k }
+    };
+    if let Value::Int(t) = x {
+        let data = t
+            .data
+            .iter()
+            .enumerate()
+            .map(|(n, &v)| if keep(n) { v } else { 0 })
+            .collect();
+        return Ok(vec![Value::Int(IntTensor { data, ..t.clone() })]);
+    }
+    let mask: Vec<f32> = (0..rows * cols)
+        .map(|n| f32::from(u8::from(keep(n))))
+        .collect();
+    let mask = Tensor::from_vec(ctx.dev, mask, &[rows, cols])?;
+    let t = x.tensor("onnx")?;
+    let y = Tensor::where_cond(&mask, t, &Tensor::zeros(ctx.dev, &[1])?)?;
+    Ok(vec![same_kind(x, y)])
+}
+
 pub(super) fn expand(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     let x = ctx.input(args, 0)?;
     let want = ctx
