@@ -2,6 +2,7 @@
 //! function that runs it on kiln's ops.
 
 mod elementwise;
+mod host;
 mod nn;
 mod shape;
 
@@ -108,6 +109,13 @@ pub(crate) static OPS: &[OpDef] = &[
     op("Constant", CONSTANT_ATTRS, shape::constant),
     op("ConstantOfShape", &["value"], shape::constant_of_shape),
     op("Range", &[], shape::range),
+    // host.rs
+    op("CumSum", &["exclusive", "reverse"], host::cumsum),
+    op("TopK", &["axis", "largest", "sorted"], host::topk),
+    op("Hardmax", &["axis"], host::hardmax),
+    op("OneHot", &["axis"], host::one_hot),
+    op("ReduceProd", REDUCE_ATTRS, host::reduce_prod),
+    op("Pad", &["mode", "pads", "value"], host::pad),
     // nn.rs
     op("MatMul", &[], nn::matmul),
     op("Gemm", &["alpha", "beta", "transA", "transB"], nn::gemm),
