@@ -4,6 +4,7 @@
 mod elementwise;
 mod host;
 mod nn;
+mod resize;
 mod shape;
 
 use super::proto::{AttributeProto, NodeProto};
@@ -109,6 +110,21 @@ pub(crate) static OPS: &[OpDef] = &[
     op("Constant", CONSTANT_ATTRS, shape::constant),
     op("ConstantOfShape", &["value"], shape::constant_of_shape),
     op("Range", &[], shape::range),
+    op(
+        "Resize",
+        &[
+            "antialias",
+            "axes",
+            "coordinate_transformation_mode",
+            "cubic_coeff_a",
+            "exclude_outside",
+            "extrapolation_value",
+            "keep_aspect_ratio_policy",
+            "mode",
+            "nearest_mode",
+        ],
+        resize::resize,
+    ),
     // host.rs
     op("CumSum", &["exclusive", "reverse"], host::cumsum),
     op("TopK", &["axis", "largest", "sorted"], host::topk),
