@@ -132,6 +132,16 @@ pub(crate) static OPS: &[OpDef] = &[
     op("OneHot", &["axis"], host::one_hot),
     op("ReduceProd", REDUCE_ATTRS, host::reduce_prod),
     op("Pad", &["mode", "pads", "value"], host::pad),
+    op(
+        "NegativeLogLikelihoodLoss",
+        &["ignore_index", "reduction"],
+        host::nll_loss,
+    ),
+    op(
+        "SoftmaxCrossEntropyLoss",
+        &["ignore_index", "reduction"],
+        host::softmax_cross_entropy,
+    ),
     // nn.rs
     op("MatMul", &[], nn::matmul),
     op("Gemm", &["alpha", "beta", "transA", "transB"], nn::gemm),
@@ -263,6 +273,11 @@ impl Ctx<'_> {
             .get(i)
             .and_then(|n| self.types.get(n))
             .copied()
+    }
+
+    /// Whether the node sets attribute `name`.
+    pub fn attr_present(&self, name: &str) -> bool {
+        self.attr(name).is_some()
     }
 
     pub fn int(&self, name: &str, default: i64) -> i64 {
