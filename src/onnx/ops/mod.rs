@@ -1,6 +1,7 @@
 //! The ONNX ops kiln runs: a table of op types with the attributes each understands and the
 //! function that runs it on kiln's ops.
 
+mod attention;
 mod elementwise;
 mod host;
 mod nn;
@@ -124,6 +125,21 @@ pub(crate) static OPS: &[OpDef] = &[
             "nearest_mode",
         ],
         resize::resize,
+    ),
+    op(
+        "Attention",
+        &[
+            "is_causal",
+            "kv_num_heads",
+            "q_num_heads",
+            "qk_matmul_output_mode",
+            "scale",
+            "softcap",
+            "softmax_precision",
+            "left_window_size",
+            "right_window_size",
+        ],
+        attention::attention,
     ),
     // host.rs
     op("CumSum", &["exclusive", "reverse"], host::cumsum),
