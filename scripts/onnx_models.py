@@ -4,8 +4,9 @@ seeded random weights, so no large file lives in git:
 
   mobile.onnx       a MobileNetV3-style network: a strided 3x3 conv, BatchNormalization,
                     HardSwish, depthwise 3x3 convs (group = channels), 1x1 convs, a
-                    squeeze-and-excite block (GlobalAveragePool, HardSigmoid, Mul), global
-                    pooling, Gemm, Softmax. Input [1, 3, 96, 96].
+                    squeeze-and-excite block (GlobalAveragePool, HardSigmoid, Mul), a
+                    feature-pyramid-style upsampling (Resize, linear, x2) added to the
+                    previous stage, global pooling, Gemm, Softmax. Input [1, 3, 96, 96].
   transformer.onnx  two pre-norm transformer blocks: LayerNormalization, multi-head
                     self-attention in the MatMul/Softmax pattern (Reshape, Transpose, a causal
                     mask added before Softmax), a GELU MLP, residual Adds. Input [1, 64, 128].
@@ -57,6 +58,7 @@ def conv_bn_act(x, cin, cout, k, stride, group, act, tag):
 def mobile():
     x = conv_bn_act("input", 3, 16, 3, 2, 1, "HardSwish", "stem")
     c = 16
+    stages = []
     for i, (cout, stride, se) in enumerate([(24, 2, False), (40, 2, True), (48, 1, True), (96, 2, True)]):
         e = c * 4
         y = conv_bn_act(x, c, e, 1, 1, 1, "HardSwish", f"b{i}.expand")
@@ -71,7 +73,14 @@ def mobile():
         y = conv_bn_act(y, e, cout, 1, 1, 1, None, f"b{i}.project")
         if stride == 1 and cout == c:
             y = node("Add", [x, y], f"b{i}.residual")
+        stages.append((x, c))
         x, c = y, cout
+    # Upsample the last stage x2 and add it to the previous one, projected to its channels.
+    prev, pc = stages[-1][0], 48
+    up = node("Resize", [x, "", const("up.scales", np.array([1, 1, 2, 2], dtype=np.float32))], "up.resize", mode="linear")
+    up = node("Conv", [up, w("up.proj", pc, c, 1, 1)], "up.proj.conv", kernel_shape=[1, 1])
+    x = node("Add", [up, prev], "up.add")
+    c = pc
     x = node("GlobalAveragePool", [x], "head.pool")
     x = node("Flatten", [x], "head.flat", axis=1)
     x = node("Gemm", [x, w("head.w", 10, c), w("head.b", 10, scale=0.1)], "head.fc", transB=1)

@@ -107,6 +107,7 @@ pub(crate) static OPS: &[OpDef] = &[
     op("Gather", &["axis"], shape::gather),
     op("GatherElements", &["axis"], shape::gather_elements),
     op("Trilu", &["upper"], shape::trilu),
+    op("Tile", &[], shape::tile),
     op("Expand", &[], shape::expand),
     op("Constant", CONSTANT_ATTRS, shape::constant),
     op("ConstantOfShape", &["value"], shape::constant_of_shape),

@@ -461,6 +461,26 @@ pub(super) fn trilu(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     Ok(vec![same_kind(x, y)])
 }
 
+/// `Tile`: each axis repeated `repeats[axis]` times (concatenations on the device).
+pub(super) fn tile(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.input(args, 0)?;
+    let reps = ctx
+        .int_input(args, 1)?
+        .ok_or_else(|| ctx.invalid("no repeats"))?
+        .data;
+    if reps.len() != x.shape().len() || reps.iter().any(|&r| r < 0) {
+        return Err(ctx.invalid(format!("repeats {reps:?} for {:?}", x.shape())));
+    }
+    let mut v = x.clone();
+    for (axis, &r) in reps.iter().enumerate() {
+        let idx: Vec<usize> = (0..r as usize).flat_map(|_| 0..v.shape()[axis]).collect();
+        if r != 1 {
+            v = take(&v, axis, &idx)?;
+        }
+    }
+    Ok(vec![v])
+}
+
 pub(super) fn expand(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     let x = ctx.input(args, 0)?;
     let want = ctx
