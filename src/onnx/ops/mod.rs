@@ -2,6 +2,7 @@
 //! function that runs it on kiln's ops.
 
 mod attention;
+mod einsum;
 mod elementwise;
 mod host;
 mod nn;
@@ -161,6 +162,8 @@ pub(crate) static OPS: &[OpDef] = &[
     ),
     // nn.rs
     op("MatMul", &[], nn::matmul),
+    op("Einsum", &["equation"], einsum::einsum),
+    op("LpNormalization", &["axis", "p"], nn::lp_norm),
     op("Gemm", &["alpha", "beta", "transA", "transB"], nn::gemm),
     op("Softmax", &["axis"], nn::softmax),
     op("LogSoftmax", &["axis"], nn::softmax),

@@ -578,6 +578,21 @@ pub(super) fn batch_norm(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     Ok(vec![Value::Float(y)])
 }
 
+/// `LpNormalization`: `x / ||x||_p` along `axis` (p = 1 or 2).
+pub(super) fn lp_norm(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.float_input(args, 0)?;
+    let axis = ctx.axis(ctx.int("axis", -1), x.rank())? as isize;
+    let norm = match ctx.int("p", 2) {
+        1 => x.abs()?.sum(axis, true)?,
+        2 => x.square()?.sum(axis, true)?.sqrt()?,
+        p => return Err(ctx.unsupported(format!("p = {p}"))),
+    };
+    // A zero vector stays zero (ONNX's 0 / 0 = 0 here).
+    let zero = norm.eq(&Tensor::zeros(ctx.dev, &[1])?)?;
+    let safe = Tensor::where_cond(&zero, &Tensor::ones(ctx.dev, &[1])?, &norm)?;
+    Ok(vec![Value::Float(x.div(&safe)?)])
+}
+
 /// `RMSNormalization` (opset 23): `x / sqrt(mean(x²) + eps) · scale` over the axes from `axis`.
 pub(super) fn rms_norm(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     let x = ctx.float_input(args, 0)?;
