@@ -33,7 +33,8 @@ fi
 if ! python3 -c "import onnx" 2>/dev/null; then
     echo "scripts/test.sh: installing the onnx Python package for the ONNX conformance cases"
     if ! python3 -m pip --version >/dev/null 2>&1 && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-        apt-get install -y -qq python3-pip >/dev/null || true
+        export DEBIAN_FRONTEND=noninteractive
+        (apt-get update -qq && apt-get install -y -qq python3 python3-pip >/dev/null) || true
     fi
     python3 -m pip install -q onnx 2>/dev/null \
         || python3 -m pip install -q --break-system-packages onnx 2>/dev/null \
