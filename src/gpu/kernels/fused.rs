@@ -128,19 +128,30 @@ impl Fused {
             constants: vec![constant, ("WG", f64::from(WG_1D))],
             unchecked: false,
         };
+        let header: [u32; HEADER_WORDS] = bytemuck::cast(params);
+        let threads = params.n_out as usize;
+        self.launch(ctx, name, &spec, out_n, header, &meta, threads)
+    }
+
+    /// Dispatch `spec` over the program's leaves into a new buffer of `out_n` values, with the
+    /// uniform `header` followed by the program's metadata, `threads` invocations; the kernel
+    /// is counted in the device's stats.
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &self,
+        ctx: &GpuContext,
+        name: &'static str,
+        spec: &KernelSpec,
+        out_n: usize,
+        header: [u32; HEADER_WORDS],
+        meta: &[u32],
+        threads: usize,
+    ) -> Result<PooledBuffer> {
         let out = ctx.alloc(name, out_n)?;
         let mut buffers: Vec<&wgpu::Buffer> = self.leaves.iter().map(|(b, _)| &b.buffer).collect();
         buffers.push(&out.buffer);
-        let header: [u32; HEADER_WORDS] = bytemuck::cast(params);
-        let params = uniform(header, &meta);
-        let threads = params[3] as usize;
-        ctx.dispatch_1d(
-            name,
-            &spec,
-            &buffers,
-            bytemuck::cast_slice(&params),
-            threads,
-        )?;
+        let params = uniform(header, meta);
+        ctx.dispatch_1d(name, spec, &buffers, bytemuck::cast_slice(&params), threads)?;
         self.count(ctx);
         Ok(out)
     }
@@ -165,21 +176,17 @@ impl Fused {
             constants: vec![("WG", f64::from(WG_1D))],
             unchecked: false,
         };
-        let out = ctx.alloc("fused elementwise", self.n)?;
-        let mut buffers: Vec<&wgpu::Buffer> = self.leaves.iter().map(|(b, _)| &b.buffer).collect();
-        buffers.push(&out.buffer);
         let mut header = [0u32; HEADER_WORDS];
         header[0] = threads as u32;
-        let params = uniform(header, &meta);
-        ctx.dispatch_1d(
+        self.launch(
+            ctx,
             "fused elementwise",
             &spec,
-            &buffers,
-            bytemuck::cast_slice(&params),
+            self.n,
+            header,
+            &meta,
             threads,
-        )?;
-        self.count(ctx);
-        Ok(out)
+        )
     }
 }
 

@@ -2,19 +2,10 @@
 //! has no device op for yet (`CumSum`, `TopK`, `Hardmax`, `OneHot`, `ReduceProd`), and `Pad`.
 //! Float results are uploaded to the model's device.
 
-use super::{Args, Ctx};
+use super::{Args, Ctx, strides};
 use crate::Tensor;
 use crate::error::Result;
 use crate::onnx::value::{IntTensor, Value};
-
-/// Row-major strides.
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for d in (0..shape.len().saturating_sub(1)).rev() {
-        s[d] = s[d + 1] * shape[d + 1];
-    }
-    s
-}
 
 /// A value of the input's kind (float or integer) from host values.
 fn like(ctx: &Ctx, x: &Value, shape: Vec<usize>, data: Vec<f64>) -> Result<Value> {

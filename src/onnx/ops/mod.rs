@@ -260,6 +260,15 @@ const fn op(
     OpDef { name, attrs, run }
 }
 
+/// Row-major strides of `shape` (host-side index arithmetic).
+pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        s[d] = s[d + 1] * shape[d + 1];
+    }
+    s
+}
+
 /// The definition of op type `name`.
 pub(crate) fn find(name: &str) -> Option<&'static OpDef> {
     OPS.iter().find(|o| o.name == name)

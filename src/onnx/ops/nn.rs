@@ -262,7 +262,10 @@ fn widened(node: &crate::onnx::proto::NodeProto) -> crate::onnx::proto::NodeProt
     for a in &mut node.attribute {
         match (a.name.as_str(), a.ints.len()) {
             ("pads", 2) => a.ints = vec![0, a.ints[0], 0, a.ints[1]],
-            ("kernel_shape" | "strides" | "dilations", 1) => a.ints = vec![1, a.ints[0]],
+            ("kernel_shape" | "strides" | "dilations" | "output_shape", 1) => {
+                a.ints = vec![1, a.ints[0]]
+            }
+            ("output_padding", 1) => a.ints = vec![0, a.ints[0]],
             _ => {}
         }
     }
@@ -358,15 +361,6 @@ pub(super) fn conv_transpose(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     } else {
         ctx.node.clone()
     };
-    let mut node = node;
-    for a in &mut node.attribute {
-        if one_d
-            && matches!(a.name.as_str(), "output_padding" | "output_shape")
-            && a.ints.len() == 1
-        {
-            a.ints = vec![if a.name == "output_shape" { 1 } else { 0 }, a.ints[0]];
-        }
-    }
     let c2 = super::Ctx {
         node: &node,
         ..*ctx

@@ -2,19 +2,10 @@
 //! device; integer tensors (shapes, indices) are rearranged on the host.
 
 use super::elementwise::broadcast_shape;
-use super::{Args, Ctx};
+use super::{Args, Ctx, strides};
 use crate::Tensor;
 use crate::error::Result;
 use crate::onnx::value::{IntTensor, Value, from_proto};
-
-/// Row-major strides of `shape`.
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for d in (0..shape.len().saturating_sub(1)).rev() {
-        s[d] = s[d + 1] * shape[d + 1];
-    }
-    s
-}
 
 /// A value with the same kind as `like` (float, bool) from a device tensor.
 fn same_kind(like: &Value, t: Tensor) -> Value {
