@@ -11,6 +11,12 @@
 //! Times are wall-clock medians after warm-up, each run ending in `Device::synchronize` (the GPU
 //! has finished); `--timer gpu` times matmuls with GPU timestamp queries where granted.
 //! `--chain N` times a chain of 16 elementwise ops over N values, fused and eager.
+//! `--conv B CIN H W COUT` times a 3×3 convolution (stride 1, padding 1, with bias);
+//! `--rows R C` softmax and layer norm over the last axis of an R × C matrix; `--first N` one
+//! 512³-style first matmul in a fresh process (tuning, pipeline creation and all: run it with
+//! an empty `KILN_CACHE_DIR`). `--readback` ends every timed matmul and chain run with a
+//! readback of the result instead of `Device::synchronize` (conv, rows, MLP and first always
+//! read back), the rule of the burn peer (`benches/peers/burn`).
 //! `--configs` lists matmul kernels to compare in one run: `auto` (the tuned choice), `tiled16` (version 1), `blocked:BMxBNxBK`, `strip:RMxWG`, or `f16` (f16-storage
 //! operands, f32 accumulation).
 
@@ -23,6 +29,10 @@ struct Args {
     elementwise: Vec<usize>,
     chain: Vec<usize>,
     mlp: Vec<usize>,
+    conv: Vec<usize>,
+    rows: Vec<usize>,
+    first: Option<usize>,
+    readback: bool,
     configs: Vec<String>,
     reps: usize,
     json: Option<String>,
@@ -36,6 +46,10 @@ fn parse_args() -> Args {
         elementwise: vec![],
         chain: vec![],
         mlp: vec![],
+        conv: vec![],
+        rows: vec![],
+        first: None,
+        readback: false,
         configs: vec!["auto".into()],
         reps: 9,
         json: None,
@@ -80,6 +94,10 @@ fn parse_args() -> Args {
             // N: a chain of 16 elementwise ops over N values, fused and eager.
             "--chain" => a.chain = nums(),
             "--mlp" => a.mlp = nums(),
+            "--conv" => a.conv = nums(),
+            "--rows" => a.rows = nums(),
+            "--first" => a.first = nums().first().copied(),
+            "--readback" => a.readback = true,
             "--configs" => {
                 a.configs = vals
                     .iter()
@@ -147,6 +165,26 @@ fn main() -> kiln::Result<()> {
         ));
     };
 
+    // Ends a timed run: a readback of `t` with `--readback`, else waiting for the device.
+    let finish = |t: Tensor| -> kiln::Result<()> {
+        if args.readback {
+            t.to_vec()?;
+        } else {
+            dev.synchronize()?;
+        }
+        Ok(())
+    };
+
+    if let Some(n) = args.first {
+        let t = Instant::now();
+        let a = Tensor::randn(&dev, &[n, n], 1)?;
+        let b = Tensor::randn(&dev, &[n, n], 2)?;
+        a.matmul(&b)?.to_vec()?;
+        let t = t.elapsed();
+        let gflops = 2.0 * (n as f64).powi(3) / t.as_secs_f64() / 1e9;
+        report("first_matmul", format!("{n}"), "auto", t, gflops, "GFLOP/s");
+    }
+
     for &(m, k, n) in &args.matmul {
         let a = Tensor::randn(&dev, &[m, k], 1)?;
         let b = Tensor::randn(&dev, &[k, n], 2)?;
@@ -173,9 +211,7 @@ fn main() -> kiln::Result<()> {
                 } else {
                     a.matmul(&b)?
                 };
-                dev.synchronize()?;
-                drop(c);
-                Ok(())
+                finish(c)
             };
             let mut t = time(reps, run)?;
             if args.gpu_timer {
@@ -273,12 +309,7 @@ fn main() -> kiln::Result<()> {
         for (name, chain) in chains {
             for &(label, fused) in modes {
                 dev.set_fusion(fused);
-                let t = time(args.reps, || {
-                    let r = chain()?;
-                    dev.synchronize()?;
-                    drop(r);
-                    Ok(())
-                })?;
+                let t = time(args.reps, || finish(chain()?))?;
                 report(
                     name,
                     format!("{n}"),
@@ -321,6 +352,48 @@ fn main() -> kiln::Result<()> {
             flops / t.as_secs_f64() / 1e9,
             "GFLOP/s",
         );
+    }
+
+    if let [batch, cin, h, w, cout] = args.conv[..] {
+        let x = Tensor::randn(&dev, &[batch, cin, h, w], 20)?;
+        let weight = Tensor::randn(&dev, &[cout, cin, 3, 3], 21)?;
+        let bias = Tensor::randn(&dev, &[cout], 22)?;
+        let opts = kiln::Conv2dOptions {
+            padding: (1, 1),
+            ..Default::default()
+        };
+        let t = time(args.reps, || {
+            x.conv2d(&weight, Some(&bias), opts)?.to_vec()?;
+            Ok(())
+        })?;
+        let flops = 2.0 * (batch * cout * h * w * cin * 9) as f64;
+        report(
+            "conv2d_3x3",
+            format!("{batch}x{cin}x{h}x{w}->{cout}"),
+            "-",
+            t,
+            flops / t.as_secs_f64() / 1e9,
+            "GFLOP/s",
+        );
+    }
+
+    if let [r, c] = args.rows[..] {
+        let x = Tensor::randn(&dev, &[r, c], 23)?;
+        let gamma = Tensor::ones(&dev, &[c])?;
+        let beta = Tensor::zeros(&dev, &[c])?;
+        let bytes = 8.0 * (r * c) as f64;
+        let t = time(args.reps, || {
+            x.softmax(-1)?.to_vec()?;
+            Ok(())
+        })?;
+        let gbs = bytes / t.as_secs_f64() / 1e9;
+        report("softmax", format!("{r}x{c}"), "-", t, gbs, "GB/s");
+        let t = time(args.reps, || {
+            x.layer_norm(Some(&gamma), Some(&beta), 1e-5)?.to_vec()?;
+            Ok(())
+        })?;
+        let gbs = bytes / t.as_secs_f64() / 1e9;
+        report("layer_norm", format!("{r}x{c}"), "-", t, gbs, "GB/s");
     }
 
     if let Some(path) = args.json {

@@ -83,7 +83,7 @@ fn cpu_info(reason: String) -> DeviceInfo {
         backend: "cpu".into(),
         device_type: "cpu".into(),
         driver: format!(
-            "kiln {} (AVX-512 SGEMM where available, matrixmultiply, rayon)",
+            "kiln {} (own SGEMM with AVX-512F or AVX2 micro-kernels, matrixmultiply, rayon)",
             env!("CARGO_PKG_VERSION")
         ),
         limits: None,

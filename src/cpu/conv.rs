@@ -5,82 +5,13 @@ use crate::conv::Window;
 use crate::error::Result;
 use rayon::prelude::*;
 
-/// Input taps per output value at or above which a convolution runs as im2col and the SGEMM.
-const GEMM_MIN_TAPS: usize = 16;
-/// The most values one image's column matrix may hold (64 MiB); larger ones run directly.
-const MAX_COLUMNS: usize = 16 << 20;
-
-/// Convolution: through im2col and the SGEMM (`matmul`) when each output reads at least
-/// `GEMM_MIN_TAPS` inputs (a 3×3 kernel over two or more channels per group), directly
-/// otherwise (depthwise and tiny kernels, whose columns would cost more than their math). A
-/// weight that is not finite also runs directly: there a tap in the padding contributes
-/// nothing, where a column's zero times an infinite weight would be NaN.
+/// Convolution: through im2col and the SGEMM (`conv_gemm.rs`) where that pays, directly
+/// otherwise.
 pub(crate) fn conv2d(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Result<Vec<f32>> {
-    let taps = g.c_in_group() * g.kh * g.kw;
-    if taps >= GEMM_MIN_TAPS
-        && taps * g.oh * g.ow <= MAX_COLUMNS
-        && g.oh * g.ow > 0
-        && wt.iter().all(|v| v.is_finite())
-    {
-        return conv2d_gemm(x, wt, bias, g);
+    if super::conv_gemm::worthwhile(g) && wt.iter().all(|v| v.is_finite()) {
+        return super::conv_gemm::forward(x, wt, bias, g);
     }
     conv2d_direct(x, wt, bias, g)
-}
-
-/// Per image and group: the column matrix `[c_in/groups · kh · kw, oh · ow]` (zeros where a
-/// tap falls in the padding), then `weight_group × columns` through the SGEMM, then the bias.
-fn conv2d_gemm(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Result<Vec<f32>> {
-    use crate::matmul_plan::MatmulPlan;
-    use crate::shape::Shape;
-    let (cig, groups) = (g.c_in_group(), g.opts.groups);
-    let cog = g.c_out / groups;
-    let (taps, plane) = (cig * g.kh * g.kw, g.oh * g.ow);
-    let (sh, sw) = g.opts.stride;
-    let (ph, pw) = g.opts.padding;
-    let (dh, dw) = g.opts.dilation;
-    let plan = MatmulPlan::transposed(
-        &Shape::new(&[cog, taps])?,
-        &Shape::new(&[taps, plane])?,
-        false,
-        false,
-    )?;
-    let mut out = alloc("conv2d", g.n * g.c_out * plane)?;
-    let mut cols = alloc("conv2d", taps * plane)?;
-    for b in 0..g.n {
-        for grp in 0..groups {
-            cols.par_chunks_mut(plane).enumerate().for_each(|(t, row)| {
-                let (cl, ky, kx) = (t / (g.kh * g.kw), (t / g.kw) % g.kh, t % g.kw);
-                let xp = (b * g.c_in + grp * cig + cl) * g.h * g.w;
-                for oy in 0..g.oh {
-                    let iy = (oy * sh + ky * dh) as isize - ph as isize;
-                    let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
-                    if iy < 0 || iy >= g.h as isize {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = xp + iy as usize * g.w;
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = (ox * sw + kx * dw) as isize - pw as isize;
-                        *d = if ix < 0 || ix >= g.w as isize {
-                            0.0
-                        } else {
-                            x[src + ix as usize]
-                        };
-                    }
-                }
-            });
-            let w0 = grp * cog * taps;
-            let y = super::matmul(&wt[w0..w0 + cog * taps], &cols, &plan)?;
-            let o0 = (b * g.c_out + grp * cog) * plane;
-            out[o0..o0 + cog * plane].copy_from_slice(&y);
-        }
-    }
-    if let Some(bias) = bias {
-        out.par_chunks_mut(plane)
-            .enumerate()
-            .for_each(|(bc, y)| y.iter_mut().for_each(|v| *v += bias[bc % g.c_out]));
-    }
-    Ok(out)
 }
 
 fn conv2d_direct(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Result<Vec<f32>> {

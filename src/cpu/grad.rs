@@ -100,6 +100,9 @@ fn out_pos(
 
 /// Gradient of conv2d's input from the output gradient `g` and the weight.
 pub(crate) fn conv2d_grad_input(g: &[f32], wt: &[f32], w: &Window) -> Result<Vec<f32>> {
+    if super::conv_gemm::worthwhile(w) {
+        return super::conv_gemm::grad_input(g, wt, w);
+    }
     let plane = w.h * w.w;
     let mut out = alloc("conv2d backward", w.n * w.c_in * plane)?;
     if plane == 0 {
@@ -140,6 +143,9 @@ pub(crate) fn conv2d_grad_input(g: &[f32], wt: &[f32], w: &Window) -> Result<Vec
 
 /// Gradient of conv2d's weight from the output gradient `g` and the input `x`.
 pub(crate) fn conv2d_grad_weight(g: &[f32], x: &[f32], w: &Window) -> Result<Vec<f32>> {
+    if super::conv_gemm::worthwhile(w) && g.iter().all(|v| v.is_finite()) {
+        return super::conv_gemm::grad_weight(g, x, w);
+    }
     let taps = w.kh * w.kw;
     let cig = w.c_in_group();
     let cog = w.c_out / w.opts.groups;

@@ -5,11 +5,11 @@ use crate::error::Result;
 use crate::matmul_plan::MatmulPlan;
 use crate::op::UnaryOp;
 
-/// Products of at least this many multiply-adds use kiln's AVX-512 kernel where the CPU has it.
+/// Products of at least this many multiply-adds use kiln's SGEMM (AVX-512F or AVX2 + FMA micro-kernels) where the CPU has one.
 #[cfg(target_arch = "x86_64")]
 const OWN_KERNEL_MIN: usize = 1 << 21;
 
-/// Every batch through `gemm_avx512` (m, n, k > 0), into an output that is never zeroed: the
+/// Every batch through `sgemm` (m, n, k > 0), into an output that is never zeroed: the
 /// kernel writes every element.
 #[cfg(target_arch = "x86_64")]
 fn own_kernel(
@@ -18,7 +18,7 @@ fn own_kernel(
     plan: &MatmulPlan,
     epilogue: Option<super::RowEpilogue>,
 ) -> Result<Vec<f32>> {
-    use super::gemm_avx512::{View, gemm};
+    use super::sgemm::{View, gemm};
     let (m, k, n) = (plan.m, plan.k, plan.n);
     let total = plan.out_numel();
     let mut out = super::reserve("matmul", total)?;
@@ -74,7 +74,7 @@ fn matmul_then(
     let (ars, acs) = plan.a_strides;
     let (brs, bcs) = plan.b_strides;
     #[cfg(target_arch = "x86_64")]
-    if m * n * k >= OWN_KERNEL_MIN && super::gemm_avx512::available() {
+    if m * n * k >= OWN_KERNEL_MIN && super::sgemm::available().is_some() {
         return own_kernel(a, b, plan, epilogue);
     }
     let mut out = alloc("matmul", plan.out_numel())?;

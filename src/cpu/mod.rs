@@ -1,18 +1,19 @@
 //! The CPU backend: the reference the GPU is checked against, and the fallback when no adapter
-//! exists. Large matmuls use kiln's AVX-512 kernel where the CPU has it (`gemm_avx512.rs`), the
+//! exists. Large matmuls use kiln's SGEMM where the CPU has AVX-512F or AVX2 + FMA (`sgemm/`), the
 //! rest `matrixmultiply` (threaded); the SGEMM and elementwise loops run on kiln's own worker
 //! pool (`spin_pool.rs`), whose threads stay awake between ops; other loops use rayon.
 
 mod conv;
+mod conv_gemm;
 mod elementwise;
 pub(crate) mod fused;
-#[cfg(target_arch = "x86_64")]
-mod gemm_avx512;
 mod grad;
 mod index;
 mod matmul;
 mod optim;
 mod reduce;
+#[cfg(target_arch = "x86_64")]
+mod sgemm;
 mod spin_pool;
 mod strided;
 

@@ -1,13 +1,18 @@
-//! A row-major SGEMM for x86-64 CPUs with AVX-512F, in the BLIS style: operands are packed
-//! into panels that stay in cache, and a 12 × 32 register-blocked micro-kernel (24 zmm
-//! accumulators; per step of k it loads two vectors of B and broadcasts twelve values of A)
-//! does the arithmetic. The rows of C are split into one contiguous range per thread of kiln's
-//! CPU worker pool (`spin_pool.rs`), and each thread runs the whole blocked loop on its range;
-//! B is packed once, unit by unit, by whichever thread needs a unit first. One fork and one
-//! join per product, no barrier.
+//! A row-major SGEMM for x86-64 CPUs, in the BLIS style: operands are packed into panels that
+//! stay in cache, and a register-blocked micro-kernel does the arithmetic: 12 × 32 with AVX-512F
+//! (`avx512.rs`: 24 zmm accumulators; per step of k it loads two vectors of B and broadcasts
+//! twelve values of A), 6 × 16 with AVX2 and FMA (`avx2.rs`: 12 ymm accumulators, two vectors
+//! of B, six broadcasts). The rows of C are split into one contiguous range per thread of
+//! kiln's CPU worker pool (`spin_pool.rs`), and each thread runs the whole blocked loop on its
+//! range; B is packed once, unit by unit, by whichever thread needs a unit first. One fork and
+//! one join per product, no barrier.
 //!
-//! Used for products of at least 2^21 multiply-adds when the CPU has AVX-512F (checked at run
-//! time) unless `KILN_CPU_GEMM=matrixmultiply`; everything else goes through `matrixmultiply`.
+//! Used for products of at least 2^21 multiply-adds when the CPU has AVX-512F or AVX2 + FMA
+//! (checked at run time; `KILN_CPU_GEMM=avx2` picks the AVX2 kernel on an AVX-512 machine,
+//! `KILN_CPU_GEMM=matrixmultiply` opts out); everything else goes through `matrixmultiply`.
+
+mod avx2;
+mod avx512;
 
 use super::{RowEpilogue, spin_pool};
 use std::arch::x86_64::*;
@@ -15,24 +20,71 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// Rows of C per micro-tile.
-const MR: usize = 12;
-/// Columns of C per micro-tile (two 16-lane vectors).
-const NR: usize = 32;
-/// Depth of one packed block (a KC × NR panel of B is 32 KiB: it stays in L1/L2).
+/// A register-blocked micro-kernel: one `MR × NR` tile of C from packed panels.
+pub(crate) trait Micro {
+    /// Rows of C per micro-tile.
+    const MR: usize;
+    /// Columns of C per micro-tile.
+    const NR: usize;
+    /// C[0..rows, 0..cols] (row stride `ldc`) = or += the product of one packed A panel and
+    /// one packed B panel over `kc`.
+    ///
+    /// # Safety
+    /// The kernel's instruction set must be available; `ap` holds `MR * kc` values, `bp`
+    /// `NR * kc`; `c` is valid for `rows` (≤ MR) rows of `cols` (≤ NR) values at stride `ldc`.
+    #[allow(clippy::too_many_arguments)] // a micro-kernel's operands, kept in registers
+    unsafe fn kernel(
+        kc: usize,
+        ap: *const f32,
+        bp: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    );
+}
+
+/// Depth of one packed block (a KC × NR panel of B is 32 KiB with AVX-512, 16 KiB with AVX2:
+/// it stays in L1/L2).
 const KC: usize = 256;
-/// Most rows of A in one packed block.
+/// Most rows of A in one packed block (a multiple of every kernel's MR).
 const MC_MAX: usize = 144;
 /// Most columns of B in one packed block (1 MiB of packed B at KC: it stays in L2 while a
 /// block of rows sweeps it).
 const NC: usize = 1024;
 
-/// Whether this CPU can run the kernel.
-pub(crate) fn available() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+/// The micro-kernels this crate has, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// 12 × 32, AVX-512F.
+    Avx512,
+    /// 6 × 16, AVX2 and FMA.
+    Avx2,
+}
+
+impl Isa {
+    /// Whether this CPU can run the kernel.
+    fn supported(self) -> bool {
+        match self {
+            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+        }
+    }
+}
+
+/// The kernel kiln uses on this CPU, if any (see the module docs for `KILN_CPU_GEMM`).
+pub(crate) fn available() -> Option<Isa> {
+    static ON: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
-        is_x86_feature_detected!("avx512f")
-            && std::env::var("KILN_CPU_GEMM").map_or(true, |v| v != "matrixmultiply")
+        let choice = std::env::var("KILN_CPU_GEMM").unwrap_or_default();
+        let isa = match choice.as_str() {
+            "matrixmultiply" => None,
+            "avx2" => Some(Isa::Avx2).filter(|i| i.supported()),
+            _ => [Isa::Avx512, Isa::Avx2].into_iter().find(|i| i.supported()),
+        };
+        log::debug!("CPU SGEMM micro-kernel: {isa:?}");
+        isa
     })
 }
 
@@ -52,17 +104,19 @@ impl View<'_> {
     }
 }
 
-/// Packs rows `i0..i0+mc` and columns `p0..p0+kc` of A into MR-row panels, k-major, zero-padded.
-fn pack_a(a: &View, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32]) {
-    for (panel, dst) in out.chunks_mut(MR * kc).enumerate().take(mc.div_ceil(MR)) {
-        let r0 = panel * MR;
-        let rows = MR.min(mc - r0);
-        if a.cs == 1 && rows == MR {
-            pack_a_rows(a, i0 + r0, p0, kc, dst);
+/// Packs rows `i0..i0+mc` and columns `p0..p0+kc` of A into `K::MR`-row panels, k-major,
+/// zero-padded.
+fn pack_a<K: Micro>(a: &View, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32]) {
+    let mr = K::MR;
+    for (panel, dst) in out.chunks_mut(mr * kc).enumerate().take(mc.div_ceil(mr)) {
+        let r0 = panel * mr;
+        let rows = mr.min(mc - r0);
+        if a.cs == 1 && rows == mr {
+            pack_a_rows(a, mr, i0 + r0, p0, kc, dst);
             continue;
         }
         for p in 0..kc {
-            let d = &mut dst[p * MR..(p + 1) * MR];
+            let d = &mut dst[p * mr..(p + 1) * mr];
             for (r, v) in d.iter_mut().enumerate() {
                 *v = if r < rows {
                     a.at(i0 + r0 + r, p0 + p)
@@ -74,21 +128,22 @@ fn pack_a(a: &View, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32])
     }
 }
 
-/// Packs one full MR-row panel of a row-major A (rows `i0..i0+MR`, columns `p0..p0+kc`),
+/// Packs one full `mr`-row panel of a row-major A (rows `i0..i0+mr`, columns `p0..p0+kc`),
 /// transposing 4 × 4 blocks in SSE registers: every load reads four consecutive values of a
-/// row and every store writes four consecutive values of the panel.
-fn pack_a_rows(a: &View, i0: usize, p0: usize, kc: usize, dst: &mut [f32]) {
+/// row and every store writes four consecutive values of the panel. Rows past the last
+/// multiple of 4 are copied one value at a time.
+fn pack_a_rows(a: &View, mr: usize, i0: usize, p0: usize, kc: usize, dst: &mut [f32]) {
     let start = a.offset + i0 * a.rs + p0;
-    // Bounds: the last value read is row i0 + MR - 1, column p0 + kc - 1; the panel holds
-    // MR·kc values.
-    assert!(start + (MR - 1) * a.rs + kc <= a.data.len() && dst.len() >= MR * kc);
+    // Bounds: the last value read is row i0 + mr - 1, column p0 + kc - 1; the panel holds
+    // mr·kc values.
+    assert!(start + (mr - 1) * a.rs + kc <= a.data.len() && dst.len() >= mr * kc);
     let src = a.data[start..].as_ptr();
     let out = dst.as_mut_ptr();
     let quads = kc / 4;
-    for g in 0..MR / 4 {
+    for g in 0..mr / 4 {
         for q in 0..quads {
             // SAFETY: rows 4g..4g+4 and columns 4q..4q+4 lie inside the block checked above;
-            // the stores go to columns 4q..4q+4 of the panel, rows 4g..4g+4 (index p·MR + r).
+            // the stores go to columns 4q..4q+4 of the panel, rows 4g..4g+4 (index p·mr + r).
             unsafe {
                 let row = |r: usize| src.add((4 * g + r) * a.rs + 4 * q);
                 let (mut r0, mut r1, mut r2, mut r3) = (
@@ -98,7 +153,7 @@ fn pack_a_rows(a: &View, i0: usize, p0: usize, kc: usize, dst: &mut [f32]) {
                     _mm_loadu_ps(row(3)),
                 );
                 _MM_TRANSPOSE4_PS(&mut r0, &mut r1, &mut r2, &mut r3);
-                let col = |p: usize| out.add((4 * q + p) * MR + 4 * g);
+                let col = |p: usize| out.add((4 * q + p) * mr + 4 * g);
                 _mm_storeu_ps(col(0), r0);
                 _mm_storeu_ps(col(1), r1);
                 _mm_storeu_ps(col(2), r2);
@@ -106,21 +161,34 @@ fn pack_a_rows(a: &View, i0: usize, p0: usize, kc: usize, dst: &mut [f32]) {
             }
         }
     }
+    for r in mr / 4 * 4..mr {
+        for p in 0..quads * 4 {
+            dst[p * mr + r] = a.data[start + r * a.rs + p];
+        }
+    }
     for p in quads * 4..kc {
-        for r in 0..MR {
-            dst[p * MR + r] = a.data[start + r * a.rs + p];
+        for r in 0..mr {
+            dst[p * mr + r] = a.data[start + r * a.rs + p];
         }
     }
 }
 
-/// Packs rows `p0..p0+kc` and columns `c0..c0+cols` (cols ≤ NR) of B into one NR-column
+/// Packs rows `p0..p0+kc` and columns `c0..c0+cols` (cols ≤ nr) of B into one `nr`-column
 /// panel, k-major, zero-padded.
-fn pack_b_panel(b: &View, p0: usize, kc: usize, c0: usize, cols: usize, dst: &mut [f32]) {
+fn pack_b_panel(
+    b: &View,
+    nr: usize,
+    p0: usize,
+    kc: usize,
+    c0: usize,
+    cols: usize,
+    dst: &mut [f32],
+) {
     for p in 0..kc {
-        let d = &mut dst[p * NR..(p + 1) * NR];
-        if b.cs == 1 && cols == NR {
+        let d = &mut dst[p * nr..(p + 1) * nr];
+        if b.cs == 1 && cols == nr {
             let s = b.offset + (p0 + p) * b.rs + c0;
-            d.copy_from_slice(&b.data[s..s + NR]);
+            d.copy_from_slice(&b.data[s..s + nr]);
         } else {
             for (c, v) in d.iter_mut().enumerate() {
                 *v = if c < cols { b.at(p0 + p, c0 + c) } else { 0.0 };
@@ -129,99 +197,27 @@ fn pack_b_panel(b: &View, p0: usize, kc: usize, c0: usize, cols: usize, dst: &mu
     }
 }
 
-/// Packs rows `p0..p0+kc` and columns `j0..j0+nc` of B into NR-column panels.
-fn pack_b(b: &View, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]) {
-    let full = nc / NR;
+/// Packs rows `p0..p0+kc` and columns `j0..j0+nc` of B into `nr`-column panels.
+fn pack_b(b: &View, nr: usize, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]) {
+    let full = nc / nr;
     if b.cs == 1 && full > 0 {
         // Row-major B: read each row once, front to back, and deal it out over the full
         // panels (a panel at a time would read 128 bytes per row, a row stride apart).
         for p in 0..kc {
             let s = b.offset + (p0 + p) * b.rs + j0;
-            for (jp, chunk) in b.data[s..s + full * NR].chunks_exact(NR).enumerate() {
-                out[jp * NR * kc + p * NR..][..NR].copy_from_slice(chunk);
+            for (jp, chunk) in b.data[s..s + full * nr].chunks_exact(nr).enumerate() {
+                out[jp * nr * kc + p * nr..][..nr].copy_from_slice(chunk);
             }
         }
-        if full * NR < nc {
-            let c0 = full * NR;
-            pack_b_panel(b, p0, kc, j0 + c0, nc - c0, &mut out[full * NR * kc..]);
+        if full * nr < nc {
+            let c0 = full * nr;
+            pack_b_panel(b, nr, p0, kc, j0 + c0, nc - c0, &mut out[full * nr * kc..]);
         }
         return;
     }
-    for (panel, dst) in out.chunks_mut(NR * kc).take(nc.div_ceil(NR)).enumerate() {
-        let c0 = panel * NR;
-        pack_b_panel(b, p0, kc, j0 + c0, NR.min(nc - c0), dst);
-    }
-}
-
-/// C[0..rows, 0..cols] (row stride `ldc`) = or += the product of one packed A panel and one
-/// packed B panel over `kc`.
-///
-/// # Safety
-/// AVX-512F must be available; `ap` holds `MR * kc` values, `bp` `NR * kc`; `c` is valid for
-/// `rows` rows of `cols` (≤ NR) values at stride `ldc`.
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)] // a micro-kernel's operands, kept in registers
-unsafe fn kernel(
-    kc: usize,
-    ap: *const f32,
-    bp: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    accumulate: bool,
-) {
-    // SAFETY (whole body): the caller guarantees the pointer ranges above.
-    unsafe {
-        // Fetch the C tile while the loop runs: its rows are a row stride apart, and waiting
-        // for them after the loop would stall the stores.
-        for r in 0..rows {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + 16) as *const i8);
-        }
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-        let (mut a, mut b) = (ap, bp);
-        for _ in 0..kc {
-            // Software prefetch 16 steps ahead (wrapping: a hint past the panel end is harmless):
-            // the A panel streams from L2 and the B panel
-            // from L2/L3 on its first use; the hardware prefetchers alone left the FMAs idle
-            // (one thread: ~85 -> ~100 GFLOP/s at 1024).
-            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(MR * 16) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(NR * 16) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(NR * 16 + 16) as *const i8);
-            let b0 = _mm512_loadu_ps(b);
-            let b1 = _mm512_loadu_ps(b.add(16));
-            for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(r));
-                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
-            }
-            a = a.add(MR);
-            b = b.add(NR);
-        }
-        // Lanes of the two vectors that fall inside C.
-        let m0: __mmask16 = if cols >= 16 {
-            0xffff
-        } else {
-            (1u32 << cols) as u16 - 1
-        };
-        let m1: __mmask16 = if cols >= NR {
-            0xffff
-        } else if cols > 16 {
-            (1u32 << (cols - 16)) as u16 - 1
-        } else {
-            0
-        };
-        for (r, row) in acc.iter().enumerate().take(rows) {
-            let p = c.add(r * ldc);
-            let (mut v0, mut v1) = (row[0], row[1]);
-            if accumulate {
-                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, p));
-                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, p.add(16)));
-            }
-            _mm512_mask_storeu_ps(p, m0, v0);
-            _mm512_mask_storeu_ps(p.add(16), m1, v1);
-        }
+    for (panel, dst) in out.chunks_mut(nr * kc).take(nc.div_ceil(nr)).enumerate() {
+        let c0 = panel * nr;
+        pack_b_panel(b, nr, p0, kc, j0 + c0, nr.min(nc - c0), dst);
     }
 }
 
@@ -241,7 +237,9 @@ struct SharedB<'a> {
     k: usize,
     n: usize,
     kc: usize,
-    /// The packed copy: k block by k block, each `n.div_ceil(NR)` panels of NR·kc values.
+    /// Columns per panel (the kernel's NR).
+    nr: usize,
+    /// The packed copy: k block by k block, each `n.div_ceil(nr)` panels of nr·kc values.
     ptr: *mut f32,
     len: usize,
     /// Per unit, k block-major: [`FREE`], [`PACKING`], [`PACKED`] or [`FAILED`].
@@ -263,11 +261,12 @@ impl SharedB<'_> {
     /// The packed panels of unit (`p0`'s k block, group `g`), packing them first if needed.
     fn group(&self, p0: usize, g: usize) -> &[f32] {
         let kc = self.kc.min(self.k - p0);
-        let panels = self.n.div_ceil(NR);
+        let nr = self.nr;
+        let panels = self.n.div_ceil(nr);
         let first = g * PACK_PANELS;
         let count = PACK_PANELS.min(panels - first);
-        let start = p0 * panels * NR + first * NR * kc;
-        let len = count * NR * kc;
+        let start = p0 * panels * nr + first * nr * kc;
+        let len = count * nr * kc;
         assert!(start + len <= self.len);
         let state = &self.state[p0 / self.kc * self.groups + g];
         if state.load(Ordering::Acquire) != PACKED {
@@ -286,8 +285,8 @@ impl SharedB<'_> {
                 // SAFETY: inside the buffer (asserted above); this thread claimed the unit, so
                 // no other thread touches these values until it stores PACKED.
                 let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) };
-                let j0 = first * NR;
-                pack_b(&self.b, p0, kc, j0, (count * NR).min(self.n - j0), dst);
+                let j0 = first * nr;
+                pack_b(&self.b, nr, p0, kc, j0, (count * nr).min(self.n - j0), dst);
                 std::mem::forget(failed);
                 state.store(PACKED, Ordering::Release);
             } else {
@@ -313,7 +312,7 @@ enum PackedB<'a> {
 
 /// `c (m × n, row-major, dense) = a (m × k) · b (k × n)`, with k > 0: every element of `c` is
 /// written (the first k block stores, later ones add to what it stored), so `c` may start
-/// uninitialised. Callers check [`available`] first.
+/// uninitialised. Callers check [`available`] first, which picks the micro-kernel.
 ///
 /// The rows of C are split into one contiguous range per thread of kiln's SGEMM pool
 /// (`spin_pool`), and each thread runs the blocked loop on its range; B is packed once, unit by
@@ -331,7 +330,12 @@ pub(crate) fn gemm(
     c: &mut [MaybeUninit<f32>],
     epilogue: Option<RowEpilogue>,
 ) {
-    gemm_with(m, k, n, a, b, c, Blocking::DEFAULT, usize::MAX, epilogue);
+    let (bl, threads) = (Blocking::DEFAULT, usize::MAX);
+    match available() {
+        Some(Isa::Avx512) => gemm_with::<avx512::Avx512>(m, k, n, a, b, c, bl, threads, epilogue),
+        Some(Isa::Avx2) => gemm_with::<avx2::Avx2>(m, k, n, a, b, c, bl, threads, epilogue),
+        None => panic!("kiln SGEMM called on a CPU without a micro-kernel"),
+    }
 }
 
 /// Block sizes of the loops around the micro-kernel.
@@ -339,9 +343,9 @@ pub(crate) fn gemm(
 struct Blocking {
     /// Depth of one packed block.
     kc: usize,
-    /// Rows of A in one packed block (a multiple of MR).
+    /// Rows of A in one packed block (a multiple of every kernel's MR).
     mc: usize,
-    /// Columns of B swept per block of rows, when B is shared (a multiple of
+    /// Columns of B swept per block of rows, when B is shared (a multiple of every kernel's
     /// NR·PACK_PANELS).
     nc: usize,
 }
@@ -354,8 +358,9 @@ impl Blocking {
     };
 }
 
+/// [`gemm`] with micro-kernel `K`, which the caller has checked this CPU supports.
 #[allow(clippy::too_many_arguments)]
-fn gemm_with(
+fn gemm_with<K: Micro>(
     m: usize,
     k: usize,
     n: usize,
@@ -366,11 +371,12 @@ fn gemm_with(
     max_threads: usize,
     epilogue: Option<RowEpilogue>,
 ) {
-    assert!(c.len() >= m * n && k > 0 && available());
-    let tasks = spin_pool::width().min(max_threads).clamp(1, m.div_ceil(MR));
-    let per = m.div_ceil(MR).div_ceil(tasks) * MR;
-    let panels = n.div_ceil(NR);
-    let shared_len = k * panels * NR;
+    assert!(c.len() >= m * n && k > 0);
+    let (mr, nr) = (K::MR, K::NR);
+    let tasks = spin_pool::width().min(max_threads).clamp(1, m.div_ceil(mr));
+    let per = m.div_ceil(mr).div_ceil(tasks) * mr;
+    let panels = n.div_ceil(nr);
+    let shared_len = k * panels * nr;
     let mut buffer = Vec::new();
     let shared = (shared_len <= SHARED_B_MAX).then(|| {
         buffer = take_shared(shared_len);
@@ -380,6 +386,7 @@ fn gemm_with(
             k,
             n,
             kc: bl.kc,
+            nr,
             ptr: aligned(&mut buffer).as_mut_ptr(),
             len: shared_len,
             state: (0..k.div_ceil(bl.kc) * groups)
@@ -394,7 +401,7 @@ fn gemm_with(
     };
     spin_pool::run_chunks(&mut c[..m * n], per * n, &|t, c| {
         let (i0, rows) = (t * per, c.len() / n);
-        gemm_rows(i0, rows, k, n, &a, &source, c, bl, (t, tasks));
+        gemm_rows::<K>(i0, rows, k, n, &a, &source, c, bl, (t, tasks));
         if let Some(f) = epilogue {
             // SAFETY: gemm_rows wrote every value of these rows.
             unsafe { super::assume_init(c) }
@@ -412,7 +419,7 @@ fn gemm_with(
 /// is task `t` of `tasks` (it starts each sweep over B's panels at its own fraction of them,
 /// so that the tasks pack different units of a shared B).
 #[allow(clippy::too_many_arguments)]
-fn gemm_rows(
+fn gemm_rows<K: Micro>(
     i0: usize,
     m: usize,
     k: usize,
@@ -423,19 +430,20 @@ fn gemm_rows(
     bl: Blocking,
     (t, tasks): (usize, usize),
 ) {
+    let (mr, nr) = (K::MR, K::NR);
     let nc_step = match b {
         PackedB::Shared(_) => bl.nc,
         PackedB::Own(_) => NC,
     };
     let mut own = match b {
         PackedB::Shared(_) => Vec::new(),
-        PackedB::Own(_) => take_buffer(&B_PACK, bl.kc * NR * NC.min(n).div_ceil(NR)),
+        PackedB::Own(_) => take_buffer(&B_PACK, bl.kc * nr * NC.min(n).div_ceil(nr)),
     };
-    let mut apack_buf = take_buffer(&A_PACK, bl.kc * bl.mc.div_ceil(MR) * MR);
+    let mut apack_buf = take_buffer(&A_PACK, bl.kc * bl.mc.div_ceil(mr) * mr);
     let apack = aligned(&mut apack_buf);
-    // Blocks of rows of equal size (at most `bl.mc`, a multiple of MR): 512 rows go as 4 × 128
+    // Blocks of rows of equal size (at most `bl.mc`, a multiple of mr): 512 rows go as 4 × 128
     // instead of 3 × 144 + 80, whose last block would sweep all of B for fewer rows.
-    let mc_step = m.div_ceil(m.div_ceil(bl.mc)).div_ceil(MR) * MR;
+    let mc_step = m.div_ceil(m.div_ceil(bl.mc)).div_ceil(mr) * mr;
     let own_len = own.len();
     let own_block = aligned(&mut own[..own_len]);
     let me = (t, tasks);
@@ -446,17 +454,17 @@ fn gemm_rows(
             let packed: &[f32] = match b {
                 PackedB::Shared(_) => &[],
                 PackedB::Own(view) => {
-                    pack_b(view, p0, kc, j0, nc, own_block);
+                    pack_b(view, nr, p0, kc, j0, nc, own_block);
                     own_block
                 }
             };
             let group = |g: usize| match b {
-                PackedB::Shared(shared) => shared.group(p0, j0 / (NR * PACK_PANELS) + g),
-                PackedB::Own(_) => &packed[g * PACK_PANELS * NR * kc..],
+                PackedB::Shared(shared) => shared.group(p0, j0 / (nr * PACK_PANELS) + g),
+                PackedB::Own(_) => &packed[g * PACK_PANELS * nr * kc..],
             };
             for ib in (0..m).step_by(mc_step) {
                 let mc = mc_step.min(m - ib);
-                pack_a(a, i0 + ib, mc, p0, kc, apack);
+                pack_a::<K>(a, i0 + ib, mc, p0, kc, apack);
                 let at = Tile {
                     ib,
                     mc,
@@ -465,7 +473,7 @@ fn gemm_rows(
                     p0,
                     kc,
                 };
-                sweep(at, apack, &group, c, n, me);
+                sweep::<K>(at, apack, &group, c, n, me);
             }
         }
     }
@@ -490,7 +498,7 @@ struct Tile {
 /// One k block of one block of packed rows of A against columns j0..j0 + nc: the micro-kernel
 /// over every panel, a group of panels (from `group`) at a time, starting at this task's
 /// fraction of the groups.
-fn sweep<'g>(
+fn sweep<'g, K: Micro>(
     Tile {
         ib,
         mc,
@@ -505,22 +513,24 @@ fn sweep<'g>(
     n: usize,
     (t, tasks): (usize, usize),
 ) {
-    let groups = nc.div_ceil(NR * PACK_PANELS);
+    let (mr, nr) = (K::MR, K::NR);
+    let groups = nc.div_ceil(nr * PACK_PANELS);
     for g in (0..groups).map(|g| (g + t * groups / tasks) % groups) {
         let bg = group(g);
         let first = g * PACK_PANELS;
-        for jp in first..(first + PACK_PANELS).min(nc.div_ceil(NR)) {
-            let cols = NR.min(nc - jp * NR);
-            let bp = &bg[(jp - first) * NR * kc..][..NR * kc];
-            for ip in 0..mc.div_ceil(MR) {
-                let rows = MR.min(mc - ip * MR);
-                let at = (ib + ip * MR) * n + j0 + jp * NR;
-                let ap = &apack[ip * MR * kc..][..MR * kc];
+        for jp in first..(first + PACK_PANELS).min(nc.div_ceil(nr)) {
+            let cols = nr.min(nc - jp * nr);
+            let bp = &bg[(jp - first) * nr * kc..][..nr * kc];
+            for ip in 0..mc.div_ceil(mr) {
+                let rows = mr.min(mc - ip * mr);
+                let at = (ib + ip * mr) * n + j0 + jp * nr;
+                let ap = &apack[ip * mr * kc..][..mr * kc];
                 assert!(at + (rows - 1) * n + cols <= c.len());
-                // SAFETY: AVX-512F was checked by `gemm`; the packed panels hold MR·kc and
-                // NR·kc values; the `rows` × `cols` tile at `at` lies inside `c` (asserted).
+                // SAFETY: the caller of `gemm_with` checked K's instruction set; the packed
+                // panels hold mr·kc and nr·kc values; the `rows` × `cols` tile at `at` lies
+                // inside `c` (asserted).
                 unsafe {
-                    kernel(
+                    K::kernel(
                         kc,
                         ap.as_ptr(),
                         bp.as_ptr(),
@@ -622,14 +632,14 @@ mod tests {
                 let t0 = std::time::Instant::now();
                 let mut off = 0;
                 for p0 in (0..n).step_by(KC) {
-                    pack_b(&view(&b), p0, KC, 0, n, &mut buf[off..]);
+                    pack_b(&view(&b), 16, p0, KC, 0, n, &mut buf[off..]);
                     off += n * KC;
                 }
                 tb.push(t0.elapsed().as_secs_f64());
                 let t0 = std::time::Instant::now();
                 for p0 in (0..n).step_by(KC) {
                     for ib in (0..n).step_by(MC_MAX) {
-                        pack_a(
+                        pack_a::<avx2::Avx2>(
                             &view(&a),
                             ib,
                             MC_MAX.min(n - ib),
@@ -655,7 +665,30 @@ mod tests {
         for _round in 0..rounds {
             for (cfg, t) in configs.iter().zip(&mut times) {
                 let start = std::time::Instant::now();
-                gemm_with(n, n, n, view(&a), view(&b), &mut c, *cfg, threads, None);
+                match available().expect("a CPU with a micro-kernel") {
+                    Isa::Avx512 => gemm_with::<avx512::Avx512>(
+                        n,
+                        n,
+                        n,
+                        view(&a),
+                        view(&b),
+                        &mut c,
+                        *cfg,
+                        threads,
+                        None,
+                    ),
+                    Isa::Avx2 => gemm_with::<avx2::Avx2>(
+                        n,
+                        n,
+                        n,
+                        view(&a),
+                        view(&b),
+                        &mut c,
+                        *cfg,
+                        threads,
+                        None,
+                    ),
+                }
                 t.push(start.elapsed().as_secs_f64());
             }
         }
@@ -670,13 +703,18 @@ mod tests {
         }
     }
 
-    /// The kernel against an f64 reference: edge tiles in every direction (m, n not multiples
-    /// of MR, NR; k across several KC blocks), and operands read through transposed strides
-    /// (both packing paths).
+    /// Every micro-kernel this CPU supports against an f64 reference: edge tiles in every
+    /// direction (m, n not multiples of MR, NR; k across several KC blocks), and operands read
+    /// through transposed strides (both packing paths).
     #[test]
     fn matches_a_reference_on_ragged_and_strided_operands() {
-        if !available() {
-            eprintln!("!!! no AVX-512F on this CPU: the kernel is not used here, nothing to test");
+        let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .filter(|i| i.supported())
+            .collect();
+        eprintln!("micro-kernels tested on this CPU: {isas:?}");
+        if isas.is_empty() {
+            eprintln!("!!! no AVX2+FMA or AVX-512F on this CPU: the kernels are not used here");
             return;
         }
         let mut seed = 1u64;
@@ -715,20 +753,30 @@ mod tests {
                 rs: brs,
                 cs: bcs,
             };
-            let mut c = vec![MaybeUninit::new(f32::NAN); m * n];
-            gemm(m, k, n, va, vb, &mut c, None);
-            // SAFETY: initialised above (and overwritten by gemm).
-            let c: Vec<f32> = c.into_iter().map(|v| unsafe { v.assume_init() }).collect();
-            for i in 0..m {
-                for j in 0..n {
-                    let want: f64 = (0..k)
-                        .map(|p| f64::from(va.at(i, p)) * f64::from(vb.at(p, j)))
-                        .sum();
-                    let got = f64::from(c[i * n + j]);
-                    assert!(
-                        (got - want).abs() <= 1e-5 * k as f64,
-                        "{m}x{k}x{n} (ta {ta}, tb {tb}) at ({i}, {j}): {got} vs {want}"
-                    );
+            for &isa in &isas {
+                let mut c = vec![MaybeUninit::new(f32::NAN); m * n];
+                let (bl, threads) = (Blocking::DEFAULT, usize::MAX);
+                match isa {
+                    Isa::Avx512 => {
+                        gemm_with::<avx512::Avx512>(m, k, n, va, vb, &mut c, bl, threads, None)
+                    }
+                    Isa::Avx2 => {
+                        gemm_with::<avx2::Avx2>(m, k, n, va, vb, &mut c, bl, threads, None)
+                    }
+                }
+                // SAFETY: initialised above (and overwritten by gemm).
+                let c: Vec<f32> = c.into_iter().map(|v| unsafe { v.assume_init() }).collect();
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|p| f64::from(va.at(i, p)) * f64::from(vb.at(p, j)))
+                            .sum();
+                        let got = f64::from(c[i * n + j]);
+                        assert!(
+                            (got - want).abs() <= 1e-5 * k as f64,
+                            "{isa:?} {m}x{k}x{n} (ta {ta}, tb {tb}) at ({i}, {j}): {got} vs {want}"
+                        );
+                    }
                 }
             }
         }

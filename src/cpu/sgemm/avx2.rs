@@ -1,0 +1,93 @@
+//! The AVX2 + FMA micro-kernel: a 6 × 16 tile of C in 12 ymm accumulators; per step of k it
+//! loads two vectors of B and broadcasts six values of A (8 loads for 12 FMAs, so the FMA
+//! units, not the load ports, set the pace; 16 ymm registers leave none to spare).
+
+use super::Micro;
+use std::arch::x86_64::*;
+
+/// The AVX2 + FMA kernel.
+pub(super) struct Avx2;
+
+const MR: usize = 6;
+const NR: usize = 16;
+
+impl Micro for Avx2 {
+    const MR: usize = MR;
+    const NR: usize = NR;
+    unsafe fn kernel(
+        kc: usize,
+        ap: *const f32,
+        bp: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: the caller checked AVX2 and FMA and the pointer ranges.
+        unsafe { tile(kc, ap, bp, c, ldc, rows, cols, accumulate) }
+    }
+}
+
+/// [`Micro::kernel`] with AVX2 and FMA.
+///
+/// # Safety
+/// As [`Micro::kernel`], with AVX2 and FMA available.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)] // a micro-kernel's operands, kept in registers
+unsafe fn tile(
+    kc: usize,
+    ap: *const f32,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    // SAFETY (whole body): the caller guarantees the pointer ranges above.
+    unsafe {
+        for r in 0..rows {
+            _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
+        }
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let (mut a, mut b) = (ap, bp);
+        for _ in 0..kc {
+            // Prefetch 8 steps ahead (wrapping: a hint past the panel end is harmless).
+            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(MR * 8) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(NR * 8) as *const i8);
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(r));
+                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        if cols == NR {
+            for (r, row) in acc.iter().enumerate().take(rows) {
+                let p = c.add(r * ldc);
+                let (mut v0, mut v1) = (row[0], row[1]);
+                if accumulate {
+                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(p));
+                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(p.add(8)));
+                }
+                _mm256_storeu_ps(p, v0);
+                _mm256_storeu_ps(p.add(8), v1);
+            }
+            return;
+        }
+        // An edge tile: through a buffer, only the `cols` values of each row that lie in C.
+        let mut buf = [0.0f32; NR];
+        for (r, row) in acc.iter().enumerate().take(rows) {
+            _mm256_storeu_ps(buf.as_mut_ptr(), row[0]);
+            _mm256_storeu_ps(buf.as_mut_ptr().add(8), row[1]);
+            let p = c.add(r * ldc);
+            for (j, v) in buf.iter().enumerate().take(cols) {
+                *p.add(j) = if accumulate { *p.add(j) + v } else { *v };
+            }
+        }
+    }
+}
