@@ -10,6 +10,8 @@ seeded random weights, so no large file lives in git:
   transformer.onnx  two pre-norm transformer blocks: LayerNormalization, multi-head
                     self-attention in the MatMul/Softmax pattern (Reshape, Transpose, a causal
                     mask added before Softmax), a GELU MLP, residual Adds. Input [1, 64, 128].
+  branchy_*.onnx    an If on a run-time condition, branches reading the outer scope, a
+                    nested If (for control flow; the two files differ only in their input).
 
 Beside each model it writes a seeded input (`<name>.input.pb`) and the output ONNX's own
 reference evaluator computes for it (`<name>.output.pb`), which tests/onnx.rs checks kiln
@@ -122,7 +124,34 @@ def transformer():
     return [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, t, d])], [1, t, d]
 
 
-def save(out, name, build):
+def branchy():
+    """An `If` whose condition is computed at run time (the input's sum > 0): the then branch
+    reads the outer graph's value `h` and an outer initializer; the else branch has its own
+    initializer and a nested `If` on a constant condition."""
+    x = "input"
+    h = node("Relu", [x], "h")
+    s = node("ReduceSum", [x], "s", keepdims=0)
+    cond = node("Greater", [s, const("zero", np.float32(0.0))], "cond")
+    then_g = helper.make_graph(
+        [helper.make_node("Add", [h, w("shift", 8)], ["then_out"])], "then", [],
+        [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [4, 8])])
+    inner_then = helper.make_graph(
+        [helper.make_node("Neg", ["scaled"], ["inner_out"])], "inner_then", [],
+        [helper.make_tensor_value_info("inner_out", TensorProto.FLOAT, [4, 8])])
+    inner_else = helper.make_graph(
+        [helper.make_node("Identity", ["scaled"], ["inner_out2"])], "inner_else", [],
+        [helper.make_tensor_value_info("inner_out2", TensorProto.FLOAT, [4, 8])])
+    else_g = helper.make_graph(
+        [helper.make_node("Mul", [x, "scale"], ["scaled"]),
+         helper.make_node("Constant", [], ["yes"], value=numpy_helper.from_array(np.array(True))),
+         helper.make_node("If", ["yes"], ["else_out"], then_branch=inner_then, else_branch=inner_else)],
+        "else", [], [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [4, 8])],
+        [numpy_helper.from_array(np.full(8, 3.0, np.float32), "scale")])
+    node("If", [cond], "output", then_branch=then_g, else_branch=else_g)
+    return [helper.make_tensor_value_info("input", TensorProto.FLOAT, [4, 8])], [4, 8]
+
+
+def save(out, name, build, shift=0.0):
     nodes.clear()
     inits.clear()
     inputs, out_shape = build()
@@ -134,7 +163,7 @@ def save(out, name, build):
     onnx.save(model, os.path.join(out, f"{name}.onnx"))
     from onnx.reference import ReferenceEvaluator
 
-    x = np.random.default_rng(1).standard_normal(inputs[0].type.tensor_type.shape.dim and [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal(inputs[0].type.tensor_type.shape.dim and [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]).astype(np.float32) + np.float32(shift)
     (y,) = ReferenceEvaluator(model).run(None, {"input": x})
     for kind, arr in (("input", x), ("output", y)):
         with open(os.path.join(out, f"{name}.{kind}.pb"), "wb") as f:
@@ -147,3 +176,12 @@ if __name__ == "__main__":
     os.makedirs(out, exist_ok=True)
     save(out, "mobile", mobile)
     save(out, "transformer", transformer)
+    # Both branches of the `If` model: inputs shifted up (sum > 0) and down.
+    save(out, "branchy_then", branchy, shift=1.0)
+    save(out, "branchy_else", branchy, shift=-1.0)
+    # The transformer again with every initializer in an external data file (what PyTorch
+    # writes for models over 2 GB), for kiln's external-data loader.
+    m = onnx.load(os.path.join(out, "transformer.onnx"))
+    onnx.save_model(m, os.path.join(out, "transformer_external.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="transformer_external.data",
+                    size_threshold=0)

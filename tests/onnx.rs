@@ -12,8 +12,8 @@
 mod common;
 
 use common::*;
-use kiln::Device;
 use kiln::onnx::{Model, Value, load_tensor, supported_ops};
+use kiln::{Device, Error};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -309,30 +309,15 @@ fn onnx_load_errors_are_typed_and_complete() {
 
 /// The two real-model-shaped networks of `scripts/onnx_models.py` (a MobileNetV3-style convnet
 /// with depthwise convolutions, batch norms folded at load, hard-swish and squeeze-excite; two
-/// transformer blocks with attention in the MatMul/Softmax pattern and layer norm) give ONNX's
-/// reference evaluator's outputs on the CPU and every GPU, within 1e-4.
+/// transformer blocks with attention in the MatMul/Softmax pattern and layer norm), and its
+/// control-flow model (an `If` on a run-time condition, both branches taken, one nested),
+/// give ONNX's reference evaluator's outputs on the CPU and every GPU, within 1e-4.
 #[test]
 fn onnx_models_match_the_reference_evaluator() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/onnx-models");
-    if !dir.join("transformer.output.pb").exists() {
-        let made = std::process::Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/onnx_models.py"))
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !made {
-            if std::env::var("KILN_REQUIRE_ONNX").is_ok_and(|v| v == "1") {
-                panic!(
-                    "KILN_REQUIRE_ONNX=1 but scripts/onnx_models.py failed (pip install onnx numpy)"
-                );
-            }
-            say!("!!!!! kiln tests: no ONNX models (pip install onnx numpy) — SKIPPED !!!!!");
-            return;
-        }
-    }
+    let Some(dir) = models_dir() else { return };
     let mut devices = vec![Device::cpu()];
     devices.extend(gpus());
-    for name in ["mobile", "transformer"] {
+    for name in ["mobile", "transformer", "branchy_then", "branchy_else"] {
         for dev in &devices {
             let model = Model::load(&dir.join(format!("{name}.onnx")), dev).unwrap();
             let (_, x) = load_tensor(&dir.join(format!("{name}.input.pb")), dev).unwrap();
@@ -352,4 +337,90 @@ fn onnx_models_match_the_reference_evaluator() {
             assert!(diff <= 1e-4, "{name} on {dev}: {diff}");
         }
     }
+}
+
+/// The directory `scripts/onnx_models.py` writes its models to (made on first use), or `None`
+/// when python's onnx package is missing (a failure under `KILN_REQUIRE_ONNX=1`).
+fn models_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/onnx-models");
+    if !dir.join("branchy_else.output.pb").exists() {
+        let made = std::process::Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/onnx_models.py"))
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !made {
+            if std::env::var("KILN_REQUIRE_ONNX").is_ok_and(|v| v == "1") {
+                panic!(
+                    "KILN_REQUIRE_ONNX=1 but scripts/onnx_models.py failed (pip install onnx numpy)"
+                );
+            }
+            say!("!!!!! kiln tests: no ONNX models (pip install onnx numpy) — SKIPPED !!!!!");
+            return None;
+        }
+    }
+    Some(dir)
+}
+
+/// A model whose initializers live in an external data file loads through `Model::load` and
+/// gives exactly what the same model with inline weights gives; the ways such a file can be
+/// wrong are typed errors: bytes without a directory, a location outside the model's
+/// directory, a missing or short data file.
+#[test]
+fn onnx_external_data_loads_and_is_checked() {
+    let Some(dir) = models_dir() else { return };
+    let dev = Device::cpu();
+    let (_, x) = load_tensor(&dir.join("transformer.input.pb"), &dev).unwrap();
+    let run = |m: &Model| {
+        m.run(&[("input", x.clone())]).unwrap()[0]
+            .1
+            .to_f64()
+            .unwrap()
+    };
+    let inline = Model::load(&dir.join("transformer.onnx"), &dev).unwrap();
+    let external = Model::load(&dir.join("transformer_external.onnx"), &dev).unwrap();
+    assert_eq!(run(&inline), run(&external));
+
+    let bytes = std::fs::read(dir.join("transformer_external.onnx")).unwrap();
+    let err = Model::from_bytes(&bytes, &dev).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+
+    let tmp = std::env::temp_dir().join(format!("kiln-external-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let load = |bytes: &[u8]| {
+        std::fs::write(tmp.join("m.onnx"), bytes).unwrap();
+        Model::load(&tmp.join("m.onnx"), &dev)
+    };
+    // No data file next to the model.
+    let err = load(&bytes).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    // A short data file.
+    let data = std::fs::read(dir.join("transformer_external.data")).unwrap();
+    std::fs::write(
+        tmp.join("transformer_external.data"),
+        &data[..data.len() / 2],
+    )
+    .unwrap();
+    let err = load(&bytes).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io { reason, .. } if reason.contains("passes the end")),
+        "{err}"
+    );
+    // A location outside the model's directory (same length, so the protobuf stays valid).
+    let (from, to) = (b"transformer_external.data", b"../nsformer_external.data");
+    let mut escaped = bytes.clone();
+    let mut hits = 0;
+    for i in 0..escaped.len().saturating_sub(from.len()) {
+        if &escaped[i..i + from.len()] == from {
+            escaped[i..i + from.len()].copy_from_slice(to);
+            hits += 1;
+        }
+    }
+    assert!(hits > 0);
+    let err = load(&escaped).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io { reason, .. } if reason.contains("leaves the model's directory")),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
 }

@@ -20,6 +20,7 @@
 //! tensors (shapes, indices) live on the host, where ONNX models do their shape arithmetic;
 //! booleans are 0/1 float masks on the device. See `supported_ops` for the op list.
 
+mod external;
 mod narrow;
 mod ops;
 mod proto;
@@ -79,7 +80,8 @@ impl Model {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        Self::from_bytes(&bytes, device).map_err(|e| match e {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Self::decode(&bytes, Some(dir), device).map_err(|e| match e {
             Error::Io { reason, .. } => Error::Io {
                 path: path.display().to_string(),
                 reason,
@@ -88,8 +90,15 @@ impl Model {
         })
     }
 
-    /// [`Model::load`] from the file's bytes.
+    /// [`Model::load`] from the file's bytes. A model whose initializers keep their data in
+    /// external files needs [`Model::load`], which knows the directory they lie in:
+    /// here it is `Error::Unsupported`.
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Model> {
+        Self::decode(bytes, None, device)
+    }
+
+    /// The model in `bytes`; external data files are looked up in `dir`.
+    fn decode(bytes: &[u8], dir: Option<&Path>, device: &Device) -> Result<Model> {
         let model: ModelProto = proto::decode(bytes, "ONNX model")?;
         let mut graph = model.graph.ok_or_else(|| Error::Io {
             path: "ONNX model".into(),
@@ -101,6 +110,9 @@ impl Model {
             .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
             .map_or(21, |o| o.version);
         check(&graph)?;
+        for t in &mut graph.initializer {
+            external::inline(t, dir)?;
+        }
         let mut constants = HashMap::new();
         for t in &graph.initializer {
             constants.insert(t.name.clone(), value::from_proto(t, device)?);
@@ -124,7 +136,9 @@ impl Model {
             .collect();
         let mut last_use = HashMap::new();
         for (i, node) in graph.node.iter().enumerate() {
-            for name in node.input.iter().filter(|n| !n.is_empty()) {
+            let mut read = Vec::new();
+            names_read(node, &mut read);
+            for name in read.into_iter().filter(|n| !n.is_empty()) {
                 last_use.insert(name.clone(), i);
             }
         }
@@ -229,7 +243,7 @@ impl Model {
     fn execute(
         &self,
         inputs: &[(&str, Value)],
-        mut profile: Option<&mut HashMap<String, (usize, std::time::Duration)>>,
+        profile: Option<&mut HashMap<String, (usize, std::time::Duration)>>,
     ) -> Result<Vec<(String, Value)>> {
         let mut values: HashMap<String, Value> = HashMap::new();
         for (name, v) in inputs {
@@ -252,7 +266,29 @@ impl Model {
                 });
             }
         }
-        for (i, node) in self.graph.node.iter().enumerate() {
+        let constants = |n: &str| self.constants.get(n).cloned();
+        self.eval(
+            &self.graph,
+            values,
+            &constants,
+            Some(&self.last_use),
+            profile,
+        )
+    }
+
+    /// Runs `graph` from `values` (its inputs), reading any other name from `outer` (the
+    /// model's initializers, or the enclosing graph's values for a subgraph), and returns
+    /// its outputs. With `last_use`, a value is dropped after the last node that reads it.
+    fn eval(
+        &self,
+        graph: &GraphProto,
+        mut values: HashMap<String, Value>,
+        outer: &dyn Fn(&str) -> Option<Value>,
+        last_use: Option<&HashMap<String, usize>>,
+        mut profile: Option<&mut HashMap<String, (usize, std::time::Duration)>>,
+    ) -> Result<Vec<(String, Value)>> {
+        for (i, node) in graph.node.iter().enumerate() {
+            let lookup = |n: &str| values.get(n).cloned().or_else(|| outer(n));
             let args: Vec<Option<Value>> = node
                 .input
                 .iter()
@@ -260,22 +296,27 @@ impl Model {
                     if n.is_empty() {
                         return Ok(None);
                     }
-                    values
-                        .get(n)
-                        .or_else(|| self.constants.get(n))
-                        .cloned()
-                        .map(Some)
-                        .ok_or_else(|| Error::InvalidArgument {
-                            op: "onnx run",
-                            reason: format!("node `{}` reads `{n}`, which nothing made", node.name),
-                        })
+                    lookup(n).map(Some).ok_or_else(|| Error::InvalidArgument {
+                        op: "onnx run",
+                        reason: format!("node `{}` reads `{n}`, which nothing made", node.name),
+                    })
                 })
                 .collect::<Result<_>>()?;
+            // A subgraph (an `If` branch) sees this graph's values as its outer scope.
+            let subgraph = |g: &GraphProto| -> Result<Vec<Value>> {
+                let mut own = HashMap::new();
+                for t in &g.initializer {
+                    own.insert(t.name.clone(), value::from_proto(t, &self.device)?);
+                }
+                let out = self.eval(g, own, &lookup, None, None)?;
+                Ok(out.into_iter().map(|(_, v)| v).collect())
+            };
             let ctx = ops::Ctx {
                 dev: &self.device,
                 node,
                 opset: self.opset,
                 types: &self.types,
+                subgraph: &subgraph,
             };
             let start = std::time::Instant::now();
             let out = ops::run(&ctx, &args)?;
@@ -290,20 +331,22 @@ impl Model {
                     values.insert(name.clone(), v);
                 }
             }
-            for n in &node.input {
-                if self.last_use.get(n) == Some(&i) {
-                    values.remove(n);
+            if let Some(last_use) = last_use {
+                for n in &node.input {
+                    if last_use.get(n) == Some(&i) {
+                        values.remove(n);
+                    }
                 }
             }
         }
-        self.graph
+        graph
             .output
             .iter()
             .map(|o| {
                 let v = values
                     .get(&o.name)
-                    .or_else(|| self.constants.get(&o.name))
                     .cloned()
+                    .or_else(|| outer(&o.name))
                     .ok_or_else(|| Error::InvalidArgument {
                         op: "onnx run",
                         reason: format!("the graph's output `{}` was never made", o.name),
@@ -470,6 +513,18 @@ fn collect_missing(graph: &GraphProto, missing: &mut Vec<String>, seen: &mut Has
     }
     for g in subgraphs {
         collect_missing(g, missing, seen);
+    }
+}
+
+/// The names `node` reads: its inputs and, for a node with subgraphs (an `If`), every name
+/// their nodes read (some come from the enclosing graph).
+fn names_read<'g>(node: &'g NodeProto, out: &mut Vec<&'g String>) {
+    out.extend(&node.input);
+    for g in node.attribute.iter().filter_map(|a| a.g.as_ref()) {
+        for n in &g.node {
+            names_read(n, out);
+        }
+        out.extend(g.output.iter().map(|o| &o.name));
     }
 }
 

@@ -114,6 +114,8 @@ fn from_raw<T>(raw: &[u8], width: usize, n: usize, f: impl Fn(&[u8]) -> T) -> Op
 pub(crate) fn from_proto(t: &TensorProto, dev: &Device) -> Result<Value> {
     let name = t.name.as_str();
     if t.data_location == 1 || !t.external_data.is_empty() {
+        // Initializers have been inlined by `external::inline`; a `Constant` or a test's
+        // tensor file has no directory to read from.
         return Err(Error::Unsupported {
             op: "onnx",
             reason: format!("tensor `{name}` keeps its data in an external file"),

@@ -2,6 +2,7 @@
 //! function that runs it on kiln's ops.
 
 mod attention;
+mod control;
 mod einsum;
 mod elementwise;
 mod host;
@@ -21,6 +22,8 @@ pub(crate) struct Ctx<'a> {
     pub opset: i64,
     /// Element types the graph declares for its inputs, outputs and values.
     pub types: &'a std::collections::HashMap<String, i32>,
+    /// Runs a subgraph (an `If` branch) in the node's scope, returning its outputs in order.
+    pub subgraph: &'a dyn Fn(&super::proto::GraphProto) -> Result<Vec<Value>>,
 }
 
 /// The inputs of a node (`None`: an optional input left out).
@@ -94,6 +97,8 @@ pub(crate) static OPS: &[OpDef] = &[
     op("Where", &[], elementwise::where_),
     op("Cast", &["to", "saturate"], elementwise::cast),
     op("CastLike", &["saturate"], elementwise::cast),
+    // control.rs
+    op("If", &["then_branch", "else_branch"], control::if_),
     // shape.rs
     op("Shape", &["start", "end"], shape::shape),
     op("Size", &[], shape::size),
