@@ -7,6 +7,7 @@ mod einsum;
 mod elementwise;
 mod host;
 mod nn;
+mod recurrent;
 mod resize;
 mod shape;
 
@@ -36,6 +37,19 @@ pub(crate) struct OpDef {
     pub attrs: &'static [&'static str],
     pub run: fn(&Ctx, &Args) -> Result<Vec<Value>>,
 }
+
+/// The attributes of RNN, GRU and LSTM (each reads those that apply to it).
+const RECURRENT_ATTRS: &[&str] = &[
+    "activation_alpha",
+    "activation_beta",
+    "activations",
+    "clip",
+    "direction",
+    "hidden_size",
+    "input_forget",
+    "layout",
+    "linear_before_reset",
+];
 
 /// Every op type kiln runs.
 pub(crate) static OPS: &[OpDef] = &[
@@ -99,6 +113,10 @@ pub(crate) static OPS: &[OpDef] = &[
     op("CastLike", &["saturate"], elementwise::cast),
     // control.rs
     op("If", &["then_branch", "else_branch"], control::if_),
+    // recurrent.rs
+    op("RNN", RECURRENT_ATTRS, recurrent::recurrent),
+    op("GRU", RECURRENT_ATTRS, recurrent::recurrent),
+    op("LSTM", RECURRENT_ATTRS, recurrent::recurrent),
     // shape.rs
     op("Shape", &["start", "end"], shape::shape),
     op("Size", &[], shape::size),
