@@ -9,6 +9,7 @@ mod host;
 mod nn;
 mod recurrent;
 mod resize;
+mod scatter;
 mod shape;
 
 use super::proto::{AttributeProto, NodeProto};
@@ -117,6 +118,14 @@ pub(crate) static OPS: &[OpDef] = &[
     op("RNN", RECURRENT_ATTRS, recurrent::recurrent),
     op("GRU", RECURRENT_ATTRS, recurrent::recurrent),
     op("LSTM", RECURRENT_ATTRS, recurrent::recurrent),
+    // scatter.rs
+    op(
+        "ScatterElements",
+        &["axis", "reduction"],
+        scatter::scatter_elements,
+    ),
+    op("Scatter", &["axis"], scatter::scatter_elements),
+    op("ScatterND", &["reduction"], scatter::scatter_nd),
     // shape.rs
     op("Shape", &["start", "end"], shape::shape),
     op("Size", &[], shape::size),

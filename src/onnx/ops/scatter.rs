@@ -1,0 +1,145 @@
+//! `ScatterElements`, `ScatterND` and the old `Scatter`, on the host: the data is read back,
+//! updated in index order (so duplicate indices combine as ONNX specifies) and uploaded again.
+
+use super::{Args, Ctx, strides};
+use crate::Tensor;
+use crate::error::{Error, Result};
+use crate::onnx::value::{IntTensor, Value};
+
+/// How an update combines with the value it lands on.
+fn combine(ctx: &Ctx) -> Result<fn(f64, f64) -> f64> {
+    Ok(match ctx.string("reduction", "none").as_str() {
+        "none" => |_, u| u,
+        "add" => |d, u| d + u,
+        "mul" => |d, u| d * u,
+        "max" => f64::max,
+        "min" => f64::min,
+        other => return Err(ctx.invalid(format!("reduction {other}"))),
+    })
+}
+
+/// An index along an extent of `dim`, negative ones counted from the end.
+fn index(ctx: &Ctx, i: i64, dim: usize) -> Result<usize> {
+    let d = dim as i64;
+    let j = if i < 0 { i + d } else { i };
+    if (0..d).contains(&j) {
+        Ok(j as usize)
+    } else {
+        Err(Error::IndexOutOfRange {
+            op: if ctx.node.op_type == "ScatterND" {
+                "onnx ScatterND"
+            } else {
+                "onnx ScatterElements"
+            },
+            index: i.clamp(0, u32::MAX as i64) as u32,
+            size: dim,
+        })
+    }
+}
+
+/// The data and updates as f64 (integers and floats alike), and a way back to a value like
+/// the data.
+fn operands(ctx: &Ctx, args: &Args) -> Result<(Vec<f64>, Vec<f64>, IntTensor)> {
+    let data = ctx.input(args, 0)?;
+    let idx = ctx
+        .int_input(args, 1)?
+        .ok_or_else(|| ctx.invalid("no indices"))?;
+    let updates = ctx.input(args, 2)?;
+    if let (Value::Int(a), Value::Int(b)) = (data, updates)
+        && (a.data.iter().chain(&b.data)).any(|v| v.unsigned_abs() > 1 << 53)
+    {
+        return Err(ctx.unsupported("integers beyond 2^53"));
+    }
+    Ok((data.to_f64()?, updates.to_f64()?, idx))
+}
+
+/// A value shaped like input 0 holding `out`.
+fn like_data(ctx: &Ctx, args: &Args, out: Vec<f64>) -> Result<Vec<Value>> {
+    let data = ctx.input(args, 0)?;
+    let shape = data.shape().to_vec();
+    Ok(vec![match data {
+        Value::Int(i) => Value::Int(IntTensor {
+            shape,
+            data: out.into_iter().map(|v| v as i64).collect(),
+            elem: i.elem,
+        }),
+        Value::Float(_) => Value::Float(Tensor::from_vec(
+            ctx.dev,
+            out.into_iter().map(|v| v as f32).collect(),
+            &shape,
+        )?),
+        Value::Bool(_) => Value::Bool(Tensor::from_vec(
+            ctx.dev,
+            out.into_iter().map(|v| v as f32).collect(),
+            &shape,
+        )?),
+    }])
+}
+
+/// `ScatterElements` (and `Scatter`): `out[.., indices[c], ..] ⊕= updates[c]` along `axis`.
+pub(super) fn scatter_elements(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let f = combine(ctx)?;
+    let (mut out, upd, idx) = operands(ctx, args)?;
+    let shape = ctx.input(args, 0)?.shape().to_vec();
+    let r = shape.len();
+    let axis = ctx.axis(ctx.int("axis", 0), r)?;
+    let ushape = ctx.input(args, 2)?.shape();
+    if idx.shape.len() != r || ushape != idx.shape.as_slice() {
+        return Err(ctx.invalid(format!(
+            "indices {:?} and updates {ushape:?} for data {shape:?}",
+            idx.shape
+        )));
+    }
+    if idx.shape.iter().zip(&shape).any(|(i, d)| i > d) {
+        return Err(ctx.invalid(format!("indices {:?} pass data {shape:?}", idx.shape)));
+    }
+    let (st, ist) = (strides(&shape), strides(&idx.shape));
+    for (k, (&i, &u)) in idx.data.iter().zip(&upd).enumerate() {
+        let mut at = 0;
+        for d in 0..r {
+            let c = (k / ist[d]) % idx.shape[d];
+            at += if d == axis {
+                index(ctx, i, shape[d])?
+            } else {
+                c
+            } * st[d];
+        }
+        out[at] = f(out[at], u);
+    }
+    like_data(ctx, args, out)
+}
+
+/// `ScatterND`: `out[indices[i]] ⊕= updates[i]`, each index tuple naming an element or a
+/// slice of the data.
+pub(super) fn scatter_nd(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let f = combine(ctx)?;
+    let (mut out, upd, idx) = operands(ctx, args)?;
+    let shape = ctx.input(args, 0)?.shape().to_vec();
+    let ushape = ctx.input(args, 2)?.shape().to_vec();
+    let Some((&k, lead)) = idx.shape.split_last() else {
+        return Err(ctx.invalid("indices must have at least one dimension"));
+    };
+    let want: Vec<usize> = lead
+        .iter()
+        .chain(shape.get(k..).unwrap_or(&[]))
+        .copied()
+        .collect();
+    if k == 0 || k > shape.len() || ushape != want {
+        return Err(ctx.invalid(format!(
+            "indices {:?} and updates {ushape:?} for data {shape:?}",
+            idx.shape
+        )));
+    }
+    let st = strides(&shape);
+    let slice: usize = shape[k..].iter().product();
+    for (t, tuple) in idx.data.chunks_exact(k).enumerate() {
+        let mut at = 0;
+        for (d, &i) in tuple.iter().enumerate() {
+            at += index(ctx, i, shape[d])? * st[d];
+        }
+        for j in 0..slice {
+            out[at + j] = f(out[at + j], upd[t * slice + j]);
+        }
+    }
+    like_data(ctx, args, out)
+}
