@@ -155,7 +155,7 @@ fn onnx_conformance_cases_pass_on_every_device() {
             }
         };
         let ops: Vec<String> = probe.op_types().iter().map(|s| s.to_string()).collect();
-        if !ops.iter().all(|o| supported.contains(&o.as_str())) {
+        if !ops.iter().all(|o| supported.contains(o)) {
             other += 1;
             continue;
         }
@@ -423,4 +423,59 @@ fn onnx_external_data_loads_and_is_checked() {
         "{err}"
     );
     std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// Models exported from scikit-learn by skl2onnx (`scripts/onnx_sklearn.py`: a scaled
+/// logistic regression, a small MLP classifier, a linear regression, trained on the digits)
+/// predict what scikit-learn predicts, on the CPU and every GPU: the same labels, and
+/// probabilities and values within 1e-4.
+#[test]
+fn onnx_sklearn_models_match_scikit_learn() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/onnx-sklearn");
+    if !dir.join("linreg.output_0.pb").exists() {
+        let made = std::process::Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/onnx_sklearn.py"))
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !made {
+            if std::env::var("KILN_REQUIRE_ONNX").is_ok_and(|v| v == "1") {
+                panic!(
+                    "KILN_REQUIRE_ONNX=1 but scripts/onnx_sklearn.py failed (pip install scikit-learn skl2onnx onnx)"
+                );
+            }
+            say!(
+                "!!!!! kiln tests: no scikit-learn models (pip install scikit-learn skl2onnx) — SKIPPED !!!!!"
+            );
+            return;
+        }
+    }
+    let mut devices = vec![Device::cpu()];
+    devices.extend(gpus());
+    for name in ["logreg", "mlp", "linreg"] {
+        for dev in &devices {
+            let model = Model::load(&dir.join(format!("{name}.onnx")), dev).unwrap();
+            let (input, x) = load_tensor(&dir.join(format!("{name}.input.pb")), dev).unwrap();
+            let out = model.run(&[(input.as_str(), x)]).unwrap();
+            for (k, (oname, got)) in out.iter().enumerate() {
+                let (_, want) =
+                    load_tensor(&dir.join(format!("{name}.output_{k}.pb")), &Device::cpu())
+                        .unwrap();
+                let (g, w) = (got.to_f64().unwrap(), want.to_f64().unwrap());
+                assert_eq!(g.len(), w.len(), "{name} {oname} on {dev}");
+                let diff = g
+                    .iter()
+                    .zip(&w)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                say!("onnx sklearn {name} `{oname}` on {dev}: max abs difference {diff:.2e}");
+                let tol = if matches!(got, Value::Int(_)) {
+                    0.0
+                } else {
+                    1e-4
+                };
+                assert!(diff <= tol, "{name} `{oname}` on {dev}: {diff}");
+            }
+        }
+    }
 }

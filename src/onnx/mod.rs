@@ -34,11 +34,24 @@ use proto::{GraphProto, ModelProto, NodeProto};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-/// The ONNX op types kiln runs (default domain), sorted.
-pub fn supported_ops() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = ops::OPS.iter().map(|o| o.name).collect();
+/// The ONNX op types kiln runs, sorted: ONNX's own by name, the `ai.onnx.ml` ones as
+/// `ai.onnx.ml.Name` (as [`Model::op_types`] names them).
+pub fn supported_ops() -> Vec<String> {
+    let mut v: Vec<String> = ops::OPS
+        .iter()
+        .map(|o| qualified(o.domain, o.name))
+        .collect();
     v.sort_unstable();
     v
+}
+
+/// `name`, prefixed with its domain unless that is ONNX's own.
+fn qualified(domain: &str, name: &str) -> String {
+    if domain.is_empty() || domain == "ai.onnx" {
+        name.to_string()
+    } else {
+        format!("{domain}.{name}")
+    }
 }
 
 /// A run's outputs: each graph output's name and value, in the graph's order.
@@ -208,13 +221,14 @@ impl Model {
     }
 
     /// The op types the graph uses (its top level), in order of first use.
-    pub fn op_types(&self) -> Vec<&str> {
+    /// Ops of another domain than ONNX's own are prefixed with it (`ai.onnx.ml.Scaler`).
+    pub fn op_types(&self) -> Vec<String> {
         let mut seen = HashSet::new();
         self.graph
             .node
             .iter()
-            .map(|n| n.op_type.as_str())
-            .filter(|o| seen.insert(*o))
+            .map(|n| qualified(&n.domain, &n.op_type))
+            .filter(|o| seen.insert(o.clone()))
             .collect()
     }
 
@@ -496,12 +510,11 @@ fn collect_missing(graph: &GraphProto, missing: &mut Vec<String>, seen: &mut Has
     };
     let mut subgraphs = Vec::new();
     for node in &graph.node {
-        if !(node.domain.is_empty() || node.domain == "ai.onnx") {
-            report(format!("op {}::{}", node.domain, node.op_type), missing);
-            continue;
-        }
-        let Some(def) = ops::find(&node.op_type) else {
-            report(format!("op {}", node.op_type), missing);
+        let Some(def) = ops::find(&node.domain, &node.op_type) else {
+            report(
+                format!("op {}", qualified(&node.domain, &node.op_type)),
+                missing,
+            );
             continue;
         };
         for a in &node.attribute {

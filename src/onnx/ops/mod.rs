@@ -6,6 +6,7 @@ mod control;
 mod einsum;
 mod elementwise;
 mod host;
+mod ml;
 mod nn;
 mod recurrent;
 mod resize;
@@ -33,6 +34,8 @@ pub(crate) type Args = [Option<Value>];
 
 /// One op type.
 pub(crate) struct OpDef {
+    /// The op's domain: `""` for ONNX's own ops, `"ai.onnx.ml"` for the classic ML ones.
+    pub domain: &'static str,
     pub name: &'static str,
     /// Attribute names it understands (any other is reported at load).
     pub attrs: &'static [&'static str],
@@ -126,6 +129,28 @@ pub(crate) static OPS: &[OpDef] = &[
     ),
     op("Scatter", &["axis"], scatter::scatter_elements),
     op("ScatterND", &["reduction"], scatter::scatter_nd),
+    // ml.rs
+    ml("Scaler", &["offset", "scale"], ml::scaler),
+    ml("Normalizer", &["norm"], ml::normalizer),
+    ml(
+        "LinearClassifier",
+        &[
+            "classlabels_ints",
+            "classlabels_strings",
+            "coefficients",
+            "intercepts",
+            "multi_class",
+            "post_transform",
+        ],
+        ml::linear_classifier,
+    ),
+    ml(
+        "LinearRegressor",
+        &["coefficients", "intercepts", "post_transform", "targets"],
+        ml::linear_regressor,
+    ),
+    ml("Binarizer", &["threshold"], ml::binarizer),
+    ml("ArrayFeatureExtractor", &[], ml::array_feature_extractor),
     // shape.rs
     op("Shape", &["start", "end"], shape::shape),
     op("Size", &[], shape::size),
@@ -289,8 +314,30 @@ const fn op(
     attrs: &'static [&'static str],
     run: fn(&Ctx, &Args) -> Result<Vec<Value>>,
 ) -> OpDef {
-    OpDef { name, attrs, run }
+    OpDef {
+        domain: "",
+        name,
+        attrs,
+        run,
+    }
 }
+
+/// An op of the `ai.onnx.ml` domain.
+const fn ml(
+    name: &'static str,
+    attrs: &'static [&'static str],
+    run: fn(&Ctx, &Args) -> Result<Vec<Value>>,
+) -> OpDef {
+    OpDef {
+        domain: ML,
+        name,
+        attrs,
+        run,
+    }
+}
+
+/// The classic machine-learning domain (scikit-learn exports).
+pub(crate) const ML: &str = "ai.onnx.ml";
 
 /// Row-major strides of `shape` (host-side index arithmetic).
 pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
@@ -301,14 +348,16 @@ pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
     s
 }
 
-/// The definition of op type `name`.
-pub(crate) fn find(name: &str) -> Option<&'static OpDef> {
-    OPS.iter().find(|o| o.name == name)
+/// The definition of op type `name` in `domain` (`""` and `"ai.onnx"` are ONNX's own).
+pub(crate) fn find(domain: &str, name: &str) -> Option<&'static OpDef> {
+    let domain = if domain == "ai.onnx" { "" } else { domain };
+    OPS.iter().find(|o| o.domain == domain && o.name == name)
 }
 
 /// Run the node's op; errors name the node.
 pub(crate) fn run(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
-    let def = find(&ctx.node.op_type).ok_or_else(|| ctx.unsupported("the op type"))?;
+    let def =
+        find(&ctx.node.domain, &ctx.node.op_type).ok_or_else(|| ctx.unsupported("the op type"))?;
     (def.run)(ctx, args).map_err(|e| match e {
         Error::Unsupported { reason, .. } => Error::Unsupported {
             op: "onnx",
