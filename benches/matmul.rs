@@ -13,6 +13,7 @@ fn bench(c: &mut Criterion) {
         for n in [128usize, 256, 512] {
             let a = Tensor::randn(&dev, &[n, n], 1).unwrap();
             let b = Tensor::randn(&dev, &[n, n], 2).unwrap();
+            dev.tune_matmul(n, n, n).unwrap();
             g.throughput(Throughput::Elements((2 * n * n * n) as u64));
             g.bench_with_input(BenchmarkId::new(common::label(&dev), n), &n, |bench, _| {
                 bench.iter(|| {

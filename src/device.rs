@@ -437,6 +437,33 @@ impl Device {
         }
     }
 
+    /// Settle the matmul autotuner for products of this shape class (m, k, n rounded up to
+    /// powers of two) now, by running products of zeros until it has chosen: the tuner is
+    /// online (each new class's first products try the candidate kernels), so this moves
+    /// that cost to a moment of the caller's choosing, before timing or serving. Returns the
+    /// products run (0 on the CPU, when a configuration is forced, for problems too small to
+    /// tune, or when the class is already settled or cached).
+    pub fn tune_matmul(&self, m: usize, k: usize, n: usize) -> Result<usize> {
+        let Backend::Gpu(ctx) = &self.inner.backend else {
+            return Ok(0);
+        };
+        let plan = crate::matmul_plan::MatmulPlan::new(
+            &crate::shape::Shape::new(&[m, k])?,
+            &crate::shape::Shape::new(&[k, n])?,
+        )?;
+        let (a, b) = (
+            crate::Tensor::zeros(self, &[m, k])?,
+            crate::Tensor::zeros(self, &[k, n])?,
+        );
+        let mut runs = 0;
+        while gpu::kernels::matmul::tuning(ctx, &plan) {
+            a.matmul(&b)?;
+            runs += 1;
+        }
+        self.synchronize()?;
+        Ok(runs)
+    }
+
     pub(crate) fn gpu_context(&self) -> Option<&Arc<GpuContext>> {
         match &self.inner.backend {
             Backend::Cpu => None,

@@ -468,13 +468,35 @@ pub(crate) fn matmul(
     epilogue: Epilogue,
 ) -> Result<PooledBuffer> {
     let has_epilogue = epilogue.bias.is_some() || epilogue.act.is_some();
-    let config = tuner(ctx).choose(ctx, a, b, plan, has_epilogue)?;
-    run(ctx, a, b, plan, config, epilogue)
+    let tuner = tuner(ctx);
+    let (config, trial) = tuner.choose(ctx, plan, has_epilogue);
+    let tune::Trial::Yes { key, timed } = trial else {
+        return run(ctx, a, b, plan, config, epilogue);
+    };
+    // A tuning trial: a timed one runs alone between two synchronizations.
+    if timed {
+        ctx.synchronize()?;
+    }
+    let start = std::time::Instant::now();
+    let out = run(ctx, a, b, plan, config, epilogue)?;
+    if timed {
+        ctx.synchronize()?;
+    }
+    tuner.record(key, config, timed, start.elapsed());
+    Ok(out)
 }
 
 /// The device's tuner (made on first use: it reads the tuning cache).
 fn tuner(ctx: &GpuContext) -> std::sync::Arc<tune::Tuner> {
     ctx.state(tune::Tuner::new)
+}
+
+/// Whether the next product like `plan` would be a tuning trial.
+pub(crate) fn tuning(ctx: &GpuContext, plan: &MatmulPlan) -> bool {
+    matches!(
+        tuner(ctx).choose(ctx, plan, false).1,
+        tune::Trial::Yes { .. }
+    )
 }
 
 /// Force one configuration for every matmul on the device (`None`: choose again).

@@ -1,25 +1,28 @@
 //! Choosing a matmul configuration: forced (`KILN_MATMUL_CONFIG` or `Device::set_matmul_config`),
 //! a heuristic for small problems, or autotuned once per adapter and shape class, kept in memory
 //! and in an on-disk cache (`KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`).
+//!
+//! Tuning is online: the products of a new class are themselves the trials. The first runs
+//! the heuristic's choice at once; each later one runs the next candidate (a first, untimed
+//! call compiles its pipeline, a second is timed between two synchronizations), and once every
+//! candidate has a time the fastest is kept for the class and written to the cache. So a new
+//! class costs one ordinary product up front, and about twenty calls, each one a real product,
+//! to settle; nothing is run only to be timed.
 
-use super::{CANDIDATES, Epilogue, MatmulConfig};
-use crate::error::Result;
+use super::{CANDIDATES, MatmulConfig};
 use crate::gpu::context::GpuContext;
-use crate::gpu::pool::PooledBuffer;
 use crate::matmul_plan::MatmulPlan;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Problems with fewer multiply-adds than this are not worth a tuning run: a heuristic picks.
 const TUNE_MIN_WORK: usize = 1 << 24;
-/// Timed runs per candidate (after one warm-up run that also compiles the pipeline).
-const TUNE_RUNS: usize = 3;
 
 /// Shape class: each of m, n, k rounded up to a power of two, and whether there are batches.
-type ShapeClass = (u32, u32, u32, bool);
+pub(crate) type ShapeClass = (u32, u32, u32, bool);
 
 fn class(plan: &MatmulPlan) -> ShapeClass {
     let up = |d: usize| d.next_power_of_two().trailing_zeros();
@@ -29,7 +32,33 @@ fn class(plan: &MatmulPlan) -> ShapeClass {
 pub(crate) struct Tuner {
     forced: Mutex<Option<MatmulConfig>>,
     tuned: Mutex<HashMap<ShapeClass, MatmulConfig>>,
+    /// Classes being tuned.
+    trials: Mutex<HashMap<ShapeClass, Trials>>,
     file: Option<PathBuf>,
+}
+
+/// A class's tuning so far: candidates in the order they are tried, the times measured.
+struct Trials {
+    order: Vec<MatmulConfig>,
+    /// The candidate the next call runs.
+    next: usize,
+    /// Whether that candidate's pipeline was compiled by an earlier (untimed) call.
+    warm: bool,
+    results: Vec<(Duration, MatmulConfig)>,
+    /// Calls made so far.
+    calls: usize,
+}
+
+/// What the caller of [`Tuner::choose`] must do around the product: nothing (the class is
+/// settled or not tuned), or time it as a trial of the class.
+#[derive(Clone, Copy)]
+pub(crate) enum Trial {
+    /// An ordinary call.
+    No,
+    /// A trial: run the product and report with [`Tuner::record`]; `timed` says whether the
+    /// time counts (false for the call that compiles the candidate's pipeline), in which case
+    /// the caller synchronizes before and after.
+    Yes { key: ShapeClass, timed: bool },
 }
 
 fn cache_dir() -> Option<PathBuf> {
@@ -92,6 +121,7 @@ impl Tuner {
         Tuner {
             forced: Mutex::new(forced),
             tuned: Mutex::new(tuned),
+            trials: Mutex::new(HashMap::new()),
             file,
         }
     }
@@ -100,42 +130,37 @@ impl Tuner {
         *self.forced.lock().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
-    /// The configuration for `plan`, tuning it on these operands if this class is new.
+    /// The configuration for `plan`, and whether this call is a tuning trial (see the module
+    /// docs).
     pub(crate) fn choose(
         &self,
         ctx: &GpuContext,
-        a: &PooledBuffer,
-        b: &PooledBuffer,
         plan: &MatmulPlan,
         epilogue: bool,
-    ) -> Result<MatmulConfig> {
+    ) -> (MatmulConfig, Trial) {
         let forced = *self.forced.lock().unwrap_or_else(|e| e.into_inner());
-        let config = match forced {
-            Some(c) => c,
+        let (config, trial) = match forced {
+            Some(c) => (c, Trial::No),
             None => {
                 let work = plan.m * plan.n * plan.k * plan.offsets.len();
                 if work < TUNE_MIN_WORK {
-                    heuristic(plan)
+                    (heuristic(plan), Trial::No)
                 } else {
-                    self.tuned_or_tune(ctx, a, b, plan)?
+                    self.tuned_or_trial(ctx, plan)
                 }
             }
         };
         // Version 1 has no epilogue: a fused op always runs on version 2.
-        Ok(match config {
+        let config = match config {
             MatmulConfig::Tiled16 if epilogue => CANDIDATES[0],
             c if !c.fits(&ctx.limits, ctx.subgroups) => heuristic(plan),
             c => c,
-        })
+        };
+        (config, trial)
     }
 
-    fn tuned_or_tune(
-        &self,
-        ctx: &GpuContext,
-        a: &PooledBuffer,
-        b: &PooledBuffer,
-        plan: &MatmulPlan,
-    ) -> Result<MatmulConfig> {
+    /// The class's tuned configuration, or the candidate this call tries.
+    fn tuned_or_trial(&self, ctx: &GpuContext, plan: &MatmulPlan) -> (MatmulConfig, Trial) {
         let key = class(plan);
         if let Some(c) = self
             .tuned
@@ -143,41 +168,67 @@ impl Tuner {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
         {
-            return Ok(*c);
+            return (*c, Trial::No);
         }
-        let start = Instant::now();
-        let mut results: Vec<(Duration, MatmulConfig)> = Vec::new();
-        // Column strips only pay off for a few rows; don't spend tuning time on them otherwise.
-        let candidates = CANDIDATES
-            .into_iter()
-            .filter(|c| c.fits(&ctx.limits, ctx.subgroups))
-            .filter(|c| plan.m <= 64 || !matches!(c, MatmulConfig::Strip { .. }));
-        for config in candidates {
-            let best = results.iter().map(|r| r.0).min();
-            let mut times = Vec::with_capacity(TUNE_RUNS);
-            for run in 0..=TUNE_RUNS {
-                let t = Instant::now();
-                drop(super::run(ctx, a, b, plan, config, Epilogue::default())?);
-                ctx.synchronize()?;
-                if run > 0 {
-                    times.push(t.elapsed());
-                    // Far behind the best so far after one timed run: stop spending time on it.
-                    if best.is_some_and(|b| t.elapsed() > 2 * b) {
-                        break;
-                    }
-                }
+        let mut trials = self.trials.lock().unwrap_or_else(|e| e.into_inner());
+        let t = trials.entry(key).or_insert_with(|| {
+            // The heuristic's choice first (the first call runs it at once), then the rest.
+            // Column strips only pay off for a few rows: not tried otherwise.
+            let first = heuristic(plan);
+            let order = std::iter::once(first)
+                .chain(CANDIDATES.into_iter().filter(|c| *c != first))
+                .filter(|c| c.fits(&ctx.limits, ctx.subgroups))
+                .filter(|c| plan.m <= 64 || !matches!(c, MatmulConfig::Strip { .. }))
+                .collect();
+            Trials {
+                order,
+                next: 0,
+                warm: false,
+                results: Vec::new(),
+                calls: 0,
             }
-            times.sort();
-            results.push((times[times.len() / 2], config));
+        });
+        let config = t.order[t.next];
+        (config, Trial::Yes { key, timed: t.warm })
+    }
+
+    /// Reports a trial call of `config` for class `key` that took `took`.
+    pub(crate) fn record(
+        &self,
+        key: ShapeClass,
+        config: MatmulConfig,
+        timed: bool,
+        took: Duration,
+    ) {
+        let mut trials = self.trials.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(t) = trials.get_mut(&key) else {
+            return; // settled by another thread meanwhile
+        };
+        t.calls += 1;
+        if t.order.get(t.next) != Some(&config) {
+            return; // another thread's trial moved on meanwhile
         }
+        if !timed {
+            t.warm = true;
+            return;
+        }
+        t.results.push((took, config));
+        t.next += 1;
+        t.warm = false;
+        if t.next < t.order.len() {
+            return;
+        }
+        let t = trials.remove(&key).expect("present above");
+        drop(trials);
+        let first = t.results[0];
+        let mut results = t.results;
         results.sort_by_key(|r| r.0);
-        let best = results.first().map_or(CANDIDATES[0], |r| r.1);
+        let (best_time, best) = results[0];
         log::info!(
-            "matmul autotune for {}x{}x{} (class {key:?}) took {:.0?}: {}",
-            plan.m,
-            plan.n,
-            plan.k,
-            start.elapsed(),
+            "matmul autotune for class {key:?} settled after {} calls, each a real product; \
+             the winner is {:.2}x the first choice's speed: {}",
+            t.calls,
+            first.0.as_secs_f64() / best_time.as_secs_f64().max(1e-9),
             results
                 .iter()
                 .map(|(t, c)| format!("{c} {t:.2?}"))
@@ -189,7 +240,6 @@ impl Tuner {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, best);
         self.save(key, best);
-        Ok(best)
     }
 
     fn save(&self, key: ShapeClass, config: MatmulConfig) {
