@@ -14,6 +14,32 @@ pub(crate) fn conv2d(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) ->
     conv2d_direct(x, wt, bias, g)
 }
 
+/// The output columns `ox` whose input column `ox·stride + k·dil - pad` lies in `0..w`, as a
+/// range `lo..hi`.
+fn valid_columns(
+    ow: usize,
+    w: usize,
+    stride: usize,
+    k: usize,
+    dil: usize,
+    pad: usize,
+) -> (usize, usize) {
+    let off = (k * dil) as isize - pad as isize;
+    // ox·stride + off >= 0  and  ox·stride + off < w
+    let lo = if off >= 0 { 0 } else { (-off) as usize };
+    let lo = lo.div_ceil(stride);
+    let hi = if (w as isize) <= off {
+        0
+    } else {
+        ((w as isize - off) as usize).div_ceil(stride)
+    };
+    (lo.min(ow), hi.min(ow).max(lo.min(ow)))
+}
+
+/// One output plane per task; each kernel tap is an AXPY over the valid span of every output
+/// row (contiguous reads when the stride is 1), so the loops vectorise. Every output still sums
+/// bias, then channels, then taps in the same order as a loop per output would, skipping the
+/// taps that fall in the padding.
 fn conv2d_direct(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Result<Vec<f32>> {
     let plane = g.oh * g.ow;
     let mut out = alloc("conv2d", g.n * g.c_out * plane)?;
@@ -25,31 +51,44 @@ fn conv2d_direct(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Res
     let (dh, dw) = g.opts.dilation;
     let cig = g.c_in_group();
     let cog = g.c_out / g.opts.groups;
+    let cols: Vec<(usize, usize)> = (0..g.kw)
+        .map(|kx| valid_columns(g.ow, g.w, sw, kx, dw, pw))
+        .collect();
     out.par_chunks_mut(plane).enumerate().for_each(|(bc, y)| {
         let (b, co) = (bc / g.c_out, bc % g.c_out);
         let first = (co / cog) * cig;
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                let mut acc = bias.map_or(0.0, |v| v[co]);
-                for cl in 0..cig {
-                    let xp = (b * g.c_in + first + cl) * g.h * g.w;
-                    let wp = (co * cig + cl) * g.kh * g.kw;
-                    for ky in 0..g.kh {
-                        let iy = (oy * sh + ky * dh) as isize - ph as isize;
-                        if iy < 0 || iy >= g.h as isize {
+        y.fill(bias.map_or(0.0, |v| v[co]));
+        for cl in 0..cig {
+            let xp = (b * g.c_in + first + cl) * g.h * g.w;
+            let wp = (co * cig + cl) * g.kh * g.kw;
+            for ky in 0..g.kh {
+                for oy in 0..g.oh {
+                    let iy = (oy * sh + ky * dh) as isize - ph as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let src = &x[xp + iy as usize * g.w..][..g.w];
+                    let row = &mut y[oy * g.ow..(oy + 1) * g.ow];
+                    for (kx, &(lo, hi)) in cols.iter().enumerate() {
+                        if lo >= hi {
                             continue;
                         }
-                        for kx in 0..g.kw {
-                            let ix = (ox * sw + kx * dw) as isize - pw as isize;
-                            if ix < 0 || ix >= g.w as isize {
-                                continue;
+                        let wv = wt[wp + ky * g.kw + kx];
+                        let start = (lo * sw + kx * dw) - pw;
+                        if sw == 1 {
+                            for (o, &v) in row[lo..hi].iter_mut().zip(&src[start..start + hi - lo])
+                            {
+                                *o += v * wv;
                             }
-                            acc +=
-                                x[xp + iy as usize * g.w + ix as usize] * wt[wp + ky * g.kw + kx];
+                        } else {
+                            for (o, &v) in
+                                row[lo..hi].iter_mut().zip(src[start..].iter().step_by(sw))
+                            {
+                                *o += v * wv;
+                            }
                         }
                     }
                 }
-                y[oy * g.ow + ox] = acc;
             }
         }
     });
