@@ -56,6 +56,16 @@ fn autotune_result_is_cached_on_disk_and_reused() {
             "tuning should have tried several kernels, compiled {tuned}"
         );
         say!("matmul tuning on {dev} settled after {calls} products, {tuned} kernels tried");
+        // Device::tune_matmul settles a class up front, once.
+        assert_eq!(dev.tune_matmul(n, n, n).unwrap(), 0, "already settled");
+        let runs = dev.tune_matmul(2 * n, n, n).unwrap();
+        assert!(runs >= 2, "a new class takes trial runs: {runs}");
+        assert_eq!(
+            dev.tune_matmul(2 * n, n, n).unwrap(),
+            0,
+            "settled by the call above"
+        );
+        assert_eq!(Device::cpu().tune_matmul(n, n, n).unwrap(), 0);
         let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert_eq!(files.len(), 1, "one cache file per adapter: {files:?}");
         let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
