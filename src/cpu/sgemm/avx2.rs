@@ -2,37 +2,22 @@
 //! loads two vectors of B and broadcasts six values of A (8 loads for 12 FMAs, so the FMA
 //! units, not the load ports, set the pace; 16 ymm registers leave none to spare).
 
-use super::Micro;
 use std::arch::x86_64::*;
-
-/// The AVX2 + FMA kernel.
-pub(super) struct Avx2;
 
 const MR: usize = 6;
 const NR: usize = 16;
 
-impl Micro for Avx2 {
-    const MR: usize = MR;
-    const NR: usize = NR;
-    unsafe fn kernel(
-        kc: usize,
-        ap: *const f32,
-        bp: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        rows: usize,
-        cols: usize,
-        accumulate: bool,
-    ) {
-        // SAFETY: the caller checked AVX2 and FMA and the pointer ranges.
-        unsafe { tile(kc, ap, bp, c, ldc, rows, cols, accumulate) }
-    }
-}
+super::micro_kernel!(
+    /// The AVX2 and FMA kernel.
+    Avx2,
+    MR,
+    NR
+);
 
-/// [`Micro::kernel`] with AVX2 and FMA.
+/// [`super::Micro::kernel`] with AVX2 and FMA.
 ///
 /// # Safety
-/// As [`Micro::kernel`], with AVX2 and FMA available.
+/// As [`super::Micro::kernel`], with AVX2 and FMA available.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)] // a micro-kernel's operands, kept in registers
 unsafe fn tile(

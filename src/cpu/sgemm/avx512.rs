@@ -1,37 +1,22 @@
 //! The AVX-512F micro-kernel: a 12 × 32 tile of C in 24 zmm accumulators; per step of k it
 //! loads two vectors of B and broadcasts twelve values of A.
 
-use super::Micro;
 use std::arch::x86_64::*;
-
-/// The AVX-512F kernel.
-pub(super) struct Avx512;
 
 const MR: usize = 12;
 const NR: usize = 32;
 
-impl Micro for Avx512 {
-    const MR: usize = MR;
-    const NR: usize = NR;
-    unsafe fn kernel(
-        kc: usize,
-        ap: *const f32,
-        bp: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        rows: usize,
-        cols: usize,
-        accumulate: bool,
-    ) {
-        // SAFETY: the caller checked AVX-512F and the pointer ranges.
-        unsafe { tile(kc, ap, bp, c, ldc, rows, cols, accumulate) }
-    }
-}
+super::micro_kernel!(
+    /// The AVX-512F kernel.
+    Avx512,
+    MR,
+    NR
+);
 
-/// [`Micro::kernel`] with AVX-512F.
+/// [`super::Micro::kernel`] with AVX-512F.
 ///
 /// # Safety
-/// As [`Micro::kernel`], with AVX-512F available.
+/// As [`super::Micro::kernel`], with AVX-512F available.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)] // a micro-kernel's operands, kept in registers
 unsafe fn tile(

@@ -11,6 +11,34 @@
 //! (checked at run time; `KILN_CPU_GEMM=avx2` picks the AVX2 kernel on an AVX-512 machine,
 //! `KILN_CPU_GEMM=matrixmultiply` opts out); everything else goes through `matrixmultiply`.
 
+/// Declares a micro-kernel type `$name` whose [`Micro::kernel`] is the module's `tile`
+/// function (compiled for the kernel's instruction set).
+macro_rules! micro_kernel {
+    ($(#[$doc:meta])* $name:ident, $mr:expr, $nr:expr) => {
+        $(#[$doc])*
+        pub(super) struct $name;
+
+        impl super::Micro for $name {
+            const MR: usize = $mr;
+            const NR: usize = $nr;
+            unsafe fn kernel(
+                kc: usize,
+                ap: *const f32,
+                bp: *const f32,
+                c: *mut f32,
+                ldc: usize,
+                rows: usize,
+                cols: usize,
+                accumulate: bool,
+            ) {
+                // SAFETY: the caller checked the instruction set and the pointer ranges.
+                unsafe { tile(kc, ap, bp, c, ldc, rows, cols, accumulate) }
+            }
+        }
+    };
+}
+use micro_kernel;
+
 mod avx2;
 mod avx512;
 
