@@ -3,7 +3,7 @@
 //! and in an on-disk cache (`KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`).
 //!
 //! Tuning is online: the products of a new class are themselves the trials. The first runs
-//! the heuristic's choice at once; each later one runs the next candidate (a first, untimed
+//! at once the configuration the previous class settled on (or the heuristic's choice); each later one runs the next candidate (a first, untimed
 //! call compiles its pipeline, a second is timed between two synchronizations), and once every
 //! candidate has a time the fastest is kept for the class and written to the cache. So a new
 //! class costs one ordinary product up front, and about twenty calls, each one a real product,
@@ -34,6 +34,10 @@ pub(crate) struct Tuner {
     tuned: Mutex<HashMap<ShapeClass, MatmulConfig>>,
     /// Classes being tuned.
     trials: Mutex<HashMap<ShapeClass, Trials>>,
+    /// The configuration the last class settled on (or the cache's last line): a new large
+    /// class tries it first, since on one adapter the winners of large classes agree more
+    /// often than not.
+    last_winner: Mutex<Option<MatmulConfig>>,
     file: Option<PathBuf>,
 }
 
@@ -106,12 +110,14 @@ impl Tuner {
             .collect();
         let file = cache_dir().map(|d| d.join(format!("matmul-{slug}.tsv")));
         let mut tuned = HashMap::new();
+        let mut last_winner = None;
         if let Some(text) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
-            tuned.extend(
-                text.lines()
-                    .filter_map(parse_line)
-                    .filter(|(_, c)| c.fits(limits, subgroups)),
-            );
+            for (class, c) in text.lines().filter_map(parse_line) {
+                if c.fits(limits, subgroups) {
+                    tuned.insert(class, c);
+                    last_winner = Some(c);
+                }
+            }
             log::debug!(
                 "matmul tuning cache: {} entries from {:?}",
                 tuned.len(),
@@ -122,6 +128,7 @@ impl Tuner {
             forced: Mutex::new(forced),
             tuned: Mutex::new(tuned),
             trials: Mutex::new(HashMap::new()),
+            last_winner: Mutex::new(last_winner),
             file,
         }
     }
@@ -172,9 +179,13 @@ impl Tuner {
         }
         let mut trials = self.trials.lock().unwrap_or_else(|e| e.into_inner());
         let t = trials.entry(key).or_insert_with(|| {
-            // The heuristic's choice first (the first call runs it at once), then the rest.
-            // Column strips only pay off for a few rows: not tried otherwise.
-            let first = heuristic(plan);
+            // The last settled class's winner first (the first call runs it at once), else
+            // the heuristic's choice, then the rest. Column strips only pay off for a few
+            // rows: not tried otherwise.
+            let last = *self.last_winner.lock().unwrap_or_else(|e| e.into_inner());
+            let first = last
+                .filter(|_| plan.m > 64)
+                .unwrap_or_else(|| heuristic(plan));
             let order = std::iter::once(first)
                 .chain(CANDIDATES.into_iter().filter(|c| *c != first))
                 .filter(|c| c.fits(&ctx.limits, ctx.subgroups))
@@ -239,6 +250,7 @@ impl Tuner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, best);
+        *self.last_winner.lock().unwrap_or_else(|e| e.into_inner()) = Some(best);
         self.save(key, best);
     }
 
