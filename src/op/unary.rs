@@ -126,6 +126,14 @@ op_family! {
         Round = 28, "round",
             wgsl: "round(v)",
             grad: "0.0";
+        /// `min(max(alpha x + beta, 0), 1)` (ONNX's defaults: alpha 0.2, beta 0.5).
+        HardSigmoid(alpha = 0.2, beta = 0.5) = 29, "hard_sigmoid",
+            wgsl: "min(max(alpha * v + beta, 0.0), 1.0)",
+            grad: "select(0.0, alpha, alpha * v + beta > 0.0 && alpha * v + beta < 1.0)";
+        /// `x · min(max(x / 6 + 1/2, 0), 1)` (MobileNetV3's activation).
+        HardSwish = 30, "hard_swish",
+            wgsl: "v * min(max(v * 0.16666667 + 0.5, 0.0), 1.0)",
+            grad: "select(select(v * 0.33333334 + 0.5, 1.0, v >= 3.0), 0.0, v <= -3.0)";
     }
 }
 
@@ -143,7 +151,7 @@ impl UnaryOp {
             | UnaryOp::AddScalar(a)
             | UnaryOp::MulScalar(a)
             | UnaryOp::DivScalar(a) => (a, 0.0),
-            UnaryOp::Clamp(lo, hi) => (lo, hi),
+            UnaryOp::Clamp(lo, hi) | UnaryOp::HardSigmoid(lo, hi) => (lo, hi),
             UnaryOp::Relu
             | UnaryOp::Gelu
             | UnaryOp::GeluTanh
@@ -165,7 +173,8 @@ impl UnaryOp {
             | UnaryOp::Floor
             | UnaryOp::Ceil
             | UnaryOp::Sign
-            | UnaryOp::Round => (0.0, 0.0),
+            | UnaryOp::Round
+            | UnaryOp::HardSwish => (0.0, 0.0),
         }
     }
 
@@ -183,6 +192,13 @@ impl UnaryOp {
             }),
             UnaryOp::AddScalar(s) => xs.iter_mut().for_each(|x| *x += s),
             UnaryOp::MulScalar(s) => xs.iter_mut().for_each(|x| *x *= s),
+            // `clamp` keeps a NaN.
+            UnaryOp::HardSwish => xs.iter_mut().for_each(|x| {
+                *x *= (*x * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0);
+            }),
+            UnaryOp::HardSigmoid(alpha, beta) => xs.iter_mut().for_each(|x| {
+                *x = (alpha * *x + beta).clamp(0.0, 1.0);
+            }),
             _ => xs.iter_mut().for_each(|x| *x = self.apply(*x)),
         }
     }
@@ -253,6 +269,8 @@ impl UnaryOp {
                 }
             }
             UnaryOp::Round => x.round_ties_even(),
+            UnaryOp::HardSigmoid(alpha, beta) => (alpha * x + beta).clamp(0.0, 1.0),
+            UnaryOp::HardSwish => x * (x * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0),
         }
     }
 }
@@ -310,6 +328,12 @@ impl UnaryOp {
             UnaryOp::Sin => x.cos(),
             UnaryOp::Cos => -x.sin(),
             UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Sign | UnaryOp::Round => 0.0,
+            UnaryOp::HardSigmoid(alpha, beta) => {
+                let y = alpha * x + beta;
+                step(y > 0.0 && y < 1.0, alpha, 0.0)
+            }
+            // PyTorch's: 0 up to -3, 1 from 3, x/3 + 1/2 between.
+            UnaryOp::HardSwish => step(x <= -3.0, 0.0, step(x >= 3.0, 1.0, x * (1.0 / 3.0) + 0.5)),
         }
     }
 }

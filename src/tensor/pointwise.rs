@@ -96,6 +96,16 @@ impl Tensor {
         self.unary(UnaryOp::Round)
     }
 
+    /// `min(max(alpha·x + beta, 0), 1)`.
+    pub fn hard_sigmoid(&self, alpha: f32, beta: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::HardSigmoid(alpha, beta))
+    }
+
+    /// `x · min(max(x/6 + 1/2, 0), 1)`.
+    pub fn hard_swish(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::HardSwish)
+    }
+
     /// `e^x`.
     pub fn exp(&self) -> Result<Tensor> {
         self.unary(UnaryOp::Exp)

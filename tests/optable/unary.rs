@@ -41,6 +41,24 @@ pub fn table() -> Vec<OpInfo> {
             &[0.0]
         )),
         OpInfo {
+            name: "hard_sigmoid",
+            grad: || un(-3.0, 3.0, &[-2.5, 2.5]),
+            samples: unary_samples,
+            run: |t| t[0].hard_sigmoid(0.2, 0.5),
+            reference: |r| map_ref(&r[0], |v| (0.2f32 as f64 * v + 0.5).clamp(0.0, 1.0)),
+            tol: |_| (2e-6, 2e-6),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "hard_swish",
+            grad: || un(-5.0, 5.0, &[-3.0, 3.0]),
+            samples: unary_samples,
+            run: |t| t[0].hard_swish(),
+            reference: |r| map_ref(&r[0], |v| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
+            tol: |_| (2e-6, 2e-6),
+            errors: no_errors,
+        },
+        OpInfo {
             name: "leaky_relu",
             grad: || un(-3.0, 3.0, &[0.0]),
             samples: unary_samples,

@@ -56,8 +56,8 @@ pub(super) fn unary(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
             "tanh" => x.gelu_tanh()?,
             other => return Err(ctx.unsupported(format!("approximate = {other}"))),
         },
-        "HardSigmoid" => hard_sigmoid(x, ctx.float("alpha", 0.2), ctx.float("beta", 0.5))?,
-        "HardSwish" => x.mul(&hard_sigmoid(x, 1.0 / 6.0, 0.5)?)?,
+        "HardSigmoid" => x.hard_sigmoid(ctx.float("alpha", 0.2), ctx.float("beta", 0.5))?,
+        "HardSwish" => x.hard_swish()?,
         "Mish" => x.mul(&x.softplus()?.tanh()?)?,
         "Swish" => x.mul(&x.mul_scalar(ctx.float("alpha", 1.0))?.sigmoid()?)?,
         _ => return Err(ctx.unsupported("the op type")),
@@ -66,10 +66,6 @@ pub(super) fn unary(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
 }
 
 /// `max(0, min(1, alpha·x + beta))`, NaN kept.
-fn hard_sigmoid(x: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
-    x.mul_scalar(alpha)?.add_scalar(beta)?.clamp(0.0, 1.0)
-}
-
 pub(super) fn is_special(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     let x = ctx.input(args, 0)?.float_on(ctx.dev)?;
     let m = if ctx.node.op_type == "IsNaN" {

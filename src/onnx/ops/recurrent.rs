@@ -54,10 +54,7 @@ impl Act {
             "Tanh" => t.tanh(),
             "Relu" => t.relu(),
             "LeakyRelu" => t.leaky_relu(self.alpha.unwrap_or(0.01)),
-            "HardSigmoid" => t
-                .mul_scalar(self.alpha.unwrap_or(0.2))?
-                .add_scalar(self.beta.unwrap_or(0.5))?
-                .clamp(0.0, 1.0),
+            "HardSigmoid" => t.hard_sigmoid(self.alpha.unwrap_or(0.2), self.beta.unwrap_or(0.5)),
             "Affine" => t
                 .mul_scalar(need(self.alpha, "alpha")?)?
                 .add_scalar(need(self.beta, "beta")?),
