@@ -7,14 +7,13 @@
 //!   burn-peer --backend flex --conv 32 16 32 32 32
 //!   burn-peer --backend wgpu --first 512     # one cold matmul: burn's first-use cost
 //!
-//! `--backend wgpu` is burn's wgpu backend (CubeCL on Vulkan, with fusion) on the default
+//! `--backend wgpu` is burn's wgpu backend (CubeCL compiling WGSL, with fusion) on the default
 //! adapter (lavapipe on a machine without a GPU); `--backend flex` is its CPU backend.
+//! burn 0.22's tensors carry their device instead of a backend type parameter.
 
-use burn::backend::{Flex, Wgpu};
-use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Distribution, Tensor, activation};
+use burn::tensor::{Device, DeviceKind, Distribution, Tensor, activation};
 use std::time::Instant;
 
 struct Args {
@@ -59,25 +58,44 @@ fn emit(op: &str, size: String, backend: &str, seconds: f64, extra: &str) {
     );
 }
 
-fn read<B: Backend, const D: usize>(t: Tensor<B, D>) {
-    let data = t.into_data();
-    std::hint::black_box(data);
+/// Reads `t` back to the host. In burn 0.22 `into_data` alone can return before the values
+/// are there (a 1024³ product "took" 0.09 ms on lavapipe); converting to a `Vec` waits for them.
+fn read<const D: usize>(t: Tensor<D>) {
+    let values = t.into_data().to_vec::<f32>().expect("f32 values");
+    std::hint::black_box(values);
 }
 
-fn run<B: Backend>(args: &Args, name: &str, dev: &B::Device) {
+fn run(args: &Args, name: &str, dev: &Device) {
     let reps = args.list("--reps").first().copied().unwrap_or(9);
     let normal = Distribution::Normal(0.0, 1.0);
     if let Some(&n) = args.list("--first").first() {
         let t = Instant::now();
-        let a = Tensor::<B, 2>::random([n, n], normal, dev);
-        let b = Tensor::<B, 2>::random([n, n], normal, dev);
+        let a = Tensor::<2>::random([n, n], normal, dev);
+        let b = Tensor::<2>::random([n, n], normal, dev);
         read(a.matmul(b));
         emit("first_matmul", format!("{n}"), name, t.elapsed().as_secs_f64(), "");
         return;
     }
+    // --check N: (i · ones(N, N)) · ones(N, N) read back must hold i·N everywhere, for
+    // i = 1..4, each timed (the timings are only meaningful if the backend computes).
+    if let Some(&n) = args.list("--check").first() {
+        let a = Tensor::<2>::ones([n, n], dev);
+        for i in 1..=4 {
+            let t = Instant::now();
+            let c = a.clone().mul_scalar(i as f32).matmul(a.clone());
+            let c = c.into_data().to_vec::<f32>().expect("f32 data");
+            let took = t.elapsed().as_secs_f64();
+            let bad = c.iter().filter(|&&v| v != (n * i) as f32).count();
+            println!(
+                r#"{{"op":"check","size":"{n}","run":{i},"seconds":{took},"values":{},"wrong":{bad}}}"#,
+                c.len()
+            );
+            assert_eq!(bad, 0, "burn's matmul gave wrong values");
+        }
+    }
     for n in args.list("--matmul") {
-        let a = Tensor::<B, 2>::random([n, n], normal, dev);
-        let b = Tensor::<B, 2>::random([n, n], normal, dev);
+        let a = Tensor::<2>::random([n, n], normal, dev);
+        let b = Tensor::<2>::random([n, n], normal, dev);
         let s = median(reps, || read(a.clone().matmul(b.clone())));
         let gflops = 2.0 * (n as f64).powi(3) / s / 1e9;
         emit("matmul", format!("{n}x{n}x{n}"), name, s, &format!(r#","GFLOP_per_s":{gflops}"#));
@@ -85,13 +103,13 @@ fn run<B: Backend>(args: &Args, name: &str, dev: &B::Device) {
     let mlp = args.list("--mlp");
     if mlp.len() >= 3 {
         let (batch, widths) = (mlp[0], &mlp[1..]);
-        let x = Tensor::<B, 2>::random([batch, widths[0]], normal, dev);
+        let x = Tensor::<2>::random([batch, widths[0]], normal, dev);
         let layers: Vec<_> = widths
             .windows(2)
             .map(|w| {
-                let weight = Tensor::<B, 2>::random([w[0], w[1]], normal, dev)
+                let weight = Tensor::<2>::random([w[0], w[1]], normal, dev)
                     .div_scalar((w[0] as f32).sqrt());
-                (weight, Tensor::<B, 1>::zeros([w[1]], dev))
+                (weight, Tensor::<1>::zeros([w[1]], dev))
             })
             .collect();
         let s = median(reps, || {
@@ -110,9 +128,9 @@ fn run<B: Backend>(args: &Args, name: &str, dev: &B::Device) {
     }
     // --conv BATCH CIN H W COUT: a 3×3 convolution, stride 1, padding 1, with bias.
     if let [batch, cin, h, w, cout] = args.list("--conv")[..] {
-        let x = Tensor::<B, 4>::random([batch, cin, h, w], normal, dev);
-        let weight = Tensor::<B, 4>::random([cout, cin, 3, 3], normal, dev);
-        let bias = Tensor::<B, 1>::random([cout], normal, dev);
+        let x = Tensor::<4>::random([batch, cin, h, w], normal, dev);
+        let weight = Tensor::<4>::random([cout, cin, 3, 3], normal, dev);
+        let bias = Tensor::<1>::random([cout], normal, dev);
         let opts = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
         let s = median(reps, || {
             read(conv2d(x.clone(), weight.clone(), Some(bias.clone()), opts.clone()))
@@ -123,9 +141,9 @@ fn run<B: Backend>(args: &Args, name: &str, dev: &B::Device) {
     }
     // --rows R C: softmax and layer norm over the last axis of an R × C matrix.
     if let [r, c] = args.list("--rows")[..] {
-        let x = Tensor::<B, 2>::random([r, c], normal, dev);
-        let gamma = Tensor::<B, 1>::ones([c], dev);
-        let beta = Tensor::<B, 1>::zeros([c], dev);
+        let x = Tensor::<2>::random([r, c], normal, dev);
+        let gamma = Tensor::<1>::ones([c], dev);
+        let beta = Tensor::<1>::zeros([c], dev);
         let s = median(reps, || read(activation::softmax(x.clone(), 1)));
         emit("softmax", format!("{r}x{c}"), name, s, "");
         let s = median(reps, || {
@@ -138,8 +156,8 @@ fn run<B: Backend>(args: &Args, name: &str, dev: &B::Device) {
     }
     // --chain N: kiln's 16-op arithmetic chain (4 × mul_scalar, add, relu, sub_scalar).
     for n in args.list("--chain") {
-        let x = Tensor::<B, 1>::random([n], normal, dev);
-        let y = Tensor::<B, 1>::random([n], Distribution::Default, dev);
+        let x = Tensor::<1>::random([n], normal, dev);
+        let y = Tensor::<1>::random([n], Distribution::Default, dev);
         let s = median(reps, || {
             let mut h = x.clone();
             for k in 0..4 {
@@ -153,9 +171,11 @@ fn run<B: Backend>(args: &Args, name: &str, dev: &B::Device) {
 
 fn main() {
     let args = Args { argv: std::env::args().skip(1).collect() };
-    match args.value("--backend").as_deref().unwrap_or("wgpu") {
-        "wgpu" => run::<Wgpu>(&args, "wgpu", &Default::default()),
-        "flex" => run::<Flex>(&args, "flex", &Default::default()),
+    let name = args.value("--backend").unwrap_or_else(|| "wgpu".into());
+    let dev = match name.as_str() {
+        "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
+        "flex" => Device::flex(),
         other => panic!("unknown backend {other} (wgpu or flex)"),
-    }
+    };
+    run(&args, &name, &dev);
 }
