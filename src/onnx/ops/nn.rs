@@ -485,12 +485,18 @@ pub(super) fn pool(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     if kernel.0 == 0 {
         return Err(ctx.invalid("no kernel_shape"));
     }
-    if pair(&c2, "dilations", 1)? != (1, 1) {
-        return Err(ctx.unsupported("dilated pooling"));
+    let dil = pair(&c2, "dilations", 1)?;
+    if dil.0 == 0 || dil.1 == 0 {
+        return Err(ctx.invalid("dilations must be at least 1"));
     }
     let stride = pair(&c2, "strides", 1)?;
     let (h, w) = (x.shape()[2], x.shape()[3]);
-    let pads = padding(&c2, kernel, stride, (1, 1), (h, w))?;
+    let pads = padding(&c2, kernel, stride, dil, (h, w))?;
+    // A window's extent in the input: (k - 1)·dilation + 1.
+    let span = (
+        (kernel.0 - 1) * dil.0 + 1,
+        (kernel.1.max(1) - 1) * dil.1 + 1,
+    );
     // Output size, rounded up with ceil_mode (a window must still start inside the input or
     // its leading padding); the extra rows and columns that needs are padding too.
     let ceil = ctx.int("ceil_mode", 0) != 0;
@@ -505,20 +511,30 @@ pub(super) fn pool(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         Ok(o)
     };
     let (oh, ow) = (
-        out(h, kernel.0, stride.0, pads.0, pads.2)?,
-        out(w, kernel.1, stride.1, pads.1, pads.3)?,
+        out(h, span.0, stride.0, pads.0, pads.2)?,
+        out(w, span.1, stride.1, pads.1, pads.3)?,
     );
     let extra =
         |o: usize, k: usize, s: usize, total: usize| ((o - 1) * s + k).saturating_sub(total);
     let (eb, er) = (
-        extra(oh, kernel.0, stride.0, h + pads.0 + pads.2),
-        extra(ow, kernel.1, stride.1, w + pads.1 + pads.3),
+        extra(oh, span.0, stride.0, h + pads.0 + pads.2),
+        extra(ow, span.1, stride.1, w + pads.1 + pads.3),
     );
     let all = (pads.0, pads.1, pads.2 + eb, pads.3 + er);
+    // Pooling of an already padded input: kiln's pools, or with dilation the taps gathered.
+    let pool_padded = |t: &Tensor, max: bool| -> Result<Tensor> {
+        if dil != (1, 1) {
+            dilated_pool(ctx, t, kernel, stride, dil, (oh, ow), max)
+        } else if max {
+            t.max_pool2d(kernel, stride, (0, 0))
+        } else {
+            t.avg_pool2d(kernel, stride, (0, 0))
+        }
+    };
     let y = if max {
-        pad2d(&x, all, f32::NEG_INFINITY)?.max_pool2d(kernel, stride, (0, 0))?
+        pool_padded(&pad2d(&x, all, f32::NEG_INFINITY)?, true)?
     } else {
-        let sums = pad2d(&x, all, 0.0)?.avg_pool2d(kernel, stride, (0, 0))?;
+        let sums = pool_padded(&pad2d(&x, all, 0.0)?, false)?;
         if all == (0, 0, 0, 0) {
             sums
         } else {
@@ -530,10 +546,46 @@ pub(super) fn pool(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
             } else {
                 pad2d(&ones, all, 0.0)?
             };
-            sums.div(&counted.avg_pool2d(kernel, stride, (0, 0))?)?
+            sums.div(&pool_padded(&counted, false)?)?
         }
     };
     Ok(vec![Value::Float(as_1d(y, one_d)?)])
+}
+
+/// Dilated pooling of a padded NCHW input into `out` positions: each kernel tap's values are
+/// gathered (rows, then columns: `o·stride + tap·dilation`) and combined by `maximum` (NaN
+/// propagates) or summed and divided by the taps, as kiln's `avg_pool2d` does.
+fn dilated_pool(
+    ctx: &Ctx,
+    x: &Tensor,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    dil: (usize, usize),
+    out: (usize, usize),
+    max: bool,
+) -> Result<Tensor> {
+    let index = |o: usize, s: usize, tap: usize, d: usize| {
+        let v: Vec<u32> = (0..o).map(|i| (i * s + tap * d) as u32).collect();
+        Tensor::from_vec_u32(ctx.dev, v, &[o])
+    };
+    let mut acc: Option<Tensor> = None;
+    for ky in 0..kernel.0 {
+        let rows = x.index_select(2, &index(out.0, stride.0, ky, dil.0)?)?;
+        for kx in 0..kernel.1 {
+            let t = rows.index_select(3, &index(out.1, stride.1, kx, dil.1)?)?;
+            acc = Some(match acc {
+                None => t,
+                Some(a) if max => a.maximum(&t)?,
+                Some(a) => a.add(&t)?,
+            });
+        }
+    }
+    let acc = acc.ok_or_else(|| ctx.invalid("an empty kernel"))?;
+    if max {
+        Ok(acc)
+    } else {
+        acc.div_scalar((kernel.0 * kernel.1) as f32)
+    }
 }
 
 pub(super) fn global_pool(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
