@@ -491,12 +491,27 @@ fn tuner(ctx: &GpuContext) -> std::sync::Arc<tune::Tuner> {
     ctx.state(tune::Tuner::new)
 }
 
-/// Whether the next product like `plan` would be a tuning trial.
-pub(crate) fn tuning(ctx: &GpuContext, plan: &MatmulPlan) -> bool {
-    matches!(
-        tuner(ctx).choose(ctx, plan, false).1,
-        tune::Trial::Yes { .. }
-    )
+/// Settles the tuner for `plan`'s shape class by running products of zeros until it has
+/// chosen (see `Device::tune_matmul`); returns the products run.
+pub(crate) fn settle(ctx: &GpuContext, plan: &MatmulPlan) -> Result<usize> {
+    let trial = || {
+        matches!(
+            tuner(ctx).choose(ctx, plan, false).1,
+            tune::Trial::Yes { .. }
+        )
+    };
+    if !trial() {
+        return Ok(0);
+    }
+    let a = ctx.upload("tune_matmul", &vec![0.0; plan.m * plan.k])?;
+    let b = ctx.upload("tune_matmul", &vec![0.0; plan.k * plan.n])?;
+    let mut runs = 0;
+    while trial() {
+        drop(matmul(ctx, &a, &b, plan, Epilogue::default())?);
+        runs += 1;
+    }
+    ctx.synchronize()?;
+    Ok(runs)
 }
 
 /// Force one configuration for every matmul on the device (`None`: choose again).
