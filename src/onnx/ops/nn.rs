@@ -217,8 +217,13 @@ fn padding(
 
 /// `t` (`[n, c, h, w]`) padded with `value`: `top` rows above, `left` columns before, ...
 fn pad2d(t: &Tensor, (top, left, bottom, right): Pads, value: f32) -> Result<Tensor> {
+    pad_axes(t, &[(2, top, bottom), (3, left, right)], value)
+}
+
+/// `t` with `before` and `after` values `value` added along each listed dimension.
+fn pad_axes(t: &Tensor, axes: &[(usize, usize, usize)], value: f32) -> Result<Tensor> {
     let mut t = t.clone();
-    for (dim, before, after) in [(2usize, top, bottom), (3, left, right)] {
+    for &(dim, before, after) in axes {
         if before + after == 0 {
             continue;
         }
@@ -465,6 +470,12 @@ pub(super) fn pool(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     let x = input.tensor("onnx")?;
     let max = ctx.node.op_type == "MaxPool";
     let one_d = x.rank() == 3;
+    if x.rank() == 5 {
+        if ctx.node.output.len() > 1 && !ctx.node.output[1].is_empty() {
+            return Err(ctx.unsupported("MaxPool's indices output"));
+        }
+        return Ok(vec![Value::Float(pool_3d(ctx, x, max)?)]);
+    }
     if !(x.rank() == 4 || one_d) {
         return Err(ctx.unsupported(format!("{}-D pooling", x.rank().saturating_sub(2))));
     }
@@ -524,7 +535,9 @@ pub(super) fn pool(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     // Pooling of an already padded input: kiln's pools, or with dilation the taps gathered.
     let pool_padded = |t: &Tensor, max: bool| -> Result<Tensor> {
         if dil != (1, 1) {
-            dilated_pool(ctx, t, kernel, stride, dil, (oh, ow), max)
+            let k = [kernel.0, kernel.1];
+            let (s, d) = ([stride.0, stride.1], [dil.0, dil.1]);
+            gather_pool(ctx, t, &k, &s, &d, &[oh, ow], max)
         } else if max {
             t.max_pool2d(kernel, stride, (0, 0))
         } else {
@@ -552,40 +565,109 @@ pub(super) fn pool(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     Ok(vec![Value::Float(as_1d(y, one_d)?)])
 }
 
-/// Dilated pooling of a padded NCHW input into `out` positions: each kernel tap's values are
-/// gathered (rows, then columns: `o·stride + tap·dilation`) and combined by `maximum` (NaN
-/// propagates) or summed and divided by the taps, as kiln's `avg_pool2d` does.
-fn dilated_pool(
+/// Pooling of a padded input (N, C, then one dimension per entry of `kernel`) into `out`
+/// positions per dimension: each kernel tap's values are gathered (`o·stride + tap·dilation`
+/// along every dimension) and combined by `maximum` (NaN propagates) or summed and divided by
+/// the taps, as kiln's `avg_pool2d` does. Used for dilated and 3-D pooling.
+fn gather_pool(
     ctx: &Ctx,
     x: &Tensor,
-    kernel: (usize, usize),
-    stride: (usize, usize),
-    dil: (usize, usize),
-    out: (usize, usize),
+    kernel: &[usize],
+    stride: &[usize],
+    dil: &[usize],
+    out: &[usize],
     max: bool,
 ) -> Result<Tensor> {
-    let index = |o: usize, s: usize, tap: usize, d: usize| {
-        let v: Vec<u32> = (0..o).map(|i| (i * s + tap * d) as u32).collect();
-        Tensor::from_vec_u32(ctx.dev, v, &[o])
-    };
+    let taps: usize = kernel.iter().product();
     let mut acc: Option<Tensor> = None;
-    for ky in 0..kernel.0 {
-        let rows = x.index_select(2, &index(out.0, stride.0, ky, dil.0)?)?;
-        for kx in 0..kernel.1 {
-            let t = rows.index_select(3, &index(out.1, stride.1, kx, dil.1)?)?;
-            acc = Some(match acc {
-                None => t,
-                Some(a) if max => a.maximum(&t)?,
-                Some(a) => a.add(&t)?,
-            });
+    for tap in 0..taps {
+        let mut t = x.clone();
+        let mut rest = tap;
+        for a in (0..kernel.len()).rev() {
+            let k = rest % kernel[a];
+            rest /= kernel[a];
+            let v: Vec<u32> = (0..out[a])
+                .map(|o| (o * stride[a] + k * dil[a]) as u32)
+                .collect();
+            let idx = Tensor::from_vec_u32(ctx.dev, v, &[out[a]])?;
+            t = t.index_select((2 + a) as isize, &idx)?;
         }
+        acc = Some(match acc {
+            None => t,
+            Some(a) if max => a.maximum(&t)?,
+            Some(a) => a.add(&t)?,
+        });
     }
     let acc = acc.ok_or_else(|| ctx.invalid("an empty kernel"))?;
     if max {
         Ok(acc)
     } else {
-        acc.div_scalar((kernel.0 * kernel.1) as f32)
+        acc.div_scalar(taps as f32)
     }
+}
+
+/// 3-D `MaxPool` / `AveragePool` (NCDHW) through [`gather_pool`]: explicit pads (or `VALID`),
+/// strides, dilations, `ceil_mode` and `count_include_pad` as in 2-D.
+fn pool_3d(ctx: &Ctx, x: &Tensor, max: bool) -> Result<Tensor> {
+    let r = 3;
+    let list = |name: &str, default: usize, len: usize| -> Result<Vec<usize>> {
+        match ctx.ints(name) {
+            None => Ok(vec![default; len]),
+            Some(v) if v.len() == len && v.iter().all(|&e| e >= 0) => {
+                Ok(v.iter().map(|&e| e as usize).collect())
+            }
+            Some(v) => Err(ctx.invalid(format!("{name} {v:?}"))),
+        }
+    };
+    let kernel = list("kernel_shape", 0, r)?;
+    let stride = list("strides", 1, r)?;
+    let dil = list("dilations", 1, r)?;
+    if kernel.iter().chain(&stride).chain(&dil).any(|&v| v == 0) {
+        return Err(ctx.invalid("kernel_shape, strides and dilations must be at least 1"));
+    }
+    let pads = match ctx.string("auto_pad", "NOTSET").as_str() {
+        "NOTSET" => list("pads", 0, 2 * r)?,
+        "VALID" => vec![0; 2 * r],
+        other => return Err(ctx.unsupported(format!("auto_pad {other} in 3-D pooling"))),
+    };
+    let ceil = ctx.int("ceil_mode", 0) != 0;
+    let (mut outs, mut extra) = (Vec::new(), Vec::new());
+    for a in 0..r {
+        let (i, s, b, e) = (x.shape()[2 + a], stride[a], pads[a], pads[r + a]);
+        let span = (kernel[a] - 1) * dil[a] + 1;
+        let room = (i + b + e)
+            .checked_sub(span)
+            .ok_or_else(|| ctx.invalid("a window larger than the padded input"))?;
+        let mut o = if ceil { room.div_ceil(s) } else { room / s } + 1;
+        if ceil && (o - 1) * s >= i + b {
+            o -= 1;
+        }
+        extra.push(((o - 1) * s + span).saturating_sub(i + b + e));
+        outs.push(o);
+    }
+    let all: Vec<(usize, usize, usize)> = (0..r)
+        .map(|a| (2 + a, pads[a], pads[r + a] + extra[a]))
+        .collect();
+    let pool = |t: &Tensor, max| gather_pool(ctx, t, &kernel, &stride, &dil, &outs, max);
+    if max {
+        return pool(&pad_axes(x, &all, f32::NEG_INFINITY)?, true);
+    }
+    let sums = pool(&pad_axes(x, &all, 0.0)?, false)?;
+    if all.iter().all(|&(_, b, e)| b + e == 0) {
+        return Ok(sums);
+    }
+    // Divide by the counted positions of each window, as the 2-D path does.
+    let mut ones_shape = vec![1, 1];
+    ones_shape.extend(&x.shape()[2..]);
+    let ones = Tensor::ones(ctx.dev, &ones_shape)?;
+    let counted = if ctx.int("count_include_pad", 0) != 0 {
+        let explicit: Vec<_> = (0..r).map(|a| (2 + a, pads[a], pads[r + a])).collect();
+        let ceil_extra: Vec<_> = (0..r).map(|a| (2 + a, 0, extra[a])).collect();
+        pad_axes(&pad_axes(&ones, &explicit, 1.0)?, &ceil_extra, 0.0)?
+    } else {
+        pad_axes(&ones, &all, 0.0)?
+    };
+    sums.div(&pool(&counted, false)?)
 }
 
 pub(super) fn global_pool(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
