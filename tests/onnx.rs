@@ -342,20 +342,33 @@ fn onnx_models_match_the_reference_evaluator() {
 /// The directory `scripts/onnx_models.py` writes its models to (made on first use), or `None`
 /// when python's onnx package is missing (a failure under `KILN_REQUIRE_ONNX=1`).
 fn models_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/onnx-models");
-    if !dir.join("branchy_else.output.pb").exists() {
+    generated(
+        "onnx-models",
+        "branchy_else.output.pb",
+        "onnx_models.py",
+        "onnx numpy",
+    )
+}
+
+/// `target/<dir>`, filled by `scripts/<script>` unless `sentinel` (its last file) is there
+/// already; `None` when the script fails for want of the Python packages `packages` (a
+/// failure under `KILN_REQUIRE_ONNX=1`, a loud skip otherwise).
+fn generated(dir: &str, sentinel: &str, script: &str, packages: &str) -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target").join(dir);
+    if !dir.join(sentinel).exists() {
         let made = std::process::Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/onnx_models.py"))
+            .arg(root.join("scripts").join(script))
             .arg(&dir)
             .status()
             .is_ok_and(|s| s.success());
         if !made {
             if std::env::var("KILN_REQUIRE_ONNX").is_ok_and(|v| v == "1") {
-                panic!(
-                    "KILN_REQUIRE_ONNX=1 but scripts/onnx_models.py failed (pip install onnx numpy)"
-                );
+                panic!("KILN_REQUIRE_ONNX=1 but scripts/{script} failed (pip install {packages})");
             }
-            say!("!!!!! kiln tests: no ONNX models (pip install onnx numpy) — SKIPPED !!!!!");
+            say!(
+                "!!!!! kiln tests: scripts/{script} failed (pip install {packages}) — SKIPPED !!!!!"
+            );
             return None;
         }
     }
@@ -431,25 +444,14 @@ fn onnx_external_data_loads_and_is_checked() {
 /// probabilities and values within 1e-4.
 #[test]
 fn onnx_sklearn_models_match_scikit_learn() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/onnx-sklearn");
-    if !dir.join("linreg.output_0.pb").exists() {
-        let made = std::process::Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/onnx_sklearn.py"))
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !made {
-            if std::env::var("KILN_REQUIRE_ONNX").is_ok_and(|v| v == "1") {
-                panic!(
-                    "KILN_REQUIRE_ONNX=1 but scripts/onnx_sklearn.py failed (pip install scikit-learn skl2onnx onnx)"
-                );
-            }
-            say!(
-                "!!!!! kiln tests: no scikit-learn models (pip install scikit-learn skl2onnx) — SKIPPED !!!!!"
-            );
-            return;
-        }
-    }
+    let Some(dir) = generated(
+        "onnx-sklearn",
+        "linreg.output_0.pb",
+        "onnx_sklearn.py",
+        "scikit-learn skl2onnx onnx",
+    ) else {
+        return;
+    };
     let mut devices = vec![Device::cpu()];
     devices.extend(gpus());
     for name in ["logreg", "mlp", "linreg"] {

@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::onnx::value::{IntTensor, Value};
 
 /// A value of the input's kind (float or integer) from host values.
-fn like(ctx: &Ctx, x: &Value, shape: Vec<usize>, data: Vec<f64>) -> Result<Value> {
+pub(super) fn like(ctx: &Ctx, x: &Value, shape: Vec<usize>, data: Vec<f64>) -> Result<Value> {
     Ok(match x {
         Value::Int(i) => Value::Int(IntTensor {
             shape,

@@ -2,7 +2,6 @@
 //! updated in index order (so duplicate indices combine as ONNX specifies) and uploaded again.
 
 use super::{Args, Ctx, strides};
-use crate::Tensor;
 use crate::error::{Error, Result};
 use crate::onnx::value::{IntTensor, Value};
 
@@ -56,24 +55,12 @@ fn operands(ctx: &Ctx, args: &Args) -> Result<(Vec<f64>, Vec<f64>, IntTensor)> {
 /// A value shaped like input 0 holding `out`.
 fn like_data(ctx: &Ctx, args: &Args, out: Vec<f64>) -> Result<Vec<Value>> {
     let data = ctx.input(args, 0)?;
-    let shape = data.shape().to_vec();
-    Ok(vec![match data {
-        Value::Int(i) => Value::Int(IntTensor {
-            shape,
-            data: out.into_iter().map(|v| v as i64).collect(),
-            elem: i.elem,
-        }),
-        Value::Float(_) => Value::Float(Tensor::from_vec(
-            ctx.dev,
-            out.into_iter().map(|v| v as f32).collect(),
-            &shape,
-        )?),
-        Value::Bool(_) => Value::Bool(Tensor::from_vec(
-            ctx.dev,
-            out.into_iter().map(|v| v as f32).collect(),
-            &shape,
-        )?),
-    }])
+    Ok(vec![super::host::like(
+        ctx,
+        data,
+        data.shape().to_vec(),
+        out,
+    )?])
 }
 
 /// `ScatterElements` (and `Scatter`): `out[.., indices[c], ..] ⊕= updates[c]` along `axis`.
