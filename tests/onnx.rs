@@ -26,17 +26,36 @@ fn cases_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(d));
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/onnx-cases");
-    if !dir.exists() {
-        let made = std::process::Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/onnx_cases.py"))
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !made {
-            return None;
-        }
+    make(&dir, "test_abs/model.onnx", "onnx_cases.py").then_some(dir)
+}
+
+/// Fills `dir` with `scripts/<script>` unless `sentinel` is in it already; whether it is now.
+/// The tests of this binary run in parallel and several want the same files: one makes them
+/// (the others wait on the lock), into a scratch directory renamed into place when complete,
+/// so no test reads a half-written tree.
+fn make(dir: &Path, sentinel: &str, script: &str) -> bool {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if dir.join(sentinel).exists() {
+        return true;
     }
-    Some(dir)
+    let scratch = dir.with_extension(format!("partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let made = std::process::Command::new("python3")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("scripts")
+                .join(script),
+        )
+        .arg(&scratch)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        let _ = std::fs::remove_dir_all(&scratch);
+        return false;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&scratch, dir).is_ok() && dir.join(sentinel).exists()
 }
 
 /// Why a case failed on `dev`, or `None` if it passed.
@@ -354,23 +373,15 @@ fn models_dir() -> Option<PathBuf> {
 /// already; `None` when the script fails for want of the Python packages `packages` (a
 /// failure under `KILN_REQUIRE_ONNX=1`, a loud skip otherwise).
 fn generated(dir: &str, sentinel: &str, script: &str, packages: &str) -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = root.join("target").join(dir);
-    if !dir.join(sentinel).exists() {
-        let made = std::process::Command::new("python3")
-            .arg(root.join("scripts").join(script))
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !made {
-            if std::env::var("KILN_REQUIRE_ONNX").is_ok_and(|v| v == "1") {
-                panic!("KILN_REQUIRE_ONNX=1 but scripts/{script} failed (pip install {packages})");
-            }
-            say!(
-                "!!!!! kiln tests: scripts/{script} failed (pip install {packages}) — SKIPPED !!!!!"
-            );
-            return None;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(dir);
+    if !make(&dir, sentinel, script) {
+        if std::env::var("KILN_REQUIRE_ONNX").is_ok_and(|v| v == "1") {
+            panic!("KILN_REQUIRE_ONNX=1 but scripts/{script} failed (pip install {packages})");
         }
+        say!("!!!!! kiln tests: scripts/{script} failed (pip install {packages}) — SKIPPED !!!!!");
+        return None;
     }
     Some(dir)
 }

@@ -479,8 +479,9 @@ pub(super) fn pool(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     if !(x.rank() == 4 || one_d) {
         return Err(ctx.unsupported(format!("{}-D pooling", x.rank().saturating_sub(2))));
     }
-    if ctx.node.output.len() > 1 && !ctx.node.output[1].is_empty() {
-        return Err(ctx.unsupported("MaxPool's indices output"));
+    let indices = max && ctx.node.output.get(1).is_some_and(|o| !o.is_empty());
+    if indices && one_d {
+        return Err(ctx.unsupported("MaxPool's indices output in 1-D"));
     }
     let x = as_2d(x)?;
     let node = if one_d {
@@ -544,6 +545,9 @@ pub(super) fn pool(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
             t.avg_pool2d(kernel, stride, (0, 0))
         }
     };
+    if indices {
+        return max_pool_indices(ctx, &x, all, (kernel, stride, dil), (oh, ow));
+    }
     let y = if max {
         pool_padded(&pad2d(&x, all, f32::NEG_INFINITY)?, true)?
     } else {
@@ -565,10 +569,85 @@ pub(super) fn pool(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     Ok(vec![Value::Float(as_1d(y, one_d)?)])
 }
 
+/// Per kernel tap, the positions it reads along each spatial dimension for the `out`
+/// outputs (`o·stride + tap·dilation`), as index tensors for `index_select`.
+fn tap_indices(
+    ctx: &Ctx,
+    kernel: &[usize],
+    stride: &[usize],
+    dil: &[usize],
+    out: &[usize],
+) -> Result<Vec<Vec<Tensor>>> {
+    let taps: usize = kernel.iter().product();
+    (0..taps)
+        .map(|tap| {
+            let mut rest = tap;
+            let mut per_axis = vec![None; kernel.len()];
+            for a in (0..kernel.len()).rev() {
+                let k = rest % kernel[a];
+                rest /= kernel[a];
+                let v: Vec<u32> = (0..out[a])
+                    .map(|o| (o * stride[a] + k * dil[a]) as u32)
+                    .collect();
+                per_axis[a] = Some(Tensor::from_vec_u32(ctx.dev, v, &[out[a]])?);
+            }
+            Ok(per_axis.into_iter().flatten().collect())
+        })
+        .collect()
+}
+
+/// The values of `x` (N, C, then the spatial dimensions) one tap reads.
+fn gather_tap(x: &Tensor, idx: &[Tensor]) -> Result<Tensor> {
+    idx.iter()
+        .enumerate()
+        .try_fold(x.clone(), |t, (a, i)| t.index_select((2 + a) as isize, i))
+}
+
+/// `MaxPool` with its `Indices` output (2-D): the values and each one's flat index in the
+/// input (row-major, or column-major within each plane with `storage_order` 1), as int64.
+fn max_pool_indices(
+    ctx: &Ctx,
+    x: &Tensor,
+    all: Pads,
+    (kernel, stride, dil): ((usize, usize), (usize, usize), (usize, usize)),
+    out: (usize, usize),
+) -> Result<Vec<Value>> {
+    let [n, c, h, w] = x.shape()[..] else {
+        return Err(ctx.invalid("MaxPool with indices needs a 4-D input"));
+    };
+    let total = n * c * h * w;
+    if total > 1 << 24 {
+        return Err(ctx.unsupported("MaxPool indices beyond 2^24 input values"));
+    }
+    let column_major = ctx.int("storage_order", 0) != 0;
+    let positions: Vec<f32> = (0..total)
+        .map(|i| {
+            let (plane, y, xx) = (i / (h * w), (i / w) % h, i % w);
+            let within = if column_major { xx * h + y } else { y * w + xx };
+            (plane * h * w + within) as f32
+        })
+        .collect();
+    let positions = Tensor::from_vec(ctx.dev, positions, &[n, c, h, w])?;
+    let (v, p) = max_pool_with_indices(
+        ctx,
+        &pad2d(x, all, f32::NEG_INFINITY)?,
+        &pad2d(&positions, all, -1.0)?,
+        &[kernel.0, kernel.1],
+        &[stride.0, stride.1],
+        &[dil.0, dil.1],
+        &[out.0, out.1],
+    )?;
+    let ids = p.to_vec()?.into_iter().map(|f| f as i64).collect();
+    Ok(vec![
+        Value::Float(v),
+        Value::Int(IntTensor::new(p.shape().to_vec(), ids)),
+    ])
+}
+
 /// Pooling of a padded input (N, C, then one dimension per entry of `kernel`) into `out`
-/// positions per dimension: each kernel tap's values are gathered (`o·stride + tap·dilation`
-/// along every dimension) and combined by `maximum` (NaN propagates) or summed and divided by
-/// the taps, as kiln's `avg_pool2d` does. Used for dilated and 3-D pooling.
+/// positions per dimension: each kernel tap's values are gathered and combined by `maximum`
+/// (NaN propagates) or summed and divided by the taps, as kiln's `avg_pool2d` does. Used for
+/// dilated and 3-D pooling.
 fn gather_pool(
     ctx: &Ctx,
     x: &Tensor,
@@ -578,20 +657,10 @@ fn gather_pool(
     out: &[usize],
     max: bool,
 ) -> Result<Tensor> {
-    let taps: usize = kernel.iter().product();
+    let taps = tap_indices(ctx, kernel, stride, dil, out)?;
     let mut acc: Option<Tensor> = None;
-    for tap in 0..taps {
-        let mut t = x.clone();
-        let mut rest = tap;
-        for a in (0..kernel.len()).rev() {
-            let k = rest % kernel[a];
-            rest /= kernel[a];
-            let v: Vec<u32> = (0..out[a])
-                .map(|o| (o * stride[a] + k * dil[a]) as u32)
-                .collect();
-            let idx = Tensor::from_vec_u32(ctx.dev, v, &[out[a]])?;
-            t = t.index_select((2 + a) as isize, &idx)?;
-        }
+    for idx in &taps {
+        let t = gather_tap(x, idx)?;
         acc = Some(match acc {
             None => t,
             Some(a) if max => a.maximum(&t)?,
@@ -602,8 +671,38 @@ fn gather_pool(
     if max {
         Ok(acc)
     } else {
-        acc.div_scalar(taps as f32)
+        acc.div_scalar(taps.len() as f32)
     }
+}
+
+/// Max pooling of a padded NCHW input with ONNX's `Indices` output: `positions` (same shape)
+/// holds each value's flat index in the unpadded input (-1 in the padding); a window's first
+/// maximum wins.
+#[allow(clippy::too_many_arguments)]
+fn max_pool_with_indices(
+    ctx: &Ctx,
+    x: &Tensor,
+    positions: &Tensor,
+    kernel: &[usize],
+    stride: &[usize],
+    dil: &[usize],
+    out: &[usize],
+) -> Result<(Tensor, Tensor)> {
+    let mut best: Option<(Tensor, Tensor)> = None;
+    for idx in &tap_indices(ctx, kernel, stride, dil, out)? {
+        let (t, p) = (gather_tap(x, idx)?, gather_tap(positions, idx)?);
+        best = Some(match best {
+            None => (t, p),
+            Some((v, i)) => {
+                let more = t.gt(&v)?;
+                (
+                    Tensor::where_cond(&more, &t, &v)?,
+                    Tensor::where_cond(&more, &p, &i)?,
+                )
+            }
+        });
+    }
+    best.ok_or_else(|| ctx.invalid("an empty kernel"))
 }
 
 /// 3-D `MaxPool` / `AveragePool` (NCDHW) through [`gather_pool`]: explicit pads (or `VALID`),
