@@ -790,14 +790,41 @@ fn per_channel(p: &Tensor, rank: usize) -> Result<Tensor> {
 }
 
 pub(super) fn batch_norm(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
-    if ctx.int("training_mode", 0) != 0 || ctx.node.output.iter().skip(1).any(|o| !o.is_empty()) {
-        return Err(ctx.unsupported("training mode"));
-    }
     let x = ctx.float_input(args, 0)?;
     let r = x.rank();
     let p = |i| ctx.float_input(args, i).and_then(|t| per_channel(t, r));
     let (scale, bias, mean, var) = (p(1)?, p(2)?, p(3)?, p(4)?);
     let eps = ctx.float("epsilon", 1e-5);
+    if ctx.int("training_mode", 0) != 0 {
+        // The batch's statistics per channel (population variance), and the running ones
+        // updated with `momentum`.
+        let over_all_but_channels = |t: &Tensor| -> Result<Tensor> {
+            (0..r)
+                .filter(|&d| d != 1)
+                .try_fold(t.clone(), |t, d| t.mean(d as isize, true))
+        };
+        let batch_mean = over_all_but_channels(x)?;
+        let centered = x.sub(&batch_mean)?;
+        let batch_var = over_all_but_channels(&centered.square()?)?;
+        let y = centered
+            .mul(&batch_var.add_scalar(eps)?.rsqrt()?.mul(&scale)?)?
+            .add(&bias)?;
+        let m = ctx.float("momentum", 0.9);
+        let running = |old: &Tensor, now: &Tensor| -> Result<Tensor> {
+            let c = now.numel();
+            old.mul_scalar(m)?
+                .add(&now.mul_scalar(1.0 - m)?)?
+                .reshape(&[c])
+        };
+        return Ok(vec![
+            Value::Float(y),
+            Value::Float(running(&mean, &batch_mean)?),
+            Value::Float(running(&var, &batch_var)?),
+        ]);
+    }
+    if ctx.node.output.iter().skip(1).any(|o| !o.is_empty()) {
+        return Err(ctx.invalid("mean and variance outputs need training_mode"));
+    }
     let y = x
         .sub(&mean)?
         .mul(&var.add_scalar(eps)?.rsqrt()?.mul(&scale)?)?
