@@ -1,5 +1,6 @@
 //! ONNX's narrow element types: bfloat16, the 8-bit floats (E4M3FN, E4M3FNUZ, E5M2, E5M2FNUZ),
-//! the 4-bit float E2M1, and 4- and 2-bit integers. kiln computes in f32 (and the host's i64):
+//! the 4-bit float E2M1, the exponent-only E8M0 (read, not cast to), and 4- and 2-bit
+//! integers. kiln computes in f32 (and the host's i64):
 //! a narrow float is held as the f32 of its value, and a cast to one rounds to its grid (to
 //! nearest, ties to even) with ONNX's saturation rules.
 
@@ -20,6 +21,9 @@ pub(crate) enum Narrow {
     },
     /// A 4- or 2-bit integer.
     Int { bits: u32, signed: bool },
+    /// FLOAT8E8M0: eight exponent bits, `2^(e - 127)`, 0xFF is NaN (no sign, zero or
+    /// infinity).
+    E8m0,
 }
 
 /// Where a small float keeps NaN (and infinity).
@@ -44,6 +48,7 @@ pub(crate) const INT4: i32 = 22;
 pub(crate) const FLOAT4E2M1: i32 = 23;
 pub(crate) const UINT2: i32 = 25;
 pub(crate) const INT2: i32 = 26;
+pub(crate) const FLOAT8E8M0: i32 = 24;
 pub(crate) const BFLOAT16: i32 = 16;
 
 impl Narrow {
@@ -63,6 +68,7 @@ impl Narrow {
             FLOAT8E5M2 => float(5, 2, 15, 57344.0, Nan::Ieee),
             FLOAT8E5M2FNUZ => float(5, 2, 16, 57344.0, Nan::NegativeZero),
             FLOAT4E2M1 => float(2, 1, 1, 6.0, Nan::None),
+            FLOAT8E8M0 => Narrow::E8m0,
             UINT4 => Narrow::Int {
                 bits: 4,
                 signed: false,
@@ -89,10 +95,16 @@ impl Narrow {
             Narrow::Bf16 => 16,
             Narrow::Float { exp, man, .. } => 1 + exp + man,
             Narrow::Int { bits, .. } => bits,
+            Narrow::E8m0 => 8,
         }
     }
 
     /// Whether values are integers (held as `Value::Int`).
+    /// Whether kiln casts to this type (every one but E8M0).
+    pub(crate) fn castable(self) -> bool {
+        !matches!(self, Narrow::E8m0)
+    }
+
     pub(crate) fn is_int(self) -> bool {
         matches!(self, Narrow::Int { .. })
     }
@@ -100,6 +112,8 @@ impl Narrow {
     /// The value of one stored pattern.
     pub(crate) fn decode(self, bits: u32) -> f64 {
         match self {
+            Narrow::E8m0 if bits & 0xff == 0xff => f64::NAN,
+            Narrow::E8m0 => 2f64.powi((bits & 0xff) as i32 - 127),
             Narrow::Bf16 => f64::from(f32::from_bits(bits << 16)),
             Narrow::Int { bits: w, signed } => {
                 let v = bits & ((1 << w) - 1);
@@ -145,8 +159,11 @@ impl Narrow {
     /// `saturate` (ONNX's default) values past the largest finite one, infinities included,
     /// become it; without, they become NaN (infinity for E5M2; E2M1, which has neither, always
     /// saturates, and takes NaN to -0). Integers wrap around, as ONNX's reference does.
+    /// E8M0 has rounding modes of its own that kiln does not implement: `Cast` refuses it as
+    /// a target ([`Narrow::castable`]), and here it gives NaN.
     pub(crate) fn round(self, x: f64, saturate: bool) -> f64 {
         match self {
+            Narrow::E8m0 => f64::NAN,
             Narrow::Bf16 => f64::from(half::bf16::from_f64(x).to_f32()),
             Narrow::Int { bits, signed } => {
                 let (lo, hi) = if signed {
@@ -266,5 +283,11 @@ mod tests {
             57344.0
         );
         assert_eq!(Narrow::of(INT4).unwrap().decode(0xf), -1.0);
+        let e8m0 = Narrow::of(FLOAT8E8M0).unwrap();
+        assert_eq!(e8m0.decode(127), 1.0);
+        assert_eq!(e8m0.decode(0), 2f64.powi(-127));
+        assert_eq!(e8m0.decode(254), 2f64.powi(127));
+        assert!(e8m0.decode(255).is_nan());
+        assert!(!e8m0.castable());
     }
 }

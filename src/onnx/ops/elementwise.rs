@@ -420,6 +420,9 @@ pub(super) fn cast(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         ctx.int("to", 0) as i32
     };
     if let Some(narrow) = Narrow::of(to) {
+        if !narrow.castable() {
+            return Err(ctx.unsupported("a cast to float8e8m0"));
+        }
         let saturate = ctx.int("saturate", 1) != 0;
         let v: Vec<f64> = x
             .to_f64()?
