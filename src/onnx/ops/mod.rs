@@ -339,6 +339,23 @@ const fn ml(
 /// The classic machine-learning domain (scikit-learn exports).
 pub(crate) const ML: &str = "ai.onnx.ml";
 
+/// Index `i` along an extent of `dim`, a negative one counted from the end (ONNX's rule for
+/// Gather, GatherElements and the Scatter ops); outside `-dim..dim` it is
+/// `Error::IndexOutOfRange` for `op`.
+pub(crate) fn wrap_index(op: &'static str, i: i64, dim: usize) -> Result<usize> {
+    let d = dim as i64;
+    let j = if i < 0 { i + d } else { i };
+    if (0..d).contains(&j) {
+        Ok(j as usize)
+    } else {
+        Err(Error::IndexOutOfRange {
+            op,
+            index: i.clamp(0, u32::MAX as i64) as u32,
+            size: dim,
+        })
+    }
+}
+
 /// Row-major strides of `shape` (host-side index arithmetic).
 pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
     let mut s = vec![1; shape.len()];

@@ -2,7 +2,7 @@
 //! updated in index order (so duplicate indices combine as ONNX specifies) and uploaded again.
 
 use super::{Args, Ctx, strides};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::onnx::value::{IntTensor, Value};
 
 /// How an update combines with the value it lands on.
@@ -17,23 +17,14 @@ fn combine(ctx: &Ctx) -> Result<fn(f64, f64) -> f64> {
     })
 }
 
-/// An index along an extent of `dim`, negative ones counted from the end.
+/// An index along an extent of `dim` (see `wrap_index`), errors naming the node's op.
 fn index(ctx: &Ctx, i: i64, dim: usize) -> Result<usize> {
-    let d = dim as i64;
-    let j = if i < 0 { i + d } else { i };
-    if (0..d).contains(&j) {
-        Ok(j as usize)
+    let op = if ctx.node.op_type == "ScatterND" {
+        "onnx ScatterND"
     } else {
-        Err(Error::IndexOutOfRange {
-            op: if ctx.node.op_type == "ScatterND" {
-                "onnx ScatterND"
-            } else {
-                "onnx ScatterElements"
-            },
-            index: i.clamp(0, u32::MAX as i64) as u32,
-            size: dim,
-        })
-    }
+        "onnx ScatterElements"
+    };
+    super::wrap_index(op, i, dim)
 }
 
 /// The data and updates as f64 (integers and floats alike), and a way back to a value like

@@ -351,22 +351,11 @@ pub(super) fn gather(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         .ok_or_else(|| ctx.invalid("no indices"))?;
     let r = x.shape().len();
     let axis = ctx.axis(ctx.int("axis", 0), r)?;
-    let dim = x.shape()[axis] as i64;
+    let dim = x.shape()[axis];
     let flat: Vec<usize> = idx
         .data
         .iter()
-        .map(|&i| {
-            let j = if i < 0 { i + dim } else { i };
-            if (0..dim).contains(&j) {
-                Ok(j as usize)
-            } else {
-                Err(crate::Error::IndexOutOfRange {
-                    op: "onnx Gather",
-                    index: i.clamp(0, u32::MAX as i64) as u32,
-                    size: dim as usize,
-                })
-            }
-        })
+        .map(|&i| super::wrap_index("onnx Gather", i, dim))
         .collect::<Result<_>>()?;
     let picked = take(x, axis, &flat)?;
     let mut dims = x.shape()[..axis].to_vec();
@@ -382,19 +371,8 @@ pub(super) fn gather_elements(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         .ok_or_else(|| ctx.invalid("no indices"))?;
     let r = x.shape().len();
     let axis = ctx.axis(ctx.int("axis", 0), r)?;
-    let dim = x.shape()[axis] as i64;
-    let norm = |i: i64| -> Result<usize> {
-        let j = if i < 0 { i + dim } else { i };
-        if (0..dim).contains(&j) {
-            Ok(j as usize)
-        } else {
-            Err(crate::Error::IndexOutOfRange {
-                op: "onnx GatherElements",
-                index: i.clamp(0, u32::MAX as i64) as u32,
-                size: dim as usize,
-            })
-        }
-    };
+    let dim = x.shape()[axis];
+    let norm = |i: i64| super::wrap_index("onnx GatherElements", i, dim);
     if idx.shape.len() != r {
         return Err(ctx.invalid(format!("indices {:?} for data {:?}", idx.shape, x.shape())));
     }
