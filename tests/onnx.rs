@@ -492,3 +492,74 @@ fn onnx_sklearn_models_match_scikit_learn() {
         }
     }
 }
+
+/// Bad inputs to this session's ONNX ops are typed errors on every device, never panics or
+/// wrong values: an LSTM whose weights do not fit its input, Scatter indices out of range
+/// (with a wrong-shaped update), an `If` whose condition is not one value.
+#[test]
+fn onnx_run_errors_are_typed() {
+    let Some(dir) = cases_dir() else {
+        say!("!!!!! kiln tests: no ONNX cases (pip install onnx) — SKIPPED !!!!!");
+        return;
+    };
+    let mut devices = vec![Device::cpu()];
+    devices.extend(gpus());
+    for dev in &devices {
+        let model = |case: &str| Model::load(&dir.join(case).join("model.onnx"), dev).unwrap();
+        let float =
+            |v: Vec<f32>, s: &[usize]| Value::Float(kiln::Tensor::from_vec(dev, v, s).unwrap());
+        let ints = |v: Vec<i64>, s: &[usize]| Value::Int(kiln::onnx::IntTensor::new(s.to_vec(), v));
+
+        // X has 5 features where W expects 2.
+        let lstm = model("test_lstm_defaults");
+        let e = lstm
+            .run(&[
+                ("X", float(vec![0.5; 15], &[1, 3, 5])),
+                ("W", float(vec![0.1; 24], &[1, 12, 2])),
+                ("R", float(vec![0.1; 36], &[1, 12, 3])),
+            ])
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidArgument { .. }),
+            "LSTM on {dev}: {e}"
+        );
+
+        let scatter = model("test_scatter_elements_with_axis");
+        let data = float(vec![1.0; 5], &[1, 5]);
+        for (idx, why) in [(vec![1, 7], "index 7 of 5"), (vec![-6, 0], "index -6 of 5")] {
+            let e = scatter
+                .run(&[
+                    ("data", data.clone()),
+                    ("indices", ints(idx, &[1, 2])),
+                    ("updates", float(vec![2.0; 2], &[1, 2])),
+                ])
+                .unwrap_err();
+            assert!(
+                matches!(e, Error::IndexOutOfRange { .. }),
+                "{why} on {dev}: {e}"
+            );
+        }
+        let e = scatter
+            .run(&[
+                ("data", data.clone()),
+                ("indices", ints(vec![0, 1], &[1, 2])),
+                ("updates", float(vec![2.0; 3], &[1, 3])),
+            ])
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidArgument { .. }),
+            "updates shape on {dev}: {e}"
+        );
+
+        let e = model("test_if")
+            .run(&[(
+                "cond",
+                Value::Bool(kiln::Tensor::from_vec(dev, vec![1.0, 0.0], &[2]).unwrap()),
+            )])
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidArgument { .. }),
+            "If on {dev}: {e}"
+        );
+    }
+}
