@@ -89,6 +89,43 @@ fn op_table_on_every_gpu() {
     }
 }
 
+/// Matmul keeps IEEE's answers at the edges of every kernel's tiles: a k that no k step
+/// divides (version 4 pads its last step with zeros, which must not meet an infinity), an
+/// infinity in the last row of B, a NaN in the first; under every configuration on every GPU.
+#[test]
+fn matmul_non_finite_at_tile_edges() {
+    let (m, k, n) = (3, 9, 5);
+    let mut b = vec![0.5f32; k * n];
+    b[(k - 1) * n..].fill(f32::INFINITY);
+    b[0] = f32::NAN;
+    let check = |dev: &Device, what: &str| {
+        let a = Tensor::ones(dev, &[m, k]).unwrap();
+        let bt = Tensor::from_vec(dev, b.clone(), &[k, n]).unwrap();
+        let c = a.matmul(&bt).unwrap().to_vec().unwrap();
+        for i in 0..m {
+            assert!(
+                c[i * n].is_nan(),
+                "{what} on {dev}: C[{i}, 0] = {}",
+                c[i * n]
+            );
+            for j in 1..n {
+                assert_eq!(c[i * n + j], f32::INFINITY, "{what} on {dev}: C[{i}, {j}]");
+            }
+        }
+    };
+    check(&Device::cpu(), "default");
+    for dev in fresh_gpus() {
+        check(&dev, "default");
+        let mut configs = vec![kiln::gpu::MatmulConfig::Tiled16];
+        configs.extend(kiln::gpu::MATMUL_CANDIDATES);
+        for config in configs {
+            dev.set_matmul_config(Some(config));
+            check(&dev, &config.to_string());
+        }
+        dev.set_matmul_config(None);
+    }
+}
+
 /// Every unary op maps NaN to NaN; domain edges give IEEE's answers; clamp refuses bad bounds.
 #[test]
 fn unary_math_edges() {

@@ -54,7 +54,7 @@ fn every_specialization_validates_and_compiles() {
             Some((naga::ShaderStage::Compute, spec.entry)),
             &constants,
         )
-        .unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+        .unwrap_or_else(|e| panic!("{spec:?}: {e:?}"));
         assert!(
             module.entry_points.iter().any(|e| e.name == spec.entry),
             "{spec:?}: no entry point {}",

@@ -5,6 +5,7 @@
 //! epilogue. Also the choice of a configuration per shape class (forced, heuristic or autotuned:
 //! `tune.rs`), the templated variants (`variants.rs`) and the dispatch.
 
+mod lanes;
 mod tune;
 mod variants;
 
@@ -33,7 +34,9 @@ pub(crate) struct MatmulParams {
     pub row_tile0: u32,
     pub alpha: f32,
     pub beta: f32,
-    pub _pad: u32,
+    /// Version 4's epilogue, chosen at run time so that one pipeline serves every epilogue:
+    /// bit 0 adds the bias, the bits above hold the activation's selector. Others ignore it.
+    pub epilogue: u32,
 }
 
 /// Which matmul kernel runs, with its tile sizes.
@@ -69,11 +72,22 @@ pub enum MatmulConfig {
         /// Invocations (columns) per workgroup.
         wg: u32,
     },
+    /// Version 4 (`lanes.rs`): each subgroup of `sg` lanes computes `tm` rows by `sg · tn`
+    /// columns in registers, A shared by subgroup broadcasts; no workgroup memory (needs
+    /// SUBGROUP with a fixed subgroup size of `sg`).
+    Lanes {
+        /// Lanes per subgroup (the device's fixed subgroup size).
+        sg: u32,
+        /// Rows of C per subgroup.
+        tm: u32,
+        /// Columns of C per lane.
+        tn: u32,
+    },
 }
 
 /// The configurations the autotuner times. Every one is validated by `tests/shaders.rs` and run
 /// through the op table by `tests/ops.rs`.
-pub const CANDIDATES: [MatmulConfig; 10] = [
+pub const CANDIDATES: [MatmulConfig; 15] = [
     MatmulConfig::Blocked {
         bm: 64,
         bn: 64,
@@ -117,6 +131,32 @@ pub const CANDIDATES: [MatmulConfig; 10] = [
         bn: 128,
         bk: 8,
     },
+    // Version 4, for drivers whose subgroups are fixed at 8 lanes (lavapipe on AVX2).
+    MatmulConfig::Lanes {
+        sg: lanes::SHAPES[0].0,
+        tm: lanes::SHAPES[0].1,
+        tn: lanes::SHAPES[0].2,
+    },
+    MatmulConfig::Lanes {
+        sg: lanes::SHAPES[1].0,
+        tm: lanes::SHAPES[1].1,
+        tn: lanes::SHAPES[1].2,
+    },
+    MatmulConfig::Lanes {
+        sg: lanes::SHAPES[2].0,
+        tm: lanes::SHAPES[2].1,
+        tn: lanes::SHAPES[2].2,
+    },
+    MatmulConfig::Lanes {
+        sg: lanes::SHAPES[3].0,
+        tm: lanes::SHAPES[3].1,
+        tn: lanes::SHAPES[3].2,
+    },
+    MatmulConfig::Lanes {
+        sg: lanes::SHAPES[4].0,
+        tm: lanes::SHAPES[4].1,
+        tn: lanes::SHAPES[4].2,
+    },
 ];
 
 impl fmt::Display for MatmulConfig {
@@ -126,6 +166,7 @@ impl fmt::Display for MatmulConfig {
             MatmulConfig::Blocked { bm, bn, bk } => write!(f, "blocked:{bm}x{bn}x{bk}"),
             MatmulConfig::Subgroup { bm, bn, bk } => write!(f, "subgroup:{bm}x{bn}x{bk}"),
             MatmulConfig::Strip { rm, wg } => write!(f, "strip:{rm}x{wg}"),
+            MatmulConfig::Lanes { sg, tm, tn } => write!(f, "lanes:{sg}x{tm}x{tn}"),
         }
     }
 }
@@ -139,7 +180,8 @@ impl FromStr for MatmulConfig {
         let bad = || Error::InvalidArgument {
             op: "KILN_MATMUL_CONFIG",
             reason: format!(
-                "{s:?} is not `tiled16`, `blocked:BMxBNxBK` or `subgroup:BMxBNxBK` with multiples of 4, or `strip:RMxWG` with RM in 1..=8"
+                "{s:?} is not `tiled16`, `blocked:BMxBNxBK` or `subgroup:BMxBNxBK` with multiples of 4, `strip:RMxWG` with RM in 1..=8, or `lanes:SGxTMxTN` with (SG, TM, TN) one of {:?}",
+                lanes::SHAPES
             ),
         };
         if s == "tiled16" {
@@ -152,6 +194,18 @@ impl FromStr for MatmulConfig {
                 .collect::<Result<_>>()?;
             return match v[..] {
                 [rm, wg] if (1..=8).contains(&rm) && wg > 0 => Ok(MatmulConfig::Strip { rm, wg }),
+                _ => Err(bad()),
+            };
+        }
+        if let Some(dims) = s.strip_prefix("lanes:") {
+            let v: Vec<u32> = dims
+                .split('x')
+                .map(|d| d.parse().map_err(|_| bad()))
+                .collect::<Result<_>>()?;
+            return match v[..] {
+                [sg, tm, tn] if lanes::SHAPES.contains(&(sg, tm, tn)) => {
+                    Ok(MatmulConfig::Lanes { sg, tm, tn })
+                }
                 _ => Err(bad()),
             };
         }
@@ -199,6 +253,11 @@ impl MatmulConfig {
                 wg <= limits.max_compute_invocations_per_workgroup
                     && wg <= limits.max_compute_workgroup_size_x
             }
+            MatmulConfig::Lanes { sg, .. } => {
+                sg <= limits.max_compute_invocations_per_workgroup
+                    && sg <= limits.max_compute_workgroup_size_x
+                    && subgroups == Some((sg, sg))
+            }
         }
     }
 
@@ -210,6 +269,7 @@ impl MatmulConfig {
                 (bm, bn)
             }
             MatmulConfig::Strip { rm, wg } => (rm, wg),
+            MatmulConfig::Lanes { sg, tm, tn } => (tm, sg * tn),
         }
     }
 }
@@ -269,6 +329,12 @@ fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp
             // so wgpu's runtime bounds checks can go; tests/ops.rs runs it on divisible shapes.
             unchecked: !checked,
         },
+        MatmulConfig::Lanes { sg, tm, tn } => KernelSpec {
+            shader: lanes::shader(sg, tm, tn),
+            entry: "main",
+            constants: vec![],
+            unchecked: false,
+        },
         MatmulConfig::Strip { rm, wg } => KernelSpec {
             shader: shader!("matmul_strip.wgsl"),
             entry: "main",
@@ -327,7 +393,7 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
 /// Whether `config`'s tiles divide the problem exactly.
 fn divides(config: MatmulConfig, plan: &MatmulPlan) -> bool {
     match config {
-        MatmulConfig::Tiled16 | MatmulConfig::Strip { .. } => false,
+        MatmulConfig::Tiled16 | MatmulConfig::Strip { .. } | MatmulConfig::Lanes { .. } => false,
         MatmulConfig::Blocked { bm, bn, bk } | MatmulConfig::Subgroup { bm, bn, bk } => {
             plan.m.is_multiple_of(bm as usize)
                 && plan.n.is_multiple_of(bn as usize)
@@ -409,7 +475,11 @@ fn run_with(
                 row_tile0: row0,
                 alpha: epilogue.act.map_or(0.0, |a| a.params().0),
                 beta: epilogue.act.map_or(0.0, |a| a.params().1),
-                _pad: 0,
+                epilogue: u32::from(epilogue.bias.is_some())
+                    | (epilogue
+                        .act
+                        .map_or(crate::op::NO_ACTIVATION, UnaryOp::shader_id)
+                        << 1),
             };
             ctx.dispatch(
                 &spec,
@@ -537,6 +607,31 @@ pub(crate) const FAMILY: Family = Family {
             "Params",
             size_of::<MatmulParams>(),
         ),
+        (
+            "matmul_lanes_8_32x8.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_64x8.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_16x4.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_8x4.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_4x4.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
     ],
 };
 
@@ -558,6 +653,9 @@ mod tests {
             "strip:9x64",
             "subgroup:64x64",
             "strip:0x64",
+            "lanes:8x3x4",
+            "lanes:16x32x8",
+            "lanes:8x32",
             "fast",
         ] {
             assert!(bad.parse::<MatmulConfig>().is_err(), "{bad}");

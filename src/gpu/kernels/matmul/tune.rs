@@ -151,7 +151,7 @@ impl Tuner {
             None => {
                 let work = plan.m * plan.n * plan.k * plan.offsets.len();
                 if work < TUNE_MIN_WORK {
-                    (heuristic(plan), Trial::No)
+                    (heuristic(plan, ctx.subgroups), Trial::No)
                 } else {
                     self.tuned_or_trial(ctx, plan)
                 }
@@ -160,7 +160,7 @@ impl Tuner {
         // Version 1 has no epilogue: a fused op always runs on version 2.
         let config = match config {
             MatmulConfig::Tiled16 if epilogue => CANDIDATES[0],
-            c if !c.fits(&ctx.limits, ctx.subgroups) => heuristic(plan),
+            c if !c.fits(&ctx.limits, ctx.subgroups) => heuristic(plan, ctx.subgroups),
             c => c,
         };
         (config, trial)
@@ -185,7 +185,7 @@ impl Tuner {
             let last = *self.last_winner.lock().unwrap_or_else(|e| e.into_inner());
             let first = last
                 .filter(|_| plan.m > 64)
-                .unwrap_or_else(|| heuristic(plan));
+                .unwrap_or_else(|| heuristic(plan, ctx.subgroups));
             let order = std::iter::once(first)
                 .chain(CANDIDATES.into_iter().filter(|c| *c != first))
                 .filter(|c| c.fits(&ctx.limits, ctx.subgroups))
@@ -279,10 +279,22 @@ impl Tuner {
     }
 }
 
-/// Small problems: big tiles would leave most of a workgroup idle. A few rows (batch-1 inference)
-/// go to the column-strip kernel with one strip row per matrix row: measured 2.5–4x faster than
-/// the smallest blocked tile for m = 1 and 4 on lavapipe (BENCHMARKS.md).
-fn heuristic(plan: &MatmulPlan) -> MatmulConfig {
+/// Small problems: big tiles would leave most of a workgroup idle. On drivers whose subgroups
+/// are fixed at 8 lanes (lavapipe on AVX2), version 4 with a register tile of about m's height:
+/// measured 2–7x faster than every other kernel from m = 1 to 64 there (BENCHMARKS.md).
+/// Elsewhere, a few rows (batch-1 inference) go to the column-strip kernel with one strip row
+/// per matrix row (2.5–4x the smallest blocked tile for m = 1 and 4 on lavapipe), and the rest
+/// to version 2.
+fn heuristic(plan: &MatmulPlan, subgroups: Option<(u32, u32)>) -> MatmulConfig {
+    if subgroups == Some((8, 8)) {
+        let tm = match plan.m {
+            0..=4 => 4,
+            5..=8 => 8,
+            _ => 32,
+        };
+        let tn = if tm == 32 { 8 } else { 4 };
+        return MatmulConfig::Lanes { sg: 8, tm, tn };
+    }
     if plan.m <= 8 {
         MatmulConfig::Strip {
             rm: plan.m.max(1) as u32,
