@@ -1,8 +1,9 @@
 // Direct 2-D convolution (cross-correlation, as PyTorch), NCHW, grouped, zero padding.
 // One invocation per output element (b, co, oy, ox):
 //   y = bias[co] + Σ_{ci, ky, kx} x[b, ci, oy·sh - ph + ky·dh, ox·sw - pw + kx·dw] · w[co, ci, ky, kx]
-// Taps that fall in the padding contribute nothing. Correctness first: a tiled (im2col-style)
-// kernel is the later speed step. The backward entry points (grad_input, grad_weight) follow.
+// Taps that fall in the padding contribute nothing. The host runs these direct kernels only
+// where an output reads few inputs (depthwise, one channel); elsewhere convolution runs as
+// matrix products (conv_gemm.wgsl). The backward entry points (grad_input, grad_weight) follow.
 
 override WG: u32 = 256u;
 override HAS_BIAS: bool = false;

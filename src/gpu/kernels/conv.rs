@@ -4,8 +4,11 @@ use super::Family;
 use crate::conv::Window;
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
+use crate::gpu::kernels::matmul::{self, Epilogue};
 use crate::gpu::pipelines::{KernelSpec, shader};
 use crate::gpu::pool::PooledBuffer;
+use crate::matmul_plan::MatmulPlan;
+use crate::shape::Shape;
 use bytemuck::{Pod, Zeroable};
 
 /// The 1-D kernels' workgroup size, shared with `GpuContext::dispatch_1d`.
@@ -92,8 +95,22 @@ fn pool_grad_spec(max: bool) -> KernelSpec {
     }
 }
 
+/// An entry point of `conv_gemm.wgsl` (the data movement around the GEMM form).
+fn gemm_spec(entry: &'static str) -> KernelSpec {
+    KernelSpec {
+        shader: shader!("conv_gemm.wgsl"),
+        entry,
+        constants: vec![("WG", f64::from(WG))],
+        unchecked: false,
+    }
+}
+
 pub(crate) fn specs() -> Vec<KernelSpec> {
     vec![
+        gemm_spec("im2col"),
+        gemm_spec("col2im"),
+        gemm_spec("add_bias"),
+        gemm_spec("sum_batches"),
         conv_spec(false),
         conv_spec(true),
         pool_spec(false),
@@ -147,6 +164,174 @@ fn pool_params(g: &Window, n_out: usize) -> PoolParams {
     }
 }
 
+/// Taps per output below which the direct kernels run: too little work per output for the
+/// matrix products to pay for the column buffer (depthwise and 1-channel convolutions).
+const GEMM_MIN_TAPS: usize = 16;
+
+/// Whether the convolution runs as matrix products: enough taps per output, and a column
+/// buffer (`batch · c_in · kh · kw · oh · ow` values) the device can hold.
+fn use_gemm(ctx: &GpuContext, g: &Window) -> bool {
+    let cols = (g.n * g.c_in * g.kh * g.kw * g.oh * g.ow) as u64 * 4;
+    g.c_in_group() * g.kh * g.kw >= GEMM_MIN_TAPS && cols <= ctx.max_tensor_bytes().min(1 << 28)
+}
+
+/// One `conv_gemm.wgsl` entry with `n_out` invocations (see the shader for what each does).
+fn move_data(
+    ctx: &GpuContext,
+    entry: &'static str,
+    src: &PooledBuffer,
+    dst: &PooledBuffer,
+    g: &Window,
+    n_out: usize,
+) -> Result<()> {
+    ctx.dispatch_1d(
+        "conv2d",
+        &gemm_spec(entry),
+        &[&src.buffer, &dst.buffer],
+        bytemuck::bytes_of(&conv_params(g, n_out)),
+        n_out,
+    )
+}
+
+/// The column buffer of `x` (see `conv_gemm.wgsl`): `[batch, groups, taps, pixels]`.
+fn im2col(ctx: &GpuContext, x: &PooledBuffer, g: &Window) -> Result<PooledBuffer> {
+    let rows = g.n * g.c_in * g.kh * g.kw * g.oh;
+    ctx.check_walk("conv2d", g.ow)?;
+    let cols = ctx.alloc("conv2d", rows * g.ow)?;
+    move_data(ctx, "im2col", x, &cols, g, rows)?;
+    Ok(cols)
+}
+
+/// A product per (image, group): `m x k` blocks of A times `k x n` blocks of B, with A's block
+/// `i` at `a_off(i)` read through `a_strides`, B's at `b_off(i)` through `b_strides`.
+#[allow(clippy::too_many_arguments)]
+fn grouped_product(
+    ctx: &GpuContext,
+    a: &PooledBuffer,
+    b: &PooledBuffer,
+    (m, k, n): (usize, usize, usize),
+    g: &Window,
+    a_off: impl Fn(usize, usize) -> usize,
+    b_off: impl Fn(usize, usize) -> usize,
+    a_strides: (usize, usize),
+    b_strides: (usize, usize),
+) -> Result<PooledBuffer> {
+    let groups = g.opts.groups;
+    let offsets = (0..g.n * groups)
+        .map(|i| (a_off(i / groups, i % groups), b_off(i / groups, i % groups)))
+        .collect();
+    let plan = MatmulPlan {
+        m,
+        k,
+        n,
+        offsets,
+        a_strides,
+        b_strides,
+        out_shape: Shape::new(&[g.n * groups, m, n])?,
+    };
+    matmul::matmul(ctx, a, b, &plan, Epilogue::default())
+}
+
+/// The forward pass as matrix products: `y[b, g] = w[g] · cols[b, g]` (already NCHW).
+fn conv2d_gemm(
+    ctx: &GpuContext,
+    x: &PooledBuffer,
+    wt: &PooledBuffer,
+    bias: Option<&PooledBuffer>,
+    g: &Window,
+) -> Result<PooledBuffer> {
+    let cols = im2col(ctx, x, g)?;
+    let (cog, kg, np) = (
+        g.c_out / g.opts.groups,
+        g.c_in_group() * g.kh * g.kw,
+        g.oh * g.ow,
+    );
+    let groups = g.opts.groups;
+    let y = grouped_product(
+        ctx,
+        wt,
+        &cols,
+        (cog, kg, np),
+        g,
+        |_, gi| gi * cog * kg,
+        |b, gi| (b * groups + gi) * kg * np,
+        (kg, 1),
+        (np, 1),
+    )?;
+    if let Some(bias) = bias {
+        ctx.check_walk("conv2d", g.ow)?;
+        move_data(ctx, "add_bias", bias, &y, g, g.n * g.c_out * g.oh)?;
+    }
+    Ok(y)
+}
+
+/// The input gradient as matrix products: `dcols[b, g] = w[g]ᵀ · dy[b, g]`, then col2im.
+fn grad_input_gemm(
+    ctx: &GpuContext,
+    dy: &PooledBuffer,
+    wt: &PooledBuffer,
+    g: &Window,
+) -> Result<PooledBuffer> {
+    let (cog, kg, np) = (
+        g.c_out / g.opts.groups,
+        g.c_in_group() * g.kh * g.kw,
+        g.oh * g.ow,
+    );
+    let groups = g.opts.groups;
+    let dcols = grouped_product(
+        ctx,
+        wt,
+        dy,
+        (kg, cog, np),
+        g,
+        |_, gi| gi * cog * kg,
+        |b, gi| (b * groups + gi) * cog * np,
+        (1, kg),
+        (np, 1),
+    )?;
+    let rows = g.n * g.c_in * g.h;
+    ctx.check_walk("conv2d backward", g.w + g.kh * (1 + g.kw * (1 + g.ow)))?;
+    let dx = ctx.alloc("conv2d backward", rows * g.w)?;
+    move_data(ctx, "col2im", &dcols, &dx, g, rows)?;
+    Ok(dx)
+}
+
+/// The weight gradient as matrix products: `dw[g] = Σ_b dy[b, g] · cols[b, g]ᵀ` (one product
+/// per image and group, then a sum over the images).
+fn grad_weight_gemm(
+    ctx: &GpuContext,
+    dy: &PooledBuffer,
+    x: &PooledBuffer,
+    g: &Window,
+) -> Result<PooledBuffer> {
+    let cols = im2col(ctx, x, g)?;
+    let (cog, kg, np) = (
+        g.c_out / g.opts.groups,
+        g.c_in_group() * g.kh * g.kw,
+        g.oh * g.ow,
+    );
+    let groups = g.opts.groups;
+    let partial = grouped_product(
+        ctx,
+        dy,
+        &cols,
+        (cog, np, kg),
+        g,
+        |b, gi| (b * groups + gi) * cog * np,
+        |b, gi| (b * groups + gi) * kg * np,
+        (np, 1),
+        (1, np),
+    )?;
+    if g.n == 1 {
+        return Ok(partial);
+    }
+    ctx.check_walk("conv2d backward", g.n)?;
+    let n = g.c_out * kg;
+    let dw = ctx.alloc("conv2d backward", n)?;
+    move_data(ctx, "sum_batches", &partial, &dw, g, n)?;
+    Ok(dw)
+}
+
 /// Gradient of the convolution's input (`weight = true`: of its weight) from the output
 /// gradient `grad`; `other` is the weight (the input). Non-empty operands.
 pub(crate) fn conv2d_grad(
@@ -156,6 +341,13 @@ pub(crate) fn conv2d_grad(
     g: &Window,
     weight: bool,
 ) -> Result<PooledBuffer> {
+    if use_gemm(ctx, g) {
+        return if weight {
+            grad_weight_gemm(ctx, grad, other, g)
+        } else {
+            grad_input_gemm(ctx, grad, other, g)
+        };
+    }
     let (n_out, entry, walk) = if weight {
         let (oh, ow) = (g.out_dims()[2], g.out_dims()[3]);
         let walk = g.n * (1 + oh * (1 + ow));
@@ -204,6 +396,9 @@ pub(crate) fn conv2d(
     bias: Option<&PooledBuffer>,
     g: &Window,
 ) -> Result<PooledBuffer> {
+    if use_gemm(ctx, g) {
+        return conv2d_gemm(ctx, x, wt, bias, g);
+    }
     let n_out = g.out_dims().iter().product::<usize>();
     ctx.check_walk("conv2d", g.c_in * (1 + g.kh * (1 + g.kw)))?;
     let out = ctx.alloc("conv2d", n_out)?;
@@ -245,6 +440,7 @@ pub(crate) const FAMILY: Family = Family {
     specs,
     params: &[
         ("conv2d.wgsl", "Params", size_of::<ConvParams>()),
+        ("conv_gemm.wgsl", "Params", size_of::<ConvParams>()),
         ("pool2d.wgsl", "Params", size_of::<PoolParams>()),
     ],
 };
