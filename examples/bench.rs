@@ -367,6 +367,13 @@ fn main() -> kiln::Result<()> {
             padding: (1, 1),
             ..Default::default()
         };
+        // The convolution's products are tuned online like any matmul: let their classes
+        // settle (10 calls on lavapipe) before timing, as `tune_matmul` does for matmuls.
+        if !dev.is_cpu() {
+            for _ in 0..12 {
+                x.conv2d(&weight, Some(&bias), opts)?.to_vec()?;
+            }
+        }
         let t = time(args.reps, || {
             x.conv2d(&weight, Some(&bias), opts)?.to_vec()?;
             Ok(())

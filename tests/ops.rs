@@ -67,7 +67,8 @@ fn op_table_on_cpu() {
 }
 
 /// The whole table on every GPU: with the default kernel choice, then with each matmul kernel
-/// configuration forced (version 1, and every autotuning candidate of version 2), so that every
+/// configuration forced (`kiln::gpu::matmul_configs`: version 1, every autotuning candidate and
+/// every shape of version 4 the heuristic may pick), so that every
 /// kernel the tuner may pick, checked and unchecked, is held to the reference. The default run
 /// fuses elementwise ops (each op's result is a generated kernel); the table also runs eagerly
 /// (fusion off: each op's own kernel), so both paths meet the same reference.
@@ -79,9 +80,7 @@ fn op_table_on_every_gpu() {
         dev.set_fusion(false);
         run_table_on(&dev);
         dev.set_fusion(true);
-        let mut configs = vec![kiln::gpu::MatmulConfig::Tiled16];
-        configs.extend(kiln::gpu::MATMUL_CANDIDATES);
-        for config in configs {
+        for config in kiln::gpu::matmul_configs() {
             eprintln!("forcing matmul config {config}");
             dev.set_matmul_config(Some(config));
             run_table_on(&dev);
@@ -116,9 +115,7 @@ fn matmul_non_finite_at_tile_edges() {
     check(&Device::cpu(), "default");
     for dev in fresh_gpus() {
         check(&dev, "default");
-        let mut configs = vec![kiln::gpu::MatmulConfig::Tiled16];
-        configs.extend(kiln::gpu::MATMUL_CANDIDATES);
-        for config in configs {
+        for config in kiln::gpu::matmul_configs() {
             dev.set_matmul_config(Some(config));
             check(&dev, &config.to_string());
         }

@@ -9,7 +9,9 @@ pub(crate) mod pool;
 mod recorder;
 
 pub(crate) use adapters::{feature_names, is_software, ranked_adapters, type_name};
-pub use kernels::matmul::{CANDIDATES as MATMUL_CANDIDATES, MatmulConfig};
+pub use kernels::matmul::{
+    CANDIDATES as MATMUL_CANDIDATES, MatmulConfig, configs as matmul_configs,
+};
 pub use kernels::{all_specs, param_structs, shaders};
 pub use pipelines::{KernelSpec, Shader};
 pub use pool::MemoryStats;

@@ -28,9 +28,41 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::{LazyLock, Mutex};
 
-/// The (subgroup size, rows, columns per lane) shapes version 4 may be built with; the tuner
-/// tries those whose subgroup size the device has.
-pub(super) const SHAPES: [Shape; 5] = [(8, 32, 8), (8, 64, 8), (8, 16, 4), (8, 8, 4), (8, 4, 4)];
+/// The (subgroup size, rows, columns per lane) shapes version 4 may be built with: the
+/// heuristic's grid (rows 4 to 32 after m, columns per lane 2 to 8 after n) and one larger
+/// tile for the tuner. Each is generated and compiled only when first used.
+pub(super) const SHAPES: [Shape; 13] = [
+    (8, 4, 2),
+    (8, 4, 4),
+    (8, 4, 8),
+    (8, 8, 2),
+    (8, 8, 4),
+    (8, 8, 8),
+    (8, 16, 2),
+    (8, 16, 4),
+    (8, 16, 8),
+    (8, 32, 2),
+    (8, 32, 4),
+    (8, 32, 8),
+    (8, 64, 8),
+];
+
+/// The heuristic's shape for an `m x n` output: a tile about as tall as m (up to 32 rows) and
+/// about as wide as n (up to 8 columns per lane), so that few lanes compute padding.
+pub(super) fn heuristic_shape(m: usize, n: usize) -> Shape {
+    let tm = match m {
+        0..=4 => 4,
+        5..=8 => 8,
+        9..=16 => 16,
+        _ => 32,
+    };
+    let tn = match n {
+        0..=16 => 2,
+        17..=32 => 4,
+        _ => 8,
+    };
+    (8, tm, tn)
+}
 
 /// A (subgroup size, rows, columns per lane) shape.
 type Shape = (u32, u32, u32);

@@ -133,29 +133,29 @@ pub const CANDIDATES: [MatmulConfig; 15] = [
     },
     // Version 4, for drivers whose subgroups are fixed at 8 lanes (lavapipe on AVX2).
     MatmulConfig::Lanes {
-        sg: lanes::SHAPES[0].0,
-        tm: lanes::SHAPES[0].1,
-        tn: lanes::SHAPES[0].2,
+        sg: 8,
+        tm: 32,
+        tn: 8,
     },
     MatmulConfig::Lanes {
-        sg: lanes::SHAPES[1].0,
-        tm: lanes::SHAPES[1].1,
-        tn: lanes::SHAPES[1].2,
+        sg: 8,
+        tm: 64,
+        tn: 8,
     },
     MatmulConfig::Lanes {
-        sg: lanes::SHAPES[2].0,
-        tm: lanes::SHAPES[2].1,
-        tn: lanes::SHAPES[2].2,
+        sg: 8,
+        tm: 16,
+        tn: 4,
     },
     MatmulConfig::Lanes {
-        sg: lanes::SHAPES[3].0,
-        tm: lanes::SHAPES[3].1,
-        tn: lanes::SHAPES[3].2,
+        sg: 8,
+        tm: 8,
+        tn: 4,
     },
     MatmulConfig::Lanes {
-        sg: lanes::SHAPES[4].0,
-        tm: lanes::SHAPES[4].1,
-        tn: lanes::SHAPES[4].2,
+        sg: 8,
+        tm: 4,
+        tn: 4,
     },
 ];
 
@@ -352,6 +352,20 @@ fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp
     }
 }
 
+/// Every configuration a device may run: the tuner's candidates, version 1, and the shapes of
+/// version 4 that only the heuristic picks. The op table runs each one.
+pub fn configs() -> Vec<MatmulConfig> {
+    let mut all = vec![MatmulConfig::Tiled16];
+    all.extend(CANDIDATES);
+    for (sg, tm, tn) in lanes::SHAPES {
+        let c = MatmulConfig::Lanes { sg, tm, tn };
+        if !all.contains(&c) {
+            all.push(c);
+        }
+    }
+    all
+}
+
 /// Every specialization the host may build (for `tests/shaders.rs`).
 pub(crate) fn specs() -> Vec<KernelSpec> {
     let mut out = vec![spec(MatmulConfig::Tiled16, true, false, None)];
@@ -377,6 +391,11 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
         }
     }
     out.push(cast_spec());
+    for c in configs() {
+        if matches!(c, MatmulConfig::Lanes { .. }) && !CANDIDATES.contains(&c) {
+            out.push(spec(c, true, false, None));
+        }
+    }
     // The heuristic's skinny choices: one strip row per matrix row, m = 1..8.
     for rm in 1..=8 {
         out.push(spec(MatmulConfig::Strip { rm, wg: 64 }, true, false, None));
@@ -608,17 +627,22 @@ pub(crate) const FAMILY: Family = Family {
             size_of::<MatmulParams>(),
         ),
         (
-            "matmul_lanes_8_32x8.wgsl",
+            "matmul_lanes_8_4x2.wgsl",
             "Params",
             size_of::<MatmulParams>(),
         ),
         (
-            "matmul_lanes_8_64x8.wgsl",
+            "matmul_lanes_8_4x4.wgsl",
             "Params",
             size_of::<MatmulParams>(),
         ),
         (
-            "matmul_lanes_8_16x4.wgsl",
+            "matmul_lanes_8_4x8.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_8x2.wgsl",
             "Params",
             size_of::<MatmulParams>(),
         ),
@@ -628,7 +652,42 @@ pub(crate) const FAMILY: Family = Family {
             size_of::<MatmulParams>(),
         ),
         (
-            "matmul_lanes_8_4x4.wgsl",
+            "matmul_lanes_8_8x8.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_16x2.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_16x4.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_16x8.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_32x2.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_32x4.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_32x8.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_64x8.wgsl",
             "Params",
             size_of::<MatmulParams>(),
         ),
@@ -641,9 +700,7 @@ mod tests {
 
     #[test]
     fn configs_round_trip_through_their_names() {
-        let mut all = vec![MatmulConfig::Tiled16];
-        all.extend(CANDIDATES);
-        for c in all {
+        for c in configs() {
             assert_eq!(c.to_string().parse::<MatmulConfig>().unwrap(), c);
         }
         for bad in [

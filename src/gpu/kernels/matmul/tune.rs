@@ -302,13 +302,8 @@ impl Tuner {
 /// to version 2.
 fn heuristic(plan: &MatmulPlan, subgroups: Option<(u32, u32)>) -> MatmulConfig {
     if subgroups == Some((8, 8)) {
-        let tm = match plan.m {
-            0..=4 => 4,
-            5..=8 => 8,
-            _ => 32,
-        };
-        let tn = if tm == 32 { 8 } else { 4 };
-        return MatmulConfig::Lanes { sg: 8, tm, tn };
+        let (sg, tm, tn) = super::lanes::heuristic_shape(plan.m, plan.n);
+        return MatmulConfig::Lanes { sg, tm, tn };
     }
     if plan.m <= 8 {
         MatmulConfig::Strip {
