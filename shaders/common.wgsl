@@ -8,6 +8,11 @@ fn is_nan(v: f32) -> bool {
     return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
 }
 
+// Neither NaN nor ±inf, by bit pattern.
+fn is_finite(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+}
+
 fn any_nan(x: f32, y: f32) -> bool {
     return is_nan(x) || is_nan(y);
 }

@@ -2,8 +2,8 @@
 // One invocation per output element (b, co, oy, ox):
 //   y = bias[co] + Σ_{ci, ky, kx} x[b, ci, oy·sh - ph + ky·dh, ox·sw - pw + kx·dw] · w[co, ci, ky, kx]
 // Taps that fall in the padding contribute nothing. The host runs these direct kernels only
-// where an output reads few inputs (depthwise, one channel); elsewhere convolution runs as
-// matrix products (conv_gemm.wgsl). The backward entry points (grad_input, grad_weight) follow.
+// where the column buffer of the matrix-product form (conv_gemm.wgsl) would be too large.
+// The backward entry points (grad_input, grad_weight) follow.
 
 override WG: u32 = 256u;
 override HAS_BIAS: bool = false;
@@ -58,25 +58,28 @@ fn main(
     // With groups, output channel co sees input channels first .. first + cig.
     let cig = p.c_in / p.groups;
     let first = (co / (p.c_out / p.groups)) * cig;
+    // The padding's zeros times a non-finite weight give NaN (ONNX's and PyTorch's zero
+    // padding; the matrix-product form computes them as products).
+    var pad_nan = false;
     for (var cl = 0u; cl < cig; cl = cl + 1u) {
         let x_plane = (b * p.c_in + first + cl) * p.h * p.w;
         let w_plane = (co * cig + cl) * p.kh * p.kw;
         for (var ky = 0u; ky < p.kh; ky = ky + 1u) {
             // Signed arithmetic: the tap may sit in the padding above or left of the image.
             let iy = i32(oy * p.sh + ky * p.dh) - i32(p.ph);
-            if (iy < 0 || iy >= i32(p.h)) {
-                continue;
-            }
+            let row_out = iy < 0 || iy >= i32(p.h);
             for (var kx = 0u; kx < p.kw; kx = kx + 1u) {
+                let wv = wt[w_plane + ky * p.kw + kx];
                 let ix = i32(ox * p.sw + kx * p.dw) - i32(p.pw);
-                if (ix < 0 || ix >= i32(p.w)) {
+                if (row_out || ix < 0 || ix >= i32(p.w)) {
+                    pad_nan = pad_nan || !is_finite(wv);
                     continue;
                 }
-                acc = acc + x[x_plane + u32(iy) * p.w + u32(ix)] * wt[w_plane + ky * p.kw + kx];
+                acc = acc + x[x_plane + u32(iy) * p.w + u32(ix)] * wv;
             }
         }
     }
-    y[o] = acc;
+    y[o] = select(acc, nan_f32(), pad_nan);
 }
 
 // ---- backward -----------------------------------------------------------------------
@@ -160,22 +163,23 @@ fn grad_weight(
     let co = i / (gp.kw * gp.kh * cig);
     let ci = (co / (gp.c_out / gp.groups)) * cig + cl;
     var acc = 0.0;
+    var pad_nan = false; // the padding's zeros times a non-finite gradient (see main)
     for (var b = 0u; b < gp.batch; b = b + 1u) {
         let g_plane = (b * gp.c_out + co) * gp.oh * gp.ow;
         let x_plane = (b * gp.c_in + ci) * gp.h * gp.w;
         for (var oy = 0u; oy < gp.oh; oy = oy + 1u) {
             let iy = i32(oy * gp.sh + ky * gp.dh) - i32(gp.ph);
-            if (iy < 0 || iy >= i32(gp.h)) {
-                continue;
-            }
+            let row_out = iy < 0 || iy >= i32(gp.h);
             for (var ox = 0u; ox < gp.ow; ox = ox + 1u) {
+                let gv = g[g_plane + oy * gp.ow + ox];
                 let ix = i32(ox * gp.sw + kx * gp.dw) - i32(gp.pw);
-                if (ix < 0 || ix >= i32(gp.w)) {
+                if (row_out || ix < 0 || ix >= i32(gp.w)) {
+                    pad_nan = pad_nan || !is_finite(gv);
                     continue;
                 }
-                acc = acc + g[g_plane + oy * gp.ow + ox] * other[x_plane + u32(iy) * gp.w + u32(ix)];
+                acc = acc + gv * other[x_plane + u32(iy) * gp.w + u32(ix)];
             }
         }
     }
-    out[i] = acc;
+    out[i] = select(acc, nan_f32(), pad_nan);
 }

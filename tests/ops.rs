@@ -123,6 +123,123 @@ fn matmul_non_finite_at_tile_edges() {
     }
 }
 
+/// GPU convolution has two forms: matrix products around im2col/col2im (the default) and
+/// direct kernels, taken when the column buffer would not fit (here: a memory budget whose
+/// quarter is smaller than it). Both forms, forward and both gradients, match the CPU for
+/// plain, strided and dilated, grouped and depthwise convolutions, with finite operands and
+/// with infinities meeting the padding (NaN there: the padding is zeros); the dispatch counts
+/// show which form ran.
+#[test]
+fn conv2d_direct_and_gemm_forms_match_the_cpu() {
+    use kiln::Conv2dOptions;
+    let cases: [(&[usize], &[usize], Conv2dOptions); 4] = [
+        (
+            &[2, 4, 12, 12],
+            &[6, 4, 3, 3],
+            Conv2dOptions {
+                padding: (1, 1),
+                ..Default::default()
+            },
+        ),
+        (
+            &[2, 4, 12, 11],
+            &[5, 4, 3, 2],
+            Conv2dOptions {
+                stride: (2, 1),
+                padding: (1, 0),
+                dilation: (2, 1),
+                groups: 1,
+            },
+        ),
+        (
+            &[2, 4, 12, 12],
+            &[6, 2, 3, 3],
+            Conv2dOptions {
+                padding: (1, 1),
+                groups: 2,
+                ..Default::default()
+            },
+        ),
+        (
+            &[2, 4, 16, 16],
+            &[4, 1, 3, 3],
+            Conv2dOptions {
+                stride: (2, 2),
+                padding: (1, 1),
+                groups: 4,
+                ..Default::default()
+            },
+        ),
+    ];
+    // y, dL/dx, dL/dw, dL/db for L = Σ y·r, and the dispatches the forward pass took.
+    // `poison`: the first weight and the first upstream gradient are +inf, so the padding's
+    // zeros meet infinities in the forward pass and in the weight gradient.
+    let run = |dev: &Device, xs: &[usize], ws: &[usize], opts: Conv2dOptions, poison: bool| {
+        let n = |s: &[usize]| s.iter().product::<usize>();
+        let poisoned = |t: Tensor| {
+            let mut v = t.to_vec().unwrap();
+            if poison {
+                v[0] = f32::INFINITY;
+            }
+            Tensor::from_vec(dev, v, t.shape()).unwrap()
+        };
+        let x = Tensor::randn(dev, xs, 1).unwrap().with_grad().unwrap();
+        let w = poisoned(Tensor::randn(dev, ws, 2).unwrap())
+            .with_grad()
+            .unwrap();
+        let b = Tensor::randn(dev, &[ws[0]], 3)
+            .unwrap()
+            .with_grad()
+            .unwrap();
+        let before = dev.stats().dispatches;
+        let y = x.conv2d(&w, Some(&b), opts).unwrap();
+        dev.synchronize().unwrap();
+        let forward = dev.stats().dispatches - before;
+        let r = poisoned(Tensor::randn(dev, y.shape(), 4).unwrap());
+        y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        let v = |t: &Tensor| t.to_vec().unwrap();
+        let out = [
+            v(&y),
+            v(&x.grad().unwrap()),
+            v(&w.grad().unwrap()),
+            v(&b.grad().unwrap()),
+        ];
+        assert_eq!(out[1].len(), n(xs));
+        (out, forward)
+    };
+    for ((xs, ws, opts), poison) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
+        let (want, _) = run(&Device::cpu(), xs, ws, opts, poison);
+        // The column buffer: batch · c_in · kh · kw · oh · ow values; a budget whose quarter
+        // is one byte short of it.
+        let pixels = want[0].len() / (xs[0] * ws[0]);
+        let cols = (xs[0] * xs[1] * ws[2] * ws[3] * pixels * 4) as u64;
+        for dev in fresh_gpus() {
+            for budget in [None, Some(4 * cols - 4)] {
+                dev.set_memory_budget(budget);
+                let (got, forward) = run(&dev, xs, ws, opts, poison);
+                let form = if budget.is_some() { "direct" } else { "gemm" };
+                // Direct: the convolution alone; GEMM: im2col, the product, the bias.
+                assert_eq!(
+                    forward,
+                    if budget.is_some() { 1 } else { 3 },
+                    "{form} on {dev} ({xs:?} * {ws:?})"
+                );
+                for (what, (g, w)) in ["y", "dx", "dw", "db"].iter().zip(got.iter().zip(&want)) {
+                    for (i, (a, b)) in g.iter().zip(w).enumerate() {
+                        assert!(
+                            (a.is_nan() && b.is_nan())
+                                || a == b
+                                || (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                            "{form} {what}[{i}] on {dev} ({xs:?} * {ws:?}, {opts:?}, poison {poison}): {a} vs {b}"
+                        );
+                    }
+                }
+            }
+            dev.set_memory_budget(None);
+        }
+    }
+}
+
 /// Every unary op maps NaN to NaN; domain edges give IEEE's answers; clamp refuses bad bounds.
 #[test]
 fn unary_math_edges() {

@@ -6,9 +6,10 @@ use crate::error::Result;
 use rayon::prelude::*;
 
 /// Convolution: through im2col and the SGEMM (`conv_gemm.rs`) where that pays, directly
-/// otherwise.
+/// otherwise. Both treat the padding as zeros that multiply like any input (ONNX's and
+/// PyTorch's definition): a non-finite weight over the padding gives NaN (`inf · 0`).
 pub(crate) fn conv2d(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Result<Vec<f32>> {
-    if super::conv_gemm::worthwhile(g) && wt.iter().all(|v| v.is_finite()) {
+    if super::conv_gemm::worthwhile(g) {
         return super::conv_gemm::forward(x, wt, bias, g);
     }
     conv2d_direct(x, wt, bias, g)
@@ -38,8 +39,8 @@ fn valid_columns(
 
 /// One output plane per task; each kernel tap is an AXPY over the valid span of every output
 /// row (contiguous reads when the stride is 1), so the loops vectorise. Every output still sums
-/// bias, then channels, then taps in the same order as a loop per output would, skipping the
-/// taps that fall in the padding.
+/// bias, then channels, then taps in the same order as a loop per output would. The padding's
+/// zeros add nothing unless the weight is not finite: then they add its `w · 0` (NaN).
 fn conv2d_direct(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Result<Vec<f32>> {
     let plane = g.oh * g.ow;
     let mut out = alloc("conv2d", g.n * g.c_out * plane)?;
@@ -64,16 +65,20 @@ fn conv2d_direct(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Res
             for ky in 0..g.kh {
                 for oy in 0..g.oh {
                     let iy = (oy * sh + ky * dh) as isize - ph as isize;
+                    let row = &mut y[oy * g.ow..(oy + 1) * g.ow];
                     if iy < 0 || iy >= g.h as isize {
+                        for kx in 0..g.kw {
+                            pad_product(row, 0, 0, wt[wp + ky * g.kw + kx]);
+                        }
                         continue;
                     }
                     let src = &x[xp + iy as usize * g.w..][..g.w];
-                    let row = &mut y[oy * g.ow..(oy + 1) * g.ow];
                     for (kx, &(lo, hi)) in cols.iter().enumerate() {
+                        let wv = wt[wp + ky * g.kw + kx];
+                        pad_product(row, lo, hi, wv);
                         if lo >= hi {
                             continue;
                         }
-                        let wv = wt[wp + ky * g.kw + kx];
                         let start = (lo * sw + kx * dw) - pw;
                         if sw == 1 {
                             for (o, &v) in row[lo..hi].iter_mut().zip(&src[start..start + hi - lo])
@@ -93,6 +98,18 @@ fn conv2d_direct(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Res
         }
     });
     Ok(out)
+}
+
+/// Adds the padding's products `wv · 0` to the outputs of `row` outside `lo..hi` (the ones
+/// whose tap falls in the padding): nothing unless `wv` is not finite, NaN then.
+fn pad_product(row: &mut [f32], lo: usize, hi: usize, wv: f32) {
+    if !wv.is_finite() {
+        let (lo, hi) = (lo.min(row.len()), hi.min(row.len()).max(lo.min(row.len())));
+        let (head, rest) = row.split_at_mut(lo);
+        for o in head.iter_mut().chain(&mut rest[hi - lo..]) {
+            *o += wv * 0.0;
+        }
+    }
 }
 
 /// Max (NaN-propagating, padding ignored) or average (padding counted as zeros) pooling.

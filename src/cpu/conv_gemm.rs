@@ -8,9 +8,8 @@
 //!
 //! Used when each output reads at least [`MIN_TAPS`] inputs (a 3×3 kernel over two or more
 //! channels per group). Depthwise and tiny kernels stay on the direct loops, whose columns would
-//! cost more than their math. A padding tap contributes nothing in the direct loops, where a
-//! column's zero times an infinite operand would be NaN: callers keep non-finite operands on the
-//! direct path.
+//! cost more than their math. The padding is zeros that multiply like any input (ONNX's and
+//! PyTorch's definition: `inf · 0` is NaN); the direct loops give the same.
 
 use super::alloc;
 use crate::conv::Window;
@@ -90,7 +89,7 @@ fn dims(g: &Window) -> (usize, usize, usize) {
     )
 }
 
-/// The forward convolution (`worthwhile(g)`, finite weights).
+/// The forward convolution (`worthwhile(g)`).
 pub(crate) fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Result<Vec<f32>> {
     let (cog, taps, plane) = dims(g);
     let plan = MatmulPlan::transposed(
@@ -141,8 +140,7 @@ pub(crate) fn grad_input(dy: &[f32], wt: &[f32], g: &Window) -> Result<Vec<f32>>
     Ok(dx)
 }
 
-/// The weight gradient from the output gradient `dy` and the input `x` (`worthwhile(g)`,
-/// finite `dy`).
+/// The weight gradient from the output gradient `dy` and the input `x` (`worthwhile(g)`).
 pub(crate) fn grad_weight(dy: &[f32], x: &[f32], g: &Window) -> Result<Vec<f32>> {
     let (cog, taps, plane) = dims(g);
     // dy · colsᵀ: cols is stored [taps, plane].

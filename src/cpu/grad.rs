@@ -143,7 +143,7 @@ pub(crate) fn conv2d_grad_input(g: &[f32], wt: &[f32], w: &Window) -> Result<Vec
 
 /// Gradient of conv2d's weight from the output gradient `g` and the input `x`.
 pub(crate) fn conv2d_grad_weight(g: &[f32], x: &[f32], w: &Window) -> Result<Vec<f32>> {
-    if super::conv_gemm::worthwhile(w) && g.iter().all(|v| v.is_finite()) {
+    if super::conv_gemm::worthwhile(w) {
         return super::conv_gemm::grad_weight(g, x, w);
     }
     let taps = w.kh * w.kw;
@@ -162,24 +162,29 @@ pub(crate) fn conv2d_grad_weight(g: &[f32], x: &[f32], w: &Window) -> Result<Vec
         for ky in 0..w.kh {
             for kx in 0..w.kw {
                 let mut acc = 0.0;
+                // The padding's zeros times a non-finite gradient: NaN (see conv2d).
+                let mut pad_nan = false;
                 for b in 0..w.n {
                     let gp = (b * w.c_out + co) * w.oh * w.ow;
                     let xp = (b * w.c_in + ci) * w.h * w.w;
                     for oy in 0..w.oh {
                         let iy = (oy * sh + ky * dh) as isize - ph as isize;
+                        let grow = &g[gp + oy * w.ow..][..w.ow];
                         if iy < 0 || iy >= w.h as isize {
+                            pad_nan |= grow.iter().any(|v| !v.is_finite());
                             continue;
                         }
-                        for ox in 0..w.ow {
+                        for (ox, &gv) in grow.iter().enumerate() {
                             let ix = (ox * sw + kx * dw) as isize - pw as isize;
                             if ix < 0 || ix >= w.w as isize {
+                                pad_nan |= !gv.is_finite();
                                 continue;
                             }
-                            acc += g[gp + oy * w.ow + ox] * x[xp + iy as usize * w.w + ix as usize];
+                            acc += gv * x[xp + iy as usize * w.w + ix as usize];
                         }
                     }
                 }
-                dwt[ky * w.kw + kx] = acc;
+                dwt[ky * w.kw + kx] = if pad_nan { f32::NAN } else { acc };
             }
         }
     });

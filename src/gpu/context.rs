@@ -242,6 +242,11 @@ impl GpuContext {
         self.pool.trim();
     }
 
+    /// The memory budget, if one is set.
+    pub(crate) fn memory_budget(&self) -> Option<u64> {
+        self.pool.budget()
+    }
+
     /// Set or lift the memory budget.
     pub(crate) fn set_memory_budget(&self, budget: Option<u64>) {
         self.pool.set_budget(budget);

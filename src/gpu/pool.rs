@@ -315,6 +315,11 @@ impl BufferPool {
         lock(&self.state).trim_free(0);
     }
 
+    /// The memory budget, if one is set.
+    pub(crate) fn budget(&self) -> Option<u64> {
+        lock(&self.state).budget
+    }
+
     /// Set (or lift, with `None`) the memory budget; idle buffers over it are freed now.
     pub(crate) fn set_budget(&self, budget: Option<u64>) {
         let mut st = lock(&self.state);
