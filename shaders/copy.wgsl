@@ -2,8 +2,14 @@
 // for every multi-index idx of `dims` (at most 8 dimensions). One kernel serves every layout op:
 // permute/transpose (permuted input strides), narrow (an input offset), concat (an output offset
 // per input), and making any strided view contiguous.
+//
+// ROWS = false: one invocation per element (neighbouring invocations touch neighbouring
+// addresses: what hardware GPUs coalesce). ROWS = true: one invocation per row of the last
+// dimension (`n` counts rows), walking the row with its strides, so the index arithmetic (an
+// integer division per dimension, scalarised on CPU drivers) is paid once per row.
 
 override WG: u32 = 256u;
+override ROWS: bool = false;
 
 struct Params {
     n: u32,
@@ -33,7 +39,9 @@ fn main(
     var rem = i;
     var src = p.in_offset;
     var dst = p.out_offset;
-    for (var d = i32(p.rank) - 1; d >= 0; d = d - 1) {
+    // In row mode the last dimension is the walk, not part of the index.
+    let last = i32(p.rank) - 1 - select(0, 1, ROWS);
+    for (var d = last; d >= 0; d = d - 1) {
         let q = u32(d) / 4u;
         let r = u32(d) % 4u;
         let dim = p.dims[q][r];
@@ -41,6 +49,16 @@ fn main(
         rem = rem / dim;
         src = src + idx * p.in_strides[q][r];
         dst = dst + idx * p.out_strides[q][r];
+    }
+    if (ROWS) {
+        let q = (p.rank - 1u) / 4u;
+        let r = (p.rank - 1u) % 4u;
+        let si = p.in_strides[q][r];
+        let so = p.out_strides[q][r];
+        for (var j = 0u; j < p.dims[q][r]; j = j + 1u) {
+            y[dst + j * so] = x[src + j * si];
+        }
+        return;
     }
     y[dst] = x[src];
 }

@@ -240,6 +240,36 @@ fn conv2d_direct_and_gemm_forms_match_the_cpu() {
     }
 }
 
+/// Layout copies with hundreds of rows of 8 to 1,024 values: on software adapters these run
+/// the copy kernel's row mode (one invocation per row), which the op table's small samples do
+/// not reach. Bit-for-bit the CPU's values.
+#[test]
+fn layout_copies_of_many_rows_match_the_cpu() {
+    let run = |dev: &Device| -> Vec<Vec<f32>> {
+        let x = Tensor::randn(dev, &[16, 32, 24], 5).unwrap();
+        let y = Tensor::randn(dev, &[16, 8, 24], 6).unwrap();
+        [
+            x.permute(&[1, 0, 2]).unwrap(),
+            x.permute(&[0, 2, 1]).unwrap(),
+            x.permute(&[2, 1, 0]).unwrap(),
+            x.transpose(0, 1).unwrap(),
+            x.narrow(2, 3, 16).unwrap(),
+            x.narrow(1, 1, 30).unwrap(),
+            Tensor::cat(&[&x, &y], 1).unwrap(),
+            x.broadcast_to(&[2, 16, 32, 24]).unwrap(),
+        ]
+        .iter()
+        .map(|t| t.to_vec().unwrap())
+        .collect()
+    };
+    let want = run(&Device::cpu());
+    for dev in fresh_gpus() {
+        for (i, (g, w)) in run(&dev).iter().zip(&want).enumerate() {
+            assert!(g == w, "layout case {i} on {dev}");
+        }
+    }
+}
+
 /// Every unary op maps NaN to NaN; domain edges give IEEE's answers; clamp refuses bad bounds.
 #[test]
 fn unary_math_edges() {

@@ -38,6 +38,9 @@ pub(crate) struct GpuContext {
     /// Set once the device is lost (destroyed, or reported lost by the driver): from then on
     /// every call returns `Error::DeviceLost`.
     lost: Arc<AtomicBool>,
+    /// Whether the adapter is a software rasterizer, whose invocations are SIMD lanes of CPU
+    /// threads: a loop per invocation beats an integer division per element there.
+    pub(crate) software: bool,
 }
 
 /// llvmpipe (and lavapipe, built on it) ends a shader's loops once their iterations, counted
@@ -129,6 +132,7 @@ impl GpuContext {
             .contains(wgpu::Features::SUBGROUP)
             .then_some((info.subgroup_min_size, info.subgroup_max_size));
         let adapter_key = format!("{} {:?} {}", info.name, info.backend, info.driver_info);
+        let software = adapters::is_software(&info);
         let walk_cap = (info.name.to_lowercase().contains("llvmpipe")
             || info.driver.to_lowercase().contains("llvmpipe"))
         .then_some(LLVMPIPE_LOOP_ITERATIONS);
@@ -147,6 +151,7 @@ impl GpuContext {
             error,
             walk_cap,
             lost,
+            software,
         })
     }
 

@@ -23,14 +23,20 @@ pub(crate) struct CopyParams {
     pub out_strides: [u32; MAX_COPY_RANK],
 }
 
-pub(crate) fn spec() -> KernelSpec {
+pub(crate) fn spec(rows: bool) -> KernelSpec {
     KernelSpec {
         shader: shader!("copy.wgsl"),
         entry: "main",
-        constants: vec![("WG", f64::from(WG))],
+        constants: vec![("WG", f64::from(WG)), ("ROWS", f64::from(u8::from(rows)))],
         unchecked: false,
     }
 }
+
+/// Last dimensions walked in row mode: shorter rows gain little, longer ones would leave too
+/// few invocations (and walk past what lavapipe's loop limit allows).
+const ROW_LEN: std::ops::RangeInclusive<usize> = 8..=1024;
+/// Fewest rows for row mode, so that the rows still spread over the CPU's threads.
+const MIN_ROWS: usize = 256;
 
 /// Record `copy` (already squeezed, non-empty) from `src` into `dst`.
 pub(crate) fn copy(
@@ -40,7 +46,16 @@ pub(crate) fn copy(
     copy: &StridedCopy,
     op: &'static str,
 ) -> Result<()> {
-    let n = copy.numel();
+    // Row mode on software adapters (see the shader); both forms run in the op table there,
+    // since layouts with short last dimensions keep the per-element form.
+    let last = copy.dims.last().copied().unwrap_or(1);
+    let rows = ctx.software && ROW_LEN.contains(&last) && copy.numel() / last >= MIN_ROWS;
+    // Invocations: elements, or rows in row mode.
+    let n = if rows {
+        copy.numel() / last
+    } else {
+        copy.numel()
+    };
     let mut params = CopyParams {
         n: n as u32,
         rank: copy.dims.len() as u32,
@@ -58,7 +73,7 @@ pub(crate) fn copy(
     }
     ctx.dispatch_1d(
         op,
-        &spec(),
+        &spec(rows),
         &[&src.buffer, &dst.buffer],
         bytemuck::bytes_of(&params),
         n,
@@ -67,6 +82,6 @@ pub(crate) fn copy(
 
 /// This family's specializations and uniform params structs (see `kernels::Family`).
 pub(crate) const FAMILY: Family = Family {
-    specs: || vec![spec()],
+    specs: || vec![spec(false), spec(true)],
     params: &[("copy.wgsl", "Params", size_of::<CopyParams>())],
 };
