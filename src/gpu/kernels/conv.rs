@@ -202,23 +202,63 @@ fn im2col(ctx: &GpuContext, x: &PooledBuffer, g: &Window) -> Result<PooledBuffer
     Ok(cols)
 }
 
-/// A product per (image, group): `m x k` blocks of A times `k x n` blocks of B, with A's block
-/// `i` at `a_off(i)` read through `a_strides`, B's at `b_off(i)` through `b_strides`.
-#[allow(clippy::too_many_arguments)]
+/// The matrices a grouped product reads, one block per group (the weight) or per image and
+/// group (the columns, the output gradient), stored row-major.
+#[derive(Clone, Copy)]
+enum Blocks {
+    /// `w[g]`: `[c_out / groups, taps]`.
+    Weight,
+    /// `cols[b, g]`: `[taps, pixels]`.
+    Cols,
+    /// `dy[b, g]`: `[c_out / groups, pixels]`.
+    Grad,
+}
+
+impl Blocks {
+    /// (rows, columns) of one block.
+    fn dims(self, g: &Window) -> (usize, usize) {
+        let (cog, kg, np) = (
+            g.c_out / g.opts.groups,
+            g.c_in_group() * g.kh * g.kw,
+            g.oh * g.ow,
+        );
+        match self {
+            Blocks::Weight => (cog, kg),
+            Blocks::Cols => (kg, np),
+            Blocks::Grad => (cog, np),
+        }
+    }
+
+    /// Offset of the block of image `b`, group `gi`.
+    fn offset(self, g: &Window, b: usize, gi: usize) -> usize {
+        let (r, c) = self.dims(g);
+        match self {
+            Blocks::Weight => gi * r * c,
+            Blocks::Cols | Blocks::Grad => (b * g.opts.groups + gi) * r * c,
+        }
+    }
+}
+
+/// One product per (image, group), `op(A) · op(B)` with `op` transposing where asked (read
+/// through strides): `[batch · groups, m, n]`.
 fn grouped_product(
     ctx: &GpuContext,
-    a: &PooledBuffer,
-    b: &PooledBuffer,
-    (m, k, n): (usize, usize, usize),
+    (a, a_blocks, ta): (&PooledBuffer, Blocks, bool),
+    (b, b_blocks, tb): (&PooledBuffer, Blocks, bool),
     g: &Window,
-    a_off: impl Fn(usize, usize) -> usize,
-    b_off: impl Fn(usize, usize) -> usize,
-    a_strides: (usize, usize),
-    b_strides: (usize, usize),
 ) -> Result<PooledBuffer> {
+    // A stored `[r, c]` block read as is, or transposed: (rows, columns, strides).
+    let view = |blocks: Blocks, t: bool| {
+        let (r, c) = blocks.dims(g);
+        if t { (c, r, (1, c)) } else { (r, c, (c, 1)) }
+    };
+    let ((m, k, a_strides), (_, n, b_strides)) = (view(a_blocks, ta), view(b_blocks, tb));
     let groups = g.opts.groups;
     let offsets = (0..g.n * groups)
-        .map(|i| (a_off(i / groups, i % groups), b_off(i / groups, i % groups)))
+        .map(|i| {
+            let (bi, gi) = (i / groups, i % groups);
+            (a_blocks.offset(g, bi, gi), b_blocks.offset(g, bi, gi))
+        })
         .collect();
     let plan = MatmulPlan {
         m,
@@ -241,22 +281,11 @@ fn conv2d_gemm(
     g: &Window,
 ) -> Result<PooledBuffer> {
     let cols = im2col(ctx, x, g)?;
-    let (cog, kg, np) = (
-        g.c_out / g.opts.groups,
-        g.c_in_group() * g.kh * g.kw,
-        g.oh * g.ow,
-    );
-    let groups = g.opts.groups;
     let y = grouped_product(
         ctx,
-        wt,
-        &cols,
-        (cog, kg, np),
+        (wt, Blocks::Weight, false),
+        (&cols, Blocks::Cols, false),
         g,
-        |_, gi| gi * cog * kg,
-        |b, gi| (b * groups + gi) * kg * np,
-        (kg, 1),
-        (np, 1),
     )?;
     if let Some(bias) = bias {
         ctx.check_walk("conv2d", g.ow)?;
@@ -272,22 +301,11 @@ fn grad_input_gemm(
     wt: &PooledBuffer,
     g: &Window,
 ) -> Result<PooledBuffer> {
-    let (cog, kg, np) = (
-        g.c_out / g.opts.groups,
-        g.c_in_group() * g.kh * g.kw,
-        g.oh * g.ow,
-    );
-    let groups = g.opts.groups;
     let dcols = grouped_product(
         ctx,
-        wt,
-        dy,
-        (kg, cog, np),
+        (wt, Blocks::Weight, true),
+        (dy, Blocks::Grad, false),
         g,
-        |_, gi| gi * cog * kg,
-        |b, gi| (b * groups + gi) * cog * np,
-        (1, kg),
-        (np, 1),
     )?;
     let rows = g.n * g.c_in * g.h;
     ctx.check_walk("conv2d backward", g.w + g.kh * (1 + g.kw * (1 + g.ow)))?;
@@ -305,28 +323,17 @@ fn grad_weight_gemm(
     g: &Window,
 ) -> Result<PooledBuffer> {
     let cols = im2col(ctx, x, g)?;
-    let (cog, kg, np) = (
-        g.c_out / g.opts.groups,
-        g.c_in_group() * g.kh * g.kw,
-        g.oh * g.ow,
-    );
-    let groups = g.opts.groups;
     let partial = grouped_product(
         ctx,
-        dy,
-        &cols,
-        (cog, np, kg),
+        (dy, Blocks::Grad, false),
+        (&cols, Blocks::Cols, true),
         g,
-        |b, gi| (b * groups + gi) * cog * np,
-        |b, gi| (b * groups + gi) * kg * np,
-        (np, 1),
-        (1, np),
     )?;
     if g.n == 1 {
         return Ok(partial);
     }
     ctx.check_walk("conv2d backward", g.n)?;
-    let n = g.c_out * kg;
+    let n = g.c_out * g.c_in_group() * g.kh * g.kw;
     let dw = ctx.alloc("conv2d backward", n)?;
     move_data(ctx, "sum_batches", &partial, &dw, g, n)?;
     Ok(dw)
