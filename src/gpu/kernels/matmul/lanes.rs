@@ -55,9 +55,16 @@ pub(super) const SHAPES: [Shape; 13] = [
     (8, 64, 8),
 ];
 
+/// The subgroup size version 4 is built for on this device (the tuner tries only version 4
+/// there, the heuristic picks it): 8, where the subgroups are fixed at 8 lanes (lavapipe on
+/// AVX2); `None` elsewhere.
+pub(super) fn fixed_lanes(subgroups: Option<(u32, u32)>) -> Option<u32> {
+    (subgroups == Some((8, 8))).then_some(8)
+}
+
 /// The heuristic's shape for an `m x n` output: a tile about as tall as m (up to 32 rows) and
 /// about as wide as n (up to 8 columns per lane), so that few lanes compute padding.
-pub(super) fn heuristic_shape(m: usize, n: usize) -> Shape {
+pub(super) fn heuristic_shape(sg: u32, m: usize, n: usize) -> Shape {
     let tm = match m {
         0..=4 => 4,
         5..=8 => 8,
@@ -69,7 +76,7 @@ pub(super) fn heuristic_shape(m: usize, n: usize) -> Shape {
         17..=32 => 4,
         _ => 8,
     };
-    (8, tm, tn)
+    (sg, tm, tn)
 }
 
 /// A (subgroup size, rows, columns per lane) shape.

@@ -194,12 +194,7 @@ impl Tuner {
             // Where version 4 runs (fixed 8-lane subgroups: a CPU driver), it measured 3x
             // or more faster than every other version at every size: only its shapes are
             // tried, which also makes the class settle in 10 calls instead of 30.
-            let lanes_only = MatmulConfig::Lanes {
-                sg: 8,
-                tm: 8,
-                tn: 4,
-            }
-            .fits(&ctx.limits, ctx.subgroups);
+            let lanes_only = super::lanes::fixed_lanes(ctx.subgroups).is_some();
             let order = std::iter::once(first)
                 .chain(CANDIDATES.into_iter().filter(|c| *c != first))
                 .filter(|c| c.fits(&ctx.limits, ctx.subgroups))
@@ -301,8 +296,8 @@ impl Tuner {
 /// per matrix row (2.5–4x the smallest blocked tile for m = 1 and 4 on lavapipe), and the rest
 /// to version 2.
 fn heuristic(plan: &MatmulPlan, subgroups: Option<(u32, u32)>) -> MatmulConfig {
-    if subgroups == Some((8, 8)) {
-        let (sg, tm, tn) = super::lanes::heuristic_shape(plan.m, plan.n);
+    if let Some(sg) = super::lanes::fixed_lanes(subgroups) {
+        let (sg, tm, tn) = super::lanes::heuristic_shape(sg, plan.m, plan.n);
         return MatmulConfig::Lanes { sg, tm, tn };
     }
     if plan.m <= 8 {
