@@ -1,9 +1,9 @@
 //! Direct convolution and pooling, parallel over output planes.
 
 use super::alloc;
+use super::par_chunks_mut;
 use crate::conv::Window;
 use crate::error::Result;
-use rayon::prelude::*;
 
 /// Convolution: through im2col and the SGEMM (`conv_gemm.rs`) where that pays, directly
 /// otherwise. Both treat the padding as zeros that multiply like any input (ONNX's and
@@ -17,7 +17,7 @@ pub(crate) fn conv2d(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) ->
 
 /// The output columns `ox` whose input column `ox·stride + k·dil - pad` lies in `0..w`, as a
 /// range `lo..hi`.
-fn valid_columns(
+pub(super) fn valid_columns(
     ow: usize,
     w: usize,
     stride: usize,
@@ -41,7 +41,12 @@ fn valid_columns(
 /// row (contiguous reads when the stride is 1), so the loops vectorise. Every output still sums
 /// bias, then channels, then taps in the same order as a loop per output would. The padding's
 /// zeros add nothing unless the weight is not finite: then they add its `w · 0` (NaN).
-fn conv2d_direct(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Result<Vec<f32>> {
+pub(super) fn conv2d_direct(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    g: &Window,
+) -> Result<Vec<f32>> {
     let plane = g.oh * g.ow;
     let mut out = alloc("conv2d", g.n * g.c_out * plane)?;
     if plane == 0 {
@@ -55,7 +60,8 @@ fn conv2d_direct(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Res
     let cols: Vec<(usize, usize)> = (0..g.kw)
         .map(|kx| valid_columns(g.ow, g.w, sw, kx, dw, pw))
         .collect();
-    out.par_chunks_mut(plane).enumerate().for_each(|(bc, y)| {
+    let work = plane * cig * g.kh * g.kw;
+    par_chunks_mut(&mut out, plane, work, &|bc, y| {
         let (b, co) = (bc / g.c_out, bc % g.c_out);
         let first = (co / cog) * cig;
         y.fill(bias.map_or(0.0, |v| v[co]));
@@ -124,7 +130,7 @@ pub(crate) fn pool2d(x: &[f32], g: &Window, max: bool) -> Result<Vec<f32>> {
     }
     let (sh, sw) = g.opts.stride;
     let (ph, pw) = g.opts.padding;
-    out.par_chunks_mut(plane).enumerate().for_each(|(p, y)| {
+    par_chunks_mut(&mut out, plane, plane * g.kh * g.kw, &|p, y| {
         let xp = p * g.h * g.w;
         for oy in 0..g.oh {
             for ox in 0..g.ow {

@@ -12,21 +12,28 @@
 //! PyTorch's definition: `inf · 0` is NaN); the direct loops give the same.
 
 use super::alloc;
+use super::par_chunks_mut;
 use crate::conv::Window;
 use crate::error::Result;
 use crate::matmul_plan::MatmulPlan;
 use crate::shape::Shape;
-use rayon::prelude::*;
 
 /// Input taps per output value at or above which a convolution runs through the SGEMM.
 const MIN_TAPS: usize = 16;
 /// The most values one image's column matrix may hold (64 MiB); larger ones run directly.
 const MAX_COLUMNS: usize = 16 << 20;
 
-/// Whether `g` runs through the SGEMM (operands aside: see the module docs).
+/// Whether `g` runs through the SGEMM (operands aside: see the module docs). A pointwise
+/// convolution always does: it needs no column matrix.
 pub(crate) fn worthwhile(g: &Window) -> bool {
     let taps = g.c_in_group() * g.kh * g.kw;
-    taps >= MIN_TAPS && taps * g.oh * g.ow <= MAX_COLUMNS && g.oh * g.ow > 0
+    g.oh * g.ow > 0 && (pointwise(g) || (taps >= MIN_TAPS && taps * g.oh * g.ow <= MAX_COLUMNS))
+}
+
+/// A 1×1 kernel at stride 1 without padding: each image's channels of a group, `[c_in/groups,
+/// h·w]`, are already its column matrix.
+fn pointwise(g: &Window) -> bool {
+    (g.kh, g.kw, g.opts.stride, g.opts.padding) == (1, 1, (1, 1), (0, 0))
 }
 
 /// The kernel tap of row `t` of a group's column matrix: (channel in group, ky, kx).
@@ -41,16 +48,49 @@ fn source(g: &Window, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usi
     (iy < g.h && ix < g.w).then_some((iy, ix))
 }
 
-/// The column matrix of image `b`, group `grp` into `cols` (`taps × oh·ow`).
+/// The column matrix of image `b`, group `grp`: the input's own values for a pointwise
+/// convolution, else written into `cols` (`taps × oh·ow`) by [`im2col`].
+fn columns<'a>(x: &'a [f32], g: &Window, b: usize, grp: usize, cols: &'a mut [f32]) -> &'a [f32] {
+    let (cig, plane) = (g.c_in_group(), g.oh * g.ow);
+    if pointwise(g) {
+        let first = (b * g.c_in + grp * cig) * plane;
+        return &x[first..first + cig * plane];
+    }
+    im2col(x, g, b, grp, cols);
+    cols
+}
+
+/// The column matrix of image `b`, group `grp` into `cols` (`taps × oh·ow`): per output row,
+/// the span of columns whose tap lands inside the input is one copy (strided when the stride
+/// is), the rest zeros.
 fn im2col(x: &[f32], g: &Window, b: usize, grp: usize, cols: &mut [f32]) {
     let (cig, plane) = (g.c_in_group(), g.oh * g.ow);
-    cols.par_chunks_mut(plane).enumerate().for_each(|(t, row)| {
+    let (sh, sw) = g.opts.stride;
+    let (ph, pw) = g.opts.padding;
+    let (dh, dw) = g.opts.dilation;
+    let spans: Vec<(usize, usize)> = (0..g.kw)
+        .map(|kx| super::conv::valid_columns(g.ow, g.w, sw, kx, dw, pw))
+        .collect();
+    par_chunks_mut(cols, plane, plane, &|t, row| {
         let (cl, ky, kx) = tap(g, t);
         let xp = (b * g.c_in + grp * cig + cl) * g.h * g.w;
-        for oy in 0..g.oh {
-            let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
-            for (ox, d) in dst.iter_mut().enumerate() {
-                *d = source(g, oy, ox, ky, kx).map_or(0.0, |(iy, ix)| x[xp + iy * g.w + ix]);
+        let (lo, hi) = spans[kx];
+        for (oy, dst) in row.chunks_exact_mut(g.ow).enumerate() {
+            let iy = (oy * sh + ky * dh).checked_sub(ph).filter(|&iy| iy < g.h);
+            let Some(iy) = iy.filter(|_| lo < hi) else {
+                dst.fill(0.0);
+                continue;
+            };
+            dst[..lo].fill(0.0);
+            dst[hi..].fill(0.0);
+            let start = xp + iy * g.w + lo * sw + kx * dw - pw;
+            if sw == 1 {
+                dst[lo..hi].copy_from_slice(&x[start..start + hi - lo]);
+            } else {
+                dst[lo..hi]
+                    .iter_mut()
+                    .zip(x[start..].iter().step_by(sw))
+                    .for_each(|(d, &v)| *d = v);
             }
         }
     });
@@ -62,10 +102,12 @@ fn im2col(x: &[f32], g: &Window, b: usize, grp: usize, cols: &mut [f32]) {
 fn col2im(cols: &[f32], g: &Window, b: usize, grp: usize, dx: &mut [f32]) {
     let (cig, plane, taps) = (g.c_in_group(), g.oh * g.ow, g.kh * g.kw);
     let first = (b * g.c_in + grp * cig) * g.h * g.w;
-    dx[first..first + cig * g.h * g.w]
-        .par_chunks_mut(g.h * g.w)
-        .enumerate()
-        .for_each(|(cl, plane_dx)| {
+    let work = taps * plane;
+    par_chunks_mut(
+        &mut dx[first..first + cig * g.h * g.w],
+        g.h * g.w,
+        work,
+        &|cl, plane_dx| {
             for t in cl * taps..(cl + 1) * taps {
                 let (_, ky, kx) = tap(g, t);
                 let row = &cols[t * plane..(t + 1) * plane];
@@ -77,7 +119,8 @@ fn col2im(cols: &[f32], g: &Window, b: usize, grp: usize, dx: &mut [f32]) {
                     }
                 }
             }
-        });
+        },
+    );
 }
 
 /// `(c_out/groups, taps, oh·ow)` of `g`.
@@ -98,21 +141,39 @@ pub(crate) fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -
         false,
         false,
     )?;
-    let mut out = alloc("conv2d", g.n * g.c_out * plane)?;
-    let mut cols = alloc("conv2d", taps * plane)?;
-    for b in 0..g.n {
-        for grp in 0..g.opts.groups {
-            im2col(x, g, b, grp, &mut cols);
-            let w0 = grp * cog * taps;
-            let y = super::matmul(&wt[w0..w0 + cog * taps], &cols, &plan)?;
-            let o0 = (b * g.c_out + grp * cog) * plane;
-            out[o0..o0 + cog * plane].copy_from_slice(&y);
+    let mut out = if pointwise(g) {
+        // One batched product over (image, group), reading the input in place; the batches'
+        // outputs follow one another as NCHW's (image, channel) planes do.
+        let groups = g.opts.groups;
+        let batched = MatmulPlan {
+            offsets: (0..g.n * groups)
+                .map(|bg| {
+                    let (b, grp) = (bg / groups, bg % groups);
+                    (grp * cog * taps, (b * g.c_in + grp * taps) * plane)
+                })
+                .collect(),
+            out_shape: Shape::new(&[g.n * groups, cog, plane])?,
+            ..plan
+        };
+        super::matmul(wt, x, &batched)?
+    } else {
+        let mut out = alloc("conv2d", g.n * g.c_out * plane)?;
+        let mut cols = alloc("conv2d", taps * plane)?;
+        for b in 0..g.n {
+            for grp in 0..g.opts.groups {
+                im2col(x, g, b, grp, &mut cols);
+                let w0 = grp * cog * taps;
+                let y = super::matmul(&wt[w0..w0 + cog * taps], &cols, &plan)?;
+                let o0 = (b * g.c_out + grp * cog) * plane;
+                out[o0..o0 + cog * plane].copy_from_slice(&y);
+            }
         }
-    }
+        out
+    };
     if let Some(bias) = bias {
-        out.par_chunks_mut(plane)
-            .enumerate()
-            .for_each(|(bc, y)| y.iter_mut().for_each(|v| *v += bias[bc % g.c_out]));
+        par_chunks_mut(&mut out, plane, plane, &|bc, y| {
+            y.iter_mut().for_each(|v| *v += bias[bc % g.c_out])
+        });
     }
     Ok(out)
 }
@@ -151,12 +212,15 @@ pub(crate) fn grad_weight(dy: &[f32], x: &[f32], g: &Window) -> Result<Vec<f32>>
         true,
     )?;
     let mut dw = alloc("conv2d backward", g.c_out * taps)?;
-    let mut cols = alloc("conv2d backward", taps * plane)?;
+    let mut cols = alloc(
+        "conv2d backward",
+        if pointwise(g) { 0 } else { taps * plane },
+    )?;
     for b in 0..g.n {
         for grp in 0..g.opts.groups {
-            im2col(x, g, b, grp, &mut cols);
+            let cols = columns(x, g, b, grp, &mut cols);
             let d0 = (b * g.c_out + grp * cog) * plane;
-            let part = super::matmul(&dy[d0..d0 + cog * plane], &cols, &plan)?;
+            let part = super::matmul(&dy[d0..d0 + cog * plane], cols, &plan)?;
             let w0 = grp * cog * taps;
             dw[w0..w0 + cog * taps]
                 .iter_mut()
@@ -165,4 +229,85 @@ pub(crate) fn grad_weight(dy: &[f32], x: &[f32], g: &Window) -> Result<Vec<f32>>
         }
     }
     Ok(dw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::Conv2dOptions;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| {
+                let h = (i ^ seed).wrapping_mul(2_654_435_761).rotate_left(13);
+                (h % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn close(what: &str, a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                "{what}: value {i}: {x} vs {y}"
+            );
+        }
+    }
+
+    /// The SGEMM forms (im2col, or the input in place for pointwise kernels) give the direct
+    /// loops' results, forward and both gradients, over strides, padding, dilation, groups,
+    /// several images and a bias.
+    #[test]
+    fn gemm_forms_match_the_direct_loops() {
+        let cases = [
+            // (n, c_in, h, w, c_out, k, stride, padding, dilation, groups)
+            (2, 6, 5, 7, 4, (1, 1), (1, 1), (0, 0), (1, 1), 2), // pointwise, grouped
+            (1, 16, 4, 4, 8, (1, 1), (1, 1), (0, 0), (1, 1), 1), // pointwise
+            (2, 16, 6, 5, 3, (1, 1), (2, 1), (0, 0), (1, 1), 1), // 1x1, strided: im2col
+            (2, 4, 7, 6, 5, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+            (1, 8, 9, 8, 4, (3, 2), (1, 2), (2, 1), (2, 1), 2),
+        ];
+        for (i, &(n, c_in, h, w, c_out, k, stride, padding, dilation, groups)) in
+            cases.iter().enumerate()
+        {
+            let opts = Conv2dOptions {
+                stride,
+                padding,
+                dilation,
+                groups,
+            };
+            let g = Window::new(
+                "test",
+                &[n, c_in, h, w],
+                c_out,
+                Some(c_in / groups),
+                k,
+                opts,
+            )
+            .unwrap();
+            assert!(worthwhile(&g), "case {i} should take the SGEMM");
+            let x = values(n * c_in * h * w, 1 + i as u32);
+            let wt = values(c_out * g.c_in_group() * k.0 * k.1, 100 + i as u32);
+            let bias = values(c_out, 200 + i as u32);
+            let dy = values(n * c_out * g.oh * g.ow, 300 + i as u32);
+            let what = |part: &str| format!("case {i} {part}");
+            close(
+                &what("forward"),
+                &forward(&x, &wt, Some(&bias), &g).unwrap(),
+                &super::super::conv::conv2d_direct(&x, &wt, Some(&bias), &g).unwrap(),
+            );
+            close(
+                &what("input gradient"),
+                &grad_input(&dy, &wt, &g).unwrap(),
+                &super::super::grad::grad_input_direct(&dy, &wt, &g).unwrap(),
+            );
+            close(
+                &what("weight gradient"),
+                &grad_weight(&dy, &x, &g).unwrap(),
+                &super::super::grad::grad_weight_direct(&dy, &x, &g).unwrap(),
+            );
+        }
+    }
 }

@@ -2,10 +2,10 @@
 //! Each mirrors its WGSL kernel (same formulas, same summation order).
 
 use super::alloc;
+use super::par_chunks_mut;
 use crate::conv::Window;
 use crate::error::Result;
 use crate::op::UnaryOp;
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// `dx = g · op'(x)`.
@@ -103,6 +103,11 @@ pub(crate) fn conv2d_grad_input(g: &[f32], wt: &[f32], w: &Window) -> Result<Vec
     if super::conv_gemm::worthwhile(w) {
         return super::conv_gemm::grad_input(g, wt, w);
     }
+    grad_input_direct(g, wt, w)
+}
+
+/// [`conv2d_grad_input`] by direct loops: each input gathers the taps that read it.
+pub(super) fn grad_input_direct(g: &[f32], wt: &[f32], w: &Window) -> Result<Vec<f32>> {
     let plane = w.h * w.w;
     let mut out = alloc("conv2d backward", w.n * w.c_in * plane)?;
     if plane == 0 {
@@ -113,7 +118,8 @@ pub(crate) fn conv2d_grad_input(g: &[f32], wt: &[f32], w: &Window) -> Result<Vec
     let (dh, dw) = w.opts.dilation;
     let cig = w.c_in_group();
     let cog = w.c_out / w.opts.groups;
-    out.par_chunks_mut(plane).enumerate().for_each(|(bc, dx)| {
+    let work = plane * cog * w.kh * w.kw;
+    par_chunks_mut(&mut out, plane, work, &|bc, dx| {
         let (b, ci) = (bc / w.c_in, bc % w.c_in);
         let (group, cl) = (ci / cig, ci % cig);
         for iy in 0..w.h {
@@ -146,6 +152,11 @@ pub(crate) fn conv2d_grad_weight(g: &[f32], x: &[f32], w: &Window) -> Result<Vec
     if super::conv_gemm::worthwhile(w) {
         return super::conv_gemm::grad_weight(g, x, w);
     }
+    grad_weight_direct(g, x, w)
+}
+
+/// [`conv2d_grad_weight`] by direct loops: one weight per task, summed over the outputs.
+pub(super) fn grad_weight_direct(g: &[f32], x: &[f32], w: &Window) -> Result<Vec<f32>> {
     let taps = w.kh * w.kw;
     let cig = w.c_in_group();
     let cog = w.c_out / w.opts.groups;
@@ -156,7 +167,8 @@ pub(crate) fn conv2d_grad_weight(g: &[f32], x: &[f32], w: &Window) -> Result<Vec
     let (sh, sw) = w.opts.stride;
     let (ph, pw) = w.opts.padding;
     let (dh, dw) = w.opts.dilation;
-    out.par_chunks_mut(taps).enumerate().for_each(|(oc, dwt)| {
+    let work = taps * w.n * w.oh * w.ow;
+    par_chunks_mut(&mut out, taps, work, &|oc, dwt| {
         let (co, cl) = (oc / cig, oc % cig);
         let ci = (co / cog) * cig + cl;
         for ky in 0..w.kh {
@@ -229,7 +241,7 @@ pub(crate) fn pool2d_grad(x: &[f32], g: &[f32], w: &Window, max: bool) -> Result
     let (sh, sw) = w.opts.stride;
     let (ph, pw) = w.opts.padding;
     let area = (w.kh * w.kw) as f32;
-    out.par_chunks_mut(plane).enumerate().for_each(|(p, dx)| {
+    par_chunks_mut(&mut out, plane, w.oh * w.ow * w.kh * w.kw, &|p, dx| {
         let xs = &x[p * plane..(p + 1) * plane];
         let gs = &g[p * w.oh * w.ow..(p + 1) * w.oh * w.ow];
         // Scatter from each window: the same sums as the per-input GPU kernel, which adds the

@@ -1,9 +1,9 @@
 //! Reductions and softmax along one axis of `[outer, len, inner]`, parallel over output rows.
 
 use super::alloc;
+use super::par_chunks_mut;
 use crate::error::Result;
 use crate::op::ReduceOp;
-use rayon::prelude::*;
 
 pub(crate) fn reduce(
     x: &[f32],
@@ -18,7 +18,7 @@ pub(crate) fn reduce(
         // Rows of x added into the zeroed output row in order of j: contiguous, vectorised
         // loads, and for each output the same sum in the same order (0 + x0 + x1 + ...) as the
         // strided loop below and `shaders/reduce.wgsl`.
-        out.par_chunks_mut(inner).enumerate().for_each(|(o, row)| {
+        par_chunks_mut(&mut out, inner, len * inner, &|o, row| {
             let base = o * len * inner;
             for src in x[base..base + len * inner].chunks_exact(inner) {
                 row.iter_mut().zip(src).for_each(|(acc, &v)| *acc += v);
@@ -30,7 +30,7 @@ pub(crate) fn reduce(
         });
         return Ok(out);
     }
-    out.par_chunks_mut(inner).enumerate().for_each(|(o, row)| {
+    par_chunks_mut(&mut out, inner, len * inner, &|o, row| {
         let base = o * len * inner;
         for (i, y) in row.iter_mut().enumerate() {
             *y = op.apply(len, |j| x[base + j * inner + i]);
@@ -51,27 +51,25 @@ pub(crate) fn softmax(
     if len == 0 || inner == 0 {
         return Ok(out);
     }
-    out.par_chunks_mut(len * inner)
-        .enumerate()
-        .for_each(|(o, block)| {
-            let src = &x[o * len * inner..(o + 1) * len * inner];
-            for i in 0..inner {
-                let at = |j: usize| j * inner + i;
-                if (0..len).any(|j| src[at(j)].is_nan()) {
-                    (0..len).for_each(|j| block[at(j)] = f32::NAN);
-                    continue;
-                }
-                let m = (0..len)
-                    .map(|j| src[at(j)])
-                    .fold(f32::NEG_INFINITY, f32::max);
-                let sum: f32 = (0..len).map(|j| (src[at(j)] - m).exp()).sum();
-                let log_sum = sum.ln();
-                for j in 0..len {
-                    let d = src[at(j)] - m;
-                    block[at(j)] = if log { d - log_sum } else { d.exp() / sum };
-                }
+    par_chunks_mut(&mut out, len * inner, 4 * len * inner, &|o, block| {
+        let src = &x[o * len * inner..(o + 1) * len * inner];
+        for i in 0..inner {
+            let at = |j: usize| j * inner + i;
+            if (0..len).any(|j| src[at(j)].is_nan()) {
+                (0..len).for_each(|j| block[at(j)] = f32::NAN);
+                continue;
             }
-        });
+            let m = (0..len)
+                .map(|j| src[at(j)])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = (0..len).map(|j| (src[at(j)] - m).exp()).sum();
+            let log_sum = sum.ln();
+            for j in 0..len {
+                let d = src[at(j)] - m;
+                block[at(j)] = if log { d - log_sum } else { d.exp() / sum };
+            }
+        }
+    });
     Ok(out)
 }
 
@@ -88,28 +86,27 @@ pub(crate) fn norm(
     if len == 0 {
         return Ok(out);
     }
-    out.par_chunks_mut(len)
-        .zip(x.par_chunks(len))
-        .for_each(|(y, row)| {
-            let n = len as f32;
-            let mean = if rms {
-                0.0
-            } else {
-                row.iter().sum::<f32>() / n
-            };
-            let ss: f32 = row.iter().map(|v| (v - mean) * (v - mean)).sum();
-            let inv = 1.0 / (ss / n + eps).sqrt();
-            for (j, (o, v)) in y.iter_mut().zip(row).enumerate() {
-                let mut r = (v - mean) * inv;
-                if let Some(w) = weight {
-                    r *= w[j];
-                }
-                if let Some(b) = bias {
-                    r += b[j];
-                }
-                *o = r;
+    par_chunks_mut(&mut out, len, 4 * len, &|r, y| {
+        let row = &x[r * len..(r + 1) * len];
+        let n = len as f32;
+        let mean = if rms {
+            0.0
+        } else {
+            row.iter().sum::<f32>() / n
+        };
+        let ss: f32 = row.iter().map(|v| (v - mean) * (v - mean)).sum();
+        let inv = 1.0 / (ss / n + eps).sqrt();
+        for (j, (o, v)) in y.iter_mut().zip(row).enumerate() {
+            let mut r = (v - mean) * inv;
+            if let Some(w) = weight {
+                r *= w[j];
             }
-        });
+            if let Some(b) = bias {
+                r += b[j];
+            }
+            *o = r;
+        }
+    });
     Ok(out)
 }
 
