@@ -747,13 +747,15 @@ impl Storage {
     // ---- layout and indexing --------------------------------------------------------------------
 
     /// A new storage of `n` values of `dtype` on `device`, filled by strided copies from
-    /// `parts` (which cover it and have that element type).
+    /// `parts` (which cover it and have that element type, unless `zeroed`: then it starts as
+    /// zeros and the parts may leave gaps).
     pub(crate) fn assemble(
         device: &Device,
         op: &'static str,
         dtype: DType,
         n: usize,
         parts: &[(&Storage, &StridedCopy)],
+        zeroed: bool,
     ) -> Result<Storage> {
         match device.gpu_context() {
             None => {
@@ -786,7 +788,12 @@ impl Storage {
                 }))
             }
             Some(ctx) => GpuStorage::blank(ctx, dtype).output(n, dtype, |ctx| {
-                let buf = ctx.alloc(op, n)?;
+                // The bits of 0.0f32 are those of 0u32: one fill serves both types.
+                let buf = if zeroed {
+                    elementwise::fill(ctx, n, 0.0)?
+                } else {
+                    ctx.alloc(op, n)?
+                };
                 for (src, plan) in parts {
                     let Storage::Gpu(g) = src else {
                         return Err(backends(op));

@@ -120,8 +120,13 @@ impl Tensor {
     /// that it has the shape `dims` of the operand it flows back to.
     pub(crate) fn sum_to(&self, dims: &[usize]) -> Result<Tensor> {
         let mut t = self.clone();
-        while t.rank() > dims.len() {
-            t = t.sum(0, false)?;
+        let extra = t.rank().saturating_sub(dims.len());
+        if extra > 0 {
+            // The leading dimensions broadcasting added, as one: a single reduction (a bias
+            // gradient over [batch, time, n] is one dispatch, not one per dimension).
+            let mut flat = vec![t.shape()[..extra].iter().product()];
+            flat.extend_from_slice(&t.shape()[extra..]);
+            t = t.reshape(&flat)?.sum(0, false)?;
         }
         for (d, &want) in dims.iter().enumerate() {
             if want == 1 && t.shape()[d] != 1 {

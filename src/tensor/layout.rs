@@ -70,6 +70,7 @@ impl Tensor {
             self.dtype(),
             out_shape,
             &[(self, plan)],
+            false,
         )?;
         if !Tensor::tracking(&[self]) {
             return Ok(out);
@@ -121,26 +122,25 @@ impl Tensor {
             self.dtype(),
             out_shape,
             &[(self, plan)],
+            false,
         )?;
         if !Tensor::tracking(&[self]) {
             return Ok(out);
         }
-        let dims = self.shape().to_vec();
+        let shape = self.shape.clone();
         Ok(out.record("narrow", &[self], move |g, _| {
-            // The gradient sits at start..start + len; zeros elsewhere.
-            let zeros = |extent: usize| -> Result<Option<Tensor>> {
-                let mut d = dims.clone();
-                d[axis] = extent;
-                (extent > 0)
-                    .then(|| Tensor::zeros(g.device(), &d))
-                    .transpose()
+            // The gradient sits at start..start + len, zeros elsewhere: one copy into zeros.
+            let strides = shape.strides();
+            let plan = StridedCopy {
+                dims: g.shape().to_vec(),
+                in_strides: g.shape.strides(),
+                in_offset: 0,
+                out_strides: strides.clone(),
+                out_offset: start * strides[axis],
             };
-            let (before, after) = (zeros(start)?, zeros(extent - start - len)?);
-            let all: Vec<&Tensor> = [before.as_ref(), Some(g), after.as_ref()]
-                .into_iter()
-                .flatten()
-                .collect();
-            Ok(vec![Some(Tensor::cat(&all, axis as isize)?)])
+            let d = g.device().clone();
+            let grad = Self::assemble("narrow backward", &d, g.dtype(), shape, &[(g, plan)], true)?;
+            Ok(vec![Some(grad)])
         }))
     }
 
@@ -186,7 +186,14 @@ impl Tensor {
                 (*t, plan)
             })
             .collect();
-        let out = Self::assemble("cat", &first.device, first.dtype(), out_shape, &parts)?;
+        let out = Self::assemble(
+            "cat",
+            &first.device,
+            first.dtype(),
+            out_shape,
+            &parts,
+            false,
+        )?;
         if !Tensor::tracking(tensors) {
             return Ok(out);
         }
@@ -205,17 +212,19 @@ impl Tensor {
         }))
     }
 
-    /// A new tensor of `shape` on `device` filled by strided copies from `parts` (which cover it).
+    /// A new tensor of `shape` on `device` filled by strided copies from `parts` (which cover
+    /// it, unless `zeroed`: then it starts as zeros).
     pub(super) fn assemble(
         op: &'static str,
         device: &Device,
         dtype: DType,
         shape: Shape,
         parts: &[(&Tensor, StridedCopy)],
+        zeroed: bool,
     ) -> Result<Tensor> {
         let parts: Vec<(&Storage, &StridedCopy)> =
             parts.iter().map(|(t, plan)| (&t.storage, plan)).collect();
-        let storage = Storage::assemble(device, op, dtype, shape.numel(), &parts)?;
+        let storage = Storage::assemble(device, op, dtype, shape.numel(), &parts, zeroed)?;
         Ok(Tensor::new(storage, shape, device))
     }
 
@@ -247,6 +256,7 @@ impl Tensor {
             self.dtype(),
             target,
             &[(self, plan)],
+            false,
         )?;
         if !Tensor::tracking(&[self]) {
             return Ok(out);
