@@ -4,6 +4,7 @@ use super::alloc;
 use super::par_chunks_mut;
 use crate::error::Result;
 use crate::op::ReduceOp;
+use crate::op::math::{exp_f32, has_nan, max_f32, sum_f32, sum_squares_f32};
 
 pub(crate) fn reduce(
     x: &[f32],
@@ -53,6 +54,29 @@ pub(crate) fn softmax(
     }
     par_chunks_mut(&mut out, len * inner, 4 * len * inner, &|o, block| {
         let src = &x[o * len * inner..(o + 1) * len * inner];
+        if inner == 1 {
+            // A contiguous row: each pass a loop the compiler vectorises.
+            if has_nan(src) {
+                block.fill(f32::NAN);
+                return;
+            }
+            let m = max_f32(src);
+            block
+                .iter_mut()
+                .zip(src)
+                .for_each(|(o, &v)| *o = exp_f32(v - m));
+            let sum = sum_f32(block);
+            if log {
+                let log_sum = sum.ln();
+                block
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(o, &v)| *o = (v - m) - log_sum);
+            } else {
+                block.iter_mut().for_each(|o| *o /= sum);
+            }
+            return;
+        }
         for i in 0..inner {
             let at = |j: usize| j * inner + i;
             if (0..len).any(|j| src[at(j)].is_nan()) {
@@ -62,11 +86,18 @@ pub(crate) fn softmax(
             let m = (0..len)
                 .map(|j| src[at(j)])
                 .fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = (0..len).map(|j| (src[at(j)] - m).exp()).sum();
-            let log_sum = sum.ln();
+            // One exponential per value: kept in the output, then divided by their sum.
+            let mut sum = 0.0;
             for j in 0..len {
-                let d = src[at(j)] - m;
-                block[at(j)] = if log { d - log_sum } else { d.exp() / sum };
+                let e = exp_f32(src[at(j)] - m);
+                block[at(j)] = e;
+                sum += e;
+            }
+            if log {
+                let log_sum = sum.ln();
+                (0..len).for_each(|j| block[at(j)] = (src[at(j)] - m) - log_sum);
+            } else {
+                (0..len).for_each(|j| block[at(j)] /= sum);
             }
         }
     });
@@ -89,22 +120,19 @@ pub(crate) fn norm(
     par_chunks_mut(&mut out, len, 4 * len, &|r, y| {
         let row = &x[r * len..(r + 1) * len];
         let n = len as f32;
-        let mean = if rms {
-            0.0
-        } else {
-            row.iter().sum::<f32>() / n
-        };
-        let ss: f32 = row.iter().map(|v| (v - mean) * (v - mean)).sum();
+        let mean = if rms { 0.0 } else { sum_f32(row) / n };
+        // The centred values go to the output first; their squares are summed from there.
+        y.iter_mut().zip(row).for_each(|(o, &v)| *o = v - mean);
+        let ss = sum_squares_f32(y);
         let inv = 1.0 / (ss / n + eps).sqrt();
-        for (j, (o, v)) in y.iter_mut().zip(row).enumerate() {
-            let mut r = (v - mean) * inv;
-            if let Some(w) = weight {
-                r *= w[j];
-            }
-            if let Some(b) = bias {
-                r += b[j];
-            }
-            *o = r;
+        match (weight, bias) {
+            (Some(w), Some(b)) => y
+                .iter_mut()
+                .zip(w.iter().zip(b))
+                .for_each(|(o, (w, b))| *o = *o * inv * w + b),
+            (Some(w), None) => y.iter_mut().zip(w).for_each(|(o, w)| *o = *o * inv * w),
+            (None, Some(b)) => y.iter_mut().zip(b).for_each(|(o, b)| *o = *o * inv + b),
+            (None, None) => y.iter_mut().for_each(|o| *o *= inv),
         }
     });
     Ok(out)
@@ -143,7 +171,7 @@ pub(crate) fn cross_entropy_rows(
     let (mut loss, mut lse) = (alloc("cross_entropy", rows)?, alloc("cross_entropy", rows)?);
     for (b, row) in x.chunks(classes).enumerate().take(rows) {
         let m = row.iter().cloned().fold(row[0], f32::max);
-        let s: f32 = row.iter().map(|&v| (v - m).exp()).sum();
+        let s: f32 = row.iter().map(|&v| exp_f32(v - m)).sum();
         lse[b] = m + s.ln();
         loss[b] = lse[b] - row[t[b] as usize];
     }
@@ -162,7 +190,7 @@ pub(crate) fn cross_entropy_grad(
     for (e, d) in dx.iter_mut().enumerate() {
         let (b, c) = (e / classes, e % classes);
         let hit = if t[b] as usize == c { 1.0 } else { 0.0 };
-        *d = g[b] * ((x[e] - lse[b]).exp() - hit);
+        *d = g[b] * (exp_f32(x[e] - lse[b]) - hit);
     }
     Ok(dx)
 }

@@ -7,6 +7,7 @@
 //! `activate`/`derivative`/`binary_op` dispatchers), so Rust and WGSL cannot drift apart.
 
 mod binary;
+pub(crate) mod math;
 mod reduce;
 mod registry;
 mod unary;

@@ -1,6 +1,7 @@
 //! Unary ops: the registry table (Rust enum, selectors, WGSL formulas) and the Rust formula and
 //! derivative of each op, which the CPU backend runs and the GPU's WGSL mirrors.
 
+use super::math::{erf_f32, exp_f32, sigmoid_f32, tanh_f32};
 use super::registry::op_family;
 
 op_family! {
@@ -199,6 +200,12 @@ impl UnaryOp {
             UnaryOp::HardSigmoid(alpha, beta) => xs.iter_mut().for_each(|x| {
                 *x = (alpha * *x + beta).clamp(0.0, 1.0);
             }),
+            // The transcendental ones as their own loops, so that `exp_f32` vectorises.
+            UnaryOp::Exp => xs.iter_mut().for_each(|x| *x = exp_f32(*x)),
+            UnaryOp::Sigmoid => xs.iter_mut().for_each(|x| *x = sigmoid_f32(*x)),
+            UnaryOp::Silu => xs.iter_mut().for_each(|x| *x *= sigmoid_f32(*x)),
+            UnaryOp::Erf => xs.iter_mut().for_each(|x| *x = erf_f32(*x)),
+            UnaryOp::Gelu => xs.iter_mut().for_each(|x| *x = gelu(*x)),
             _ => xs.iter_mut().for_each(|x| *x = self.apply(*x)),
         }
     }
@@ -224,7 +231,7 @@ impl UnaryOp {
                     x
                 }
             }
-            UnaryOp::Gelu => 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2)),
+            UnaryOp::Gelu => gelu(x),
             UnaryOp::GeluTanh => {
                 const K: f32 = 0.797_884_6; // sqrt(2/pi)
                 0.5 * x * (1.0 + tanh_f32(K * (x + 0.044715 * x * x * x)))
@@ -232,7 +239,7 @@ impl UnaryOp {
             UnaryOp::Sigmoid => sigmoid_f32(x),
             UnaryOp::Tanh => tanh_f32(x),
             UnaryOp::Silu => x * sigmoid_f32(x),
-            UnaryOp::Exp => x.exp(),
+            UnaryOp::Exp => exp_f32(x),
             UnaryOp::Log => x.ln(),
             UnaryOp::Sqrt => x.sqrt(),
             UnaryOp::Rsqrt => 1.0 / x.sqrt(),
@@ -243,7 +250,7 @@ impl UnaryOp {
             UnaryOp::Powf(p) => x.powf(p),
             UnaryOp::Clamp(lo, hi) => x.max(lo).min(hi),
             // ln(1 + e^x) = max(x, 0) + ln(1 + e^-|x|)
-            UnaryOp::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
+            UnaryOp::Softplus => x.max(0.0) + exp_f32(-x.abs()).ln_1p(),
             UnaryOp::Elu(alpha) => {
                 if x > 0.0 {
                     x
@@ -291,7 +298,7 @@ impl UnaryOp {
             UnaryOp::LeakyRelu(alpha) => step(x > 0.0, 1.0, alpha),
             UnaryOp::Gelu => {
                 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
-                    + x * 0.398_942_3 * (-0.5 * x * x).exp()
+                    + x * 0.398_942_3 * exp_f32(-0.5 * x * x)
             }
             UnaryOp::GeluTanh => {
                 let t = tanh_f32(K * (x + 0.044715 * x * x * x));
@@ -309,7 +316,7 @@ impl UnaryOp {
                 let s = sigmoid_f32(x);
                 s * (1.0 + x * (1.0 - s))
             }
-            UnaryOp::Exp => x.exp(),
+            UnaryOp::Exp => exp_f32(x),
             UnaryOp::Log => 1.0 / x,
             UnaryOp::Sqrt => 0.5 / x.sqrt(),
             UnaryOp::Rsqrt => -0.5 / (x * x.sqrt()),
@@ -320,11 +327,11 @@ impl UnaryOp {
             UnaryOp::Powf(p) => step(p == 0.0, 0.0, p * x.powf(p - 1.0)),
             UnaryOp::Clamp(lo, hi) => step(x >= lo && x <= hi, 1.0, 0.0),
             UnaryOp::Softplus => sigmoid_f32(x),
-            UnaryOp::Elu(alpha) => step(x > 0.0, 1.0, alpha * x.exp()),
+            UnaryOp::Elu(alpha) => step(x > 0.0, 1.0, alpha * exp_f32(x)),
             UnaryOp::AddScalar(_) => 1.0,
             UnaryOp::MulScalar(c) => c,
             UnaryOp::DivScalar(c) => 1.0 / c,
-            UnaryOp::Erf => std::f32::consts::FRAC_2_SQRT_PI * (-x * x).exp(),
+            UnaryOp::Erf => std::f32::consts::FRAC_2_SQRT_PI * exp_f32(-x * x),
             UnaryOp::Sin => x.cos(),
             UnaryOp::Cos => -x.sin(),
             UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Sign | UnaryOp::Round => 0.0,
@@ -338,26 +345,8 @@ impl UnaryOp {
     }
 }
 
-fn sigmoid_f32(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
-
-fn tanh_f32(x: f32) -> f32 {
-    x.tanh()
-}
-
-/// erf with absolute error below 1.5e-7 (Abramowitz & Stegun 7.1.26); the same formula as the
-/// `erf` function in `shaders/common.wgsl`, since WGSL has no erf builtin.
-fn erf_f32(x: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let poly = t
-        * (0.254_829_6
-            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let y = 1.0 - poly * (-x * x).exp();
-    if x < 0.0 { -y } else { y }
+/// x·Φ(x) through erf (exact GELU, PyTorch's default).
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
 }

@@ -1,0 +1,188 @@
+//! Scalar math for the CPU backend's elementwise ops: branch-free where it matters, so the
+//! loops over slices that call these vectorise instead of calling libm once per value.
+
+/// e^x with at most about 2 ulp of error (Cephes' `expf`: x = n·ln 2 + r with |r| ≤ ln 2 / 2,
+/// a degree-7 polynomial for e^r, then a scale by 2^n). Overflows to +inf above 88.72,
+/// underflows through the subnormals to 0 below -103.97, and keeps NaN; no branches, so a loop
+/// of it vectorises.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    // Past these bounds the result is inf or 0 anyway; the clamp keeps n in i32 range (and
+    // keeps NaN, which the arithmetic below carries through).
+    let x = x.clamp(-104.0, 89.0);
+    // n = round(x / ln 2), by the 1.5·2^23 trick (SSE2 has no vector rounding instruction):
+    // adding it leaves round(x / ln 2) in the low bits of the sum's mantissa, which also gives
+    // n as an integer without a float-to-int conversion (Rust's saturating one does not
+    // vectorise).
+    const ROUND: f32 = 12_582_912.0;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    // r = x - n·ln 2, with ln 2 split in two so that n·LN2_HI is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    // 2^n as two factors 2^(n/2) and 2^(n - n/2), each a normal float for n in [-150, 128],
+    // so that subnormal results and overflow to inf come out of the multiplications.
+    // (Wrapping: for a NaN input these are garbage, and the result is NaN whatever they are.)
+    let n = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let half = n >> 1;
+    let scale = |e: i32| f32::from_bits((e.wrapping_add(127) as u32) << 23);
+    er * scale(half) * scale(n - half)
+}
+
+/// The logistic function 1 / (1 + e^-x), from e^-|x| so that neither side overflows or loses
+/// its relative precision.
+#[inline(always)]
+pub(crate) fn sigmoid_f32(x: f32) -> f32 {
+    let e = exp_f32(-x.abs());
+    let top = if x >= 0.0 { 1.0 } else { e };
+    // NaN: e is NaN, so the quotient is too.
+    top / (1.0 + e)
+}
+
+#[inline(always)]
+pub(crate) fn tanh_f32(x: f32) -> f32 {
+    x.tanh()
+}
+
+/// erf with absolute error below 1.5e-7 (Abramowitz & Stegun 7.1.26); the same formula as the
+/// `erf` function in `shaders/common.wgsl`, since WGSL has no erf builtin.
+#[inline(always)]
+pub(crate) fn erf_f32(x: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let y = 1.0 - poly * exp_f32(-x * x);
+    if x < 0.0 { -y } else { y }
+}
+
+/// Lanes of the partial sums and maxima below: eight independent accumulators, which the
+/// compiler keeps in one vector register (a single accumulator is a chain of dependent adds
+/// that no compiler may reorder).
+const LANES: usize = 8;
+
+/// The sum of `xs`, accumulated in [`LANES`] interleaved partial sums, then those in order.
+#[inline]
+pub(crate) fn sum_f32(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The sum of the squares of `xs`, in [`LANES`] partial sums like [`sum_f32`].
+#[inline]
+pub(crate) fn sum_squares_f32(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v * v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The largest value of `xs` (which holds no NaN), -inf when empty.
+#[inline]
+pub(crate) fn max_f32(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    acc.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// Whether `xs` holds a NaN (no early exit, so the loop vectorises).
+#[inline]
+pub(crate) fn has_nan(xs: &[f32]) -> bool {
+    xs.iter().fold(false, |any, v| any | v.is_nan())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Distance in units in the last place between two finite floats of the same sign.
+    fn ulps(a: f32, b: f32) -> u32 {
+        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm_and_keeps_the_edges() {
+        let mut worst = 0;
+        let mut x = -103.0f32;
+        while x < 88.7 {
+            let (got, want) = (exp_f32(x), (x as f64).exp() as f32);
+            if want.is_normal() {
+                worst = worst.max(ulps(got, want));
+            } else {
+                // Subnormal results: absolute error within a few subnormal steps.
+                assert!(
+                    (got - want).abs() <= 4.0 * f32::from_bits(1),
+                    "exp({x}) = {got}, want {want}"
+                );
+            }
+            x += 0.0137;
+        }
+        assert!(worst <= 2, "worst error {worst} ulp");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp_f32(89.0), f32::INFINITY);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(-200.0), 0.0);
+        assert!(exp_f32(f32::NAN).is_nan());
+        assert!(exp_f32(88.7).is_finite());
+    }
+
+    #[test]
+    fn lane_sums_and_maxima_match_sequential_ones() {
+        for n in [0usize, 1, 7, 8, 9, 31, 100] {
+            let xs: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.25)
+                .collect();
+            let seq: f32 = xs.iter().sum();
+            assert!((sum_f32(&xs) - seq).abs() < 1e-5, "sum of {n}");
+            let m = xs.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            assert_eq!(max_f32(&xs), m, "max of {n}");
+            assert!(!has_nan(&xs));
+        }
+        assert!(has_nan(&[1.0, f32::NAN, 2.0]));
+    }
+
+    #[test]
+    fn sigmoid_keeps_precision_on_both_sides() {
+        for &x in &[-90.0f32, -20.0, -1.0, 0.0, 1.0, 20.0, 90.0] {
+            let want = 1.0 / (1.0 + (-(x as f64)).exp());
+            let got = sigmoid_f32(x) as f64;
+            assert!(
+                (got - want).abs() <= 2e-7 * want.max(1e-30),
+                "sigmoid({x}) = {got}, want {want}"
+            );
+        }
+        assert!(sigmoid_f32(f32::NAN).is_nan());
+        assert_eq!(sigmoid_f32(f32::INFINITY), 1.0);
+        assert_eq!(sigmoid_f32(f32::NEG_INFINITY), 0.0);
+    }
+}
