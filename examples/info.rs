@@ -22,9 +22,10 @@ fn main() {
         );
         if let Some(l) = a.limits {
             println!(
-                "      limits: buffer {} MiB, storage binding {} MiB, {} workgroups/dim, {} invocations/workgroup, {} KiB workgroup memory",
+                "      limits: buffer {} MiB, storage binding {} MiB, {} storage buffers/stage, {} workgroups/dim, {} invocations/workgroup, {} KiB workgroup memory",
                 l.max_buffer_size >> 20,
                 l.max_storage_buffer_binding_size >> 20,
+                l.max_storage_buffers_per_shader_stage,
                 l.max_compute_workgroups_per_dimension,
                 l.max_compute_invocations_per_workgroup,
                 l.max_compute_workgroup_storage_size >> 10

@@ -7,6 +7,10 @@
 //   adam:         d = g + wd·p (Adam) or p *= 1 - lr·wd first (AdamW, DECOUPLED);
 //                 m = b1·m + (1-b1)·d; v = b2·v + (1-b2)·d²;
 //                 p -= lr · (m / bc1) / (sqrt(v / bc2) + eps), bc = 1 - beta^step
+//
+// The formulas are functions of values, written once: the single-tensor entry points below call
+// them, and so do the multi-tensor kernels that src/gpu/kernels/optim.rs generates (one dispatch
+// updating several parameters), which take this file up to the MULTI-TENSOR CUT line.
 
 override WG: u32 = 256u;
 
@@ -24,6 +28,38 @@ struct Params {
     _pad0: u32,
     _pad1: u32,
 }
+
+// The new parameter value.
+fn sgd_value(p: Params, w: f32, g: f32) -> f32 {
+    return w - p.lr * (g + p.weight_decay * w);
+}
+
+// (new parameter value, new momentum buffer value).
+fn momentum_value(p: Params, w: f32, g: f32, buf: f32) -> vec2<f32> {
+    let d = g + p.weight_decay * w;
+    var b = d;
+    if ((p.flags & 2u) == 0u) {
+        b = p.momentum * buf + d;
+    }
+    let upd = select(b, d + p.momentum * b, (p.flags & 1u) != 0u);
+    return vec2<f32>(w - p.lr * upd, b);
+}
+
+// (new parameter value, new m, new v).
+fn adam_value(p: Params, w0: f32, g: f32, m0: f32, v0: f32) -> vec3<f32> {
+    var w = w0;
+    var d = g;
+    if ((p.flags & 4u) != 0u) {
+        w = w * (1.0 - p.lr * p.weight_decay);
+    } else {
+        d = d + p.weight_decay * w;
+    }
+    let m = p.beta1 * m0 + (1.0 - p.beta1) * d;
+    let v = p.beta2 * v0 + (1.0 - p.beta2) * d * d;
+    return vec3<f32>(w - p.lr * (m / p.bc1) / (sqrt(v / p.bc2) + p.eps), m, v);
+}
+
+// ---- MULTI-TENSOR CUT: the single-tensor kernels follow ----
 
 @group(0) @binding(0) var<storage, read_write> param: array<f32>;
 @group(0) @binding(1) var<storage, read> grad: array<f32>;
@@ -43,8 +79,7 @@ fn sgd(
 ) {
     let i = folded_index(wid, nwg, lid, WG);
     if (i < p_sgd.n) {
-        let w = param[i];
-        param[i] = w - p_sgd.lr * (grad[i] + p_sgd.weight_decay * w);
+        param[i] = sgd_value(p_sgd, param[i], grad[i]);
     }
 }
 
@@ -56,15 +91,9 @@ fn sgd_momentum(
 ) {
     let i = folded_index(wid, nwg, lid, WG);
     if (i < p_momentum.n) {
-        let w = param[i];
-        let d = grad[i] + p_momentum.weight_decay * w;
-        var b = d;
-        if ((p_momentum.flags & 2u) == 0u) {
-            b = p_momentum.momentum * s1[i] + d;
-        }
-        s1[i] = b;
-        let upd = select(b, d + p_momentum.momentum * b, (p_momentum.flags & 1u) != 0u);
-        param[i] = w - p_momentum.lr * upd;
+        let r = momentum_value(p_momentum, param[i], grad[i], s1[i]);
+        s1[i] = r.y;
+        param[i] = r.x;
     }
 }
 
@@ -76,17 +105,9 @@ fn adam(
 ) {
     let i = folded_index(wid, nwg, lid, WG);
     if (i < p.n) {
-        var w = param[i];
-        var d = grad[i];
-        if ((p.flags & 4u) != 0u) {
-            w = w * (1.0 - p.lr * p.weight_decay);
-        } else {
-            d = d + p.weight_decay * w;
-        }
-        let m = p.beta1 * s1[i] + (1.0 - p.beta1) * d;
-        let v = p.beta2 * s2[i] + (1.0 - p.beta2) * d * d;
-        s1[i] = m;
-        s2[i] = v;
-        param[i] = w - p.lr * (m / p.bc1) / (sqrt(v / p.bc2) + p.eps);
+        let r = adam_value(p, param[i], grad[i], s1[i], s2[i]);
+        s1[i] = r.y;
+        s2[i] = r.z;
+        param[i] = r.x;
     }
 }

@@ -31,6 +31,9 @@ pub struct DeviceLimits {
     pub max_compute_invocations_per_workgroup: u32,
     /// Bytes of workgroup memory.
     pub max_compute_workgroup_storage_size: u32,
+    /// Storage buffers one kernel may bind (bounds how many parameters one multi-tensor
+    /// optimizer dispatch updates).
+    pub max_storage_buffers_per_shader_stage: u32,
 }
 
 /// A description of a device (or of an adapter that could become one) and why it was chosen.
@@ -117,6 +120,7 @@ fn adapter_info(
             max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
         }),
         features: gpu::feature_names(features),
         reason,

@@ -1005,6 +1005,49 @@ impl Storage {
     /// One fused optimizer update of these `params.n` values in place from `grad`, with `state`
     /// (none, the momentum buffer, or Adam's moments) updated in place too. The caller has made
     /// every one of them unshared.
+    /// [`Storage::optimizer_update`] of several parameters with the same hyper-parameters and
+    /// kind of state; items are (parameter, gradient, state, values), `params.n` is set per
+    /// item. On one GPU, batched multi-tensor dispatches (`optim::update_many`); otherwise one
+    /// update after another.
+    pub(crate) fn optimizer_update_many(
+        items: &mut [(&mut Storage, &Storage, Vec<&mut Storage>, usize)],
+        params: &OptimParams,
+    ) -> Result<()> {
+        const OP: &str = "optimizer step";
+        let ctx = match items.first().map(|i| &*i.0) {
+            Some(Storage::Gpu(w)) => w.ctx.clone(),
+            _ => {
+                for (w, g, state, n) in items.iter_mut() {
+                    let p = OptimParams {
+                        n: *n as u32,
+                        ..*params
+                    };
+                    w.optimizer_update(g, state, &p)?;
+                }
+                return Ok(());
+            }
+        };
+        fn on<'s>(ctx: &Arc<GpuContext>, s: &'s Storage) -> Result<&'s PooledBuffer> {
+            match s {
+                Storage::Gpu(b) if Arc::ptr_eq(&b.ctx, ctx) => b.bound(OP, DType::F32),
+                _ => Err(backends(OP)),
+            }
+        }
+        let gpu = |s| on(&ctx, s);
+        let slots = items
+            .iter()
+            .map(|(w, g, state, n)| {
+                Ok(optim::Slot {
+                    param: gpu(w)?,
+                    grad: gpu(g)?,
+                    state: state.iter().map(|s| gpu(s)).collect::<Result<_>>()?,
+                    n: *n,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        optim::update_many(&ctx, &slots, params)
+    }
+
     pub(crate) fn optimizer_update(
         &mut self,
         grad: &Storage,

@@ -177,41 +177,83 @@ fn losses_match_their_formulas_and_gradients() {
     }
 }
 
-/// Three steps of an optimizer on `w` with fixed gradients, against `reference` in f64.
+/// Three steps of an optimizer on 13 parameters of different sizes with fixed gradients,
+/// against `reference` in f64 (called with the optimizer's step count). Parameter 3 has no
+/// gradient at the first step, so the second step updates parameters with new and with kept
+/// state together. On a GPU the steps batch several parameters per dispatch: the last step
+/// must take fewer dispatches than there are parameters.
 fn check_optimizer(
     name: &str,
     make: impl Fn() -> Box<dyn Optimizer>,
     reference: impl Fn(&mut [f64], &[f64], usize, &mut Vec<Vec<f64>>),
 ) {
+    const SIZES: [usize; 13] = [37, 1, 300, 5, 64, 7, 129, 3, 11, 2, 50, 8, 20];
     let mut rng = Lcg(21);
-    let w0 = rng.vec(37, -1.0, 1.0);
-    let grads: Vec<Vec<f32>> = (0..3).map(|_| rng.vec(37, -1.0, 1.0)).collect();
-    let mut want: Vec<f64> = w0.iter().map(|&v| f64::from(v)).collect();
-    let mut state = Vec::new();
-    for (step, g) in grads.iter().enumerate() {
-        let g64: Vec<f64> = g.iter().map(|&v| f64::from(v)).collect();
-        reference(&mut want, &g64, step + 1, &mut state);
+    let w0: Vec<Vec<f32>> = SIZES.iter().map(|&n| rng.vec(n, -1.0, 1.0)).collect();
+    let grads: Vec<Vec<Vec<f32>>> = (0..3)
+        .map(|_| SIZES.iter().map(|&n| rng.vec(n, -1.0, 1.0)).collect())
+        .collect();
+    let has_grad = |step: usize, j: usize| !(step == 0 && j == 3);
+    let mut want: Vec<Vec<f64>> = w0
+        .iter()
+        .map(|w| w.iter().map(|&v| f64::from(v)).collect())
+        .collect();
+    let mut states = vec![Vec::new(); SIZES.len()];
+    for (step, gs) in grads.iter().enumerate() {
+        for (j, g) in gs.iter().enumerate() {
+            if has_grad(step, j) {
+                let g64: Vec<f64> = g.iter().map(|&v| f64::from(v)).collect();
+                reference(&mut want[j], &g64, step + 1, &mut states[j]);
+            }
+        }
     }
     for dev in devices() {
-        let mut w = t(&dev, &w0, &[37]).with_grad().unwrap();
-        let kept = w.clone(); // a clone taken before the steps keeps its values
+        let mut ws: Vec<Tensor> = w0
+            .iter()
+            .zip(SIZES)
+            .map(|(w, n)| t(&dev, w, &[n]).with_grad().unwrap())
+            .collect();
+        let kept = ws[0].clone(); // a clone taken before the steps keeps its values
         let mut opt = make();
-        for g in &grads {
+        let mut last_step_dispatches = 0;
+        for (step, gs) in grads.iter().enumerate() {
             // loss = Σ w·g has gradient g.
-            let gt = t(&dev, g, &[37]);
-            w.mul(&gt).unwrap().sum_all().unwrap().backward().unwrap();
-            opt.step(&mut [&mut w]).unwrap();
-            opt.zero_grad(&mut [&mut w]);
+            for (j, (w, g)) in ws.iter().zip(gs).enumerate() {
+                if has_grad(step, j) {
+                    let gt = t(&dev, g, &[g.len()]);
+                    w.mul(&gt).unwrap().sum_all().unwrap().backward().unwrap();
+                }
+            }
+            dev.synchronize().unwrap();
+            let before = dev.stats().dispatches;
+            let mut refs: Vec<&mut Tensor> = ws.iter_mut().collect();
+            opt.step(&mut refs).unwrap();
+            last_step_dispatches = dev.stats().dispatches - before;
+            opt.zero_grad(&mut refs);
         }
-        assert_close(
-            &format!("{name} on {dev}"),
-            &w.to_vec().unwrap(),
-            &want,
-            1e-6,
-            1e-5,
+        for (j, w) in ws.iter().enumerate() {
+            assert_close(
+                &format!("{name} on {dev}, parameter {j}"),
+                &w.to_vec().unwrap(),
+                &want[j],
+                1e-6,
+                1e-5,
+            );
+            assert!(w.is_leaf(), "the parameter stays a leaf");
+        }
+        assert_eq!(
+            kept.to_vec().unwrap(),
+            w0[0],
+            "{name} on {dev}: copy-on-write"
         );
-        assert_eq!(kept.to_vec().unwrap(), w0, "{name} on {dev}: copy-on-write");
-        assert!(w.is_leaf(), "the parameter stays a leaf");
+        if !dev.is_cpu() {
+            say!("{name} on {dev}: {last_step_dispatches} dispatches for 13 parameters");
+            assert!(
+                last_step_dispatches < SIZES.len() as u64,
+                "{name} on {dev}: {last_step_dispatches} dispatches for {} parameters",
+                SIZES.len()
+            );
+        }
     }
 }
 

@@ -57,6 +57,72 @@ fn check_state(param: &Tensor, state: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// One update of every parameter that has a gradient, in as few batched updates as its device
+/// allows ([`Tensor::optimizer_update_all`]); `states[i]` holds parameter `i`'s `S` state
+/// tensors, zeros when it has none yet. `hp(fresh)` gives the hyper-parameters for parameters
+/// whose state is new (`true`) or kept from earlier steps. Every parameter is checked against
+/// its state before anything changes; on an error the kept states are as they were.
+fn step_all<const S: usize>(
+    params: &mut [&mut Tensor],
+    states: &mut Vec<Option<[Tensor; S]>>,
+    hp: impl Fn(bool) -> OptimParams,
+) -> Result<()> {
+    if states.len() < params.len() {
+        states.resize(params.len(), None);
+    }
+    let mut work = Vec::with_capacity(params.len());
+    for (p, s) in params.iter().zip(states.iter()) {
+        let Some(g) = p.grad() else {
+            work.push(None);
+            continue;
+        };
+        let fresh = match s {
+            Some(kept) => {
+                kept.iter().try_for_each(|t| check_state(p, t))?;
+                None
+            }
+            None => {
+                let zeros = (0..S).map(|_| p.zeros_like()).collect::<Result<Vec<_>>>()?;
+                Some(<[Tensor; S]>::try_from(zeros).expect("S zero tensors"))
+            }
+        };
+        work.push(Some((g, fresh)));
+    }
+    // Nothing has failed: take the kept states (unshared, so they update in place).
+    let mut work: Vec<Option<(Tensor, [Tensor; S], bool)>> = work
+        .into_iter()
+        .zip(states.iter_mut())
+        .map(|(w, s)| {
+            w.map(|(g, fresh)| match fresh {
+                Some(zeros) => (g, zeros, true),
+                None => (g, s.take().expect("checked above"), false),
+            })
+        })
+        .collect();
+    let mut result = Ok(());
+    for fresh in [false, true] {
+        let mut items: Vec<(&mut Tensor, Tensor, &mut [Tensor])> = params
+            .iter_mut()
+            .zip(work.iter_mut())
+            .filter_map(|(p, w)| match w {
+                Some((g, s, f)) if *f == fresh => Some((&mut **p, g.clone(), &mut s[..])),
+                _ => None,
+            })
+            .collect();
+        if !items.is_empty() && result.is_ok() {
+            result = Tensor::optimizer_update_all(&mut items, &hp(fresh));
+        }
+    }
+    for (s, w) in states.iter_mut().zip(work) {
+        if let Some((_, state, fresh)) = w
+            && (result.is_ok() || !fresh)
+        {
+            *s = Some(state);
+        }
+    }
+    result
+}
+
 /// Stochastic gradient descent, as `torch.optim.SGD` (dampening 0):
 /// `d = g + wd·p; buf = momentum·buf + d; p -= lr·(nesterov ? d + momentum·buf : buf)`.
 #[derive(Debug)]
@@ -69,7 +135,7 @@ pub struct Sgd {
     pub weight_decay: f32,
     /// Nesterov momentum.
     pub nesterov: bool,
-    buffers: Vec<Option<Tensor>>,
+    buffers: Vec<Option<[Tensor; 1]>>,
 }
 
 impl Sgd {
@@ -105,45 +171,24 @@ impl Sgd {
 
 impl Optimizer for Sgd {
     fn step(&mut self, params: &mut [&mut Tensor]) -> Result<()> {
-        if self.buffers.len() < params.len() {
-            self.buffers.resize(params.len(), None);
+        let hp = |first: bool| OptimParams {
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            momentum: self.momentum,
+            flags: if self.nesterov { NESTEROV } else { 0 } | if first { FIRST_STEP } else { 0 },
+            ..OptimParams::default()
+        };
+        if self.momentum == 0.0 {
+            return step_all::<0>(params, &mut Vec::new(), hp);
         }
-        for (i, p) in params.iter_mut().enumerate() {
-            let Some(g) = p.grad() else { continue };
-            let mut hp = OptimParams {
-                lr: self.lr,
-                weight_decay: self.weight_decay,
-                momentum: self.momentum,
-                flags: if self.nesterov { NESTEROV } else { 0 },
-                ..OptimParams::default()
-            };
-            if self.momentum == 0.0 {
-                p.optimizer_update(&g, &mut [], &hp)?;
-                continue;
-            }
-            let buf = match self.buffers[i].take() {
-                Some(b) => {
-                    check_state(p, &b)?;
-                    b
-                }
-                None => {
-                    hp.flags |= FIRST_STEP;
-                    p.zeros_like()?
-                }
-            };
-            let mut state = [buf];
-            p.optimizer_update(&g, &mut state, &hp)?;
-            let [buf] = state;
-            self.buffers[i] = Some(buf);
-        }
-        Ok(())
+        step_all(params, &mut self.buffers, hp)
     }
 
     fn state(&self) -> OptimizerState {
         let mut s = OptimizerState::default();
         s.values.insert("kind".into(), "sgd".into());
         for (i, b) in self.buffers.iter().enumerate() {
-            if let Some(b) = b {
+            if let Some([b]) = b {
                 s.tensors.insert(format!("{i}.momentum"), b.clone());
             }
         }
@@ -156,7 +201,7 @@ impl Optimizer for Sgd {
         let buffers = params
             .iter()
             .enumerate()
-            .map(|(i, p)| state.tensor_for(&format!("{i}.momentum"), p))
+            .map(|(i, p)| Ok(state.tensor_for(&format!("{i}.momentum"), p)?.map(|b| [b])))
             .collect::<Result<Vec<_>>>()?;
         self.buffers = buffers;
         Ok(())
@@ -230,9 +275,6 @@ impl Adam {
 
 impl Optimizer for Adam {
     fn step(&mut self, params: &mut [&mut Tensor]) -> Result<()> {
-        if self.moments.len() < params.len() {
-            self.moments.resize(params.len(), None);
-        }
         self.step += 1;
         let hp = OptimParams {
             lr: self.lr,
@@ -245,19 +287,11 @@ impl Optimizer for Adam {
             flags: if self.decoupled { DECOUPLED } else { 0 },
             ..OptimParams::default()
         };
-        for (i, p) in params.iter_mut().enumerate() {
-            let Some(g) = p.grad() else { continue };
-            let mut state = match self.moments[i].take() {
-                Some(s) => {
-                    check_state(p, &s[0])?;
-                    s
-                }
-                None => [p.zeros_like()?, p.zeros_like()?],
-            };
-            p.optimizer_update(&g, &mut state, &hp)?;
-            self.moments[i] = Some(state);
+        let result = step_all(params, &mut self.moments, |_| hp);
+        if result.is_err() {
+            self.step -= 1; // nothing changed
         }
-        Ok(())
+        result
     }
 
     fn state(&self) -> OptimizerState {

@@ -18,33 +18,55 @@ impl Tensor {
         Ok(())
     }
 
-    /// One fused optimizer update of this parameter in place (see `shaders/optim.wgsl`), with
-    /// `state` the optimizer's buffers for it (none, the momentum buffer, or Adam's moments),
-    /// which are updated in place too.
-    pub(crate) fn optimizer_update(
-        &mut self,
-        grad: &Tensor,
-        state: &mut [Tensor],
+    /// One fused optimizer update of each parameter in place (see `shaders/optim.wgsl`): items
+    /// are (parameter, gradient, the optimizer's state for it: none, the momentum buffer, or
+    /// Adam's moments, updated in place too), all with the same kind of state and the same
+    /// hyper-parameters (`params.n` is set per parameter). Every item is checked before any
+    /// value changes. On a GPU the parameters are updated in batches, several per dispatch
+    /// (`gpu/kernels/optim.rs`); on the CPU one after another.
+    pub(crate) fn optimizer_update_all(
+        items: &mut [(&mut Tensor, Tensor, &mut [Tensor])],
         params: &OptimParams,
     ) -> Result<()> {
-        self.same_device(grad, "optimizer step")?;
-        if grad.shape() != self.shape() {
-            return Err(Error::ShapeMismatch {
-                op: "optimizer step",
-                lhs: self.shape().to_vec(),
-                rhs: grad.shape().to_vec(),
-            });
+        for (param, grad, state) in items.iter() {
+            param.same_device(grad, "optimizer step")?;
+            if grad.shape() != param.shape() {
+                return Err(Error::ShapeMismatch {
+                    op: "optimizer step",
+                    lhs: param.shape().to_vec(),
+                    rhs: grad.shape().to_vec(),
+                });
+            }
+            for s in state.iter() {
+                param.same_device(s, "optimizer step")?;
+                if s.shape() != param.shape() {
+                    return Err(Error::ShapeMismatch {
+                        op: "optimizer step",
+                        lhs: param.shape().to_vec(),
+                        rhs: s.shape().to_vec(),
+                    });
+                }
+            }
+            if state.len() != items[0].2.len() {
+                return Err(Error::InvalidArgument {
+                    op: "optimizer step",
+                    reason: "every parameter of one update needs the same kind of state".into(),
+                });
+            }
         }
-        if self.numel() == 0 {
-            return Ok(());
+        let mut batch = Vec::with_capacity(items.len());
+        for (param, grad, state) in items.iter_mut() {
+            if param.numel() == 0 {
+                continue;
+            }
+            param.make_unique()?;
+            for s in state.iter_mut() {
+                s.make_unique()?;
+            }
+            let n = param.numel();
+            let bufs: Vec<&mut Storage> = state.iter_mut().map(|s| &mut s.storage).collect();
+            batch.push((&mut param.storage, &grad.storage, bufs, n));
         }
-        self.make_unique()?;
-        for s in state.iter_mut() {
-            s.make_unique()?;
-        }
-        let mut p = *params;
-        p.n = self.numel() as u32;
-        let mut bufs: Vec<&mut Storage> = state.iter_mut().map(|s| &mut s.storage).collect();
-        self.storage.optimizer_update(&grad.storage, &mut bufs, &p)
+        Storage::optimizer_update_many(&mut batch, params)
     }
 }
