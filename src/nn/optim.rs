@@ -1,6 +1,6 @@
-//! Optimizers: SGD (momentum, Nesterov, weight decay), Adam and AdamW. Each step is one fused
-//! kernel per parameter (`shaders/optim.wgsl`, or its CPU twin) that updates the parameter and
-//! the optimizer state in place on the parameter's device.
+//! Optimizers: SGD (momentum, Nesterov, weight decay), Adam and AdamW. Each step updates the
+//! parameters and the optimizer state in place on their device with fused kernels
+//! (`shaders/optim.wgsl`, or its CPU twin), several parameters per dispatch on a GPU.
 
 use super::Module;
 use super::checkpoint::OptimizerState;
