@@ -268,6 +268,7 @@ mod tests {
             (2, 16, 6, 5, 3, (1, 1), (2, 1), (0, 0), (1, 1), 1), // 1x1, strided: im2col
             (2, 4, 7, 6, 5, (3, 3), (2, 2), (1, 1), (1, 1), 1),
             (1, 8, 9, 8, 4, (3, 2), (1, 2), (2, 1), (2, 1), 2),
+            (2, 8, 7, 11, 4, (2, 3), (2, 3), (1, 2), (1, 2), 2), // stride 3 with dilation
         ];
         for (i, &(n, c_in, h, w, c_out, k, stride, padding, dilation, groups)) in
             cases.iter().enumerate()

@@ -12,11 +12,23 @@ pub(crate) fn index_select<T: Copy + Default>(
 ) -> Result<Vec<T>> {
     let count = idx.len();
     let mut out = alloc("index_select", outer * count * inner)?;
-    for (k, y) in out.iter_mut().enumerate() {
-        let i = k % inner;
-        let j = (k / inner) % count;
-        let o = k / (inner * count);
-        *y = x[(o * len + idx[j] as usize) * inner + i];
+    if count == 0 || inner == 0 {
+        return Ok(out);
+    }
+    // Block by block: each picked slice of `inner` values is one copy (no division per value).
+    for (o, block) in out.chunks_exact_mut(count * inner).enumerate() {
+        let src = &x[o * len * inner..(o + 1) * len * inner];
+        if inner == 1 {
+            block
+                .iter_mut()
+                .zip(idx)
+                .for_each(|(y, &j)| *y = src[j as usize]);
+        } else {
+            for (dst, &j) in block.chunks_exact_mut(inner).zip(idx) {
+                let s = j as usize * inner;
+                dst.copy_from_slice(&src[s..s + inner]);
+            }
+        }
     }
     Ok(out)
 }
