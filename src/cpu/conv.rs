@@ -38,9 +38,7 @@ pub(super) fn valid_columns(
 }
 
 /// One output plane per task; each kernel tap is an AXPY over the valid span of every output
-/// row, so the loops vectorise: reads are contiguous, at stride 1 from the input plane itself,
-/// at a larger stride from the plane's rows split by phase first (column `c` of a row at
-/// position `c / stride` of phase `c % stride`), so that every tap reads one run of one phase. Every output still sums
+/// row (contiguous reads when the stride is 1), so the loops vectorise. Every output still sums
 /// bias, then channels, then taps in the same order as a loop per output would. The padding's
 /// zeros add nothing unless the weight is not finite: then they add its `w · 0` (NaN).
 pub(super) fn conv2d_direct(
@@ -63,23 +61,13 @@ pub(super) fn conv2d_direct(
         .map(|kx| valid_columns(g.ow, g.w, sw, kx, dw, pw))
         .collect();
     let work = plane * cig * g.kh * g.kw;
-    // Columns per phase row (the input's columns split by `sw`).
-    let wq = g.w.div_ceil(sw);
     par_chunks_mut(&mut out, plane, work, &|bc, y| {
         let (b, co) = (bc / g.c_out, bc % g.c_out);
         let first = (co / cog) * cig;
         y.fill(bias.map_or(0.0, |v| v[co]));
-        let mut phases = vec![0.0f32; if sw > 1 { sw * g.h * wq } else { 0 }];
         for cl in 0..cig {
             let xp = (b * g.c_in + first + cl) * g.h * g.w;
             let wp = (co * cig + cl) * g.kh * g.kw;
-            if sw > 1 {
-                for (iy, src) in x[xp..xp + g.h * g.w].chunks_exact(g.w).enumerate() {
-                    for (c, &v) in src.iter().enumerate() {
-                        phases[((c % sw) * g.h + iy) * wq + c / sw] = v;
-                    }
-                }
-            }
             for ky in 0..g.kh {
                 for oy in 0..g.oh {
                     let iy = (oy * sh + ky * dh) as isize - ph as isize;
@@ -98,14 +86,17 @@ pub(super) fn conv2d_direct(
                             continue;
                         }
                         let start = (lo * sw + kx * dw) - pw;
-                        let run = if sw == 1 {
-                            &src[start..start + hi - lo]
+                        if sw == 1 {
+                            for (o, &v) in row[lo..hi].iter_mut().zip(&src[start..start + hi - lo])
+                            {
+                                *o += v * wv;
+                            }
                         } else {
-                            let at = ((start % sw) * g.h + iy as usize) * wq + start / sw;
-                            &phases[at..at + hi - lo]
-                        };
-                        for (o, &v) in row[lo..hi].iter_mut().zip(run) {
-                            *o += v * wv;
+                            for (o, &v) in
+                                row[lo..hi].iter_mut().zip(src[start..].iter().step_by(sw))
+                            {
+                                *o += v * wv;
+                            }
                         }
                     }
                 }
