@@ -121,7 +121,8 @@ fn load(values: &[f32], map: &LeafMap, base: usize, dst: &mut [f32]) {
         LeafMap::Scalar => dst.fill(values[0]),
         LeafMap::Strided { dims, strides } => {
             // An odometer over the dimensions from `base`: one division per dimension for the
-            // block, then runs along the last dimension (copied where its stride is 1).
+            // block, then runs along the last dimension (copied where its stride is 1, filled
+            // where it is 0: a per-channel value broadcast over a plane).
             let rank = dims.len();
             let mut idx = vec![0; rank];
             let (mut rem, mut at) = (base, 0);
@@ -137,6 +138,8 @@ fn load(values: &[f32], map: &LeafMap, base: usize, dst: &mut [f32]) {
                 let out = &mut dst[j..j + run];
                 if step == 1 {
                     out.copy_from_slice(&values[at..at + run]);
+                } else if step == 0 {
+                    out.fill(values[at]);
                 } else {
                     out.iter_mut()
                         .enumerate()
