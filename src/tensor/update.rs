@@ -29,21 +29,14 @@ impl Tensor {
         params: &OptimParams,
     ) -> Result<()> {
         for (param, grad, state) in items.iter() {
-            param.same_device(grad, "optimizer step")?;
-            if grad.shape() != param.shape() {
-                return Err(Error::ShapeMismatch {
-                    op: "optimizer step",
-                    lhs: param.shape().to_vec(),
-                    rhs: grad.shape().to_vec(),
-                });
-            }
-            for s in state.iter() {
-                param.same_device(s, "optimizer step")?;
-                if s.shape() != param.shape() {
+            // The gradient and every state tensor: the parameter's device and shape.
+            for other in std::iter::once(&*grad).chain(state.iter()) {
+                param.same_device(other, "optimizer step")?;
+                if other.shape() != param.shape() {
                     return Err(Error::ShapeMismatch {
                         op: "optimizer step",
                         lhs: param.shape().to_vec(),
-                        rhs: s.shape().to_vec(),
+                        rhs: other.shape().to_vec(),
                     });
                 }
             }
