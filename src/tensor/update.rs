@@ -30,7 +30,7 @@ impl Tensor {
     ) -> Result<()> {
         for (param, grad, state) in items.iter() {
             // The gradient and every state tensor: the parameter's device and shape.
-            for other in std::iter::once(&*grad).chain(state.iter()) {
+            for other in std::iter::once(grad).chain(state.iter()) {
                 param.same_device(other, "optimizer step")?;
                 if other.shape() != param.shape() {
                     return Err(Error::ShapeMismatch {
