@@ -1002,9 +1002,6 @@ impl Storage {
         }
     }
 
-    /// One fused optimizer update of these `params.n` values in place from `grad`, with `state`
-    /// (none, the momentum buffer, or Adam's moments) updated in place too. The caller has made
-    /// every one of them unshared.
     /// [`Storage::optimizer_update`] of several parameters with the same hyper-parameters and
     /// kind of state; items are (parameter, gradient, state, values), `params.n` is set per
     /// item. On one GPU, batched multi-tensor dispatches (`optim::update_many`); otherwise one
@@ -1048,6 +1045,9 @@ impl Storage {
         optim::update_many(&ctx, &slots, params)
     }
 
+    /// One fused optimizer update of these `params.n` values in place from `grad`, with `state`
+    /// (none, the momentum buffer, or Adam's moments) updated in place too. The caller has made
+    /// every one of them unshared.
     pub(crate) fn optimizer_update(
         &mut self,
         grad: &Storage,
