@@ -61,6 +61,9 @@ pub(crate) struct GpuStorage {
     dtype: DType,
 }
 
+/// Most values [`Storage::full`] uploads on a GPU instead of dispatching a fill kernel.
+const UPLOAD_FILL_MAX: usize = 64;
+
 /// Dimensions `[outer, len, inner]` around one axis.
 pub(crate) type Around = (usize, usize, usize);
 
@@ -317,10 +320,15 @@ impl Storage {
         GpuStorage::blank(ctx, dtype).output(words.len(), dtype, |ctx| ctx.upload(op, words))
     }
 
-    /// `n` copies of `value` on `device` (on a GPU by a fill kernel: nothing is uploaded).
+    /// `n` copies of `value` on `device`. On a GPU by a fill kernel, except for at most
+    /// [`UPLOAD_FILL_MAX`] values (a backward pass's seed, a scalar): uploading those costs less
+    /// than a dispatch.
     pub(crate) fn full(device: &Device, n: usize, value: f32) -> Result<Storage> {
         match device.gpu_context() {
             None => Ok(cpu_f32(cpu::fill(n, value)?)),
+            Some(ctx) if n <= UPLOAD_FILL_MAX => {
+                Self::upload(ctx, "full", DType::F32, &vec![value; n])
+            }
             Some(ctx) => GpuStorage::blank(ctx, DType::F32)
                 .output(n, DType::F32, |ctx| elementwise::fill(ctx, n, value)),
         }
