@@ -86,7 +86,7 @@ fn cpu_info(reason: String) -> DeviceInfo {
         backend: "cpu".into(),
         device_type: "cpu".into(),
         driver: format!(
-            "kiln {} (own SGEMM with AVX-512F or AVX2 micro-kernels, matrixmultiply, rayon)",
+            "kiln {} (own SGEMM with AVX-512F or AVX2 micro-kernels, matrixmultiply, kiln worker pool)",
             env!("CARGO_PKG_VERSION")
         ),
         limits: None,

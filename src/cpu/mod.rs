@@ -1,7 +1,8 @@
 //! The CPU backend: the reference the GPU is checked against, and the fallback when no adapter
 //! exists. Large matmuls use kiln's SGEMM where the CPU has AVX-512F or AVX2 + FMA (`sgemm/`), the
-//! rest `matrixmultiply` (threaded); the SGEMM and elementwise loops run on kiln's own worker
-//! pool (`spin_pool.rs`), whose threads stay awake between ops; other loops use rayon.
+//! rest `matrixmultiply` (threaded); the SGEMM and every parallel loop run on kiln's own worker
+//! pool (`spin_pool.rs`, through [`par_chunks_mut`] for loops), whose threads stay awake between
+//! ops; rayon only takes a job the pool cannot (another thread's, while it is busy).
 
 mod conv;
 mod conv_gemm;
