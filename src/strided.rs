@@ -2,6 +2,7 @@
 //! described once for both backends.
 
 use crate::error::{Error, Result};
+use crate::shape::Shape;
 
 /// Copy every element of a `dims`-shaped view: source element at
 /// `in_offset + Σ idx·in_strides`, destination at `out_offset + Σ idx·out_strides`.
@@ -18,6 +19,18 @@ pub(crate) struct StridedCopy {
 pub(crate) const MAX_COPY_RANK: usize = 8;
 
 impl StridedCopy {
+    /// All of a dense `part`, placed into a dense whole of strides `out_strides` at position
+    /// `at` along `axis` (a part of a `cat`, a gradient inside zeros).
+    pub(crate) fn place(part: &Shape, out_strides: &[usize], axis: usize, at: usize) -> Self {
+        StridedCopy {
+            dims: part.dims().to_vec(),
+            in_strides: part.strides(),
+            in_offset: 0,
+            out_strides: out_strides.to_vec(),
+            out_offset: at * out_strides[axis],
+        }
+    }
+
     pub(crate) fn numel(&self) -> usize {
         self.dims.iter().product()
     }

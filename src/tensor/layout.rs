@@ -130,14 +130,7 @@ impl Tensor {
         let shape = self.shape.clone();
         Ok(out.record("narrow", &[self], move |g, _| {
             // The gradient sits at start..start + len, zeros elsewhere: one copy into zeros.
-            let strides = shape.strides();
-            let plan = StridedCopy {
-                dims: g.shape().to_vec(),
-                in_strides: g.shape.strides(),
-                in_offset: 0,
-                out_strides: strides.clone(),
-                out_offset: start * strides[axis],
-            };
+            let plan = StridedCopy::place(&g.shape, &shape.strides(), axis, start);
             let d = g.device().clone();
             let grad = Self::assemble("narrow backward", &d, g.dtype(), shape, &[(g, plan)], true)?;
             Ok(vec![Some(grad)])
@@ -175,13 +168,7 @@ impl Tensor {
         let parts: Vec<(&Tensor, StridedCopy)> = tensors
             .iter()
             .map(|t| {
-                let plan = StridedCopy {
-                    dims: t.shape().to_vec(),
-                    in_strides: t.shape.strides(),
-                    in_offset: 0,
-                    out_strides: out_strides.clone(),
-                    out_offset: at * out_strides[axis],
-                };
+                let plan = StridedCopy::place(&t.shape, &out_strides, axis, at);
                 at += t.shape()[axis];
                 (*t, plan)
             })

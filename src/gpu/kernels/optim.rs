@@ -83,7 +83,7 @@ impl Kind {
 /// remaining parameters fill and the device's storage-buffer limit allows.
 const SLOTS: [usize; 3] = [8, 4, 2];
 /// The largest of [`SLOTS`].
-const MAX_SLOTS: usize = 8;
+const MAX_SLOTS: usize = SLOTS[0];
 
 /// The uniform of a multi-tensor kernel: the hyper-parameters (`p.n` is the total), then the
 /// end of each slot's values in the kernel's index space (slot `s` owns `ends[s-1]..ends[s]`).
