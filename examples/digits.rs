@@ -8,6 +8,7 @@
 //! cargo run --release --example digits -- --epochs 40 --out somewhere
 //! cargo run --release --example digits -- --stop-after 10       # as if interrupted
 //! cargo run --release --example digits -- --resume out/digits.ckpt.safetensors
+//! cargo run --release --example digits -- --replay   # capture each epoch's step, replay it
 //! ```
 //!
 //! After every epoch the model, the optimizer's state and the losses so far are checkpointed to
@@ -34,6 +35,7 @@ struct Args {
     eval: Option<PathBuf>,
     resume: Option<PathBuf>,
     stop_after: Option<usize>,
+    replay: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -43,6 +45,7 @@ fn args() -> Result<Args, String> {
         eval: None,
         resume: None,
         stop_after: None,
+        replay: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +58,7 @@ fn args() -> Result<Args, String> {
             "--stop-after" => {
                 a.stop_after = Some(value()?.parse().map_err(|e| format!("--stop-after: {e}"))?)
             }
+            "--replay" => a.replay = true,
             other => return Err(format!("unknown argument {other}; see the file's header")),
         }
     }
@@ -136,6 +140,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[64],
             32,
             epoch as u64,
+            args.replay,
             |i, n, loss| progress::bar(&label, i, n, loss),
         )?;
         let mean = l.iter().sum::<f32>() / l.len() as f32;

@@ -6,6 +6,7 @@
 //! cargo run --release --example digits_cnn -- --epochs 20
 //! cargo run --release --example digits_cnn -- --stop-after 4      # as if interrupted
 //! cargo run --release --example digits_cnn -- --resume out/digits_cnn.ckpt.safetensors
+//! cargo run --release --example digits_cnn -- --replay   # capture each epoch's step, replay it
 //! ```
 //!
 //! After every epoch the model and the optimizer's state are checkpointed to
@@ -30,15 +31,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut epochs = 12;
     let mut resume: Option<PathBuf> = None;
     let mut stop_after: Option<usize> = None;
+    let mut replay = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--replay" {
+            replay = true;
+            continue;
+        }
         match (flag.as_str(), it.next()) {
             ("--epochs", Some(v)) => epochs = v.parse()?,
             ("--resume", Some(v)) => resume = Some(PathBuf::from(v)),
             ("--stop-after", Some(v)) => stop_after = Some(v.parse()?),
             _ => {
                 return Err(format!(
-                    "unknown argument {flag}; try --epochs N, --stop-after N, --resume FILE"
+                    "unknown argument {flag}; try --epochs N, --stop-after N, --resume FILE, --replay"
                 )
                 .into());
             }
@@ -76,6 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[1, 8, 8],
             32,
             epoch as u64,
+            replay,
             |i, n, loss| progress::bar(&label, i, n, loss),
         )?;
         let acc = accuracy(&mut model, &test, &[1, 8, 8], &dev)?;

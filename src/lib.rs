@@ -52,6 +52,7 @@
 #![warn(missing_docs)]
 
 mod autograd;
+mod capture;
 mod conv;
 mod cpu;
 mod device;
@@ -72,6 +73,7 @@ mod strided;
 mod tensor;
 
 pub use autograd::{NoGradGuard, is_grad_enabled, no_grad};
+pub use capture::Graph;
 pub use conv::Conv2dOptions;
 pub use device::{Device, DeviceInfo, DeviceKind, DeviceLimits, DeviceStats};
 pub use dtype::DType;

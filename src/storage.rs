@@ -353,6 +353,37 @@ impl Storage {
         }
     }
 
+    /// The GPU buffer holding these `n` values, running a pending program first: `None` for
+    /// the CPU backend or an empty tensor.
+    pub(crate) fn gpu_buffer(
+        &self,
+        op: &'static str,
+    ) -> Result<Option<(&Arc<GpuContext>, &wgpu::Buffer)>> {
+        match self {
+            Storage::Cpu(_) => Ok(None),
+            Storage::Gpu(g) => Ok(g.readable(op, g.dtype)?.map(|b| (&g.ctx, &b.buffer))),
+        }
+    }
+
+    /// A copy of these `n` values in storage of their own (on a GPU, a new buffer and one
+    /// recorded copy; the CPU backend shares its immutable values).
+    pub(crate) fn duplicate(&self, op: &'static str, n: usize) -> Result<Storage> {
+        match self {
+            Storage::Cpu(_) => Ok(self.clone()),
+            Storage::Gpu(g) => {
+                let src = g.readable(op, g.dtype)?;
+                GpuStorage::blank(&g.ctx, g.dtype).output(n, g.dtype, |ctx| {
+                    let src = src.ok_or_else(|| {
+                        Error::Gpu(format!("{op}: internal error: values without a buffer"))
+                    })?;
+                    let out = ctx.alloc(op, n)?;
+                    ctx.copy(&src.buffer, &out.buffer, n as u64 * 4)?;
+                    Ok(out)
+                })
+            }
+        }
+    }
+
     /// [`Storage::to_f32`] as a future.
     pub(crate) async fn to_f32_async(&self, op: &'static str, n: usize) -> Result<Vec<f32>> {
         match self {
@@ -996,6 +1027,32 @@ impl Storage {
     }
 
     // ---- in-place updates -----------------------------------------------------------------------
+
+    /// Trade a program that has run, and that no other storage shares, for its buffer, so
+    /// that an in-place update need not copy it (see [`Storage::is_shared`]).
+    pub(crate) fn settle(&mut self) -> Result<()> {
+        match self {
+            Storage::Cpu(c) => {
+                if let CpuStorage::Lazy(f) = c
+                    && f.is_done()
+                    && Arc::strong_count(f) == 1
+                {
+                    *c = CpuStorage::F32(f.materialized()?.clone());
+                }
+            }
+            Storage::Gpu(g) => {
+                if let Some(f) = &g.lazy
+                    && f.is_done()
+                    && Arc::strong_count(f) == 1
+                {
+                    let buf = f.materialized(&g.ctx)?.clone();
+                    g.lazy = None;
+                    g.buf = Some(buf);
+                }
+            }
+        }
+        Ok(())
+    }
 
     /// Whether another storage shares these values (an in-place write would change it too). The
     /// CPU backend copies on write instead, so its values never count as shared.

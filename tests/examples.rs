@@ -16,15 +16,26 @@ use ex::train::{
 use kiln::Device;
 use kiln::nn::{Adam, Module, Optimizer, Sgd, load_checkpoint, save_checkpoint};
 
-/// Three epochs of the digits MLP: its losses and held-out accuracy.
-fn digits_run(dev: &Device) -> (Vec<f32>, f64, kiln::nn::Sequential) {
+/// Three epochs of the digits MLP (`replay`: each epoch's step captured and replayed): its
+/// losses and held-out accuracy.
+fn digits_run(dev: &Device, replay: bool) -> (Vec<f32>, f64, kiln::nn::Sequential) {
     let (train, test) = split(&digits(), 0.2, 42);
     let mut model = digits_mlp(dev, 128).unwrap();
     let mut opt = Adam::new(3e-3);
     let mut losses = Vec::new();
     for epoch in 1..=3 {
         losses.extend(
-            train_epoch(&mut model, &mut opt, &train, &[64], 32, epoch, |_, _, _| {}).unwrap(),
+            train_epoch(
+                &mut model,
+                &mut opt,
+                &train,
+                &[64],
+                32,
+                epoch,
+                replay,
+                |_, _, _| {},
+            )
+            .unwrap(),
         );
     }
     let acc = accuracy(&mut model, &test, &[64], dev).unwrap();
@@ -33,7 +44,7 @@ fn digits_run(dev: &Device) -> (Vec<f32>, f64, kiln::nn::Sequential) {
 
 #[test]
 fn digits_mlp_learns_on_every_device_and_weights_move_between_devices() {
-    let (cpu_losses, cpu_acc, cpu_model) = digits_run(&Device::cpu());
+    let (cpu_losses, cpu_acc, cpu_model) = digits_run(&Device::cpu(), false);
     say!(
         "digits mlp, 3 epochs on cpu: held-out {:.1}%",
         100.0 * cpu_acc
@@ -45,7 +56,7 @@ fn digits_mlp_learns_on_every_device_and_weights_move_between_devices() {
     cpu_model.save_safetensors(&path).unwrap();
     let (_, test) = split(&digits(), 0.2, 42);
     for dev in gpus() {
-        let (losses, acc, gpu_model) = digits_run(&dev);
+        let (losses, acc, gpu_model) = digits_run(&dev, false);
         say!(
             "digits mlp, 3 epochs on {dev}: held-out {:.1}%",
             100.0 * acc
@@ -74,8 +85,8 @@ fn digits_mlp_learns_on_every_device_and_weights_move_between_devices() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// Ten convnet steps on 320 digits: the batch losses.
-fn cnn_run(dev: &Device) -> Vec<f32> {
+/// Ten convnet steps on 320 digits (`replay`: captured once, replayed): the batch losses.
+fn cnn_run(dev: &Device, replay: bool) -> Vec<f32> {
     let (train, _) = split(&digits(), 0.2, 42);
     let small = train.subset(&(0..320).collect::<Vec<_>>());
     let mut model = digits_cnn(dev).unwrap();
@@ -87,19 +98,54 @@ fn cnn_run(dev: &Device) -> Vec<f32> {
         &[1, 8, 8],
         32,
         1,
+        replay,
         |_, _, _| {},
     )
     .unwrap()
 }
 
+/// The examples' training steps captured and replayed (`Device::capture`) give the losses the
+/// ordinary steps give, on every device: the digits MLP over three epochs (one capture per
+/// epoch, a ragged last batch run eagerly) and ten convnet steps.
+#[test]
+fn replayed_example_steps_match_ordinary_ones() {
+    for dev in devices() {
+        let (eager, eager_acc, _) = digits_run(&dev, false);
+        let (replayed, acc, _) = digits_run(&dev, true);
+        let want: Vec<f64> = eager.iter().map(|&v| f64::from(v)).collect();
+        assert_close(
+            &format!("digits replayed on {dev}"),
+            &replayed,
+            &want,
+            1e-5,
+            1e-4,
+        );
+        assert!(
+            (acc - eager_acc).abs() < 0.005,
+            "{dev}: {acc} vs {eager_acc}"
+        );
+        let eager = cnn_run(&dev, false);
+        let replayed = cnn_run(&dev, true);
+        let want: Vec<f64> = eager.iter().map(|&v| f64::from(v)).collect();
+        assert_close(
+            &format!("convnet replayed on {dev}"),
+            &replayed,
+            &want,
+            1e-5,
+            1e-4,
+        );
+        say!("replayed digits and convnet steps on {dev}: the same losses as ordinary steps");
+    }
+}
+
 #[test]
 fn digits_cnn_trains_with_the_same_curve_on_every_device() {
-    let cpu = cnn_run(&Device::cpu());
+    let cpu = cnn_run(&Device::cpu(), false);
     let head: f32 = cpu[..3].iter().sum();
     let tail: f32 = cpu[cpu.len() - 3..].iter().sum();
     assert!(tail < head, "the loss falls: {cpu:?}");
     for dev in gpus() {
-        let gpu = cnn_run(&dev);
+        let gpu = cnn_run(&dev, false);
         let want: Vec<f64> = cpu.iter().map(|&v| f64::from(v)).collect();
         assert_close(
             &format!("convnet loss curve on {dev}"),
@@ -181,6 +227,7 @@ fn digits_example_reaches_95_percent_on_every_device() {
                 &[64],
                 32,
                 epoch as u64,
+                false,
                 |_, _, _| {},
             )
             .unwrap();
@@ -203,7 +250,7 @@ fn examples_train_the_same_fused_and_eager() {
     let mut on_cpu = Vec::new();
     for fused in [true, false] {
         cpu.set_fusion(fused);
-        on_cpu.push((cnn_run(&cpu), transformer_run(&cpu).0));
+        on_cpu.push((cnn_run(&cpu, false), transformer_run(&cpu).0));
     }
     cpu.set_fusion(true);
     assert_eq!(on_cpu[0], on_cpu[1], "CPU: fused vs eager losses");
@@ -211,7 +258,7 @@ fn examples_train_the_same_fused_and_eager() {
         let mut runs = Vec::new();
         for fused in [true, false] {
             dev.set_fusion(fused);
-            runs.push((cnn_run(&dev), transformer_run(&dev).0));
+            runs.push((cnn_run(&dev, false), transformer_run(&dev).0));
         }
         let close = |what: &str, a: &[f32], b: &[f32]| {
             let want: Vec<f64> = b.iter().map(|&v| f64::from(v)).collect();
@@ -237,7 +284,7 @@ fn digits_epochs(
     let (train, _) = split(&digits(), 0.2, 42);
     let small = train.subset(&(0..320).collect::<Vec<_>>());
     epochs
-        .flat_map(|e| train_epoch(model, opt, &small, &[64], 32, e, |_, _, _| {}).unwrap())
+        .flat_map(|e| train_epoch(model, opt, &small, &[64], 32, e, false, |_, _, _| {}).unwrap())
         .collect()
 }
 
@@ -357,19 +404,28 @@ fn digits_soak(dev: &Device, steps: usize, every: usize) -> Vec<MemSample> {
         epoch += 1;
         let budget = steps - step;
         let part = train.subset(&(0..train.len().min(budget * 32)).collect::<Vec<_>>());
-        train_epoch(&mut model, &mut opt, &part, &[64], 32, epoch, |_, _, _| {
-            step += 1;
-            if step % every == 0 {
-                let m = dev.memory();
-                samples.push(MemSample {
-                    step,
-                    live: m.live,
-                    live_bytes: m.live_bytes,
-                    pooled_bytes: m.pooled_bytes,
-                    rss: rss_bytes(),
-                });
-            }
-        })
+        train_epoch(
+            &mut model,
+            &mut opt,
+            &part,
+            &[64],
+            32,
+            epoch,
+            false,
+            |_, _, _| {
+                step += 1;
+                if step % every == 0 {
+                    let m = dev.memory();
+                    samples.push(MemSample {
+                        step,
+                        live: m.live,
+                        live_bytes: m.live_bytes,
+                        pooled_bytes: m.pooled_bytes,
+                        rss: rss_bytes(),
+                    });
+                }
+            },
+        )
         .unwrap();
     }
     samples

@@ -6,7 +6,9 @@ use kiln::{Device, Result, Tensor};
 
 /// One epoch of minibatch training on a classifier; `shape` is one example's shape (`[64]` for
 /// the MLP, `[1, 8, 8]` for the convnet). Calls `on_batch(batch, batches, loss)` after each
-/// step and returns the batch losses.
+/// step and returns the batch losses. With `replay`, the epoch's first full batch is captured
+/// (`Device::capture`) and the other full batches replay it.
+#[allow(clippy::too_many_arguments)]
 pub fn train_epoch(
     model: &mut dyn Module,
     opt: &mut dyn Optimizer,
@@ -14,6 +16,7 @@ pub fn train_epoch(
     shape: &[usize],
     batch: usize,
     seed: u64,
+    replay: bool,
     mut on_batch: impl FnMut(usize, usize, f32),
 ) -> Result<Vec<f32>> {
     let dev = device_of(model);
@@ -22,20 +25,49 @@ pub fn train_epoch(
     let order = shuffled(data.len(), seed);
     let batches = data.len().div_ceil(batch);
     let mut losses = Vec::with_capacity(batches);
-    for (i, idx) in order.chunks(batch).enumerate() {
+    let tensors = |idx: &[usize]| -> Result<(Tensor, Tensor)> {
         let part = data.subset(idx);
         let mut dims = vec![idx.len()];
         dims.extend_from_slice(shape);
-        let x = Tensor::from_vec(dev, part.x, &dims)?;
-        let y = Tensor::from_vec_u32(dev, part.y, &[idx.len()])?;
-        let loss = cross_entropy(&model.forward(&x)?, &y)?;
-        loss.backward()?;
-        opt.step_module(model)?;
+        Ok((
+            Tensor::from_vec(dev, part.x, &dims)?,
+            Tensor::from_vec_u32(dev, part.y, &[idx.len()])?,
+        ))
+    };
+    let mut report = |i: usize, loss: &Tensor| -> Result<()> {
         let value = loss.to_vec()?[0];
         losses.push(value);
         on_batch(i + 1, batches, value);
+        Ok(())
+    };
+    let mut chunks = order.chunks(batch).enumerate().peekable();
+    let full = |c: &(usize, &[usize])| c.1.len() == batch;
+    if replay && let Some((i, idx)) = chunks.next_if(full) {
+        // Full batches: the first is captured (it runs as a step), the rest replay it. A
+        // ragged last batch has another shape: it runs as an ordinary step below.
+        let (x, y) = tensors(idx)?;
+        let (mut graph, out) = dev.capture(&[&x, &y], |io| {
+            Ok(vec![step(&mut *model, &mut *opt, &io[0], &io[1])?])
+        })?;
+        report(i, &out[0])?;
+        while let Some((i, idx)) = chunks.next_if(full) {
+            let (x, y) = tensors(idx)?;
+            report(i, &graph.run(&[&x, &y])?[0])?;
+        }
+    }
+    for (i, idx) in chunks {
+        let (x, y) = tensors(idx)?;
+        report(i, &step(model, opt, &x, &y)?)?;
     }
     Ok(losses)
+}
+
+/// One training step of `model` on the batch (x, y); returns the loss before the update.
+fn step(model: &mut dyn Module, opt: &mut dyn Optimizer, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let loss = cross_entropy(&model.forward(x)?, y)?;
+    loss.backward()?;
+    opt.step_module(model)?;
+    Ok(loss.detach())
 }
 
 /// The digits example's schedule: Adam at 3e-3, stepped down to 1e-3 for the last third of

@@ -2,6 +2,7 @@
 //! pool, the pipeline cache, the open batch, and the capture of wgpu's errors.
 
 use super::adapters::{self, OPTIONAL_FEATURES};
+use super::capture::{CaptureLog, Dispatch};
 use super::pipelines::{KernelSpec, PipelineCache};
 use super::pool::{BufferPool, MemoryStats, PooledBuffer};
 use super::recorder::{MAX_BATCH, Recorder};
@@ -41,6 +42,8 @@ pub(crate) struct GpuContext {
     /// Whether the adapter is a software rasterizer, whose invocations are SIMD lanes of CPU
     /// threads: a loop per invocation beats an integer division per element there.
     pub(crate) software: bool,
+    /// The capture in progress, if any (`gpu::capture`).
+    capture: Mutex<Option<CaptureLog>>,
 }
 
 /// llvmpipe (and lavapipe, built on it) ends a shader's loops once their iterations, counted
@@ -152,6 +155,7 @@ impl GpuContext {
             walk_cap,
             lost,
             software,
+            capture: Mutex::default(),
         })
     }
 
@@ -311,7 +315,79 @@ impl GpuContext {
         let buf = self.pooled(|p| p.upload(bytes, self.max_tensor_bytes()))?;
         self.queue
             .write_buffer(&buf.buffer, 0, bytemuck::cast_slice(data));
+        if let Some(log) = lock(&self.capture).as_mut() {
+            log.uploads += 1;
+        }
         Ok(buf)
+    }
+
+    /// Start keeping what is recorded on this device for a graph (`gpu::capture`).
+    pub(crate) fn begin_capture(&self) -> Result<()> {
+        let mut slot = lock(&self.capture);
+        if slot.is_some() {
+            return Err(Error::InvalidArgument {
+                op: "capture",
+                reason: "a capture is already in progress on this device".into(),
+            });
+        }
+        *slot = Some(CaptureLog::default());
+        Ok(())
+    }
+
+    /// Stop capturing: what was kept (its buffers stay pinned until the log's graph drops).
+    pub(crate) fn end_capture(&self) -> Option<CaptureLog> {
+        lock(&self.capture).take()
+    }
+
+    /// Continue a capture that `end_capture` paused (`crate::capture::once`).
+    pub(crate) fn resume_capture(&self, log: CaptureLog) {
+        *lock(&self.capture) = Some(log);
+    }
+
+    /// `f` on the capture in progress, if there is one.
+    pub(crate) fn with_capture<R>(&self, f: impl FnOnce(&mut CaptureLog) -> R) -> Option<R> {
+        lock(&self.capture).as_mut().map(f)
+    }
+
+    /// Whether a capture is in progress on this device.
+    pub(crate) fn capturing(&self) -> bool {
+        lock(&self.capture).is_some()
+    }
+
+    /// See [`BufferPool::pin`].
+    pub(crate) fn pin<'b>(&self, buffers: impl IntoIterator<Item = &'b wgpu::Buffer>) {
+        self.pool.pin(buffers);
+    }
+
+    /// See [`BufferPool::unpin`].
+    pub(crate) fn unpin(&self, buffers: &[wgpu::Buffer]) {
+        self.pool.unpin(buffers);
+    }
+
+    /// Record a copy of the first `bytes` bytes of `src` into `dst` in the open batch.
+    pub(crate) fn copy(&self, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) -> Result<()> {
+        self.check_lost()?;
+        let mut rec = lock(&self.recorder);
+        rec.encoder(&self.device)
+            .copy_buffer_to_buffer(src, 0, dst, 0, bytes);
+        Ok(())
+    }
+
+    /// Record kept dispatches again, in order (a replay).
+    pub(crate) fn record_all<'d>(
+        &self,
+        dispatches: impl Iterator<Item = (&'d wgpu::ComputePipeline, &'d wgpu::BindGroup, [u32; 3])>,
+    ) -> Result<()> {
+        self.check_lost()?;
+        let mut rec = lock(&self.recorder);
+        for (pipeline, bind_group, workgroups) in dispatches {
+            self.dispatches.fetch_add(1, Ordering::Relaxed);
+            rec.dispatch(&self.device, pipeline, bind_group, workgroups);
+            if rec.len() >= MAX_BATCH {
+                self.submit(&mut rec);
+            }
+        }
+        Ok(())
     }
 
     /// Record one dispatch of `spec` with `buffers` bound at 0, 1, ... in order and `params` (a
@@ -345,6 +421,15 @@ impl GpuContext {
         });
         self.dispatches.fetch_add(1, Ordering::Relaxed);
         log::trace!("dispatch {}:{}", spec.shader.name(), spec.entry);
+        if let Some(log) = lock(&self.capture).as_mut() {
+            log.pin(self, buffers);
+            log.dispatches.push(Dispatch {
+                pipeline: pipeline.clone(),
+                bind_group: bind_group.clone(),
+                workgroups,
+                refresh: crate::capture::current_refresh().map(|r| (uniform.clone(), r)),
+            });
+        }
         let mut rec = lock(&self.recorder);
         rec.dispatch(&self.device, &pipeline, &bind_group, workgroups);
         if rec.len() >= MAX_BATCH {
@@ -361,7 +446,8 @@ impl GpuContext {
             size: (params.len() as u64)
                 .next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
                 .max(16),
-            usage: wgpu::BufferUsages::UNIFORM,
+            // COPY_DST: a replay may rewrite it (`gpu::capture`).
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: true,
         });
         match buffer.get_mapped_range_mut(..) {
@@ -430,6 +516,14 @@ impl GpuContext {
     /// recorded before it; returns the staging buffer and a receiver that fires once it is mapped.
     fn start_read(&self, src: &PooledBuffer, numel: usize) -> Result<(PooledBuffer, ReadSignal)> {
         self.check()?;
+        if self.capturing() {
+            return Err(Error::Unsupported {
+                op: "capture",
+                reason: "a captured step reads values back to the host; a replay could not \
+                         repeat that (read the graph's outputs after it runs instead)"
+                    .into(),
+            });
+        }
         let bytes = numel as u64 * 4;
         let staging = self.pooled(|p| p.staging(bytes, self.limits.max_buffer_size))?;
         {

@@ -2,6 +2,7 @@
 //! need to see which shaders and specializations exist.
 
 mod adapters;
+pub(crate) mod capture;
 pub(crate) mod context;
 pub(crate) mod kernels;
 mod pipelines;

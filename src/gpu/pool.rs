@@ -47,6 +47,11 @@ struct State {
     peak_bytes: u64,
     created: usize,
     budget: Option<u64>,
+    /// Buffers that captured graphs use, with how many graphs use each: released, they wait
+    /// in `parked` instead of being lent again, since a replay will still write or read them.
+    pinned: HashMap<wgpu::Buffer, usize>,
+    /// Released buffers that a live graph still uses (counted as live).
+    parked: Vec<(Kind, u64, wgpu::Buffer)>,
 }
 
 impl State {
@@ -128,6 +133,10 @@ impl PooledBuffer {
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
         let mut st = lock(&self.state);
+        if st.pinned.contains_key(&self.buffer) {
+            st.parked.push((self.kind, self.class, self.buffer.clone()));
+            return;
+        }
         st.live -= 1;
         st.live_bytes -= self.class;
         if self.discard {
@@ -281,6 +290,39 @@ impl BufferPool {
             class,
             state: self.state.clone(),
             discard: false,
+        }
+    }
+
+    /// Keep `buffers` from being lent again while a captured graph uses them (see `State::pinned`).
+    pub(crate) fn pin<'b>(&self, buffers: impl IntoIterator<Item = &'b wgpu::Buffer>) {
+        let mut st = lock(&self.state);
+        for b in buffers {
+            *st.pinned.entry(b.clone()).or_default() += 1;
+        }
+    }
+
+    /// Undo one `pin` of each of `buffers`: those no graph uses any more and whose tensors are
+    /// gone are released as a dropped tensor's buffer is (after the open batch is submitted).
+    pub(crate) fn unpin(&self, buffers: &[wgpu::Buffer]) {
+        let mut st = lock(&self.state);
+        for b in buffers {
+            if let Some(n) = st.pinned.get_mut(b) {
+                *n -= 1;
+                if *n == 0 {
+                    st.pinned.remove(b);
+                }
+            }
+        }
+        let parked = std::mem::take(&mut st.parked);
+        for (kind, class, buffer) in parked {
+            if st.pinned.contains_key(&buffer) {
+                st.parked.push((kind, class, buffer));
+                continue;
+            }
+            st.live -= 1;
+            st.live_bytes -= class;
+            st.deferred_bytes += class;
+            st.deferred.entry((kind, class)).or_default().push(buffer);
         }
     }
 

@@ -217,6 +217,10 @@ impl Module for Dropout {
         if !self.training || self.p == 0.0 {
             return Ok(x.clone());
         }
+        crate::capture::refuse(
+            x.device(),
+            "Dropout draws its masks on the host, so every replay would repeat one mask",
+        )?;
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         let seed = self
             .seed

@@ -33,14 +33,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     logits.expect(DType::F32, "cross_entropy")?;
     logits.same_device(targets, "cross_entropy")?;
     let classes = logits.shape()[1];
-    let t = targets.indices_on_host()?;
-    if let Some(&bad) = t.iter().find(|&&v| v as usize >= classes) {
-        return Err(Error::IndexOutOfRange {
-            op: "cross_entropy",
-            index: bad,
-            size: classes,
-        });
-    }
+    let t = targets.checked_indices("cross_entropy", classes)?;
     logits.cross_entropy_rows(targets, t)?.mean_all()
 }
 

@@ -4,9 +4,12 @@
 
 use super::Module;
 use super::checkpoint::OptimizerState;
+use crate::capture::{self, Refresh};
 use crate::error::{Error, Result};
 use crate::optim_params::{DECOUPLED, FIRST_STEP, NESTEROV, OptimParams};
 use crate::tensor::Tensor;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// Updates parameters from their gradients.
 ///
@@ -82,7 +85,10 @@ fn step_all<const S: usize>(
                 None
             }
             None => {
-                let zeros = (0..S).map(|_| p.zeros_like()).collect::<Result<Vec<_>>>()?;
+                // Made once: a replay of a captured step keeps updating these in place.
+                let zeros = crate::capture::once(p.device(), || {
+                    (0..S).map(|_| p.zeros_like()).collect::<Result<Vec<_>>>()
+                })?;
                 Some(<[Tensor; S]>::try_from(zeros).expect("S zero tensors"))
             }
         };
@@ -181,7 +187,15 @@ impl Optimizer for Sgd {
         if self.momentum == 0.0 {
             return step_all::<0>(params, &mut Vec::new(), hp);
         }
-        step_all(params, &mut self.buffers, hp)
+        // A replayed step continues the momentum its capture started.
+        let kept = hp(false).flags;
+        let refresh: Arc<Refresh> = Arc::new(move || {
+            (
+                std::mem::offset_of!(OptimParams, flags) as u64,
+                kept.to_ne_bytes().to_vec(),
+            )
+        });
+        capture::with_refresh(refresh, || step_all(params, &mut self.buffers, hp))
     }
 
     fn state(&self) -> OptimizerState {
@@ -224,7 +238,8 @@ pub struct Adam {
     pub weight_decay: f32,
     /// AdamW's decoupled weight decay.
     pub decoupled: bool,
-    step: i32,
+    /// Steps taken (shared with the refresh of a captured step, which advances it on replay).
+    step: Arc<AtomicI32>,
     moments: Vec<Option<[Tensor; 2]>>,
 }
 
@@ -239,7 +254,7 @@ impl Adam {
             eps: 1e-8,
             weight_decay: 0.0,
             decoupled: false,
-            step: 0,
+            step: Arc::default(),
             moments: Vec::new(),
         }
     }
@@ -275,21 +290,33 @@ impl Adam {
 
 impl Optimizer for Adam {
     fn step(&mut self, params: &mut [&mut Tensor]) -> Result<()> {
-        self.step += 1;
+        let step = self.step.fetch_add(1, Ordering::SeqCst) + 1;
+        let (beta1, beta2) = (self.beta1, self.beta2);
+        let corrections = move |step: i32| [1.0 - beta1.powi(step), 1.0 - beta2.powi(step)];
+        let [bc1, bc2] = corrections(step);
         let hp = OptimParams {
             lr: self.lr,
             weight_decay: self.weight_decay,
-            beta1: self.beta1,
-            beta2: self.beta2,
+            beta1,
+            beta2,
             eps: self.eps,
-            bc1: 1.0 - self.beta1.powi(self.step),
-            bc2: 1.0 - self.beta2.powi(self.step),
+            bc1,
+            bc2,
             flags: if self.decoupled { DECOUPLED } else { 0 },
             ..OptimParams::default()
         };
-        let result = step_all(params, &mut self.moments, |_| hp);
+        // A replayed step is the next step: its bias correction moves on with the count.
+        let count = self.step.clone();
+        let refresh: Arc<Refresh> = Arc::new(move || {
+            let step = count.fetch_add(1, Ordering::SeqCst) + 1;
+            (
+                std::mem::offset_of!(OptimParams, bc1) as u64,
+                bytemuck::bytes_of(&corrections(step)).to_vec(),
+            )
+        });
+        let result = capture::with_refresh(refresh, || step_all(params, &mut self.moments, |_| hp));
         if result.is_err() {
-            self.step -= 1; // nothing changed
+            self.step.fetch_sub(1, Ordering::SeqCst); // nothing changed
         }
         result
     }
@@ -297,7 +324,8 @@ impl Optimizer for Adam {
     fn state(&self) -> OptimizerState {
         let mut s = OptimizerState::default();
         s.values.insert("kind".into(), "adam".into());
-        s.values.insert("step".into(), self.step.to_string());
+        s.values
+            .insert("step".into(), self.step.load(Ordering::SeqCst).to_string());
         for (i, m) in self.moments.iter().enumerate() {
             if let Some([m, v]) = m {
                 s.tensors.insert(format!("{i}.m"), m.clone());
@@ -320,7 +348,7 @@ impl Optimizer for Adam {
                 Ok(m.zip(v).map(|(m, v)| [m, v]))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.step = step;
+        self.step.store(step, Ordering::SeqCst);
         self.moments = moments;
         Ok(())
     }

@@ -38,6 +38,9 @@ impl Tensor {
         if !Tensor::tracking(&[self]) {
             return Ok(out);
         }
+        // The gradient groups the index values on the host: a replay with new indices could
+        // not redo that.
+        crate::capture::refuse_host_plan(&self.device, &idx, "index_select's gradient")?;
         let x = self.detach();
         let axis = self.axis("index_select", dim)?;
         Ok(out.record("index_select", &[self, indices], move |g, _| {
@@ -62,14 +65,7 @@ impl Tensor {
         }
         let axis = self.axis("index_select", dim)?;
         let (outer, len, inner) = self.around(axis);
-        let idx = indices.indices_on_host()?;
-        if let Some(&bad) = idx.iter().find(|&&i| i as usize >= len) {
-            return Err(Error::IndexOutOfRange {
-                op: "index_select",
-                index: bad,
-                size: len,
-            });
-        }
+        let idx = indices.checked_indices("index_select", len)?;
         let mut dims = self.shape().to_vec();
         dims[axis] = idx.len();
         let storage = (self.storage).index_select(&indices.storage, &idx, (outer, len, inner))?;
@@ -106,14 +102,7 @@ impl Tensor {
             });
         }
         let len = self.shape()[axis];
-        let idx = index.indices_on_host()?;
-        if let Some(&bad) = idx.iter().find(|&&i| i as usize >= len) {
-            return Err(Error::IndexOutOfRange {
-                op: "gather",
-                index: bad,
-                size: len,
-            });
-        }
+        let idx = index.checked_indices("gather", len)?;
         let x_strides = self.shape.strides();
         let dims = index.shape().to_vec();
         let storage = (self.storage).gather(&index.storage, &idx, &dims, &x_strides, axis)?;

@@ -97,6 +97,48 @@ impl Tensor {
         Ok(Tensor::new(storage, self.shape.clone(), device))
     }
 
+    /// The host copy of a u32 tensor's values, where one is kept (no read-back).
+    pub(crate) fn host_indices(&self) -> Option<Arc<Vec<u32>>> {
+        self.host_u32.clone()
+    }
+
+    /// The values of a u32 index tensor on the host (see [`Tensor::indices_on_host`]), each
+    /// checked to be below `len` (`IndexOutOfRange` names `op`). While a step is captured, the
+    /// bound is noted for a graph input, so that a replay checks its new indices the same way.
+    pub(crate) fn checked_indices(&self, op: &'static str, len: usize) -> Result<Arc<Vec<u32>>> {
+        let idx = self.indices_on_host()?;
+        if let Some(&bad) = idx.iter().find(|&&i| i as usize >= len) {
+            return Err(Error::IndexOutOfRange {
+                op,
+                index: bad,
+                size: len,
+            });
+        }
+        crate::capture::note_index_bound(&self.device, &idx, op, len);
+        Ok(idx)
+    }
+
+    /// A copy of this tensor in storage of its own, with no autograd node, for a captured
+    /// graph's inputs and outputs.
+    pub(crate) fn detached_copy(&self, op: &'static str) -> Result<Tensor> {
+        Ok(Tensor {
+            storage: self.storage.duplicate(op, self.numel())?,
+            shape: self.shape.clone(),
+            device: self.device.clone(),
+            node: None,
+            host_u32: self.host_u32.as_ref().map(|v| Arc::new(v.as_ref().clone())),
+        })
+    }
+
+    /// The GPU buffer holding the values (running a pending program first); `None` on the CPU
+    /// backend or for an empty tensor.
+    pub(crate) fn gpu_buffer(
+        &self,
+        op: &'static str,
+    ) -> Result<Option<(&Arc<crate::gpu::context::GpuContext>, &wgpu::Buffer)>> {
+        self.storage.gpu_buffer(op)
+    }
+
     // ---- helpers ------------------------------------------------------------------------
 
     /// The axis `dim` names (negative counts from the end), or `InvalidShape`.

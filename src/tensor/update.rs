@@ -10,8 +10,16 @@ impl Tensor {
     /// Makes this tensor's values unshared (copying them if another tensor shares them), so an
     /// in-place write changes this tensor only: tensors stay values.
     fn make_unique(&mut self) -> Result<()> {
+        self.storage.settle()?;
         if self.storage.is_shared() {
             let n = self.numel();
+            // A replay would read the values this step read and update a copy of them.
+            crate::capture::refuse(
+                &self.device,
+                "an optimizer step inside the captured step found a parameter (or its state) \
+                 shared with another tensor, so it would update a copy; drop the other tensor \
+                 (a clone the step keeps) before the step",
+            )?;
             let copy = self.detach().reshape(&[n])?.narrow(0, 0, n)?;
             self.storage = copy.storage;
         }

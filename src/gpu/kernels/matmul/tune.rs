@@ -182,6 +182,10 @@ impl Tuner {
         {
             return (*c, Trial::No);
         }
+        if ctx.capturing() {
+            // A captured step keeps its kernels: no trial (a replay would repeat a candidate).
+            return (heuristic(plan, ctx.subgroups), Trial::No);
+        }
         let mut trials = self.trials.lock().unwrap_or_else(|e| e.into_inner());
         let t = trials.entry(key).or_insert_with(|| {
             // The last settled class's winner first (the first call runs it at once), else

@@ -1,0 +1,364 @@
+//! Capture and replay (`Device::capture`, `Graph::run`): a replayed training step trains as
+//! the eager step does (Adam and SGD with momentum, captured on the first step or a later one),
+//! replays leave other tensors alone and keep memory flat, and what cannot be replayed is a
+//! typed error (the digits examples' steps replayed: `tests/examples.rs`).
+
+#[macro_use]
+mod common;
+
+use common::*;
+use kiln::nn::{Adam, Dropout, Module, Optimizer, Sgd, cross_entropy};
+use kiln::{Device, Error, Tensor};
+
+/// A small classification set: 4 batches of 12 rows of 8 features, 3 classes.
+fn batches(dev: &Device) -> Vec<(Tensor, Tensor)> {
+    let mut rng = Lcg(7);
+    (0..4)
+        .map(|_| {
+            let x: Vec<f32> = rng.vec(12 * 8, -1.0, 1.0);
+            let y: Vec<u32> = x
+                .chunks(8)
+                .map(|r| {
+                    let s = [r[0] + r[1] - r[2], r[3] - r[4] + r[5], r[6] + r[7] - r[0]];
+                    (0..3).max_by(|&a, &b| s[a].total_cmp(&s[b])).unwrap() as u32
+                })
+                .collect();
+            (
+                Tensor::from_slice(dev, &x, &[12, 8]).unwrap(),
+                Tensor::from_vec_u32(dev, y, &[12]).unwrap(),
+            )
+        })
+        .collect()
+}
+
+struct Mlp {
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor,
+    b2: Tensor,
+}
+
+impl Mlp {
+    fn new(dev: &Device) -> Mlp {
+        let init = |shape: &[usize], seed: u64, scale: f32| {
+            Tensor::randn(dev, shape, seed)
+                .unwrap()
+                .mul_scalar(scale)
+                .unwrap()
+                .with_grad()
+                .unwrap()
+        };
+        Mlp {
+            w1: init(&[16, 8], 1, 0.35),
+            b1: init(&[16], 3, 0.1),
+            w2: init(&[3, 16], 2, 0.25),
+            b2: init(&[3], 4, 0.1),
+        }
+    }
+
+    /// One training step on (x, y); returns the loss (before the update).
+    fn step(&mut self, opt: &mut dyn Optimizer, x: &Tensor, y: &Tensor) -> kiln::Result<Tensor> {
+        let h = x.linear(&self.w1, Some(&self.b1), Some(kiln::UnaryOp::Relu))?;
+        let logits = h.linear(&self.w2, Some(&self.b2), None)?;
+        let loss = cross_entropy(&logits, y)?;
+        loss.backward()?;
+        let mut params = [&mut self.w1, &mut self.b1, &mut self.w2, &mut self.b2];
+        opt.step(&mut params)?;
+        opt.zero_grad(&mut params);
+        Ok(loss.detach())
+    }
+
+    fn values(&self) -> Vec<f32> {
+        [&self.w1, &self.b1, &self.w2, &self.b2]
+            .iter()
+            .flat_map(|t| t.to_vec().unwrap())
+            .collect()
+    }
+}
+
+/// Makes a fresh optimizer.
+type MakeOptimizer = fn() -> Box<dyn Optimizer>;
+
+fn optimizers() -> Vec<(&'static str, MakeOptimizer)> {
+    vec![
+        ("adam", || Box::new(Adam::new(0.02))),
+        ("adamw", || Box::new(Adam::adamw(0.02, 0.01))),
+        ("sgd momentum", || {
+            Box::new(Sgd::new(0.1).momentum(0.9).nesterov(true))
+        }),
+    ]
+}
+
+#[test]
+fn a_replayed_training_step_trains_as_the_eager_step_does() {
+    let steps = 12;
+    for dev in devices() {
+        let data = batches(&dev);
+        for (name, make) in optimizers() {
+            // Eager: every step runs its ops.
+            let mut eager = Mlp::new(&dev);
+            let mut opt = make();
+            let eager_losses: Vec<f32> = (0..steps)
+                .map(|i| {
+                    let (x, y) = &data[i % data.len()];
+                    eager.step(opt.as_mut(), x, y).unwrap().to_vec().unwrap()[0]
+                })
+                .collect();
+            // Captured on step `first` (0: the optimizer's state is made inside the capture),
+            // replayed for the rest.
+            for first in [0, 2] {
+                let mut model = Mlp::new(&dev);
+                let mut opt = make();
+                let mut losses = Vec::new();
+                for i in 0..first {
+                    let (x, y) = &data[i % data.len()];
+                    losses.push(model.step(opt.as_mut(), x, y).unwrap().to_vec().unwrap()[0]);
+                }
+                let (x, y) = &data[first % data.len()];
+                let (mut graph, out) = dev
+                    .capture(&[x, y], |io| {
+                        Ok(vec![model.step(opt.as_mut(), &io[0], &io[1])?])
+                    })
+                    .unwrap();
+                losses.push(out[0].to_vec().unwrap()[0]);
+                let before = dev.stats().dispatches;
+                for i in first + 1..steps {
+                    let (x, y) = &data[i % data.len()];
+                    let out = graph.run(&[x, y]).unwrap();
+                    losses.push(out[0].to_vec().unwrap()[0]);
+                }
+                let runs = (steps - first - 1) as u64;
+                assert_eq!(
+                    dev.stats().dispatches - before,
+                    graph.dispatches() as u64 * runs,
+                    "{dev} {name}: a run records exactly the captured dispatches"
+                );
+                if !dev.is_cpu() {
+                    assert!(graph.dispatches() > 0, "{dev}");
+                }
+                drop(graph);
+                let want: Vec<f64> = eager_losses.iter().map(|&v| f64::from(v)).collect();
+                assert_close(
+                    &format!("{dev} {name} captured at step {first}: losses"),
+                    &losses,
+                    &want,
+                    1e-5,
+                    1e-4,
+                );
+                let want: Vec<f64> = eager.values().iter().map(|&v| f64::from(v)).collect();
+                assert_close(
+                    &format!("{dev} {name} captured at step {first}: parameters"),
+                    &model.values(),
+                    &want,
+                    1e-5,
+                    1e-4,
+                );
+            }
+            say!(
+                "capture on {dev} ({name}): {steps} steps, loss {:.4} -> {:.4}, same as eager",
+                eager_losses[0],
+                eager_losses[steps - 1]
+            );
+        }
+    }
+}
+
+#[test]
+fn adam_counts_replayed_steps() {
+    // Two Adam runs: one eager for 6 steps then one more; one captured at step 1 and replayed
+    // to step 6 then one eager step. The last eager step's bias correction is step 7's in
+    // both, so the parameters agree.
+    for dev in devices() {
+        let data = batches(&dev);
+        let mut a = Mlp::new(&dev);
+        let mut oa = Adam::new(0.02);
+        for i in 0..7 {
+            let (x, y) = &data[i % 4];
+            a.step(&mut oa, x, y).unwrap();
+        }
+        let mut b = Mlp::new(&dev);
+        let mut ob = Adam::new(0.02);
+        {
+            let (x, y) = &data[0];
+            let (mut g, _) = dev
+                .capture(&[x, y], |io| Ok(vec![b.step(&mut ob, &io[0], &io[1])?]))
+                .unwrap();
+            for i in 1..6 {
+                let (x, y) = &data[i % 4];
+                g.run(&[x, y]).unwrap();
+            }
+        }
+        let (x, y) = &data[6 % 4];
+        b.step(&mut ob, x, y).unwrap();
+        let want: Vec<f64> = a.values().iter().map(|&v| f64::from(v)).collect();
+        assert_close(
+            &format!("{dev}: adam after replays"),
+            &b.values(),
+            &want,
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn replays_leave_other_tensors_alone_and_memory_flat() {
+    for dev in fresh_gpus() {
+        let data = batches(&dev);
+        let mut model = Mlp::new(&dev);
+        let mut opt = Adam::new(0.01);
+        let (x, y) = &data[0];
+        model.step(&mut opt, x, y).unwrap();
+        dev.synchronize().unwrap();
+        let outside = dev.memory().live;
+        let (mut graph, _) = dev
+            .capture(&[x, y], |io| {
+                Ok(vec![model.step(&mut opt, &io[0], &io[1])?])
+            })
+            .unwrap();
+        // Tensors made after the capture get buffers no replay writes.
+        let z: Vec<Tensor> = (0..8)
+            .map(|i| Tensor::full(&dev, &[12, 16], i as f32).unwrap())
+            .collect();
+        let w: Vec<Tensor> = z.iter().map(|t| t.add_scalar(1.0).unwrap()).collect();
+        let mut live = Vec::new();
+        for i in 0..60 {
+            let (x, y) = &data[i % 4];
+            let out = graph.run(&[x, y]).unwrap();
+            drop(out);
+            dev.synchronize().unwrap();
+            live.push(dev.memory().live);
+        }
+        assert!(
+            live.iter().all(|&n| n == live[0]),
+            "live buffers changed over replays on {dev}: {live:?}"
+        );
+        for (i, (z, w)) in z.iter().zip(&w).enumerate() {
+            assert!(z.to_vec().unwrap().iter().all(|&v| v == i as f32), "{dev}");
+            assert!(
+                w.to_vec().unwrap().iter().all(|&v| v == i as f32 + 1.0),
+                "{dev}"
+            );
+        }
+        drop((z, w));
+        drop(graph);
+        dev.synchronize().unwrap();
+        let after = dev.memory().live;
+        assert!(
+            after <= outside + 2,
+            "dropping the graph releases its buffers on {dev}: {outside} live before the \
+             capture, {after} after"
+        );
+        say!(
+            "replay on {dev}: {} live buffers per replay, flat over 60; {after} after the graph dropped",
+            live[0]
+        );
+    }
+}
+
+#[test]
+fn what_cannot_be_replayed_is_an_error() {
+    for dev in devices() {
+        let data = batches(&dev);
+        let (x, y) = &data[0];
+        let mut model = Mlp::new(&dev);
+        let mut opt = Adam::new(0.01);
+        let (mut graph, _) = dev
+            .capture(&[x, y], |io| {
+                Ok(vec![model.step(&mut opt, &io[0], &io[1])?])
+            })
+            .unwrap();
+        // Wrong inputs: count, shape, dtype, an index out of range.
+        let err = graph.run(&[x]).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument { .. }),
+            "{dev}: {err:?}"
+        );
+        let short = Tensor::zeros(&dev, &[11, 8]).unwrap();
+        let err = graph.run(&[&short, y]).unwrap_err();
+        assert!(matches!(err, Error::ShapeMismatch { .. }), "{dev}: {err:?}");
+        let err = graph.run(&[x, x]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::ShapeMismatch { .. } | Error::DTypeMismatch { .. }
+            ),
+            "{dev}: {err:?}"
+        );
+        let bad = Tensor::from_vec_u32(&dev, vec![3; 12], &[12]).unwrap();
+        let err = graph.run(&[x, &bad]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::IndexOutOfRange {
+                    op: "cross_entropy",
+                    index: 3,
+                    size: 3
+                }
+            ),
+            "{dev}: {err:?}"
+        );
+        graph.run(&[x, y]).unwrap();
+        drop(graph);
+        if dev.is_cpu() {
+            continue;
+        }
+        // A readback inside the step.
+        let err = dev
+            .capture(&[x], |io| {
+                let s = io[0].sum_all()?;
+                let v = s.to_vec()?;
+                Ok(vec![s.add_scalar(v[0])?])
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Unsupported { op: "capture", .. }),
+            "{dev}: {err:?}"
+        );
+        // A gradient planned on the host from a graph input's indices.
+        let table = Tensor::randn(&dev, &[5, 4], 9)
+            .unwrap()
+            .with_grad()
+            .unwrap();
+        let ids = Tensor::from_vec_u32(&dev, vec![0, 3, 3, 1], &[4]).unwrap();
+        let err = dev
+            .capture(&[&ids], |io| {
+                Ok(vec![table.index_select(0, &io[0])?.sum_all()?])
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Unsupported { op: "capture", .. }),
+            "{dev}: {err:?}"
+        );
+        // Dropout in training mode (its masks are drawn on the host).
+        let dropout = Dropout::new(0.5, 1).unwrap();
+        let err = dev
+            .capture(&[x], |io| Ok(vec![dropout.forward(&io[0])?]))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Unsupported { op: "capture", .. }),
+            "{dev}: {err:?}"
+        );
+        // An optimizer step on a parameter the step keeps another handle to.
+        let err = dev
+            .capture(&[x, y], |io| {
+                let keep = model.w1.detach();
+                let loss = model.step(&mut opt, &io[0], &io[1]);
+                drop(keep);
+                Ok(vec![loss?])
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Unsupported { op: "capture", .. }),
+            "{dev}: {err:?}"
+        );
+        // The device is still usable and captures again after the errors.
+        let (mut graph, _) = dev
+            .capture(&[x, y], |io| {
+                Ok(vec![model.step(&mut opt, &io[0], &io[1])?])
+            })
+            .unwrap();
+        let l = graph.run(&[x, y]).unwrap()[0].to_vec().unwrap()[0];
+        assert!(l.is_finite(), "{dev}");
+    }
+}
