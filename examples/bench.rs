@@ -12,6 +12,9 @@
 //! has finished); `--timer gpu` times matmuls with GPU timestamp queries where granted.
 //! `--chain N` times a chain of 16 elementwise ops over N values, fused and eager.
 //! `--conv B CIN H W COUT` times a 3×3 convolution (stride 1, padding 1, with bias);
+//! `--train B D H C` training steps of a D-H-C MLP (ReLU, cross-entropy, Adam) on a batch of
+//! B, 20 per timed run ending in `Device::synchronize`: ordinary steps (fused, eager dispatch)
+//! and the step captured once and replayed (`Device::capture`); the time is per step.
 //! `--rows R C` softmax and layer norm over the last axis of an R × C matrix; `--first N` one
 //! 512³-style first matmul in a fresh process (tuning, pipeline creation and all: run it with
 //! an empty `KILN_CACHE_DIR`). `--readback` ends every timed matmul and chain run with a
@@ -31,6 +34,7 @@ struct Args {
     mlp: Vec<usize>,
     conv: Vec<usize>,
     rows: Vec<usize>,
+    train: Vec<usize>,
     first: Option<usize>,
     readback: bool,
     configs: Vec<String>,
@@ -48,6 +52,7 @@ fn parse_args() -> Args {
         mlp: vec![],
         conv: vec![],
         rows: vec![],
+        train: vec![],
         first: None,
         readback: false,
         configs: vec!["auto".into()],
@@ -96,6 +101,7 @@ fn parse_args() -> Args {
             "--mlp" => a.mlp = nums(),
             "--conv" => a.conv = nums(),
             "--rows" => a.rows = nums(),
+            "--train" => a.train = nums(),
             "--first" => a.first = nums().first().copied(),
             "--readback" => a.readback = true,
             "--configs" => {
@@ -406,6 +412,65 @@ fn main() -> kiln::Result<()> {
         })?;
         let gbs = bytes / t.as_secs_f64() / 1e9;
         report("layer_norm", format!("{r}x{c}"), "-", t, gbs, "GB/s");
+    }
+
+    if let [b, d, h, c] = args.train[..] {
+        const STEPS: u32 = 20;
+        let x = Tensor::randn(&dev, &[b, d], 24)?;
+        let y = Tensor::from_vec_u32(&dev, (0..b).map(|i| (i % c) as u32).collect(), &[b])?;
+        let size = format!("{b}x{d}-{h}-{c}");
+        for replay in [false, true] {
+            let init = |shape: &[usize], seed| {
+                Tensor::randn(&dev, shape, seed)?
+                    .mul_scalar(0.1)?
+                    .with_grad()
+            };
+            let mut p = [
+                init(&[h, d], 25)?,
+                init(&[h], 26)?,
+                init(&[c, h], 27)?,
+                init(&[c], 28)?,
+            ];
+            let mut opt = kiln::nn::Adam::new(1e-3);
+            let mut step = |x: &Tensor, y: &Tensor| -> kiln::Result<Tensor> {
+                use kiln::nn::Optimizer;
+                let hidden = x.linear(&p[0], Some(&p[1]), Some(UnaryOp::Relu))?;
+                let loss = kiln::nn::cross_entropy(&hidden.linear(&p[2], Some(&p[3]), None)?, y)?;
+                loss.backward()?;
+                let mut params: Vec<&mut Tensor> = p.iter_mut().collect();
+                opt.step(&mut params)?;
+                opt.zero_grad(&mut params);
+                Ok(loss.detach())
+            };
+            let t = if replay {
+                step(&x, &y)?; // kernels settle before the capture
+                let (mut graph, _) =
+                    dev.capture(&[&x, &y], |io| Ok(vec![step(&io[0], &io[1])?]))?;
+                time(args.reps, || {
+                    for _ in 0..STEPS {
+                        graph.run(&[&x, &y])?;
+                    }
+                    dev.synchronize()
+                })?
+            } else {
+                time(args.reps, || {
+                    for _ in 0..STEPS {
+                        step(&x, &y)?;
+                    }
+                    dev.synchronize()
+                })?
+            };
+            let per = t / STEPS;
+            let config = if replay { "replayed" } else { "ordinary" };
+            report(
+                "train_step",
+                size.clone(),
+                config,
+                per,
+                1.0 / per.as_secs_f64(),
+                "steps/s",
+            );
+        }
     }
 
     if let Some(path) = args.json {
