@@ -7,6 +7,7 @@
 //! cargo run --release --example char_transformer -- --steps 600
 //! cargo run --release --example char_transformer -- --stop-after 200   # as if interrupted
 //! cargo run --release --example char_transformer -- --resume out/char_transformer.ckpt.safetensors
+//! cargo run --release --example char_transformer -- --replay   # capture the step, replay it
 //! ```
 //!
 //! Every 100 steps (and at a stop) the model, the optimizer's state, the step and the batch
@@ -18,7 +19,7 @@ mod common;
 use common::data::{Rng, TEXT};
 use common::models::{CharTransformer, TransformerConfig};
 use common::progress;
-use common::train::{SampleOptions, encode, sample, text_batch, text_step};
+use common::train::{SampleOptions, encode, sample, text_batch, text_step, text_step_loss};
 use kiln::Device;
 use kiln::nn::{Adam, Module, load_checkpoint, save_checkpoint};
 use std::path::PathBuf;
@@ -32,15 +33,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut steps = 400;
     let mut resume: Option<PathBuf> = None;
     let mut stop_after: Option<usize> = None;
+    let mut replay = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--replay" {
+            replay = true;
+            continue;
+        }
         match (flag.as_str(), it.next()) {
             ("--steps", Some(v)) => steps = v.parse()?,
             ("--resume", Some(v)) => resume = Some(PathBuf::from(v)),
             ("--stop-after", Some(v)) => stop_after = Some(v.parse()?),
             _ => {
                 return Err(format!(
-                    "unknown argument {flag}; try --steps N, --stop-after N, --resume FILE"
+                    "unknown argument {flag}; try --steps N, --stop-after N, --resume FILE, --replay"
                 )
                 .into());
             }
@@ -80,12 +86,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let checkpoint = out.join("char_transformer.ckpt.safetensors");
     let start = Instant::now();
     let mut recent = Vec::new();
-    for step in first..=steps {
-        let (x, y) = text_batch(&ids, 16, config.context, &mut rng, &dev)?;
-        let loss = text_step(&mut model, &mut opt, &x, &y, vocab.len())?;
+    let mut report = |step: usize, loss: f32| {
         recent.push(loss);
         progress::bar("training", step, steps, loss);
-        if step % 100 == 0 || step == steps {
+        if step.is_multiple_of(100) || step == steps {
             let mean = recent.iter().sum::<f32>() / recent.len() as f32;
             progress::finish(&format!(
                 "steps {}..{step}: mean loss {mean:.3}",
@@ -93,14 +97,47 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ));
             recent.clear();
         }
-        let stop = stop_after == Some(step);
-        if step % 100 == 0 || stop {
-            let progress = [("step", step.to_string()), ("rng", rng.0.to_string())];
+    };
+    let mut step = first;
+    while step <= steps {
+        // Steps run in segments that end where a checkpoint is written: every 100 steps and
+        // at --stop-after. With --replay, a segment's first step is captured and the rest
+        // replay it.
+        let mut end = steps.min(step.div_ceil(100) * 100);
+        if let Some(s) = stop_after.filter(|&s| s >= step) {
+            end = end.min(s);
+        }
+        if replay {
+            let (x, y) = text_batch(&ids, 16, config.context, &mut rng, &dev)?;
+            let (mut graph, out) = dev.capture(&[&x, &y], |io| {
+                Ok(vec![text_step_loss(
+                    &mut model,
+                    &mut opt,
+                    &io[0],
+                    &io[1],
+                    vocab.len(),
+                )?])
+            })?;
+            report(step, out[0].to_vec()?[0]);
+            for s in step + 1..=end {
+                let (x, y) = text_batch(&ids, 16, config.context, &mut rng, &dev)?;
+                report(s, graph.run(&[&x, &y])?[0].to_vec()?[0]);
+            }
+        } else {
+            for s in step..=end {
+                let (x, y) = text_batch(&ids, 16, config.context, &mut rng, &dev)?;
+                report(s, text_step(&mut model, &mut opt, &x, &y, vocab.len())?);
+            }
+        }
+        step = end + 1;
+        let stop = stop_after == Some(end);
+        if end.is_multiple_of(100) || stop {
+            let progress = [("step", end.to_string()), ("rng", rng.0.to_string())];
             save_checkpoint(&checkpoint, &model, &opt, &progress)?;
         }
         if stop {
             println!(
-                "stopped after step {step}; continue with --resume {}",
+                "stopped after step {end}; continue with --resume {}",
                 checkpoint.display()
             );
             return Ok(());

@@ -103,3 +103,34 @@ fn rows(
     }
     rout[e] = acc;
 }
+
+// ---- index_select backward by scanning ----------------------------------------------------
+// Where the host may not group the indices (a captured step's input indices change at every
+// replay), each source element scans all `count` picks: out[o, r, i] = Σ_{j: idx[j] == r}
+// g[o, j, i], in increasing j as the other two forms sum; O(source · count) work.
+
+@group(0) @binding(1) var<storage, read> sidx: array<u32>;
+@group(0) @binding(2) var<storage, read_write> sout: array<f32>;
+@group(0) @binding(3) var<uniform> sp: RowParams;
+
+@compute @workgroup_size(WG)
+fn rows_scan(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let e = folded_index(wid, nwg, lid, WG);
+    if (e >= sp.n) {
+        return;
+    }
+    let i = e % sp.inner;
+    let r = (e / sp.inner) % sp.len;
+    let o = e / (sp.inner * sp.len);
+    var acc = 0.0;
+    for (var j = 0u; j < sp.count; j = j + 1u) {
+        if (sidx[j] == r) {
+            acc = acc + rg[(o * sp.count + j) * sp.inner + i];
+        }
+    }
+    sout[e] = acc;
+}

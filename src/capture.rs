@@ -15,13 +15,15 @@
 //! - Dropout draws its masks on the host: a step with dropout in training mode cannot be
 //!   captured (`Unsupported`), since every replay would repeat one mask.
 //! - u32 inputs may feed ops that check their values on the host (`cross_entropy`,
-//!   `index_select`, `gather`): a run checks new values against the same bounds first. An op
-//!   that plans on the host from index values (`index_select`'s gradient) is `Unsupported`.
+//!   `index_select`, `gather`): a run checks new values against the same bounds first.
+//!   `index_select`'s gradient, which groups its indices on the host in an ordinary step,
+//!   reads a graph input's indices on the device instead.
 //! - Optimizer steps are replayed as steps: parameters and state update in place, Adam's bias
 //!   correction and step count advance, SGD's momentum continues. Hyper-parameters (the
 //!   learning rate) are those of the capture: capture again to change them.
-//! - Everything recorded on the device while capturing belongs to the step: do not use the
-//!   device from another thread meanwhile.
+//! - A capture keeps what its own thread records: other threads may use the device meanwhile
+//!   (and capture steps of their own). Tensors the step stores outside its outputs, as
+//!   results of ops (not in-place updates), are not refreshed by a replay: return them.
 
 use crate::device::Device;
 use crate::dtype::DType;
@@ -87,23 +89,14 @@ pub(crate) fn note_index_bound(device: &Device, idx: &Arc<Vec<u32>>, op: &'stati
     });
 }
 
-/// `Unsupported` if a step is being captured and `idx` are a graph input's values, which
-/// `what` would plan from on the host.
-pub(crate) fn refuse_host_plan(device: &Device, idx: &Arc<Vec<u32>>, what: &str) -> Result<()> {
+/// Whether a step is being captured on `device` and `idx` are a graph input's host values
+/// (which an op must then not plan from: a replay brings new ones).
+pub(crate) fn is_graph_input(device: &Device, idx: &Arc<Vec<u32>>) -> bool {
     let Some(ctx) = device.gpu_context() else {
-        return Ok(());
+        return false;
     };
     let key = Arc::as_ptr(idx) as usize;
-    if ctx.with_capture(|log| log.host_inputs.contains(&key)) == Some(true) {
-        return Err(Error::Unsupported {
-            op: "capture",
-            reason: format!(
-                "{what} plans on the host from a graph input's index values; a replay with \
-                 new indices could not redo that"
-            ),
-        });
-    }
-    Ok(())
+    ctx.with_capture(|log| log.host_inputs.contains(&key)) == Some(true)
 }
 
 /// `Unsupported` (with `reason`) if a step is being captured on `device`: for work that a
@@ -212,7 +205,6 @@ impl Device {
                 }
                 o.gpu_buffer("capture")?;
             }
-            materialize_pending(ctx)?;
             Ok(outputs)
         })();
         let log = ctx

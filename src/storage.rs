@@ -975,6 +975,27 @@ impl Storage {
         }
     }
 
+    /// [`Storage::index_select_grad`] reading the indices from `index` on the device, for
+    /// indices the host must not plan from (a captured step's inputs). The CPU backend has
+    /// them on the host: `idx`.
+    pub(crate) fn index_select_grad_on_device(
+        &self,
+        index: &Storage,
+        idx: &[u32],
+        dims: Around,
+    ) -> Result<Storage> {
+        const OP: &str = "index_select backward";
+        match (self, index) {
+            (Storage::Gpu(g), Storage::Gpu(i)) => {
+                g.output(dims.0 * dims.1 * dims.2, DType::F32, |ctx| {
+                    let (gb, ib) = (g.bound(OP, DType::F32)?, i.bound(OP, DType::U32)?);
+                    grad::index_select_grad_scan(ctx, gb, ib, dims, idx.len())
+                })
+            }
+            _ => self.index_select_grad(idx, dims),
+        }
+    }
+
     /// conv2d's input gradient (`weight` false; `other` is the weight) or weight gradient
     /// (`other` is the input) from the output gradient `self`; `n` values out (non-empty).
     pub(crate) fn conv2d_grad(

@@ -92,7 +92,8 @@ fn optimizers() -> Vec<(&'static str, MakeOptimizer)> {
 #[test]
 fn a_replayed_training_step_trains_as_the_eager_step_does() {
     let steps = 12;
-    for dev in devices() {
+    // Devices of its own: the test reads the device's dispatch counter.
+    for dev in std::iter::once(Device::cpu()).chain(fresh_gpus()) {
         let data = batches(&dev);
         for (name, make) in optimizers() {
             // Eager: every step runs its ops.
@@ -257,6 +258,92 @@ fn replays_leave_other_tensors_alone_and_memory_flat() {
 }
 
 #[test]
+fn embedding_steps_replay_with_new_indices() {
+    // An embedding table trained through index_select with indices that change every run:
+    // the replayed gradient reads them on the device (no host grouping to repeat).
+    for dev in devices() {
+        let batches: Vec<Tensor> = [
+            [0u32, 3, 3, 1, 4, 4],
+            [2, 2, 2, 0, 1, 4],
+            [4, 3, 2, 1, 0, 0],
+        ]
+        .iter()
+        .map(|ids| Tensor::from_vec_u32(&dev, ids.to_vec(), &[6]).unwrap())
+        .collect();
+        let weights = Tensor::randn(&dev, &[6, 4], 11).unwrap();
+        let table = || {
+            Tensor::randn(&dev, &[5, 4], 9)
+                .unwrap()
+                .with_grad()
+                .unwrap()
+        };
+        let step = |t: &mut Tensor, opt: &mut Sgd, ids: &Tensor| -> kiln::Result<Tensor> {
+            let loss = t.index_select(0, ids)?.tanh()?.mul(&weights)?.sum_all()?;
+            loss.backward()?;
+            opt.step(&mut [&mut *t])?;
+            opt.zero_grad(&mut [&mut *t]);
+            Ok(loss.detach())
+        };
+        let (mut eager, mut opt) = (table(), Sgd::new(0.1).momentum(0.5));
+        let want: Vec<f32> = (0..6)
+            .map(|i| {
+                step(&mut eager, &mut opt, &batches[i % 3])
+                    .unwrap()
+                    .to_vec()
+                    .unwrap()[0]
+            })
+            .collect();
+        let (mut t, mut opt) = (table(), Sgd::new(0.1).momentum(0.5));
+        let mut got = Vec::new();
+        {
+            let (mut graph, out) = dev
+                .capture(&[&batches[0]], |io| {
+                    Ok(vec![step(&mut t, &mut opt, &io[0])?])
+                })
+                .unwrap();
+            got.push(out[0].to_vec().unwrap()[0]);
+            for i in 1..6 {
+                got.push(graph.run(&[&batches[i % 3]]).unwrap()[0].to_vec().unwrap()[0]);
+            }
+            let bad = Tensor::from_vec_u32(&dev, vec![5; 6], &[6]).unwrap();
+            let err = graph.run(&[&bad]).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::IndexOutOfRange {
+                        op: "index_select",
+                        index: 5,
+                        size: 5
+                    }
+                ),
+                "{dev}: {err:?}"
+            );
+        }
+        let want64: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+        assert_close(
+            &format!("{dev}: embedding losses"),
+            &got,
+            &want64,
+            1e-5,
+            1e-4,
+        );
+        let want64: Vec<f64> = eager
+            .to_vec()
+            .unwrap()
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
+        assert_close(
+            &format!("{dev}: embedding table"),
+            &t.to_vec().unwrap(),
+            &want64,
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+#[test]
 fn what_cannot_be_replayed_is_an_error() {
     for dev in devices() {
         let data = batches(&dev);
@@ -315,21 +402,6 @@ fn what_cannot_be_replayed_is_an_error() {
             matches!(err, Error::Unsupported { op: "capture", .. }),
             "{dev}: {err:?}"
         );
-        // A gradient planned on the host from a graph input's indices.
-        let table = Tensor::randn(&dev, &[5, 4], 9)
-            .unwrap()
-            .with_grad()
-            .unwrap();
-        let ids = Tensor::from_vec_u32(&dev, vec![0, 3, 3, 1], &[4]).unwrap();
-        let err = dev
-            .capture(&[&ids], |io| {
-                Ok(vec![table.index_select(0, &io[0])?.sum_all()?])
-            })
-            .unwrap_err();
-        assert!(
-            matches!(err, Error::Unsupported { op: "capture", .. }),
-            "{dev}: {err:?}"
-        );
         // Dropout in training mode (its masks are drawn on the host).
         let dropout = Dropout::new(0.5, 1).unwrap();
         let err = dev
@@ -360,5 +432,44 @@ fn what_cannot_be_replayed_is_an_error() {
             .unwrap();
         let l = graph.run(&[x, y]).unwrap()[0].to_vec().unwrap()[0];
         assert!(l.is_finite(), "{dev}");
+    }
+}
+
+#[test]
+fn a_capture_keeps_only_its_own_threads_work() {
+    for dev in gpus() {
+        let x = Tensor::randn(&dev, &[64, 32], 1).unwrap();
+        let w = Tensor::randn(&dev, &[16, 32], 2).unwrap();
+        let step = |io: &[Tensor]| -> kiln::Result<Vec<Tensor>> {
+            Ok(vec![
+                io[0]
+                    .linear(&w, None, Some(kiln::UnaryOp::Tanh))?
+                    .sum_all()?,
+            ])
+        };
+        let (alone, _) = dev.capture(&[&x], step).unwrap();
+        // The same step, while another thread runs ops and reads back on the same device.
+        let (busy, out) = dev
+            .capture(&[&x], |io| {
+                let other = std::thread::scope(|s| {
+                    s.spawn(|| {
+                        let t = Tensor::ones(&dev, &[1000]).unwrap();
+                        t.mul_scalar(3.0)
+                            .unwrap()
+                            .sum_all()
+                            .unwrap()
+                            .to_vec()
+                            .unwrap()[0]
+                    })
+                    .join()
+                    .unwrap()
+                });
+                assert_eq!(other, 3000.0, "{dev}");
+                step(io)
+            })
+            .unwrap();
+        assert_eq!(busy.dispatches(), alone.dispatches(), "{dev}");
+        let want = step(std::slice::from_ref(&x)).unwrap()[0].to_vec().unwrap();
+        assert_eq!(out[0].to_vec().unwrap(), want, "{dev}");
     }
 }

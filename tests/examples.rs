@@ -11,7 +11,8 @@ use common::*;
 use ex::data::{Rng, TEXT, digits, split};
 use ex::models::{CharTransformer, TransformerConfig, digits_cnn, digits_mlp};
 use ex::train::{
-    SampleOptions, accuracy, digits_lr, encode, sample, text_batch, text_step, train_epoch,
+    SampleOptions, accuracy, digits_lr, encode, sample, text_batch, text_step, text_step_loss,
+    train_epoch,
 };
 use kiln::Device;
 use kiln::nn::{Adam, Module, Optimizer, Sgd, load_checkpoint, save_checkpoint};
@@ -106,7 +107,8 @@ fn cnn_run(dev: &Device, replay: bool) -> Vec<f32> {
 
 /// The examples' training steps captured and replayed (`Device::capture`) give the losses the
 /// ordinary steps give, on every device: the digits MLP over three epochs (one capture per
-/// epoch, a ragged last batch run eagerly) and ten convnet steps.
+/// epoch, a ragged last batch run eagerly), ten convnet steps and twelve char-transformer steps
+/// (its embedding's gradient reads the replayed token ids on the device).
 #[test]
 fn replayed_example_steps_match_ordinary_ones() {
     for dev in devices() {
@@ -134,7 +136,23 @@ fn replayed_example_steps_match_ordinary_ones() {
             1e-5,
             1e-4,
         );
-        say!("replayed digits and convnet steps on {dev}: the same losses as ordinary steps");
+        let (eager, eager_text) = transformer_run_as(&dev, false);
+        let (replayed, text) = transformer_run_as(&dev, true);
+        let want: Vec<f64> = eager.iter().map(|&v| f64::from(v)).collect();
+        assert_close(
+            &format!("transformer replayed on {dev}"),
+            &replayed,
+            &want,
+            1e-5,
+            1e-4,
+        );
+        assert_eq!(
+            text, eager_text,
+            "{dev}: the replay-trained model samples the same text"
+        );
+        say!(
+            "replayed digits, convnet and transformer steps on {dev}: the same losses as ordinary steps"
+        );
     }
 }
 
@@ -159,6 +177,12 @@ fn digits_cnn_trains_with_the_same_curve_on_every_device() {
 
 /// A tiny transformer for 12 steps: its losses and a short sample.
 fn transformer_run(dev: &Device) -> (Vec<f32>, String) {
+    transformer_run_as(dev, false)
+}
+
+/// Twelve steps of a small char transformer (`replay`: the first captured, the rest replayed):
+/// the losses and a sample from the trained model.
+fn transformer_run_as(dev: &Device, replay: bool) -> (Vec<f32>, String) {
     let (vocab, ids) = encode(TEXT);
     let config = TransformerConfig {
         vocab: vocab.len(),
@@ -170,12 +194,34 @@ fn transformer_run(dev: &Device) -> (Vec<f32>, String) {
     let mut model = CharTransformer::new(dev, &config).unwrap();
     let mut opt = Adam::new(1e-2);
     let mut rng = Rng(3);
-    let losses = (0..12)
-        .map(|_| {
-            let (x, y) = text_batch(&ids, 4, config.context, &mut rng, dev).unwrap();
-            text_step(&mut model, &mut opt, &x, &y, vocab.len()).unwrap()
-        })
-        .collect();
+    let mut batch = || text_batch(&ids, 4, config.context, &mut rng, dev).unwrap();
+    let losses = if replay {
+        let (x, y) = batch();
+        let (mut graph, out) = dev
+            .capture(&[&x, &y], |io| {
+                Ok(vec![text_step_loss(
+                    &mut model,
+                    &mut opt,
+                    &io[0],
+                    &io[1],
+                    vocab.len(),
+                )?])
+            })
+            .unwrap();
+        let mut losses = vec![out[0].to_vec().unwrap()[0]];
+        for _ in 1..12 {
+            let (x, y) = batch();
+            losses.push(graph.run(&[&x, &y]).unwrap()[0].to_vec().unwrap()[0]);
+        }
+        losses
+    } else {
+        (0..12)
+            .map(|_| {
+                let (x, y) = batch();
+                text_step(&mut model, &mut opt, &x, &y, vocab.len()).unwrap()
+            })
+            .collect()
+    };
     let opts = SampleOptions {
         prompt: "the ",
         n: 8,

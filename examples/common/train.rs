@@ -154,12 +154,23 @@ pub fn text_step(
     y: &Tensor,
     vocab: usize,
 ) -> Result<f32> {
+    Ok(text_step_loss(model, opt, x, y, vocab)?.to_vec()?[0])
+}
+
+/// [`text_step`] without the readback: the loss as a tensor (a step `Device::capture` can keep).
+pub fn text_step_loss(
+    model: &mut dyn Module,
+    opt: &mut dyn Optimizer,
+    x: &Tensor,
+    y: &Tensor,
+    vocab: usize,
+) -> Result<Tensor> {
     let logits = model.forward(x)?;
     let rows = y.numel();
     let loss = cross_entropy(&logits.reshape(&[rows, vocab])?, y)?;
     loss.backward()?;
     opt.step_module(model)?;
-    Ok(loss.to_vec()?[0])
+    Ok(loss.detach())
 }
 
 /// What to sample: `n` characters after `prompt`, at temperature `temp`, seeded.

@@ -21,8 +21,9 @@ pub(crate) struct Dispatch {
 }
 
 /// What a capture has kept so far.
-#[derive(Default)]
 pub(crate) struct CaptureLog {
+    /// The thread whose recordings this capture keeps.
+    pub(crate) thread: std::thread::ThreadId,
     pub(crate) dispatches: Vec<Dispatch>,
     /// Every buffer pinned for the graph (once each per pin).
     pub(crate) pinned: Vec<wgpu::Buffer>,
@@ -36,6 +37,18 @@ pub(crate) struct CaptureLog {
 }
 
 impl CaptureLog {
+    /// An empty log for the calling thread.
+    pub(crate) fn new() -> CaptureLog {
+        CaptureLog {
+            thread: std::thread::current().id(),
+            dispatches: Vec::new(),
+            pinned: Vec::new(),
+            uploads: 0,
+            index_bounds: Vec::new(),
+            host_inputs: Vec::new(),
+        }
+    }
+
     /// Keep `buffers` for the graph (pinned in `ctx`'s pool).
     pub(crate) fn pin(&mut self, ctx: &GpuContext, buffers: &[&wgpu::Buffer]) {
         ctx.pin(buffers.iter().copied());

@@ -42,8 +42,9 @@ pub(crate) struct GpuContext {
     /// Whether the adapter is a software rasterizer, whose invocations are SIMD lanes of CPU
     /// threads: a loop per invocation beats an integer division per element there.
     pub(crate) software: bool,
-    /// The capture in progress, if any (`gpu::capture`).
-    capture: Mutex<Option<CaptureLog>>,
+    /// The captures in progress (`gpu::capture`), at most one per thread: a capture keeps
+    /// only what its own thread records.
+    captures: Mutex<Vec<CaptureLog>>,
 }
 
 /// llvmpipe (and lavapipe, built on it) ends a shader's loops once their iterations, counted
@@ -155,7 +156,7 @@ impl GpuContext {
             walk_cap,
             lost,
             software,
-            capture: Mutex::default(),
+            captures: Mutex::default(),
         })
     }
 
@@ -315,43 +316,48 @@ impl GpuContext {
         let buf = self.pooled(|p| p.upload(bytes, self.max_tensor_bytes()))?;
         self.queue
             .write_buffer(&buf.buffer, 0, bytemuck::cast_slice(data));
-        if let Some(log) = lock(&self.capture).as_mut() {
-            log.uploads += 1;
-        }
+        self.with_capture(|log| log.uploads += 1);
         Ok(buf)
     }
 
-    /// Start keeping what is recorded on this device for a graph (`gpu::capture`).
+    /// Start keeping what this thread records on this device for a graph (`gpu::capture`).
     pub(crate) fn begin_capture(&self) -> Result<()> {
-        let mut slot = lock(&self.capture);
-        if slot.is_some() {
+        if self.capturing() {
             return Err(Error::InvalidArgument {
                 op: "capture",
-                reason: "a capture is already in progress on this device".into(),
+                reason: "this thread is already capturing a step on this device".into(),
             });
         }
-        *slot = Some(CaptureLog::default());
+        self.resume_capture(CaptureLog::new());
         Ok(())
     }
 
-    /// Stop capturing: what was kept (its buffers stay pinned until the log's graph drops).
+    /// Stop this thread's capture: what was kept (its buffers stay pinned until the log's
+    /// graph drops).
     pub(crate) fn end_capture(&self) -> Option<CaptureLog> {
-        lock(&self.capture).take()
+        let me = std::thread::current().id();
+        let mut logs = lock(&self.captures);
+        let at = logs.iter().position(|l| l.thread == me)?;
+        Some(logs.swap_remove(at))
     }
 
     /// Continue a capture that `end_capture` paused (`crate::capture::once`).
     pub(crate) fn resume_capture(&self, log: CaptureLog) {
-        *lock(&self.capture) = Some(log);
+        lock(&self.captures).push(log);
     }
 
-    /// `f` on the capture in progress, if there is one.
+    /// `f` on this thread's capture in progress, if there is one.
     pub(crate) fn with_capture<R>(&self, f: impl FnOnce(&mut CaptureLog) -> R) -> Option<R> {
-        lock(&self.capture).as_mut().map(f)
+        let me = std::thread::current().id();
+        lock(&self.captures)
+            .iter_mut()
+            .find(|l| l.thread == me)
+            .map(f)
     }
 
-    /// Whether a capture is in progress on this device.
+    /// Whether this thread is capturing a step on this device.
     pub(crate) fn capturing(&self) -> bool {
-        lock(&self.capture).is_some()
+        self.with_capture(|_| ()).is_some()
     }
 
     /// See [`BufferPool::pin`].
@@ -421,7 +427,7 @@ impl GpuContext {
         });
         self.dispatches.fetch_add(1, Ordering::Relaxed);
         log::trace!("dispatch {}:{}", spec.shader.name(), spec.entry);
-        if let Some(log) = lock(&self.capture).as_mut() {
+        self.with_capture(|log| {
             log.pin(self, buffers);
             log.dispatches.push(Dispatch {
                 pipeline: pipeline.clone(),
@@ -429,7 +435,7 @@ impl GpuContext {
                 workgroups,
                 refresh: crate::capture::current_refresh().map(|r| (uniform.clone(), r)),
             });
-        }
+        });
         let mut rec = lock(&self.recorder);
         rec.dispatch(&self.device, &pipeline, &bind_group, workgroups);
         if rec.len() >= MAX_BATCH {

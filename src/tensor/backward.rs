@@ -29,12 +29,23 @@ impl Tensor {
     /// index_select's gradient: `g` (this tensor's shape with `idx.len()` along `axis`) added
     /// back into zeros of this tensor's shape at the rows `idx` picked. The indices are grouped
     /// by row on the host (a stable counting sort), so the kernel does O(this + g) work.
-    pub(crate) fn index_select_grad(&self, g: &Tensor, idx: &[u32], axis: usize) -> Result<Tensor> {
+    pub(crate) fn index_select_grad(
+        &self,
+        g: &Tensor,
+        idx: &[u32],
+        on_device: Option<&Tensor>,
+        axis: usize,
+    ) -> Result<Tensor> {
         let dims = self.around(axis);
         if self.numel() == 0 || g.numel() == 0 {
             return self.zeros_like();
         }
-        let storage = g.storage.index_select_grad(idx, dims)?;
+        let storage = match on_device {
+            Some(index) => g
+                .storage
+                .index_select_grad_on_device(&index.storage, idx, dims)?,
+            None => g.storage.index_select_grad(idx, dims)?,
+        };
         Ok(self.with(storage, self.shape.clone()))
     }
 

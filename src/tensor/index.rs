@@ -38,14 +38,18 @@ impl Tensor {
         if !Tensor::tracking(&[self]) {
             return Ok(out);
         }
-        // The gradient groups the index values on the host: a replay with new indices could
-        // not redo that.
-        crate::capture::refuse_host_plan(&self.device, &idx, "index_select's gradient")?;
         let x = self.detach();
         let axis = self.axis("index_select", dim)?;
+        // A captured step's input indices change at every replay: its gradient reads them on
+        // the device instead of grouping them on the host.
+        let on_device =
+            crate::capture::is_graph_input(&self.device, &idx).then(|| indices.detach());
         Ok(out.record("index_select", &[self, indices], move |g, _| {
             // The indices were read back by the forward check: group them by row here.
-            Ok(vec![Some(x.index_select_grad(g, &idx, axis)?), None])
+            Ok(vec![
+                Some(x.index_select_grad(g, &idx, on_device.as_ref(), axis)?),
+                None,
+            ])
         }))
     }
 

@@ -46,10 +46,11 @@ fn scatter_spec() -> KernelSpec {
     }
 }
 
-fn rows_spec() -> KernelSpec {
+/// index_select's backward: `rows` (indices grouped on the host) or `rows_scan`.
+fn rows_spec(entry: &'static str) -> KernelSpec {
     KernelSpec {
         shader: shader!("scatter_add.wgsl"),
-        entry: "rows",
+        entry,
         constants: vec![("WG", f64::from(WG))],
         unchecked: false,
     }
@@ -58,7 +59,8 @@ fn rows_spec() -> KernelSpec {
 pub(crate) fn specs() -> Vec<KernelSpec> {
     let mut specs: Vec<KernelSpec> = UnaryOp::ALL.iter().map(|&op| unary_grad_spec(op)).collect();
     specs.push(scatter_spec());
-    specs.push(rows_spec());
+    specs.push(rows_spec("rows"));
+    specs.push(rows_spec("rows_scan"));
     specs
 }
 
@@ -92,8 +94,38 @@ pub(crate) fn index_select_grad(
     };
     ctx.dispatch_1d(
         "index_select backward",
-        &rows_spec(),
+        &rows_spec("rows"),
         &[&g.buffer, &starts.buffer, &order.buffer, &out.buffer],
+        bytemuck::bytes_of(&p),
+        n,
+    )?;
+    Ok(out)
+}
+
+/// index_select's backward from the indices on the device, ungrouped (each source element
+/// scans all `count` picks; for a captured step, whose indices the host may not read): the
+/// source is `[outer, len, inner]`, g is `[outer, count, inner]`; non-empty.
+pub(crate) fn index_select_grad_scan(
+    ctx: &GpuContext,
+    g: &PooledBuffer,
+    idx: &PooledBuffer,
+    (outer, len, inner): (usize, usize, usize),
+    count: usize,
+) -> Result<PooledBuffer> {
+    const OP: &str = "index_select backward";
+    ctx.check_walk(OP, count)?;
+    let n = outer * len * inner;
+    let out = ctx.alloc(OP, n)?;
+    let p = RowParams {
+        n: n as u32,
+        len: len as u32,
+        inner: inner as u32,
+        count: count as u32,
+    };
+    ctx.dispatch_1d(
+        OP,
+        &rows_spec("rows_scan"),
+        &[&g.buffer, &idx.buffer, &out.buffer],
         bytemuck::bytes_of(&p),
         n,
     )?;
