@@ -7,8 +7,9 @@
 //! - weight gradient: `dW += dy · colsᵀ`, summed over the images.
 //!
 //! Used when each output reads at least [`MIN_TAPS`] inputs (a 3×3 kernel over two or more
-//! channels per group). Depthwise and tiny kernels stay on the direct loops, whose columns would
-//! cost more than their math. The padding is zeros that multiply like any input (ONNX's and
+//! channels per group), or when each column value feeds at least [`MIN_OUT`] output channels (a
+//! first layer over one input channel). Depthwise kernels stay on the direct loops: each of
+//! their column values would be read once, so the columns would cost as much as the math. The padding is zeros that multiply like any input (ONNX's and
 //! PyTorch's definition: `inf · 0` is NaN); the direct loops give the same.
 
 use super::alloc;
@@ -20,6 +21,9 @@ use crate::shape::Shape;
 
 /// Input taps per output value at or above which a convolution runs through the SGEMM.
 const MIN_TAPS: usize = 16;
+/// Output channels per group at or above which a convolution with fewer taps runs through the
+/// SGEMM too: every column value is then read by that many products.
+const MIN_OUT: usize = 8;
 /// The most values one image's column matrix may hold (64 MiB); larger ones run directly.
 const MAX_COLUMNS: usize = 16 << 20;
 
@@ -27,7 +31,8 @@ const MAX_COLUMNS: usize = 16 << 20;
 /// convolution always does: it needs no column matrix.
 pub(crate) fn worthwhile(g: &Window) -> bool {
     let taps = g.c_in_group() * g.kh * g.kw;
-    g.oh * g.ow > 0 && (pointwise(g) || (taps >= MIN_TAPS && taps * g.oh * g.ow <= MAX_COLUMNS))
+    let reused = taps >= MIN_TAPS || g.c_out / g.opts.groups >= MIN_OUT;
+    g.oh * g.ow > 0 && (pointwise(g) || (reused && taps * g.oh * g.ow <= MAX_COLUMNS))
 }
 
 /// A 1×1 kernel at stride 1 without padding: each image's channels of a group, `[c_in/groups,
@@ -156,6 +161,22 @@ pub(crate) fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -
             ..plan
         };
         super::matmul(wt, x, &batched)?
+    } else if g.n * g.opts.groups * taps * plane <= MAX_COLUMNS {
+        // Every (image, group)'s columns, then one batched product whose outputs follow one
+        // another as NCHW's planes do.
+        let (groups, per) = (g.opts.groups, taps * plane);
+        let mut cols = alloc("conv2d", g.n * groups * per)?;
+        for (bg, part) in cols.chunks_exact_mut(per).enumerate() {
+            im2col(x, g, bg / groups, bg % groups, part);
+        }
+        let batched = MatmulPlan {
+            offsets: (0..g.n * groups)
+                .map(|bg| ((bg % groups) * cog * taps, bg * per))
+                .collect(),
+            out_shape: Shape::new(&[g.n * groups, cog, plane])?,
+            ..plan
+        };
+        super::matmul(wt, &cols, &batched)?
     } else {
         let mut out = alloc("conv2d", g.n * g.c_out * plane)?;
         let mut cols = alloc("conv2d", taps * plane)?;
@@ -258,7 +279,7 @@ mod tests {
 
     /// The SGEMM forms (im2col, or the input in place for pointwise kernels) give the direct
     /// loops' results, forward and both gradients, over strides, padding, dilation, groups,
-    /// several images and a bias.
+    /// several images and a bias; a depthwise kernel stays direct.
     #[test]
     fn gemm_forms_match_the_direct_loops() {
         let cases = [
@@ -269,6 +290,7 @@ mod tests {
             (2, 4, 7, 6, 5, (3, 3), (2, 2), (1, 1), (1, 1), 1),
             (1, 8, 9, 8, 4, (3, 2), (1, 2), (2, 1), (2, 1), 2),
             (2, 8, 7, 11, 4, (2, 3), (2, 3), (1, 2), (1, 2), 2), // stride 3 with dilation
+            (3, 1, 8, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1),  // one input channel, 8 outputs
         ];
         for (i, &(n, c_in, h, w, c_out, k, stride, padding, dilation, groups)) in
             cases.iter().enumerate()
@@ -289,6 +311,21 @@ mod tests {
             )
             .unwrap();
             assert!(worthwhile(&g), "case {i} should take the SGEMM");
+            let depthwise = Window::new(
+                "test",
+                &[n, c_out, h, w],
+                c_out,
+                Some(1),
+                k,
+                Conv2dOptions {
+                    groups: c_out,
+                    ..opts
+                },
+            );
+            assert!(
+                !depthwise.is_ok_and(|d| worthwhile(&d) && !pointwise(&d)),
+                "case {i}: depthwise stays direct"
+            );
             let x = values(n * c_in * h * w, 1 + i as u32);
             let wt = values(c_out * g.c_in_group() * k.0 * k.1, 100 + i as u32);
             let bias = values(c_out, 200 + i as u32);
