@@ -1,6 +1,7 @@
 //! ONNX ops computed on the host: ones whose work is small next to a readback, or that kiln
-//! has no device op for yet (`CumSum`, `TopK`, `Hardmax`, `OneHot`, `ReduceProd`), and `Pad`.
-//! Float results are uploaded to the model's device.
+//! has no device op for yet (`CumSum`, `TopK`, `Hardmax`, `OneHot`, `ReduceProd`). Float
+//! results are uploaded to the model's device. `Pad` runs on the device for float tensors (a
+//! selection and a concatenation per axis) and on the host for integer ones.
 
 use super::{Args, Ctx, strides};
 use crate::Tensor;
@@ -269,8 +270,47 @@ pub(super) fn pad(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     if !matches!(mode.as_str(), "constant" | "edge" | "wrap" | "reflect") {
         return Err(ctx.unsupported(format!("mode {mode}")));
     }
+    let n_out = out_shape.iter().product::<usize>();
+    if let Value::Float(t) | Value::Bool(t) = x
+        && t.numel() > 0
+        && n_out > 0
+    {
+        // On the device: per padded axis, one selection of the source rows (the edge, the
+        // reflection, the wrap, or the crop of a negative pad) and the constant's blocks
+        // concatenated around it. Differentiable, and no values leave the device.
+        let mut y = t.clone();
+        for a in 0..r {
+            let sources: Vec<Option<usize>> = (0..out_shape[a]).map(|p| source(a, p)).collect();
+            let before = sources.iter().take_while(|s| s.is_none()).count();
+            let kept: Vec<u32> = sources.iter().flatten().map(|&i| i as u32).collect();
+            if sources[before..before + kept.len()]
+                .iter()
+                .any(Option::is_none)
+            {
+                return Err(ctx.invalid("constant padding inside the axis"));
+            }
+            if kept.len() != shape[a] || kept.iter().enumerate().any(|(i, &k)| k as usize != i) {
+                let idx = Tensor::from_vec_u32(ctx.dev, kept.clone(), &[kept.len()])?;
+                y = y.index_select(a as isize, &idx)?;
+            }
+            let after = sources.len() - before - kept.len();
+            if before + after > 0 {
+                let block = |n: usize| {
+                    let mut dims = y.shape().to_vec();
+                    dims[a] = n;
+                    Tensor::full(ctx.dev, &dims, fill as f32)
+                };
+                let (head, tail) = (block(before)?, block(after)?);
+                y = Tensor::cat(&[&head, &y, &tail], a as isize)?;
+            }
+        }
+        return Ok(vec![match x {
+            Value::Bool(_) => Value::Bool(y),
+            _ => Value::Float(y),
+        }]);
+    }
     let v = x.to_f64()?;
-    let (st, n_out) = (strides(&shape), out_shape.iter().product::<usize>());
+    let st = strides(&shape);
     let ost = strides(&out_shape);
     let out: Vec<f64> = (0..n_out)
         .map(|n| {
