@@ -19,7 +19,7 @@ use crate::gpu::context::GpuContext;
 use crate::gpu::kernels::fused::{self, Fused};
 use crate::gpu::kernels::matmul::Epilogue;
 use crate::gpu::kernels::{conv, copy, elementwise, grad, index, matmul, norm, optim};
-use crate::gpu::kernels::{reduce, select, xent};
+use crate::gpu::kernels::{reduce, scan, select, xent};
 use crate::gpu::pool::PooledBuffer;
 use crate::matmul_plan::MatmulPlan;
 use crate::op::{BinaryOp, ReduceOp, UnaryOp};
@@ -560,6 +560,37 @@ impl Storage {
             Storage::Gpu(g) => g.output(n, DType::U32, |ctx| {
                 reduce::argmax(ctx, g.bound(OP, DType::F32)?, dims)
             }),
+        }
+    }
+
+    /// Running sums along the middle axis of `dims` (all extents > 0; see `shaders/scan.wgsl`).
+    pub(crate) fn cumsum(&self, dims: Around, exclusive: bool, reverse: bool) -> Result<Storage> {
+        const OP: &str = "cumsum";
+        match self {
+            Storage::Cpu(c) => Ok(cpu_f32(cpu::cumsum(c.f32s(OP)?, dims, exclusive, reverse)?)),
+            Storage::Gpu(g) => g.output(dims.0 * dims.1 * dims.2, DType::F32, |ctx| {
+                scan::cumsum(ctx, g.bound(OP, DType::F32)?, dims, exclusive, reverse)
+            }),
+        }
+    }
+
+    /// The `k` first values along the middle axis of `dims` and their u32 indices (all
+    /// extents and `k` > 0, `k` ≤ the axis; see `shaders/scan.wgsl`).
+    pub(crate) fn topk(&self, dims: Around, k: usize, largest: bool) -> Result<(Storage, Storage)> {
+        const OP: &str = "topk";
+        match self {
+            Storage::Cpu(c) => {
+                let (v, i) = cpu::topk(c.f32s(OP)?, dims, k, largest)?;
+                Ok((cpu_f32(v), Storage::Cpu(CpuStorage::U32(Arc::new(i)))))
+            }
+            Storage::Gpu(g) => {
+                let (v, i) = scan::topk(&g.ctx, g.bound(OP, DType::F32)?, dims, k, largest)?;
+                let blank = |d| GpuStorage::blank(&g.ctx, d);
+                Ok((
+                    blank(DType::F32).filled(v, DType::F32),
+                    blank(DType::U32).filled(i, DType::U32),
+                ))
+            }
         }
     }
 

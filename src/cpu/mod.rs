@@ -13,6 +13,7 @@ mod index;
 mod matmul;
 mod optim;
 mod reduce;
+mod scan;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
 mod spin_pool;
@@ -27,6 +28,7 @@ pub(crate) use index::{gather, group_by_row, index_select, where_};
 pub(crate) use matmul::{linear, matmul};
 pub(crate) use optim::update;
 pub(crate) use reduce::{argmax, cross_entropy_grad, cross_entropy_rows, norm, reduce, softmax};
+pub(crate) use scan::{cumsum, topk};
 pub(crate) use strided::strided_copy;
 
 use crate::error::{Error, Result};

@@ -6,6 +6,7 @@ use crate::conv::Window;
 use crate::error::Result;
 use crate::op::UnaryOp;
 use crate::shape::Shape;
+use std::sync::Arc;
 
 impl Tensor {
     /// `g · op'(self)`, elementwise.
@@ -20,7 +21,12 @@ impl Tensor {
         if self.numel() == 0 || g.numel() == 0 {
             return self.zeros_like();
         }
-        let idx = index.indices_on_host()?;
+        // Only the CPU backend adds on the host; a GPU reads the indices on the device.
+        let idx = if self.device.is_cpu() {
+            index.indices_on_host()?
+        } else {
+            Arc::default()
+        };
         let storage =
             (g.storage).scatter_add(&index.storage, &idx, self.shape(), g.shape(), axis)?;
         Ok(self.with(storage, self.shape.clone()))

@@ -35,6 +35,7 @@ mod layout;
 mod linalg;
 mod pointwise;
 mod reduction;
+mod scan;
 mod update;
 
 impl Tensor {

@@ -15,6 +15,7 @@ mod layout;
 mod matmul;
 mod norm;
 mod reduce;
+mod scan;
 mod unary;
 
 #[allow(unused_imports)]
@@ -31,6 +32,8 @@ pub use matmul::*;
 pub use norm::*;
 #[allow(unused_imports)]
 pub use reduce::*;
+#[allow(unused_imports)]
+pub use scan::*;
 #[allow(unused_imports)]
 pub use unary::*;
 
@@ -115,6 +118,7 @@ pub fn table() -> Vec<OpInfo> {
     [
         unary::table(),
         reduce::table(),
+        scan::table(),
         layout::table(),
         norm::table(),
         index::table(),

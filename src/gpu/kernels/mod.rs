@@ -13,6 +13,7 @@ pub(crate) mod matmul;
 pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod reduce;
+pub(crate) mod scan;
 pub(crate) mod select;
 pub(crate) mod xent;
 
@@ -27,11 +28,12 @@ pub(crate) struct Family {
     pub params: &'static [(&'static str, &'static str, usize)],
 }
 
-const FAMILIES: [&Family; 12] = [
+const FAMILIES: [&Family; 13] = [
     &elementwise::FAMILY,
     &fused::FAMILY,
     &matmul::FAMILY,
     &reduce::FAMILY,
+    &scan::FAMILY,
     &copy::FAMILY,
     &norm::FAMILY,
     &select::FAMILY,

@@ -1,7 +1,8 @@
 //! ONNX ops computed on the host: ones whose work is small next to a readback, or that kiln
-//! has no device op for yet (`CumSum`, `TopK`, `Hardmax`, `OneHot`, `ReduceProd`). Float
-//! results are uploaded to the model's device. `Pad` runs on the device for float tensors (a
-//! selection and a concatenation per axis) and on the host for integer ones.
+//! has no device op for yet (`Hardmax`, `OneHot`, `ReduceProd`); float results are uploaded to
+//! the model's device. `CumSum`, `TopK` (its values; ONNX's int64 indices live on the host) and
+//! `Pad` (a selection and a concatenation per axis) run on the device for float tensors, on
+//! the host for integer ones.
 
 use super::{Args, Ctx, strides};
 use crate::Tensor;
@@ -46,6 +47,13 @@ pub(super) fn cumsum(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         .ok_or_else(|| ctx.invalid("no axis"))?;
     let axis = ctx.axis(a, x.shape().len())?;
     let (exclusive, reverse) = (ctx.int("exclusive", 0) != 0, ctx.int("reverse", 0) != 0);
+    if let Value::Float(t) = x {
+        return Ok(vec![Value::Float(t.cumsum(
+            axis as isize,
+            exclusive,
+            reverse,
+        )?)]);
+    }
     let v = x.to_f64()?;
     let (outer, len, inner) = around(x.shape(), axis);
     let mut out = vec![0.0; v.len()];
@@ -81,6 +89,16 @@ pub(super) fn topk(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         return Err(ctx.invalid(format!("k = {k} for an axis of {len}")));
     }
     let k = k as usize;
+    if let Value::Float(t) = x {
+        // Values on the device; the indices are ONNX int64, which kiln keeps on the host.
+        let (values, indices) = t.topk(k, axis as isize, largest)?;
+        let idx = indices.to_vec_u32()?.into_iter().map(i64::from).collect();
+        let shape = values.shape().to_vec();
+        return Ok(vec![
+            Value::Float(values),
+            Value::Int(IntTensor::new(shape, idx)),
+        ]);
+    }
     let v = x.to_f64()?;
     let mut shape = x.shape().to_vec();
     shape[axis] = k;
