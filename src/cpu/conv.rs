@@ -12,6 +12,9 @@ pub(crate) fn conv2d(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) ->
     if super::conv_gemm::worthwhile(g) {
         return super::conv_gemm::forward(x, wt, bias, g);
     }
+    if super::depthwise::applies(g) {
+        return super::depthwise::conv2d(x, wt, bias, g);
+    }
     conv2d_direct(x, wt, bias, g)
 }
 

@@ -6,6 +6,7 @@
 
 mod conv;
 mod conv_gemm;
+mod depthwise;
 mod elementwise;
 pub(crate) mod fused;
 mod grad;
