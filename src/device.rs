@@ -330,17 +330,22 @@ impl Device {
         }
     }
 
-    /// Counters of the work this device has done (all zero for the CPU backend).
+    /// Counters of the work this device has done (all zero for the CPU backend). Memory
+    /// (buffers and bytes, live, pooled and peak) is [`Device::memory`].
     pub fn stats(&self) -> DeviceStats {
         match &self.inner.backend {
             Backend::Cpu => DeviceStats::default(),
             Backend::Gpu(ctx) => {
                 let (fused_kernels, fused_ops) = gpu::kernels::fused::counters(ctx);
+                let count =
+                    |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
                 DeviceStats {
-                    dispatches: ctx.dispatches.load(std::sync::atomic::Ordering::Relaxed),
+                    dispatches: count(&ctx.dispatches),
                     fused_kernels,
                     fused_ops,
                     pipelines: ctx.pipeline_count(),
+                    replayed: count(&ctx.replayed),
+                    submissions: count(&ctx.submissions),
                 }
             }
         }
@@ -477,6 +482,10 @@ pub struct DeviceStats {
     pub fused_ops: u64,
     /// Compute pipelines compiled.
     pub pipelines: usize,
+    /// Of `dispatches`, those that captured graphs recorded again ([`crate::Graph::run`]).
+    pub replayed: u64,
+    /// Command buffers submitted (one per flush, readback, `synchronize`, or 64 dispatches).
+    pub submissions: u64,
 }
 
 impl PartialEq for Device {

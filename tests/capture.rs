@@ -122,18 +122,28 @@ fn a_replayed_training_step_trains_as_the_eager_step_does() {
                     })
                     .unwrap();
                 losses.push(out[0].to_vec().unwrap()[0]);
-                let before = dev.stats().dispatches;
+                let before = dev.stats();
                 for i in first + 1..steps {
                     let (x, y) = &data[i % data.len()];
                     let out = graph.run(&[x, y]).unwrap();
                     losses.push(out[0].to_vec().unwrap()[0]);
                 }
                 let runs = (steps - first - 1) as u64;
+                let after = dev.stats();
                 assert_eq!(
-                    dev.stats().dispatches - before,
+                    after.dispatches - before.dispatches,
                     graph.dispatches() as u64 * runs,
                     "{dev} {name}: a run records exactly the captured dispatches"
                 );
+                assert_eq!(
+                    after.replayed - before.replayed,
+                    after.dispatches - before.dispatches,
+                    "{dev} {name}: every one of them counted as replayed"
+                );
+                if !dev.is_cpu() {
+                    // At least one submission per run: each reads its loss back.
+                    assert!(after.submissions - before.submissions >= runs, "{dev}");
+                }
                 if !dev.is_cpu() {
                     assert!(graph.dispatches() > 0, "{dev}");
                 }

@@ -31,6 +31,10 @@ pub(crate) struct GpuContext {
     states: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     /// Compute dispatches recorded since the device was opened.
     pub(crate) dispatches: AtomicU64,
+    /// Of those, the ones captured graphs recorded again (`gpu::capture`).
+    pub(crate) replayed: AtomicU64,
+    /// Command buffers submitted since the device was opened.
+    pub(crate) submissions: AtomicU64,
     /// The first error wgpu reported outside an error scope, returned by the next fallible call.
     error: Arc<Mutex<Option<Error>>>,
     /// The most loop iterations one invocation may run in all, where the driver ends longer
@@ -151,6 +155,8 @@ impl GpuContext {
             adapter_key,
             states: Mutex::default(),
             dispatches: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+            submissions: AtomicU64::new(0),
             recorder: Mutex::new(Recorder::default()),
             error,
             walk_cap,
@@ -388,6 +394,7 @@ impl GpuContext {
         let mut rec = lock(&self.recorder);
         for (pipeline, bind_group, workgroups) in dispatches {
             self.dispatches.fetch_add(1, Ordering::Relaxed);
+            self.replayed.fetch_add(1, Ordering::Relaxed);
             rec.dispatch(&self.device, pipeline, bind_group, workgroups);
             if rec.len() >= MAX_BATCH {
                 self.submit(&mut rec);
@@ -501,6 +508,7 @@ impl GpuContext {
             rec.discard();
         } else if let Some(cmd) = rec.finish() {
             self.queue.submit([cmd]);
+            self.submissions.fetch_add(1, Ordering::Relaxed);
         }
         self.pool.recycle_deferred();
     }
