@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::gpu::capture::Replay;
 use crate::gpu::kernels::fused::materialize_pending;
 use crate::tensor::Tensor;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 /// Rewrites part of a captured dispatch's uniform before each replay: `(byte offset, bytes)`.
@@ -46,9 +46,12 @@ type Step<'a> = Box<dyn FnMut(&[Tensor]) -> Result<Vec<Tensor>> + 'a>;
 
 thread_local! {
     static REFRESH: RefCell<Option<Arc<Refresh>>> = const { RefCell::new(None) };
+    static APPLY: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Run `f` with `refresh` attached to every dispatch it records while a step is captured.
+/// Run `f` (an optimizer step) with `refresh` for the dispatches inside it that
+/// [`refreshed`] marks: only those, not other work `f` causes (running a pending gradient
+/// program, say), have their uniforms rewritten at a replay.
 pub(crate) fn with_refresh<R>(refresh: Arc<Refresh>, f: impl FnOnce() -> R) -> R {
     let before = REFRESH.with(|r| r.replace(Some(refresh)));
     let out = f();
@@ -56,8 +59,19 @@ pub(crate) fn with_refresh<R>(refresh: Arc<Refresh>, f: impl FnOnce() -> R) -> R
     out
 }
 
-/// The refresh attached by an enclosing [`with_refresh`], if any.
+/// Run `f`, whose dispatches take the enclosing [`with_refresh`]'s refresh (if any).
+pub(crate) fn refreshed<R>(f: impl FnOnce() -> R) -> R {
+    let before = APPLY.with(|a| a.replace(true));
+    let out = f();
+    APPLY.with(|a| a.set(before));
+    out
+}
+
+/// The refresh for a dispatch recorded now: inside [`refreshed`] within [`with_refresh`].
 pub(crate) fn current_refresh() -> Option<Arc<Refresh>> {
+    if !APPLY.with(Cell::get) {
+        return None;
+    }
     REFRESH.with(|r| r.borrow().clone())
 }
 

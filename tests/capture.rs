@@ -483,3 +483,61 @@ fn a_capture_keeps_only_its_own_threads_work() {
         assert_eq!(out[0].to_vec().unwrap(), want, "{dev}");
     }
 }
+
+#[test]
+fn a_parameter_used_twice_replays_like_an_ordinary_step() {
+    // The weight is used twice, so its gradient is a sum made during backward (an elementwise
+    // program that the optimizer step runs first): only the optimizer's own dispatches may
+    // take its per-step values at a replay.
+    for dev in devices() {
+        let x = Tensor::randn(&dev, &[8, 6], 3).unwrap();
+        let y = Tensor::randn(&dev, &[8, 6], 4).unwrap();
+        let init = || {
+            Tensor::randn(&dev, &[6, 6], 5)
+                .unwrap()
+                .mul_scalar(0.3)
+                .unwrap()
+                .with_grad()
+                .unwrap()
+        };
+        let step = |w: &mut Tensor, opt: &mut Adam, x: &Tensor| -> kiln::Result<Tensor> {
+            let h = x.linear(w, None, Some(kiln::UnaryOp::Tanh))?;
+            let out = h.linear(w, None, None)?;
+            let loss = kiln::nn::mse_loss(&out, &y)?;
+            loss.backward()?;
+            opt.step(&mut [&mut *w])?;
+            opt.zero_grad(&mut [&mut *w]);
+            Ok(loss.detach())
+        };
+        let (mut we, mut oe) = (init(), Adam::new(0.05));
+        let want: Vec<f64> = (0..8)
+            .map(|_| f64::from(step(&mut we, &mut oe, &x).unwrap().to_vec().unwrap()[0]))
+            .collect();
+        let (mut w, mut o) = (init(), Adam::new(0.05));
+        let mut got = Vec::new();
+        {
+            let (mut graph, out) = dev
+                .capture(&[&x], |io| Ok(vec![step(&mut w, &mut o, &io[0])?]))
+                .unwrap();
+            got.push(out[0].to_vec().unwrap()[0]);
+            for _ in 1..8 {
+                got.push(graph.run(&[&x]).unwrap()[0].to_vec().unwrap()[0]);
+            }
+        }
+        assert_close(
+            &format!("{dev}: tied weight losses"),
+            &got,
+            &want,
+            1e-5,
+            1e-4,
+        );
+        let we: Vec<f64> = we.to_vec().unwrap().iter().map(|&v| f64::from(v)).collect();
+        assert_close(
+            &format!("{dev}: tied weight"),
+            &w.to_vec().unwrap(),
+            &we,
+            1e-5,
+            1e-4,
+        );
+    }
+}

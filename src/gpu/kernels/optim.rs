@@ -224,13 +224,16 @@ pub(crate) fn update_many(ctx: &GpuContext, slots: &[Slot], params: &OptimParams
             buffers.extend(slot.state.iter().map(|b| &b.buffer));
         }
         uniform.p.n = total as u32;
-        ctx.dispatch_1d(
-            "optimizer step",
-            &spec_of(multi_shader(kind, k), "main"),
-            &buffers,
-            bytemuck::bytes_of(&uniform),
-            total,
-        )?;
+        // A replayed step rewrites this uniform's step-dependent values (`crate::capture`).
+        crate::capture::refreshed(|| {
+            ctx.dispatch_1d(
+                "optimizer step",
+                &spec_of(multi_shader(kind, k), "main"),
+                &buffers,
+                bytemuck::bytes_of(&uniform),
+                total,
+            )
+        })?;
         rest = later;
     }
     Ok(())
@@ -265,13 +268,15 @@ pub(crate) fn update(
 ) -> Result<()> {
     let mut buffers = vec![&param.buffer, &grad.buffer];
     buffers.extend(state.iter().map(|s| &s.buffer));
-    ctx.dispatch_1d(
-        "optimizer step",
-        &spec(Kind::of(state.len()).single_entry()),
-        &buffers,
-        bytemuck::bytes_of(params),
-        params.n as usize,
-    )
+    crate::capture::refreshed(|| {
+        ctx.dispatch_1d(
+            "optimizer step",
+            &spec(Kind::of(state.len()).single_entry()),
+            &buffers,
+            bytemuck::bytes_of(params),
+            params.n as usize,
+        )
+    })
 }
 
 /// This family's specializations and uniform params structs (see `kernels::Family`).
