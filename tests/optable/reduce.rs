@@ -156,6 +156,20 @@ pub fn reduce_samples_with_empty() -> Vec<Sample> {
 
 /// Reference reduction of `r` along `axis` (negative counts from the end).
 pub fn reduce_ref(r: &Ref, dim: isize, keepdim: bool, f: fn(&[f64]) -> f64) -> Ref {
+    let mut out = along(r, dim, 1, &|row| vec![f(row)]);
+    if !keepdim {
+        let axis = if dim < 0 {
+            (dim + r.shape.len() as isize) as usize
+        } else {
+            dim as usize
+        };
+        out.shape.remove(axis);
+    }
+    out
+}
+
+/// `f` applied to every row along `dim` (row → `out_len` values in the row's place).
+pub fn along(r: &Ref, dim: isize, out_len: usize, f: &dyn Fn(&[f64]) -> Vec<f64>) -> Ref {
     let axis = if dim < 0 {
         (dim + r.shape.len() as isize) as usize
     } else {
@@ -164,21 +178,19 @@ pub fn reduce_ref(r: &Ref, dim: isize, keepdim: bool, f: fn(&[f64]) -> f64) -> R
     let outer: usize = r.shape[..axis].iter().product();
     let len = r.shape[axis];
     let inner: usize = r.shape[axis + 1..].iter().product();
-    let mut data = Vec::with_capacity(outer * inner);
+    let mut data = vec![0.0; outer * out_len * inner];
     for o in 0..outer {
         for i in 0..inner {
-            let v: Vec<f64> = (0..len)
+            let row: Vec<f64> = (0..len)
                 .map(|j| r.data[(o * len + j) * inner + i])
                 .collect();
-            data.push(f(&v));
+            for (j, v) in f(&row).into_iter().enumerate() {
+                data[(o * out_len + j) * inner + i] = v;
+            }
         }
     }
     let mut shape = r.shape.clone();
-    if keepdim {
-        shape[axis] = 1;
-    } else {
-        shape.remove(axis);
-    }
+    shape[axis] = out_len;
     Ref { shape, data }
 }
 

@@ -63,32 +63,6 @@ pub fn table() -> Vec<OpInfo> {
     ]
 }
 
-/// `f` applied to every row along `dim` (row → `out_len` values in the row's place).
-fn along(r: &Ref, dim: isize, out_len: usize, f: &dyn Fn(&[f64]) -> Vec<f64>) -> Ref {
-    let axis = if dim < 0 {
-        (dim + r.shape.len() as isize) as usize
-    } else {
-        dim as usize
-    };
-    let outer: usize = r.shape[..axis].iter().product();
-    let len = r.shape[axis];
-    let inner: usize = r.shape[axis + 1..].iter().product();
-    let mut data = vec![0.0; outer * out_len * inner];
-    for o in 0..outer {
-        for i in 0..inner {
-            let row: Vec<f64> = (0..len)
-                .map(|j| r.data[(o * len + j) * inner + i])
-                .collect();
-            for (j, v) in f(&row).into_iter().enumerate() {
-                data[(o * out_len + j) * inner + i] = v;
-            }
-        }
-    }
-    let mut shape = r.shape.clone();
-    shape[axis] = out_len;
-    Ref { shape, data }
-}
-
 pub fn cumsum_ref(r: &Ref, dim: isize, exclusive: bool, reverse: bool) -> Ref {
     let axis = if dim < 0 {
         r.shape.len() - 1

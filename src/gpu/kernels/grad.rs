@@ -81,25 +81,10 @@ pub(crate) fn index_select_grad(
     g: &PooledBuffer,
     starts: &PooledBuffer,
     order: &PooledBuffer,
-    (outer, len, inner): (usize, usize, usize),
+    dims: (usize, usize, usize),
     count: usize,
 ) -> Result<PooledBuffer> {
-    let n = outer * len * inner;
-    let out = ctx.alloc("index_select backward", n)?;
-    let p = RowParams {
-        n: n as u32,
-        len: len as u32,
-        inner: inner as u32,
-        count: count as u32,
-    };
-    ctx.dispatch_1d(
-        "index_select backward",
-        &rows_spec("rows"),
-        &[&g.buffer, &starts.buffer, &order.buffer, &out.buffer],
-        bytemuck::bytes_of(&p),
-        n,
-    )?;
-    Ok(out)
+    rows(ctx, "rows", &[g, starts, order], dims, count)
 }
 
 /// index_select's backward from the indices on the device, ungrouped (each source element
@@ -109,11 +94,22 @@ pub(crate) fn index_select_grad_scan(
     ctx: &GpuContext,
     g: &PooledBuffer,
     idx: &PooledBuffer,
+    dims: (usize, usize, usize),
+    count: usize,
+) -> Result<PooledBuffer> {
+    ctx.check_walk("index_select backward", count)?;
+    rows(ctx, "rows_scan", &[g, idx], dims, count)
+}
+
+/// One dispatch of index_select's backward `entry` reading `inputs`, into a new buffer.
+fn rows(
+    ctx: &GpuContext,
+    entry: &'static str,
+    inputs: &[&PooledBuffer],
     (outer, len, inner): (usize, usize, usize),
     count: usize,
 ) -> Result<PooledBuffer> {
     const OP: &str = "index_select backward";
-    ctx.check_walk(OP, count)?;
     let n = outer * len * inner;
     let out = ctx.alloc(OP, n)?;
     let p = RowParams {
@@ -122,13 +118,9 @@ pub(crate) fn index_select_grad_scan(
         inner: inner as u32,
         count: count as u32,
     };
-    ctx.dispatch_1d(
-        OP,
-        &rows_spec("rows_scan"),
-        &[&g.buffer, &idx.buffer, &out.buffer],
-        bytemuck::bytes_of(&p),
-        n,
-    )?;
+    let mut buffers: Vec<&wgpu::Buffer> = inputs.iter().map(|b| &b.buffer).collect();
+    buffers.push(&out.buffer);
+    ctx.dispatch_1d(OP, &rows_spec(entry), &buffers, bytemuck::bytes_of(&p), n)?;
     Ok(out)
 }
 
