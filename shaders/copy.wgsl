@@ -62,3 +62,52 @@ fn main(
     }
     y[dst] = x[src];
 }
+
+// ---- constant padding ------------------------------------------------------------------------
+// out[o] = x[o - before] where that index lies inside x's dims (x contiguous), else `value`,
+// for every multi-index o of the output's dims: padding (before/after > 0) and cropping
+// (< 0) along any dimensions in one pass. One invocation per output element.
+
+struct PadParams {
+    n: u32,
+    rank: u32,
+    value: u32,
+    _pad: u32,
+    dims: array<vec4<u32>, 2>,     // the output's extents
+    src_dims: array<vec4<u32>, 2>, // x's extents
+    before: array<vec4<i32>, 2>,   // output index minus x index, per dimension
+}
+
+@group(0) @binding(2) var<uniform> pp: PadParams;
+
+@compute @workgroup_size(WG)
+fn pad(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = folded_index(wid, nwg, lid, WG);
+    if (i >= pp.n) {
+        return;
+    }
+    var rem = i;
+    var src = 0u;
+    var stride = 1u;
+    var inside = true;
+    for (var d = i32(pp.rank) - 1; d >= 0; d = d - 1) {
+        let q = u32(d) / 4u;
+        let r = u32(d) % 4u;
+        let o = rem % pp.dims[q][r];
+        rem = rem / pp.dims[q][r];
+        let at = i32(o) - pp.before[q][r];
+        let extent = pp.src_dims[q][r];
+        inside = inside && at >= 0 && at < i32(extent);
+        src = src + u32(max(at, 0)) * stride;
+        stride = stride * extent;
+    }
+    if (inside) {
+        y[i] = x[src];
+    } else {
+        y[i] = pp.value;
+    }
+}

@@ -877,6 +877,32 @@ impl Storage {
         }
     }
 
+    /// These f32 values (contiguous, of `src_dims`, none empty) padded or cropped to `dims`
+    /// (non-empty, rank at most `MAX_COPY_RANK`): `before[d]` is the output index minus the
+    /// source index along d; outside the source, `value`.
+    pub(crate) fn pad(
+        &self,
+        src_dims: &[usize],
+        dims: &[usize],
+        before: &[isize],
+        value: f32,
+    ) -> Result<Storage> {
+        const OP: &str = "pad";
+        match self {
+            Storage::Cpu(c) => Ok(cpu_f32(cpu::pad(
+                c.f32s(OP)?,
+                src_dims,
+                dims,
+                before,
+                value,
+            )?)),
+            Storage::Gpu(g) => g.output(dims.iter().product(), DType::F32, |ctx| {
+                let src = g.bound(OP, DType::F32)?;
+                copy::pad(ctx, src, src_dims, dims, before, value.to_bits())
+            }),
+        }
+    }
+
     /// The slices `idx` (u32 `indices`, checked) of the middle of `dims`, any element type.
     pub(crate) fn index_select(
         &self,

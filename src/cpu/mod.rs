@@ -30,7 +30,7 @@ pub(crate) use matmul::{linear, matmul};
 pub(crate) use optim::update;
 pub(crate) use reduce::{argmax, cross_entropy_grad, cross_entropy_rows, norm, reduce, softmax};
 pub(crate) use scan::{cumsum, topk};
-pub(crate) use strided::strided_copy;
+pub(crate) use strided::{pad, strided_copy};
 
 use crate::error::{Error, Result};
 use std::mem::MaybeUninit;

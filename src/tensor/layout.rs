@@ -127,13 +127,70 @@ impl Tensor {
         if !Tensor::tracking(&[self]) {
             return Ok(out);
         }
-        let shape = self.shape.clone();
+        let mut pads = vec![(0, 0); self.rank()];
+        pads[axis] = (start as isize, (extent - start - len) as isize);
         Ok(out.record("narrow", &[self], move |g, _| {
-            // The gradient sits at start..start + len, zeros elsewhere: one copy into zeros.
-            let plan = StridedCopy::place(&g.shape, &shape.strides(), axis, start);
-            let d = g.device().clone();
-            let grad = Self::assemble("narrow backward", &d, g.dtype(), shape, &[(g, plan)], true)?;
-            Ok(vec![Some(grad)])
+            // The gradient sits at start..start + len, zeros elsewhere: one padding pass.
+            Ok(vec![Some(g.pad(&pads, 0.0)?)])
+        }))
+    }
+
+    /// This f32 tensor padded with `value` (or cropped, for a negative amount): `pads[d]` is
+    /// (before, after) along dimension d, one pair per dimension. One pass on every device; the
+    /// gradient is the gradient cropped (or padded with zeros) back. A negative result extent
+    /// or a wrong number of pairs is `InvalidArgument`.
+    pub fn pad(&self, pads: &[(isize, isize)], value: f32) -> Result<Tensor> {
+        self.expect(DType::F32, "pad")?;
+        if pads.len() != self.rank() {
+            return Err(Error::InvalidArgument {
+                op: "pad",
+                reason: format!(
+                    "{} pairs of pads for a tensor of rank {}",
+                    pads.len(),
+                    self.rank()
+                ),
+            });
+        }
+        let mut dims = Vec::with_capacity(pads.len());
+        for (&extent, &(before, after)) in self.shape().iter().zip(pads) {
+            let n = extent as isize + before + after;
+            if n < 0 {
+                return Err(Error::InvalidArgument {
+                    op: "pad",
+                    reason: format!("pads {pads:?} leave a negative extent for {}", self.shape),
+                });
+            }
+            dims.push(n as usize);
+        }
+        if pads.iter().all(|&p| p == (0, 0)) {
+            return Ok(self.clone());
+        }
+        if self.rank() > crate::strided::MAX_COPY_RANK {
+            return Err(Error::Unsupported {
+                op: "pad",
+                reason: format!(
+                    "rank {} (at most {})",
+                    self.rank(),
+                    crate::strided::MAX_COPY_RANK
+                ),
+            });
+        }
+        let shape = Shape::new(&dims)?;
+        let out = if shape.numel() == 0 {
+            Tensor::zeros(&self.device, &dims)?
+        } else if self.numel() == 0 {
+            Tensor::full(&self.device, &dims, value)?
+        } else {
+            let before: Vec<isize> = pads.iter().map(|p| p.0).collect();
+            let storage = self.storage.pad(self.shape(), &dims, &before, value)?;
+            self.with(storage, shape)
+        };
+        if !Tensor::tracking(&[self]) {
+            return Ok(out);
+        }
+        let back: Vec<(isize, isize)> = pads.iter().map(|&(b, a)| (-b, -a)).collect();
+        Ok(out.record("pad", &[self], move |g, _| {
+            Ok(vec![Some(g.pad(&back, 0.0)?)])
         }))
     }
 

@@ -7,6 +7,24 @@ use kiln::{Device, Error, Tensor};
 pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
+            name: "pad([(1, 2), (-1, 3)], 0.5)",
+            grad: own,
+            samples: || shaped(&[&[3, 4], &[2, 5], &[1, 1], &[4, 257], &[3, 2]], 69),
+            run: |t| t[0].pad(&[(1, 2), (-1, 3)], 0.5),
+            reference: |r| pad_ref(&r[0], &[(1, 2), (-1, 3)], 0.5),
+            tol: |_| (0.0, 0.0),
+            errors: pad_errors,
+        },
+        OpInfo {
+            name: "pad([(0, 0), (2, -1), (-1, 1)], -3)",
+            grad: own,
+            samples: || shaped(&[&[2, 3, 4], &[1, 2, 3], &[3, 6, 2]], 68),
+            run: |t| t[0].pad(&[(0, 0), (2, -1), (-1, 1)], -3.0),
+            reference: |r| pad_ref(&r[0], &[(0, 0), (2, -1), (-1, 1)], -3.0),
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+        OpInfo {
             name: "transpose(0, -1)",
             grad: own,
             samples: || {
@@ -258,6 +276,51 @@ pub fn layout_errors(d: &Device) -> Vec<ErrorCase> {
         ),
         ("cat of nothing", Tensor::cat(&[], 0), |e| {
             matches!(e, Error::InvalidShape { op: "cat", .. })
+        }),
+    ]
+}
+
+/// Constant padding (negative: cropping) of `r`, element by element.
+pub fn pad_ref(r: &Ref, pads: &[(isize, isize)], value: f64) -> Ref {
+    let shape: Vec<usize> = r
+        .shape
+        .iter()
+        .zip(pads)
+        .map(|(&n, &(b, a))| (n as isize + b + a) as usize)
+        .collect();
+    let n: usize = shape.iter().product();
+    let src_strides = strides(&r.shape);
+    let data = (0..n)
+        .map(|i| {
+            let idx = unravel(i, &shape);
+            let mut at = 0;
+            for (d, &o) in idx.iter().enumerate() {
+                let s = o as isize - pads[d].0;
+                if s < 0 || s >= r.shape[d] as isize {
+                    return value;
+                }
+                at += s as usize * src_strides[d];
+            }
+            r.data[at]
+        })
+        .collect();
+    Ref { shape, data }
+}
+
+fn pad_errors(d: &Device) -> Vec<ErrorCase> {
+    let x = Tensor::zeros(d, &[2, 3]).unwrap();
+    let u = Tensor::from_vec_u32(d, vec![1, 2], &[2]).unwrap();
+    vec![
+        ("one pair for a matrix", x.pad(&[(1, 1)], 0.0), |e| {
+            matches!(e, Error::InvalidArgument { op: "pad", .. })
+        }),
+        (
+            "a crop past the extent",
+            x.pad(&[(0, 0), (-2, -2)], 0.0),
+            |e| matches!(e, Error::InvalidArgument { op: "pad", .. }),
+        ),
+        ("a u32 tensor", u.pad(&[(1, 0)], 0.0), |e| {
+            matches!(e, Error::DTypeMismatch { op: "pad", .. })
         }),
     ]
 }

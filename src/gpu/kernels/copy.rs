@@ -80,8 +80,71 @@ pub(crate) fn copy(
     )
 }
 
+/// The uniform of `copy.wgsl`'s `pad` entry.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct PadParams {
+    pub n: u32,
+    pub rank: u32,
+    pub value: u32,
+    pub _pad: u32,
+    pub dims: [u32; MAX_COPY_RANK],
+    pub src_dims: [u32; MAX_COPY_RANK],
+    pub before: [i32; MAX_COPY_RANK],
+}
+
+fn pad_spec() -> KernelSpec {
+    KernelSpec {
+        shader: shader!("copy.wgsl"),
+        entry: "pad",
+        constants: vec![("WG", f64::from(WG))],
+        unchecked: false,
+    }
+}
+
+/// `src` (contiguous, of `src_dims`) padded or cropped to `dims` (`before[d]`: output index
+/// minus source index along d), the rest `value` (32-bit pattern): a new buffer of the
+/// output's (non-zero) size. Rank at most [`MAX_COPY_RANK`]; the caller checked.
+pub(crate) fn pad(
+    ctx: &GpuContext,
+    src: &PooledBuffer,
+    src_dims: &[usize],
+    dims: &[usize],
+    before: &[isize],
+    value: u32,
+) -> Result<PooledBuffer> {
+    const OP: &str = "pad";
+    let n: usize = dims.iter().product();
+    let out = ctx.alloc(OP, n)?;
+    let mut p = PadParams {
+        n: n as u32,
+        rank: dims.len() as u32,
+        value,
+        _pad: 0,
+        dims: [1; MAX_COPY_RANK],
+        src_dims: [1; MAX_COPY_RANK],
+        before: [0; MAX_COPY_RANK],
+    };
+    for d in 0..dims.len() {
+        p.dims[d] = dims[d] as u32;
+        p.src_dims[d] = src_dims[d] as u32;
+        p.before[d] = before[d] as i32;
+    }
+    ctx.dispatch_1d(
+        OP,
+        &pad_spec(),
+        &[&src.buffer, &out.buffer],
+        bytemuck::bytes_of(&p),
+        n,
+    )?;
+    Ok(out)
+}
+
 /// This family's specializations and uniform params structs (see `kernels::Family`).
 pub(crate) const FAMILY: Family = Family {
-    specs: || vec![spec(false), spec(true)],
-    params: &[("copy.wgsl", "Params", size_of::<CopyParams>())],
+    specs: || vec![spec(false), spec(true), pad_spec()],
+    params: &[
+        ("copy.wgsl", "Params", size_of::<CopyParams>()),
+        ("copy.wgsl", "PadParams", size_of::<PadParams>()),
+    ],
 };

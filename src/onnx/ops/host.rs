@@ -293,6 +293,22 @@ pub(super) fn pad(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         && t.numel() > 0
         && n_out > 0
     {
+        if mode == "constant" {
+            // One padding (or cropping) pass: kiln's `pad`.
+            let pairs: Vec<(isize, isize)> = (0..r)
+                .map(|a| {
+                    (
+                        begin[a] as isize,
+                        (out_shape[a] as i64 - shape[a] as i64 - begin[a]) as isize,
+                    )
+                })
+                .collect();
+            let y = t.pad(&pairs, fill as f32)?;
+            return Ok(vec![match x {
+                Value::Bool(_) => Value::Bool(y),
+                _ => Value::Float(y),
+            }]);
+        }
         // On the device: per padded axis, one selection of the source rows (the edge, the
         // reflection, the wrap, or the crop of a negative pad) and the constant's blocks
         // concatenated around it. Differentiable, and no values leave the device.
