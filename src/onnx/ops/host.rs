@@ -1,8 +1,8 @@
 //! ONNX ops computed on the host: ones whose work is small next to a readback, or that kiln
 //! has no device op for yet (`Hardmax`, `OneHot`, `ReduceProd`); float results are uploaded to
 //! the model's device. `CumSum`, `TopK` (its values; ONNX's int64 indices live on the host) and
-//! `Pad` (a selection and a concatenation per axis) run on the device for float tensors, on
-//! the host for integer ones.
+//! `Pad` (constant: one `pad`; edge, reflect, wrap: a selection per axis) run on the device
+//! for float tensors, on the host for integer ones.
 
 use super::{Args, Ctx, strides};
 use crate::Tensor;
@@ -293,51 +293,31 @@ pub(super) fn pad(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         && t.numel() > 0
         && n_out > 0
     {
-        if mode == "constant" {
+        let y = if mode == "constant" {
             // One padding (or cropping) pass: kiln's `pad`.
             let pairs: Vec<(isize, isize)> = (0..r)
                 .map(|a| {
-                    (
-                        begin[a] as isize,
-                        (out_shape[a] as i64 - shape[a] as i64 - begin[a]) as isize,
-                    )
+                    let after = out_shape[a] as i64 - shape[a] as i64 - begin[a];
+                    (begin[a] as isize, after as isize)
                 })
                 .collect();
-            let y = t.pad(&pairs, fill as f32)?;
-            return Ok(vec![match x {
-                Value::Bool(_) => Value::Bool(y),
-                _ => Value::Float(y),
-            }]);
-        }
-        // On the device: per padded axis, one selection of the source rows (the edge, the
-        // reflection, the wrap, or the crop of a negative pad) and the constant's blocks
-        // concatenated around it. Differentiable, and no values leave the device.
-        let mut y = t.clone();
-        for a in 0..r {
-            let sources: Vec<Option<usize>> = (0..out_shape[a]).map(|p| source(a, p)).collect();
-            let before = sources.iter().take_while(|s| s.is_none()).count();
-            let kept: Vec<u32> = sources.iter().flatten().map(|&i| i as u32).collect();
-            if sources[before..before + kept.len()]
-                .iter()
-                .any(Option::is_none)
-            {
-                return Err(ctx.invalid("constant padding inside the axis"));
+            t.pad(&pairs, fill as f32)?
+        } else {
+            // Edge, reflect, wrap: per padded axis, one selection of the source rows (every
+            // output position has one: the input is not empty).
+            let mut y = t.clone();
+            for a in 0..r {
+                let idx: Vec<u32> = (0..out_shape[a])
+                    .map(|p| source(a, p).map(|i| i as u32))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| ctx.invalid("a padded position without a source"))?;
+                if idx.len() != shape[a] || idx.iter().enumerate().any(|(i, &k)| k as usize != i) {
+                    let n = idx.len();
+                    y = y.index_select(a as isize, &Tensor::from_vec_u32(ctx.dev, idx, &[n])?)?;
+                }
             }
-            if kept.len() != shape[a] || kept.iter().enumerate().any(|(i, &k)| k as usize != i) {
-                let idx = Tensor::from_vec_u32(ctx.dev, kept.clone(), &[kept.len()])?;
-                y = y.index_select(a as isize, &idx)?;
-            }
-            let after = sources.len() - before - kept.len();
-            if before + after > 0 {
-                let block = |n: usize| {
-                    let mut dims = y.shape().to_vec();
-                    dims[a] = n;
-                    Tensor::full(ctx.dev, &dims, fill as f32)
-                };
-                let (head, tail) = (block(before)?, block(after)?);
-                y = Tensor::cat(&[&head, &y, &tail], a as isize)?;
-            }
-        }
+            y
+        };
         return Ok(vec![match x {
             Value::Bool(_) => Value::Bool(y),
             _ => Value::Float(y),
