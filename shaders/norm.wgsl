@@ -58,3 +58,63 @@ fn main(
         y[base + j] = v;
     }
 }
+
+// ---- backward ------------------------------------------------------------------------------
+// The input gradient of layer_norm (rms_norm with RMS) for one row per invocation, from x, the
+// weight (HAS_WEIGHT) and the output gradient g (bound where the forward binds the bias):
+//   x̂ = (x - mean) · r,  r = 1/sqrt(var + eps),  d = g · w (or g)
+//   dx = (d - mean(d) - x̂ · mean(d · x̂)) · r        (rms_norm: without the mean(d) term)
+// It also writes each row's mean and r, from which the host forms the weight's gradient.
+
+@group(0) @binding(4) var<storage, read_write> row_mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> row_r: array<f32>;
+@group(0) @binding(6) var<uniform> bp: Params;
+
+@compute @workgroup_size(WG)
+fn backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = folded_index(wid, nwg, lid, WG);
+    if (row >= bp.rows) {
+        return;
+    }
+    let base = row * bp.len;
+    let n = f32(bp.len);
+    var mean = 0.0;
+    if (!RMS) {
+        for (var j = 0u; j < bp.len; j = j + 1u) {
+            mean = mean + x[base + j];
+        }
+        mean = mean / n;
+    }
+    var ss = 0.0;
+    for (var j = 0u; j < bp.len; j = j + 1u) {
+        let c = x[base + j] - mean;
+        ss = ss + c * c;
+    }
+    let r = 1.0 / sqrt(ss / n + bp.eps);
+    var sum_d = 0.0;
+    var sum_dx = 0.0;
+    for (var j = 0u; j < bp.len; j = j + 1u) {
+        var d = b[base + j];
+        if (HAS_WEIGHT) {
+            d = d * w[j];
+        }
+        sum_d = sum_d + d;
+        sum_dx = sum_dx + d * (x[base + j] - mean) * r;
+    }
+    let mean_d = select(sum_d / n, 0.0, RMS);
+    let proj = sum_dx / n;
+    for (var j = 0u; j < bp.len; j = j + 1u) {
+        var d = b[base + j];
+        if (HAS_WEIGHT) {
+            d = d * w[j];
+        }
+        let xhat = (x[base + j] - mean) * r;
+        y[base + j] = (d - mean_d - xhat * proj) * r;
+    }
+    row_mean[row] = mean;
+    row_r[row] = r;
+}

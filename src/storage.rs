@@ -594,6 +594,49 @@ impl Storage {
         }
     }
 
+    /// The input gradient of layer_norm (rms_norm with `rms`) over `rows` rows of `len` values
+    /// (both > 0) from the output gradient `g` and the optional weight: (dx, each row's mean,
+    /// each row's `1/sqrt(var + eps)`). `Unsupported` where a row is too long for the device's
+    /// kernel (the caller then composes it from reductions).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn norm_backward(
+        &self,
+        weight: Option<&Storage>,
+        g: &Storage,
+        rows: usize,
+        len: usize,
+        eps: f32,
+        rms: bool,
+    ) -> Result<(Storage, Storage, Storage)> {
+        const OP: &str = "layer_norm backward";
+        match (self, g) {
+            (Storage::Cpu(x), Storage::Cpu(gc)) => {
+                let w = weight.map(|w| host(OP, w)?.f32s(OP)).transpose()?;
+                let (dx, m, r) = cpu::norm_backward(
+                    x.f32s(OP)?,
+                    w.map(|v| v.as_slice()),
+                    gc.f32s(OP)?,
+                    len,
+                    eps,
+                    rms,
+                )?;
+                Ok((cpu_f32(dx), cpu_f32(m), cpu_f32(r)))
+            }
+            (Storage::Gpu(x), Storage::Gpu(gg)) => {
+                let wb = match weight {
+                    Some(Storage::Gpu(w)) => Some(w.bound(OP, DType::F32)?),
+                    Some(_) => return Err(backends(OP)),
+                    None => None,
+                };
+                let (xb, gb) = (x.bound(OP, DType::F32)?, gg.bound(OP, DType::F32)?);
+                let (dx, m, r) = norm::backward(&x.ctx, xb, wb, gb, rows, len, eps, rms)?;
+                let f = |b| x.filled(b, DType::F32);
+                Ok((f(dx), f(m), f(r)))
+            }
+            _ => Err(backends(OP)),
+        }
+    }
+
     /// layer_norm (`rms` false) or rms_norm over `rows` rows of `len` values, with optional
     /// weight and bias of `len` values.
     #[allow(clippy::too_many_arguments)]

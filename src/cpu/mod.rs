@@ -28,7 +28,9 @@ pub(crate) use grad::{
 pub(crate) use index::{gather, group_by_row, index_select, where_};
 pub(crate) use matmul::{linear, matmul};
 pub(crate) use optim::update;
-pub(crate) use reduce::{argmax, cross_entropy_grad, cross_entropy_rows, norm, reduce, softmax};
+pub(crate) use reduce::{
+    argmax, cross_entropy_grad, cross_entropy_rows, norm, norm_backward, reduce, softmax,
+};
 pub(crate) use scan::{cumsum, topk};
 pub(crate) use strided::{pad, strided_copy};
 

@@ -138,6 +138,52 @@ pub(crate) fn norm(
     Ok(out)
 }
 
+/// The input gradient of layer_norm (rms_norm with `rms`) over rows of `len` values, the twin
+/// of `shaders/norm.wgsl`'s `backward`: (dx, each row's mean, each row's r).
+pub(crate) fn norm_backward(
+    x: &[f32],
+    weight: Option<&[f32]>,
+    g: &[f32],
+    len: usize,
+    eps: f32,
+    rms: bool,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    const OP: &str = "layer_norm backward";
+    let rows = x.len().checked_div(len).unwrap_or(0);
+    let (mut mean, mut r) = (alloc(OP, rows)?, alloc(OP, rows)?);
+    let n = len as f32;
+    for (i, row) in x.chunks_exact(len.max(1)).enumerate().take(rows) {
+        let m = if rms {
+            0.0
+        } else {
+            row.iter().sum::<f32>() / n
+        };
+        let ss: f32 = row.iter().map(|&v| (v - m) * (v - m)).sum();
+        mean[i] = m;
+        r[i] = 1.0 / (ss / n + eps).sqrt();
+    }
+    let mut dx = alloc(OP, x.len())?;
+    if len == 0 {
+        return Ok((dx, mean, r));
+    }
+    let d = |row: usize, j: usize| g[row * len + j] * weight.map_or(1.0, |w| w[j]);
+    par_chunks_mut(&mut dx, len, 4 * len, &|i, out| {
+        let (m, ri) = (mean[i], r[i]);
+        let xs = &x[i * len..(i + 1) * len];
+        let (mut sum_d, mut sum_dx) = (0.0f32, 0.0f32);
+        for (j, &v) in xs.iter().enumerate() {
+            sum_d += d(i, j);
+            sum_dx += d(i, j) * (v - m) * ri;
+        }
+        let mean_d = if rms { 0.0 } else { sum_d / n };
+        let proj = sum_dx / n;
+        for (j, (o, &v)) in out.iter_mut().zip(xs).enumerate() {
+            *o = (d(i, j) - mean_d - (v - m) * ri * proj) * ri;
+        }
+    });
+    Ok((dx, mean, r))
+}
+
 /// argmax along the middle axis (first maximum; first NaN if any).
 pub(crate) fn argmax(x: &[f32], (outer, len, inner): (usize, usize, usize)) -> Result<Vec<u32>> {
     let mut out = alloc("argmax", outer * inner)?;

@@ -178,26 +178,33 @@ impl Tensor {
         Ok(out.record(name, &present, move |g, need| {
             let len = *x.shape().last().unwrap_or(&1);
             // x̂ = (x - mean) · r (layer_norm) or x · r (rms_norm), r = 1/sqrt(var + eps)
-            let centered = if rms {
-                x.clone()
-            } else {
-                x.sub(&x.mean(-1, true)?)?
-            };
-            let r = centered
-                .square()?
-                .mean(-1, true)?
-                .add_scalar(eps)?
-                .rsqrt()?;
-            let xhat = centered.mul(&r)?;
-            let dxhat = match &w {
-                Some(w) => g.mul(w)?,
-                None => g.clone(),
-            };
-            let proj = dxhat.mul(&xhat)?.mean(-1, true)?.mul(&xhat)?;
-            let dx = if rms {
-                dxhat.sub(&proj)?.mul(&r)?
-            } else {
-                dxhat.sub(&dxhat.mean(-1, true)?)?.sub(&proj)?.mul(&r)?
+            let (dx, xhat) = match Self::norm_grad_kernel(&x, w.as_ref(), g, eps, rms)? {
+                Some(pair) => pair,
+                None => {
+                    // Too long a row for this device's kernel: composed from reductions.
+                    let centered = if rms {
+                        x.clone()
+                    } else {
+                        x.sub(&x.mean(-1, true)?)?
+                    };
+                    let r = centered
+                        .square()?
+                        .mean(-1, true)?
+                        .add_scalar(eps)?
+                        .rsqrt()?;
+                    let xhat = centered.mul(&r)?;
+                    let dxhat = match &w {
+                        Some(w) => g.mul(w)?,
+                        None => g.clone(),
+                    };
+                    let proj = dxhat.mul(&xhat)?.mean(-1, true)?.mul(&xhat)?;
+                    let dx = if rms {
+                        dxhat.sub(&proj)?.mul(&r)?
+                    } else {
+                        dxhat.sub(&dxhat.mean(-1, true)?)?.sub(&proj)?.mul(&r)?
+                    };
+                    (dx, xhat)
+                }
             };
             let mut grads = vec![Some(dx)];
             if w.is_some() {
@@ -214,6 +221,35 @@ impl Tensor {
             }
             Ok(grads)
         }))
+    }
+
+    /// The norm's input gradient from its own kernel (one pass per row) and x̂ (unrun, for the
+    /// weight's gradient); `None` where the rows are too long for the device's kernel or empty.
+    fn norm_grad_kernel(
+        x: &Tensor,
+        w: Option<&Tensor>,
+        g: &Tensor,
+        eps: f32,
+        rms: bool,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let len = *x.shape().last().unwrap_or(&0);
+        if len == 0 || x.numel() == 0 {
+            return Ok(None);
+        }
+        let rows = x.numel() / len;
+        let w = w.map(|w| &w.storage);
+        match x.storage.norm_backward(w, &g.storage, rows, len, eps, rms) {
+            Ok((dx, mean, r)) => {
+                let mut stat = x.shape().to_vec();
+                *stat.last_mut().expect("rank > 0") = 1;
+                let stat = Shape::new(&stat)?;
+                let (mean, r) = (x.with(mean, stat.clone()), x.with(r, stat));
+                let xhat = x.sub(&mean)?.mul(&r)?;
+                Ok(Some((x.with(dx, x.shape.clone()), xhat)))
+            }
+            Err(Error::Unsupported { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn norm_forward(

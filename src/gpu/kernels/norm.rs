@@ -20,9 +20,13 @@ pub(crate) struct NormParams {
 }
 
 fn spec(rms: bool, weight: bool, bias: bool) -> KernelSpec {
+    spec_of("main", rms, weight, bias)
+}
+
+fn spec_of(entry: &'static str, rms: bool, weight: bool, bias: bool) -> KernelSpec {
     KernelSpec {
         shader: shader!("norm.wgsl"),
-        entry: "main",
+        entry,
         constants: vec![
             ("WG", f64::from(WG)),
             ("RMS", f64::from(u8::from(rms))),
@@ -42,9 +46,56 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
                     out.push(spec(rms, weight, bias));
                 }
             }
+            out.push(spec_of("backward", rms, weight, false));
         }
     }
     out
+}
+
+/// The input gradient of layer_norm (rms_norm with `rms`) over `rows x len` values (both > 0)
+/// from `x`, the optional weight and the output gradient `g`, with each row's mean and
+/// `r = 1/sqrt(var + eps)`: (dx, mean, r).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    ctx: &GpuContext,
+    x: &PooledBuffer,
+    weight: Option<&PooledBuffer>,
+    g: &PooledBuffer,
+    rows: usize,
+    len: usize,
+    eps: f32,
+    rms: bool,
+) -> Result<(PooledBuffer, PooledBuffer, PooledBuffer)> {
+    let op = if rms {
+        "rms_norm backward"
+    } else {
+        "layer_norm backward"
+    };
+    ctx.check_walk(op, 4 * len)?;
+    let dx = ctx.alloc(op, rows * len)?;
+    let (mean, r) = (ctx.alloc(op, rows)?, ctx.alloc(op, rows)?);
+    let params = NormParams {
+        rows: rows as u32,
+        len: len as u32,
+        eps,
+        _pad: 0,
+    };
+    let w = weight.unwrap_or(x);
+    ctx.dispatch_1d(
+        op,
+        &spec_of("backward", rms, weight.is_some(), false),
+        &[
+            &x.buffer,
+            &w.buffer,
+            &g.buffer,
+            &dx.buffer,
+            &mean.buffer,
+            &r.buffer,
+        ],
+        bytemuck::bytes_of(&params),
+        rows,
+    )?;
+    Ok((dx, mean, r))
 }
 
 /// Normalise `rows x len` values (both > 0).
