@@ -22,6 +22,24 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
+// The row at `base` of `len` values: its mean (0 for rms_norm) and 1/sqrt(var + eps).
+fn row_stats(base: u32, len: u32, eps: f32) -> vec2<f32> {
+    let n = f32(len);
+    var mean = 0.0;
+    if (!RMS) {
+        for (var j = 0u; j < len; j = j + 1u) {
+            mean = mean + x[base + j];
+        }
+        mean = mean / n;
+    }
+    var ss = 0.0;
+    for (var j = 0u; j < len; j = j + 1u) {
+        let d = x[base + j] - mean;
+        ss = ss + d * d;
+    }
+    return vec2<f32>(mean, 1.0 / sqrt(ss / n + eps));
+}
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -33,20 +51,9 @@ fn main(
         return;
     }
     let base = row * p.len;
-    let n = f32(p.len);
-    var mean = 0.0;
-    if (!RMS) {
-        for (var j = 0u; j < p.len; j = j + 1u) {
-            mean = mean + x[base + j];
-        }
-        mean = mean / n;
-    }
-    var ss = 0.0;
-    for (var j = 0u; j < p.len; j = j + 1u) {
-        let d = x[base + j] - mean;
-        ss = ss + d * d;
-    }
-    let inv = 1.0 / sqrt(ss / n + p.eps);
+    let stats = row_stats(base, p.len, p.eps);
+    let mean = stats.x;
+    let inv = stats.y;
     for (var j = 0u; j < p.len; j = j + 1u) {
         var v = (x[base + j] - mean) * inv;
         if (HAS_WEIGHT) {
@@ -82,19 +89,9 @@ fn backward(
     }
     let base = row * bp.len;
     let n = f32(bp.len);
-    var mean = 0.0;
-    if (!RMS) {
-        for (var j = 0u; j < bp.len; j = j + 1u) {
-            mean = mean + x[base + j];
-        }
-        mean = mean / n;
-    }
-    var ss = 0.0;
-    for (var j = 0u; j < bp.len; j = j + 1u) {
-        let c = x[base + j] - mean;
-        ss = ss + c * c;
-    }
-    let r = 1.0 / sqrt(ss / n + bp.eps);
+    let stats = row_stats(base, bp.len, bp.eps);
+    let mean = stats.x;
+    let r = stats.y;
     var sum_d = 0.0;
     var sum_dx = 0.0;
     for (var j = 0u; j < bp.len; j = j + 1u) {

@@ -92,25 +92,29 @@ pub(crate) fn once<R>(device: &Device, f: impl FnOnce() -> Result<R>) -> Result<
 /// Note that `op` checked the host values `idx` against `len`: if they are a graph input's,
 /// a replay checks new values against the same bound.
 pub(crate) fn note_index_bound(device: &Device, idx: &Arc<Vec<u32>>, op: &'static str, len: usize) {
-    let Some(ctx) = device.gpu_context() else {
-        return;
-    };
-    let key = Arc::as_ptr(idx) as usize;
-    ctx.with_capture(|log| {
-        if log.host_inputs.contains(&key) {
-            log.index_bounds.push((key, op, len));
-        }
+    on_graph_input(device, idx, |log, key| {
+        log.index_bounds.push((key, op, len))
     });
 }
 
 /// Whether a step is being captured on `device` and `idx` are a graph input's host values
 /// (which an op must then not plan from: a replay brings new ones).
 pub(crate) fn is_graph_input(device: &Device, idx: &Arc<Vec<u32>>) -> bool {
-    let Some(ctx) = device.gpu_context() else {
-        return false;
-    };
+    on_graph_input(device, idx, |_, _| ()).is_some()
+}
+
+/// `f` on this thread's capture on `device` (with the values' key), if `idx` are the host
+/// values of one of its graph inputs.
+fn on_graph_input<R>(
+    device: &Device,
+    idx: &Arc<Vec<u32>>,
+    f: impl FnOnce(&mut crate::gpu::capture::CaptureLog, usize) -> R,
+) -> Option<R> {
     let key = Arc::as_ptr(idx) as usize;
-    ctx.with_capture(|log| log.host_inputs.contains(&key)) == Some(true)
+    device
+        .gpu_context()?
+        .with_capture(|log| log.host_inputs.contains(&key).then(|| f(log, key)))
+        .flatten()
 }
 
 /// `Unsupported` (with `reason`) if a step is being captured on `device`: for work that a

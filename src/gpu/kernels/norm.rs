@@ -19,6 +19,17 @@ pub(crate) struct NormParams {
     pub _pad: u32,
 }
 
+impl NormParams {
+    fn new(rows: usize, len: usize, eps: f32) -> NormParams {
+        NormParams {
+            rows: rows as u32,
+            len: len as u32,
+            eps,
+            _pad: 0,
+        }
+    }
+}
+
 fn spec(rms: bool, weight: bool, bias: bool) -> KernelSpec {
     spec_of("main", rms, weight, bias)
 }
@@ -74,12 +85,7 @@ pub(crate) fn backward(
     ctx.check_walk(op, 4 * len)?;
     let dx = ctx.alloc(op, rows * len)?;
     let (mean, r) = (ctx.alloc(op, rows)?, ctx.alloc(op, rows)?);
-    let params = NormParams {
-        rows: rows as u32,
-        len: len as u32,
-        eps,
-        _pad: 0,
-    };
+    let params = NormParams::new(rows, len, eps);
     let w = weight.unwrap_or(x);
     ctx.dispatch_1d(
         op,
@@ -113,12 +119,7 @@ pub(crate) fn norm(
     let op = if rms { "rms_norm" } else { "layer_norm" };
     ctx.check_walk(op, 3 * len)?;
     let out = ctx.alloc(op, rows * len)?;
-    let params = NormParams {
-        rows: rows as u32,
-        len: len as u32,
-        eps,
-        _pad: 0,
-    };
+    let params = NormParams::new(rows, len, eps);
     let w = weight.unwrap_or(x);
     let b = bias.unwrap_or(x);
     ctx.dispatch_1d(
