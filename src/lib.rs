@@ -51,6 +51,7 @@
 
 #![warn(missing_docs)]
 
+mod attention;
 mod autograd;
 mod capture;
 mod conv;
@@ -72,6 +73,7 @@ mod storage;
 mod strided;
 mod tensor;
 
+pub use attention::AttentionOptions;
 pub use autograd::{NoGradGuard, is_grad_enabled, no_grad};
 pub use capture::Graph;
 pub use conv::Conv2dOptions;

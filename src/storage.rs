@@ -28,6 +28,8 @@ use crate::shape::BroadcastLayout;
 use crate::strided::StridedCopy;
 use std::sync::Arc;
 
+mod attention;
+
 /// A tensor's values on one backend. Cloning shares them.
 #[derive(Clone)]
 pub(crate) enum Storage {

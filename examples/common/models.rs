@@ -4,7 +4,7 @@
 use kiln::nn::{
     Activation, Conv2d, Embedding, Flatten, LayerNorm, Linear, MaxPool2d, Module, Sequential,
 };
-use kiln::{Conv2dOptions, Device, Result, Tensor, UnaryOp};
+use kiln::{AttentionOptions, Conv2dOptions, Device, Result, Tensor, UnaryOp};
 
 /// 64 → 128 → ReLU → 10: the digits classifier.
 pub fn digits_mlp(dev: &Device, hidden: usize) -> Result<Sequential> {
@@ -59,34 +59,26 @@ impl Block {
         })
     }
 
-    /// Causal multi-head self-attention over `x: [b, t, d]`; `mask` is `[t, t]` with -1e9
-    /// above the diagonal.
-    fn attention(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// Causal multi-head self-attention over `x: [b, t, d]`: one projection to q, k and v,
+    /// read in place as `[b, t, 3, heads, d / heads]` by the attention op.
+    fn attention(&self, x: &Tensor) -> Result<Tensor> {
         let [b, t, d] = x.shape()[..] else {
             unreachable!("blocks see [batch, time, dim]")
         };
-        let (h, hd) = (self.heads, d / self.heads);
-        let qkv = self.qkv.forward(x)?;
-        let split = |i: usize| -> Result<Tensor> {
-            qkv.narrow(-1, i * d, d)?
-                .reshape(&[b, t, h, hd])?
-                .permute(&[0, 2, 1, 3])
+        let causal = AttentionOptions {
+            causal: true,
+            scale: None,
         };
-        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        let att = q
-            .matmul_transposed(&k, false, true)?
-            .mul_scalar(1.0 / (hd as f32).sqrt())?
-            .add(mask)?
-            .softmax(-1)?;
-        let y = att
-            .matmul(&v)?
-            .permute(&[0, 2, 1, 3])?
-            .reshape(&[b, t, d])?;
-        self.proj.forward(&y)
+        self.qkv
+            .forward(x)?
+            .reshape(&[b, t, 3, self.heads, d / self.heads])?
+            .attention_packed(causal)?
+            .reshape(&[b, t, d])
+            .and_then(|y| self.proj.forward(&y))
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let x = x.add(&self.attention(&self.ln1.forward(x)?, mask)?)?;
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.add(&self.attention(&self.ln1.forward(x)?)?)?;
         let m = self.fc1.forward(&self.ln2.forward(&x)?)?.gelu()?;
         x.add(&self.fc2.forward(&m)?)
     }
@@ -193,12 +185,8 @@ impl Module for CharTransformer {
         let t = ids.shape()[1];
         let positions = Tensor::from_vec_u32(dev, (0..t as u32).collect(), &[t])?;
         let mut x = self.tok.forward(ids)?.add(&self.pos.forward(&positions)?)?;
-        let mask: Vec<f32> = (0..t * t)
-            .map(|i| if i % t > i / t { -1e9 } else { 0.0 })
-            .collect();
-        let mask = Tensor::from_vec(dev, mask, &[t, t])?;
         for block in &self.blocks {
-            x = block.forward(&x, &mask)?;
+            x = block.forward(&x)?;
         }
         self.head.forward(&self.ln_f.forward(&x)?)
     }

@@ -4,6 +4,7 @@
 //! pool (`spin_pool.rs`, through [`par_chunks_mut`] for loops), whose threads stay awake between
 //! ops; rayon only takes a job the pool cannot (another thread's, while it is busy).
 
+mod attention;
 mod conv;
 mod conv_gemm;
 mod depthwise;
@@ -20,6 +21,7 @@ mod sgemm;
 mod spin_pool;
 mod strided;
 
+pub(crate) use attention::{attention, attention_backward};
 pub(crate) use conv::{conv2d, pool2d};
 pub(crate) use elementwise::{binary, fill, unary};
 pub(crate) use grad::{

@@ -26,6 +26,7 @@ pub struct Tensor {
     host_u32: Option<Arc<Vec<u32>>>,
 }
 
+mod attention;
 mod autograd;
 mod backward;
 mod construct;

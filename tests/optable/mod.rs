@@ -8,6 +8,7 @@
 use crate::common::*;
 use kiln::{Device, Error, Tensor};
 
+mod attention;
 mod binary;
 mod conv;
 mod index;
@@ -18,6 +19,8 @@ mod reduce;
 mod scan;
 mod unary;
 
+#[allow(unused_imports)]
+pub use attention::*;
 #[allow(unused_imports)]
 pub use binary::*;
 #[allow(unused_imports)]
@@ -117,6 +120,7 @@ pub fn no_errors(_: &Device) -> Vec<ErrorCase> {
 pub fn table() -> Vec<OpInfo> {
     [
         unary::table(),
+        attention::table(),
         reduce::table(),
         scan::table(),
         layout::table(),

@@ -3,6 +3,7 @@
 //! Each family describes itself with a [`Family`]; the list below is the only place that names
 //! them all, for the tests that validate every specialization.
 
+pub(crate) mod attention;
 pub(crate) mod conv;
 pub(crate) mod copy;
 pub(crate) mod elementwise;
@@ -28,7 +29,8 @@ pub(crate) struct Family {
     pub params: &'static [(&'static str, &'static str, usize)],
 }
 
-const FAMILIES: [&Family; 13] = [
+const FAMILIES: [&Family; 14] = [
+    &attention::FAMILY,
     &elementwise::FAMILY,
     &fused::FAMILY,
     &matmul::FAMILY,

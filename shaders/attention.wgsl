@@ -1,0 +1,247 @@
+// Scaled dot-product attention, one invocation per (batch, head, row), reading q, k and v through
+// views (offset and strides of batch, time and head; a head's values are contiguous), so that
+// the heads of a packed [batch, t, 3, heads, d] tensor or of three [batch, t, heads, d] tensors
+// are read in place. The host checks each invocation's loop lengths against llvmpipe's limit.
+// Compiled after the prelude (shaders/common.wgsl). The CPU twin is src/cpu/attention.rs: the
+// same operations in the same order.
+//
+// `forward`: query row i of head h attends to keys 0..keys(i) with an online softmax whose
+// running maximum starts at the first key's score (no infinities), writing the output row
+// [batch, tq, heads, DV] and the row's logsumexp [batch, tq, heads].
+//
+// `backward_q`: with g the output's gradient and δ_i = Σ g_i·o_i, p_ij = exp(s_ij - lse_i),
+// ds_ij = p_ij (g_i·v_j - δ_i): dq_i = scale Σ_j ds_ij k_j; writes δ too.
+// `backward_kv`: dv_j = Σ_i p_ij g_i and dk_j = scale Σ_i ds_ij q_i over the queries that see
+// key j. The gradients are written through the inputs' views (in place in a packed gradient).
+
+override WG: u32 = 256u;
+// Head dimensions of q and k (D) and of v (DV); at most MAXD.
+override D: u32 = 16u;
+override DV: u32 = 16u;
+const MAXD: u32 = 128u;
+
+struct View {
+    off: u32,
+    sb: u32,
+    st: u32,
+    sh: u32,
+}
+
+struct Params {
+    batch: u32,
+    heads: u32,
+    tq: u32,
+    tk: u32,
+    causal: u32,
+    scale: f32,
+    rows: u32,
+    _pad: u32,
+    q: View,
+    k: View,
+    v: View,
+}
+
+fn at(view: View, b: u32, t: u32, h: u32) -> u32 {
+    return view.off + b * view.sb + t * view.st + h * view.sh;
+}
+
+// (batch, head, row) of invocation r, rows of one head adjacent.
+fn split(r: u32, rows: u32, heads: u32) -> vec3<u32> {
+    let bh = r / rows;
+    return vec3<u32>(bh / heads, bh % heads, r % rows);
+}
+
+// Where query row i's output, logsumexp and δ are.
+fn stat(b: u32, i: u32, h: u32, tq: u32, heads: u32) -> u32 {
+    return (b * tq + i) * heads + h;
+}
+
+@group(0) @binding(0) var<storage, read> q: array<f32>;
+@group(0) @binding(1) var<storage, read> k: array<f32>;
+@group(0) @binding(2) var<storage, read> v: array<f32>;
+@group(0) @binding(3) var<storage, read_write> o: array<f32>;
+@group(0) @binding(4) var<storage, read_write> lse: array<f32>;
+@group(0) @binding(5) var<uniform> p: Params;
+
+fn keys_of(i: u32, causal: u32, tk: u32) -> u32 {
+    return select(tk, min(i + 1u, tk), causal != 0u);
+}
+
+@compute @workgroup_size(WG)
+fn forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let r = folded_index(wid, nwg, lid, WG);
+    if (r >= p.rows) {
+        return;
+    }
+    let at3 = split(r, p.tq, p.heads);
+    let b = at3.x;
+    let h = at3.y;
+    let i = at3.z;
+    var qi: array<f32, MAXD>;
+    let qa = at(p.q, b, i, h);
+    for (var x = 0u; x < D; x = x + 1u) {
+        qi[x] = q[qa + x] * p.scale;
+    }
+    var acc: array<f32, MAXD>;
+    var ka = at(p.k, b, 0u, h);
+    var va = at(p.v, b, 0u, h);
+    var m = 0.0;
+    for (var x = 0u; x < D; x = x + 1u) {
+        m = m + qi[x] * k[ka + x];
+    }
+    for (var x = 0u; x < DV; x = x + 1u) {
+        acc[x] = v[va + x];
+    }
+    var l = 1.0;
+    let n = keys_of(i, p.causal, p.tk);
+    for (var j = 1u; j < n; j = j + 1u) {
+        ka = at(p.k, b, j, h);
+        va = at(p.v, b, j, h);
+        var s = 0.0;
+        for (var x = 0u; x < D; x = x + 1u) {
+            s = s + qi[x] * k[ka + x];
+        }
+        let m2 = max(m, s);
+        let c = exp(m - m2);
+        let e = exp(s - m2);
+        l = l * c + e;
+        for (var x = 0u; x < DV; x = x + 1u) {
+            acc[x] = acc[x] * c + e * v[va + x];
+        }
+        m = m2;
+    }
+    let row = stat(b, i, h, p.tq, p.heads);
+    for (var x = 0u; x < DV; x = x + 1u) {
+        o[row * DV + x] = acc[x] / l;
+    }
+    lse[row] = m + log(l);
+}
+
+@group(0) @binding(3) var<storage, read> bo: array<f32>;
+@group(0) @binding(4) var<storage, read> bg: array<f32>;
+@group(0) @binding(5) var<storage, read> blse: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dq: array<f32>;
+@group(0) @binding(7) var<storage, read_write> delta: array<f32>;
+@group(0) @binding(8) var<uniform> bp: Params;
+
+@compute @workgroup_size(WG)
+fn backward_q(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let r = folded_index(wid, nwg, lid, WG);
+    if (r >= bp.rows) {
+        return;
+    }
+    let at3 = split(r, bp.tq, bp.heads);
+    let b = at3.x;
+    let h = at3.y;
+    let i = at3.z;
+    let row = stat(b, i, h, bp.tq, bp.heads);
+    var gi: array<f32, MAXD>;
+    var di = 0.0;
+    for (var x = 0u; x < DV; x = x + 1u) {
+        gi[x] = bg[row * DV + x];
+        di = di + gi[x] * bo[row * DV + x];
+    }
+    var qi: array<f32, MAXD>;
+    let qa = at(bp.q, b, i, h);
+    for (var x = 0u; x < D; x = x + 1u) {
+        qi[x] = q[qa + x] * bp.scale;
+    }
+    let li = blse[row];
+    var acc: array<f32, MAXD>;
+    let n = keys_of(i, bp.causal, bp.tk);
+    for (var j = 0u; j < n; j = j + 1u) {
+        let ka = at(bp.k, b, j, h);
+        let va = at(bp.v, b, j, h);
+        var kj: array<f32, MAXD>;
+        var s = 0.0;
+        for (var x = 0u; x < D; x = x + 1u) {
+            kj[x] = k[ka + x];
+            s = s + qi[x] * kj[x];
+        }
+        let pr = exp(s - li);
+        var dp = 0.0;
+        for (var x = 0u; x < DV; x = x + 1u) {
+            dp = dp + gi[x] * v[va + x];
+        }
+        let ds = pr * (dp - di);
+        for (var x = 0u; x < D; x = x + 1u) {
+            acc[x] = acc[x] + ds * kj[x];
+        }
+    }
+    let out = at(bp.q, b, i, h);
+    for (var x = 0u; x < D; x = x + 1u) {
+        dq[out + x] = acc[x] * bp.scale;
+    }
+    delta[row] = di;
+}
+
+@group(0) @binding(3) var<storage, read> kg: array<f32>;
+@group(0) @binding(4) var<storage, read> klse: array<f32>;
+@group(0) @binding(5) var<storage, read> kdelta: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dk: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dv: array<f32>;
+@group(0) @binding(8) var<uniform> kp: Params;
+
+@compute @workgroup_size(WG)
+fn backward_kv(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let r = folded_index(wid, nwg, lid, WG);
+    if (r >= kp.rows) {
+        return;
+    }
+    let at3 = split(r, kp.tk, kp.heads);
+    let b = at3.x;
+    let h = at3.y;
+    let j = at3.z;
+    var kj: array<f32, MAXD>;
+    var vj: array<f32, MAXD>;
+    let ka = at(kp.k, b, j, h);
+    let va = at(kp.v, b, j, h);
+    for (var x = 0u; x < D; x = x + 1u) {
+        kj[x] = k[ka + x];
+    }
+    for (var x = 0u; x < DV; x = x + 1u) {
+        vj[x] = v[va + x];
+    }
+    var gk: array<f32, MAXD>;
+    var gv: array<f32, MAXD>;
+    let first = select(0u, j, kp.causal != 0u);
+    for (var i = first; i < kp.tq; i = i + 1u) {
+        let qa = at(kp.q, b, i, h);
+        var qi: array<f32, MAXD>;
+        var s = 0.0;
+        for (var x = 0u; x < D; x = x + 1u) {
+            qi[x] = q[qa + x];
+            s = s + (qi[x] * kp.scale) * kj[x];
+        }
+        let row = stat(b, i, h, kp.tq, kp.heads);
+        let pr = exp(s - klse[row]);
+        var dp = 0.0;
+        for (var x = 0u; x < DV; x = x + 1u) {
+            let g = kg[row * DV + x];
+            dp = dp + g * vj[x];
+            gv[x] = gv[x] + pr * g;
+        }
+        let ds = pr * (dp - kdelta[row]);
+        for (var x = 0u; x < D; x = x + 1u) {
+            gk[x] = gk[x] + ds * qi[x];
+        }
+    }
+    for (var x = 0u; x < D; x = x + 1u) {
+        dk[ka + x] = gk[x] * kp.scale;
+    }
+    for (var x = 0u; x < DV; x = x + 1u) {
+        dv[va + x] = gv[x];
+    }
+}

@@ -1,0 +1,198 @@
+//! `shaders/attention.wgsl`: scaled dot-product attention, forward and backward, one
+//! invocation per (batch, head, row), reading the heads in place through views.
+
+use super::Family;
+use crate::attention::{AttnDims, View};
+use crate::error::{Error, Result};
+use crate::gpu::context::GpuContext;
+use crate::gpu::pipelines::{KernelSpec, shader};
+use crate::gpu::pool::PooledBuffer;
+use bytemuck::{Pod, Zeroable};
+
+/// The 1-D kernels' workgroup size, shared with `GpuContext::dispatch_1d`.
+use crate::gpu::context::WG_1D as WG;
+
+/// The largest head dimension the kernels hold in registers (`MAXD` in the shader).
+pub(crate) const MAX_HEAD_DIM: usize = 128;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+struct ViewParams {
+    off: u32,
+    sb: u32,
+    st: u32,
+    sh: u32,
+}
+
+impl From<View> for ViewParams {
+    fn from(v: View) -> ViewParams {
+        ViewParams {
+            off: v.off as u32,
+            sb: v.sb as u32,
+            st: v.st as u32,
+            sh: v.sh as u32,
+        }
+    }
+}
+
+/// The uniform of `attention.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct AttnParams {
+    batch: u32,
+    heads: u32,
+    tq: u32,
+    tk: u32,
+    causal: u32,
+    scale: f32,
+    rows: u32,
+    _pad: u32,
+    q: ViewParams,
+    k: ViewParams,
+    v: ViewParams,
+}
+
+impl AttnParams {
+    fn new(a: &AttnDims, rows: usize) -> AttnParams {
+        let [q, k, v] = a.views();
+        AttnParams {
+            batch: a.batch as u32,
+            heads: a.heads as u32,
+            tq: a.tq as u32,
+            tk: a.tk as u32,
+            causal: a.causal.into(),
+            scale: a.scale,
+            rows: rows as u32,
+            _pad: 0,
+            q: q.into(),
+            k: k.into(),
+            v: v.into(),
+        }
+    }
+}
+
+fn spec(entry: &'static str, d: usize, dv: usize) -> KernelSpec {
+    KernelSpec {
+        shader: shader!("attention.wgsl"),
+        entry,
+        constants: vec![("WG", f64::from(WG)), ("D", d as f64), ("DV", dv as f64)],
+        unchecked: false,
+    }
+}
+
+/// `Unsupported` where the kernels cannot take the problem on this device (head dimensions over
+/// [`MAX_HEAD_DIM`], a loop past llvmpipe's limit, indices past u32): the caller composes
+/// attention from products and a softmax instead.
+fn check(ctx: &GpuContext, a: &AttnDims) -> Result<()> {
+    const OP: &str = "attention";
+    if a.d > MAX_HEAD_DIM || a.dv > MAX_HEAD_DIM {
+        return Err(Error::Unsupported {
+            op: OP,
+            reason: format!(
+                "head dimensions {} and {} (the kernel holds {MAX_HEAD_DIM})",
+                a.d, a.dv
+            ),
+        });
+    }
+    let longest = a.sizes().into_iter().max().unwrap_or(0);
+    if longest.max(a.batch * a.tq * a.heads * a.dv) > u32::MAX as usize {
+        return Err(Error::Unsupported {
+            op: OP,
+            reason: format!("{longest} values are past the kernels' u32 indices"),
+        });
+    }
+    ctx.check_walk(OP, a.tq.max(a.tk) * (2 * a.d + 2 * a.dv + 2))
+}
+
+/// The output `[batch, tq, heads, dv]` and each query row's logsumexp (every extent > 0).
+pub(crate) fn forward(
+    ctx: &GpuContext,
+    [q, k, v]: [&PooledBuffer; 3],
+    a: &AttnDims,
+) -> Result<(PooledBuffer, PooledBuffer)> {
+    const OP: &str = "attention";
+    check(ctx, a)?;
+    let rows = a.rows();
+    let (o, lse) = (ctx.alloc(OP, rows * a.dv)?, ctx.alloc(OP, rows)?);
+    ctx.dispatch_1d(
+        OP,
+        &spec("forward", a.d, a.dv),
+        &[&q.buffer, &k.buffer, &v.buffer, &o.buffer, &lse.buffer],
+        bytemuck::bytes_of(&AttnParams::new(a, rows)),
+        rows,
+    )?;
+    Ok((o, lse))
+}
+
+/// The gradients of q, k and v, in their views: one buffer for a packed input, else three.
+pub(crate) fn backward(
+    ctx: &GpuContext,
+    [q, k, v]: [&PooledBuffer; 3],
+    [o, g, lse]: [&PooledBuffer; 3],
+    a: &AttnDims,
+) -> Result<Vec<PooledBuffer>> {
+    const OP: &str = "attention backward";
+    check(ctx, a)?;
+    let sizes = a.sizes();
+    let grads = if a.packed {
+        vec![ctx.alloc(OP, sizes[0])?]
+    } else {
+        sizes
+            .iter()
+            .map(|&n| ctx.alloc(OP, n))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let pick = |i: usize| &grads[i.min(grads.len() - 1)].buffer;
+    let delta = ctx.alloc(OP, a.rows())?;
+    let rows = a.rows();
+    ctx.dispatch_1d(
+        OP,
+        &spec("backward_q", a.d, a.dv),
+        &[
+            &q.buffer,
+            &k.buffer,
+            &v.buffer,
+            &o.buffer,
+            &g.buffer,
+            &lse.buffer,
+            pick(0),
+            &delta.buffer,
+        ],
+        bytemuck::bytes_of(&AttnParams::new(a, rows)),
+        rows,
+    )?;
+    let rows = a.batch * a.heads * a.tk;
+    ctx.dispatch_1d(
+        OP,
+        &spec("backward_kv", a.d, a.dv),
+        &[
+            &q.buffer,
+            &k.buffer,
+            &v.buffer,
+            &g.buffer,
+            &lse.buffer,
+            &delta.buffer,
+            pick(1),
+            pick(2),
+        ],
+        bytemuck::bytes_of(&AttnParams::new(a, rows)),
+        rows,
+    )?;
+    Ok(grads)
+}
+
+fn specs() -> Vec<KernelSpec> {
+    let mut out = Vec::new();
+    for (d, dv) in [(16, 16), (64, 64), (8, 32), (MAX_HEAD_DIM, MAX_HEAD_DIM)] {
+        for entry in ["forward", "backward_q", "backward_kv"] {
+            out.push(spec(entry, d, dv));
+        }
+    }
+    out
+}
+
+/// This family's specializations and uniform params structs (see `kernels::Family`).
+pub(crate) const FAMILY: Family = Family {
+    specs,
+    params: &[("attention.wgsl", "Params", size_of::<AttnParams>())],
+};

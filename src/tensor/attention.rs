@@ -1,0 +1,189 @@
+//! Scaled dot-product attention as one op: the heads are read in place (no layout copies),
+//! the scores never reach memory, and the backward is one op too.
+
+use super::Tensor;
+use crate::attention::{AttentionOptions, AttnDims};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::shape::Shape;
+use crate::storage::Storage;
+
+impl Tensor {
+    /// Scaled dot-product attention over heads, in the sequence-major layout FlashAttention
+    /// takes: `self` is q `[batch, tq, heads, d]`, `k` is `[batch, tk, heads, d]` and `v` is
+    /// `[batch, tk, heads, dv]`; the result is `[batch, tq, heads, dv]`, each query's
+    /// `softmax(scale · q·kᵀ)`-weighted sum of the values (over keys `j ≤ i` when causal).
+    ///
+    /// One kernel forward and two backward on a GPU, with the scores kept in registers (an
+    /// online softmax); head dimensions over 128, or rows too long for llvmpipe's loop limit,
+    /// run as products and a softmax instead, with the same results. NaN in a row's scores
+    /// makes that row NaN. Errors: `InvalidShape` for a rank other than 4 or queries with no
+    /// keys, `ShapeMismatch` where the batch, heads, head dimension or key count disagree,
+    /// `InvalidArgument` for a non-finite scale.
+    pub fn attention(&self, k: &Tensor, v: &Tensor, options: AttentionOptions) -> Result<Tensor> {
+        const OP: &str = "attention";
+        for t in [self, k, v] {
+            self.same_device(t, OP)?;
+            t.expect(DType::F32, OP)?;
+            if t.rank() != 4 {
+                return Err(Error::InvalidShape {
+                    op: OP,
+                    reason: format!("q, k and v are [batch, time, heads, dim]; got {}", t.shape),
+                });
+            }
+        }
+        let (q, ks, vs) = (self.shape(), k.shape(), v.shape());
+        let mismatch = |lhs: &[usize], rhs: &[usize]| Error::ShapeMismatch {
+            op: OP,
+            lhs: lhs.to_vec(),
+            rhs: rhs.to_vec(),
+        };
+        if q[0] != ks[0] || q[2] != ks[2] || q[3] != ks[3] {
+            return Err(mismatch(q, ks));
+        }
+        if ks[..3] != vs[..3] {
+            return Err(mismatch(ks, vs));
+        }
+        let dims = Self::attention_dims(q[0], q[1], ks[1], q[2], q[3], vs[3], options, false)?;
+        Self::attention_op(&[self, k, v], dims)
+    }
+
+    /// [`Tensor::attention`] over one packed `[batch, t, 3, heads, d]` tensor holding q, k and
+    /// v (a fused projection's output, reshaped): the result is `[batch, t, heads, d]` and the
+    /// gradient is one tensor in the packed layout, so no part is ever copied out or back.
+    pub fn attention_packed(&self, options: AttentionOptions) -> Result<Tensor> {
+        const OP: &str = "attention_packed";
+        self.expect(DType::F32, OP)?;
+        let s = self.shape();
+        if s.len() != 5 || s[2] != 3 {
+            return Err(Error::InvalidShape {
+                op: OP,
+                reason: format!(
+                    "the packed input is [batch, time, 3, heads, dim]; got {}",
+                    self.shape
+                ),
+            });
+        }
+        let dims = Self::attention_dims(s[0], s[1], s[1], s[3], s[4], s[4], options, true)?;
+        Self::attention_op(&[self], dims)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_dims(
+        batch: usize,
+        tq: usize,
+        tk: usize,
+        heads: usize,
+        d: usize,
+        dv: usize,
+        options: AttentionOptions,
+        packed: bool,
+    ) -> Result<AttnDims> {
+        let op = if packed {
+            "attention_packed"
+        } else {
+            "attention"
+        };
+        if tk == 0 && batch * heads * tq > 0 {
+            return Err(Error::InvalidShape {
+                op,
+                reason: format!("{tq} queries have no keys to attend to"),
+            });
+        }
+        let scale = options
+            .scale
+            .unwrap_or_else(|| 1.0 / (d.max(1) as f32).sqrt());
+        if !scale.is_finite() {
+            return Err(Error::InvalidArgument {
+                op,
+                reason: format!("the scale must be finite, got {scale}"),
+            });
+        }
+        Ok(AttnDims {
+            batch,
+            heads,
+            tq,
+            tk,
+            d,
+            dv,
+            causal: options.causal,
+            scale,
+            packed,
+        })
+    }
+
+    /// The op over q, k and v (or the packed tensor), recorded for autograd.
+    fn attention_op(inputs: &[&Tensor], dims: AttnDims) -> Result<Tensor> {
+        let first = inputs[0];
+        let out_shape = Shape::new(&[dims.batch, dims.tq, dims.heads, dims.dv])?;
+        let storages = |ts: &[&Tensor]| -> [Storage; 3] {
+            std::array::from_fn(|i| ts[i.min(ts.len() - 1)].storage.clone())
+        };
+        let computed = if out_shape.numel() == 0 {
+            Err(Error::Unsupported {
+                op: "attention",
+                reason: "an empty output".into(),
+            })
+        } else {
+            let s = storages(inputs);
+            Storage::attention([&s[0], &s[1], &s[2]], &dims)
+        };
+        let (o, lse) = match computed {
+            Ok(pair) => pair,
+            Err(Error::Unsupported { .. }) => return Self::attention_composite(inputs, &dims),
+            Err(e) => return Err(e),
+        };
+        let out = first.with(o, out_shape);
+        if !Tensor::tracking(inputs) {
+            return Ok(out);
+        }
+        let saved: Vec<Tensor> = inputs.iter().map(|t| t.detach()).collect();
+        let lse = first.with(lse, Shape::new(&[dims.batch, dims.tq, dims.heads])?);
+        let o = out.detach();
+        Ok(out.record("attention", inputs, move |g, _| {
+            let s = storages(&saved.iter().collect::<Vec<_>>());
+            let grads = Storage::attention_backward(
+                [&s[0], &s[1], &s[2]],
+                [&o.storage, &g.storage, &lse.storage],
+                &dims,
+            )?;
+            Ok(grads
+                .into_iter()
+                .zip(&saved)
+                .map(|(s, x)| Some(x.with(s, x.shape.clone())))
+                .collect())
+        }))
+    }
+
+    /// The same attention from layout ops, products and a softmax, tracked op by op: for
+    /// shapes the kernels do not take and for empty outputs.
+    fn attention_composite(inputs: &[&Tensor], a: &AttnDims) -> Result<Tensor> {
+        let heads = |t: Tensor| t.permute(&[0, 2, 1, 3]);
+        let (q, k, v) = match inputs {
+            [qkv] => {
+                let part = |i: usize| qkv.narrow(2, i, 1)?.reshape(&[a.batch, a.tq, a.heads, a.d]);
+                (heads(part(0)?)?, heads(part(1)?)?, heads(part(2)?)?)
+            }
+            [q, k, v] => (
+                heads((*q).clone())?,
+                heads((*k).clone())?,
+                heads((*v).clone())?,
+            ),
+            _ => unreachable!("attention takes q, k and v or one packed tensor"),
+        };
+        let mut scores = q.matmul_transposed(&k, false, true)?.mul_scalar(a.scale)?;
+        if a.causal {
+            let mask: Vec<f32> = (0..a.tq * a.tk)
+                .map(|n| {
+                    if n % a.tk.max(1) > n / a.tk.max(1) {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            scores = scores.add(&Tensor::from_vec(q.device(), mask, &[a.tq, a.tk])?)?;
+        }
+        scores.softmax(-1)?.matmul(&v)?.permute(&[0, 2, 1, 3])
+    }
+}

@@ -1,0 +1,277 @@
+//! The op table's attention: q, k and v as three tensors or one packed tensor, causal or not.
+
+use super::*;
+use kiln::{AttentionOptions, Device, Error, Tensor};
+
+const CAUSAL: AttentionOptions = AttentionOptions {
+    causal: true,
+    scale: None,
+};
+
+/// The attention entries of the op table.
+pub fn table() -> Vec<OpInfo> {
+    vec![
+        OpInfo {
+            name: "attention",
+            grad: || Grad::wrt(THREE),
+            samples: attention_samples,
+            run: |t| t[0].attention(&t[1], &t[2], AttentionOptions::default()),
+            reference: |r| attention_ref(&r[0], &r[1], &r[2], false, None),
+            tol: |_| (2e-5, 2e-5),
+            errors: attention_errors,
+        },
+        OpInfo {
+            name: "attention(causal, scale 0.3)",
+            grad: || Grad::wrt(THREE),
+            samples: attention_samples,
+            run: |t| {
+                t[0].attention(
+                    &t[1],
+                    &t[2],
+                    AttentionOptions {
+                        causal: true,
+                        scale: Some(0.3),
+                    },
+                )
+            },
+            reference: |r| attention_ref(&r[0], &r[1], &r[2], true, Some(0.3)),
+            tol: |_| (2e-5, 2e-5),
+            errors: no_errors,
+        },
+        OpInfo {
+            name: "attention_packed(causal)",
+            grad: || Grad::wrt(ONE),
+            samples: packed_samples,
+            run: |t| t[0].attention_packed(CAUSAL),
+            reference: |r| packed_ref(&r[0], true),
+            tol: |_| (2e-5, 2e-5),
+            errors: packed_errors,
+        },
+        OpInfo {
+            name: "attention_packed",
+            grad: || Grad::wrt(ONE),
+            samples: packed_samples,
+            run: |t| t[0].attention_packed(AttentionOptions::default()),
+            reference: |r| packed_ref(&r[0], false),
+            tol: |_| (2e-5, 2e-5),
+            errors: no_errors,
+        },
+    ]
+}
+
+/// q, k, v with tq ≠ tk and d ≠ dv, tq past tk (causal queries that see every key), one head
+/// dimension past the kernel's 128 (the composed form), a NaN, and empty ones.
+pub fn attention_samples() -> Vec<Sample> {
+    let mut rng = Lcg(150);
+    let shapes: &[[&[usize]; 3]] = &[
+        [&[2, 3, 2, 4], &[2, 5, 2, 4], &[2, 5, 2, 3]],
+        [&[1, 5, 3, 2], &[1, 3, 3, 2], &[1, 3, 3, 5]],
+        [&[1, 4, 1, 16], &[1, 4, 1, 16], &[1, 4, 1, 16]],
+        [&[1, 2, 1, 130], &[1, 2, 1, 130], &[1, 2, 1, 2]],
+        [&[0, 3, 2, 4], &[0, 3, 2, 4], &[0, 3, 2, 4]],
+        [&[1, 0, 2, 4], &[1, 0, 2, 4], &[1, 0, 2, 4]],
+    ];
+    let mut out: Vec<Sample> = shapes
+        .iter()
+        .map(|s| Sample {
+            inputs: s
+                .iter()
+                .map(|d| (d.to_vec(), rng.vec(d.iter().product(), -1.5, 1.5)))
+                .collect(),
+        })
+        .collect();
+    // A NaN in one query: its rows are NaN, the others are not.
+    let mut q = rng.vec(2 * 3 * 2 * 4, -1.5, 1.5);
+    q[9] = f32::NAN;
+    out.push(Sample {
+        inputs: vec![
+            (vec![2, 3, 2, 4], q),
+            (vec![2, 3, 2, 4], rng.vec(48, -1.5, 1.5)),
+            (vec![2, 3, 2, 4], rng.vec(48, -1.5, 1.5)),
+        ],
+    });
+    out
+}
+
+pub fn packed_samples() -> Vec<Sample> {
+    shaped(&[&[2, 5, 3, 2, 4], &[1, 3, 3, 1, 8], &[0, 2, 3, 2, 4]], 151)
+}
+
+/// The f64 reference: `[b, tq, h, dv]`.
+pub fn attention_ref(q: &Ref, k: &Ref, v: &Ref, causal: bool, scale: Option<f64>) -> Ref {
+    let [b, tq, h, d] = q.shape[..] else { panic!() };
+    let (tk, dv) = (k.shape[1], v.shape[3]);
+    let scale = scale.unwrap_or(1.0 / (d.max(1) as f64).sqrt());
+    let mut out = vec![0.0; b * tq * h * dv];
+    for bb in 0..b {
+        for i in 0..tq {
+            for hh in 0..h {
+                let n = if causal { (i + 1).min(tk) } else { tk };
+                let s: Vec<f64> = (0..n)
+                    .map(|j| {
+                        (0..d)
+                            .map(|x| {
+                                q.data[((bb * tq + i) * h + hh) * d + x]
+                                    * k.data[((bb * tk + j) * h + hh) * d + x]
+                            })
+                            .sum::<f64>()
+                            * scale
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let m = if s.iter().any(|x| x.is_nan()) {
+                    f64::NAN
+                } else {
+                    m
+                };
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let total: f64 = e.iter().sum();
+                for x in 0..dv {
+                    out[((bb * tq + i) * h + hh) * dv + x] = (0..n)
+                        .map(|j| e[j] / total * v.data[((bb * tk + j) * h + hh) * dv + x])
+                        .sum();
+                }
+            }
+        }
+    }
+    Ref {
+        shape: vec![b, tq, h, dv],
+        data: out,
+    }
+}
+
+/// The packed input's parts as three references.
+pub fn packed_ref(qkv: &Ref, causal: bool) -> Ref {
+    let [b, t, _, h, d] = qkv.shape[..] else {
+        panic!()
+    };
+    let part = |p: usize| Ref {
+        shape: vec![b, t, h, d],
+        data: (0..b * t)
+            .flat_map(|row| {
+                let at = row * 3 * h * d + p * h * d;
+                qkv.data[at..at + h * d].to_vec()
+            })
+            .collect(),
+    };
+    attention_ref(&part(0), &part(1), &part(2), causal, None)
+}
+
+fn attention_errors(d: &Device) -> Vec<ErrorCase> {
+    let t = |s: &[usize]| Tensor::zeros(d, s).unwrap();
+    let (q, k) = (t(&[1, 2, 2, 4]), t(&[1, 3, 2, 4]));
+    let u = Tensor::from_vec_u32(d, vec![0; 16], &[1, 2, 2, 4]).unwrap();
+    vec![
+        (
+            "q of rank 3",
+            t(&[2, 2, 4]).attention(&k, &k, AttentionOptions::default()),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidShape {
+                        op: "attention",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "k with other heads",
+            q.attention(
+                &t(&[1, 3, 1, 4]),
+                &t(&[1, 3, 1, 4]),
+                AttentionOptions::default(),
+            ),
+            |e| {
+                matches!(
+                    e,
+                    Error::ShapeMismatch {
+                        op: "attention",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "v with other keys",
+            q.attention(&k, &t(&[1, 2, 2, 4]), AttentionOptions::default()),
+            |e| {
+                matches!(
+                    e,
+                    Error::ShapeMismatch {
+                        op: "attention",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "queries with no keys",
+            q.attention(
+                &t(&[1, 0, 2, 4]),
+                &t(&[1, 0, 2, 4]),
+                AttentionOptions::default(),
+            ),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidShape {
+                        op: "attention",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "a NaN scale",
+            q.attention(
+                &k,
+                &k,
+                AttentionOptions {
+                    causal: false,
+                    scale: Some(f32::NAN),
+                },
+            ),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidArgument {
+                        op: "attention",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "u32 queries",
+            u.attention(&k, &k, AttentionOptions::default()),
+            |e| {
+                matches!(
+                    e,
+                    Error::DTypeMismatch {
+                        op: "attention",
+                        ..
+                    }
+                )
+            },
+        ),
+    ]
+}
+
+fn packed_errors(d: &Device) -> Vec<ErrorCase> {
+    vec![(
+        "a packed input with 2 parts",
+        Tensor::zeros(d, &[1, 2, 2, 2, 4])
+            .unwrap()
+            .attention_packed(CAUSAL),
+        |e| {
+            matches!(
+                e,
+                Error::InvalidShape {
+                    op: "attention_packed",
+                    ..
+                }
+            )
+        },
+    )]
+}
