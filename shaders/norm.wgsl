@@ -115,3 +115,36 @@ fn backward(
     row_mean[row] = mean;
     row_r[row] = r;
 }
+
+// ---- the weight's and bias's gradients ------------------------------------------------------
+// One invocation per column j: dw_j = Σ_i g_ij · (x_ij - mean_i) · r_i and db_j = Σ_i g_ij over
+// the `rows` rows, from the row statistics `backward` wrote (the host bounds the walk as it
+// bounds one pass of reduce.wgsl).
+
+@group(0) @binding(1) var<storage, read> pg: array<f32>;
+@group(0) @binding(2) var<storage, read> pmean: array<f32>;
+@group(0) @binding(3) var<storage, read> pr: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(5) var<storage, read_write> db: array<f32>;
+
+@compute @workgroup_size(WG)
+fn param_grads(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let j = folded_index(wid, nwg, lid, WG);
+    if (j >= bp.len) {
+        return;
+    }
+    var sw = 0.0;
+    var sb = 0.0;
+    for (var i = 0u; i < bp.rows; i = i + 1u) {
+        let at = i * bp.len + j;
+        let g = pg[at];
+        sw = sw + g * ((x[at] - pmean[i]) * pr[i]);
+        sb = sb + g;
+    }
+    dw[j] = sw;
+    db[j] = sb;
+}

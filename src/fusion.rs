@@ -94,6 +94,8 @@ pub(crate) enum Operand<'a, B> {
     Program(&'a Arc<Program<B>>),
     /// A materialised buffer.
     Buffer(&'a B, LeafMap),
+    /// An unmaterialised program of one value, broadcast: every leaf is read at index 0.
+    Splat(&'a Arc<Program<B>>),
 }
 
 /// Builds a program from operands, sharing leaves and repeated sub-programs.
@@ -130,7 +132,8 @@ impl<B: Buffer> Builder<B> {
     fn operand(&mut self, op: &Operand<B>) -> usize {
         match op {
             Operand::Buffer(buf, map) => self.leaf(buf, map.clone()),
-            Operand::Program(p) => {
+            Operand::Program(p) | Operand::Splat(p) => {
+                let splat = matches!(op, Operand::Splat(_));
                 let key = Arc::as_ptr(p);
                 if let Some(&(_, v)) = self.inlined.iter().find(|(k, _)| *k == key) {
                     return v;
@@ -140,7 +143,9 @@ impl<B: Buffer> Builder<B> {
                     let v = match *inst {
                         Inst::Load(l) => {
                             let (buf, map) = &p.leaves[l];
-                            self.leaf(buf, map.clone())
+                            // A one-value program reads each leaf at index 0.
+                            let map = if splat { LeafMap::Scalar } else { map.clone() };
+                            self.leaf(buf, map)
                         }
                         Inst::Unary(op, x) => self.push(Inst::Unary(op, at[x])),
                         Inst::Binary(op, a, b) => self.push(Inst::Binary(op, at[a], at[b])),
@@ -174,8 +179,15 @@ impl<B: Buffer> Program<B> {
     pub(crate) fn size(op: &Operand<B>) -> (usize, usize) {
         match op {
             Operand::Buffer(..) => (1, 1),
-            Operand::Program(p) => (p.insts.len(), p.leaves.len()),
+            Operand::Program(p) | Operand::Splat(p) => (p.insts.len(), p.leaves.len()),
         }
+    }
+
+    /// `x`'s one value repeated `n` times, as a program.
+    pub(crate) fn splat(x: Operand<B>, n: usize) -> Arc<Program<B>> {
+        let mut b = Builder::new();
+        b.operand(&x);
+        b.finish(n)
     }
 
     /// `op(x)` over `n` values, as a program.

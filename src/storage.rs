@@ -440,6 +440,35 @@ impl Storage {
         }
     }
 
+    /// This one f32 value repeated `n` times as a fused program (extending this value's own
+    /// program where it has not run), so that a broadcast scalar costs no pass of its own;
+    /// `None` with fusion off (the caller copies).
+    pub(crate) fn splat(&self, n: usize) -> Result<Option<Storage>> {
+        const OP: &str = "broadcast_to";
+        match self {
+            Storage::Cpu(c) if n > 0 && cpu::fused::enabled() => {
+                let x = match c {
+                    CpuStorage::Lazy(f) if !f.is_done() => Operand::Splat(f),
+                    _ => Operand::Buffer(c.f32s(OP)?, LeafMap::Scalar),
+                };
+                Ok(Some(Storage::Cpu(CpuStorage::Lazy(
+                    cpu::fused::fused_splat(x, n),
+                ))))
+            }
+            Storage::Gpu(g) if n > 0 && fused::enabled(&g.ctx) => {
+                if g.dtype != DType::F32 {
+                    return Err(mismatch(OP, DType::F32, g.dtype));
+                }
+                let x = match g.program() {
+                    Some(f) => Operand::Splat(f),
+                    None => Operand::Buffer(g.materialized(OP)?, LeafMap::Scalar),
+                };
+                Ok(Some(g.lazy(fused::splat(&g.ctx, x, n))))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// `self op rhs` over the `n` outputs of `layout`.
     pub(crate) fn binary(
         &self,
@@ -639,6 +668,37 @@ impl Storage {
         }
     }
 
+    /// A norm's weight and bias gradients from its input (`self`), the output gradient `g` and
+    /// the row statistics [`Storage::norm_backward`] made: `(Σ_rows g·x̂, Σ_rows g)`.
+    /// `Unsupported` where the rows are too many for one pass of the device's kernel.
+    pub(crate) fn norm_param_grads(
+        &self,
+        [g, mean, r]: [&Storage; 3],
+        rows: usize,
+        len: usize,
+    ) -> Result<(Storage, Storage)> {
+        const OP: &str = "layer_norm backward";
+        match self {
+            Storage::Cpu(x) => {
+                let f =
+                    |s: &Storage| -> Result<Arc<Vec<f32>>> { Ok(host(OP, s)?.f32s(OP)?.clone()) };
+                let (dw, db) = cpu::norm_param_grads(x.f32s(OP)?, &f(g)?, &f(mean)?, &f(r)?, len)?;
+                Ok((cpu_f32(dw), cpu_f32(db)))
+            }
+            Storage::Gpu(x) => {
+                let [gb, mb, rb] = [g, mean, r].map(|s| gpu_f32(OP, Some(s)));
+                let (gb, mb, rb) = (
+                    gb?.ok_or_else(|| backends(OP))?,
+                    mb?.ok_or_else(|| backends(OP))?,
+                    rb?.ok_or_else(|| backends(OP))?,
+                );
+                let xb = x.bound(OP, DType::F32)?;
+                let (dw, db) = norm::param_grads(&x.ctx, [xb, gb, mb, rb], rows, len)?;
+                Ok((x.filled(dw, DType::F32), x.filled(db, DType::F32)))
+            }
+        }
+    }
+
     /// layer_norm (`rms` false) or rms_norm over `rows` rows of `len` values, with optional
     /// weight and bias of `len` values.
     #[allow(clippy::too_many_arguments)]
@@ -767,10 +827,41 @@ impl Storage {
                         _ => None,
                     };
                     let (x, y) = (a.bound(OP, DType::F32)?, b.bound(OP, DType::F32)?);
-                    matmul::matmul(ctx, x, y, plan, Epilogue { bias, act })
+                    matmul::matmul(
+                        ctx,
+                        x,
+                        y,
+                        plan,
+                        Epilogue {
+                            bias,
+                            act,
+                            row_sums: None,
+                        },
+                    )
                 })
             }
             _ => Err(backends(OP)),
+        }
+    }
+
+    /// `self · rhs` over `plan` (`m, n, k > 0`, no epilogue) and, where the device's kernel
+    /// adds them in the same pass, the sums of the left operand's rows (`[batches, m]`).
+    pub(crate) fn matmul_row_sums(
+        &self,
+        rhs: &Storage,
+        plan: &MatmulPlan,
+    ) -> Result<(Storage, Option<Storage>)> {
+        const OP: &str = "matmul";
+        match (self, rhs) {
+            (Storage::Gpu(a), Storage::Gpu(b)) => {
+                let (x, y) = (a.bound(OP, DType::F32)?, b.bound(OP, DType::F32)?);
+                let (c, sums) = matmul::matmul_row_sums(&a.ctx, x, y, plan)?;
+                Ok((
+                    a.filled(c, DType::F32),
+                    sums.map(|v| a.filled(v, DType::F32)),
+                ))
+            }
+            _ => Ok((self.matmul(rhs, plan, None, None)?, None)),
         }
     }
 

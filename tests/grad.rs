@@ -144,3 +144,54 @@ fn gradients_match_finite_differences_on_every_gpu() {
         check_table_on(&dev);
     }
 }
+
+/// A linear layer's gradients under every matmul configuration match the CPU's: the weight's
+/// and the bias's come from one product where version 4 adds A's row sums as a column of ones
+/// (in-feature counts that fill the last tile exactly, and that leave it ragged).
+#[test]
+fn linear_gradients_match_the_cpu_under_every_matmul_config() {
+    let grads = |dev: &Device, (rows, k, n): (usize, usize, usize)| -> Vec<Vec<f32>> {
+        let mut rng = Lcg(9 + k as u64);
+        let x = Tensor::from_vec(dev, rng.vec(rows * k, -1.0, 1.0), &[rows, k])
+            .unwrap()
+            .with_grad()
+            .unwrap();
+        let w = Tensor::from_vec(dev, rng.vec(n * k, -1.0, 1.0), &[n, k])
+            .unwrap()
+            .with_grad()
+            .unwrap();
+        let b = Tensor::from_vec(dev, rng.vec(n, -1.0, 1.0), &[n])
+            .unwrap()
+            .with_grad()
+            .unwrap();
+        let y = x.linear(&w, Some(&b), None).unwrap();
+        let up = Tensor::from_vec(dev, rng.vec(rows * n, -1.0, 1.0), &[rows, n]).unwrap();
+        y.mul(&up).unwrap().sum_all().unwrap().backward().unwrap();
+        [&x, &w, &b]
+            .iter()
+            .map(|t| t.grad().unwrap().to_vec().unwrap())
+            .collect()
+    };
+    let shapes = [(5, 16, 3), (7, 5, 9), (33, 64, 10)];
+    let want: Vec<_> = shapes.iter().map(|&s| grads(&Device::cpu(), s)).collect();
+    for dev in fresh_gpus() {
+        let mut configs: Vec<Option<kiln::gpu::MatmulConfig>> = vec![None];
+        configs.extend(kiln::gpu::matmul_configs().into_iter().map(Some));
+        for config in configs {
+            dev.set_matmul_config(config);
+            for (s, want) in shapes.iter().zip(&want) {
+                for (i, (got, want)) in grads(&dev, *s).iter().zip(want).enumerate() {
+                    let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+                    assert_close(
+                        &format!("linear {s:?} input {i} under {config:?} on {dev}"),
+                        got,
+                        &want,
+                        1e-4,
+                        1e-4,
+                    );
+                }
+            }
+        }
+        dev.set_matmul_config(None);
+    }
+}

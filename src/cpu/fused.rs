@@ -212,6 +212,11 @@ pub(crate) fn fused_unary(x: Operand<Arc<Vec<f32>>>, op: UnaryOp, n: usize) -> A
     register(Program::unary(x, op, n))
 }
 
+/// `x`'s one value repeated `n` times, as a program (run when read).
+pub(crate) fn fused_splat(x: Operand<Arc<Vec<f32>>>, n: usize) -> Arc<CpuFused> {
+    register(Program::splat(x, n))
+}
+
 /// `x op y` over `n` values, as a program (run when read).
 pub(crate) fn fused_binary(
     x: Operand<Arc<Vec<f32>>>,

@@ -31,7 +31,8 @@ pub(crate) use index::{gather, group_by_row, index_select, where_};
 pub(crate) use matmul::{linear, matmul};
 pub(crate) use optim::update;
 pub(crate) use reduce::{
-    argmax, cross_entropy_grad, cross_entropy_rows, norm, norm_backward, reduce, softmax,
+    argmax, cross_entropy_grad, cross_entropy_rows, norm, norm_backward, norm_param_grads, reduce,
+    softmax,
 };
 pub(crate) use scan::{cumsum, topk};
 pub(crate) use strided::{pad, strided_copy};

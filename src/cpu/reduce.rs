@@ -184,6 +184,31 @@ pub(crate) fn norm_backward(
     Ok((dx, mean, r))
 }
 
+/// The weight's and bias's gradients of a norm over rows of `len` values: `(Σ_rows g·x̂,
+/// Σ_rows g)` with `x̂ = (x - mean)·r` from each row's statistics, summed in row order as
+/// `norm.wgsl`'s `param_grads` does.
+pub(crate) fn norm_param_grads(
+    x: &[f32],
+    g: &[f32],
+    mean: &[f32],
+    r: &[f32],
+    len: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    const OP: &str = "layer_norm backward";
+    let (mut dw, mut db): (Vec<f32>, Vec<f32>) = (alloc(OP, len)?, alloc(OP, len)?);
+    for (i, (xs, gs)) in x
+        .chunks_exact(len.max(1))
+        .zip(g.chunks_exact(len.max(1)))
+        .enumerate()
+    {
+        for (j, (&xv, &gv)) in xs.iter().zip(gs).enumerate() {
+            dw[j] += gv * ((xv - mean[i]) * r[i]);
+            db[j] += gv;
+        }
+    }
+    Ok((dw, db))
+}
+
 /// argmax along the middle axis (first maximum; first NaN if any).
 pub(crate) fn argmax(x: &[f32], (outer, len, inner): (usize, usize, usize)) -> Result<Vec<u32>> {
     let mut out = alloc("argmax", outer * inner)?;

@@ -287,21 +287,31 @@ impl Tensor {
         if self.shape() == shape {
             return Ok(self.clone());
         }
-        let plan = StridedCopy {
-            dims: shape.to_vec(),
-            in_strides: self.shape.broadcast_strides(&target),
-            in_offset: 0,
-            out_strides: target.strides(),
-            out_offset: 0,
+        // One value: a fused program that repeats it (no copy pass where fusion is on).
+        let splat = match self.numel() == 1 && self.dtype() == DType::F32 {
+            true => self.storage.splat(target.numel())?,
+            false => None,
         };
-        let out = Self::assemble(
-            "broadcast_to",
-            &self.device,
-            self.dtype(),
-            target,
-            &[(self, plan)],
-            false,
-        )?;
+        let out = match splat {
+            Some(storage) => self.with(storage, target),
+            None => {
+                let plan = StridedCopy {
+                    dims: shape.to_vec(),
+                    in_strides: self.shape.broadcast_strides(&target),
+                    in_offset: 0,
+                    out_strides: target.strides(),
+                    out_offset: 0,
+                };
+                Self::assemble(
+                    "broadcast_to",
+                    &self.device,
+                    self.dtype(),
+                    target,
+                    &[(self, plan)],
+                    false,
+                )?
+            }
+        };
         if !Tensor::tracking(&[self]) {
             return Ok(out);
         }

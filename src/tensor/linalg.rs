@@ -5,6 +5,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::matmul_plan::MatmulPlan;
 use crate::op::UnaryOp;
+use crate::shape::Shape;
 
 /// Slices of K a split-K matmul sums, where a device cannot walk all of K in one kernel.
 const SPLIT_K: usize = 16_384;
@@ -124,23 +125,47 @@ impl Tensor {
         Ok(out.record("linear", &present, move |g, need| {
             let (n, k) = (w.shape()[0], w.shape()[1]);
             let rows: usize = x.shape()[..x.rank() - 1].iter().product();
-            let mut grads = vec![
-                need[0].then(|| g.matmul(&w)).transpose()?,
-                need[1]
-                    .then(|| {
-                        g.reshape(&[rows, n])?.matmul_transposed(
-                            &x.reshape(&[rows, k])?,
-                            true,
-                            false,
-                        )
-                    })
-                    .transpose()?,
-            ];
+            let (g2, x2) = (g.reshape(&[rows, n])?, x.reshape(&[rows, k])?);
+            let want_bias = has_bias && need[2];
+            // The weight's gradient gᵀ·x, with the bias's (g's column sums) from the same pass
+            // where the kernel adds them.
+            let (dw, db) = match need[1] {
+                true if want_bias => {
+                    let (dw, db) = g2.matmul_with_row_sums(&x2)?;
+                    (Some(dw), db)
+                }
+                true => (Some(g2.matmul_transposed(&x2, true, false)?), None),
+                false => (None, None),
+            };
+            let mut grads = vec![need[0].then(|| g.matmul(&w)).transpose()?, dw];
             if has_bias {
-                grads.push(need[2].then(|| g.sum_to(&[n])).transpose()?);
+                let db = match db {
+                    Some(db) => Some(db),
+                    None => want_bias.then(|| g.sum_to(&[n])).transpose()?,
+                };
+                grads.push(db);
             }
             Ok(grads)
         }))
+    }
+
+    /// `selfᵀ · rhs` for 2-D operands (untracked) and, where the device's kernel adds them in
+    /// the same pass, the sums of `self`'s columns (`[self.shape()[1]]`).
+    fn matmul_with_row_sums(&self, rhs: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        let plan = MatmulPlan::transposed(&self.shape, &rhs.shape, true, false)?;
+        if plan.k == 0 || plan.out_numel() == 0 {
+            return Ok((self.matmul_transposed(rhs, true, false)?, None));
+        }
+        match self.storage.matmul_row_sums(&rhs.storage, &plan) {
+            Ok((c, sums)) => {
+                let sums = sums
+                    .map(|s| Ok::<_, Error>(self.with(s, Shape::new(&[plan.m])?)))
+                    .transpose()?;
+                Ok((self.with(c, plan.out_shape), sums))
+            }
+            Err(Error::Unsupported { .. }) => Ok((self.matmul_transposed(rhs, true, false)?, None)),
+            Err(e) => Err(e),
+        }
     }
 
     fn linear_forward(

@@ -178,60 +178,93 @@ impl Tensor {
         Ok(out.record(name, &present, move |g, need| {
             let len = *x.shape().last().unwrap_or(&1);
             // x̂ = (x - mean) · r (layer_norm) or x · r (rms_norm), r = 1/sqrt(var + eps)
-            let (dx, xhat) = match Self::norm_grad_kernel(&x, w.as_ref(), g, eps, rms)? {
-                Some(pair) => pair,
-                None => {
-                    // Too long a row for this device's kernel: composed from reductions.
-                    let centered = if rms {
-                        x.clone()
-                    } else {
-                        x.sub(&x.mean(-1, true)?)?
-                    };
-                    let r = centered
-                        .square()?
-                        .mean(-1, true)?
-                        .add_scalar(eps)?
-                        .rsqrt()?;
-                    let xhat = centered.mul(&r)?;
-                    let dxhat = match &w {
-                        Some(w) => g.mul(w)?,
-                        None => g.clone(),
-                    };
-                    let proj = dxhat.mul(&xhat)?.mean(-1, true)?.mul(&xhat)?;
-                    let dx = if rms {
-                        dxhat.sub(&proj)?.mul(&r)?
-                    } else {
-                        dxhat.sub(&dxhat.mean(-1, true)?)?.sub(&proj)?.mul(&r)?
-                    };
-                    (dx, xhat)
-                }
+            let (dx, stats) = match Self::norm_grad_kernel(&x, w.as_ref(), g, eps, rms)? {
+                Some((dx, mean, r)) => (dx, Some((mean, r))),
+                // Too long a row for this device's kernel: composed from reductions.
+                None => (
+                    Self::norm_grad_composite(&x, w.as_ref(), g, eps, rms)?,
+                    None,
+                ),
             };
             let mut grads = vec![Some(dx)];
+            let want_w = w.is_some() && need[1];
+            let want_b = has_bias && need[1 + usize::from(w.is_some())];
+            if !want_w && !want_b {
+                grads.extend(w.iter().map(|_| None));
+                grads.extend(has_bias.then_some(None));
+                return Ok(grads);
+            }
+            // Both sums over the rows in one pass where the device's kernel takes them.
+            let pair = match &stats {
+                Some((mean, r)) => Self::norm_param_grads(&x, g, mean, r)?,
+                None => None,
+            };
+            let (dw, db) = match pair {
+                Some(pair) => pair,
+                None => {
+                    let xhat = match &stats {
+                        Some((mean, r)) => x.sub(mean)?.mul(r)?,
+                        None => Self::norm_xhat(&x, eps, rms)?.0,
+                    };
+                    (g.mul(&xhat)?.sum_to(&[len])?, g.sum_to(&[len])?)
+                }
+            };
             if w.is_some() {
-                grads.push(match need[1] {
-                    true => Some(g.mul(&xhat)?.sum_to(&[len])?),
-                    false => None,
-                });
+                grads.push(want_w.then_some(dw));
             }
             if has_bias {
-                grads.push(match need[grads.len()] {
-                    true => Some(g.sum_to(&[len])?),
-                    false => None,
-                });
+                grads.push(want_b.then_some(db));
             }
             Ok(grads)
         }))
     }
 
-    /// The norm's input gradient from its own kernel (one pass per row) and x̂ (unrun, for the
-    /// weight's gradient); `None` where the rows are too long for the device's kernel or empty.
+    /// x̂ = (x - mean) · r (layer_norm) or x · r (rms_norm) and r = 1/sqrt(var + eps), from
+    /// reductions.
+    fn norm_xhat(x: &Tensor, eps: f32, rms: bool) -> Result<(Tensor, Tensor)> {
+        let centered = if rms {
+            x.clone()
+        } else {
+            x.sub(&x.mean(-1, true)?)?
+        };
+        let r = centered
+            .square()?
+            .mean(-1, true)?
+            .add_scalar(eps)?
+            .rsqrt()?;
+        Ok((centered.mul(&r)?, r))
+    }
+
+    /// The norm's input gradient composed from reductions and elementwise ops.
+    fn norm_grad_composite(
+        x: &Tensor,
+        w: Option<&Tensor>,
+        g: &Tensor,
+        eps: f32,
+        rms: bool,
+    ) -> Result<Tensor> {
+        let (xhat, r) = Self::norm_xhat(x, eps, rms)?;
+        let dxhat = match w {
+            Some(w) => g.mul(w)?,
+            None => g.clone(),
+        };
+        let proj = dxhat.mul(&xhat)?.mean(-1, true)?.mul(&xhat)?;
+        if rms {
+            dxhat.sub(&proj)?.mul(&r)
+        } else {
+            dxhat.sub(&dxhat.mean(-1, true)?)?.sub(&proj)?.mul(&r)
+        }
+    }
+
+    /// The norm's input gradient from its own kernel (one pass per row) with each row's mean
+    /// and r (`[.., 1]`); `None` where the rows are too long for the device's kernel or empty.
     fn norm_grad_kernel(
         x: &Tensor,
         w: Option<&Tensor>,
         g: &Tensor,
         eps: f32,
         rms: bool,
-    ) -> Result<Option<(Tensor, Tensor)>> {
+    ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
         let len = *x.shape().last().unwrap_or(&0);
         if len == 0 || x.numel() == 0 {
             return Ok(None);
@@ -244,8 +277,28 @@ impl Tensor {
                 *stat.last_mut().expect("rank > 0") = 1;
                 let stat = Shape::new(&stat)?;
                 let (mean, r) = (x.with(mean, stat.clone()), x.with(r, stat));
-                let xhat = x.sub(&mean)?.mul(&r)?;
-                Ok(Some((x.with(dx, x.shape.clone()), xhat)))
+                Ok(Some((x.with(dx, x.shape.clone()), mean, r)))
+            }
+            Err(Error::Unsupported { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The weight's and bias's gradients `(Σ_rows g·x̂, Σ_rows g)` in one pass from the row
+    /// statistics; `None` where the device's kernel does not take so many rows.
+    fn norm_param_grads(
+        x: &Tensor,
+        g: &Tensor,
+        mean: &Tensor,
+        r: &Tensor,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let len = *x.shape().last().expect("rank > 0");
+        let rows = x.numel() / len;
+        let stats = [&g.storage, &mean.storage, &r.storage];
+        match x.storage.norm_param_grads(stats, rows, len) {
+            Ok((dw, db)) => {
+                let shape = Shape::new(&[len])?;
+                Ok(Some((x.with(dw, shape.clone()), x.with(db, shape))))
             }
             Err(Error::Unsupported { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -289,14 +342,7 @@ impl Tensor {
             // Too long a row for this device's kernel (llvmpipe's loop limit): the same
             // formula from chunked reductions and fused elementwise ops.
             Err(Error::Unsupported { .. }) => {
-                let x = self.detach();
-                let centered = if rms { x } else { x.sub(&x.mean(-1, true)?)? };
-                let r = centered
-                    .square()?
-                    .mean(-1, true)?
-                    .add_scalar(eps)?
-                    .rsqrt()?;
-                let mut y = centered.mul(&r)?;
+                let mut y = Self::norm_xhat(&self.detach(), eps, rms)?.0;
                 if let Some(w) = weight {
                     y = y.mul(&w.detach())?;
                 }

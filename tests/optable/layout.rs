@@ -189,6 +189,34 @@ pub fn table() -> Vec<OpInfo> {
                 ]
             },
         },
+        OpInfo {
+            name: "broadcast_to of a computed value",
+            grad: own,
+            // One value still being computed (a fused program) repeated: it extends that program.
+            samples: || {
+                pairs(
+                    &[
+                        (&[], &[2, 3]),
+                        (&[1, 1], &[4, 1, 3]),
+                        (&[1], &[0]),
+                        (&[2, 1], &[2, 3]),
+                    ],
+                    72,
+                )
+            },
+            run: |t| t[0].mul_scalar(0.5)?.exp()?.broadcast_to(t[1].shape()),
+            reference: |r| {
+                let x = map_ref(&r[0], |v| (0.5 * v).exp());
+                let out = r[1].shape.clone();
+                let n = out.iter().product();
+                let data = (0..n)
+                    .map(|i| x.data[bcast_index(&x.shape, &out, &unravel(i, &out))])
+                    .collect();
+                Ref { shape: out, data }
+            },
+            tol: |_| (1e-6, 1e-6),
+            errors: no_errors,
+        },
     ]
 }
 

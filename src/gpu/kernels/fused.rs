@@ -63,6 +63,11 @@ pub(crate) fn binary(
     pending(ctx, Program::binary(x, y, op, n))
 }
 
+/// `x`'s one value repeated `n` times, as a program of this device (run later).
+pub(crate) fn splat(ctx: &GpuContext, x: Operand<Arc<PooledBuffer>>, n: usize) -> Arc<Fused> {
+    pending(ctx, Program::splat(x, n))
+}
+
 impl Fused {
     /// The program's buffer, running it (one dispatch) on first use.
     pub(crate) fn materialized(&self, ctx: &GpuContext) -> Result<&Arc<PooledBuffer>> {

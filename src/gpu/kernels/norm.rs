@@ -1,7 +1,8 @@
 //! `shaders/norm.wgsl`: layer_norm and rms_norm over the last dimension.
 
 use super::Family;
-use crate::error::Result;
+use super::reduce::CHUNK;
+use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::{KernelSpec, shader};
 use crate::gpu::pool::PooledBuffer;
@@ -60,7 +61,47 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
             out.push(spec_of("backward", rms, weight, false));
         }
     }
+    out.push(param_grads_spec());
     out
+}
+
+fn param_grads_spec() -> KernelSpec {
+    spec_of("param_grads", false, false, false)
+}
+
+/// The weight's and bias's gradients of layer_norm or rms_norm over `rows x len` values (both
+/// positive) from `x`, the output gradient `g` and each row's mean and r (from [`backward`]):
+/// `(Σ_rows g·x̂, Σ_rows g)`. `Unsupported` past one reduction pass's rows ([`CHUNK`]).
+pub(crate) fn param_grads(
+    ctx: &GpuContext,
+    [x, g, mean, r]: [&PooledBuffer; 4],
+    rows: usize,
+    len: usize,
+) -> Result<(PooledBuffer, PooledBuffer)> {
+    const OP: &str = "layer_norm backward";
+    if rows > CHUNK {
+        return Err(Error::Unsupported {
+            op: OP,
+            reason: format!("{rows} rows: more than one reduction pass takes"),
+        });
+    }
+    ctx.check_walk(OP, rows)?;
+    let (dw, db) = (ctx.alloc(OP, len)?, ctx.alloc(OP, len)?);
+    ctx.dispatch_1d(
+        OP,
+        &param_grads_spec(),
+        &[
+            &x.buffer,
+            &g.buffer,
+            &mean.buffer,
+            &r.buffer,
+            &dw.buffer,
+            &db.buffer,
+        ],
+        bytemuck::bytes_of(&NormParams::new(rows, len, 0.0)),
+        len,
+    )?;
+    Ok((dw, db))
 }
 
 /// The input gradient of layer_norm (rms_norm with `rms`) over `rows x len` values (both > 0)

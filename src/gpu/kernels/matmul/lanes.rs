@@ -26,6 +26,12 @@
 //! switch is compiled once. Written out per output, it made the 32 x 8 tile take 4 s to
 //! compile on lavapipe instead of 0.3 s.
 //!
+//! Row sums of A come from the same pass (bit 31 of `Params::epilogue`): column `n` of B then
+//! reads as ones, so that column of C is each row's sum, written to `sums` (`[batches, m]`)
+//! instead of C, one more column tile where n fills the last. A linear layer's backward gets
+//! its bias gradient (the column sums of the output gradient g, the row sums of gᵀ) from its
+//! weight gradient's product this way, one dispatch instead of two.
+//!
 //! Indices are clamped (rows past m read row m-1, columns past n column n-1, k past the end
 //! reads the last k and multiplies by an explicit zero), so every lane of a subgroup stays
 //! active for the broadcasts; only the stores are guarded. The module keeps wgpu's runtime
@@ -120,7 +126,7 @@ struct Params {{
     row_tile0: u32,
     alpha: f32,
     beta: f32,
-    epilogue: u32, // bit 0: add the bias; the rest: the activation's selector
+    epilogue: u32, // bit 0: add the bias; bit 31: row sums of A; between: the activation
 }}
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -128,7 +134,8 @@ struct Params {{
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<storage, read> offsets: array<u32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
-@group(0) @binding(5) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read_write> sums: array<f32>;
+@group(0) @binding(6) var<uniform> p: Params;
 
 @compute @workgroup_size({sg}, 1, 1)
 fn main(
@@ -141,6 +148,8 @@ fn main(
     let b_off = offsets[2u * batch + 1u];
     let c_off = batch * p.m * p.n;
     let cbase = wid.x * {w}u + lane;
+    // With row sums, column n of B reads as ones: that column of C is the sum of A's row.
+    let ones_at = select(0xffffffffu, p.n, (p.epilogue & 0x80000000u) != 0u);
 ",
         w = sg * tn
     );
@@ -153,7 +162,8 @@ fn main(
     for t in cols.clone() {
         let _ = writeln!(
             s,
-            "    let bc{t} = b_off + min(cbase + {o}u, p.n - 1u) * p.b_cs;",
+            "    let bc{t} = b_off + min(cbase + {o}u, p.n - 1u) * p.b_cs;
+    let ones{t} = cbase + {o}u == ones_at;",
             o = t * sg
         );
     }
@@ -181,7 +191,7 @@ fn main(
         for t in cols.clone() {
             let _ = writeln!(
                 s,
-                "            let b{t} = select(0.0, b[bc{t} + kr], b_in);"
+                "            let b{t} = select(0.0, select(b[bc{t} + kr], 1.0, ones{t}), b_in);"
             );
         }
         for r in rows.clone() {
@@ -202,7 +212,7 @@ fn main(
     }
     let _ = writeln!(
         s,
-        "    let act = p.epilogue >> 1u;
+        "    let act = (p.epilogue >> 1u) & 0x3fffffffu;
     for (var i = 0u; i < {n}u; i = i + 1u) {{
         let row = row0 + i / {tn}u;
         let col = cbase + (i % {tn}u) * {sg}u;
@@ -212,6 +222,8 @@ fn main(
                 v = v + bias[col];
             }}
             c[c_off + row * p.n + col] = activate(act, v, p.alpha, p.beta);
+        }} else if (row < p.m && col == ones_at) {{
+            sums[batch * p.m + row] = tile[i];
         }}
     }}",
         n = tm * tn

@@ -274,11 +274,13 @@ impl MatmulConfig {
     }
 }
 
-/// What the epilogue of version 2 adds: a bias per output column and an activation.
+/// What the epilogue adds: a bias per output column and an activation (versions 2 to 4), and
+/// the sums of A's rows into `row_sums` (`[batches, m]`; version 4 only).
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Epilogue<'a> {
     pub bias: Option<&'a PooledBuffer>,
     pub act: Option<UnaryOp>,
+    pub row_sums: Option<&'a PooledBuffer>,
 }
 
 /// The pipeline for `config` with f16-storage operands (version 2 only).
@@ -460,7 +462,10 @@ fn run_with(
     let offsets = ctx.upload("matmul", bytemuck::cast_slice(&table))?;
     let max = ctx.limits.max_compute_workgroups_per_dimension;
     let (tm, tn) = config.tile();
-    let col_tiles = (plan.n as u32).div_ceil(tn);
+    let lanes = matches!(config, MatmulConfig::Lanes { .. });
+    let row_sums = epilogue.row_sums.filter(|_| lanes);
+    // Version 4 computes row sums as one more column of C, where B reads as ones.
+    let col_tiles = (plan.n as u32 + u32::from(row_sums.is_some())).div_ceil(tn);
     let row_tiles = (plan.m as u32).div_ceil(tm);
     if col_tiles > max {
         return Err(Error::TooLarge {
@@ -473,6 +478,9 @@ fn run_with(
     let mut buffers = vec![&a.buffer, &b.buffer, &out.buffer, &offsets.buffer];
     if !matches!(config, MatmulConfig::Tiled16) {
         buffers.push(&bias.buffer);
+    }
+    if lanes {
+        buffers.push(&row_sums.unwrap_or(&out).buffer);
     }
     let batches = plan.offsets.len() as u32;
     // Split grids past the per-dimension limit into several dispatches.
@@ -498,7 +506,8 @@ fn run_with(
                     | (epilogue
                         .act
                         .map_or(crate::op::NO_ACTIVATION, UnaryOp::shader_id)
-                        << 1),
+                        << 1)
+                    | (u32::from(row_sums.is_some()) << 31),
             };
             ctx.dispatch(
                 &spec,
@@ -556,11 +565,43 @@ pub(crate) fn matmul(
     plan: &MatmulPlan,
     epilogue: Epilogue,
 ) -> Result<PooledBuffer> {
+    Ok(matmul_with(ctx, a, b, plan, epilogue)?.0)
+}
+
+/// `C = A x B` as [`matmul`], and the sums of A's rows (`[batches, m]`: a linear layer's bias
+/// gradient beside its weight gradient) where the kernel the tuner picks adds them in the same
+/// pass (version 4); `None` where it does not.
+pub(crate) fn matmul_row_sums(
+    ctx: &GpuContext,
+    a: &PooledBuffer,
+    b: &PooledBuffer,
+    plan: &MatmulPlan,
+) -> Result<(PooledBuffer, Option<PooledBuffer>)> {
+    let sums = ctx.alloc("matmul", plan.offsets.len() * plan.m)?;
+    let epilogue = Epilogue {
+        row_sums: Some(&sums),
+        ..Epilogue::default()
+    };
+    let (out, config) = matmul_with(ctx, a, b, plan, epilogue)?;
+    Ok((
+        out,
+        matches!(config, MatmulConfig::Lanes { .. }).then_some(sums),
+    ))
+}
+
+/// [`matmul`], with the configuration that ran.
+fn matmul_with(
+    ctx: &GpuContext,
+    a: &PooledBuffer,
+    b: &PooledBuffer,
+    plan: &MatmulPlan,
+    epilogue: Epilogue,
+) -> Result<(PooledBuffer, MatmulConfig)> {
     let has_epilogue = epilogue.bias.is_some() || epilogue.act.is_some();
     let tuner = tuner(ctx);
     let (config, trial) = tuner.choose(ctx, plan, has_epilogue);
     let tune::Trial::Yes { key, timed } = trial else {
-        return run(ctx, a, b, plan, config, epilogue);
+        return Ok((run(ctx, a, b, plan, config, epilogue)?, config));
     };
     // A tuning trial: a timed one runs alone between two synchronizations.
     if timed {
@@ -572,7 +613,7 @@ pub(crate) fn matmul(
         ctx.synchronize()?;
     }
     tuner.record(key, config, timed, start.elapsed());
-    Ok(out)
+    Ok((out, config))
 }
 
 /// The device's tuner (made on first use: it reads the tuning cache).
