@@ -86,11 +86,6 @@ impl AttnDims {
         }
     }
 
-    /// The first query that attends to key `j`.
-    pub(crate) fn first_query(&self, j: usize) -> usize {
-        if self.causal { j } else { 0 }
-    }
-
     /// Values in each of q's, k's and v's buffers (the packed tensor's for all three).
     pub(crate) fn sizes(&self) -> [usize; 3] {
         let (b, h) = (self.batch, self.heads);

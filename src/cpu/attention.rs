@@ -78,61 +78,46 @@ pub(crate) fn attention_backward(
     }
     let stat = |b: usize, i: usize, hh: usize| (b * a.tq + i) * h + hh;
     let grad_row = |b: usize, i: usize, hh: usize| &g[stat(b, i, hh) * dv..][..dv];
-    // dq, one (batch, query) row of every head per piece.
-    let mut dq: Vec<f32> = alloc(OP, a.batch * a.tq * h * d)?;
-    par_chunks_mut(&mut dq, h * d, a.tk * h * (d + dv), &|r, out| {
-        let (b, i) = (r / a.tq, r % a.tq);
-        for hh in 0..h {
+    // One (batch, head) per piece: its dq [tq, d], dk [tk, d] and dv [tk, dv], from each
+    // score computed once. Each sum runs in the GPU passes' order (dq over keys, dk and dv
+    // over queries, ascending).
+    let per = a.tq * d + a.tk * (d + dv);
+    let mut parts: Vec<f32> = alloc(OP, a.batch * h * per)?;
+    par_chunks_mut(&mut parts, per, a.tq * a.tk * 2 * (d + dv), &|r, out| {
+        let (b, hh) = (r / h, r % h);
+        let (dq, rest) = out.split_at_mut(a.tq * d);
+        let (dk, dvv) = rest.split_at_mut(a.tk * d);
+        for i in 0..a.tq {
             let (qi, gi) = (&q[qv.at(b, i, hh)..][..d], grad_row(b, i, hh));
             let (li, di) = (lse[stat(b, i, hh)], delta[stat(b, i, hh)]);
-            let acc = &mut out[hh * d..][..d];
+            let dqi = &mut dq[i * d..][..d];
             for j in 0..a.keys(i) {
                 let kj = &k[kv.at(b, j, hh)..][..d];
                 let vj = &v[vv.at(b, j, hh)..][..dv];
                 let p = (score(qi, kj, scale) - li).exp();
-                let dp: f32 = gi.iter().zip(vj).map(|(&x, &y)| x * y).sum();
-                let ds = p * (dp - di);
-                for (x, &y) in acc.iter_mut().zip(kj) {
-                    *x += ds * y;
-                }
-            }
-            acc.iter_mut().for_each(|x| *x *= scale);
-        }
-    });
-    // dk and dv, one (batch, key) row of every head per piece: dk's heads, then dv's.
-    let per = h * (d + dv);
-    let mut dkv: Vec<f32> = alloc(OP, a.batch * a.tk * per)?;
-    par_chunks_mut(&mut dkv, per, a.tq * h * (d + dv), &|r, out| {
-        let (b, j) = (r / a.tk, r % a.tk);
-        let (dk, dvv) = out.split_at_mut(h * d);
-        for hh in 0..h {
-            let kj = &k[kv.at(b, j, hh)..][..d];
-            let vj = &v[vv.at(b, j, hh)..][..dv];
-            let (dk, dvv) = (&mut dk[hh * d..][..d], &mut dvv[hh * dv..][..dv]);
-            for i in a.first_query(j)..a.tq {
-                let qi = &q[qv.at(b, i, hh)..][..d];
-                let gi = grad_row(b, i, hh);
-                let p = (score(qi, kj, scale) - lse[stat(b, i, hh)]).exp();
                 let mut dp = 0.0f32;
-                for ((x, &gv), &y) in dvv.iter_mut().zip(gi).zip(vj) {
+                for ((x, &gv), &y) in dvv[j * dv..][..dv].iter_mut().zip(gi).zip(vj) {
                     dp += gv * y;
                     *x += p * gv;
                 }
-                let ds = p * (dp - delta[stat(b, i, hh)]);
-                for (x, &y) in dk.iter_mut().zip(qi) {
+                let ds = p * (dp - di);
+                for (x, &y) in dqi.iter_mut().zip(kj) {
+                    *x += ds * y;
+                }
+                for (x, &y) in dk[j * d..][..d].iter_mut().zip(qi) {
                     *x += ds * y;
                 }
             }
-            dk.iter_mut().for_each(|x| *x *= scale);
         }
+        dq.iter_mut().chain(dk.iter_mut()).for_each(|x| *x *= scale);
     });
     // Into the inputs' layouts.
-    let place = |out: &mut [f32], to: View, from: &[f32], w: usize, t: usize, stride: usize| {
+    let place = |out: &mut [f32], to: View, at: usize, w: usize, t: usize| {
         for b in 0..a.batch {
-            for tt in 0..t {
-                for hh in 0..h {
-                    let src = (b * t + tt) * stride + hh * w;
-                    out[to.at(b, tt, hh)..][..w].copy_from_slice(&from[src..src + w]);
+            for hh in 0..h {
+                let block = &parts[(b * h + hh) * per + at..];
+                for tt in 0..t {
+                    out[to.at(b, tt, hh)..][..w].copy_from_slice(&block[tt * w..][..w]);
                 }
             }
         }
@@ -145,9 +130,9 @@ pub(crate) fn attention_backward(
         }
         let out = outs.last_mut().expect("pushed above");
         match part {
-            0 => place(out, view, &dq, d, a.tq, h * d),
-            1 => place(out, view, &dkv, d, a.tk, per),
-            _ => place(out, view, &dkv[h * d..], dv, a.tk, per),
+            0 => place(out, view, 0, d, a.tq),
+            1 => place(out, view, a.tq * d, d, a.tk),
+            _ => place(out, view, a.tq * d + a.tk * d, dv, a.tk),
         }
     }
     Ok(outs)

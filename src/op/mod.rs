@@ -14,8 +14,8 @@ mod unary;
 
 pub use binary::BinaryOp;
 pub use reduce::ReduceOp;
-pub(crate) use unary::NO_ACTIVATION;
 pub use unary::UnaryOp;
+pub(crate) use unary::{NO_ACTIVATION, gelu_derivative};
 
 use std::fmt::Write;
 use std::sync::OnceLock;

@@ -296,10 +296,7 @@ impl UnaryOp {
         match self {
             UnaryOp::Relu => step(x > 0.0, 1.0, 0.0),
             UnaryOp::LeakyRelu(alpha) => step(x > 0.0, 1.0, alpha),
-            UnaryOp::Gelu => {
-                0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
-                    + x * 0.398_942_3 * exp_f32(-0.5 * x * x)
-            }
+            UnaryOp::Gelu => gelu_derivative(x),
             UnaryOp::GeluTanh => {
                 let t = tanh_f32(K * (x + 0.044715 * x * x * x));
                 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K * (1.0 + 0.134145 * x * x)
@@ -349,4 +346,11 @@ impl UnaryOp {
 #[inline(always)]
 fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// d/dx of gelu (erf form): Φ(x) + x·φ(x); NaN for NaN.
+#[inline(always)]
+pub(crate) fn gelu_derivative(x: f32) -> f32 {
+    0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+        + x * 0.398_942_3 * exp_f32(-0.5 * x * x)
 }
