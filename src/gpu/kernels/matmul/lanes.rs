@@ -26,11 +26,11 @@
 //! switch is compiled once. Written out per output, it made the 32 x 8 tile take 4 s to
 //! compile on lavapipe instead of 0.3 s.
 //!
-//! Row sums of A come from the same pass (bit 31 of `Params::epilogue`): column `n` of B then
-//! reads as ones, so that column of C is each row's sum, written to `sums` (`[batches, m]`)
-//! instead of C, one more column tile where n fills the last. A linear layer's backward gets
-//! its bias gradient (the column sums of the output gradient g, the row sums of gᵀ) from its
-//! weight gradient's product this way, one dispatch instead of two.
+//! A variant (`_sums`) also writes the sums of A's rows (`[batches, m]`) from the same pass:
+//! each lane adds up the values of A it loads, and the workgroups of the first column tile
+//! reduce them across the subgroup. A linear layer's backward gets its bias gradient (the
+//! column sums of the output gradient g, the row sums of gᵀ) from its weight gradient's product
+//! this way, one dispatch instead of two; the other products keep the plain kernel.
 //!
 //! Indices are clamped (rows past m read row m-1, columns past n column n-1, k past the end
 //! reads the last k and multiplies by an explicit zero), so every lane of a subgroup stays
@@ -88,24 +88,27 @@ pub(super) fn heuristic_shape(sg: u32, m: usize, n: usize) -> Shape {
 /// A (subgroup size, rows, columns per lane) shape.
 type Shape = (u32, u32, u32);
 
-/// The shader for one shape, generated once and kept for the life of the process.
-pub(super) fn shader(sg: u32, tm: u32, tn: u32) -> Shader {
-    static MADE: LazyLock<Mutex<HashMap<Shape, Shader>>> = LazyLock::new(Default::default);
+/// The shader for one shape (with `sums`, the variant that also writes A's row sums),
+/// generated once and kept for the life of the process.
+pub(super) fn shader(sg: u32, tm: u32, tn: u32, sums: bool) -> Shader {
+    type Key = (Shape, bool);
+    static MADE: LazyLock<Mutex<HashMap<Key, Shader>>> = LazyLock::new(Default::default);
     let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
-    *made.entry((sg, tm, tn)).or_insert_with(|| {
-        let name: &'static str = Box::leak(name(sg, tm, tn).into_boxed_str());
-        let body: &'static str = Box::leak(wgsl(sg, tm, tn).into_boxed_str());
+    *made.entry(((sg, tm, tn), sums)).or_insert_with(|| {
+        let name: &'static str = Box::leak(name(sg, tm, tn, sums).into_boxed_str());
+        let body: &'static str = Box::leak(wgsl(sg, tm, tn, sums).into_boxed_str());
         Shader::file(name, body)
     })
 }
 
 /// The shader's name, as `tests/shaders.rs` lists it.
-pub(super) fn name(sg: u32, tm: u32, tn: u32) -> String {
-    format!("matmul_lanes_{sg}_{tm}x{tn}.wgsl")
+pub(super) fn name(sg: u32, tm: u32, tn: u32, sums: bool) -> String {
+    let variant = if sums { "_sums" } else { "" };
+    format!("matmul_lanes_{sg}_{tm}x{tn}{variant}.wgsl")
 }
 
 /// The WGSL of version 4 for `SG`-lane subgroups and a `tm x (sg·tn)` tile per subgroup.
-fn wgsl(sg: u32, tm: u32, tn: u32) -> String {
+fn wgsl(sg: u32, tm: u32, tn: u32, sums: bool) -> String {
     let mut s = String::new();
     let rows = 0..tm;
     let cols = 0..tn;
@@ -126,7 +129,7 @@ struct Params {{
     row_tile0: u32,
     alpha: f32,
     beta: f32,
-    epilogue: u32, // bit 0: add the bias; bit 31: row sums of A; between: the activation
+    epilogue: u32, // bit 0: add the bias; the rest: the activation's selector
 }}
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -134,8 +137,7 @@ struct Params {{
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<storage, read> offsets: array<u32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
-@group(0) @binding(5) var<storage, read_write> sums: array<f32>;
-@group(0) @binding(6) var<uniform> p: Params;
+{sums_binding}@group(0) @binding({params_at}) var<uniform> p: Params;
 
 @compute @workgroup_size({sg}, 1, 1)
 fn main(
@@ -148,10 +150,14 @@ fn main(
     let b_off = offsets[2u * batch + 1u];
     let c_off = batch * p.m * p.n;
     let cbase = wid.x * {w}u + lane;
-    // With row sums, column n of B reads as ones: that column of C is the sum of A's row.
-    let ones_at = select(0xffffffffu, p.n, (p.epilogue & 0x80000000u) != 0u);
 ",
-        w = sg * tn
+        w = sg * tn,
+        sums_binding = if sums {
+            "@group(0) @binding(5) var<storage, read_write> sums: array<f32>;\n"
+        } else {
+            ""
+        },
+        params_at = if sums { 6 } else { 5 },
     );
     for r in rows.clone() {
         let _ = writeln!(
@@ -162,14 +168,16 @@ fn main(
     for t in cols.clone() {
         let _ = writeln!(
             s,
-            "    let bc{t} = b_off + min(cbase + {o}u, p.n - 1u) * p.b_cs;
-    let ones{t} = cbase + {o}u == ones_at;",
+            "    let bc{t} = b_off + min(cbase + {o}u, p.n - 1u) * p.b_cs;",
             o = t * sg
         );
     }
     for r in rows.clone() {
         for t in cols.clone() {
             let _ = writeln!(s, "    var c{r}_{t} = 0.0;");
+        }
+        if sums {
+            let _ = writeln!(s, "    var rs{r} = 0.0;");
         }
     }
     let _ = writeln!(
@@ -180,6 +188,9 @@ fn main(
     );
     for r in rows.clone() {
         let _ = writeln!(s, "        let a{r} = select(0.0, a[ar{r} + ka], a_in);");
+        if sums {
+            let _ = writeln!(s, "        rs{r} = rs{r} + a{r};");
+        }
     }
     for kk in 0..sg {
         let _ = writeln!(
@@ -191,7 +202,7 @@ fn main(
         for t in cols.clone() {
             let _ = writeln!(
                 s,
-                "            let b{t} = select(0.0, select(b[bc{t} + kr], 1.0, ones{t}), b_in);"
+                "            let b{t} = select(0.0, b[bc{t} + kr], b_in);"
             );
         }
         for r in rows.clone() {
@@ -203,6 +214,20 @@ fn main(
         let _ = writeln!(s, "        }}");
     }
     let _ = writeln!(s, "    }}");
+    if sums {
+        // Each lane summed the k values it loaded; the subgroup adds the lanes' sums.
+        let _ = writeln!(s, "    if (wid.x == 0u) {{");
+        for r in rows.clone() {
+            let _ = writeln!(
+                s,
+                "        let sum{r} = subgroupAdd(rs{r});
+        if (lane == 0u && row0 + {r}u < p.m) {{
+            sums[batch * p.m + row0 + {r}u] = sum{r};
+        }}"
+            );
+        }
+        let _ = writeln!(s, "    }}");
+    }
     // The epilogue is a loop over the tile, so the activation's switch is compiled once.
     let _ = writeln!(s, "    var tile: array<f32, {n}>;", n = tm * tn);
     for r in rows {
@@ -212,7 +237,7 @@ fn main(
     }
     let _ = writeln!(
         s,
-        "    let act = (p.epilogue >> 1u) & 0x3fffffffu;
+        "    let act = p.epilogue >> 1u;
     for (var i = 0u; i < {n}u; i = i + 1u) {{
         let row = row0 + i / {tn}u;
         let col = cbase + (i % {tn}u) * {sg}u;
@@ -222,8 +247,6 @@ fn main(
                 v = v + bias[col];
             }}
             c[c_off + row * p.n + col] = activate(act, v, p.alpha, p.beta);
-        }} else if (row < p.m && col == ones_at) {{
-            sums[batch * p.m + row] = tile[i];
         }}
     }}",
         n = tm * tn

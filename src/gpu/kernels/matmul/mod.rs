@@ -332,7 +332,7 @@ fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp
             unchecked: !checked,
         },
         MatmulConfig::Lanes { sg, tm, tn } => KernelSpec {
-            shader: lanes::shader(sg, tm, tn),
+            shader: lanes::shader(sg, tm, tn, false),
             entry: "main",
             constants: vec![],
             unchecked: false,
@@ -398,6 +398,14 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
             out.push(spec(c, true, false, None));
         }
     }
+    for (sg, tm, tn) in lanes::SHAPES {
+        out.push(KernelSpec {
+            shader: lanes::shader(sg, tm, tn, true),
+            entry: "main",
+            constants: vec![],
+            unchecked: false,
+        });
+    }
     // The heuristic's skinny choices: one strip row per matrix row, m = 1..8.
     for rm in 1..=8 {
         out.push(spec(MatmulConfig::Strip { rm, wg: 64 }, true, false, None));
@@ -432,12 +440,27 @@ pub(crate) fn run(
     config: MatmulConfig,
     epilogue: Epilogue,
 ) -> Result<PooledBuffer> {
-    let spec = spec(
-        config,
-        !divides(config, plan),
-        epilogue.bias.is_some(),
-        epilogue.act,
-    );
+    let spec = match config {
+        MatmulConfig::Lanes { sg, tm, tn } if epilogue.row_sums.is_some() => KernelSpec {
+            shader: lanes::shader(sg, tm, tn, true),
+            entry: "main",
+            constants: vec![],
+            unchecked: false,
+        },
+        _ => spec(
+            config,
+            !divides(config, plan),
+            epilogue.bias.is_some(),
+            epilogue.act,
+        ),
+    };
+    // Only version 4 writes row sums.
+    let epilogue = Epilogue {
+        row_sums: epilogue
+            .row_sums
+            .filter(|_| matches!(config, MatmulConfig::Lanes { .. })),
+        ..epilogue
+    };
     run_with(ctx, a, b, plan, config, epilogue, spec)
 }
 
@@ -462,10 +485,7 @@ fn run_with(
     let offsets = ctx.upload("matmul", bytemuck::cast_slice(&table))?;
     let max = ctx.limits.max_compute_workgroups_per_dimension;
     let (tm, tn) = config.tile();
-    let lanes = matches!(config, MatmulConfig::Lanes { .. });
-    let row_sums = epilogue.row_sums.filter(|_| lanes);
-    // Version 4 computes row sums as one more column of C, where B reads as ones.
-    let col_tiles = (plan.n as u32 + u32::from(row_sums.is_some())).div_ceil(tn);
+    let col_tiles = (plan.n as u32).div_ceil(tn);
     let row_tiles = (plan.m as u32).div_ceil(tm);
     if col_tiles > max {
         return Err(Error::TooLarge {
@@ -479,8 +499,9 @@ fn run_with(
     if !matches!(config, MatmulConfig::Tiled16) {
         buffers.push(&bias.buffer);
     }
-    if lanes {
-        buffers.push(&row_sums.unwrap_or(&out).buffer);
+    // Version 4's row-sums variant (the only spec `run` asks row sums of) binds them next.
+    if let Some(sums) = epilogue.row_sums {
+        buffers.push(&sums.buffer);
     }
     let batches = plan.offsets.len() as u32;
     // Split grids past the per-dimension limit into several dispatches.
@@ -506,8 +527,7 @@ fn run_with(
                     | (epilogue
                         .act
                         .map_or(crate::op::NO_ACTIVATION, UnaryOp::shader_id)
-                        << 1)
-                    | (u32::from(row_sums.is_some()) << 31),
+                        << 1),
             };
             ctx.dispatch(
                 &spec,
@@ -729,6 +749,71 @@ pub(crate) const FAMILY: Family = Family {
         ),
         (
             "matmul_lanes_8_64x8.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_4x2_sums.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_4x4_sums.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_4x8_sums.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_8x2_sums.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_8x4_sums.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_8x8_sums.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_16x2_sums.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_16x4_sums.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_16x8_sums.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_32x2_sums.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_32x4_sums.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_32x8_sums.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_lanes_8_64x8_sums.wgsl",
             "Params",
             size_of::<MatmulParams>(),
         ),
