@@ -28,6 +28,8 @@ override BN: u32 = 64u;
 override BK: u32 = 8u;
 override CHECKED: bool = true;
 override HAS_BIAS: bool = false;
+// Adds `residual` (the output's shape) after the activation.
+override HAS_RESIDUAL: bool = false;
 // Activation applied in the epilogue (UnaryOp::shader_id); any other value is the identity.
 override ACT: u32 = UNARY_NONE;
 
@@ -59,7 +61,8 @@ alias Elem = f32;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<storage, read> offsets: array<u32>; // [a_off, b_off] per batch
 @group(0) @binding(4) var<storage, read> bias: array<f32>;    // n values; unused unless HAS_BIAS
-@group(0) @binding(5) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> residual: array<f32>; // unused unless HAS_RESIDUAL
+@group(0) @binding(6) var<uniform> p: Params;
 
 var<workgroup> tile_a: array<vec4<f32>, BK * BM / 4u>;
 var<workgroup> tile_b: array<vec4<f32>, BK * BN / 4u>;
@@ -129,7 +132,11 @@ fn main(
                 if (HAS_BIAS) {
                     v = v + bias[col];
                 }
-                c[c_off + r * p.n + col] = activate(ACT, v, p.alpha, p.beta);
+                v = activate(ACT, v, p.alpha, p.beta);
+                if (HAS_RESIDUAL) {
+                    v = v + residual[c_off + r * p.n + col];
+                }
+                c[c_off + r * p.n + col] = v;
             }
         }
     }

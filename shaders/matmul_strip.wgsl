@@ -14,6 +14,8 @@
 override RM: u32 = 8u;   // rows per invocation, at most 8
 override WG: u32 = 64u;  // invocations per workgroup (columns per workgroup)
 override HAS_BIAS: bool = false;
+// Adds `residual` (the output's shape) after the activation.
+override HAS_RESIDUAL: bool = false;
 override ACT: u32 = UNARY_NONE;
 
 struct Params {
@@ -36,7 +38,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<storage, read> offsets: array<u32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
-@group(0) @binding(5) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> residual: array<f32>;
+@group(0) @binding(6) var<uniform> p: Params;
 
 @compute @workgroup_size(WG, 1, 1)
 fn main(
@@ -74,7 +77,11 @@ fn main(
     for (var i = 0u; i < RM; i = i + 1u) {
         let r = row0 + i;
         if (r < p.m) {
-            c[c_off + r * p.n + col] = activate(ACT, acc[i] + bias_v, p.alpha, p.beta);
+            var v = activate(ACT, acc[i] + bias_v, p.alpha, p.beta);
+            if (HAS_RESIDUAL) {
+                v = v + residual[c_off + r * p.n + col];
+            }
+            c[c_off + r * p.n + col] = v;
         }
     }
 }

@@ -797,49 +797,46 @@ impl Storage {
 
     // ---- products -----------------------------------------------------------------------------
 
-    /// `act(self · rhs + bias)` over `plan` (`k > 0`: the tensor layer handles empty sums).
+    /// `act(self · rhs + bias) + residual` over `plan` (`k > 0`: the tensor layer handles empty
+    /// sums; the residual has the output's values).
     pub(crate) fn matmul(
         &self,
         rhs: &Storage,
         plan: &MatmulPlan,
         bias: Option<&Storage>,
         act: Option<UnaryOp>,
+        residual: Option<&Storage>,
     ) -> Result<Storage> {
         const OP: &str = "matmul";
-        match (self, rhs, bias) {
-            (Storage::Cpu(a), Storage::Cpu(b), None | Some(Storage::Cpu(_))) => {
-                let bias = match bias {
-                    Some(Storage::Cpu(c)) => Some(c.f32s(OP)?.as_slice()),
-                    _ => None,
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => {
+                let host_f32 = |s: Option<&Storage>| -> Result<Option<Arc<Vec<f32>>>> {
+                    s.map(|s| Ok(host(OP, s)?.f32s(OP)?.clone())).transpose()
                 };
-                Ok(cpu_f32(cpu::linear(
+                let (bias, residual) = (host_f32(bias)?, host_f32(residual)?);
+                let mut y = cpu::linear(
                     a.f32s(OP)?,
                     b.f32s(OP)?,
                     plan,
+                    bias.as_deref().map(Vec::as_slice),
+                    act,
+                )?;
+                if let Some(r) = residual {
+                    y.iter_mut().zip(r.iter()).for_each(|(v, &r)| *v += r);
+                }
+                Ok(cpu_f32(y))
+            }
+            (Storage::Gpu(a), Storage::Gpu(b)) => a.output(plan.out_numel(), DType::F32, |ctx| {
+                let (bias, residual) = (gpu_f32(OP, bias)?, gpu_f32(OP, residual)?);
+                let (x, y) = (a.bound(OP, DType::F32)?, b.bound(OP, DType::F32)?);
+                let epilogue = Epilogue {
                     bias,
                     act,
-                )?))
-            }
-            (Storage::Gpu(a), Storage::Gpu(b), None | Some(Storage::Gpu(_))) => {
-                a.output(plan.out_numel(), DType::F32, |ctx| {
-                    let bias = match bias {
-                        Some(Storage::Gpu(c)) => Some(c.bound(OP, DType::F32)?),
-                        _ => None,
-                    };
-                    let (x, y) = (a.bound(OP, DType::F32)?, b.bound(OP, DType::F32)?);
-                    matmul::matmul(
-                        ctx,
-                        x,
-                        y,
-                        plan,
-                        Epilogue {
-                            bias,
-                            act,
-                            row_sums: None,
-                        },
-                    )
-                })
-            }
+                    residual,
+                    row_sums: None,
+                };
+                matmul::matmul(ctx, x, y, plan, epilogue)
+            }),
             _ => Err(backends(OP)),
         }
     }
@@ -861,7 +858,7 @@ impl Storage {
                     sums.map(|v| a.filled(v, DType::F32)),
                 ))
             }
-            _ => Ok((self.matmul(rhs, plan, None, None)?, None)),
+            _ => Ok((self.matmul(rhs, plan, None, None, None)?, None)),
         }
     }
 

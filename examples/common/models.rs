@@ -59,8 +59,9 @@ impl Block {
         })
     }
 
-    /// Causal multi-head self-attention over `x: [b, t, d]`: one projection to q, k and v,
-    /// read in place as `[b, t, 3, heads, d / heads]` by the attention op.
+    /// `x` plus causal multi-head self-attention over `ln1(x)` (`x: [b, t, d]`): one
+    /// projection to q, k and v, read in place as `[b, t, 3, heads, d / heads]` by the
+    /// attention op, and the output projection adding `x` in its epilogue.
     fn attention(&self, x: &Tensor) -> Result<Tensor> {
         let [b, t, d] = x.shape()[..] else {
             unreachable!("blocks see [batch, time, dim]")
@@ -69,18 +70,19 @@ impl Block {
             causal: true,
             scale: None,
         };
-        self.qkv
-            .forward(x)?
+        let y = self
+            .qkv
+            .forward(&self.ln1.forward(x)?)?
             .reshape(&[b, t, 3, self.heads, d / self.heads])?
             .attention_packed(causal)?
-            .reshape(&[b, t, d])
-            .and_then(|y| self.proj.forward(&y))
+            .reshape(&[b, t, d])?;
+        self.proj.forward_add(&y, x)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.add(&self.attention(&self.ln1.forward(x)?)?)?;
+        let x = self.attention(x)?;
         let m = self.fc1.forward(&self.ln2.forward(&x)?)?.gelu()?;
-        x.add(&self.fc2.forward(&m)?)
+        self.fc2.forward_add(&m, &x)
     }
 
     fn parts(&self, prefix: &str) -> Vec<(String, &dyn Module)> {

@@ -49,6 +49,12 @@ impl Linear {
         self.bias = None;
         self
     }
+
+    /// `residual + self.forward(x)` in one op ([`Tensor::linear_add`]): a residual block's
+    /// output projection, with the sum in the product's epilogue.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        x.linear_add(&self.weight, self.bias.as_ref(), residual)
+    }
 }
 
 impl Module for Linear {

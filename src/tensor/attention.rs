@@ -171,18 +171,17 @@ impl Tensor {
             ),
             _ => unreachable!("attention takes q, k and v or one packed tensor"),
         };
-        let mut scores = q.matmul_transposed(&k, false, true)?.mul_scalar(a.scale)?;
+        // q scaled first, as the kernels do: (q·s)·k, so that the two overflow alike.
+        let mut scores = q.mul_scalar(a.scale)?.matmul_transposed(&k, false, true)?;
         if a.causal {
-            let mask: Vec<f32> = (0..a.tq * a.tk)
-                .map(|n| {
-                    if n % a.tk.max(1) > n / a.tk.max(1) {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
+            // Keys after the query are selected away (not added -inf: an infinite score there
+            // must not make the row NaN, as the kernels never read it).
+            let keep: Vec<f32> = (0..a.tq * a.tk)
+                .map(|n| f32::from(u8::from(n % a.tk.max(1) <= n / a.tk.max(1))))
                 .collect();
-            scores = scores.add(&Tensor::from_vec(q.device(), mask, &[a.tq, a.tk])?)?;
+            let keep = Tensor::from_vec(q.device(), keep, &[a.tq, a.tk])?;
+            let none = Tensor::full(q.device(), &[], f32::NEG_INFINITY)?;
+            scores = Tensor::where_cond(&keep, &scores, &none)?;
         }
         scores.softmax(-1)?.matmul(&v)?.permute(&[0, 2, 1, 3])
     }

@@ -66,7 +66,7 @@ impl Tensor {
             // An empty sum: the product is all zeros.
             return Tensor::zeros(&self.device, plan.out_shape.dims());
         }
-        match self.storage.matmul(&rhs.storage, &plan, None, None) {
+        match self.storage.matmul(&rhs.storage, &plan, None, None, None) {
             Ok(storage) => Ok(self.with(storage, plan.out_shape)),
             // A kernel that cannot walk all of K on this device (llvmpipe's loop limit):
             // the sum of products over slices of K.
@@ -108,20 +108,43 @@ impl Tensor {
         bias: Option<&Tensor>,
         act: Option<UnaryOp>,
     ) -> Result<Tensor> {
-        let present: Vec<&Tensor> = [Some(self), Some(weight), bias]
+        self.linear_with(weight, bias, act, None)
+    }
+
+    /// `residual + self · weightᵀ + bias` in one op (a residual block's `x + proj(y)`): the
+    /// residual, of the output's shape, is added in the matmul kernel's epilogue on a GPU
+    /// (versions 2 to 4; version 1, which has none, is not picked for it), so the sum is not a
+    /// pass of its own. Its gradient is the output's.
+    pub fn linear_add(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        self.linear_with(weight, bias, None, Some(residual))
+    }
+
+    fn linear_with(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        act: Option<UnaryOp>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let present: Vec<&Tensor> = [Some(self), Some(weight), bias, residual]
             .into_iter()
             .flatten()
             .collect();
         if !Tensor::tracking(&present) {
-            return self.linear_forward(weight, bias, act);
+            return self.linear_forward(weight, bias, act, residual);
         }
         if let Some(op) = act {
             // Training: the activation's backward needs its input, so it runs as its own op.
             return self.linear(weight, bias, None)?.unary(op);
         }
-        let out = self.linear_forward(weight, bias, None)?;
+        let out = self.linear_forward(weight, bias, None, residual)?;
         let (x, w) = (self.detach(), weight.detach());
-        let has_bias = bias.is_some();
+        let (has_bias, has_residual) = (bias.is_some(), residual.is_some());
         Ok(out.record("linear", &present, move |g, need| {
             let (n, k) = (w.shape()[0], w.shape()[1]);
             let rows: usize = x.shape()[..x.rank() - 1].iter().product();
@@ -144,6 +167,9 @@ impl Tensor {
                     None => want_bias.then(|| g.sum_to(&[n])).transpose()?,
                 };
                 grads.push(db);
+            }
+            if has_residual {
+                grads.push(need[grads.len()].then(|| g.clone()));
             }
             Ok(grads)
         }))
@@ -173,7 +199,25 @@ impl Tensor {
         weight: &Tensor,
         bias: Option<&Tensor>,
         act: Option<UnaryOp>,
+        residual: Option<&Tensor>,
     ) -> Result<Tensor> {
+        let y = self.linear_product(weight, bias, act, residual)?;
+        match (residual, y) {
+            // The kernel added the residual.
+            (_, Product::Complete(y)) | (None, Product::Partial(y)) => Ok(y),
+            (Some(r), Product::Partial(y)) => y.add(r),
+        }
+    }
+
+    /// `act(self · weightᵀ + bias)`, with the residual added where the kernel did it
+    /// ([`Product::Complete`]); validates every operand.
+    fn linear_product(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        act: Option<UnaryOp>,
+        residual: Option<&Tensor>,
+    ) -> Result<Product> {
         self.same_device(weight, "linear")?;
         self.expect(DType::F32, "linear")?;
         weight.expect(DType::F32, "linear")?;
@@ -189,32 +233,37 @@ impl Tensor {
                 });
             }
         }
+        if let Some(r) = residual {
+            self.same_device(r, "linear")?;
+            r.expect(DType::F32, "linear")?;
+            if r.shape() != plan.out_shape.dims() {
+                return Err(Error::ShapeMismatch {
+                    op: "linear",
+                    lhs: plan.out_shape.dims().to_vec(),
+                    rhs: r.shape().to_vec(),
+                });
+            }
+        }
+        let epilogue = |y: Tensor| -> Result<Product> {
+            let y = match bias {
+                Some(b) => y.add(b)?,
+                None => y,
+            };
+            Ok(Product::Partial(match act {
+                Some(op) => y.unary(op)?,
+                None => y,
+            }))
+        };
         if plan.k == 0 {
             // An empty sum: the product is zero; bias and activation still apply.
-            let zero = Tensor::zeros(&self.device, plan.out_shape.dims())?;
-            let with_bias = match bias {
-                Some(b) => zero.add(b)?,
-                None => zero,
-            };
-            return match act {
-                Some(op) => with_bias.unary(op),
-                None => Ok(with_bias),
-            };
+            return epilogue(Tensor::zeros(&self.device, plan.out_shape.dims())?);
         }
-        let fused = bias.map(|b| &b.storage);
-        match self.storage.matmul(&weight.storage, &plan, fused, act) {
-            Ok(storage) => Ok(self.with(storage, plan.out_shape)),
+        let (fused, res) = (bias.map(|b| &b.storage), residual.map(|r| &r.storage));
+        match self.storage.matmul(&weight.storage, &plan, fused, act, res) {
+            Ok(storage) => Ok(Product::Complete(self.with(storage, plan.out_shape))),
             // Too long a K for this device's kernels: split-K matmul, then the epilogue.
             Err(Error::Unsupported { .. }) if plan.k > SPLIT_K => {
-                let y = self.matmul_forward(weight, false, true)?;
-                let y = match bias {
-                    Some(b) => y.add(b)?,
-                    None => y,
-                };
-                match act {
-                    Some(op) => y.unary(op),
-                    None => Ok(y),
-                }
+                epilogue(self.matmul_forward(weight, false, true)?)
             }
             Err(e) => Err(e),
         }
@@ -241,4 +290,11 @@ impl Tensor {
         let storage = self.storage.matmul_f16(&rhs.storage, &plan, lens)?;
         Ok(self.with(storage, plan.out_shape))
     }
+}
+
+/// A linear product: complete (the residual added by the kernel, or none asked), or partial
+/// (the residual still to add).
+enum Product {
+    Complete(Tensor),
+    Partial(Tensor),
 }

@@ -74,7 +74,47 @@ pub fn table() -> Vec<OpInfo> {
             tol: |r| (1e-6 * (1 + r[1].shape[1]) as f64, 1e-5),
             errors: no_errors,
         },
+        OpInfo {
+            name: "linear_add(w, b, residual)",
+            grad: || Grad::wrt(&[0, 1, 2, 3]),
+            samples: linear_residual_samples,
+            run: |t| t[0].linear_add(&t[1], Some(&t[2]), &t[3]),
+            reference: |r| {
+                let mut out = linear_ref(&r[..3], |v| v);
+                for (v, &x) in out.data.iter_mut().zip(&r[3].data) {
+                    *v += x;
+                }
+                out
+            },
+            tol: |r| (1e-6 * (1 + r[1].shape[1]) as f64, 1e-5),
+            errors: linear_residual_errors,
+        },
     ]
+}
+
+/// The linear samples with a residual of the output's shape.
+pub fn linear_residual_samples() -> Vec<Sample> {
+    let mut rng = Lcg(45);
+    linear_samples()
+        .into_iter()
+        .map(|mut s| {
+            let mut out = s.inputs[0].0.clone();
+            *out.last_mut().unwrap() = s.inputs[1].0[0];
+            let n = out.iter().product();
+            s.inputs.push((out, rng.vec(n, -1.0, 1.0)));
+            s
+        })
+        .collect()
+}
+
+fn linear_residual_errors(d: &Device) -> Vec<ErrorCase> {
+    let x = Tensor::zeros(d, &[2, 3]).unwrap();
+    let w = Tensor::zeros(d, &[4, 3]).unwrap();
+    vec![(
+        "residual [4, 2] for a [2, 4] output",
+        x.linear_add(&w, None, &Tensor::zeros(d, &[4, 2]).unwrap()),
+        |e| matches!(e, Error::ShapeMismatch { op: "linear", .. }),
+    )]
 }
 
 pub fn matmul_samples() -> Vec<Sample> {

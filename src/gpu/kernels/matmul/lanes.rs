@@ -21,7 +21,7 @@
 //! Measured on lavapipe (2-core EPYC, AVX2): 512³ in 35–45 ms against 220 ms for the best
 //! version 2 configuration (BENCHMARKS.md).
 //!
-//! One pipeline serves every epilogue: the bias and activation are chosen at run time
+//! One pipeline serves every epilogue: the bias, activation and residual are chosen at run time
 //! (`Params::epilogue`) in a loop over the tile after the product, so the activation's
 //! switch is compiled once. Written out per output, it made the 32 x 8 tile take 4 s to
 //! compile on lavapipe instead of 0.3 s.
@@ -129,7 +129,7 @@ struct Params {{
     row_tile0: u32,
     alpha: f32,
     beta: f32,
-    epilogue: u32, // bit 0: add the bias; the rest: the activation's selector
+    epilogue: u32, // bit 0: add the bias; bit 31: add the residual; between: the activation
 }}
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -137,6 +137,7 @@ struct Params {{
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<storage, read> offsets: array<u32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read> residual: array<f32>;
 {sums_binding}@group(0) @binding({params_at}) var<uniform> p: Params;
 
 @compute @workgroup_size({sg}, 1, 1)
@@ -153,11 +154,11 @@ fn main(
 ",
         w = sg * tn,
         sums_binding = if sums {
-            "@group(0) @binding(5) var<storage, read_write> sums: array<f32>;\n"
+            "@group(0) @binding(6) var<storage, read_write> sums: array<f32>;\n"
         } else {
             ""
         },
-        params_at = if sums { 6 } else { 5 },
+        params_at = if sums { 7 } else { 6 },
     );
     for r in rows.clone() {
         let _ = writeln!(
@@ -237,7 +238,7 @@ fn main(
     }
     let _ = writeln!(
         s,
-        "    let act = p.epilogue >> 1u;
+        "    let act = (p.epilogue >> 1u) & 0x3fffffffu;
     for (var i = 0u; i < {n}u; i = i + 1u) {{
         let row = row0 + i / {tn}u;
         let col = cbase + (i % {tn}u) * {sg}u;
@@ -246,7 +247,11 @@ fn main(
             if ((p.epilogue & 1u) != 0u) {{
                 v = v + bias[col];
             }}
-            c[c_off + row * p.n + col] = activate(act, v, p.alpha, p.beta);
+            v = activate(act, v, p.alpha, p.beta);
+            if ((p.epilogue & 0x80000000u) != 0u) {{
+                v = v + residual[c_off + row * p.n + col];
+            }}
+            c[c_off + row * p.n + col] = v;
         }}
     }}",
         n = tm * tn

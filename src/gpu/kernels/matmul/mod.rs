@@ -274,13 +274,22 @@ impl MatmulConfig {
     }
 }
 
-/// What the epilogue adds: a bias per output column and an activation (versions 2 to 4), and
-/// the sums of A's rows into `row_sums` (`[batches, m]`; version 4 only).
+/// What the epilogue adds (versions 2 to 4): a bias per output column, an activation, then a
+/// residual of the output's shape; and the sums of A's rows into `row_sums` (`[batches, m]`;
+/// version 4 only).
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Epilogue<'a> {
     pub bias: Option<&'a PooledBuffer>,
     pub act: Option<UnaryOp>,
+    pub residual: Option<&'a PooledBuffer>,
     pub row_sums: Option<&'a PooledBuffer>,
+}
+
+impl Epilogue<'_> {
+    /// Whether it does anything to C (version 1 has no epilogue).
+    fn any(&self) -> bool {
+        self.bias.is_some() || self.act.is_some() || self.residual.is_some()
+    }
 }
 
 /// The pipeline for `config` with f16-storage operands (version 2 only).
@@ -302,6 +311,18 @@ fn cast_spec() -> KernelSpec {
 
 /// The pipeline for `config`; `checked` = false only when the tile sizes divide the problem.
 fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp>) -> KernelSpec {
+    spec_with(config, checked, has_bias, act, false)
+}
+
+/// [`spec`] with the residual's switch (versions 2 and 3 specialise on it; version 4 reads it
+/// from its uniform).
+fn spec_with(
+    config: MatmulConfig,
+    checked: bool,
+    has_bias: bool,
+    act: Option<UnaryOp>,
+    has_residual: bool,
+) -> KernelSpec {
     match config {
         MatmulConfig::Tiled16 => KernelSpec {
             shader: shader!("matmul.wgsl"),
@@ -311,7 +332,13 @@ fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp
         },
         MatmulConfig::Subgroup { bm, bn, bk } => KernelSpec {
             shader: variants::SUBGROUP,
-            ..spec(MatmulConfig::Blocked { bm, bn, bk }, checked, has_bias, act)
+            ..spec_with(
+                MatmulConfig::Blocked { bm, bn, bk },
+                checked,
+                has_bias,
+                act,
+                has_residual,
+            )
         },
         MatmulConfig::Blocked { bm, bn, bk } => KernelSpec {
             shader: variants::BLOCKED,
@@ -322,6 +349,7 @@ fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp
                 ("BK", f64::from(bk)),
                 ("CHECKED", f64::from(u8::from(checked))),
                 ("HAS_BIAS", f64::from(u8::from(has_bias))),
+                ("HAS_RESIDUAL", f64::from(u8::from(has_residual))),
                 (
                     "ACT",
                     f64::from(act.map_or(crate::op::NO_ACTIVATION, UnaryOp::shader_id)),
@@ -344,6 +372,7 @@ fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp
                 ("RM", f64::from(rm)),
                 ("WG", f64::from(wg)),
                 ("HAS_BIAS", f64::from(u8::from(has_bias))),
+                ("HAS_RESIDUAL", f64::from(u8::from(has_residual))),
                 (
                     "ACT",
                     f64::from(act.map_or(crate::op::NO_ACTIVATION, UnaryOp::shader_id)),
@@ -375,6 +404,7 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
         for checked in [true, false] {
             out.push(spec(c, checked, false, None));
             out.push(spec(c, checked, true, Some(UnaryOp::Relu)));
+            out.push(spec_with(c, checked, true, None, true));
         }
     }
     for act in UnaryOp::ALL {
@@ -409,6 +439,13 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
     // The heuristic's skinny choices: one strip row per matrix row, m = 1..8.
     for rm in 1..=8 {
         out.push(spec(MatmulConfig::Strip { rm, wg: 64 }, true, false, None));
+        out.push(spec_with(
+            MatmulConfig::Strip { rm, wg: 64 },
+            true,
+            true,
+            None,
+            true,
+        ));
         out.push(spec(
             MatmulConfig::Strip { rm, wg: 64 },
             true,
@@ -447,11 +484,12 @@ pub(crate) fn run(
             constants: vec![],
             unchecked: false,
         },
-        _ => spec(
+        _ => spec_with(
             config,
             !divides(config, plan),
             epilogue.bias.is_some(),
             epilogue.act,
+            epilogue.residual.is_some(),
         ),
     };
     // Only version 4 writes row sums.
@@ -495,9 +533,11 @@ fn run_with(
         });
     }
     let bias = epilogue.bias.unwrap_or(&offsets);
+    let residual = epilogue.residual.unwrap_or(&offsets);
     let mut buffers = vec![&a.buffer, &b.buffer, &out.buffer, &offsets.buffer];
     if !matches!(config, MatmulConfig::Tiled16) {
         buffers.push(&bias.buffer);
+        buffers.push(&residual.buffer);
     }
     // Version 4's row-sums variant (the only spec `run` asks row sums of) binds them next.
     if let Some(sums) = epilogue.row_sums {
@@ -527,7 +567,8 @@ fn run_with(
                     | (epilogue
                         .act
                         .map_or(crate::op::NO_ACTIVATION, UnaryOp::shader_id)
-                        << 1),
+                        << 1)
+                    | (u32::from(epilogue.residual.is_some()) << 31),
             };
             ctx.dispatch(
                 &spec,
@@ -617,7 +658,7 @@ fn matmul_with(
     plan: &MatmulPlan,
     epilogue: Epilogue,
 ) -> Result<(PooledBuffer, MatmulConfig)> {
-    let has_epilogue = epilogue.bias.is_some() || epilogue.act.is_some();
+    let has_epilogue = epilogue.any();
     let tuner = tuner(ctx);
     let (config, trial) = tuner.choose(ctx, plan, has_epilogue);
     let tune::Trial::Yes { key, timed } = trial else {
