@@ -249,13 +249,17 @@ fn host<'s>(op: &'static str, s: &'s Storage) -> Result<&'s CpuStorage> {
     }
 }
 
-/// The f32 buffer of an optional operand that must be on the GPU too.
-fn gpu_f32<'s>(op: &'static str, s: Option<&'s Storage>) -> Result<Option<&'s PooledBuffer>> {
+/// The f32 buffer of an operand that must be on the GPU too.
+fn gpu_bound<'s>(op: &'static str, s: &'s Storage) -> Result<&'s PooledBuffer> {
     match s {
-        None => Ok(None),
-        Some(Storage::Gpu(g)) => g.bound(op, DType::F32).map(Some),
-        Some(Storage::Cpu(_)) => Err(backends(op)),
+        Storage::Gpu(g) => g.bound(op, DType::F32),
+        Storage::Cpu(_) => Err(backends(op)),
     }
+}
+
+/// [`gpu_bound`] of an optional operand.
+fn gpu_f32<'s>(op: &'static str, s: Option<&'s Storage>) -> Result<Option<&'s PooledBuffer>> {
+    s.map(|s| gpu_bound(op, s)).transpose()
 }
 
 /// `y` as the right operand of a binary program with left operand `x`, or, when the two
@@ -686,12 +690,8 @@ impl Storage {
                 Ok((cpu_f32(dw), cpu_f32(db)))
             }
             Storage::Gpu(x) => {
-                let [gb, mb, rb] = [g, mean, r].map(|s| gpu_f32(OP, Some(s)));
-                let (gb, mb, rb) = (
-                    gb?.ok_or_else(|| backends(OP))?,
-                    mb?.ok_or_else(|| backends(OP))?,
-                    rb?.ok_or_else(|| backends(OP))?,
-                );
+                let [gb, mb, rb] = [g, mean, r].map(|s| gpu_bound(OP, s));
+                let (gb, mb, rb) = (gb?, mb?, rb?);
                 let xb = x.bound(OP, DType::F32)?;
                 let (dw, db) = norm::param_grads(&x.ctx, [xb, gb, mb, rb], rows, len)?;
                 Ok((x.filled(dw, DType::F32), x.filled(db, DType::F32)))

@@ -1,13 +1,12 @@
 //! The storage seam's attention: the CPU twin or the WGSL kernels, chosen by where the operands
 //! are.
 
-use super::{Storage, backends, cpu_f32, host};
+use super::{Storage, backends, cpu_f32, gpu_bound, host};
 use crate::attention::AttnDims;
 use crate::cpu;
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::gpu::kernels::attention;
-use crate::gpu::pool::PooledBuffer;
 
 impl Storage {
     /// Attention over the views `dims` describes of `qkv` (the same storage three times when
@@ -43,13 +42,7 @@ impl Storage {
         match qkv {
             [Storage::Gpu(q), Storage::Gpu(k), Storage::Gpu(v)] => {
                 let [bq, bk, bv] = [q, k, v].map(|s| s.bound(OP, DType::F32));
-                fn gpu(s: &Storage) -> Result<&PooledBuffer> {
-                    match s {
-                        Storage::Gpu(x) => x.bound(OP, DType::F32),
-                        Storage::Cpu(_) => Err(backends(OP)),
-                    }
-                }
-                let stats = [gpu(o)?, gpu(g)?, gpu(lse)?];
+                let stats = [gpu_bound(OP, o)?, gpu_bound(OP, g)?, gpu_bound(OP, lse)?];
                 let grads = attention::backward(&q.ctx, [bq?, bk?, bv?], stats, dims)?;
                 Ok(grads.into_iter().map(|b| q.filled(b, DType::F32)).collect())
             }

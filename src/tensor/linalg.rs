@@ -140,7 +140,11 @@ impl Tensor {
         }
         if let Some(op) = act {
             // Training: the activation's backward needs its input, so it runs as its own op.
-            return self.linear(weight, bias, None)?.unary(op);
+            let y = self.linear(weight, bias, None)?.unary(op)?;
+            return match residual {
+                Some(r) => y.add(r),
+                None => Ok(y),
+            };
         }
         let out = self.linear_forward(weight, bias, None, residual)?;
         let (x, w) = (self.detach(), weight.detach());
@@ -201,23 +205,6 @@ impl Tensor {
         act: Option<UnaryOp>,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let y = self.linear_product(weight, bias, act, residual)?;
-        match (residual, y) {
-            // The kernel added the residual.
-            (_, Product::Complete(y)) | (None, Product::Partial(y)) => Ok(y),
-            (Some(r), Product::Partial(y)) => y.add(r),
-        }
-    }
-
-    /// `act(self · weightᵀ + bias)`, with the residual added where the kernel did it
-    /// ([`Product::Complete`]); validates every operand.
-    fn linear_product(
-        &self,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        act: Option<UnaryOp>,
-        residual: Option<&Tensor>,
-    ) -> Result<Product> {
         self.same_device(weight, "linear")?;
         self.expect(DType::F32, "linear")?;
         weight.expect(DType::F32, "linear")?;
@@ -244,15 +231,20 @@ impl Tensor {
                 });
             }
         }
-        let epilogue = |y: Tensor| -> Result<Product> {
+        // Where the kernel cannot: the epilogue as ops.
+        let epilogue = |y: Tensor| -> Result<Tensor> {
             let y = match bias {
                 Some(b) => y.add(b)?,
                 None => y,
             };
-            Ok(Product::Partial(match act {
+            let y = match act {
                 Some(op) => y.unary(op)?,
                 None => y,
-            }))
+            };
+            match residual {
+                Some(r) => y.add(r),
+                None => Ok(y),
+            }
         };
         if plan.k == 0 {
             // An empty sum: the product is zero; bias and activation still apply.
@@ -260,7 +252,7 @@ impl Tensor {
         }
         let (fused, res) = (bias.map(|b| &b.storage), residual.map(|r| &r.storage));
         match self.storage.matmul(&weight.storage, &plan, fused, act, res) {
-            Ok(storage) => Ok(Product::Complete(self.with(storage, plan.out_shape))),
+            Ok(storage) => Ok(self.with(storage, plan.out_shape)),
             // Too long a K for this device's kernels: split-K matmul, then the epilogue.
             Err(Error::Unsupported { .. }) if plan.k > SPLIT_K => {
                 epilogue(self.matmul_forward(weight, false, true)?)
@@ -290,11 +282,4 @@ impl Tensor {
         let storage = self.storage.matmul_f16(&rhs.storage, &plan, lens)?;
         Ok(self.with(storage, plan.out_shape))
     }
-}
-
-/// A linear product: complete (the residual added by the kernel, or none asked), or partial
-/// (the residual still to add).
-enum Product {
-    Complete(Tensor),
-    Partial(Tensor),
 }

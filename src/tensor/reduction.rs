@@ -186,34 +186,35 @@ impl Tensor {
                     None,
                 ),
             };
-            let mut grads = vec![Some(dx)];
             let want_w = w.is_some() && need[1];
             let want_b = has_bias && need[1 + usize::from(w.is_some())];
-            if !want_w && !want_b {
-                grads.extend(w.iter().map(|_| None));
-                grads.extend(has_bias.then_some(None));
-                return Ok(grads);
-            }
             // Both sums over the rows in one pass where the device's kernel takes them.
-            let pair = match &stats {
-                Some((mean, r)) => Self::norm_param_grads(&x, g, mean, r)?,
-                None => None,
+            let pair = match (&stats, want_w || want_b) {
+                (Some((mean, r)), true) => Self::norm_param_grads(&x, g, mean, r)?,
+                _ => None,
             };
             let (dw, db) = match pair {
-                Some(pair) => pair,
+                Some((dw, db)) => (want_w.then_some(dw), want_b.then_some(db)),
                 None => {
-                    let xhat = match &stats {
-                        Some((mean, r)) => x.sub(mean)?.mul(r)?,
-                        None => Self::norm_xhat(&x, eps, rms)?.0,
-                    };
-                    (g.mul(&xhat)?.sum_to(&[len])?, g.sum_to(&[len])?)
+                    let dw = want_w.then(|| {
+                        let xhat = match &stats {
+                            Some((mean, r)) => x.sub(mean)?.mul(r)?,
+                            None => Self::norm_xhat(&x, eps, rms)?.0,
+                        };
+                        g.mul(&xhat)?.sum_to(&[len])
+                    });
+                    (
+                        dw.transpose()?,
+                        want_b.then(|| g.sum_to(&[len])).transpose()?,
+                    )
                 }
             };
+            let mut grads = vec![Some(dx)];
             if w.is_some() {
-                grads.push(want_w.then_some(dw));
+                grads.push(dw);
             }
             if has_bias {
-                grads.push(want_b.then_some(db));
+                grads.push(db);
             }
             Ok(grads)
         }))
