@@ -114,6 +114,9 @@ fn forward(
         }
         m = m2;
     }
+    // The row is NaN, as softmax makes it, where the largest score is NaN or infinite (or
+    // every score -inf), whatever key came first; tested on the bits (drivers may fold m - m).
+    l = select(nan_f32(), l, is_finite(m));
     let row = stat(b, i, h, p.tq, p.heads);
     for (var x = 0u; x < DV; x = x + 1u) {
         o[row * DV + x] = acc[x] / l;

@@ -43,6 +43,9 @@ pub(crate) fn attention([q, k, v]: [&[f32]; 3], a: &AttnDims) -> Result<(Vec<f32
                 }
                 m = m2;
             }
+            // The row is NaN, as softmax makes it, where the largest score is NaN or infinite
+            // (or every score -inf), whatever key came first.
+            let l = if m.is_finite() { l } else { f32::NAN };
             acc.iter_mut().for_each(|x| *x /= l);
             lse[hh] = m + l.ln();
         }
