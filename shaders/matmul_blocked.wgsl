@@ -2,10 +2,14 @@
 // Compiled after the prelude (shaders/common.wgsl and the registry's
 // `activate`, see src/op/).
 //
-// A workgroup of (BN/4) x (BM/4) invocations computes a BM x BN tile of C; each invocation holds a
-// 4 x 4 block of C in registers (four vec4 accumulators) and updates it with an outer product per
-// k step, reading 4 rows of A and 4 columns of B from workgroup memory as two vec4 loads. The A
-// tile is stored k-major (element (kk, row) at kk*BM + row) so that those 4 rows are contiguous.
+// A workgroup of (BN/TN) x (BM/TM) invocations computes a BM x BN tile of C; each invocation holds a
+// TM x TN block of C in registers (vec4 accumulators) and updates it with an outer product per
+// k step, reading its rows of A and columns of B from workgroup memory as vec4 loads. The A
+// tile is stored k-major (element (kk, row) at kk*BM + row) so that 4 rows are contiguous.
+// TM = TN = 4 here; the wide variant ("matmul_blocked_wide.wgsl", TM = TN = 8, derived by
+// src/gpu/kernels/matmul/variants.rs) gives each invocation 8 x 8 outputs as two groups of 4
+// rows BM/2 apart and two groups of 4 columns BN/2 apart, so neighbouring invocations read
+// neighbouring vec4s of workgroup memory.
 // Tiles are loaded cooperatively, consecutive invocations reading consecutive elements of the
 // (row-major) operands. Tile sizes are override constants, chosen per device and shape class by
 // the autotuner (src/gpu/kernels/matmul.rs).
@@ -35,6 +39,9 @@ override ACT: u32 = UNARY_NONE;
 
 const TM: u32 = 4u;
 const TN: u32 = 4u;
+// Groups of 4 rows and of 4 columns per invocation.
+const GM: u32 = TM / 4u;
+const GN: u32 = TN / 4u;
 
 struct Params {
     m: u32,
@@ -83,7 +90,8 @@ fn main(
     let threads = (BM / TM) * (BN / TN);
     let lid = vec2<u32>(tid % (BN / TN), tid / (BN / TN));
 
-    var acc: array<vec4<f32>, 4>;
+    // Row i of the invocation's block, column group g: acc[i * GN + g].
+    var acc: array<vec4<f32>, TM * GN>;
     let tiles = (p.k + BK - 1u) / BK;
     for (var t = 0u; t < tiles; t = t + 1u) {
         let k0 = t * BK;
@@ -113,22 +121,30 @@ fn main(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
-            let av = tile_a[(kk * BM + lid.y * TM) / 4u];
-            let bv = tile_b[(kk * BN + lid.x * TN) / 4u];
-            acc[0] = acc[0] + av.x * bv;
-            acc[1] = acc[1] + av.y * bv;
-            acc[2] = acc[2] + av.z * bv;
-            acc[3] = acc[3] + av.w * bv;
+            var bv: array<vec4<f32>, GN>;
+            for (var g = 0u; g < GN; g = g + 1u) {
+                bv[g] = tile_b[(kk * BN + g * (BN / GN) + lid.x * 4u) / 4u];
+            }
+            for (var h = 0u; h < GM; h = h + 1u) {
+                let av = tile_a[(kk * BM + h * (BM / GM) + lid.y * 4u) / 4u];
+                for (var g = 0u; g < GN; g = g + 1u) {
+                    let o = h * 4u * GN + g;
+                    acc[o] = acc[o] + av.x * bv[g];
+                    acc[o + GN] = acc[o + GN] + av.y * bv[g];
+                    acc[o + 2u * GN] = acc[o + 2u * GN] + av.z * bv[g];
+                    acc[o + 3u * GN] = acc[o + 3u * GN] + av.w * bv[g];
+                }
+            }
         }
         workgroupBarrier();
     }
 
     for (var i = 0u; i < TM; i = i + 1u) {
-        let r = row0 + lid.y * TM + i;
+        let r = row0 + (i / 4u) * (BM / GM) + lid.y * 4u + i % 4u;
         for (var j = 0u; j < TN; j = j + 1u) {
-            let col = col0 + lid.x * TN + j;
+            let col = col0 + (j / 4u) * (BN / GN) + lid.x * 4u + j % 4u;
             if (!CHECKED || (r < p.m && col < p.n)) {
-                var v = acc[i][j];
+                var v = acc[i * GN + j / 4u][j % 4u];
                 if (HAS_BIAS) {
                     v = v + bias[col];
                 }

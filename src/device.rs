@@ -200,7 +200,9 @@ impl Device {
     }
 
     /// Descriptions of every adapter wgpu can see (features listed are those offered), best
-    /// first, without opening any.
+    /// first, without opening any. GL adapters are looked for only where no Vulkan, Metal or
+    /// DX12 adapter exists: elsewhere they drive the same hardware more slowly, and loading
+    /// NVIDIA's EGL driver beside its Vulkan driver let threads deadlock inside the driver.
     pub fn adapters() -> Vec<DeviceInfo> {
         gpu::ranked_adapters()
             .iter()

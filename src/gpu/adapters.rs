@@ -2,18 +2,36 @@
 
 use std::sync::OnceLock;
 
-/// One process-wide instance: creating one probes every backend, which is slow on some drivers.
-pub(crate) fn instance() -> &'static wgpu::Instance {
-    static INSTANCE: OnceLock<wgpu::Instance> = OnceLock::new();
-    INSTANCE.get_or_init(|| {
-        // WGPU_BACKEND (and the other WGPU_* variables) narrow the backends when set.
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
-    })
+/// A wgpu instance for the backends that `WGPU_BACKEND` (and the other `WGPU_*` variables)
+/// allow, GL alone (`gl`) or all but GL; `None` where that leaves no backend.
+fn instance(gl: bool) -> Option<wgpu::Instance> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = if gl {
+        desc.backends & wgpu::Backends::GL
+    } else {
+        desc.backends - wgpu::Backends::GL
+    };
+    (!desc.backends.is_empty()).then(|| wgpu::Instance::new(desc))
 }
 
 /// Every adapter wgpu can see, in the order of preference for `Device::gpu`.
+///
+/// GL adapters are looked for only where the native compute APIs (Vulkan, Metal, DX12) find
+/// none: elsewhere GL drives the same hardware through a slower, thread-bound API, and merely
+/// loading NVIDIA's EGL driver beside its Vulkan driver let concurrent device and pipeline
+/// creation deadlock inside the driver (seen on an H200: every test thread waiting on one lock
+/// in `libnvidia-glsi`, one of them in EGL's thread-exit hook).
 pub(crate) fn ranked_adapters() -> Vec<wgpu::Adapter> {
-    let mut adapters = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+    static NATIVE: OnceLock<Option<wgpu::Instance>> = OnceLock::new();
+    static GL: OnceLock<Option<wgpu::Instance>> = OnceLock::new();
+    let enumerate = |i: &Option<wgpu::Instance>| match i {
+        Some(i) => pollster::block_on(i.enumerate_adapters(wgpu::Backends::all())),
+        None => Vec::new(),
+    };
+    let mut adapters = enumerate(NATIVE.get_or_init(|| instance(false)));
+    if adapters.is_empty() {
+        adapters = enumerate(GL.get_or_init(|| instance(true)));
+    }
     adapters.sort_by_key(rank);
     adapters
 }

@@ -22,13 +22,6 @@ pub fn init_logging() {
     .try_init();
 }
 
-/// Whether tests use this device. wgpu's GL backend is left out unless `KILN_TEST_GL=1`: its EGL
-/// contexts are bound to threads, and when the test harness uses one GL device from several
-/// threads wgpu-hal panics inside `egl.rs` (BadAccess). Vulkan, Metal and DX12 are always used.
-fn tested(d: &Device) -> bool {
-    d.info().backend != "gl" || std::env::var("KILN_TEST_GL").is_ok_and(|v| v == "1")
-}
-
 fn gpu_devices() -> &'static Vec<Device> {
     static GPUS: OnceLock<Vec<Device>> = OnceLock::new();
     GPUS.get_or_init(|| {
@@ -36,12 +29,6 @@ fn gpu_devices() -> &'static Vec<Device> {
         let mut gpus = Vec::new();
         for d in Device::all_gpus() {
             match d {
-                Ok(d) if !tested(&d) => {
-                    say!(
-                        "kiln tests: skipping {} on the GL backend (set KILN_TEST_GL=1 to test it)",
-                        d.info().name
-                    )
-                }
                 Ok(d) => {
                     say!(
                         "kiln tests: GPU device {} ({:?}, {})",
@@ -231,13 +218,12 @@ pub fn fresh_gpus() -> Vec<Device> {
     if gpus().is_empty() {
         return vec![];
     }
-    // Opening every adapter opens (and drops) GL devices too, and wgpu-hal's EGL code can panic
-    // (BadAccess) when two threads do that at once: one test at a time.
+    // Under WGPU_BACKEND=gl, wgpu-hal's EGL code can panic (BadAccess) when two threads open
+    // devices at once: one test at a time.
     static OPENING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = OPENING.lock().unwrap_or_else(|e| e.into_inner());
     Device::all_gpus()
         .into_iter()
         .filter_map(|d| d.ok())
-        .filter(tested)
         .collect()
 }

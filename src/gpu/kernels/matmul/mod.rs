@@ -54,6 +54,17 @@ pub enum MatmulConfig {
         /// Depth of the k slice staged per step (a multiple of 4).
         bk: u32,
     },
+    /// Version 2 with 8 x 8 outputs per invocation (two groups of 4 rows `bm / 2` apart, two of 4
+    /// columns `bn / 2` apart): 64 multiply-adds per 4 vec4 reads of workgroup memory, where
+    /// `Blocked` does 16 per 2. For GPUs with large register files.
+    Wide {
+        /// Rows of C per workgroup (a multiple of 8).
+        bm: u32,
+        /// Columns of C per workgroup (a multiple of 8).
+        bn: u32,
+        /// Depth of the k slice staged per step (a multiple of 4).
+        bk: u32,
+    },
     /// Version 2 with the A operand shared through subgroup shuffles (needs SUBGROUP, a
     /// subgroup size that divides `bn / 4`, and at least `bk` lanes per subgroup).
     Subgroup {
@@ -87,7 +98,7 @@ pub enum MatmulConfig {
 
 /// The configurations the autotuner times. Every one is validated by `tests/shaders.rs` and run
 /// through the op table by `tests/ops.rs`.
-pub const CANDIDATES: [MatmulConfig; 15] = [
+pub const CANDIDATES: [MatmulConfig; 18] = [
     MatmulConfig::Blocked {
         bm: 64,
         bn: 64,
@@ -115,6 +126,22 @@ pub const CANDIDATES: [MatmulConfig; 15] = [
     },
     MatmulConfig::Strip { rm: 8, wg: 64 },
     MatmulConfig::Strip { rm: 1, wg: 64 },
+    // 8 x 8 outputs per invocation, as the fastest SGEMMs on NVIDIA and AMD hardware.
+    MatmulConfig::Wide {
+        bm: 128,
+        bn: 128,
+        bk: 8,
+    },
+    MatmulConfig::Wide {
+        bm: 128,
+        bn: 128,
+        bk: 16,
+    },
+    MatmulConfig::Wide {
+        bm: 128,
+        bn: 64,
+        bk: 16,
+    },
     // Subgroups of 8 or 16 lanes (lavapipe, Intel), and of up to 32 (NVIDIA, AMD RDNA).
     MatmulConfig::Subgroup {
         bm: 128,
@@ -164,6 +191,7 @@ impl fmt::Display for MatmulConfig {
         match self {
             MatmulConfig::Tiled16 => write!(f, "tiled16"),
             MatmulConfig::Blocked { bm, bn, bk } => write!(f, "blocked:{bm}x{bn}x{bk}"),
+            MatmulConfig::Wide { bm, bn, bk } => write!(f, "wide:{bm}x{bn}x{bk}"),
             MatmulConfig::Subgroup { bm, bn, bk } => write!(f, "subgroup:{bm}x{bn}x{bk}"),
             MatmulConfig::Strip { rm, wg } => write!(f, "strip:{rm}x{wg}"),
             MatmulConfig::Lanes { sg, tm, tn } => write!(f, "lanes:{sg}x{tm}x{tn}"),
@@ -175,12 +203,13 @@ impl FromStr for MatmulConfig {
     type Err = Error;
 
     /// `tiled16`, `blocked:BMxBNxBK` or `subgroup:BMxBNxBK` (multiples of 4; (BM/4)·(BN/4)
-    /// invocations per workgroup, within the device's limit) or `strip:RMxWG` (RM from 1 to 8).
+    /// invocations per workgroup, within the device's limit), `wide:BMxBNxBK` (BM and BN
+    /// multiples of 8, BK of 4), `strip:RMxWG` (RM from 1 to 8) or `lanes:SGxTMxTN`.
     fn from_str(s: &str) -> Result<Self> {
         let bad = || Error::InvalidArgument {
             op: "KILN_MATMUL_CONFIG",
             reason: format!(
-                "{s:?} is not `tiled16`, `blocked:BMxBNxBK` or `subgroup:BMxBNxBK` with multiples of 4, `strip:RMxWG` with RM in 1..=8, or `lanes:SGxTMxTN` with (SG, TM, TN) one of {:?}",
+                "{s:?} is not `tiled16`, `blocked:BMxBNxBK` or `subgroup:BMxBNxBK` with multiples of 4, `wide:BMxBNxBK` with BM and BN multiples of 8, `strip:RMxWG` with RM in 1..=8, or `lanes:SGxTMxTN` with (SG, TM, TN) one of {:?}",
                 lanes::SHAPES
             ),
         };
@@ -209,22 +238,28 @@ impl FromStr for MatmulConfig {
                 _ => Err(bad()),
             };
         }
-        let (dims, subgroup) = match s.strip_prefix("subgroup:") {
-            Some(dims) => (dims, true),
-            None => (s.strip_prefix("blocked:").ok_or_else(bad)?, false),
-        };
+        let (kind, dims) = s.split_once(':').ok_or_else(bad)?;
         let v: Vec<u32> = dims
             .split('x')
             .map(|d| d.parse().map_err(|_| bad()))
             .collect::<Result<_>>()?;
-        match v[..] {
-            [bm, bn, bk] if [bm, bn, bk].iter().all(|d| *d >= 4 && d.is_multiple_of(4)) => {
-                Ok(if subgroup {
-                    MatmulConfig::Subgroup { bm, bn, bk }
-                } else {
-                    MatmulConfig::Blocked { bm, bn, bk }
-                })
-            }
+        let [bm, bn, bk] = v[..] else {
+            return Err(bad());
+        };
+        // Rows and columns come in groups of 4 per invocation, 2 groups each in `wide`.
+        let group = if kind == "wide" { 8 } else { 4 };
+        if !(bm.is_multiple_of(group) && bn.is_multiple_of(group))
+            || bm == 0
+            || bn == 0
+            || bk < 4
+            || !bk.is_multiple_of(4)
+        {
+            return Err(bad());
+        }
+        match kind {
+            "blocked" => Ok(MatmulConfig::Blocked { bm, bn, bk }),
+            "subgroup" => Ok(MatmulConfig::Subgroup { bm, bn, bk }),
+            "wide" => Ok(MatmulConfig::Wide { bm, bn, bk }),
             _ => Err(bad()),
         }
     }
@@ -240,6 +275,11 @@ impl MatmulConfig {
             MatmulConfig::Blocked { bm, bn, bk } => {
                 (bm / 4) * (bn / 4) <= limits.max_compute_invocations_per_workgroup
                     && (bm / 4) * (bn / 4) <= limits.max_compute_workgroup_size_x
+                    && (bm + bn) * bk * 4 <= limits.max_compute_workgroup_storage_size
+            }
+            MatmulConfig::Wide { bm, bn, bk } => {
+                (bm / 8) * (bn / 8) <= limits.max_compute_invocations_per_workgroup
+                    && (bm / 8) * (bn / 8) <= limits.max_compute_workgroup_size_x
                     && (bm + bn) * bk * 4 <= limits.max_compute_workgroup_storage_size
             }
             MatmulConfig::Subgroup { bm, bn, bk } => {
@@ -265,9 +305,9 @@ impl MatmulConfig {
     fn tile(&self) -> (u32, u32) {
         match *self {
             MatmulConfig::Tiled16 => (16, 16),
-            MatmulConfig::Blocked { bm, bn, .. } | MatmulConfig::Subgroup { bm, bn, .. } => {
-                (bm, bn)
-            }
+            MatmulConfig::Blocked { bm, bn, .. }
+            | MatmulConfig::Subgroup { bm, bn, .. }
+            | MatmulConfig::Wide { bm, bn, .. } => (bm, bn),
             MatmulConfig::Strip { rm, wg } => (rm, wg),
             MatmulConfig::Lanes { sg, tm, tn } => (tm, sg * tn),
         }
@@ -329,6 +369,16 @@ fn spec_with(
             entry: "main",
             constants: vec![],
             unchecked: false,
+        },
+        MatmulConfig::Wide { bm, bn, bk } => KernelSpec {
+            shader: variants::WIDE,
+            ..spec_with(
+                MatmulConfig::Blocked { bm, bn, bk },
+                checked,
+                has_bias,
+                act,
+                has_residual,
+            )
         },
         MatmulConfig::Subgroup { bm, bn, bk } => KernelSpec {
             shader: variants::SUBGROUP,
@@ -460,7 +510,9 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
 fn divides(config: MatmulConfig, plan: &MatmulPlan) -> bool {
     match config {
         MatmulConfig::Tiled16 | MatmulConfig::Strip { .. } | MatmulConfig::Lanes { .. } => false,
-        MatmulConfig::Blocked { bm, bn, bk } | MatmulConfig::Subgroup { bm, bn, bk } => {
+        MatmulConfig::Blocked { bm, bn, bk }
+        | MatmulConfig::Subgroup { bm, bn, bk }
+        | MatmulConfig::Wide { bm, bn, bk } => {
             plan.m.is_multiple_of(bm as usize)
                 && plan.n.is_multiple_of(bn as usize)
                 && plan.k.is_multiple_of(bk as usize)
@@ -725,6 +777,11 @@ pub(crate) const FAMILY: Family = Family {
         ),
         (
             "matmul_blocked_sg.wgsl",
+            "Params",
+            size_of::<MatmulParams>(),
+        ),
+        (
+            "matmul_blocked_wide.wgsl",
             "Params",
             size_of::<MatmulParams>(),
         ),
