@@ -412,6 +412,22 @@ fn main() -> kiln::Result<()> {
         })?;
         let gbs = bytes / t.as_secs_f64() / 1e9;
         report("layer_norm", format!("{r}x{c}"), "-", t, gbs, "GB/s");
+        // Row reductions to one value per row: bytes read.
+        let read_bytes = 4.0 * (r * c) as f64;
+        let t = time(args.reps, || {
+            x.argmax(-1, false)?.to_vec_u32()?;
+            Ok(())
+        })?;
+        let gbs = read_bytes / t.as_secs_f64() / 1e9;
+        report("argmax", format!("{r}x{c}"), "-", t, gbs, "GB/s");
+        let targets: Vec<u32> = (0..r).map(|i| (i % c) as u32).collect();
+        let y = Tensor::from_vec_u32(&dev, targets, &[r])?;
+        let t = time(args.reps, || {
+            kiln::nn::cross_entropy(&x, &y)?.to_vec()?;
+            Ok(())
+        })?;
+        let gbs = read_bytes / t.as_secs_f64() / 1e9;
+        report("cross_entropy", format!("{r}x{c}"), "-", t, gbs, "GB/s");
     }
 
     if let [b, d, h, c] = args.train[..] {

@@ -209,30 +209,84 @@ pub(crate) fn norm_param_grads(
     Ok((dw, db))
 }
 
+/// The index of a contiguous row's first maximum (of its first NaN if it has one): lanes of
+/// running maxima the compiler vectorises, then the lanes' first maximum.
+fn argmax_row(row: &[f32]) -> u32 {
+    const L: usize = 8;
+    if has_nan(row) {
+        return row.iter().position(|v| v.is_nan()).unwrap_or(0) as u32;
+    }
+    if row.len() < 2 * L {
+        let first =
+            row.iter().enumerate().fold(
+                (0, row[0]),
+                |(at, best), (j, &v)| {
+                    if v > best { (j, v) } else { (at, best) }
+                },
+            );
+        return first.0 as u32;
+    }
+    // Lane l holds the first maximum of the values at l, l + L, l + 2L, ...
+    let mut best: [f32; L] = row[..L].try_into().expect("L values");
+    let mut at: [u32; L] = std::array::from_fn(|l| l as u32);
+    let chunks = row.chunks_exact(L);
+    let tail = chunks.remainder();
+    for (k, c) in chunks.enumerate().skip(1) {
+        for l in 0..L {
+            let (v, j) = (c[l], (k * L + l) as u32);
+            let better = v > best[l];
+            best[l] = if better { v } else { best[l] };
+            at[l] = if better { j } else { at[l] };
+        }
+    }
+    let (mut top, mut first) = (best[0], at[0]);
+    for l in 1..L {
+        if best[l] > top || (best[l] == top && at[l] < first) {
+            (top, first) = (best[l], at[l]);
+        }
+    }
+    let done = row.len() - tail.len();
+    for (j, &v) in tail.iter().enumerate() {
+        if v > top {
+            (top, first) = (v, (done + j) as u32);
+        }
+    }
+    first
+}
+
 /// argmax along the middle axis (first maximum; first NaN if any).
 pub(crate) fn argmax(x: &[f32], (outer, len, inner): (usize, usize, usize)) -> Result<Vec<u32>> {
     let mut out = alloc("argmax", outer * inner)?;
-    for (o, y) in out.iter_mut().enumerate() {
-        let base = (o / inner) * len * inner + o % inner;
-        let (mut best, mut at) = (x[base], 0u32);
-        for j in 0..len {
-            let v = x[base + j * inner];
-            if v.is_nan() {
-                at = j as u32;
-                break;
+    // Outputs in parallel, in blocks of about 4,096 values read.
+    let per = (4096 / len.max(1)).max(1);
+    par_chunks_mut(&mut out, per, per * len, &|c, ys| {
+        for (i, y) in ys.iter_mut().enumerate() {
+            let o = c * per + i;
+            if inner == 1 {
+                *y = argmax_row(&x[o * len..(o + 1) * len]);
+                continue;
             }
-            if v > best {
-                best = v;
-                at = j as u32;
+            let base = (o / inner) * len * inner + o % inner;
+            let (mut best, mut at) = (x[base], 0u32);
+            for j in 0..len {
+                let v = x[base + j * inner];
+                if v.is_nan() {
+                    at = j as u32;
+                    break;
+                }
+                if v > best {
+                    best = v;
+                    at = j as u32;
+                }
             }
+            *y = at;
         }
-        *y = at;
-    }
+    });
     Ok(out)
 }
 
 /// Per-row cross-entropy of `[rows, classes]` logits against `t`: (losses, logsumexp), the twin
-/// of `shaders/xent.wgsl`'s `forward`.
+/// of `shaders/xent.wgsl`'s `forward`. Rows run in parallel, each in vectorised passes.
 pub(crate) fn cross_entropy_rows(
     x: &[f32],
     t: &[u32],
@@ -240,13 +294,27 @@ pub(crate) fn cross_entropy_rows(
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let rows = t.len();
     let (mut loss, mut lse) = (alloc("cross_entropy", rows)?, alloc("cross_entropy", rows)?);
-    for (b, row) in x.chunks(classes).enumerate().take(rows) {
-        let m = row.iter().cloned().fold(row[0], f32::max);
-        let s: f32 = row.iter().map(|&v| exp_f32(v - m)).sum();
-        lse[b] = m + s.ln();
-        loss[b] = lse[b] - row[t[b] as usize];
+    par_chunks_mut(&mut lse, 1, 3 * classes, &|b, out| {
+        out[0] = log_sum_exp(&x[b * classes..(b + 1) * classes]);
+    });
+    for (b, l) in loss.iter_mut().enumerate() {
+        *l = lse[b] - x[b * classes + t[b] as usize];
     }
     Ok((loss, lse))
+}
+
+/// `max + ln Σ exp(v - max)` over a row: NaN if the row holds a NaN, if its largest value is
+/// +inf, or if every value is -inf (`-inf - -inf` is NaN), as in `xent.wgsl`.
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let m = max_f32(row);
+    let mut buf = [0.0f32; 256];
+    let mut sum = 0.0;
+    for c in row.chunks(buf.len()) {
+        let e = &mut buf[..c.len()];
+        e.iter_mut().zip(c).for_each(|(o, &v)| *o = exp_f32(v - m));
+        sum += sum_f32(e);
+    }
+    m + sum.ln()
 }
 
 /// The logits' gradient, `g[b] · (softmax - onehot)`: the twin of `xent.wgsl`'s `backward`.
@@ -258,10 +326,12 @@ pub(crate) fn cross_entropy_grad(
     classes: usize,
 ) -> Result<Vec<f32>> {
     let mut dx = alloc("cross_entropy backward", x.len())?;
-    for (e, d) in dx.iter_mut().enumerate() {
-        let (b, c) = (e / classes, e % classes);
-        let hit = if t[b] as usize == c { 1.0 } else { 0.0 };
-        *d = g[b] * (exp_f32(x[e] - lse[b]) - hit);
-    }
+    par_chunks_mut(&mut dx, classes, 2 * classes, &|b, row| {
+        let (src, target, l, gb) = (&x[b * classes..], t[b] as usize, lse[b], g[b]);
+        for (c, (d, &v)) in row.iter_mut().zip(src).enumerate() {
+            let hit = if c == target { 1.0 } else { 0.0 };
+            *d = gb * (exp_f32(v - l) - hit);
+        }
+    });
     Ok(dx)
 }

@@ -121,11 +121,33 @@ pub fn argmax_samples() -> Vec<Sample> {
     out.push(Sample {
         inputs: vec![(vec![2, 4], vec![1.0, 3.0, 3.0, 0.0, -1.0, -1.0, -2.0, -1.0])],
     });
+    // Rows long enough for the CPU's vector lanes (8 wide, a 5-value tail): a maximum tied in
+    // three lanes (the first, at 11, wins), one tied only in the tail, a row of -inf, and a NaN
+    // after a larger value (the NaN's index wins).
+    let mut rng = Lcg(41);
+    let len = 37;
+    let mut rows = rng.vec(4 * len, -1.0, 1.0);
+    for j in [19, 11, 30] {
+        rows[j] = 5.0;
+    }
+    for j in [34, 36] {
+        rows[len + j] = 7.0;
+    }
+    rows[2 * len..3 * len].fill(f32::NEG_INFINITY);
+    rows[3 * len + 5] = 9.0;
+    rows[3 * len + 25] = f32::NAN;
+    out.push(Sample {
+        inputs: vec![(vec![4, len], rows)],
+    });
     out
 }
 
 pub fn argmax_ref(r: &Ref, dim: isize, keepdim: bool) -> Ref {
     reduce_ref(r, dim, keepdim, |v| {
+        // The first NaN, else the first maximum.
+        if let Some(j) = v.iter().position(|x| x.is_nan()) {
+            return j as f64;
+        }
         let mut at = 0;
         for (j, x) in v.iter().enumerate() {
             if *x > v[at] {

@@ -61,7 +61,7 @@ fn emit(op: &str, size: String, backend: &str, seconds: f64, extra: &str) {
 /// Reads `t` back to the host. In burn 0.22 `into_data` alone can return before the values
 /// are there (a 1024³ product "took" 0.09 ms on lavapipe); converting to a `Vec` waits for them.
 fn read<const D: usize>(t: Tensor<D>) {
-    let values = t.into_data().to_vec::<f32>().expect("f32 values");
+    let values = t.into_data().try_to_vec::<f32>().expect("f32 values");
     std::hint::black_box(values);
 }
 
@@ -83,7 +83,7 @@ fn run(args: &Args, name: &str, dev: &Device) {
         for i in 1..=4 {
             let t = Instant::now();
             let c = a.clone().mul_scalar(i as f32).matmul(a.clone());
-            let c = c.into_data().to_vec::<f32>().expect("f32 data");
+            let c = c.into_data().try_to_vec::<f32>().expect("f32 data");
             let took = t.elapsed().as_secs_f64();
             let bad = c.iter().filter(|&&v| v != (n * i) as f32).count();
             println!(
@@ -139,7 +139,8 @@ fn run(args: &Args, name: &str, dev: &Device) {
         let size = format!("{batch}x{cin}x{h}x{w}->{cout}");
         emit("conv2d_3x3", size, name, s, &format!(r#","GFLOP_per_s":{}"#, flops / s / 1e9));
     }
-    // --rows R C: softmax and layer norm over the last axis of an R × C matrix.
+    // --rows R C: softmax, layer norm, argmax and cross-entropy over the last axis of an
+    // R × C matrix.
     if let [r, c] = args.list("--rows")[..] {
         let x = Tensor::<2>::random([r, c], normal, dev);
         let gamma = Tensor::<1>::ones([c], dev);
@@ -153,6 +154,24 @@ fn run(args: &Args, name: &str, dev: &Device) {
             read(y.mul(gamma.clone().unsqueeze()).add(beta.clone().unsqueeze()));
         });
         emit("layer_norm", format!("{r}x{c}"), name, s, "");
+        let s = median(reps, || {
+            let i = x.clone().argmax(1).into_data().convert::<i64>();
+            std::hint::black_box(i.try_to_vec::<i64>().expect("indices"));
+        });
+        emit("argmax", format!("{r}x{c}"), name, s, "");
+        // The mean negative log-likelihood of targets i % c, as burn's CrossEntropyLoss
+        // computes it (log_softmax, gather, mean).
+        let targets: Vec<i64> = (0..r).map(|i| (i % c) as i64).collect();
+        let y = Tensor::<1, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(targets, [r]),
+            dev,
+        );
+        let s = median(reps, || {
+            let logp = activation::log_softmax(x.clone(), 1);
+            let picked = logp.gather(1, y.clone().unsqueeze_dim(1));
+            read(picked.mean().neg());
+        });
+        emit("cross_entropy", format!("{r}x{c}"), name, s, "");
     }
     // --chain N: kiln's 16-op arithmetic chain (4 × mul_scalar, add, relu, sub_scalar).
     for n in args.list("--chain") {
