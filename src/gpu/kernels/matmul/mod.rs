@@ -370,18 +370,13 @@ fn spec_with(
             constants: vec![],
             unchecked: false,
         },
-        MatmulConfig::Wide { bm, bn, bk } => KernelSpec {
-            shader: variants::WIDE,
-            ..spec_with(
-                MatmulConfig::Blocked { bm, bn, bk },
-                checked,
-                has_bias,
-                act,
-                has_residual,
-            )
-        },
-        MatmulConfig::Subgroup { bm, bn, bk } => KernelSpec {
-            shader: variants::SUBGROUP,
+        // Version 2's variants: its constants, another shader.
+        MatmulConfig::Wide { bm, bn, bk } | MatmulConfig::Subgroup { bm, bn, bk } => KernelSpec {
+            shader: if matches!(config, MatmulConfig::Wide { .. }) {
+                variants::WIDE
+            } else {
+                variants::SUBGROUP
+            },
             ..spec_with(
                 MatmulConfig::Blocked { bm, bn, bk },
                 checked,
