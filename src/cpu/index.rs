@@ -1,7 +1,7 @@
 //! Index-driven loops: index_select, gather (for any element type), `where`, and the grouping
 //! of indices by row that index_select's backward uses on every device.
 
-use super::alloc;
+use super::{alloc, par_chunks_mut};
 use crate::error::Result;
 
 /// index_select along the middle axis of `[outer, len, inner]` with checked indices.
@@ -68,21 +68,28 @@ pub(crate) fn where_(
 ) -> Result<Vec<f32>> {
     let n = dims.iter().product();
     let mut v = alloc("where", n)?;
-    for (i, o) in v.iter_mut().enumerate() {
-        let (mut rem, mut im, mut ia, mut ib) = (i, 0, 0, 0);
-        for d in (0..dims.len()).rev() {
+    // Rows of the last axis in parallel: each row's offsets once, then strided walks.
+    let outer = dims.len().saturating_sub(1);
+    let inner = dims.last().copied().unwrap_or(1);
+    let step = |s: &[usize]| s.get(outer).copied().unwrap_or(0);
+    let (tm, ta, tb) = (step(sm), step(sa), step(sb));
+    par_chunks_mut(&mut v, inner, inner, &|row, out| {
+        let (mut rem, mut im, mut ia, mut ib) = (row, 0, 0, 0);
+        for d in (0..outer).rev() {
             let idx = rem % dims[d];
             rem /= dims[d];
             im += idx * sm[d];
             ia += idx * sa[d];
             ib += idx * sb[d];
         }
-        *o = if m[im].to_bits() & 0x7fff_ffff != 0 {
-            a[ia]
-        } else {
-            b[ib]
-        };
-    }
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = if m[im + j * tm].to_bits() & 0x7fff_ffff != 0 {
+                a[ia + j * ta]
+            } else {
+                b[ib + j * tb]
+            };
+        }
+    });
     Ok(v)
 }
 
