@@ -209,22 +209,16 @@ pub(crate) fn norm_param_grads(
     Ok((dw, db))
 }
 
-/// The index of a contiguous row's first maximum (of its first NaN if it has one): lanes of
-/// running maxima the compiler vectorises, then the lanes' first maximum.
+/// Lanes of [`argmax_row`]; shorter rows take the strided walk.
+const ARGMAX_LANES: usize = 8;
+
+/// The index of a contiguous row's first maximum (of its first NaN if it has one), for rows of
+/// at least [`ARGMAX_LANES`] values: lanes of running maxima the compiler vectorises, then the
+/// lanes' first maximum.
 fn argmax_row(row: &[f32]) -> u32 {
-    const L: usize = 8;
+    const L: usize = ARGMAX_LANES;
     if has_nan(row) {
         return row.iter().position(|v| v.is_nan()).unwrap_or(0) as u32;
-    }
-    if row.len() < 2 * L {
-        let first =
-            row.iter().enumerate().fold(
-                (0, row[0]),
-                |(at, best), (j, &v)| {
-                    if v > best { (j, v) } else { (at, best) }
-                },
-            );
-        return first.0 as u32;
     }
     // Lane l holds the first maximum of the values at l, l + L, l + 2L, ...
     let mut best: [f32; L] = row[..L].try_into().expect("L values");
@@ -262,7 +256,7 @@ pub(crate) fn argmax(x: &[f32], (outer, len, inner): (usize, usize, usize)) -> R
     par_chunks_mut(&mut out, per, per * len, &|c, ys| {
         for (i, y) in ys.iter_mut().enumerate() {
             let o = c * per + i;
-            if inner == 1 {
+            if inner == 1 && len >= ARGMAX_LANES {
                 *y = argmax_row(&x[o * len..(o + 1) * len]);
                 continue;
             }

@@ -272,14 +272,15 @@ impl MatmulConfig {
     pub(crate) fn fits(&self, limits: &wgpu::Limits, subgroups: Option<(u32, u32)>) -> bool {
         match *self {
             MatmulConfig::Tiled16 => limits.max_compute_invocations_per_workgroup >= 256,
-            MatmulConfig::Blocked { bm, bn, bk } => {
-                (bm / 4) * (bn / 4) <= limits.max_compute_invocations_per_workgroup
-                    && (bm / 4) * (bn / 4) <= limits.max_compute_workgroup_size_x
-                    && (bm + bn) * bk * 4 <= limits.max_compute_workgroup_storage_size
-            }
-            MatmulConfig::Wide { bm, bn, bk } => {
-                (bm / 8) * (bn / 8) <= limits.max_compute_invocations_per_workgroup
-                    && (bm / 8) * (bn / 8) <= limits.max_compute_workgroup_size_x
+            // Version 2: (bm / t)·(bn / t) invocations of t x t outputs, two k slices staged.
+            MatmulConfig::Blocked { bm, bn, bk } | MatmulConfig::Wide { bm, bn, bk } => {
+                let t = if matches!(self, MatmulConfig::Wide { .. }) {
+                    8
+                } else {
+                    4
+                };
+                (bm / t) * (bn / t) <= limits.max_compute_invocations_per_workgroup
+                    && (bm / t) * (bn / t) <= limits.max_compute_workgroup_size_x
                     && (bm + bn) * bk * 4 <= limits.max_compute_workgroup_storage_size
             }
             MatmulConfig::Subgroup { bm, bn, bk } => {
