@@ -158,8 +158,9 @@ fn pack_a<K: Micro>(a: &View, i0: usize, mc: usize, p0: usize, kc: usize, out: &
 
 /// Packs one full `mr`-row panel of a row-major A (rows `i0..i0+mr`, columns `p0..p0+kc`),
 /// transposing 4 × 4 blocks in SSE registers: every load reads four consecutive values of a
-/// row and every store writes four consecutive values of the panel. Rows past the last
-/// multiple of 4 are copied one value at a time.
+/// row and every store writes four consecutive values of the panel. Two rows past the last
+/// multiple of 4 (6-row panels) are interleaved in pairs, and a last odd row is copied one
+/// value at a time.
 fn pack_a_rows(a: &View, mr: usize, i0: usize, p0: usize, kc: usize, dst: &mut [f32]) {
     let start = a.offset + i0 * a.rs + p0;
     // Bounds: the last value read is row i0 + mr - 1, column p0 + kc - 1; the panel holds
@@ -189,7 +190,28 @@ fn pack_a_rows(a: &View, mr: usize, i0: usize, p0: usize, kc: usize, dst: &mut [
             }
         }
     }
-    for r in mr / 4 * 4..mr {
+    let mut r = mr / 4 * 4;
+    while r + 2 <= mr {
+        // Two rows left (6-row panels): interleave them in pairs, one 8-byte store per column.
+        for q in 0..quads {
+            // SAFETY: rows r, r + 1 and columns 4q..4q+4 lie inside the block checked above;
+            // each store writes rows r, r + 1 of one of columns 4q..4q+4 of the panel.
+            unsafe {
+                let x = _mm_loadu_ps(src.add(r * a.rs + 4 * q));
+                let y = _mm_loadu_ps(src.add((r + 1) * a.rs + 4 * q));
+                let (lo, hi) = (_mm_unpacklo_ps(x, y), _mm_unpackhi_ps(x, y));
+                let store = |p: usize, v: __m128| {
+                    _mm_storel_epi64(out.add((4 * q + p) * mr + r).cast(), _mm_castps_si128(v))
+                };
+                store(0, lo);
+                store(1, _mm_movehl_ps(lo, lo));
+                store(2, hi);
+                store(3, _mm_movehl_ps(hi, hi));
+            }
+        }
+        r += 2;
+    }
+    for r in r..mr {
         for p in 0..quads * 4 {
             dst[p * mr + r] = a.data[start + r * a.rs + p];
         }
@@ -653,15 +675,15 @@ mod tests {
         }
         {
             // Packing alone, one thread: all of B (panel by panel) and all of A (block by block).
-            let mut buf = vec![0.0f32; n * n + 4096];
+            let mut buf = vec![0.0f32; n.div_ceil(16) * 16 * n.div_ceil(KC) * KC + 4096];
             let mut tb = Vec::new();
             let mut ta = Vec::new();
             for _ in 0..15 {
                 let t0 = std::time::Instant::now();
                 let mut off = 0;
                 for p0 in (0..n).step_by(KC) {
-                    pack_b(&view(&b), 16, p0, KC, 0, n, &mut buf[off..]);
-                    off += n * KC;
+                    pack_b(&view(&b), 16, p0, KC.min(n - p0), 0, n, &mut buf[off..]);
+                    off += n.div_ceil(16) * 16 * KC;
                 }
                 tb.push(t0.elapsed().as_secs_f64());
                 let t0 = std::time::Instant::now();
@@ -672,7 +694,7 @@ mod tests {
                             ib,
                             MC_MAX.min(n - ib),
                             p0,
-                            KC,
+                            KC.min(n - p0),
                             &mut buf[..KC * MC_MAX],
                         );
                     }
@@ -728,6 +750,81 @@ mod tests {
                 2.0 * (n as f64).powi(3) / med / 1e9,
                 2.0 * (n as f64).powi(3) / t[0] / 1e9
             );
+        }
+    }
+
+    /// Not a test: the micro-kernel's throughput on panels already in L1 (kc = KC, one
+    /// thread), beside a chain of dependent adds that measures the clock. Run with
+    /// `cargo test --release --lib kernel_in_l1 -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn kernel_in_l1() {
+        /// Median and best GFLOP/s of seven timings of 20,000 calls.
+        fn probe<K: Micro>() -> (f64, f64) {
+            let ap = vec![0.5f32; K::MR * KC];
+            let bp = vec![0.25f32; K::NR * KC];
+            let mut c = vec![0.0f32; K::MR * K::NR];
+            let calls = 20_000;
+            let mut rates = Vec::new();
+            for _ in 0..7 {
+                let t0 = std::time::Instant::now();
+                for _ in 0..calls {
+                    // SAFETY: the panels hold MR·KC and NR·KC values, c one MR × NR tile; the
+                    // caller checked the instruction set.
+                    unsafe {
+                        K::kernel(
+                            KC,
+                            ap.as_ptr(),
+                            bp.as_ptr(),
+                            c.as_mut_ptr(),
+                            K::NR,
+                            K::MR,
+                            K::NR,
+                            true,
+                        )
+                    };
+                }
+                let flops = 2.0 * (K::MR * K::NR * KC * calls) as f64;
+                rates.push(flops / t0.elapsed().as_secs_f64() / 1e9);
+            }
+            std::hint::black_box(&c);
+            rates.sort_by(f64::total_cmp);
+            (rates[3], rates[6])
+        }
+        // The clock: chains of eight dependent integer adds (one a cycle), 5e7 times.
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t0 = std::time::Instant::now();
+            let (mut x, mut left) = (0u64, 50_000_000u64);
+            // SAFETY: register arithmetic only.
+            unsafe {
+                std::arch::asm!(
+                    "2:",
+                    "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1",
+                    "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1",
+                    "dec {left}", "jnz 2b",
+                    x = inout(reg) x, left = inout(reg) left,
+                );
+            }
+            std::hint::black_box((x, left));
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        let ghz = 0.4 / best;
+        println!("clock ~{ghz:.2} GHz (dependent adds)");
+        // Peak: two FMA units of 8 (AVX2) or 16 (AVX-512, where the CPU has two) lanes.
+        for (isa, lanes) in [(Isa::Avx2, 8.0), (Isa::Avx512, 16.0)] {
+            if isa.supported() {
+                let (median, best) = match isa {
+                    Isa::Avx2 => probe::<avx2::Avx2>(),
+                    Isa::Avx512 => probe::<avx512::Avx512>(),
+                };
+                let peak = ghz * 2.0 * lanes * 2.0;
+                println!(
+                    "{isa:?}: median {median:.1}, best {best:.1} GFLOP/s; peak {peak:.1} \
+                     (median {:.0}%)",
+                    100.0 * median / peak
+                );
+            }
         }
     }
 
