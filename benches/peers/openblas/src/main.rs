@@ -7,10 +7,12 @@
 //!
 //! Both sides allocate their output on every call, as `x @ y` does in numpy (OpenBLAS into
 //! uninitialised memory, kiln into a new tensor), and both use every core (OpenBLAS's default,
-//! kiln's worker pool). Each round gives each side, in alternating order, a burst of calls after
-//! a quiet pause (see `BURST`, `QUIET` and `OPENBLAS_THREAD_TIMEOUT`). Prints one JSON object per size: the median time of each side, the
-//! ratio of the medians (OpenBLAS time / kiln time: above 1, kiln is faster) and the
-//! quartiles of the per-pair ratios; and checks that the two products agree.
+//! kiln's worker pool). Each round gives each side, in alternating order, a quiet pause, a
+//! warm-up and a burst of timed calls (see `QUIET`, `WARM_UP`, `BURST` and
+//! `OPENBLAS_THREAD_TIMEOUT`). Prints one JSON object per size: the median time of each side,
+//! the ratio of the medians (OpenBLAS time / kiln time: above 1, kiln is faster) and the
+//! quartiles of the per-pair ratios; and checks that the two products agree first.
+//! `RAYON_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1` compares one thread against one.
 
 use kiln::{Device, Tensor};
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
@@ -40,8 +42,12 @@ type Sgemm = unsafe extern "C" fn(
     i64,
 );
 
-/// Calls per side and round (back to back, as in a loop of products).
-const BURST: usize = 3;
+/// Timed calls per side and round (back to back, as in a loop of products).
+const BURST: usize = 5;
+/// Untimed calls before them, for at least this long: after the pause the machine runs the
+/// first milliseconds of work slowly (256³ products measured 1.0, 0.8, 0.6 ms in a row,
+/// against 0.3 ms in a steady loop), for both sides alike.
+const WARM_UP: std::time::Duration = std::time::Duration::from_millis(20);
 /// Idle time before each burst: more than either side's threads spin after a call (kiln's
 /// 2 ms; OpenBLAS's, set below).
 const QUIET: std::time::Duration = std::time::Duration::from_millis(10);
@@ -87,16 +93,13 @@ fn load(path: &str) -> Sgemm {
             "dlopen {path}: {:?}",
             CStr::from_ptr(dlerror())
         );
-        for name in [c"scipy_cblas_sgemm64_", c"cblas_sgemm64_", c"cblas_sgemm"] {
+        for name in [c"scipy_cblas_sgemm64_", c"cblas_sgemm64_"] {
             let f = dlsym(h, name.as_ptr());
             if !f.is_null() {
-                if name != c"scipy_cblas_sgemm64_" && name != c"cblas_sgemm64_" {
-                    panic!("{path} has only a 32-bit-integer cblas_sgemm; use numpy's OpenBLAS");
-                }
                 return std::mem::transmute::<*mut c_void, Sgemm>(f);
             }
         }
-        panic!("no cblas_sgemm64_ in {path}");
+        panic!("{path} has no 64-bit-integer cblas_sgemm (numpy's OpenBLAS has one)");
     }
 }
 
@@ -169,20 +172,28 @@ fn main() -> kiln::Result<()> {
         let (mut tk, mut tb, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
         for r in 0..rounds + 2 {
             // Alternate which side goes first, so neither always follows the other. Each side
-            // gets a burst of BURST calls after QUIET of idleness (by then the other side's
-            // threads have stopped spinning), and the burst's median counts.
+            // gets WARM_UP of untimed calls and then a burst of BURST calls, after QUIET of
+            // idleness (by then the other side's threads have stopped spinning); the burst's
+            // median counts.
             let mut pair = [0.0; 2];
             for side in [r % 2, 1 - r % 2] {
                 std::thread::sleep(QUIET);
-                let mut burst = [0.0; BURST];
-                for t in &mut burst {
+                let call = || -> kiln::Result<f64> {
                     let start = Instant::now();
                     if side == 0 {
                         std::hint::black_box(a.matmul(&b)?);
                     } else {
                         std::hint::black_box(blas());
                     }
-                    *t = start.elapsed().as_secs_f64();
+                    Ok(start.elapsed().as_secs_f64())
+                };
+                let warm = Instant::now();
+                while warm.elapsed() < WARM_UP {
+                    call()?;
+                }
+                let mut burst = [0.0; BURST];
+                for t in &mut burst {
+                    *t = call()?;
                 }
                 burst.sort_by(f64::total_cmp);
                 pair[side] = burst[BURST / 2];
