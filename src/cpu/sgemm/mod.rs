@@ -548,6 +548,14 @@ struct Tile {
 /// One k block of one block of packed rows of A against columns j0..j0 + nc: the micro-kernel
 /// over every panel, a group of panels (from `group`) at a time, starting at this task's
 /// fraction of the groups.
+///
+/// Within a group, each panel of A (MR rows) meets the group's PACK_PANELS panels of B in
+/// turn: the A panel stays in L1 while the B panels (128 KiB with AVX2) come from L2, and
+/// consecutive calls write neighbouring tiles of the same rows of C. The other order (a B panel
+/// in L1 against every A panel) writes tiles of successive rows, n values apart: at n = 2048
+/// every row of C a sweep touched fell in one L1 set. Measured against OpenBLAS in one process
+/// on the AVX2 EPYC, two threads: 2048³ 0.91–0.94× → 0.95–1.05×, 1024³ 0.95–0.99× →
+/// 1.03–1.07× (not measured with AVX-512).
 fn sweep<'g, K: Micro>(
     Tile {
         ib,
@@ -568,11 +576,11 @@ fn sweep<'g, K: Micro>(
     for g in (0..groups).map(|g| (g + t * groups / tasks) % groups) {
         let bg = group(g);
         let first = g * PACK_PANELS;
-        for jp in first..(first + PACK_PANELS).min(nc.div_ceil(nr)) {
-            let cols = nr.min(nc - jp * nr);
-            let bp = &bg[(jp - first) * nr * kc..][..nr * kc];
-            for ip in 0..mc.div_ceil(mr) {
-                let rows = mr.min(mc - ip * mr);
+        for ip in 0..mc.div_ceil(mr) {
+            let rows = mr.min(mc - ip * mr);
+            for jp in first..(first + PACK_PANELS).min(nc.div_ceil(nr)) {
+                let cols = nr.min(nc - jp * nr);
+                let bp = &bg[(jp - first) * nr * kc..][..nr * kc];
                 let at = (ib + ip * mr) * n + j0 + jp * nr;
                 let ap = &apack[ip * mr * kc..][..mr * kc];
                 assert!(at + (rows - 1) * n + cols <= c.len());
