@@ -15,14 +15,18 @@ rm -rf "$KILN_CACHE_DIR"
 peer=../shared/bench/numpy_ref.py
 cargo build -q --release --example bench
 bench=target/release/examples/bench
-# PEERS=1 adds candle's CPU backend (a separate project, benches/peers/candle; ~3 min to build)
+# PEERS=1 adds candle's CPU backend (a separate project, benches/peers/candle; ~3 min to build),
+# numpy's OpenBLAS loaded into a kiln process (benches/peers/openblas; ~2 min to build)
 # and burn's wgpu (lavapipe) and CPU (flex) backends (benches/peers/burn; ~15 min the first
 # time: keep its target/).
 candle=""
 burn=""
+openblas=""
 if [ "${PEERS:-0}" = 1 ]; then
   (cd benches/peers/candle && cargo build -q --release)
   candle=benches/peers/candle/target/release/candle-peer
+  (cd benches/peers/openblas && cargo build -q --release)
+  openblas=benches/peers/openblas/target/release/openblas-peer
   (cd benches/peers/burn && cargo build -q --release)
   burn=benches/peers/burn/target/release/burn-peer
 fi
@@ -39,6 +43,10 @@ for r in $(seq 1 "${ROUNDS:-5}"); do
   fi
 done
 python3 scripts/cpu_vs_numpy.py "$out" "${ROUNDS:-5}"
+if [ -n "$openblas" ]; then
+  echo "== CPU matmul: kiln vs numpy's OpenBLAS in one process, calls alternating (OpenBLAS time / kiln time)"
+  $openblas --matmul 256 512 1024 2048 --rounds 9 | tee "$out/openblas-inprocess.json"
+fi
 echo "== lavapipe: version 1 vs tuned, skinny shapes, MLP"
 $bench --device software --reps 5 --matmul 256 512 --configs tiled16,auto,f16 --json "$out/kiln-lavapipe-square.json"
 $bench --device software --reps 5 --matmul 1x1024x1024 4x1024x1024 --configs blocked:32x32x8,auto --json "$out/kiln-lavapipe-skinny.json"
