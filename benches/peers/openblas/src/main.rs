@@ -207,8 +207,8 @@ fn main() -> kiln::Result<()> {
         for v in [&mut tk, &mut tb, &mut ratio] {
             v.sort_by(f64::total_cmp);
         }
-        let med = |v: &[f64]| v[v.len() / 2];
         let q = |v: &[f64], f: f64| v[((v.len() - 1) as f64 * f).round() as usize];
+        let med = |v: &[f64]| q(v, 0.5);
         let gf = |s: f64| 2.0 * (n as f64).powi(3) / s / 1e9;
         println!(
             r#"{{"op": "matmul", "n": {n}, "kiln_seconds": {}, "openblas_seconds": {}, "kiln_gflops": {:.1}, "openblas_gflops": {:.1}, "speed": {:.3}, "pair_ratio_q1": {:.3}, "pair_ratio_median": {:.3}, "pair_ratio_q3": {:.3}, "rounds": {rounds}}}"#,
