@@ -139,6 +139,54 @@ pub fn argmax_samples() -> Vec<Sample> {
     out.push(Sample {
         inputs: vec![(vec![4, len], rows)],
     });
+    // Rows of vec4s, as GPUs with a fixed subgroup size read them (one subgroup per row, the
+    // lanes taking vec4s in turn, two at a time): 19 vec4s, so the second block of 8 lanes is
+    // partial; 13 rows, so the last workgroup of 8 rows is partial.
+    let len = 76;
+    let mut rows = rng.vec(13 * len, -1.0, 1.0);
+    let row = |r: usize| r * len;
+    for j in [45, 9, 30] {
+        rows[row(1) + j] = 5.0; // tied in three lanes and two blocks: 9 wins
+    }
+    rows[row(2)..row(3)].fill(f32::NEG_INFINITY);
+    rows[row(3) + 5] = 9.0;
+    for j in [66, 50] {
+        rows[row(3) + j] = f32::NAN; // the first NaN (50) wins over the larger value before it
+    }
+    rows[row(4) + 75] = f32::NAN; // in the last vec4 only
+    rows[row(5) + 12] = 8.0; // tied within one vec4: 12 wins
+    rows[row(5) + 13] = 8.0;
+    rows[row(6) + 75] = 4.0; // the last value, in the partial block
+    rows[row(7)..row(8)].fill(0.5);
+    out.push(Sample {
+        inputs: vec![(vec![13, len], rows)],
+    });
+    // One vec4 per row (fewer than the lanes), and two blocks exactly (16 vec4s).
+    out.push(Sample {
+        inputs: vec![(
+            vec![3, 4],
+            vec![
+                1.0,
+                1.0,
+                0.0,
+                1.0,
+                f32::NEG_INFINITY,
+                f32::NEG_INFINITY,
+                f32::NEG_INFINITY,
+                f32::NEG_INFINITY,
+                2.0,
+                f32::NAN,
+                3.0,
+                f32::NAN,
+            ],
+        )],
+    });
+    let mut rows = rng.vec(2 * 64, -1.0, 1.0);
+    rows[64 + 63] = 3.0;
+    rows[64 + 35] = 3.0;
+    out.push(Sample {
+        inputs: vec![(vec![2, 64], rows)],
+    });
     out
 }
 
