@@ -1,5 +1,6 @@
 //! The GPU runtime: buffer reuse hazards, batching, readback, transfer, seeding.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -299,4 +300,23 @@ fn gpu_timestamps_measure_recorded_work() {
             None => assert!(!granted, "timestamp-query granted but no time on {dev}"),
         }
     }
+}
+
+/// Where a Vulkan adapter exists, listing adapters and opening every GPU never loads an EGL
+/// driver into the process. On an NVIDIA H200, NVIDIA's EGL driver loaded beside its Vulkan
+/// driver (wgpu's GL instance loads it) let concurrent device and pipeline creation deadlock
+/// inside the driver; kiln looks for GL adapters only where no native one exists.
+#[cfg(target_os = "linux")]
+#[test]
+fn no_egl_driver_is_loaded_beside_a_vulkan_adapter() {
+    let gpus = gpus();
+    let listed = Device::adapters();
+    if !gpus.iter().any(|d| d.info().backend == "vulkan") {
+        say!("no Vulkan adapter here: the EGL check has nothing to check");
+        return;
+    }
+    assert!(listed.iter().all(|a| a.backend != "gl"), "{listed:?}");
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let egl: Vec<&str> = maps.lines().filter(|l| l.contains("libEGL")).collect();
+    assert!(egl.is_empty(), "an EGL library is loaded: {egl:?}");
 }
