@@ -60,6 +60,16 @@ pub fn table() -> Vec<OpInfo> {
             errors: linear_errors,
         },
         OpInfo {
+            // Version 4's plain epilogue (a bias, then ReLU) on lavapipe.
+            name: "linear+bias+relu",
+            grad: || Grad::wrt(THREE),
+            samples: linear_samples,
+            run: |t| t[0].linear(&t[1], Some(&t[2]), Some(kiln::UnaryOp::Relu)),
+            reference: |r| linear_ref(r, |v| v.max(0.0)),
+            tol: |r| (1e-6 * (2 + r[1].shape[1]) as f64, 1e-5),
+            errors: no_errors,
+        },
+        OpInfo {
             name: "linear",
             grad: || Grad::wrt(THREE),
             samples: linear_samples,

@@ -34,8 +34,9 @@ pub(crate) struct MatmulParams {
     pub row_tile0: u32,
     pub alpha: f32,
     pub beta: f32,
-    /// Version 4's epilogue, chosen at run time so that one pipeline serves every epilogue:
-    /// bit 0 adds the bias, the bits above hold the activation's selector. Others ignore it.
+    /// Version 4's epilogue, chosen at run time so that one module serves every epilogue:
+    /// bit 0 adds the bias, bit 31 the residual, the bits between hold the activation's
+    /// selector. Others ignore it.
     pub epilogue: u32,
 }
 
@@ -355,6 +356,26 @@ fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp
     spec_with(config, checked, has_bias, act, false)
 }
 
+/// Version 4's kernel for an epilogue: the module of the shape (with or without row sums), at
+/// its plain entry point where the epilogue is one it serves.
+fn lanes_spec(
+    (sg, tm, tn): (u32, u32, u32),
+    sums: bool,
+    act: Option<UnaryOp>,
+    has_residual: bool,
+) -> KernelSpec {
+    KernelSpec {
+        shader: lanes::shader(sg, tm, tn, sums),
+        entry: if lanes::plain(act, has_residual) {
+            lanes::PLAIN
+        } else {
+            "main"
+        },
+        constants: vec![],
+        unchecked: false,
+    }
+}
+
 /// [`spec`] with the residual's switch (versions 2 and 3 specialise on it; version 4 reads it
 /// from its uniform).
 fn spec_with(
@@ -405,12 +426,7 @@ fn spec_with(
             // so wgpu's runtime bounds checks can go; tests/ops.rs runs it on divisible shapes.
             unchecked: !checked,
         },
-        MatmulConfig::Lanes { sg, tm, tn } => KernelSpec {
-            shader: lanes::shader(sg, tm, tn, false),
-            entry: "main",
-            constants: vec![],
-            unchecked: false,
-        },
+        MatmulConfig::Lanes { sg, tm, tn } => lanes_spec((sg, tm, tn), false, act, has_residual),
         MatmulConfig::Strip { rm, wg } => KernelSpec {
             shader: shader!("matmul_strip.wgsl"),
             entry: "main",
@@ -474,13 +490,13 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
             out.push(spec(c, true, false, None));
         }
     }
-    for (sg, tm, tn) in lanes::SHAPES {
-        out.push(KernelSpec {
-            shader: lanes::shader(sg, tm, tn, true),
-            entry: "main",
-            constants: vec![],
-            unchecked: false,
-        });
+    // Version 4: both entry points (any epilogue; the plain ones), with and without row sums.
+    for shape in lanes::SHAPES {
+        for sums in [false, true] {
+            for act in [None, Some(UnaryOp::Gelu)] {
+                out.push(lanes_spec(shape, sums, act, false));
+            }
+        }
     }
     // The heuristic's skinny choices: one strip row per matrix row, m = 1..8.
     for rm in 1..=8 {
@@ -526,12 +542,12 @@ pub(crate) fn run(
     epilogue: Epilogue,
 ) -> Result<PooledBuffer> {
     let spec = match config {
-        MatmulConfig::Lanes { sg, tm, tn } if epilogue.row_sums.is_some() => KernelSpec {
-            shader: lanes::shader(sg, tm, tn, true),
-            entry: "main",
-            constants: vec![],
-            unchecked: false,
-        },
+        MatmulConfig::Lanes { sg, tm, tn } if epilogue.row_sums.is_some() => lanes_spec(
+            (sg, tm, tn),
+            true,
+            epilogue.act,
+            epilogue.residual.is_some(),
+        ),
         _ => spec_with(
             config,
             !divides(config, plan),
