@@ -165,7 +165,8 @@ struct Params {{
 /// loop over the tile, so the activation's switch is compiled once; `main_plain` serves the
 /// common ones (a bias or none, then ReLU or nothing, no residual) with straight-line stores.
 /// On lavapipe the loop costs more than the product's k-loop at small k: `main_plain` made
-/// 1024 x 64 x 256 about 1.3x faster, 1024 x 256 x 256 and 512³ about 1.1x (BENCHMARKS.md).
+/// 1024 x 64 x 256 1.66x faster, 1024 x 256 x 256 1.29x and the MLP forward 1.35x
+/// (BENCHMARKS.md).
 /// Both are in one module because they share its bindings and its params struct.
 fn entry(s: &mut String, (sg, tm, tn): Shape, sums: bool, plain: bool) {
     let rows = 0..tm;
@@ -289,6 +290,8 @@ fn {name}(
             }
             let _ = writeln!(s, "    }}");
         }
+        // The host binds the same buffers for both entry points: the residual's binding must
+        // stay in this one's layout.
         let _ = writeln!(s, "    _ = residual[0];\n}}");
         return;
     }
