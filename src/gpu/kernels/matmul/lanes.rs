@@ -21,12 +21,17 @@
 //! Measured on lavapipe (2-core EPYC, AVX2): 512³ in 35–45 ms against 220 ms for the best
 //! version 2 configuration (BENCHMARKS.md).
 //!
-//! The epilogue is chosen at run time (`Params::epilogue`), so two entry points of one module
-//! serve every epilogue. `main` applies the bias, activation and residual in a loop over the
-//! tile after the product, so the activation's switch is compiled once (written out per
-//! output, it made the 32 x 8 tile take 4 s to compile on lavapipe instead of 0.3 s).
-//! `main_plain` serves a bias or none, then ReLU or nothing, with straight-line stores: on
-//! lavapipe the loop over a local array cost more than a 64-deep product itself.
+//! Two entry points of one module serve every epilogue. `main_plain` serves a bias or none,
+//! then ReLU or nothing (chosen at run time from `Params::epilogue`), with straight-line
+//! stores: on lavapipe the loop below cost more than a 64-deep product itself. `main` applies
+//! the bias, the activation and the residual in a loop over the tile after the product, so the
+//! activation is compiled once (written out per output, it made the 32 x 8 tile take 4 s to
+//! compile on lavapipe instead of 0.3 s); its activation is the `ACT` override, fixed per
+//! pipeline. llvmpipe appears to run the body of an `if` whose condition is uniform and false
+//! under an empty mask (a residual branch that no product took, added to `main_plain`, made it
+//! 13–19% slower), so with the selector read from `Params` every activation's code would run
+//! for every output; a GELU MLP forward measured 1.18x faster (median of 11 alternating
+//! rounds) with the override.
 //!
 //! A variant (`_sums`) also writes the sums of A's rows (`[batches, m]`) from the same pass:
 //! each lane adds up the values of A it loads, and the workgroups of the first column tile
@@ -147,6 +152,10 @@ struct Params {{
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read> residual: array<f32>;
 {sums_binding}@group(0) @binding({params_at}) var<uniform> p: Params;
+
+// `main`'s activation, fixed when the pipeline is made (see the generator's docs: on llvmpipe a
+// selector read from `p` would run every activation's code for every output).
+override ACT: u32 = UNARY_NONE;
 ",
         sums_binding = if sums {
             "@group(0) @binding(6) var<storage, read_write> sums: array<f32>;\n"
@@ -161,9 +170,9 @@ struct Params {{
     s
 }
 
-/// One entry point of the module: `main` applies any epilogue (bias, activation, residual) in a
-/// loop over the tile, so the activation's switch is compiled once; `main_plain` serves the
-/// common ones (a bias or none, then ReLU or nothing, no residual) with straight-line stores.
+/// One entry point of the module: `main` applies any epilogue (bias, the `ACT` activation,
+/// residual) in a loop over the tile; `main_plain` serves the common ones (a bias or none, then
+/// ReLU or nothing, no residual) with straight-line stores.
 /// On lavapipe the loop costs more than the product's k-loop at small k: `main_plain` made
 /// 1024 x 64 x 256 1.66x faster, 1024 x 256 x 256 1.29x and the MLP forward 1.35x
 /// (BENCHMARKS.md).
@@ -303,8 +312,7 @@ fn {name}(
     }
     let _ = writeln!(
         s,
-        "    let act = (p.epilogue >> 1u) & 0x3fffffffu;
-    for (var i = 0u; i < {n}u; i = i + 1u) {{
+        "    for (var i = 0u; i < {n}u; i = i + 1u) {{
         let row = row0 + i / {tn}u;
         let col = cbase + (i % {tn}u) * {sg}u;
         if (row < p.m && col < p.n) {{
@@ -312,7 +320,7 @@ fn {name}(
             if ((p.epilogue & 1u) != 0u) {{
                 v = v + bias[col];
             }}
-            v = activate(act, v, p.alpha, p.beta);
+            v = activate(ACT, v, p.alpha, p.beta);
             if ((p.epilogue & 0x80000000u) != 0u) {{
                 v = v + residual[c_off + row * p.n + col];
             }}

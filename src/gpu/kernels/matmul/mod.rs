@@ -357,21 +357,24 @@ fn spec(config: MatmulConfig, checked: bool, has_bias: bool, act: Option<UnaryOp
 }
 
 /// Version 4's kernel for an epilogue: the module of the shape (with or without row sums), at
-/// its plain entry point where the epilogue is one it serves.
+/// its plain entry point where the epilogue is one it serves, else at `main` with the
+/// activation fixed by its `ACT` override (a pipeline per activation).
 fn lanes_spec(
     (sg, tm, tn): (u32, u32, u32),
     sums: bool,
     act: Option<UnaryOp>,
     has_residual: bool,
 ) -> KernelSpec {
+    let plain = lanes::plain(act, has_residual);
     KernelSpec {
         shader: lanes::shader(sg, tm, tn, sums),
-        entry: if lanes::plain(act, has_residual) {
-            lanes::PLAIN
+        entry: if plain { lanes::PLAIN } else { "main" },
+        constants: if plain {
+            vec![]
         } else {
-            "main"
+            let act = act.map_or(crate::op::NO_ACTIVATION, UnaryOp::shader_id);
+            vec![("ACT", f64::from(act))]
         },
-        constants: vec![],
         unchecked: false,
     }
 }
@@ -493,8 +496,8 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
     // Version 4: both entry points (any epilogue; the plain ones), with and without row sums.
     for shape in lanes::SHAPES {
         for sums in [false, true] {
-            for act in [None, Some(UnaryOp::Gelu)] {
-                out.push(lanes_spec(shape, sums, act, false));
+            for (act, residual) in [(None, false), (Some(UnaryOp::Gelu), false), (None, true)] {
+                out.push(lanes_spec(shape, sums, act, residual));
             }
         }
     }
