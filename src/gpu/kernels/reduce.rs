@@ -220,7 +220,6 @@ pub(crate) fn argmax_spec() -> KernelSpec {
     }
 }
 
-/// The subgroup-per-row argmax (`argmax_rows.wgsl`) for subgroups of `sg` lanes.
 /// Subgroups (rows) per workgroup of the subgroup-per-row argmax: 64 invocations in all.
 fn argmax_rows(sg: u32) -> u32 {
     (64 / sg).max(1)
@@ -255,8 +254,8 @@ pub(crate) fn argmax(
         .filter(|(min, max)| min == max && (4..=128).contains(min));
     match fixed_subgroups {
         Some((sg, _)) if inner == 1 && len % 4 == 0 => {
-            let sg_values = 4 * sg as usize;
-            ctx.check_walk("argmax", len.div_ceil(2 * sg_values))?;
+            // Each iteration of a lane reads two vec4s of its row.
+            ctx.check_walk("argmax", len.div_ceil(8 * sg as usize))?;
             let rows = argmax_rows(sg) as usize;
             let grid = ctx.grid_1d("argmax", n_out.div_ceil(rows) as u64)?;
             ctx.dispatch(

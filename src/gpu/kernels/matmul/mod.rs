@@ -34,9 +34,9 @@ pub(crate) struct MatmulParams {
     pub row_tile0: u32,
     pub alpha: f32,
     pub beta: f32,
-    /// Version 4's epilogue, chosen at run time so that one module serves every epilogue:
-    /// bit 0 adds the bias, bit 31 the residual, the bits between hold the activation's
-    /// selector. Others ignore it.
+    /// Version 4's epilogue, read at run time: bit 0 adds the bias, bit 31 the residual, the
+    /// bits between hold the activation's selector (read by the plain entry point, which
+    /// serves ReLU; `main` has its activation as an override). Others ignore it.
     pub epilogue: u32,
 }
 
@@ -488,12 +488,8 @@ pub(crate) fn specs() -> Vec<KernelSpec> {
         }
     }
     out.push(cast_spec());
-    for c in configs() {
-        if matches!(c, MatmulConfig::Lanes { .. }) && !CANDIDATES.contains(&c) {
-            out.push(spec(c, true, false, None));
-        }
-    }
-    // Version 4: both entry points (any epilogue; the plain ones), with and without row sums.
+    // Version 4, every shape: both entry points (any epilogue; the plain ones), with and
+    // without row sums.
     for shape in lanes::SHAPES {
         for sums in [false, true] {
             for (act, residual) in [(None, false), (Some(UnaryOp::Gelu), false), (None, true)] {
