@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Runs each ONNX model in a folder with onnxruntime (CPU) and with kiln (examples/onnx.rs, on
+"""Runs each ONNX model in a folder with onnxruntime (CPU) and with kiln (crates/kiln-onnx/examples/onnx.rs, on
 the CPU backend and on lavapipe) on the same seeded input, in one run: the largest absolute
 difference between the outputs and the median time of a run (outputs read back) on each.
 
 usage: scripts/onnx_compare.py [MODELS_DIR] [RUNS]   (defaults: target/onnx-models, 20;
        build the models with scripts/onnx_models.py; needs onnx, onnxruntime, numpy and
-       `cargo build --release --example onnx`)
+       `cargo build --release -p kiln-onnx --example onnx`)
 """
 import json
 import os

@@ -60,5 +60,5 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 export KILN_REQUIRE_GPU=1
 # Name the adapters (and auto's choice) in the log, so a reader can see where the GPU tests ran.
 cargo run -q --example info
-cargo test --all-targets "$@"
-cargo test --doc
+cargo test --workspace --all-targets "$@"
+cargo test --workspace --doc

@@ -53,7 +53,6 @@
 
 mod attention;
 mod autograd;
-mod capture;
 mod conv;
 mod cpu;
 mod device;
@@ -61,10 +60,9 @@ mod dtype;
 mod error;
 mod fusion;
 pub mod gpu;
+mod graph;
 mod matmul_plan;
 pub mod nn;
-#[cfg(feature = "onnx")]
-pub mod onnx;
 mod op;
 mod optim_params;
 mod random;
@@ -75,12 +73,12 @@ mod tensor;
 
 pub use attention::AttentionOptions;
 pub use autograd::{NoGradGuard, is_grad_enabled, no_grad};
-pub use capture::Graph;
 pub use conv::Conv2dOptions;
 pub use device::{Device, DeviceInfo, DeviceKind, DeviceLimits, DeviceStats};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use gpu::MemoryStats;
+pub use graph::Graph;
 pub use op::{BinaryOp, ReduceOp, UnaryOp};
 pub use shape::Shape;
 pub use tensor::Tensor;

@@ -25,6 +25,12 @@ pub(crate) struct OptimParams {
     pub _pad: [u32; 2],
 }
 
+/// The hyper-parameters each replay of a captured step updates with, computed once per replay
+/// (Adam's bias correction advances with its step count; SGD's momentum is no longer fresh).
+/// The optimizer says what the values are; the GPU backend decides where they go
+/// (`gpu::capture`).
+pub(crate) type Replayed = dyn Fn() -> OptimParams + Send + Sync;
+
 pub(crate) const NESTEROV: u32 = 1;
 pub(crate) const FIRST_STEP: u32 = 2;
 pub(crate) const DECOUPLED: u32 = 4;

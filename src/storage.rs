@@ -23,7 +23,7 @@ use crate::gpu::kernels::{reduce, scan, select, xent};
 use crate::gpu::pool::PooledBuffer;
 use crate::matmul_plan::MatmulPlan;
 use crate::op::{BinaryOp, ReduceOp, UnaryOp};
-use crate::optim_params::OptimParams;
+use crate::optim_params::{OptimParams, Replayed};
 use crate::shape::BroadcastLayout;
 use crate::strided::StridedCopy;
 use std::sync::Arc;
@@ -1285,6 +1285,7 @@ impl Storage {
     pub(crate) fn optimizer_update_many(
         items: &mut [(&mut Storage, &Storage, Vec<&mut Storage>, usize)],
         params: &OptimParams,
+        replay: Option<&Arc<Replayed>>,
     ) -> Result<()> {
         const OP: &str = "optimizer step";
         let ctx = match items.first().map(|i| &*i.0) {
@@ -1295,7 +1296,7 @@ impl Storage {
                         n: *n as u32,
                         ..*params
                     };
-                    w.optimizer_update(g, state, &p)?;
+                    w.optimizer_update(g, state, &p, replay)?;
                 }
                 return Ok(());
             }
@@ -1318,7 +1319,7 @@ impl Storage {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        optim::update_many(&ctx, &slots, params)
+        optim::update_many(&ctx, &slots, params, replay)
     }
 
     /// One fused optimizer update of these `params.n` values in place from `grad`, with `state`
@@ -1329,6 +1330,7 @@ impl Storage {
         grad: &Storage,
         state: &mut [&mut Storage],
         params: &OptimParams,
+        replay: Option<&Arc<Replayed>>,
     ) -> Result<()> {
         const OP: &str = "optimizer step";
         match (self, grad) {
@@ -1362,6 +1364,7 @@ impl Storage {
                     g.bound(OP, DType::F32)?,
                     &bufs,
                     params,
+                    replay,
                 )
             }
             (w, _) if w.dtype() != DType::F32 => Err(mismatch(OP, DType::F32, w.dtype())),

@@ -1,5 +1,7 @@
 //! The op table (`tests/optable`) walked on every available device: the CPU backend and every
-//! GPU adapter wgpu can open (lavapipe in CI).
+//! GPU adapter wgpu can open (lavapipe in CI), as one test per op, device and configuration; and
+//! the cases the table cannot express. A custom harness (libtest-mimic): the table's tests are
+//! made at run time from the table itself, so it stays the single source of cases.
 
 #[macro_use]
 mod common;
@@ -7,91 +9,189 @@ mod optable;
 
 use common::*;
 use kiln::{Device, Error, Tensor};
+use libtest_mimic::{Arguments, Trial};
 use optable::*;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
-fn run_table_on(dev: &Device) {
-    let mut cases = 0;
-    for op in table() {
-        for (si, sample) in (op.samples)().into_iter().enumerate() {
-            let what = format!(
-                "{} sample {si} {:?} on {dev}",
-                op.name,
-                sample.inputs.iter().map(|i| &i.0).collect::<Vec<_>>()
-            );
-            let inputs: Vec<Tensor> = sample
-                .inputs
-                .iter()
-                .map(|(s, v)| Tensor::from_slice(dev, v, s).unwrap())
-                .collect();
-            let refs: Vec<Ref> = sample
-                .inputs
-                .iter()
-                .map(|(s, v)| Ref {
-                    shape: s.clone(),
-                    data: v.iter().map(|&x| f64::from(x)).collect(),
-                })
-                .collect();
-            let got = (op.run)(&inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
-            let want = (op.reference)(&refs);
-            assert_eq!(got.shape(), want.shape.as_slice(), "{what}: shape");
-            let (atol, rtol) = (op.tol)(&refs);
-            let values = match got.dtype() {
-                kiln::DType::U32 => got
-                    .to_vec_u32()
-                    .unwrap()
-                    .into_iter()
-                    .map(|v| v as f32)
-                    .collect(),
-                kiln::DType::F32 => got.to_vec().unwrap(),
-            };
-            assert_close(&what, &values, &want.data, atol, rtol);
-            cases += 1;
+/// One op's samples and error cases on `dev`: every sample's values against the op's f64
+/// reference within its tolerance, and every error case's error.
+fn run_op_on(op: &OpInfo, dev: &Device) {
+    for (si, sample) in (op.samples)().into_iter().enumerate() {
+        let what = format!(
+            "{} sample {si} {:?} on {dev}",
+            op.name,
+            sample.inputs.iter().map(|i| &i.0).collect::<Vec<_>>()
+        );
+        let inputs: Vec<Tensor> = sample
+            .inputs
+            .iter()
+            .map(|(s, v)| Tensor::from_slice(dev, v, s).unwrap())
+            .collect();
+        let refs: Vec<Ref> = sample
+            .inputs
+            .iter()
+            .map(|(s, v)| Ref {
+                shape: s.clone(),
+                data: v.iter().map(|&x| f64::from(x)).collect(),
+            })
+            .collect();
+        let got = (op.run)(&inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let want = (op.reference)(&refs);
+        assert_eq!(got.shape(), want.shape.as_slice(), "{what}: shape");
+        let (atol, rtol) = (op.tol)(&refs);
+        let values = match got.dtype() {
+            kiln::DType::U32 => got
+                .to_vec_u32()
+                .unwrap()
+                .into_iter()
+                .map(|v| v as f32)
+                .collect(),
+            kiln::DType::F32 => got.to_vec().unwrap(),
+        };
+        assert_close(&what, &values, &want.data, atol, rtol);
+    }
+    for (what, result, check) in (op.errors)(dev) {
+        match result {
+            Ok(t) => panic!("{} {what} on {dev}: expected an error, got {t:?}", op.name),
+            Err(e) => assert!(
+                check(&e),
+                "{} {what} on {dev}: unexpected error {e:?}",
+                op.name
+            ),
         }
-        for (what, result, check) in (op.errors)(dev) {
-            match result {
-                Ok(t) => panic!("{} {what} on {dev}: expected an error, got {t:?}", op.name),
-                Err(e) => assert!(
-                    check(&e),
-                    "{} {what} on {dev}: unexpected error {e:?}",
-                    op.name
-                ),
+    }
+}
+
+/// A way to run the table on a GPU: the default kernel choice with fusion (each elementwise
+/// op's result a generated kernel), fusion off (each op's own kernel), or one matmul kernel
+/// configuration forced (`kiln::gpu::matmul_configs`: version 1, every autotuning candidate
+/// and every shape of version 4 the heuristic may pick), so that every kernel the tuner may
+/// pick, checked and unchecked, is held to the reference.
+#[derive(Clone, Copy)]
+enum GpuConfig {
+    Fused,
+    Eager,
+    Matmul(kiln::gpu::MatmulConfig),
+}
+
+impl GpuConfig {
+    fn all() -> Vec<GpuConfig> {
+        let mut all = vec![GpuConfig::Fused, GpuConfig::Eager];
+        all.extend(
+            kiln::gpu::matmul_configs()
+                .into_iter()
+                .map(GpuConfig::Matmul),
+        );
+        all
+    }
+
+    fn name(self) -> String {
+        match self {
+            GpuConfig::Fused => "fused".into(),
+            GpuConfig::Eager => "eager".into(),
+            GpuConfig::Matmul(c) => format!("matmul={c}"),
+        }
+    }
+
+    fn apply(self, dev: &Device) {
+        dev.set_fusion(!matches!(self, GpuConfig::Eager));
+        dev.set_matmul_config(match self {
+            GpuConfig::Matmul(c) => Some(c),
+            _ => None,
+        });
+    }
+}
+
+/// The op table as one test per (op, device, configuration), named `<op>::cpu` and
+/// `<op>::gpu<i>::<configuration>`, so that `cargo test --test ops -- softmax` runs one op's
+/// cases everywhere and a failure's name says where. Each adapter is one device opened for
+/// this binary (not shared with tests that read counters); its configuration is device state,
+/// so its tests take turns on it.
+fn op_table_trials() -> Vec<Trial> {
+    let ops: Arc<Vec<OpInfo>> = Arc::new(table());
+    let mut names = std::collections::HashSet::new();
+    for op in ops.iter() {
+        assert!(
+            names.insert(op.name),
+            "two op-table entries are named {}",
+            op.name
+        );
+    }
+    let mut trials = Vec::new();
+    let gpus = match std::panic::catch_unwind(fresh_gpus) {
+        Ok(gpus) => gpus,
+        Err(e) => {
+            let why = e
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "no GPU adapter".into());
+            trials.push(Trial::test("op_table::gpus_present", move || {
+                Err(why.clone().into())
+            }));
+            vec![]
+        }
+    };
+    let gpus: Vec<(Device, Arc<Mutex<()>>)> = gpus
+        .into_iter()
+        .map(|d| (d, Arc::new(Mutex::new(()))))
+        .collect();
+    for i in 0..ops.len() {
+        let name = ops[i].name;
+        let table = ops.clone();
+        trials.push(Trial::test(format!("{name}::cpu"), move || {
+            run_op_on(&table[i], &Device::cpu());
+            Ok(())
+        }));
+        for (g, (dev, turn)) in gpus.iter().enumerate() {
+            for config in GpuConfig::all() {
+                let (table, dev, turn) = (ops.clone(), dev.clone(), turn.clone());
+                let test = format!("{name}::gpu{g}::{}", config.name());
+                trials.push(Trial::test(test, move || {
+                    let _turn = turn.lock().unwrap_or_else(|e| e.into_inner());
+                    config.apply(&dev);
+                    run_op_on(&table[i], &dev);
+                    Ok(())
+                }));
             }
         }
     }
-    eprintln!("op table: {cases} cases passed on {dev}");
+    trials
 }
 
-#[test]
-fn op_table_on_cpu() {
-    run_table_on(&Device::cpu());
+/// The tests of this binary besides the op table, by name.
+macro_rules! plain_trials {
+    ($($f:ident),* $(,)?) => {
+        vec![$(Trial::test(stringify!($f), || {
+            $f();
+            Ok(())
+        })),*]
+    };
 }
 
-/// The whole table on every GPU: with the default kernel choice, then with each matmul kernel
-/// configuration forced (`kiln::gpu::matmul_configs`: version 1, every autotuning candidate and
-/// every shape of version 4 the heuristic may pick), so that every
-/// kernel the tuner may pick, checked and unchecked, is held to the reference. The default run
-/// fuses elementwise ops (each op's result is a generated kernel); the table also runs eagerly
-/// (fusion off: each op's own kernel), so both paths meet the same reference.
-#[test]
-fn op_table_on_every_gpu() {
-    for dev in fresh_gpus() {
-        run_table_on(&dev);
-        eprintln!("fusion off");
-        dev.set_fusion(false);
-        run_table_on(&dev);
-        dev.set_fusion(true);
-        for config in kiln::gpu::matmul_configs() {
-            eprintln!("forcing matmul config {config}");
-            dev.set_matmul_config(Some(config));
-            run_table_on(&dev);
-        }
-    }
+fn main() -> ExitCode {
+    init_logging();
+    let args = Arguments::from_args();
+    let mut trials = op_table_trials();
+    trials.extend(plain_trials![
+        matmul_non_finite_at_tile_edges,
+        conv2d_direct_and_gemm_forms_match_the_cpu,
+        layout_copies_of_many_rows_match_the_cpu,
+        unary_math_edges,
+        nan_and_inf_propagate,
+        nan_contract_for_composite_ops,
+        matmul_f16_within_f16_tolerance,
+        index_ops_take_device_made_indices,
+        large_elementwise_ops_match_a_scalar_loop,
+        long_axes_match_the_cpu_or_are_refused,
+        long_walks_in_matmul_norm_and_cross_entropy_match_the_cpu,
+    ]);
+    libtest_mimic::run(&args, trials).exit_code()
 }
 
 /// Matmul keeps IEEE's answers at the edges of every kernel's tiles: a k that no k step
 /// divides (version 4 pads its last step with zeros, which must not meet an infinity), an
 /// infinity in the last row of B, a NaN in the first; under every configuration on every GPU.
-#[test]
 fn matmul_non_finite_at_tile_edges() {
     let (m, k, n) = (3, 9, 5);
     let mut b = vec![0.5f32; k * n];
@@ -129,7 +229,6 @@ fn matmul_non_finite_at_tile_edges() {
 /// plain, strided and dilated, grouped and depthwise convolutions, with finite operands and
 /// with infinities meeting the padding (NaN there: the padding is zeros); the dispatch counts
 /// show which form ran.
-#[test]
 fn conv2d_direct_and_gemm_forms_match_the_cpu() {
     use kiln::Conv2dOptions;
     let cases: [(&[usize], &[usize], Conv2dOptions); 4] = [
@@ -243,7 +342,6 @@ fn conv2d_direct_and_gemm_forms_match_the_cpu() {
 /// Layout copies with hundreds of rows of 8 to 1,024 values: on software adapters these run
 /// the copy kernel's row mode (one invocation per row), which the op table's small samples do
 /// not reach. Bit-for-bit the CPU's values.
-#[test]
 fn layout_copies_of_many_rows_match_the_cpu() {
     let run = |dev: &Device| -> Vec<Vec<f32>> {
         let x = Tensor::randn(dev, &[16, 32, 24], 5).unwrap();
@@ -271,7 +369,6 @@ fn layout_copies_of_many_rows_match_the_cpu() {
 }
 
 /// Every unary op maps NaN to NaN; domain edges give IEEE's answers; clamp refuses bad bounds.
-#[test]
 fn unary_math_edges() {
     for dev in devices() {
         let nan = Tensor::from_vec(&dev, vec![f32::NAN; 3], &[3]).unwrap();
@@ -330,7 +427,6 @@ fn unary_math_edges() {
 }
 
 /// NaN and ±Inf propagate as IEEE says: checked by bit pattern class, on every device.
-#[test]
 fn nan_and_inf_propagate() {
     for dev in devices() {
         let x =
@@ -434,7 +530,6 @@ fn nan_and_inf_propagate() {
 
 /// The NaN contract for the ops not covered above, on every device: a NaN input gives NaN exactly
 /// where the README says (checked by bit pattern class), and copies keep a NaN's payload bits.
-#[test]
 fn nan_contract_for_composite_ops() {
     for dev in devices() {
         let nan = f32::NAN;
@@ -533,7 +628,6 @@ fn nan_contract_for_composite_ops() {
 /// f16-storage matmul: on the CPU and on every GPU that grants SHADER_F16 it matches the f64
 /// reference of the f32 inputs within an f16 tolerance (and the CPU twin to f32 rounding); on a
 /// GPU without SHADER_F16 it is `Error::Unsupported`.
-#[test]
 fn matmul_f16_within_f16_tolerance() {
     let mut rng = Lcg(130);
     let cases: &[(&[usize], &[usize])] = &[
@@ -619,7 +713,6 @@ fn matmul_f16_within_f16_tolerance() {
 
 /// Index ops accept indices computed on the device (no host copy to check against: they are
 /// read back) as well as uploaded ones, with the same results and the same range errors.
-#[test]
 fn index_ops_take_device_made_indices() {
     for dev in devices() {
         let x = Tensor::from_vec(&dev, vec![3.0, 1.0, 2.0, 0.0, 5.0, 4.0], &[2, 3]).unwrap();
@@ -644,7 +737,6 @@ fn index_ops_take_device_made_indices() {
 /// in shapes whose pieces start and end inside rows (one long row, a few long rows with a
 /// broadcast row vector, a broadcast column, a scalar), against a plain loop of the op's
 /// scalar formula, on every device.
-#[test]
 fn large_elementwise_ops_match_a_scalar_loop() {
     let mut rng = Lcg(7);
     let cases: &[(&[usize], &[usize])] = &[
@@ -700,7 +792,6 @@ fn large_elementwise_ops_match_a_scalar_loop() {
 /// after 65,535 iterations: a sum of 100,000 ones was 65,535 before reductions were chunked)
 /// match the CPU, eager and with a fused prologue; ops that still walk an axis in one
 /// invocation either match or refuse with `Error::Unsupported`, never a wrong value.
-#[test]
 fn long_axes_match_the_cpu_or_are_refused() {
     let mut rng = Lcg(11);
     let cases: &[(&[usize], isize)] = &[
@@ -781,7 +872,6 @@ fn long_axes_match_the_cpu_or_are_refused() {
 
 /// Matmul with a long K, layer_norm of long rows and cross_entropy over many classes match the
 /// CPU on every GPU (on lavapipe through their composite forms: split-K, chunked reductions).
-#[test]
 fn long_walks_in_matmul_norm_and_cross_entropy_match_the_cpu() {
     let mut rng = Lcg(12);
     let cpu = Device::cpu();

@@ -4,20 +4,45 @@
 //! the host, nothing is planned, validated or allocated, and no bind group is made.
 //!
 //! Uniform values are the captured ones, except where the op that recorded them asked for a
-//! refresh ([`crate::capture::Refresh`]): the optimizers' step-dependent values (Adam's bias
-//! correction, the first momentum step) are rewritten before each replay.
+//! refresh ([`refreshed`]): the optimizers' step-dependent values (Adam's bias correction, the
+//! first momentum step) are rewritten before each replay.
 
 use super::context::GpuContext;
-use crate::capture::{Patch, Refresh};
+use crate::optim_params::{OptimParams, Replayed};
+use std::cell::RefCell;
 use std::sync::Arc;
+
+thread_local! {
+    static REFRESH: RefCell<Option<Arc<Replayed>>> = const { RefCell::new(None) };
+}
+
+/// Run `f` (an optimizer's own dispatch, whose uniform starts with an [`OptimParams`]) so that
+/// a capture keeps `replay` with what it dispatches: each replay then rewrites those
+/// hyper-parameters (all but `n`) with `replay()`'s, computed once per replay however many
+/// dispatches share it.
+pub(crate) fn refreshed<R>(replay: Option<&Arc<Replayed>>, f: impl FnOnce() -> R) -> R {
+    let before = REFRESH.with(|r| r.replace(replay.cloned()));
+    let out = f();
+    REFRESH.with(|r| *r.borrow_mut() = before);
+    out
+}
+
+/// The refresh for a dispatch recorded now: inside [`refreshed`].
+pub(crate) fn current_refresh() -> Option<Arc<Replayed>> {
+    REFRESH.with(|r| r.borrow().clone())
+}
+
+/// Where a refresh starts writing: every field after `n` (which a dispatch sets for itself).
+const REFRESHED_FROM: usize = std::mem::offset_of!(OptimParams, lr);
 
 /// One kept dispatch.
 pub(crate) struct Dispatch {
     pub(crate) pipeline: wgpu::ComputePipeline,
     pub(crate) bind_group: wgpu::BindGroup,
     pub(crate) workgroups: [u32; 3],
-    /// Its uniform buffer and the refresh that rewrites part of it before a replay, if any.
-    pub(crate) refresh: Option<(wgpu::Buffer, Arc<Refresh>)>,
+    /// Its uniform buffer and the refresh that rewrites its hyper-parameters before a replay,
+    /// if any.
+    pub(crate) refresh: Option<(wgpu::Buffer, Arc<Replayed>)>,
 }
 
 /// What a capture has kept so far.
@@ -67,28 +92,30 @@ impl Replay {
     pub(crate) fn record(&self) -> crate::error::Result<()> {
         let ctx = &self.ctx;
         // Each refresh runs once per replay, whatever number of dispatches share it.
-        let mut done: Vec<(&Arc<Refresh>, Patch)> = Vec::new();
+        let mut done: Vec<(&Arc<Replayed>, OptimParams)> = Vec::new();
         let mut writes = Vec::new();
         for d in &self.log.dispatches {
             let Some((uniform, refresh)) = &d.refresh else {
                 continue;
             };
-            let patch = match done.iter().find(|(k, _)| Arc::ptr_eq(k, refresh)) {
-                Some((_, p)) => p.clone(),
+            let params = match done.iter().find(|(k, _)| Arc::ptr_eq(k, refresh)) {
+                Some((_, p)) => *p,
                 None => {
                     let p = refresh();
-                    done.push((refresh, p.clone()));
+                    done.push((refresh, p));
                     p
                 }
             };
-            writes.push((uniform, patch));
+            writes.push((uniform, params));
         }
         if !writes.is_empty() {
             // A queue write lands before the next submission: submit what an earlier replay
             // recorded first, so that it keeps the values it was recorded with.
             ctx.flush()?;
-            for (uniform, (offset, bytes)) in writes {
-                ctx.queue.write_buffer(uniform, offset, &bytes);
+            for (uniform, params) in writes {
+                let bytes = &bytemuck::bytes_of(&params)[REFRESHED_FROM..];
+                ctx.queue
+                    .write_buffer(uniform, REFRESHED_FROM as u64, bytes);
             }
         }
         ctx.record_all(

@@ -347,7 +347,7 @@ impl GpuContext {
         Some(logs.swap_remove(at))
     }
 
-    /// Continue a capture that `end_capture` paused (`crate::capture::once`).
+    /// Continue a capture that `end_capture` paused (`Device::capture_once`).
     pub(crate) fn resume_capture(&self, log: CaptureLog) {
         lock(&self.captures).push(log);
     }
@@ -440,7 +440,7 @@ impl GpuContext {
                 pipeline: pipeline.clone(),
                 bind_group: bind_group.clone(),
                 workgroups,
-                refresh: crate::capture::current_refresh().map(|r| (uniform.clone(), r)),
+                refresh: super::capture::current_refresh().map(|r| (uniform.clone(), r)),
             });
         });
         let mut rec = lock(&self.recorder);

@@ -223,8 +223,7 @@ impl Module for Dropout {
         if !self.training || self.p == 0.0 {
             return Ok(x.clone());
         }
-        crate::capture::refuse(
-            x.device(),
+        x.device().refuse_in_capture(
             "Dropout draws its masks on the host, so every replay would repeat one mask",
         )?;
         let call = self.calls.fetch_add(1, Ordering::Relaxed);

@@ -4,9 +4,8 @@
 
 use super::Module;
 use super::checkpoint::OptimizerState;
-use crate::capture::{self, Refresh};
 use crate::error::{Error, Result};
-use crate::optim_params::{DECOUPLED, FIRST_STEP, NESTEROV, OptimParams};
+use crate::optim_params::{DECOUPLED, FIRST_STEP, NESTEROV, OptimParams, Replayed};
 use crate::tensor::Tensor;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -63,12 +62,14 @@ fn check_state(param: &Tensor, state: &Tensor) -> Result<()> {
 /// One update of every parameter that has a gradient, in as few batched updates as its device
 /// allows ([`Tensor::optimizer_update_all`]); `states[i]` holds parameter `i`'s `S` state
 /// tensors, zeros when it has none yet. `hp(fresh)` gives the hyper-parameters for parameters
-/// whose state is new (`true`) or kept from earlier steps. Every parameter is checked against
-/// its state before anything changes; on an error the kept states are as they were.
+/// whose state is new (`true`) or kept from earlier steps, and `replay` those of each replay of
+/// a captured step (`None`: the captured ones). Every parameter is checked against its state
+/// before anything changes; on an error the kept states are as they were.
 fn step_all<const S: usize>(
     params: &mut [&mut Tensor],
     states: &mut Vec<Option<[Tensor; S]>>,
     hp: impl Fn(bool) -> OptimParams,
+    replay: Option<&Arc<Replayed>>,
 ) -> Result<()> {
     if states.len() < params.len() {
         states.resize(params.len(), None);
@@ -86,9 +87,9 @@ fn step_all<const S: usize>(
             }
             None => {
                 // Made once: a replay of a captured step keeps updating these in place.
-                let zeros = crate::capture::once(p.device(), || {
-                    (0..S).map(|_| p.zeros_like()).collect::<Result<Vec<_>>>()
-                })?;
+                let zeros = p
+                    .device()
+                    .capture_once(|| (0..S).map(|_| p.zeros_like()).collect::<Result<Vec<_>>>())?;
                 Some(<[Tensor; S]>::try_from(zeros).expect("S zero tensors"))
             }
         };
@@ -116,7 +117,7 @@ fn step_all<const S: usize>(
             })
             .collect();
         if !items.is_empty() && result.is_ok() {
-            result = Tensor::optimizer_update_all(&mut items, &hp(fresh));
+            result = Tensor::optimizer_update_all(&mut items, &hp(fresh), replay);
         }
     }
     for (s, w) in states.iter_mut().zip(work) {
@@ -185,17 +186,12 @@ impl Optimizer for Sgd {
             ..OptimParams::default()
         };
         if self.momentum == 0.0 {
-            return step_all::<0>(params, &mut Vec::new(), hp);
+            return step_all::<0>(params, &mut Vec::new(), hp, None);
         }
         // A replayed step continues the momentum its capture started.
-        let kept = hp(false).flags;
-        let refresh: Arc<Refresh> = Arc::new(move || {
-            (
-                std::mem::offset_of!(OptimParams, flags) as u64,
-                kept.to_ne_bytes().to_vec(),
-            )
-        });
-        capture::with_refresh(refresh, || step_all(params, &mut self.buffers, hp))
+        let kept = hp(false);
+        let replay: Arc<Replayed> = Arc::new(move || kept);
+        step_all(params, &mut self.buffers, hp, Some(&replay))
     }
 
     fn state(&self) -> OptimizerState {
@@ -307,14 +303,11 @@ impl Optimizer for Adam {
         };
         // A replayed step is the next step: its bias correction moves on with the count.
         let count = self.step.clone();
-        let refresh: Arc<Refresh> = Arc::new(move || {
-            let step = count.fetch_add(1, Ordering::SeqCst) + 1;
-            (
-                std::mem::offset_of!(OptimParams, bc1) as u64,
-                bytemuck::bytes_of(&corrections(step)).to_vec(),
-            )
+        let replay: Arc<Replayed> = Arc::new(move || {
+            let [bc1, bc2] = corrections(count.fetch_add(1, Ordering::SeqCst) + 1);
+            OptimParams { bc1, bc2, ..hp }
         });
-        let result = capture::with_refresh(refresh, || step_all(params, &mut self.moments, |_| hp));
+        let result = step_all(params, &mut self.moments, |_| hp, Some(&replay));
         if result.is_err() {
             self.step.fetch_sub(1, Ordering::SeqCst); // nothing changed
         }

@@ -42,8 +42,7 @@ impl Tensor {
         let axis = self.axis("index_select", dim)?;
         // A captured step's input indices change at every replay: its gradient reads them on
         // the device instead of grouping them on the host.
-        let on_device =
-            crate::capture::is_graph_input(&self.device, &idx).then(|| indices.detach());
+        let on_device = self.device.is_graph_input(&idx).then(|| indices.detach());
         Ok(out.record("index_select", &[self, indices], move |g, _| {
             // The indices were read back by the forward check: group them by row here.
             Ok(vec![

@@ -116,7 +116,7 @@ impl Tensor {
                 size: len,
             });
         }
-        crate::capture::note_index_bound(&self.device, &idx, op, len);
+        self.device.note_index_bound(&idx, op, len);
         Ok(idx)
     }
 
@@ -132,13 +132,10 @@ impl Tensor {
         })
     }
 
-    /// The GPU buffer holding the values (running a pending program first); `None` on the CPU
-    /// backend or for an empty tensor.
-    pub(crate) fn gpu_buffer(
-        &self,
-        op: &'static str,
-    ) -> Result<Option<(&Arc<crate::gpu::context::GpuContext>, &wgpu::Buffer)>> {
-        self.storage.gpu_buffer(op)
+    /// The values' storage, for the capture API (`crate::graph`), which pins and copies the
+    /// buffers of a graph's inputs and outputs.
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     // ---- helpers ------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 
 use super::Tensor;
 use crate::error::{Error, Result};
-use crate::optim_params::OptimParams;
+use crate::optim_params::{OptimParams, Replayed};
 use crate::storage::Storage;
+use std::sync::Arc;
 
 impl Tensor {
     /// Makes this tensor's values unshared (copying them if another tensor shares them), so an
@@ -14,8 +15,7 @@ impl Tensor {
         if self.storage.is_shared() {
             let n = self.numel();
             // A replay would read the values this step read and update a copy of them.
-            crate::capture::refuse(
-                &self.device,
+            self.device.refuse_in_capture(
                 "an optimizer step inside the captured step found a parameter (or its state) \
                  shared with another tensor, so it would update a copy; drop the other tensor \
                  (a clone the step keeps) before the step",
@@ -35,6 +35,7 @@ impl Tensor {
     pub(crate) fn optimizer_update_all(
         items: &mut [(&mut Tensor, Tensor, &mut [Tensor])],
         params: &OptimParams,
+        replay: Option<&Arc<Replayed>>,
     ) -> Result<()> {
         for (param, grad, state) in items.iter() {
             // The gradient and every state tensor: the parameter's device and shape.
@@ -68,6 +69,6 @@ impl Tensor {
             let bufs: Vec<&mut Storage> = state.iter_mut().map(|s| &mut s.storage).collect();
             batch.push((&mut param.storage, &grad.storage, bufs, n));
         }
-        Storage::optimizer_update_many(&mut batch, params)
+        Storage::optimizer_update_many(&mut batch, params, replay)
     }
 }

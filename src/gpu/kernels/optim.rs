@@ -5,12 +5,14 @@
 
 use super::Family;
 use crate::error::Result;
+use crate::gpu::capture::refreshed;
 use crate::gpu::context::GpuContext;
 use crate::gpu::pipelines::{KernelSpec, Shader, shader};
 use crate::gpu::pool::PooledBuffer;
-use crate::optim_params::OptimParams;
+use crate::optim_params::{OptimParams, Replayed};
 use bytemuck::{Pod, Zeroable};
 use std::fmt::Write;
+use std::sync::Arc;
 
 /// The 1-D kernels' workgroup size, shared with `GpuContext::dispatch_1d`.
 use crate::gpu::context::WG_1D as WG;
@@ -189,7 +191,12 @@ pub(crate) struct Slot<'a> {
 /// device's storage-buffer limit allows: batches of [`SLOTS`] parameters, then one dispatch
 /// each for the rest. A batch never binds one buffer twice (a parameter passed twice is updated
 /// twice, in order, by single dispatches).
-pub(crate) fn update_many(ctx: &GpuContext, slots: &[Slot], params: &OptimParams) -> Result<()> {
+pub(crate) fn update_many(
+    ctx: &GpuContext,
+    slots: &[Slot],
+    params: &OptimParams,
+    replay: Option<&Arc<Replayed>>,
+) -> Result<()> {
     let Some(first) = slots.first() else {
         return Ok(());
     };
@@ -205,7 +212,14 @@ pub(crate) fn update_many(ctx: &GpuContext, slots: &[Slot], params: &OptimParams
                 n: rest[0].n as u32,
                 ..*params
             };
-            update(ctx, rest[0].param, rest[0].grad, &rest[0].state, &one)?;
+            update(
+                ctx,
+                rest[0].param,
+                rest[0].grad,
+                &rest[0].state,
+                &one,
+                replay,
+            )?;
             rest = &rest[1..];
             continue;
         };
@@ -224,8 +238,8 @@ pub(crate) fn update_many(ctx: &GpuContext, slots: &[Slot], params: &OptimParams
             buffers.extend(slot.state.iter().map(|b| &b.buffer));
         }
         uniform.p.n = total as u32;
-        // A replayed step rewrites this uniform's step-dependent values (`crate::capture`).
-        crate::capture::refreshed(|| {
+        // A replayed step rewrites this uniform's step-dependent values (`gpu::capture`).
+        refreshed(replay, || {
             ctx.dispatch_1d(
                 "optimizer step",
                 &spec_of(multi_shader(kind, k), "main"),
@@ -265,10 +279,11 @@ pub(crate) fn update(
     grad: &PooledBuffer,
     state: &[&PooledBuffer],
     params: &OptimParams,
+    replay: Option<&Arc<Replayed>>,
 ) -> Result<()> {
     let mut buffers = vec![&param.buffer, &grad.buffer];
     buffers.extend(state.iter().map(|s| &s.buffer));
-    crate::capture::refreshed(|| {
+    refreshed(replay, || {
         ctx.dispatch_1d(
             "optimizer step",
             &spec(Kind::of(state.len()).single_entry()),

@@ -2,9 +2,9 @@
 //! indices the output drops, then one batched matmul for the contraction, then a permutation.
 
 use super::{Args, Ctx};
-use crate::Tensor;
-use crate::error::Result;
-use crate::onnx::value::Value;
+use crate::value::Value;
+use kiln::Result;
+use kiln::Tensor;
 
 /// `t` summed over the axes whose letters `keep` rejects, with its remaining letters.
 fn sum_out(

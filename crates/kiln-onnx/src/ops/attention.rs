@@ -3,9 +3,9 @@
 //! windows, a KV cache (past and present keys and values), padding lengths and a softcap.
 
 use super::{Args, Ctx};
-use crate::Tensor;
-use crate::error::Result;
-use crate::onnx::value::Value;
+use crate::value::Value;
+use kiln::Result;
+use kiln::Tensor;
 
 /// `[b, l, h·d]` as `[b, h, l, d]`.
 fn heads(t: &Tensor, h: usize) -> Result<Tensor> {

@@ -183,8 +183,8 @@ pub mod dtype {
 }
 
 /// Decode a message, mapping a protobuf error to `Error::Io`.
-pub fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> crate::Result<M> {
-    M::decode(bytes).map_err(|e| crate::Error::Io {
+pub fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> kiln::Result<M> {
+    M::decode(bytes).map_err(|e| kiln::Error::Io {
         path: what.to_string(),
         reason: format!("not a valid ONNX protobuf: {e}"),
     })

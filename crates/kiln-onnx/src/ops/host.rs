@@ -5,9 +5,9 @@
 //! for float tensors, on the host for integer ones.
 
 use super::{Args, Ctx, strides};
-use crate::Tensor;
-use crate::error::Result;
-use crate::onnx::value::{IntTensor, Value};
+use crate::value::{IntTensor, Value};
+use kiln::Result;
+use kiln::Tensor;
 
 /// A value of the input's kind (float or integer) from host values.
 pub(super) fn like(ctx: &Ctx, x: &Value, shape: Vec<usize>, data: Vec<f64>) -> Result<Value> {
@@ -368,7 +368,7 @@ fn nll(ctx: &Ctx, input: &Value, target: &IntTensor, weight: Option<&Value>) -> 
                 continue;
             }
             if !(0..c as i64).contains(&t) {
-                return Err(crate::Error::IndexOutOfRange {
+                return Err(kiln::Error::IndexOutOfRange {
                     op: "onnx NegativeLogLikelihoodLoss",
                     index: t.clamp(0, u32::MAX as i64) as u32,
                     size: c,

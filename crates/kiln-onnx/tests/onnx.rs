@@ -1,5 +1,5 @@
 //! ONNX's operator conformance cases (`onnx.backend.test.case.node`, written by
-//! `scripts/onnx_cases.py`) run through `kiln::onnx` on the CPU and every GPU. A case counts
+//! `scripts/onnx_cases.py`) run through `kiln_onnx` on the CPU and every GPU. A case counts
 //! for an op type when kiln supports every op its model uses; it passes when every output
 //! matches ONNX's expected values (floats within 1e-4 + 1e-3·|expected|; bools and integers
 //! exactly) on every device. The pass rate over those cases must stay at or above `FLOOR`,
@@ -10,11 +10,12 @@
 //! says so loudly and passes, unless `KILN_REQUIRE_ONNX=1`.
 
 #[macro_use]
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use common::*;
-use kiln::onnx::{Model, Value, load_tensor, supported_ops};
 use kiln::{Device, Error};
+use kiln_onnx::{Model, Value, load_tensor, supported_ops};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -22,11 +23,17 @@ use std::path::{Path, PathBuf};
 /// issue's bar).
 const FLOOR: f64 = 0.95;
 
+/// The workspace root: the Python scripts live in its `scripts/`, generated files in its
+/// `target/`.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 fn cases_dir() -> Option<PathBuf> {
     if let Ok(d) = std::env::var("KILN_ONNX_CASES") {
         return Some(PathBuf::from(d));
     }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/onnx-cases");
+    let dir = root().join("target/onnx-cases");
     make(&dir, "test_abs/model.onnx", "onnx_cases.py").then_some(dir)
 }
 
@@ -43,11 +50,7 @@ fn make(dir: &Path, sentinel: &str, script: &str) -> bool {
     let scratch = dir.with_extension(format!("partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     let made = std::process::Command::new("python3")
-        .arg(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("scripts")
-                .join(script),
-        )
+        .arg(root().join("scripts").join(script))
         .arg(&scratch)
         .status()
         .is_ok_and(|s| s.success());
@@ -451,9 +454,7 @@ fn models_dir() -> Option<PathBuf> {
 /// already; `None` when the script fails for want of the Python packages `packages` (a
 /// failure under `KILN_REQUIRE_ONNX=1`, a loud skip otherwise).
 fn generated(dir: &str, sentinel: &str, script: &str, packages: &str) -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join(dir);
+    let dir = root().join("target").join(dir);
     if !make(&dir, sentinel, script) {
         if std::env::var("KILN_REQUIRE_ONNX").is_ok_and(|v| v == "1") {
             panic!("KILN_REQUIRE_ONNX=1 but scripts/{script} failed (pip install {packages})");
@@ -586,7 +587,7 @@ fn onnx_run_errors_are_typed() {
         let model = |case: &str| Model::load(&dir.join(case).join("model.onnx"), dev).unwrap();
         let float =
             |v: Vec<f32>, s: &[usize]| Value::Float(kiln::Tensor::from_vec(dev, v, s).unwrap());
-        let ints = |v: Vec<i64>, s: &[usize]| Value::Int(kiln::onnx::IntTensor::new(s.to_vec(), v));
+        let ints = |v: Vec<i64>, s: &[usize]| Value::Int(kiln_onnx::IntTensor::new(s.to_vec(), v));
 
         // X has 5 features where W expects 2.
         let lstm = model("test_lstm_defaults");

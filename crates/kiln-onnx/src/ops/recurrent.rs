@@ -5,9 +5,9 @@
 //! direction.
 
 use super::{Args, Ctx};
-use crate::error::Result;
-use crate::onnx::value::Value;
-use crate::{Device, Tensor};
+use crate::value::Value;
+use kiln::Result;
+use kiln::{Device, Tensor};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {

@@ -15,8 +15,8 @@ mod shape;
 
 use super::proto::{AttributeProto, NodeProto};
 use super::value::{IntTensor, Value};
-use crate::error::{Error, Result};
-use crate::{Device, Tensor};
+use kiln::{Device, Tensor};
+use kiln::{Error, Result};
 
 /// What an op sees: the device, its node and the model's opset.
 pub(crate) struct Ctx<'a> {
@@ -378,11 +378,11 @@ pub(crate) fn run(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     (def.run)(ctx, args).map_err(|e| match e {
         Error::Unsupported { reason, .. } => Error::Unsupported {
             op: "onnx",
-            reason: format!("{}: {reason}", crate::onnx::describe(ctx.node)),
+            reason: format!("{}: {reason}", crate::describe(ctx.node)),
         },
         Error::InvalidArgument { reason, .. } => Error::InvalidArgument {
             op: "onnx",
-            reason: format!("{}: {reason}", crate::onnx::describe(ctx.node)),
+            reason: format!("{}: {reason}", crate::describe(ctx.node)),
         },
         other => other,
     })
@@ -428,14 +428,14 @@ impl Ctx<'_> {
     pub fn unsupported(&self, what: impl std::fmt::Display) -> Error {
         Error::Unsupported {
             op: "onnx",
-            reason: format!("{}: {what}", crate::onnx::describe(self.node)),
+            reason: format!("{}: {what}", crate::describe(self.node)),
         }
     }
 
     pub fn invalid(&self, what: impl std::fmt::Display) -> Error {
         Error::InvalidArgument {
             op: "onnx",
-            reason: format!("{}: {what}", crate::onnx::describe(self.node)),
+            reason: format!("{}: {what}", crate::describe(self.node)),
         }
     }
 

@@ -3,7 +3,7 @@
 //! `raw_data` before it is decoded like any other.
 
 use super::proto::TensorProto;
-use crate::error::{Error, Result};
+use kiln::{Error, Result};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path};
 

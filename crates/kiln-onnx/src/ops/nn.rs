@@ -2,9 +2,9 @@
 //! normalisation.
 
 use super::{Args, Ctx};
-use crate::error::Result;
-use crate::onnx::value::{IntTensor, Value};
-use crate::{Conv2dOptions, Tensor};
+use crate::value::{IntTensor, Value};
+use kiln::Result;
+use kiln::{Conv2dOptions, Tensor};
 
 pub(super) fn matmul(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     let (a, b) = (ctx.float_input(args, 0)?, ctx.float_input(args, 1)?);
@@ -262,7 +262,7 @@ fn as_2d(t: &Tensor) -> Result<Tensor> {
 }
 
 /// The node with its 1-D attributes widened to 2-D (a leading 1, or zero padding in height).
-fn widened(node: &crate::onnx::proto::NodeProto) -> crate::onnx::proto::NodeProto {
+fn widened(node: &crate::proto::NodeProto) -> crate::proto::NodeProto {
     let mut node = node.clone();
     for a in &mut node.attribute {
         match (a.name.as_str(), a.ints.len()) {

@@ -2,11 +2,11 @@
 //! device for floats, on the host for integers), logic on masks, `Where`, `Clip`, `Cast`.
 
 use super::{Args, Ctx};
-use crate::error::Result;
-use crate::onnx::narrow::Narrow;
-use crate::onnx::proto::dtype;
-use crate::onnx::value::{IntTensor, Value};
-use crate::{BinaryOp, Tensor};
+use crate::narrow::Narrow;
+use crate::proto::dtype;
+use crate::value::{IntTensor, Value};
+use kiln::Result;
+use kiln::{BinaryOp, Tensor};
 
 fn scalar(ctx: &Ctx, v: f32) -> Result<Tensor> {
     Tensor::full(ctx.dev, &[1], v)

@@ -3,9 +3,9 @@
 //! weights; the device gathers each tap along the axis and sums the weighted gathers.
 
 use super::{Args, Ctx};
-use crate::Tensor;
-use crate::error::Result;
-use crate::onnx::value::Value;
+use crate::value::Value;
+use kiln::Result;
+use kiln::Tensor;
 
 /// The taps of one output position: (source index, weight).
 type Taps = Vec<(usize, f64)>;

@@ -2,8 +2,8 @@
 
 use super::narrow::Narrow;
 use super::proto::{TensorProto, dtype};
-use crate::error::{Error, Result};
-use crate::{Device, Tensor};
+use kiln::{Device, Tensor};
+use kiln::{Error, Result};
 
 /// An integer tensor held on the host: shapes, indices and the arithmetic on them run there,
 /// as ONNX models compute them (int64 `Shape`, `Gather` on shapes, `Range`, ...).

@@ -2,7 +2,7 @@
 //!
 //! ```no_run
 //! use kiln::{Device, Tensor};
-//! use kiln::onnx::{Model, Value};
+//! use kiln_onnx::{Model, Value};
 //!
 //! let dev = Device::from_env()?;
 //! let model = Model::load("model.onnx".as_ref(), &dev)?;   // initializers uploaded once
@@ -28,8 +28,8 @@ mod value;
 
 pub use value::{IntTensor, Value};
 
-use crate::Device;
-use crate::error::{Error, Result};
+use kiln::Device;
+use kiln::{Error, Result};
 use proto::{GraphProto, ModelProto, NodeProto};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -464,11 +464,11 @@ fn fold_batch_norms(
         );
         constants.insert(
             wn.clone(),
-            Value::Float(crate::Tensor::from_vec(device, new_w, &dims)?),
+            Value::Float(kiln::Tensor::from_vec(device, new_w, &dims)?),
         );
         constants.insert(
             bname.clone(),
-            Value::Float(crate::Tensor::from_vec(device, new_b, &[c_out])?),
+            Value::Float(kiln::Tensor::from_vec(device, new_b, &[c_out])?),
         );
         let out = bn.output[0].clone();
         let conv = &mut graph.node[c];

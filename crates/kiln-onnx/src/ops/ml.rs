@@ -4,9 +4,9 @@
 //! on the model's device; class labels (integers) come back to the host.
 
 use super::{Args, Ctx};
-use crate::Tensor;
-use crate::error::Result;
-use crate::onnx::value::{IntTensor, Value};
+use crate::value::{IntTensor, Value};
+use kiln::Result;
+use kiln::Tensor;
 
 /// Float attribute list `name` (empty when absent).
 fn floats(ctx: &Ctx, name: &str) -> Vec<f32> {

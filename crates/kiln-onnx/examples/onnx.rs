@@ -12,7 +12,7 @@
 //! writes every output's shape and values, for `scripts/onnx_compare.py`.
 
 use kiln::Device;
-use kiln::onnx::{Model, Value, load_tensor};
+use kiln_onnx::{Model, Value, load_tensor};
 use std::path::PathBuf;
 use std::time::Instant;
 

@@ -3,9 +3,9 @@
 
 use super::elementwise::broadcast_shape;
 use super::{Args, Ctx, strides};
-use crate::Tensor;
-use crate::error::Result;
-use crate::onnx::value::{IntTensor, Value, from_proto};
+use crate::value::{IntTensor, Value, from_proto};
+use kiln::Result;
+use kiln::Tensor;
 
 /// A value with the same kind as `like` (float, bool) from a device tensor.
 fn same_kind(like: &Value, t: Tensor) -> Value {

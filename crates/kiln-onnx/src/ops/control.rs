@@ -3,8 +3,8 @@
 //! enclosing graph's values.
 
 use super::{Args, Ctx};
-use crate::error::Result;
-use crate::onnx::value::Value;
+use crate::value::Value;
+use kiln::Result;
 
 /// `If`: the `then_branch` subgraph's outputs when the one-element condition is true, else
 /// the `else_branch`'s.

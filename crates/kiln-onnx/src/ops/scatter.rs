@@ -2,8 +2,8 @@
 //! updated in index order (so duplicate indices combine as ONNX specifies) and uploaded again.
 
 use super::{Args, Ctx, strides};
-use crate::error::Result;
-use crate::onnx::value::{IntTensor, Value};
+use crate::value::{IntTensor, Value};
+use kiln::Result;
 
 /// How an update combines with the value it lands on.
 fn combine(ctx: &Ctx) -> Result<fn(f64, f64) -> f64> {

@@ -1,4 +1,6 @@
-//! Capture a step once and replay it with new inputs: [`Device::capture`] and [`Graph`].
+//! Capture a step once and replay it with new inputs: [`Device::capture`] and [`Graph`]. This
+//! is the API above the tensor layer; the hooks ops call while a step is captured are
+//! `Device`'s (`device/capture.rs`), the GPU's log and replay are `gpu::capture`'s.
 //!
 //! On a GPU the step runs once while everything it records is kept; [`Graph::run`] then copies
 //! the new inputs into the graph's input buffers and records the kept dispatches again. No op
@@ -31,103 +33,10 @@ use crate::error::{Error, Result};
 use crate::gpu::capture::Replay;
 use crate::gpu::kernels::fused::materialize_pending;
 use crate::tensor::Tensor;
-use std::cell::{Cell, RefCell};
 use std::sync::Arc;
-
-/// Rewrites part of a captured dispatch's uniform before each replay: `(byte offset, bytes)`.
-/// Called once per replay however many dispatches share it.
-pub(crate) type Refresh = dyn Fn() -> Patch + Send + Sync;
-
-/// Bytes to write at an offset of a uniform buffer.
-pub(crate) type Patch = (u64, Vec<u8>);
 
 /// A step as [`Device::capture`] takes it.
 type Step<'a> = Box<dyn FnMut(&[Tensor]) -> Result<Vec<Tensor>> + 'a>;
-
-thread_local! {
-    static REFRESH: RefCell<Option<Arc<Refresh>>> = const { RefCell::new(None) };
-    static APPLY: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Run `f` (an optimizer step) with `refresh` for the dispatches inside it that
-/// [`refreshed`] marks: only those, not other work `f` causes (running a pending gradient
-/// program, say), have their uniforms rewritten at a replay.
-pub(crate) fn with_refresh<R>(refresh: Arc<Refresh>, f: impl FnOnce() -> R) -> R {
-    let before = REFRESH.with(|r| r.replace(Some(refresh)));
-    let out = f();
-    REFRESH.with(|r| *r.borrow_mut() = before);
-    out
-}
-
-/// Run `f`, whose dispatches take the enclosing [`with_refresh`]'s refresh (if any).
-pub(crate) fn refreshed<R>(f: impl FnOnce() -> R) -> R {
-    let before = APPLY.with(|a| a.replace(true));
-    let out = f();
-    APPLY.with(|a| a.set(before));
-    out
-}
-
-/// The refresh for a dispatch recorded now: inside [`refreshed`] within [`with_refresh`].
-pub(crate) fn current_refresh() -> Option<Arc<Refresh>> {
-    if !APPLY.with(Cell::get) {
-        return None;
-    }
-    REFRESH.with(|r| r.borrow().clone())
-}
-
-/// Run `f` (which makes state that must be made once, such as an optimizer's zero moments)
-/// without keeping what it records in the step being captured on `device`, if any.
-pub(crate) fn once<R>(device: &Device, f: impl FnOnce() -> Result<R>) -> Result<R> {
-    let Some(ctx) = device.gpu_context() else {
-        return f();
-    };
-    let Some(log) = ctx.end_capture() else {
-        return f();
-    };
-    let out = f();
-    ctx.resume_capture(log);
-    out
-}
-
-/// Note that `op` checked the host values `idx` against `len`: if they are a graph input's,
-/// a replay checks new values against the same bound.
-pub(crate) fn note_index_bound(device: &Device, idx: &Arc<Vec<u32>>, op: &'static str, len: usize) {
-    on_graph_input(device, idx, |log, key| {
-        log.index_bounds.push((key, op, len))
-    });
-}
-
-/// Whether a step is being captured on `device` and `idx` are a graph input's host values
-/// (which an op must then not plan from: a replay brings new ones).
-pub(crate) fn is_graph_input(device: &Device, idx: &Arc<Vec<u32>>) -> bool {
-    on_graph_input(device, idx, |_, _| ()).is_some()
-}
-
-/// `f` on this thread's capture on `device` (with the values' key), if `idx` are the host
-/// values of one of its graph inputs.
-fn on_graph_input<R>(
-    device: &Device,
-    idx: &Arc<Vec<u32>>,
-    f: impl FnOnce(&mut crate::gpu::capture::CaptureLog, usize) -> R,
-) -> Option<R> {
-    let key = Arc::as_ptr(idx) as usize;
-    device
-        .gpu_context()?
-        .with_capture(|log| log.host_inputs.contains(&key).then(|| f(log, key)))
-        .flatten()
-}
-
-/// `Unsupported` (with `reason`) if a step is being captured on `device`: for work that a
-/// replay could not repeat faithfully.
-pub(crate) fn refuse(device: &Device, reason: &str) -> Result<()> {
-    match device.gpu_context() {
-        Some(ctx) if ctx.capturing() => Err(Error::Unsupported {
-            op: "capture",
-            reason: reason.into(),
-        }),
-        _ => Ok(()),
-    }
-}
 
 /// A step captured by [`Device::capture`], to run again with new inputs.
 pub struct Graph<'a> {
@@ -204,7 +113,7 @@ impl Device {
         let ran = (|| {
             let mut bufs = Vec::new();
             for t in &owned {
-                if let Some((_, b)) = t.gpu_buffer("capture")? {
+                if let Some((_, b)) = t.storage().gpu_buffer("capture")? {
                     bufs.push(b.clone());
                 }
             }
@@ -221,7 +130,7 @@ impl Device {
                         rhs: o.device().to_string(),
                     });
                 }
-                o.gpu_buffer("capture")?;
+                o.storage().gpu_buffer("capture")?;
             }
             Ok(outputs)
         })();
@@ -235,7 +144,7 @@ impl Device {
         let outputs = ran?;
         let mut out_bufs = Vec::new();
         for o in &outputs {
-            if let Some((_, b)) = o.gpu_buffer("capture")? {
+            if let Some((_, b)) = o.storage().gpu_buffer("capture")? {
                 out_bufs.push(b.clone());
             }
         }
@@ -310,9 +219,10 @@ impl Graph<'_> {
                 }
                 let ctx = &replay.ctx;
                 for (new, own) in inputs.iter().zip(own.iter()) {
-                    if let (Some((_, src)), Some((_, dst))) =
-                        (new.gpu_buffer("graph run")?, own.gpu_buffer("graph run")?)
-                    {
+                    if let (Some((_, src)), Some((_, dst))) = (
+                        new.storage().gpu_buffer("graph run")?,
+                        own.storage().gpu_buffer("graph run")?,
+                    ) {
                         ctx.copy(src, dst, new.numel() as u64 * 4)?;
                     }
                 }
