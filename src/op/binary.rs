@@ -9,32 +9,32 @@ op_family! {
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub enum BinaryOp, prefix "BINARY" {
         /// `a + b`
-        Add = 0, "add", wgsl: "x + y";
+        Add = 0, "add", onnx: "Add", wgsl: "x + y";
         /// `a - b`
-        Sub = 1, "sub", wgsl: "x - y";
+        Sub = 1, "sub", onnx: "Sub", wgsl: "x - y";
         /// `a * b`
-        Mul = 2, "mul", wgsl: "x * y";
+        Mul = 2, "mul", onnx: "Mul", wgsl: "x * y";
         /// `a / b` (IEEE: x/0 is ±Inf, 0/0 is NaN)
-        Div = 3, "div", wgsl: "x / y";
+        Div = 3, "div", onnx: "Div", wgsl: "x / y";
         /// `max(a, b)`, NaN if either is NaN.
         Maximum = 4, "maximum", wgsl: "select(max(x, y), nan_f32(), any_nan(x, y))";
         /// `min(a, b)`, NaN if either is NaN.
         Minimum = 5, "minimum", wgsl: "select(min(x, y), nan_f32(), any_nan(x, y))";
         /// `a^b` (`powf` semantics).
-        Pow = 6, "pow",
+        Pow = 6, "pow", onnx: "Pow",
             wgsl: "pow_signed(x, y)";
         /// `a == b` as 1.0 / 0.0.
-        Eq = 7, "eq", wgsl: "flag(!any_nan(x, y) && x == y)";
+        Eq = 7, "eq", onnx: "Equal", wgsl: "flag(!any_nan(x, y) && x == y)";
         /// `a != b` as 1.0 / 0.0.
         Ne = 8, "ne", wgsl: "flag(any_nan(x, y) || x != y)";
         /// `a < b` as 1.0 / 0.0.
-        Lt = 9, "lt", wgsl: "flag(!any_nan(x, y) && x < y)";
+        Lt = 9, "lt", onnx: "Less", wgsl: "flag(!any_nan(x, y) && x < y)";
         /// `a <= b` as 1.0 / 0.0.
-        Le = 10, "le", wgsl: "flag(!any_nan(x, y) && x <= y)";
+        Le = 10, "le", onnx: "LessOrEqual", wgsl: "flag(!any_nan(x, y) && x <= y)";
         /// `a > b` as 1.0 / 0.0.
-        Gt = 11, "gt", wgsl: "flag(!any_nan(x, y) && x > y)";
+        Gt = 11, "gt", onnx: "Greater", wgsl: "flag(!any_nan(x, y) && x > y)";
         /// `a >= b` as 1.0 / 0.0.
-        Ge = 12, "ge", wgsl: "flag(!any_nan(x, y) && x >= y)";
+        Ge = 12, "ge", onnx: "GreaterOrEqual", wgsl: "flag(!any_nan(x, y) && x >= y)";
     }
 }
 

@@ -142,6 +142,43 @@ mod tests {
         );
     }
 
+    /// An op's ONNX name finds that op again (with its example parameters, which are ONNX's
+    /// defaults), no two ops share one, and parameters come from the attribute of their name.
+    #[test]
+    fn onnx_names_round_trip() {
+        let mut seen = HashSet::new();
+        for op in UnaryOp::ALL {
+            if let Some(name) = op.onnx_name() {
+                assert!(seen.insert(name), "two ops are ONNX's {name}");
+                assert_eq!(UnaryOp::from_onnx(name, |_, d| d), Some(op), "{name}");
+            }
+        }
+        for op in BinaryOp::ALL {
+            if let Some(name) = op.onnx_name() {
+                assert!(seen.insert(name), "two ops are ONNX's {name}");
+                assert_eq!(BinaryOp::from_onnx(name, |_, d| d), Some(op), "{name}");
+            }
+        }
+        assert_eq!(
+            UnaryOp::from_onnx("HardSigmoid", |n, d| if n == "beta" { 0.25 } else { d }),
+            Some(UnaryOp::HardSigmoid(0.2, 0.25))
+        );
+        assert_eq!(
+            UnaryOp::HardSigmoid(0.2, 0.5).param_names(),
+            ["alpha", "beta"]
+        );
+        assert_eq!(
+            UnaryOp::from_onnx("Gelu", |_, d| d),
+            None,
+            "Gelu depends on `approximate`"
+        );
+        assert_eq!(
+            BinaryOp::from_onnx("Max", |_, d| d),
+            None,
+            "ONNX's Max is variadic"
+        );
+    }
+
     #[test]
     fn the_prelude_declares_every_selector_with_its_rust_value() {
         let p = wgsl_prelude();

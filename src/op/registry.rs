@@ -6,9 +6,12 @@
 //! does not handle yields NaN instead of another op's result.
 //!
 //! Each table row is
-//! `Variant(param = example, ...) = id, "name", wgsl: "formula", grad: "formula";`
-//! (`wgsl:` and `grad:` optional). Unary formulas are WGSL expressions of `v` and the
-//! parameters `alpha`, `beta`; binary ones of `x` and `y`.
+//! `Variant(param = example, ...) = id, "name", onnx: "OpType", wgsl: "formula", grad: "formula";`
+//! (`onnx:`, `wgsl:` and `grad:` optional). Unary formulas are WGSL expressions of `v` and the
+//! parameters `alpha`, `beta`; binary ones of `x` and `y`. `onnx:` names the ONNX op type that
+//! is exactly this op, so that an importer takes the elementwise ops from this table instead of
+//! a list of its own; the op's parameters are then the node's attributes of the same names,
+//! whose defaults are the example values (which must be ONNX's defaults).
 
 macro_rules! op_family {
     (
@@ -18,6 +21,7 @@ macro_rules! op_family {
                 $(#[$meta:meta])*
                 $Variant:ident $( ( $($field:ident = $example:expr),+ ) )?
                     = $id:literal, $name:literal
+                    $(, onnx: $onnx:literal)?
                     $(, wgsl: $wgsl:literal)? $(, grad: $grad:literal)?;
             )*
         }
@@ -37,6 +41,37 @@ macro_rules! op_family {
                 match self {
                     $( $Enum::$Variant $( ( $( op_family!(@any $field) ),+ ) )? => $name, )*
                 }
+            }
+
+            /// The ONNX op type that is exactly this op, if there is one.
+            pub fn onnx_name(self) -> Option<&'static str> {
+                match self {
+                    $( $Enum::$Variant $( ( $( op_family!(@any $field) ),+ ) )?
+                        => op_family!(@opt $($onnx)?), )*
+                }
+            }
+
+            /// The names of the op's scalar parameters (for an ONNX op, its attributes).
+            pub fn param_names(self) -> &'static [&'static str] {
+                match self {
+                    $( $Enum::$Variant $( ( $( op_family!(@any $field) ),+ ) )?
+                        => &[ $( $( stringify!($field) ),+ )? ], )*
+                }
+            }
+
+            /// The op whose ONNX op type is `op_type`, each parameter given by
+            /// `param(name, default)` (the default being ONNX's); `None` if no op of the family
+            /// is that op type.
+            pub fn from_onnx(
+                op_type: &str,
+                #[allow(unused_variables)] param: impl Fn(&'static str, f32) -> f32,
+            ) -> Option<Self> {
+                $(
+                    if op_family!(@opt $($onnx)?) == Some(op_type) {
+                        return Some($Enum::$Variant $( ( $( param(stringify!($field), $example) ),+ ) )?);
+                    }
+                )*
+                None
             }
 
             /// The op's selector in the shaders (the `OP` override constant), as the registry

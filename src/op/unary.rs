@@ -11,11 +11,11 @@ op_family! {
     #[derive(Debug, Clone, Copy, PartialEq)]
     pub enum UnaryOp, prefix "UNARY" {
         /// `max(x, 0)`.
-        Relu = 0, "relu",
+        Relu = 0, "relu", onnx: "Relu",
             wgsl: "select(v, 0.0, v < 0.0)",
             grad: "select(0.0, 1.0, v > 0.0)";
         /// `x` for `x >= 0`, `alpha * x` otherwise.
-        LeakyRelu(alpha = 0.01) = 1, "leaky_relu",
+        LeakyRelu(alpha = 0.01) = 1, "leaky_relu", onnx: "LeakyRelu",
             wgsl: "select(v, alpha * v, v < 0.0)",
             grad: "select(alpha, 1.0, v > 0.0)";
         /// `x * Φ(x)` with the exact (erf) normal CDF.
@@ -27,11 +27,11 @@ op_family! {
             wgsl: "0.5 * v * (1.0 + tanh_stable(0.7978845608028654 * (v + 0.044715 * v * v * v)))",
             grad: "gelu_tanh_grad(v)";
         /// `1 / (1 + e^-x)`, evaluated without overflow.
-        Sigmoid = 4, "sigmoid",
+        Sigmoid = 4, "sigmoid", onnx: "Sigmoid",
             wgsl: "sigmoid(v)",
             grad: "sigmoid(v) * (1.0 - sigmoid(v))";
         /// Hyperbolic tangent, evaluated without overflow.
-        Tanh = 5, "tanh",
+        Tanh = 5, "tanh", onnx: "Tanh",
             wgsl: "tanh_stable(v)",
             grad: "1.0 - tanh_stable(v) * tanh_stable(v)";
         /// `x * sigmoid(x)` (also called swish).
@@ -39,15 +39,15 @@ op_family! {
             wgsl: "v * sigmoid(v)",
             grad: "sigmoid(v) * (1.0 + v * (1.0 - sigmoid(v)))";
         /// `e^x`.
-        Exp = 7, "exp",
+        Exp = 7, "exp", onnx: "Exp",
             wgsl: "exp(v)",
             grad: "exp(v)";
         /// Natural logarithm (`-inf` at 0, NaN below).
-        Log = 8, "log",
+        Log = 8, "log", onnx: "Log",
             wgsl: "log(v)",
             grad: "1.0 / v";
         /// Square root (NaN below 0).
-        Sqrt = 9, "sqrt",
+        Sqrt = 9, "sqrt", onnx: "Sqrt",
             wgsl: "sqrt(v)",
             grad: "0.5 / sqrt(v)";
         /// `1 / sqrt(x)` (`+inf` at 0, NaN below). WGSL's `inverseSqrt` is approximate.
@@ -55,15 +55,15 @@ op_family! {
             wgsl: "1.0 / sqrt(v)",
             grad: "-0.5 / (v * sqrt(v))";
         /// `|x|`.
-        Abs = 11, "abs",
+        Abs = 11, "abs", onnx: "Abs",
             wgsl: "abs(v)",
             grad: "select(select(0.0, -1.0, v < 0.0), 1.0, v > 0.0)";
         /// `-x`.
-        Neg = 12, "neg",
+        Neg = 12, "neg", onnx: "Neg",
             wgsl: "-v",
             grad: "-1.0";
         /// `1 / x`.
-        Recip = 13, "recip",
+        Recip = 13, "recip", onnx: "Reciprocal",
             wgsl: "1.0 / v",
             grad: "-1.0 / (v * v)";
         /// `x * x`.
@@ -79,11 +79,11 @@ op_family! {
             wgsl: "min(max(v, alpha), beta)",
             grad: "select(0.0, 1.0, v >= alpha && v <= beta)";
         /// `ln(1 + e^x)`, evaluated without overflow.
-        Softplus = 17, "softplus",
+        Softplus = 17, "softplus", onnx: "Softplus",
             wgsl: "softplus(v)",
             grad: "sigmoid(v)";
         /// `x` for `x > 0`, `alpha (e^x - 1)` otherwise.
-        Elu(alpha = 1.0) = 18, "elu",
+        Elu(alpha = 1.0) = 18, "elu", onnx: "Elu",
             wgsl: "select(alpha * (exp(v) - 1.0), v, v > 0.0)",
             grad: "select(alpha * exp(v), 1.0, v > 0.0)";
         /// `x + c`.
@@ -99,40 +99,40 @@ op_family! {
             wgsl: "v / alpha",
             grad: "1.0 / alpha";
         /// The error function (the approximation `gelu` uses: absolute error below 1.5e-7).
-        Erf = 22, "erf",
+        Erf = 22, "erf", onnx: "Erf",
             wgsl: "erf(v)",
             grad: "1.1283791670955126 * exp(-v * v)";
         /// Sine. On a GPU the argument is reduced by 2π in f32 first (WGSL's `sin` is only
         /// specified on [-π, π]): accurate for |x| up to about 1e4.
-        Sin = 23, "sin",
+        Sin = 23, "sin", onnx: "Sin",
             wgsl: "sin(reduce_angle(v))",
             grad: "cos(reduce_angle(v))";
         /// Cosine (reduced as `sin`).
-        Cos = 24, "cos",
+        Cos = 24, "cos", onnx: "Cos",
             wgsl: "cos(reduce_angle(v))",
             grad: "-sin(reduce_angle(v))";
         /// The largest integer not above `x`.
-        Floor = 25, "floor",
+        Floor = 25, "floor", onnx: "Floor",
             wgsl: "floor(v)",
             grad: "0.0";
         /// The smallest integer not below `x`.
-        Ceil = 26, "ceil",
+        Ceil = 26, "ceil", onnx: "Ceil",
             wgsl: "ceil(v)",
             grad: "0.0";
         /// `-1`, `0` or `1` by the sign of `x` (0 for ±0).
-        Sign = 27, "sign",
+        Sign = 27, "sign", onnx: "Sign",
             wgsl: "select(select(0.0, -1.0, v < 0.0), 1.0, v > 0.0)",
             grad: "0.0";
         /// The nearest integer, ties to even (ONNX's and numpy's `round`).
-        Round = 28, "round",
+        Round = 28, "round", onnx: "Round",
             wgsl: "round(v)",
             grad: "0.0";
         /// `min(max(alpha x + beta, 0), 1)` (ONNX's defaults: alpha 0.2, beta 0.5).
-        HardSigmoid(alpha = 0.2, beta = 0.5) = 29, "hard_sigmoid",
+        HardSigmoid(alpha = 0.2, beta = 0.5) = 29, "hard_sigmoid", onnx: "HardSigmoid",
             wgsl: "min(max(alpha * v + beta, 0.0), 1.0)",
             grad: "select(0.0, alpha, alpha * v + beta > 0.0 && alpha * v + beta < 1.0)";
         /// `x · min(max(x / 6 + 1/2, 0), 1)` (MobileNetV3's activation).
-        HardSwish = 30, "hard_swish",
+        HardSwish = 30, "hard_swish", onnx: "HardSwish",
             wgsl: "v * min(max(v * 0.16666667 + 0.5, 0.0), 1.0)",
             grad: "select(select(v * 0.33333334 + 0.5, 1.0, v >= 3.0), 0.0, v <= -3.0)";
     }

@@ -6,58 +6,44 @@ use crate::narrow::Narrow;
 use crate::proto::dtype;
 use crate::value::{IntTensor, Value};
 use kiln::Result;
-use kiln::{BinaryOp, Tensor};
+use kiln::{BinaryOp, Shape, Tensor, UnaryOp};
 
 fn scalar(ctx: &Ctx, v: f32) -> Result<Tensor> {
     Tensor::full(ctx.dev, &[1], v)
 }
 
+/// ONNX's functions of one tensor: the op registry's (`UnaryOp::from_onnx`, parameters from
+/// the node's attributes), and the few that ONNX defines as compositions of them. Integer
+/// inputs take the registry op's integer meaning, on the host.
 pub(super) fn unary(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
-    let op = ctx.node.op_type.as_str();
+    let op_type = ctx.node.op_type.as_str();
+    let op = UnaryOp::from_onnx(op_type, |name, default| ctx.float(name, default));
     if let Value::Int(i) = ctx.input(args, 0)? {
         let f: fn(i64) -> i64 = match op {
-            "Abs" => i64::wrapping_abs,
-            "Neg" => i64::wrapping_neg,
-            "Relu" => |v| v.max(0),
-            "Sign" => i64::signum,
-            "Floor" | "Ceil" | "Round" => |v| v,
+            Some(UnaryOp::Abs) => i64::wrapping_abs,
+            Some(UnaryOp::Neg) => i64::wrapping_neg,
+            Some(UnaryOp::Relu) => |v| v.max(0),
+            Some(UnaryOp::Sign) => i64::signum,
+            Some(UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round) => |v| v,
             _ => return Err(ctx.unsupported("integer input")),
         };
         let data = i.data.iter().map(|&v| f(v)).collect();
         return Ok(vec![Value::Int(IntTensor { data, ..i.clone() })]);
     }
     let x = ctx.float_input(args, 0)?;
-    let y = match op {
-        "Abs" => x.abs()?,
-        "Erf" => x.erf()?,
-        "Sin" => x.sin()?,
-        "Cos" => x.cos()?,
-        "Floor" => x.floor()?,
-        "Ceil" => x.ceil()?,
-        "Sign" => x.sign()?,
-        "Round" => x.round()?,
-        "Neg" => x.neg()?,
-        "Exp" => x.exp()?,
-        "Log" => x.log()?,
-        "Sqrt" => x.sqrt()?,
-        "Reciprocal" => x.recip()?,
-        "Relu" => x.relu()?,
-        "Sigmoid" => x.sigmoid()?,
-        "Tanh" => x.tanh()?,
-        "Softplus" => x.softplus()?,
+    if let Some(op) = op {
+        return Ok(vec![Value::Float(x.unary(op)?)]);
+    }
+    let y = match op_type {
         "Softsign" => x.div(&x.abs()?.add_scalar(1.0)?)?,
-        "Elu" => x.elu(ctx.float("alpha", 1.0))?,
         "Selu" => x
             .elu(ctx.float("alpha", 1.673_263_2))?
             .mul_scalar(ctx.float("gamma", 1.050_701))?,
-        "LeakyRelu" => x.leaky_relu(ctx.float("alpha", 0.01))?,
         "Gelu" => match ctx.string("approximate", "none").as_str() {
             "none" => x.gelu()?,
             "tanh" => x.gelu_tanh()?,
             other => return Err(ctx.unsupported(format!("approximate = {other}"))),
         },
-        "HardSigmoid" => x.hard_sigmoid(ctx.float("alpha", 0.2), ctx.float("beta", 0.5))?,
-        "HardSwish" => x.hard_swish()?,
         "Mish" => x.mul(&x.softplus()?.tanh()?)?,
         "Swish" => x.mul(&x.mul_scalar(ctx.float("alpha", 1.0))?.sigmoid()?)?,
         _ => return Err(ctx.unsupported("the op type")),
@@ -156,47 +142,11 @@ pub(super) fn identity(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     Ok(vec![x])
 }
 
-/// Numpy broadcasting of two shapes.
+/// The shape `a` and `b` broadcast to under numpy's rules (kiln's `Shape::broadcast`), or
+/// `None` if they do not.
 pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
-    let r = a.len().max(b.len());
-    (0..r)
-        .map(|i| {
-            let da = if i + a.len() >= r {
-                a[i + a.len() - r]
-            } else {
-                1
-            };
-            let db = if i + b.len() >= r {
-                b[i + b.len() - r]
-            } else {
-                1
-            };
-            match (da, db) {
-                (x, y) if x == y => Some(x),
-                (1, y) => Some(y),
-                (x, 1) => Some(x),
-                _ => None,
-            }
-        })
-        .collect()
-}
-
-/// Flat index into `shape` (broadcast to `out`) of the output's flat index `i`.
-fn source_index(shape: &[usize], out: &[usize], mut i: usize) -> usize {
-    let (mut idx, mut stride) = (0, 1);
-    for d in (0..out.len()).rev() {
-        let coord = i % out[d];
-        i /= out[d];
-        let k = d as isize - (out.len() - shape.len()) as isize;
-        if k >= 0 {
-            let dim = shape[k as usize];
-            if dim != 1 {
-                idx += coord * stride;
-            }
-            stride *= dim;
-        }
-    }
-    idx
+    let (a, b) = (Shape::new(a).ok()?, Shape::new(b).ok()?);
+    a.broadcast(&b, "onnx").ok().map(|s| s.dims().to_vec())
 }
 
 /// `f` over two host integer tensors with broadcasting.
@@ -208,15 +158,26 @@ pub(crate) fn zip_ints(
 ) -> Result<IntTensor> {
     let out = broadcast_shape(&a.shape, &b.shape)
         .ok_or_else(|| ctx.invalid(format!("shapes {:?} and {:?}", a.shape, b.shape)))?;
-    let n = out.iter().product();
-    let data = (0..n)
-        .map(|i| {
-            f(
-                a.data[source_index(&a.shape, &out, i)],
-                b.data[source_index(&b.shape, &out, i)],
-            )
-        })
-        .collect();
+    // Strides that read each operand as the output's shape (0 along broadcast dimensions).
+    let shape = Shape::new(&out)?;
+    let (sa, sb) = (
+        Shape::new(&a.shape)?.broadcast_strides(&shape),
+        Shape::new(&b.shape)?.broadcast_strides(&shape),
+    );
+    let mut data = Vec::with_capacity(shape.numel());
+    let mut coord = vec![0usize; out.len()];
+    for _ in 0..shape.numel() {
+        let at = |st: &[usize]| coord.iter().zip(st).map(|(c, s)| c * s).sum::<usize>();
+        data.push(f(a.data[at(&sa)], b.data[at(&sb)]));
+        // The next output coordinate, row-major.
+        for d in (0..out.len()).rev() {
+            coord[d] += 1;
+            if coord[d] < out[d] {
+                break;
+            }
+            coord[d] = 0;
+        }
+    }
     Ok(IntTensor {
         shape: out,
         data,
@@ -234,25 +195,26 @@ fn mask(ctx: &Ctx, t: IntTensor) -> Result<Value> {
     Ok(Value::Bool(Tensor::from_vec(ctx.dev, data, &t.shape)?))
 }
 
+/// ONNX's arithmetic and comparisons of two tensors with broadcasting: the op registry's
+/// (`BinaryOp::from_onnx`), on the device for floats and on the host for integers.
 pub(super) fn binary(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
-    let op = ctx.node.op_type.as_str();
+    let bop = BinaryOp::from_onnx(&ctx.node.op_type, |_, default| default)
+        .ok_or_else(|| ctx.unsupported("the op type"))?;
     let (a, b) = (ctx.input(args, 0)?, ctx.input(args, 1)?);
-    let compare = matches!(
-        op,
-        "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual"
-    );
+    let compare = bop.is_comparison();
     if let (Value::Int(x), Value::Int(y)) = (a, b) {
-        let f: fn(i64, i64) -> i64 = match op {
-            "Add" => i64::wrapping_add,
-            "Sub" => i64::wrapping_sub,
-            "Mul" => i64::wrapping_mul,
-            "Div" => |p, q| if q == 0 { 0 } else { p.wrapping_div(q) },
-            "Pow" => |p, q| if q < 0 { 0 } else { p.wrapping_pow(q as u32) },
-            "Equal" => |p, q| i64::from(p == q),
-            "Less" => |p, q| i64::from(p < q),
-            "LessOrEqual" => |p, q| i64::from(p <= q),
-            "Greater" => |p, q| i64::from(p > q),
-            _ => |p, q| i64::from(p >= q),
+        let f: fn(i64, i64) -> i64 = match bop {
+            BinaryOp::Add => i64::wrapping_add,
+            BinaryOp::Sub => i64::wrapping_sub,
+            BinaryOp::Mul => i64::wrapping_mul,
+            BinaryOp::Div => |p, q| if q == 0 { 0 } else { p.wrapping_div(q) },
+            BinaryOp::Pow => |p, q| if q < 0 { 0 } else { p.wrapping_pow(q as u32) },
+            BinaryOp::Eq => |p, q| i64::from(p == q),
+            BinaryOp::Lt => |p, q| i64::from(p < q),
+            BinaryOp::Le => |p, q| i64::from(p <= q),
+            BinaryOp::Gt => |p, q| i64::from(p > q),
+            BinaryOp::Ge => |p, q| i64::from(p >= q),
+            _ => return Err(ctx.unsupported("integer inputs")),
         };
         let r = zip_ints(ctx, x, y, f)?;
         return Ok(vec![if compare {
@@ -261,7 +223,7 @@ pub(super) fn binary(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
             Value::Int(r)
         }]);
     }
-    if let (Value::Int(x), "Pow") = (a, op) {
+    if let (Value::Int(x), BinaryOp::Pow) = (a, bop) {
         // An integer base keeps its type (ONNX's Pow output is the base's type).
         let e = b.ints().ok().filter(|_| matches!(b, Value::Int(_)));
         let exps = match e {
@@ -281,18 +243,6 @@ pub(super) fn binary(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         return Err(ctx.unsupported("an integer tensor with a float one"));
     }
     let (x, y) = (a.float_on(ctx.dev)?, b.float_on(ctx.dev)?);
-    let bop = match op {
-        "Add" => BinaryOp::Add,
-        "Sub" => BinaryOp::Sub,
-        "Mul" => BinaryOp::Mul,
-        "Div" => BinaryOp::Div,
-        "Pow" => BinaryOp::Pow,
-        "Equal" => BinaryOp::Eq,
-        "Less" => BinaryOp::Lt,
-        "LessOrEqual" => BinaryOp::Le,
-        "Greater" => BinaryOp::Gt,
-        _ => BinaryOp::Ge,
-    };
     let r = x.binary(&y, bop)?;
     Ok(vec![if compare {
         Value::Bool(r)

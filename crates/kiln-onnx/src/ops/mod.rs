@@ -3,20 +3,27 @@
 
 mod attention;
 mod control;
+mod conv;
 mod einsum;
 mod elementwise;
-mod host;
+mod linalg;
+mod losses;
 mod ml;
-mod nn;
+mod norm;
+mod pad;
+mod pool;
 mod recurrent;
+mod reduce;
 mod resize;
+mod scan;
 mod scatter;
 mod shape;
 
 use super::proto::{AttributeProto, NodeProto};
 use super::value::{IntTensor, Value};
-use kiln::{Device, Tensor};
+use kiln::{BinaryOp, Device, Tensor, UnaryOp};
 use kiln::{Error, Result};
+use std::sync::LazyLock;
 
 /// What an op sees: the device, its node and the model's opset.
 pub(crate) struct Ctx<'a> {
@@ -33,6 +40,7 @@ pub(crate) struct Ctx<'a> {
 pub(crate) type Args = [Option<Value>];
 
 /// One op type.
+#[derive(Clone)]
 pub(crate) struct OpDef {
     /// The op's domain: `""` for ONNX's own ops, `"ai.onnx.ml"` for the classic ML ones.
     pub domain: &'static str,
@@ -55,33 +63,27 @@ const RECURRENT_ATTRS: &[&str] = &[
     "linear_before_reset",
 ];
 
-/// Every op type kiln runs.
-pub(crate) static OPS: &[OpDef] = &[
-    // elementwise.rs
-    op("Abs", &[], elementwise::unary),
-    op("Erf", &[], elementwise::unary),
-    op("Sin", &[], elementwise::unary),
-    op("Cos", &[], elementwise::unary),
-    op("Floor", &[], elementwise::unary),
-    op("Ceil", &[], elementwise::unary),
-    op("Sign", &[], elementwise::unary),
-    op("Round", &[], elementwise::unary),
-    op("Neg", &[], elementwise::unary),
-    op("Exp", &[], elementwise::unary),
-    op("Log", &[], elementwise::unary),
-    op("Sqrt", &[], elementwise::unary),
-    op("Reciprocal", &[], elementwise::unary),
-    op("Relu", &[], elementwise::unary),
-    op("Sigmoid", &[], elementwise::unary),
-    op("Tanh", &[], elementwise::unary),
-    op("Softplus", &[], elementwise::unary),
+/// Every op type kiln runs: the elementwise ops of kiln's op registry that are ONNX op types
+/// (`UnaryOp::onnx_name`, `BinaryOp::onnx_name`; no second list of them here), then [`OWN`].
+pub(crate) static OPS: LazyLock<Vec<OpDef>> = LazyLock::new(|| {
+    let unary = UnaryOp::ALL
+        .into_iter()
+        .filter_map(|o| Some(op(o.onnx_name()?, o.param_names(), elementwise::unary)));
+    let binary = BinaryOp::ALL
+        .into_iter()
+        .filter_map(|o| Some(op(o.onnx_name()?, &[], elementwise::binary)));
+    unary
+        .chain(binary)
+        .chain(OWN.iter().map(OpDef::clone))
+        .collect()
+});
+
+/// The op types kiln runs that are not single ops of its registry.
+static OWN: &[OpDef] = &[
+    // elementwise.rs: compositions of registry ops, and the rest
     op("Softsign", &[], elementwise::unary),
-    op("Elu", &["alpha"], elementwise::unary),
     op("Selu", &["alpha", "gamma"], elementwise::unary),
-    op("LeakyRelu", &["alpha"], elementwise::unary),
     op("Gelu", &["approximate"], elementwise::unary),
-    op("HardSigmoid", &["alpha", "beta"], elementwise::unary),
-    op("HardSwish", &[], elementwise::unary),
     op("Mish", &[], elementwise::unary),
     op("Swish", &["alpha"], elementwise::unary),
     op("IsNaN", &[], elementwise::is_special),
@@ -94,16 +96,6 @@ pub(crate) static OPS: &[OpDef] = &[
     op("Identity", &[], elementwise::identity),
     op("Dropout", &["seed", "ratio"], elementwise::identity),
     op("Clip", &["min", "max"], elementwise::clip),
-    op("Add", &[], elementwise::binary),
-    op("Sub", &[], elementwise::binary),
-    op("Mul", &[], elementwise::binary),
-    op("Div", &[], elementwise::binary),
-    op("Pow", &[], elementwise::binary),
-    op("Equal", &[], elementwise::binary),
-    op("Less", &[], elementwise::binary),
-    op("LessOrEqual", &[], elementwise::binary),
-    op("Greater", &[], elementwise::binary),
-    op("GreaterOrEqual", &[], elementwise::binary),
     op("And", &[], elementwise::logical),
     op("Or", &[], elementwise::logical),
     op("Xor", &[], elementwise::logical),
@@ -201,49 +193,49 @@ pub(crate) static OPS: &[OpDef] = &[
         attention::attention,
     ),
     // host.rs
-    op("CumSum", &["exclusive", "reverse"], host::cumsum),
-    op("TopK", &["axis", "largest", "sorted"], host::topk),
-    op("Hardmax", &["axis"], host::hardmax),
-    op("OneHot", &["axis"], host::one_hot),
-    op("ReduceProd", REDUCE_ATTRS, host::reduce_prod),
-    op("Pad", &["mode", "pads", "value"], host::pad),
+    op("CumSum", &["exclusive", "reverse"], scan::cumsum),
+    op("TopK", &["axis", "largest", "sorted"], scan::topk),
+    op("Hardmax", &["axis"], reduce::hardmax),
+    op("OneHot", &["axis"], scatter::one_hot),
+    op("ReduceProd", REDUCE_ATTRS, reduce::reduce_prod),
+    op("Pad", &["mode", "pads", "value"], pad::pad),
     op(
         "NegativeLogLikelihoodLoss",
         &["ignore_index", "reduction"],
-        host::nll_loss,
+        losses::nll_loss,
     ),
     op(
         "SoftmaxCrossEntropyLoss",
         &["ignore_index", "reduction"],
-        host::softmax_cross_entropy,
+        losses::softmax_cross_entropy,
     ),
     // nn.rs
-    op("MatMul", &[], nn::matmul),
+    op("MatMul", &[], linalg::matmul),
     op("Einsum", &["equation"], einsum::einsum),
-    op("LpNormalization", &["axis", "p"], nn::lp_norm),
-    op("Gemm", &["alpha", "beta", "transA", "transB"], nn::gemm),
-    op("Softmax", &["axis"], nn::softmax),
-    op("LogSoftmax", &["axis"], nn::softmax),
-    op("ReduceSum", REDUCE_ATTRS, nn::reduce),
-    op("ReduceMean", REDUCE_ATTRS, nn::reduce),
-    op("ReduceMax", REDUCE_ATTRS, nn::reduce),
-    op("ReduceMin", REDUCE_ATTRS, nn::reduce),
-    op("ReduceSumSquare", REDUCE_ATTRS, nn::reduce),
-    op("ReduceL1", REDUCE_ATTRS, nn::reduce),
-    op("ReduceL2", REDUCE_ATTRS, nn::reduce),
-    op("ReduceLogSum", REDUCE_ATTRS, nn::reduce),
-    op("ReduceLogSumExp", REDUCE_ATTRS, nn::reduce),
+    op("LpNormalization", &["axis", "p"], norm::lp_norm),
+    op("Gemm", &["alpha", "beta", "transA", "transB"], linalg::gemm),
+    op("Softmax", &["axis"], reduce::softmax),
+    op("LogSoftmax", &["axis"], reduce::softmax),
+    op("ReduceSum", REDUCE_ATTRS, reduce::reduce),
+    op("ReduceMean", REDUCE_ATTRS, reduce::reduce),
+    op("ReduceMax", REDUCE_ATTRS, reduce::reduce),
+    op("ReduceMin", REDUCE_ATTRS, reduce::reduce),
+    op("ReduceSumSquare", REDUCE_ATTRS, reduce::reduce),
+    op("ReduceL1", REDUCE_ATTRS, reduce::reduce),
+    op("ReduceL2", REDUCE_ATTRS, reduce::reduce),
+    op("ReduceLogSum", REDUCE_ATTRS, reduce::reduce),
+    op("ReduceLogSumExp", REDUCE_ATTRS, reduce::reduce),
     op(
         "ArgMax",
         &["axis", "keepdims", "select_last_index"],
-        nn::argmax,
+        reduce::argmax,
     ),
     op(
         "ArgMin",
         &["axis", "keepdims", "select_last_index"],
-        nn::argmax,
+        reduce::argmax,
     ),
-    op("Conv", CONV_ATTRS, nn::conv),
+    op("Conv", CONV_ATTRS, conv::conv),
     op(
         "ConvTranspose",
         &[
@@ -256,26 +248,26 @@ pub(crate) static OPS: &[OpDef] = &[
             "pads",
             "strides",
         ],
-        nn::conv_transpose,
+        conv::conv_transpose,
     ),
-    op("MaxPool", POOL_ATTRS, nn::pool),
-    op("AveragePool", POOL_ATTRS, nn::pool),
-    op("GlobalAveragePool", &[], nn::global_pool),
-    op("GlobalMaxPool", &[], nn::global_pool),
+    op("MaxPool", POOL_ATTRS, pool::pool),
+    op("AveragePool", POOL_ATTRS, pool::pool),
+    op("GlobalAveragePool", &[], pool::global_pool),
+    op("GlobalMaxPool", &[], pool::global_pool),
     op(
         "BatchNormalization",
         &["epsilon", "momentum", "training_mode", "spatial"],
-        nn::batch_norm,
+        norm::batch_norm,
     ),
     op(
         "LayerNormalization",
         &["axis", "epsilon", "stash_type"],
-        nn::layer_norm,
+        norm::layer_norm,
     ),
     op(
         "RMSNormalization",
         &["axis", "epsilon", "stash_type"],
-        nn::rms_norm,
+        norm::rms_norm,
     ),
 ];
 
@@ -471,4 +463,34 @@ impl Ctx<'_> {
             axis as usize
         })
     }
+}
+
+/// A value of the input's kind (float or integer) from host values.
+pub(super) fn like(ctx: &Ctx, x: &Value, shape: Vec<usize>, data: Vec<f64>) -> Result<Value> {
+    Ok(match x {
+        Value::Int(i) => Value::Int(IntTensor {
+            shape,
+            data: data.into_iter().map(|v| v as i64).collect(),
+            elem: i.elem,
+        }),
+        Value::Bool(_) => Value::Bool(Tensor::from_vec(
+            ctx.dev,
+            data.into_iter().map(|v| v as f32).collect(),
+            &shape,
+        )?),
+        Value::Float(_) => Value::Float(Tensor::from_vec(
+            ctx.dev,
+            data.into_iter().map(|v| v as f32).collect(),
+            &shape,
+        )?),
+    })
+}
+
+/// `(outer, len, inner)` around `axis`.
+pub(super) fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
 }

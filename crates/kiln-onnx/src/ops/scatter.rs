@@ -1,7 +1,7 @@
 //! `ScatterElements`, `ScatterND` and the old `Scatter`, on the host: the data is read back,
 //! updated in index order (so duplicate indices combine as ONNX specifies) and uploaded again.
 
-use super::{Args, Ctx, strides};
+use super::{Args, Ctx, like, strides};
 use crate::value::{IntTensor, Value};
 use kiln::Result;
 
@@ -46,12 +46,7 @@ fn operands(ctx: &Ctx, args: &Args) -> Result<(Vec<f64>, Vec<f64>, IntTensor)> {
 /// A value shaped like input 0 holding `out`.
 fn like_data(ctx: &Ctx, args: &Args, out: Vec<f64>) -> Result<Vec<Value>> {
     let data = ctx.input(args, 0)?;
-    Ok(vec![super::host::like(
-        ctx,
-        data,
-        data.shape().to_vec(),
-        out,
-    )?])
+    Ok(vec![super::like(ctx, data, data.shape().to_vec(), out)?])
 }
 
 /// `ScatterElements` (and `Scatter`): `out[.., indices[c], ..] ⊕= updates[c]` along `axis`.
@@ -120,4 +115,45 @@ pub(super) fn scatter_nd(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         }
     }
     like_data(ctx, args, out)
+}
+
+pub(super) fn one_hot(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let idx = ctx
+        .int_input(args, 0)?
+        .ok_or_else(|| ctx.invalid("no indices"))?;
+    let depth = ctx
+        .input(args, 1)?
+        .to_f64()?
+        .first()
+        .copied()
+        .ok_or_else(|| ctx.invalid("no depth"))? as i64;
+    let values = ctx.input(args, 2)?;
+    let vv = values.to_f64()?;
+    let (off, on) = (
+        vv.first().copied().unwrap_or(0.0),
+        vv.get(1).copied().unwrap_or(1.0),
+    );
+    if depth < 1 {
+        return Err(ctx.invalid(format!("depth {depth}")));
+    }
+    let r = idx.shape.len() + 1;
+    let axis = ctx.axis(ctx.int("axis", -1), r)?;
+    let mut shape = idx.shape.clone();
+    shape.insert(axis, depth as usize);
+    let (outer, inner) = (
+        idx.shape[..axis].iter().product::<usize>(),
+        idx.shape[axis..].iter().product::<usize>(),
+    );
+    let d = depth as usize;
+    let mut out = vec![off; outer * d * inner];
+    for o in 0..outer {
+        for i in 0..inner {
+            let j = idx.data[o * inner + i];
+            let j = if j < 0 { j + depth } else { j };
+            if (0..depth).contains(&j) {
+                out[(o * d + j as usize) * inner + i] = on;
+            }
+        }
+    }
+    Ok(vec![like(ctx, values, shape, out)?])
 }
