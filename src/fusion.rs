@@ -5,6 +5,7 @@
 //! formulas: the GPU as one generated WGSL kernel (`gpu/kernels/fused.rs`), the CPU as one pass
 //! over blocks of values (`cpu/fused.rs`).
 
+use crate::error::Result;
 use crate::op::{BinaryOp, UnaryOp};
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -272,5 +273,20 @@ impl<B> Pending<B> {
             .iter()
             .filter_map(Weak::upgrade)
             .collect()
+    }
+}
+
+/// `y` as the right operand of a binary program with left operand `x`, or, when the two
+/// together would pass one program's caps, `y` run first (`as_buffer`).
+pub(crate) fn within_caps<'a, B: Buffer>(
+    x: &Operand<'a, B>,
+    y: Operand<'a, B>,
+    as_buffer: impl FnOnce() -> Result<Operand<'a, B>>,
+) -> Result<Operand<'a, B>> {
+    let ((xi, xl), (yi, yl)) = (Program::size(x), Program::size(&y));
+    if xi + yi + 1 > MAX_INSTS || xl + yl > MAX_LEAVES {
+        as_buffer()
+    } else {
+        Ok(y)
     }
 }

@@ -53,6 +53,7 @@
 
 mod attention;
 mod autograd;
+mod backend;
 mod conv;
 mod cpu;
 mod device;

@@ -19,6 +19,7 @@ mod scan;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
 mod spin_pool;
+pub(crate) mod storage;
 mod strided;
 
 pub(crate) use attention::{attention, attention_backward};

@@ -8,6 +8,7 @@ pub(crate) mod kernels;
 mod pipelines;
 pub(crate) mod pool;
 mod recorder;
+pub(crate) mod storage;
 
 pub(crate) use adapters::{feature_names, is_software, ranked_adapters, type_name};
 pub use kernels::matmul::{

@@ -1,0 +1,231 @@
+//! The contract between the storage seam (`storage.rs`) and the backends: [`BackendStorage`],
+//! which the CPU's storage (`cpu/storage.rs`) and the GPU's (`gpu/storage.rs`) implement, and
+//! the plain data the ops take. Backend-neutral: it names no backend, so both may use it.
+//!
+//! Every op is one method with the same signature on each backend. The tensor layer validates
+//! shapes and passes the derived sizes in; each backend checks element types, handles empty
+//! tensors, and decides its own limits (a kernel that cannot take a problem computes it
+//! another way, inside the backend). `storage.rs` only picks the backend: one line per op.
+
+use crate::attention::AttnDims;
+use crate::conv::Window;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::matmul_plan::MatmulPlan;
+use crate::op::{BinaryOp, ReduceOp, UnaryOp};
+use crate::optim_params::{OptimParams, Replayed};
+use crate::shape::BroadcastLayout;
+use std::sync::Arc;
+
+/// Dimensions `[outer, len, inner]` around one axis.
+pub(crate) type Around = (usize, usize, usize);
+
+/// Operands of a `where`: unit dimensions of the output dropped, and each operand's broadcast
+/// strides for the dimensions kept.
+pub(crate) struct WherePlan {
+    /// The output's dimensions of extent > 1.
+    pub dims: Vec<usize>,
+    /// Strides of the mask, `a` and `b` over `dims` (0 where broadcast).
+    pub strides: [Vec<usize>; 3],
+}
+
+/// `DTypeMismatch` for `op`.
+pub(crate) fn mismatch(op: &'static str, expected: DType, got: DType) -> Error {
+    Error::DTypeMismatch { op, expected, got }
+}
+
+/// A tensor's values on one backend, and every op on them. Operands of one op are on the same
+/// backend (the seam checks that); the sizes are the tensor layer's, already validated.
+pub(crate) trait BackendStorage: Sized + Clone {
+    /// The element type.
+    fn dtype(&self) -> DType;
+
+    /// The `n` f32 values (a GPU submits its recorded work and waits).
+    fn to_f32(&self, op: &'static str, n: usize) -> Result<Vec<f32>>;
+
+    /// The `n` u32 values.
+    fn to_u32(&self, op: &'static str, n: usize) -> Result<Vec<u32>>;
+
+    /// A copy of these `n` values in storage of their own (the CPU shares its immutable
+    /// values).
+    fn duplicate(&self, op: &'static str, n: usize) -> Result<Self>;
+
+    /// `op` on each of the `n` values.
+    fn unary(&self, op: UnaryOp, n: usize) -> Result<Self>;
+
+    /// This one f32 value repeated `n` times as a fused program, so that a broadcast scalar
+    /// costs no pass of its own; `None` with fusion off (the caller copies).
+    fn splat(&self, n: usize) -> Result<Option<Self>>;
+
+    /// `self op rhs` over the `n` outputs of `layout`.
+    fn binary(&self, rhs: &Self, layout: &BroadcastLayout, n: usize, op: BinaryOp) -> Result<Self>;
+
+    /// `a` where the mask `self` is non-zero, else `b`, over `plan`.
+    fn where_(&self, a: &Self, b: &Self, plan: &WherePlan) -> Result<Self>;
+
+    /// `op` along the middle of `dims` (`len > 0`: the tensor layer fills empty reductions).
+    fn reduce(&self, dims: Around, op: ReduceOp) -> Result<Self>;
+
+    /// (log-)softmax along the middle of `dims`.
+    fn softmax(&self, dims: Around, log: bool) -> Result<Self>;
+
+    /// Index of the maximum along the middle of `dims` (`len > 0`), as u32.
+    fn argmax(&self, dims: Around) -> Result<Self>;
+
+    /// Running sums along the middle axis of `dims` (all extents > 0).
+    fn cumsum(&self, dims: Around, exclusive: bool, reverse: bool) -> Result<Self>;
+
+    /// The `k` first values along the middle axis of `dims` and their u32 indices (all
+    /// extents and `k` > 0, `k` ≤ the axis).
+    fn topk(&self, dims: Around, k: usize, largest: bool) -> Result<(Self, Self)>;
+
+    /// layer_norm (`rms` false) or rms_norm over `rows` rows of `len` values, with optional
+    /// weight and bias of `len` values.
+    #[allow(clippy::too_many_arguments)]
+    fn norm(
+        &self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+        rows: usize,
+        len: usize,
+        eps: f32,
+        rms: bool,
+    ) -> Result<Self>;
+
+    /// The input gradient of a norm over `rows` rows of `len` values (both > 0) from the
+    /// output gradient `g` and the optional weight: (dx, each row's mean, each row's
+    /// `1/sqrt(var + eps)`). `Unsupported` where a row is too long for the device's kernel
+    /// (the caller then composes it from reductions).
+    #[allow(clippy::too_many_arguments)]
+    fn norm_backward(
+        &self,
+        weight: Option<&Self>,
+        g: &Self,
+        rows: usize,
+        len: usize,
+        eps: f32,
+        rms: bool,
+    ) -> Result<(Self, Self, Self)>;
+
+    /// A norm's weight and bias gradients from its input (`self`), the output gradient and the
+    /// row statistics `norm_backward` made: `(Σ_rows g·x̂, Σ_rows g)`. `Unsupported` where the
+    /// rows are too many for one pass of the device's kernel.
+    fn norm_param_grads(&self, gmr: [&Self; 3], rows: usize, len: usize) -> Result<(Self, Self)>;
+
+    /// Per-row cross-entropy of `[rows, classes]` logits against `targets` (u32, with `t` its
+    /// values on the host): the losses and each row's logsumexp.
+    fn cross_entropy(&self, targets: &Self, t: &[u32], classes: usize) -> Result<(Self, Self)>;
+
+    /// The logits' gradient of `cross_entropy` from the loss gradient `g`.
+    fn cross_entropy_grad(
+        &self,
+        targets: &Self,
+        t: &[u32],
+        lse: &Self,
+        g: &Self,
+        classes: usize,
+    ) -> Result<Self>;
+
+    /// `act(self · rhs + bias) + residual` over `plan` (`k > 0`: the tensor layer handles
+    /// empty sums; the residual has the output's values).
+    fn matmul(
+        &self,
+        rhs: &Self,
+        plan: &MatmulPlan,
+        bias: Option<&Self>,
+        act: Option<UnaryOp>,
+        residual: Option<&Self>,
+    ) -> Result<Self>;
+
+    /// `self · rhs` over `plan` (`m, n, k > 0`, no epilogue) and, where the backend's kernel
+    /// adds them in the same pass, the sums of the left operand's rows (`[batches, m]`).
+    fn matmul_row_sums(&self, rhs: &Self, plan: &MatmulPlan) -> Result<(Self, Option<Self>)>;
+
+    /// `self · rhs` with both operands rounded to f16 and f32 accumulation; the operands hold
+    /// `lens` values. `Unsupported` on a GPU without SHADER_F16 (even for an empty product).
+    fn matmul_f16(&self, rhs: &Self, plan: &MatmulPlan, lens: (usize, usize)) -> Result<Self>;
+
+    /// 2-D convolution over the window `w` (input and weight non-empty).
+    fn conv2d(&self, weight: &Self, bias: Option<&Self>, w: &Window) -> Result<Self>;
+
+    /// Max (`max`) or average pooling over the window `w`.
+    fn pool2d(&self, w: &Window, max: bool) -> Result<Self>;
+
+    /// These f32 values (contiguous, of `src_dims`, none empty) padded or cropped to `dims`:
+    /// `before[d]` is the output index minus the source index along d; outside, `value`.
+    fn pad(&self, src_dims: &[usize], dims: &[usize], before: &[isize], value: f32)
+    -> Result<Self>;
+
+    /// The slices `idx` (u32 `indices`, checked) of the middle of `dims`, any element type.
+    fn index_select(&self, indices: &Self, idx: &[u32], dims: Around) -> Result<Self>;
+
+    /// PyTorch's gather along `axis` with the u32 `index` (shape `dims`, values `idx` checked),
+    /// from a source with strides `x_strides`; any element type.
+    fn gather(
+        &self,
+        index: &Self,
+        idx: &[u32],
+        dims: &[usize],
+        x_strides: &[usize],
+        axis: usize,
+    ) -> Result<Self>;
+
+    /// `g · op'(self)` over `n` values.
+    fn unary_grad(&self, g: &Self, op: UnaryOp, n: usize) -> Result<Self>;
+
+    /// The scatter-add of `self` (a gradient of shape `g_dims`, non-empty) through the u32
+    /// `index` (values `idx`) along `axis` into zeros of shape `out_dims` (non-empty).
+    fn scatter_add(
+        &self,
+        index: &Self,
+        idx: &[u32],
+        out_dims: &[usize],
+        g_dims: &[usize],
+        axis: usize,
+    ) -> Result<Self>;
+
+    /// index_select's gradient from `self` (non-empty) into zeros of `dims`, from the picks
+    /// grouped by row on the host (`starts`, `order`: a counting sort of the checked indices).
+    fn index_select_grad(&self, starts: &[u32], order: &[u32], dims: Around) -> Result<Self>;
+
+    /// index_select's gradient reading the indices from `index` on the device where the
+    /// backend can (for indices the host must not plan from: a captured step's inputs); the
+    /// host values `idx` otherwise.
+    fn index_select_grad_on_device(&self, index: &Self, idx: &[u32], dims: Around) -> Result<Self>;
+
+    /// conv2d's input gradient (`weight` false; `other` is the weight) or weight gradient
+    /// (`other` is the input) from the output gradient `self`; `n` values out (non-empty).
+    fn conv2d_grad(&self, other: &Self, w: &Window, weight: bool, n: usize) -> Result<Self>;
+
+    /// The pooling gradient of the input `self` (`n` values) from the output gradient `g`.
+    fn pool2d_grad(&self, g: &Self, w: &Window, max: bool, n: usize) -> Result<Self>;
+
+    /// Trade a program that has run, and that no other storage shares, for its values, so that
+    /// an in-place update need not copy them.
+    fn settle(&mut self) -> Result<()>;
+
+    /// Whether another storage shares these values (an in-place write would change it too).
+    fn is_shared(&self) -> bool;
+
+    /// One fused optimizer update of these `params.n` values in place from `grad`, with `state`
+    /// (none, the momentum buffer, or Adam's moments) updated in place too; `replay` gives the
+    /// hyper-parameters of each replay of a captured step. The caller has made every one of
+    /// them unshared.
+    fn optimizer_update(
+        &mut self,
+        grad: &Self,
+        state: &mut [&mut Self],
+        params: &OptimParams,
+        replay: Option<&Arc<Replayed>>,
+    ) -> Result<()>;
+
+    /// Attention over the views `dims` describes of `qkv` (the same storage three times when
+    /// packed): the output `[batch, tq, heads, dv]` and each query row's logsumexp. Every
+    /// extent > 0 except the head dimensions. `Unsupported` where the backend's kernel cannot
+    /// take the problem (the caller composes it instead).
+    fn attention(qkv: [&Self; 3], dims: &AttnDims) -> Result<(Self, Self)>;
+
+    /// The gradients of attention's inputs from its output, the output's gradient and the
+    /// forward's logsumexp (`ogl`): one storage in the packed layout, or three.
+    fn attention_backward(qkv: [&Self; 3], ogl: [&Self; 3], dims: &AttnDims) -> Result<Vec<Self>>;
+}

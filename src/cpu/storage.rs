@@ -1,0 +1,533 @@
+//! The CPU backend's storage: host values, typed, and every op of the backend contract
+//! ([`BackendStorage`]) as the loops of this module's siblings.
+
+use super::fused::{self, CpuFused};
+use crate::attention::AttnDims;
+use crate::backend::{Around, BackendStorage, WherePlan, mismatch};
+use crate::conv::Window;
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::fusion::{self, LeafMap, Operand};
+use crate::matmul_plan::MatmulPlan;
+use crate::op::{BinaryOp, ReduceOp, UnaryOp};
+use crate::optim_params::{OptimParams, Replayed};
+use crate::shape::BroadcastLayout;
+use crate::strided::StridedCopy;
+use std::sync::Arc;
+
+/// Host values, typed. Cloning shares them; an in-place update copies shared values first.
+#[derive(Clone)]
+pub(crate) enum CpuStorage {
+    /// 32-bit floats.
+    F32(Arc<Vec<f32>>),
+    /// 32-bit unsigned integers.
+    U32(Arc<Vec<u32>>),
+    /// 32-bit floats that a fused elementwise program computes when they are read
+    /// (`cpu/fused.rs`).
+    Lazy(Arc<CpuFused>),
+}
+
+/// f32 results.
+fn f32s_of(v: Vec<f32>) -> CpuStorage {
+    CpuStorage::F32(Arc::new(v))
+}
+
+/// u32 results.
+fn u32s_of(v: Vec<u32>) -> CpuStorage {
+    CpuStorage::U32(Arc::new(v))
+}
+
+impl CpuStorage {
+    /// `data`, kept as it is.
+    pub(crate) fn from_f32(data: Vec<f32>) -> CpuStorage {
+        f32s_of(data)
+    }
+
+    /// u32 `data`, shared.
+    pub(crate) fn from_u32(data: Arc<Vec<u32>>) -> CpuStorage {
+        CpuStorage::U32(data)
+    }
+
+    /// `n` copies of `value`.
+    pub(crate) fn full(n: usize, value: f32) -> Result<CpuStorage> {
+        Ok(f32s_of(super::fill(n, value)?))
+    }
+
+    /// `n` values of `dtype` filled by strided copies from `parts` (which cover it and have
+    /// that element type, unless the caller asked for zeros: a zero start serves both).
+    pub(crate) fn assemble(
+        op: &'static str,
+        dtype: DType,
+        n: usize,
+        parts: &[(&CpuStorage, &StridedCopy)],
+    ) -> Result<CpuStorage> {
+        fn fill<T: Copy + Default>(
+            op: &'static str,
+            n: usize,
+            parts: &[(&[T], &StridedCopy)],
+        ) -> Result<Vec<T>> {
+            let mut out = super::alloc(op, n)?;
+            for (src, plan) in parts {
+                super::strided_copy(src, &mut out, plan);
+            }
+            Ok(out)
+        }
+        Ok(match dtype {
+            DType::F32 => {
+                let srcs = parts
+                    .iter()
+                    .map(|(s, p)| Ok((s.f32s(op)?.as_slice(), *p)))
+                    .collect::<Result<Vec<_>>>()?;
+                f32s_of(fill(op, n, &srcs)?)
+            }
+            DType::U32 => {
+                let srcs = parts
+                    .iter()
+                    .map(|(s, p)| Ok((s.u32s(op)?.as_slice(), *p)))
+                    .collect::<Result<Vec<_>>>()?;
+                u32s_of(fill(op, n, &srcs)?)
+            }
+        })
+    }
+
+    /// The f32 values (running a fused program first).
+    pub(crate) fn f32s(&self, op: &'static str) -> Result<&Arc<Vec<f32>>> {
+        match self {
+            CpuStorage::F32(v) => Ok(v),
+            CpuStorage::Lazy(f) => f.materialized(),
+            other => Err(mismatch(op, DType::F32, other.dtype())),
+        }
+    }
+
+    /// The u32 values.
+    fn u32s(&self, op: &'static str) -> Result<&Arc<Vec<u32>>> {
+        match self {
+            CpuStorage::U32(v) => Ok(v),
+            other => Err(mismatch(op, DType::U32, other.dtype())),
+        }
+    }
+
+    /// This f32 operand as the input of a fused program, read through `map`: its program (to
+    /// extend) where it has the output's shape and stays within one program's size, else its
+    /// values.
+    fn operand(
+        &self,
+        op: &'static str,
+        map: LeafMap,
+        parts: usize,
+    ) -> Result<Operand<'_, Arc<Vec<f32>>>> {
+        if let CpuStorage::Lazy(f) = self
+            && f.extendable(&map, parts)
+        {
+            return Ok(Operand::Program(f));
+        }
+        Ok(Operand::Buffer(self.f32s(op)?, map))
+    }
+
+    /// The values of an optional f32 operand.
+    fn opt_f32s<'s>(op: &'static str, s: Option<&'s CpuStorage>) -> Result<Option<&'s [f32]>> {
+        s.map(|s| Ok(s.f32s(op)?.as_slice())).transpose()
+    }
+}
+
+impl BackendStorage for CpuStorage {
+    fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) | CpuStorage::Lazy(_) => DType::F32,
+            CpuStorage::U32(_) => DType::U32,
+        }
+    }
+
+    fn to_f32(&self, op: &'static str, _n: usize) -> Result<Vec<f32>> {
+        Ok(self.f32s(op)?.as_ref().clone())
+    }
+
+    fn to_u32(&self, op: &'static str, _n: usize) -> Result<Vec<u32>> {
+        Ok(self.u32s(op)?.as_ref().clone())
+    }
+
+    fn duplicate(&self, _op: &'static str, _n: usize) -> Result<CpuStorage> {
+        Ok(self.clone())
+    }
+
+    fn unary(&self, op: UnaryOp, n: usize) -> Result<CpuStorage> {
+        if n > 0 && fused::enabled() {
+            let x = self.operand(op.name(), LeafMap::Contiguous, 1)?;
+            return Ok(CpuStorage::Lazy(fused::fused_unary(x, op, n)));
+        }
+        Ok(f32s_of(super::unary(self.f32s(op.name())?, op)?))
+    }
+
+    fn splat(&self, n: usize) -> Result<Option<CpuStorage>> {
+        if n == 0 || !fused::enabled() {
+            return Ok(None);
+        }
+        let x = match self {
+            CpuStorage::Lazy(f) if !f.is_done() => Operand::Splat(f),
+            _ => Operand::Buffer(self.f32s("broadcast_to")?, LeafMap::Scalar),
+        };
+        Ok(Some(CpuStorage::Lazy(fused::fused_splat(x, n))))
+    }
+
+    fn binary(
+        &self,
+        rhs: &CpuStorage,
+        layout: &BroadcastLayout,
+        n: usize,
+        op: BinaryOp,
+    ) -> Result<CpuStorage> {
+        let name = op.name();
+        // With fusion on, both operands' maps within the generated code's reach: a program.
+        let maps = (
+            LeafMap::of(&layout.dims, &layout.lhs),
+            LeafMap::of(&layout.dims, &layout.rhs),
+        );
+        if n > 0 && fusion::fits(&maps.0) && fusion::fits(&maps.1) && fused::enabled() {
+            let (x, y) = (
+                self.operand(name, maps.0, 2)?,
+                rhs.operand(name, maps.1.clone(), 2)?,
+            );
+            let y = fusion::within_caps(&x, y, || Ok(Operand::Buffer(rhs.f32s(name)?, maps.1)))?;
+            return Ok(CpuStorage::Lazy(fused::fused_binary(x, y, op, n)));
+        }
+        Ok(f32s_of(super::binary(
+            self.f32s(name)?,
+            rhs.f32s(name)?,
+            layout,
+            n,
+            op,
+        )?))
+    }
+
+    fn where_(&self, a: &CpuStorage, b: &CpuStorage, plan: &WherePlan) -> Result<CpuStorage> {
+        const OP: &str = "where";
+        let [sm, sa, sb] = &plan.strides;
+        Ok(f32s_of(super::where_(
+            [self.f32s(OP)?, a.f32s(OP)?, b.f32s(OP)?],
+            &plan.dims,
+            [sm, sa, sb],
+        )?))
+    }
+
+    fn reduce(&self, dims: Around, op: ReduceOp) -> Result<CpuStorage> {
+        Ok(f32s_of(super::reduce(self.f32s(op.name())?, dims, op)?))
+    }
+
+    fn softmax(&self, dims: Around, log: bool) -> Result<CpuStorage> {
+        let op = if log { "log_softmax" } else { "softmax" };
+        Ok(f32s_of(super::softmax(self.f32s(op)?, dims, log)?))
+    }
+
+    fn argmax(&self, dims: Around) -> Result<CpuStorage> {
+        Ok(u32s_of(super::argmax(self.f32s("argmax")?, dims)?))
+    }
+
+    fn cumsum(&self, dims: Around, exclusive: bool, reverse: bool) -> Result<CpuStorage> {
+        let x = self.f32s("cumsum")?;
+        Ok(f32s_of(super::cumsum(x, dims, exclusive, reverse)?))
+    }
+
+    fn topk(&self, dims: Around, k: usize, largest: bool) -> Result<(CpuStorage, CpuStorage)> {
+        let (v, i) = super::topk(self.f32s("topk")?, dims, k, largest)?;
+        Ok((f32s_of(v), u32s_of(i)))
+    }
+
+    fn norm(
+        &self,
+        weight: Option<&CpuStorage>,
+        bias: Option<&CpuStorage>,
+        _rows: usize,
+        len: usize,
+        eps: f32,
+        rms: bool,
+    ) -> Result<CpuStorage> {
+        let op = if rms { "rms_norm" } else { "layer_norm" };
+        let (w, b) = (Self::opt_f32s(op, weight)?, Self::opt_f32s(op, bias)?);
+        Ok(f32s_of(super::norm(self.f32s(op)?, w, b, len, eps, rms)?))
+    }
+
+    fn norm_backward(
+        &self,
+        weight: Option<&CpuStorage>,
+        g: &CpuStorage,
+        _rows: usize,
+        len: usize,
+        eps: f32,
+        rms: bool,
+    ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
+        const OP: &str = "layer_norm backward";
+        let w = Self::opt_f32s(OP, weight)?;
+        let (dx, m, r) = super::norm_backward(self.f32s(OP)?, w, g.f32s(OP)?, len, eps, rms)?;
+        Ok((f32s_of(dx), f32s_of(m), f32s_of(r)))
+    }
+
+    fn norm_param_grads(
+        &self,
+        [g, mean, r]: [&CpuStorage; 3],
+        _rows: usize,
+        len: usize,
+    ) -> Result<(CpuStorage, CpuStorage)> {
+        const OP: &str = "layer_norm backward";
+        let (x, g, mean, r) = (self.f32s(OP)?, g.f32s(OP)?, mean.f32s(OP)?, r.f32s(OP)?);
+        let (dw, db) = super::norm_param_grads(x, g, mean, r, len)?;
+        Ok((f32s_of(dw), f32s_of(db)))
+    }
+
+    fn cross_entropy(
+        &self,
+        _targets: &CpuStorage,
+        t: &[u32],
+        classes: usize,
+    ) -> Result<(CpuStorage, CpuStorage)> {
+        let (loss, lse) = super::cross_entropy_rows(self.f32s("cross_entropy")?, t, classes)?;
+        Ok((f32s_of(loss), f32s_of(lse)))
+    }
+
+    fn cross_entropy_grad(
+        &self,
+        _targets: &CpuStorage,
+        t: &[u32],
+        lse: &CpuStorage,
+        g: &CpuStorage,
+        classes: usize,
+    ) -> Result<CpuStorage> {
+        const OP: &str = "cross_entropy backward";
+        let (x, l, g) = (self.f32s(OP)?, lse.f32s(OP)?, g.f32s(OP)?);
+        Ok(f32s_of(super::cross_entropy_grad(x, t, l, g, classes)?))
+    }
+
+    fn matmul(
+        &self,
+        rhs: &CpuStorage,
+        plan: &MatmulPlan,
+        bias: Option<&CpuStorage>,
+        act: Option<UnaryOp>,
+        residual: Option<&CpuStorage>,
+    ) -> Result<CpuStorage> {
+        const OP: &str = "matmul";
+        let bias = Self::opt_f32s(OP, bias)?;
+        let mut y = super::linear(self.f32s(OP)?, rhs.f32s(OP)?, plan, bias, act)?;
+        if let Some(r) = Self::opt_f32s(OP, residual)? {
+            y.iter_mut().zip(r).for_each(|(v, &r)| *v += r);
+        }
+        Ok(f32s_of(y))
+    }
+
+    fn matmul_row_sums(
+        &self,
+        rhs: &CpuStorage,
+        plan: &MatmulPlan,
+    ) -> Result<(CpuStorage, Option<CpuStorage>)> {
+        Ok((self.matmul(rhs, plan, None, None, None)?, None))
+    }
+
+    fn matmul_f16(
+        &self,
+        rhs: &CpuStorage,
+        plan: &MatmulPlan,
+        _lens: (usize, usize),
+    ) -> Result<CpuStorage> {
+        const OP: &str = "matmul_f16";
+        let round = |v: &[f32]| -> Vec<f32> {
+            v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+        };
+        let (a, b) = (round(self.f32s(OP)?), round(rhs.f32s(OP)?));
+        Ok(f32s_of(super::matmul(&a, &b, plan)?))
+    }
+
+    fn conv2d(
+        &self,
+        weight: &CpuStorage,
+        bias: Option<&CpuStorage>,
+        w: &Window,
+    ) -> Result<CpuStorage> {
+        const OP: &str = "conv2d";
+        let bias = Self::opt_f32s(OP, bias)?;
+        Ok(f32s_of(super::conv2d(
+            self.f32s(OP)?,
+            weight.f32s(OP)?,
+            bias,
+            w,
+        )?))
+    }
+
+    fn pool2d(&self, w: &Window, max: bool) -> Result<CpuStorage> {
+        let op = if max { "max_pool2d" } else { "avg_pool2d" };
+        Ok(f32s_of(super::pool2d(self.f32s(op)?, w, max)?))
+    }
+
+    fn pad(
+        &self,
+        src_dims: &[usize],
+        dims: &[usize],
+        before: &[isize],
+        value: f32,
+    ) -> Result<CpuStorage> {
+        let x = self.f32s("pad")?;
+        Ok(f32s_of(super::pad(x, src_dims, dims, before, value)?))
+    }
+
+    fn index_select(&self, _indices: &CpuStorage, idx: &[u32], dims: Around) -> Result<CpuStorage> {
+        Ok(match self {
+            CpuStorage::U32(v) => u32s_of(super::index_select(v, idx, dims)?),
+            f => f32s_of(super::index_select(f.f32s("index_select")?, idx, dims)?),
+        })
+    }
+
+    fn gather(
+        &self,
+        _index: &CpuStorage,
+        idx: &[u32],
+        dims: &[usize],
+        x_strides: &[usize],
+        axis: usize,
+    ) -> Result<CpuStorage> {
+        Ok(match self {
+            CpuStorage::U32(v) => u32s_of(super::gather(v, idx, dims, x_strides, axis)?),
+            f => f32s_of(super::gather(
+                f.f32s("gather")?,
+                idx,
+                dims,
+                x_strides,
+                axis,
+            )?),
+        })
+    }
+
+    fn unary_grad(&self, g: &CpuStorage, op: UnaryOp, _n: usize) -> Result<CpuStorage> {
+        let name = op.name();
+        Ok(f32s_of(super::unary_grad(
+            self.f32s(name)?,
+            g.f32s(name)?,
+            op,
+        )?))
+    }
+
+    fn scatter_add(
+        &self,
+        _index: &CpuStorage,
+        idx: &[u32],
+        out_dims: &[usize],
+        g_dims: &[usize],
+        axis: usize,
+    ) -> Result<CpuStorage> {
+        let g = self.f32s("scatter_add")?;
+        Ok(f32s_of(super::scatter_add(g, idx, out_dims, g_dims, axis)?))
+    }
+
+    fn index_select_grad(&self, starts: &[u32], order: &[u32], dims: Around) -> Result<CpuStorage> {
+        let g = self.f32s("index_select backward")?;
+        Ok(f32s_of(super::index_select_grad(
+            g,
+            starts,
+            order,
+            dims,
+            order.len(),
+        )?))
+    }
+
+    fn index_select_grad_on_device(
+        &self,
+        _index: &CpuStorage,
+        idx: &[u32],
+        dims: Around,
+    ) -> Result<CpuStorage> {
+        let (starts, order) = super::group_by_row(idx, dims.1);
+        self.index_select_grad(&starts, &order, dims)
+    }
+
+    fn conv2d_grad(
+        &self,
+        other: &CpuStorage,
+        w: &Window,
+        weight: bool,
+        _n: usize,
+    ) -> Result<CpuStorage> {
+        const OP: &str = "conv2d backward";
+        let (g, o) = (self.f32s(OP)?, other.f32s(OP)?);
+        Ok(f32s_of(if weight {
+            super::conv2d_grad_weight(g, o, w)?
+        } else {
+            super::conv2d_grad_input(g, o, w)?
+        }))
+    }
+
+    fn pool2d_grad(&self, g: &CpuStorage, w: &Window, max: bool, _n: usize) -> Result<CpuStorage> {
+        const OP: &str = "pool2d backward";
+        Ok(f32s_of(super::pool2d_grad(
+            self.f32s(OP)?,
+            g.f32s(OP)?,
+            w,
+            max,
+        )?))
+    }
+
+    fn settle(&mut self) -> Result<()> {
+        if let CpuStorage::Lazy(f) = self
+            && f.is_done()
+            && Arc::strong_count(f) == 1
+        {
+            *self = CpuStorage::F32(f.materialized()?.clone());
+        }
+        Ok(())
+    }
+
+    fn is_shared(&self) -> bool {
+        // The CPU backend copies on write, so its values never count as shared; an unrun
+        // program does (the update works on a copy).
+        matches!(self, CpuStorage::Lazy(_))
+    }
+
+    fn optimizer_update(
+        &mut self,
+        grad: &CpuStorage,
+        state: &mut [&mut CpuStorage],
+        params: &OptimParams,
+        _replay: Option<&Arc<Replayed>>,
+    ) -> Result<()> {
+        const OP: &str = "optimizer step";
+        let dtype = self.dtype();
+        let CpuStorage::F32(w) = self else {
+            return Err(mismatch(OP, DType::F32, dtype));
+        };
+        let mut bufs = Vec::with_capacity(state.len());
+        for s in state.iter_mut() {
+            match &mut **s {
+                CpuStorage::F32(v) => bufs.push(Arc::make_mut(v)),
+                other => return Err(mismatch(OP, DType::F32, other.dtype())),
+            }
+        }
+        super::update(
+            Arc::make_mut(w).as_mut_slice(),
+            grad.f32s(OP)?,
+            &mut bufs,
+            params,
+        );
+        Ok(())
+    }
+
+    fn attention([q, k, v]: [&CpuStorage; 3], dims: &AttnDims) -> Result<(CpuStorage, CpuStorage)> {
+        const OP: &str = "attention";
+        let (o, lse) = super::attention([q.f32s(OP)?, k.f32s(OP)?, v.f32s(OP)?], dims)?;
+        Ok((f32s_of(o), f32s_of(lse)))
+    }
+
+    fn attention_backward(
+        qkv: [&CpuStorage; 3],
+        [o, g, lse]: [&CpuStorage; 3],
+        dims: &AttnDims,
+    ) -> Result<Vec<CpuStorage>> {
+        const OP: &str = "attention backward";
+        fn f(s: &CpuStorage) -> Result<&[f32]> {
+            Ok(s.f32s(OP)?.as_slice())
+        }
+        let grads = super::attention_backward(
+            [f(qkv[0])?, f(qkv[1])?, f(qkv[2])?],
+            f(o)?,
+            f(g)?,
+            f(lse)?,
+            dims,
+        )?;
+        Ok(grads.into_iter().map(f32s_of).collect())
+    }
+}
