@@ -29,6 +29,29 @@ pub(crate) struct WherePlan {
     pub strides: [Vec<usize>; 3],
 }
 
+/// A problem whose one-kernel form a backend may not take: llvmpipe ends shader loops after
+/// 65,535 iterations, and some GPU kernels have fixed sizes. The tensor layer asks
+/// [`BackendStorage::takes`] before it runs one, and composes it from other ops (chunked
+/// reductions, slices of K) where the answer is no; a kernel asked anyway refuses with
+/// `Unsupported` rather than give a wrong answer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Kernel<'a> {
+    /// (log-)softmax along an axis of `len` values.
+    Softmax { len: usize },
+    /// layer_norm or rms_norm over rows of `len` values.
+    Norm { len: usize },
+    /// A norm's input gradient over rows of `len` values.
+    NormBackward { len: usize },
+    /// A norm's weight and bias gradients over `rows` rows.
+    NormParamGrads { rows: usize },
+    /// Cross-entropy over rows of `classes` logits.
+    CrossEntropy { classes: usize },
+    /// A matrix product summing over `k`.
+    Matmul { k: usize },
+    /// Attention over these views.
+    Attention(&'a AttnDims),
+}
+
 /// `DTypeMismatch` for `op`.
 pub(crate) fn mismatch(op: &'static str, expected: DType, got: DType) -> Error {
     Error::DTypeMismatch { op, expected, got }
@@ -39,6 +62,9 @@ pub(crate) fn mismatch(op: &'static str, expected: DType, got: DType) -> Error {
 pub(crate) trait BackendStorage: Sized + Clone {
     /// The element type.
     fn dtype(&self) -> DType;
+
+    /// Whether this backend's kernel takes `kernel` in one piece (see [`Kernel`]).
+    fn takes(&self, kernel: Kernel) -> bool;
 
     /// The `n` f32 values (a GPU submits its recorded work and waits).
     fn to_f32(&self, op: &'static str, n: usize) -> Result<Vec<f32>>;
@@ -94,8 +120,7 @@ pub(crate) trait BackendStorage: Sized + Clone {
 
     /// The input gradient of a norm over `rows` rows of `len` values (both > 0) from the
     /// output gradient `g` and the optional weight: (dx, each row's mean, each row's
-    /// `1/sqrt(var + eps)`). `Unsupported` where a row is too long for the device's kernel
-    /// (the caller then composes it from reductions).
+    /// `1/sqrt(var + eps)`).
     #[allow(clippy::too_many_arguments)]
     fn norm_backward(
         &self,
@@ -108,8 +133,7 @@ pub(crate) trait BackendStorage: Sized + Clone {
     ) -> Result<(Self, Self, Self)>;
 
     /// A norm's weight and bias gradients from its input (`self`), the output gradient and the
-    /// row statistics `norm_backward` made: `(Σ_rows g·x̂, Σ_rows g)`. `Unsupported` where the
-    /// rows are too many for one pass of the device's kernel.
+    /// row statistics `norm_backward` made: `(Σ_rows g·x̂, Σ_rows g)`.
     fn norm_param_grads(&self, gmr: [&Self; 3], rows: usize, len: usize) -> Result<(Self, Self)>;
 
     /// Per-row cross-entropy of `[rows, classes]` logits against `targets` (u32, with `t` its
@@ -221,8 +245,7 @@ pub(crate) trait BackendStorage: Sized + Clone {
 
     /// Attention over the views `dims` describes of `qkv` (the same storage three times when
     /// packed): the output `[batch, tq, heads, dv]` and each query row's logsumexp. Every
-    /// extent > 0 except the head dimensions. `Unsupported` where the backend's kernel cannot
-    /// take the problem (the caller composes it instead).
+    /// extent > 0 except the head dimensions.
     fn attention(qkv: [&Self; 3], dims: &AttnDims) -> Result<(Self, Self)>;
 
     /// The gradients of attention's inputs from its output, the output's gradient and the

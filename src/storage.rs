@@ -9,12 +9,12 @@
 
 use crate::attention::AttnDims;
 use crate::backend::BackendStorage;
-pub(crate) use crate::backend::{Around, WherePlan};
+pub(crate) use crate::backend::{Around, Kernel, WherePlan};
 use crate::conv::Window;
 use crate::cpu::storage::CpuStorage;
 use crate::device::Device;
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::context::GpuContext;
 use crate::gpu::storage::GpuStorage;
 use crate::matmul_plan::MatmulPlan;
@@ -24,6 +24,11 @@ use crate::shape::BroadcastLayout;
 use crate::strided::StridedCopy;
 use std::sync::Arc;
 
+mod backward;
+mod dispatch;
+
+use dispatch::{Backend, on, opt, the, wrap2};
+
 /// A tensor's values on one backend. Cloning shares them.
 #[derive(Clone)]
 pub(crate) enum Storage {
@@ -31,87 +36,6 @@ pub(crate) enum Storage {
     Cpu(CpuStorage),
     /// A buffer on a wgpu device.
     Gpu(GpuStorage),
-}
-
-fn backends(op: &'static str) -> Error {
-    Error::DeviceMismatch {
-        op,
-        lhs: "a CPU tensor".into(),
-        rhs: "a GPU tensor".into(),
-    }
-}
-
-/// One backend's storage inside a [`Storage`]: how an operand is taken out for that backend's
-/// method, so that each op below is one line whichever backend runs it.
-trait Backend: BackendStorage {
-    fn of<'s>(s: &'s Storage, op: &'static str) -> Result<&'s Self>;
-    fn of_mut<'s>(s: &'s mut Storage, op: &'static str) -> Result<&'s mut Self>;
-    fn wrap(self) -> Storage;
-}
-
-impl Backend for CpuStorage {
-    fn of<'s>(s: &'s Storage, op: &'static str) -> Result<&'s Self> {
-        match s {
-            Storage::Cpu(c) => Ok(c),
-            Storage::Gpu(_) => Err(backends(op)),
-        }
-    }
-    fn of_mut<'s>(s: &'s mut Storage, op: &'static str) -> Result<&'s mut Self> {
-        match s {
-            Storage::Cpu(c) => Ok(c),
-            Storage::Gpu(_) => Err(backends(op)),
-        }
-    }
-    fn wrap(self) -> Storage {
-        Storage::Cpu(self)
-    }
-}
-
-impl Backend for GpuStorage {
-    fn of<'s>(s: &'s Storage, op: &'static str) -> Result<&'s Self> {
-        match s {
-            Storage::Gpu(g) => Ok(g),
-            Storage::Cpu(_) => Err(backends(op)),
-        }
-    }
-    fn of_mut<'s>(s: &'s mut Storage, op: &'static str) -> Result<&'s mut Self> {
-        match s {
-            Storage::Gpu(g) => Ok(g),
-            Storage::Cpu(_) => Err(backends(op)),
-        }
-    }
-    fn wrap(self) -> Storage {
-        Storage::Gpu(self)
-    }
-}
-
-/// `s` taken out for the backend `B` (`DeviceMismatch` if it is on the other one).
-fn the<'s, B: Backend>(s: &'s Storage, op: &'static str) -> Result<&'s B> {
-    B::of(s, op)
-}
-
-/// [`the`] of an optional operand.
-fn opt<'s, B: Backend>(s: Option<&'s Storage>, op: &'static str) -> Result<Option<&'s B>> {
-    s.map(|s| B::of(s, op)).transpose()
-}
-
-/// `$body` with `$x` bound to `$s`'s backend storage (the other operands taken out with
-/// [`the`] and [`opt`], whose backend the body's method infers), its result `wrap`ped by `$w`.
-macro_rules! on {
-    ($s:expr, |$x:ident| $body:expr, $w:expr) => {
-        match $s {
-            Storage::Cpu($x) => $body.map($w),
-            Storage::Gpu($x) => $body.map($w),
-        }
-    };
-    ($s:expr, |$x:ident| $body:expr) => {
-        on!($s, |$x| $body, Backend::wrap)
-    };
-}
-
-/// Two results wrapped.
-fn wrap2<B: Backend>((a, b): (B, B)) -> (Storage, Storage) {
-    (a.wrap(), b.wrap())
 }
 
 impl Storage {
@@ -164,6 +88,15 @@ impl Storage {
         match self {
             Storage::Cpu(c) => c.dtype(),
             Storage::Gpu(g) => g.dtype(),
+        }
+    }
+
+    /// Whether this backend's kernel takes `kernel` in one piece (else the tensor layer
+    /// composes it from other ops).
+    pub(crate) fn takes(&self, kernel: Kernel) -> bool {
+        match self {
+            Storage::Cpu(c) => c.takes(kernel),
+            Storage::Gpu(g) => g.takes(kernel),
         }
     }
 
@@ -294,40 +227,6 @@ impl Storage {
         ))
     }
 
-    /// A norm's input gradient and row statistics (`BackendStorage::norm_backward`).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn norm_backward(
-        &self,
-        weight: Option<&Storage>,
-        g: &Storage,
-        rows: usize,
-        len: usize,
-        eps: f32,
-        rms: bool,
-    ) -> Result<(Storage, Storage, Storage)> {
-        const OP: &str = "layer_norm backward";
-        on!(
-            self,
-            |x| x.norm_backward(opt(weight, OP)?, the(g, OP)?, rows, len, eps, rms),
-            |(a, b, c)| (a.wrap(), b.wrap(), c.wrap())
-        )
-    }
-
-    /// A norm's weight and bias gradients (`BackendStorage::norm_param_grads`).
-    pub(crate) fn norm_param_grads(
-        &self,
-        [g, m, r]: [&Storage; 3],
-        rows: usize,
-        len: usize,
-    ) -> Result<(Storage, Storage)> {
-        const OP: &str = "layer_norm backward";
-        on!(
-            self,
-            |x| x.norm_param_grads([the(g, OP)?, the(m, OP)?, the(r, OP)?], rows, len),
-            wrap2
-        )
-    }
-
     /// Per-row cross-entropy of `[rows, classes]` logits against u32 `targets` (values `t`).
     pub(crate) fn cross_entropy(
         &self,
@@ -340,25 +239,6 @@ impl Storage {
             |x| x.cross_entropy(the(targets, "cross_entropy")?, t, classes),
             wrap2
         )
-    }
-
-    /// The logits' gradient of [`Storage::cross_entropy`] from the loss gradient `g`.
-    pub(crate) fn cross_entropy_grad(
-        &self,
-        targets: &Storage,
-        t: &[u32],
-        lse: &Storage,
-        g: &Storage,
-        classes: usize,
-    ) -> Result<Storage> {
-        const OP: &str = "cross_entropy backward";
-        on!(self, |x| x.cross_entropy_grad(
-            the(targets, OP)?,
-            t,
-            the(lse, OP)?,
-            the(g, OP)?,
-            classes
-        ))
     }
 
     // ---- products ---------------------------------------------------------------------------
@@ -495,87 +375,6 @@ impl Storage {
         ))
     }
 
-    // ---- backward kernels -------------------------------------------------------------------
-
-    /// `g · op'(self)` over `n` values.
-    pub(crate) fn unary_grad(&self, g: &Storage, op: UnaryOp, n: usize) -> Result<Storage> {
-        on!(self, |x| x.unary_grad(the(g, op.name())?, op, n))
-    }
-
-    /// The scatter-add of `self` through the u32 `index` (`BackendStorage::scatter_add`).
-    pub(crate) fn scatter_add(
-        &self,
-        index: &Storage,
-        idx: &[u32],
-        out_dims: &[usize],
-        g_dims: &[usize],
-        axis: usize,
-    ) -> Result<Storage> {
-        on!(self, |x| x.scatter_add(
-            the(index, "scatter_add")?,
-            idx,
-            out_dims,
-            g_dims,
-            axis
-        ))
-    }
-
-    /// index_select's gradient from `self` (non-empty) into zeros of `dims`, for the checked
-    /// indices `idx` along the middle axis. The picks are grouped by row on the host first (a
-    /// counting sort), so either backend does O(rows + picks) work.
-    pub(crate) fn index_select_grad(&self, idx: &[u32], dims: Around) -> Result<Storage> {
-        let (starts, order) = crate::cpu::group_by_row(idx, dims.1);
-        on!(self, |x| x.index_select_grad(&starts, &order, dims))
-    }
-
-    /// index_select's gradient reading the indices from `index` on the device, for indices
-    /// the host must not plan from (a captured step's inputs).
-    pub(crate) fn index_select_grad_on_device(
-        &self,
-        index: &Storage,
-        idx: &[u32],
-        dims: Around,
-    ) -> Result<Storage> {
-        const OP: &str = "index_select backward";
-        on!(self, |x| x.index_select_grad_on_device(
-            the(index, OP)?,
-            idx,
-            dims
-        ))
-    }
-
-    /// conv2d's input or weight gradient from the output gradient `self`.
-    pub(crate) fn conv2d_grad(
-        &self,
-        other: &Storage,
-        w: &Window,
-        weight: bool,
-        n: usize,
-    ) -> Result<Storage> {
-        on!(self, |x| x.conv2d_grad(
-            the(other, "conv2d backward")?,
-            w,
-            weight,
-            n
-        ))
-    }
-
-    /// The pooling gradient of the input `self` (`n` values) from the output gradient `g`.
-    pub(crate) fn pool2d_grad(
-        &self,
-        g: &Storage,
-        w: &Window,
-        max: bool,
-        n: usize,
-    ) -> Result<Storage> {
-        on!(self, |x| x.pool2d_grad(
-            the(g, "pool2d backward")?,
-            w,
-            max,
-            n
-        ))
-    }
-
     /// Attention over the views `dims` describes of `qkv` (`BackendStorage::attention`).
     pub(crate) fn attention(qkv: [&Storage; 3], dims: &AttnDims) -> Result<(Storage, Storage)> {
         fn run<B: Backend>(qkv: [&Storage; 3], dims: &AttnDims) -> Result<(Storage, Storage)> {
@@ -585,29 +384,6 @@ impl Storage {
         match qkv[0] {
             Storage::Cpu(_) => run::<CpuStorage>(qkv, dims),
             Storage::Gpu(_) => run::<GpuStorage>(qkv, dims),
-        }
-    }
-
-    /// The gradients of attention's inputs (`BackendStorage::attention_backward`).
-    pub(crate) fn attention_backward(
-        qkv: [&Storage; 3],
-        ogl: [&Storage; 3],
-        dims: &AttnDims,
-    ) -> Result<Vec<Storage>> {
-        fn run<B: Backend>(
-            qkv: [&Storage; 3],
-            ogl: [&Storage; 3],
-            dims: &AttnDims,
-        ) -> Result<Vec<Storage>> {
-            const OP: &str = "attention backward";
-            let [q, k, v] = qkv.map(|s| the::<B>(s, OP));
-            let [o, g, l] = ogl.map(|s| the::<B>(s, OP));
-            let grads = B::attention_backward([q?, k?, v?], [o?, g?, l?], dims)?;
-            Ok(grads.into_iter().map(Backend::wrap).collect())
-        }
-        match qkv[0] {
-            Storage::Cpu(_) => run::<CpuStorage>(qkv, ogl, dims),
-            Storage::Gpu(_) => run::<GpuStorage>(qkv, ogl, dims),
         }
     }
 

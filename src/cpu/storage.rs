@@ -3,7 +3,7 @@
 
 use super::fused::{self, CpuFused};
 use crate::attention::AttnDims;
-use crate::backend::{Around, BackendStorage, WherePlan, mismatch};
+use crate::backend::{Around, BackendStorage, Kernel, WherePlan, mismatch};
 use crate::conv::Window;
 use crate::dtype::DType;
 use crate::error::Result;
@@ -136,6 +136,10 @@ impl BackendStorage for CpuStorage {
             CpuStorage::F32(_) | CpuStorage::Lazy(_) => DType::F32,
             CpuStorage::U32(_) => DType::U32,
         }
+    }
+
+    fn takes(&self, _kernel: Kernel) -> bool {
+        true // the CPU's loops have no length limits
     }
 
     fn to_f32(&self, op: &'static str, _n: usize) -> Result<Vec<f32>> {

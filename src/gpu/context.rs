@@ -202,7 +202,7 @@ impl GpuContext {
     /// silently wrong result. Ops with a composite form fall back to it on this error.
     pub(crate) fn check_walk(&self, op: &'static str, iterations: usize) -> Result<()> {
         match self.walk_cap {
-            Some(cap) if iterations as u64 >= cap => Err(Error::Unsupported {
+            Some(cap) if !self.walks(iterations) => Err(Error::Unsupported {
                 op,
                 reason: format!(
                     "one invocation would run {iterations} loop iterations, and this driver \
@@ -211,6 +211,12 @@ impl GpuContext {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// Whether a kernel whose invocations run `iterations` loop iterations in all runs to the
+    /// end on this driver ([`GpuContext::check_walk`]).
+    pub(crate) fn walks(&self, iterations: usize) -> bool {
+        self.walk_cap.is_none_or(|cap| (iterations as u64) < cap)
     }
 
     /// `Error::DeviceLost` once the device is lost; one atomic load otherwise.

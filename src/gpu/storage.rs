@@ -9,7 +9,7 @@ use super::kernels::{attention, conv, copy, elementwise, grad, index, matmul, no
 use super::kernels::{reduce, scan, select, xent};
 use super::pool::PooledBuffer;
 use crate::attention::AttnDims;
-use crate::backend::{Around, BackendStorage, WherePlan, mismatch};
+use crate::backend::{Around, BackendStorage, Kernel, WherePlan, mismatch};
 use crate::conv::Window;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -256,6 +256,19 @@ impl GpuStorage {
 impl BackendStorage for GpuStorage {
     fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    fn takes(&self, kernel: Kernel) -> bool {
+        let ctx = &self.ctx;
+        match kernel {
+            Kernel::Softmax { len } => ctx.walks(reduce::softmax_walk(len)),
+            Kernel::Norm { len } => ctx.walks(norm::forward_walk(len)),
+            Kernel::NormBackward { len } => ctx.walks(norm::backward_walk(len)),
+            Kernel::NormParamGrads { rows } => norm::param_grads_takes(ctx, rows),
+            Kernel::CrossEntropy { classes } => ctx.walks(xent::walk(classes)),
+            Kernel::Matmul { k } => ctx.walks(matmul::walk(k)),
+            Kernel::Attention(dims) => attention::check(ctx, dims).is_ok(),
+        }
     }
 
     fn to_f32(&self, op: &'static str, n: usize) -> Result<Vec<f32>> {

@@ -6,7 +6,7 @@ use crate::attention::{AttentionOptions, AttnDims};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::shape::Shape;
-use crate::storage::Storage;
+use crate::storage::{Kernel, Storage};
 
 impl Tensor {
     /// Scaled dot-product attention over heads, in the sequence-major layout FlashAttention
@@ -119,20 +119,13 @@ impl Tensor {
         let storages = |ts: &[&Tensor]| -> [Storage; 3] {
             std::array::from_fn(|i| ts[i.min(ts.len() - 1)].storage.clone())
         };
-        let computed = if out_shape.numel() == 0 {
-            Err(Error::Unsupported {
-                op: "attention",
-                reason: "an empty output".into(),
-            })
-        } else {
-            let s = storages(inputs);
-            Storage::attention([&s[0], &s[1], &s[2]], &dims)
-        };
-        let (o, lse) = match computed {
-            Ok(pair) => pair,
-            Err(Error::Unsupported { .. }) => return Self::attention_composite(inputs, &dims),
-            Err(e) => return Err(e),
-        };
+        // An empty output, or a problem this backend's kernel does not take: products and a
+        // softmax.
+        if out_shape.numel() == 0 || !first.storage.takes(Kernel::Attention(&dims)) {
+            return Self::attention_composite(inputs, &dims);
+        }
+        let s = storages(inputs);
+        let (o, lse) = Storage::attention([&s[0], &s[1], &s[2]], &dims)?;
         let out = first.with(o, out_shape);
         if !Tensor::tracking(inputs) {
             return Ok(out);

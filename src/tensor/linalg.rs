@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::matmul_plan::MatmulPlan;
 use crate::op::UnaryOp;
 use crate::shape::Shape;
+use crate::storage::Kernel;
 
 /// Slices of K a split-K matmul sums, where a device cannot walk all of K in one kernel.
 const SPLIT_K: usize = 16_384;
@@ -66,11 +67,10 @@ impl Tensor {
             // An empty sum: the product is all zeros.
             return Tensor::zeros(&self.device, plan.out_shape.dims());
         }
-        match self.storage.matmul(&rhs.storage, &plan, None, None, None) {
-            Ok(storage) => Ok(self.with(storage, plan.out_shape)),
-            // A kernel that cannot walk all of K on this device (llvmpipe's loop limit):
-            // the sum of products over slices of K.
-            Err(Error::Unsupported { .. }) if plan.k > SPLIT_K => {
+        // A kernel that cannot walk all of K on this device (llvmpipe's loop limit): the sum of
+        // products over slices of K.
+        if plan.k > SPLIT_K && !self.storage.takes(Kernel::Matmul { k: plan.k }) {
+            {
                 let dim = |t: &Tensor, transposed: bool, k_last: bool| match t.rank() {
                     1 => 0,
                     r if transposed ^ k_last => r as isize - 1,
@@ -93,10 +93,11 @@ impl Tensor {
                         None => part,
                     });
                 }
-                sum.ok_or_else(|| unreachable!("plan.k > SPLIT_K > 0"))
+                return sum.ok_or_else(|| unreachable!("plan.k > SPLIT_K > 0"));
             }
-            Err(e) => Err(e),
         }
+        let storage = self.storage.matmul(&rhs.storage, &plan, None, None, None)?;
+        Ok(self.with(storage, plan.out_shape))
     }
 
     /// A linear layer in one op: `act(self · weightᵀ + bias)`, with `weight` of shape
@@ -186,16 +187,14 @@ impl Tensor {
         if plan.k == 0 || plan.out_numel() == 0 {
             return Ok((self.matmul_transposed(rhs, true, false)?, None));
         }
-        match self.storage.matmul_row_sums(&rhs.storage, &plan) {
-            Ok((c, sums)) => {
-                let sums = sums
-                    .map(|s| Ok::<_, Error>(self.with(s, Shape::new(&[plan.m])?)))
-                    .transpose()?;
-                Ok((self.with(c, plan.out_shape), sums))
-            }
-            Err(Error::Unsupported { .. }) => Ok((self.matmul_transposed(rhs, true, false)?, None)),
-            Err(e) => Err(e),
+        if !self.storage.takes(Kernel::Matmul { k: plan.k }) {
+            return Ok((self.matmul_transposed(rhs, true, false)?, None));
         }
+        let (c, sums) = self.storage.matmul_row_sums(&rhs.storage, &plan)?;
+        let sums = sums
+            .map(|s| Ok::<_, Error>(self.with(s, Shape::new(&[plan.m])?)))
+            .transpose()?;
+        Ok((self.with(c, plan.out_shape), sums))
     }
 
     fn linear_forward(
@@ -251,14 +250,14 @@ impl Tensor {
             return epilogue(Tensor::zeros(&self.device, plan.out_shape.dims())?);
         }
         let (fused, res) = (bias.map(|b| &b.storage), residual.map(|r| &r.storage));
-        match self.storage.matmul(&weight.storage, &plan, fused, act, res) {
-            Ok(storage) => Ok(self.with(storage, plan.out_shape)),
+        if plan.k > SPLIT_K && !self.storage.takes(Kernel::Matmul { k: plan.k }) {
             // Too long a K for this device's kernels: split-K matmul, then the epilogue.
-            Err(Error::Unsupported { .. }) if plan.k > SPLIT_K => {
-                epilogue(self.matmul_forward(weight, false, true)?)
-            }
-            Err(e) => Err(e),
+            return epilogue(self.matmul_forward(weight, false, true)?);
         }
+        let storage = self
+            .storage
+            .matmul(&weight.storage, &plan, fused, act, res)?;
+        Ok(self.with(storage, plan.out_shape))
     }
 
     /// `self x rhs` (2-D or batched, as [`Tensor::matmul`]) with both operands stored as f16 and

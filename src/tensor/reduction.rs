@@ -5,6 +5,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::op::ReduceOp;
 use crate::shape::Shape;
+use crate::storage::Kernel;
 use std::sync::Arc;
 
 impl Tensor {
@@ -109,24 +110,23 @@ impl Tensor {
         let op = if log { "log_softmax" } else { "softmax" };
         self.expect(DType::F32, op)?;
         let axis = self.axis(op, dim)?;
-        match self.storage.softmax(self.around(axis), log) {
-            Ok(storage) => Ok(self.with(storage, self.shape.clone())),
+        let len = self.shape()[axis];
+        if !self.storage.takes(Kernel::Softmax { len }) {
             // A kernel that cannot walk so long an axis on this device (llvmpipe's loop
             // limit): the same formula from chunked reductions and fused elementwise ops. A NaN
             // on the axis makes the maximum NaN, and so the whole slice, as the kernel does.
-            Err(Error::Unsupported { .. }) => {
-                let x = self.detach();
-                let shifted = x.sub(&x.max(dim, true)?)?;
-                let e = shifted.exp()?;
-                let s = e.sum(dim, true)?;
-                if log {
-                    shifted.sub(&s.log()?)
-                } else {
-                    e.div(&s)
-                }
-            }
-            Err(e) => Err(e),
+            let x = self.detach();
+            let shifted = x.sub(&x.max(dim, true)?)?;
+            let e = shifted.exp()?;
+            let s = e.sum(dim, true)?;
+            return if log {
+                shifted.sub(&s.log()?)
+            } else {
+                e.div(&s)
+            };
         }
+        let storage = self.storage.softmax(self.around(axis), log)?;
+        Ok(self.with(storage, self.shape.clone()))
     }
 
     /// Numerically stable softmax along `dim` (negative counts from the end).
@@ -271,18 +271,18 @@ impl Tensor {
             return Ok(None);
         }
         let rows = x.numel() / len;
-        let w = w.map(|w| &w.storage);
-        match x.storage.norm_backward(w, &g.storage, rows, len, eps, rms) {
-            Ok((dx, mean, r)) => {
-                let mut stat = x.shape().to_vec();
-                *stat.last_mut().expect("rank > 0") = 1;
-                let stat = Shape::new(&stat)?;
-                let (mean, r) = (x.with(mean, stat.clone()), x.with(r, stat));
-                Ok(Some((x.with(dx, x.shape.clone()), mean, r)))
-            }
-            Err(Error::Unsupported { .. }) => Ok(None),
-            Err(e) => Err(e),
+        if !x.storage.takes(Kernel::NormBackward { len }) {
+            return Ok(None);
         }
+        let w = w.map(|w| &w.storage);
+        let (dx, mean, r) = x
+            .storage
+            .norm_backward(w, &g.storage, rows, len, eps, rms)?;
+        let mut stat = x.shape().to_vec();
+        *stat.last_mut().expect("rank > 0") = 1;
+        let stat = Shape::new(&stat)?;
+        let (mean, r) = (x.with(mean, stat.clone()), x.with(r, stat));
+        Ok(Some((x.with(dx, x.shape.clone()), mean, r)))
     }
 
     /// The weight's and bias's gradients `(Σ_rows g·x̂, Σ_rows g)` in one pass from the row
@@ -295,15 +295,13 @@ impl Tensor {
     ) -> Result<Option<(Tensor, Tensor)>> {
         let len = *x.shape().last().expect("rank > 0");
         let rows = x.numel() / len;
-        let stats = [&g.storage, &mean.storage, &r.storage];
-        match x.storage.norm_param_grads(stats, rows, len) {
-            Ok((dw, db)) => {
-                let shape = Shape::new(&[len])?;
-                Ok(Some((x.with(dw, shape.clone()), x.with(db, shape))))
-            }
-            Err(Error::Unsupported { .. }) => Ok(None),
-            Err(e) => Err(e),
+        if !x.storage.takes(Kernel::NormParamGrads { rows }) {
+            return Ok(None);
         }
+        let stats = [&g.storage, &mean.storage, &r.storage];
+        let (dw, db) = x.storage.norm_param_grads(stats, rows, len)?;
+        let shape = Shape::new(&[len])?;
+        Ok(Some((x.with(dw, shape.clone()), x.with(db, shape))))
     }
 
     fn norm_forward(
@@ -338,22 +336,20 @@ impl Tensor {
         }
         let rows = self.numel().checked_div(len).unwrap_or(0);
         let (w, b) = (weight.map(|t| &t.storage), bias.map(|t| &t.storage));
-        match self.storage.norm(w, b, rows, len, eps, rms) {
-            Ok(storage) => Ok(self.with(storage, self.shape.clone())),
+        if !self.storage.takes(Kernel::Norm { len }) {
             // Too long a row for this device's kernel (llvmpipe's loop limit): the same
             // formula from chunked reductions and fused elementwise ops.
-            Err(Error::Unsupported { .. }) => {
-                let mut y = Self::norm_xhat(&self.detach(), eps, rms)?.0;
-                if let Some(w) = weight {
-                    y = y.mul(&w.detach())?;
-                }
-                match bias {
-                    Some(b) => y.add(&b.detach()),
-                    None => Ok(y),
-                }
+            let mut y = Self::norm_xhat(&self.detach(), eps, rms)?.0;
+            if let Some(w) = weight {
+                y = y.mul(&w.detach())?;
             }
-            Err(e) => Err(e),
+            return match bias {
+                Some(b) => y.add(&b.detach()),
+                None => Ok(y),
+            };
         }
+        let storage = self.storage.norm(w, b, rows, len, eps, rms)?;
+        Ok(self.with(storage, self.shape.clone()))
     }
 
     /// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`
@@ -379,18 +375,15 @@ impl Tensor {
     /// one backward. `nn::cross_entropy` validates and averages.
     pub(crate) fn cross_entropy_rows(&self, targets: &Tensor, t: Arc<Vec<u32>>) -> Result<Tensor> {
         let (rows, classes) = (self.shape()[0], self.shape()[1]);
-        let (loss, lse) = match self.storage.cross_entropy(&targets.storage, &t, classes) {
-            Ok(pair) => pair,
+        if !self.storage.takes(Kernel::CrossEntropy { classes }) {
             // Too many classes for this device's kernel (llvmpipe's loop limit): the same
             // loss from log_softmax and a gather, tracked op by op.
-            Err(Error::Unsupported { .. }) => {
-                let picked = self
-                    .log_softmax(1)?
-                    .gather(1, &targets.reshape(&[rows, 1])?)?;
-                return picked.reshape(&[rows])?.neg();
-            }
-            Err(e) => return Err(e),
-        };
+            let picked = self
+                .log_softmax(1)?
+                .gather(1, &targets.reshape(&[rows, 1])?)?;
+            return picked.reshape(&[rows])?.neg();
+        }
+        let (loss, lse) = self.storage.cross_entropy(&targets.storage, &t, classes)?;
         let shape = Shape::new(&[rows])?;
         let out = self.with(loss, shape.clone());
         if !Tensor::tracking(&[self]) {

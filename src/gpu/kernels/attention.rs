@@ -102,7 +102,7 @@ fn spec(entry: &'static str, d: usize, dv: usize) -> KernelSpec {
 /// `Unsupported` where the kernels cannot take the problem on this device (head dimensions over
 /// [`MAX_HEAD_DIM`], a loop past llvmpipe's limit, indices past u32): the caller composes
 /// attention from products and a softmax instead.
-fn check(ctx: &GpuContext, a: &AttnDims) -> Result<()> {
+pub(crate) fn check(ctx: &GpuContext, a: &AttnDims) -> Result<()> {
     const OP: &str = "attention";
     if a.d > MAX_HEAD_DIM || a.dv > MAX_HEAD_DIM {
         return Err(Error::Unsupported {

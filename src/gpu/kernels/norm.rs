@@ -123,7 +123,7 @@ pub(crate) fn backward(
     } else {
         "layer_norm backward"
     };
-    ctx.check_walk(op, 4 * len)?;
+    ctx.check_walk(op, backward_walk(len))?;
     let dx = ctx.alloc(op, rows * len)?;
     let (mean, r) = (ctx.alloc(op, rows)?, ctx.alloc(op, rows)?);
     let params = NormParams::new(rows, len, eps);
@@ -158,7 +158,7 @@ pub(crate) fn norm(
     rms: bool,
 ) -> Result<PooledBuffer> {
     let op = if rms { "rms_norm" } else { "layer_norm" };
-    ctx.check_walk(op, 3 * len)?;
+    ctx.check_walk(op, forward_walk(len))?;
     let out = ctx.alloc(op, rows * len)?;
     let params = NormParams::new(rows, len, eps);
     let w = weight.unwrap_or(x);
@@ -178,3 +178,19 @@ pub(crate) const FAMILY: Family = Family {
     specs,
     params: &[("norm.wgsl", "Params", size_of::<NormParams>())],
 };
+
+/// Loop iterations of one invocation of the forward kernel over rows of `len` values.
+pub(crate) fn forward_walk(len: usize) -> usize {
+    3 * len
+}
+
+/// Loop iterations of one invocation of the input-gradient kernel over rows of `len` values.
+pub(crate) fn backward_walk(len: usize) -> usize {
+    4 * len
+}
+
+/// Whether [`param_grads`] takes `rows` rows on this device: one reduction pass's rows, and
+/// a walk over them within the driver's loop limit.
+pub(crate) fn param_grads_takes(ctx: &GpuContext, rows: usize) -> bool {
+    rows <= CHUNK && ctx.walks(rows)
+}

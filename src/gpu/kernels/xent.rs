@@ -47,7 +47,7 @@ pub(crate) fn forward(
     rows: usize,
     classes: usize,
 ) -> Result<(PooledBuffer, PooledBuffer)> {
-    ctx.check_walk("cross_entropy", 2 * classes)?;
+    ctx.check_walk("cross_entropy", walk(classes))?;
     let loss = ctx.alloc("cross_entropy", rows)?;
     let lse = ctx.alloc("cross_entropy", rows)?;
     ctx.dispatch_1d(
@@ -83,3 +83,8 @@ pub(crate) const FAMILY: Family = Family {
     specs,
     params: &[("xent.wgsl", "Params", size_of::<XentParams>())],
 };
+
+/// Loop iterations of one invocation of the forward kernel over rows of `classes` logits.
+pub(crate) fn walk(classes: usize) -> usize {
+    2 * classes
+}

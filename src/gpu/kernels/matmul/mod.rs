@@ -575,8 +575,7 @@ fn run_with(
     epilogue: Epilogue,
     spec: KernelSpec,
 ) -> Result<PooledBuffer> {
-    // Every variant walks K once, plus its tile loads: at most twice K in all.
-    ctx.check_walk("matmul", 2 * plan.k + 64)?;
+    ctx.check_walk("matmul", walk(plan.k))?;
     let out = ctx.alloc("matmul", plan.out_numel())?;
     let table: Vec<u32> = plan
         .offsets
@@ -928,6 +927,12 @@ pub(crate) const FAMILY: Family = Family {
         ),
     ],
 };
+
+/// Loop iterations of one invocation of any matmul variant summing over `k`: every variant
+/// walks K once, plus its tile loads, at most twice K in all.
+pub(crate) fn walk(k: usize) -> usize {
+    2 * k + 64
+}
 
 #[cfg(test)]
 mod tests {
