@@ -252,3 +252,76 @@ pub(crate) trait BackendStorage: Sized + Clone {
     /// forward's logsumexp (`ogl`): one storage in the packed layout, or three.
     fn attention_backward(qkv: [&Self; 3], ogl: [&Self; 3], dims: &AttnDims) -> Result<Vec<Self>>;
 }
+
+/// What a device's memory holds, in bytes ([`Device::memory`](crate::Device::memory)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemoryStats {
+    /// Buffers held by live tensors (or in-flight readbacks).
+    pub live: usize,
+    /// Bytes of those buffers (rounded up to their size class).
+    pub live_bytes: u64,
+    /// Idle buffers held for reuse, including those waiting for the open batch to be submitted.
+    pub cached: usize,
+    /// Bytes of those idle buffers ([`Device::trim`](crate::Device::trim) frees them).
+    pub pooled_bytes: u64,
+    /// The most bytes live and pooled together ever held at once.
+    pub peak_bytes: u64,
+    /// Buffers created since the device was made.
+    pub created: usize,
+    /// The most bytes the device may hold (`KILN_MEMORY_BUDGET`,
+    /// [`Device::set_memory_budget`](crate::Device::set_memory_budget)); `None`: what the
+    /// driver grants.
+    pub budget: Option<u64>,
+}
+
+/// Counters of the work a device has done ([`Device::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeviceStats {
+    /// Compute dispatches recorded since the device was opened (fused kernels included).
+    pub dispatches: u64,
+    /// Fused elementwise kernels dispatched.
+    pub fused_kernels: u64,
+    /// Elementwise ops computed inside those kernels.
+    pub fused_ops: u64,
+    /// Compute pipelines compiled.
+    pub pipelines: usize,
+    /// Of `dispatches`, those that captured graphs recorded again ([`crate::Graph::run`]).
+    pub replayed: u64,
+    /// Command buffers submitted (one per flush, readback, `synchronize`, or 64 dispatches).
+    pub submissions: u64,
+}
+
+/// The services of a device beside its ops: running what is pending, its counters and memory,
+/// the fusion switch, timing, and loss. The CPU backend's is `cpu::device::CpuDevice`; a GPU's
+/// is its `GpuContext`. `Device` calls them in one line each.
+pub(crate) trait DeviceBackend: Send + Sync {
+    /// Run every pending op and, on a GPU, submit all recorded work and wait for it.
+    fn synchronize(&self) -> Result<()>;
+
+    /// Run every pending op and submit recorded work without waiting for it.
+    fn flush(&self) -> Result<()>;
+
+    /// Counters of the work done (all zero where the backend keeps none).
+    fn stats(&self) -> DeviceStats;
+
+    /// Turn elementwise fusion on or off.
+    fn set_fusion(&self, on: bool);
+
+    /// Run `f` and measure the device time of the work it records, where the backend can.
+    fn time(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<std::time::Duration>>;
+
+    /// What the device's memory holds.
+    fn memory(&self) -> MemoryStats;
+
+    /// Free the idle buffers kept for reuse.
+    fn trim(&self);
+
+    /// Bound the bytes the device may hold.
+    fn set_memory_budget(&self, bytes: Option<u64>);
+
+    /// Lose the device on purpose.
+    fn destroy(&self);
+
+    /// Whether the device is lost.
+    fn is_lost(&self) -> bool;
+}

@@ -8,6 +8,7 @@ mod attention;
 mod conv;
 mod conv_gemm;
 mod depthwise;
+pub(crate) mod device;
 mod elementwise;
 pub(crate) mod fused;
 mod grad;

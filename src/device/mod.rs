@@ -1,8 +1,11 @@
 //! Devices and the selection policy.
 
+use crate::backend::DeviceBackend;
+pub use crate::backend::{DeviceStats, MemoryStats};
+use crate::cpu::device::CpuDevice;
 use crate::error::{Error, Result};
+use crate::gpu;
 use crate::gpu::context::GpuContext;
-use crate::gpu::{self, MemoryStats};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -309,50 +312,31 @@ impl Device {
         self.inner.id == other.inner.id
     }
 
+    /// The backend's device services, on which the methods below are one line each.
+    fn services(&self) -> &dyn DeviceBackend {
+        match &self.inner.backend {
+            Backend::Cpu => &CpuDevice,
+            Backend::Gpu(ctx) => ctx.as_ref(),
+        }
+    }
+
     /// Run every pending op (the fused elementwise programs that live tensors hold), and on a
     /// GPU submit all recorded work and wait for it; returns any error the GPU reported.
     pub fn synchronize(&self) -> Result<()> {
-        match &self.inner.backend {
-            Backend::Cpu => crate::cpu::fused::materialize_pending(),
-            Backend::Gpu(ctx) => {
-                gpu::kernels::fused::materialize_pending(ctx)?;
-                ctx.synchronize()
-            }
-        }
+        self.services().synchronize()
     }
 
     /// Run every pending op (the fused programs that live tensors hold) and, on a GPU, submit
     /// the recorded work without waiting for it: the GPU starts while the caller goes on.
     /// [`Device::synchronize`] also waits.
     pub fn flush(&self) -> Result<()> {
-        match &self.inner.backend {
-            Backend::Cpu => crate::cpu::fused::materialize_pending(),
-            Backend::Gpu(ctx) => {
-                gpu::kernels::fused::materialize_pending(ctx)?;
-                ctx.flush()
-            }
-        }
+        self.services().flush()
     }
 
     /// Counters of the work this device has done (all zero for the CPU backend). Memory
     /// (buffers and bytes, live, pooled and peak) is [`Device::memory`].
     pub fn stats(&self) -> DeviceStats {
-        match &self.inner.backend {
-            Backend::Cpu => DeviceStats::default(),
-            Backend::Gpu(ctx) => {
-                let (fused_kernels, fused_ops) = gpu::kernels::fused::counters(ctx);
-                let count =
-                    |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-                DeviceStats {
-                    dispatches: count(&ctx.dispatches),
-                    fused_kernels,
-                    fused_ops,
-                    pipelines: ctx.pipeline_count(),
-                    replayed: count(&ctx.replayed),
-                    submissions: count(&ctx.submissions),
-                }
-            }
-        }
+        self.services().stats()
     }
 
     /// Turn elementwise fusion on or off (on by default; `KILN_FUSION=0` starts it off). Off,
@@ -360,43 +344,28 @@ impl Device {
     /// existed. On a GPU the switch is per device; the CPU backend has one switch for the
     /// process.
     pub fn set_fusion(&self, on: bool) {
-        match &self.inner.backend {
-            Backend::Cpu => crate::cpu::fused::set_enabled(on),
-            Backend::Gpu(ctx) => gpu::kernels::fused::set_enabled(ctx, on),
-        }
+        self.services().set_fusion(on);
     }
 
     /// Run `f` and measure the GPU time of the compute passes it records, from timestamp
     /// queries (summed over passes, at most 64 of them), after waiting for earlier work. `None`
     /// on the CPU backend and where TIMESTAMP_QUERY is not granted; `f` runs either way.
     pub fn time_gpu(&self, f: impl FnOnce() -> Result<()>) -> Result<Option<std::time::Duration>> {
-        match &self.inner.backend {
-            Backend::Cpu => f().map(|()| None),
-            Backend::Gpu(ctx) => {
-                gpu::kernels::fused::materialize_pending(ctx)?;
-                ctx.time(|| {
-                    f()?;
-                    gpu::kernels::fused::materialize_pending(ctx)
-                })
-            }
-        }
+        let mut f = Some(f);
+        self.services()
+            .time(&mut || f.take().map_or(Ok(()), |f| f()))
     }
 
     /// What the device's memory holds: live, pooled and peak bytes, buffer counts and the
     /// budget. All zero for the CPU backend, whose tensors are ordinary host allocations.
     pub fn memory(&self) -> MemoryStats {
-        match &self.inner.backend {
-            Backend::Cpu => MemoryStats::default(),
-            Backend::Gpu(ctx) => ctx.memory(),
-        }
+        self.services().memory()
     }
 
     /// Free the idle buffers the pool keeps for reuse (after submitting recorded work). Live
     /// tensors are untouched. Nothing to do on the CPU backend.
     pub fn trim(&self) {
-        if let Backend::Gpu(ctx) = &self.inner.backend {
-            ctx.trim();
-        }
+        self.services().trim();
     }
 
     /// Bound the bytes this GPU device may hold, live and pooled (`None`: no bound but the
@@ -404,9 +373,7 @@ impl Device {
     /// would go over it first frees pooled buffers, then fails with `Error::OutOfMemory`; the
     /// device stays usable, and freeing tensors makes room again. No effect on the CPU backend.
     pub fn set_memory_budget(&self, bytes: Option<u64>) {
-        if let Backend::Gpu(ctx) = &self.inner.backend {
-            ctx.set_memory_budget(bytes);
-        }
+        self.services().set_memory_budget(bytes);
     }
 
     /// Lose this GPU device on purpose, as a driver reset would (wgpu's `Device::destroy`): its
@@ -419,26 +386,17 @@ impl Device {
     /// checkpoint onto it ([`Module::load_safetensors`](crate::nn::Module::load_safetensors),
     /// [`nn::load_checkpoint`](crate::nn::load_checkpoint)) and go on.
     pub fn destroy(&self) {
-        match &self.inner.backend {
-            Backend::Cpu => log::warn!("Device::destroy on the CPU backend does nothing"),
-            Backend::Gpu(ctx) => ctx.destroy(),
-        }
+        self.services().destroy();
     }
 
     /// Whether this device is lost (always false for the CPU backend).
     pub fn is_lost(&self) -> bool {
-        match &self.inner.backend {
-            Backend::Cpu => false,
-            Backend::Gpu(ctx) => ctx.is_lost(),
-        }
+        self.services().is_lost()
     }
 
     /// Number of compute pipelines compiled so far (0 for the CPU backend).
     pub fn pipeline_count(&self) -> usize {
-        match &self.inner.backend {
-            Backend::Cpu => 0,
-            Backend::Gpu(ctx) => ctx.pipeline_count(),
-        }
+        self.stats().pipelines
     }
 
     /// Force the matmul kernel configuration on this device (`None`: back to the default choice,
@@ -473,23 +431,6 @@ impl Device {
             Backend::Gpu(ctx) => Some(ctx),
         }
     }
-}
-
-/// Counters of the work a device has done ([`Device::stats`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DeviceStats {
-    /// Compute dispatches recorded since the device was opened (fused kernels included).
-    pub dispatches: u64,
-    /// Fused elementwise kernels dispatched.
-    pub fused_kernels: u64,
-    /// Elementwise ops computed inside those kernels.
-    pub fused_ops: u64,
-    /// Compute pipelines compiled.
-    pub pipelines: usize,
-    /// Of `dispatches`, those that captured graphs recorded again ([`crate::Graph::run`]).
-    pub replayed: u64,
-    /// Command buffers submitted (one per flush, readback, `synchronize`, or 64 dispatches).
-    pub submissions: u64,
 }
 
 impl PartialEq for Device {

@@ -4,8 +4,9 @@
 use super::adapters::{self, OPTIONAL_FEATURES};
 use super::capture::{CaptureLog, Dispatch};
 use super::pipelines::{KernelSpec, PipelineCache};
-use super::pool::{BufferPool, MemoryStats, PooledBuffer};
+use super::pool::{BufferPool, PooledBuffer};
 use super::recorder::{MAX_BATCH, Recorder};
+use crate::backend::MemoryStats;
 use crate::error::{Error, Result};
 use std::any::{Any, TypeId};
 use std::collections::HashMap;

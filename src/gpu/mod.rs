@@ -4,16 +4,17 @@
 mod adapters;
 pub(crate) mod capture;
 pub(crate) mod context;
+mod device;
 pub(crate) mod kernels;
 mod pipelines;
 pub(crate) mod pool;
 mod recorder;
 pub(crate) mod storage;
 
+pub use crate::backend::MemoryStats;
 pub(crate) use adapters::{feature_names, is_software, ranked_adapters, type_name};
 pub use kernels::matmul::{
     CANDIDATES as MATMUL_CANDIDATES, MatmulConfig, configs as matmul_configs,
 };
 pub use kernels::{all_specs, param_structs, shaders};
 pub use pipelines::{KernelSpec, Shader};
-pub use pool::MemoryStats;

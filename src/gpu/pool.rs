@@ -14,6 +14,7 @@
 //! failure of the driver to allocate (wgpu's out-of-memory error, caught in an error scope) is
 //! handled the same way: idle buffers are freed and the allocation is tried once more.
 
+use crate::backend::MemoryStats;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -84,27 +85,6 @@ impl State {
         self.live_bytes += class;
         self.peak_bytes = self.peak_bytes.max(self.total());
     }
-}
-
-/// What a device's memory holds, in bytes ([`Device::memory`](crate::Device::memory)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MemoryStats {
-    /// Buffers held by live tensors (or in-flight readbacks).
-    pub live: usize,
-    /// Bytes of those buffers (rounded up to their size class).
-    pub live_bytes: u64,
-    /// Idle buffers held for reuse, including those waiting for the open batch to be submitted.
-    pub cached: usize,
-    /// Bytes of those idle buffers ([`Device::trim`](crate::Device::trim) frees them).
-    pub pooled_bytes: u64,
-    /// The most bytes live and pooled together ever held at once.
-    pub peak_bytes: u64,
-    /// Buffers created since the device was made.
-    pub created: usize,
-    /// The most bytes the device may hold (`KILN_MEMORY_BUDGET`,
-    /// [`Device::set_memory_budget`](crate::Device::set_memory_budget)); `None`: what the
-    /// driver grants.
-    pub budget: Option<u64>,
 }
 
 pub(crate) struct BufferPool {
