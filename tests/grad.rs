@@ -2,14 +2,18 @@
 //! carry their gradient spec), backward on each device is compared with central finite
 //! differences of the op's f64 reference, computed on the CPU in f64. The op's output
 //! gradient is a fixed random tensor, so each check is a vector-Jacobian product:
-//! d/dx_j Σ_k gy_k · f(x)_k.
+//! d/dx_j Σ_k gy_k · f(x)_k. A custom harness (libtest-mimic) makes one test per op and device
+//! from the table at run time.
 
 mod common;
 mod optable;
 
 use common::*;
 use kiln::{Device, Tensor};
+use libtest_mimic::{Arguments, Trial};
 use optable::*;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 /// Largest total input size of a table sample used for finite differences.
 const MAX_INPUTS: usize = 1200;
@@ -107,23 +111,19 @@ fn check_op_on(op: &OpInfo, wrt: &[usize], samples: &[Sample], dev: &Device) -> 
     checked
 }
 
-fn check_table_on(dev: &Device) {
-    let (mut ops, mut cases) = (0, 0);
-    for op in table() {
-        let (wrt, samples) = match (op.grad)() {
-            Grad::NoGrad(_) => continue,
-            Grad::Check { wrt, samples } => (wrt, samples),
-        };
-        let samples: Vec<Sample> =
-            samples.unwrap_or_else(|| (op.samples)().into_iter().filter(usable).collect());
-        assert!(!samples.is_empty(), "{}: no sample small enough", op.name);
-        cases += check_op_on(&op, wrt, &samples, dev);
-        ops += 1;
-    }
-    eprintln!("gradient checks: {ops} ops, {cases} samples passed on {dev}");
+/// The samples `op`'s gradient is checked on, and the inputs it is checked with respect to;
+/// `None` for an op without a gradient.
+fn grad_cases(op: &OpInfo) -> Option<(&'static [usize], Vec<Sample>)> {
+    let (wrt, samples) = match (op.grad)() {
+        Grad::NoGrad(_) => return None,
+        Grad::Check { wrt, samples } => (wrt, samples),
+    };
+    let samples: Vec<Sample> =
+        samples.unwrap_or_else(|| (op.samples)().into_iter().filter(usable).collect());
+    assert!(!samples.is_empty(), "{}: no sample small enough", op.name);
+    Some((wrt, samples))
 }
 
-#[test]
 fn every_gradient_spec_names_inputs_or_a_reason() {
     for op in table() {
         match (op.grad)() {
@@ -133,22 +133,75 @@ fn every_gradient_spec_names_inputs_or_a_reason() {
     }
 }
 
-#[test]
-fn gradients_match_finite_differences_on_cpu() {
-    check_table_on(&Device::cpu());
+/// The gradient checks as one test per (differentiable op, device), named `<op>::cpu` and
+/// `<op>::gpu<i>`, so that `cargo test --test grad -- softmax` checks one op's gradients
+/// everywhere. The GPU tests of one adapter share one device and take turns on it.
+fn gradient_trials() -> Vec<Trial> {
+    let ops: Arc<Vec<OpInfo>> = Arc::new(table());
+    let gpus: Vec<(Device, Arc<Mutex<()>>)> = match std::panic::catch_unwind(gpus) {
+        Ok(gpus) => gpus
+            .into_iter()
+            .map(|d| (d, Arc::new(Mutex::new(()))))
+            .collect(),
+        Err(e) => {
+            let why = e
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "no GPU adapter".into());
+            return vec![Trial::test("gradients::gpus_present", move || {
+                Err(why.clone().into())
+            })];
+        }
+    };
+    let mut trials = Vec::new();
+    for i in 0..ops.len() {
+        if matches!((ops[i].grad)(), Grad::NoGrad(_)) {
+            continue;
+        }
+        let name = ops[i].name;
+        let table = ops.clone();
+        trials.push(Trial::test(format!("{name}::cpu"), move || {
+            let (wrt, samples) = grad_cases(&table[i]).expect("a gradient spec");
+            check_op_on(&table[i], wrt, &samples, &Device::cpu());
+            Ok(())
+        }));
+        for (g, (dev, turn)) in gpus.iter().enumerate() {
+            let (table, dev, turn) = (ops.clone(), dev.clone(), turn.clone());
+            trials.push(Trial::test(format!("{name}::gpu{g}"), move || {
+                let _turn = turn.lock().unwrap_or_else(|e| e.into_inner());
+                let (wrt, samples) = grad_cases(&table[i]).expect("a gradient spec");
+                check_op_on(&table[i], wrt, &samples, &dev);
+                Ok(())
+            }));
+        }
+    }
+    trials
 }
 
-#[test]
-fn gradients_match_finite_differences_on_every_gpu() {
-    for dev in gpus() {
-        check_table_on(&dev);
-    }
+fn main() -> ExitCode {
+    init_logging();
+    let args = Arguments::from_args();
+    let mut trials = gradient_trials();
+    trials.push(Trial::test(
+        "every_gradient_spec_names_inputs_or_a_reason",
+        || {
+            every_gradient_spec_names_inputs_or_a_reason();
+            Ok(())
+        },
+    ));
+    trials.push(Trial::test(
+        "linear_gradients_match_the_cpu_under_every_matmul_config",
+        || {
+            linear_gradients_match_the_cpu_under_every_matmul_config();
+            Ok(())
+        },
+    ));
+    libtest_mimic::run(&args, trials).exit_code()
 }
 
 /// A linear layer's gradients under every matmul configuration match the CPU's: the weight's
 /// and the bias's come from one product where version 4 adds A's row sums as a column of ones
 /// (in-feature counts that fill the last tile exactly, and that leave it ragged).
-#[test]
 fn linear_gradients_match_the_cpu_under_every_matmul_config() {
     let grads = |dev: &Device, (rows, k, n): (usize, usize, usize)| -> Vec<Vec<f32>> {
         let mut rng = Lcg(9 + k as u64);
