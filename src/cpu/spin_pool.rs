@@ -2,9 +2,8 @@
 //! and elementwise loops.
 //!
 //! rayon's workers go to sleep microseconds after their queue empties, so a product that
-//! follows other work pays for waking them: measured on the 2-vCPU development VM, a two-way
-//! rayon fork-join costs about 10 µs back to back and 135 µs (median) when the caller did
-//! 200 µs of other work first — most of a 256³ product. These workers spin, then yield, for
+//! follows other work pays for waking them: on a small VM a two-way rayon fork-join after other
+//! work cost about as much as a 256³ product (BENCHMARKS.md). These workers spin, then yield, for
 //! [`AWAKE`] after each job before they park (OpenBLAS's threads do the same, for longer),
 //! and the calling thread claims tasks too (any task no worker has started by then), so a
 //! worker the OS has not scheduled never holds a job up. Work below a few tens of
@@ -261,8 +260,8 @@ impl<T> SharedPtr<T> {
 unsafe impl<T: Send> Sync for SharedPtr<T> {}
 
 /// Waits for `done()`: a pure spin for up to [`WAIT_SPIN`], then yielding the CPU between
-/// checks. Yielding early is worse than it looks: measured on the 2-vCPU VM, yielding after
-/// 4096 polls (or 500 µs) made 256³ products 2–5× slower, apparently because a yield lets the
+/// checks. Yielding early is worse than it looks: on a 2-vCPU VM, yielding after 4096 polls
+/// (or 500 µs) made 256³ products several times slower, apparently because a yield lets the
 /// awaited thread run on the waiter's CPU and the two then stay there, one job after another;
 /// a spinning waiter keeps its CPU busy, so the scheduler moves the other thread to an idle
 /// one. The yield is only a backstop for a thread that is not running at all.

@@ -48,7 +48,7 @@ unsafe fn tile(
             // Software prefetch 16 steps ahead (wrapping: a hint past the panel end is harmless):
             // the A panel streams from L2 and the B panel
             // from L2/L3 on its first use; the hardware prefetchers alone left the FMAs idle
-            // (one thread: ~85 -> ~100 GFLOP/s at 1024).
+            // (the gain is in BENCHMARKS.md).
             _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(MR * 16) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(NR * 16) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(NR * 16 + 16) as *const i8);

@@ -553,9 +553,8 @@ struct Tile {
 /// turn: the A panel stays in L1 while the B panels (128 KiB with AVX2) come from L2, and
 /// consecutive calls write neighbouring tiles of the same rows of C. The other order (a B panel
 /// in L1 against every A panel) writes tiles of successive rows, n values apart: at n = 2048
-/// every row of C a sweep touched fell in one L1 set. Measured against OpenBLAS in one process
-/// on the AVX2 EPYC, two threads: 2048³ 0.91–0.94× → 0.95–1.05×, 1024³ 0.95–0.99× →
-/// 1.03–1.07× (not measured with AVX-512).
+/// every row of C a sweep touched fell in one L1 set. The measurements against OpenBLAS are in
+/// BENCHMARKS.md ("CPU SGEMM against OpenBLAS in one process").
 fn sweep<'g, K: Micro>(
     Tile {
         ib,
@@ -821,8 +820,7 @@ mod tests {
         println!("clock ~{ghz:.2} GHz (dependent adds)");
         // Peak: two FMA units of 8 (AVX2) or 16 (AVX-512) lanes. Cores that split 512-bit
         // operations into two 256-bit halves (AMD Zen 4) have AVX2's peak for AVX-512 too, so
-        // 50% is their ceiling there: on the 2-vCPU EPYC with AVX-512 (Zen 4) both kernels
-        // measured about 98% of the 256-bit peak (112-116 GFLOP/s at ~3.6 GHz).
+        // 50% is their ceiling there (BENCHMARKS.md has what both kernels reach on Zen 4).
         for (isa, lanes) in [(Isa::Avx2, 8.0), (Isa::Avx512, 16.0)] {
             if isa.supported() {
                 let (median, best) = match isa {

@@ -239,8 +239,8 @@ pub(crate) fn argmax_rows_spec(sg: u32) -> KernelSpec {
 ///
 /// Contiguous rows whose length is a multiple of 4 take one subgroup per row where the driver's
 /// subgroup size is fixed (`argmax_rows.wgsl`: the lanes read the row's vec4s in turn, then
-/// subgroup reductions combine them; on lavapipe 2.4x faster than one invocation per row at
-/// 1024 x 4096); the rest take one invocation per output (`argmax.wgsl`).
+/// subgroup reductions combine them; BENCHMARKS.md has the gain on lavapipe); the rest take one
+/// invocation per output (`argmax.wgsl`).
 pub(crate) fn argmax(
     ctx: &GpuContext,
     x: &PooledBuffer,

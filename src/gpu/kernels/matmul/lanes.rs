@@ -18,21 +18,20 @@
 //! Loads per multiply-add: `(TM + SG·TN) / (SG·TM·TN)`; 32 x 8 on 8 lanes: 96 loads for 2,048
 //! multiply-adds, against 8 for 16 in version 2's 4 x 4 tile. The accumulators far outnumber
 //! the CPU's registers and spill, but a spill is one vector access where a load is a loop.
-//! Measured on lavapipe (2-core EPYC, AVX2): 512³ in 35–45 ms against 220 ms for the best
-//! version 2 configuration (BENCHMARKS.md).
+//! On lavapipe it is several times faster than the best version 2 configuration
+//! (BENCHMARKS.md).
 //!
 //! Two entry points of one module serve every epilogue. `main_plain` serves a bias or none,
 //! then ReLU or nothing (chosen at run time from `Params::epilogue`), with straight-line
-//! stores: on lavapipe the loop below cost more than a 64-deep product itself (1024 x 64 x 256
-//! became 1.66x faster, 1024 x 256 x 256 1.29x, the MLP forward 1.35x). `main` applies
+//! stores: on lavapipe the loop below cost more than a 64-deep product itself (BENCHMARKS.md has
+//! the shapes and gains). `main` applies
 //! the bias, the activation and the residual in a loop over the tile after the product, so the
-//! activation is compiled once (written out per output, it made the 32 x 8 tile take 4 s to
-//! compile on lavapipe instead of 0.3 s); its activation is the `ACT` override, fixed per
+//! activation is compiled once (written out per output, it made the 32 x 8 tile an order of
+//! magnitude slower to compile on lavapipe); its activation is the `ACT` override, fixed per
 //! pipeline. llvmpipe appears to run the body of an `if` whose condition is uniform and false
 //! under an empty mask (a residual branch that no product took, added to `main_plain`, made it
-//! 13–19% slower), so with the selector read from `Params` every activation's code would run
-//! for every output; a GELU MLP forward measured 1.18x faster (median of 11 alternating
-//! rounds) with the override.
+//! slower), so with the selector read from `Params` every activation's code would run for every
+//! output; the override made a GELU MLP forward faster (BENCHMARKS.md).
 //!
 //! A variant (`_sums`) also writes the sums of A's rows (`[batches, m]`) from the same pass:
 //! each lane adds up the values of A it loads, and the workgroups of the first column tile

@@ -53,7 +53,7 @@ struct Trials {
     /// The candidate the next call runs.
     next: usize,
     /// Candidates in the first pass; `order` then repeats the two fastest, timed once more
-    /// (one timed call each is noisy: on an H200 it once kept a kernel 13% slower).
+    /// (one timed call each is noisy: on an H200 it once kept a slower kernel).
     first_pass: usize,
     /// Whether that candidate's pipeline was compiled by an earlier (untimed) call.
     warm: bool,
@@ -199,8 +199,8 @@ impl Tuner {
             let first = last
                 .filter(|_| plan.m > 64)
                 .unwrap_or_else(|| heuristic(plan, ctx.subgroups));
-            // Where version 4 runs (fixed 8-lane subgroups: a CPU driver), it measured 3x
-            // or more faster than every other version at every size: only its shapes are
+            // Where version 4 runs (fixed 8-lane subgroups: a CPU driver), it beat every other
+            // version at every size measured (BENCHMARKS.md): only its shapes are
             // tried, which also makes the class settle in 12 calls instead of 32.
             let lanes_only = super::lanes::fixed_lanes(ctx.subgroups).is_some();
             let order: Vec<MatmulConfig> = std::iter::once(first)
@@ -305,10 +305,10 @@ impl Tuner {
 }
 
 /// Small problems: big tiles would leave most of a workgroup idle. On drivers whose subgroups
-/// are fixed at 8 lanes (lavapipe on AVX2), version 4 with a register tile of about m's height:
-/// measured 2–7x faster than every other kernel from m = 1 to 64 there (BENCHMARKS.md).
-/// Elsewhere, a few rows (batch-1 inference) go to the column-strip kernel with one strip row
-/// per matrix row (2.5–4x the smallest blocked tile for m = 1 and 4 on lavapipe), and the rest
+/// are fixed at 8 lanes (lavapipe on AVX2), version 4 with a register tile of about m's height,
+/// the fastest kernel there from m = 1 to 64 (BENCHMARKS.md). Elsewhere, a few rows (batch-1
+/// inference) go to the column-strip kernel with one strip row per matrix row (faster than the
+/// smallest blocked tile for m = 1 and 4 on lavapipe), and the rest
 /// to version 2.
 fn heuristic(plan: &MatmulPlan, subgroups: Option<(u32, u32)>) -> MatmulConfig {
     if let Some(sg) = super::lanes::fixed_lanes(subgroups) {
