@@ -329,6 +329,44 @@ fn softmax_takes_programs_as_prologues() {
     }
 }
 
+/// A prologue whose leaves are read through strides costs loop iterations of its own on every
+/// read (the unravelling of each strided leaf), on top of the kernel's walk along the axis; past
+/// llvmpipe's loop limit the driver ended the kernel's loops early without an error, so the
+/// tail of every row came out wrong (PP-OCRv4's recognizer: a bias-broadcast softmax over 6,625
+/// classes, rows summing to 0.85). Softmax of such a program along a long axis, and a variance
+/// of one with several broadcast leaves along a 4,096-value chunk, match the CPU on every device.
+#[test]
+fn long_walks_through_strided_prologues_match_the_cpu() {
+    let cpu = Device::cpu();
+    let mut rng = Lcg(31);
+    let (rows, k, classes) = (20, 24, 6625);
+    let x = rng.vec(rows * k, -1.0, 1.0);
+    let w = rng.vec(k * classes, -1.0, 1.0);
+    let b = rng.vec(classes, -2.0, 2.0);
+    let cols: Vec<Vec<f32>> = (0..4).map(|_| rng.vec(4, -1.0, 1.0)).collect();
+    let wide = rng.vec(4 * 4096, -1.0, 1.0);
+    let softmax = |d: &Device| -> Vec<f32> {
+        let x = Tensor::from_slice(d, &x, &[1, rows, k]).unwrap();
+        let w = Tensor::from_slice(d, &w, &[k, classes]).unwrap();
+        let b = Tensor::from_slice(d, &b, &[classes]).unwrap();
+        let logits = x.matmul(&w).unwrap().add(&b).unwrap();
+        logits.softmax(-1).unwrap().to_vec().unwrap()
+    };
+    let var = |d: &Device| -> Vec<f32> {
+        let mut v = Tensor::from_slice(d, &wide, &[4, 4096]).unwrap();
+        for c in &cols {
+            let c = Tensor::from_slice(d, c, &[4, 1]).unwrap();
+            v = v.mul(&c).unwrap().add(&c).unwrap();
+        }
+        v.var(1, false).unwrap().to_vec().unwrap()
+    };
+    let (want_softmax, want_var) = (softmax(&cpu), var(&cpu));
+    for dev in gpus() {
+        close(&format!("softmax on {dev}"), &softmax(&dev), &want_softmax);
+        close(&format!("var on {dev}"), &var(&dev), &want_var);
+    }
+}
+
 /// The CPU backend fuses too (one pass over blocks): its fused results are bit-identical to its
 /// eager ones (the same Rust formulas), for random broadcast chains and intermediates, and a
 /// reduction of a fused value matches.

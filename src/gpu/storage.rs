@@ -375,20 +375,26 @@ impl BackendStorage for GpuStorage {
     }
 
     fn reduce(&self, dims: Around, op: ReduceOp) -> Result<GpuStorage> {
-        // An elementwise program not yet run becomes the reduction's prologue.
+        // An elementwise program not yet run becomes the reduction's prologue, unless reading
+        // it along the axis would pass the driver's loop limit: then it runs first.
         self.output(dims.0 * dims.2, DType::F32, |ctx| match self.program() {
-            Some(f) => f.reduce(ctx, dims, op),
-            None => reduce::reduce(ctx, self.bound(op.name(), DType::F32)?, dims, op),
+            Some(f) if ctx.walks(reduce::reduce_walk(dims.1) * f.value_walk()) => {
+                f.reduce(ctx, dims, op)
+            }
+            _ => reduce::reduce(ctx, self.bound(op.name(), DType::F32)?, dims, op),
         })
     }
 
     fn softmax(&self, dims: Around, log: bool) -> Result<GpuStorage> {
         let op = if log { "log_softmax" } else { "softmax" };
-        // An elementwise program not yet run becomes the softmax's prologue.
+        // An elementwise program not yet run becomes the softmax's prologue, unless reading it
+        // along the axis would pass the driver's loop limit: then it runs first.
         self.output(dims.0 * dims.1 * dims.2, DType::F32, |ctx| {
             match self.program() {
-                Some(f) => f.softmax(ctx, dims, log),
-                None => reduce::softmax(ctx, self.bound(op, DType::F32)?, dims, log),
+                Some(f) if ctx.walks(reduce::softmax_walk(dims.1) * f.value_walk()) => {
+                    f.softmax(ctx, dims, log)
+                }
+                _ => reduce::softmax(ctx, self.bound(op, DType::F32)?, dims, log),
             }
         })
     }

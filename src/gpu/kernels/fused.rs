@@ -86,10 +86,28 @@ impl Fused {
         dims: (usize, usize, usize),
         op: ReduceOp,
     ) -> Result<PooledBuffer> {
+        ctx.check_walk(op.name(), reduce::reduce_walk(dims.1) * self.value_walk())?;
         reduce::chunked(ctx, dims, op, dims.1, &|params, op, n| {
             let constant = ("OP", f64::from(op.shader_id()));
             self.run_reduce_entry(ctx, "reduce", op.name(), constant, params, n)
         })
+    }
+
+    /// Loop iterations one read of the program's value costs inside a generated kernel: the
+    /// read itself, and for each load of a strided leaf the loop that unravels the index (its
+    /// rank, plus the check that ends it: a bias broadcast over `[20, 6625]` ran out of
+    /// llvmpipe's budget after four iterations per step, not three). A reduction or softmax
+    /// walking an axis through the program pays this on every step, and llvmpipe's loop limit
+    /// counts every one.
+    pub(crate) fn value_walk(&self) -> usize {
+        let load = |inst: &Inst| match inst {
+            Inst::Load(leaf) => match &self.leaves[*leaf].1 {
+                LeafMap::Strided { dims, .. } => dims.len() + 1,
+                _ => 0,
+            },
+            _ => 0,
+        };
+        1 + self.insts.iter().map(load).sum::<usize>()
     }
 
     /// (log-)softmax along the middle of `dims` over the program's values, in one kernel whose
@@ -102,7 +120,7 @@ impl Fused {
     ) -> Result<PooledBuffer> {
         let name = if log { "log_softmax" } else { "softmax" };
         let constant = ("LOG", f64::from(u8::from(log)));
-        ctx.check_walk(name, reduce::softmax_walk(dims.1))?;
+        ctx.check_walk(name, reduce::softmax_walk(dims.1) * self.value_walk())?;
         let params = ReduceParams::whole(dims);
         self.run_reduce_entry(
             ctx,

@@ -164,6 +164,12 @@ pub(crate) fn chunked(
     }
 }
 
+/// Loop iterations of one invocation of the first `reduce` pass over an axis of `len` values:
+/// at most one chunk, walked twice (the variance's mean, then its deviations).
+pub(crate) fn reduce_walk(len: usize) -> usize {
+    2 * len.min(CHUNK)
+}
+
 /// Loop iterations of one invocation of the `softmax` entry: three walks along the axis.
 pub(crate) fn softmax_walk(len: usize) -> usize {
     3 * len
