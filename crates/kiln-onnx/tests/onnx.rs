@@ -640,5 +640,69 @@ fn onnx_run_errors_are_typed() {
             matches!(e, Error::InvalidArgument { .. }),
             "If on {dev}: {e}"
         );
+
+        // Inputs the layout and normalisation ops cannot take: typed errors, not panics.
+        let bad = [
+            // 3 channels do not split into 2x2 blocks; rank 3 is not NCHW.
+            (
+                "test_depthtospace_example",
+                vec![("x", float(vec![0.0; 12], &[1, 3, 2, 2]))],
+            ),
+            (
+                "test_depthtospace_example",
+                vec![("x", float(vec![0.0; 8], &[4, 2, 1]))],
+            ),
+            // 3x3 does not split into 2x2 blocks.
+            (
+                "test_spacetodepth_example",
+                vec![("x", float(vec![0.0; 9], &[1, 1, 3, 3]))],
+            ),
+            // A slope of 4 values does not broadcast to [3, 2]; nor to a smaller input.
+            (
+                "test_prelu_example",
+                vec![
+                    ("x", float(vec![1.0; 6], &[3, 2])),
+                    ("slope", float(vec![0.5; 4], &[4])),
+                ],
+            ),
+            (
+                "test_prelu_example",
+                vec![
+                    ("x", float(vec![1.0; 2], &[2])),
+                    ("slope", float(vec![0.5; 6], &[3, 2])),
+                ],
+            ),
+            // Scale and bias for 3 channels, an input with 2; an input of rank 2.
+            (
+                "test_instancenorm_example",
+                vec![
+                    ("x", float(vec![1.0; 8], &[1, 2, 2, 2])),
+                    ("s", float(vec![1.0; 3], &[3])),
+                    ("bias", float(vec![0.0; 3], &[3])),
+                ],
+            ),
+            (
+                "test_instancenorm_example",
+                vec![
+                    ("x", float(vec![1.0; 4], &[2, 2])),
+                    ("s", float(vec![1.0; 2], &[2])),
+                    ("bias", float(vec![0.0; 2], &[2])),
+                ],
+            ),
+        ];
+        for (case, inputs) in bad {
+            let e = model(case).run(&inputs).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidArgument { .. } | Error::ShapeMismatch { .. }
+                ),
+                "{case} {:?} on {dev}: {e}",
+                inputs
+                    .iter()
+                    .map(|(_, v)| v.shape().to_vec())
+                    .collect::<Vec<_>>()
+            );
+        }
     }
 }

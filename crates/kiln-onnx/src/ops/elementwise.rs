@@ -420,3 +420,20 @@ pub(super) fn cast(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     };
     Ok(vec![out])
 }
+
+/// `PRelu`: `x` where `x >= 0`, else `slope · x`, with the slope broadcast to `x` (NaN stays
+/// NaN): `relu(x) + slope · (x - relu(x))`.
+pub(super) fn prelu(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.float_input(args, 0)?;
+    let slope = ctx.input(args, 1)?.float_on(ctx.dev)?;
+    let pos = x.relu()?;
+    let y = pos.add(&x.sub(&pos)?.mul(&slope)?)?;
+    if y.shape() != x.shape() {
+        return Err(ctx.invalid(format!(
+            "slope {:?} does not broadcast to the input {:?}",
+            slope.shape(),
+            x.shape()
+        )));
+    }
+    Ok(vec![Value::Float(y)])
+}

@@ -269,6 +269,14 @@ static OWN: &[OpDef] = &[
         &["axis", "epsilon", "stash_type"],
         norm::rms_norm,
     ),
+    op("InstanceNormalization", &["epsilon"], norm::instance_norm),
+    op("PRelu", &[], elementwise::prelu),
+    op(
+        "DepthToSpace",
+        &["blocksize", "mode"],
+        shape::depth_to_space,
+    ),
+    op("SpaceToDepth", &["blocksize"], shape::space_to_depth),
 ];
 
 const CONSTANT_ATTRS: &[&str] = &[

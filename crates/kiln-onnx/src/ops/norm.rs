@@ -1,5 +1,5 @@
-//! Normalisations: `BatchNormalization` (inference and training), `LpNormalization`,
-//! `RMSNormalization`, `LayerNormalization`.
+//! Normalisations: `BatchNormalization` (inference and training), `InstanceNormalization`,
+//! `LpNormalization`, `RMSNormalization`, `LayerNormalization`.
 
 use super::{Args, Ctx};
 use crate::value::Value;
@@ -120,4 +120,34 @@ pub(super) fn layer_norm(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     let mut out = vec![Value::Float(y)];
     out.extend(stats);
     Ok(out)
+}
+
+/// `InstanceNormalization`: each (image, channel) plane of `[n, c, ...]` normalised by its own
+/// mean and (biased) variance, then scaled and shifted per channel: kiln's `layer_norm` over
+/// the planes as rows.
+pub(super) fn instance_norm(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.float_input(args, 0)?;
+    let (scale, bias) = (ctx.float_input(args, 1)?, ctx.float_input(args, 2)?);
+    let shape = x.shape().to_vec();
+    if shape.len() < 3 {
+        return Err(ctx.invalid(format!("input of shape {shape:?}: rank 3 or more")));
+    }
+    let c = shape[1];
+    if scale.shape() != [c] || bias.shape() != [c] {
+        return Err(ctx.invalid(format!(
+            "scale {:?} and B {:?} for {c} channels",
+            scale.shape(),
+            bias.shape()
+        )));
+    }
+    let plane: usize = shape[2..].iter().product();
+    let rows = x.reshape(&[shape[0] * c, plane])?;
+    let y = rows
+        .layer_norm(None, None, ctx.float("epsilon", 1e-5))?
+        .reshape(&shape)?;
+    let r = shape.len();
+    let y = y
+        .mul(&per_channel(scale, r)?)?
+        .add(&per_channel(bias, r)?)?;
+    Ok(vec![Value::Float(y)])
 }

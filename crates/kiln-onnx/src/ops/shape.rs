@@ -561,3 +561,50 @@ pub(super) fn range(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     let data: Vec<f32> = (0..n).map(|k| s + k as f32 * d).collect();
     Ok(vec![Value::Float(Tensor::from_vec(ctx.dev, data, &[n])?)])
 }
+
+/// The block size of `DepthToSpace`/`SpaceToDepth` and the `[n, c, h, w]` input, checked.
+fn blocks<'a>(ctx: &Ctx, args: &'a Args) -> Result<(&'a Tensor, usize, [usize; 4])> {
+    let x = ctx.float_input(args, 0)?;
+    let b = ctx.int("blocksize", 0);
+    let [n, c, h, w] = x.shape()[..] else {
+        return Err(ctx.invalid(format!("input of shape {:?}: rank 4", x.shape())));
+    };
+    if b <= 0 {
+        return Err(ctx.invalid(format!("blocksize {b}")));
+    }
+    Ok((x, b as usize, [n, c, h, w]))
+}
+
+/// `DepthToSpace`: blocks of `b × b` channels moved into space, `[n, c, h, w]` →
+/// `[n, c/b², h·b, w·b]`, in `DCR` (depth, column, row: the default) or `CRD` order.
+pub(super) fn depth_to_space(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let (x, b, [n, c, h, w]) = blocks(ctx, args)?;
+    if c % (b * b) != 0 {
+        return Err(ctx.invalid(format!("{c} channels for blocks of {b}x{b}")));
+    }
+    let d = c / (b * b);
+    let y = match ctx.string("mode", "DCR").as_str() {
+        "DCR" => x
+            .reshape(&[n, b, b, d, h, w])?
+            .permute(&[0, 3, 4, 1, 5, 2])?,
+        "CRD" => x
+            .reshape(&[n, d, b, b, h, w])?
+            .permute(&[0, 1, 4, 2, 5, 3])?,
+        other => return Err(ctx.invalid(format!("mode {other}"))),
+    };
+    Ok(vec![Value::Float(y.reshape(&[n, d, h * b, w * b])?)])
+}
+
+/// `SpaceToDepth`: `b × b` blocks of space moved into channels, `[n, c, h, w]` →
+/// `[n, c·b², h/b, w/b]` (DepthToSpace's `DCR` inverse).
+pub(super) fn space_to_depth(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let (x, b, [n, c, h, w]) = blocks(ctx, args)?;
+    if h % b != 0 || w % b != 0 {
+        return Err(ctx.invalid(format!("{h}x{w} in blocks of {b}x{b}")));
+    }
+    let y = x
+        .reshape(&[n, c, h / b, b, w / b, b])?
+        .permute(&[0, 3, 5, 1, 2, 4])?
+        .reshape(&[n, c * b * b, h / b, w / b])?;
+    Ok(vec![Value::Float(y)])
+}
