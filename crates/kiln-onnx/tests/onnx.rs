@@ -690,7 +690,61 @@ fn onnx_run_errors_are_typed() {
                 ],
             ),
         ];
-        for (case, inputs) in bad {
+        let u8s = |v: Vec<i64>, s: &[usize]| {
+            let mut t = kiln_onnx::IntTensor::new(s.to_vec(), v);
+            t.elem = 2; // UINT8
+            Value::Int(t)
+        };
+        let bad_quant = [
+            // A scale per channel for 2 channels where the input has 3.
+            (
+                "test_dequantizelinear_axis",
+                vec![
+                    ("x", u8s(vec![0; 18], &[1, 3, 3, 2])),
+                    ("x_scale", float(vec![1.0; 2], &[2])),
+                    ("x_zero_point", u8s(vec![0; 2], &[2])),
+                ],
+            ),
+            // Blocks of 2 along an axis of 4 need 2 scales there, not 3.
+            (
+                "test_dequantizelinear_blocked",
+                vec![
+                    ("x", u8s(vec![0; 24], &[1, 4, 3, 2])),
+                    ("x_scale", float(vec![1.0; 18], &[1, 3, 3, 2])),
+                    ("x_zero_point", u8s(vec![0; 18], &[1, 3, 3, 2])),
+                ],
+            ),
+            // Products whose inner dimensions disagree; a zero point per row of the wrong size.
+            (
+                "test_matmulinteger",
+                vec![
+                    ("A", u8s(vec![1; 12], &[4, 3])),
+                    ("B", u8s(vec![1; 8], &[4, 2])),
+                    ("a_zero_point", u8s(vec![0], &[1])),
+                    ("b_zero_point", u8s(vec![0], &[1])),
+                ],
+            ),
+            (
+                "test_matmulinteger",
+                vec![
+                    ("A", u8s(vec![1; 12], &[4, 3])),
+                    ("B", u8s(vec![1; 6], &[3, 2])),
+                    ("a_zero_point", u8s(vec![0; 3], &[3])),
+                    ("b_zero_point", u8s(vec![0], &[1])),
+                ],
+            ),
+            // Float values where the integer product needs integers.
+            (
+                "test_matmulinteger",
+                vec![
+                    ("A", float(vec![1.0; 12], &[4, 3])),
+                    ("B", u8s(vec![1; 6], &[3, 2])),
+                    ("a_zero_point", u8s(vec![0], &[1])),
+                    ("b_zero_point", u8s(vec![0], &[1])),
+                ],
+            ),
+        ];
+        for (case, inputs) in bad.into_iter().chain(bad_quant) {
             let e = model(case).run(&inputs).unwrap_err();
             assert!(
                 matches!(

@@ -9,7 +9,7 @@ use kiln::Result;
 use kiln::{BinaryOp, Shape, Tensor, UnaryOp};
 
 fn scalar(ctx: &Ctx, v: f32) -> Result<Tensor> {
-    Tensor::full(ctx.dev, &[1], v)
+    Tensor::full(ctx.dev, &[], v)
 }
 
 /// ONNX's functions of one tensor: the op registry's (`UnaryOp::from_onnx`, parameters from

@@ -12,6 +12,7 @@ mod ml;
 mod norm;
 mod pad;
 mod pool;
+mod quantize;
 mod recurrent;
 mod reduce;
 mod resize;
@@ -277,6 +278,19 @@ static OWN: &[OpDef] = &[
         shape::depth_to_space,
     ),
     op("SpaceToDepth", &["blocksize"], shape::space_to_depth),
+    op(
+        "DequantizeLinear",
+        &["axis", "block_size", "output_dtype"],
+        quantize::dequantize,
+    ),
+    op(
+        "QuantizeLinear",
+        &["axis", "block_size", "output_dtype", "saturate"],
+        quantize::quantize,
+    ),
+    op("DynamicQuantizeLinear", &[], quantize::dynamic_quantize),
+    op("MatMulInteger", &[], quantize::matmul_integer),
+    op("QLinearMatMul", &[], quantize::qlinear_matmul),
 ];
 
 const CONSTANT_ATTRS: &[&str] = &[
