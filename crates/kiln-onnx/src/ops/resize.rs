@@ -10,6 +10,48 @@ use kiln::Tensor;
 /// The taps of one output position: (source index, weight).
 type Taps = Vec<(usize, f64)>;
 
+/// The taps of a downsampling antialiased filter (ONNX's reference): the linear (tent) or
+/// cubic kernel stretched by `1 / scale`, so that every source value within its support
+/// contributes, the weights normalised to sum to 1 (and again after `exclude_outside` drops
+/// the taps outside the input). Taps run from `ceil(src) - 1 + start`, the source positions
+/// nearest `src`, preferring the lower.
+fn antialiased(
+    src: f64,
+    scale: f64,
+    cubic: bool,
+    kernel: &dyn Fn(f64) -> f64,
+    exclude: bool,
+    last: i64,
+) -> Taps {
+    let reach = if cubic { 2.0 } else { 1.0 };
+    let start = (-reach / scale).floor() as i64 + 1;
+    let count = 2 - 2 * start;
+    let base = src.ceil() as i64 - 1;
+    let ratio = src - base as f64;
+    let weight = |d: f64| {
+        if cubic {
+            kernel(d)
+        } else {
+            (1.0 - d.abs()).clamp(0.0, 1.0)
+        }
+    };
+    let mut taps: Vec<(i64, f64)> = (start..start + count)
+        .map(|off| (base + off, weight((off as f64 - ratio) * scale)))
+        .collect();
+    let sum: f64 = taps.iter().map(|t| t.1).sum();
+    taps.iter_mut().for_each(|t| t.1 /= sum);
+    if exclude {
+        taps.iter_mut()
+            .filter(|t| t.0 < 0 || t.0 > last)
+            .for_each(|t| t.1 = 0.0);
+        let sum: f64 = taps.iter().map(|t| t.1).sum();
+        taps.iter_mut().for_each(|t| t.1 /= sum);
+    }
+    taps.into_iter()
+        .map(|(i, w)| (i.clamp(0, last.max(0)) as usize, w))
+        .collect()
+}
+
 /// Source taps along one axis of `len_in` values resized to `len_out` at `scale` (`roi`: the
 /// crop of `tf_crop_and_resize`), and whether each output position lies inside the input
 /// (false only for crops reaching outside, which take the extrapolation value).
@@ -25,6 +67,7 @@ fn axis_taps(
     let nearest = ctx.string("nearest_mode", "round_prefer_floor");
     let a = f64::from(ctx.float("cubic_coeff_a", -0.75));
     let exclude = ctx.int("exclude_outside", 0) != 0;
+    let antialias = ctx.int("antialias", 0) != 0 && scale < 1.0;
     let last = len_in as i64 - 1;
     // The resized length before rounding, as ONNX's coordinate formulas use it.
     let resized = len_in as f64 * scale;
@@ -63,6 +106,26 @@ fn axis_taps(
                 }
             };
             let clamp = |i: i64| i.clamp(0, last.max(0)) as usize;
+            let cubic = |d: f64| {
+                let d = d.abs();
+                if d <= 1.0 {
+                    ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0
+                } else if d < 2.0 {
+                    ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a
+                } else {
+                    0.0
+                }
+            };
+            if antialias {
+                return Ok(antialiased(
+                    src,
+                    scale,
+                    mode == "cubic",
+                    &cubic,
+                    exclude,
+                    last,
+                ));
+            }
             Ok(match mode.as_str() {
                 "nearest" => {
                     let frac = src - src.floor();
@@ -85,20 +148,10 @@ fn axis_taps(
                 "cubic" => {
                     let f = src.floor();
                     let t = src - f;
-                    let k = |d: f64| {
-                        let d = d.abs();
-                        if d <= 1.0 {
-                            ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0
-                        } else if d < 2.0 {
-                            ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a
-                        } else {
-                            0.0
-                        }
-                    };
                     let mut taps: Taps = (-1..=2)
                         .map(|j| {
                             let i = f as i64 + j;
-                            let w = k(t - j as f64);
+                            let w = cubic(t - j as f64);
                             let outside = i < 0 || i > last;
                             (clamp(i), if exclude && outside { 0.0 } else { w })
                         })
@@ -117,8 +170,8 @@ fn axis_taps(
 }
 
 pub(super) fn resize(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
-    if ctx.int("antialias", 0) != 0 {
-        return Err(ctx.unsupported("antialias"));
+    if ctx.int("antialias", 0) != 0 && ctx.string("mode", "nearest") == "nearest" {
+        return Err(ctx.invalid("antialias with mode nearest"));
     }
     let input = ctx.input(args, 0)?;
     let x = input.float_on(ctx.dev)?;
