@@ -10,6 +10,7 @@ seeded random weights, so no large file lives in git:
   transformer.onnx  two pre-norm transformer blocks: LayerNormalization, multi-head
                     self-attention in the MatMul/Softmax pattern (Reshape, Transpose, a causal
                     mask added before Softmax), a GELU MLP, residual Adds. Input [1, 64, 128].
+  einsum_*.onnx     Einsum with ellipses and diagonals (EINSUMS below).
   branchy_*.onnx    an If on a run-time condition, branches reading the outer scope, a
                     nested If (for control flow; the two files differ only in their input).
 
@@ -151,6 +152,28 @@ def branchy():
     return [helper.make_tensor_value_info("input", TensorProto.FLOAT, [4, 8])], [4, 8]
 
 
+def einsum(equation, in_shape, other_shape, out_shape):
+    """One `Einsum` of the input with a seeded second operand (or of the input alone when
+    `other_shape` is None)."""
+    def build():
+        operands = ["input"] + ([w("e_other", *other_shape, scale=1.0)] if other_shape else [])
+        node("Einsum", operands, "output", equation=equation)
+        return [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(in_shape))], list(out_shape)
+    return build
+
+
+# Ellipses (over different numbers of dimensions, explicit and implicit outputs) and
+# diagonals, beside ONNX's one such conformance case; ONNX's reference evaluates them with
+# numpy's einsum.
+EINSUMS = {
+    "einsum_batched": ("...ij,...jk->...ik", (2, 3, 4, 5), (5, 6), (2, 3, 4, 6)),
+    "einsum_broadcast_batch": ("...ij,...jk->...ik", (2, 3, 4, 5), (3, 5, 2), (2, 3, 4, 2)),
+    "einsum_trace": ("...ii->...", (3, 4, 4), None, (3,)),
+    "einsum_implicit": ("...ij,j", (2, 3, 4), (4,), (2, 3)),
+    "einsum_diagonal_product": ("iij,jk->ik", (3, 3, 4), (4, 5), (3, 5)),
+}
+
+
 def save(out, name, build, shift=0.0):
     nodes.clear()
     inits.clear()
@@ -176,6 +199,8 @@ if __name__ == "__main__":
     os.makedirs(out, exist_ok=True)
     save(out, "mobile", mobile)
     save(out, "transformer", transformer)
+    for name, (eq, a, b, y) in EINSUMS.items():
+        save(out, name, einsum(eq, a, b, y))
     # Both branches of the `If` model: inputs shifted up (sum > 0) and down.
     save(out, "branchy_then", branchy, shift=1.0)
     save(out, "branchy_else", branchy, shift=-1.0)

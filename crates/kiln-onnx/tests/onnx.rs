@@ -417,7 +417,18 @@ fn onnx_models_match_the_reference_evaluator() {
     let Some(dir) = models_dir() else { return };
     let mut devices = vec![Device::cpu()];
     devices.extend(gpus());
-    for name in ["mobile", "transformer", "branchy_then", "branchy_else"] {
+    let names = [
+        "mobile",
+        "transformer",
+        "einsum_batched",
+        "einsum_broadcast_batch",
+        "einsum_trace",
+        "einsum_implicit",
+        "einsum_diagonal_product",
+        "branchy_then",
+        "branchy_else",
+    ];
+    for name in names {
         for dev in &devices {
             let model = Model::load(&dir.join(format!("{name}.onnx")), dev).unwrap();
             let (_, x) = load_tensor(&dir.join(format!("{name}.input.pb")), dev).unwrap();

@@ -1,5 +1,7 @@
-//! ONNX `Einsum` for one or two operands without ellipses or repeated indices: sums over the
-//! indices the output drops, then one batched matmul for the contraction, then a permutation.
+//! ONNX `Einsum` for one or two operands: an ellipsis becomes letters of its own (its
+//! dimensions aligned from the right across operands), a repeated index within one operand
+//! takes that operand's diagonal, then sums over the indices the output drops, one batched
+//! matmul for the contraction, and a permutation.
 
 use super::{Args, Ctx};
 use crate::value::Value;
@@ -41,24 +43,95 @@ fn arrange(t: &Tensor, letters: &[char], want: &[char]) -> Result<Tensor> {
     }
 }
 
+/// `t` (with `letters`) with every index that appears twice replaced by the diagonal along
+/// it: the two axes moved last, flattened, and every `n + 1`-th value picked.
+fn diagonals(ctx: &Ctx, t: &Tensor, letters: &[char]) -> Result<(Tensor, Vec<char>)> {
+    let (mut t, mut letters) = (t.clone(), letters.to_vec());
+    while let Some((p, q)) = (0..letters.len()).find_map(|p| {
+        (p + 1..letters.len())
+            .find(|&q| letters[q] == letters[p])
+            .map(|q| (p, q))
+    }) {
+        let n = t.shape()[p];
+        if t.shape()[q] != n {
+            return Err(ctx.invalid(format!(
+                "index {} is {n} and {} in one operand",
+                letters[p],
+                t.shape()[q]
+            )));
+        }
+        let rest: Vec<usize> = (0..letters.len()).filter(|&d| d != p && d != q).collect();
+        let perm: Vec<usize> = rest.iter().copied().chain([p, q]).collect();
+        let mut dims: Vec<usize> = rest.iter().map(|&d| t.shape()[d]).collect();
+        dims.push(n * n);
+        let flat = t.permute(&perm)?.reshape(&dims)?;
+        let picks = Tensor::from_vec_u32(
+            ctx.dev,
+            (0..n as u32).map(|i| i * (n as u32 + 1)).collect(),
+            &[n],
+        )?;
+        t = flat.index_select(dims.len() as isize - 1, &picks)?;
+        let c = letters[p];
+        letters = rest.iter().map(|&d| letters[d]).chain([c]).collect();
+    }
+    Ok((t, letters))
+}
+
 pub(super) fn einsum(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     let eq: String = ctx
         .string("equation", "")
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect();
-    if eq.contains("...") {
-        return Err(ctx.unsupported("ellipses in the equation"));
-    }
     let (lhs, out) = match eq.split_once("->") {
         Some((l, o)) => (l.to_string(), Some(o.to_string())),
         None => (eq.clone(), None),
     };
-    let specs: Vec<Vec<char>> = lhs.split(',').map(|s| s.chars().collect()).collect();
-    let inputs: Vec<&Tensor> = (0..specs.len())
+    let raw: Vec<&str> = lhs.split(',').collect();
+    let originals: Vec<&Tensor> = (0..raw.len())
         .map(|i| ctx.float_input(args, i))
         .collect::<Result<_>>()?;
-    for (s, t) in specs.iter().zip(&inputs) {
+    // The ellipsis: as many letters as the most dimensions it covers in any operand, taken
+    // from those the equation does not use, aligned from the right.
+    let spare: Vec<char> = ('A'..='Z')
+        .chain('a'..='z')
+        .filter(|c| !eq.contains(*c))
+        .collect();
+    let covered = |s: &str, t: &Tensor| t.rank() as isize - (s.len() as isize - 3);
+    let mut width = 0usize;
+    for (s, t) in raw.iter().zip(&originals) {
+        if s.contains("...") {
+            let w = covered(s, t);
+            if w < 0 || s.matches("...").count() > 1 {
+                return Err(ctx.invalid(format!("`{s}` for an operand of rank {}", t.rank())));
+            }
+            width = width.max(w as usize);
+        }
+    }
+    if width > spare.len() {
+        return Err(ctx.unsupported(format!("an ellipsis over {width} dimensions")));
+    }
+    let ellipsis = &spare[..width];
+    let expand = |s: &str, w: usize| -> Vec<char> {
+        let mut v = Vec::new();
+        let (head, tail) = s.split_once("...").unwrap_or((s, ""));
+        v.extend(head.chars());
+        v.extend(&ellipsis[width - w..]);
+        v.extend(tail.chars());
+        v
+    };
+    let specs: Vec<Vec<char>> = raw
+        .iter()
+        .zip(&originals)
+        .map(|(s, t)| {
+            if s.contains("...") {
+                expand(s, covered(s, t) as usize)
+            } else {
+                s.chars().collect()
+            }
+        })
+        .collect();
+    for (s, t) in specs.iter().zip(&originals) {
         if s.len() != t.rank() || s.iter().any(|c| !c.is_ascii_alphabetic()) {
             return Err(ctx.invalid(format!(
                 "`{}` for an operand of rank {}",
@@ -66,25 +139,30 @@ pub(super) fn einsum(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
                 t.rank()
             )));
         }
-        let mut u = s.clone();
-        u.sort_unstable();
-        u.dedup();
-        if u.len() != s.len() {
-            return Err(ctx.unsupported("a repeated index within one operand (a diagonal)"));
-        }
     }
+    // Repeated indices within an operand: its diagonals.
+    let mut owned = Vec::with_capacity(specs.len());
+    let mut specs_d = Vec::with_capacity(specs.len());
+    for (s, t) in specs.iter().zip(&originals) {
+        let (t, l) = diagonals(ctx, t, s)?;
+        owned.push(t);
+        specs_d.push(l);
+    }
+    let specs = specs_d;
+    let inputs: Vec<&Tensor> = owned.iter().collect();
     let count = |c: char| specs.iter().flatten().filter(|&&x| x == c).count();
     let out: Vec<char> = match out {
+        Some(o) if o.contains("...") => expand(&o, width),
         Some(o) => o.chars().collect(),
         None => {
             let mut o: Vec<char> = specs
                 .iter()
                 .flatten()
                 .copied()
-                .filter(|&c| count(c) == 1)
+                .filter(|&c| count(c) == 1 && !ellipsis.contains(&c))
                 .collect();
             o.sort_unstable();
-            o
+            ellipsis.iter().copied().chain(o).collect()
         }
     };
     let size = |c: char| -> Option<usize> {
