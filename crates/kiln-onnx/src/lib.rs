@@ -73,6 +73,8 @@ pub struct Model {
     last_use: HashMap<String, usize>,
     /// Element types the graph declares (inputs, outputs, value_info).
     types: HashMap<String, i32>,
+    /// The op types the file's graph uses, in first-use order (before the folds at load).
+    op_types: Vec<String>,
 }
 
 impl std::fmt::Debug for Model {
@@ -130,6 +132,19 @@ impl Model {
         for t in &graph.initializer {
             constants.insert(t.name.clone(), value::from_proto(t, device)?);
         }
+        let op_types = {
+            let mut seen = HashSet::new();
+            graph
+                .node
+                .iter()
+                .map(|n| qualified(&n.domain, &n.op_type))
+                .filter(|o| seen.insert(o.clone()))
+                .collect()
+        };
+        let made = fold_constants(&mut graph, &mut constants, device, opset)?;
+        if made > 0 {
+            log::info!("onnx: evaluated {made} Constant nodes once, at load");
+        }
         let folded = fold_batch_norms(&mut graph, &mut constants, device)?;
         if folded > 0 {
             log::info!("onnx: folded {folded} BatchNormalization nodes into their convolutions");
@@ -182,6 +197,7 @@ impl Model {
             inputs,
             last_use,
             types,
+            op_types,
         })
     }
 
@@ -223,13 +239,7 @@ impl Model {
     /// The op types the graph uses (its top level), in order of first use.
     /// Ops of another domain than ONNX's own are prefixed with it (`ai.onnx.ml.Scaler`).
     pub fn op_types(&self) -> Vec<String> {
-        let mut seen = HashSet::new();
-        self.graph
-            .node
-            .iter()
-            .map(|n| qualified(&n.domain, &n.op_type))
-            .filter(|o| seen.insert(o.clone()))
-            .collect()
+        self.op_types.clone()
     }
 
     /// The device the model runs on.
@@ -369,6 +379,48 @@ impl Model {
             })
             .collect()
     }
+}
+
+/// Evaluate each `Constant` node of the graph once, at load: its value joins the initializers
+/// (made and uploaded once instead of at every run) and the node leaves the graph, so the
+/// folds after this one see it as an initializer. Returns how many were evaluated.
+fn fold_constants(
+    graph: &mut GraphProto,
+    constants: &mut HashMap<String, Value>,
+    device: &Device,
+    opset: i64,
+) -> Result<usize> {
+    let types = HashMap::new();
+    let no_subgraph = |_: &GraphProto| -> Result<Vec<Value>> {
+        Err(Error::Unsupported {
+            op: "onnx",
+            reason: "a subgraph inside a Constant".into(),
+        })
+    };
+    let mut kept = Vec::with_capacity(graph.node.len());
+    let mut made = 0;
+    for node in std::mem::take(&mut graph.node) {
+        let own_domain = node.domain.is_empty() || node.domain == "ai.onnx";
+        if node.op_type != "Constant" || !own_domain || !node.input.is_empty() {
+            kept.push(node);
+            continue;
+        }
+        let ctx = ops::Ctx {
+            dev: device,
+            node: &node,
+            opset,
+            types: &types,
+            subgraph: &no_subgraph,
+        };
+        for (name, v) in node.output.iter().zip(ops::run(&ctx, &[])?) {
+            if !name.is_empty() {
+                constants.insert(name.clone(), v);
+            }
+        }
+        made += 1;
+    }
+    graph.node = kept;
+    Ok(made)
 }
 
 /// Fold each inference BatchNormalization whose input is a Conv's output read by nothing else

@@ -488,6 +488,18 @@ fn published_models_match_onnxruntime() {
             say!("onnx {name} on {dev}: max abs difference {worst:.2e} from onnxruntime");
         }
     }
+    // At load, the direction classifier's 308 Constant nodes become initializers (evaluated
+    // once, not per run) and then each of its 35 BatchNormalizations, whose convolution
+    // weights were such constants, folds into its convolution: a run executes neither.
+    let cpu = Device::cpu();
+    let model = Model::load(&dir.join("ocr_cls.onnx"), &cpu).unwrap();
+    assert!(model.op_types().contains(&"Constant".to_string()));
+    let (input, x) = load_tensor(&dir.join("ocr_cls.input.pb"), &cpu).unwrap();
+    let (_, profile) = model.run_profiled(&[(input.as_str(), x)]).unwrap();
+    let ran: Vec<&str> = profile.iter().map(|(op, _, _)| op.as_str()).collect();
+    for folded in ["Constant", "BatchNormalization"] {
+        assert!(!ran.contains(&folded), "{folded} ran: {ran:?}");
+    }
 }
 
 /// The directory `scripts/onnx_models.py` writes its models to (made on first use), or `None`
