@@ -349,9 +349,14 @@ pub(super) fn clip(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         let data = i.data.iter().map(|&v| v.max(lo).min(hi)).collect();
         return Ok(vec![Value::Int(IntTensor { data, ..i.clone() })]);
     }
-    // numpy's clip: the lower bound, then the upper (min > max gives max everywhere).
+    // numpy's clip: the lower bound, then the upper (min > max gives max everywhere). Ordered
+    // bounds are kiln's one `clamp` (ReLU6 and the like: one unary op, no scalar operands).
     let t = x.tensor("onnx")?;
-    let y = t.maximum(&scalar(ctx, lo)?)?.minimum(&scalar(ctx, hi)?)?;
+    let y = if lo <= hi {
+        t.clamp(lo, hi)?
+    } else {
+        t.maximum(&scalar(ctx, lo)?)?.minimum(&scalar(ctx, hi)?)?
+    };
     Ok(vec![Value::Float(y)])
 }
 
