@@ -7,6 +7,7 @@
 
 use crate::error::Result;
 use crate::op::{BinaryOp, UnaryOp};
+use crate::shape::BroadcastLayout;
 use std::sync::{Arc, OnceLock, Weak};
 
 /// Most instructions in one program; past it the operand is materialised first.
@@ -237,6 +238,16 @@ pub(crate) fn fits(map: &LeafMap) -> bool {
         LeafMap::Strided { dims, .. } => dims.len() <= MAX_RANK,
         _ => true,
     }
+}
+
+/// How each operand of a binary op over `layout` (with `n` outputs) is read inside a fused
+/// program, when both maps are within the generated code's reach (`None`: run it eagerly).
+pub(crate) fn binary_maps(layout: &BroadcastLayout, n: usize) -> Option<(LeafMap, LeafMap)> {
+    let maps = (
+        LeafMap::of(&layout.dims, &layout.lhs),
+        LeafMap::of(&layout.dims, &layout.rhs),
+    );
+    (n > 0 && fits(&maps.0) && fits(&maps.1)).then_some(maps)
 }
 
 /// The programs a backend has built and not run, for `Device::synchronize`: weak references, so

@@ -182,11 +182,7 @@ impl BackendStorage for CpuStorage {
     ) -> Result<CpuStorage> {
         let name = op.name();
         // With fusion on, both operands' maps within the generated code's reach: a program.
-        let maps = (
-            LeafMap::of(&layout.dims, &layout.lhs),
-            LeafMap::of(&layout.dims, &layout.rhs),
-        );
-        if n > 0 && fusion::fits(&maps.0) && fusion::fits(&maps.1) && fused::enabled() {
+        if let Some(maps) = fusion::binary_maps(layout, n).filter(|_| fused::enabled()) {
             let (x, y) = (
                 self.operand(name, maps.0, 2)?,
                 rhs.operand(name, maps.1.clone(), 2)?,

@@ -336,11 +336,7 @@ impl BackendStorage for GpuStorage {
     ) -> Result<GpuStorage> {
         let name = op.name();
         // With fusion on, both operands' maps within the generated code's reach: a program.
-        let maps = (
-            LeafMap::of(&layout.dims, &layout.lhs),
-            LeafMap::of(&layout.dims, &layout.rhs),
-        );
-        if n > 0 && fusion::fits(&maps.0) && fusion::fits(&maps.1) && fused::enabled(&self.ctx) {
+        if let Some(maps) = fusion::binary_maps(layout, n).filter(|_| fused::enabled(&self.ctx)) {
             let (x, y) = (
                 self.operand(name, maps.0, 2)?,
                 rhs.operand(name, maps.1.clone(), 2)?,
