@@ -51,7 +51,7 @@ if ! cmp -s scripts/requirements.txt "$venv/kiln-requirements.txt"; then
     python3 -m venv "$venv"
     "$venv/bin/python3" -m pip install -q --disable-pip-version-check -r scripts/requirements.txt
     cp scripts/requirements.txt "$venv/kiln-requirements.txt"
-    rm -rf target/onnx-*
+    rm -rf target/onnx-* target/gguf-blocks
 fi
 export PATH="$venv/bin:$PATH"
 
@@ -61,4 +61,9 @@ export KILN_REQUIRE_GPU=1
 # Name the adapters (and auto's choice) in the log, so a reader can see where the GPU tests ran.
 cargo run -q --example info
 cargo test --workspace --all-targets "$@"
+# The CPU's int8 dot kernels are picked at run time: test the ones this CPU does not pick too.
+for isa in avx2 scalar; do
+    echo "scripts/test.sh: tests/packed.rs with KILN_CPU_QDOT=$isa"
+    KILN_CPU_QDOT=$isa cargo test -q --test packed
+done
 cargo test --workspace --doc

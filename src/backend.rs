@@ -50,6 +50,9 @@ pub(crate) enum Kernel<'a> {
     Matmul { k: usize },
     /// Attention over these views.
     Attention(&'a AttnDims),
+    /// Decoding rows of `len` values of a storage type in registers (`matmul_packed`,
+    /// `packed_rows`, a cast to f32).
+    Packed { dtype: DType, len: usize },
 }
 
 /// `DTypeMismatch` for `op`.
@@ -75,6 +78,22 @@ pub(crate) trait BackendStorage: Sized + Clone {
     /// A copy of these `n` values in storage of their own (the CPU shares its immutable
     /// values).
     fn duplicate(&self, op: &'static str, n: usize) -> Result<Self>;
+
+    /// The bytes of these `n` values in their element type's format
+    /// (`dtype.bytes_for(n)` of them).
+    fn to_bytes(&self, op: &'static str, n: usize) -> Result<Vec<u8>>;
+
+    /// These `n` values converted to `dtype` (through f32: decoded, then encoded; see
+    /// `quant::encode` for the rounding).
+    fn cast(&self, op: &'static str, dtype: DType, n: usize) -> Result<Self>;
+
+    /// `self · weightᵀ` for f32 `self` of `m × k` and a `weight` of a storage type of
+    /// `n × k` (whole blocks per row), decoded in registers: an `m × n` f32 result.
+    fn matmul_packed(&self, weight: &Self, mkn: (usize, usize, usize)) -> Result<Self>;
+
+    /// Rows `idx` (checked) of a table of a storage type with rows of `len` values (whole
+    /// blocks), decoded to f32.
+    fn packed_rows(&self, idx: &[u32], len: usize) -> Result<Self>;
 
     /// `op` on each of the `n` values.
     fn unary(&self, op: UnaryOp, n: usize) -> Result<Self>;

@@ -66,6 +66,7 @@ mod matmul_plan;
 pub mod nn;
 mod op;
 mod optim_params;
+mod quant;
 mod random;
 mod shape;
 mod storage;

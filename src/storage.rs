@@ -75,6 +75,43 @@ impl Storage {
         }
     }
 
+    /// Values of a storage type, as the bytes of its format, on `device`.
+    pub(crate) fn from_bytes(
+        device: &Device,
+        op: &'static str,
+        dtype: DType,
+        bytes: Vec<u8>,
+    ) -> Result<Storage> {
+        match device.gpu_context() {
+            None => Ok(CpuStorage::from_bytes(dtype, bytes).wrap()),
+            Some(ctx) => Ok(GpuStorage::upload_bytes(ctx, op, dtype, &bytes)?.wrap()),
+        }
+    }
+
+    /// The bytes of these `n` values in their element type's format.
+    pub(crate) fn to_bytes(&self, op: &'static str, n: usize) -> Result<Vec<u8>> {
+        on!(self, |x| x.to_bytes(op, n), |v| v)
+    }
+
+    /// These `n` values converted to `dtype`.
+    pub(crate) fn cast(&self, op: &'static str, dtype: DType, n: usize) -> Result<Storage> {
+        on!(self, |x| x.cast(op, dtype, n))
+    }
+
+    /// `self · weightᵀ` for f32 `self` (`m × k`) and a packed `weight` (`n × k`).
+    pub(crate) fn matmul_packed(
+        &self,
+        weight: &Storage,
+        mkn: (usize, usize, usize),
+    ) -> Result<Storage> {
+        on!(self, |x| x.matmul_packed(the(weight, "linear")?, mkn))
+    }
+
+    /// Rows `idx` of a packed table with rows of `len` values, as f32.
+    pub(crate) fn packed_rows(&self, idx: &[u32], len: usize) -> Result<Storage> {
+        on!(self, |x| x.packed_rows(idx, len))
+    }
+
     /// `n` copies of `value` on `device`.
     pub(crate) fn full(device: &Device, n: usize, value: f32) -> Result<Storage> {
         match device.gpu_context() {
@@ -142,6 +179,7 @@ impl Storage {
             DType::U32 => {
                 Self::from_u32(device, "to_device", Arc::new(self.to_u32("to_device", n)?))
             }
+            packed => Self::from_bytes(device, "to_device", packed, self.to_bytes("to_device", n)?),
         }
     }
 

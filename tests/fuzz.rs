@@ -132,6 +132,7 @@ fn values(t: &Tensor) -> kiln::Result<Vec<f32>> {
     match t.dtype() {
         DType::U32 => Ok(t.to_vec_u32()?.into_iter().map(|v| v as f32).collect()),
         DType::F32 => t.to_vec(),
+        _ => t.to_dtype(DType::F32)?.to_vec(),
     }
 }
 

@@ -15,6 +15,8 @@ mod grad;
 mod index;
 mod matmul;
 mod optim;
+mod qdot;
+mod qmatmul;
 mod reduce;
 mod scan;
 #[cfg(target_arch = "x86_64")]

@@ -6,11 +6,12 @@ use crate::attention::AttnDims;
 use crate::backend::{Around, BackendStorage, Kernel, WherePlan, mismatch};
 use crate::conv::Window;
 use crate::dtype::DType;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fusion::{self, LeafMap, Operand};
 use crate::matmul_plan::MatmulPlan;
 use crate::op::{BinaryOp, ReduceOp, UnaryOp};
 use crate::optim_params::{OptimParams, Replayed};
+use crate::quant;
 use crate::shape::BroadcastLayout;
 use crate::strided::StridedCopy;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub(crate) enum CpuStorage {
     /// 32-bit floats that a fused elementwise program computes when they are read
     /// (`cpu/fused.rs`).
     Lazy(Arc<CpuFused>),
+    /// Values of a storage type (`DType::is_packed`), as the bytes of its format.
+    Packed(DType, Arc<Vec<u8>>),
 }
 
 /// f32 results.
@@ -46,6 +49,25 @@ impl CpuStorage {
     /// u32 `data`, shared.
     pub(crate) fn from_u32(data: Arc<Vec<u32>>) -> CpuStorage {
         CpuStorage::U32(data)
+    }
+
+    /// Values of a storage type, as the bytes of its format (checked by the caller).
+    pub(crate) fn from_bytes(dtype: DType, bytes: Vec<u8>) -> CpuStorage {
+        CpuStorage::Packed(dtype, Arc::new(bytes))
+    }
+
+    /// The bytes of a packed operand (`DTypeMismatch` naming `op` otherwise).
+    fn packed(&self, op: &'static str) -> Result<(DType, &[u8])> {
+        match self {
+            CpuStorage::Packed(d, b) => Ok((*d, b.as_slice())),
+            other => Err(Error::Unsupported {
+                op,
+                reason: format!(
+                    "the weight must have a storage type (f16, q8_0, ...), not {}",
+                    other.dtype()
+                ),
+            }),
+        }
     }
 
     /// `n` copies of `value`.
@@ -87,6 +109,7 @@ impl CpuStorage {
                     .collect::<Result<Vec<_>>>()?;
                 u32s_of(fill(op, n, &srcs)?)
             }
+            packed => return Err(mismatch(op, DType::F32, packed)),
         })
     }
 
@@ -135,6 +158,7 @@ impl BackendStorage for CpuStorage {
         match self {
             CpuStorage::F32(_) | CpuStorage::Lazy(_) => DType::F32,
             CpuStorage::U32(_) => DType::U32,
+            CpuStorage::Packed(d, _) => *d,
         }
     }
 
@@ -152,6 +176,52 @@ impl BackendStorage for CpuStorage {
 
     fn duplicate(&self, _op: &'static str, _n: usize) -> Result<CpuStorage> {
         Ok(self.clone())
+    }
+
+    fn to_bytes(&self, op: &'static str, n: usize) -> Result<Vec<u8>> {
+        Ok(match self {
+            CpuStorage::Packed(_, b) => b.as_ref().clone(),
+            CpuStorage::U32(v) => bytemuck::cast_slice(v.as_slice()).to_vec(),
+            _ => quant::encode(op, DType::F32, &self.to_f32(op, n)?)?,
+        })
+    }
+
+    fn cast(&self, op: &'static str, dtype: DType, n: usize) -> Result<CpuStorage> {
+        let values = match self {
+            CpuStorage::Packed(from, b) => {
+                let mut v = super::alloc(op, n)?;
+                quant::decode(*from, b, &mut v);
+                v
+            }
+            CpuStorage::U32(v) => v.iter().map(|&i| i as f32).collect(),
+            _ => self.to_f32(op, n)?,
+        };
+        Ok(match dtype {
+            DType::F32 => f32s_of(values),
+            DType::U32 => u32s_of(values.iter().map(|&v| v as u32).collect()),
+            packed => CpuStorage::from_bytes(packed, quant::encode(op, packed, &values)?),
+        })
+    }
+
+    fn matmul_packed(&self, weight: &CpuStorage, mkn: (usize, usize, usize)) -> Result<CpuStorage> {
+        const OP: &str = "linear";
+        let (dtype, w) = weight.packed(OP)?;
+        let x = self.f32s(OP)?;
+        Ok(f32s_of(super::qmatmul::matmul_packed(
+            OP, x, dtype, w, mkn,
+        )?))
+    }
+
+    fn packed_rows(&self, idx: &[u32], len: usize) -> Result<CpuStorage> {
+        const OP: &str = "embedding_rows";
+        let (dtype, table) = self.packed(OP)?;
+        let row_bytes = quant::byte_len(OP, dtype, len)?;
+        let mut out = super::alloc(OP, idx.len() * len)?;
+        for (o, &i) in out.chunks_exact_mut(len.max(1)).zip(idx) {
+            let at = i as usize * row_bytes;
+            quant::decode(dtype, &table[at..at + row_bytes], o);
+        }
+        Ok(f32s_of(out))
     }
 
     fn unary(&self, op: UnaryOp, n: usize) -> Result<CpuStorage> {

@@ -5,7 +5,9 @@
 use super::context::GpuContext;
 use super::kernels::fused::{self, Fused};
 use super::kernels::matmul::Epilogue;
-use super::kernels::{attention, conv, copy, elementwise, grad, index, matmul, norm, optim};
+use super::kernels::{
+    attention, conv, copy, elementwise, grad, index, matmul, norm, optim, packed,
+};
 use super::kernels::{reduce, scan, select, xent};
 use super::pool::PooledBuffer;
 use crate::attention::AttnDims;
@@ -45,6 +47,21 @@ impl GpuStorage {
         words: &[f32],
     ) -> Result<GpuStorage> {
         GpuStorage::blank(ctx, dtype).output(words.len(), dtype, |ctx| ctx.upload(op, words))
+    }
+
+    /// Values of a storage type as the bytes of its format, uploaded in 32-bit words (the last
+    /// one padded with zeros).
+    pub(crate) fn upload_bytes(
+        ctx: &Arc<GpuContext>,
+        op: &'static str,
+        dtype: DType,
+        bytes: &[u8],
+    ) -> Result<GpuStorage> {
+        let mut words = vec![0u32; bytes.len().div_ceil(4)];
+        bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        GpuStorage::blank(ctx, dtype).output(words.len(), dtype, |ctx| {
+            ctx.upload(op, bytemuck::cast_slice(&words))
+        })
     }
 
     /// `n` copies of `value`: a fill kernel, except for at most [`UPLOAD_FILL_MAX`] values (a
@@ -268,6 +285,7 @@ impl BackendStorage for GpuStorage {
             Kernel::CrossEntropy { classes } => ctx.walks(xent::walk(classes)),
             Kernel::Matmul { k } => ctx.walks(matmul::walk(k)),
             Kernel::Attention(dims) => attention::check(ctx, dims).is_ok(),
+            Kernel::Packed { dtype, len } => packed::takes(dtype, len),
         }
     }
 
@@ -288,6 +306,70 @@ impl BackendStorage for GpuStorage {
                 .map(f32::to_bits)
                 .collect()),
         }
+    }
+
+    fn to_bytes(&self, op: &'static str, n: usize) -> Result<Vec<u8>> {
+        let len = crate::quant::byte_len(op, self.dtype, n)?;
+        match self.readable(op, self.dtype)? {
+            None => Ok(Vec::new()),
+            Some(buf) => {
+                let words = self.ctx.read(buf, len.div_ceil(4))?;
+                let mut bytes: Vec<u8> = bytemuck::cast_slice(&words).to_vec();
+                bytes.truncate(len);
+                Ok(bytes)
+            }
+        }
+    }
+
+    fn cast(&self, op: &'static str, dtype: DType, n: usize) -> Result<GpuStorage> {
+        if dtype == self.dtype {
+            return Ok(self.clone());
+        }
+        if dtype == DType::F32 && packed::takes(self.dtype, n) {
+            let src = self.readable(op, self.dtype)?;
+            return self.output(n, DType::F32, |ctx| {
+                let src = src.ok_or_else(|| {
+                    Error::Gpu(format!("{op}: internal error: values without a buffer"))
+                })?;
+                packed::decode(ctx, op, self.dtype, src, None, 1, n)
+            });
+        }
+        // Encoding (and the odd-length decodes) run on the host: read, convert, upload.
+        let bytes = self.to_bytes(op, n)?;
+        let mut values = vec![0f32; n];
+        crate::quant::decode(self.dtype, &bytes, &mut values);
+        Self::upload_bytes(
+            &self.ctx,
+            op,
+            dtype,
+            &crate::quant::encode(op, dtype, &values)?,
+        )
+    }
+
+    fn matmul_packed(
+        &self,
+        weight: &GpuStorage,
+        (m, k, n): (usize, usize, usize),
+    ) -> Result<GpuStorage> {
+        const OP: &str = "linear";
+        let x = self.bound(OP, DType::F32)?;
+        let w = weight.bound(OP, weight.dtype)?;
+        self.output(m * n, DType::F32, |ctx| {
+            packed::linear(ctx, weight.dtype, x, w, (m, k, n))
+        })
+    }
+
+    fn packed_rows(&self, idx: &[u32], len: usize) -> Result<GpuStorage> {
+        const OP: &str = "embedding_rows";
+        let n = idx.len() * len;
+        if n == 0 {
+            return Ok(GpuStorage::blank(&self.ctx, DType::F32));
+        }
+        let table = self.bound(OP, self.dtype)?;
+        self.output(n, DType::F32, |ctx| {
+            let rows = ctx.upload(OP, bytemuck::cast_slice(idx))?;
+            packed::decode(ctx, OP, self.dtype, table, Some(&rows), idx.len(), len)
+        })
     }
 
     fn duplicate(&self, op: &'static str, n: usize) -> Result<GpuStorage> {

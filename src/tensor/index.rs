@@ -121,6 +121,9 @@ impl Tensor {
                 reason: format!("the weight must be [vocab, dim], got {}", weight.shape),
             });
         }
+        if weight.dtype().is_packed() {
+            return weight.packed_rows(ids);
+        }
         let flat = ids.reshape(&[ids.numel()])?;
         let rows = weight.index_select(0, &flat).map_err(|e| match e {
             Error::IndexOutOfRange { index, size, .. } => Error::IndexOutOfRange {

@@ -27,6 +27,9 @@ impl Tensor {
         transpose_self: bool,
         transpose_rhs: bool,
     ) -> Result<Tensor> {
+        if rhs.dtype().is_packed() && transpose_rhs && !transpose_self && rhs.rank() == 2 {
+            return self.matmul_packed(rhs);
+        }
         let out = self.matmul_forward(rhs, transpose_self, transpose_rhs)?;
         if !Tensor::tracking(&[self, rhs]) {
             return Ok(out);
@@ -132,6 +135,21 @@ impl Tensor {
         act: Option<UnaryOp>,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
+        if weight.dtype().is_packed() {
+            // A weight of a storage type: decoded in registers, the epilogue as ops (which
+            // fuse into one pass).
+            let mut y = self.matmul_packed(weight)?;
+            if let Some(b) = bias {
+                y = y.add(b)?;
+            }
+            if let Some(op) = act {
+                y = y.unary(op)?;
+            }
+            return match residual {
+                Some(r) => y.add(r),
+                None => Ok(y),
+            };
+        }
         let present: Vec<&Tensor> = [Some(self), Some(weight), bias, residual]
             .into_iter()
             .flatten()

@@ -34,6 +34,7 @@ mod convolution;
 mod index;
 mod layout;
 mod linalg;
+mod packed;
 mod pointwise;
 mod reduction;
 mod scan;

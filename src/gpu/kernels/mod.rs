@@ -13,6 +13,7 @@ pub(crate) mod index;
 pub(crate) mod matmul;
 pub(crate) mod norm;
 pub(crate) mod optim;
+pub(crate) mod packed;
 pub(crate) mod reduce;
 pub(crate) mod scan;
 pub(crate) mod select;
@@ -29,7 +30,7 @@ pub(crate) struct Family {
     pub params: &'static [(&'static str, &'static str, usize)],
 }
 
-const FAMILIES: [&Family; 14] = [
+const FAMILIES: [&Family; 15] = [
     &attention::FAMILY,
     &elementwise::FAMILY,
     &fused::FAMILY,
@@ -44,6 +45,7 @@ const FAMILIES: [&Family; 14] = [
     &grad::FAMILY,
     &optim::FAMILY,
     &xent::FAMILY,
+    &packed::FAMILY,
 ];
 
 /// Every specialization the host can ask for, so that `tests/shaders.rs` validates exactly what

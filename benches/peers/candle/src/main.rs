@@ -2,6 +2,11 @@
 //! the format of `../shared/bench/numpy_ref.py`:
 //!
 //!   cargo run --release -- --matmul 256 512 1024 2048 --mlp 1024 64 256 256 10
+//!
+//! and, for `scripts/bench_quant.py`, candle's quantized products (`QMatMul` on GGUF block
+//! types, its ggml-derived CPU kernels) in the format of kiln's `examples/qbench.rs`:
+//!
+//!   cargo run --release -- --qmatmul f32,f16,q8_0,q4_0,q4_K 4096x4096,11008x4096 1,16
 
 use candle_core::{DType, Device, Result, Tensor};
 use std::time::Instant;
@@ -33,6 +38,9 @@ fn main() -> Result<()> {
             .collect()
     };
     let dev = Device::Cpu;
+    if let Some(i) = args.iter().position(|a| a == "--qmatmul") {
+        qmatmul(&args[i + 1], &args[i + 2], &args[i + 3])?;
+    }
     for n in list("--matmul") {
         let a = Tensor::randn(0f32, 1f32, (n, n), &dev)?;
         let b = Tensor::randn(0f32, 1f32, (n, n), &dev)?;
@@ -68,6 +76,44 @@ fn main() -> Result<()> {
             flops / s / 1e9,
             batch as f64 / s
         );
+    }
+    Ok(())
+}
+
+/// `x · wᵀ` through `QMatMul` for each weight type, shape `NxK` and number of rows.
+fn qmatmul(types: &str, shapes: &str, ms: &str) -> Result<()> {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::Module;
+    let dev = Device::Cpu;
+    for shape in shapes.split(',') {
+        let (n, k) = shape.split_once('x').expect("NxK");
+        let (n, k): (usize, usize) = (n.parse().unwrap(), k.parse().unwrap());
+        let w = (Tensor::randn(0f32, 1f32, (n, k), &dev)? * 0.02)?;
+        for ty in types.split(',') {
+            let dtype = match ty {
+                "f32" => GgmlDType::F32,
+                "f16" => GgmlDType::F16,
+                "q8_0" => GgmlDType::Q8_0,
+                "q4_0" => GgmlDType::Q4_0,
+                "q4_K" => GgmlDType::Q4K,
+                "q6_K" => GgmlDType::Q6K,
+                other => panic!("unknown type {other}"),
+            };
+            let q = QTensor::quantize(&w, dtype)?;
+            let bytes = q.storage_size_in_bytes() as f64;
+            let mm = QMatMul::from_qtensor(q)?;
+            for m in ms.split(',') {
+                let m: usize = m.parse().unwrap();
+                let x = Tensor::randn(0f32, 1f32, (m, k), &dev)?;
+                let s = median_time(|| mm.forward(&x).map(drop))?;
+                println!(
+                    r#"{{"engine":"candle","device":"cpu","dtype":"{ty}","m":{m},"n":{n},"k":{k},"ms":{:.4},"gbs":{:.2},"gflops":{:.2}}}"#,
+                    s * 1e3,
+                    bytes / s / 1e9,
+                    2.0 * (m * n * k) as f64 / s / 1e9
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -1,0 +1,87 @@
+//! Products with a packed weight (`x · wᵀ`, `w` in f16, bf16, i8/u8 or a GGUF block type):
+//! the weight is decoded in registers, a block at a time, never expanded to f32 in memory.
+//!
+//! q8_0 and q4_0 take ggml's route: each activation row is quantized to q8 blocks once, and a
+//! weight block's dot product with it is an int8 one (`qdot`: AVX-512 VNNI, AVX2 or scalar,
+//! chosen at run time), scaled by the two blocks' scales. The other types decode a chunk of
+//! the weight row to f32 and take f32 dot products. Threads split the weight's rows, so each
+//! weight byte is read once whatever the number of activation rows.
+
+use super::qdot::{self, Q8Block};
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::quant;
+
+/// Values of a weight row decoded at a time by the f32 path (one K-quant super-block).
+const CHUNK: usize = 256;
+
+/// `x · wᵀ` for `x` of `m × k` (f32, row-major) and `w` of `n × k` values of `dtype` (`bytes`,
+/// whole blocks per row): an `m × n` result.
+pub(crate) fn matmul_packed(
+    op: &'static str,
+    x: &[f32],
+    dtype: DType,
+    w: &[u8],
+    (m, k, n): (usize, usize, usize),
+) -> Result<Vec<f32>> {
+    let row_bytes = quant::byte_len(op, dtype, k)?;
+    let mut out_t = super::alloc::<f32>(op, n * m)?;
+    match dtype {
+        DType::Q8_0 | DType::Q4_0 => {
+            let xq: Vec<Q8Block> = x.chunks_exact(32).map(Q8Block::quantize).collect();
+            let blocks = k / 32;
+            let kernel = qdot::kernel(dtype);
+            super::par_chunks_mut(&mut out_t, m, k * m, &|row, out| {
+                let wrow = &w[row * row_bytes..(row + 1) * row_bytes];
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = kernel(wrow, &xq[i * blocks..(i + 1) * blocks]);
+                }
+            });
+        }
+        _ => {
+            super::par_chunks_mut(&mut out_t, m, k * m, &|row, out| {
+                let wrow = &w[row * row_bytes..(row + 1) * row_bytes];
+                decoded_row_dots(dtype, wrow, x, k, out);
+            });
+        }
+    }
+    Ok(if m == 1 {
+        out_t
+    } else {
+        transpose(&out_t, n, m)
+    })
+}
+
+/// `out[i] = x_i · w` for one weight row `w` (bytes of `dtype`) and every row `x_i` of `x`,
+/// decoding `w` a chunk at a time.
+fn decoded_row_dots(dtype: DType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    let chunk = if dtype.block_len() > 1 {
+        dtype.block_len()
+    } else {
+        CHUNK
+    };
+    let mut buf = [0f32; CHUNK];
+    let mut start = 0;
+    while start < k {
+        let len = chunk.min(k - start);
+        let bytes = dtype.block_bytes() * len / dtype.block_len();
+        let off = dtype.block_bytes() * start / dtype.block_len();
+        quant::decode(dtype, &w[off..off + bytes], &mut buf[..len]);
+        for (i, o) in out.iter_mut().enumerate() {
+            *o += qdot::dot_f32(&buf[..len], &x[i * k + start..i * k + start + len]);
+        }
+        start += len;
+    }
+}
+
+/// `a` (`rows × cols`) transposed.
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; a.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = a[r * cols + c];
+        }
+    }
+    t
+}

@@ -1,0 +1,137 @@
+//! `shaders/packed.wgsl`: values of a storage type decoded in registers, for casts to f32,
+//! embedding rows, and products with a packed weight (`linear`).
+
+use super::Family;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gpu::context::GpuContext;
+use crate::gpu::pipelines::{KernelSpec, shader};
+use crate::gpu::pool::PooledBuffer;
+use bytemuck::{Pod, Zeroable};
+
+/// Invocations per workgroup.
+const WG: u32 = 64;
+/// Rows of the activation one `linear` workgroup multiplies (`MB` in the shader).
+const MB: usize = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    a: u32,
+    b: u32,
+    c: u32,
+    d: u32,
+}
+
+/// The shader's number for `dtype` (its `DTYPE` constant), for the types it decodes.
+fn code(dtype: DType) -> Option<u32> {
+    Some(match dtype {
+        DType::F16 => 0,
+        DType::BF16 => 1,
+        DType::I8 => 2,
+        DType::U8 => 3,
+        DType::I32 => 4,
+        DType::Q8_0 => 5,
+        DType::Q4_0 => 6,
+        DType::Q4K => 7,
+        DType::Q6K => 8,
+        DType::F32 | DType::U32 => return None,
+    })
+}
+
+fn spec(entry: &'static str, code: u32) -> KernelSpec {
+    KernelSpec {
+        shader: shader!("packed.wgsl"),
+        entry,
+        constants: vec![("WG", f64::from(WG)), ("DTYPE", f64::from(code))],
+        unchecked: false,
+    }
+}
+
+/// Whether the kernels take rows of `len` values of `dtype`: they decode four values at a
+/// time, so a row must be a multiple of 4 (every block type's is).
+pub(crate) fn takes(dtype: DType, len: usize) -> bool {
+    code(dtype).is_some() && len.is_multiple_of(4)
+}
+
+fn code_of(op: &'static str, dtype: DType) -> Result<u32> {
+    code(dtype).ok_or_else(|| Error::Gpu(format!("{op}: internal error: {dtype} is not packed")))
+}
+
+/// Rows of `len` values of `dtype` (in `w`) decoded to f32: `rows` of them in order, or those
+/// that the u32 indices in `idx` name (checked by the host). `takes(dtype, len)` holds.
+pub(crate) fn decode(
+    ctx: &GpuContext,
+    op: &'static str,
+    dtype: DType,
+    w: &PooledBuffer,
+    idx: Option<&PooledBuffer>,
+    rows: usize,
+    len: usize,
+) -> Result<PooledBuffer> {
+    let n = rows * len;
+    let out = ctx.alloc(op, n)?;
+    let params = Params {
+        a: len as u32,
+        b: rows as u32,
+        c: u32::from(idx.is_some()),
+        d: n as u32,
+    };
+    // Without indices the shader does not read `x`: the source is bound there again.
+    let x = idx.unwrap_or(w);
+    let grid = ctx.grid_1d(op, (n as u64 / 4).div_ceil(u64::from(WG)))?;
+    ctx.dispatch(
+        &spec("decode", code_of(op, dtype)?),
+        &[&w.buffer, &x.buffer, &out.buffer],
+        bytemuck::bytes_of(&params),
+        grid,
+    )?;
+    Ok(out)
+}
+
+/// `x · wᵀ` for f32 `x` (`m × k`) and `w` (`n × k` values of `dtype`): `m × n` f32.
+/// `takes(dtype, k)` holds.
+pub(crate) fn linear(
+    ctx: &GpuContext,
+    dtype: DType,
+    x: &PooledBuffer,
+    w: &PooledBuffer,
+    (m, k, n): (usize, usize, usize),
+) -> Result<PooledBuffer> {
+    const OP: &str = "linear";
+    let out = ctx.alloc(OP, m * n)?;
+    let params = Params {
+        a: m as u32,
+        b: k as u32,
+        c: n as u32,
+        d: MB as u32,
+    };
+    let [gx, gy, _] = ctx.grid_1d(OP, n as u64)?;
+    let gz = m.div_ceil(MB) as u32;
+    let max = ctx.limits.max_compute_workgroups_per_dimension;
+    if gz > max {
+        return Err(Error::TooLarge {
+            op: OP,
+            requested: m as u64,
+            limit: u64::from(max) * MB as u64,
+        });
+    }
+    ctx.dispatch(
+        &spec("linear", code_of(OP, dtype)?),
+        &[&w.buffer, &x.buffer, &out.buffer],
+        bytemuck::bytes_of(&params),
+        [gx, gy, gz],
+    )?;
+    Ok(out)
+}
+
+pub(crate) const FAMILY: Family = Family {
+    specs: || {
+        DType::ALL
+            .into_iter()
+            .filter_map(code)
+            .flat_map(|c| [spec("decode", c), spec("linear", c)])
+            .collect()
+    },
+    params: &[("packed.wgsl", "Params", size_of::<Params>())],
+};
