@@ -60,10 +60,13 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 export KILN_REQUIRE_GPU=1
 # Name the adapters (and auto's choice) in the log, so a reader can see where the GPU tests ran.
 cargo run -q --example info
+# ggml (llama.cpp's C, pinned) for the quantizer checks of tests/packed.rs: ~1 min to build.
+benches/peers/ggml/build.sh
 cargo test --workspace --all-targets "$@"
-# The CPU's int8 dot kernels are picked at run time: test the ones this CPU does not pick too.
-for isa in avx2 scalar; do
-    echo "scripts/test.sh: tests/packed.rs with KILN_CPU_QDOT=$isa"
-    KILN_CPU_QDOT=$isa cargo test -q --test packed
+# Kernels picked at run time: the CPU's int8 dot kernels (test the ones this CPU does not pick
+# too) and the GPU's layout for packed products (lavapipe picks rows: test groups there too).
+for choice in KILN_CPU_QDOT=avx2 KILN_CPU_QDOT=scalar KILN_PACKED_KERNEL=groups; do
+    echo "scripts/test.sh: tests/packed.rs with $choice"
+    env "$choice" cargo test -q --test packed
 done
 cargo test --workspace --doc

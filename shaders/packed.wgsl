@@ -199,3 +199,34 @@ fn linear(
         y[(i0 + lid) * n + r] = partial[0][lid];
     }
 }
+
+// linear_rows: the same product with one invocation per weight row r (for adapters that run
+// invocations as SIMD lanes of a CPU, like lavapipe): no workgroup memory and no barriers, and
+// the activation's values are the same address in every lane (one load, broadcast).
+@compute @workgroup_size(WG)
+fn linear_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let m = p.a;
+    let k = p.b;
+    let n = p.c;
+    let r = (wid.y * nwg.x + wid.x) * WG + lid;
+    let i0 = wid.z * MB;
+    let rows = min(MB, m - i0);
+    if (r >= n) {
+        return;
+    }
+    var acc = vec4<f32>(0.0);
+    for (var e = 0u; e < k; e += 4u) {
+        let q = quad(r * k + e);
+        for (var i = 0u; i < rows; i++) {
+            let b = (i0 + i) * k + e;
+            acc[i] += dot(q, vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]));
+        }
+    }
+    for (var i = 0u; i < rows; i++) {
+        y[(i0 + i) * n + r] = acc[i];
+    }
+}

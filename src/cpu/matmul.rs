@@ -9,6 +9,9 @@ use crate::op::UnaryOp;
 #[cfg(target_arch = "x86_64")]
 const OWN_KERNEL_MIN: usize = 1 << 21;
 
+/// Most rows of `x` in `x · wᵀ` that take row dot products instead of SGEMM.
+const GEMV_ROWS: usize = 4;
+
 /// Every batch through `sgemm` (m, n, k > 0), into an output that is never zeroed: the
 /// kernel writes every element.
 #[cfg(target_arch = "x86_64")]
@@ -73,6 +76,11 @@ fn matmul_then(
     }
     let (ars, acs) = plan.a_strides;
     let (brs, bcs) = plan.b_strides;
+    // A few rows times a weight stored as rows of K (`x · wᵀ`, a decode step's GEMV): dot
+    // products along the weight's rows, which read it once (SGEMM would pack all of it).
+    if m <= GEMV_ROWS && plan.offsets == [(0, 0)] && (ars, acs) == (k, 1) && (brs, bcs) == (1, k) {
+        return finish(super::qmatmul::matmul_rows(a, b, (m, k, n))?);
+    }
     #[cfg(target_arch = "x86_64")]
     if m * n * k >= OWN_KERNEL_MIN && super::sgemm::available().is_some() {
         return own_kernel(a, b, plan, epilogue);

@@ -1,54 +1,211 @@
 //! Dot products of one packed weight row with one activation row: int8 ones for q8_0 and
 //! q4_0 against activations quantized to q8 blocks (AVX-512 VNNI, AVX2 or scalar, picked once
-//! at run time), and an f32 one for decoded chunks.
+//! at run time; `KILN_CPU_QDOT=avx2|scalar` forces a lesser one, for tests), and f32 ones for
+//! decoded chunks.
 
 use crate::dtype::DType;
 use crate::quant::f16_at;
 
-/// 32 activation values as int8 with an f32 scale (ggml's `block_q8_0`, the scale kept in
-/// f32).
-#[derive(Clone, Copy)]
-#[repr(C, align(32))]
-pub(crate) struct Q8Block {
-    /// The 32 quantized values.
-    qs: [i8; 32],
-    /// Their scale: value ≈ d·q.
-    d: f32,
+/// An activation row quantized to 8 bits per value in blocks of 32 (ggml's `block_q8_0`,
+/// scales kept in f32), with each block's sum of quantized values (for q4_0's offset).
+pub(crate) struct Q8Row {
+    /// The quantized values.
+    pub qs: Vec<i8>,
+    /// Each block's scale: value ≈ d·q.
+    pub d: Vec<f32>,
+    /// Each block's Σq.
+    pub sums: Vec<i32>,
 }
 
-impl Q8Block {
-    /// 32 values quantized like ggml's `quantize_row_q8_0` (scale = max |x| / 127, rounded
-    /// half away from zero).
-    pub(crate) fn quantize(x: &[f32]) -> Q8Block {
-        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let mut qs = [0i8; 32];
-        for (q, v) in qs.iter_mut().zip(x) {
-            *q = (v * id).round() as i8;
+impl Q8Row {
+    /// `x` (a multiple of 32 values) quantized like ggml's `quantize_row_q8_0`: scale
+    /// max |x| / 127, values rounded half away from zero.
+    pub(crate) fn quantize(x: &[f32]) -> Q8Row {
+        let blocks = x.len() / 32;
+        let mut row = Q8Row {
+            qs: vec![0; x.len()],
+            d: Vec::with_capacity(blocks),
+            sums: Vec::with_capacity(blocks),
+        };
+        for (xs, qs) in x.chunks_exact(32).zip(row.qs.chunks_exact_mut(32)) {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let mut sum = 0;
+            for (q, v) in qs.iter_mut().zip(xs) {
+                *q = (v * id).round() as i8;
+                sum += *q as i32;
+            }
+            row.d.push(d);
+            row.sums.push(sum);
         }
-        Q8Block { qs, d }
+        row
+    }
+
+    /// Blocks `b0..b1` of this row.
+    pub(crate) fn blocks(&self, b0: usize, b1: usize) -> Q8Slice<'_> {
+        Q8Slice {
+            qs: &self.qs[32 * b0..32 * b1],
+            d: &self.d[b0..b1],
+            sums: &self.sums[b0..b1],
+        }
     }
 }
 
-/// A weight row's dot product with an activation row of q8 blocks.
-pub(crate) type Kernel = fn(&[u8], &[Q8Block]) -> f32;
+/// Consecutive blocks of a [`Q8Row`].
+#[derive(Clone, Copy)]
+pub(crate) struct Q8Slice<'a> {
+    qs: &'a [i8],
+    d: &'a [f32],
+    sums: &'a [i32],
+}
+
+/// A weight row's dot product with activation blocks (as many as the row has).
+pub(crate) type Kernel = fn(&[u8], Q8Slice) -> f32;
+
+/// An activation row quantized for the K-quants (ggml's `block_q8_K`): 8 bits per value in
+/// super-blocks of 256 with an f32 scale, and the sums of each 16 quantized values.
+pub(crate) struct Q8KRow {
+    /// The quantized values.
+    qs: Vec<i8>,
+    /// Each super-block's scale.
+    d: Vec<f32>,
+    /// Σq of each 16 values.
+    bsums: Vec<i32>,
+}
+
+impl Q8KRow {
+    /// `x` (a multiple of 256 values) quantized: scale max |x| / 127 per 256 values.
+    pub(crate) fn quantize(x: &[f32]) -> Q8KRow {
+        let mut row = Q8KRow {
+            qs: vec![0; x.len()],
+            d: Vec::with_capacity(x.len() / 256),
+            bsums: Vec::with_capacity(x.len() / 16),
+        };
+        for (xs, qs) in x.chunks_exact(256).zip(row.qs.chunks_exact_mut(256)) {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            for (q, v) in qs.iter_mut().zip(xs) {
+                *q = (v * id).round() as i8;
+            }
+            row.d.push(d);
+            row.bsums.extend(
+                qs.chunks_exact(16)
+                    .map(|c| c.iter().map(|&q| q as i32).sum::<i32>()),
+            );
+        }
+        row
+    }
+
+    /// Super-blocks `b0..b1` of this row.
+    pub(crate) fn blocks(&self, b0: usize, b1: usize) -> Q8KSlice<'_> {
+        Q8KSlice {
+            qs: &self.qs[256 * b0..256 * b1],
+            d: &self.d[b0..b1],
+            bsums: &self.bsums[16 * b0..16 * b1],
+        }
+    }
+}
+
+/// Consecutive super-blocks of a [`Q8KRow`].
+#[derive(Clone, Copy)]
+pub(crate) struct Q8KSlice<'a> {
+    qs: &'a [i8],
+    d: &'a [f32],
+    bsums: &'a [i32],
+}
+
+/// A K-quant weight row's dot product with activation super-blocks.
+pub(crate) type KKernel = fn(&[u8], Q8KSlice) -> f32;
+
+/// The fastest dot kernel for q4_K or q6_K weights on this CPU.
+pub(crate) fn k_kernel(dtype: DType) -> KKernel {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::env::var("KILN_CPU_QDOT").as_deref() != Ok("scalar")
+    {
+        // SAFETY (each closure): the features were just detected.
+        return match dtype {
+            DType::Q6K => |w, x| unsafe { x86::q6_k_avx2(w, x) },
+            _ => |w, x| unsafe { x86::q4_k_avx2(w, x) },
+        };
+    }
+    match dtype {
+        DType::Q6K => q6_k_scalar,
+        _ => q4_k_scalar,
+    }
+}
+
+/// q4_K weights, portable: per super-block d·Σ sc_j·(q·x)_j − dmin·Σ m_j·(Σx)_j.
+fn q4_k_scalar(w: &[u8], x: Q8KSlice) -> f32 {
+    let mut sum = 0f32;
+    for (sb, blk) in w.chunks_exact(144).enumerate() {
+        let (scales, qs) = (&blk[4..16], &blk[16..144]);
+        let xq = &x.qs[256 * sb..256 * sb + 256];
+        let bs = &x.bsums[16 * sb..16 * sb + 16];
+        let (mut sumi, mut summ) = (0i32, 0i32);
+        for j in 0..8 {
+            let (sc, m) = crate::quant::scale_min_k4(j, scales);
+            let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            let shift = 4 * (j % 2);
+            let dot: i32 = (0..32)
+                .map(|l| ((q[l] >> shift) & 0x0f) as i32 * xq[32 * j + l] as i32)
+                .sum();
+            sumi += sc as i32 * dot;
+            summ += m as i32 * (bs[2 * j] + bs[2 * j + 1]);
+        }
+        let dx = x.d[sb];
+        sum += f16_at(blk, 0) * dx * sumi as f32 - f16_at(blk, 2) * dx * summ as f32;
+    }
+    sum
+}
+
+/// q6_K weights, portable: per super-block d·Σ sc_j·((q·x)_j − 32·(Σx)_j).
+fn q6_k_scalar(w: &[u8], x: Q8KSlice) -> f32 {
+    let mut sum = 0f32;
+    for (sb, blk) in w.chunks_exact(210).enumerate() {
+        let xq = &x.qs[256 * sb..256 * sb + 256];
+        let bs = &x.bsums[16 * sb..16 * sb + 16];
+        let mut sumi = 0i32;
+        for h in 0..2 {
+            let (ql, qh) = (&blk[64 * h..64 * h + 64], &blk[128 + 32 * h..160 + 32 * h]);
+            for quarter in 0..4 {
+                for half16 in 0..2 {
+                    let j = 8 * h + 2 * quarter + half16;
+                    let sc = blk[192 + j] as i8 as i32;
+                    let mut dot = 0i32;
+                    for l in 16 * half16..16 * half16 + 16 {
+                        let lo = (ql[l + 32 * (quarter % 2)] >> (4 * (quarter / 2))) & 0x0f;
+                        let hi = (qh[l] >> (2 * quarter)) & 3;
+                        dot += (lo | (hi << 4)) as i32 * xq[128 * h + 32 * quarter + l] as i32;
+                    }
+                    sumi += sc * (dot - 32 * bs[j]);
+                }
+            }
+        }
+        sum += f16_at(blk, 208) * x.d[sb] * sumi as f32;
+    }
+    sum
+}
 
 /// The fastest dot kernel for q8_0 or q4_0 weights on this CPU.
 pub(crate) fn kernel(dtype: DType) -> Kernel {
     #[cfg(target_arch = "x86_64")]
     {
-        let vnni = std::is_x86_feature_detected!("avx512vnni")
-            && std::is_x86_feature_detected!("avx512vl")
-            && std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma");
-        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-        let isa = std::env::var("KILN_CPU_QDOT").unwrap_or_default();
-        let (vnni, avx2) = match isa.as_str() {
-            "scalar" => (false, false),
-            "avx2" => (false, avx2),
+        let avx2 = std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c");
+        let vnni = avx2
+            && std::is_x86_feature_detected!("avx512vnni")
+            && std::is_x86_feature_detected!("avx512vl");
+        let (vnni, avx2) = match std::env::var("KILN_CPU_QDOT").as_deref() {
+            Ok("scalar") => (false, false),
+            Ok("avx2") => (false, avx2),
             _ => (vnni, avx2),
         };
+        // SAFETY (each closure): the features were just detected.
         match (dtype, vnni, avx2) {
             (DType::Q8_0, true, _) => return |w, x| unsafe { x86::q8_0_vnni(w, x) },
             (DType::Q4_0, true, _) => return |w, x| unsafe { x86::q4_0_vnni(w, x) },
@@ -64,34 +221,68 @@ pub(crate) fn kernel(dtype: DType) -> Kernel {
 }
 
 /// q8_0 weights, portable.
-fn q8_0_scalar(w: &[u8], x: &[Q8Block]) -> f32 {
+fn q8_0_scalar(w: &[u8], x: Q8Slice) -> f32 {
     let mut sum = 0f32;
-    for (b, xb) in w.chunks_exact(34).zip(x) {
-        let dot: i32 = b[2..]
+    for (b, blk) in w.chunks_exact(34).enumerate() {
+        let dot: i32 = blk[2..]
             .iter()
-            .zip(&xb.qs)
+            .zip(&x.qs[32 * b..32 * b + 32])
             .map(|(&q, &v)| q as i8 as i32 * v as i32)
             .sum();
-        sum += f16_at(b, 0) * xb.d * dot as f32;
+        sum += f16_at(blk, 0) * x.d[b] * dot as f32;
     }
     sum
 }
 
-/// q4_0 weights, portable.
-fn q4_0_scalar(w: &[u8], x: &[Q8Block]) -> f32 {
+/// q4_0 weights, portable: Σ(q − 8)·x = Σq·x − 8·Σx.
+fn q4_0_scalar(w: &[u8], x: Q8Slice) -> f32 {
     let mut sum = 0f32;
-    for (b, xb) in w.chunks_exact(18).zip(x) {
+    for (b, blk) in w.chunks_exact(18).enumerate() {
+        let xs = &x.qs[32 * b..32 * b + 32];
         let mut dot = 0i32;
         for j in 0..16 {
-            dot += ((b[2 + j] & 0x0f) as i32 - 8) * xb.qs[j] as i32;
-            dot += ((b[2 + j] >> 4) as i32 - 8) * xb.qs[j + 16] as i32;
+            dot += (blk[2 + j] & 0x0f) as i32 * xs[j] as i32;
+            dot += (blk[2 + j] >> 4) as i32 * xs[j + 16] as i32;
         }
-        sum += f16_at(b, 0) * xb.d * dot as f32;
+        sum += f16_at(blk, 0) * x.d[b] * (dot - 8 * x.sums[b]) as f32;
     }
     sum
 }
 
-/// `a · b` in f32 (eight partial sums, which the compiler keeps in vector registers).
+/// A dot product of an f16 or bf16 weight row (its bytes) with an f32 row.
+pub(crate) type HalfKernel = fn(&[u8], &[f32]) -> f32;
+
+/// The fastest f16 or bf16 row dot on this CPU (F16C and FMA, or portable).
+pub(crate) fn half_kernel(dtype: DType) -> HalfKernel {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+        && std::env::var("KILN_CPU_QDOT").as_deref() != Ok("scalar")
+    {
+        // SAFETY (each closure): the features were just detected.
+        return match dtype {
+            DType::BF16 => |w, x| unsafe { x86::bf16_dot(w, x) },
+            _ => |w, x| unsafe { x86::f16_dot(w, x) },
+        };
+    }
+    match dtype {
+        DType::BF16 => |w, x| {
+            w.chunks_exact(2)
+                .zip(x)
+                .map(|(b, v)| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16) * v)
+                .sum()
+        },
+        _ => |w, x| {
+            w.chunks_exact(2)
+                .zip(x)
+                .map(|(b, v)| f16_at(b, 0) * v)
+                .sum()
+        },
+    }
+}
+
+/// `a · b` in f32.
 pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -111,8 +302,7 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Q8Block;
-    use crate::quant::f16_at;
+    use super::Q8Slice;
     use std::arch::x86_64::*;
 
     /// Horizontal sum of eight f32 lanes.
@@ -125,83 +315,341 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// The 32 nibbles of a q4_0 block (at `p`) as int8 values in −8..=7.
+    /// The products of `count` (≤ 8) weight blocks' f16 scales (the first at `w`, one every
+    /// `stride` bytes) with the activation blocks' scales at `xd`, into `out`: eight at once
+    /// with F16C, off the accumulators' dependency chains (converting one scale per block
+    /// made each block wait on the previous one's multiply-add).
+    ///
+    /// # Safety
+    /// The blocks and scales are readable.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales(
+        w: *const u8,
+        stride: usize,
+        xd: *const f32,
+        count: usize,
+        out: &mut [f32; 8],
+    ) {
+        let mut bits = [0u16; 8];
+        let mut xs = [0f32; 8];
+        for j in 0..count {
+            // SAFETY: per the contract.
+            unsafe {
+                bits[j] = w.add(stride * j).cast::<u16>().read_unaligned();
+                xs[j] = *xd.add(j);
+            }
+        }
+        // SAFETY: both arrays hold eight values.
+        unsafe {
+            let h = _mm_loadu_si128(bits.as_ptr() as *const __m128i);
+            let s = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xs.as_ptr()));
+            _mm256_storeu_ps(out.as_mut_ptr(), s);
+        }
+    }
+
+    /// The 32 nibbles of a q4_0 block's 16 bytes at `p`, as unsigned bytes 0..=15 in value
+    /// order (low nibbles first).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn q4_0_values(p: *const u8) -> __m256i {
+    unsafe fn nibbles(p: *const u8) -> __m256i {
         // SAFETY: the caller passes 16 readable bytes.
         let qs = unsafe { _mm_loadu_si128(p as *const __m128i) };
         let m = _mm_set1_epi8(0x0f);
         let lo = _mm_and_si128(qs, m);
         let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), m);
-        _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+        _mm256_set_m128i(hi, lo)
     }
 
-    /// Σ w·x over 32 int8 pairs as eight i32 lanes, with AVX2's unsigned × signed
-    /// multiply-add (|w| × x·sign(w)).
+    /// Σ u·s over 32 unsigned × signed byte pairs, as eight i32 lanes (AVX2).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn dot_avx2(w: __m256i, x: __m256i) -> __m256i {
-        let aw = _mm256_sign_epi8(w, w);
-        let sx = _mm256_sign_epi8(x, w);
-        _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1))
+    fn udot_avx2(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
     }
 
-    /// [`dot_avx2`] with AVX-512 VNNI's one-instruction multiply-add.
+    /// [`udot_avx2`] in one AVX-512 VNNI instruction.
     #[inline]
     #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-    fn dot_vnni(w: __m256i, x: __m256i) -> __m256i {
-        let aw = _mm256_sign_epi8(w, w);
-        let sx = _mm256_sign_epi8(x, w);
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx)
+    fn udot_vnni(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
     }
 
-    macro_rules! kernel {
-        ($name:ident, $features:literal, $dot:ident, $size:literal, $load:expr) => {
-            /// One weight row's dot product with an activation row of q8 blocks.
+    /// Σ w·x over 32 signed byte pairs: |w| · (x with w's sign).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn signed_pair(w: __m256i, x: __m256i) -> (__m256i, __m256i) {
+        (_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+    }
+
+    macro_rules! q8_0 {
+        ($name:ident, $features:literal, $udot:ident) => {
+            /// One q8_0 weight row's dot product with an activation row.
             ///
             /// # Safety
-            /// The CPU has the target features; `w` holds `x.len()` blocks.
+            /// The CPU has the target features; `w` holds as many blocks as `x`.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name(w: &[u8], x: &[Q8Block]) -> f32 {
-                let mut acc = _mm256_setzero_ps();
-                for (b, xb) in w.chunks_exact($size).zip(x) {
-                    // SAFETY: each block holds its scale and its values.
-                    let wv = unsafe { $load(b.as_ptr().add(2)) };
-                    // SAFETY: `qs` is 32 bytes.
-                    let xv = unsafe { _mm256_load_si256(xb.qs.as_ptr() as *const __m256i) };
-                    let d = _mm256_set1_ps(f16_at(b, 0) * xb.d);
-                    acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps($dot(wv, xv)), acc);
+            pub(super) unsafe fn $name(w: &[u8], x: Q8Slice) -> f32 {
+                let blocks = w.len() / 34;
+                let (wp, xp) = (w.as_ptr(), x.qs.as_ptr());
+                // A block (not a closure: closures do not inherit the target features, and
+                // their intrinsics would not inline).
+                macro_rules! step {
+                    ($b:expr, $acc:expr, $sc:expr) => {{
+                        let b = $b;
+                        // SAFETY: every read is inside the row's blocks.
+                        unsafe {
+                            let wb = wp.add(34 * b);
+                            let wv = _mm256_loadu_si256(wb.add(2) as *const __m256i);
+                            let xv = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
+                            let (u, s) = signed_pair(wv, xv);
+                            let d = _mm256_set1_ps(*$sc.get_unchecked(b % 8));
+                            _mm256_fmadd_ps(d, _mm256_cvtepi32_ps($udot(u, s)), $acc)
+                        }
+                    }};
                 }
-                hsum(acc)
+                let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut sc = [0f32; 8];
+                for b0 in (0..blocks).step_by(8) {
+                    let count = (blocks - b0).min(8);
+                    // SAFETY: inside the row's blocks.
+                    unsafe { scales(wp.add(34 * b0), 34, x.d.as_ptr().add(b0), count, &mut sc) };
+                    let mut b = b0;
+                    while b + 2 <= b0 + count {
+                        a0 = step!(b, a0, sc);
+                        a1 = step!(b + 1, a1, sc);
+                        b += 2;
+                    }
+                    if b < b0 + count {
+                        a0 = step!(b, a0, sc);
+                    }
+                }
+                hsum(_mm256_add_ps(a0, a1))
             }
         };
     }
 
-    /// 32 int8 values at `p`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn q8_0_values(p: *const u8) -> __m256i {
-        // SAFETY: the caller passes 32 readable bytes.
-        unsafe { _mm256_loadu_si256(p as *const __m256i) }
+    macro_rules! q4_0 {
+        ($name:ident, $features:literal, $udot:ident) => {
+            /// One q4_0 weight row's dot product with an activation row: Σq·x on unsigned
+            /// nibbles, less 8·Σx.
+            ///
+            /// # Safety
+            /// The CPU has the target features; `w` holds as many blocks as `x`.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(w: &[u8], x: Q8Slice) -> f32 {
+                let blocks = w.len() / 18;
+                let (wp, xp) = (w.as_ptr(), x.qs.as_ptr());
+                // A block (a macro: see q8_0's).
+                macro_rules! step {
+                    ($b:expr, $acc:expr, $sc:expr) => {{
+                        let b = $b;
+                        // SAFETY: every read is inside the row's blocks.
+                        unsafe {
+                            let wb = wp.add(18 * b);
+                            let xv = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
+                            let dot = $udot(nibbles(wb.add(2)), xv);
+                            // −8·Σx, taken from one lane (the lanes are summed at the end).
+                            let sum = 8 * *x.sums.get_unchecked(b);
+                            let dot = _mm256_sub_epi32(
+                                dot,
+                                _mm256_castsi128_si256(_mm_cvtsi32_si128(sum)),
+                            );
+                            let d = _mm256_set1_ps(*$sc.get_unchecked(b % 8));
+                            _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot), $acc)
+                        }
+                    }};
+                }
+                let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut sc = [0f32; 8];
+                for b0 in (0..blocks).step_by(8) {
+                    let count = (blocks - b0).min(8);
+                    // SAFETY: inside the row's blocks.
+                    unsafe { scales(wp.add(18 * b0), 18, x.d.as_ptr().add(b0), count, &mut sc) };
+                    let mut b = b0;
+                    while b + 2 <= b0 + count {
+                        a0 = step!(b, a0, sc);
+                        a1 = step!(b + 1, a1, sc);
+                        b += 2;
+                    }
+                    if b < b0 + count {
+                        a0 = step!(b, a0, sc);
+                    }
+                }
+                hsum(_mm256_add_ps(a0, a1))
+            }
+        };
     }
 
-    kernel!(q8_0_avx2, "avx2,fma", dot_avx2, 34, q8_0_values);
-    kernel!(q4_0_avx2, "avx2,fma", dot_avx2, 18, q4_0_values);
-    kernel!(
-        q8_0_vnni,
-        "avx2,fma,avx512vnni,avx512vl",
-        dot_vnni,
-        34,
-        q8_0_values
-    );
-    kernel!(
-        q4_0_vnni,
-        "avx2,fma,avx512vnni,avx512vl",
-        dot_vnni,
-        18,
-        q4_0_values
-    );
+    q8_0!(q8_0_avx2, "avx2,fma,f16c", udot_avx2);
+    q8_0!(q8_0_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", udot_vnni);
+    q4_0!(q4_0_avx2, "avx2,fma,f16c", udot_avx2);
+    q4_0!(q4_0_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", udot_vnni);
+
+    macro_rules! half_dot {
+        ($name:ident, $widen:ident, $dtype:ident) => {
+            /// An f16/bf16 weight row (`w`, its bytes) dotted with `x`, widened eight values
+            /// at a time, four accumulators.
+            ///
+            /// # Safety
+            /// The CPU has AVX2, FMA and F16C; `w` holds `x.len()` values.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub(super) unsafe fn $name(w: &[u8], x: &[f32]) -> f32 {
+                let n = x.len();
+                let (wp, xp) = (w.as_ptr(), x.as_ptr());
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut i = 0;
+                // SAFETY: every load is inside both rows.
+                unsafe {
+                    while i + 32 <= n {
+                        for (j, s) in acc.iter_mut().enumerate() {
+                            let h = _mm_loadu_si128(wp.add(2 * (i + 8 * j)) as *const __m128i);
+                            let v = _mm256_loadu_ps(xp.add(i + 8 * j));
+                            *s = _mm256_fmadd_ps($widen(h), v, *s);
+                        }
+                        i += 32;
+                    }
+                    while i + 8 <= n {
+                        let h = _mm_loadu_si128(wp.add(2 * i) as *const __m128i);
+                        acc[0] = _mm256_fmadd_ps($widen(h), _mm256_loadu_ps(xp.add(i)), acc[0]);
+                        i += 8;
+                    }
+                }
+                let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+                let mut sum = hsum(v);
+                let rest = &w[2 * i..];
+                let mut tail = [0f32; 8];
+                crate::quant::decode(crate::dtype::DType::$dtype, rest, &mut tail[..n - i]);
+                for (t, v) in tail.iter().zip(&x[i..]) {
+                    sum += t * v;
+                }
+                sum
+            }
+        };
+    }
+
+    /// Eight f16 as f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn widen_f16(h: __m128i) -> __m256 {
+        _mm256_cvtph_ps(h)
+    }
+
+    /// Eight bf16 as f32 (their bits shifted into the top half).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn widen_bf16(h: __m128i) -> __m256 {
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+    }
+
+    half_dot!(f16_dot, widen_f16, F16);
+
+    /// `maddubs` then `madd` by 16-bit `scale`: Σ over 32 u8 × i8 pairs, each pair of
+    /// products weighted by its 16-bit lane of `scale`, as eight i32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn scaled_dot(u: __m256i, s: __m256i, scale: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale)
+    }
+
+    /// One q4_K weight row's dot product with an activation row (ggml's
+    /// `vec_dot_q4_K_q8_K` scheme).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `w` holds as many super-blocks as `x`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q4_k_avx2(w: &[u8], x: super::Q8KSlice) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let mut mins = 0f32;
+        let m4 = _mm256_set1_epi8(0x0f);
+        for (sb, blk) in w.chunks_exact(144).enumerate() {
+            let (scales, qs) = (&blk[4..16], blk[16..144].as_ptr());
+            let xq = x.qs[256 * sb..].as_ptr();
+            let bs = &x.bsums[16 * sb..16 * sb + 16];
+            let mut sums = _mm256_setzero_si256();
+            let mut summ = 0i32;
+            for c in 0..4 {
+                let (s0, m0) = crate::quant::scale_min_k4(2 * c, scales);
+                let (s1, m1) = crate::quant::scale_min_k4(2 * c + 1, scales);
+                summ += m0 as i32 * (bs[4 * c] + bs[4 * c + 1])
+                    + m1 as i32 * (bs[4 * c + 2] + bs[4 * c + 3]);
+                // SAFETY: inside the super-block and the activation row.
+                unsafe {
+                    let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+                    let lo = _mm256_and_si256(q, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                    let x0 = _mm256_loadu_si256(xq.add(64 * c) as *const __m256i);
+                    let x1 = _mm256_loadu_si256(xq.add(64 * c + 32) as *const __m256i);
+                    let p0 = scaled_dot(lo, x0, _mm256_set1_epi16(s0 as i16));
+                    let p1 = scaled_dot(hi, x1, _mm256_set1_epi16(s1 as i16));
+                    sums = _mm256_add_epi32(sums, _mm256_add_epi32(p0, p1));
+                }
+            }
+            let dx = x.d[sb];
+            let d = _mm256_set1_ps(crate::quant::f16_at(blk, 0) * dx);
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc);
+            mins += crate::quant::f16_at(blk, 2) * dx * summ as f32;
+        }
+        hsum(acc) - mins
+    }
+
+    /// One q6_K weight row's dot product with an activation row.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `w` holds as many super-blocks as `x`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q6_k_avx2(w: &[u8], x: super::Q8KSlice) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+        for (sb, blk) in w.chunks_exact(210).enumerate() {
+            let xq = x.qs[256 * sb..].as_ptr();
+            let bs = &x.bsums[16 * sb..16 * sb + 16];
+            let sc = &blk[192..208];
+            let mut sums = _mm256_setzero_si256();
+            let offset: i32 = sc.iter().zip(bs).map(|(&s, &b)| s as i8 as i32 * b).sum();
+            for h in 0..2 {
+                // SAFETY: inside the super-block and the activation row.
+                unsafe {
+                    let ql = blk.as_ptr().add(64 * h);
+                    let qa = _mm256_loadu_si256(ql as *const __m256i);
+                    let qb = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+                    let qh = _mm256_loadu_si256(blk.as_ptr().add(128 + 32 * h) as *const __m256i);
+                    let high = |shift: i32| {
+                        let v = match shift {
+                            0 => qh,
+                            2 => _mm256_srli_epi16(qh, 2),
+                            4 => _mm256_srli_epi16(qh, 4),
+                            _ => _mm256_srli_epi16(qh, 6),
+                        };
+                        _mm256_slli_epi16(_mm256_and_si256(v, m2), 4)
+                    };
+                    let q = [
+                        _mm256_or_si256(_mm256_and_si256(qa, m4), high(0)),
+                        _mm256_or_si256(_mm256_and_si256(qb, m4), high(2)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), m4), high(4)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4), high(6)),
+                    ];
+                    for (n, qn) in q.into_iter().enumerate() {
+                        let xv = _mm256_loadu_si256(xq.add(128 * h + 32 * n) as *const __m256i);
+                        let j = 8 * h + 2 * n;
+                        let scale = _mm256_set_m128i(
+                            _mm_set1_epi16(sc[j + 1] as i8 as i16),
+                            _mm_set1_epi16(sc[j] as i8 as i16),
+                        );
+                        sums = _mm256_add_epi32(sums, scaled_dot(qn, xv, scale));
+                    }
+                }
+            }
+            let d = crate::quant::f16_at(blk, 208) * x.d[sb];
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sums), acc);
+            acc = _mm256_sub_ps(
+                acc,
+                _mm256_setr_ps(d * (32 * offset) as f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+            );
+        }
+        hsum(acc)
+    }
+    half_dot!(bf16_dot, widen_bf16, BF16);
 
     /// `a · b` in f32 with four 8-lane accumulators.
     ///

@@ -7,7 +7,7 @@
 //! the weight row to f32 and take f32 dot products. Threads split the weight's rows, so each
 //! weight byte is read once whatever the number of activation rows.
 
-use super::qdot::{self, Q8Block};
+use super::qdot::{self, Q8KRow, Q8Row};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::quant;
@@ -28,13 +28,33 @@ pub(crate) fn matmul_packed(
     let mut out_t = super::alloc::<f32>(op, n * m)?;
     match dtype {
         DType::Q8_0 | DType::Q4_0 => {
-            let xq: Vec<Q8Block> = x.chunks_exact(32).map(Q8Block::quantize).collect();
+            let xq = Q8Row::quantize(x);
             let blocks = k / 32;
             let kernel = qdot::kernel(dtype);
             super::par_chunks_mut(&mut out_t, m, k * m, &|row, out| {
                 let wrow = &w[row * row_bytes..(row + 1) * row_bytes];
                 for (i, o) in out.iter_mut().enumerate() {
-                    *o = kernel(wrow, &xq[i * blocks..(i + 1) * blocks]);
+                    *o = kernel(wrow, xq.blocks(i * blocks, (i + 1) * blocks));
+                }
+            });
+        }
+        DType::Q4K | DType::Q6K => {
+            let xq = Q8KRow::quantize(x);
+            let blocks = k / 256;
+            let kernel = qdot::k_kernel(dtype);
+            super::par_chunks_mut(&mut out_t, m, k * m, &|row, out| {
+                let wrow = &w[row * row_bytes..(row + 1) * row_bytes];
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = kernel(wrow, xq.blocks(i * blocks, (i + 1) * blocks));
+                }
+            });
+        }
+        DType::F16 | DType::BF16 => {
+            let dot = qdot::half_kernel(dtype);
+            super::par_chunks_mut(&mut out_t, m, k * m, &|row, out| {
+                let wrow = &w[row * row_bytes..(row + 1) * row_bytes];
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = dot(wrow, &x[i * k..(i + 1) * k]);
                 }
             });
         }
@@ -45,6 +65,27 @@ pub(crate) fn matmul_packed(
             });
         }
     }
+    Ok(if m == 1 {
+        out_t
+    } else {
+        transpose(&out_t, n, m)
+    })
+}
+
+/// `x · wᵀ` for f32 `x` (`m × k`) and `w` (`n × k`), by dot products along `w`'s rows
+/// (threaded over them): for a few rows of `x`, where this reads `w` once.
+pub(crate) fn matmul_rows(
+    x: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+) -> Result<Vec<f32>> {
+    let mut out_t = super::alloc::<f32>("matmul", n * m)?;
+    super::par_chunks_mut(&mut out_t, m, k * m, &|row, out| {
+        let wrow = &w[row * k..(row + 1) * k];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = qdot::dot_f32(wrow, &x[i * k..(i + 1) * k]);
+        }
+    });
     Ok(if m == 1 {
         out_t
     } else {

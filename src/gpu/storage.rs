@@ -355,6 +355,26 @@ impl BackendStorage for GpuStorage {
         let x = self.bound(OP, DType::F32)?;
         let w = weight.bound(OP, weight.dtype)?;
         self.output(m * n, DType::F32, |ctx| {
+            // Many rows (a prefill): the weight decoded once into a pooled f32 buffer (one
+            // layer's, freed after) and multiplied by the tuned f32 kernels, which reuse each
+            // value across rows; the packed kernel where that buffer would be too large.
+            if m >= packed::GEMM_ROWS
+                && n * k * 4 <= packed::DECODED_MAX
+                && ctx.walks(matmul::walk(k))
+            {
+                let wf = packed::decode(ctx, OP, weight.dtype, w, None, 1, n * k)?;
+                let plan = MatmulPlan::with_transposed_rhs(
+                    &crate::shape::Shape::new(&[m, k])?,
+                    &crate::shape::Shape::new(&[n, k])?,
+                )?;
+                let none = Epilogue {
+                    bias: None,
+                    act: None,
+                    residual: None,
+                    row_sums: None,
+                };
+                return matmul::matmul(ctx, x, &wf, &plan, none);
+            }
             packed::linear(ctx, weight.dtype, x, w, (m, k, n))
         })
     }

@@ -8,7 +8,7 @@ mod decode;
 mod encode;
 mod kquants;
 
-pub(crate) use decode::decode;
+pub(crate) use decode::{decode, scale_min_k4};
 pub(crate) use encode::encode;
 
 use crate::dtype::DType;

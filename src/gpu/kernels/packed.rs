@@ -14,6 +14,13 @@ const WG: u32 = 64;
 /// Rows of the activation one `linear` workgroup multiplies (`MB` in the shader).
 const MB: usize = 4;
 
+/// Rows of the activation from which a product decodes the weight to f32 once and runs the
+/// tuned f32 matmul (a prefill), instead of decoding it again for every `MB` rows.
+pub(crate) const GEMM_ROWS: usize = 8;
+
+/// Largest decoded weight (bytes) that path makes; larger ones take the packed kernel.
+pub(crate) const DECODED_MAX: usize = 256 << 20;
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
@@ -89,6 +96,33 @@ pub(crate) fn decode(
     Ok(out)
 }
 
+/// How `linear` spreads a product over invocations.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Layout {
+    /// A workgroup per weight row, its invocations striding the row, a tree over workgroup
+    /// memory at the end: coalesced loads, for GPUs.
+    Groups,
+    /// An invocation per weight row: no barriers, the activation broadcast to every lane, for
+    /// adapters that run invocations as a CPU's SIMD lanes (lavapipe, SwiftShader).
+    Rows,
+}
+
+/// The layout for this device and a row of `k` values: `KILN_PACKED_KERNEL=groups|rows` if set
+/// (tests run both), else rows on software adapters and groups elsewhere; groups wherever
+/// one invocation could not walk a whole row (llvmpipe's loop cap).
+fn layout(ctx: &GpuContext, k: usize) -> Layout {
+    // The rows layout's loops: k/4 steps, each with up to MB inner ones.
+    if !ctx.walks(k / 4 * (MB + 1)) {
+        return Layout::Groups;
+    }
+    match std::env::var("KILN_PACKED_KERNEL").as_deref() {
+        Ok("rows") => Layout::Rows,
+        Ok("groups") => Layout::Groups,
+        _ if ctx.software => Layout::Rows,
+        _ => Layout::Groups,
+    }
+}
+
 /// `x · wᵀ` for f32 `x` (`m × k`) and `w` (`n × k` values of `dtype`): `m × n` f32.
 /// `takes(dtype, k)` holds.
 pub(crate) fn linear(
@@ -106,7 +140,12 @@ pub(crate) fn linear(
         c: n as u32,
         d: MB as u32,
     };
-    let [gx, gy, _] = ctx.grid_1d(OP, n as u64)?;
+    let layout = layout(ctx, k);
+    let groups = match layout {
+        Layout::Groups => n as u64,
+        Layout::Rows => (n as u64).div_ceil(u64::from(WG)),
+    };
+    let [gx, gy, _] = ctx.grid_1d(OP, groups)?;
     let gz = m.div_ceil(MB) as u32;
     let max = ctx.limits.max_compute_workgroups_per_dimension;
     if gz > max {
@@ -117,7 +156,13 @@ pub(crate) fn linear(
         });
     }
     ctx.dispatch(
-        &spec("linear", code_of(OP, dtype)?),
+        &spec(
+            match layout {
+                Layout::Groups => "linear",
+                Layout::Rows => "linear_rows",
+            },
+            code_of(OP, dtype)?,
+        ),
         &[&w.buffer, &x.buffer, &out.buffer],
         bytemuck::bytes_of(&params),
         [gx, gy, gz],
@@ -130,7 +175,7 @@ pub(crate) const FAMILY: Family = Family {
         DType::ALL
             .into_iter()
             .filter_map(code)
-            .flat_map(|c| [spec("decode", c), spec("linear", c)])
+            .flat_map(|c| [spec("decode", c), spec("linear", c), spec("linear_rows", c)])
             .collect()
     },
     params: &[("packed.wgsl", "Params", size_of::<Params>())],
