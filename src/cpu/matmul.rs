@@ -10,7 +10,7 @@ use crate::op::UnaryOp;
 const OWN_KERNEL_MIN: usize = 1 << 21;
 
 /// Most rows of `x` in `x · wᵀ` that take row dot products instead of SGEMM.
-const GEMV_ROWS: usize = 4;
+const GEMV_ROWS: usize = 16;
 
 /// Every batch through `sgemm` (m, n, k > 0), into an output that is never zeroed: the
 /// kernel writes every element.

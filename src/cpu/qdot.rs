@@ -563,16 +563,27 @@ mod x86 {
         let mut mins = 0f32;
         let m4 = _mm256_set1_epi8(0x0f);
         for (sb, blk) in w.chunks_exact(144).enumerate() {
-            let (scales, qs) = (&blk[4..16], blk[16..144].as_ptr());
+            let qs = blk[16..144].as_ptr();
             let xq = x.qs[256 * sb..].as_ptr();
             let bs = &x.bsums[16 * sb..16 * sb + 16];
+            // The eight 6-bit scales and mins, unpacked a word at a time (ggml's kmask
+            // trick): bytes 0..8 of `sm` are the scales, 8..16 the mins.
+            let mut u = [0u32; 4];
+            for (i, c) in blk[4..16].chunks_exact(4).enumerate() {
+                u[i] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            let (k1, k2, k3) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
+            u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+            let uaux = u[1] & k1;
+            u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+            u[2] = uaux;
+            u[0] &= k1;
+            let sm: [u8; 16] = bytemuck::cast(u);
+            let summ: i32 = (0..8)
+                .map(|j| sm[8 + j] as i32 * (bs[2 * j] + bs[2 * j + 1]))
+                .sum();
             let mut sums = _mm256_setzero_si256();
-            let mut summ = 0i32;
             for c in 0..4 {
-                let (s0, m0) = crate::quant::scale_min_k4(2 * c, scales);
-                let (s1, m1) = crate::quant::scale_min_k4(2 * c + 1, scales);
-                summ += m0 as i32 * (bs[4 * c] + bs[4 * c + 1])
-                    + m1 as i32 * (bs[4 * c + 2] + bs[4 * c + 3]);
                 // SAFETY: inside the super-block and the activation row.
                 unsafe {
                     let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
@@ -580,8 +591,8 @@ mod x86 {
                     let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
                     let x0 = _mm256_loadu_si256(xq.add(64 * c) as *const __m256i);
                     let x1 = _mm256_loadu_si256(xq.add(64 * c + 32) as *const __m256i);
-                    let p0 = scaled_dot(lo, x0, _mm256_set1_epi16(s0 as i16));
-                    let p1 = scaled_dot(hi, x1, _mm256_set1_epi16(s1 as i16));
+                    let p0 = scaled_dot(lo, x0, _mm256_set1_epi16(sm[2 * c] as i16));
+                    let p1 = scaled_dot(hi, x1, _mm256_set1_epi16(sm[2 * c + 1] as i16));
                     sums = _mm256_add_epi32(sums, _mm256_add_epi32(p0, p1));
                 }
             }
