@@ -18,7 +18,8 @@ bench=target/release/examples/bench
 # PEERS=1 adds candle's CPU backend (a separate project, benches/peers/candle; ~3 min to build),
 # numpy's OpenBLAS loaded into a kiln process (benches/peers/openblas; ~2 min to build)
 # and burn's wgpu (lavapipe) and CPU (flex) backends (benches/peers/burn; ~15 min the first
-# time: keep its target/).
+# time: keep its target/), and the quantized products beside ggml and candle
+# (scripts/bench_quant.sh; ggml is built from llama.cpp's source, ~1 min).
 candle=""
 burn=""
 openblas=""
@@ -70,4 +71,8 @@ if [ -n "$burn" ]; then
     XDG_CACHE_HOME="$cold/xdg" HOME="$cold" $burn --backend wgpu --first 512
     rm -rf "$cold"
   done
+fi
+if [ "${PEERS:-0}" = 1 ]; then
+  echo "== quantized and half-precision weights: kiln vs ggml (llama.cpp) and candle's QMatMul"
+  OUT="$out" scripts/bench_quant.sh
 fi

@@ -28,5 +28,8 @@ done
 $kiln --device cpu --dtypes $types --shapes 4096x4096 --m 512 --reps 3 > "$out/kiln-cpu-prefill.json"
 $ggml bench "$threads" 3 $types 4096x4096 512 > "$out/ggml-prefill.json"
 $candle --qmatmul $types 4096x4096 512 > "$out/candle-prefill.json"
-$kiln --device software --dtypes $types --shapes 4096x4096,11008x4096 --m 1,16 --reps 5 > "$out/kiln-lavapipe.json"
+# lavapipe: an f32 11008×4096 weight (180 MB) passes its 128 MiB binding limit, so f32 there is
+# measured at 4096×4096 only.
+$kiln --device software --dtypes $types --shapes 4096x4096 --m 1,16 --reps 5 > "$out/kiln-lavapipe.json"
+$kiln --device software --dtypes ${types#f32,} --shapes 11008x4096 --m 1 --reps 5 >> "$out/kiln-lavapipe.json"
 python3 scripts/bench_quant.py "$out"/*.json
