@@ -70,8 +70,8 @@ pub(crate) struct Q8KRow {
     qs: Vec<i8>,
     /// Each super-block's scale.
     d: Vec<f32>,
-    /// Σq of each 16 values.
-    bsums: Vec<i32>,
+    /// Σq of each 16 values (at most 16·127: an i16).
+    bsums: Vec<i16>,
 }
 
 impl Q8KRow {
@@ -92,7 +92,7 @@ impl Q8KRow {
             row.d.push(d);
             row.bsums.extend(
                 qs.chunks_exact(16)
-                    .map(|c| c.iter().map(|&q| q as i32).sum::<i32>()),
+                    .map(|c| c.iter().map(|&q| q as i16).sum::<i16>()),
             );
         }
         row
@@ -113,7 +113,7 @@ impl Q8KRow {
 pub(crate) struct Q8KSlice<'a> {
     qs: &'a [i8],
     d: &'a [f32],
-    bsums: &'a [i32],
+    bsums: &'a [i16],
 }
 
 /// A K-quant weight row's dot product with activation super-blocks.
@@ -154,7 +154,7 @@ fn q4_k_scalar(w: &[u8], x: Q8KSlice) -> f32 {
                 .map(|l| ((q[l] >> shift) & 0x0f) as i32 * xq[32 * j + l] as i32)
                 .sum();
             sumi += sc as i32 * dot;
-            summ += m as i32 * (bs[2 * j] + bs[2 * j + 1]);
+            summ += m as i32 * (bs[2 * j] as i32 + bs[2 * j + 1] as i32);
         }
         let dx = x.d[sb];
         sum += f16_at(blk, 0) * dx * sumi as f32 - f16_at(blk, 2) * dx * summ as f32;
@@ -181,7 +181,7 @@ fn q6_k_scalar(w: &[u8], x: Q8KSlice) -> f32 {
                         let hi = (qh[l] >> (2 * quarter)) & 3;
                         dot += (lo | (hi << 4)) as i32 * xq[128 * h + 32 * quarter + l] as i32;
                     }
-                    sumi += sc * (dot - 32 * bs[j]);
+                    sumi += sc * (dot - 32 * bs[j] as i32);
                 }
             }
         }
@@ -217,6 +217,41 @@ pub(crate) fn kernel(dtype: DType) -> Kernel {
     match dtype {
         DType::Q4_0 => q4_0_scalar,
         _ => q8_0_scalar,
+    }
+}
+
+/// Four weight rows' dot products with one activation row.
+pub(crate) type Kernel4 = fn([&[u8]; 4], Q8Slice) -> [f32; 4];
+
+/// The fastest four-row dot kernel for q8_0 or q4_0 weights on this CPU: the activation block
+/// is loaded once for four weight rows, and four independent accumulators keep the
+/// multiply-adds busy.
+pub(crate) fn kernel4(dtype: DType) -> Kernel4 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c");
+        let vnni = avx2
+            && std::is_x86_feature_detected!("avx512vnni")
+            && std::is_x86_feature_detected!("avx512vl");
+        let (vnni, avx2) = match std::env::var("KILN_CPU_QDOT").as_deref() {
+            Ok("scalar") => (false, false),
+            Ok("avx2") => (false, avx2),
+            _ => (vnni, avx2),
+        };
+        // SAFETY (each closure): the features were just detected.
+        match (dtype, vnni, avx2) {
+            (DType::Q8_0, true, _) => return |w, x| unsafe { x86::q8_0_x4_vnni(w, x) },
+            (DType::Q4_0, true, _) => return |w, x| unsafe { x86::q4_0_x4_vnni(w, x) },
+            (DType::Q8_0, _, true) => return |w, x| unsafe { x86::q8_0_x4_avx2(w, x) },
+            (DType::Q4_0, _, true) => return |w, x| unsafe { x86::q4_0_x4_avx2(w, x) },
+            _ => {}
+        }
+    }
+    match dtype {
+        DType::Q4_0 => |w, x| w.map(|r| q4_0_scalar(r, x)),
+        _ => |w, x| w.map(|r| q8_0_scalar(r, x)),
     }
 }
 
@@ -481,6 +516,105 @@ mod x86 {
         };
     }
 
+    /// A q8_0 block's (at `wb`) integer dot product with activation values `xv`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_block_avx2(wb: *const u8, xv: __m256i, _sum: i32) -> __m256i {
+        // SAFETY: the caller passes a whole block.
+        let wv = unsafe { _mm256_loadu_si256(wb.add(2) as *const __m256i) };
+        let (u, s) = signed_pair(wv, xv);
+        udot_avx2(u, s)
+    }
+
+    /// [`q8_0_block_avx2`] with VNNI.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    unsafe fn q8_0_block_vnni(wb: *const u8, xv: __m256i, _sum: i32) -> __m256i {
+        // SAFETY: the caller passes a whole block.
+        let wv = unsafe { _mm256_loadu_si256(wb.add(2) as *const __m256i) };
+        let (u, s) = signed_pair(wv, xv);
+        udot_vnni(u, s)
+    }
+
+    /// A q4_0 block's integer dot product: on unsigned nibbles, less 8·Σx (`sum`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_0_block_avx2(wb: *const u8, xv: __m256i, sum: i32) -> __m256i {
+        // SAFETY: the caller passes a whole block.
+        let dot = udot_avx2(unsafe { nibbles(wb.add(2)) }, xv);
+        _mm256_sub_epi32(dot, _mm256_castsi128_si256(_mm_cvtsi32_si128(8 * sum)))
+    }
+
+    /// [`q4_0_block_avx2`] with VNNI.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    unsafe fn q4_0_block_vnni(wb: *const u8, xv: __m256i, sum: i32) -> __m256i {
+        // SAFETY: the caller passes a whole block.
+        let dot = udot_vnni(unsafe { nibbles(wb.add(2)) }, xv);
+        _mm256_sub_epi32(dot, _mm256_castsi128_si256(_mm_cvtsi32_si128(8 * sum)))
+    }
+
+    macro_rules! x4 {
+        ($name:ident, $features:literal, $size:literal, $block:ident) => {
+            /// Four weight rows' dot products with one activation row: each activation
+            /// block is loaded once, four accumulators run side by side.
+            ///
+            /// # Safety
+            /// The CPU has the target features; each row holds as many blocks as `x`.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(w: [&[u8]; 4], x: Q8Slice) -> [f32; 4] {
+                let blocks = w[0].len() / $size;
+                let xp = x.qs.as_ptr();
+                let wp = w.map(|r| r.as_ptr());
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut sc = [[0f32; 8]; 4];
+                for b0 in (0..blocks).step_by(8) {
+                    let count = (blocks - b0).min(8);
+                    for r in 0..4 {
+                        // SAFETY: inside the rows' blocks.
+                        unsafe {
+                            scales(
+                                wp[r].add($size * b0),
+                                $size,
+                                x.d.as_ptr().add(b0),
+                                count,
+                                &mut sc[r],
+                            )
+                        };
+                    }
+                    for b in b0..b0 + count {
+                        // SAFETY: inside the rows' blocks and the activation row.
+                        unsafe {
+                            let xv = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
+                            let sum = *x.sums.get_unchecked(b);
+                            for r in 0..4 {
+                                let dot = $block(wp[r].add($size * b), xv, sum);
+                                let d = _mm256_set1_ps(*sc[r].get_unchecked(b - b0));
+                                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot), acc[r]);
+                            }
+                        }
+                    }
+                }
+                [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+            }
+        };
+    }
+
+    x4!(q8_0_x4_avx2, "avx2,fma,f16c", 34, q8_0_block_avx2);
+    x4!(
+        q8_0_x4_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        34,
+        q8_0_block_vnni
+    );
+    x4!(q4_0_x4_avx2, "avx2,fma,f16c", 18, q4_0_block_avx2);
+    x4!(
+        q4_0_x4_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        18,
+        q4_0_block_vnni
+    );
+
     q8_0!(q8_0_avx2, "avx2,fma,f16c", udot_avx2);
     q8_0!(q8_0_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", udot_vnni);
     q4_0!(q4_0_avx2, "avx2,fma,f16c", udot_avx2);
@@ -552,22 +686,50 @@ mod x86 {
         _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale)
     }
 
+    /// Shuffle masks that spread 16-bit lane `j` (of each 128-bit half) over its half.
+    const SPREAD16: [[u8; 16]; 8] = {
+        let mut t = [[0u8; 16]; 8];
+        let mut j = 0;
+        while j < 8 {
+            let mut i = 0;
+            while i < 8 {
+                t[j][2 * i] = 2 * j as u8;
+                t[j][2 * i + 1] = 2 * j as u8 + 1;
+                i += 1;
+            }
+            j += 1;
+        }
+        t
+    };
+
+    /// A ymm whose low half spreads 16-bit lane `lo` and whose high half lane `hi`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn spread_mask(lo: usize, hi: usize) -> __m256i {
+        // SAFETY: both rows are 16 bytes.
+        unsafe {
+            _mm256_set_m128i(
+                _mm_loadu_si128(SPREAD16[hi].as_ptr() as *const __m128i),
+                _mm_loadu_si128(SPREAD16[lo].as_ptr() as *const __m128i),
+            )
+        }
+    }
+
     /// One q4_K weight row's dot product with an activation row (ggml's
-    /// `vec_dot_q4_K_q8_K` scheme).
+    /// `vec_dot_q4_K_q8_K` scheme: scales and mins unpacked a word at a time and spread by
+    /// shuffles, the mins' products with the activation sums in one `madd`).
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; `w` holds as many super-blocks as `x`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn q4_k_avx2(w: &[u8], x: super::Q8KSlice) -> f32 {
         let mut acc = _mm256_setzero_ps();
-        let mut mins = 0f32;
+        let mut acc_m = _mm_setzero_ps();
         let m4 = _mm256_set1_epi8(0x0f);
+        let masks = [0, 1, 2, 3, 4, 5, 6, 7].map(|j| spread_mask(j, j));
         for (sb, blk) in w.chunks_exact(144).enumerate() {
             let qs = blk[16..144].as_ptr();
             let xq = x.qs[256 * sb..].as_ptr();
-            let bs = &x.bsums[16 * sb..16 * sb + 16];
-            // The eight 6-bit scales and mins, unpacked a word at a time (ggml's kmask
-            // trick): bytes 0..8 of `sm` are the scales, 8..16 the mins.
             let mut u = [0u32; 4];
             for (i, c) in blk[4..16].chunks_exact(4).enumerate() {
                 u[i] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
@@ -578,33 +740,44 @@ mod x86 {
             u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
             u[2] = uaux;
             u[0] &= k1;
-            let sm: [u8; 16] = bytemuck::cast(u);
-            let summ: i32 = (0..8)
-                .map(|j| sm[8 + j] as i32 * (bs[2 * j] + bs[2 * j + 1]))
-                .sum();
-            let mut sums = _mm256_setzero_si256();
-            for c in 0..4 {
-                // SAFETY: inside the super-block and the activation row.
-                unsafe {
+            let dx = x.d[sb];
+            // SAFETY: inside the super-block and the activation row (16 sums per 256 values).
+            unsafe {
+                let ms = _mm256_cvtepu8_epi16(_mm_loadu_si128(u.as_ptr() as *const __m128i));
+                let bs = _mm256_loadu_si256(x.bsums.as_ptr().add(16 * sb) as *const __m256i);
+                // Σ per 32 values: pairs of the 16-value sums.
+                let b32 =
+                    _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+                let prod = _mm_madd_epi16(_mm256_extracti128_si256(ms, 1), b32);
+                let dmin = _mm_set1_ps(-crate::quant::f16_at(blk, 2) * dx);
+                acc_m = _mm_fmadd_ps(dmin, _mm_cvtepi32_ps(prod), acc_m);
+                let sc = _mm256_castsi256_si128(ms);
+                let scales = _mm256_set_m128i(sc, sc);
+                let mut sums = _mm256_setzero_si256();
+                for c in 0..4 {
                     let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
                     let lo = _mm256_and_si256(q, m4);
                     let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
                     let x0 = _mm256_loadu_si256(xq.add(64 * c) as *const __m256i);
                     let x1 = _mm256_loadu_si256(xq.add(64 * c + 32) as *const __m256i);
-                    let p0 = scaled_dot(lo, x0, _mm256_set1_epi16(sm[2 * c] as i16));
-                    let p1 = scaled_dot(hi, x1, _mm256_set1_epi16(sm[2 * c + 1] as i16));
+                    let s0 = _mm256_shuffle_epi8(scales, masks[2 * c]);
+                    let s1 = _mm256_shuffle_epi8(scales, masks[2 * c + 1]);
+                    let p0 = scaled_dot(lo, x0, s0);
+                    let p1 = scaled_dot(hi, x1, s1);
                     sums = _mm256_add_epi32(sums, _mm256_add_epi32(p0, p1));
                 }
+                let d = _mm256_set1_ps(crate::quant::f16_at(blk, 0) * dx);
+                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc);
             }
-            let dx = x.d[sb];
-            let d = _mm256_set1_ps(crate::quant::f16_at(blk, 0) * dx);
-            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc);
-            mins += crate::quant::f16_at(blk, 2) * dx * summ as f32;
         }
-        hsum(acc) - mins
+        let m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+        let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        hsum(acc) + _mm_cvtss_f32(m)
     }
 
-    /// One q6_K weight row's dot product with an activation row.
+    /// One q6_K weight row's dot product with an activation row: 6-bit values assembled from
+    /// their nibbles and 2-bit pairs, scales spread by shuffles, the −32 offset as
+    /// Σ scale·(activation sum) in one `madd`.
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; `w` holds as many super-blocks as `x`.
@@ -612,51 +785,50 @@ mod x86 {
     pub(super) unsafe fn q6_k_avx2(w: &[u8], x: super::Q8KSlice) -> f32 {
         let mut acc = _mm256_setzero_ps();
         let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+        // Chunk n of a half (32 values) takes scales 2n (low 16 bytes) and 2n + 1 (high).
+        let masks = [0, 1, 2, 3].map(|n| spread_mask(2 * n, 2 * n + 1));
         for (sb, blk) in w.chunks_exact(210).enumerate() {
             let xq = x.qs[256 * sb..].as_ptr();
-            let bs = &x.bsums[16 * sb..16 * sb + 16];
-            let sc = &blk[192..208];
-            let mut sums = _mm256_setzero_si256();
-            let offset: i32 = sc.iter().zip(bs).map(|(&s, &b)| s as i8 as i32 * b).sum();
-            for h in 0..2 {
-                // SAFETY: inside the super-block and the activation row.
-                unsafe {
+            // SAFETY: inside the super-block and the activation row.
+            unsafe {
+                let sc16 =
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.as_ptr().add(192) as *const __m128i));
+                let bs = _mm256_loadu_si256(x.bsums.as_ptr().add(16 * sb) as *const __m256i);
+                let off = _mm256_madd_epi16(sc16, bs);
+                let mut sums = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(off, 5));
+                for h in 0..2 {
+                    let half = if h == 0 {
+                        _mm256_castsi256_si128(sc16)
+                    } else {
+                        _mm256_extracti128_si256(sc16, 1)
+                    };
+                    let scales = _mm256_set_m128i(half, half);
                     let ql = blk.as_ptr().add(64 * h);
                     let qa = _mm256_loadu_si256(ql as *const __m256i);
                     let qb = _mm256_loadu_si256(ql.add(32) as *const __m256i);
                     let qh = _mm256_loadu_si256(blk.as_ptr().add(128 + 32 * h) as *const __m256i);
-                    let high = |shift: i32| {
-                        let v = match shift {
-                            0 => qh,
-                            2 => _mm256_srli_epi16(qh, 2),
-                            4 => _mm256_srli_epi16(qh, 4),
-                            _ => _mm256_srli_epi16(qh, 6),
-                        };
-                        _mm256_slli_epi16(_mm256_and_si256(v, m2), 4)
-                    };
+                    let hbits = |v: __m256i| _mm256_slli_epi16(_mm256_and_si256(v, m2), 4);
                     let q = [
-                        _mm256_or_si256(_mm256_and_si256(qa, m4), high(0)),
-                        _mm256_or_si256(_mm256_and_si256(qb, m4), high(2)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), m4), high(4)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4), high(6)),
+                        _mm256_or_si256(_mm256_and_si256(qa, m4), hbits(qh)),
+                        _mm256_or_si256(_mm256_and_si256(qb, m4), hbits(_mm256_srli_epi16(qh, 2))),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(qa, 4), m4),
+                            hbits(_mm256_srli_epi16(qh, 4)),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(qb, 4), m4),
+                            hbits(_mm256_srli_epi16(qh, 6)),
+                        ),
                     ];
                     for (n, qn) in q.into_iter().enumerate() {
                         let xv = _mm256_loadu_si256(xq.add(128 * h + 32 * n) as *const __m256i);
-                        let j = 8 * h + 2 * n;
-                        let scale = _mm256_set_m128i(
-                            _mm_set1_epi16(sc[j + 1] as i8 as i16),
-                            _mm_set1_epi16(sc[j] as i8 as i16),
-                        );
-                        sums = _mm256_add_epi32(sums, scaled_dot(qn, xv, scale));
+                        let s = _mm256_shuffle_epi8(scales, masks[n]);
+                        sums = _mm256_add_epi32(sums, scaled_dot(qn, xv, s));
                     }
                 }
+                let d = _mm256_set1_ps(crate::quant::f16_at(blk, 208) * x.d[sb]);
+                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc);
             }
-            let d = crate::quant::f16_at(blk, 208) * x.d[sb];
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sums), acc);
-            acc = _mm256_sub_ps(
-                acc,
-                _mm256_setr_ps(d * (32 * offset) as f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
-            );
         }
         hsum(acc)
     }

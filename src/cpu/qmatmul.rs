@@ -30,11 +30,25 @@ pub(crate) fn matmul_packed(
         DType::Q8_0 | DType::Q4_0 => {
             let xq = Q8Row::quantize(x);
             let blocks = k / 32;
-            let kernel = qdot::kernel(dtype);
-            super::par_chunks_mut(&mut out_t, m, k * m, &|row, out| {
-                let wrow = &w[row * row_bytes..(row + 1) * row_bytes];
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = kernel(wrow, xq.blocks(i * blocks, (i + 1) * blocks));
+            let (one, four) = (qdot::kernel(dtype), qdot::kernel4(dtype));
+            // Four weight rows per piece: each activation row is read once for four of them,
+            // and the four rows stay in L1 while every activation row passes.
+            super::par_chunks_mut(&mut out_t, 4 * m, 4 * k * m, &|quad, out| {
+                let row = |r: usize| &w[r * row_bytes..(r + 1) * row_bytes];
+                let r0 = 4 * quad;
+                let rows = out.len() / m;
+                for i in 0..m {
+                    let xs = xq.blocks(i * blocks, (i + 1) * blocks);
+                    if rows == 4 {
+                        let d = four([row(r0), row(r0 + 1), row(r0 + 2), row(r0 + 3)], xs);
+                        for (r, v) in d.into_iter().enumerate() {
+                            out[r * m + i] = v;
+                        }
+                    } else {
+                        for r in 0..rows {
+                            out[r * m + i] = one(row(r0 + r), xs);
+                        }
+                    }
                 }
             });
         }
