@@ -539,3 +539,74 @@ fn quantizers_match_ggml_byte_for_byte() {
         }
     }
 }
+
+/// safetensors files keep each tensor's element type: f16, bf16, i8, u8 and i32 round-trip
+/// byte for byte through `kiln::nn::save_safetensors`/`load_safetensors` (the format's own crate writes and reads
+/// them), an f16 checkpoint loads into f32 parameters converted, and GGUF's block types, which
+/// safetensors cannot hold, are refused with a typed error naming the type.
+#[test]
+fn safetensors_keep_the_storage_types() {
+    let mut rng = Lcg(21);
+    let dir = std::env::temp_dir().join(format!("kiln-packed-st-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("w.safetensors");
+    for dev in devices() {
+        let plain = [DType::F16, DType::BF16, DType::I8, DType::U8, DType::I32];
+        let tensors: Vec<(String, Tensor)> = plain
+            .iter()
+            .map(|&d| {
+                let bytes = random_blocks(d, 12, &mut rng);
+                (
+                    d.name().to_string(),
+                    Tensor::from_bytes(&dev, &bytes, d, &[3, 4]).unwrap(),
+                )
+            })
+            .collect();
+        let named: Vec<(String, &Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
+        kiln::nn::save_safetensors(&path, &named).unwrap();
+        let back = kiln::nn::load_safetensors(&path, &dev).unwrap();
+        for (name, t) in &tensors {
+            let b = &back[name];
+            assert_eq!(b.dtype(), t.dtype(), "{name} on {dev}");
+            assert_eq!(b.shape(), t.shape());
+            assert_eq!(
+                b.to_bytes().unwrap(),
+                t.to_bytes().unwrap(),
+                "{name} on {dev}"
+            );
+        }
+        // An f16 checkpoint into an f32 layer: converted on load.
+        use kiln::nn::Module;
+        let layer = kiln::nn::Linear::new(&dev, 4, 3, 1).unwrap();
+        let halves: Vec<(String, Tensor)> = layer
+            .parameters()
+            .iter()
+            .map(|(n, p)| (n.clone(), p.to_dtype(DType::F16).unwrap()))
+            .collect();
+        let named: Vec<(String, &Tensor)> = halves.iter().map(|(n, t)| (n.clone(), t)).collect();
+        kiln::nn::save_safetensors(&path, &named).unwrap();
+        let mut loaded = kiln::nn::Linear::new(&dev, 4, 3, 2).unwrap();
+        loaded.load_safetensors(&path).unwrap();
+        for ((_, p), (_, h)) in loaded.parameters().iter().zip(&halves) {
+            assert_eq!(p.dtype(), DType::F32);
+            assert_eq!(
+                p.to_vec().unwrap(),
+                h.to_dtype(DType::F32).unwrap().to_vec().unwrap()
+            );
+        }
+        // GGUF blocks have no safetensors type.
+        let q = Tensor::from_bytes(
+            &dev,
+            &random_blocks(DType::Q4_0, 1, &mut rng),
+            DType::Q4_0,
+            &[1, 32],
+        )
+        .unwrap();
+        let err = kiln::nn::save_safetensors(&path, &[("q".to_string(), &q)]).unwrap_err();
+        assert!(
+            matches!(&err, Error::Unsupported { reason, .. } if reason.contains("q4_0")),
+            "{err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

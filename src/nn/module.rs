@@ -32,14 +32,15 @@ pub trait Module {
         self.parameters().iter().map(|(_, p)| p.numel()).sum()
     }
 
-    /// Writes the parameters to a safetensors file (f32, by name).
+    /// Writes the parameters to a safetensors file (by name, in their element types).
     fn save_safetensors(&self, path: &Path) -> Result<()> {
         super::weights::save(path, &self.parameters())
     }
 
     /// Reads every parameter from a safetensors file onto the device it is on now; a missing
-    /// name, another shape or another element type is `Error::Checkpoint`, and then nothing is
-    /// changed. Parameters that required gradients still do.
+    /// name, another shape or an element type that is not a float where the parameter is one
+    /// is `Error::Checkpoint`, and then nothing is changed. Floats stored as f16 or bf16 are
+    /// converted to the parameter's type. Parameters that required gradients still do.
     fn load_safetensors(&mut self, path: &Path) -> Result<()> {
         let mut params = self.parameters_mut();
         let loaded = {

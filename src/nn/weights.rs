@@ -1,5 +1,7 @@
-//! safetensors I/O: named f32 tensors to and from a file.
+//! safetensors I/O: named tensors to and from a file, each in its own element type (f32, f16,
+//! bf16, i8, u8, i32, u32).
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -13,7 +15,30 @@ fn io(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Writes named tensors (f32) to a safetensors file. Values are read back from their devices.
+/// The safetensors element type of `dtype`, where the format has one (not GGUF's blocks).
+fn file_dtype(dtype: DType) -> Option<Dtype> {
+    Some(match dtype {
+        DType::F32 => Dtype::F32,
+        DType::U32 => Dtype::U32,
+        DType::F16 => Dtype::F16,
+        DType::BF16 => Dtype::BF16,
+        DType::I8 => Dtype::I8,
+        DType::U8 => Dtype::U8,
+        DType::I32 => Dtype::I32,
+        _ => return None,
+    })
+}
+
+/// kiln's element type for a safetensors one, where kiln has it.
+fn kiln_dtype(dtype: Dtype) -> Option<DType> {
+    DType::ALL
+        .into_iter()
+        .find(|&d| file_dtype(d) == Some(dtype))
+}
+
+/// Writes named tensors to a safetensors file, each in its own element type (f32, f16, bf16,
+/// i8, u8, i32, u32; GGUF's block types have no safetensors form: `Unsupported`). Values are
+/// read back from their devices.
 pub fn save(path: &Path, tensors: &[(String, &Tensor)]) -> Result<()> {
     save_with_metadata(path, tensors, HashMap::new())
 }
@@ -24,19 +49,18 @@ pub(crate) fn save_with_metadata(
     tensors: &[(String, &Tensor)],
     meta: HashMap<String, String>,
 ) -> Result<()> {
-    let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    let mut bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        let values = t.to_vec()?;
-        bytes.push((
-            name.clone(),
-            t.shape().to_vec(),
-            bytemuck::cast_slice(&values).to_vec(),
-        ));
+        let dtype = file_dtype(t.dtype()).ok_or_else(|| Error::Unsupported {
+            op: "save",
+            reason: format!("safetensors has no {} type (tensor {name})", t.dtype()),
+        })?;
+        bytes.push((name.clone(), dtype, t.shape().to_vec(), t.to_bytes()?));
     }
     let views = bytes
         .iter()
-        .map(|(name, shape, data)| {
-            TensorView::new(Dtype::F32, shape.clone(), data)
+        .map(|(name, dtype, shape, data)| {
+            TensorView::new(*dtype, shape.clone(), data)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| io(path, e))
         })
@@ -74,22 +98,18 @@ pub(crate) fn to_tensor(
     name: &str,
     view: &TensorView<'_>,
 ) -> Result<Tensor> {
-    if view.dtype() != Dtype::F32 {
-        return Err(Error::Checkpoint {
-            name: name.to_string(),
-            reason: format!("the file stores {:?}; kiln loads F32", view.dtype()),
-        });
-    }
-    // The file's bytes need not be 4-byte aligned: decode each value.
-    let values: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    Tensor::from_vec(device, values, view.shape())
+    let dtype = kiln_dtype(view.dtype()).ok_or_else(|| Error::Checkpoint {
+        name: name.to_string(),
+        reason: format!(
+            "the file stores {:?}; kiln loads F32, F16, BF16, I8, U8, I32 and U32",
+            view.dtype()
+        ),
+    })?;
+    Tensor::from_bytes(device, view.data(), dtype, view.shape())
 }
 
-/// Reads every tensor of a safetensors file (f32) onto `device`, by name.
+/// Reads every tensor of a safetensors file onto `device`, by name, each in its stored element
+/// type (f16 and bf16 stay half-precision: `Tensor::to_dtype` converts).
 pub fn load(path: &Path, device: &crate::Device) -> Result<HashMap<String, Tensor>> {
     let bytes = read(path)?;
     parse(path, &bytes)?
@@ -100,7 +120,8 @@ pub fn load(path: &Path, device: &crate::Device) -> Result<HashMap<String, Tenso
 }
 
 /// Reads the tensors named in `wanted`, each onto the device of its model tensor, checking
-/// that every name is present with the same shape and element type: all or nothing.
+/// that every name is present with the same shape: all or nothing. A float stored in another
+/// float type (an f16 or bf16 checkpoint for f32 parameters) is converted to the model's.
 pub(crate) fn load_matching(path: &Path, wanted: &[(String, &Tensor)]) -> Result<Vec<Tensor>> {
     let bytes = read(path)?;
     matching(path, &parse(path, &bytes)?, wanted)
@@ -129,7 +150,19 @@ pub(crate) fn matching(
                 ),
             });
         }
-        out.push(to_tensor(model.device(), name, view)?);
+        let t = to_tensor(model.device(), name, view)?;
+        let floats = [DType::F32, DType::F16, DType::BF16];
+        let t = match (t.dtype(), model.dtype()) {
+            (a, b) if a == b => t,
+            (a, b) if floats.contains(&a) && floats.contains(&b) => t.to_dtype(b)?,
+            (a, b) => {
+                return Err(Error::Checkpoint {
+                    name: name.clone(),
+                    reason: format!("{a} in {}, {b} in the model", path.display()),
+                });
+            }
+        };
+        out.push(t);
     }
     Ok(out)
 }
