@@ -610,3 +610,96 @@ fn safetensors_keep_the_storage_types() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Hostile bytes: a NaN or infinite block scale is refused when the tensor is made, naming
+/// the block; random bytes of random lengths for every type give a tensor or a typed error,
+/// never a panic, and whatever loads decodes and multiplies alike on every device (NaN where
+/// NaN).
+#[test]
+fn hostile_bytes_give_typed_errors() {
+    let nan = half::f16::NAN.to_bits().to_le_bytes();
+    let inf = half::f16::INFINITY.to_bits().to_le_bytes();
+    let mut rng = Lcg(99);
+    for dev in devices() {
+        let mut q = random_blocks(DType::Q8_0, 4, &mut rng);
+        q[34 * 2..34 * 2 + 2].copy_from_slice(&nan);
+        let err = Tensor::from_bytes(&dev, &q, DType::Q8_0, &[4, 32]).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument { reason, .. } if reason.contains("block 2")),
+            "{err}"
+        );
+        let mut k = random_blocks(DType::Q4K, 1, &mut rng);
+        k[2..4].copy_from_slice(&inf);
+        let err = Tensor::from_bytes(&dev, &k, DType::Q4K, &[256]).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+        let mut k = random_blocks(DType::Q6K, 1, &mut rng);
+        k[208..210].copy_from_slice(&nan);
+        assert!(Tensor::from_bytes(&dev, &k, DType::Q6K, &[1, 256]).is_err());
+    }
+    let gpus = gpus();
+    for case in 0..300 {
+        let dtype = rng.pick(&PACKED);
+        let rows = 1 + rng.next_u32() as usize % 3;
+        let len = dtype.block_len().max(4) * (1 + rng.next_u32() as usize % 3);
+        let exact = dtype.bytes_for(rows * len).unwrap();
+        // Mostly the right length, sometimes a few bytes short or long.
+        let n = match rng.next_u32() % 4 {
+            0 => exact.saturating_sub(1 + rng.next_u32() as usize % 5),
+            1 => exact + 1 + rng.next_u32() as usize % 5,
+            _ => exact,
+        };
+        let bytes: Vec<u8> = (0..n).map(|_| rng.next_u32() as u8).collect();
+        let what = format!("case {case}: {dtype} [{rows}, {len}] from {n} bytes");
+        let cpu = Tensor::from_bytes(&Device::cpu(), &bytes, dtype, &[rows, len]);
+        let cpu = match cpu {
+            Ok(t) => t,
+            Err(Error::InvalidShape { .. } | Error::InvalidArgument { .. }) => continue,
+            Err(e) => panic!("{what}: {e}"),
+        };
+        let xs = rng.vec(len, -1.0, 1.0);
+        let x = Tensor::from_slice(&Device::cpu(), &xs, &[1, len]).unwrap();
+        let want_values = cpu.to_dtype(DType::F32).unwrap().to_vec().unwrap();
+        // Per output: Σ|x·w| (f32 rounding) and Σ|w| (the CPU's 8-bit activations, |x| ≤ 1).
+        let tol: Vec<f64> = want_values
+            .chunks(len)
+            .map(|w| {
+                let abs: f64 = w
+                    .iter()
+                    .zip(&xs)
+                    .map(|(a, b)| f64::from(*a).abs() * f64::from(*b).abs())
+                    .sum();
+                let sum: f64 = w.iter().map(|a| f64::from(*a).abs()).sum();
+                1e-6 + 1e-5 * abs + sum / 254.0 * 1.01
+            })
+            .collect();
+        let want_product = x.linear(&cpu, None, None).unwrap().to_vec().unwrap();
+        for dev in &gpus {
+            let t = Tensor::from_bytes(dev, &bytes, dtype, &[rows, len]).unwrap();
+            let got = t.to_dtype(DType::F32).unwrap().to_vec().unwrap();
+            for (i, (g, w)) in got.iter().zip(&want_values).enumerate() {
+                assert!(
+                    g.to_bits() == w.to_bits()
+                        || (g.is_nan() && w.is_nan())
+                        || (g - w).abs() <= 1e-6 * w.abs(),
+                    "{what} on {dev}: value {i} is {g}, the CPU's {w}"
+                );
+            }
+            let xg = x.to_device(dev).unwrap();
+            let got = xg.linear(&t, None, None).unwrap().to_vec().unwrap();
+            for (i, (g, w)) in got.iter().zip(&want_product).enumerate() {
+                // Non-finite where the CPU's is (inf − inf may be NaN in one order and not
+                // another), else within the bound of the CPU's 8-bit activations.
+                let ok = if !w.is_finite() || !tol[i].is_finite() {
+                    !g.is_finite() || !tol[i].is_finite()
+                } else {
+                    f64::from((g - w).abs()) <= tol[i]
+                };
+                assert!(
+                    ok,
+                    "{what} on {dev}: product {i} is {g}, the CPU's {w} (tolerance {:.2e})",
+                    tol[i]
+                );
+            }
+        }
+    }
+}

@@ -29,6 +29,30 @@ pub(crate) fn byte_len(op: &'static str, dtype: DType, n: usize) -> Result<usize
     })
 }
 
+/// Checks the scales of GGUF blocks (`bytes`, whole blocks of `dtype`): every f16 scale must be
+/// finite (`InvalidArgument` naming the block otherwise), so that no product or decode of the
+/// tensor meets a NaN or infinite scale. Other types are not checked (their NaNs are values).
+pub(crate) fn check_scales(op: &'static str, dtype: DType, bytes: &[u8]) -> Result<()> {
+    let offsets: &[usize] = match dtype {
+        DType::Q8_0 | DType::Q4_0 => &[0],
+        DType::Q4K => &[0, 2],
+        DType::Q6K => &[208],
+        _ => return Ok(()),
+    };
+    for (b, block) in bytes.chunks_exact(dtype.block_bytes()).enumerate() {
+        for &o in offsets {
+            let v = f16_at(block, o);
+            if !v.is_finite() {
+                return Err(Error::InvalidArgument {
+                    op,
+                    reason: format!("{dtype} block {b} has a scale of {v}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An f16 from two little-endian bytes, as f32.
 #[inline]
 pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {

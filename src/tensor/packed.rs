@@ -15,7 +15,8 @@ impl Tensor {
     /// GGUF's blocks for the quantized types (a GGUF tensor's data as it is in the file, with
     /// `shape` in row-major order, GGUF's `ne` reversed). A quantized tensor's last dimension
     /// must be a multiple of its block length, and `bytes` must hold exactly the values
-    /// (`InvalidShape` otherwise).
+    /// (`InvalidShape` otherwise); a block whose scale is NaN or infinite is refused
+    /// (`InvalidArgument`, naming the block).
     pub fn from_bytes(
         device: &Device,
         bytes: &[u8],
@@ -35,6 +36,7 @@ impl Tensor {
                 ),
             });
         }
+        quant::check_scales(OP, dtype, bytes)?;
         let storage = match dtype {
             DType::F32 => Storage::from_f32_vec(device, OP, bytemuck::pod_collect_to_vec(bytes))?,
             DType::U32 => {
