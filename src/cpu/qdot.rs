@@ -138,6 +138,29 @@ pub(crate) fn k_kernel(dtype: DType) -> KKernel {
     }
 }
 
+/// One K-quant weight row's dot products with four activation rows.
+pub(crate) type KKernel4 = fn(&[u8], [Q8KSlice; 4]) -> [f32; 4];
+
+/// The fastest one-row-by-four kernel for q4_K or q6_K weights on this CPU: each weight
+/// super-block is unpacked once (scales, mins, nibbles) for four activation rows.
+pub(crate) fn k_kernel4(dtype: DType) -> KKernel4 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::env::var("KILN_CPU_QDOT").as_deref() != Ok("scalar")
+    {
+        // SAFETY (each closure): the features were just detected.
+        return match dtype {
+            DType::Q6K => |w, x| unsafe { x86::q6_k_r4_avx2(w, x) },
+            _ => |w, x| unsafe { x86::q4_k_r4_avx2(w, x) },
+        };
+    }
+    match dtype {
+        DType::Q6K => |w, x| x.map(|r| q6_k_scalar(w, r)),
+        _ => |w, x| x.map(|r| q4_k_scalar(w, r)),
+    }
+}
+
 /// q4_K weights, portable: per super-block d·Σ sc_j·(q·x)_j − dmin·Σ m_j·(Σx)_j.
 fn q4_k_scalar(w: &[u8], x: Q8KSlice) -> f32 {
     let mut sum = 0f32;
@@ -773,6 +796,147 @@ mod x86 {
         let m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
         let m = _mm_add_ss(m, _mm_movehdup_ps(m));
         hsum(acc) + _mm_cvtss_f32(m)
+    }
+
+    /// A q4_K super-block's scales (low half) and mins (high half) as 16-bit lanes, unpacked a
+    /// word at a time (ggml's kmask trick).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn q4_k_scales_mins(blk: &[u8]) -> __m256i {
+        let mut u = [0u32; 4];
+        for (i, c) in blk[4..16].chunks_exact(4).enumerate() {
+            u[i] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        let (k1, k2, k3) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
+        u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+        let uaux = u[1] & k1;
+        u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+        u[2] = uaux;
+        u[0] &= k1;
+        // SAFETY: `u` is 16 bytes.
+        _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(u.as_ptr() as *const __m128i) })
+    }
+
+    /// One q4_K weight row's dot products with four activation rows: each super-block's
+    /// scales, mins and nibbles unpacked once.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `w` holds as many super-blocks as each row of `x`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q4_k_r4_avx2(w: &[u8], x: [super::Q8KSlice; 4]) -> [f32; 4] {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc_m = [_mm_setzero_ps(); 4];
+        let m4 = _mm256_set1_epi8(0x0f);
+        let masks = [0, 1, 2, 3, 4, 5, 6, 7].map(|j| spread_mask(j, j));
+        for (sb, blk) in w.chunks_exact(144).enumerate() {
+            let qs = blk[16..144].as_ptr();
+            let ms = q4_k_scales_mins(blk);
+            let (d, dmin) = (crate::quant::f16_at(blk, 0), crate::quant::f16_at(blk, 2));
+            // SAFETY: inside the super-block and the activation rows.
+            unsafe {
+                for r in 0..4 {
+                    let bs = _mm256_loadu_si256(x[r].bsums.as_ptr().add(16 * sb) as *const __m256i);
+                    let b32 =
+                        _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+                    let prod = _mm_madd_epi16(_mm256_extracti128_si256(ms, 1), b32);
+                    let f = _mm_set1_ps(-dmin * *x[r].d.get_unchecked(sb));
+                    acc_m[r] = _mm_fmadd_ps(f, _mm_cvtepi32_ps(prod), acc_m[r]);
+                }
+                let sc = _mm256_castsi256_si128(ms);
+                let scales = _mm256_set_m128i(sc, sc);
+                let mut sums = [_mm256_setzero_si256(); 4];
+                for c in 0..4 {
+                    let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+                    let lo = _mm256_and_si256(q, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                    let s0 = _mm256_shuffle_epi8(scales, masks[2 * c]);
+                    let s1 = _mm256_shuffle_epi8(scales, masks[2 * c + 1]);
+                    for r in 0..4 {
+                        let xq = x[r].qs.as_ptr().add(256 * sb + 64 * c);
+                        let x0 = _mm256_loadu_si256(xq as *const __m256i);
+                        let x1 = _mm256_loadu_si256(xq.add(32) as *const __m256i);
+                        let p = _mm256_add_epi32(scaled_dot(lo, x0, s0), scaled_dot(hi, x1, s1));
+                        sums[r] = _mm256_add_epi32(sums[r], p);
+                    }
+                }
+                for r in 0..4 {
+                    let f = _mm256_set1_ps(d * *x[r].d.get_unchecked(sb));
+                    acc[r] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(sums[r]), acc[r]);
+                }
+            }
+        }
+        let mut out = [0f32; 4];
+        for r in 0..4 {
+            let m = _mm_add_ps(acc_m[r], _mm_movehl_ps(acc_m[r], acc_m[r]));
+            let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+            out[r] = hsum(acc[r]) + _mm_cvtss_f32(m);
+        }
+        out
+    }
+
+    /// One q6_K weight row's dot products with four activation rows: each super-block's 6-bit
+    /// values and scales assembled once.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `w` holds as many super-blocks as each row of `x`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q6_k_r4_avx2(w: &[u8], x: [super::Q8KSlice; 4]) -> [f32; 4] {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+        let masks = [0, 1, 2, 3].map(|n| spread_mask(2 * n, 2 * n + 1));
+        for (sb, blk) in w.chunks_exact(210).enumerate() {
+            // SAFETY: inside the super-block and the activation rows.
+            unsafe {
+                let sc16 =
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.as_ptr().add(192) as *const __m128i));
+                let mut sums = [_mm256_setzero_si256(); 4];
+                for r in 0..4 {
+                    let bs = _mm256_loadu_si256(x[r].bsums.as_ptr().add(16 * sb) as *const __m256i);
+                    let off = _mm256_madd_epi16(sc16, bs);
+                    sums[r] = _mm256_sub_epi32(sums[r], _mm256_slli_epi32(off, 5));
+                }
+                for h in 0..2 {
+                    let half = if h == 0 {
+                        _mm256_castsi256_si128(sc16)
+                    } else {
+                        _mm256_extracti128_si256(sc16, 1)
+                    };
+                    let scales = _mm256_set_m128i(half, half);
+                    let ql = blk.as_ptr().add(64 * h);
+                    let qa = _mm256_loadu_si256(ql as *const __m256i);
+                    let qb = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+                    let qh = _mm256_loadu_si256(blk.as_ptr().add(128 + 32 * h) as *const __m256i);
+                    let hbits = |v: __m256i| _mm256_slli_epi16(_mm256_and_si256(v, m2), 4);
+                    let q = [
+                        _mm256_or_si256(_mm256_and_si256(qa, m4), hbits(qh)),
+                        _mm256_or_si256(_mm256_and_si256(qb, m4), hbits(_mm256_srli_epi16(qh, 2))),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(qa, 4), m4),
+                            hbits(_mm256_srli_epi16(qh, 4)),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(qb, 4), m4),
+                            hbits(_mm256_srli_epi16(qh, 6)),
+                        ),
+                    ];
+                    for (n, qn) in q.into_iter().enumerate() {
+                        let s = _mm256_shuffle_epi8(scales, masks[n]);
+                        for r in 0..4 {
+                            let xv = _mm256_loadu_si256(
+                                x[r].qs.as_ptr().add(256 * sb + 128 * h + 32 * n) as *const __m256i,
+                            );
+                            sums[r] = _mm256_add_epi32(sums[r], scaled_dot(qn, xv, s));
+                        }
+                    }
+                }
+                let d = crate::quant::f16_at(blk, 208);
+                for r in 0..4 {
+                    let f = _mm256_set1_ps(d * *x[r].d.get_unchecked(sb));
+                    acc[r] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(sums[r]), acc[r]);
+                }
+            }
+        }
+        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
     }
 
     /// One q6_K weight row's dot product with an activation row: 6-bit values assembled from

@@ -55,11 +55,19 @@ pub(crate) fn matmul_packed(
         DType::Q4K | DType::Q6K => {
             let xq = Q8KRow::quantize(x);
             let blocks = k / 256;
-            let kernel = qdot::k_kernel(dtype);
+            let (one, four) = (qdot::k_kernel(dtype), qdot::k_kernel4(dtype));
             super::par_chunks_mut(&mut out_t, m, k * m, &|row, out| {
                 let wrow = &w[row * row_bytes..(row + 1) * row_bytes];
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = kernel(wrow, xq.blocks(i * blocks, (i + 1) * blocks));
+                let xs = |i: usize| xq.blocks(i * blocks, (i + 1) * blocks);
+                // Four activation rows at a time share each unpacked weight super-block.
+                let mut i = 0;
+                while i + 4 <= m {
+                    out[i..i + 4]
+                        .copy_from_slice(&four(wrow, [xs(i), xs(i + 1), xs(i + 2), xs(i + 3)]));
+                    i += 4;
+                }
+                for (j, o) in out.iter_mut().enumerate().skip(i) {
+                    *o = one(wrow, xs(j));
                 }
             });
         }
