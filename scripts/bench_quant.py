@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Tables of the quantized-product runs (JSON lines of examples/qbench.rs, and of the ggml and
-candle peers in the same format) for BENCHMARKS.md: per weight type, shape and rows, the
+candle peers on the CPU and PyTorch on an NVIDIA GPU, scripts/torch_quant.py, in the same format) for BENCHMARKS.md: per weight type, shape and rows, the
 median over rounds of each engine's time, kiln's speed against each peer (>1: kiln faster),
 the weight bytes per second, and the share of the machine's read bandwidth (the `stream` line).
 
@@ -24,7 +24,11 @@ for path in sys.argv[1:]:
             if r["engine"] == "stream":
                 stream.append(r["read_gbs"])
                 continue
-            key = (r["engine"], r["device"], r["dtype"], r["m"], r["n"], r["k"])
+            if "ms" not in r:
+                continue  # a peer's refusal (torch._int_mm on some shapes)
+            # Peers on the CPU share kiln's "cpu"; a GPU peer (torch) is matched by shape.
+            device = r.get("device", "cpu") if r["engine"] == "kiln" else "peer"
+            key = (r["engine"], device, r["dtype"], r["m"], r["n"], r["k"])
             runs[key].append(r["ms"])
             gbs[key].append(r["gbs"])
 
@@ -33,7 +37,7 @@ if bw:
     print(f"memory read bandwidth (STREAM-style sum, all cores): {bw:.1f} GB/s\n")
 devices = sorted({(k[1]) for k in runs if k[0] == "kiln"})
 for dev in devices:
-    peers = ["ggml", "candle"] if dev == "cpu" else []
+    peers = ["ggml", "candle"] if dev == "cpu" else ["torch"]
     head = "| type | N×K | m | kiln ms | kiln GB/s |"
     if bw and dev == "cpu":
         head += " % of read bw |"
@@ -52,7 +56,7 @@ for dev in devices:
         if bw and dev == "cpu":
             row += f" {100 * kg / bw:.0f}% |"
         for p in peers:
-            pk = (p, "cpu") + s
+            pk = (p, "peer") + s
             if runs.get(pk):
                 pt = statistics.median(runs[pk])
                 row += f" {pt:.3f} | {pt / kt:.2f}× |"

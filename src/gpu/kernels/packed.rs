@@ -65,6 +65,18 @@ fn code_of(op: &'static str, dtype: DType) -> Result<u32> {
     code(dtype).ok_or_else(|| Error::Gpu(format!("{op}: internal error: {dtype} is not packed")))
 }
 
+/// `TooLarge` unless `values` can be indexed in u32.
+fn fits_u32(op: &'static str, values: usize) -> Result<()> {
+    if values > u32::MAX as usize {
+        return Err(Error::TooLarge {
+            op,
+            requested: values as u64,
+            limit: u64::from(u32::MAX),
+        });
+    }
+    Ok(())
+}
+
 /// Rows of `len` values of `dtype` (in `w`) decoded to f32: `rows` of them in order, or those
 /// that the u32 indices in `idx` name (checked by the host). `takes(dtype, len)` holds.
 pub(crate) fn decode(
@@ -77,6 +89,14 @@ pub(crate) fn decode(
     len: usize,
 ) -> Result<PooledBuffer> {
     let n = rows * len;
+    // The shader indexes values (of the output and the table) in u32; a table holds at most
+    // two values per byte (q4_0's 32 per 18 bytes is the densest format).
+    let table = if idx.is_some() {
+        2 * w.buffer.size() as usize
+    } else {
+        n
+    };
+    fits_u32(op, table.max(n))?;
     let out = ctx.alloc(op, n)?;
     let params = Params {
         a: len as u32,
@@ -133,6 +153,8 @@ pub(crate) fn linear(
     (m, k, n): (usize, usize, usize),
 ) -> Result<PooledBuffer> {
     const OP: &str = "linear";
+    // The shader indexes the weight's values and the activation's in u32.
+    fits_u32(OP, (n * k).max(m * k))?;
     let out = ctx.alloc(OP, m * n)?;
     let params = Params {
         a: m as u32,
