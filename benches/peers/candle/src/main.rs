@@ -101,13 +101,20 @@ fn qmatmul(types: &str, shapes: &str, ms: &str) -> Result<()> {
             };
             let q = QTensor::quantize(&w, dtype)?;
             let bytes = q.storage_size_in_bytes() as f64;
+            let wd = q.dequantize(&dev)?;
             let mm = QMatMul::from_qtensor(q)?;
             for m in ms.split(',') {
                 let m: usize = m.parse().unwrap();
                 let x = Tensor::randn(0f32, 1f32, (m, k), &dev)?;
                 let s = median_time(|| mm.forward(&x).map(drop))?;
+                // The product against the dequantized weight in f32: the worst difference,
+                // relative to the largest output (a check that the timed path computes it all).
+                let y = mm.forward(&x)?;
+                let want = x.matmul(&wd.t()?)?;
+                let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+                let err = (y - want)?.abs()?.max_all()?.to_scalar::<f32>()? / scale;
                 println!(
-                    r#"{{"engine":"candle","device":"cpu","dtype":"{ty}","m":{m},"n":{n},"k":{k},"ms":{:.4},"gbs":{:.2},"gflops":{:.2}}}"#,
+                    r#"{{"engine":"candle","device":"cpu","dtype":"{ty}","m":{m},"n":{n},"k":{k},"ms":{:.4},"gbs":{:.2},"gflops":{:.2},"max_rel_err":{err:.2e}}}"#,
                     s * 1e3,
                     bytes / s / 1e9,
                     2.0 * (m * n * k) as f64 / s / 1e9
