@@ -83,7 +83,7 @@ impl Storage {
         bytes: Vec<u8>,
     ) -> Result<Storage> {
         match device.gpu_context() {
-            None => Ok(CpuStorage::from_bytes(dtype, bytes).wrap()),
+            None => Ok(CpuStorage::from_bytes(dtype, bytes)?.wrap()),
             Some(ctx) => Ok(GpuStorage::upload_bytes(ctx, op, dtype, &bytes)?.wrap()),
         }
     }

@@ -138,6 +138,32 @@ pub(crate) fn par_chunks_mut<T: Send>(
     });
 }
 
+/// [`par_chunks_mut`] with the pieces claimed dynamically (`spin_pool::run_claimed`), `claim`
+/// pieces at a time: for loops whose pieces are many and even, where a slowed core should take
+/// fewer of them.
+pub(crate) fn par_chunks_claimed<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    claim: usize,
+    work: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    let chunk = chunk.max(1);
+    let count = data.len().div_ceil(chunk);
+    if spin_pool::width() <= 1 || count.saturating_mul(work) < PARALLEL_WORK {
+        data.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+        return;
+    }
+    let claim = claim.max(1);
+    spin_pool::run_claimed(data, chunk * claim, &|p, run| {
+        for (j, c) in run.chunks_mut(chunk).enumerate() {
+            f(p * claim + j, c);
+        }
+    });
+}
+
 /// `&mut [f32]` over values that have all been written.
 ///
 /// # Safety
@@ -192,4 +218,4 @@ fn advise_huge_pages<T>(v: &Vec<T>) {
 }
 
 /// Buffers of at least this many bytes get [`advise_huge_pages`].
-const HUGE_PAGE_MIN: usize = 16 << 20;
+pub(crate) const HUGE_PAGE_MIN: usize = 16 << 20;

@@ -247,6 +247,38 @@ pub(crate) fn run_chunks<T: Send>(
 }
 
 /// A pointer to the start of a slice whose disjoint pieces the tasks of one job write.
+/// Like [`run_chunks`], but the pieces (`per` values each, any number of them) are claimed
+/// one at a time from a shared counter by every thread of the pool, the caller included: a
+/// thread the machine slows down (a busy neighbour on a VM) takes fewer pieces instead of
+/// holding the job up. Pieces should be large enough that claiming one (an atomic add, a
+/// cache line that moves between cores) is small beside its work.
+pub(crate) fn run_claimed<T: Send>(
+    data: &mut [T],
+    per: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    let per = per.max(1);
+    let pieces = data.len().div_ceil(per);
+    let base = SharedPtr(data.as_mut_ptr());
+    let len = data.len();
+    let next = AtomicUsize::new(0);
+    run(width().min(pieces), &|_| {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= pieces {
+                break;
+            }
+            let start = i * per;
+            let end = len.min(start + per);
+            // SAFETY: each index is claimed once, so pieces are disjoint ranges inside `data`,
+            // which stays mutably borrowed until every task has returned.
+            let piece =
+                unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
+            f(i, piece);
+        }
+    });
+}
+
 struct SharedPtr<T>(*mut T);
 
 impl<T> SharedPtr<T> {
@@ -255,8 +287,8 @@ impl<T> SharedPtr<T> {
     }
 }
 
-// SAFETY: used only by `run_chunks`, whose tasks touch disjoint pieces of a `&mut [T]` with
-// `T: Send`.
+// SAFETY: used only by `run_chunks` and `run_claimed`, whose tasks touch disjoint pieces of a
+// `&mut [T]` with `T: Send`.
 unsafe impl<T: Send> Sync for SharedPtr<T> {}
 
 /// Waits for `done()`: a pure spin for up to [`WAIT_SPIN`], then yielding the CPU between
@@ -340,6 +372,28 @@ fn wait_for_job(p: &Pool, seen: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `run_claimed` hands every piece to exactly one call, with its index, whatever the
+    /// number of pieces (fewer than the threads, many more, a short last one).
+    #[test]
+    fn claimed_pieces_are_each_visited_once() {
+        for (len, per) in [(1usize, 4usize), (7, 4), (1000, 3), (10_000, 64), (64, 64)] {
+            let mut data = vec![usize::MAX; len];
+            let calls = AtomicUsize::new(0);
+            run_claimed(&mut data, per, &|i, piece| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                assert!(piece.len() <= per && !piece.is_empty());
+                for v in piece.iter_mut() {
+                    assert_eq!(*v, usize::MAX, "a value written twice");
+                    *v = i;
+                }
+            });
+            assert_eq!(calls.load(Ordering::Relaxed), len.div_ceil(per));
+            for (j, &v) in data.iter().enumerate() {
+                assert_eq!(v, j / per, "len {len}, per {per}: value {j}");
+            }
+        }
+    }
 
     /// Every task runs exactly once per job, jobs back to back and after the workers parked,
     /// and a panicking task reaches the caller without wedging the pool.

@@ -51,9 +51,18 @@ impl CpuStorage {
         CpuStorage::U32(data)
     }
 
-    /// Values of a storage type, as the bytes of its format (checked by the caller).
-    pub(crate) fn from_bytes(dtype: DType, bytes: Vec<u8>) -> CpuStorage {
-        CpuStorage::Packed(dtype, Arc::new(bytes))
+    /// Values of a storage type, as the bytes of its format (checked by the caller). Large
+    /// ones are copied into a buffer that asked for huge pages before it was touched (weights
+    /// are streamed by every product: fewer TLB misses).
+    pub(crate) fn from_bytes(dtype: DType, bytes: Vec<u8>) -> Result<CpuStorage> {
+        let bytes = if bytes.len() >= super::HUGE_PAGE_MIN {
+            let mut v = super::reserve("from_bytes", bytes.len())?;
+            v.extend_from_slice(&bytes);
+            v
+        } else {
+            bytes
+        };
+        Ok(CpuStorage::Packed(dtype, Arc::new(bytes)))
     }
 
     /// The bytes of a packed operand (`DTypeMismatch` naming `op` otherwise).
@@ -199,7 +208,7 @@ impl BackendStorage for CpuStorage {
         Ok(match dtype {
             DType::F32 => f32s_of(values),
             DType::U32 => u32s_of(values.iter().map(|&v| v as u32).collect()),
-            packed => CpuStorage::from_bytes(packed, quant::encode(op, packed, &values)?),
+            packed => CpuStorage::from_bytes(packed, quant::encode(op, packed, &values)?)?,
         })
     }
 
