@@ -159,6 +159,18 @@ fn decode(
 }
 
 const MB: u32 = 4u;
+
+// The products of weight row r's quad at e (values e..e+4, decoded once) with the same four
+// values of activation rows i0..i0 + rows (rows ≤ MB), one per component.
+fn quad_products(r: u32, e: u32, i0: u32, rows: u32, k: u32) -> vec4<f32> {
+    let q = quad(r * k + e);
+    var p = vec4<f32>(0.0);
+    for (var i = 0u; i < rows; i++) {
+        let b = (i0 + i) * k + e;
+        p[i] = dot(q, vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]));
+    }
+    return p;
+}
 var<workgroup> partial: array<vec4<f32>, WG>;
 
 // linear: y[i, r] = x[i, :] · w[r, :] for the MB rows i of x from wid.z * MB, one
@@ -180,11 +192,7 @@ fn linear(
     var acc = vec4<f32>(0.0);
     if (r < n) {
         for (var e = lid * 4u; e < k; e += WG * 4u) {
-            let q = quad(r * k + e);
-            for (var i = 0u; i < rows; i++) {
-                let b = (i0 + i) * k + e;
-                acc[i] += dot(q, vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]));
-            }
+            acc += quad_products(r, e, i0, rows, k);
         }
     }
     partial[lid] = acc;
@@ -220,11 +228,7 @@ fn linear_rows(
     }
     var acc = vec4<f32>(0.0);
     for (var e = 0u; e < k; e += 4u) {
-        let q = quad(r * k + e);
-        for (var i = 0u; i < rows; i++) {
-            let b = (i0 + i) * k + e;
-            acc[i] += dot(q, vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]));
-        }
+        acc += quad_products(r, e, i0, rows, k);
     }
     for (var i = 0u; i < rows; i++) {
         y[(i0 + i) * n + r] = acc[i];

@@ -11,17 +11,10 @@ use common::*;
 use kiln::{DType, Device, Error, Tensor, UnaryOp};
 use std::path::PathBuf;
 
-const PACKED: [DType; 9] = [
-    DType::F16,
-    DType::BF16,
-    DType::I8,
-    DType::U8,
-    DType::I32,
-    DType::Q8_0,
-    DType::Q4_0,
-    DType::Q4K,
-    DType::Q6K,
-];
+/// Every storage type (all but f32 and u32).
+fn packed() -> Vec<DType> {
+    DType::ALL.into_iter().filter(|d| d.is_packed()).collect()
+}
 
 /// Bytes of `blocks` valid blocks of `dtype` (finite scales), from `rng`.
 fn random_blocks(dtype: DType, blocks: usize, rng: &mut Lcg) -> Vec<u8> {
@@ -66,7 +59,7 @@ fn decoded(bytes: &[u8], dtype: DType, shape: &[usize]) -> Vec<f32> {
 #[test]
 fn packed_tensors_round_trip_and_decode_alike_on_every_device() {
     let mut rng = Lcg(7);
-    for dtype in PACKED {
+    for dtype in packed() {
         let shape = [3, 2 * dtype.block_len().max(4)];
         let n: usize = shape.iter().product();
         let bytes = random_blocks(dtype, n / dtype.block_len(), &mut rng);
@@ -129,7 +122,7 @@ fn packed_tensors_round_trip_and_decode_alike_on_every_device() {
 fn casts_from_f32_keep_the_promised_precision() {
     let mut rng = Lcg(11);
     let x = rng.vec(4 * 512, -3.0, 3.0);
-    for dtype in PACKED {
+    for dtype in packed() {
         let mut reference: Option<Vec<u8>> = None;
         for dev in devices() {
             let t = Tensor::from_slice(&dev, &x, &[4, 512]).unwrap();
@@ -194,7 +187,7 @@ fn abs_products(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> 
 #[test]
 fn linear_with_a_packed_weight_matches_the_decoded_product() {
     let mut rng = Lcg(3);
-    for dtype in PACKED {
+    for dtype in packed() {
         // Plain types also take a row that is not a multiple of 4 (which a GPU's kernels do
         // not decode: it multiplies the weight in f32 instead).
         let unit = dtype.block_len().max(32);
@@ -305,7 +298,7 @@ fn gradients_flow_through_a_packed_weight() {
 #[test]
 fn embedding_rows_of_a_packed_table() {
     let mut rng = Lcg(9);
-    for dtype in PACKED {
+    for dtype in packed() {
         let (rows, len) = (6, 2 * dtype.block_len().max(4));
         let bytes = random_blocks(dtype, rows * len / dtype.block_len(), &mut rng);
         let table = decoded(&bytes, dtype, &[rows, len]);
@@ -638,7 +631,7 @@ fn hostile_bytes_give_typed_errors() {
     }
     let gpus = gpus();
     for case in 0..300 {
-        let dtype = rng.pick(&PACKED);
+        let dtype = rng.pick(&packed());
         let rows = 1 + rng.next_u32() as usize % 3;
         let len = dtype.block_len().max(4) * (1 + rng.next_u32() as usize % 3);
         let exact = dtype.bytes_for(rows * len).unwrap();

@@ -96,7 +96,7 @@ pub(crate) unsafe fn fill_spare(
     let spare = &mut out.spare_capacity_mut()[..n];
     if n >= PARALLEL_MIN {
         let per = n.div_ceil(spin_pool::width());
-        spin_pool::run_chunks(spare, per, &|t, piece| fill(t * per, piece));
+        spin_pool::run_claimed(spare, per, &|t, piece| fill(t * per, piece));
     } else {
         fill(0, spare);
     }
@@ -131,7 +131,7 @@ pub(crate) fn par_chunks_mut<T: Send>(
         return;
     }
     let per = count.div_ceil(threads);
-    spin_pool::run_chunks(data, per * chunk, &|t, run| {
+    spin_pool::run_claimed(data, per * chunk, &|t, run| {
         for (j, c) in run.chunks_mut(chunk).enumerate() {
             f(t * per + j, c);
         }

@@ -116,20 +116,55 @@ pub(crate) struct Q8KSlice<'a> {
     bsums: &'a [i16],
 }
 
+/// The instruction sets the kernels below can use, best first.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Isa {
+    /// AVX-512 VNNI (256-bit `vpdpbusd`) with AVX2, FMA and F16C.
+    Vnni,
+    /// AVX2, FMA and F16C.
+    Avx2,
+    /// Portable code.
+    Portable,
+}
+
+/// The best [`Isa`] this CPU has, or a lesser one that `KILN_CPU_QDOT=avx2|scalar` asks for
+/// (tests run each), decided once per process.
+fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        let (avx2, vnni) = {
+            let avx2 = std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c");
+            let vnni = avx2
+                && std::is_x86_feature_detected!("avx512vnni")
+                && std::is_x86_feature_detected!("avx512vl");
+            (avx2, vnni)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let (avx2, vnni) = (false, false);
+        let isa = match (std::env::var("KILN_CPU_QDOT").as_deref(), vnni, avx2) {
+            (Ok("scalar"), _, _) | (_, false, false) => Isa::Portable,
+            (Ok("avx2"), _, _) | (_, false, true) => Isa::Avx2,
+            _ => Isa::Vnni,
+        };
+        log::debug!("CPU quantized dot kernels: {isa:?}");
+        isa
+    })
+}
+
 /// A K-quant weight row's dot product with activation super-blocks.
 pub(crate) type KKernel = fn(&[u8], Q8KSlice) -> f32;
 
 /// The fastest dot kernel for q4_K or q6_K weights on this CPU.
 pub(crate) fn k_kernel(dtype: DType) -> KKernel {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
-        && std::env::var("KILN_CPU_QDOT").as_deref() != Ok("scalar")
-    {
-        // SAFETY (each closure): the features were just detected.
+    if isa() != Isa::Portable {
+        // SAFETY (each closure): `isa` detected AVX2, FMA and F16C.
         return match dtype {
-            DType::Q6K => |w, x| unsafe { x86::q6_k_avx2(w, x) },
-            _ => |w, x| unsafe { x86::q4_k_avx2(w, x) },
+            DType::Q6K => |w, x| unsafe { x86::q6_k_rows(w, [x])[0] },
+            _ => |w, x| unsafe { x86::q4_k_rows(w, [x])[0] },
         };
     }
     match dtype {
@@ -145,14 +180,11 @@ pub(crate) type KKernel4 = fn(&[u8], [Q8KSlice; 4]) -> [f32; 4];
 /// super-block is unpacked once (scales, mins, nibbles) for four activation rows.
 pub(crate) fn k_kernel4(dtype: DType) -> KKernel4 {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
-        && std::env::var("KILN_CPU_QDOT").as_deref() != Ok("scalar")
-    {
-        // SAFETY (each closure): the features were just detected.
+    if isa() != Isa::Portable {
+        // SAFETY (each closure): `isa` detected AVX2, FMA and F16C.
         return match dtype {
-            DType::Q6K => |w, x| unsafe { x86::q6_k_r4_avx2(w, x) },
-            _ => |w, x| unsafe { x86::q4_k_r4_avx2(w, x) },
+            DType::Q6K => |w, x| unsafe { x86::q6_k_rows(w, x) },
+            _ => |w, x| unsafe { x86::q4_k_rows(w, x) },
         };
     }
     match dtype {
@@ -217,23 +249,12 @@ fn q6_k_scalar(w: &[u8], x: Q8KSlice) -> f32 {
 pub(crate) fn kernel(dtype: DType) -> Kernel {
     #[cfg(target_arch = "x86_64")]
     {
-        let avx2 = std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c");
-        let vnni = avx2
-            && std::is_x86_feature_detected!("avx512vnni")
-            && std::is_x86_feature_detected!("avx512vl");
-        let (vnni, avx2) = match std::env::var("KILN_CPU_QDOT").as_deref() {
-            Ok("scalar") => (false, false),
-            Ok("avx2") => (false, avx2),
-            _ => (vnni, avx2),
-        };
-        // SAFETY (each closure): the features were just detected.
-        match (dtype, vnni, avx2) {
-            (DType::Q8_0, true, _) => return |w, x| unsafe { x86::q8_0_vnni(w, x) },
-            (DType::Q4_0, true, _) => return |w, x| unsafe { x86::q4_0_vnni(w, x) },
-            (DType::Q8_0, _, true) => return |w, x| unsafe { x86::q8_0_avx2(w, x) },
-            (DType::Q4_0, _, true) => return |w, x| unsafe { x86::q4_0_avx2(w, x) },
+        // SAFETY (each closure): `isa` detected the features.
+        match (dtype, isa()) {
+            (DType::Q8_0, Isa::Vnni) => return |w, x| unsafe { x86::q8_0_vnni(w, x) },
+            (DType::Q4_0, Isa::Vnni) => return |w, x| unsafe { x86::q4_0_vnni(w, x) },
+            (DType::Q8_0, Isa::Avx2) => return |w, x| unsafe { x86::q8_0_avx2(w, x) },
+            (DType::Q4_0, Isa::Avx2) => return |w, x| unsafe { x86::q4_0_avx2(w, x) },
             _ => {}
         }
     }
@@ -252,23 +273,12 @@ pub(crate) type Kernel4 = fn([&[u8]; 4], Q8Slice) -> [f32; 4];
 pub(crate) fn kernel4(dtype: DType) -> Kernel4 {
     #[cfg(target_arch = "x86_64")]
     {
-        let avx2 = std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c");
-        let vnni = avx2
-            && std::is_x86_feature_detected!("avx512vnni")
-            && std::is_x86_feature_detected!("avx512vl");
-        let (vnni, avx2) = match std::env::var("KILN_CPU_QDOT").as_deref() {
-            Ok("scalar") => (false, false),
-            Ok("avx2") => (false, avx2),
-            _ => (vnni, avx2),
-        };
-        // SAFETY (each closure): the features were just detected.
-        match (dtype, vnni, avx2) {
-            (DType::Q8_0, true, _) => return |w, x| unsafe { x86::q8_0_x4_vnni(w, x) },
-            (DType::Q4_0, true, _) => return |w, x| unsafe { x86::q4_0_x4_vnni(w, x) },
-            (DType::Q8_0, _, true) => return |w, x| unsafe { x86::q8_0_x4_avx2(w, x) },
-            (DType::Q4_0, _, true) => return |w, x| unsafe { x86::q4_0_x4_avx2(w, x) },
+        // SAFETY (each closure): `isa` detected the features.
+        match (dtype, isa()) {
+            (DType::Q8_0, Isa::Vnni) => return |w, x| unsafe { x86::q8_0_x4_vnni(w, x) },
+            (DType::Q4_0, Isa::Vnni) => return |w, x| unsafe { x86::q4_0_x4_vnni(w, x) },
+            (DType::Q8_0, Isa::Avx2) => return |w, x| unsafe { x86::q8_0_x4_avx2(w, x) },
+            (DType::Q4_0, Isa::Avx2) => return |w, x| unsafe { x86::q4_0_x4_avx2(w, x) },
             _ => {}
         }
     }
@@ -313,12 +323,8 @@ pub(crate) type HalfKernel = fn(&[u8], &[f32]) -> f32;
 /// The fastest f16 or bf16 row dot on this CPU (F16C and FMA, or portable).
 pub(crate) fn half_kernel(dtype: DType) -> HalfKernel {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
-        && std::is_x86_feature_detected!("f16c")
-        && std::env::var("KILN_CPU_QDOT").as_deref() != Ok("scalar")
-    {
-        // SAFETY (each closure): the features were just detected.
+    if isa() != Isa::Portable {
+        // SAFETY (each closure): `isa` detected AVX2, FMA and F16C.
         return match dtype {
             DType::BF16 => |w, x| unsafe { x86::bf16_dot(w, x) },
             _ => |w, x| unsafe { x86::f16_dot(w, x) },
@@ -449,105 +455,6 @@ mod x86 {
         (_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
     }
 
-    macro_rules! q8_0 {
-        ($name:ident, $features:literal, $udot:ident) => {
-            /// One q8_0 weight row's dot product with an activation row.
-            ///
-            /// # Safety
-            /// The CPU has the target features; `w` holds as many blocks as `x`.
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name(w: &[u8], x: Q8Slice) -> f32 {
-                let blocks = w.len() / 34;
-                let (wp, xp) = (w.as_ptr(), x.qs.as_ptr());
-                // A block (not a closure: closures do not inherit the target features, and
-                // their intrinsics would not inline).
-                macro_rules! step {
-                    ($b:expr, $acc:expr, $sc:expr) => {{
-                        let b = $b;
-                        // SAFETY: every read is inside the row's blocks.
-                        unsafe {
-                            let wb = wp.add(34 * b);
-                            let wv = _mm256_loadu_si256(wb.add(2) as *const __m256i);
-                            let xv = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
-                            let (u, s) = signed_pair(wv, xv);
-                            let d = _mm256_set1_ps(*$sc.get_unchecked(b % 8));
-                            _mm256_fmadd_ps(d, _mm256_cvtepi32_ps($udot(u, s)), $acc)
-                        }
-                    }};
-                }
-                let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                let mut sc = [0f32; 8];
-                for b0 in (0..blocks).step_by(8) {
-                    let count = (blocks - b0).min(8);
-                    // SAFETY: inside the row's blocks.
-                    unsafe { scales(wp.add(34 * b0), 34, x.d.as_ptr().add(b0), count, &mut sc) };
-                    let mut b = b0;
-                    while b + 2 <= b0 + count {
-                        a0 = step!(b, a0, sc);
-                        a1 = step!(b + 1, a1, sc);
-                        b += 2;
-                    }
-                    if b < b0 + count {
-                        a0 = step!(b, a0, sc);
-                    }
-                }
-                hsum(_mm256_add_ps(a0, a1))
-            }
-        };
-    }
-
-    macro_rules! q4_0 {
-        ($name:ident, $features:literal, $udot:ident) => {
-            /// One q4_0 weight row's dot product with an activation row: Σq·x on unsigned
-            /// nibbles, less 8·Σx.
-            ///
-            /// # Safety
-            /// The CPU has the target features; `w` holds as many blocks as `x`.
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name(w: &[u8], x: Q8Slice) -> f32 {
-                let blocks = w.len() / 18;
-                let (wp, xp) = (w.as_ptr(), x.qs.as_ptr());
-                // A block (a macro: see q8_0's).
-                macro_rules! step {
-                    ($b:expr, $acc:expr, $sc:expr) => {{
-                        let b = $b;
-                        // SAFETY: every read is inside the row's blocks.
-                        unsafe {
-                            let wb = wp.add(18 * b);
-                            let xv = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
-                            let dot = $udot(nibbles(wb.add(2)), xv);
-                            // −8·Σx, taken from one lane (the lanes are summed at the end).
-                            let sum = 8 * *x.sums.get_unchecked(b);
-                            let dot = _mm256_sub_epi32(
-                                dot,
-                                _mm256_castsi128_si256(_mm_cvtsi32_si128(sum)),
-                            );
-                            let d = _mm256_set1_ps(*$sc.get_unchecked(b % 8));
-                            _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot), $acc)
-                        }
-                    }};
-                }
-                let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                let mut sc = [0f32; 8];
-                for b0 in (0..blocks).step_by(8) {
-                    let count = (blocks - b0).min(8);
-                    // SAFETY: inside the row's blocks.
-                    unsafe { scales(wp.add(18 * b0), 18, x.d.as_ptr().add(b0), count, &mut sc) };
-                    let mut b = b0;
-                    while b + 2 <= b0 + count {
-                        a0 = step!(b, a0, sc);
-                        a1 = step!(b + 1, a1, sc);
-                        b += 2;
-                    }
-                    if b < b0 + count {
-                        a0 = step!(b, a0, sc);
-                    }
-                }
-                hsum(_mm256_add_ps(a0, a1))
-            }
-        };
-    }
-
     /// A q8_0 block's (at `wb`) integer dot product with activation values `xv`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -647,10 +554,74 @@ mod x86 {
         q4_0_block_vnni
     );
 
-    q8_0!(q8_0_avx2, "avx2,fma,f16c", udot_avx2);
-    q8_0!(q8_0_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", udot_vnni);
-    q4_0!(q4_0_avx2, "avx2,fma,f16c", udot_avx2);
-    q4_0!(q4_0_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", udot_vnni);
+    macro_rules! x1 {
+        ($name:ident, $features:literal, $size:literal, $block:ident) => {
+            /// One weight row's dot product with an activation row, two accumulators taking
+            /// alternate blocks.
+            ///
+            /// # Safety
+            /// The CPU has the target features; `w` holds as many blocks as `x`.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(w: &[u8], x: Q8Slice) -> f32 {
+                let blocks = w.len() / $size;
+                let (wp, xp) = (w.as_ptr(), x.qs.as_ptr());
+                // Block `b` into an accumulator (a macro, so that the two accumulators stay
+                // named registers: indexing an array of them kept them in memory).
+                macro_rules! step {
+                    ($b:expr, $acc:expr, $sc:expr, $b0:expr) => {{
+                        let b = $b;
+                        // SAFETY: inside the row's blocks and the activation row.
+                        unsafe {
+                            let xv = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
+                            let dot = $block(wp.add($size * b), xv, *x.sums.get_unchecked(b));
+                            let d = _mm256_set1_ps(*$sc.get_unchecked(b - $b0));
+                            _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot), $acc)
+                        }
+                    }};
+                }
+                let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut sc = [0f32; 8];
+                for b0 in (0..blocks).step_by(8) {
+                    let count = (blocks - b0).min(8);
+                    // SAFETY: inside the row's blocks.
+                    unsafe {
+                        scales(
+                            wp.add($size * b0),
+                            $size,
+                            x.d.as_ptr().add(b0),
+                            count,
+                            &mut sc,
+                        )
+                    };
+                    let mut b = b0;
+                    while b + 2 <= b0 + count {
+                        a0 = step!(b, a0, sc, b0);
+                        a1 = step!(b + 1, a1, sc, b0);
+                        b += 2;
+                    }
+                    if b < b0 + count {
+                        a0 = step!(b, a0, sc, b0);
+                    }
+                }
+                hsum(_mm256_add_ps(a0, a1))
+            }
+        };
+    }
+
+    x1!(q8_0_avx2, "avx2,fma,f16c", 34, q8_0_block_avx2);
+    x1!(
+        q8_0_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        34,
+        q8_0_block_vnni
+    );
+    x1!(q4_0_avx2, "avx2,fma,f16c", 18, q4_0_block_avx2);
+    x1!(
+        q4_0_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        18,
+        q4_0_block_vnni
+    );
 
     macro_rules! half_dot {
         ($name:ident, $widen:ident, $dtype:ident) => {
@@ -747,66 +718,6 @@ mod x86 {
         }
     }
 
-    /// One q4_K weight row's dot product with an activation row (ggml's
-    /// `vec_dot_q4_K_q8_K` scheme: scales and mins unpacked a word at a time and spread by
-    /// shuffles, the mins' products with the activation sums in one `madd`).
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA; `w` holds as many super-blocks as `x`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q4_k_avx2(w: &[u8], x: super::Q8KSlice) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut acc_m = _mm_setzero_ps();
-        let m4 = _mm256_set1_epi8(0x0f);
-        let masks = [0, 1, 2, 3, 4, 5, 6, 7].map(|j| spread_mask(j, j));
-        for (sb, blk) in w.chunks_exact(144).enumerate() {
-            let qs = blk[16..144].as_ptr();
-            let xq = x.qs[256 * sb..].as_ptr();
-            let mut u = [0u32; 4];
-            for (i, c) in blk[4..16].chunks_exact(4).enumerate() {
-                u[i] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-            let (k1, k2, k3) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
-            u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
-            let uaux = u[1] & k1;
-            u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
-            u[2] = uaux;
-            u[0] &= k1;
-            let dx = x.d[sb];
-            // SAFETY: inside the super-block and the activation row (16 sums per 256 values).
-            unsafe {
-                let ms = _mm256_cvtepu8_epi16(_mm_loadu_si128(u.as_ptr() as *const __m128i));
-                let bs = _mm256_loadu_si256(x.bsums.as_ptr().add(16 * sb) as *const __m256i);
-                // Σ per 32 values: pairs of the 16-value sums.
-                let b32 =
-                    _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-                let prod = _mm_madd_epi16(_mm256_extracti128_si256(ms, 1), b32);
-                let dmin = _mm_set1_ps(-crate::quant::f16_at(blk, 2) * dx);
-                acc_m = _mm_fmadd_ps(dmin, _mm_cvtepi32_ps(prod), acc_m);
-                let sc = _mm256_castsi256_si128(ms);
-                let scales = _mm256_set_m128i(sc, sc);
-                let mut sums = _mm256_setzero_si256();
-                for c in 0..4 {
-                    let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
-                    let lo = _mm256_and_si256(q, m4);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                    let x0 = _mm256_loadu_si256(xq.add(64 * c) as *const __m256i);
-                    let x1 = _mm256_loadu_si256(xq.add(64 * c + 32) as *const __m256i);
-                    let s0 = _mm256_shuffle_epi8(scales, masks[2 * c]);
-                    let s1 = _mm256_shuffle_epi8(scales, masks[2 * c + 1]);
-                    let p0 = scaled_dot(lo, x0, s0);
-                    let p1 = scaled_dot(hi, x1, s1);
-                    sums = _mm256_add_epi32(sums, _mm256_add_epi32(p0, p1));
-                }
-                let d = _mm256_set1_ps(crate::quant::f16_at(blk, 0) * dx);
-                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc);
-            }
-        }
-        let m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
-        let m = _mm_add_ss(m, _mm_movehdup_ps(m));
-        hsum(acc) + _mm_cvtss_f32(m)
-    }
-
     /// A q4_K super-block's scales (low half) and mins (high half) as 16-bit lanes, unpacked a
     /// word at a time (ggml's kmask trick).
     #[inline]
@@ -826,15 +737,17 @@ mod x86 {
         _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(u.as_ptr() as *const __m128i) })
     }
 
-    /// One q4_K weight row's dot products with four activation rows: each super-block's
-    /// scales, mins and nibbles unpacked once.
+    /// One q4_K weight row's dot products with `R` activation rows (ggml's
+    /// `vec_dot_q4_K_q8_K` scheme: scales and mins unpacked a word at a time and spread by
+    /// shuffles, the mins' products with the activation sums in one `madd`), each super-block
+    /// unpacked once for all `R`.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA; `w` holds as many super-blocks as each row of `x`.
+    /// The CPU has AVX2, FMA and F16C; `w` holds as many super-blocks as each row of `x`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q4_k_r4_avx2(w: &[u8], x: [super::Q8KSlice; 4]) -> [f32; 4] {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut acc_m = [_mm_setzero_ps(); 4];
+    pub(super) unsafe fn q4_k_rows<const R: usize>(w: &[u8], x: [super::Q8KSlice; R]) -> [f32; R] {
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut acc_m = [_mm_setzero_ps(); R];
         let m4 = _mm256_set1_epi8(0x0f);
         let masks = [0, 1, 2, 3, 4, 5, 6, 7].map(|j| spread_mask(j, j));
         for (sb, blk) in w.chunks_exact(144).enumerate() {
@@ -843,7 +756,7 @@ mod x86 {
             let (d, dmin) = (crate::quant::f16_at(blk, 0), crate::quant::f16_at(blk, 2));
             // SAFETY: inside the super-block and the activation rows.
             unsafe {
-                for r in 0..4 {
+                for r in 0..R {
                     let bs = _mm256_loadu_si256(x[r].bsums.as_ptr().add(16 * sb) as *const __m256i);
                     let b32 =
                         _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
@@ -853,14 +766,14 @@ mod x86 {
                 }
                 let sc = _mm256_castsi256_si128(ms);
                 let scales = _mm256_set_m128i(sc, sc);
-                let mut sums = [_mm256_setzero_si256(); 4];
+                let mut sums = [_mm256_setzero_si256(); R];
                 for c in 0..4 {
                     let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
                     let lo = _mm256_and_si256(q, m4);
                     let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
                     let s0 = _mm256_shuffle_epi8(scales, masks[2 * c]);
                     let s1 = _mm256_shuffle_epi8(scales, masks[2 * c + 1]);
-                    for r in 0..4 {
+                    for r in 0..R {
                         let xq = x[r].qs.as_ptr().add(256 * sb + 64 * c);
                         let x0 = _mm256_loadu_si256(xq as *const __m256i);
                         let x1 = _mm256_loadu_si256(xq.add(32) as *const __m256i);
@@ -868,14 +781,14 @@ mod x86 {
                         sums[r] = _mm256_add_epi32(sums[r], p);
                     }
                 }
-                for r in 0..4 {
+                for r in 0..R {
                     let f = _mm256_set1_ps(d * *x[r].d.get_unchecked(sb));
                     acc[r] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(sums[r]), acc[r]);
                 }
             }
         }
-        let mut out = [0f32; 4];
-        for r in 0..4 {
+        let mut out = [0f32; R];
+        for r in 0..R {
             let m = _mm_add_ps(acc_m[r], _mm_movehl_ps(acc_m[r], acc_m[r]));
             let m = _mm_add_ss(m, _mm_movehdup_ps(m));
             out[r] = hsum(acc[r]) + _mm_cvtss_f32(m);
@@ -883,14 +796,15 @@ mod x86 {
         out
     }
 
-    /// One q6_K weight row's dot products with four activation rows: each super-block's 6-bit
-    /// values and scales assembled once.
+    /// One q6_K weight row's dot products with `R` activation rows: 6-bit values assembled
+    /// from their nibbles and 2-bit pairs, scales spread by shuffles, the −32 offset as
+    /// Σ scale·(activation sum) in one `madd`; each super-block assembled once for all `R`.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA; `w` holds as many super-blocks as each row of `x`.
+    /// The CPU has AVX2, FMA and F16C; `w` holds as many super-blocks as each row of `x`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q6_k_r4_avx2(w: &[u8], x: [super::Q8KSlice; 4]) -> [f32; 4] {
-        let mut acc = [_mm256_setzero_ps(); 4];
+    pub(super) unsafe fn q6_k_rows<const R: usize>(w: &[u8], x: [super::Q8KSlice; R]) -> [f32; R] {
+        let mut acc = [_mm256_setzero_ps(); R];
         let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
         let masks = [0, 1, 2, 3].map(|n| spread_mask(2 * n, 2 * n + 1));
         for (sb, blk) in w.chunks_exact(210).enumerate() {
@@ -898,8 +812,8 @@ mod x86 {
             unsafe {
                 let sc16 =
                     _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.as_ptr().add(192) as *const __m128i));
-                let mut sums = [_mm256_setzero_si256(); 4];
-                for r in 0..4 {
+                let mut sums = [_mm256_setzero_si256(); R];
+                for r in 0..R {
                     let bs = _mm256_loadu_si256(x[r].bsums.as_ptr().add(16 * sb) as *const __m256i);
                     let off = _mm256_madd_epi16(sc16, bs);
                     sums[r] = _mm256_sub_epi32(sums[r], _mm256_slli_epi32(off, 5));
@@ -930,7 +844,7 @@ mod x86 {
                     ];
                     for (n, qn) in q.into_iter().enumerate() {
                         let s = _mm256_shuffle_epi8(scales, masks[n]);
-                        for r in 0..4 {
+                        for r in 0..R {
                             let xv = _mm256_loadu_si256(
                                 x[r].qs.as_ptr().add(256 * sb + 128 * h + 32 * n) as *const __m256i,
                             );
@@ -939,72 +853,19 @@ mod x86 {
                     }
                 }
                 let d = crate::quant::f16_at(blk, 208);
-                for r in 0..4 {
+                for r in 0..R {
                     let f = _mm256_set1_ps(d * *x[r].d.get_unchecked(sb));
                     acc[r] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(sums[r]), acc[r]);
                 }
             }
         }
-        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum(acc[r]);
+        }
+        out
     }
 
-    /// One q6_K weight row's dot product with an activation row: 6-bit values assembled from
-    /// their nibbles and 2-bit pairs, scales spread by shuffles, the −32 offset as
-    /// Σ scale·(activation sum) in one `madd`.
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA; `w` holds as many super-blocks as `x`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q6_k_avx2(w: &[u8], x: super::Q8KSlice) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
-        // Chunk n of a half (32 values) takes scales 2n (low 16 bytes) and 2n + 1 (high).
-        let masks = [0, 1, 2, 3].map(|n| spread_mask(2 * n, 2 * n + 1));
-        for (sb, blk) in w.chunks_exact(210).enumerate() {
-            let xq = x.qs[256 * sb..].as_ptr();
-            // SAFETY: inside the super-block and the activation row.
-            unsafe {
-                let sc16 =
-                    _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.as_ptr().add(192) as *const __m128i));
-                let bs = _mm256_loadu_si256(x.bsums.as_ptr().add(16 * sb) as *const __m256i);
-                let off = _mm256_madd_epi16(sc16, bs);
-                let mut sums = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(off, 5));
-                for h in 0..2 {
-                    let half = if h == 0 {
-                        _mm256_castsi256_si128(sc16)
-                    } else {
-                        _mm256_extracti128_si256(sc16, 1)
-                    };
-                    let scales = _mm256_set_m128i(half, half);
-                    let ql = blk.as_ptr().add(64 * h);
-                    let qa = _mm256_loadu_si256(ql as *const __m256i);
-                    let qb = _mm256_loadu_si256(ql.add(32) as *const __m256i);
-                    let qh = _mm256_loadu_si256(blk.as_ptr().add(128 + 32 * h) as *const __m256i);
-                    let hbits = |v: __m256i| _mm256_slli_epi16(_mm256_and_si256(v, m2), 4);
-                    let q = [
-                        _mm256_or_si256(_mm256_and_si256(qa, m4), hbits(qh)),
-                        _mm256_or_si256(_mm256_and_si256(qb, m4), hbits(_mm256_srli_epi16(qh, 2))),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16(qa, 4), m4),
-                            hbits(_mm256_srli_epi16(qh, 4)),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16(qb, 4), m4),
-                            hbits(_mm256_srli_epi16(qh, 6)),
-                        ),
-                    ];
-                    for (n, qn) in q.into_iter().enumerate() {
-                        let xv = _mm256_loadu_si256(xq.add(128 * h + 32 * n) as *const __m256i);
-                        let s = _mm256_shuffle_epi8(scales, masks[n]);
-                        sums = _mm256_add_epi32(sums, scaled_dot(qn, xv, s));
-                    }
-                }
-                let d = _mm256_set1_ps(crate::quant::f16_at(blk, 208) * x.d[sb]);
-                acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc);
-            }
-        }
-        hsum(acc)
-    }
     half_dot!(bf16_dot, widen_bf16, BF16);
 
     /// `a · b` in f32 with four 8-lane accumulators.

@@ -224,34 +224,12 @@ fn claim(p: &Pool, generation: u64) -> Option<usize> {
     }
 }
 
-/// Splits `data` into pieces of `per` values (the last may be shorter; at most [`width`]
-/// pieces, so `per` should be at least `data.len() / width()`) and calls `f(index, piece)` for
-/// each on the pool, the first on the calling thread.
-pub(crate) fn run_chunks<T: Send>(
-    data: &mut [T],
-    per: usize,
-    f: &(dyn Fn(usize, &mut [T]) + Sync),
-) {
-    let per = per.max(1);
-    let pieces = data.len().div_ceil(per);
-    let base = SharedPtr(data.as_mut_ptr());
-    let len = data.len();
-    run(pieces, &|t| {
-        let start = t * per;
-        let end = len.min(start + per);
-        // SAFETY: pieces are disjoint ranges inside `data`, which stays mutably borrowed (by
-        // this function) until every task has returned.
-        let piece = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
-        f(t, piece);
-    });
-}
-
-/// A pointer to the start of a slice whose disjoint pieces the tasks of one job write.
-/// Like [`run_chunks`], but the pieces (`per` values each, any number of them) are claimed
-/// one at a time from a shared counter by every thread of the pool, the caller included: a
-/// thread the machine slows down (a busy neighbour on a VM) takes fewer pieces instead of
-/// holding the job up. Pieces should be large enough that claiming one (an atomic add, a
-/// cache line that moves between cores) is small beside its work.
+/// Splits `data` into pieces of `per` values (the last may be shorter) and calls
+/// `f(index, piece)` for each on the pool. The pieces, any number of them, are claimed one at a
+/// time from a shared counter by every thread of the pool, the caller included: a thread the
+/// machine slows down (a busy neighbour on a VM) takes fewer pieces instead of holding the job
+/// up. Pieces should be large enough that claiming one (an atomic add, a cache line that moves
+/// between cores) is small beside its work.
 pub(crate) fn run_claimed<T: Send>(
     data: &mut [T],
     per: usize,
@@ -279,6 +257,7 @@ pub(crate) fn run_claimed<T: Send>(
     });
 }
 
+/// A pointer to the start of a slice whose disjoint pieces the tasks of one job write.
 struct SharedPtr<T>(*mut T);
 
 impl<T> SharedPtr<T> {
@@ -287,8 +266,8 @@ impl<T> SharedPtr<T> {
     }
 }
 
-// SAFETY: used only by `run_chunks` and `run_claimed`, whose tasks touch disjoint pieces of a
-// `&mut [T]` with `T: Send`.
+// SAFETY: used only by `run_claimed`, whose tasks touch disjoint pieces of a `&mut [T]` with
+// `T: Send`.
 unsafe impl<T: Send> Sync for SharedPtr<T> {}
 
 /// Waits for `done()`: a pure spin for up to [`WAIT_SPIN`], then yielding the CPU between
@@ -442,7 +421,7 @@ mod tests {
     }
 
     /// Callers on several threads at once (all but one fall back to rayon while the pool is
-    /// busy), jobs nested inside tasks, and pieces from `run_chunks`: every value written once.
+    /// busy), jobs nested inside tasks, and pieces from `run_claimed`: every value written once.
     #[test]
     fn concurrent_and_nested_jobs_all_complete() {
         std::thread::scope(|scope| {
@@ -451,7 +430,7 @@ mod tests {
                     for round in 0..100 {
                         let mut data = vec![0usize; 1000 + caller * 7 + round];
                         let per = data.len().div_ceil(width());
-                        run_chunks(&mut data, per, &|t, piece| {
+                        run_claimed(&mut data, per, &|t, piece| {
                             let total = AtomicUsize::new(0);
                             run(width(), &|_| {
                                 total.fetch_add(1, Ordering::Relaxed);

@@ -449,7 +449,7 @@ fn gemm_with<K: Micro>(
         Some(s) => PackedB::Shared(s),
         None => PackedB::Own(&b),
     };
-    spin_pool::run_chunks(&mut c[..m * n], per * n, &|t, c| {
+    spin_pool::run_claimed(&mut c[..m * n], per * n, &|t, c| {
         let (i0, rows) = (t * per, c.len() / n);
         gemm_rows::<K>(i0, rows, k, n, &a, &source, c, bl, (t, tasks));
         if let Some(f) = epilogue {

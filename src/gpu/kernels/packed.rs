@@ -135,11 +135,17 @@ fn layout(ctx: &GpuContext, k: usize) -> Layout {
     if !ctx.walks(k / 4 * (MB + 1)) {
         return Layout::Groups;
     }
-    match std::env::var("KILN_PACKED_KERNEL").as_deref() {
-        Ok("rows") => Layout::Rows,
-        Ok("groups") => Layout::Groups,
-        _ if ctx.software => Layout::Rows,
-        _ => Layout::Groups,
+    // The variable is read once per process: this runs on every product.
+    static FORCED: std::sync::OnceLock<Option<Layout>> = std::sync::OnceLock::new();
+    let forced = FORCED.get_or_init(|| match std::env::var("KILN_PACKED_KERNEL").as_deref() {
+        Ok("rows") => Some(Layout::Rows),
+        Ok("groups") => Some(Layout::Groups),
+        _ => None,
+    });
+    match forced {
+        Some(layout) => *layout,
+        None if ctx.software => Layout::Rows,
+        None => Layout::Groups,
     }
 }
 
