@@ -51,7 +51,7 @@ if ! cmp -s scripts/requirements.txt "$venv/kiln-requirements.txt"; then
     python3 -m venv "$venv"
     "$venv/bin/python3" -m pip install -q --disable-pip-version-check -r scripts/requirements.txt
     cp scripts/requirements.txt "$venv/kiln-requirements.txt"
-    rm -rf target/onnx-* target/gguf-blocks
+    rm -rf target/onnx-* target/gguf-blocks target/llm-models
 fi
 export PATH="$venv/bin:$PATH"
 
@@ -60,7 +60,8 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 export KILN_REQUIRE_GPU=1
 # Name the adapters (and auto's choice) in the log, so a reader can see where the GPU tests ran.
 cargo run -q --example info
-# ggml (llama.cpp's C, pinned) for the quantizer checks of tests/packed.rs: ~1 min to build.
+# llama.cpp (C/C++, pinned): ggml for the quantizer checks of tests/packed.rs and libllama for
+# crates/kiln-llm's reference logits and tokens: ~2 min to build, once.
 benches/peers/ggml/build.sh
 cargo test --workspace --all-targets "$@"
 # Kernels picked at run time: the CPU's int8 dot kernels (test the ones this CPU does not pick

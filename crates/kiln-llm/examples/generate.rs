@@ -1,0 +1,96 @@
+//! Generates text from a GGUF language model, streaming it as it comes, then prints prefill and
+//! decode speed.
+//!
+//! ```text
+//! cargo run --release -p kiln-llm --example generate -- --model tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf \
+//!     --prompt "The capital of France is" [--tokens 64] [--temperature 0.8 --top-k 40 --top-p 0.95 \
+//!     --repeat-penalty 1.1 --seed 1]
+//! ```
+//!
+//! The device is `KILN_DEVICE` (cpu, gpu, software) or the best one found.
+
+use std::io::Write;
+use std::time::Instant;
+
+use kiln::Device;
+use kiln_llm::{Gguf, Logits, Model, Sampler, Sampling, TextStream, Tokenizer};
+
+fn main() {
+    env_logger::init();
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let mut model_path = None;
+    let mut prompt = String::from("The quick brown fox");
+    let mut tokens = 64usize;
+    let mut sampling = Sampling::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--model" => model_path = Some(value()?),
+            "--prompt" => prompt = value()?,
+            "--tokens" => tokens = value()?.parse()?,
+            "--temperature" => sampling.temperature = value()?.parse()?,
+            "--top-k" => sampling.top_k = value()?.parse()?,
+            "--top-p" => sampling.top_p = value()?.parse()?,
+            "--repeat-penalty" => sampling.repetition_penalty = value()?.parse()?,
+            "--seed" => sampling.seed = value()?.parse()?,
+            other => return Err(format!("unknown flag {other} (see the example's header)").into()),
+        }
+    }
+    let path = model_path.ok_or("--model PATH (a .gguf file) is needed")?;
+    let device = Device::from_env()?;
+    let t0 = Instant::now();
+    let file = Gguf::open(&path)?;
+    let model = Model::from_gguf(&file, &device)?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    eprintln!(
+        "loaded {path} ({:?}, {} layers, width {}) on {} in {:.2} s",
+        model.config.arch,
+        model.config.layers,
+        model.config.dim,
+        device.info().name,
+        t0.elapsed().as_secs_f64()
+    );
+    let mut ids = tokenizer.encode(&prompt, true)?;
+    let mut cache = model.cache(ids.len() + tokens);
+    let mut sampler = Sampler::new(sampling)?;
+    let mut stream = TextStream::default();
+    let mut out = std::io::stdout().lock();
+    write!(out, "{prompt}")?;
+    out.flush()?;
+    let t1 = Instant::now();
+    let mut logits = model.forward(&ids, &mut cache, Logits::Last)?;
+    let mut next = sampler.next(&logits, &ids)?;
+    let prefill = t1.elapsed().as_secs_f64();
+    let prompt_len = ids.len();
+    let t2 = Instant::now();
+    let mut generated = 0;
+    while generated < tokens && !tokenizer.is_eos(next) {
+        write!(out, "{}", stream.push(&tokenizer, next)?)?;
+        out.flush()?;
+        ids.push(next);
+        generated += 1;
+        if generated == tokens {
+            break;
+        }
+        logits = model.forward(&[next], &mut cache, Logits::Last)?;
+        next = sampler.next(&logits, &ids)?;
+    }
+    let decode = t2.elapsed().as_secs_f64();
+    writeln!(out)?;
+    eprintln!(
+        "prefill: {prompt_len} tokens in {:.3} s ({:.1} tokens/s); decode: {generated} tokens in {:.3} s ({:.1} tokens/s) on {}",
+        prefill,
+        prompt_len as f64 / prefill,
+        decode,
+        generated as f64 / decode.max(1e-9),
+        device.info().name
+    );
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! The decoder: Llama-family blocks (RMSNorm, RoPE, grouped-query attention, SwiGLU) built from
+//! kiln's ops, with weights kept in the file's storage types and a KV cache per sequence.
+
+use kiln::{AttentionOptions, DType, Device, Tensor, UnaryOp};
+
+use crate::config::{Arch, Config, RopeStyle};
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+
+struct Block {
+    attn_norm: Tensor,
+    wq: Tensor,
+    wk: Tensor,
+    wv: Tensor,
+    bq: Option<Tensor>,
+    bk: Option<Tensor>,
+    bv: Option<Tensor>,
+    wo: Tensor,
+    ffn_norm: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+/// A language model on one device.
+pub struct Model {
+    /// Its hyperparameters.
+    pub config: Config,
+    device: Device,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    output: Tensor,
+    /// RoPE's inverse frequencies, one per rotated pair.
+    inv_freq: Vec<f64>,
+}
+
+/// The keys and values of one sequence's past tokens, per layer.
+pub struct Cache {
+    k: Vec<Option<Tensor>>,
+    v: Vec<Option<Tensor>>,
+    len: usize,
+    capacity: usize,
+}
+
+impl Cache {
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no token is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The most tokens it may hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets every token (a new conversation).
+    pub fn clear(&mut self) {
+        self.k.iter_mut().for_each(|k| *k = None);
+        self.v.iter_mut().for_each(|v| *v = None);
+        self.len = 0;
+    }
+}
+
+/// Which positions' logits [`Model::forward`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (what generation needs): `[1, vocab]`.
+    Last,
+    /// Every token's: `[tokens, vocab]`.
+    All,
+}
+
+impl Model {
+    /// Loads a GGUF model onto `device`: weights stay in the file's storage types (f16, q8_0,
+    /// q4_0, q4_K, q6_K are decoded in registers by the products); norm weights become f32.
+    /// Errors: [`Error::MissingTensor`], and [`Error::BadTensor`] for a tensor whose shape
+    /// disagrees with the configuration or whose type kiln does not store.
+    pub fn from_gguf(g: &Gguf, device: &Device) -> Result<Model> {
+        let config = Config::from_gguf(g)?;
+        let c = &config;
+        let load = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let info = g
+                .info(name)
+                .ok_or_else(|| Error::MissingTensor(name.into()))?;
+            if info.shape != shape {
+                return Err(Error::BadTensor {
+                    name: name.into(),
+                    reason: format!("shape {:?}, the configuration needs {shape:?}", info.shape),
+                });
+            }
+            g.tensor(name, device)
+        };
+        let vector = |name: &str, n: usize| -> Result<Tensor> {
+            let t = load(name, &[n])?;
+            Ok(match t.dtype() {
+                DType::F32 => t,
+                _ => t.to_dtype(DType::F32)?,
+            })
+        };
+        let (q_out, kv_out) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let mut blocks = Vec::with_capacity(c.layers);
+        for i in 0..c.layers {
+            let p = |n: &str| format!("blk.{i}.{n}");
+            let bias = |n: &str, len: usize| -> Result<Option<Tensor>> {
+                match c.arch {
+                    Arch::Qwen2 => vector(&p(n), len).map(Some),
+                    Arch::Llama if g.info(&p(n)).is_some() => vector(&p(n), len).map(Some),
+                    Arch::Llama => Ok(None),
+                }
+            };
+            blocks.push(Block {
+                attn_norm: vector(&p("attn_norm.weight"), c.dim)?,
+                wq: load(&p("attn_q.weight"), &[q_out, c.dim])?,
+                wk: load(&p("attn_k.weight"), &[kv_out, c.dim])?,
+                wv: load(&p("attn_v.weight"), &[kv_out, c.dim])?,
+                bq: bias("attn_q.bias", q_out)?,
+                bk: bias("attn_k.bias", kv_out)?,
+                bv: bias("attn_v.bias", kv_out)?,
+                wo: load(&p("attn_output.weight"), &[c.dim, q_out])?,
+                ffn_norm: vector(&p("ffn_norm.weight"), c.dim)?,
+                gate: load(&p("ffn_gate.weight"), &[c.ffn, c.dim])?,
+                up: load(&p("ffn_up.weight"), &[c.ffn, c.dim])?,
+                down: load(&p("ffn_down.weight"), &[c.dim, c.ffn])?,
+            });
+        }
+        let embed = load("token_embd.weight", &[c.vocab, c.dim])?;
+        let output = match g.info("output.weight") {
+            Some(_) => load("output.weight", &[c.vocab, c.dim])?,
+            None => embed.clone(), // tied embeddings
+        };
+        // llama.cpp's rope: theta_i = pos · base^(-2i/n_rot), divided by a frequency factor per
+        // pair where the file has `rope_freqs.weight` (Llama 3's scaling).
+        let factors = match g.info("rope_freqs.weight") {
+            Some(_) => vector("rope_freqs.weight", c.rope_dim / 2)?.to_vec()?,
+            None => vec![1.0; c.rope_dim / 2],
+        };
+        let inv_freq = (0..c.rope_dim / 2)
+            .map(|i| {
+                (c.rope_base as f64).powf(-2.0 * i as f64 / c.rope_dim as f64)
+                    / f64::from(factors[i])
+                    / f64::from(c.rope_scale)
+            })
+            .collect();
+        log::info!(
+            "{:?}: {} layers, width {}, {} heads ({} kv), vocab {}, on {}",
+            c.arch,
+            c.layers,
+            c.dim,
+            c.heads,
+            c.kv_heads,
+            c.vocab,
+            device.info().name
+        );
+        Ok(Model {
+            norm: vector("output_norm.weight", c.dim)?,
+            config,
+            device: device.clone(),
+            embed,
+            blocks,
+            output,
+            inv_freq,
+        })
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// An empty cache for one sequence of up to `capacity` tokens (at most the model's context
+    /// length).
+    pub fn cache(&self, capacity: usize) -> Cache {
+        let n = self.config.layers;
+        Cache {
+            k: vec![None; n],
+            v: vec![None; n],
+            len: 0,
+            capacity: capacity.min(self.config.context),
+        }
+    }
+
+    /// Runs `tokens` after the ones already in `cache` (a prompt, or one generated token),
+    /// appends their keys and values to it, and returns the logits asked for. Errors:
+    /// `InvalidRequest` for no tokens, an id outside the vocabulary, or more tokens than the
+    /// cache has room for.
+    pub fn forward(&self, tokens: &[u32], cache: &mut Cache, which: Logits) -> Result<Tensor> {
+        let c = &self.config;
+        if tokens.is_empty() {
+            return Err(Error::InvalidRequest("no tokens to run".into()));
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
+            return Err(Error::InvalidRequest(format!(
+                "token {t} is outside the vocabulary of {}",
+                c.vocab
+            )));
+        }
+        if cache.len + tokens.len() > cache.capacity {
+            return Err(Error::InvalidRequest(format!(
+                "{} tokens after {} do not fit a cache of {}",
+                tokens.len(),
+                cache.len,
+                cache.capacity
+            )));
+        }
+        if cache.k.len() != c.layers {
+            return Err(Error::InvalidRequest(
+                "the cache belongs to another model".into(),
+            ));
+        }
+        // Attention over a cache and several new tokens would need a mask offset by the cache
+        // length; kiln's causal mask starts at the top left, so such a chunk runs token by token.
+        if !cache.is_empty() && tokens.len() > 1 {
+            let mut last = Vec::new();
+            for &t in tokens {
+                let l = self.forward(&[t], cache, which)?;
+                last.push(l);
+            }
+            return match which {
+                Logits::Last => Ok(last.pop().expect("tokens is not empty")),
+                Logits::All => Ok(Tensor::cat(&last.iter().collect::<Vec<_>>(), 0)?),
+            };
+        }
+        let t = tokens.len();
+        let ids = Tensor::from_vec_u32(&self.device, tokens.to_vec(), &[t])?;
+        let mut x = Tensor::embedding(&self.embed, &ids)?;
+        let (cos, sin) = self.rope_tables(cache.len, t)?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            let h = x.rms_norm(Some(&b.attn_norm), c.eps)?;
+            let q = h
+                .linear(&b.wq, b.bq.as_ref(), None)?
+                .reshape(&[1, t, c.heads, c.head_dim])?;
+            let k = h
+                .linear(&b.wk, b.bk.as_ref(), None)?
+                .reshape(&[1, t, c.kv_heads, c.head_dim])?;
+            let v = h
+                .linear(&b.wv, b.bv.as_ref(), None)?
+                .reshape(&[1, t, c.kv_heads, c.head_dim])?;
+            let q = self.rope(&q, &cos, &sin)?;
+            let k = self.rope(&k, &cos, &sin)?;
+            let (k, v) = match (&cache.k[i], &cache.v[i]) {
+                (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k], 1)?, Tensor::cat(&[pv, &v], 1)?),
+                _ => (k, v),
+            };
+            cache.k[i] = Some(k.clone());
+            cache.v[i] = Some(v.clone());
+            let (k, v) = (self.repeat_kv(&k)?, self.repeat_kv(&v)?);
+            let options = AttentionOptions {
+                causal: t > 1,
+                scale: None,
+            };
+            let a = q
+                .attention(&k, &v, options)?
+                .reshape(&[t, c.heads * c.head_dim])?;
+            x = a.linear_add(&b.wo, None, &x)?;
+            let h = x.rms_norm(Some(&b.ffn_norm), c.eps)?;
+            let g = h.linear(&b.gate, None, Some(UnaryOp::Silu))?;
+            let u = h.linear(&b.up, None, None)?;
+            x = g.mul(&u)?.linear_add(&b.down, None, &x)?;
+        }
+        cache.len += t;
+        if which == Logits::Last && t > 1 {
+            x = x.narrow(0, t - 1, 1)?;
+        }
+        let x = x.rms_norm(Some(&self.norm), c.eps)?;
+        Ok(x.linear(&self.output, None, None)?)
+    }
+
+    /// cos and sin of every rotated pair's angle at positions `start..start + t`, shaped to
+    /// broadcast over the heads in the pairing of [`RopeStyle`].
+    fn rope_tables(&self, start: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let (mut cos, mut sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
+        for p in start..start + t {
+            for &f in &self.inv_freq {
+                let a = p as f64 * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        let shape: &[usize] = match self.config.rope_style {
+            RopeStyle::Adjacent => &[1, t, 1, half, 1],
+            RopeStyle::Halves => &[1, t, 1, 1, half],
+        };
+        Ok((
+            Tensor::from_vec(&self.device, cos, shape)?,
+            Tensor::from_vec(&self.device, sin, shape)?,
+        ))
+    }
+
+    /// RoPE on `[1, t, heads, head_dim]`: each pair `(a, b)` becomes
+    /// `(a·cos − b·sin, a·sin + b·cos)`.
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let s = x.shape().to_vec();
+        let (t, heads) = (s[1], s[2]);
+        let rot = if c.rope_dim < c.head_dim {
+            x.narrow(3, 0, c.rope_dim)?
+        } else {
+            x.clone()
+        };
+        let half = c.rope_dim / 2;
+        let (pairs, axis): (&[usize], isize) = match c.rope_style {
+            RopeStyle::Adjacent => (&[1, t, heads, half, 2], 4),
+            RopeStyle::Halves => (&[1, t, heads, 2, half], 3),
+        };
+        let r = rot.reshape(pairs)?;
+        let (a, b) = (r.narrow(axis, 0, 1)?, r.narrow(axis, 1, 1)?);
+        let ra = a.mul(cos)?.sub(&b.mul(sin)?)?;
+        let rb = a.mul(sin)?.add(&b.mul(cos)?)?;
+        let out = Tensor::cat(&[&ra, &rb], axis)?.reshape(&[1, t, heads, c.rope_dim])?;
+        if c.rope_dim < c.head_dim {
+            let pass = x.narrow(3, c.rope_dim, c.head_dim - c.rope_dim)?;
+            return Ok(Tensor::cat(&[&out, &pass], 3)?);
+        }
+        Ok(out)
+    }
+
+    /// Grouped-query attention's key/value heads repeated to the query heads' count.
+    fn repeat_kv(&self, x: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        if c.kv_heads == c.heads {
+            return Ok(x.clone());
+        }
+        let s = x.shape().to_vec();
+        let rep = c.heads / c.kv_heads;
+        Ok(x.reshape(&[s[0], s[1], c.kv_heads, 1, c.head_dim])?
+            .broadcast_to(&[s[0], s[1], c.kv_heads, rep, c.head_dim])?
+            .reshape(&[s[0], s[1], c.heads, c.head_dim])?)
+    }
+}

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Writes the small random-weight language models of crates/kiln-llm's tests into the directory
+given (default target/llm-models), as real GGUF files:
+
+  llama-f32.gguf    Llama-shaped (RMSNorm, RoPE on adjacent pairs, grouped-query attention with
+                    4 query heads over 2 key/value heads, SwiGLU), written by the `gguf` package
+                    (llama.cpp's own writer), with a SentencePiece-style vocabulary of 3 control
+                    tokens, 256 byte-fallback tokens and pieces drawn from a multilingual text
+  qwen2-f32.gguf    the same shape as Qwen2: biases on q, k and v, RoPE on the two halves
+  <arch>-<t>.gguf   each quantized by llama.cpp's own quantizer (llama_model_quantize, as
+                    llama-quantize does) for t in f16, q8_0, q4_0, q4_k_m
+  <arch>-<t>-deq.gguf   the same weights decoded to f32 by gguf.quants.dequantize: llama.cpp on
+                    these is the exact arithmetic of the quantized weights (its CPU products
+                    quantize activations to 8 bits, which a GPU's kernels do not)
+
+The second argument is the llama-peer binary (benches/peers/ggml/build.sh) that quantizes.
+Every dimension is a multiple of 256, so llama.cpp keeps the K-quant types it picks.
+"""
+import collections
+import os
+import subprocess
+import sys
+
+import numpy as np
+import gguf
+
+out = sys.argv[1] if len(sys.argv) > 1 else os.path.join("target", "llm-models")
+peer = sys.argv[2] if len(sys.argv) > 2 else "benches/peers/ggml/build/llama-peer"
+os.makedirs(out, exist_ok=True)
+
+# The text the vocabulary is drawn from, and the tests tokenize: several scripts, digits,
+# punctuation and code, so merges, unknown characters and byte fallback all happen.
+CORPUS = """The quick brown fox jumps over the lazy dog. The dog sleeps; the fox runs.
+Le renard brun rapide saute par-dessus le chien paresseux. Où est la bibliothèque ?
+Der schnelle braune Fuchs springt über den faulen Hund. Größe, Straße, Übung.
+Быстрая коричневая лиса прыгает через ленивую собаку. Привет, мир!
+Η γρήγορη καφέ αλεπού πηδά πάνω από τον τεμπέλη σκύλο.
+敏捷的棕色狐狸跳过了懒狗。你好，世界！
+素早い茶色の狐がのろまな犬を飛び越える。こんにちは世界。
+الثعلب البني السريع يقفز فوق الكلب الكسول.
+def main(): return [x * 2 for x in range(10)]  # 12345 + 67890 = 80235
+"""
+
+rng = np.random.default_rng(20261206)
+
+
+def vocabulary():
+    """SentencePiece-style pieces: control tokens, 256 bytes, then every character of the
+    corpus and its frequent substrings (spaces as U+2581), scored by frequency."""
+    text = CORPUS.replace(" ", "\u2581").replace("\n", "\u2581")
+    words = ["\u2581" + w for w in CORPUS.split()]
+    counts = collections.Counter()
+    for w in words:
+        w = w.replace(" ", "\u2581")
+        for n in range(2, 7):
+            for i in range(len(w) - n + 1):
+                counts[w[i:i + n]] += 1
+    chars = sorted(set(text) - set("🙂"))
+    pieces = [p for p, c in counts.most_common() if c >= 2][:400]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [2, 3, 3] + [6] * 256
+    scores = [0.0, 0.0, 0.0] + [0.0] * 256
+    seen = set(tokens)
+    for i, p in enumerate(pieces):
+        if p not in seen:
+            tokens.append(p); types.append(1); scores.append(-float(i)); seen.add(p)
+    for c in chars:
+        if c not in seen:
+            tokens.append(c); types.append(1); scores.append(-1000.0); seen.add(c)
+    # Some characters of the corpus are left out on purpose (byte fallback): the last CJK ones.
+    drop = set("界懒")
+    keep = [i for i, t in enumerate(tokens) if t not in drop]
+    return [tokens[i] for i in keep], [scores[i] for i in keep], [types[i] for i in keep]
+
+
+TOKENS, SCORES, TYPES = vocabulary()
+VOCAB = len(TOKENS)
+DIM, LAYERS, HEADS, KV_HEADS, FF = 256, 2, 4, 2, 512
+HEAD = DIM // HEADS
+
+
+def weight(rows, cols):
+    return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+
+
+def write(arch, bias):
+    path = os.path.join(out, f"{arch}-f32.gguf")
+    w = gguf.GGUFWriter(path, arch)
+    w.add_context_length(512)
+    w.add_embedding_length(DIM)
+    w.add_block_count(LAYERS)
+    w.add_feed_forward_length(FF)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv(KV_HEADS)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(HEAD)
+    w.add_file_type(0)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(TOKENS)
+    w.add_token_scores(SCORES)
+    w.add_token_types(TYPES)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_tensor("token_embd.weight", rng.standard_normal((VOCAB, DIM)).astype(np.float32))
+    for i in range(LAYERS):
+        b = f"blk.{i}."
+        w.add_tensor(b + "attn_norm.weight", (1 + 0.1 * rng.standard_normal(DIM)).astype(np.float32))
+        w.add_tensor(b + "attn_q.weight", weight(DIM, DIM))
+        w.add_tensor(b + "attn_k.weight", weight(KV_HEADS * HEAD, DIM))
+        w.add_tensor(b + "attn_v.weight", weight(KV_HEADS * HEAD, DIM))
+        if bias:
+            for n, rows in (("q", DIM), ("k", KV_HEADS * HEAD), ("v", KV_HEADS * HEAD)):
+                w.add_tensor(b + f"attn_{n}.bias", (0.1 * rng.standard_normal(rows)).astype(np.float32))
+        w.add_tensor(b + "attn_output.weight", weight(DIM, DIM))
+        w.add_tensor(b + "ffn_norm.weight", (1 + 0.1 * rng.standard_normal(DIM)).astype(np.float32))
+        w.add_tensor(b + "ffn_gate.weight", weight(FF, DIM))
+        w.add_tensor(b + "ffn_up.weight", weight(FF, DIM))
+        w.add_tensor(b + "ffn_down.weight", weight(DIM, FF))
+    w.add_tensor("output_norm.weight", (1 + 0.1 * rng.standard_normal(DIM)).astype(np.float32))
+    w.add_tensor("output.weight", weight(VOCAB, DIM))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    for t in ("f16", "q8_0", "q4_0", "q4_k_m"):
+        q = os.path.join(out, f"{arch}-{t}.gguf")
+        subprocess.run([peer, "quantize", path, q, t], check=True, stderr=subprocess.DEVNULL)
+        dequantize(q, os.path.join(out, f"{arch}-{t}-deq.gguf"))
+
+
+def dequantize(src, dst):
+    """A copy of a GGUF file with every tensor decoded to f32."""
+    r = gguf.GGUFReader(src)
+    w = gguf.GGUFWriter(dst, r.fields["general.architecture"].contents())
+    for key, field in r.fields.items():
+        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type"):
+            continue
+        kind = field.types[0]
+        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(key, field.contents(), kind, sub_type=sub)
+    for t in r.tensors:
+        values = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        w.add_tensor(t.name, values.reshape([int(d) for d in reversed(t.shape)]))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+write("llama", bias=False)
+write("qwen2", bias=True)
+with open(os.path.join(out, "corpus.txt"), "w", encoding="utf-8") as f:
+    f.write(CORPUS)
+print(f"wrote {out}: llama and qwen2, vocabulary of {VOCAB}")
