@@ -13,6 +13,10 @@ given (default target/llm-models), as real GGUF files:
                     these is the exact arithmetic of the quantized weights (its CPU products
                     quantize activations to 8 bits, which a GPU's kernels do not)
 
+With --bench (scripts/bench_llm.sh), it writes instead a model of SmolLM-135M's shape (width 576,
+30 layers, 9 query and 3 key/value heads, feed-forward 1536, vocabulary 49152; random weights)
+in f32, f16, q8_0 and q4_0: smollm-135m-<t>.gguf.
+
 The second argument is the llama-peer binary (benches/peers/ggml/build.sh) that quantizes.
 Every dimension is a multiple of 256, so llama.cpp keeps the K-quant types it picks.
 """
@@ -24,8 +28,10 @@ import sys
 import numpy as np
 import gguf
 
-out = sys.argv[1] if len(sys.argv) > 1 else os.path.join("target", "llm-models")
-peer = sys.argv[2] if len(sys.argv) > 2 else "benches/peers/ggml/build/llama-peer"
+BENCH = "--bench" in sys.argv
+args = [a for a in sys.argv[1:] if a != "--bench"]
+out = args[0] if len(args) > 0 else os.path.join("target", "llm-models")
+peer = args[1] if len(args) > 1 else "benches/peers/ggml/build/llama-peer"
 os.makedirs(out, exist_ok=True)
 
 # The text the vocabulary is drawn from, and the tests tokenize: several scripts, digits,
@@ -74,8 +80,14 @@ def vocabulary():
 
 
 TOKENS, SCORES, TYPES = vocabulary()
-VOCAB = len(TOKENS)
 DIM, LAYERS, HEADS, KV_HEADS, FF = 256, 2, 4, 2, 512
+if BENCH:
+    DIM, LAYERS, HEADS, KV_HEADS, FF = 576, 30, 9, 3, 1536
+    extra = 49152 - len(TOKENS)
+    TOKENS += [f"\u2581w{i}" for i in range(extra)]
+    SCORES += [-2000.0 - i for i in range(extra)]
+    TYPES += [1] * extra
+VOCAB = len(TOKENS)
 HEAD = DIM // HEADS
 
 
@@ -83,10 +95,11 @@ def weight(rows, cols):
     return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
 
 
-def write(arch, bias):
-    path = os.path.join(out, f"{arch}-f32.gguf")
+def write(arch, bias, name=None, types=("f16", "q8_0", "q4_0", "q4_k_m"), exact=True):
+    name = name or arch
+    path = os.path.join(out, f"{name}-f32.gguf")
     w = gguf.GGUFWriter(path, arch)
-    w.add_context_length(512)
+    w.add_context_length(2048 if BENCH else 512)
     w.add_embedding_length(DIM)
     w.add_block_count(LAYERS)
     w.add_feed_forward_length(FF)
@@ -127,10 +140,11 @@ def write(arch, bias):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    for t in ("f16", "q8_0", "q4_0", "q4_k_m"):
-        q = os.path.join(out, f"{arch}-{t}.gguf")
+    for t in types:
+        q = os.path.join(out, f"{name}-{t}.gguf")
         subprocess.run([peer, "quantize", path, q, t], check=True, stderr=subprocess.DEVNULL)
-        dequantize(q, os.path.join(out, f"{arch}-{t}-deq.gguf"))
+        if exact:
+            dequantize(q, os.path.join(out, f"{name}-{t}-deq.gguf"))
 
 
 def dequantize(src, dst):
@@ -152,6 +166,10 @@ def dequantize(src, dst):
     w.close()
 
 
+if BENCH:
+    write("llama", bias=False, name="smollm-135m", types=("f16", "q8_0", "q4_0"), exact=False)
+    print(f"wrote {out}: smollm-135m (f32, f16, q8_0, q4_0)")
+    sys.exit(0)
 write("llama", bias=False)
 write("qwen2", bias=True)
 with open(os.path.join(out, "corpus.txt"), "w", encoding="utf-8") as f:

@@ -249,13 +249,8 @@ impl Model {
             };
             cache.k[i] = Some(k.clone());
             cache.v[i] = Some(v.clone());
-            let (k, v) = (self.repeat_kv(&k)?, self.repeat_kv(&v)?);
-            let options = AttentionOptions {
-                causal: t > 1,
-                scale: None,
-            };
-            let a = q
-                .attention(&k, &v, options)?
+            let a = self
+                .attend(&q, &k, &v)?
                 .reshape(&[t, c.heads * c.head_dim])?;
             x = a.linear_add(&b.wo, None, &x)?;
             let h = x.rms_norm(Some(&b.ffn_norm), c.eps)?;
@@ -319,6 +314,33 @@ impl Model {
             return Ok(Tensor::cat(&[&out, &pass], 3)?);
         }
         Ok(out)
+    }
+
+    /// Attention of `q` `[1, t, heads, d]` over the cache's `k`, `v` `[1, T, kv_heads, d]`
+    /// (causal when `t > 1`, which happens only on an empty cache). Query heads `j·rep ..
+    /// (j+1)·rep` share key/value head `j`. For one new token those `rep` heads become `rep`
+    /// queries of head `j`, so the cache is read as it is; for a prompt the key/value heads are
+    /// repeated.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let t = q.shape()[1];
+        let rep = c.heads / c.kv_heads;
+        if t == 1 && rep > 1 {
+            let q = q
+                .reshape(&[1, c.kv_heads, rep, c.head_dim])?
+                .transpose(1, 2)?;
+            let options = AttentionOptions {
+                causal: false,
+                scale: None,
+            };
+            let a = q.attention(k, v, options)?; // [1, rep, kv_heads, d]
+            return Ok(a.transpose(1, 2)?.reshape(&[1, 1, c.heads, c.head_dim])?);
+        }
+        let options = AttentionOptions {
+            causal: t > 1,
+            scale: None,
+        };
+        Ok(q.attention(&self.repeat_kv(k)?, &self.repeat_kv(v)?, options)?)
     }
 
     /// Grouped-query attention's key/value heads repeated to the query heads' count.

@@ -1,0 +1,49 @@
+//! Prefill and decode speed of a GGUF model, as JSON lines (scripts/bench_llm.sh runs it beside
+//! llama.cpp's `llama-peer bench`, which takes the same arguments and the same token ids):
+//!
+//! ```text
+//! cargo run --release -p kiln-llm --example llm_bench -- MODEL PROMPT_TOKENS DECODE_TOKENS REPS
+//! ```
+//!
+//! Each rep clears the cache, runs the prompt in one pass, then decodes greedily (argmax on the
+//! device, one id read back per token). The device is `KILN_DEVICE` or the best one found.
+
+use std::time::Instant;
+
+use kiln::Device;
+use kiln_llm::{Gguf, Logits, Model, Sampler, Sampling};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() != 4 {
+        return Err("usage: llm_bench MODEL PROMPT_TOKENS DECODE_TOKENS REPS".into());
+    }
+    let (p, n, reps): (usize, usize, usize) =
+        (args[1].parse()?, args[2].parse()?, args[3].parse()?);
+    let device = Device::from_env()?;
+    let file = Gguf::open(&args[0])?;
+    let model = Model::from_gguf(&file, &device)?;
+    let vocab = model.config.vocab;
+    // The token ids llama-peer bench uses.
+    let prompt: Vec<u32> = (0..p).map(|i| ((i * 7919 + 13) % vocab) as u32).collect();
+    let mut sampler = Sampler::new(Sampling::default())?;
+    for _ in 0..reps {
+        let mut cache = model.cache(p + n + 8);
+        let t0 = Instant::now();
+        let logits = model.forward(&prompt, &mut cache, Logits::Last)?;
+        let mut next = sampler.next(&logits, &prompt)?;
+        let t1 = Instant::now();
+        for _ in 0..n {
+            let logits = model.forward(&[next], &mut cache, Logits::Last)?;
+            next = sampler.next(&logits, &prompt)?;
+        }
+        let t2 = Instant::now();
+        println!(
+            "{{\"prefill_tok_s\": {:.3}, \"decode_tok_s\": {:.3}, \"device\": \"{}\"}}",
+            p as f64 / (t1 - t0).as_secs_f64(),
+            n as f64 / (t2 - t1).as_secs_f64(),
+            device.info().name
+        );
+    }
+    Ok(())
+}
