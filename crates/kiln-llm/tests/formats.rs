@@ -49,7 +49,7 @@ fn gguf(kv: &[(&str, V)], tensors: &[(&str, &[usize], Vec<f32>)]) -> Vec<u8> {
         out.extend(offset.to_le_bytes());
         offset += (data.len() * 4).div_ceil(32) as u64 * 32;
     }
-    while out.len() % 32 != 0 {
+    while !out.len().is_multiple_of(32) {
         out.push(0);
     }
     for (_, _, data) in tensors {
