@@ -1,10 +1,12 @@
 //! Scaled dot-product attention on the CPU: the twin of `shaders/attention.wgsl`, with the same
-//! online softmax (the first key starts the running maximum) and the same operations in the
-//! same order, over the same views of q, k and v.
+//! online softmax over the same views of q, k and v (the forward takes its keys a block at a
+//! time; the backward keeps the GPU passes' order).
 
-use super::{alloc, par_chunks_mut};
+use super::qdot::dot_f32;
+use super::{alloc, par_chunks_claimed, par_chunks_mut};
 use crate::attention::{AttnDims, View};
 use crate::error::Result;
+use crate::op::math::exp_f32;
 
 const OP: &str = "attention";
 
@@ -13,38 +15,61 @@ fn score(q: &[f32], k: &[f32], scale: f32) -> f32 {
     q.iter().zip(k).map(|(&a, &b)| (a * scale) * b).sum()
 }
 
+/// Keys scored at a time by the forward: a block's scores are vector dot products, and the
+/// running maximum, and with it the output's rescale, moves once per block.
+const KEY_BLOCK: usize = 64;
+
 /// The output `[batch, tq, heads, dv]` and each query row's logsumexp `[batch, tq, heads]`.
+///
+/// The same online softmax as the shader, a block of keys at a time: the block's scores
+/// `(q·scale)·k` (vector dot products), its largest, then each key's weight `exp(s − m)` into
+/// the row's sum and output. Query rows are claimed a few at a time, so a causal prompt's long
+/// last rows do not leave one thread waiting on another.
 pub(crate) fn attention([q, k, v]: [&[f32]; 3], a: &AttnDims) -> Result<(Vec<f32>, Vec<f32>)> {
     let [qv, kv, vv] = a.views();
     let (h, d, dv) = (a.heads, a.d, a.dv);
     // Each (batch, query) row: every head's output, then every head's logsumexp.
     let per = h * (dv + 1);
     let mut both: Vec<f32> = alloc(OP, a.batch * a.tq * per)?;
-    par_chunks_mut(&mut both, per, a.tk * h * (d + dv), &|r, out| {
+    par_chunks_claimed(&mut both, per, 4, a.tk * h * (d + dv), &|r, out| {
         let (b, i) = (r / a.tq, r % a.tq);
         let (o, lse) = out.split_at_mut(h * dv);
+        let mut qs = vec![0f32; d];
+        let mut s = [0f32; KEY_BLOCK];
         for hh in 0..h {
-            let qi = &q[qv.at(b, i, hh)..][..d];
+            for (x, &y) in qs.iter_mut().zip(&q[qv.at(b, i, hh)..][..d]) {
+                *x = y * a.scale;
+            }
             let acc = &mut o[hh * dv..][..dv];
-            let row = |j: usize| {
-                let (ka, va) = (kv.at(b, j, hh), vv.at(b, j, hh));
-                (score(qi, &k[ka..ka + d], a.scale), &v[va..va + dv])
-            };
-            let (mut m, v0) = row(0);
-            acc.copy_from_slice(v0);
-            let mut l = 1.0f32;
-            for j in 1..a.keys(i) {
-                let (s, vj) = row(j);
-                let m2 = m.max(s);
-                let (c, e) = ((m - m2).exp(), (s - m2).exp());
-                l = l * c + e;
-                for (x, &y) in acc.iter_mut().zip(vj) {
-                    *x = *x * c + e * y;
+            acc.fill(0.0);
+            let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
+            let keys = a.keys(i);
+            for j0 in (0..keys).step_by(KEY_BLOCK) {
+                let s = &mut s[..KEY_BLOCK.min(keys - j0)];
+                for (jj, x) in s.iter_mut().enumerate() {
+                    let ka = kv.at(b, j0 + jj, hh);
+                    *x = dot_f32(&qs, &k[ka..ka + d]);
+                }
+                let m2 = s.iter().fold(m, |m, &x| m.max(x));
+                // The first block rescales nothing (m is -inf and so is its exp's argument).
+                let c = if m == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    exp_f32(m - m2)
+                };
+                l *= c;
+                acc.iter_mut().for_each(|x| *x *= c);
+                s.iter_mut().for_each(|x| *x = exp_f32(*x - m2));
+                for (jj, &e) in s.iter().enumerate() {
+                    l += e;
+                    for (x, &y) in acc.iter_mut().zip(&v[vv.at(b, j0 + jj, hh)..][..dv]) {
+                        *x += e * y;
+                    }
                 }
                 m = m2;
             }
-            // The row is NaN, as softmax makes it, where the largest score is NaN or infinite
-            // (or every score -inf), whatever key came first.
+            // The row is NaN, as softmax makes it, where a score is NaN, the largest is
+            // infinite, or every score is -inf.
             let l = if m.is_finite() { l } else { f32::NAN };
             acc.iter_mut().for_each(|x| *x /= l);
             lse[hh] = m + l.ln();

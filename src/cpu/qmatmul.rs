@@ -10,7 +10,9 @@
 use super::qdot::{self, Q8KRow, Q8Row};
 use crate::dtype::DType;
 use crate::error::Result;
+use crate::matmul_plan::MatmulPlan;
 use crate::quant;
+use crate::shape::Shape;
 
 /// Values of a weight row decoded at a time by the f32 path (one K-quant super-block).
 const CHUNK: usize = 256;
@@ -30,6 +32,9 @@ pub(crate) fn matmul_packed(
     (m, k, n): (usize, usize, usize),
 ) -> Result<Vec<f32>> {
     let row_bytes = quant::byte_len(op, dtype, k)?;
+    if m >= F32_FROM_ROWS.load() {
+        return via_f32(op, x, dtype, w, (m, k, n));
+    }
     let mut out_t = super::alloc::<f32>(op, n * m)?;
     match dtype {
         DType::Q8_0 | DType::Q4_0 => {
@@ -106,6 +111,72 @@ pub(crate) fn matmul_packed(
     } else {
         transpose(&out_t, n, m)
     })
+}
+
+/// From this many activation rows (a prompt), a product decodes its weight to f32, a band of
+/// rows at a time, and runs kiln's SGEMM on it: its register tiles reuse each weight value for
+/// many rows, where the int8 row dots above decode and multiply every weight block once per
+/// activation row. The arithmetic is then the exact product with the decoded weight (as on a
+/// GPU); fewer rows quantize activations to 8 bits as llama.cpp's CPU backend does.
+/// `KILN_CPU_PACKED_F32_ROWS` overrides it (read once).
+static F32_FROM_ROWS: Threshold = Threshold::new("KILN_CPU_PACKED_F32_ROWS", 32);
+
+/// A row count read once from the environment, or its default.
+struct Threshold {
+    var: &'static str,
+    default: usize,
+    value: std::sync::OnceLock<usize>,
+}
+
+impl Threshold {
+    const fn new(var: &'static str, default: usize) -> Threshold {
+        Threshold {
+            var,
+            default,
+            value: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn load(&self) -> usize {
+        *self.value.get_or_init(|| {
+            std::env::var(self.var)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(self.default)
+        })
+    }
+}
+
+/// Weight rows decoded to f32 at a time by [`via_f32`]: a band of 256 rows of 4,096 values is
+/// 4 MiB, so the decoded weight never exists whole.
+const BAND_ROWS: usize = 256;
+
+/// `x · wᵀ` through the SGEMM, the weight decoded a band of rows at a time.
+fn via_f32(
+    op: &'static str,
+    x: &[f32],
+    dtype: DType,
+    w: &[u8],
+    (m, k, n): (usize, usize, usize),
+) -> Result<Vec<f32>> {
+    let row_bytes = quant::byte_len(op, dtype, k)?;
+    let mut out = super::alloc::<f32>(op, m * n)?;
+    let xs = Shape::new(&[m, k])?;
+    let mut band = super::alloc::<f32>(op, BAND_ROWS.min(n) * k)?;
+    for r0 in (0..n).step_by(BAND_ROWS) {
+        let rows = BAND_ROWS.min(n - r0);
+        let dec = &mut band[..rows * k];
+        super::par_chunks_claimed(dec, k, 16, k, &|r, o| {
+            let row = r0 + r;
+            quant::decode(dtype, &w[row * row_bytes..(row + 1) * row_bytes], o);
+        });
+        let plan = MatmulPlan::with_transposed_rhs(&xs, &Shape::new(&[rows, k])?)?;
+        let part = super::matmul::matmul(x, dec, &plan)?;
+        for (o, p) in out.chunks_exact_mut(n).zip(part.chunks_exact(rows)) {
+            o[r0..r0 + rows].copy_from_slice(p);
+        }
+    }
+    Ok(out)
 }
 
 /// `x · wᵀ` for f32 `x` (`m × k`) and `w` (`n × k`), by dot products along `w`'s rows

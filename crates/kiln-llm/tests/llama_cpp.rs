@@ -157,8 +157,18 @@ fn margin(l: &[f32]) -> f32 {
     (s[0] - s[1]) / scale
 }
 
-const PROMPT: &str = "The quick brown fox jumps over the lazy dog. Le renard brun";
+/// A prompt of fewer than 32 tokens: its products take the CPU's 8-bit route.
+const PROMPT: &str = "The quick brown fox jumps over the lazy dog.";
+/// A prompt of more than 32 tokens: from 32 activation rows the CPU decodes a packed weight to
+/// f32 and runs its SGEMM (`cpu/qmatmul.rs`), the exact arithmetic of the weights.
+const LONG_PROMPT: &str = "The quick brown fox jumps over the lazy dog. The dog sleeps; the fox runs. \
+    Le renard brun rapide saute par-dessus le chien paresseux. Où est la bibliothèque ? \
+    Der schnelle braune Fuchs springt über den faulen Hund.";
 const GEN: usize = 64;
+
+/// The tolerance against the exact arithmetic of the weights (llama.cpp on the f32-decoded
+/// file), where kiln does that arithmetic too (a GPU; the CPU's f32 route): f32 rounding only.
+const EXACT: f32 = 1e-4;
 
 fn tolerance(kind: &str) -> f32 {
     match kind {
@@ -168,21 +178,21 @@ fn tolerance(kind: &str) -> f32 {
 }
 
 /// kiln on every device against llama.cpp, within the issue's tolerances (1e-3 relative for
-/// f32, f16, q8_0; 2e-2 for q4_0, q4_K):
-/// - The CPU quantizes activations to 8 bits for the q8_0/q4_0/K-quant products, as llama.cpp's
-///   CPU backend does, in the same order of additions, and is checked against llama.cpp on the
-///   same file.
-///   A last-bit difference in a sum anywhere (llama.cpp's attention changes its order of
-///   additions as the cache grows) flips a few activations to the next 8-bit integer in the
-///   next layer, and those logits then move by as much as the 8-bit arithmetic itself moves
-///   them from the exact ones. Such flips are allowed at up to a tenth of the decode steps,
-///   each within twice llama.cpp's own distance from the exact logits plus the tolerance, and
-///   counted in the output (measured: 4 of 64 steps for q8_0, kiln's own batched and
-///   one-token paths agreeing to the bit there).
-/// - A GPU decodes the weights in registers and keeps activations in f32, so it is checked
-///   against llama.cpp on the file's weights decoded to f32 (`-deq.gguf`, by the `gguf`
-///   package): the exact arithmetic of the same weights. llama.cpp's own 8-bit activations put
-///   its logits 1e-2 to 3e-2 from those (printed as "llama.cpp from exact").
+/// f32, f16, q8_0; 2e-2 for q4_0, q4_K), each arithmetic against the reference that does the
+/// same arithmetic:
+/// - On the CPU, products with fewer than 32 activation rows (decode steps, short prompts)
+///   quantize activations to 8 bits for the q8_0/q4_0/K-quant weights as llama.cpp's CPU
+///   backend does, in the same order of additions: checked against llama.cpp on the same file.
+///   A last-bit difference in a sum anywhere (another order of additions in attention, say)
+///   flips a few activations to the next 8-bit integer in the next layer, and those logits then
+///   move by as much as the 8-bit arithmetic itself moves them from the exact ones. So the
+///   median error over the prompt's positions and the decode steps must be within the
+///   tolerance (most agree to the bit), and every one within the tolerance plus twice
+///   llama.cpp's own distance from the exact logits; the steps past the tolerance are counted.
+/// - A GPU, and the CPU from 32 rows (long prompts), decode the weights and keep activations
+///   in f32: checked against llama.cpp on the file's weights decoded to f32 (`-deq.gguf`, by
+///   the `gguf` package), the exact arithmetic of the same weights, within 1e-4. llama.cpp's own 8-bit
+///   activations put its logits 1e-2 to 3e-2 from those (printed as "llama.cpp from exact").
 fn check_model(arch: &str, kind: &str) {
     let Some((_, dir)) = fixtures() else { return };
     let path = dir.join(format!("{arch}-{kind}.gguf"));
@@ -208,11 +218,15 @@ fn check_model(arch: &str, kind: &str) {
             "f32" => path.clone(),
             _ => dir.join(format!("{arch}-{kind}-deq.gguf")),
         };
-        let (reference_file, tol) = match device.is_cpu() {
-            true => (path.clone(), tol),
-            false => (exact_file, tol),
+        let reference_file = match device.is_cpu() {
+            true => path.clone(),
+            false => exact_file.clone(),
         };
         let want = reference(&reference_file, PROMPT, GEN);
+        assert!(
+            want.tokens.len() < 32,
+            "the short prompt takes the 8-bit route"
+        );
         assert_eq!(
             tokenizer.encode(PROMPT, true).unwrap(),
             want.tokens,
@@ -228,44 +242,45 @@ fn check_model(arch: &str, kind: &str) {
             .to_vec()
             .unwrap();
         let vocab = model.config.vocab;
-        let mut worst = 0f32;
-        for (p, w) in want.prompt_logits.iter().enumerate() {
-            worst = worst.max(rel_err(&all[p * vocab..(p + 1) * vocab], w));
-        }
-        assert!(
-            worst <= tol,
-            "{name}: prompt logits off by {worst:.2e} (tolerance {tol:.1e})"
-        );
+        // The 8-bit route's bound: the tolerance, plus twice llama.cpp's own distance from the
+        // exact logits where last-bit differences flip activations (see above).
+        let eight_bit = device.is_cpu() && !matches!(kind, "f32" | "f16");
+        let tol = if device.is_cpu() { tol } else { EXACT };
+        let bound = if eight_bit { tol + 2.0 * noise } else { tol };
+        let mut errs: Vec<f32> = want
+            .prompt_logits
+            .iter()
+            .enumerate()
+            .map(|(p, w)| rel_err(&all[p * vocab..(p + 1) * vocab], w))
+            .collect();
+        let worst = errs.iter().fold(0f32, |m, &e| m.max(e));
         // llama.cpp's greedy tokens fed back one at a time through the cache: the logits, and
-        // the argmax wherever llama.cpp's top two are further apart than the tolerance.
-        let (mut ties, mut worst_step, mut flips) = (0, 0f32, 0);
+        // the argmax wherever llama.cpp's top two are further apart than twice the bound.
+        let mut ties = 0;
         for (step, (&t, w)) in want.next.iter().zip(&want.next_logits).enumerate() {
             let got = model
                 .forward(&[t], &mut cache, Logits::Last)
                 .unwrap()
                 .to_vec()
                 .unwrap();
-            let err = rel_err(&got, w);
-            if err > tol && device.is_cpu() && err <= tol + 2.0 * noise {
-                flips += 1;
-                continue;
-            }
-            worst_step = worst_step.max(err);
-            if margin(w) > 2.0 * tol {
-                if step + 1 < GEN {
-                    assert_eq!(argmax(&got), want.next[step + 1], "{name}: step {step}");
-                }
-            } else {
+            errs.push(rel_err(&got, w));
+            if margin(w) <= 2.0 * bound {
                 ties += 1;
+            } else if step + 1 < GEN {
+                assert_eq!(argmax(&got), want.next[step + 1], "{name}: step {step}");
             }
         }
+        let worst_step = errs[want.prompt_logits.len()..]
+            .iter()
+            .fold(0f32, |m, &e| m.max(e));
+        let flips = errs.iter().filter(|&&e| e > tol).count();
+        let mut sorted = errs.clone();
+        sorted.sort_by(f32::total_cmp);
+        let median = sorted[sorted.len() / 2];
         assert!(
-            worst_step <= tol,
-            "{name}: decode logits off by {worst_step:.2e} (tolerance {tol:.1e})"
-        );
-        assert!(
-            flips * 10 <= GEN,
-            "{name}: {flips} of {GEN} decode steps off by more than {tol:.1e}"
+            worst.max(worst_step) <= bound && median <= tol,
+            "{name}: logits off by up to {:.2e}, median {median:.2e} (tolerance {tol:.1e}, bound {bound:.1e})",
+            worst.max(worst_step)
         );
         // Free-running greedy generation agrees up to the first near-tie.
         let mut cache = model.cache(want.tokens.len() + GEN);
@@ -278,7 +293,7 @@ fn check_model(arch: &str, kind: &str) {
             .map(|l| margin(l))
             .collect();
         let mut agreed = 0;
-        while agreed < GEN && margins[agreed] > 2.0 * tol {
+        while agreed < GEN && margins[agreed] > 2.0 * bound {
             let next = sampler.next(&logits, &want.tokens).unwrap();
             assert_eq!(
                 next, want.next[agreed],
@@ -287,9 +302,36 @@ fn check_model(arch: &str, kind: &str) {
             agreed += 1;
             logits = model.forward(&[next], &mut cache, Logits::Last).unwrap();
         }
+        // The long prompt in one pass, against the exact arithmetic.
+        let long = reference(&exact_file, LONG_PROMPT, 0);
+        assert!(
+            long.tokens.len() >= 32,
+            "the long prompt takes the f32 route"
+        );
+        let mut cache = model.cache(long.tokens.len());
+        let all = model
+            .forward(&long.tokens, &mut cache, Logits::All)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        let mut worst_long = 0f32;
+        for (p, w) in long.prompt_logits.iter().enumerate() {
+            worst_long = worst_long.max(rel_err(&all[p * vocab..(p + 1) * vocab], w));
+        }
+        assert!(
+            worst_long <= EXACT,
+            "{name}: {}-token prompt's logits off by {worst_long:.2e} (tolerance {EXACT:.0e})",
+            long.tokens.len()
+        );
         eprintln!(
-            "{name} vs llama.cpp on {}: prompt {worst:.2e}, decode {worst_step:.2e} (tolerance {tol:.1e}; llama.cpp from exact {noise:.1e}); {flips} rounding flips; {ties} of {GEN} steps near-ties; free-running agreed for {agreed}",
-            reference_file.file_name().unwrap().to_string_lossy()
+            "{name}: {}-token prompt {worst_long:.2e} from llama.cpp on {}",
+            long.tokens.len(),
+            exact_file.file_name().unwrap().to_string_lossy()
+        );
+        eprintln!(
+            "{name} vs llama.cpp on {}: prompt {worst:.2e}, decode {worst_step:.2e} (median {median:.1e}, tolerance {tol:.1e}, bound {bound:.1e}; llama.cpp from exact {noise:.1e}); {flips} of {} positions past the tolerance; {ties} of {GEN} steps near-ties; free-running agreed for {agreed}",
+            reference_file.file_name().unwrap().to_string_lossy(),
+            errs.len()
         );
     }
 }
