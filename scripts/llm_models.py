@@ -15,7 +15,9 @@ given (default target/llm-models), as real GGUF files:
 
 With --bench (scripts/bench_llm.sh), it writes instead a model of SmolLM-135M's shape (width 576,
 30 layers, 9 query and 3 key/value heads, feed-forward 1536, vocabulary 49152; random weights)
-in f32, f16, q8_0 and q4_0: smollm-135m-<t>.gguf.
+in f32, f16, q8_0 and q4_0: smollm-135m-<t>.gguf. With --tinyllama, one of TinyLlama-1.1B's
+shape (width 2048, 22 layers, 32 query and 4 key/value heads, feed-forward 5632, vocabulary
+32000) in f16 and q4_0: tinyllama-1.1b-<t>.gguf.
 
 The second argument is the llama-peer binary (benches/peers/ggml/build.sh) that quantizes.
 Every dimension is a multiple of 256, so llama.cpp keeps the K-quant types it picks.
@@ -29,7 +31,8 @@ import numpy as np
 import gguf
 
 BENCH = "--bench" in sys.argv
-args = [a for a in sys.argv[1:] if a != "--bench"]
+TINY = "--tinyllama" in sys.argv
+args = [a for a in sys.argv[1:] if a not in ("--bench", "--tinyllama")]
 out = args[0] if len(args) > 0 else os.path.join("target", "llm-models")
 peer = args[1] if len(args) > 1 else "benches/peers/ggml/build/llama-peer"
 os.makedirs(out, exist_ok=True)
@@ -81,9 +84,9 @@ def vocabulary():
 
 TOKENS, SCORES, TYPES = vocabulary()
 DIM, LAYERS, HEADS, KV_HEADS, FF = 256, 2, 4, 2, 512
-if BENCH:
-    DIM, LAYERS, HEADS, KV_HEADS, FF = 576, 30, 9, 3, 1536
-    extra = 49152 - len(TOKENS)
+if BENCH or TINY:
+    DIM, LAYERS, HEADS, KV_HEADS, FF = (576, 30, 9, 3, 1536) if BENCH else (2048, 22, 32, 4, 5632)
+    extra = (49152 if BENCH else 32000) - len(TOKENS)
     TOKENS += [f"\u2581w{i}" for i in range(extra)]
     SCORES += [-2000.0 - i for i in range(extra)]
     TYPES += [1] * extra
@@ -91,13 +94,17 @@ VOCAB = len(TOKENS)
 HEAD = DIM // HEADS
 
 
+# The TinyLlama shape is written in f16 (2.2 GB rather than 4.4) and quantized from there.
+FLOAT = np.float16 if TINY else np.float32
+
+
 def weight(rows, cols):
-    return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+    return (rng.standard_normal((rows, cols), dtype=np.float32) / np.float32(np.sqrt(cols))).astype(FLOAT)
 
 
 def write(arch, bias, name=None, types=("f16", "q8_0", "q4_0", "q4_k_m"), exact=True):
     name = name or arch
-    path = os.path.join(out, f"{name}-f32.gguf")
+    path = os.path.join(out, f"{name}-{'f16' if TINY else 'f32'}.gguf")
     w = gguf.GGUFWriter(path, arch)
     w.add_context_length(2048 if BENCH else 512)
     w.add_embedding_length(DIM)
@@ -108,7 +115,7 @@ def write(arch, bias, name=None, types=("f16", "q8_0", "q4_0", "q4_k_m"), exact=
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
     w.add_rope_dimension_count(HEAD)
-    w.add_file_type(0)
+    w.add_file_type(1 if TINY else 0)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(TOKENS)
@@ -119,7 +126,7 @@ def write(arch, bias, name=None, types=("f16", "q8_0", "q4_0", "q4_k_m"), exact=
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    w.add_tensor("token_embd.weight", rng.standard_normal((VOCAB, DIM)).astype(np.float32))
+    w.add_tensor("token_embd.weight", rng.standard_normal((VOCAB, DIM), dtype=np.float32).astype(FLOAT))
     for i in range(LAYERS):
         b = f"blk.{i}."
         w.add_tensor(b + "attn_norm.weight", (1 + 0.1 * rng.standard_normal(DIM)).astype(np.float32))
@@ -166,6 +173,10 @@ def dequantize(src, dst):
     w.close()
 
 
+if TINY:
+    write("llama", bias=False, name="tinyllama-1.1b", types=("q4_0",), exact=False)
+    print(f"wrote {out}: tinyllama-1.1b (f16, q4_0)")
+    sys.exit(0)
 if BENCH:
     write("llama", bias=False, name="smollm-135m", types=("f16", "q8_0", "q4_0"), exact=False)
     print(f"wrote {out}: smollm-135m (f32, f16, q8_0, q4_0)")

@@ -21,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (p, n, reps): (usize, usize, usize) =
         (args[1].parse()?, args[2].parse()?, args[3].parse()?);
     let device = Device::from_env()?;
+    let file_mb = std::fs::metadata(&args[0])?.len() as f64 / 1048576.0;
     let file = Gguf::open(&args[0])?;
     let model = Model::from_gguf(&file, &device)?;
     let vocab = model.config.vocab;
@@ -39,11 +40,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let t2 = Instant::now();
         println!(
-            "{{\"prefill_tok_s\": {:.3}, \"decode_tok_s\": {:.3}, \"device\": \"{}\"}}",
+            "{{\"prefill_tok_s\": {:.3}, \"decode_tok_s\": {:.3}, \"device\": \"{}\", \"peak_rss_mb\": {}, \"file_mb\": {:.1}}}",
             p as f64 / (t1 - t0).as_secs_f64(),
             n as f64 / (t2 - t1).as_secs_f64(),
-            device.info().name
+            device.info().name,
+            peak_rss_mb().map_or("null".into(), |v| format!("{v:.1}")),
+            file_mb
         );
     }
     Ok(())
+}
+
+/// The process's peak resident memory (Linux's `VmHWM`), in MiB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }

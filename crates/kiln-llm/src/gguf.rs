@@ -421,7 +421,28 @@ impl Gguf {
             ),
         })?;
         let bytes = &self.bytes[info.offset..info.offset + info.len];
-        Ok(Tensor::from_bytes(device, bytes, dtype, &info.shape)?)
+        let tensor = Tensor::from_bytes(device, bytes, dtype, &info.shape)?;
+        self.release(info.offset, info.len);
+        Ok(tensor)
+    }
+
+    /// Hands a mapped range's pages back to the kernel once its tensor has been copied into
+    /// device storage, so a loaded model is resident once (its storage), not twice (storage and
+    /// the file's pages). Reading the range again faults it back in from the file.
+    fn release(&self, offset: usize, len: usize) {
+        #[cfg(unix)]
+        if let Bytes::Map(map) = &self.bytes {
+            // SAFETY: the map is a read-only file mapping: after MADV_DONTNEED its pages read
+            // back from the file, unchanged, so no reference into it sees different bytes.
+            let dropped = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+            };
+            if let Err(e) = dropped {
+                log::debug!("gguf: madvise(DONTNEED) failed: {e}");
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (offset, len);
     }
 }
 
