@@ -270,6 +270,58 @@ pub(crate) fn kernel(dtype: DType) -> Kernel {
     }
 }
 
+/// Four weight rows' dot products with several activation rows at once (a register tile):
+/// `out[i * 4 + r]` is weight row `r` with activation row `i`, for `rows()` activation rows.
+#[derive(Clone, Copy)]
+pub(crate) struct Tile {
+    rows: usize,
+    run: fn(&[&[u8]; 4], &[Q8Slice], &mut [f32]),
+}
+
+impl Tile {
+    /// Activation rows per call.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Runs the tile on `x` (exactly `rows()` rows) into `out` (`rows() * 4` values).
+    pub(crate) fn run(&self, w: &[&[u8]; 4], x: &[Q8Slice], out: &mut [f32]) {
+        (self.run)(w, x, out)
+    }
+}
+
+/// The register tile for q8_0 or q4_0 weights on this CPU, where it has one (AVX2: two
+/// activation rows, sixteen registers; AVX-512 VNNI: four, thirty-two registers).
+pub(crate) fn tile(dtype: DType) -> Option<Tile> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! t {
+            ($mr:literal, $f:path) => {
+                Tile {
+                    rows: $mr,
+                    run: |w, x, out| {
+                        let x: [Q8Slice; $mr] = std::array::from_fn(|i| x[i]);
+                        // SAFETY: `isa` detected the features; the rows hold whole blocks.
+                        let r = unsafe { $f(*w, x) };
+                        for (o, v) in out.chunks_exact_mut(4).zip(r) {
+                            o.copy_from_slice(&v);
+                        }
+                    },
+                }
+            };
+        }
+        match (dtype, isa()) {
+            (DType::Q8_0, Isa::Vnni) => return Some(t!(4, x86::q8_0_tile_vnni)),
+            (DType::Q4_0, Isa::Vnni) => return Some(t!(4, x86::q4_0_tile_vnni)),
+            (DType::Q8_0, Isa::Avx2) => return Some(t!(2, x86::q8_0_tile_avx2)),
+            (DType::Q4_0, Isa::Avx2) => return Some(t!(2, x86::q4_0_tile_avx2)),
+            _ => {}
+        }
+    }
+    let _ = dtype;
+    None
+}
+
 /// Four weight rows' dot products with one activation row.
 pub(crate) type Kernel4 = fn([&[u8]; 4], Q8Slice) -> [f32; 4];
 
@@ -558,6 +610,149 @@ mod x86 {
         "avx2,fma,f16c,avx512vnni,avx512vl",
         18,
         q4_0_block_vnni
+    );
+
+    /// A q8_0 weight block's half of a pair: |w|, and w itself for the signs.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_prep(wb: *const u8) -> (__m256i, __m256i) {
+        // SAFETY: the caller passes a whole block.
+        let wv = unsafe { _mm256_loadu_si256(wb.add(2) as *const __m256i) };
+        (_mm256_sign_epi8(wv, wv), wv)
+    }
+
+    /// A q4_0 weight block's half of a pair: its nibbles (the second value unused).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_0_prep(wb: *const u8) -> (__m256i, __m256i) {
+        // SAFETY: the caller passes a whole block.
+        let n = unsafe { nibbles(wb.add(2)) };
+        (n, n)
+    }
+
+    /// The integer dot of a prepared q8_0 block with activation values `xv` (AVX2).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q8_0_pair_avx2((u, w): (__m256i, __m256i), xv: __m256i, _sum: i32) -> __m256i {
+        udot_avx2(u, _mm256_sign_epi8(xv, w))
+    }
+
+    /// [`q8_0_pair_avx2`] with VNNI.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    fn q8_0_pair_vnni((u, w): (__m256i, __m256i), xv: __m256i, _sum: i32) -> __m256i {
+        udot_vnni(u, _mm256_sign_epi8(xv, w))
+    }
+
+    /// The integer dot of a prepared q4_0 block: on unsigned nibbles, less 8·Σx (AVX2).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q4_0_pair_avx2((u, _): (__m256i, __m256i), xv: __m256i, sum: i32) -> __m256i {
+        let dot = udot_avx2(u, xv);
+        _mm256_sub_epi32(dot, _mm256_castsi128_si256(_mm_cvtsi32_si128(8 * sum)))
+    }
+
+    /// [`q4_0_pair_avx2`] with VNNI.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    fn q4_0_pair_vnni((u, _): (__m256i, __m256i), xv: __m256i, sum: i32) -> __m256i {
+        let dot = udot_vnni(u, xv);
+        _mm256_sub_epi32(dot, _mm256_castsi128_si256(_mm_cvtsi32_si128(8 * sum)))
+    }
+
+    macro_rules! tile {
+        ($name:ident, $features:literal, $size:literal, $mr:literal, $prep:ident, $pair:ident) => {
+            /// Four weight rows' dot products with `MR` activation rows, a register tile: each
+            /// weight block is prepared once (loaded, made unsigned) for the `MR` rows and each
+            /// activation block loaded once for the four weight rows. Every output keeps its
+            /// own accumulator and takes the blocks in order, as the one-row kernel does.
+            ///
+            /// # Safety
+            /// The CPU has the target features; each row holds as many blocks as each `x`.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(w: [&[u8]; 4], x: [Q8Slice; $mr]) -> [[f32; 4]; $mr] {
+                let blocks = w[0].len() / $size;
+                let wp = w.map(|r| r.as_ptr());
+                let mut acc = [[_mm256_setzero_ps(); 4]; $mr];
+                let mut wd = [[0f32; 8]; 4];
+                let ones = [1f32; 8];
+                for b0 in (0..blocks).step_by(8) {
+                    let count = (blocks - b0).min(8);
+                    for r in 0..4 {
+                        // SAFETY: inside the rows' blocks (the weight scales alone).
+                        unsafe {
+                            scales(
+                                wp[r].add($size * b0),
+                                $size,
+                                ones.as_ptr(),
+                                count,
+                                &mut wd[r],
+                            )
+                        };
+                    }
+                    for b in b0..b0 + count {
+                        // SAFETY: inside the rows' blocks and the activation rows.
+                        unsafe {
+                            let prep = [0, 1, 2, 3].map(|r| $prep(wp[r].add($size * b)));
+                            for i in 0..$mr {
+                                let xv = _mm256_loadu_si256(
+                                    x[i].qs.as_ptr().add(32 * b) as *const __m256i
+                                );
+                                let (sum, dx) =
+                                    (*x[i].sums.get_unchecked(b), *x[i].d.get_unchecked(b));
+                                for r in 0..4 {
+                                    let dot = $pair(prep[r], xv, sum);
+                                    // dw·dx, the product ggml forms, then one multiply-add.
+                                    let d = _mm256_set1_ps(*wd[r].get_unchecked(b - b0) * dx);
+                                    acc[i][r] =
+                                        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot), acc[i][r]);
+                                }
+                            }
+                        }
+                    }
+                }
+                let mut out = [[0f32; 4]; $mr];
+                for (o, a) in out.iter_mut().zip(acc) {
+                    for (v, x) in o.iter_mut().zip(a) {
+                        *v = hsum(x);
+                    }
+                }
+                out
+            }
+        };
+    }
+
+    tile!(
+        q8_0_tile_avx2,
+        "avx2,fma,f16c",
+        34,
+        2,
+        q8_0_prep,
+        q8_0_pair_avx2
+    );
+    tile!(
+        q8_0_tile_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        34,
+        4,
+        q8_0_prep,
+        q8_0_pair_vnni
+    );
+    tile!(
+        q4_0_tile_avx2,
+        "avx2,fma,f16c",
+        18,
+        2,
+        q4_0_prep,
+        q4_0_pair_avx2
+    );
+    tile!(
+        q4_0_tile_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        18,
+        4,
+        q4_0_prep,
+        q4_0_pair_vnni
     );
 
     macro_rules! x1 {
