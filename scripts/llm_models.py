@@ -9,6 +9,9 @@ given (default target/llm-models), as real GGUF files:
   qwen2-f32.gguf    the same shape as Qwen2: biases on q, k and v, RoPE on the two halves
   <arch>-<t>.gguf   each quantized by llama.cpp's own quantizer (llama_model_quantize, as
                     llama-quantize does) for t in f16, q8_0, q4_0, q4_k_m
+  bpe-<pre>.gguf    a one-block model with a GPT-2-style byte-level BPE vocabulary trained by
+                    the `tokenizers` package, pre-tokenized as GPT-2 (`gpt-2`) or Qwen2 (`qwen2`);
+                    bpe-texts.json holds test texts and the ids `tokenizers` gives them
   <arch>-<t>-deq.gguf   the same weights decoded to f32 by gguf.quants.dequantize: llama.cpp on
                     these is the exact arithmetic of the quantized weights (its CPU products
                     quantize activations to 8 bits, which a GPU's kernels do not)
@@ -26,6 +29,8 @@ import collections
 import os
 import subprocess
 import sys
+
+import json
 
 import numpy as np
 import gguf
@@ -181,8 +186,98 @@ if BENCH:
     write("llama", bias=False, name="smollm-135m", types=("f16", "q8_0", "q4_0"), exact=False)
     print(f"wrote {out}: smollm-135m (f32, f16, q8_0, q4_0)")
     sys.exit(0)
+# Byte-level BPE (GPT-2 style): one vocabulary and merge list trained by the `tokenizers`
+# package on the corpus, written as two GGUF files whose pre-tokenizers differ (GPT-2's regex and
+# Qwen2's), and the ids `tokenizers` itself gives for the test texts (bpe-texts.json).
+QWEN2_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+            r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+BPE_TEXTS = CORPUS.splitlines() + [
+    CORPUS,
+    "  two  spaces and trailing   ",
+    "tabs\t\tand\n\nnewlines\r\n",
+    "digits 1234567 and 3.14159, contractions: don't I'll WE'RE she's",
+    "emoji 🙂🎉 and 界 and 懒 and é",
+    "x",
+]
+
+
+def write_bpe():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    def tokenizer(pre):
+        t = Tokenizer(models.BPE())
+        if pre == "gpt-2":
+            t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        else:
+            t.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(QWEN2_RE), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ])
+        t.decoder = decoders.ByteLevel()
+        return t
+
+    base = tokenizer("gpt-2")
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    base.train_from_iterator([CORPUS] * 20, trainer)
+    spec = json.loads(base.to_str())["model"]
+    vocab = spec["vocab"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["merges"]]
+    tokens = [None] * len(vocab)
+    for piece, i in vocab.items():
+        tokens[i] = piece
+    eot = vocab["<|endoftext|>"]
+    types = [3 if i == eot else 1 for i in range(len(tokens))]
+    expected = []
+    tokenizers = {}
+    for pre in ("gpt-2", "qwen2"):
+        t = tokenizer(pre)
+        t.model = models.BPE(vocab, [tuple(m.split(" ")) for m in merges])
+        tokenizers[pre] = t
+        path = os.path.join(out, f"bpe-{pre}.gguf")
+        w = gguf.GGUFWriter(path, "llama")
+        w.add_context_length(512)
+        w.add_embedding_length(DIM)
+        w.add_block_count(1)
+        w.add_feed_forward_length(FF)
+        w.add_head_count(HEADS)
+        w.add_head_count_kv(KV_HEADS)
+        w.add_layer_norm_rms_eps(1e-5)
+        w.add_rope_dimension_count(HEAD)
+        w.add_file_type(0)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(pre)
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(eot)
+        w.add_eos_token_id(eot)
+        w.add_add_bos_token(False)
+        w.add_tensor("token_embd.weight", rng.standard_normal((len(tokens), DIM), dtype=np.float32))
+        b = "blk.0."
+        w.add_tensor(b + "attn_norm.weight", np.ones(DIM, np.float32))
+        w.add_tensor(b + "attn_q.weight", weight(DIM, DIM).astype(np.float32))
+        w.add_tensor(b + "attn_k.weight", weight(KV_HEADS * HEAD, DIM).astype(np.float32))
+        w.add_tensor(b + "attn_v.weight", weight(KV_HEADS * HEAD, DIM).astype(np.float32))
+        w.add_tensor(b + "attn_output.weight", weight(DIM, DIM).astype(np.float32))
+        w.add_tensor(b + "ffn_norm.weight", np.ones(DIM, np.float32))
+        w.add_tensor(b + "ffn_gate.weight", weight(FF, DIM).astype(np.float32))
+        w.add_tensor(b + "ffn_up.weight", weight(FF, DIM).astype(np.float32))
+        w.add_tensor(b + "ffn_down.weight", weight(DIM, FF).astype(np.float32))
+        w.add_tensor("output_norm.weight", np.ones(DIM, np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    for text in BPE_TEXTS:
+        expected.append({"text": text, **{pre: t.encode(text).ids for pre, t in tokenizers.items()}})
+    with open(os.path.join(out, "bpe-texts.json"), "w", encoding="utf-8") as f:
+        json.dump(expected, f, ensure_ascii=False)
+
+
 write("llama", bias=False)
 write("qwen2", bias=True)
+write_bpe()
 with open(os.path.join(out, "corpus.txt"), "w", encoding="utf-8") as f:
     f.write(CORPUS)
 print(f"wrote {out}: llama and qwen2, vocabulary of {VOCAB}")

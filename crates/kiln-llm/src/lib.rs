@@ -27,6 +27,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod bpe;
 pub mod config;
 pub mod error;
 pub mod gguf;

@@ -1,7 +1,8 @@
-//! Text to token ids and back, from a GGUF file's vocabulary: the SentencePiece-style BPE of
-//! Llama, Mistral and TinyLlama (`tokenizer.ggml.model = "llama"`), as llama.cpp runs it.
+//! Text to token ids and back, from a GGUF file's vocabulary, as llama.cpp runs them: the
+//! SentencePiece-style BPE of Llama 2, Mistral and TinyLlama (`tokenizer.ggml.model = "llama"`)
+//! and the GPT-2-style byte-level BPE of Qwen2, SmolLM and Llama 3 (`"gpt2"`, in `bpe`).
 //!
-//! Encoding: a space is put in front (`add_space_prefix`), spaces become `▁`, the text is split
+//! SentencePiece-style encoding: a space is put in front (`add_space_prefix`), spaces become `▁`, the text is split
 //! into characters, and the adjacent pair whose concatenation is the highest-scoring piece is
 //! merged, over and over (ties: the leftmost). A character left that is not a piece becomes its
 //! UTF-8 bytes' `<0xXX>` tokens.
@@ -9,6 +10,7 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
+use crate::bpe::Bpe;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
@@ -44,18 +46,39 @@ pub struct Tokenizer {
     unk: Option<u32>,
     add_bos: bool,
     add_space_prefix: bool,
+    /// The byte-level BPE model, for a `gpt2` vocabulary.
+    bpe: Option<Bpe>,
 }
 
 impl Tokenizer {
-    /// The tokenizer of a GGUF model. Errors: [`Error::Tokenizer`] for a tokenizer type this
-    /// crate does not run (GPT-2-style byte BPE is not yet here) or inconsistent arrays.
+    /// The tokenizer of a GGUF model. Errors: [`Error::Tokenizer`] for a tokenizer type or a
+    /// pre-tokenizer this crate does not run, or inconsistent arrays.
     pub fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
         let model = g.str("tokenizer.ggml.model")?;
-        if model != "llama" {
-            return Err(Error::Tokenizer(format!(
-                "tokenizer model `{model}`: only SentencePiece-style (`llama`) vocabularies are supported"
-            )));
-        }
+        let (bpe, bpe_bos) = match model {
+            "llama" => (None, true),
+            "gpt2" => {
+                let merges: Vec<String> = g
+                    .array("tokenizer.ggml.merges")?
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| {
+                        Error::Tokenizer("tokenizer.ggml.merges holds a non-string".into())
+                    })?;
+                let pre = g
+                    .get("tokenizer.ggml.pre")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("default");
+                let (bpe, add_bos) = Bpe::new(pre, &merges)?;
+                (Some(bpe), add_bos)
+            }
+            other => {
+                return Err(Error::Tokenizer(format!(
+                    "tokenizer model `{other}`: SentencePiece-style (`llama`) and byte-level BPE (`gpt2`) vocabularies are supported"
+                )));
+            }
+        };
         let pieces: Vec<String> = g
             .array("tokenizer.ggml.tokens")?
             .iter()
@@ -119,8 +142,9 @@ impl Tokenizer {
             bos: id("tokenizer.ggml.bos_token_id")?,
             eos: id("tokenizer.ggml.eos_token_id")?,
             unk: id("tokenizer.ggml.unknown_token_id")?,
-            add_bos: flag("tokenizer.ggml.add_bos_token", true),
-            add_space_prefix: flag("tokenizer.ggml.add_space_prefix", true),
+            add_bos: flag("tokenizer.ggml.add_bos_token", bpe_bos),
+            add_space_prefix: flag("tokenizer.ggml.add_space_prefix", bpe.is_none()),
+            bpe,
             pieces,
             scores,
             kinds,
@@ -147,6 +171,10 @@ impl Tokenizer {
             out.extend(self.bos);
         }
         if text.is_empty() {
+            return Ok(out);
+        }
+        if let Some(bpe) = &self.bpe {
+            bpe.encode(text, &self.ids, &mut out)?;
             return Ok(out);
         }
         let mut s = String::with_capacity(text.len() + 3);
@@ -267,9 +295,10 @@ impl Tokenizer {
             ))
         })?;
         Ok(match self.kinds[i] {
-            TokenKind::Normal | TokenKind::UserDefined => {
-                piece.replace('\u{2581}', " ").into_bytes()
-            }
+            TokenKind::Normal | TokenKind::UserDefined => match &self.bpe {
+                Some(bpe) => bpe.bytes_of(piece),
+                None => piece.replace('\u{2581}', " ").into_bytes(),
+            },
             TokenKind::Byte => self
                 .bytes
                 .iter()

@@ -402,3 +402,72 @@ fn tokenizer_matches_llama_cpp() {
         assert_eq!(tokenizer.decode(&got).unwrap(), *text, "decode of {text:?}");
     }
 }
+
+/// Byte-level BPE (GPT-2's and Qwen2's pre-tokenizers) against llama.cpp and against the
+/// `tokenizers` package that trained the vocabulary, both ways (ids, and text back).
+#[test]
+fn byte_level_bpe_matches_llama_cpp_and_tokenizers() {
+    let Some((_, dir)) = fixtures() else { return };
+    let texts = std::fs::read_to_string(dir.join("bpe-texts.json")).unwrap();
+    for pre in ["gpt-2", "qwen2"] {
+        let path = dir.join(format!("bpe-{pre}.gguf"));
+        let tokenizer = Tokenizer::from_gguf(&Gguf::open(&path).unwrap()).unwrap();
+        let cases = json_cases(&texts, pre);
+        assert!(cases.len() >= 10);
+        for (text, hf) in &cases {
+            let got = tokenizer.encode(text, true).unwrap();
+            let llama: Vec<u32> = numbers(&peer(&["tokens", path.to_str().unwrap(), text]));
+            assert_eq!(got, llama, "{pre}: llama.cpp on {text:?}");
+            assert_eq!(&got, hf, "{pre}: tokenizers on {text:?}");
+            assert_eq!(
+                tokenizer.decode(&got).unwrap(),
+                *text,
+                "{pre}: decode of {text:?}"
+            );
+        }
+    }
+}
+
+/// `(text, ids under pre)` from bpe-texts.json (a list of objects with "text" and one id list
+/// per pre-tokenizer; read with a few string operations, no JSON crate).
+fn json_cases(json: &str, pre: &str) -> Vec<(String, Vec<u32>)> {
+    let mut out = Vec::new();
+    for obj in json.split("{\"text\": ").skip(1) {
+        let (text, rest) = parse_json_string(obj);
+        let key = format!("\"{pre}\": [");
+        let ids = &rest[rest.find(&key).unwrap() + key.len()..];
+        let ids = &ids[..ids.find(']').unwrap()];
+        let ids = ids
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.trim().parse().unwrap());
+        out.push((text, ids.collect()));
+    }
+    out
+}
+
+/// A JSON string literal at the start of `s` (after its opening quote is included), and the rest.
+fn parse_json_string(s: &str) -> (String, &str) {
+    let mut out = String::new();
+    let mut chars = s[1..].char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return (out, &s[i + 2..]),
+            '\\' => {
+                let (_, e) = chars.next().unwrap();
+                match e {
+                    'n' => out.push('\n'),
+                    't' => out.push('\t'),
+                    'r' => out.push('\r'),
+                    'u' => {
+                        let hex: String = (0..4).map(|_| chars.next().unwrap().1).collect();
+                        out.push(char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap());
+                    }
+                    other => out.push(other),
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    panic!("unterminated string");
+}
