@@ -34,18 +34,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let logits = model.forward(&prompt, &mut cache, Logits::Last)?;
         let mut next = sampler.next(&logits, &prompt)?;
         let t1 = Instant::now();
+        let before = device.stats();
         for _ in 0..n {
             let logits = model.forward(&[next], &mut cache, Logits::Last)?;
             next = sampler.next(&logits, &prompt)?;
         }
         let t2 = Instant::now();
+        let after = device.stats();
+        let per_token = |a: u64, b: u64| (a - b) as f64 / n.max(1) as f64;
         println!(
-            "{{\"prefill_tok_s\": {:.3}, \"decode_tok_s\": {:.3}, \"device\": \"{}\", \"peak_rss_mb\": {}, \"file_mb\": {:.1}}}",
+            "{{\"prefill_tok_s\": {:.3}, \"decode_tok_s\": {:.3}, \"device\": \"{}\", \"peak_rss_mb\": {}, \"file_mb\": {:.1}, \"dispatches_per_token\": {:.1}, \"submissions_per_token\": {:.1}}}",
             p as f64 / (t1 - t0).as_secs_f64(),
             n as f64 / (t2 - t1).as_secs_f64(),
             device.info().name,
             peak_rss_mb().map_or("null".into(), |v| format!("{v:.1}")),
-            file_mb
+            file_mb,
+            per_token(after.dispatches, before.dispatches),
+            per_token(after.submissions, before.submissions)
         );
     }
     Ok(())

@@ -33,6 +33,8 @@ pub struct Model {
     output: Tensor,
     /// RoPE's inverse frequencies, one per rotated pair.
     inv_freq: Vec<f64>,
+    /// Each head dimension's partner in its RoPE pair (itself past `rope_dim`), as u32 ids.
+    rope_partner: Tensor,
 }
 
 /// The keys and values of one sequence's past tokens, per layer.
@@ -147,6 +149,16 @@ impl Model {
                     / f64::from(c.rope_scale)
             })
             .collect();
+        let half = c.rope_dim / 2;
+        let partner: Vec<u32> = (0..c.head_dim)
+            .map(|j| match c.rope_style {
+                _ if j >= c.rope_dim => j,
+                RopeStyle::Adjacent => j ^ 1,
+                RopeStyle::Halves if j < half => j + half,
+                RopeStyle::Halves => j - half,
+            } as u32)
+            .collect();
+        let rope_partner = Tensor::from_vec_u32(device, partner, &[c.head_dim])?;
         log::info!(
             "{:?}: {} layers, width {}, {} heads ({} kv), vocab {}, on {}",
             c.arch,
@@ -165,6 +177,7 @@ impl Model {
             blocks,
             output,
             inv_freq,
+            rope_partner,
         })
     }
 
@@ -266,54 +279,41 @@ impl Model {
         Ok(x.linear(&self.output, None, None)?)
     }
 
-    /// cos and sin of every rotated pair's angle at positions `start..start + t`, shaped to
-    /// broadcast over the heads in the pairing of [`RopeStyle`].
+    /// RoPE's tables for positions `start..start + t`, over a head's whole width `d`: `cos`
+    /// and a signed `sin`, `[1, t, 1, d]`, such that `x·cos + x[partner]·sin` rotates every pair
+    /// (dimensions past `rope_dim` pass through: cos 1, sin 0).
     fn rope_tables(&self, start: usize, t: usize) -> Result<(Tensor, Tensor)> {
-        let half = self.inv_freq.len();
-        let (mut cos, mut sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
+        let c = &self.config;
+        let (d, half) = (c.head_dim, c.rope_dim / 2);
+        let (mut cos, mut sin) = (Vec::with_capacity(t * d), Vec::with_capacity(t * d));
         for p in start..start + t {
-            for &f in &self.inv_freq {
-                let a = p as f64 * f;
+            for j in 0..d {
+                let (pair, first) = match c.rope_style {
+                    _ if j >= c.rope_dim => {
+                        cos.push(1.0);
+                        sin.push(0.0);
+                        continue;
+                    }
+                    RopeStyle::Adjacent => (j / 2, j % 2 == 0),
+                    RopeStyle::Halves => (j % half, j < half),
+                };
+                let a = p as f64 * self.inv_freq[pair];
                 cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
+                sin.push(if first { -a.sin() } else { a.sin() } as f32);
             }
         }
-        let shape: &[usize] = match self.config.rope_style {
-            RopeStyle::Adjacent => &[1, t, 1, half, 1],
-            RopeStyle::Halves => &[1, t, 1, 1, half],
-        };
         Ok((
-            Tensor::from_vec(&self.device, cos, shape)?,
-            Tensor::from_vec(&self.device, sin, shape)?,
+            Tensor::from_vec(&self.device, cos, &[1, t, 1, d])?,
+            Tensor::from_vec(&self.device, sin, &[1, t, 1, d])?,
         ))
     }
 
     /// RoPE on `[1, t, heads, head_dim]`: each pair `(a, b)` becomes
-    /// `(a·cos − b·sin, a·sin + b·cos)`.
+    /// `(a·cos − b·sin, a·sin + b·cos)`, as `x·cos + x[partner]·sin` with the signed tables of
+    /// [`Model::rope_tables`]: one gather and one fused elementwise pass.
     fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let c = &self.config;
-        let s = x.shape().to_vec();
-        let (t, heads) = (s[1], s[2]);
-        let rot = if c.rope_dim < c.head_dim {
-            x.narrow(3, 0, c.rope_dim)?
-        } else {
-            x.clone()
-        };
-        let half = c.rope_dim / 2;
-        let (pairs, axis): (&[usize], isize) = match c.rope_style {
-            RopeStyle::Adjacent => (&[1, t, heads, half, 2], 4),
-            RopeStyle::Halves => (&[1, t, heads, 2, half], 3),
-        };
-        let r = rot.reshape(pairs)?;
-        let (a, b) = (r.narrow(axis, 0, 1)?, r.narrow(axis, 1, 1)?);
-        let ra = a.mul(cos)?.sub(&b.mul(sin)?)?;
-        let rb = a.mul(sin)?.add(&b.mul(cos)?)?;
-        let out = Tensor::cat(&[&ra, &rb], axis)?.reshape(&[1, t, heads, c.rope_dim])?;
-        if c.rope_dim < c.head_dim {
-            let pass = x.narrow(3, c.rope_dim, c.head_dim - c.rope_dim)?;
-            return Ok(Tensor::cat(&[&out, &pass], 3)?);
-        }
-        Ok(out)
+        let swapped = x.index_select(3, &self.rope_partner)?;
+        Ok(x.mul(cos)?.add(&swapped.mul(sin)?)?)
     }
 
     /// Attention of `q` `[1, t, heads, d]` over the cache's `k`, `v` `[1, T, kv_heads, d]`
