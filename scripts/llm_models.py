@@ -12,6 +12,8 @@ given (default target/llm-models), as real GGUF files:
   bpe-<pre>.gguf    a one-block model with a GPT-2-style byte-level BPE vocabulary trained by
                     the `tokenizers` package, pre-tokenized as GPT-2 (`gpt-2`) or Qwen2 (`qwen2`);
                     bpe-texts.json holds test texts and the ids `tokenizers` gives them
+  chat-<name>.gguf  a one-block model carrying a chat template (ChatML, Llama 3, Llama 2, TinyLlama's,
+                    and the name `zephyr`) and those templates' special tokens
   <arch>-<t>-deq.gguf   the same weights decoded to f32 by gguf.quants.dequantize: llama.cpp on
                     these is the exact arithmetic of the quantized weights (its CPU products
                     quantize activations to 8 bits, which a GPU's kernels do not)
@@ -275,9 +277,58 @@ def write_bpe():
         json.dump(expected, f, ensure_ascii=False)
 
 
+# Chat templates (the Jinja texts the models ship, or a name), each in a one-block model whose
+# SentencePiece vocabulary has the templates' special tokens as control tokens.
+CHAT_TEMPLATES = {
+    "chatml": "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    "llama3": "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
+    "llama2": "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}",
+    "tinyllama": "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}",
+    "zephyr": "zephyr",
+}
+CHAT_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                 "<|endoftext|>"]
+
+
+def write_chat(name, template):
+    tokens = TOKENS + [t for t in CHAT_SPECIALS if t not in TOKENS]
+    types = TYPES + [3] * (len(tokens) - len(TOKENS))
+    scores = SCORES + [0.0] * (len(tokens) - len(TOKENS))
+    w = gguf.GGUFWriter(os.path.join(out, f"chat-{name}.gguf"), "llama")
+    w.add_context_length(512)
+    w.add_embedding_length(DIM)
+    w.add_block_count(1)
+    w.add_feed_forward_length(FF)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv(KV_HEADS)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(HEAD)
+    w.add_file_type(0)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_chat_template(template)
+    w.add_tensor("token_embd.weight", rng.standard_normal((len(tokens), DIM), dtype=np.float32))
+    for n, shape in [("attn_q", (DIM, DIM)), ("attn_k", (KV_HEADS * HEAD, DIM)), ("attn_v", (KV_HEADS * HEAD, DIM)),
+                     ("attn_output", (DIM, DIM)), ("ffn_gate", (FF, DIM)), ("ffn_up", (FF, DIM)), ("ffn_down", (DIM, FF))]:
+        w.add_tensor(f"blk.0.{n}.weight", weight(*shape).astype(np.float32))
+    for n in ("blk.0.attn_norm", "blk.0.ffn_norm", "output_norm"):
+        w.add_tensor(n + ".weight", np.ones(DIM, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 write("llama", bias=False)
 write("qwen2", bias=True)
 write_bpe()
+for name, template in CHAT_TEMPLATES.items():
+    write_chat(name, template)
 with open(os.path.join(out, "corpus.txt"), "w", encoding="utf-8") as f:
     f.write(CORPUS)
 print(f"wrote {out}: llama and qwen2, vocabulary of {VOCAB}")

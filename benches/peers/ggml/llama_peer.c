@@ -5,6 +5,11 @@
 //   llama-peer logits MODEL THREADS N TEXT   the prompt's ids, every prompt position's logits,
 //                                            then N greedy tokens, each with the logits after it
 //   llama-peer bench MODEL THREADS P N REPS  prefill P tokens and decode N, REPS times: tokens/s
+//   llama-peer chat MODEL SYSTEM USER        the model's chat template applied (llama.cpp's
+//                                            llama_chat_apply_template) to a system turn (none
+//                                            if empty) and a user turn, with the assistant's
+//                                            header: its ids (special tokens parsed), then
+//                                            "text" and the prompt's bytes to the end
 //   llama-peer quantize IN OUT FTYPE         llama.cpp's quantizer (llama-quantize), FTYPE one of
 //                                            f16, q8_0, q4_0, q4_k_m
 //
@@ -113,6 +118,21 @@ int main(int argc, char **argv) {
         printf("tokens");
         for (int i = 0; i < n; i++) printf(" %d", toks[i]);
         printf("\n");
+    } else if (!strcmp(argv[1], "chat") && argc >= 5) {
+        const char *tmpl = llama_model_chat_template(m, NULL);
+        if (!tmpl) { fprintf(stderr, "llama-peer: the model has no chat template\n"); return 1; }
+        struct llama_chat_message msgs[2] = {{"system", argv[3]}, {"user", argv[4]}};
+        int sys = argv[3][0] != 0;
+        static char buf[1 << 16];
+        int len = llama_chat_apply_template(tmpl, sys ? msgs : msgs + 1, sys ? 2 : 1, true, buf,
+                                            (int)sizeof buf);
+        if (len < 0 || len >= (int)sizeof buf) { fprintf(stderr, "llama-peer: template failed\n"); return 1; }
+        int n = llama_tokenize(v, buf, len, toks, 65536, true, true);
+        if (n < 0) { fprintf(stderr, "llama-peer: text too long\n"); return 1; }
+        printf("tokens");
+        for (int i = 0; i < n; i++) printf(" %d", toks[i]);
+        printf("\ntext\n");
+        fwrite(buf, 1, len, stdout);
     } else if (!strcmp(argv[1], "logits") && argc >= 6) {
         int threads = atoi(argv[3]), gen = atoi(argv[4]);
         int n = tokenize(v, argv[5], toks, 65536);

@@ -4,8 +4,11 @@
 //! ```text
 //! cargo run --release -p kiln-llm --example generate -- --model tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf \
 //!     --prompt "The capital of France is" [--tokens 64] [--temperature 0.8 --top-k 40 --top-p 0.95 \
-//!     --repeat-penalty 1.1 --seed 1]
+//!     --repeat-penalty 1.1 --seed 1] [--chat [--system "You are a helpful assistant."]]
 //! ```
+//!
+//! `--chat` formats the prompt as a user turn with the model's chat template (and `--system` as
+//! a system turn before it), and stops at the end of the assistant's turn.
 //!
 //! The device is `KILN_DEVICE` (cpu, gpu, software) or the best one found.
 
@@ -13,7 +16,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use kiln::Device;
-use kiln_llm::{Gguf, Logits, Model, Sampler, Sampling, TextStream, Tokenizer};
+use kiln_llm::{Gguf, Logits, Message, Model, Sampler, Sampling, Template, TextStream, Tokenizer};
 
 fn main() {
     env_logger::init();
@@ -28,6 +31,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut prompt = String::from("The quick brown fox");
     let mut tokens = 64usize;
     let mut sampling = Sampling::default();
+    let (mut chat, mut system) = (false, None);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -40,6 +44,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--top-p" => sampling.top_p = value()?.parse()?,
             "--repeat-penalty" => sampling.repetition_penalty = value()?.parse()?,
             "--seed" => sampling.seed = value()?.parse()?,
+            "--chat" => chat = true,
+            "--system" => system = Some(value()?),
             other => return Err(format!("unknown flag {other} (see the example's header)").into()),
         }
     }
@@ -57,12 +63,28 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         device.info().name,
         t0.elapsed().as_secs_f64()
     );
-    let mut ids = tokenizer.encode(&prompt, true)?;
+    let mut stop = tokenizer.eos;
+    let mut ids = if chat {
+        let template = Template::from_gguf(&file)?;
+        let mut turns: Vec<Message> = system.iter().map(|s| Message::new("system", s)).collect();
+        turns.push(Message::new("user", &prompt));
+        if let Some(end) = template.end_of_turn().and_then(|t| tokenizer.token_id(t)) {
+            stop = Some(end);
+        }
+        let text = template.apply(&turns, true);
+        log::info!("chat prompt ({template:?}): {text:?}");
+        tokenizer.encode_special(&text, true)?
+    } else {
+        tokenizer.encode(&prompt, true)?
+    };
+    let is_stop = |t: u32| tokenizer.is_eos(t) || Some(t) == stop;
     let mut cache = model.cache(ids.len() + tokens);
     let mut sampler = Sampler::new(sampling)?;
     let mut stream = TextStream::default();
     let mut out = std::io::stdout().lock();
-    write!(out, "{prompt}")?;
+    if !chat {
+        write!(out, "{prompt}")?;
+    }
     out.flush()?;
     let t1 = Instant::now();
     let mut logits = model.forward(&ids, &mut cache, Logits::Last)?;
@@ -71,7 +93,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let prompt_len = ids.len();
     let t2 = Instant::now();
     let mut generated = 0;
-    while generated < tokens && !tokenizer.is_eos(next) {
+    while generated < tokens && !is_stop(next) {
         write!(out, "{}", stream.push(&tokenizer, next)?)?;
         out.flush()?;
         ids.push(next);

@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 mod bpe;
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod gguf;
@@ -35,6 +36,7 @@ pub mod model;
 pub mod sample;
 pub mod tokenizer;
 
+pub use chat::{Message, Template};
 pub use config::{Arch, Config, RopeStyle};
 pub use error::{Error, Result};
 pub use gguf::Gguf;

@@ -48,6 +48,9 @@ pub struct Tokenizer {
     add_space_prefix: bool,
     /// The byte-level BPE model, for a `gpt2` vocabulary.
     bpe: Option<Bpe>,
+    /// Control, user-defined and unknown tokens, longest text first (matched in text by
+    /// [`Tokenizer::encode_special`]).
+    specials: Vec<u32>,
 }
 
 impl Tokenizer {
@@ -138,6 +141,17 @@ impl Tokenizer {
                 bytes[b as usize] = Some(i as u32);
             }
         }
+        let mut specials: Vec<u32> = (0..n as u32)
+            .filter(|&i| {
+                let k = kinds[i as usize];
+                !pieces[i as usize].is_empty()
+                    && matches!(
+                        k,
+                        TokenKind::Control | TokenKind::UserDefined | TokenKind::Unknown
+                    )
+            })
+            .collect();
+        specials.sort_by_key(|&i| std::cmp::Reverse(pieces[i as usize].len()));
         Ok(Tokenizer {
             bos: id("tokenizer.ggml.bos_token_id")?,
             eos: id("tokenizer.ggml.eos_token_id")?,
@@ -145,6 +159,7 @@ impl Tokenizer {
             add_bos: flag("tokenizer.ggml.add_bos_token", bpe_bos),
             add_space_prefix: flag("tokenizer.ggml.add_space_prefix", bpe.is_none()),
             bpe,
+            specials,
             pieces,
             scores,
             kinds,
@@ -164,27 +179,84 @@ impl Tokenizer {
     }
 
     /// The ids of `text`, with BOS first when `add_special` and the model asks for it (as
-    /// llama.cpp's `llama_tokenize(..., add_special, parse_special = false)`).
+    /// llama.cpp's `llama_tokenize(..., add_special, parse_special = false)`): control tokens'
+    /// texts in `text` are plain text.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        self.encode_parts(text, add_special, false)
+    }
+
+    /// [`Tokenizer::encode`] where the texts of control, user-defined and unknown tokens in
+    /// `text` (`<|im_start|>`, `</s>`) are those tokens, as a chat template's prompt needs
+    /// (`parse_special = true`). The longest such text is matched first.
+    pub fn encode_special(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        self.encode_parts(text, add_special, true)
+    }
+
+    fn encode_parts(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
         let mut out = Vec::new();
         if add_special && self.add_bos {
             out.extend(self.bos);
         }
-        if text.is_empty() {
-            return Ok(out);
+        enum Part<'a> {
+            Text(&'a str),
+            Token(u32),
         }
-        if let Some(bpe) = &self.bpe {
-            bpe.encode(text, &self.ids, &mut out)?;
-            return Ok(out);
+        let mut parts = vec![Part::Text(text)];
+        for &id in &self.specials {
+            if !parse_special && self.kinds[id as usize] != TokenKind::UserDefined {
+                continue;
+            }
+            let piece = self.pieces[id as usize].as_str();
+            let mut next = Vec::with_capacity(parts.len());
+            for part in parts {
+                let Part::Text(t) = part else {
+                    next.push(part);
+                    continue;
+                };
+                let mut at = 0;
+                for (i, _) in t.match_indices(piece) {
+                    if i > at {
+                        next.push(Part::Text(&t[at..i]));
+                    }
+                    next.push(Part::Token(id));
+                    at = i + piece.len();
+                }
+                if at < t.len() {
+                    next.push(Part::Text(&t[at..]));
+                }
+            }
+            parts = next;
         }
-        let mut s = String::with_capacity(text.len() + 3);
-        if self.add_space_prefix {
-            s.push(' ');
+        // SentencePiece-style text gets a space in front at the start and after a special token.
+        let mut after_special = true;
+        for part in parts {
+            match part {
+                Part::Token(id) => {
+                    out.push(id);
+                    after_special = true;
+                }
+                Part::Text(t) => {
+                    match &self.bpe {
+                        Some(bpe) => bpe.encode(t, &self.ids, &mut out)?,
+                        None => {
+                            let mut s = String::with_capacity(t.len() + 3);
+                            if self.add_space_prefix && after_special {
+                                s.push(' ');
+                            }
+                            s.push_str(t);
+                            self.merge(&s.replace(' ', "\u{2581}"), &mut out)?;
+                        }
+                    }
+                    after_special = false;
+                }
+            }
         }
-        s.push_str(text);
-        let s = s.replace(' ', "\u{2581}");
-        self.merge(&s, &mut out)?;
         Ok(out)
+    }
+
+    /// The id of a token's exact text, if the vocabulary has it.
+    pub fn token_id(&self, piece: &str) -> Option<u32> {
+        self.ids.get(piece).copied()
     }
 
     fn merge(&self, s: &str, out: &mut Vec<u32>) -> Result<()> {

@@ -272,3 +272,32 @@ fn sampling_is_seeded_and_follows_the_settings() {
         assert!(matches!(Sampler::new(bad), Err(Error::InvalidRequest(_))));
     }
 }
+
+#[test]
+fn chat_templates_are_recognised_or_refused_by_name() {
+    use kiln_llm::{Message, Template};
+    assert_eq!(Template::detect("chatml").unwrap(), Template::ChatMl);
+    assert_eq!(
+        Template::detect("{{ '<|start_header_id|>' }}{{ '<|end_header_id|>' }}").unwrap(),
+        Template::Llama3
+    );
+    for unknown in ["{{ '<start_of_turn>' }}", "plain text", ""] {
+        assert!(
+            matches!(Template::detect(unknown), Err(Error::Tokenizer(_))),
+            "{unknown:?}"
+        );
+    }
+    // A conversation with an assistant turn: the Llama 2 family closes it with </s> and opens
+    // the next turn with [INST].
+    let t = Template::detect("llama2").unwrap();
+    let chat = [
+        Message::new("user", "a"),
+        Message::new("assistant", "b"),
+        Message::new("user", "c"),
+    ];
+    assert_eq!(
+        t.apply(&chat, true),
+        "[INST] a [/INST]b</s>[INST] c [/INST]"
+    );
+    assert_eq!(Template::ChatMl.end_of_turn(), Some("<|im_end|>"));
+}

@@ -471,3 +471,34 @@ fn parse_json_string(s: &str) -> (String, &str) {
     }
     panic!("unterminated string");
 }
+
+/// Chat templates (ChatML, Llama 3, Llama 2, TinyLlama's, a named one) against llama.cpp's
+/// `llama_chat_apply_template`: the prompt text, and its ids with special tokens parsed.
+#[test]
+fn chat_templates_match_llama_cpp() {
+    let Some((_, dir)) = fixtures() else { return };
+    let cases = [
+        ("You are a helpful assistant.", "Où est la bibliothèque ?  "),
+        ("", "  Hello <|im_end|> world\n"),
+    ];
+    for name in ["chatml", "llama3", "llama2", "tinyllama", "zephyr"] {
+        let path = dir.join(format!("chat-{name}.gguf"));
+        let file = Gguf::open(&path).unwrap();
+        let template = kiln_llm::Template::from_gguf(&file).unwrap();
+        let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+        for (system, user) in cases {
+            let out = peer(&["chat", path.to_str().unwrap(), system, user]);
+            let (ids, text) = out.split_once("\ntext\n").unwrap();
+            let want_ids: Vec<u32> = numbers(ids);
+            let mut messages = Vec::new();
+            if !system.is_empty() {
+                messages.push(kiln_llm::Message::new("system", system));
+            }
+            messages.push(kiln_llm::Message::new("user", user));
+            let got = template.apply(&messages, true);
+            assert_eq!(got, text, "{name} ({template:?}): prompt text");
+            let got_ids = tokenizer.encode_special(&got, true).unwrap();
+            assert_eq!(got_ids, want_ids, "{name}: ids of {got:?}");
+        }
+    }
+}
