@@ -7,6 +7,12 @@
 //! types, its ggml-derived CPU kernels) in the format of kiln's `examples/qbench.rs`:
 //!
 //!   cargo run --release -- --qmatmul f32,f16,q8_0,q4_0,q4_K 4096x4096,11008x4096 1,16
+//!
+//! and, for `scripts/bench_llm.sh`, candle's quantized Llama (candle-transformers'
+//! `quantized_llama`, the model of its `quantized` example) on a GGUF file: a prompt of P tokens
+//! (the ids `llama-peer bench` uses) in one pass, then N greedy tokens, REPS times:
+//!
+//!   cargo run --release -- --llm MODEL.gguf P N REPS
 
 use candle_core::{DType, Device, Result, Tensor};
 use std::time::Instant;
@@ -38,6 +44,10 @@ fn main() -> Result<()> {
             .collect()
     };
     let dev = Device::Cpu;
+    if let Some(i) = args.iter().position(|a| a == "--llm") {
+        let n = |j: usize| args[i + j].parse::<usize>().expect("a number");
+        return llm(&args[i + 1], n(2), n(3), n(4));
+    }
     if let Some(i) = args.iter().position(|a| a == "--qmatmul") {
         qmatmul(&args[i + 1], &args[i + 2], &args[i + 3])?;
     }
@@ -121,6 +131,39 @@ fn qmatmul(types: &str, shapes: &str, ms: &str) -> Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// Prefill and decode tokens/s of candle's quantized Llama, one JSON line per rep.
+fn llm(path: &str, p: usize, n: usize, reps: usize) -> Result<()> {
+    use candle_transformers::models::quantized_llama::ModelWeights;
+    let dev = Device::Cpu;
+    for _ in 0..reps {
+        let mut file = std::fs::File::open(path)?;
+        let content = candle_core::quantized::gguf_file::Content::read(&mut file)?;
+        let vocab = content
+            .tensor_infos
+            .get("token_embd.weight")
+            .map(|t| t.shape.dims()[0])
+            .expect("token_embd.weight");
+        let mut model = ModelWeights::from_gguf(content, &mut file, &dev)?;
+        let prompt: Vec<u32> = (0..p).map(|i| ((i * 7919 + 13) % vocab) as u32).collect();
+        let t0 = Instant::now();
+        let logits = model.forward(&Tensor::new(prompt.as_slice(), &dev)?.unsqueeze(0)?, 0)?;
+        let mut next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+        let t1 = Instant::now();
+        for i in 0..n {
+            let input = Tensor::new(&[next], &dev)?.unsqueeze(0)?;
+            let logits = model.forward(&input, p + i)?;
+            next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+        }
+        let t2 = Instant::now();
+        println!(
+            "{{\"prefill_tok_s\": {:.3}, \"decode_tok_s\": {:.3}}}",
+            p as f64 / (t1 - t0).as_secs_f64(),
+            n as f64 / (t2 - t1).as_secs_f64()
+        );
     }
     Ok(())
 }
