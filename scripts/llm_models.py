@@ -12,6 +12,9 @@ given (default target/llm-models), as real GGUF files:
   bpe-<pre>.gguf    a one-block model with a GPT-2-style byte-level BPE vocabulary trained by
                     the `tokenizers` package, pre-tokenized as GPT-2 (`gpt-2`) or Qwen2 (`qwen2`);
                     bpe-texts.json holds test texts and the ids `tokenizers` gives them
+  hf-qwen2/         a Qwen2-shaped Hugging Face directory (config.json, bf16 weights in two
+                    safetensors shards with an index, the BPE tokenizer.json) and reference.json:
+                    the logits of an independent numpy forward (float64) for one text
   chat-<name>.gguf  a one-block model carrying a chat template (ChatML, Llama 3, Llama 2, TinyLlama's,
                     and the name `zephyr`) and those templates' special tokens
   <arch>-<t>-deq.gguf   the same weights decoded to f32 by gguf.quants.dequantize: llama.cpp on
@@ -275,6 +278,116 @@ def write_bpe():
         expected.append({"text": text, **{pre: t.encode(text).ids for pre, t in tokenizers.items()}})
     with open(os.path.join(out, "bpe-texts.json"), "w", encoding="utf-8") as f:
         json.dump(expected, f, ensure_ascii=False)
+    return tokenizers["qwen2"]
+
+
+def bf16(a):
+    """The bf16 bits of `a` (round to nearest even), as uint16."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def from_bf16(b):
+    return (b.astype(np.uint32) << 16).view(np.float32)
+
+
+def write_safetensors(path, tensors):
+    """A safetensors file (the format's layout, written here): bf16 arrays given as uint16."""
+    header, offset, blobs = {}, 0, []
+    for name, a in tensors.items():
+        data = np.ascontiguousarray(a).tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(a.shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    header["__metadata__"] = {"format": "pt"}
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little"))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def write_hf(tok):
+    """A Qwen2-shaped Hugging Face directory (bf16 weights in two shards, tied embeddings,
+    the BPE tokenizer above) and the logits of an independent numpy forward (float64, on the
+    bf16 values) for one text: hf-qwen2/reference.json."""
+    d = os.path.join(out, "hf-qwen2")
+    os.makedirs(d, exist_ok=True)
+    vocab = tok.get_vocab_size()
+    layers = 2
+    w = {"model.embed_tokens.weight": bf16(rng.standard_normal((vocab, DIM), dtype=np.float32))}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        w[p + "input_layernorm.weight"] = bf16(1 + 0.1 * rng.standard_normal(DIM, dtype=np.float32))
+        w[p + "post_attention_layernorm.weight"] = bf16(1 + 0.1 * rng.standard_normal(DIM, dtype=np.float32))
+        for n, rows, cols in (("q", DIM, DIM), ("k", KV_HEADS * HEAD, DIM), ("v", KV_HEADS * HEAD, DIM)):
+            w[p + f"self_attn.{n}_proj.weight"] = bf16(weight(rows, cols))
+            w[p + f"self_attn.{n}_proj.bias"] = bf16(0.1 * rng.standard_normal(rows, dtype=np.float32))
+        w[p + "self_attn.o_proj.weight"] = bf16(weight(DIM, DIM))
+        w[p + "mlp.gate_proj.weight"] = bf16(weight(FF, DIM))
+        w[p + "mlp.up_proj.weight"] = bf16(weight(FF, DIM))
+        w[p + "mlp.down_proj.weight"] = bf16(weight(DIM, FF))
+    w["model.norm.weight"] = bf16(1 + 0.1 * rng.standard_normal(DIM, dtype=np.float32))
+    names = sorted(w)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for f, ns in shards.items():
+        write_safetensors(os.path.join(d, f), {n: w[n] for n in ns})
+    with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": {n: f for f, ns in shards.items() for n in ns}}, f)
+    config = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": DIM,
+              "intermediate_size": FF, "num_hidden_layers": layers, "num_attention_heads": HEADS,
+              "num_key_value_heads": KV_HEADS, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+              "max_position_embeddings": 512, "vocab_size": vocab, "tie_word_embeddings": True,
+              "torch_dtype": "bfloat16"}
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    tok.save(os.path.join(d, "tokenizer.json"))
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": None, "eos_token": "<|endoftext|>", "add_bos_token": False,
+                   "chat_template": CHAT_TEMPLATES["chatml"]}, f)
+    # The forward, in float64 on the bf16 values.
+    W = {n: from_bf16(a).astype(np.float64) for n, a in w.items()}
+    text = CORPUS.splitlines()[1] + " " + CORPUS.splitlines()[4]
+    ids = tok.encode(text).ids
+    t = len(ids)
+
+    def rms(x, g):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-6) * g
+
+    half = HEAD // 2
+    inv = 1000000.0 ** (-np.arange(half) * 2.0 / HEAD)
+    ang = np.arange(t)[:, None] * inv[None, :]
+    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+
+    def rope(v):
+        a, b = v[..., :half], v[..., half:]
+        return np.concatenate([a * cos - b * sin, b * cos + a * sin], -1)
+
+    x = W["model.embed_tokens.weight"][ids]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        h = rms(x, W[p + "input_layernorm.weight"])
+        proj = lambda n: h @ W[p + f"self_attn.{n}_proj.weight"].T + W[p + f"self_attn.{n}_proj.bias"]
+        q = rope(proj("q").reshape(t, HEADS, HEAD))
+        k = rope(proj("k").reshape(t, KV_HEADS, HEAD))
+        v = proj("v").reshape(t, KV_HEADS, HEAD)
+        rep = HEADS // KV_HEADS
+        k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+        s = np.einsum("thd,shd->hts", q, k) / np.sqrt(HEAD)
+        s = np.where(np.tril(np.ones((t, t), bool))[None], s, -np.inf)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        a = np.einsum("hts,shd->thd", s, v).reshape(t, HEADS * HEAD)
+        x = x + a @ W[p + "self_attn.o_proj.weight"].T
+        h = rms(x, W[p + "post_attention_layernorm.weight"])
+        g = h @ W[p + "mlp.gate_proj.weight"].T
+        x = x + ((g / (1 + np.exp(-g))) * (h @ W[p + "mlp.up_proj.weight"].T)) @ W[p + "mlp.down_proj.weight"].T
+    logits = rms(x, W["model.norm.weight"]) @ W["model.embed_tokens.weight"].T
+    with open(os.path.join(d, "reference.json"), "w", encoding="utf-8") as f:
+        json.dump({"text": text, "ids": ids, "logits": logits.astype(np.float32).tolist()}, f, ensure_ascii=False)
 
 
 # Chat templates (the Jinja texts the models ship, or a name), each in a one-block model whose
@@ -326,9 +439,9 @@ def write_chat(name, template):
 
 write("llama", bias=False)
 write("qwen2", bias=True)
-write_bpe()
 for name, template in CHAT_TEMPLATES.items():
     write_chat(name, template)
+write_hf(write_bpe())
 with open(os.path.join(out, "corpus.txt"), "w", encoding="utf-8") as f:
     f.write(CORPUS)
 print(f"wrote {out}: llama and qwen2, vocabulary of {VOCAB}")

@@ -1,5 +1,6 @@
-//! Generates text from a GGUF language model, streaming it as it comes, then prints prefill and
-//! decode speed.
+//! Generates text from a language model (a GGUF file, or a Hugging Face directory with
+//! `config.json`, safetensors weights and a byte-level BPE `tokenizer.json`), streaming it as it
+//! comes, then prints prefill and decode speed.
 //!
 //! ```text
 //! cargo run --release -p kiln-llm --example generate -- --model tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf \
@@ -52,9 +53,24 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let path = model_path.ok_or("--model PATH (a .gguf file) is needed")?;
     let device = Device::from_env()?;
     let t0 = Instant::now();
-    let file = Gguf::open(&path)?;
-    let model = Model::from_gguf(&file, &device)?;
-    let tokenizer = Tokenizer::from_gguf(&file)?;
+    // A GGUF file, or a Hugging Face directory.
+    let (model, tokenizer, template) = if std::path::Path::new(&path).is_dir() {
+        let hf = kiln_llm::load_dir(&path, &device)?;
+        (
+            hf.model,
+            hf.tokenizer,
+            hf.template.ok_or("no chat template this crate recognises"),
+        )
+    } else {
+        let file = Gguf::open(&path)?;
+        let template =
+            Template::from_gguf(&file).map_err(|_| "no chat template this crate recognises");
+        (
+            Model::from_gguf(&file, &device)?,
+            Tokenizer::from_gguf(&file)?,
+            template,
+        )
+    };
     eprintln!(
         "loaded {path} ({:?}, {} layers, width {}) on {} in {:.2} s",
         model.config.arch,
@@ -65,7 +81,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut stop = tokenizer.eos;
     let mut ids = if chat {
-        let template = Template::from_gguf(&file)?;
+        let template = template?;
         let mut turns: Vec<Message> = system.iter().map(|s| Message::new("system", s)).collect();
         turns.push(Message::new("user", &prompt));
         if let Some(end) = template.end_of_turn().and_then(|t| tokenizer.token_id(t)) {

@@ -9,8 +9,9 @@ use fancy_regex::Regex;
 
 use crate::error::{Error, Result};
 
-/// GPT-2's pre-tokenizer.
-const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+/// GPT-2's pre-tokenizer (Hugging Face's `ByteLevel` with `use_regex`).
+pub(crate) const GPT2: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 /// Qwen2's (and StableLM 2's).
 const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Llama 3's.
@@ -31,20 +32,12 @@ pub(crate) struct Bpe {
 }
 
 impl Bpe {
-    /// The model for GGUF's `tokenizer.ggml.pre` name and merge list. Returns also whether BOS
-    /// is added by default for it. Errors: an unknown pre-tokenizer, a malformed merge.
-    pub(crate) fn new(pre: &str, merges: &[String]) -> Result<(Bpe, bool)> {
-        let (exprs, ignore_merges, add_bos): (&[&str], bool, bool) = match pre {
-            "gpt-2" | "gpt2" | "mpt" | "olmo" => (&[GPT2], false, false),
-            "qwen2" | "stablelm2" => (&[QWEN2], false, false),
-            "llama3" | "llama-v3" | "llama-bpe" => (&[LLAMA3], true, true),
-            "smollm" => (&[r"\p{N}", GPT2], false, false),
-            other => {
-                return Err(Error::Tokenizer(format!(
-                    "pre-tokenizer `{other}` is not supported (gpt-2, qwen2, llama-bpe, smollm)"
-                )));
-            }
-        };
+    /// A model from its pre-tokenizer regexes (applied in turn) and merge list (`"a b"`).
+    pub(crate) fn from_regexes(
+        exprs: &[&str],
+        merges: &[String],
+        ignore_merges: bool,
+    ) -> Result<Bpe> {
         let splits = exprs
             .iter()
             .map(|e| Regex::new(e).map_err(|e| Error::Tokenizer(format!("regex: {e}"))))
@@ -64,16 +57,30 @@ impl Bpe {
             .enumerate()
             .map(|(b, &c)| (c, b as u8))
             .collect();
-        Ok((
-            Bpe {
-                ranks,
-                splits,
-                ignore_merges,
-                to_char,
-                to_byte,
-            },
-            add_bos,
-        ))
+        Ok(Bpe {
+            ranks,
+            splits,
+            ignore_merges,
+            to_char,
+            to_byte,
+        })
+    }
+
+    /// The model for GGUF's `tokenizer.ggml.pre` name and merge list. Returns also whether BOS
+    /// is added by default for it. Errors: an unknown pre-tokenizer, a malformed merge.
+    pub(crate) fn new(pre: &str, merges: &[String]) -> Result<(Bpe, bool)> {
+        let (exprs, ignore_merges, add_bos): (&[&str], bool, bool) = match pre {
+            "gpt-2" | "gpt2" | "mpt" | "olmo" => (&[GPT2], false, false),
+            "qwen2" | "stablelm2" => (&[QWEN2], false, false),
+            "llama3" | "llama-v3" | "llama-bpe" => (&[LLAMA3], true, true),
+            "smollm" => (&[r"\p{N}", GPT2], false, false),
+            other => {
+                return Err(Error::Tokenizer(format!(
+                    "pre-tokenizer `{other}` is not supported (gpt-2, qwen2, llama-bpe, smollm)"
+                )));
+            }
+        };
+        Ok((Bpe::from_regexes(exprs, merges, ignore_merges)?, add_bos))
     }
 
     /// The ids of `text`, looked up in `ids`.

@@ -69,6 +69,12 @@ impl Cache {
     }
 }
 
+/// A weight found by [`Model::build`]'s source: its shape, and a call that loads it.
+pub(crate) type Weight<'a> = (Vec<usize>, Box<dyn FnOnce() -> Result<Tensor> + 'a>);
+
+/// Where [`Model::build`] finds a weight by its GGUF name.
+pub(crate) type WeightSource<'a> = dyn Fn(&str) -> Option<Weight<'a>> + 'a;
+
 /// Which positions' logits [`Model::forward`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -85,19 +91,36 @@ impl Model {
     /// disagrees with the configuration or whose type kiln does not store.
     pub fn from_gguf(g: &Gguf, device: &Device) -> Result<Model> {
         let config = Config::from_gguf(g)?;
+        let source = |name: &str| -> Option<Weight<'_>> {
+            let info = g.info(name)?;
+            let name = name.to_string();
+            Some((
+                info.shape.clone(),
+                Box::new(move || g.tensor(&name, device)),
+            ))
+        };
+        Model::build(config, device, &source)
+    }
+
+    /// A model from its configuration and its weights under GGUF's names (`token_embd.weight`,
+    /// `blk.N.attn_q.weight`, ...): `source` gives a weight's shape and a way to load it.
+    pub(crate) fn build(
+        config: Config,
+        device: &Device,
+        source: &WeightSource<'_>,
+    ) -> Result<Model> {
         let c = &config;
         let load = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            let info = g
-                .info(name)
-                .ok_or_else(|| Error::MissingTensor(name.into()))?;
-            if info.shape != shape {
+            let (have, get) = source(name).ok_or_else(|| Error::MissingTensor(name.into()))?;
+            if have != shape {
                 return Err(Error::BadTensor {
                     name: name.into(),
-                    reason: format!("shape {:?}, the configuration needs {shape:?}", info.shape),
+                    reason: format!("shape {have:?}, the configuration needs {shape:?}"),
                 });
             }
-            g.tensor(name, device)
+            get()
         };
+        let present = |name: &str| source(name).is_some();
         let vector = |name: &str, n: usize| -> Result<Tensor> {
             let t = load(name, &[n])?;
             Ok(match t.dtype() {
@@ -112,7 +135,7 @@ impl Model {
             let bias = |n: &str, len: usize| -> Result<Option<Tensor>> {
                 match c.arch {
                     Arch::Qwen2 => vector(&p(n), len).map(Some),
-                    Arch::Llama if g.info(&p(n)).is_some() => vector(&p(n), len).map(Some),
+                    Arch::Llama if present(&p(n)) => vector(&p(n), len).map(Some),
                     Arch::Llama => Ok(None),
                 }
             };
@@ -132,15 +155,15 @@ impl Model {
             });
         }
         let embed = load("token_embd.weight", &[c.vocab, c.dim])?;
-        let output = match g.info("output.weight") {
-            Some(_) => load("output.weight", &[c.vocab, c.dim])?,
-            None => embed.clone(), // tied embeddings
+        let output = match present("output.weight") {
+            true => load("output.weight", &[c.vocab, c.dim])?,
+            false => embed.clone(), // tied embeddings
         };
         // llama.cpp's rope: theta_i = pos · base^(-2i/n_rot), divided by a frequency factor per
         // pair where the file has `rope_freqs.weight` (Llama 3's scaling).
-        let factors = match g.info("rope_freqs.weight") {
-            Some(_) => vector("rope_freqs.weight", c.rope_dim / 2)?.to_vec()?,
-            None => vec![1.0; c.rope_dim / 2],
+        let factors = match present("rope_freqs.weight") {
+            true => vector("rope_freqs.weight", c.rope_dim / 2)?.to_vec()?,
+            false => vec![1.0; c.rope_dim / 2],
         };
         let inv_freq = (0..c.rope_dim / 2)
             .map(|i| {

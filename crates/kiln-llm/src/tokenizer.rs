@@ -168,6 +168,49 @@ impl Tokenizer {
         })
     }
 
+    /// A byte-level BPE tokenizer from its parts (a Hugging Face `tokenizer.json`): the pieces
+    /// by id (`None` for ids the file leaves out), which ids are special (control) tokens, the
+    /// model, BOS/EOS and whether BOS is added.
+    pub(crate) fn from_bpe_parts(
+        pieces: Vec<Option<String>>,
+        special: &[u32],
+        bpe: Bpe,
+        (bos, eos, add_bos): (Option<u32>, Option<u32>, bool),
+    ) -> Tokenizer {
+        let kinds: Vec<TokenKind> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match p {
+                None => TokenKind::Unused,
+                Some(_) if special.contains(&(i as u32)) => TokenKind::Control,
+                Some(_) => TokenKind::Normal,
+            })
+            .collect();
+        let pieces: Vec<String> = pieces.into_iter().map(Option::unwrap_or_default).collect();
+        let mut ids = HashMap::with_capacity(pieces.len());
+        for (i, p) in pieces.iter().enumerate() {
+            if kinds[i] != TokenKind::Unused {
+                ids.entry(p.clone()).or_insert(i as u32);
+            }
+        }
+        let mut specials: Vec<u32> = special.to_vec();
+        specials.sort_by_key(|&i| std::cmp::Reverse(pieces[i as usize].len()));
+        Tokenizer {
+            scores: vec![0.0; pieces.len()],
+            bytes: [None; 256],
+            pieces,
+            kinds,
+            ids,
+            bos,
+            eos,
+            unk: None,
+            add_bos,
+            add_space_prefix: false,
+            bpe: Some(bpe),
+            specials,
+        }
+    }
+
     /// Tokens in the vocabulary.
     pub fn len(&self) -> usize {
         self.pieces.len()

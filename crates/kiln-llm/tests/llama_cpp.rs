@@ -502,3 +502,67 @@ fn chat_templates_match_llama_cpp() {
         }
     }
 }
+
+/// A Hugging Face directory (Qwen2-shaped, bf16 weights in two shards, tied embeddings, the
+/// byte-level BPE tokenizer.json) against an independent numpy forward in float64 on the same
+/// bf16 values (`scripts/llm_models.py`): the text's ids, and every position's logits within
+/// 1e-4 relative, on every device.
+#[test]
+fn hugging_face_directory_matches_a_numpy_forward() {
+    let Some((_, dir)) = fixtures() else { return };
+    let dir = dir.join("hf-qwen2");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let ids: Vec<u32> = reference["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let want: Vec<Vec<f32>> = reference["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect();
+    for device in devices() {
+        let hf = kiln_llm::load_dir(&dir, &device).unwrap();
+        assert_eq!(hf.template, Some(kiln_llm::Template::ChatMl));
+        assert_eq!(
+            hf.tokenizer
+                .encode(reference["text"].as_str().unwrap(), true)
+                .unwrap(),
+            ids
+        );
+        let mut cache = hf.model.cache(ids.len());
+        let got = hf
+            .model
+            .forward(&ids, &mut cache, Logits::All)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        let vocab = hf.model.config.vocab;
+        let worst = want
+            .iter()
+            .enumerate()
+            .map(|(p, w)| rel_err(&got[p * vocab..(p + 1) * vocab], w))
+            .fold(0f32, f32::max);
+        eprintln!(
+            "hf-qwen2 on {}: {} positions within {worst:.2e} of numpy",
+            device.info().name,
+            ids.len()
+        );
+        assert!(
+            worst <= 1e-4,
+            "hf-qwen2 on {}: logits off by {worst:.2e}",
+            device.info().name
+        );
+    }
+}
