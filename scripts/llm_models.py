@@ -9,6 +9,8 @@ given (default target/llm-models), as real GGUF files:
   qwen2-f32.gguf    the same shape as Qwen2: biases on q, k and v, RoPE on the two halves
   <arch>-<t>.gguf   each quantized by llama.cpp's own quantizer (llama_model_quantize, as
                     llama-quantize does) for t in f16, q8_0, q4_0, q4_k_m
+  gpt2-<t>.gguf     GPT-2-shaped (LayerNorm, learned positions, fused q/k/v, GELU, tied output)
+                    with the byte-level BPE vocabulary, in f32, f16 and q8_0 (and -deq)
   bpe-<pre>.gguf    a one-block model with a GPT-2-style byte-level BPE vocabulary trained by
                     the `tokenizers` package, pre-tokenized as GPT-2 (`gpt-2`) or Qwen2 (`qwen2`);
                     bpe-texts.json holds test texts and the ids `tokenizers` gives them
@@ -278,7 +280,59 @@ def write_bpe():
         expected.append({"text": text, **{pre: t.encode(text).ids for pre, t in tokenizers.items()}})
     with open(os.path.join(out, "bpe-texts.json"), "w", encoding="utf-8") as f:
         json.dump(expected, f, ensure_ascii=False)
+    write_gpt2(tokens, types, merges, eot)
     return tokenizers["qwen2"]
+
+
+def write_gpt2(tokens, types, merges, eot):
+    """A GPT-2-shaped model (LayerNorm, learned positions, fused q/k/v, GELU, biases, tied
+    output) with the byte-level BPE vocabulary above, then llama.cpp's f16 and q8_0 of it and
+    their f32 decodings."""
+    path = os.path.join(out, "gpt2-f32.gguf")
+    w = gguf.GGUFWriter(path, "gpt2")
+    w.add_context_length(512)
+    w.add_embedding_length(DIM)
+    w.add_block_count(LAYERS)
+    w.add_feed_forward_length(FF)
+    w.add_head_count(HEADS)
+    w.add_layer_norm_eps(1e-5)
+    w.add_file_type(0)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(eot)
+    w.add_eos_token_id(eot)
+    w.add_add_bos_token(False)
+    f32 = lambda a: np.asarray(a, np.float32)
+    vec = lambda n, s=0.1: f32(s * rng.standard_normal(n, dtype=np.float32))
+    w.add_tensor("token_embd.weight", f32(rng.standard_normal((len(tokens), DIM), dtype=np.float32)))
+    w.add_tensor("position_embd.weight", vec((512, DIM), 0.5))
+    for i in range(LAYERS):
+        b = f"blk.{i}."
+        w.add_tensor(b + "attn_norm.weight", 1 + vec(DIM))
+        w.add_tensor(b + "attn_norm.bias", vec(DIM))
+        w.add_tensor(b + "attn_qkv.weight", f32(weight(3 * DIM, DIM)))
+        w.add_tensor(b + "attn_qkv.bias", vec(3 * DIM))
+        w.add_tensor(b + "attn_output.weight", f32(weight(DIM, DIM)))
+        w.add_tensor(b + "attn_output.bias", vec(DIM))
+        w.add_tensor(b + "ffn_norm.weight", 1 + vec(DIM))
+        w.add_tensor(b + "ffn_norm.bias", vec(DIM))
+        w.add_tensor(b + "ffn_up.weight", f32(weight(FF, DIM)))
+        w.add_tensor(b + "ffn_up.bias", vec(FF))
+        w.add_tensor(b + "ffn_down.weight", f32(weight(DIM, FF)))
+        w.add_tensor(b + "ffn_down.bias", vec(DIM))
+    w.add_tensor("output_norm.weight", 1 + vec(DIM))
+    w.add_tensor("output_norm.bias", vec(DIM))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    for t in ("f16", "q8_0"):
+        q = os.path.join(out, f"gpt2-{t}.gguf")
+        subprocess.run([peer, "quantize", path, q, t], check=True, stderr=subprocess.DEVNULL)
+        dequantize(q, os.path.join(out, f"gpt2-{t}-deq.gguf"))
 
 
 def bf16(a):

@@ -21,6 +21,9 @@ pub enum Arch {
     Llama,
     /// Qwen2 (GGUF `qwen2`): Llama with biases on q, k and v and RoPE on halves.
     Qwen2,
+    /// GPT-2 (GGUF `gpt2`): LayerNorm with biases, learned positions, one fused q/k/v
+    /// projection, GELU, biases everywhere, no RoPE.
+    Gpt2,
 }
 
 /// A decoder-only transformer's hyperparameters.
@@ -65,6 +68,7 @@ impl Config {
         let arch = match name {
             "llama" | "mistral" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
+            "gpt2" => Arch::Gpt2,
             other => return Err(Error::UnknownArchitecture(other.into())),
         };
         let key = |k: &str| format!("{name}.{k}");
@@ -105,6 +109,7 @@ impl Config {
             None => dim / heads,
         };
         let rope_dim = match g.get(&key("rope.dimension_count")) {
+            _ if arch == Arch::Gpt2 => 0,
             Some(_) => int("rope.dimension_count")?,
             None => head_dim,
         };
@@ -161,13 +166,16 @@ impl Config {
             kv_heads,
             head_dim,
             ffn: int("feed_forward_length")?,
-            eps: num("attention.layer_norm_rms_epsilon", 1e-5)? as f32,
+            eps: match arch {
+                Arch::Gpt2 => num("attention.layer_norm_epsilon", 1e-5)? as f32,
+                _ => num("attention.layer_norm_rms_epsilon", 1e-5)? as f32,
+            },
             rope_base: num("rope.freq_base", 10_000.0)? as f32,
             rope_dim,
             rope_scale,
             rope_style: match arch {
                 Arch::Llama => RopeStyle::Adjacent,
-                Arch::Qwen2 => RopeStyle::Halves,
+                Arch::Qwen2 | Arch::Gpt2 => RopeStyle::Halves,
             },
             context: int("context_length")?,
         };

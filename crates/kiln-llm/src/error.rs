@@ -22,7 +22,7 @@ pub enum Error {
         reason: String,
     },
     /// The model's architecture (`general.architecture`) is not one this crate runs.
-    #[error("unsupported architecture `{0}` (kiln-llm runs llama, mistral, qwen2)")]
+    #[error("unsupported architecture `{0}` (kiln-llm runs llama, mistral, qwen2, gpt2)")]
     UnknownArchitecture(String),
     /// A tensor the architecture needs is not in the file.
     #[error("tensor `{0}` is missing")]

@@ -1,6 +1,7 @@
 //! Language models on any kiln device: GGUF checkpoints (llama.cpp's format) loaded with their
-//! weights kept in their storage types (f16, q8_0, q4_0, q4_K, q6_K), the Llama family's blocks
-//! (Llama 2/3, Mistral, TinyLlama, SmolLM, Qwen2), a KV cache, and token-by-token generation.
+//! weights kept in their storage types (f16, bf16, q8_0, q4_0, q4_K, q6_K), and Hugging Face
+//! directories; the Llama family's blocks (Llama 2/3, Mistral, TinyLlama, SmolLM, Qwen2) and
+//! GPT-2's; tokenizers, chat templates, a KV cache, and token-by-token generation.
 //!
 //! ```no_run
 //! use kiln_llm::{Gguf, Logits, Model, Sampler, Sampling, Tokenizer};

@@ -7,19 +7,36 @@ use crate::config::{Arch, Config, RopeStyle};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
-struct Block {
-    attn_norm: Tensor,
+/// A block's q, k and v projections: three products, or one fused product (GPT-2's
+/// `attn_qkv`, rows q then k then v) whose output is cut in three.
+enum Qkv {
+    Separate(Box<SeparateQkv>),
+    Fused { w: Tensor, b: Option<Tensor> },
+}
+
+struct SeparateQkv {
     wq: Tensor,
     wk: Tensor,
     wv: Tensor,
     bq: Option<Tensor>,
     bk: Option<Tensor>,
     bv: Option<Tensor>,
+}
+
+struct Block {
+    attn_norm: Tensor,
+    attn_norm_b: Option<Tensor>,
+    qkv: Qkv,
     wo: Tensor,
+    bo: Option<Tensor>,
     ffn_norm: Tensor,
-    gate: Tensor,
+    ffn_norm_b: Option<Tensor>,
+    /// SwiGLU's gate (the Llama family); GPT-2's feed-forward has none and applies GELU.
+    gate: Option<Tensor>,
     up: Tensor,
+    up_b: Option<Tensor>,
     down: Tensor,
+    down_b: Option<Tensor>,
 }
 
 /// A language model on one device.
@@ -28,8 +45,11 @@ pub struct Model {
     pub config: Config,
     device: Device,
     embed: Tensor,
+    /// GPT-2's learned positions `[context, dim]`.
+    positions: Option<Tensor>,
     blocks: Vec<Block>,
     norm: Tensor,
+    norm_b: Option<Tensor>,
     output: Tensor,
     /// RoPE's inverse frequencies, one per rotated pair.
     inv_freq: Vec<f64>,
@@ -130,30 +150,74 @@ impl Model {
         };
         let (q_out, kv_out) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let mut blocks = Vec::with_capacity(c.layers);
+        let gpt2 = c.arch == Arch::Gpt2;
         for i in 0..c.layers {
             let p = |n: &str| format!("blk.{i}.{n}");
+            // Biases: all of GPT-2's, Qwen2's on q/k/v, and any a Llama file carries.
             let bias = |n: &str, len: usize| -> Result<Option<Tensor>> {
                 match c.arch {
-                    Arch::Qwen2 => vector(&p(n), len).map(Some),
+                    Arch::Gpt2 | Arch::Qwen2 => vector(&p(n), len).map(Some),
                     Arch::Llama if present(&p(n)) => vector(&p(n), len).map(Some),
                     Arch::Llama => Ok(None),
                 }
             };
+            let opt_bias = |n: &str, len: usize| -> Result<Option<Tensor>> {
+                match gpt2 || present(&p(n)) {
+                    true => vector(&p(n), len).map(Some),
+                    false => Ok(None),
+                }
+            };
+            let qkv = match gpt2 {
+                true => Qkv::Fused {
+                    w: load(&p("attn_qkv.weight"), &[q_out + 2 * kv_out, c.dim])?,
+                    b: bias("attn_qkv.bias", q_out + 2 * kv_out)?,
+                },
+                false => Qkv::Separate(Box::new(SeparateQkv {
+                    wq: load(&p("attn_q.weight"), &[q_out, c.dim])?,
+                    wk: load(&p("attn_k.weight"), &[kv_out, c.dim])?,
+                    wv: load(&p("attn_v.weight"), &[kv_out, c.dim])?,
+                    bq: bias("attn_q.bias", q_out)?,
+                    bk: bias("attn_k.bias", kv_out)?,
+                    bv: bias("attn_v.bias", kv_out)?,
+                })),
+            };
             blocks.push(Block {
                 attn_norm: vector(&p("attn_norm.weight"), c.dim)?,
-                wq: load(&p("attn_q.weight"), &[q_out, c.dim])?,
-                wk: load(&p("attn_k.weight"), &[kv_out, c.dim])?,
-                wv: load(&p("attn_v.weight"), &[kv_out, c.dim])?,
-                bq: bias("attn_q.bias", q_out)?,
-                bk: bias("attn_k.bias", kv_out)?,
-                bv: bias("attn_v.bias", kv_out)?,
+                attn_norm_b: opt_bias("attn_norm.bias", c.dim)?,
+                qkv,
                 wo: load(&p("attn_output.weight"), &[c.dim, q_out])?,
+                bo: opt_bias("attn_output.bias", c.dim)?,
                 ffn_norm: vector(&p("ffn_norm.weight"), c.dim)?,
-                gate: load(&p("ffn_gate.weight"), &[c.ffn, c.dim])?,
+                ffn_norm_b: opt_bias("ffn_norm.bias", c.dim)?,
+                gate: match gpt2 {
+                    true => None,
+                    false => Some(load(&p("ffn_gate.weight"), &[c.ffn, c.dim])?),
+                },
                 up: load(&p("ffn_up.weight"), &[c.ffn, c.dim])?,
+                up_b: opt_bias("ffn_up.bias", c.ffn)?,
                 down: load(&p("ffn_down.weight"), &[c.dim, c.ffn])?,
+                down_b: opt_bias("ffn_down.bias", c.dim)?,
             });
         }
+        let positions = match gpt2 {
+            true => {
+                let rows = source("position_embd.weight")
+                    .map(|(shape, _)| shape[0])
+                    .ok_or_else(|| Error::MissingTensor("position_embd.weight".into()))?;
+                if rows < c.context {
+                    return Err(Error::BadTensor {
+                        name: "position_embd.weight".into(),
+                        reason: format!("{rows} positions for a context of {}", c.context),
+                    });
+                }
+                Some(load("position_embd.weight", &[rows, c.dim])?)
+            }
+            false => None,
+        };
+        let norm_b = match gpt2 || present("output_norm.bias") {
+            true => Some(vector("output_norm.bias", c.dim)?),
+            false => None,
+        };
         let embed = load("token_embd.weight", &[c.vocab, c.dim])?;
         let output = match present("output.weight") {
             true => load("output.weight", &[c.vocab, c.dim])?,
@@ -197,6 +261,8 @@ impl Model {
             config,
             device: device.clone(),
             embed,
+            positions,
+            norm_b,
             blocks,
             output,
             inv_freq,
@@ -265,41 +331,82 @@ impl Model {
         let t = tokens.len();
         let ids = Tensor::from_vec_u32(&self.device, tokens.to_vec(), &[t])?;
         let mut x = Tensor::embedding(&self.embed, &ids)?;
-        let (cos, sin) = self.rope_tables(cache.len, t)?;
+        if let Some(pos) = &self.positions {
+            let at: Vec<u32> = (cache.len..cache.len + t).map(|p| p as u32).collect();
+            let at = Tensor::from_vec_u32(&self.device, at, &[t])?;
+            x = x.add(&Tensor::embedding(pos, &at)?)?;
+        }
+        let rope = match c.rope_dim {
+            0 => None,
+            _ => Some(self.rope_tables(cache.len, t)?),
+        };
+        let (q_out, kv_out) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         for (i, b) in self.blocks.iter().enumerate() {
-            let h = x.rms_norm(Some(&b.attn_norm), c.eps)?;
-            let q = h
-                .linear(&b.wq, b.bq.as_ref(), None)?
-                .reshape(&[1, t, c.heads, c.head_dim])?;
-            let k = h
-                .linear(&b.wk, b.bk.as_ref(), None)?
-                .reshape(&[1, t, c.kv_heads, c.head_dim])?;
-            let v = h
-                .linear(&b.wv, b.bv.as_ref(), None)?
-                .reshape(&[1, t, c.kv_heads, c.head_dim])?;
-            let q = self.rope(&q, &cos, &sin)?;
-            let k = self.rope(&k, &cos, &sin)?;
+            let h = self.norm(&x, &b.attn_norm, b.attn_norm_b.as_ref())?;
+            let (q, k, v) = match &b.qkv {
+                Qkv::Separate(sep) => {
+                    let SeparateQkv {
+                        wq,
+                        wk,
+                        wv,
+                        bq,
+                        bk,
+                        bv,
+                    } = &**sep;
+                    (
+                        h.linear(wq, bq.as_ref(), None)?,
+                        h.linear(wk, bk.as_ref(), None)?,
+                        h.linear(wv, bv.as_ref(), None)?,
+                    )
+                }
+                Qkv::Fused { w, b } => {
+                    let y = h.linear(w, b.as_ref(), None)?;
+                    (
+                        y.narrow(1, 0, q_out)?,
+                        y.narrow(1, q_out, kv_out)?,
+                        y.narrow(1, q_out + kv_out, kv_out)?,
+                    )
+                }
+            };
+            let q = q.reshape(&[1, t, c.heads, c.head_dim])?;
+            let k = k.reshape(&[1, t, c.kv_heads, c.head_dim])?;
+            let v = v.reshape(&[1, t, c.kv_heads, c.head_dim])?;
+            let (q, k) = match &rope {
+                Some((cos, sin)) => (self.rope(&q, cos, sin)?, self.rope(&k, cos, sin)?),
+                None => (q, k),
+            };
             let (k, v) = match (&cache.k[i], &cache.v[i]) {
                 (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k], 1)?, Tensor::cat(&[pv, &v], 1)?),
                 _ => (k, v),
             };
             cache.k[i] = Some(k.clone());
             cache.v[i] = Some(v.clone());
-            let a = self
-                .attend(&q, &k, &v)?
-                .reshape(&[t, c.heads * c.head_dim])?;
-            x = a.linear_add(&b.wo, None, &x)?;
-            let h = x.rms_norm(Some(&b.ffn_norm), c.eps)?;
-            let g = h.linear(&b.gate, None, Some(UnaryOp::Silu))?;
-            let u = h.linear(&b.up, None, None)?;
-            x = g.mul(&u)?.linear_add(&b.down, None, &x)?;
+            let a = self.attend(&q, &k, &v)?.reshape(&[t, q_out])?;
+            x = a.linear_add(&b.wo, b.bo.as_ref(), &x)?;
+            let h = self.norm(&x, &b.ffn_norm, b.ffn_norm_b.as_ref())?;
+            let inner = match &b.gate {
+                Some(gate) => {
+                    let g = h.linear(gate, None, Some(UnaryOp::Silu))?;
+                    g.mul(&h.linear(&b.up, b.up_b.as_ref(), None)?)?
+                }
+                None => h.linear(&b.up, b.up_b.as_ref(), Some(UnaryOp::GeluTanh))?,
+            };
+            x = inner.linear_add(&b.down, b.down_b.as_ref(), &x)?;
         }
         cache.len += t;
         if which == Logits::Last && t > 1 {
             x = x.narrow(0, t - 1, 1)?;
         }
-        let x = x.rms_norm(Some(&self.norm), c.eps)?;
+        let x = self.norm(&x, &self.norm, self.norm_b.as_ref())?;
         Ok(x.linear(&self.output, None, None)?)
+    }
+
+    /// The architecture's normalisation: LayerNorm with its bias (GPT-2) or RMSNorm.
+    fn norm(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        Ok(match self.config.arch {
+            Arch::Gpt2 => x.layer_norm(Some(w), b, self.config.eps)?,
+            _ => x.rms_norm(Some(w), self.config.eps)?,
+        })
     }
 
     /// RoPE's tables for positions `start..start + t`, over a head's whole width `d`: `cos`

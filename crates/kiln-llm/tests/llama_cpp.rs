@@ -202,6 +202,13 @@ fn check_model(arch: &str, kind: &str) {
     let file = Gguf::open(&path).unwrap();
     let tokenizer = Tokenizer::from_gguf(&file).unwrap();
     let tol = tolerance(kind);
+    // llama.cpp's CPU GELU reads a table of f16 values at the f16-rounded input
+    // (GGML_GELU_FP16), so its GPT-2 logits are not the exact arithmetic kiln's GELU does: they
+    // sit up to about 1e-3 away, and on the 8-bit route that difference flips activations at
+    // every position. GPT-2 is compared within 1e-3 where the others are within 1e-4, and its
+    // 8-bit route's median is held to the bound rather than the tolerance.
+    let gelu_table = arch == "gpt2";
+    let exact = if gelu_table { 1e-3 } else { EXACT };
     // llama.cpp's own distance from the exact arithmetic of these weights (reported).
     let noise = match kind {
         "f32" => 0.0,
@@ -248,7 +255,7 @@ fn check_model(arch: &str, kind: &str) {
         // The 8-bit route's bound: the tolerance, plus twice llama.cpp's own distance from the
         // exact logits where last-bit differences flip activations (see above).
         let eight_bit = device.is_cpu() && !matches!(kind, "f32" | "f16");
-        let tol = if device.is_cpu() { tol } else { EXACT };
+        let tol = if device.is_cpu() { tol } else { exact };
         let bound = if eight_bit { tol + 2.0 * noise } else { tol };
         let mut errs: Vec<f32> = want
             .prompt_logits
@@ -281,7 +288,7 @@ fn check_model(arch: &str, kind: &str) {
         sorted.sort_by(f32::total_cmp);
         let median = sorted[sorted.len() / 2];
         assert!(
-            worst.max(worst_step) <= bound && median <= tol,
+            worst.max(worst_step) <= bound && median <= if gelu_table { bound } else { tol },
             "{name}: logits off by up to {:.2e}, median {median:.2e} (tolerance {tol:.1e}, bound {bound:.1e})",
             worst.max(worst_step)
         );
@@ -305,8 +312,13 @@ fn check_model(arch: &str, kind: &str) {
             agreed += 1;
             logits = model.forward(&[next], &mut cache, Logits::Last).unwrap();
         }
-        // The long prompt in one pass, against the exact arithmetic.
-        let long = reference(&exact_file, LONG_PROMPT, 0);
+        // The long prompt in one pass, against the exact arithmetic (repeated where a compact
+        // vocabulary makes it shorter than the f32 route's 192 rows).
+        let mut long_text = LONG_PROMPT.to_string();
+        while tokenizer.encode(&long_text, true).unwrap().len() < 192 {
+            long_text = format!("{long_text} {LONG_PROMPT}");
+        }
+        let long = reference(&exact_file, &long_text, 0);
         assert!(
             long.tokens.len() >= 192,
             "the long prompt takes the f32 route"
@@ -322,8 +334,8 @@ fn check_model(arch: &str, kind: &str) {
             worst_long = worst_long.max(rel_err(&all[p * vocab..(p + 1) * vocab], w));
         }
         assert!(
-            worst_long <= EXACT,
-            "{name}: {}-token prompt's logits off by {worst_long:.2e} (tolerance {EXACT:.0e})",
+            worst_long <= exact,
+            "{name}: {}-token prompt's logits off by {worst_long:.2e} (tolerance {exact:.0e})",
             long.tokens.len()
         );
         eprintln!(
@@ -372,6 +384,16 @@ fn qwen2_f16_matches_llama_cpp() {
 #[test]
 fn qwen2_q4_k_matches_llama_cpp() {
     check_model("qwen2", "q4_k_m");
+}
+
+#[test]
+fn gpt2_f32_matches_llama_cpp() {
+    check_model("gpt2", "f32");
+}
+
+#[test]
+fn gpt2_q8_0_matches_llama_cpp() {
+    check_model("gpt2", "q8_0");
 }
 
 #[test]
