@@ -2,8 +2,11 @@
 //! llama.cpp's `llama-peer bench`, which takes the same arguments and the same token ids):
 //!
 //! ```text
-//! cargo run --release -p kiln-llm --example llm_bench -- MODEL PROMPT_TOKENS DECODE_TOKENS REPS
+//! cargo run --release -p kiln-llm --example llm_bench -- MODEL PROMPT_TOKENS DECODE_TOKENS REPS [BATCH]
 //! ```
+//!
+//! With BATCH above 1, BATCH sequences are prefilled one by one and then decoded together
+//! (`Model::forward_batch`): decode tokens/s counts every sequence's tokens.
 //!
 //! Each rep clears the cache, runs the prompt in one pass, then decodes greedily (argmax on the
 //! device, one id read back per token). The device is `KILN_DEVICE` or the best one found.
@@ -15,9 +18,10 @@ use kiln_llm::{Gguf, Logits, Model, Sampler, Sampling};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() != 4 {
-        return Err("usage: llm_bench MODEL PROMPT_TOKENS DECODE_TOKENS REPS".into());
+    if !(4..=5).contains(&args.len()) {
+        return Err("usage: llm_bench MODEL PROMPT_TOKENS DECODE_TOKENS REPS [BATCH]".into());
     }
+    let batch: usize = args.get(4).map_or(Ok(1), |b| b.parse())?;
     let (p, n, reps): (usize, usize, usize) =
         (args[1].parse()?, args[2].parse()?, args[3].parse()?);
     let device = Device::from_env()?;
@@ -29,23 +33,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prompt: Vec<u32> = (0..p).map(|i| ((i * 7919 + 13) % vocab) as u32).collect();
     let mut sampler = Sampler::new(Sampling::default())?;
     for _ in 0..reps {
-        let mut cache = model.cache(p + n + 8);
+        let mut caches: Vec<_> = (0..batch).map(|_| model.cache(p + n + 8)).collect();
         let t0 = Instant::now();
-        let logits = model.forward(&prompt, &mut cache, Logits::Last)?;
-        let mut next = sampler.next(&logits, &prompt)?;
+        let mut next = Vec::with_capacity(batch);
+        for cache in caches.iter_mut() {
+            let logits = model.forward(&prompt, cache, Logits::Last)?;
+            next.push(sampler.next(&logits, &prompt)?);
+        }
         let t1 = Instant::now();
         let before = device.stats();
         for _ in 0..n {
-            let logits = model.forward(&[next], &mut cache, Logits::Last)?;
-            next = sampler.next(&logits, &prompt)?;
+            if batch == 1 {
+                let logits = model.forward(&next, &mut caches[0], Logits::Last)?;
+                next[0] = sampler.next(&logits, &prompt)?;
+            } else {
+                let mut refs: Vec<&mut kiln_llm::Cache> = caches.iter_mut().collect();
+                let logits = model.forward_batch(&next, &mut refs)?;
+                next = logits.argmax(-1, false)?.to_vec_u32()?;
+            }
         }
         let t2 = Instant::now();
         let after = device.stats();
         let per_token = |a: u64, b: u64| (a - b) as f64 / n.max(1) as f64;
         println!(
             "{{\"prefill_tok_s\": {:.3}, \"decode_tok_s\": {:.3}, \"device\": \"{}\", \"peak_rss_mb\": {}, \"file_mb\": {:.1}, \"dispatches_per_token\": {:.1}, \"submissions_per_token\": {:.1}}}",
-            p as f64 / (t1 - t0).as_secs_f64(),
-            n as f64 / (t2 - t1).as_secs_f64(),
+            (batch * p) as f64 / (t1 - t0).as_secs_f64(),
+            (batch * n) as f64 / (t2 - t1).as_secs_f64(),
             device.info().name,
             peak_rss_mb().map_or("null".into(), |v| format!("{v:.1}")),
             file_mb,

@@ -287,13 +287,10 @@ impl Model {
         }
     }
 
-    /// Runs `tokens` after the ones already in `cache` (a prompt, or one generated token),
-    /// appends their keys and values to it, and returns the logits asked for. Errors:
-    /// `InvalidRequest` for no tokens, an id outside the vocabulary, or more tokens than the
-    /// cache has room for.
-    pub fn forward(&self, tokens: &[u32], cache: &mut Cache, which: Logits) -> Result<Tensor> {
+    /// Checks a request of `n` tokens (`tokens` among them) against a cache.
+    fn check(&self, tokens: &[u32], n: usize, cache: &Cache) -> Result<()> {
         let c = &self.config;
-        if tokens.is_empty() {
+        if n == 0 {
             return Err(Error::InvalidRequest("no tokens to run".into()));
         }
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
@@ -302,12 +299,10 @@ impl Model {
                 c.vocab
             )));
         }
-        if cache.len + tokens.len() > cache.capacity {
+        if cache.len + n > cache.capacity {
             return Err(Error::InvalidRequest(format!(
-                "{} tokens after {} do not fit a cache of {}",
-                tokens.len(),
-                cache.len,
-                cache.capacity
+                "{n} tokens after {} do not fit a cache of {}",
+                cache.len, cache.capacity
             )));
         }
         if cache.k.len() != c.layers {
@@ -315,6 +310,15 @@ impl Model {
                 "the cache belongs to another model".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Runs `tokens` after the ones already in `cache` (a prompt, or one generated token),
+    /// appends their keys and values to it, and returns the logits asked for. Errors:
+    /// `InvalidRequest` for no tokens, an id outside the vocabulary, or more tokens than the
+    /// cache has room for; a refused request leaves the cache as it was.
+    pub fn forward(&self, tokens: &[u32], cache: &mut Cache, which: Logits) -> Result<Tensor> {
+        self.check(tokens, tokens.len(), cache)?;
         // Attention over a cache and several new tokens would need a mask offset by the cache
         // length; kiln's causal mask starts at the top left, so such a chunk runs token by token.
         if !cache.is_empty() && tokens.len() > 1 {
@@ -329,16 +333,64 @@ impl Model {
             };
         }
         let t = tokens.len();
+        let x = self.step(tokens, &[t], &mut [cache])?;
+        let x = match which {
+            Logits::Last if t > 1 => x.narrow(0, t - 1, 1)?,
+            _ => x,
+        };
+        self.logits(&x)
+    }
+
+    /// One token for each of several sequences at once (a batch's decode step): `tokens[i]`
+    /// follows what `caches[i]` holds. The products read each weight once for the whole batch;
+    /// attention runs per sequence over its own cache. Returns `[batch, vocab]` logits, row `i`
+    /// for sequence `i`. Errors as [`Model::forward`], and `InvalidRequest` when the counts
+    /// differ; nothing is appended unless every sequence is accepted.
+    pub fn forward_batch(&self, tokens: &[u32], caches: &mut [&mut Cache]) -> Result<Tensor> {
+        if tokens.len() != caches.len() {
+            return Err(Error::InvalidRequest(format!(
+                "{} tokens for {} caches",
+                tokens.len(),
+                caches.len()
+            )));
+        }
+        for (i, cache) in caches.iter().enumerate() {
+            self.check(&tokens[i..i + 1], 1, cache)?;
+        }
+        let x = self.step(tokens, &vec![1; tokens.len()], caches)?;
+        self.logits(&x)
+    }
+
+    /// The final norm and the output product.
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.norm(x, &self.norm, self.norm_b.as_ref())?;
+        Ok(x.linear(&self.output, None, None)?)
+    }
+
+    /// The blocks over `tokens`, which are consecutive segments of `lens[i]` tokens, segment `i`
+    /// following what `caches[i]` holds (a prompt on an empty cache, or single tokens): the last
+    /// hidden state of every token, `[tokens, dim]`. Appends every segment's keys and values.
+    fn step(&self, tokens: &[u32], lens: &[usize], caches: &mut [&mut Cache]) -> Result<Tensor> {
+        let c = &self.config;
+        let t = tokens.len();
+        let mut starts = Vec::with_capacity(lens.len());
+        let mut positions = Vec::with_capacity(t);
+        let mut at = 0;
+        for (cache, &len) in caches.iter().zip(lens) {
+            starts.push(at);
+            positions.extend(cache.len..cache.len + len);
+            at += len;
+        }
         let ids = Tensor::from_vec_u32(&self.device, tokens.to_vec(), &[t])?;
         let mut x = Tensor::embedding(&self.embed, &ids)?;
         if let Some(pos) = &self.positions {
-            let at: Vec<u32> = (cache.len..cache.len + t).map(|p| p as u32).collect();
+            let at: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
             let at = Tensor::from_vec_u32(&self.device, at, &[t])?;
             x = x.add(&Tensor::embedding(pos, &at)?)?;
         }
         let rope = match c.rope_dim {
             0 => None,
-            _ => Some(self.rope_tables(cache.len, t)?),
+            _ => Some(self.rope_tables(&positions)?),
         };
         let (q_out, kv_out) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         for (i, b) in self.blocks.iter().enumerate() {
@@ -375,13 +427,31 @@ impl Model {
                 Some((cos, sin)) => (self.rope(&q, cos, sin)?, self.rope(&k, cos, sin)?),
                 None => (q, k),
             };
-            let (k, v) = match (&cache.k[i], &cache.v[i]) {
-                (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k], 1)?, Tensor::cat(&[pv, &v], 1)?),
-                _ => (k, v),
+            let mut outs = Vec::with_capacity(lens.len());
+            for (s, cache) in caches.iter_mut().enumerate() {
+                let (start, len) = (starts[s], lens[s]);
+                let part = |x: &Tensor| -> Result<Tensor> {
+                    Ok(match lens.len() {
+                        1 => x.clone(),
+                        _ => x.narrow(1, start, len)?,
+                    })
+                };
+                let (qs, ks, vs) = (part(&q)?, part(&k)?, part(&v)?);
+                let (ks, vs) = match (&cache.k[i], &cache.v[i]) {
+                    (Some(pk), Some(pv)) => {
+                        (Tensor::cat(&[pk, &ks], 1)?, Tensor::cat(&[pv, &vs], 1)?)
+                    }
+                    _ => (ks, vs),
+                };
+                cache.k[i] = Some(ks.clone());
+                cache.v[i] = Some(vs.clone());
+                outs.push(self.attend(&qs, &ks, &vs)?);
+            }
+            let a = match outs.len() {
+                1 => outs.pop().expect("one segment"),
+                _ => Tensor::cat(&outs.iter().collect::<Vec<_>>(), 1)?,
             };
-            cache.k[i] = Some(k.clone());
-            cache.v[i] = Some(v.clone());
-            let a = self.attend(&q, &k, &v)?.reshape(&[t, q_out])?;
+            let a = a.reshape(&[t, q_out])?;
             x = a.linear_add(&b.wo, b.bo.as_ref(), &x)?;
             let h = self.norm(&x, &b.ffn_norm, b.ffn_norm_b.as_ref())?;
             let inner = match &b.gate {
@@ -393,12 +463,10 @@ impl Model {
             };
             x = inner.linear_add(&b.down, b.down_b.as_ref(), &x)?;
         }
-        cache.len += t;
-        if which == Logits::Last && t > 1 {
-            x = x.narrow(0, t - 1, 1)?;
+        for (cache, &len) in caches.iter_mut().zip(lens) {
+            cache.len += len;
         }
-        let x = self.norm(&x, &self.norm, self.norm_b.as_ref())?;
-        Ok(x.linear(&self.output, None, None)?)
+        Ok(x)
     }
 
     /// The architecture's normalisation: LayerNorm with its bias (GPT-2) or RMSNorm.
@@ -409,14 +477,14 @@ impl Model {
         })
     }
 
-    /// RoPE's tables for positions `start..start + t`, over a head's whole width `d`: `cos`
+    /// RoPE's tables for `positions` (one per token), over a head's whole width `d`: `cos`
     /// and a signed `sin`, `[1, t, 1, d]`, such that `x·cos + x[partner]·sin` rotates every pair
     /// (dimensions past `rope_dim` pass through: cos 1, sin 0).
-    fn rope_tables(&self, start: usize, t: usize) -> Result<(Tensor, Tensor)> {
+    fn rope_tables(&self, positions: &[usize]) -> Result<(Tensor, Tensor)> {
         let c = &self.config;
-        let (d, half) = (c.head_dim, c.rope_dim / 2);
+        let (d, half, t) = (c.head_dim, c.rope_dim / 2, positions.len());
         let (mut cos, mut sin) = (Vec::with_capacity(t * d), Vec::with_capacity(t * d));
-        for p in start..start + t {
+        for &p in positions {
             for j in 0..d {
                 let (pair, first) = match c.rope_style {
                     _ if j >= c.rope_dim => {

@@ -588,3 +588,75 @@ fn hugging_face_directory_matches_a_numpy_forward() {
         );
     }
 }
+
+/// A batch's decode step (three sequences of different lengths, one token each per step) gives
+/// each sequence the logits it gets alone, on every device; a malformed batch is refused whole.
+#[test]
+fn batched_decoding_matches_one_sequence_at_a_time() {
+    let Some((_, dir)) = fixtures() else { return };
+    for kind in ["q8_0", "q4_k_m"] {
+        let file = Gguf::open(dir.join(format!("llama-{kind}.gguf"))).unwrap();
+        let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+        let prompts = [
+            "The quick brown fox",
+            "Le renard",
+            "Der schnelle braune Fuchs springt",
+        ];
+        for device in devices() {
+            let model = Model::from_gguf(&file, &device).unwrap();
+            let ids: Vec<Vec<u32>> = prompts
+                .iter()
+                .map(|p| tokenizer.encode(p, true).unwrap())
+                .collect();
+            let mut alone: Vec<_> = ids.iter().map(|_| model.cache(64)).collect();
+            let mut batch: Vec<_> = ids.iter().map(|_| model.cache(64)).collect();
+            let mut next = Vec::new();
+            for (i, p) in ids.iter().enumerate() {
+                model.forward(p, &mut alone[i], Logits::Last).unwrap();
+                let l = model.forward(p, &mut batch[i], Logits::Last).unwrap();
+                next.push(argmax(&l.to_vec().unwrap()));
+            }
+            let mut worst = 0f32;
+            for _ in 0..8 {
+                let mut refs: Vec<&mut kiln_llm::Cache> = batch.iter_mut().collect();
+                let got = model
+                    .forward_batch(&next, &mut refs)
+                    .unwrap()
+                    .to_vec()
+                    .unwrap();
+                let vocab = model.config.vocab;
+                for (i, cache) in alone.iter_mut().enumerate() {
+                    let want = model
+                        .forward(&[next[i]], cache, Logits::Last)
+                        .unwrap()
+                        .to_vec()
+                        .unwrap();
+                    worst = worst.max(rel_err(&got[i * vocab..(i + 1) * vocab], &want));
+                    next[i] = argmax(&want);
+                }
+            }
+            eprintln!(
+                "llama-{kind} on {}: batch of 3 within {worst:.2e} of one at a time",
+                device.info().name
+            );
+            assert!(
+                worst <= 1e-5,
+                "llama-{kind} on {}: batch off by {worst:.2e}",
+                device.info().name
+            );
+            let lens: Vec<usize> = batch.iter().map(|c| c.len()).collect();
+            let mut refs: Vec<&mut kiln_llm::Cache> = batch.iter_mut().collect();
+            assert!(model.forward_batch(&next[..2], &mut refs).is_err());
+            assert!(
+                model
+                    .forward_batch(&[next[0], next[1], 1 << 30], &mut refs)
+                    .is_err()
+            );
+            assert_eq!(
+                batch.iter().map(|c| c.len()).collect::<Vec<_>>(),
+                lens,
+                "a refused batch appends nothing"
+            );
+        }
+    }
+}
