@@ -242,40 +242,17 @@ def write_bpe():
         t.model = models.BPE(vocab, [tuple(m.split(" ")) for m in merges])
         tokenizers[pre] = t
         path = os.path.join(out, f"bpe-{pre}.gguf")
-        w = gguf.GGUFWriter(path, "llama")
-        w.add_context_length(512)
-        w.add_embedding_length(DIM)
-        w.add_block_count(1)
-        w.add_feed_forward_length(FF)
-        w.add_head_count(HEADS)
-        w.add_head_count_kv(KV_HEADS)
-        w.add_layer_norm_rms_eps(1e-5)
-        w.add_rope_dimension_count(HEAD)
-        w.add_file_type(0)
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre(pre)
-        w.add_token_list(tokens)
-        w.add_token_types(types)
-        w.add_token_merges(merges)
-        w.add_bos_token_id(eot)
-        w.add_eos_token_id(eot)
-        w.add_add_bos_token(False)
-        w.add_tensor("token_embd.weight", rng.standard_normal((len(tokens), DIM), dtype=np.float32))
-        b = "blk.0."
-        w.add_tensor(b + "attn_norm.weight", np.ones(DIM, np.float32))
-        w.add_tensor(b + "attn_q.weight", weight(DIM, DIM).astype(np.float32))
-        w.add_tensor(b + "attn_k.weight", weight(KV_HEADS * HEAD, DIM).astype(np.float32))
-        w.add_tensor(b + "attn_v.weight", weight(KV_HEADS * HEAD, DIM).astype(np.float32))
-        w.add_tensor(b + "attn_output.weight", weight(DIM, DIM).astype(np.float32))
-        w.add_tensor(b + "ffn_norm.weight", np.ones(DIM, np.float32))
-        w.add_tensor(b + "ffn_gate.weight", weight(FF, DIM).astype(np.float32))
-        w.add_tensor(b + "ffn_up.weight", weight(FF, DIM).astype(np.float32))
-        w.add_tensor(b + "ffn_down.weight", weight(DIM, FF).astype(np.float32))
-        w.add_tensor("output_norm.weight", np.ones(DIM, np.float32))
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
+        def vocabulary(w, pre=pre):
+            w.add_tokenizer_model("gpt2")
+            w.add_tokenizer_pre(pre)
+            w.add_token_list(tokens)
+            w.add_token_types(types)
+            w.add_token_merges(merges)
+            w.add_bos_token_id(eot)
+            w.add_eos_token_id(eot)
+            w.add_add_bos_token(False)
+
+        write_one_block(path, len(tokens), vocabulary)
     for text in BPE_TEXTS:
         expected.append({"text": text, **{pre: t.encode(text).ids for pre, t in tokenizers.items()}})
     with open(os.path.join(out, "bpe-texts.json"), "w", encoding="utf-8") as f:
@@ -461,7 +438,23 @@ def write_chat(name, template):
     tokens = TOKENS + [t for t in CHAT_SPECIALS if t not in TOKENS]
     types = TYPES + [3] * (len(tokens) - len(TOKENS))
     scores = SCORES + [0.0] * (len(tokens) - len(TOKENS))
-    w = gguf.GGUFWriter(os.path.join(out, f"chat-{name}.gguf"), "llama")
+    def vocabulary(w):
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_unk_token_id(0)
+        w.add_chat_template(template)
+
+    write_one_block(os.path.join(out, f"chat-{name}.gguf"), len(tokens), vocabulary)
+
+
+def write_one_block(path, n_tokens, vocabulary):
+    """A one-block Llama-shaped model of random weights for tokenizer and template tests:
+    `vocabulary(writer)` adds the tokenizer's metadata."""
+    w = gguf.GGUFWriter(path, "llama")
     w.add_context_length(512)
     w.add_embedding_length(DIM)
     w.add_block_count(1)
@@ -471,15 +464,8 @@ def write_chat(name, template):
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(HEAD)
     w.add_file_type(0)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_chat_template(template)
-    w.add_tensor("token_embd.weight", rng.standard_normal((len(tokens), DIM), dtype=np.float32))
+    vocabulary(w)
+    w.add_tensor("token_embd.weight", rng.standard_normal((n_tokens, DIM), dtype=np.float32))
     for n, shape in [("attn_q", (DIM, DIM)), ("attn_k", (KV_HEADS * HEAD, DIM)), ("attn_v", (KV_HEADS * HEAD, DIM)),
                      ("attn_output", (DIM, DIM)), ("ffn_gate", (FF, DIM)), ("ffn_up", (FF, DIM)), ("ffn_down", (DIM, FF))]:
         w.add_tensor(f"blk.0.{n}.weight", weight(*shape).astype(np.float32))

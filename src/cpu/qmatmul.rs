@@ -31,10 +31,10 @@ pub(crate) fn matmul_packed(
     w: &[u8],
     (m, k, n): (usize, usize, usize),
 ) -> Result<Vec<f32>> {
-    let row_bytes = quant::byte_len(op, dtype, k)?;
-    if m >= F32_FROM_ROWS.load() {
+    if m >= f32_from_rows() {
         return via_f32(op, x, dtype, w, (m, k, n));
     }
+    let row_bytes = quant::byte_len(op, dtype, k)?;
     let mut out_t = super::alloc::<f32>(op, n * m)?;
     match dtype {
         DType::Q8_0 | DType::Q4_0 => {
@@ -142,32 +142,14 @@ pub(crate) fn matmul_packed(
 /// `KILN_CPU_PACKED_F32_ROWS` overrides it (read once).
 /// Measured (SmolLM-135M's and TinyLlama-1.1B's shapes, q8_0 and q4_0, 2 Zen 4 cores): the
 /// int8 register tiles win to about 128 rows, the SGEMM from about 256.
-static F32_FROM_ROWS: Threshold = Threshold::new("KILN_CPU_PACKED_F32_ROWS", 192);
-
-/// A row count read once from the environment, or its default.
-struct Threshold {
-    var: &'static str,
-    default: usize,
-    value: std::sync::OnceLock<usize>,
-}
-
-impl Threshold {
-    const fn new(var: &'static str, default: usize) -> Threshold {
-        Threshold {
-            var,
-            default,
-            value: std::sync::OnceLock::new(),
-        }
-    }
-
-    fn load(&self) -> usize {
-        *self.value.get_or_init(|| {
-            std::env::var(self.var)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(self.default)
-        })
-    }
+fn f32_from_rows() -> usize {
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
+        std::env::var("KILN_CPU_PACKED_F32_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(192)
+    })
 }
 
 /// Weight rows decoded to f32 at a time by [`via_f32`]: a band of 256 rows of 4,096 values is

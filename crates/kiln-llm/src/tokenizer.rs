@@ -130,10 +130,8 @@ impl Tokenizer {
         };
         let flag =
             |key: &str, default: bool| g.get(key).and_then(|v| v.as_bool()).unwrap_or(default);
-        let mut ids = HashMap::with_capacity(n);
         let mut bytes = [None; 256];
         for (i, p) in pieces.iter().enumerate() {
-            ids.entry(p.clone()).or_insert(i as u32);
             let byte = p.strip_prefix("<0x").and_then(|h| h.strip_suffix('>'));
             if let (TokenKind::Byte, Some(Ok(b))) =
                 (kinds[i], byte.map(|b| u8::from_str_radix(b, 16)))
@@ -141,17 +139,7 @@ impl Tokenizer {
                 bytes[b as usize] = Some(i as u32);
             }
         }
-        let mut specials: Vec<u32> = (0..n as u32)
-            .filter(|&i| {
-                let k = kinds[i as usize];
-                !pieces[i as usize].is_empty()
-                    && matches!(
-                        k,
-                        TokenKind::Control | TokenKind::UserDefined | TokenKind::Unknown
-                    )
-            })
-            .collect();
-        specials.sort_by_key(|&i| std::cmp::Reverse(pieces[i as usize].len()));
+        let (ids, specials) = index(&pieces, &kinds);
         Ok(Tokenizer {
             bos: id("tokenizer.ggml.bos_token_id")?,
             eos: id("tokenizer.ggml.eos_token_id")?,
@@ -187,14 +175,7 @@ impl Tokenizer {
             })
             .collect();
         let pieces: Vec<String> = pieces.into_iter().map(Option::unwrap_or_default).collect();
-        let mut ids = HashMap::with_capacity(pieces.len());
-        for (i, p) in pieces.iter().enumerate() {
-            if kinds[i] != TokenKind::Unused {
-                ids.entry(p.clone()).or_insert(i as u32);
-            }
-        }
-        let mut specials: Vec<u32> = special.to_vec();
-        specials.sort_by_key(|&i| std::cmp::Reverse(pieces[i as usize].len()));
+        let (ids, specials) = index(&pieces, &kinds);
         Tokenizer {
             scores: vec![0.0; pieces.len()],
             bytes: [None; 256],
@@ -443,6 +424,28 @@ impl Tokenizer {
     pub fn is_eos(&self, id: u32) -> bool {
         Some(id) == self.eos
     }
+}
+
+/// Each piece's first id (empty pieces, the ids a vocabulary leaves out, have none), and the
+/// control, user-defined and unknown tokens, longest text first (what `encode_special` matches).
+fn index(pieces: &[String], kinds: &[TokenKind]) -> (HashMap<String, u32>, Vec<u32>) {
+    let mut ids = HashMap::with_capacity(pieces.len());
+    for (i, p) in pieces.iter().enumerate() {
+        if !p.is_empty() {
+            ids.entry(p.clone()).or_insert(i as u32);
+        }
+    }
+    let mut specials: Vec<u32> = (0..pieces.len() as u32)
+        .filter(|&i| {
+            !pieces[i as usize].is_empty()
+                && matches!(
+                    kinds[i as usize],
+                    TokenKind::Control | TokenKind::UserDefined | TokenKind::Unknown
+                )
+        })
+        .collect();
+    specials.sort_by_key(|&i| std::cmp::Reverse(pieces[i as usize].len()));
+    (ids, specials)
 }
 
 /// Turns generated ids into text as they come: bytes of a character split over tokens are held
