@@ -191,8 +191,9 @@ fn linear_with_a_packed_weight_matches_the_decoded_product() {
         // Plain types also take a row that is not a multiple of 4 (which a GPU's kernels do
         // not decode: it multiplies the weight in f32 instead).
         let unit = dtype.block_len().max(32);
-        // The last: a row longer than one lavapipe invocation may walk (the GPU then takes the
-        // workgroup-per-row layout).
+        // (5, 9 rows: the CPU's register tiles and their remainders.) A row longer than one
+        // lavapipe invocation may walk (the GPU then takes the workgroup-per-row layout). 200
+        // rows: the CPU decodes the weight to f32 for its SGEMM.
         for &(m, kb, n) in &[
             (1, 2, 7),
             (3, 1, 5),
@@ -200,6 +201,7 @@ fn linear_with_a_packed_weight_matches_the_decoded_product() {
             (9, 2, 33),
             (2, 0, 3),
             (1, 2048, 2),
+            (200, 1, 3),
         ] {
             let k = if kb == 0 && !dtype.is_quantized() {
                 6
