@@ -10,6 +10,9 @@ seeded random weights, so no large file lives in git:
   transformer.onnx  two pre-norm transformer blocks: LayerNormalization, multi-head
                     self-attention in the MatMul/Softmax pattern (Reshape, Transpose, a causal
                     mask added before Softmax), a GELU MLP, residual Adds. Input [1, 64, 128].
+  classifier_head.onnx  MatMul + Add (a broadcast bias) + a 6,625-way Softmax, the pattern
+                    of PP-OCRv4's recognizer head that lavapipe got wrong before e24095a (the
+                    fused bias read counted against llvmpipe's loop budget). Input [4, 96].
   einsum_*.onnx     Einsum with ellipses and diagonals (EINSUMS below).
   branchy_*.onnx    an If on a run-time condition, branches reading the outer scope, a
                     nested If (for control flow; the two files differ only in their input).
@@ -125,6 +128,13 @@ def transformer():
     return [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, t, d])], [1, t, d]
 
 
+def classifier_head():
+    x = node("MatMul", ["input", w("head.w", 96, 6625)], "head.matmul")
+    x = node("Add", [x, w("head.b", 6625, scale=0.5)], "head.bias")
+    node("Softmax", [x], "output", axis=-1)
+    return [helper.make_tensor_value_info("input", TensorProto.FLOAT, [4, 96])], [4, 6625]
+
+
 def branchy():
     """An `If` whose condition is computed at run time (the input's sum > 0): the then branch
     reads the outer graph's value `h` and an outer initializer; the else branch has its own
@@ -199,6 +209,7 @@ if __name__ == "__main__":
     os.makedirs(out, exist_ok=True)
     save(out, "mobile", mobile)
     save(out, "transformer", transformer)
+    save(out, "classifier_head", classifier_head)
     for name, (eq, a, b, y) in EINSUMS.items():
         save(out, name, einsum(eq, a, b, y))
     # Both branches of the `If` model: inputs shifted up (sum > 0) and down.

@@ -6,7 +6,13 @@
 //! cargo run --release --example onnx -- model.onnx --input x=x.pb      # an ONNX TensorProto file
 //! cargo run --release --example onnx -- model.onnx --runs 20 --json out.json
 //! cargo run --release --example onnx -- model.onnx --profile            # time per op type
+//! cargo run --release --example onnx -- model.onnx --compare cpu        # node by node
 //! ```
+//!
+//! `--compare DEVICE` (`cpu`, `gpu` or `software`) runs the model on that device too and
+//! compares every node's outputs with the first device's (`Model::compare`): it prints one
+//! line per node output and names the first node whose outputs differ, within
+//! `--tolerance ABS,REL` (default 1e-4,1e-3: `|want - got| <= ABS + REL·|want|`).
 //!
 //! Symbolic input dimensions (a batch size) are 1 unless `--dim N` sets them. `--json FILE`
 //! writes every output's shape and values, for `scripts/onnx_compare.py`.
@@ -23,10 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     .init();
     let mut it = std::env::args().skip(1);
     let path = PathBuf::from(it.next().ok_or(
-        "usage: onnx MODEL.onnx [--input name=file.pb] [--runs N] [--dim N] [--json FILE]",
+        "usage: onnx MODEL.onnx [--input name=file.pb] [--runs N] [--dim N] [--json FILE] \
+         [--profile] [--compare cpu|gpu|software [--tolerance ABS,REL]]",
     )?);
     let (mut files, mut runs, mut dim, mut json) = (Vec::new(), 10usize, 1usize, None);
     let mut profile = false;
+    let (mut compare, mut tolerance) = (None, kiln_onnx::Tolerance::default());
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
@@ -39,6 +47,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--dim" => dim = value()?.parse()?,
             "--json" => json = Some(PathBuf::from(value()?)),
             "--profile" => profile = true,
+            "--compare" => compare = Some(value()?),
+            "--tolerance" => {
+                let v = value()?;
+                let (abs, rel) = v.split_once(',').ok_or("--tolerance takes ABS,REL")?;
+                tolerance = kiln_onnx::Tolerance {
+                    abs: abs.parse()?,
+                    rel: rel.parse()?,
+                };
+            }
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -75,6 +92,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (op, n, t) in times {
             println!("  {op:<24} {n:>4} nodes {:>10.3} ms", t.as_secs_f64() * 1e3);
         }
+    }
+    if let Some(name) = compare {
+        let other = match name.as_str() {
+            "cpu" => Device::cpu(),
+            "gpu" => Device::gpu()?,
+            "software" => Device::software()?,
+            other => return Err(format!("--compare {other}: one of cpu, gpu, software").into()),
+        };
+        let other_model = Model::load(&path, &other)?;
+        let comparison = model.compare(&other_model, &named, tolerance)?;
+        println!("{comparison}");
+        if comparison.first_difference().is_some() {
+            std::process::exit(2);
+        }
+        return Ok(());
     }
     let mut times = Vec::new();
     let mut outputs = Vec::new();

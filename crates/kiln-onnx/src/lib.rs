@@ -20,12 +20,14 @@
 //! tensors (shapes, indices) live on the host, where ONNX models do their shape arithmetic;
 //! booleans are 0/1 float masks on the device. See `supported_ops` for the op list.
 
+mod compare;
 mod external;
 mod narrow;
 mod ops;
 mod proto;
 mod value;
 
+pub use compare::{Comparison, NodeDiff, Tolerance};
 pub use value::{IntTensor, Value};
 
 use kiln::Device;
@@ -60,6 +62,19 @@ pub type Outputs = Vec<(String, Value)>;
 /// Per op type: the nodes run and their total time, longest first ([`Model::run_profiled`]).
 pub type Profile = Vec<(String, usize, std::time::Duration)>;
 
+/// A user's implementation of an op type ([`Model::replace_op`]): it gets the model's device
+/// and the node's inputs (`None` for an optional input left out) and returns its outputs.
+pub type OpImpl =
+    std::sync::Arc<dyn Fn(&Device, &[Option<Value>]) -> Result<Vec<Value>> + Send + Sync>;
+
+/// What a run records besides its outputs.
+enum Watch<'a> {
+    /// Per op type: nodes run and their time (the device synchronized after each node).
+    Profile(&'a mut HashMap<String, (usize, std::time::Duration)>),
+    /// Every node output, in node order, kept to the end of the run.
+    Trace(&'a mut Vec<compare::Traced>),
+}
+
 /// A loaded ONNX model: its graph, its initializers on the device, its opset.
 pub struct Model {
     device: Device,
@@ -75,6 +90,8 @@ pub struct Model {
     types: HashMap<String, i32>,
     /// The op types the file's graph uses, in first-use order (before the folds at load).
     op_types: Vec<String>,
+    /// Op types run by the user's code instead of kiln's ([`Model::replace_op`]).
+    replaced: HashMap<String, OpImpl>,
 }
 
 impl std::fmt::Debug for Model {
@@ -198,6 +215,7 @@ impl Model {
             last_use,
             types,
             op_types,
+            replaced: HashMap::new(),
         })
     }
 
@@ -258,16 +276,78 @@ impl Model {
     /// type, the nodes run and their total time, longest first.
     pub fn run_profiled(&self, inputs: &[(&str, Value)]) -> Result<(Outputs, Profile)> {
         let mut times: HashMap<String, (usize, std::time::Duration)> = HashMap::new();
-        let out = self.execute(inputs, Some(&mut times))?;
+        let out = self.execute(inputs, Some(&mut Watch::Profile(&mut times)))?;
         let mut v: Profile = times.into_iter().map(|(k, (n, t))| (k, n, t)).collect();
         v.sort_by_key(|e| std::cmp::Reverse(e.2));
         Ok((out, v))
     }
 
+    /// Run this model and `other` (the same graph: the same file loaded on another device, or
+    /// with an op replaced) on the same inputs, keeping every node's outputs, and compare them
+    /// node by node against `tolerance`, this model's run being the reference. The inputs are
+    /// given on this model's device and copied to the other's. The returned [`Comparison`]
+    /// lists every node output and names the first one the runs disagree on
+    /// ([`Comparison::first_difference`]): every input of that node agreed, so the fault is
+    /// that node's. Both runs are whole runs, fused as `run` fuses them, so a fault that shows
+    /// only inside a fused kernel still shows. Every value stays alive until the end and is
+    /// read back, so this takes more memory and time than `run`.
+    ///
+    /// A graph that is not the same, node for node, is `Error::InvalidArgument`.
+    pub fn compare(
+        &self,
+        other: &Model,
+        inputs: &[(&str, Value)],
+        tolerance: Tolerance,
+    ) -> Result<Comparison> {
+        let same =
+            self.graph.node.len() == other.graph.node.len()
+                && self.graph.node.iter().zip(&other.graph.node).all(|(a, b)| {
+                    a.op_type == b.op_type && a.name == b.name && a.output == b.output
+                });
+        if !same {
+            return Err(Error::InvalidArgument {
+                op: "onnx compare",
+                reason: format!(
+                    "the models are not the same graph ({} nodes against {})",
+                    self.graph.node.len(),
+                    other.graph.node.len()
+                ),
+            });
+        }
+        let moved: Vec<(&str, Value)> = inputs
+            .iter()
+            .map(|(n, v)| {
+                let v = match v {
+                    Value::Float(t) => Value::Float(t.to_device(&other.device)?),
+                    Value::Bool(t) => Value::Bool(t.to_device(&other.device)?),
+                    Value::Int(i) => Value::Int(i.clone()),
+                };
+                Ok((*n, v))
+            })
+            .collect::<Result<_>>()?;
+        let (mut want, mut got) = (Vec::new(), Vec::new());
+        self.execute(inputs, Some(&mut Watch::Trace(&mut want)))?;
+        other.execute(&moved, Some(&mut Watch::Trace(&mut got)))?;
+        Ok(Comparison {
+            device: self.device.to_string(),
+            other_device: other.device.to_string(),
+            tolerance,
+            outputs: compare::diff(&want, &got, tolerance)?,
+        })
+    }
+
+    /// Run every node of the ONNX op type `op_type` with `f` instead of kiln's own kernel: to
+    /// try an implementation of one's own, or to plant a fault and see [`Model::compare`] find
+    /// it. `f` sees the node's inputs, not its attributes. Only op types of ONNX's own domain
+    /// that the model can already run are replaced; `f`'s outputs are used as they come.
+    pub fn replace_op(&mut self, op_type: &str, f: OpImpl) {
+        self.replaced.insert(op_type.to_string(), f);
+    }
+
     fn execute(
         &self,
         inputs: &[(&str, Value)],
-        profile: Option<&mut HashMap<String, (usize, std::time::Duration)>>,
+        watch: Option<&mut Watch>,
     ) -> Result<Vec<(String, Value)>> {
         let mut values: HashMap<String, Value> = HashMap::new();
         for (name, v) in inputs {
@@ -291,13 +371,7 @@ impl Model {
             }
         }
         let constants = |n: &str| self.constants.get(n).cloned();
-        self.eval(
-            &self.graph,
-            values,
-            &constants,
-            Some(&self.last_use),
-            profile,
-        )
+        self.eval(&self.graph, values, &constants, Some(&self.last_use), watch)
     }
 
     /// Runs `graph` from `values` (its inputs), reading any other name from `outer` (the
@@ -309,7 +383,7 @@ impl Model {
         mut values: HashMap<String, Value>,
         outer: &dyn Fn(&str) -> Option<Value>,
         last_use: Option<&HashMap<String, usize>>,
-        mut profile: Option<&mut HashMap<String, (usize, std::time::Duration)>>,
+        mut watch: Option<&mut Watch>,
     ) -> Result<Vec<(String, Value)>> {
         for (i, node) in graph.node.iter().enumerate() {
             let lookup = |n: &str| values.get(n).cloned().or_else(|| outer(n));
@@ -343,12 +417,27 @@ impl Model {
                 subgraph: &subgraph,
             };
             let start = std::time::Instant::now();
-            let out = ops::run(&ctx, &args)?;
-            if let Some(p) = profile.as_deref_mut() {
-                self.device.synchronize()?;
-                let e = p.entry(node.op_type.clone()).or_default();
-                e.0 += 1;
-                e.1 += start.elapsed();
+            let own_domain = node.domain.is_empty() || node.domain == "ai.onnx";
+            let out = match self.replaced.get(&node.op_type) {
+                Some(f) if own_domain => f(&self.device, &args)?,
+                _ => ops::run(&ctx, &args)?,
+            };
+            match watch.as_deref_mut() {
+                Some(Watch::Profile(p)) => {
+                    self.device.synchronize()?;
+                    let e = p.entry(node.op_type.clone()).or_default();
+                    e.0 += 1;
+                    e.1 += start.elapsed();
+                }
+                Some(Watch::Trace(t)) => {
+                    for (name, v) in node.output.iter().zip(&out) {
+                        if !name.is_empty() {
+                            let op = qualified(&node.domain, &node.op_type);
+                            t.push((i, op, node.name.clone(), name.clone(), v.clone()));
+                        }
+                    }
+                }
+                None => {}
             }
             for (name, v) in node.output.iter().zip(out) {
                 if !name.is_empty() {

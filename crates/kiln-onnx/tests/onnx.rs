@@ -37,14 +37,25 @@ fn cases_dir() -> Option<PathBuf> {
     make(&dir, "test_abs/model.onnx", "onnx_cases.py").then_some(dir)
 }
 
-/// Fills `dir` with `scripts/<script>` unless `sentinel` is in it already; whether it is now.
+/// Fills `dir` with `scripts/<script>` unless `sentinel` is in it already and the script has
+/// not changed since (a stamp of its text is kept beside the files); whether it is now.
 /// The tests of this binary run in parallel and several want the same files: one makes them
 /// (the others wait on the lock), into a scratch directory renamed into place when complete,
 /// so no test reads a half-written tree.
 fn make(dir: &Path, sentinel: &str, script: &str) -> bool {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    if dir.join(sentinel).exists() {
+    // FNV-1a of the script's text: stable across builds, unlike std's hasher.
+    let text = std::fs::read(root().join("scripts").join(script)).unwrap_or_default();
+    let stamp = text
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+        .to_string();
+    let stamp_file = dir.join(format!("{script}.stamp"));
+    if dir.join(sentinel).exists() && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp)
+    {
         return true;
     }
     let scratch = dir.with_extension(format!("partial-{}", std::process::id()));
@@ -56,6 +67,9 @@ fn make(dir: &Path, sentinel: &str, script: &str) -> bool {
         .is_ok_and(|s| s.success());
     if !made {
         let _ = std::fs::remove_dir_all(&scratch);
+        return false;
+    }
+    if std::fs::write(scratch.join(format!("{script}.stamp")), &stamp).is_err() {
         return false;
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -420,6 +434,7 @@ fn onnx_models_match_the_reference_evaluator() {
     let names = [
         "mobile",
         "transformer",
+        "classifier_head",
         "einsum_batched",
         "einsum_broadcast_batch",
         "einsum_trace",
@@ -450,15 +465,118 @@ fn onnx_models_match_the_reference_evaluator() {
     }
 }
 
-/// Published, trained models (PaddleOCR's PP-OCRv4 text detector and recognizer and its
-/// direction classifier, fetched by `scripts/onnx_published.py` from a pinned PyPI wheel) give
-/// onnxruntime's outputs on the CPU and every GPU: within 1e-4 + 1e-3·|want| everywhere. The
-/// recognizer's 6,625-way softmax came out wrong on lavapipe before e24095a.
+/// `Model::compare` runs a graph on two devices node by node and names the first node whose
+/// outputs differ. On `classifier_head` (MatMul + broadcast bias + a 6,625-way Softmax, the
+/// pattern lavapipe computed wrong before e24095a, at a tolerance tight enough for its 1e-4-sized
+/// probabilities) every GPU agrees with the CPU node for node. A planted fault is found where
+/// it is: a Softmax that drops the tail of each row, as the old lavapipe bug did, is named as
+/// the head's Softmax; a wrong HardSwish in the MobileNet-style model is named at its first
+/// node, though every later node differs too.
+#[test]
+fn compare_names_the_first_node_that_differs() {
+    let Some(dir) = models_dir() else { return };
+    let cpu = Device::cpu();
+    let tight = kiln_onnx::Tolerance {
+        abs: 1e-7,
+        rel: 1e-3,
+    };
+    let load = |name: &str, dev: &Device| {
+        let model = Model::load(&dir.join(format!("{name}.onnx")), dev).unwrap();
+        let (_, x) = load_tensor(&dir.join(format!("{name}.input.pb")), &cpu).unwrap();
+        (model, x)
+    };
+    let (head, x) = load("classifier_head", &cpu);
+    for dev in gpus() {
+        let (other, _) = load("classifier_head", &dev);
+        let c = head
+            .compare(&other, &[("input", x.clone())], tight)
+            .unwrap();
+        say!("{c}");
+        assert_eq!(c.outputs.len(), 3, "{c}");
+        assert!(c.first_difference().is_none(), "{c}");
+    }
+    // The planted fault: softmax right up to column 3,131, zero after it (rows summed to about
+    // 0.85 on lavapipe before e24095a).
+    let mut other_dev = vec![cpu.clone()];
+    other_dev.extend(gpus());
+    for dev in &other_dev {
+        let (mut faulty, _) = load("classifier_head", dev);
+        faulty.replace_op(
+            "Softmax",
+            std::sync::Arc::new(|dev: &Device, args: &[Option<Value>]| {
+                let Some(Value::Float(t)) = &args[0] else {
+                    unreachable!("the head's softmax reads a float tensor")
+                };
+                let cols = t.shape()[1];
+                let keep: Vec<f32> = (0..cols).map(|c| f32::from(u8::from(c < 3132))).collect();
+                let keep = kiln::Tensor::from_vec(dev, keep, &[cols])?;
+                Ok(vec![Value::Float(t.softmax(-1)?.mul(&keep)?)])
+            }),
+        );
+        let c = head
+            .compare(&faulty, &[("input", x.clone())], tight)
+            .unwrap();
+        let d = c
+            .first_difference()
+            .unwrap_or_else(|| panic!("not found:\n{c}"));
+        assert_eq!(
+            (d.op_type.as_str(), d.name.as_str()),
+            ("Softmax", "output"),
+            "{c}"
+        );
+        assert_eq!(d.outside, 4 * (6625 - 3132), "{c}");
+        let (i, _, got) = d.worst.unwrap();
+        assert!(i % 6625 >= 3132 && got == 0.0, "{c}");
+        assert!(
+            c.to_string()
+                .contains("first difference: node 2 `output` (Softmax)"),
+            "{c}"
+        );
+    }
+    // A wrong activation in a convnet: every node after the first HardSwish differs, and the
+    // first one is the one named.
+    let (mobile, x) = load("mobile", &cpu);
+    let (mut faulty, _) = load("mobile", &cpu);
+    faulty.replace_op(
+        "HardSwish",
+        std::sync::Arc::new(|_: &Device, args: &[Option<Value>]| {
+            let Some(Value::Float(t)) = &args[0] else {
+                unreachable!("HardSwish reads a float tensor")
+            };
+            Ok(vec![Value::Float(t.relu()?)])
+        }),
+    );
+    let c = mobile
+        .compare(&faulty, &[("input", x.clone())], tight)
+        .unwrap();
+    let d = c.first_difference().unwrap();
+    assert_eq!(
+        (d.op_type.as_str(), d.name.as_str()),
+        ("HardSwish", "stem.act"),
+        "{c}"
+    );
+    let differing = c.outputs.iter().filter(|d| !d.agrees()).count();
+    assert!(differing > 10, "{differing} outputs differ:\n{c}");
+    assert!(
+        c.outputs[..c.outputs.iter().position(|o| !o.agrees()).unwrap()]
+            .iter()
+            .all(|o| o.max_abs <= 1e-7)
+    );
+    // Two different graphs are refused, not compared.
+    let err = mobile.compare(&head, &[("input", x)], tight).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+}
+
+/// The zoo: trained models that people ship, from pinned PyPI wheels (`scripts/onnx_published.py`
+/// lists them: OCR, a vision classifier, two detectors, a byte classifier, two voice detectors
+/// with recurrent state, two audio front ends), against onnxruntime's outputs on the CPU and
+/// every GPU, within 1e-4 + 1e-3·|want| everywhere. The PP-OCRv4 recognizer's 6,625-way softmax
+/// came out wrong on lavapipe before e24095a.
 #[test]
 fn published_models_match_onnxruntime() {
     let Some(dir) = generated(
         "onnx-published",
-        "ocr_cls.output.pb",
+        "zoo.done",
         "onnx_published.py",
         "onnx onnxruntime (and network access to PyPI)",
     ) else {
@@ -466,35 +584,77 @@ fn published_models_match_onnxruntime() {
     };
     let mut devices = vec![Device::cpu()];
     devices.extend(gpus());
-    for name in ["ocr_det", "ocr_rec", "ocr_cls"] {
-        let (_, want) =
-            load_tensor(&dir.join(format!("{name}.output.pb")), &Device::cpu()).unwrap();
-        let want = want.to_f64().unwrap();
+    let names = std::fs::read_to_string(dir.join("zoo.done")).unwrap();
+    let files = |name: &str, kind: &str| -> Vec<PathBuf> {
+        (0..)
+            .map(|k| dir.join(format!("{name}.{kind}{k}.pb")))
+            .take_while(|p| p.exists())
+            .collect()
+    };
+    let mut failures = Vec::new();
+    for name in names.lines() {
+        let wants: Vec<(String, Vec<f64>)> = files(name, "out")
+            .iter()
+            .map(|f| {
+                let (n, v) = load_tensor(f, &Device::cpu()).unwrap();
+                (n, v.to_f64().unwrap())
+            })
+            .collect();
         for dev in &devices {
-            let model = Model::load(&dir.join(format!("{name}.onnx")), dev).unwrap();
-            let (input, x) = load_tensor(&dir.join(format!("{name}.input.pb")), dev).unwrap();
-            let out = model.run(&[(input.as_str(), x)]).unwrap();
-            let got = out[0].1.to_f64().unwrap();
-            assert_eq!(got.len(), want.len(), "{name} on {dev}");
-            let mut worst = 0.0f64;
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                let err = (g - w).abs();
-                assert!(
-                    err <= 1e-4 + 1e-3 * w.abs(),
-                    "{name} on {dev}: output {i} is {g}, onnxruntime gives {w}"
-                );
-                worst = worst.max(err);
+            let t = std::time::Instant::now();
+            let result = (|| -> Result<f64, String> {
+                let model = Model::load(&dir.join(format!("{name}.onnx")), dev)
+                    .map_err(|e| e.to_string())?;
+                let inputs: Vec<(String, Value)> = files(name, "in")
+                    .iter()
+                    .map(|f| load_tensor(f, dev).unwrap())
+                    .collect();
+                let named: Vec<(&str, Value)> = inputs
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.clone()))
+                    .collect();
+                let out = model.run(&named).map_err(|e| e.to_string())?;
+                let mut worst = 0.0f64;
+                for ((got_name, got), (want_name, want)) in out.iter().zip(&wants) {
+                    assert_eq!(got_name, want_name);
+                    let got = got.to_f64().map_err(|e| e.to_string())?;
+                    if got.len() != want.len() {
+                        return Err(format!(
+                            "`{got_name}`: {} values, want {}",
+                            got.len(),
+                            want.len()
+                        ));
+                    }
+                    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                        let err = (g - w).abs();
+                        if err.is_nan() || err > 1e-4 + 1e-3 * w.abs() {
+                            return Err(format!("`{got_name}`[{i}] is {g}, onnxruntime gives {w}"));
+                        }
+                        worst = worst.max(err);
+                    }
+                }
+                if out.len() != wants.len() {
+                    return Err(format!("{} outputs, want {}", out.len(), wants.len()));
+                }
+                Ok(worst)
+            })();
+            match result {
+                Ok(worst) => say!(
+                    "onnx {name} on {dev}: max abs difference {worst:.2e} from onnxruntime ({:.2?})",
+                    t.elapsed()
+                ),
+                Err(e) => failures.push(format!("{name} on {dev}: {e}")),
             }
-            say!("onnx {name} on {dev}: max abs difference {worst:.2e} from onnxruntime");
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     // At load, the direction classifier's 308 Constant nodes become initializers (evaluated
     // once, not per run) and then each of its 35 BatchNormalizations, whose convolution
     // weights were such constants, folds into its convolution: a run executes neither.
     let cpu = Device::cpu();
     let model = Model::load(&dir.join("ocr_cls.onnx"), &cpu).unwrap();
     assert!(model.op_types().contains(&"Constant".to_string()));
-    let (input, x) = load_tensor(&dir.join("ocr_cls.input.pb"), &cpu).unwrap();
+    let (input, x) = load_tensor(&dir.join("ocr_cls.in0.pb"), &cpu).unwrap();
     let (_, profile) = model.run_profiled(&[(input.as_str(), x)]).unwrap();
     let ran: Vec<&str> = profile.iter().map(|(op, _, _)| op.as_str()).collect();
     for folded in ["Constant", "BatchNormalization"] {
