@@ -1,4 +1,5 @@
-//! Direct convolution and pooling, parallel over output planes.
+//! Direct convolution and pooling, parallel over output planes; the choice among the
+//! convolution kernels.
 
 use super::alloc;
 use super::par_chunks_mut;
@@ -9,11 +10,14 @@ use crate::error::Result;
 /// otherwise. Both treat the padding as zeros that multiply like any input (ONNX's and
 /// PyTorch's definition): a non-finite weight over the padding gives NaN (`inf · 0`).
 pub(crate) fn conv2d(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Result<Vec<f32>> {
-    if super::conv_gemm::worthwhile(g) {
-        return super::conv_gemm::forward(x, wt, bias, g);
+    if super::depthwise3::applies(g) {
+        return super::depthwise3::conv2d(x, wt, bias, g);
     }
     if super::depthwise::applies(g) {
         return super::depthwise::conv2d(x, wt, bias, g);
+    }
+    if super::conv_gemm::worthwhile(g) {
+        return super::conv_gemm::forward(x, wt, bias, g);
     }
     conv2d_direct(x, wt, bias, g)
 }

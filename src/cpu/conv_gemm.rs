@@ -8,8 +8,9 @@
 //!
 //! Used when each output reads at least [`MIN_TAPS`] inputs (a 3×3 kernel over two or more
 //! channels per group), or when each column value feeds at least [`MIN_OUT`] output channels (a
-//! first layer over one input channel). Depthwise kernels stay on the direct loops: each of
-//! their column values would be read once, so the columns would cost as much as the math. The padding is zeros that multiply like any input (ONNX's and
+//! first layer over one input channel). Depthwise kernels (one input channel per group, fewer
+//! than 8 outputs per group) run in `depthwise.rs` instead: each of their column values would be
+//! read once, so the columns would cost as much as the math. The padding is zeros that multiply like any input (ONNX's and
 //! PyTorch's definition: `inf · 0` is NaN); the direct loops give the same.
 
 use super::alloc;

@@ -1,36 +1,33 @@
-//! Depthwise 3×3 convolution (one input channel per output channel, stride 1 or 2, padding at
-//! most 1): each output plane computed output by output with the nine taps unrolled, so the
-//! rows of 6–48 values that the general direct loop walks tap by tap (one short AXPY per tap
-//! and row) become one pass per row. Every output sums the bias and then the taps in the
-//! general loop's order (row by row, left to right), skipping taps in the padding except for
-//! their `w · 0` when `w` is not finite, so the results are the same values.
+//! Depthwise convolution: each output channel reads one input channel (`c_in == groups`, a
+//! channel multiplier of `c_out / groups`), any kernel size, stride, dilation and padding.
+//!
+//! Per output plane, the input plane is first laid out zero-padded and split by the stride
+//! into `sh·sw` phase planes (phase `(ry, rx)` holds the padded values at rows `ry, ry + sh, ...`
+//! and columns `rx, rx + sw, ...`). Tap `(ky, kx)` of every output then reads phase
+//! `(ky·dh % sh, kx·dw % sw)` at a fixed offset, so with the output computed at the phase's row
+//! pitch (a few spare columns per row, dropped at the end) each tap is one contiguous
+//! multiply-add over the whole plane: long loops that vectorise, no edge cases, whatever the
+//! kernel. Every output sums the bias and then the taps row by row, left to right, as the
+//! general direct loop does, and the padding's zeros multiply like any input (`inf · 0` is NaN).
 
 use super::alloc;
 use super::par_chunks_mut;
 use crate::conv::Window;
 use crate::error::Result;
+use std::cell::RefCell;
+
+/// Output channels per input channel below which a depthwise convolution runs here; from it
+/// on, the SGEMM shares each column value among that many outputs (`conv_gemm.rs`).
+const MAX_MULTIPLIER: usize = 8;
 
 /// Whether `g` is a convolution [`conv2d`] computes.
 pub(crate) fn applies(g: &Window) -> bool {
-    let o = &g.opts;
-    g.c_in == o.groups
-        && g.c_out == o.groups
-        && (g.kh, g.kw) == (3, 3)
-        && o.dilation == (1, 1)
-        && matches!(o.stride, (1, 1) | (2, 2))
-        && o.padding.0 <= 1
-        && o.padding.1 <= 1
+    g.c_in_group() == 1 && g.c_out / g.opts.groups < MAX_MULTIPLIER && g.kh * g.kw > 1
 }
 
-/// The output columns whose three taps all lie inside a row of `w` values: `lo..hi`.
-fn interior(ow: usize, w: usize, stride: usize, pad: usize) -> (usize, usize) {
-    let lo = pad.div_ceil(stride).min(ow);
-    let hi = if w + pad >= 3 {
-        ((w + pad - 3) / stride + 1).min(ow)
-    } else {
-        0
-    };
-    (lo, hi.max(lo))
+thread_local! {
+    /// Per worker: the phase planes, and the output at their pitch.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// The convolution (`applies(g)`), parallel over output planes.
@@ -40,88 +37,122 @@ pub(crate) fn conv2d(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) ->
     if plane == 0 {
         return Ok(out);
     }
-    let (s, _) = g.opts.stride;
+    let (sh, sw) = g.opts.stride;
     let (ph, pw) = g.opts.padding;
-    let (lo, hi) = interior(g.ow, g.w, s, pw);
-    par_chunks_mut(&mut out, plane, plane * 9, &|bc, y| {
-        let c = bc % g.c_out;
-        let xs = &x[bc * g.h * g.w..(bc + 1) * g.h * g.w];
-        let k: &[f32; 9] = wt[c * 9..c * 9 + 9].try_into().expect("nine taps");
-        let b = bias.map_or(0.0, |v| v[c]);
-        for (oy, row) in y.chunks_exact_mut(g.ow).enumerate() {
-            let iy0 = (oy * s) as isize - ph as isize;
-            let inside = iy0 >= 0 && iy0 as usize + 2 < g.h;
-            let (from, to) = if inside { (lo, hi) } else { (0, 0) };
-            for ox in (0..from).chain(to..g.ow) {
-                row[ox] = edge(xs, g, k, b, iy0, (ox * s) as isize - pw as isize);
-            }
-            if from == to {
-                continue;
-            }
-            let r = |ky: usize| &xs[(iy0 as usize + ky) * g.w..][..g.w];
-            let (r0, r1, r2) = (r(0), r(1), r(2));
-            let start = from * s - pw;
-            let n = to - from;
-            let dst = &mut row[from..to];
-            if s == 1 {
-                fn t(r: &[f32], at: usize, n: usize) -> &[f32] {
-                    &r[at..][..n]
+    let (dh, dw) = g.opts.dilation;
+    let mult = g.c_out / g.opts.groups;
+    // Each phase plane: `rows × pitch`, enough for the furthest tap's offset plus a whole
+    // output at the pitch.
+    let pitch = ((g.kw - 1) * dw / sw) + g.ow;
+    let rows = ((g.kh - 1) * dh / sh) + g.oh + 1;
+    let phase_len = rows * pitch;
+    let taps = g.kh * g.kw;
+    par_chunks_mut(&mut out, plane, plane * taps, &|bc, y| {
+        let (b, co) = (bc / g.c_out, bc % g.c_out);
+        let ci = co / mult;
+        let xs = &x[(b * g.c_in + ci) * g.h * g.w..][..g.h * g.w];
+        let k = &wt[co * taps..][..taps];
+        SCRATCH.with_borrow_mut(|(phases, wide)| {
+            phases.clear();
+            phases.resize(sh * sw * phase_len, 0.0);
+            // Padded value (py, px) = input (py - ph, px - pw) lands in phase
+            // (py % sh, px % sw) at (py / sh, px / sw).
+            for iy in 0..g.h {
+                let py = iy + ph;
+                let (ry, qy) = (py % sh, py / sh);
+                if qy >= rows {
+                    continue;
                 }
-                let t = |r, kx| t(r, start + kx, n);
-                let (a0, a1, a2) = (t(r0, 0), t(r0, 1), t(r0, 2));
-                let (b0, b1, b2) = (t(r1, 0), t(r1, 1), t(r1, 2));
-                let (c0, c1, c2) = (t(r2, 0), t(r2, 1), t(r2, 2));
-                for j in 0..n {
-                    let mut acc = b;
-                    acc += a0[j] * k[0];
-                    acc += a1[j] * k[1];
-                    acc += a2[j] * k[2];
-                    acc += b0[j] * k[3];
-                    acc += b1[j] * k[4];
-                    acc += b2[j] * k[5];
-                    acc += c0[j] * k[6];
-                    acc += c1[j] * k[7];
-                    acc += c2[j] * k[8];
-                    dst[j] = acc;
-                }
-            } else {
-                for (j, d) in dst.iter_mut().enumerate() {
-                    let i = start + 2 * j;
-                    let mut acc = b;
-                    acc += r0[i] * k[0];
-                    acc += r0[i + 1] * k[1];
-                    acc += r0[i + 2] * k[2];
-                    acc += r1[i] * k[3];
-                    acc += r1[i + 1] * k[4];
-                    acc += r1[i + 2] * k[5];
-                    acc += r2[i] * k[6];
-                    acc += r2[i + 1] * k[7];
-                    acc += r2[i + 2] * k[8];
-                    *d = acc;
+                let src = &xs[iy * g.w..][..g.w];
+                for rx in 0..sw {
+                    // The first padded column at or after the input's first in this phase.
+                    let px0 = pw + (rx + sw - pw % sw) % sw;
+                    let dst = &mut phases[(ry * sw + rx) * phase_len + qy * pitch..][..pitch];
+                    let (ix0, qx0) = (px0 - pw, px0 / sw);
+                    if ix0 < g.w && qx0 < pitch {
+                        for (d, &v) in dst[qx0..].iter_mut().zip(src[ix0..].iter().step_by(sw)) {
+                            *d = v;
+                        }
+                    }
                 }
             }
-        }
+            // Tap offsets into the phase planes, in the sum's order.
+            let offsets = (0..taps).map(|t| {
+                let (ky, kx) = (t / g.kw, t % g.kw);
+                let (ry, qy) = ((ky * dh) % sh, (ky * dh) / sh);
+                let (rx, qx) = ((kx * dw) % sw, (kx * dw) / sw);
+                ((ry * sw + rx) * phase_len + qy * pitch + qx, k[t])
+            });
+            let offsets: Vec<(usize, f32)> = offsets.collect();
+            let b = bias.map_or(0.0, |v| v[co]);
+            wide.clear();
+            wide.resize(g.oh * pitch, 0.0);
+            accumulate(wide, phases, &offsets, b);
+            for (row, src) in y.chunks_exact_mut(g.ow).zip(wide.chunks_exact(pitch)) {
+                row.copy_from_slice(&src[..g.ow]);
+            }
+        });
     });
     Ok(out)
 }
 
-/// One output whose window starts at input row `iy0`, column `ix0` (either may lie in the
-/// padding), tap by tap with the checks the interior does without.
-fn edge(xs: &[f32], g: &Window, k: &[f32; 9], bias: f32, iy0: isize, ix0: isize) -> f32 {
-    let mut acc = bias;
-    for ky in 0..3 {
-        let iy = iy0 + ky as isize;
-        for kx in 0..3 {
-            let ix = ix0 + kx as isize;
-            let wv = k[ky * 3 + kx];
-            if iy >= 0 && (iy as usize) < g.h && ix >= 0 && (ix as usize) < g.w {
-                acc += xs[iy as usize * g.w + ix as usize] * wv;
-            } else if !wv.is_finite() {
-                acc += wv * 0.0;
-            }
+/// `wide[i] = bias + Σ_taps w · phases[off + i]`, summed in the taps' order, on the widest
+/// vectors the CPU has (the same values on each: Rust never fuses a multiply and an add).
+fn accumulate(wide: &mut [f32], phases: &[f32], offsets: &[(usize, f32)], bias: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { accumulate_avx512(wide, phases, offsets, bias) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { accumulate_avx2(wide, phases, offsets, bias) };
         }
     }
-    acc
+    accumulate_blocks::<16>(wide, phases, offsets, bias);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn accumulate_avx512(wide: &mut [f32], phases: &[f32], offsets: &[(usize, f32)], bias: f32) {
+    accumulate_blocks::<64>(wide, phases, offsets, bias);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn accumulate_avx2(wide: &mut [f32], phases: &[f32], offsets: &[(usize, f32)], bias: f32) {
+    accumulate_blocks::<32>(wide, phases, offsets, bias);
+}
+
+/// [`accumulate`], `B` outputs at a time, their sums kept in registers across the taps.
+#[inline(always)]
+fn accumulate_blocks<const B: usize>(
+    wide: &mut [f32],
+    phases: &[f32],
+    offsets: &[(usize, f32)],
+    bias: f32,
+) {
+    let mut blocks = wide.chunks_exact_mut(B);
+    let mut at = 0;
+    for block in &mut blocks {
+        let mut acc = [bias; B];
+        for &(off, wv) in offsets {
+            let src: &[f32; B] = phases[off + at..][..B].try_into().expect("a block");
+            for (a, &v) in acc.iter_mut().zip(src) {
+                *a += v * wv;
+            }
+        }
+        block.copy_from_slice(&acc);
+        at += B;
+    }
+    let rest = blocks.into_remainder();
+    rest.fill(bias);
+    for &(off, wv) in offsets {
+        for (a, &v) in rest.iter_mut().zip(&phases[off + at..]) {
+            *a += v * wv;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -129,45 +160,62 @@ mod tests {
     use super::*;
     use crate::conv::Conv2dOptions;
 
-    /// The unrolled kernel gives exactly the general direct loop's values, over strides,
-    /// paddings, odd and even and tiny sizes, a bias, and a non-finite weight.
+    /// The phase-plane kernel gives exactly the general direct loop's values, over kernel
+    /// sizes, strides, dilations, paddings, channel multipliers, odd and even and tiny sizes, a
+    /// bias, and a non-finite weight.
     #[test]
-    fn depthwise_3x3_matches_the_direct_loop_exactly() {
+    fn depthwise_matches_the_direct_loop_exactly() {
         let mut seed = 7u32;
         let mut next = move || {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
         };
-        for (h, w) in [(7, 9), (8, 8), (3, 3), (2, 5), (1, 1), (12, 5)] {
-            for stride in [1, 2] {
-                for pad in [0, 1] {
+        let mut checked = 0;
+        for (h, w) in [(7, 9), (8, 8), (3, 3), (2, 5), (1, 1), (12, 5), (14, 14)] {
+            for (kh, kw) in [(3, 3), (5, 5), (1, 3), (3, 1), (7, 7)] {
+                for (stride, dil, pad, mult) in [
+                    (1, 1, 0, 1),
+                    (1, 1, 1, 1),
+                    (2, 1, 1, 1),
+                    (1, 1, 2, 1),
+                    (2, 1, 2, 2),
+                    (1, 2, 2, 1),
+                    (3, 1, 1, 3),
+                    (2, 2, 3, 1),
+                ] {
                     let (n, c) = (2, 3);
                     let opts = Conv2dOptions {
                         stride: (stride, stride),
                         padding: (pad, pad),
-                        dilation: (1, 1),
+                        dilation: (dil, dil),
                         groups: c,
                     };
-                    let Ok(g) = Window::new("test", &[n, c, h, w], c, Some(1), (3, 3), opts) else {
+                    let shape = [n, c, h, w];
+                    let Ok(g) = Window::new("test", &shape, c * mult, Some(1), (kh, kw), opts)
+                    else {
                         continue; // a window larger than the padded input
                     };
                     assert!(applies(&g));
                     let x: Vec<f32> = (0..n * c * h * w).map(|_| next()).collect();
-                    let mut wt: Vec<f32> = (0..c * 9).map(|_| next()).collect();
+                    let mut wt: Vec<f32> = (0..c * mult * kh * kw).map(|_| next()).collect();
                     if (h, w) == (7, 9) {
-                        wt[4] = f32::INFINITY;
+                        wt[kh * kw / 2] = f32::INFINITY;
                     }
-                    let bias: Vec<f32> = (0..c).map(|_| next()).collect();
+                    let bias: Vec<f32> = (0..c * mult).map(|_| next()).collect();
                     let got = conv2d(&x, &wt, Some(&bias), &g).unwrap();
                     let want = super::super::conv::conv2d_direct(&x, &wt, Some(&bias), &g).unwrap();
+                    assert_eq!(got.len(), want.len());
                     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                         assert!(
-                            a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
-                            "{h}x{w} stride {stride} pad {pad}: value {i}: {a} vs {b}"
+                            a == b || (a.is_nan() && b.is_nan()),
+                            "{h}x{w} kernel {kh}x{kw} stride {stride} dilation {dil} pad {pad} \
+                             multiplier {mult}: value {i}: {a} vs {b}"
                         );
                     }
+                    checked += 1;
                 }
             }
         }
+        assert!(checked > 150, "{checked}");
     }
 }

@@ -8,6 +8,7 @@ mod attention;
 mod conv;
 mod conv_gemm;
 mod depthwise;
+mod depthwise3;
 pub(crate) mod device;
 mod elementwise;
 pub(crate) mod fused;

@@ -50,6 +50,143 @@ impl Tensor {
         }))
     }
 
+    /// The transposed 2-D convolution (PyTorch's `conv_transpose2d`, ONNX's `ConvTranspose`):
+    /// the input gradient of the convolution `opts` describes, so each input value scatters
+    /// the kernel into the output. Input `[n, c_in, h, w]`, `weight` `[c_in, c_out / groups,
+    /// kh, kw]`, optional `bias` `[c_out]`; the output is `[n, c_out, oh, ow]` with
+    /// `oh = (h − 1)·stride − 2·padding + dilation·(kh − 1) + 1 + output_padding.0` (and so for
+    /// `ow`). `output_padding` must be less than the stride or the dilation (as PyTorch asks):
+    /// it picks among the output sizes that the convolution maps back to `h`.
+    ///
+    /// It runs on the convolution's input-gradient kernels (the SGEMM and col2im on the CPU),
+    /// not as a convolution of a zero-spread input.
+    pub fn conv_transpose2d(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        opts: Conv2dOptions,
+        output_padding: (usize, usize),
+    ) -> Result<Tensor> {
+        const OP: &str = "conv_transpose2d";
+        for t in [Some(weight), bias].into_iter().flatten() {
+            self.same_device(t, OP)?;
+            t.expect(DType::F32, OP)?;
+        }
+        self.expect(DType::F32, OP)?;
+        let (&[n, c_in, h, w], &[wc, cout_g, kh, kw]) = (self.shape(), weight.shape()) else {
+            return Err(Error::InvalidShape {
+                op: OP,
+                reason: format!(
+                    "the input must be [n, c_in, h, w] and the weight [c_in, c_out / groups, kh, kw], got {} and {}",
+                    self.shape, weight.shape
+                ),
+            });
+        };
+        if wc != c_in {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: self.shape().to_vec(),
+                rhs: weight.shape().to_vec(),
+            });
+        }
+        let groups = opts.groups;
+        if groups == 0 || c_in % groups != 0 {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: format!("{groups} groups of {c_in} input channels"),
+            });
+        }
+        let c_out = cout_g * groups;
+        if let Some(b) = bias
+            && b.shape() != [c_out]
+        {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: vec![c_out],
+                rhs: b.shape().to_vec(),
+            });
+        }
+        let (s, p, d) = (opts.stride, opts.padding, opts.dilation);
+        if s.0 == 0 || s.1 == 0 || d.0 == 0 || d.1 == 0 || kh == 0 || kw == 0 {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: format!(
+                    "stride {s:?}, dilation {d:?} and kernel ({kh}, {kw}) must be at least 1"
+                ),
+            });
+        }
+        let op = output_padding;
+        if op.0 >= s.0.max(d.0) || op.1 >= s.1.max(d.1) {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: format!(
+                    "output padding {op:?} must be less than the stride {s:?} or the dilation {d:?}"
+                ),
+            });
+        }
+        let extent = |i: usize, s: usize, p: usize, k: usize, d: usize, op: usize| {
+            ((i.max(1) - 1) * s + d * (k - 1) + 1 + op).checked_sub(2 * p)
+        };
+        let (Some(oh), Some(ow)) = (
+            extent(h, s.0, p.0, kh, d.0, op.0),
+            extent(w, s.1, p.1, kw, d.1, op.1),
+        ) else {
+            return Err(Error::InvalidShape {
+                op: OP,
+                reason: format!("padding {p:?} removes the whole output"),
+            });
+        };
+        let dims = [n, c_out, oh, ow];
+        // The convolution whose input gradient this is: input [n, c_out, oh, ow], weight
+        // [c_in, c_out / groups, kh, kw], output [n, c_in, h, w].
+        let win = Window::new(OP, &dims, c_in, Some(cout_g), (kh, kw), opts)?;
+        if (win.oh, win.ow) != (h, w) {
+            return Err(Error::InvalidShape {
+                op: OP,
+                reason: format!("an output of {oh}x{ow} does not map back to {h}x{w}"),
+            });
+        }
+        let y = if self.numel() == 0 || weight.numel() == 0 {
+            Tensor::zeros(&self.device, &dims)? // an empty sum
+        } else {
+            self.detach()
+                .conv2d_grad(&weight.detach(), &win, false, &dims)?
+        };
+        let y = match bias {
+            Some(b) => y.add(&b.detach().reshape(&[c_out, 1, 1])?)?,
+            None => y,
+        };
+        let present: Vec<&Tensor> = [Some(self), Some(weight), bias]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !Tensor::tracking(&present) {
+            return Ok(y);
+        }
+        let (x, wt) = (self.detach(), weight.detach());
+        let has_bias = bias.is_some();
+        Ok(y.record(OP, &present, move |g, need| {
+            // The forward convolution of the gradient gives the input's; the weight's is the
+            // convolution's weight gradient with the roles of input and output swapped.
+            let mut grads = vec![
+                need[0]
+                    .then(|| g.conv2d_forward(&wt, None, opts))
+                    .transpose()?,
+                need[1]
+                    .then(|| x.conv2d_grad(g, &win, true, wt.shape()))
+                    .transpose()?,
+            ];
+            if has_bias {
+                grads.push(
+                    need[2]
+                        .then(|| g.sum(-1, false)?.sum(-1, false)?.sum(0, false))
+                        .transpose()?,
+                );
+            }
+            Ok(grads)
+        }))
+    }
+
     fn conv2d_forward(
         &self,
         weight: &Tensor,

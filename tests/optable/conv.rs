@@ -88,6 +88,34 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            name: "conv_transpose2d(bias)",
+            grad: || Grad::wrt(THREE),
+            samples: || transpose_samples(1),
+            run: |t| t[0].conv_transpose2d(&t[1], Some(&t[2]), Default::default(), (0, 0)),
+            reference: |r| conv_transpose_ref(r, Default::default(), (0, 0)),
+            tol: |r| {
+                (
+                    1e-6 * (1 + r[1].data.len() / r[1].shape[1].max(1)) as f64,
+                    1e-5,
+                )
+            },
+            errors: conv_transpose_errors,
+        },
+        OpInfo {
+            name: "conv_transpose2d(stride 2, pad 1, dilation 2, output padding 1, groups 2)",
+            grad: || Grad::wrt(THREE),
+            samples: || transpose_samples(2),
+            run: |t| t[0].conv_transpose2d(&t[1], Some(&t[2]), transposed_opts(), (1, 0)),
+            reference: |r| conv_transpose_ref(r, transposed_opts(), (1, 0)),
+            tol: |r| {
+                (
+                    1e-6 * (1 + r[1].data.len() / r[1].shape[1].max(1)) as f64,
+                    1e-5,
+                )
+            },
+            errors: no_errors,
+        },
+        OpInfo {
             name: "max_pool2d(3, 2, 1)",
             grad: own,
             samples: || {
@@ -124,6 +152,181 @@ pub fn table() -> Vec<OpInfo> {
             tol: |_| (1e-6, 1e-6),
             errors: no_errors,
         },
+    ]
+}
+
+/// Stride (2, 1), padding (1, 0), dilation (1, 2), 2 groups.
+fn transposed_opts() -> kiln::Conv2dOptions {
+    kiln::Conv2dOptions {
+        stride: (2, 1),
+        padding: (1, 0),
+        dilation: (1, 2),
+        groups: 2,
+    }
+}
+
+/// (input NCHW, weight `[c_in, c_out / groups, kh, kw]`, bias `[c_out]`) samples for
+/// `groups`: the 2x2 stride-2 upsampling of a segmentation head, odd sizes, an empty batch.
+fn transpose_samples(groups: usize) -> Vec<Sample> {
+    let mut rng = Lcg(115 + groups as u64);
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[2, 4, 5, 6], &[4, 3, 2, 2]),
+        (&[1, 2, 3, 4], &[2, 1, 3, 3]),
+        (&[1, 6, 4, 3], &[6, 2, 1, 3]),
+        (&[0, 2, 3, 3], &[2, 2, 2, 2]),
+    ];
+    cases
+        .iter()
+        .map(|(x, w)| {
+            let (nx, nw, c_out) = (x.iter().product(), w.iter().product(), w[1] * groups);
+            Sample {
+                inputs: vec![
+                    (x.to_vec(), rng.vec(nx, -1.0, 1.0)),
+                    (w.to_vec(), rng.vec(nw, -1.0, 1.0)),
+                    (vec![c_out], rng.vec(c_out, -1.0, 1.0)),
+                ],
+            }
+        })
+        .collect()
+}
+
+/// The transposed convolution by its definition: every input value scatters the kernel.
+fn conv_transpose_ref(r: &[Ref], opts: kiln::Conv2dOptions, out_pad: (usize, usize)) -> Ref {
+    let (x, w, b) = (&r[0], &r[1], &r[2]);
+    let [n, c_in, h, wd] = x.shape[..] else {
+        unreachable!()
+    };
+    let [_, cog, kh, kw] = w.shape[..] else {
+        unreachable!()
+    };
+    let (s, p, d, g) = (opts.stride, opts.padding, opts.dilation, opts.groups);
+    let c_out = cog * g;
+    let full_h = (h.max(1) - 1) * s.0 + d.0 * (kh - 1) + 1 + out_pad.0;
+    let full_w = (wd.max(1) - 1) * s.1 + d.1 * (kw - 1) + 1 + out_pad.1;
+    let (oh, ow) = (full_h - 2 * p.0, full_w - 2 * p.1);
+    let mut data = vec![0.0; n * c_out * oh * ow];
+    for bi in 0..n {
+        for co in 0..c_out {
+            for v in &mut data[(bi * c_out + co) * oh * ow..][..oh * ow] {
+                *v = b.data[co];
+            }
+        }
+        for ci in 0..c_in {
+            let grp = ci / (c_in / g);
+            for iy in 0..h {
+                for ix in 0..wd {
+                    let xv = x.data[((bi * c_in + ci) * h + iy) * wd + ix];
+                    for j in 0..cog {
+                        let co = grp * cog + j;
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let oy = (iy * s.0 + ky * d.0) as isize - p.0 as isize;
+                                let ox = (ix * s.1 + kx * d.1) as isize - p.1 as isize;
+                                if oy >= 0 && ox >= 0 && (oy as usize) < oh && (ox as usize) < ow {
+                                    data[((bi * c_out + co) * oh + oy as usize) * ow
+                                        + ox as usize] +=
+                                        xv * w.data[((ci * cog + j) * kh + ky) * kw + kx];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ref {
+        shape: vec![n, c_out, oh, ow],
+        data,
+    }
+}
+
+/// A weight for other input channels, groups that do not divide them, an output padding as
+/// large as the stride, padding that removes the whole output, a bias of the wrong length.
+fn conv_transpose_errors(d: &Device) -> Vec<ErrorCase> {
+    let x = Tensor::zeros(d, &[1, 4, 3, 3]).unwrap();
+    let w = Tensor::zeros(d, &[4, 2, 2, 2]).unwrap();
+    let opts = |stride, padding, groups| kiln::Conv2dOptions {
+        stride: (stride, stride),
+        padding: (padding, padding),
+        groups,
+        ..Default::default()
+    };
+    vec![
+        (
+            "a weight for 3 input channels",
+            x.conv_transpose2d(
+                &Tensor::zeros(d, &[3, 2, 2, 2]).unwrap(),
+                None,
+                opts(1, 0, 1),
+                (0, 0),
+            ),
+            |e| {
+                matches!(
+                    e,
+                    Error::ShapeMismatch {
+                        op: "conv_transpose2d",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "3 groups of 4 channels",
+            x.conv_transpose2d(&w, None, opts(1, 0, 3), (0, 0)),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidArgument {
+                        op: "conv_transpose2d",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "output padding 2 at stride 2",
+            x.conv_transpose2d(&w, None, opts(2, 0, 1), (2, 0)),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidArgument {
+                        op: "conv_transpose2d",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "padding 3 of a 4-wide output",
+            x.conv_transpose2d(&w, None, opts(1, 3, 1), (0, 0)),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidShape {
+                        op: "conv_transpose2d",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "a bias of 3 for 2 outputs",
+            x.conv_transpose2d(
+                &w,
+                Some(&Tensor::zeros(d, &[3]).unwrap()),
+                opts(1, 0, 1),
+                (0, 0),
+            ),
+            |e| {
+                matches!(
+                    e,
+                    Error::ShapeMismatch {
+                        op: "conv_transpose2d",
+                        ..
+                    }
+                )
+            },
+        ),
     ]
 }
 

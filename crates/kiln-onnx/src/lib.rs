@@ -158,9 +158,13 @@ impl Model {
                 .filter(|o| seen.insert(o.clone()))
                 .collect()
         };
-        let made = fold_constants(&mut graph, &mut constants, device, opset)?;
+        let made = fold_constants(&mut graph, &mut constants, device, opset, &|_| true)?;
         if made > 0 {
             log::info!("onnx: evaluated {made} Constant nodes once, at load");
+        }
+        let hoisted = hoist_subgraph_constants(&mut graph, &mut constants, device, opset)?;
+        if hoisted > 0 {
+            log::info!("onnx: {hoisted} subgraph initializers and Constants made once, at load");
         }
         let folded = fold_batch_norms(&mut graph, &mut constants, device)?;
         if folded > 0 {
@@ -425,9 +429,17 @@ impl Model {
             match watch.as_deref_mut() {
                 Some(Watch::Profile(p)) => {
                     self.device.synchronize()?;
+                    let took = start.elapsed();
+                    log::debug!(
+                        "onnx profile: node {i} {} `{}` {:?} -> {:?}: {took:.2?}",
+                        node.op_type,
+                        node.name,
+                        args.iter().flatten().map(Value::shape).collect::<Vec<_>>(),
+                        out.iter().map(Value::shape).collect::<Vec<_>>(),
+                    );
                     let e = p.entry(node.op_type.clone()).or_default();
                     e.0 += 1;
-                    e.1 += start.elapsed();
+                    e.1 += took;
                 }
                 Some(Watch::Trace(t)) => {
                     for (name, v) in node.output.iter().zip(&out) {
@@ -478,6 +490,7 @@ fn fold_constants(
     constants: &mut HashMap<String, Value>,
     device: &Device,
     opset: i64,
+    may_hoist: &dyn Fn(&str) -> bool,
 ) -> Result<usize> {
     let types = HashMap::new();
     let no_subgraph = |_: &GraphProto| -> Result<Vec<Value>> {
@@ -490,7 +503,11 @@ fn fold_constants(
     let mut made = 0;
     for node in std::mem::take(&mut graph.node) {
         let own_domain = node.domain.is_empty() || node.domain == "ai.onnx";
-        if node.op_type != "Constant" || !own_domain || !node.input.is_empty() {
+        if node.op_type != "Constant"
+            || !own_domain
+            || !node.input.is_empty()
+            || !node.output.iter().all(|o| may_hoist(o))
+        {
             kept.push(node);
             continue;
         }
@@ -626,6 +643,70 @@ fn fold_batch_norms(
         !removed.contains(&(k - 1))
     });
     Ok(folded)
+}
+
+/// Make the initializers and `Constant` nodes of every subgraph (the branches of an `If`,
+/// which in some models hold all the weights) once, at load, with the graph's own initializers,
+/// instead of at every run of the branch. Only names that nothing else in the model defines
+/// move (ONNX names are unique across a graph and its subgraphs, but a file may not keep to
+/// that: a name that is defined twice stays where it is and is made per run as before).
+/// Returns how many values moved.
+fn hoist_subgraph_constants(
+    graph: &mut GraphProto,
+    constants: &mut HashMap<String, Value>,
+    device: &Device,
+    opset: i64,
+) -> Result<usize> {
+    /// How many times each name is defined: as a node output, a graph input or an initializer.
+    fn count<'g>(g: &'g GraphProto, into: &mut HashMap<&'g str, usize>) {
+        let names = g.node.iter().flat_map(|n| n.output.iter());
+        let names = names.chain(g.input.iter().map(|i| &i.name));
+        for name in names.chain(g.initializer.iter().map(|t| &t.name)) {
+            *into.entry(name.as_str()).or_default() += 1;
+        }
+        for sub in g
+            .node
+            .iter()
+            .flat_map(|n| n.attribute.iter().filter_map(|a| a.g.as_ref()))
+        {
+            count(sub, into);
+        }
+    }
+    fn hoist(
+        g: &mut GraphProto,
+        constants: &mut HashMap<String, Value>,
+        once: &HashSet<String>,
+        device: &Device,
+        opset: i64,
+    ) -> Result<usize> {
+        let mut moved = 0;
+        for node in &mut g.node {
+            for sub in node.attribute.iter_mut().filter_map(|a| a.g.as_mut()) {
+                let unique = |n: &str| once.contains(n);
+                moved += fold_constants(sub, constants, device, opset, &unique)?;
+                let mut kept = Vec::new();
+                for t in std::mem::take(&mut sub.initializer) {
+                    if once.contains(&t.name) && !constants.contains_key(&t.name) {
+                        constants.insert(t.name.clone(), value::from_proto(&t, device)?);
+                        moved += 1;
+                    } else {
+                        kept.push(t);
+                    }
+                }
+                sub.initializer = kept;
+                moved += hoist(sub, constants, once, device, opset)?;
+            }
+        }
+        Ok(moved)
+    }
+    let mut counts = HashMap::new();
+    count(graph, &mut counts);
+    let once: HashSet<String> = counts
+        .into_iter()
+        .filter(|&(n, c)| c == 1 && !constants.contains_key(n))
+        .map(|(n, _)| n.to_string())
+        .collect();
+    hoist(graph, constants, &once, device, opset)
 }
 
 /// Every op type and attribute of `graph` (and its subgraphs) that kiln lacks, as one error.

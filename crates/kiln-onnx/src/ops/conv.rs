@@ -1,5 +1,5 @@
-//! Convolutions: `Conv` and `ConvTranspose` (the convolution of the stride-spread input with
-//! the flipped kernel), and the padding and 1-d/2-d reshaping they share with pooling.
+//! Convolutions: `Conv` and `ConvTranspose` (kiln's transposed convolution), and the padding
+//! and 1-d/2-d reshaping they share with pooling.
 
 use super::{Args, Ctx};
 use crate::value::Value;
@@ -155,30 +155,9 @@ pub(super) fn conv(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     Ok(vec![Value::Float(as_1d(y, one_d)?)])
 }
 
-/// `x` (`[n, c, h, w]`) with `s - 1` zeros inserted between neighbours along `dim` (2 or 3).
-pub(super) fn spread(x: &Tensor, dim: usize, s: usize) -> Result<Tensor> {
-    if s == 1 {
-        return Ok(x.clone());
-    }
-    let shape = x.shape().to_vec();
-    let len = shape[dim];
-    let mut split = shape[..=dim].to_vec();
-    split.push(1);
-    split.extend_from_slice(&shape[dim + 1..]);
-    let mut zeros = split.clone();
-    zeros[dim + 1] = s - 1;
-    let t = x.reshape(&split)?;
-    let z = Tensor::zeros(x.device(), &zeros)?;
-    let mut merged = shape.clone();
-    merged[dim] = len * s;
-    Tensor::cat(&[&t, &z], dim as isize + 1)?
-        .reshape(&merged)?
-        .narrow(dim as isize, 0, (len - 1) * s + 1)
-}
-
-/// `ConvTranspose` (2-D and 1-D): the convolution of the input spread by the stride (zeros
-/// between its values) and padded by the kernel's span, with the kernel flipped and its channel
-/// axes swapped; then ONNX's output padding and pads (or `output_shape`, `auto_pad`) crop it.
+/// `ConvTranspose` (2-D and 1-D): kiln's `conv_transpose2d` (a convolution's input gradient)
+/// over the whole output; then ONNX's output padding extends it with zeros and its pads (or
+/// `output_shape`, `auto_pad`) crop it.
 pub(super) fn conv_transpose(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     let (x, w) = (ctx.float_input(args, 0)?, ctx.float_input(args, 1)?);
     let one_d = x.rank() == 3;
@@ -254,26 +233,20 @@ pub(super) fn conv_transpose(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
             (p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize)
         }
     };
-    // The kernel as a convolution's: [c_out, c_in / groups, kh, kw], flipped in both axes.
-    let cin_g = c_in / groups;
-    let flip = |t: Tensor, dim: isize, n: usize| -> Result<Tensor> {
-        let rev: Vec<u32> = (0..n as u32).rev().collect();
-        t.index_select(dim, &Tensor::from_vec_u32(ctx.dev, rev, &[n])?)
-    };
-    let wc = w
-        .reshape(&[groups, cin_g, cout_g, kh, kw])?
-        .permute(&[0, 2, 1, 3, 4])?
-        .reshape(&[groups * cout_g, cin_g, kh, kw])?;
-    let wc = flip(flip(wc, 2, kh)?, 3, kw)?;
-    let spread_x = spread(&spread(&x, 2, stride.0)?, 3, stride.1)?;
-    let (ph, pw) = ((kh - 1) * dil.0, (kw - 1) * dil.1);
-    let padded = pad2d(&spread_x, (ph, pw, ph + out_pad.0, pw + out_pad.1), 0.0)?;
+    // The whole output (no padding), then output padding's zero rows and columns below and
+    // to the right (no input reaches them), then the crop.
     let opts = Conv2dOptions {
+        stride,
         dilation: dil,
         groups,
         ..Conv2dOptions::default()
     };
-    let y = padded.conv2d(&wc, None, opts)?;
+    let y = x.conv_transpose2d(&w, None, opts, (0, 0))?;
+    let y = if out_pad == (0, 0) {
+        y
+    } else {
+        pad2d(&y, (0, 0, out_pad.0, out_pad.1), 0.0)?
+    };
     if top + bottom > fh || left + right > fw {
         return Err(ctx.invalid("pads larger than the output"));
     }

@@ -381,8 +381,17 @@ pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
 
 /// The definition of op type `name` in `domain` (`""` and `"ai.onnx"` are ONNX's own).
 pub(crate) fn find(domain: &str, name: &str) -> Option<&'static OpDef> {
+    /// [`OPS`] by (domain, name): a node's op is looked up at every run.
+    static BY_NAME: LazyLock<std::collections::HashMap<(&str, &str), &OpDef>> =
+        LazyLock::new(|| {
+            let mut by_name = std::collections::HashMap::new();
+            for o in OPS.iter() {
+                by_name.entry((o.domain, o.name)).or_insert(o); // the first, as a search finds
+            }
+            by_name
+        });
     let domain = if domain == "ai.onnx" { "" } else { domain };
-    OPS.iter().find(|o| o.domain == domain && o.name == name)
+    BY_NAME.get(&(domain, name)).copied()
 }
 
 /// Run the node's op; errors name the node.
