@@ -18,8 +18,10 @@ before use; the wheels are fetched with `pip download --no-deps` (nothing is ins
 | filetype | byte classifier | Magika standard_v3_3 file-type classifier (convolution + attention over bytes) | magika 1.0.3 |
 | vad | speech, recurrent | Silero VAD 6 (If branches by sample rate, LSTM state) | silero-vad 6.2.3 |
 | vad_lstm | speech, recurrent | Silero VAD v6 as faster-whisper ships it (STFT as Conv, LSTM) | faster-whisper 1.2.1 |
-| mel_whisper | audio front end | Whisper's 80-bin log-mel spectrogram, STFT as Conv | onnx-asr 0.12.0 |
-| mel_nemo | audio front end | NeMo's 80-bin log-mel features, STFT as Conv | onnx-asr 0.12.0 |
+| mel_whisper | audio front end | Whisper's 80-bin log-mel spectrogram (STFT) | onnx-asr 0.12.0 |
+| mel_whisper_conv | audio front end | the same with the STFT written as a Conv | onnx-asr 0.12.0 |
+| mel_nemo | audio front end | NeMo's 80-bin log-mel features (STFT) | onnx-asr 0.12.0 |
+| mel_kaldi | audio front end | Kaldi's filterbank features (STFT, dithering off) | onnx-asr 0.12.0 |
 
 Beside each model `<name>.onnx`: its seeded inputs `<name>.in<k>.pb` (TensorProto files named
 after the graph's inputs) and onnxruntime's outputs `<name>.out<k>.pb`, in the graph's order.
@@ -118,9 +120,13 @@ MODELS = {
                               0.1 * rng.standard_normal((1, 1, 128)).astype(np.float32),
                               0.1 * rng.standard_normal((1, 1, 128)).astype(np.float32)]),
     "mel_whisper": ("onnx_asr-0.12.0-py3-none-any.whl",
-                    "onnx_asr/preprocessors/data/whisper80_conv.onnx", audio(8000)),
+                    "onnx_asr/preprocessors/data/whisper80.onnx", audio(8000)),
+    "mel_whisper_conv": ("onnx_asr-0.12.0-py3-none-any.whl",
+                         "onnx_asr/preprocessors/data/whisper80_conv.onnx", audio(8000)),
     "mel_nemo": ("onnx_asr-0.12.0-py3-none-any.whl",
-                 "onnx_asr/preprocessors/data/nemo80_conv.onnx", audio(8000)),
+                 "onnx_asr/preprocessors/data/nemo80.onnx", audio(8000)),
+    "mel_kaldi": ("onnx_asr-0.12.0-py3-none-any.whl",
+                  "onnx_asr/preprocessors/data/kaldi.onnx", audio(8000)),
 }
 
 

@@ -81,6 +81,16 @@ fn matmul_then(
     if m <= GEMV_ROWS && plan.offsets == [(0, 0)] && (ars, acs) == (k, 1) && (brs, bcs) == (1, k) {
         return finish(super::qmatmul::matmul_rows(a, b, (m, k, n))?);
     }
+    // A weight of many rows times a few columns (`W · x` for a pointwise convolution of a
+    // small image, a matmul against a narrow right side): the same dot products along the
+    // weight's rows, with the few columns copied into rows first.
+    if n <= GEMV_ROWS && m > GEMV_ROWS && plan.offsets == [(0, 0)] && (ars, acs) == (k, 1) {
+        let mut bt = Vec::with_capacity(n * k);
+        for j in 0..n {
+            bt.extend((0..k).map(|p| b[p * brs + j * bcs]));
+        }
+        return finish(super::qmatmul::row_dots(&bt, a, (n, k, m))?);
+    }
     #[cfg(target_arch = "x86_64")]
     if m * n * k >= OWN_KERNEL_MIN && super::sgemm::available().is_some() {
         return own_kernel(a, b, plan, epilogue);

@@ -191,6 +191,16 @@ pub(crate) fn matmul_rows(
     w: &[f32],
     (m, k, n): (usize, usize, usize),
 ) -> Result<Vec<f32>> {
+    let out_t = row_dots(x, w, (m, k, n))?;
+    Ok(if m == 1 {
+        out_t
+    } else {
+        transpose(&out_t, n, m)
+    })
+}
+
+/// [`matmul_rows`]' product transposed, `w · xᵀ` (`n × m`), as the dot products make it.
+pub(crate) fn row_dots(x: &[f32], w: &[f32], (m, k, n): (usize, usize, usize)) -> Result<Vec<f32>> {
     let mut out_t = super::alloc::<f32>("matmul", n * m)?;
     super::par_chunks_claimed(&mut out_t, m, ROWS_PER_CLAIM, k * m, &|row, out| {
         let wrow = &w[row * k..(row + 1) * k];
@@ -198,11 +208,7 @@ pub(crate) fn matmul_rows(
             *o = qdot::dot_f32(wrow, &x[i * k..(i + 1) * k]);
         }
     });
-    Ok(if m == 1 {
-        out_t
-    } else {
-        transpose(&out_t, n, m)
-    })
+    Ok(out_t)
 }
 
 /// `out[i] = x_i · w` for one weight row `w` (bytes of `dtype`) and every row `x_i` of `x`,

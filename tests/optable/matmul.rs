@@ -134,6 +134,7 @@ pub fn matmul_samples() -> Vec<Sample> {
         (vec![16, 16], vec![16, 16]),
         (vec![15, 17], vec![17, 31]),
         (vec![17, 33], vec![33, 15]),
+        (vec![300, 200], vec![200, 9]), // many weight rows, few columns: the CPU's row dots
         (vec![1, 64], vec![64, 1]),
         (vec![1, 1], vec![1, 1]),
         (vec![64, 1], vec![1, 64]),

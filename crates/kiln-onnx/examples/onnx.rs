@@ -113,9 +113,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..runs.max(1) {
         let t = Instant::now();
         outputs = model.run(&named)?;
-        let read: Vec<Vec<f64>> = outputs
+        // Read back as the values are (f32 floats; integers live on the host already), as
+        // onnxruntime hands its outputs over.
+        let read: Vec<Vec<f32>> = outputs
             .iter()
-            .map(|(_, v)| v.to_f64())
+            .filter_map(|(_, v)| match v {
+                Value::Float(t) | Value::Bool(t) => Some(t.to_vec()),
+                Value::Int(_) => None,
+            })
             .collect::<Result<_, _>>()?;
         times.push(t.elapsed().as_secs_f64());
         drop(read);

@@ -19,6 +19,7 @@ mod resize;
 mod scan;
 mod scatter;
 mod shape;
+mod spectral;
 
 use super::proto::{AttributeProto, NodeProto};
 use super::value::{IntTensor, Value};
@@ -110,6 +111,9 @@ static OWN: &[OpDef] = &[
     op("CastLike", &["saturate"], elementwise::cast),
     // control.rs
     op("If", &["then_branch", "else_branch"], control::if_),
+    // spectral.rs
+    op("DFT", &["axis", "inverse", "onesided"], spectral::dft),
+    op("STFT", &["onesided"], spectral::stft),
     // recurrent.rs
     op("RNN", RECURRENT_ATTRS, recurrent::recurrent),
     op("GRU", RECURRENT_ATTRS, recurrent::recurrent),
