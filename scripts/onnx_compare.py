@@ -11,7 +11,8 @@ seeded normal values with every symbolic dimension 1.
 usage: scripts/onnx_compare.py [MODELS_DIR] [RUNS] [ROUNDS] [DEVICES]
        defaults: target/onnx-models, 20 runs per round, 3 rounds, DEVICES "cpu,software"
        (kiln's CPU backend and lavapipe; KILN_DEVICE's names). Needs onnx, onnxruntime, numpy
-       and `cargo build --release -p kiln-onnx --example onnx`.
+       and `cargo build --release -p kiln-onnx --example onnx` (or the binary that
+       KILN_ONNX_EXAMPLE names, to compare two builds).
 """
 import json
 import os
@@ -30,7 +31,8 @@ models = sys.argv[1] if len(sys.argv) > 1 else "target/onnx-models"
 runs = int(sys.argv[2]) if len(sys.argv) > 2 else 20
 rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 devices = (sys.argv[4] if len(sys.argv) > 4 else "cpu,software").split(",")
-kiln = os.path.join(os.path.dirname(__file__), "..", "target", "release", "examples", "onnx")
+kiln = os.environ.get("KILN_ONNX_EXAMPLE") or os.path.join(
+    os.path.dirname(__file__), "..", "target", "release", "examples", "onnx")
 tmp = tempfile.mkdtemp()
 
 

@@ -54,6 +54,38 @@ fn source(g: &Window, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usi
     (iy < g.h && ix < g.w).then_some((iy, ix))
 }
 
+/// Column matrices up to this many values stay allocated between convolutions (16 MiB), so
+/// a network's convolutions do not each allocate and zero theirs.
+const KEPT_COLUMNS: usize = 4 << 20;
+
+thread_local! {
+    /// The calling thread's column matrix, reused ([`with_scratch`]).
+    static COLUMNS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `f` on a buffer of `n` values whose contents are left over from earlier use (callers
+/// overwrite all of it): the thread's kept buffer when it is free and `n` fits
+/// [`KEPT_COLUMNS`], a new one otherwise.
+fn with_scratch<T>(n: usize, f: impl FnOnce(&mut [f32]) -> Result<T>) -> Result<T> {
+    if n > KEPT_COLUMNS {
+        return f(&mut alloc("conv2d", n)?);
+    }
+    let kept = COLUMNS.with(|c| c.try_borrow_mut().map(|mut v| std::mem::take(&mut *v)));
+    let Ok(mut buf) = kept else {
+        return f(&mut alloc("conv2d", n)?); // in use further up this thread's stack
+    };
+    if buf.len() < n {
+        buf = alloc("conv2d", n)?;
+    }
+    let out = f(&mut buf[..n]);
+    COLUMNS.with(|c| {
+        if let Ok(mut v) = c.try_borrow_mut() {
+            *v = buf;
+        }
+    });
+    out
+}
+
 /// The column matrix of image `b`, group `grp`: the input's own values for a pointwise
 /// convolution, else written into `cols` (`taps × oh·ow`) by [`im2col`].
 fn columns<'a>(x: &'a [f32], g: &Window, b: usize, grp: usize, cols: &'a mut [f32]) -> &'a [f32] {
@@ -166,10 +198,6 @@ pub(crate) fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -
         // Every (image, group)'s columns, then one batched product whose outputs follow one
         // another as NCHW's planes do.
         let (groups, per) = (g.opts.groups, taps * plane);
-        let mut cols = alloc("conv2d", g.n * groups * per)?;
-        for (bg, part) in cols.chunks_exact_mut(per).enumerate() {
-            im2col(x, g, bg / groups, bg % groups, part);
-        }
         let batched = MatmulPlan {
             offsets: (0..g.n * groups)
                 .map(|bg| ((bg % groups) * cog * taps, bg * per))
@@ -177,7 +205,12 @@ pub(crate) fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -
             out_shape: Shape::new(&[g.n * groups, cog, plane])?,
             ..plan
         };
-        super::matmul(wt, &cols, &batched)?
+        with_scratch(g.n * groups * per, |cols| {
+            for (bg, part) in cols.chunks_exact_mut(per).enumerate() {
+                im2col(x, g, bg / groups, bg % groups, part);
+            }
+            super::matmul(wt, cols, &batched)
+        })?
     } else {
         let mut out = alloc("conv2d", g.n * g.c_out * plane)?;
         let mut cols = alloc("conv2d", taps * plane)?;

@@ -20,14 +20,21 @@ use std::cell::RefCell;
 /// on, the SGEMM shares each column value among that many outputs (`conv_gemm.rs`).
 const MAX_MULTIPLIER: usize = 8;
 
+/// The most outputs [`accumulate`] sums at a time (its AVX-512 block).
+const MAX_BLOCK: usize = 64;
+
 /// Whether `g` is a convolution [`conv2d`] computes.
 pub(crate) fn applies(g: &Window) -> bool {
     g.c_in_group() == 1 && g.c_out / g.opts.groups < MAX_MULTIPLIER && g.kh * g.kw > 1
 }
 
+/// A worker's buffers: the phase planes, the output at their pitch, and the taps' (offset,
+/// weight) pairs.
+type Scratch = (Vec<f32>, Vec<f32>, Vec<(usize, f32)>);
+
 thread_local! {
-    /// Per worker: the phase planes, and the output at their pitch.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Per worker ([`Scratch`]).
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// The convolution (`applies(g)`), parallel over output planes.
@@ -47,14 +54,26 @@ pub(crate) fn conv2d(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) ->
     let rows = ((g.kh - 1) * dh / sh) + g.oh + 1;
     let phase_len = rows * pitch;
     let taps = g.kh * g.kw;
+    // Tap offsets into the phase planes, in the sum's order.
+    let offsets: Vec<usize> = (0..taps)
+        .map(|t| {
+            let (ky, kx) = (t / g.kw, t % g.kw);
+            let (ry, qy) = ((ky * dh) % sh, (ky * dh) / sh);
+            let (rx, qx) = ((kx * dw) % sw, (kx * dw) / sw);
+            (ry * sw + rx) * phase_len + qy * pitch + qx
+        })
+        .collect();
+    // The output at the phase pitch, in whole blocks (the spare values are dropped); the
+    // phase planes end in a block's worth of slack so the last block reads inside them.
+    let wide_len = (g.oh * pitch).next_multiple_of(MAX_BLOCK);
     par_chunks_mut(&mut out, plane, plane * taps, &|bc, y| {
         let (b, co) = (bc / g.c_out, bc % g.c_out);
         let ci = co / mult;
         let xs = &x[(b * g.c_in + ci) * g.h * g.w..][..g.h * g.w];
         let k = &wt[co * taps..][..taps];
-        SCRATCH.with_borrow_mut(|(phases, wide)| {
+        SCRATCH.with_borrow_mut(|(phases, wide, weighted)| {
             phases.clear();
-            phases.resize(sh * sw * phase_len, 0.0);
+            phases.resize(sh * sw * phase_len + MAX_BLOCK, 0.0);
             // Padded value (py, px) = input (py - ph, px - pw) lands in phase
             // (py % sh, px % sw) at (py / sh, px / sw).
             for iy in 0..g.h {
@@ -76,18 +95,11 @@ pub(crate) fn conv2d(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) ->
                     }
                 }
             }
-            // Tap offsets into the phase planes, in the sum's order.
-            let offsets = (0..taps).map(|t| {
-                let (ky, kx) = (t / g.kw, t % g.kw);
-                let (ry, qy) = ((ky * dh) % sh, (ky * dh) / sh);
-                let (rx, qx) = ((kx * dw) % sw, (kx * dw) / sw);
-                ((ry * sw + rx) * phase_len + qy * pitch + qx, k[t])
-            });
-            let offsets: Vec<(usize, f32)> = offsets.collect();
-            let b = bias.map_or(0.0, |v| v[co]);
+            weighted.clear();
+            weighted.extend(offsets.iter().zip(k).map(|(&o, &w)| (o, w)));
             wide.clear();
-            wide.resize(g.oh * pitch, 0.0);
-            accumulate(wide, phases, &offsets, b);
+            wide.resize(wide_len, 0.0);
+            accumulate(wide, phases, weighted, bias.map_or(0.0, |v| v[co]));
             for (row, src) in y.chunks_exact_mut(g.ow).zip(wide.chunks_exact(pitch)) {
                 row.copy_from_slice(&src[..g.ow]);
             }
@@ -116,7 +128,7 @@ fn accumulate(wide: &mut [f32], phases: &[f32], offsets: &[(usize, f32)], bias: 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn accumulate_avx512(wide: &mut [f32], phases: &[f32], offsets: &[(usize, f32)], bias: f32) {
-    accumulate_blocks::<64>(wide, phases, offsets, bias);
+    accumulate_blocks::<MAX_BLOCK>(wide, phases, offsets, bias);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -125,7 +137,8 @@ fn accumulate_avx2(wide: &mut [f32], phases: &[f32], offsets: &[(usize, f32)], b
     accumulate_blocks::<32>(wide, phases, offsets, bias);
 }
 
-/// [`accumulate`], `B` outputs at a time, their sums kept in registers across the taps.
+/// [`accumulate`], `B` outputs at a time, their sums kept in registers across the taps
+/// (`wide` is whole blocks).
 #[inline(always)]
 fn accumulate_blocks<const B: usize>(
     wide: &mut [f32],
@@ -133,9 +146,8 @@ fn accumulate_blocks<const B: usize>(
     offsets: &[(usize, f32)],
     bias: f32,
 ) {
-    let mut blocks = wide.chunks_exact_mut(B);
     let mut at = 0;
-    for block in &mut blocks {
+    for block in wide.chunks_exact_mut(B) {
         let mut acc = [bias; B];
         for &(off, wv) in offsets {
             let src: &[f32; B] = phases[off + at..][..B].try_into().expect("a block");
@@ -145,13 +157,6 @@ fn accumulate_blocks<const B: usize>(
         }
         block.copy_from_slice(&acc);
         at += B;
-    }
-    let rest = blocks.into_remainder();
-    rest.fill(bias);
-    for &(off, wv) in offsets {
-        for (a, &v) in rest.iter_mut().zip(&phases[off + at..]) {
-            *a += v * wv;
-        }
     }
 }
 

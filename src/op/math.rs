@@ -47,9 +47,20 @@ pub(crate) fn sigmoid_f32(x: f32) -> f32 {
     top / (1.0 + e)
 }
 
+/// tanh without a call into libm, so that loops of it vectorise: `(1 − e) / (1 + e)` with
+/// `e = exp(−2|x|)` and the sign put back; under |x| = 1/4, where `1 − e` would cancel, the
+/// odd series to x⁹ (error under 4e-9). Relative error about 2e-7 overall; ±1 past |x| ≈ 9,
+/// NaN for NaN.
 #[inline(always)]
 pub(crate) fn tanh_f32(x: f32) -> f32 {
-    x.tanh()
+    let a = x.abs();
+    let e = exp_f32(-2.0 * a);
+    let big = (1.0 - e) / (1.0 + e);
+    let x2 = x * x;
+    let small = x
+        * (1.0
+            + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))));
+    if a < 0.25 { small } else { big.copysign(x) }
 }
 
 /// erf with absolute error below 1.5e-7 (Abramowitz & Stegun 7.1.26); the same formula as the
@@ -184,5 +195,36 @@ mod tests {
         assert!(sigmoid_f32(f32::NAN).is_nan());
         assert_eq!(sigmoid_f32(f32::INFINITY), 1.0);
         assert_eq!(sigmoid_f32(f32::NEG_INFINITY), 0.0);
+    }
+}
+
+#[cfg(test)]
+mod tanh_tests {
+    /// Over a dense sweep (and the edges: zero, tiny, huge, infinite, NaN) `tanh_f32` is
+    /// within 3e-7 relative (and 1e-37 absolute) of f64's tanh.
+    #[test]
+    fn tanh_f32_is_close_to_tanh_everywhere() {
+        let mut worst = 0.0f64;
+        let sweep = (-200_000..=200_000).map(|i| i as f32 * 1e-4);
+        let edges = [
+            0.0,
+            -0.0,
+            1e-30,
+            -1e-30,
+            0.25,
+            -0.25,
+            20.0,
+            1e30,
+            f32::INFINITY,
+        ];
+        for x in sweep.chain(edges) {
+            let (got, want) = (f64::from(super::tanh_f32(x)), f64::from(x).tanh());
+            let err = (got - want).abs() / want.abs().max(1e-37);
+            worst = worst.max(err);
+            assert!(err <= 3e-7, "tanh({x}) = {got}, want {want}");
+        }
+        assert_eq!(super::tanh_f32(f32::NEG_INFINITY), -1.0);
+        assert!(super::tanh_f32(f32::NAN).is_nan());
+        assert!(worst > 0.0);
     }
 }

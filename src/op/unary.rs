@@ -203,6 +203,7 @@ impl UnaryOp {
             // The transcendental ones as their own loops, so that `exp_f32` vectorises.
             UnaryOp::Exp => xs.iter_mut().for_each(|x| *x = exp_f32(*x)),
             UnaryOp::Sigmoid => xs.iter_mut().for_each(|x| *x = sigmoid_f32(*x)),
+            UnaryOp::Tanh => xs.iter_mut().for_each(|x| *x = tanh_f32(*x)),
             UnaryOp::Silu => xs.iter_mut().for_each(|x| *x *= sigmoid_f32(*x)),
             UnaryOp::Erf => xs.iter_mut().for_each(|x| *x = erf_f32(*x)),
             UnaryOp::Gelu => xs.iter_mut().for_each(|x| *x = gelu(*x)),

@@ -165,12 +165,21 @@ pub(crate) fn zip_ints(
         Shape::new(&b.shape)?.broadcast_strides(&shape),
     );
     let mut data = Vec::with_capacity(shape.numel());
-    let mut coord = vec![0usize; out.len()];
-    for _ in 0..shape.numel() {
+    // Row by row along the last dimension: the outer coordinates give each operand's row
+    // start once, then a plain loop with each operand's last stride (0 or 1).
+    let last = out.last().copied().unwrap_or(1);
+    let rank = out.len();
+    let (la, lb) = (
+        sa.last().copied().unwrap_or(0),
+        sb.last().copied().unwrap_or(0),
+    );
+    let mut coord = vec![0usize; rank.saturating_sub(1)];
+    for _ in 0..shape.numel().checked_div(last).unwrap_or(0) {
         let at = |st: &[usize]| coord.iter().zip(st).map(|(c, s)| c * s).sum::<usize>();
-        data.push(f(a.data[at(&sa)], b.data[at(&sb)]));
-        // The next output coordinate, row-major.
-        for d in (0..out.len()).rev() {
+        let (oa, ob) = (at(&sa), at(&sb));
+        data.extend((0..last).map(|j| f(a.data[oa + j * la], b.data[ob + j * lb])));
+        // The next row's coordinates, row-major.
+        for d in (0..coord.len()).rev() {
             coord[d] += 1;
             if coord[d] < out[d] {
                 break;
