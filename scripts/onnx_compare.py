@@ -83,6 +83,7 @@ for name in sorted(f for f in os.listdir(models) if f.endswith(".onnx")):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     want = sess.run(None, feeds)
     ort_ms, kiln_ms, diffs = [], {d: [] for d in devices}, {d: 0.0 for d in devices}
+    failed = {}
     for _ in range(rounds):
         times = []
         for _ in range(runs):
@@ -91,10 +92,16 @@ for name in sorted(f for f in os.listdir(models) if f.endswith(".onnx")):
             times.append(time.perf_counter() - t)
         ort_ms.append(1e3 * float(np.median(times)))
         for device in devices:
+            if device in failed:
+                continue
             out = os.path.join(tmp, f"{name}.{device}.json")
             env = dict(os.environ, KILN_DEVICE=device)
-            subprocess.run([kiln, path, *args, "--runs", str(runs), "--json", out], env=env,
-                           check=True, stdout=subprocess.DEVNULL)
+            run = subprocess.run([kiln, path, *args, "--runs", str(runs), "--json", out],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True)
+            if run.returncode != 0:
+                failed[device] = run.stderr.strip().splitlines()[-1][:60]
+                continue
             got = json.load(open(out))
             kiln_ms[device].append(got["median_ms"])
             for o, w in zip(model.graph.output, want):
@@ -103,6 +110,9 @@ for name in sorted(f for f in os.listdir(models) if f.endswith(".onnx")):
     o = float(np.median(ort_ms))
     cells = []
     for d in devices:
+        if d in failed:
+            cells.append(f"fails: {failed[d]} | | ")
+            continue
         k = float(np.median(kiln_ms[d]))
         ratios[d].append(k / o)
         cells.append(f"{k:.3f} | {k / o:.2f}× | {diffs[d]:.1e}")

@@ -158,6 +158,53 @@ fn transform(ctx: &Ctx, x: &Tensor, axis: usize, length: usize, kind: Kind) -> R
             "a {length}-point transform (its matrix would hold over {MAX_MATRIX} values)"
         )));
     }
+    let mat = coefficients(ctx, (m, c, length, bins, oc), kind)?;
+    let x = x.narrow(axis as isize, 0, m)?;
+    // [..., m, ..., c] → [rest, m·c] with the transform axis next to the parts.
+    let mut order: Vec<usize> = (0..rank - 1).filter(|&d| d != axis).collect();
+    order.extend([axis, rank - 1]);
+    let moved = x.permute(&order)?;
+    let rest: Vec<usize> = order[..rank - 2].iter().map(|&d| shape[d]).collect();
+    let rows: usize = rest.iter().product();
+    let y = moved.reshape(&[rows, m * c])?.matmul(&mat)?;
+    let mut out_shape = rest.clone();
+    out_shape.extend([bins, oc]);
+    let y = y.reshape(&out_shape)?;
+    // Back to the input's order, the transform axis where it was.
+    let mut back = vec![0; rank];
+    for (i, &d) in order.iter().enumerate() {
+        back[d] = i;
+    }
+    y.permute(&back)
+}
+
+/// The transform's `[m·c, bins·oc]` coefficient matrix on the node's device: made once per
+/// device and shape, then kept (a spectrogram front end runs the same transform on every
+/// call, and the matrix costs more to make than to multiply by). The last few are kept, if
+/// each is at most 16 MiB.
+fn coefficients(
+    ctx: &Ctx,
+    (m, c, length, bins, oc): (usize, usize, usize, usize, usize),
+    kind: Kind,
+) -> Result<Tensor> {
+    type Key = (usize, usize, usize, usize, usize, u8);
+    static KEPT: std::sync::Mutex<Vec<(Key, Tensor)>> = std::sync::Mutex::new(Vec::new());
+    const KEEP: usize = 8;
+    const KEEP_VALUES: usize = 4 << 20;
+    let tag = match kind {
+        Kind::Forward { onesided: false } => 0,
+        Kind::Forward { onesided: true } => 1,
+        Kind::Inverse => 2,
+        Kind::InverseReal => 3,
+    };
+    let key = (m, c, length, bins, oc, tag);
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, t)) = kept
+        .iter()
+        .find(|(k, t)| *k == key && t.device().same(ctx.dev))
+    {
+        return Ok(t.clone());
+    }
     // Rows: input sample t (real part, then imaginary part when complex); columns: output
     // bin k (real part, then imaginary part).
     let mut mat = vec![0f32; m * c * bins * oc];
@@ -188,22 +235,12 @@ fn transform(ctx: &Ctx, x: &Tensor, axis: usize, length: usize, kind: Kind) -> R
             }
         }
     }
-    let x = x.narrow(axis as isize, 0, m)?;
-    let mat = Tensor::from_vec(ctx.dev, mat, &[m * c, bins * oc])?;
-    // [..., m, ..., c] → [rest, m·c] with the transform axis next to the parts.
-    let mut order: Vec<usize> = (0..rank - 1).filter(|&d| d != axis).collect();
-    order.extend([axis, rank - 1]);
-    let moved = x.permute(&order)?;
-    let rest: Vec<usize> = order[..rank - 2].iter().map(|&d| shape[d]).collect();
-    let rows: usize = rest.iter().product();
-    let y = moved.reshape(&[rows, m * c])?.matmul(&mat)?;
-    let mut out_shape = rest.clone();
-    out_shape.extend([bins, oc]);
-    let y = y.reshape(&out_shape)?;
-    // Back to the input's order, the transform axis where it was.
-    let mut back = vec![0; rank];
-    for (i, &d) in order.iter().enumerate() {
-        back[d] = i;
+    let t = Tensor::from_vec(ctx.dev, mat, &[m * c, bins * oc])?;
+    if t.numel() <= KEEP_VALUES {
+        if kept.len() == KEEP {
+            kept.remove(0);
+        }
+        kept.push((key, t.clone()));
     }
-    y.permute(&back)
+    Ok(t)
 }
