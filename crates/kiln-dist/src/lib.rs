@@ -1,0 +1,34 @@
+//! Training on several devices at once.
+//!
+//! [`DataParallel`] keeps one replica of a model on each device of a process (any mix of GPU
+//! adapters and the CPU backend), splits every batch among them, runs each replica's forward and
+//! backward on its own thread, averages the gradients (weighted by each shard's rows, so the
+//! result is the gradient of the whole batch's mean loss), takes the optimizer step once, on the
+//! first device, and copies the new parameters to the other replicas: the replicas stay
+//! identical bit for bit, whatever their devices compute in their last bits.
+//!
+//! ```no_run
+//! use kiln::nn::{Activation, Linear, Module, Sequential, Sgd, cross_entropy};
+//! use kiln::{Device, Tensor, UnaryOp};
+//! use kiln_dist::DataParallel;
+//!
+//! let devices = vec![Device::cpu(), Device::gpu()?];
+//! let build = |dev: &Device| -> kiln::Result<Sequential> {
+//!     Ok(Sequential::new()
+//!         .push(Linear::new(dev, 64, 128, 1)?)
+//!         .push(Activation(UnaryOp::Relu))
+//!         .push(Linear::new(dev, 128, 10, 2)?))
+//! };
+//! let mut dp = DataParallel::new(&devices, build, Box::new(Sgd::new(0.1)))?;
+//! let (x, y): (Vec<f32>, Vec<u32>) = (vec![0.0; 256 * 64], vec![0; 256]);
+//! let loss = dp.step(256, |model, dev, rows| {
+//!     let xs = Tensor::from_vec(dev, x[rows.start * 64..rows.end * 64].to_vec(), &[rows.len(), 64])?;
+//!     let ys = Tensor::from_vec_u32(dev, y[rows.clone()].to_vec(), &[rows.len()])?;
+//!     cross_entropy(&model.forward(&xs)?, &ys)
+//! })?;
+//! # Ok::<(), kiln::Error>(())
+//! ```
+
+mod data_parallel;
+
+pub use data_parallel::DataParallel;
