@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs kiln's test suite with the GPU tests required to run.
 #
-# If no Vulkan driver is installed, installs Mesa's software one (lavapipe) first: on
-# Debian/Ubuntu as root through apt-get, otherwise it says what to install. Then runs
+# If no Vulkan driver is installed, installs Mesa's software one (lavapipe) first, and Open MPI
+# with libclang when they are missing: on Debian/Ubuntu as root through apt-get, otherwise it
+# says what to install. Then runs
 # `cargo test` with KILN_REQUIRE_GPU=1, so that "no adapter" fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,22 @@ if ! have_vulkan_driver; then
         apt-get install -y -qq mesa-vulkan-drivers >/dev/null
     else
         echo "scripts/test.sh: no Vulkan driver found. Install Mesa's (Debian/Ubuntu: apt-get install mesa-vulkan-drivers) and run again." >&2
+        exit 1
+    fi
+fi
+
+# MPI for crates/kiln-dist (its `mpi` feature, tests/mpi.rs under mpirun): Open MPI, and
+# libclang with clang's headers for the bindings the `mpi` crate generates (Debian 12's
+# packages; about 15 s).
+if ! command -v mpicc >/dev/null || ! compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "scripts/test.sh: installing Open MPI and libclang (for crates/kiln-dist's MPI tests)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends libopenmpi-dev openmpi-bin \
+            libclang1-14 libclang-common-14-dev >/dev/null
+    else
+        echo "scripts/test.sh: Open MPI and libclang are needed (Debian/Ubuntu: apt-get install libopenmpi-dev openmpi-bin libclang1-14 libclang-common-14-dev)" >&2
         exit 1
     fi
 fi
@@ -63,7 +80,9 @@ cargo run -q --example info
 # llama.cpp (C/C++, pinned): ggml for the quantizer checks of tests/packed.rs and libllama for
 # crates/kiln-llm's reference logits and tokens: ~2 min to build, once.
 benches/peers/ggml/build.sh
-cargo test --workspace --all-targets "$@"
+# CI runs the MPI tests (2 and 3 ranks under mpirun), not skips them.
+export KILN_REQUIRE_MPI=1
+cargo test --workspace --all-targets --features kiln-dist/mpi "$@"
 # Kernels picked at run time: the CPU's int8 dot kernels (test the ones this CPU does not pick
 # too) and the GPU's layout for packed products (lavapipe picks rows: test groups there too).
 for choice in KILN_CPU_QDOT=avx2 KILN_CPU_QDOT=scalar KILN_PACKED_KERNEL=groups; do

@@ -1,5 +1,6 @@
 //! [`DataParallel`]: replicas on the devices of one process.
 
+use crate::collective::{Collective, Single};
 use kiln::nn::{Module, Optimizer};
 use kiln::{Device, Error, Result, Tensor};
 use std::ops::Range;
@@ -8,11 +9,14 @@ use std::ops::Range;
 /// read back, in parameter order.
 type Part = (f32, Vec<Vec<f32>>);
 
-/// One replica of a model on each of several devices; see the crate's documentation.
+/// One replica of a model on each of several devices (of this process, and of every process
+/// of a [`Collective`]); see the crate's documentation.
 pub struct DataParallel<M> {
     /// `(device, replica)`, the first one's device holding the optimizer.
     replicas: Vec<(Device, M)>,
     optimizer: Box<dyn Optimizer + Send>,
+    /// The processes taking part ([`Single`] for this one alone).
+    collective: Box<dyn Collective>,
 }
 
 impl<M: Module + Send> DataParallel<M> {
@@ -24,6 +28,19 @@ impl<M: Module + Send> DataParallel<M> {
         devices: &[Device],
         build: impl Fn(&Device) -> Result<M>,
         optimizer: Box<dyn Optimizer + Send>,
+    ) -> Result<DataParallel<M>> {
+        Self::across(devices, build, optimizer, Box::new(Single))
+    }
+
+    /// [`DataParallel::new`] on this process's `devices`, as one of the processes of
+    /// `collective` (every process calls it with a model of the same parameters): every
+    /// replica of every process starts from process 0's first replica, and each step splits
+    /// the batch over all of their devices.
+    pub fn across(
+        devices: &[Device],
+        build: impl Fn(&Device) -> Result<M>,
+        optimizer: Box<dyn Optimizer + Send>,
+        collective: Box<dyn Collective>,
     ) -> Result<DataParallel<M>> {
         if devices.is_empty() {
             return Err(Error::InvalidArgument {
@@ -38,6 +55,7 @@ impl<M: Module + Send> DataParallel<M> {
         let mut dp = DataParallel {
             replicas,
             optimizer,
+            collective,
         };
         let shape = |m: &M| -> Vec<(String, Vec<usize>)> {
             m.parameters()
@@ -54,6 +72,11 @@ impl<M: Module + Send> DataParallel<M> {
         }
         dp.broadcast()?;
         Ok(dp)
+    }
+
+    /// The processes taking part.
+    pub fn collective(&self) -> &dyn Collective {
+        &*self.collective
     }
 
     /// The devices, in the order the batch is split among them.
@@ -77,18 +100,20 @@ impl<M: Module + Send> DataParallel<M> {
         &mut *self.optimizer
     }
 
-    /// The rows of a batch of `batch` rows that each replica takes: contiguous shards, as
-    /// equal as they can be (the first ones one row longer), in device order.
+    /// The rows of a batch of `batch` rows that each of this process's replicas takes: the
+    /// batch is cut into contiguous shards, as equal as they can be (the first ones one row
+    /// longer), one per replica of every process in rank order (every process is assumed to
+    /// hold as many replicas as this one), and this returns this process's shards, in device
+    /// order, as rows of the whole batch (a `DistributedSampler`'s split).
     pub fn shards(&self, batch: usize) -> Vec<Range<usize>> {
-        let n = self.replicas.len();
-        let mut start = 0;
-        (0..n)
-            .map(|i| {
-                let len = batch / n + usize::from(i < batch % n);
-                start += len;
-                start - len..start
-            })
-            .collect()
+        let local = self.replicas.len();
+        let n = local * self.collective.size();
+        let shard = |i: usize| {
+            let start = i * (batch / n) + i.min(batch % n);
+            start..start + batch / n + usize::from(i < batch % n)
+        };
+        let first = self.collective.rank() * local;
+        (first..first + local).map(shard).collect()
     }
 
     /// One training step on a batch of `batch` rows: `loss(replica, device, rows)` gives the
@@ -151,23 +176,44 @@ impl<M: Module + Send> DataParallel<M> {
         });
         let mut parts = Vec::new();
         for (r, rows) in results.into_iter().zip(&shards) {
-            if let Some(part) = r? {
-                parts.push((rows.len() as f64 / batch as f64, part));
+            match r {
+                Ok(Some(part)) => parts.push((rows.len() as f64 / batch as f64, part)),
+                Ok(None) => {}
+                Err(e) => {
+                    // The other processes wait in the sum below: end the run (MPI), or return.
+                    self.collective.fail(&e);
+                    return Err(e);
+                }
             }
         }
-        // The whole batch's mean loss and gradient: each shard's mean weighted by its rows.
-        let mean_loss: f64 = parts.iter().map(|(w, (l, _))| w * f64::from(*l)).sum();
+        // The whole batch's mean loss and gradient: each shard's mean weighted by its rows,
+        // summed here, then over the processes. Layout: the loss, then every gradient.
+        let sizes: Vec<usize> = self.replicas[0]
+            .1
+            .parameters()
+            .iter()
+            .map(|(_, p)| p.numel())
+            .collect();
+        let mut flat = vec![0f64; 1 + sizes.iter().sum::<usize>()];
+        for (w, (loss, grads)) in &parts {
+            flat[0] += w * f64::from(*loss);
+            let mut at = 1;
+            for g in grads {
+                for (s, v) in flat[at..at + g.len()].iter_mut().zip(g) {
+                    *s += w * f64::from(*v);
+                }
+                at += g.len();
+            }
+        }
+        self.collective.sum(&mut flat)?;
         let (device, model) = &mut self.replicas[0];
         let mut params: Vec<&mut Tensor> =
             model.parameters_mut().into_iter().map(|(_, p)| p).collect();
-        for (i, p) in params.iter_mut().enumerate() {
-            let mut sum = vec![0f64; p.numel()];
-            for (w, (_, grads)) in &parts {
-                for (s, g) in sum.iter_mut().zip(&grads[i]) {
-                    *s += w * f64::from(*g);
-                }
-            }
-            let avg: Vec<f32> = sum.into_iter().map(|v| v as f32).collect();
+        let mut at = 1;
+        for p in params.iter_mut() {
+            let n = p.numel();
+            let avg: Vec<f32> = flat[at..at + n].iter().map(|&v| v as f32).collect();
+            at += n;
             let g = Tensor::from_vec(device, avg, p.shape())?;
             p.zero_grad();
             p.backward_with(&g)?;
@@ -177,21 +223,23 @@ impl<M: Module + Send> DataParallel<M> {
             p.zero_grad();
         }
         self.broadcast()?;
-        Ok(mean_loss as f32)
+        Ok(flat[0] as f32)
     }
 
-    /// Copies the first replica's parameters into every other replica.
+    /// Gives every replica of every process process 0's first replica's parameters.
     fn broadcast(&mut self) -> Result<()> {
-        let (first, rest) = self.replicas.split_at_mut(1);
-        let values: Vec<Vec<f32>> = first[0]
-            .1
-            .parameters()
-            .into_iter()
-            .map(|(_, p)| p.to_vec())
-            .collect::<Result<_>>()?;
-        for (dev, model) in rest {
-            for ((_, p), v) in model.parameters_mut().into_iter().zip(&values) {
-                *p = Tensor::from_vec(dev, v.clone(), p.shape())?.with_grad()?;
+        let mut flat: Vec<f32> = Vec::new();
+        for (_, p) in self.replicas[0].1.parameters() {
+            flat.extend(p.to_vec()?);
+        }
+        self.collective.broadcast(&mut flat)?;
+        let first = usize::from(self.collective.rank() == 0);
+        for (dev, model) in &mut self.replicas[first..] {
+            let mut at = 0;
+            for (_, p) in model.parameters_mut() {
+                let n = p.numel();
+                *p = Tensor::from_vec(dev, flat[at..at + n].to_vec(), p.shape())?.with_grad()?;
+                at += n;
             }
         }
         Ok(())

@@ -7,6 +7,12 @@
 //! first device, and copies the new parameters to the other replicas: the replicas stay
 //! identical bit for bit, whatever their devices compute in their last bits.
 //!
+//! Across processes and machines (feature `mpi`): [`DataParallel::across`] with [`Mpi`], one
+//! process per rank as `mpirun -np N` starts them. The batch is split over every rank's
+//! devices, each rank's weighted gradient sum is summed over the ranks (`MPI_Allreduce`), and
+//! after the step rank 0's parameters are broadcast, so every replica of every rank holds the
+//! same values. Nothing in kiln opens a socket of its own.
+//!
 //! ```no_run
 //! use kiln::nn::{Activation, Linear, Module, Sequential, Sgd, cross_entropy};
 //! use kiln::{Device, Tensor, UnaryOp};
@@ -29,6 +35,10 @@
 //! # Ok::<(), kiln::Error>(())
 //! ```
 
+mod collective;
 mod data_parallel;
 
+#[cfg(feature = "mpi")]
+pub use collective::Mpi;
+pub use collective::{Collective, Single};
 pub use data_parallel::DataParallel;

@@ -1,0 +1,139 @@
+//! `DataParallel` over MPI ranks: `mpirun -np N kiln-dist-check` for N = 1, 2, 3 (one CPU
+//! replica per rank) gives the same losses and parameters as one process training on the
+//! whole batch, and a rank that fails (an error or a panic) ends the job within seconds.
+//! Without `mpirun` the tests say so loudly and pass; under `KILN_REQUIRE_MPI=1` (CI) they fail.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn mpirun(ranks: usize, args: &[&str]) -> Option<(Output, Duration)> {
+    let start = Instant::now();
+    let out = Command::new("timeout")
+        .args([
+            "120",
+            "mpirun",
+            "--oversubscribe",
+            "-np",
+            &ranks.to_string(),
+        ])
+        .arg(env!("CARGO_BIN_EXE_kiln-dist-check"))
+        .args(args)
+        // mpirun refuses to start as root without these (CI containers run as root).
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output();
+    match out {
+        Ok(o) if o.status.code() != Some(127) => Some((o, start.elapsed())),
+        _ if std::env::var("KILN_REQUIRE_MPI").is_ok_and(|v| v == "1") => {
+            panic!("KILN_REQUIRE_MPI=1 but mpirun could not run (apt-get install openmpi-bin)")
+        }
+        _ => {
+            eprintln!("!!!!! kiln-dist: NO mpirun — MPI tests SKIPPED !!!!!");
+            None
+        }
+    }
+}
+
+/// Rank 0's report: every step's loss, then each parameter's values.
+fn report(path: &std::path::Path) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let list = |s: &str| -> Vec<f32> {
+        let inner = s.trim().trim_start_matches('[').trim_end_matches(']');
+        inner
+            .split(',')
+            .map(|v| v.trim().parse().unwrap())
+            .collect()
+    };
+    let mut losses = Vec::new();
+    let mut params = Vec::new();
+    for line in text.lines() {
+        let (key, rest) = line.split_once(' ').unwrap();
+        match key {
+            "ranks" => {}
+            "losses" => losses = list(rest),
+            _ => params.push(list(rest)),
+        }
+    }
+    (losses, params)
+}
+
+#[test]
+fn ranks_train_as_one_process_on_the_whole_batch() {
+    let dir = std::env::temp_dir().join(format!("kiln-dist-mpi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for adam in [false, true] {
+        let mut runs = Vec::new();
+        for ranks in [1, 2, 3] {
+            let out = dir.join(format!("r{ranks}-{adam}.txt"));
+            let mut args = vec![
+                "--steps",
+                "30",
+                "--batch",
+                "47",
+                "--out",
+                out.to_str().unwrap(),
+            ];
+            if adam {
+                args.push("--adam");
+            }
+            let Some((o, _)) = mpirun(ranks, &args) else {
+                return;
+            };
+            assert!(
+                o.status.success(),
+                "{ranks} ranks: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            runs.push((ranks, report(&out)));
+        }
+        let (_, (want_losses, want)) = &runs[0];
+        assert!(
+            want_losses[29] < 0.7 * want_losses[0],
+            "did not learn: {want_losses:?}"
+        );
+        for (ranks, (losses, params)) in &runs[1..] {
+            for (s, (a, b)) in losses.iter().zip(want_losses).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5,
+                    "{ranks} ranks, adam {adam}: step {s}: {a} vs {b}"
+                );
+            }
+            let diff = params
+                .iter()
+                .flatten()
+                .zip(want.iter().flatten())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                diff <= 1e-5,
+                "{ranks} ranks, adam {adam}: parameters {diff} apart"
+            );
+            eprintln!(
+                "kiln-dist: {ranks} ranks, adam {adam}: parameters within {diff:.1e} of one rank's"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_failing_rank_ends_the_job_within_seconds() {
+    for (flag, says) in [
+        ("--fail-at", "rank 1 failed a step, aborting the job"),
+        ("--panic-at", "rank 1 panics at step 3"),
+    ] {
+        let Some((o, took)) = mpirun(2, &["--steps", "30", flag, "3"]) else {
+            return;
+        };
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{flag}: the job succeeded");
+        assert_ne!(
+            o.status.code(),
+            Some(124),
+            "{flag}: the job hung until the time-out"
+        );
+        assert!(err.contains(says), "{flag}: {err}");
+        assert!(took < Duration::from_secs(20), "{flag}: took {took:?}");
+        eprintln!("kiln-dist: {flag} 3 ended the 2-rank job in {took:.2?}");
+    }
+}
