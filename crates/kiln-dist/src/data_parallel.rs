@@ -1,9 +1,11 @@
 //! [`DataParallel`]: replicas on the devices of one process.
 
 use crate::collective::{Collective, Single};
-use kiln::nn::{Module, Optimizer};
+use kiln::nn::{Module, Optimizer, load_checkpoint, save_checkpoint};
 use kiln::{Device, Error, Result, Tensor};
+use std::collections::BTreeMap;
 use std::ops::Range;
+use std::path::Path;
 
 /// What a replica's share of a step gives back: its mean loss and its parameters' gradients,
 /// read back, in parameter order.
@@ -224,6 +226,25 @@ impl<M: Module + Send> DataParallel<M> {
         }
         self.broadcast()?;
         Ok(flat[0] as f32)
+    }
+
+    /// Writes a checkpoint (the model, the optimizer's state and `progress`, as
+    /// `kiln::nn::save_checkpoint` does) from process 0; the other processes write nothing.
+    pub fn save_checkpoint(&self, path: &Path, progress: &[(&str, String)]) -> Result<()> {
+        if self.collective.rank() != 0 {
+            return Ok(());
+        }
+        save_checkpoint(path, &self.replicas[0].1, &*self.optimizer, progress)
+    }
+
+    /// Continues from a checkpoint that [`DataParallel::save_checkpoint`] wrote, with any
+    /// number of processes and devices: every process reads `path` (a shared file system, or
+    /// a copy on each machine) into its first replica and its optimizer, then every replica
+    /// takes process 0's parameters. Returns the checkpoint's progress entries.
+    pub fn load_checkpoint(&mut self, path: &Path) -> Result<BTreeMap<String, String>> {
+        let progress = load_checkpoint(path, &mut self.replicas[0].1, &mut *self.optimizer)?;
+        self.broadcast()?;
+        Ok(progress)
     }
 
     /// Gives every replica of every process process 0's first replica's parameters.

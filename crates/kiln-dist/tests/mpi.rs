@@ -1,6 +1,8 @@
 //! `DataParallel` over MPI ranks: `mpirun -np N kiln-dist-check` for N = 1, 2, 3 (one CPU
 //! replica per rank) gives the same losses and parameters as one process training on the
-//! whole batch, and a rank that fails (an error or a panic) ends the job within seconds.
+//! whole batch; a run checkpointed by 2 ranks and resumed by 1 or 3 ends where an
+//! uninterrupted one does; and a rank that fails (an error or a panic) ends the job within
+//! seconds.
 //! Without `mpirun` the tests say so loudly and pass; under `KILN_REQUIRE_MPI=1` (CI) they fail.
 
 use std::process::{Command, Output};
@@ -112,6 +114,66 @@ fn ranks_train_as_one_process_on_the_whole_batch() {
                 "kiln-dist: {ranks} ranks, adam {adam}: parameters within {diff:.1e} of one rank's"
             );
         }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn assert_close(
+    what: &str,
+    (la, pa): &(Vec<f32>, Vec<Vec<f32>>),
+    (lb, pb): &(Vec<f32>, Vec<Vec<f32>>),
+) {
+    assert_eq!(la.len(), lb.len(), "{what}: steps");
+    for (s, (a, b)) in la.iter().zip(lb).enumerate() {
+        assert!((a - b).abs() <= 1e-5, "{what}: step {s}: {a} vs {b}");
+    }
+    let diff = pa
+        .iter()
+        .flatten()
+        .zip(pb.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff <= 1e-5, "{what}: parameters {diff} apart");
+    eprintln!("kiln-dist: {what}: parameters within {diff:.1e}");
+}
+
+/// 2 ranks train 15 of 30 steps and checkpoint (rank 0 writes the model, Adam's state and the
+/// losses so far); 1 rank and 3 ranks each resume from it and end with the losses and
+/// parameters of 2 ranks that ran all 30 steps.
+#[test]
+fn a_checkpoint_resumes_on_another_number_of_ranks() {
+    let dir = std::env::temp_dir().join(format!("kiln-dist-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let common = ["--steps", "30", "--batch", "47", "--adam"];
+    let run = |ranks: usize, extra: &[&str]| -> Option<()> {
+        let args: Vec<&str> = common
+            .iter()
+            .copied()
+            .chain(extra.iter().copied())
+            .collect();
+        let (o, _) = mpirun(ranks, &args)?;
+        assert!(
+            o.status.success(),
+            "{ranks} ranks {extra:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Some(())
+    };
+    let (whole, ck) = (path("whole.txt"), path("ck.safetensors"));
+    if run(2, &["--out", &whole]).is_none() {
+        return;
+    }
+    run(2, &["--checkpoint", &ck, "--stop-after", "15"]).unwrap();
+    let want = report(whole.as_ref());
+    for ranks in [1, 3] {
+        let out = path(&format!("resumed{ranks}.txt"));
+        run(ranks, &["--resume", &ck, "--out", &out]).unwrap();
+        assert_close(
+            &format!("2 ranks, then {ranks} from the checkpoint"),
+            &report(out.as_ref()),
+            &want,
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

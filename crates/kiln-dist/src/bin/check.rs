@@ -5,7 +5,13 @@
 //! ```sh
 //! mpirun -np 2 kiln-dist-check --steps 30 --batch 48 --out out.txt [--adam]
 //!     [--fail-at STEP] [--panic-at STEP]     # rank 1 fails (an error, or a panic) at STEP
+//!     [--hidden N]                           # a wider hidden layer (32 by default)
+//!     [--checkpoint FILE --stop-after STEP]  # rank 0 checkpoints after STEP steps, all stop
+//!     [--resume FILE]                        # continue from such a checkpoint
 //! ```
+//!
+//! Rank 0 prints the training's samples per second (the steps after the first, which
+//! compiles nothing on the CPU but warms the caches).
 
 use kiln::nn::{Activation, Adam, Linear, Module, Optimizer, Sequential, Sgd, cross_entropy};
 use kiln::{Device, Error, Result, Tensor, UnaryOp};
@@ -14,7 +20,6 @@ use std::fmt::Write as _;
 
 const FEATURES: usize = 16;
 const CLASSES: usize = 4;
-const ROWS: usize = 256;
 
 struct Args {
     steps: usize,
@@ -23,6 +28,10 @@ struct Args {
     adam: bool,
     fail_at: Option<usize>,
     panic_at: Option<usize>,
+    hidden: usize,
+    checkpoint: Option<String>,
+    stop_after: Option<usize>,
+    resume: Option<String>,
 }
 
 fn args() -> std::result::Result<Args, String> {
@@ -33,6 +42,10 @@ fn args() -> std::result::Result<Args, String> {
         adam: false,
         fail_at: None,
         panic_at: None,
+        hidden: 32,
+        checkpoint: None,
+        stop_after: None,
+        resume: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -45,14 +58,19 @@ fn args() -> std::result::Result<Args, String> {
             "--adam" => a.adam = true,
             "--fail-at" => a.fail_at = Some(number(value()?)?),
             "--panic-at" => a.panic_at = Some(number(value()?)?),
+            "--hidden" => a.hidden = number(value()?)?,
+            "--checkpoint" => a.checkpoint = Some(value()?),
+            "--stop-after" => a.stop_after = Some(number(value()?)?),
+            "--resume" => a.resume = Some(value()?),
             other => return Err(format!("unknown argument {other}")),
         }
     }
     Ok(a)
 }
 
-/// A seeded classification set labelled by a random linear teacher (the same on every rank).
-fn data() -> (Vec<f32>, Vec<u32>) {
+/// A seeded classification set of `rows` rows labelled by a random linear teacher (the same
+/// on every rank).
+fn data(rows: usize) -> (Vec<f32>, Vec<u32>) {
     let mut s = 2024u64;
     let mut next = move || {
         s = s
@@ -61,8 +79,8 @@ fn data() -> (Vec<f32>, Vec<u32>) {
         ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     };
     let teacher: Vec<f32> = (0..FEATURES * CLASSES).map(|_| next()).collect();
-    let x: Vec<f32> = (0..ROWS * FEATURES).map(|_| next()).collect();
-    let y = (0..ROWS)
+    let x: Vec<f32> = (0..rows * FEATURES).map(|_| next()).collect();
+    let y = (0..rows)
         .map(|i| {
             let score = |c: usize| -> f32 {
                 (0..FEATURES)
@@ -77,11 +95,11 @@ fn data() -> (Vec<f32>, Vec<u32>) {
     (x, y)
 }
 
-fn mlp(dev: &Device) -> Result<Sequential> {
+fn mlp(dev: &Device, hidden: usize) -> Result<Sequential> {
     Ok(Sequential::new()
-        .push(Linear::new(dev, FEATURES, 32, 7)?)
+        .push(Linear::new(dev, FEATURES, hidden, 7)?)
         .push(Activation(UnaryOp::Tanh))
-        .push(Linear::new(dev, 32, CLASSES, 8)?))
+        .push(Linear::new(dev, hidden, CLASSES, 8)?))
 }
 
 fn run(mpi: Mpi, a: &Args) -> Result<()> {
@@ -91,11 +109,45 @@ fn run(mpi: Mpi, a: &Args) -> Result<()> {
     } else {
         Box::new(Sgd::new(0.1).momentum(0.9))
     };
-    let mut dp = DataParallel::across(&[Device::cpu()], mlp, optimizer, Box::new(mpi))?;
-    let (x, y) = data();
-    let mut losses = Vec::new();
-    for step in 0..a.steps {
-        let start = (step * a.batch) % (ROWS - a.batch + 1);
+    let build = |d: &Device| mlp(d, a.hidden);
+    let mut dp = DataParallel::across(&[Device::cpu()], build, optimizer, Box::new(mpi))?;
+    // 256 rows (twice the batch when that is more), so that batches wrap around the data.
+    let rows = 256.max(2 * a.batch);
+    let (x, y) = data(rows);
+    let mut losses: Vec<f32> = Vec::new();
+    let mut first = 0;
+    if let Some(path) = &a.resume {
+        let progress = dp.load_checkpoint(path.as_ref())?;
+        let bad = |what: &str| Error::InvalidArgument {
+            op: "kiln-dist-check",
+            reason: format!("the checkpoint has no {what}"),
+        };
+        first = progress
+            .get("step")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("step"))?;
+        losses = progress
+            .get("losses")
+            .ok_or_else(|| bad("losses"))?
+            .split(',')
+            .filter(|v| !v.is_empty())
+            .map(|v| v.parse().map_err(|_| bad("readable losses")))
+            .collect::<Result<_>>()?;
+    }
+    let mut started = std::time::Instant::now();
+    for step in first..a.steps {
+        if step == first + 1 {
+            started = std::time::Instant::now();
+        }
+        if Some(step) == a.stop_after
+            && let Some(path) = &a.checkpoint
+        {
+            let list: Vec<String> = losses.iter().map(f32::to_string).collect();
+            let progress = [("step", step.to_string()), ("losses", list.join(","))];
+            dp.save_checkpoint(path.as_ref(), &progress)?;
+            return Ok(());
+        }
+        let start = (step * a.batch) % (rows - a.batch + 1);
         let loss = dp.step(a.batch, |model, dev, rows| {
             if rank == 1 && a.fail_at == Some(step) {
                 return Err(Error::InvalidArgument {
@@ -116,6 +168,15 @@ fn run(mpi: Mpi, a: &Args) -> Result<()> {
             cross_entropy(&model.forward(&xs)?, &ys)
         })?;
         losses.push(loss);
+    }
+    if rank == 0 && a.steps > first + 1 {
+        let timed = a.steps - first - 1;
+        let rate = (a.batch * timed) as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "kiln-dist-check: {} ranks: {rate:.0} samples/s over {timed} steps of {} rows",
+            dp.collective().size(),
+            a.batch
+        );
     }
     if rank == 0
         && let Some(out) = &a.out
