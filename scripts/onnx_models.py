@@ -13,6 +13,11 @@ seeded random weights, so no large file lives in git:
   classifier_head.onnx  MatMul + Add (a broadcast bias) + a 6,625-way Softmax, the pattern
                     of PP-OCRv4's recognizer head that lavapipe got wrong before e24095a (the
                     fused bias read counted against llvmpipe's loop budget). Input [4, 96].
+  qlinear_conv.onnx QLinearConv on uint8 with int8 weights: per-channel weight scales and zero
+                    points, 2 groups, strides (2, 1), dilations (1, 2), asymmetric pads, an
+                    int32 bias. Input uint8 [1, 4, 7, 6].
+  conv_integer_1d.onnx  a 1-D ConvInteger (int8, stride 2, pads (1, 2); ONNX's reference
+                    evaluator takes no per-channel weight zero point here). Input int8 [1, 2, 9].
   einsum_*.onnx     Einsum with ellipses and diagonals (EINSUMS below).
   branchy_*.onnx    an If on a run-time condition, branches reading the outer scope, a
                     nested If (for control flow; the two files differ only in their input).
@@ -184,6 +189,49 @@ EINSUMS = {
 }
 
 
+def save_quantized(out):
+    """The two integer convolutions above, their inputs and outputs in their own types."""
+    from onnx.reference import ReferenceEvaluator
+
+    r = np.random.default_rng(5)
+    models = []
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "xs"),
+        numpy_helper.from_array(np.array(128, np.uint8), "xz"),
+        numpy_helper.from_array(r.integers(-128, 128, (6, 2, 3, 3)).astype(np.int8), "w"),
+        numpy_helper.from_array(r.uniform(0.005, 0.02, 6).astype(np.float32), "ws"),
+        numpy_helper.from_array(r.integers(-3, 4, 6).astype(np.int8), "wz"),
+        numpy_helper.from_array(np.array(0.4, np.float32), "ys"),
+        numpy_helper.from_array(np.array(120, np.uint8), "yz"),
+        numpy_helper.from_array(r.integers(-500, 500, 6).astype(np.int32), "b"),
+    ]
+    node = helper.make_node("QLinearConv", ["input", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"],
+                            ["output"], strides=[2, 1], dilations=[1, 2], pads=[1, 0, 0, 1], group=2)
+    models.append(("qlinear_conv", node, inits, TensorProto.UINT8, (1, 4, 7, 6),
+                   r.integers(0, 256, (1, 4, 7, 6)).astype(np.uint8)))
+    inits = [
+        numpy_helper.from_array(r.integers(-128, 128, (3, 2, 3)).astype(np.int8), "w"),
+        numpy_helper.from_array(np.array(-2, np.int8), "xz"),
+        numpy_helper.from_array(np.array(3, np.int8), "wz"),
+    ]
+    node = helper.make_node("ConvInteger", ["input", "w", "xz", "wz"], ["output"], strides=[2],
+                            pads=[1, 2])
+    models.append(("conv_integer_1d", node, inits, TensorProto.INT8, (1, 2, 9),
+                   r.integers(-128, 128, (1, 2, 9)).astype(np.int8)))
+    for name, node, inits, elem, shape, x in models:
+        graph = helper.make_graph([node], name, [helper.make_tensor_value_info("input", elem, shape)],
+                                  [helper.make_tensor_value_info("output", TensorProto.UNDEFINED, None)],
+                                  inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+        model.ir_version = 9
+        onnx.save(model, os.path.join(out, f"{name}.onnx"))
+        (y,) = ReferenceEvaluator(model).run(None, {"input": x})
+        for kind, arr in (("input", x), ("output", y)):
+            with open(os.path.join(out, f"{name}.{kind}.pb"), "wb") as f:
+                f.write(numpy_helper.from_array(np.asarray(arr), kind).SerializeToString())
+        print(f"{name}.onnx: output {np.asarray(y).shape} {np.asarray(y).dtype}")
+
+
 def save(out, name, build, shift=0.0):
     nodes.clear()
     inits.clear()
@@ -210,6 +258,7 @@ if __name__ == "__main__":
     save(out, "mobile", mobile)
     save(out, "transformer", transformer)
     save(out, "classifier_head", classifier_head)
+    save_quantized(out)
     for name, (eq, a, b, y) in EINSUMS.items():
         save(out, name, einsum(eq, a, b, y))
     # Both branches of the `If` model: inputs shifted up (sum > 0) and down.

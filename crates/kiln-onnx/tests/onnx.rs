@@ -435,6 +435,8 @@ fn onnx_models_match_the_reference_evaluator() {
         "mobile",
         "transformer",
         "classifier_head",
+        "qlinear_conv",
+        "conv_integer_1d",
         "einsum_batched",
         "einsum_broadcast_batch",
         "einsum_trace",
@@ -825,6 +827,50 @@ fn onnx_run_errors_are_typed() {
             matches!(e, Error::InvalidArgument { .. }),
             "LSTM on {dev}: {e}"
         );
+
+        // ConvInteger: three weight zero points for two outputs, a weight for two input
+        // channels where the input has one, a float input.
+        let conv = model("test_convinteger_with_padding");
+        let u8s = |v: Vec<i64>, s: &[usize]| {
+            let mut t = kiln_onnx::IntTensor::new(s.to_vec(), v);
+            t.elem = 2; // UINT8
+            Value::Int(t)
+        };
+        let x = u8s((1..=9).collect(), &[1, 1, 3, 3]);
+        let w = u8s(vec![1; 8], &[2, 1, 2, 2]);
+        let zx = u8s(vec![1], &[]);
+        for (inputs, why) in [
+            (
+                [x.clone(), w.clone(), zx.clone(), u8s(vec![1, 1, 1], &[3])],
+                "3 weight zero points",
+            ),
+            (
+                [
+                    x.clone(),
+                    u8s(vec![1; 16], &[2, 2, 2, 2]),
+                    zx.clone(),
+                    u8s(vec![1, 1], &[2]),
+                ],
+                "a weight for 2 channels",
+            ),
+            (
+                [
+                    float(vec![1.0; 9], &[1, 1, 3, 3]),
+                    w.clone(),
+                    zx.clone(),
+                    u8s(vec![1, 1], &[2]),
+                ],
+                "a float input",
+            ),
+        ] {
+            let names = ["x", "w", "x_zero_point", "w_zero_points"];
+            let named: Vec<(&str, Value)> = names.into_iter().zip(inputs).collect();
+            let e = conv.run(&named).unwrap_err();
+            assert!(
+                matches!(e, Error::InvalidArgument { .. }),
+                "ConvInteger with {why} on {dev}: {e}"
+            );
+        }
 
         let scatter = model("test_scatter_elements_with_axis");
         let data = float(vec![1.0; 5], &[1, 5]);

@@ -295,6 +295,8 @@ static OWN: &[OpDef] = &[
     op("DynamicQuantizeLinear", &[], quantize::dynamic_quantize),
     op("MatMulInteger", &[], quantize::matmul_integer),
     op("QLinearMatMul", &[], quantize::qlinear_matmul),
+    op("ConvInteger", CONV_ATTRS, quantize::conv_integer),
+    op("QLinearConv", CONV_ATTRS, quantize::qlinear_conv),
 ];
 
 const CONSTANT_ATTRS: &[&str] = &[

@@ -338,3 +338,190 @@ pub(super) fn qlinear_matmul(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         elem: zy.elem,
     })])
 }
+
+/// `(x - x_zero) ⊛ (w - w_zero) (+ bias)` over integers, exactly (i64), with the node's
+/// convolution attributes (strides, dilations, pads or auto_pad, group; 1-D or 2-D): `x`
+/// `[n, c, (h,) w]`, `w` `[m, c / group, (kh,) kw]`, `x_zero` a scalar, `w_zero` a scalar or
+/// one per output channel, `bias` `[m]`. The padding holds zeros of the shifted input (the
+/// zero point of the original), as ONNX's reference pads. Runs on the host, where ONNX
+/// integers live: exact, but not fast.
+fn int_conv(
+    ctx: &Ctx,
+    x: &IntTensor,
+    w: &IntTensor,
+    x_zero: Option<&IntTensor>,
+    w_zero: Option<&IntTensor>,
+    bias: Option<&IntTensor>,
+) -> Result<(Vec<usize>, Vec<i64>)> {
+    use super::conv::{padding, pair, widened};
+    let one_d = x.shape.len() == 3;
+    let widen = |s: &[usize]| -> Vec<usize> {
+        if one_d {
+            vec![s[0], s[1], 1, s[2]]
+        } else {
+            s.to_vec()
+        }
+    };
+    if !(x.shape.len() == 4 || one_d) || w.shape.len() != x.shape.len() {
+        return Err(ctx.unsupported(format!(
+            "a {}-D integer convolution",
+            x.shape.len().saturating_sub(2)
+        )));
+    }
+    let node = if one_d {
+        widened(ctx.node)
+    } else {
+        ctx.node.clone()
+    };
+    let c2 = Ctx {
+        node: &node,
+        ..*ctx
+    };
+    let (xs, ws) = (widen(&x.shape), widen(&w.shape));
+    let (&[n, c, h, wd], &[m, cg, kh, kw]) = (&xs[..], &ws[..]) else {
+        unreachable!("both widened to rank 4")
+    };
+    let groups = ctx.int("group", 1).max(1) as usize;
+    if c != cg * groups || m % groups != 0 {
+        return Err(ctx.invalid(format!(
+            "input {:?} and weight {:?} with {groups} groups",
+            x.shape, w.shape
+        )));
+    }
+    let stride = pair(&c2, "strides", 1)?;
+    let dil = pair(&c2, "dilations", 1)?;
+    let (top, left, bottom, right) = padding(&c2, (kh, kw), stride, dil, (h, wd))?;
+    let extent = |i: usize, lo: usize, hi: usize, k: usize, d: usize, s: usize| {
+        (i + lo + hi)
+            .checked_sub((k - 1) * d + 1)
+            .map(|v| v / s + 1)
+    };
+    let (Some(oh), Some(ow)) = (
+        extent(h, top, bottom, kh, dil.0, stride.0),
+        extent(wd, left, right, kw, dil.1, stride.1),
+    ) else {
+        return Err(ctx.invalid("a kernel larger than the padded input"));
+    };
+    let zx = match x_zero {
+        None => 0,
+        Some(z) if z.data.len() == 1 => z.data[0],
+        Some(z) => {
+            return Err(ctx.unsupported(format!("an input zero point of shape {:?}", z.shape)));
+        }
+    };
+    let zw = match w_zero {
+        None => vec![0; m],
+        Some(z) if z.data.len() == 1 => vec![z.data[0]; m],
+        Some(z) if z.data.len() == m => z.data.clone(),
+        Some(z) => {
+            return Err(ctx.invalid(format!(
+                "a weight zero point of shape {:?} for {m} outputs",
+                z.shape
+            )));
+        }
+    };
+    let b = match bias {
+        None => vec![0; m],
+        Some(b) if b.data.len() == m => b.data.clone(),
+        Some(b) => {
+            return Err(ctx.invalid(format!("a bias of shape {:?} for {m} outputs", b.shape)));
+        }
+    };
+    let mg = m / groups;
+    let mut out = vec![0i64; n * m * oh * ow];
+    for bi in 0..n {
+        for co in 0..m {
+            let first = (co / mg) * cg;
+            let plane = &mut out[(bi * m + co) * oh * ow..][..oh * ow];
+            plane.fill(b[co]);
+            for ci in 0..cg {
+                let xp = &x.data[(bi * c + first + ci) * h * wd..][..h * wd];
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let wv = w.data[((co * cg + ci) * kh + ky) * kw + kx] - zw[co];
+                        for oy in 0..oh {
+                            let iy = (oy * stride.0 + ky * dil.0)
+                                .checked_sub(top)
+                                .filter(|&v| v < h);
+                            let Some(iy) = iy else { continue };
+                            for ox in 0..ow {
+                                let ix = (ox * stride.1 + kx * dil.1)
+                                    .checked_sub(left)
+                                    .filter(|&v| v < wd);
+                                if let Some(ix) = ix {
+                                    plane[oy * ow + ox] += (xp[iy * wd + ix] - zx) * wv;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let shape = if one_d {
+        vec![n, m, ow]
+    } else {
+        vec![n, m, oh, ow]
+    };
+    Ok((shape, out))
+}
+
+/// `ConvInteger`: the int32 convolution of two zero-shifted 8-bit integer tensors.
+pub(super) fn conv_integer(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = opt_ints(ctx, args, 0)?.ok_or_else(|| ctx.invalid("input 0 is missing"))?;
+    let w = opt_ints(ctx, args, 1)?.ok_or_else(|| ctx.invalid("input 1 is missing"))?;
+    let (zx, zw) = (opt_ints(ctx, args, 2)?, opt_ints(ctx, args, 3)?);
+    let (shape, data) = int_conv(ctx, &x, &w, zx.as_ref(), zw.as_ref(), None)?;
+    Ok(vec![Value::Int(IntTensor {
+        shape,
+        data,
+        elem: dtype::INT32,
+    })])
+}
+
+/// `QLinearConv`: the integer convolution (plus the int32 bias) rescaled by
+/// `x_scale · w_scale / y_scale` (`w_scale` per tensor or per output channel), shifted by
+/// `y_zero_point`, saturated to its type and rounded half to even, as ONNX's reference does.
+pub(super) fn qlinear_conv(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let ints = |i: usize| {
+        opt_ints(ctx, args, i)?.ok_or_else(|| ctx.invalid(format!("input {i} is missing")))
+    };
+    let floats = |i: usize| -> Result<Vec<f32>> {
+        Ok(ctx
+            .input(args, i)?
+            .to_f64()?
+            .into_iter()
+            .map(|v| v as f32)
+            .collect())
+    };
+    let (x, w) = (ints(0)?, ints(3)?);
+    let (zx, zw, zy) = (ints(2)?, ints(5)?, ints(7)?);
+    let (sx, sw, sy) = (floats(1)?, floats(4)?, floats(6)?);
+    let bias = opt_ints(ctx, args, 8)?;
+    let (lo, hi) = int_range(zy.elem).ok_or_else(|| ctx.invalid("y_zero_point's type"))?;
+    let ([sx], [sy]) = (&sx[..], &sy[..]) else {
+        return Err(ctx.unsupported("input or output scales that are not scalars"));
+    };
+    let (shape, acc) = int_conv(ctx, &x, &w, Some(&zx), Some(&zw), bias.as_ref())?;
+    let m = shape[1];
+    if !(sw.len() == 1 || sw.len() == m) {
+        return Err(ctx.invalid(format!("{} weight scales for {m} outputs", sw.len())));
+    }
+    let plane = acc.len() / (shape[0] * m).max(1);
+    let data = acc
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let co = (i / plane.max(1)) % m;
+            // The factor in f32 (as numpy multiplies f32 arrays), the product in f64.
+            let factor = f64::from(sx * sw[if sw.len() == 1 { 0 } else { co }] / sy);
+            let r = (v as f64 * factor + zy.data[0] as f64).clamp(lo as f64, hi as f64);
+            r.round_ties_even() as i64
+        })
+        .collect();
+    Ok(vec![Value::Int(IntTensor {
+        shape,
+        data,
+        elem: zy.elem,
+    })])
+}
