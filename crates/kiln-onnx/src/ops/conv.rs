@@ -155,30 +155,18 @@ pub(super) fn conv(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     Ok(vec![Value::Float(as_1d(y, one_d)?)])
 }
 
-/// `ConvTranspose` (2-D and 1-D): kiln's `conv_transpose2d` (a convolution's input gradient)
-/// over the whole output; then ONNX's output padding extends it with zeros and its pads (or
+/// `ConvTranspose` (1-D, 2-D and 3-D): kiln's `conv_transpose2d` (a convolution's input
+/// gradient) over the whole output, a 3-D one as the sum over the kernel's depth of 2-D ones
+/// per input depth slice; then ONNX's output padding extends it with zeros and its pads (or
 /// `output_shape`, `auto_pad`) crop it.
 pub(super) fn conv_transpose(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     let (x, w) = (ctx.float_input(args, 0)?, ctx.float_input(args, 1)?);
-    let one_d = x.rank() == 3;
-    if !(x.rank() == 4 || one_d) || w.rank() != x.rank() {
-        return Err(ctx.unsupported(format!(
-            "a {}-D transposed convolution",
-            x.rank().saturating_sub(2)
-        )));
+    let dims = x.rank().saturating_sub(2);
+    if !(1..=3).contains(&dims) || w.rank() != x.rank() {
+        return Err(ctx.unsupported(format!("a {dims}-D transposed convolution")));
     }
-    let (x, w) = (as_2d(x)?, as_2d(w)?);
-    let node = if one_d {
-        widened(ctx.node)
-    } else {
-        ctx.node.clone()
-    };
-    let c2 = super::Ctx {
-        node: &node,
-        ..*ctx
-    };
     let groups = ctx.int("group", 1).max(1) as usize;
-    let (c_in, cout_g, kh, kw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
+    let (c_in, cout_g) = (w.shape()[0], w.shape()[1]);
     if x.shape()[1] != c_in || c_in % groups != 0 {
         return Err(ctx.invalid(format!(
             "input {:?} and weight {:?} with {groups} groups",
@@ -186,76 +174,136 @@ pub(super) fn conv_transpose(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
             w.shape()
         )));
     }
-    let stride = pair(&c2, "strides", 1)?;
-    let dil = pair(&c2, "dilations", 1)?;
-    let mut out_pad = match c2.ints("output_padding") {
-        Some(v) if v.len() == 2 => (v[0].max(0) as usize, v[1].max(0) as usize),
-        _ => (0, 0),
+    // Per spatial dimension: input extent, kernel, stride, dilation, output padding.
+    let spatial = |name: &str, default: usize| -> Result<Vec<usize>> {
+        match ctx.ints(name) {
+            None => Ok(vec![default; dims]),
+            Some(v) if v.len() == dims && v.iter().all(|&x| x >= 0) => {
+                Ok(v.iter().map(|&x| x as usize).collect())
+            }
+            Some(v) => Err(ctx.invalid(format!("{name} {v:?} for {dims} dimensions"))),
+        }
     };
-    let (h, wd) = (x.shape()[2], x.shape()[3]);
-    let full =
-        |i: usize, s: usize, k: usize, d: usize, op: usize| s * (i - 1) + op + (k - 1) * d + 1;
-    let auto = c2.string("auto_pad", "NOTSET");
-    let target = c2.ints("output_shape").or_else(|| {
-        matches!(auto.as_str(), "SAME_UPPER" | "SAME_LOWER")
-            .then(|| vec![(h * stride.0) as i64, (wd * stride.1) as i64])
-    });
-    // An output_shape past the full output extends it with zeros, as output padding would.
-    if let Some(t) = target.as_ref().filter(|t| t.len() == 2) {
-        let fh0 = full(h, stride.0, kh, dil.0, out_pad.0) as i64;
-        let fw0 = full(wd, stride.1, kw, dil.1, out_pad.1) as i64;
-        out_pad.0 += (t[0] - fh0).max(0) as usize;
-        out_pad.1 += (t[1] - fw0).max(0) as usize;
+    let input = &x.shape()[2..];
+    let kernel = &w.shape()[2..];
+    let (stride, dil) = (spatial("strides", 1)?, spatial("dilations", 1)?);
+    if stride.contains(&0) || dil.contains(&0) {
+        return Err(ctx.invalid("strides and dilations must be at least 1"));
     }
-    let (fh, fw) = (
-        full(h, stride.0, kh, dil.0, out_pad.0),
-        full(wd, stride.1, kw, dil.1, out_pad.1),
-    );
-    let (top, left, bottom, right) = match target {
-        Some(t) if t.len() == 2 => {
-            let split = |total: i64| {
-                let total = total.max(0) as usize;
+    let mut out_pad = spatial("output_padding", 0)?;
+    let full = |i: usize, out_pad: &[usize]| {
+        stride[i] * (input[i] - 1) + out_pad[i] + (kernel[i] - 1) * dil[i] + 1
+    };
+    let auto = ctx.string("auto_pad", "NOTSET");
+    let target = ctx.ints("output_shape").or_else(|| {
+        matches!(auto.as_str(), "SAME_UPPER" | "SAME_LOWER")
+            .then(|| (0..dims).map(|i| (input[i] * stride[i]) as i64).collect())
+    });
+    let target = target.filter(|t| t.len() == dims);
+    // An output_shape past the full output extends it with zeros, as output padding would.
+    if let Some(t) = &target {
+        for i in 0..dims {
+            out_pad[i] += (t[i] - full(i, &out_pad) as i64).max(0) as usize;
+        }
+    }
+    let extent: Vec<usize> = (0..dims).map(|i| full(i, &out_pad)).collect();
+    // (before, after) to crop per dimension.
+    let crop: Vec<(usize, usize)> = match &target {
+        Some(t) => (0..dims)
+            .map(|i| {
+                let total = (extent[i] as i64 - t[i]).max(0) as usize;
                 if auto == "SAME_UPPER" {
                     (total / 2, total - total / 2)
                 } else {
                     (total - total / 2, total / 2)
                 }
-            };
-            let (a, b) = split(fh as i64 - t[0]);
-            let (c, d) = split(fw as i64 - t[1]);
-            (a, c, b, d)
-        }
-        _ => {
-            let p = c2.ints("pads").unwrap_or_else(|| vec![0; 4]);
-            if p.len() != 4 || p.iter().any(|&v| v < 0) {
+            })
+            .collect(),
+        None => {
+            let p = ctx.ints("pads").unwrap_or_else(|| vec![0; 2 * dims]);
+            if p.len() != 2 * dims || p.iter().any(|&v| v < 0) {
                 return Err(ctx.invalid(format!("pads {p:?}")));
             }
-            (p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize)
+            (0..dims)
+                .map(|i| (p[i] as usize, p[i + dims] as usize))
+                .collect()
         }
     };
-    // The whole output (no padding), then output padding's zero rows and columns below and
-    // to the right (no input reaches them), then the crop.
+    if (0..dims).any(|i| crop[i].0 + crop[i].1 > extent[i]) {
+        return Err(ctx.invalid("pads larger than the output"));
+    }
+    // The last two spatial dimensions run on conv_transpose2d (a 1-D one as height 1).
+    let last2 = |v: &[usize]| -> (usize, usize) {
+        match v {
+            [a] => (1, *a),
+            [.., a, b] => (*a, *b),
+            [] => (1, 1),
+        }
+    };
     let opts = Conv2dOptions {
-        stride,
-        dilation: dil,
+        stride: last2(&stride),
+        dilation: last2(&dil),
         groups,
         ..Conv2dOptions::default()
     };
-    let y = x.conv_transpose2d(&w, None, opts, (0, 0))?;
-    let y = if out_pad == (0, 0) {
-        y
-    } else {
-        pad2d(&y, (0, 0, out_pad.0, out_pad.1), 0.0)?
+    let plane = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
+        let (x, w) = (as_2d(x)?, as_2d(w)?);
+        x.conv_transpose2d(&w, None, opts, (0, 0))
     };
-    if top + bottom > fh || left + right > fw {
-        return Err(ctx.invalid("pads larger than the output"));
+    let mut y = if dims == 3 {
+        // Output depth od gathers input depth id through kernel depth kd where
+        // id·stride + kd·dilation = od.
+        let c_out = cout_g * groups;
+        let (n, depth) = (x.shape()[0], input[0]);
+        let mut slices: Vec<Option<Tensor>> = vec![None; extent[0] - out_pad[0]];
+        for id in 0..depth {
+            let xs = x
+                .narrow(2, id, 1)?
+                .reshape(&[n, c_in, input[1], input[2]])?;
+            for kd in 0..kernel[0] {
+                let ws = w
+                    .narrow(2, kd, 1)?
+                    .reshape(&[c_in, cout_g, kernel[1], kernel[2]])?;
+                let part = plane(&xs, &ws)?;
+                let slot = &mut slices[id * stride[0] + kd * dil[0]];
+                *slot = Some(match slot.take() {
+                    Some(acc) => acc.add(&part)?,
+                    None => part,
+                });
+            }
+        }
+        let (oh, ow) = (extent[1] - out_pad[1], extent[2] - out_pad[2]);
+        let zeros = Tensor::zeros(x.device(), &[n, c_out, oh, ow])?;
+        let parts: Vec<Tensor> = slices
+            .into_iter()
+            .map(|s| {
+                s.unwrap_or_else(|| zeros.clone())
+                    .reshape(&[n, c_out, 1, oh, ow])
+            })
+            .collect::<Result<_>>()?;
+        Tensor::cat(&parts.iter().collect::<Vec<_>>(), 2)?
+    } else {
+        let y = plane(x, w)?;
+        if dims == 1 { as_1d(y, true)? } else { y }
+    };
+    // Output padding: zeros after the end of each spatial dimension (no input reaches them).
+    let zeros_after: Vec<(usize, usize, usize)> = (0..dims)
+        .filter(|&i| out_pad[i] > 0)
+        .map(|i| (2 + i, 0, out_pad[i]))
+        .collect();
+    y = pad_axes(&y, &zeros_after, 0.0)?;
+    for (i, &(before, after)) in crop.iter().enumerate() {
+        if before + after > 0 {
+            y = y.narrow(2 + i as isize, before, extent[i] - before - after)?;
+        }
     }
-    let y = y
-        .narrow(2, top, fh - top - bottom)?
-        .narrow(3, left, fw - left - right)?;
     let y = match args.get(2).and_then(Option::as_ref) {
-        Some(b) => y.add(&b.tensor("onnx")?.reshape(&[groups * cout_g, 1, 1])?)?,
+        Some(b) => {
+            let mut shape = vec![groups * cout_g];
+            shape.extend(vec![1; dims]);
+            y.add(&b.tensor("onnx")?.reshape(&shape)?)?
+        }
         None => y,
     };
-    Ok(vec![Value::Float(as_1d(y, one_d)?)])
+    Ok(vec![Value::Float(y)])
 }
