@@ -451,3 +451,99 @@ pub(super) fn prelu(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     }
     Ok(vec![Value::Float(y)])
 }
+
+/// Width and signedness of an ONNX integer element type.
+fn int_bits(elem: i32) -> Option<(u32, bool)> {
+    use crate::proto::dtype;
+    Some(match elem {
+        dtype::UINT8 => (8, false),
+        dtype::INT8 => (8, true),
+        dtype::UINT16 => (16, false),
+        dtype::INT16 => (16, true),
+        dtype::UINT32 => (32, false),
+        dtype::INT32 => (32, true),
+        dtype::UINT64 => (64, false),
+        dtype::INT64 => (64, true),
+        _ => return None,
+    })
+}
+
+/// `v` wrapped to `bits` bits (sign-extended when `signed`), as the element type holds it.
+fn wrap(v: i64, (bits, signed): (u32, bool)) -> i64 {
+    if bits == 64 {
+        return v;
+    }
+    let m = v & ((1i64 << bits) - 1);
+    if signed && (m >> (bits - 1)) & 1 == 1 {
+        m - (1i64 << bits)
+    } else {
+        m
+    }
+}
+
+/// The integer operand `i`, with its width and signedness.
+fn int_operand(ctx: &Ctx, args: &Args, i: usize) -> Result<(IntTensor, (u32, bool))> {
+    match ctx.input(args, i)? {
+        Value::Int(t) => {
+            let bits = int_bits(t.elem)
+                .ok_or_else(|| ctx.unsupported(format!("element type {}", t.elem)))?;
+            Ok((t.clone(), bits))
+        }
+        _ => Err(ctx.invalid(format!("input {i} must be integers"))),
+    }
+}
+
+/// `BitwiseAnd`, `BitwiseOr`, `BitwiseXor` (broadcast) and `BitwiseNot`, on the host.
+pub(super) fn bitwise(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let (a, bits) = int_operand(ctx, args, 0)?;
+    let out = match ctx.node.op_type.as_str() {
+        "BitwiseNot" => IntTensor {
+            data: a.data.iter().map(|&v| wrap(!v, bits)).collect(),
+            ..a
+        },
+        op => {
+            let (b, _) = int_operand(ctx, args, 1)?;
+            let f: fn(i64, i64) -> i64 = match op {
+                "BitwiseAnd" => |p, q| p & q,
+                "BitwiseOr" => |p, q| p | q,
+                _ => |p, q| p ^ q,
+            };
+            zip_ints(ctx, &a, &b, f)?
+        }
+    };
+    Ok(vec![Value::Int(out)])
+}
+
+/// `BitShift` (`direction` LEFT or RIGHT), broadcast, with ONNX's reference rules for shifts
+/// outside `0..width`: 0 (or -1 for a negative signed value shifted right). Left shifts wrap
+/// to the type; right shifts are arithmetic for signed types and logical for unsigned ones.
+pub(super) fn bit_shift(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let (a, bits) = int_operand(ctx, args, 0)?;
+    let (b, _) = int_operand(ctx, args, 1)?;
+    let (width, signed) = bits;
+    let left = match ctx.string("direction", "").as_str() {
+        "LEFT" => true,
+        "RIGHT" => false,
+        other => return Err(ctx.invalid(format!("direction {other:?}"))),
+    };
+    // The value as an unsigned pattern of `width` bits.
+    let mask = if width == 64 {
+        u64::MAX
+    } else {
+        (1u64 << width) - 1
+    };
+    let shifted = zip_ints(ctx, &a, &b, |v, s| {
+        if s < 0 || s >= i64::from(width) {
+            return if !left && signed && v < 0 { -1 } else { 0 };
+        }
+        let pattern = v as u64 & mask;
+        if left {
+            wrap((pattern << s) as i64, bits)
+        } else if signed {
+            v >> s
+        } else {
+            (pattern >> s) as i64
+        }
+    })?;
+    Ok(vec![Value::Int(shifted)])
+}

@@ -108,6 +108,11 @@ static OWN: &[OpDef] = &[
     op("Mean", &[], elementwise::variadic),
     op("Where", &[], elementwise::where_),
     op("Cast", &["to", "saturate"], elementwise::cast),
+    op("BitShift", &["direction"], elementwise::bit_shift),
+    op("BitwiseAnd", &[], elementwise::bitwise),
+    op("BitwiseOr", &[], elementwise::bitwise),
+    op("BitwiseXor", &[], elementwise::bitwise),
+    op("BitwiseNot", &[], elementwise::bitwise),
     op("CastLike", &["saturate"], elementwise::cast),
     // control.rs
     op("If", &["then_branch", "else_branch"], control::if_),
