@@ -173,3 +173,102 @@ pub(super) fn attention(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     }
     Ok(out)
 }
+
+/// `RotaryEmbedding` (opset 23): rotates pairs of each head's first `rotary_embedding_dim`
+/// values (all of them by default) by the angles whose cosines and sines the caches hold,
+/// looked up by `position_ids` when given; pairs are the two halves of the rotated part, or
+/// neighbours with `interleaved`. Input `[b, h, s, d]`, or `[b, s, h·d]` with `num_heads`.
+pub(super) fn rotary_embedding(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.float_input(args, 0)?;
+    let (cos, sin) = (ctx.float_input(args, 1)?, ctx.float_input(args, 2)?);
+    let shape = x.shape().to_vec();
+    // As [b, s, h, d].
+    let x4 = match shape[..] {
+        [_, _, _, _] => x.permute(&[0, 2, 1, 3])?,
+        [b, s, hidden] => {
+            let h = ctx.int("num_heads", 0);
+            if h <= 0 || hidden % h as usize != 0 {
+                return Err(ctx.invalid(format!("num_heads {h} for a hidden size of {hidden}")));
+            }
+            x.reshape(&[b, s, h as usize, hidden / h as usize])?
+        }
+        _ => return Err(ctx.invalid(format!("an input of shape {shape:?}"))),
+    };
+    let [b, s, h, d] = x4.shape()[..] else {
+        unreachable!("made 4-D above")
+    };
+    let rot = match ctx.int("rotary_embedding_dim", 0) {
+        0 => d,
+        r if r > 0 && r as usize <= d && r % 2 == 0 => r as usize,
+        r => return Err(ctx.invalid(format!("rotary_embedding_dim {r} for heads of {d}"))),
+    };
+    let half = rot / 2;
+    // The caches as [b, s, 1, half].
+    let lookup = |cache: &Tensor| -> Result<Tensor> {
+        let table = match ctx.int_input(args, 3)? {
+            Some(ids) => {
+                let rows = cache.shape()[0];
+                if ids.data.len() != b * s || cache.rank() != 2 {
+                    return Err(ctx.invalid(format!(
+                        "position_ids {:?} with a cache of {:?}",
+                        ids.shape,
+                        cache.shape()
+                    )));
+                }
+                let idx = ids
+                    .data
+                    .iter()
+                    .map(|&p| {
+                        if (0..rows as i64).contains(&p) {
+                            Ok(p as u32)
+                        } else {
+                            Err(kiln::Error::IndexOutOfRange {
+                                op: "RotaryEmbedding",
+                                index: p.clamp(0, i64::from(u32::MAX)) as u32,
+                                size: rows,
+                            })
+                        }
+                    })
+                    .collect::<Result<Vec<u32>>>()?;
+                cache.index_select(0, &Tensor::from_vec_u32(ctx.dev, idx, &[b * s])?)?
+            }
+            None => cache.clone(),
+        };
+        if table.numel() != b * s * half {
+            return Err(ctx.invalid(format!(
+                "a cache of {:?} for {b}x{s} positions of {half} angles",
+                cache.shape()
+            )));
+        }
+        table.reshape(&[b, s, 1, half])
+    };
+    let (cos, sin) = (lookup(cos)?, lookup(sin)?);
+    let rotated = x4.narrow(3, 0, rot)?;
+    let interleaved = ctx.int("interleaved", 0) != 0;
+    let (x1, x2) = if interleaved {
+        let pairs = rotated.reshape(&[b, s, h, half, 2])?;
+        let lane = |i| pairs.narrow(4, i, 1)?.reshape(&[b, s, h, half]);
+        (lane(0)?, lane(1)?)
+    } else {
+        (rotated.narrow(3, 0, half)?, rotated.narrow(3, half, half)?)
+    };
+    let real = cos.mul(&x1)?.sub(&sin.mul(&x2)?)?;
+    let imag = sin.mul(&x1)?.add(&cos.mul(&x2)?)?;
+    let rotated = if interleaved {
+        let as_pair = |t: &Tensor| t.reshape(&[b, s, h, half, 1]);
+        Tensor::cat(&[&as_pair(&real)?, &as_pair(&imag)?], 4)?.reshape(&[b, s, h, rot])?
+    } else {
+        Tensor::cat(&[&real, &imag], 3)?
+    };
+    let y = if rot < d {
+        Tensor::cat(&[&rotated, &x4.narrow(3, rot, d - rot)?], 3)?
+    } else {
+        rotated
+    };
+    let y = if shape.len() == 4 {
+        y.permute(&[0, 2, 1, 3])?
+    } else {
+        y.reshape(&shape)?
+    };
+    Ok(vec![Value::Float(y)])
+}

@@ -204,6 +204,7 @@ static OWN: &[OpDef] = &[
     ),
     // host.rs
     op("CumSum", &["exclusive", "reverse"], scan::cumsum),
+    op("CumProd", &["exclusive", "reverse"], scan::cumprod),
     op("TopK", &["axis", "largest", "sorted"], scan::topk),
     op("Hardmax", &["axis"], reduce::hardmax),
     op("OneHot", &["axis"], scatter::one_hot),
@@ -262,6 +263,12 @@ static OWN: &[OpDef] = &[
     ),
     op("MaxPool", POOL_ATTRS, pool::pool),
     op("AveragePool", POOL_ATTRS, pool::pool),
+    op("LpPool", LP_POOL_ATTRS, pool::lp_pool),
+    op(
+        "RotaryEmbedding",
+        &["interleaved", "num_heads", "rotary_embedding_dim"],
+        attention::rotary_embedding,
+    ),
     op("GlobalAveragePool", &[], pool::global_pool),
     op("GlobalMaxPool", &[], pool::global_pool),
     op(
@@ -315,6 +322,17 @@ const CONSTANT_ATTRS: &[&str] = &[
     "value_strings",
 ];
 const REDUCE_ATTRS: &[&str] = &["axes", "keepdims", "noop_with_empty_axes"];
+/// LpPool's attributes: pooling's, and the norm's `p`.
+const LP_POOL_ATTRS: &[&str] = &[
+    "auto_pad",
+    "ceil_mode",
+    "dilations",
+    "kernel_shape",
+    "p",
+    "pads",
+    "strides",
+];
+
 const CONV_ATTRS: &[&str] = &[
     "auto_pad",
     "dilations",

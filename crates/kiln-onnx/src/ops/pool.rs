@@ -317,6 +317,43 @@ fn pool_3d(ctx: &Ctx, x: &Tensor, max: bool) -> Result<Tensor> {
     sums.div(&pool(&counted, false)?)
 }
 
+/// `LpPool`: `(Σ |x|^p)^(1/p)` over each window, the padding counting as zeros: the average
+/// pool of `|x|^p` with every padded position counted, times the window's size.
+pub(super) fn lp_pool(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.float_input(args, 0)?;
+    let p = ctx.int("p", 2);
+    if p < 1 {
+        return Err(ctx.invalid(format!("p = {p}")));
+    }
+    if ctx.int("ceil_mode", 0) != 0 {
+        return Err(ctx.unsupported("LpPool with ceil_mode"));
+    }
+    let kernel: usize = ctx
+        .ints("kernel_shape")
+        .ok_or_else(|| ctx.invalid("no kernel_shape"))?
+        .iter()
+        .map(|&k| k.max(0) as usize)
+        .product();
+    let mut node = ctx.node.clone();
+    node.op_type = "AveragePool".into();
+    node.attribute
+        .retain(|a| a.name != "p" && a.name != "count_include_pad");
+    node.attribute.push(crate::proto::AttributeProto {
+        name: "count_include_pad".into(),
+        i: 1,
+        r#type: 2, // INT
+        ..Default::default()
+    });
+    let c2 = super::Ctx {
+        node: &node,
+        ..*ctx
+    };
+    let powered = [Some(Value::Float(x.abs()?.powf(p as f32)?))];
+    let mean = pool(&c2, &powered)?.remove(0);
+    let sum = mean.tensor("onnx")?.mul_scalar(kernel as f32)?;
+    Ok(vec![Value::Float(sum.powf(1.0 / p as f32)?)])
+}
+
 pub(super) fn global_pool(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     let x = ctx.float_input(args, 0)?;
     let max = ctx.node.op_type == "GlobalMaxPool";

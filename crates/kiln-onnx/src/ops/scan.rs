@@ -7,12 +7,7 @@ use kiln::Result;
 
 pub(super) fn cumsum(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     let x = ctx.input(args, 0)?;
-    let a = ctx
-        .int_input(args, 1)?
-        .and_then(|t| t.data.first().copied())
-        .ok_or_else(|| ctx.invalid("no axis"))?;
-    let axis = ctx.axis(a, x.shape().len())?;
-    let (exclusive, reverse) = (ctx.int("exclusive", 0) != 0, ctx.int("reverse", 0) != 0);
+    let (axis, exclusive, reverse) = scan_setup(ctx, args, x)?;
     if let Value::Float(t) = x {
         return Ok(vec![Value::Float(t.cumsum(
             axis as isize,
@@ -20,20 +15,53 @@ pub(super) fn cumsum(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
             reverse,
         )?)]);
     }
+    host_scan(ctx, x, axis, (exclusive, reverse), 0.0, |a, v| a + v)
+}
+
+/// `CumProd`: the running product, on the host (a readback for a float input).
+pub(super) fn cumprod(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.input(args, 0)?;
+    let (axis, exclusive, reverse) = scan_setup(ctx, args, x)?;
+    host_scan(ctx, x, axis, (exclusive, reverse), 1.0, |a, v| a * v)
+}
+
+/// The axis input and the `exclusive` and `reverse` attributes of CumSum and CumProd.
+fn scan_setup(ctx: &Ctx, args: &Args, x: &Value) -> Result<(usize, bool, bool)> {
+    let a = ctx
+        .int_input(args, 1)?
+        .and_then(|t| t.data.first().copied())
+        .ok_or_else(|| ctx.invalid("no axis"))?;
+    let axis = ctx.axis(a, x.shape().len())?;
+    Ok((
+        axis,
+        ctx.int("exclusive", 0) != 0,
+        ctx.int("reverse", 0) != 0,
+    ))
+}
+
+/// A running `step` along `axis` from `start`, on the host, in f64.
+fn host_scan(
+    ctx: &Ctx,
+    x: &Value,
+    axis: usize,
+    (exclusive, reverse): (bool, bool),
+    start: f64,
+    step: fn(f64, f64) -> f64,
+) -> Result<Vec<Value>> {
     let v = x.to_f64()?;
     let (outer, len, inner) = around(x.shape(), axis);
     let mut out = vec![0.0; v.len()];
     for o in 0..outer {
         for i in 0..inner {
-            let mut acc = 0.0;
-            for step in 0..len {
-                let j = if reverse { len - 1 - step } else { step };
+            let mut acc = start;
+            for k in 0..len {
+                let j = if reverse { len - 1 - k } else { k };
                 let at = (o * len + j) * inner + i;
                 if exclusive {
                     out[at] = acc;
-                    acc += v[at];
+                    acc = step(acc, v[at]);
                 } else {
-                    acc += v[at];
+                    acc = step(acc, v[at]);
                     out[at] = acc;
                 }
             }
