@@ -872,6 +872,35 @@ fn onnx_run_errors_are_typed() {
             );
         }
 
+        // NonMaxSuppression: boxes of 3 coordinates; scores for other boxes than given.
+        let nms = model("test_nonmaxsuppression_suppress_by_IOU");
+        for (boxes, scores, why) in [
+            (
+                float(vec![0.0; 18], &[1, 6, 3]),
+                float(vec![0.5; 6], &[1, 1, 6]),
+                "3 coordinates",
+            ),
+            (
+                float(vec![0.0; 24], &[1, 6, 4]),
+                float(vec![0.5; 5], &[1, 1, 5]),
+                "5 scores for 6 boxes",
+            ),
+        ] {
+            let e = nms
+                .run(&[
+                    ("boxes", boxes),
+                    ("scores", scores),
+                    ("max_output_boxes_per_class", ints(vec![3], &[1])),
+                    ("iou_threshold", float(vec![0.5], &[1])),
+                    ("score_threshold", float(vec![0.0], &[1])),
+                ])
+                .unwrap_err();
+            assert!(
+                matches!(e, Error::InvalidArgument { .. }),
+                "NonMaxSuppression with {why} on {dev}: {e}"
+            );
+        }
+
         let scatter = model("test_scatter_elements_with_axis");
         let data = float(vec![1.0; 5], &[1, 5]);
         for (idx, why) in [(vec![1, 7], "index 7 of 5"), (vec![-6, 0], "index -6 of 5")] {

@@ -4,6 +4,7 @@
 mod attention;
 mod control;
 mod conv;
+mod detection;
 mod einsum;
 mod elementwise;
 mod linalg;
@@ -264,6 +265,11 @@ static OWN: &[OpDef] = &[
     op("MaxPool", POOL_ATTRS, pool::pool),
     op("AveragePool", POOL_ATTRS, pool::pool),
     op("LpPool", LP_POOL_ATTRS, pool::lp_pool),
+    op(
+        "NonMaxSuppression",
+        &["center_point_box"],
+        detection::non_max_suppression,
+    ),
     op(
         "RotaryEmbedding",
         &["interleaved", "num_heads", "rotary_embedding_dim"],
