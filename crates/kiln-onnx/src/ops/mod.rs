@@ -211,6 +211,8 @@ static OWN: &[OpDef] = &[
     op("OneHot", &["axis"], scatter::one_hot),
     op("ReduceProd", REDUCE_ATTRS, reduce::reduce_prod),
     op("Pad", &["mode", "pads", "value"], pad::pad),
+    op("CenterCropPad", &["axes"], shape::center_crop_pad),
+    op("Compress", &["axis"], shape::compress),
     op(
         "NegativeLogLikelihoodLoss",
         &["ignore_index", "reduction"],

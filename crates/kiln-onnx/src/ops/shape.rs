@@ -608,3 +608,91 @@ pub(super) fn space_to_depth(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         .reshape(&[n, c * b * b, h / b, w / b])?;
     Ok(vec![Value::Float(y)])
 }
+
+/// `Compress`: the slices along `axis` (of the flattened input without one) whose
+/// `condition` entry is true, as a `Gather` of their positions (a shorter condition leaves
+/// the rest out).
+pub(super) fn compress(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.input(args, 0)?;
+    let cond = ctx.input(args, 1)?.to_f64()?;
+    let (x, axis) = if ctx.attr_present("axis") {
+        let axis = ctx.axis(ctx.int("axis", 0), x.shape().len())?;
+        (x.clone(), axis)
+    } else {
+        let n = x.shape().iter().product::<usize>();
+        let flat = match x {
+            Value::Int(i) => Value::Int(IntTensor {
+                shape: vec![n],
+                ..i.clone()
+            }),
+            Value::Float(t) => Value::Float(t.reshape(&[n])?),
+            Value::Bool(t) => Value::Bool(t.reshape(&[n])?),
+        };
+        (flat, 0)
+    };
+    let dim = x.shape()[axis];
+    if cond.len() > dim {
+        return Err(ctx.invalid(format!(
+            "a condition of {} for a dimension of {dim}",
+            cond.len()
+        )));
+    }
+    let picked: Vec<i64> = (0..cond.len() as i64)
+        .filter(|&i| cond[i as usize] != 0.0)
+        .collect();
+    let n = picked.len();
+    let mut node = ctx.node.clone();
+    node.attribute.retain(|a| a.name != "axis");
+    node.attribute.push(crate::proto::AttributeProto {
+        name: "axis".into(),
+        i: axis as i64,
+        r#type: 2, // INT
+        ..Default::default()
+    });
+    let c2 = Ctx {
+        node: &node,
+        ..*ctx
+    };
+    gather(
+        &c2,
+        &[Some(x), Some(Value::Int(IntTensor::new(vec![n], picked)))],
+    )
+}
+
+/// `CenterCropPad`: each listed axis cropped or zero-padded to its target length around the
+/// centre (an odd difference puts the extra element at the end), as one constant `Pad` whose
+/// negative amounts crop.
+pub(super) fn center_crop_pad(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
+    let x = ctx.input(args, 0)?;
+    let r = x.shape().len();
+    let target = ctx
+        .int_input(args, 1)?
+        .ok_or_else(|| ctx.invalid("no shape"))?
+        .data;
+    let axes: Vec<usize> = match ctx.ints("axes") {
+        Some(a) => a.iter().map(|&a| ctx.axis(a, r)).collect::<Result<_>>()?,
+        None => (0..r).collect(),
+    };
+    if target.len() != axes.len() || target.iter().any(|&t| t < 0) {
+        return Err(ctx.invalid(format!("shape {target:?} for axes {axes:?}")));
+    }
+    let mut pads = vec![0i64; 2 * r];
+    for (&a, &t) in axes.iter().zip(&target) {
+        let d = t - x.shape()[a] as i64;
+        let (lo, hi) = (d.abs() / 2, d.abs() - d.abs() / 2);
+        (pads[a], pads[a + r]) = if d < 0 { (-lo, -hi) } else { (lo, hi) };
+    }
+    let mut node = ctx.node.clone();
+    node.attribute.clear();
+    let c2 = Ctx {
+        node: &node,
+        ..*ctx
+    };
+    super::pad::pad(
+        &c2,
+        &[
+            Some(x.clone()),
+            Some(Value::Int(IntTensor::new(vec![2 * r], pads))),
+        ],
+    )
+}
