@@ -122,7 +122,7 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 }
 
 /// 40 steps of Adam and of SGD with momentum, batch 64 (and 37: uneven shards), on two CPU
-/// replicas, CPU + GPU and GPU + CPU: every step's loss and the final parameters agree with
+/// replicas, CPU + GPU, GPU + CPU and two devices of one GPU: every step's loss and the final parameters agree with
 /// one CPU device training on the whole batch (1e-5 on the CPU, 1e-4 with a GPU), and every
 /// replica holds exactly the first one's parameters.
 #[test]
@@ -131,7 +131,14 @@ fn replicas_train_as_one_device_on_the_whole_batch() {
     let mut sets = vec![vec![Device::cpu(), Device::cpu()]];
     if let Some(g) = gpu() {
         sets.push(vec![Device::cpu(), g.clone()]);
-        sets.push(vec![g, Device::cpu()]);
+        sets.push(vec![g.clone(), Device::cpu()]);
+        // Two devices opened on the same adapter (two queues, as two GPUs would have).
+        let second = gpu().expect("a second device on the adapter");
+        assert!(
+            !second.same(&g),
+            "Device::gpu() opens a device of its own each time"
+        );
+        sets.push(vec![g, second]);
     }
     let steps = 40;
     for batch in [64, 37] {
@@ -145,7 +152,7 @@ fn replicas_train_as_one_device_on_the_whole_batch() {
             };
             let (want_losses, want) = reference(&data, &mut *make(), batch, steps);
             for devices in &sets {
-                let gpu_in = devices.iter().any(|d| !d.to_string().starts_with("cpu"));
+                let gpu_in = devices.iter().any(|d| !d.is_cpu());
                 let tol = if gpu_in { 1e-4 } else { 1e-5 };
                 let mut dp = DataParallel::new(devices, mlp, make()).unwrap();
                 let mut losses = Vec::new();
