@@ -33,7 +33,8 @@ fi
 # MPI for crates/kiln-dist (its `mpi` feature, tests/mpi.rs under mpirun): Open MPI, and
 # libclang with clang's headers for the bindings the `mpi` crate generates (Debian 12's
 # packages; about 15 s).
-if ! command -v mpicc >/dev/null || ! compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null; then
+if ! command -v mpicc >/dev/null || ! compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null \
+    || ! compgen -G "/usr/lib/llvm-*/lib/clang/*/include/stddef.h" >/dev/null; then
     if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
         echo "scripts/test.sh: installing Open MPI and libclang (for crates/kiln-dist's MPI tests)"
         export DEBIAN_FRONTEND=noninteractive
