@@ -91,3 +91,17 @@ for choice in KILN_CPU_QDOT=avx2 KILN_CPU_QDOT=scalar KILN_PACKED_KERNEL=groups;
     env "$choice" cargo test -q --test packed
 done
 cargo test --workspace --doc
+# kiln in the browser (crates/kiln-web): the engine built for wasm32 and its page run in
+# headless Chromium on WebGPU (scripts/web.sh installs Debian's rustc-web and Chromium when
+# missing), with the published MobileNetV3 of the ONNX zoo, which the kiln-onnx tests above
+# wrote, checked against onnxruntime's output there. About 4 minutes on a new machine.
+zoo=target/onnx-published
+if [ -f "$zoo/orientation.out0.pb" ]; then
+    scripts/web.sh test --onnx "$zoo/orientation.onnx" "$zoo/orientation.in0.pb" "$zoo/orientation.out0.pb"
+elif [ "${KILN_REQUIRE_ONNX:-}" = 1 ]; then
+    echo "scripts/test.sh: KILN_REQUIRE_ONNX=1 but the ONNX zoo ($zoo) is missing" >&2
+    exit 1
+else
+    echo "!!!!! scripts/test.sh: no ONNX zoo in $zoo: the browser test runs WITHOUT its ONNX model !!!!!"
+    scripts/web.sh test
+fi

@@ -69,7 +69,7 @@ fn main(
     let n4 = p.len / 4u;
     let base = row * n4;
     // Each lane's first maximum (strictly greater values replace it, so ties keep the first).
-    var best = bitcast<f32>(0xff800000u);
+    var best = f32_bits(0xff800000u);
     var at = NONE;
     var nan_at = NONE;
     // Two vec4s per iteration: the common case (neither holds a NaN or a new maximum) costs one
@@ -96,7 +96,7 @@ fn main(
         j = j + 2u * SG;
     }
     let first_nan = subgroupMin(nan_at);
-    let m = subgroupMax(select(best, bitcast<f32>(0xff800000u), at == NONE));
+    let m = subgroupMax(select(best, f32_bits(0xff800000u), at == NONE));
     let first = subgroupMin(select(NONE, at, at != NONE && best == m));
     if (lane == 0u) {
         y[row] = select(first, first_nan, first_nan != NONE);

@@ -17,9 +17,16 @@ fn any_nan(x: f32, y: f32) -> bool {
     return is_nan(x) || is_nan(y);
 }
 
+// The f32 with these bits. A function, so that NaN and infinities stay runtime values: WGSL
+// forbids a constant expression whose value is not finite, and Chromium's compiler (Tint)
+// enforces it (naga does not).
+fn f32_bits(bits: u32) -> f32 {
+    return bitcast<f32>(bits);
+}
+
 // The quiet NaN.
 fn nan_f32() -> f32 {
-    return bitcast<f32>(0x7fc00000u);
+    return f32_bits(0x7fc00000u);
 }
 
 // A comparison's result as 1.0 / 0.0.
@@ -57,11 +64,41 @@ fn erf(v: f32) -> f32 {
     return select(r, -r, v < 0.0);
 }
 
-// v minus the nearest multiple of 2π (Cody–Waite: 2π split in two so the product is exact for
-// moderate multiples), for sin and cos, whose WGSL accuracy is specified on [-π, π] only.
-fn reduce_angle(v: f32) -> f32 {
-    let k = round(v * 0.15915494309189535);
-    return (v - k * 6.28125) - k * 0.0019353071795864769;
+// sin and cos to f32 accuracy on every adapter (WGSL promises only 2^-11 absolute error, and
+// only on [-π, π]; SwiftShader's builtins are that coarse): the argument less the nearest
+// multiple k of π/2 (Cody–Waite, π/2 in three parts whose products with k are exact for
+// |k| < 2^13, so |x| up to about 1.2e4), Cephes' minimax polynomials on [-π/4, π/4], and the
+// identity of k's quadrant.
+fn quarter_turns(v: f32) -> vec2<f32> {
+    let k = round(v * 0.6366197723675814);
+    let r = ((v - k * 1.5703125) - k * 4.837512969970703125e-4) - k * 7.54978995489188216e-8;
+    return vec2<f32>(r, k);
+}
+
+// sin(r + q·π/2) for r in [-π/4, π/4].
+fn sin_quadrant(r: f32, q: i32) -> f32 {
+    let z = r * r;
+    let s = r + r * z * (-1.6666654611e-1 + z * (8.3321608736e-3 + z * -1.9515295891e-4));
+    let c = 1.0 - 0.5 * z
+        + z * z * (4.166664568298827e-2 + z * (-1.388731625493765e-3 + z * 2.443315711809948e-5));
+    let v = select(s, c, (q & 1) == 1);
+    return select(v, -v, (q & 2) == 2);
+}
+
+fn sin_f32(v: f32) -> f32 {
+    let t = quarter_turns(v);
+    return sin_quadrant(t.x, i32(t.y));
+}
+
+fn cos_f32(v: f32) -> f32 {
+    let t = quarter_turns(v);
+    return sin_quadrant(t.x, i32(t.y) + 1);
+}
+
+// The natural logarithm, with log(0) = -inf (WGSL leaves log(0) to the implementation:
+// SwiftShader gives -88, the log of the smallest normal f32).
+fn log_f32(v: f32) -> f32 {
+    return select(log(v), f32_bits(0xff800000u), v == 0.0);
 }
 
 // powf with C semantics (Rust's f32::powf, on the CPU backend): WGSL's pow is undefined for
@@ -75,9 +112,9 @@ fn pow_signed(x: f32, p: f32) -> f32 {
         return 1.0;
     }
     if (is_nan(x) || is_nan(p)) {
-        return bitcast<f32>(0x7fc00000u);
+        return f32_bits(0x7fc00000u);
     }
-    let inf = bitcast<f32>(0x7f800000u);
+    let inf = f32_bits(0x7f800000u);
     let ax = abs(x);
     if (abs(p) == inf) {
         if (ax == 1.0) {
@@ -94,7 +131,7 @@ fn pow_signed(x: f32, p: f32) -> f32 {
     }
     let integer = p == floor(p);
     if (x < 0.0 && ax != inf && !integer) {
-        return bitcast<f32>(0x7fc00000u); // NaN
+        return f32_bits(0x7fc00000u); // NaN
     }
     let negative = (bitcast<u32>(x) & 0x80000000u) != 0u;
     let odd = integer && abs(p - 2.0 * floor(p / 2.0)) == 1.0;

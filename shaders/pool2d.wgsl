@@ -40,7 +40,7 @@ fn main(
     let ox = o % p.ow;
     let oy = (o / p.ow) % p.oh;
     let plane = (o / (p.ow * p.oh)) * p.h * p.w;
-    var acc = select(0.0, bitcast<f32>(0xff800000u), MAX); // -inf for max
+    var acc = select(0.0, f32_bits(0xff800000u), MAX); // -inf for max
     var seen_nan = false;
     for (var ky = 0u; ky < p.kh; ky = ky + 1u) {
         let iy = i32(oy * p.sh + ky) - i32(p.ph);
@@ -60,7 +60,7 @@ fn main(
     if (!MAX) {
         acc = acc / f32(p.kh * p.kw);
     }
-    y[o] = select(acc, bitcast<f32>(0x7fc00000u), seen_nan && MAX);
+    y[o] = select(acc, f32_bits(0x7fc00000u), seen_nan && MAX);
 }
 
 // ---- backward -----------------------------------------------------------------------
@@ -79,7 +79,7 @@ fn main(
 
 // Flat in-plane position of the maximum of window (oy, ox) of the plane at `base`.
 fn window_argmax(base: u32, oy: u32, ox: u32) -> u32 {
-    var best = bitcast<f32>(0xff800000u); // -inf
+    var best = f32_bits(0xff800000u); // -inf
     var at = 0xffffffffu;
     for (var ky = 0u; ky < gp.kh; ky = ky + 1u) {
         let iy = i32(oy * gp.sh + ky) - i32(gp.ph);

@@ -46,7 +46,7 @@ fn reduce(
     let c = (o / p.inner) % p.chunks;
     let base = (o / (p.inner * p.chunks)) * p.len * p.inner + c * p.chunk * p.inner + o % p.inner;
     let n = min(p.chunk, p.len - c * p.chunk);
-    let nan = bitcast<f32>(0x7fc00000u);
+    let nan = f32_bits(0x7fc00000u);
     var acc = 0.0;
     switch OP {
         case REDUCE_MAX, REDUCE_MIN: {
@@ -142,7 +142,7 @@ fn softmax(
         sum = sum + exp(x[base + j * p.inner] - m);
     }
     let log_sum = log(sum);
-    let nan = bitcast<f32>(0x7fc00000u);
+    let nan = f32_bits(0x7fc00000u);
     for (var j = 0u; j < p.len; j = j + 1u) {
         let i = base + j * p.inner;
         let d = x[i] - m;

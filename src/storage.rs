@@ -155,6 +155,22 @@ impl Storage {
         on!(self, |x| x.to_u32(op, n), |v| v)
     }
 
+    /// [`Storage::to_u32`] as a future.
+    pub(crate) async fn to_u32_async(&self, op: &'static str, n: usize) -> Result<Vec<u32>> {
+        match self {
+            Storage::Cpu(c) => c.to_u32(op, n),
+            Storage::Gpu(g) => g.to_u32_async(op, n).await,
+        }
+    }
+
+    /// [`Storage::to_bytes`] as a future.
+    pub(crate) async fn to_bytes_async(&self, op: &'static str, n: usize) -> Result<Vec<u8>> {
+        match self {
+            Storage::Cpu(c) => c.to_bytes(op, n),
+            Storage::Gpu(g) => g.to_bytes_async(op, n).await,
+        }
+    }
+
     /// The GPU buffer holding these values, running a pending program first: `None` for the
     /// CPU backend or an empty tensor (for the capture API, which pins and copies it).
     pub(crate) fn gpu_buffer(

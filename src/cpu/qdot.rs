@@ -127,6 +127,8 @@ pub(crate) struct Q8KSlice<'a> {
 }
 
 /// The instruction sets the kernels below can use, best first.
+// Only the x86-64 kernels choose by instruction set (there is no NEON kernel yet).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Isa {
     /// AVX-512 VNNI (256-bit `vpdpbusd`) with AVX2, FMA and F16C.
@@ -139,6 +141,7 @@ enum Isa {
 
 /// The best [`Isa`] this CPU has, or a lesser one that `KILN_CPU_QDOT=avx2|scalar` asks for
 /// (tests run each), decided once per process.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {

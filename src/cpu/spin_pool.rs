@@ -17,7 +17,8 @@
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use web_time::Instant;
 
 /// How long a worker stays awake (spinning, then yielding) after its last job, unless
 /// `KILN_CPU_AWAKE_US` says otherwise (see [`awake`]).

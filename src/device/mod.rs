@@ -132,9 +132,9 @@ fn adapter_info(
     }
 }
 
-/// Adapters allowed by `KILN_ADAPTER` (a case-insensitive name substring), best first.
-fn candidates() -> (Vec<wgpu::Adapter>, String) {
-    let all = gpu::ranked_adapters();
+/// The adapters of `all` allowed by `KILN_ADAPTER` (a case-insensitive name substring), in
+/// their order, and a line saying what was seen.
+fn candidates(all: Vec<wgpu::Adapter>) -> (Vec<wgpu::Adapter>, String) {
     let names: Vec<String> = all
         .iter()
         .map(|a| {
@@ -179,29 +179,46 @@ impl Device {
 
     /// The best wgpu adapter of any kind, software ones included: hardware first (discrete,
     /// integrated, virtual), native APIs before GL. `Error::NoAdapter` if there is none.
+    ///
+    /// This waits for the adapter and device; in the browser it cannot, and returns
+    /// `Error::Unsupported`: await [`Device::gpu_async`] there.
     pub fn gpu() -> Result<Device> {
-        let (adapters, seen) = candidates();
-        Self::open_first(adapters, &seen, "the best adapter wgpu offers")
+        gpu::scope::block_on("Device::gpu", "Device::gpu_async", Self::gpu_async())?
+    }
+
+    /// [`Device::gpu`] as a future, which works everywhere: in the browser it opens the WebGPU
+    /// adapter `navigator.gpu` offers (`Error::NoAdapter` where the browser has none), with the
+    /// adapter's own limits.
+    pub async fn gpu_async() -> Result<Device> {
+        let (adapters, seen) = candidates(gpu::ranked_adapters_async().await);
+        Self::open_first(adapters, &seen, "the best adapter wgpu offers").await
     }
 
     /// A software adapter only (lavapipe, llvmpipe, WARP): what CI runs on.
     pub fn software() -> Result<Device> {
-        let (adapters, seen) = candidates();
-        let soft = adapters
-            .into_iter()
-            .filter(|a| gpu::is_software(&a.get_info()))
-            .collect();
-        Self::open_first(soft, &seen, "a software adapter was requested")
+        gpu::scope::block_on("Device::software", "Device::gpu_async", async {
+            let (adapters, seen) = candidates(gpu::ranked_adapters_async().await);
+            let soft = adapters
+                .into_iter()
+                .filter(|a| gpu::is_software(&a.get_info()))
+                .collect();
+            Self::open_first(soft, &seen, "a software adapter was requested").await
+        })?
     }
 
     /// Every GPU device that can be opened (one per adapter allowed by `KILN_ADAPTER`), best
-    /// first. Used by the tests to run the op table everywhere.
+    /// first. Used by the tests to run the op table everywhere. Empty in the browser, which
+    /// cannot wait for them (see [`Device::gpu_async`]).
     pub fn all_gpus() -> Vec<Result<Device>> {
-        let (adapters, _) = candidates();
-        adapters
-            .iter()
-            .map(|a| Self::open(a, "enumerated by Device::all_gpus".into()))
-            .collect()
+        gpu::scope::block_on("Device::all_gpus", "Device::gpu_async", async {
+            let (adapters, _) = candidates(gpu::ranked_adapters_async().await);
+            let mut devices = Vec::new();
+            for a in &adapters {
+                devices.push(Self::open(a, "enumerated by Device::all_gpus".into()).await);
+            }
+            devices
+        })
+        .unwrap_or_default()
     }
 
     /// Descriptions of every adapter wgpu can see (features listed are those offered), best
@@ -215,10 +232,10 @@ impl Device {
             .collect()
     }
 
-    fn open_first(adapters: Vec<wgpu::Adapter>, seen: &str, why: &str) -> Result<Device> {
+    async fn open_first(adapters: Vec<wgpu::Adapter>, seen: &str, why: &str) -> Result<Device> {
         let mut errors = Vec::new();
         for adapter in &adapters {
-            match Self::open(adapter, format!("{why}; {seen}")) {
+            match Self::open(adapter, format!("{why}; {seen}")).await {
                 Ok(d) => return Ok(d),
                 Err(e) => {
                     log::warn!("{e}");
@@ -235,8 +252,8 @@ impl Device {
         })
     }
 
-    fn open(adapter: &wgpu::Adapter, reason: String) -> Result<Device> {
-        let ctx = GpuContext::new(adapter)?;
+    async fn open(adapter: &wgpu::Adapter, reason: String) -> Result<Device> {
+        let ctx = GpuContext::open(adapter).await?;
         let info = adapter_info(adapter, ctx.features, &ctx.limits, reason);
         log::info!("device: {} ({}): {}", info.name, info.backend, info.reason);
         Ok(Device {
@@ -259,7 +276,14 @@ impl Device {
     }
 
     fn auto_policy() -> Result<Device> {
-        let (adapters, seen) = candidates();
+        if cfg!(target_arch = "wasm32") {
+            return Ok(Self::cpu_because(
+                "auto: in the browser a device cannot be waited for; await Device::gpu_async \
+                 for WebGPU"
+                    .into(),
+            ));
+        }
+        let (adapters, seen) = candidates(gpu::ranked_adapters());
         let hardware: Vec<wgpu::Adapter> = adapters
             .into_iter()
             .filter(|a| !gpu::is_software(&a.get_info()))
@@ -271,7 +295,13 @@ impl Device {
             log::info!("device: cpu: {}", d.info().reason);
             return Ok(d);
         }
-        match Self::open_first(hardware, &seen, "auto: the best hardware adapter") {
+        let opened = gpu::scope::block_on(
+            "Device::auto",
+            "Device::gpu_async",
+            Self::open_first(hardware, &seen, "auto: the best hardware adapter"),
+        )
+        .and_then(|r| r);
+        match opened {
             Ok(d) => Ok(d),
             Err(e) => {
                 let d = Self::cpu_because(format!("auto: hardware GPUs failed to open ({e})"));

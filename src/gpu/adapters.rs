@@ -21,16 +21,31 @@ fn instance(gl: bool) -> Option<wgpu::Instance> {
 /// loading NVIDIA's EGL driver beside its Vulkan driver let concurrent device and pipeline
 /// creation deadlock inside the driver (seen on an H200: every test thread waiting on one lock
 /// in `libnvidia-glsi`, one of them in EGL's thread-exit hook).
+///
+/// In the browser this cannot wait for the adapter, and is empty: see [`ranked_adapters_async`].
 pub(crate) fn ranked_adapters() -> Vec<wgpu::Adapter> {
+    super::scope::block_on(
+        "Device::adapters",
+        "Device::gpu_async",
+        ranked_adapters_async(),
+    )
+    .unwrap_or_default()
+}
+
+/// [`ranked_adapters`] as a future: in the browser, the adapter `navigator.gpu` offers (none
+/// where the browser has no WebGPU).
+pub(crate) async fn ranked_adapters_async() -> Vec<wgpu::Adapter> {
     static NATIVE: OnceLock<Option<wgpu::Instance>> = OnceLock::new();
     static GL: OnceLock<Option<wgpu::Instance>> = OnceLock::new();
-    let enumerate = |i: &Option<wgpu::Instance>| match i {
-        Some(i) => pollster::block_on(i.enumerate_adapters(wgpu::Backends::all())),
+    let mut adapters = match NATIVE.get_or_init(|| instance(false)) {
+        Some(i) => i.enumerate_adapters(wgpu::Backends::all()).await,
         None => Vec::new(),
     };
-    let mut adapters = enumerate(NATIVE.get_or_init(|| instance(false)));
-    if adapters.is_empty() {
-        adapters = enumerate(GL.get_or_init(|| instance(true)));
+    if adapters.is_empty()
+        && !cfg!(target_arch = "wasm32")
+        && let Some(i) = GL.get_or_init(|| instance(true))
+    {
+        adapters = i.enumerate_adapters(wgpu::Backends::all()).await;
     }
     adapters.sort_by_key(rank);
     adapters

@@ -86,24 +86,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl GpuContext {
     /// Open a device on `adapter` with the adapter's own limits and the optional features it has.
-    pub(crate) fn new(adapter: &wgpu::Adapter) -> Result<Self> {
+    pub(crate) async fn open(adapter: &wgpu::Adapter) -> Result<Self> {
         let info = adapter.get_info();
         let wanted = OPTIONAL_FEATURES
             .iter()
             .fold(wgpu::Features::empty(), |acc, (f, _)| acc | *f);
         let features = adapter.features() & wanted;
         let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("kiln"),
-            required_features: features,
-            required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| Error::NoAdapter {
-            reason: format!("{} ({:?}) refused a device: {e}", info.name, info.backend),
-        })?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("kiln"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::NoAdapter {
+                reason: format!("{} ({:?}) refused a device: {e}", info.name, info.backend),
+            })?;
 
         // wgpu's default handler panics; record the error instead so that a call returns it.
         let budget = match std::env::var("KILN_MEMORY_BUDGET") {
@@ -611,6 +613,14 @@ impl GpuContext {
 
     /// Blocking readback of the first `numel` values of `src`.
     pub(crate) fn read(&self, src: &PooledBuffer, numel: usize) -> Result<Vec<f32>> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(Error::Unsupported {
+                op: "to_vec",
+                reason: "a browser cannot block while the GPU works; await the asynchronous \
+                         read-back (to_vec_async) instead"
+                    .into(),
+            });
+        }
         let (staging, mut rx) = self.start_read(src, numel)?;
         // Another thread polling the same device may be the one that runs our map callback, a
         // moment after our own poll returns: keep polling until the callback has run.
@@ -628,37 +638,44 @@ impl GpuContext {
     }
 
     /// Readback as a future. A helper thread drives `Device::poll` so the caller's executor is
-    /// never blocked.
+    /// never blocked; in the browser, the page's event loop runs the map callback.
     pub(crate) async fn read_async(
         self: Arc<Self>,
         src: &PooledBuffer,
         numel: usize,
     ) -> Result<Vec<f32>> {
         let (staging, rx) = self.start_read(src, numel)?;
-        // The helper waits for the GPU; if its wait fails (a lost device), the future ends with
-        // that error instead of waiting for a map callback that may never run.
-        let (done_tx, done_rx) = futures::channel::oneshot::channel::<Result<()>>();
-        let ctx = self.clone();
-        std::thread::spawn(move || {
-            let _ = done_tx.send(ctx.wait());
-        });
-        let mapped = match futures::future::select(rx, done_rx).await {
-            futures::future::Either::Left((mapped, _)) => mapped,
-            futures::future::Either::Right((waited, rx)) => match waited {
-                Ok(Err(e)) => Ok(Err(e)),
-                _ => rx.await,
-            },
+        #[cfg(target_arch = "wasm32")]
+        let mapped = rx.await;
+        #[cfg(not(target_arch = "wasm32"))]
+        let mapped = {
+            // The helper waits for the GPU; if its wait fails (a lost device), the future ends
+            // with that error instead of waiting for a map callback that may never run.
+            let (done_tx, done_rx) = futures::channel::oneshot::channel::<Result<()>>();
+            let ctx = self.clone();
+            std::thread::spawn(move || {
+                let _ = done_tx.send(ctx.wait());
+            });
+            match futures::future::select(rx, done_rx).await {
+                futures::future::Either::Left((mapped, _)) => mapped,
+                futures::future::Either::Right((waited, rx)) => match waited {
+                    Ok(Err(e)) => Ok(Err(e)),
+                    _ => rx.await,
+                },
+            }
         };
         self.finish_read(staging, numel, mapped)
     }
 
     /// GPU time of the compute passes that `f` records, from timestamp queries; `None` where
-    /// TIMESTAMP_QUERY is not granted (then `f` still runs). At most 64 passes are timed.
+    /// TIMESTAMP_QUERY is not granted, or in the browser, where the timestamps could be read
+    /// only asynchronously (then `f` still runs). At most 64 passes are timed.
     pub(crate) fn time(
         &self,
         f: impl FnOnce() -> Result<()>,
     ) -> Result<Option<std::time::Duration>> {
-        if !self.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+        if !self.features.contains(wgpu::Features::TIMESTAMP_QUERY) || cfg!(target_arch = "wasm32")
+        {
             f()?;
             self.synchronize()?;
             return Ok(None);

@@ -9,10 +9,13 @@ pub(crate) mod kernels;
 mod pipelines;
 pub(crate) mod pool;
 mod recorder;
+pub(crate) mod scope;
 pub(crate) mod storage;
 
 pub use crate::backend::MemoryStats;
-pub(crate) use adapters::{feature_names, is_software, ranked_adapters, type_name};
+pub(crate) use adapters::{
+    feature_names, is_software, ranked_adapters, ranked_adapters_async, type_name,
+};
 pub use kernels::matmul::{
     CANDIDATES as MATMUL_CANDIDATES, MatmulConfig, configs as matmul_configs,
 };

@@ -4,10 +4,11 @@
 //! is compiled once per device and kept. Creation runs inside a validation error scope, so a
 //! broken shader or specialization becomes an `Error::Gpu` instead of an uncaptured error.
 
+use super::scope;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use web_time::Instant;
 
 /// A shader module of one kernel family: its name (a file under `shaders/`, or the name of a
 /// variant derived from one) and its WGSL, compiled after the prelude (`crate::op::wgsl_prelude`).
@@ -152,19 +153,20 @@ impl PipelineCache {
         }
         let start = Instant::now();
         let module = self.module(device, spec.shader, spec.unchecked)?;
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&key),
-            layout: None,
-            module: &module,
-            entry_point: Some(spec.entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &spec.constants,
-                zero_initialize_workgroup_memory: !spec.unchecked,
-            },
-            cache: None,
+        let (pipeline, error) = scope::catch(device, wgpu::ErrorFilter::Validation, || {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&key),
+                layout: None,
+                module: &module,
+                entry_point: Some(spec.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &spec.constants,
+                    zero_initialize_workgroup_memory: !spec.unchecked,
+                },
+                cache: None,
+            })
         });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        if let Some(e) = error {
             return Err(Error::Gpu(format!("creating pipeline {key}: {e}")));
         }
         log::debug!("compiled pipeline {key} in {:.1?}", start.elapsed());
@@ -186,22 +188,24 @@ impl PipelineCache {
             return Ok(m.clone());
         }
         let source = shader.source();
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(shader.name),
             source: wgpu::ShaderSource::Wgsl(source.into()),
         };
-        let module = if unchecked {
-            // SAFETY: only specs marked `unchecked` get here, and those are kernels whose every
-            // index is in bounds for the shapes the host dispatches them on (see each shader's
-            // header and the op-table tests that run them).
-            unsafe {
-                device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+        let (module, error) = scope::catch(device, wgpu::ErrorFilter::Validation, || {
+            if unchecked {
+                // SAFETY: only specs marked `unchecked` get here, and those are kernels whose every
+                // index is in bounds for the shapes the host dispatches them on (see each shader's
+                // header and the op-table tests that run them).
+                unsafe {
+                    device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                }
+            } else {
+                device.create_shader_module(desc)
             }
-        } else {
-            device.create_shader_module(desc)
-        };
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        });
+        if let Some(e) = error {
             return Err(Error::Gpu(format!("compiling {}: {e}", shader.name)));
         }
         modules.insert((shader.name, unchecked), module.clone());

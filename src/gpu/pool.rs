@@ -14,6 +14,7 @@
 //! failure of the driver to allocate (wgpu's out-of-memory error, caught in an error scope) is
 //! handled the same way: idle buffers are freed and the allocation is tried once more.
 
+use super::scope;
 use crate::backend::MemoryStats;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -241,20 +242,21 @@ impl BufferPool {
 
     /// A new buffer, or the driver's out-of-memory message.
     fn create(&self, kind: Kind, class: u64) -> std::result::Result<wgpu::Buffer, String> {
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(match kind {
-                Kind::Storage => "kiln tensor",
-                Kind::Staging => "kiln staging",
-            }),
-            size: class,
-            usage: match kind {
-                Kind::Storage => STORAGE_USAGE,
-                Kind::Staging => STAGING_USAGE,
-            },
-            mapped_at_creation: false,
+        let (buffer, error) = scope::catch(&self.device, wgpu::ErrorFilter::OutOfMemory, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(match kind {
+                    Kind::Storage => "kiln tensor",
+                    Kind::Staging => "kiln staging",
+                }),
+                size: class,
+                usage: match kind {
+                    Kind::Storage => STORAGE_USAGE,
+                    Kind::Staging => STAGING_USAGE,
+                },
+                mapped_at_creation: false,
+            })
         });
-        match pollster::block_on(scope.pop()) {
+        match error {
             None => Ok(buffer),
             Some(e) => {
                 log::warn!("pool: the driver refused {class} bytes: {e}");

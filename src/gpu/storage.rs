@@ -226,9 +226,27 @@ impl GpuStorage {
 
     /// [`BackendStorage::to_f32`] as a future.
     pub(crate) async fn to_f32_async(&self, op: &'static str, n: usize) -> Result<Vec<f32>> {
-        match self.readable(op, DType::F32)? {
+        self.words_async(op, DType::F32, n).await
+    }
+
+    /// [`BackendStorage::to_u32`] as a future.
+    pub(crate) async fn to_u32_async(&self, op: &'static str, n: usize) -> Result<Vec<u32>> {
+        let words = self.words_async(op, DType::U32, n).await?;
+        Ok(words.into_iter().map(f32::to_bits).collect())
+    }
+
+    /// [`BackendStorage::to_bytes`] as a future.
+    pub(crate) async fn to_bytes_async(&self, op: &'static str, n: usize) -> Result<Vec<u8>> {
+        let len = crate::quant::byte_len(op, self.dtype, n)?;
+        let words = self.words_async(op, self.dtype, len.div_ceil(4)).await?;
+        Ok(word_bytes(&words, len))
+    }
+
+    /// The first `words` 32-bit words of these values, which must be of `dtype`, as a future.
+    async fn words_async(&self, op: &'static str, dtype: DType, words: usize) -> Result<Vec<f32>> {
+        match self.readable(op, dtype)? {
             None => Ok(Vec::new()),
-            Some(buf) => self.ctx.clone().read_async(buf, n).await,
+            Some(buf) => self.ctx.clone().read_async(buf, words).await,
         }
     }
 
@@ -312,12 +330,7 @@ impl BackendStorage for GpuStorage {
         let len = crate::quant::byte_len(op, self.dtype, n)?;
         match self.readable(op, self.dtype)? {
             None => Ok(Vec::new()),
-            Some(buf) => {
-                let words = self.ctx.read(buf, len.div_ceil(4))?;
-                let mut bytes: Vec<u8> = bytemuck::cast_slice(&words).to_vec();
-                bytes.truncate(len);
-                Ok(bytes)
-            }
+            Some(buf) => Ok(word_bytes(&self.ctx.read(buf, len.div_ceil(4))?, len)),
         }
     }
 
@@ -858,4 +871,11 @@ impl BackendStorage for GpuStorage {
         let grads = attention::backward(&q.ctx, [bq?, bk?, bv?], [bo?, bg?, bl?], dims)?;
         Ok(grads.into_iter().map(|b| q.filled(b, DType::F32)).collect())
     }
+}
+
+/// The first `len` bytes of words read back.
+fn word_bytes(words: &[f32], len: usize) -> Vec<u8> {
+    let mut bytes: Vec<u8> = bytemuck::cast_slice(words).to_vec();
+    bytes.truncate(len);
+    bytes
 }

@@ -44,7 +44,7 @@ op_family! {
             grad: "exp(v)";
         /// Natural logarithm (`-inf` at 0, NaN below).
         Log = 8, "log", onnx: "Log",
-            wgsl: "log(v)",
+            wgsl: "log_f32(v)",
             grad: "1.0 / v";
         /// Square root (NaN below 0).
         Sqrt = 9, "sqrt", onnx: "Sqrt",
@@ -102,15 +102,15 @@ op_family! {
         Erf = 22, "erf", onnx: "Erf",
             wgsl: "erf(v)",
             grad: "1.1283791670955126 * exp(-v * v)";
-        /// Sine. On a GPU the argument is reduced by 2π in f32 first (WGSL's `sin` is only
-        /// specified on [-π, π]): accurate for |x| up to about 1e4.
+        /// Sine. On a GPU, kiln's own f32 sine (WGSL's `sin` promises 2^-11 absolute error
+        /// on [-π, π] only): accurate for |x| up to about 1.2e4.
         Sin = 23, "sin", onnx: "Sin",
-            wgsl: "sin(reduce_angle(v))",
-            grad: "cos(reduce_angle(v))";
-        /// Cosine (reduced as `sin`).
+            wgsl: "sin_f32(v)",
+            grad: "cos_f32(v)";
+        /// Cosine (computed as `sin`).
         Cos = 24, "cos", onnx: "Cos",
-            wgsl: "cos(reduce_angle(v))",
-            grad: "-sin(reduce_angle(v))";
+            wgsl: "cos_f32(v)",
+            grad: "-sin_f32(v)";
         /// The largest integer not above `x`.
         Floor = 25, "floor", onnx: "Floor",
             wgsl: "floor(v)",

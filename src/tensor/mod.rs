@@ -85,9 +85,18 @@ impl Tensor {
     }
 
     /// [`Tensor::to_vec`] as a future: the caller's executor is not blocked while the GPU works.
+    /// In the browser (wasm32) this is the way to read a GPU tensor: the blocking readbacks
+    /// return `Error::Unsupported` there.
     pub async fn to_vec_async(&self) -> Result<Vec<f32>> {
         self.storage
             .to_f32_async("to_vec_async", self.numel())
+            .await
+    }
+
+    /// [`Tensor::to_vec_u32`] as a future.
+    pub async fn to_vec_u32_async(&self) -> Result<Vec<u32>> {
+        self.storage
+            .to_u32_async("to_vec_u32_async", self.numel())
             .await
     }
 

@@ -71,6 +71,13 @@ impl Tensor {
         self.storage.to_bytes("to_bytes", self.numel())
     }
 
+    /// [`Tensor::to_bytes`] as a future (the way to read a GPU tensor in the browser).
+    pub async fn to_bytes_async(&self) -> Result<Vec<u8>> {
+        self.storage
+            .to_bytes_async("to_bytes_async", self.numel())
+            .await
+    }
+
     /// This tensor's values as `dtype`, on the same device.
     ///
     /// Decoding to f32 is exact. Encoding rounds: f16 and bf16 to nearest even; the integer

@@ -28,7 +28,7 @@ pub fn table() -> Vec<OpInfo> {
             name: "index_select(0)",
             grad: own,
             samples: || index_samples(0),
-            run: |t| t[0].index_select(0, &as_indices(&t[1])),
+            run: |t| t[0].index_select(0, &as_indices(&t[1])?),
             reference: |r| index_ref(r, 0),
             tol: |_| (0.0, 0.0),
             errors: no_errors,
@@ -37,7 +37,7 @@ pub fn table() -> Vec<OpInfo> {
             name: "index_select(1)",
             grad: own,
             samples: || index_samples(1),
-            run: |t| t[0].index_select(1, &as_indices(&t[1])),
+            run: |t| t[0].index_select(1, &as_indices(&t[1])?),
             reference: |r| index_ref(r, 1),
             tol: |_| (0.0, 0.0),
             errors: no_errors,
@@ -46,7 +46,7 @@ pub fn table() -> Vec<OpInfo> {
             name: "gather(1)",
             grad: own,
             samples: || gather_samples(1),
-            run: |t| t[0].gather(1, &as_indices(&t[1])),
+            run: |t| t[0].gather(1, &as_indices(&t[1])?),
             reference: |r| gather_ref(r, 1),
             tol: |_| (0.0, 0.0),
             errors: |d| {
@@ -71,7 +71,7 @@ pub fn table() -> Vec<OpInfo> {
             name: "gather(0)",
             grad: own,
             samples: || gather_samples(0),
-            run: |t| t[0].gather(0, &as_indices(&t[1])),
+            run: |t| t[0].gather(0, &as_indices(&t[1])?),
             reference: |r| gather_ref(r, 0),
             tol: |_| (0.0, 0.0),
             errors: no_errors,
@@ -93,7 +93,7 @@ pub fn table() -> Vec<OpInfo> {
                     },
                 ]
             },
-            run: |t| Tensor::embedding(&t[0], &as_indices(&t[1])),
+            run: |t| Tensor::embedding(&t[0], &as_indices(&t[1])?),
             reference: |r| {
                 let flat = Ref {
                     shape: vec![r[1].data.len()],
@@ -110,9 +110,9 @@ pub fn table() -> Vec<OpInfo> {
 }
 
 /// The second input's values as a u32 index tensor on the same device.
-pub fn as_indices(t: &Tensor) -> Tensor {
-    let v: Vec<u32> = t.to_vec().unwrap().into_iter().map(|x| x as u32).collect();
-    Tensor::from_vec_u32(t.device(), v, t.shape()).unwrap()
+pub fn as_indices(t: &Tensor) -> kiln::Result<Tensor> {
+    let v: Vec<u32> = t.to_vec()?.into_iter().map(|x| x as u32).collect();
+    Tensor::from_vec_u32(t.device(), v, t.shape())
 }
 
 pub fn argmax_samples() -> Vec<Sample> {

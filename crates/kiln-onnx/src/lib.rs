@@ -420,7 +420,7 @@ impl Model {
                 types: &self.types,
                 subgraph: &subgraph,
             };
-            let start = std::time::Instant::now();
+            let start = web_time::Instant::now();
             let own_domain = node.domain.is_empty() || node.domain == "ai.onnx";
             let out = match self.replaced.get(&node.op_type) {
                 Some(f) if own_domain => f(&self.device, &args)?,
@@ -779,6 +779,11 @@ pub fn load_tensor(path: &Path, device: &Device) -> Result<(String, Value)> {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    let t: proto::TensorProto = proto::decode(&bytes, &path.display().to_string())?;
+    tensor_from_bytes(&bytes, &path.display().to_string(), device)
+}
+
+/// [`load_tensor`] from the file's bytes (`what` names them in errors).
+pub fn tensor_from_bytes(bytes: &[u8], what: &str, device: &Device) -> Result<(String, Value)> {
+    let t: proto::TensorProto = proto::decode(bytes, what)?;
     Ok((t.name.clone(), value::from_proto(&t, device)?))
 }

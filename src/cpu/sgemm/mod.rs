@@ -686,14 +686,14 @@ mod tests {
             let mut tb = Vec::new();
             let mut ta = Vec::new();
             for _ in 0..15 {
-                let t0 = std::time::Instant::now();
+                let t0 = web_time::Instant::now();
                 let mut off = 0;
                 for p0 in (0..n).step_by(KC) {
                     pack_b(&view(&b), 16, p0, KC.min(n - p0), 0, n, &mut buf[off..]);
                     off += n.div_ceil(16) * 16 * KC;
                 }
                 tb.push(t0.elapsed().as_secs_f64());
-                let t0 = std::time::Instant::now();
+                let t0 = web_time::Instant::now();
                 for p0 in (0..n).step_by(KC) {
                     for ib in (0..n).step_by(MC_MAX) {
                         pack_a::<avx2::Avx2>(
@@ -721,7 +721,7 @@ mod tests {
         let rounds: usize = std::env::var("KILN_GEMM_ROUNDS").map_or(15, |v| v.parse().unwrap());
         for _round in 0..rounds {
             for (cfg, t) in configs.iter().zip(&mut times) {
-                let start = std::time::Instant::now();
+                let start = web_time::Instant::now();
                 match available().expect("a CPU with a micro-kernel") {
                     Isa::Avx512 => gemm_with::<avx512::Avx512>(
                         n,
@@ -774,7 +774,7 @@ mod tests {
             let calls = 20_000;
             let mut rates = Vec::new();
             for _ in 0..7 {
-                let t0 = std::time::Instant::now();
+                let t0 = web_time::Instant::now();
                 for _ in 0..calls {
                     // SAFETY: the panels hold MR·KC and NR·KC values, c one MR × NR tile; the
                     // caller checked the instruction set.
@@ -801,7 +801,7 @@ mod tests {
         // The clock: chains of eight dependent integer adds (one a cycle), 5e7 times.
         let mut best = f64::MAX;
         for _ in 0..5 {
-            let t0 = std::time::Instant::now();
+            let t0 = web_time::Instant::now();
             let (mut x, mut left) = (0u64, 50_000_000u64);
             // SAFETY: register arithmetic only.
             unsafe {

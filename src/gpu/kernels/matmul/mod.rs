@@ -730,7 +730,7 @@ fn matmul_with(
     if timed {
         ctx.synchronize()?;
     }
-    let start = std::time::Instant::now();
+    let start = web_time::Instant::now();
     let out = run(ctx, a, b, plan, config, epilogue)?;
     if timed {
         ctx.synchronize()?;

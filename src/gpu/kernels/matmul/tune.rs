@@ -8,7 +8,8 @@
 //! candidate has a time, the two fastest are timed once more, and the one with the shortest
 //! time is kept for the class and written to the cache. So a new class costs one ordinary
 //! product up front, and about twenty calls (twelve on lavapipe), each one a real product, to
-//! settle; nothing is run only to be timed.
+//! settle; nothing is run only to be timed. In the browser (wasm32) nothing is tuned and no
+//! file is read: the heuristic picks there.
 
 use super::{CANDIDATES, MatmulConfig};
 use crate::gpu::context::GpuContext;
@@ -117,7 +118,9 @@ impl Tuner {
                 }
             })
             .collect();
-        let file = cache_dir().map(|d| d.join(format!("matmul-v{CACHE_VERSION}-{slug}.tsv")));
+        let file = cache_dir()
+            .filter(|_| !cfg!(target_arch = "wasm32"))
+            .map(|d| d.join(format!("matmul-v{CACHE_VERSION}-{slug}.tsv")));
         let mut tuned = HashMap::new();
         let mut last_winner = None;
         if let Some(text) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
@@ -159,7 +162,9 @@ impl Tuner {
             Some(c) => (c, Trial::No),
             None => {
                 let work = plan.m * plan.n * plan.k * plan.offsets.len();
-                if work < TUNE_MIN_WORK {
+                // In the browser a synchronization does not wait for the GPU (readback is
+                // only asynchronous there), so a trial could not be timed: the heuristic picks.
+                if work < TUNE_MIN_WORK || cfg!(target_arch = "wasm32") {
                     (heuristic(plan, ctx.subgroups), Trial::No)
                 } else {
                     self.tuned_or_trial(ctx, plan)
