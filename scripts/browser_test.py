@@ -71,7 +71,7 @@ def run_page(www, out, query, webgpu, shot):
     drv = subprocess.Popen([driver, f"--port={dport}"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{dport}"
-    flags = ["--headless=new", "--no-sandbox", "--window-size=1200,1150",
+    flags = ["--headless=new", "--no-sandbox", "--window-size=1200,1300",
              "--disable-dev-shm-usage", f"--user-data-dir={os.path.abspath(out)}/profile-{shot}"]
     if webgpu:
         flags.append("--enable-unsafe-webgpu")
@@ -195,6 +195,12 @@ def main():
                 failures.append(f"onnx output {r['name']} differs by {r['max_diff']}")
         if not report:
             failures.append("the ONNX model did not run")
+        cls = result.get("classify") or {}
+        probs = [p for _, p in cls.get("top", [])]
+        print(f"browser test: the classifier panel on a drawn image: output {cls.get('output')} "
+              f"{cls.get('shape')}, top classes {cls.get('top')}")
+        if not probs or abs(sum(p for p in probs)) > 1.0 + 1e-6 or any(p < 0 for p in probs):
+            failures.append(f"the classifier panel gave no sensible classes: {cls}")
     with open(os.path.join(out, "result-no-webgpu.json"), "w") as f:
         json.dump(fallback, f, indent=1)
     if fallback is None:

@@ -2,6 +2,18 @@
 //! process, [`Mpi`] (feature `mpi`) for ranks started by `mpirun`.
 
 use kiln::{Error, Result};
+use std::ops::Range;
+
+/// `0..len` cut into consecutive ranges of `bucket` values (the last one shorter; at least one
+/// value per bucket).
+pub(crate) fn buckets(len: usize, bucket: usize) -> impl Iterator<Item = Range<usize>> {
+    let bucket = bucket.max(1);
+    (0..len.div_ceil(bucket)).map(move |i| i * bucket..len.min((i + 1) * bucket))
+}
+
+/// Writes this process's values of a range of a sum into the slice given
+/// ([`Collective::sum_buckets`]).
+pub type Fill<'f> = dyn FnMut(Range<usize>, &mut [f64]) -> Result<()> + 'f;
 
 /// The processes a data-parallel run spans and the two collectives [`crate::DataParallel`]
 /// needs. Every process calls each collective in the same order.
@@ -12,6 +24,21 @@ pub trait Collective {
     fn size(&self) -> usize;
     /// Sums `values` over every process, in place; every process ends with the same values.
     fn sum(&self, values: &mut [f64]) -> Result<()>;
+    /// Sums `len` values over every process in buckets of at most `bucket` values and returns
+    /// the sums. `fill(range, out)` writes this process's values of `range` into `out`; each
+    /// bucket's sum starts as soon as it is filled, so where the transport can (MPI: one
+    /// `MPI_Iallreduce` per bucket) filling the next buckets overlaps the sums in flight. An
+    /// error from `fill` is treated as a failed step ([`Collective::fail`]) once the sums in
+    /// flight allow. The default fills and sums each bucket in turn.
+    fn sum_buckets(&self, len: usize, bucket: usize, fill: &mut Fill) -> Result<Vec<f64>> {
+        let mut values = vec![0f64; len];
+        for range in buckets(len, bucket) {
+            let part = &mut values[range.clone()];
+            fill(range, part)?;
+            self.sum(part)?;
+        }
+        Ok(values)
+    }
     /// Replaces `values` on every process by process 0's.
     fn broadcast(&self, values: &mut [f32]) -> Result<()>;
     /// Called when this process fails a step while others may be waiting in a collective:
@@ -45,7 +72,7 @@ pub use self::mpi_ranks::Mpi;
 
 #[cfg(feature = "mpi")]
 mod mpi_ranks {
-    use super::Collective;
+    use super::{Collective, Fill, buckets};
     use kiln::{Error, Result};
     use mpi::collective::SystemOperation;
     use mpi::traits::{Communicator, CommunicatorCollectives, Root};
@@ -111,6 +138,41 @@ mod mpi_ranks {
             self.world
                 .all_reduce_into(&send[..], values, SystemOperation::sum());
             Ok(())
+        }
+        fn sum_buckets(&self, len: usize, bucket: usize, fill: &mut Fill) -> Result<Vec<f64>> {
+            let mut send = vec![0f64; len];
+            let mut sums = vec![0f64; len];
+            let mut failed = None;
+            mpi::request::scope(|scope| {
+                let (mut send_rest, mut sums_rest) = (&mut send[..], &mut sums[..]);
+                let mut in_flight = Vec::new();
+                for range in buckets(len, bucket) {
+                    let (mine, rest) = std::mem::take(&mut send_rest).split_at_mut(range.len());
+                    send_rest = rest;
+                    let (out, rest) = std::mem::take(&mut sums_rest).split_at_mut(range.len());
+                    sums_rest = rest;
+                    if let Err(e) = fill(range, mine) {
+                        failed = Some(e);
+                        break;
+                    }
+                    let mine: &[f64] = mine;
+                    in_flight.push(self.world.immediate_all_reduce_into(
+                        scope,
+                        mine,
+                        out,
+                        SystemOperation::sum(),
+                    ));
+                }
+                for request in in_flight {
+                    request.wait_without_status();
+                }
+            });
+            if let Some(e) = failed {
+                // The other ranks wait for this one's remaining buckets: end the job.
+                self.fail(&e);
+                return Err(e);
+            }
+            Ok(sums)
         }
         fn broadcast(&self, values: &mut [f32]) -> Result<()> {
             self.world.process_at_rank(0).broadcast_into(values);

@@ -6,10 +6,47 @@ use kiln::{Device, Error, Result, Tensor};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-/// What a replica's share of a step gives back: its mean loss and its parameters' gradients,
-/// read back, in parameter order.
-type Part = (f32, Vec<Vec<f32>>);
+/// What a replica's share of a step gives back: its mean loss, and its parameters' gradients
+/// (on its device), in parameter order.
+type Part = (f32, Vec<Tensor>);
+
+/// Bytes of gradient per bucket by default: 4 MiB (of f64 sums), as PyTorch DDP's default
+/// bucket is a few MB.
+pub const DEFAULT_BUCKET_BYTES: usize = 4 << 20;
+
+/// Where the time of the steps so far went, summed over steps (wall-clock time of this
+/// process).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepTimes {
+    /// Steps timed.
+    pub steps: usize,
+    /// Forward and backward on every replica (concurrently).
+    pub compute: Duration,
+    /// Reading the gradients back and summing the replicas' shares on the host.
+    pub gather: Duration,
+    /// Waiting for the gradient sums over the processes, beyond what overlapped the
+    /// gathering of later buckets (nothing for one process).
+    pub reduce: Duration,
+    /// The optimizer's step on the first replica.
+    pub update: Duration,
+    /// Giving every replica (of every process) the new parameters.
+    pub broadcast: Duration,
+}
+
+impl StepTimes {
+    /// All of it.
+    pub fn total(&self) -> Duration {
+        self.compute + self.gather + self.reduce + self.update + self.broadcast
+    }
+
+    /// The share of the steps' time spent communicating between processes: the gradient
+    /// all-reduce and the parameters' broadcast.
+    pub fn communication_share(&self) -> f64 {
+        (self.reduce + self.broadcast).as_secs_f64() / self.total().as_secs_f64().max(1e-12)
+    }
+}
 
 /// One replica of a model on each of several devices (of this process, and of every process
 /// of a [`Collective`]); see the crate's documentation.
@@ -19,6 +56,9 @@ pub struct DataParallel<M> {
     optimizer: Box<dyn Optimizer + Send>,
     /// The processes taking part ([`Single`] for this one alone).
     collective: Box<dyn Collective>,
+    /// Bytes of gradient sums per bucket of the all-reduce.
+    bucket_bytes: usize,
+    times: StepTimes,
 }
 
 impl<M: Module + Send> DataParallel<M> {
@@ -58,6 +98,8 @@ impl<M: Module + Send> DataParallel<M> {
             replicas,
             optimizer,
             collective,
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
+            times: StepTimes::default(),
         };
         let shape = |m: &M| -> Vec<(String, Vec<usize>)> {
             m.parameters()
@@ -95,6 +137,24 @@ impl<M: Module + Send> DataParallel<M> {
     /// Every replica, with its device (to check that they agree, or to evaluate on each).
     pub fn replicas(&self) -> impl Iterator<Item = (&Device, &M)> {
         self.replicas.iter().map(|(d, m)| (d, m))
+    }
+
+    /// Sets the size of the gradient buckets that are summed over the processes one at a
+    /// time, in bytes of f64 sums ([`DEFAULT_BUCKET_BYTES`] by default; at least one value):
+    /// each bucket's all-reduce starts as soon as its gradients are read back, and overlaps
+    /// the reading of the next ones.
+    pub fn set_bucket_bytes(&mut self, bytes: usize) {
+        self.bucket_bytes = bytes;
+    }
+
+    /// Where the steps' time went since the start (or the last [`DataParallel::reset_times`]).
+    pub fn times(&self) -> StepTimes {
+        self.times
+    }
+
+    /// Starts [`DataParallel::times`] again from zero.
+    pub fn reset_times(&mut self) {
+        self.times = StepTimes::default();
     }
 
     /// The optimizer, to change its learning rate between steps (`set_lr` where it has one).
@@ -139,8 +199,9 @@ impl<M: Module + Send> DataParallel<M> {
         }
         let shards = self.shards(batch);
         let loss = &loss;
-        // Forward and backward on every replica at once; each returns its loss and its
-        // parameters' gradients, read back.
+        let started = Instant::now();
+        // Forward and backward on every replica at once; each gives back its loss and its
+        // parameters' gradients (still on its device).
         let results: Vec<Result<Option<Part>>> = std::thread::scope(|s| {
             let handles: Vec<_> = self
                 .replicas
@@ -159,12 +220,11 @@ impl<M: Module + Send> DataParallel<M> {
                         let grads = model
                             .parameters()
                             .into_iter()
-                            .map(|(name, p)| match p.grad() {
-                                Some(g) => g.to_vec(),
-                                None => Err(Error::Autograd {
+                            .map(|(name, p)| {
+                                p.grad().ok_or_else(|| Error::Autograd {
                                     op: "DataParallel::step",
                                     reason: format!("parameter `{name}` got no gradient"),
-                                }),
+                                })
                             })
                             .collect::<Result<Vec<_>>>()?;
                         Ok(Some((value, grads)))
@@ -188,26 +248,28 @@ impl<M: Module + Send> DataParallel<M> {
                 }
             }
         }
+        let computed = Instant::now();
         // The whole batch's mean loss and gradient: each shard's mean weighted by its rows,
-        // summed here, then over the processes. Layout: the loss, then every gradient.
+        // summed here, then over the processes, bucket by bucket. Layout: the loss, then
+        // every gradient in parameter order.
         let sizes: Vec<usize> = self.replicas[0]
             .1
             .parameters()
             .iter()
             .map(|(_, p)| p.numel())
             .collect();
-        let mut flat = vec![0f64; 1 + sizes.iter().sum::<usize>()];
-        for (w, (loss, grads)) in &parts {
-            flat[0] += w * f64::from(*loss);
-            let mut at = 1;
-            for g in grads {
-                for (s, v) in flat[at..at + g.len()].iter_mut().zip(g) {
-                    *s += w * f64::from(*v);
-                }
-                at += g.len();
-            }
-        }
-        self.collective.sum(&mut flat)?;
+        let mut gather = Gather::new(&parts, &sizes);
+        let mut gathering = Duration::ZERO;
+        let bucket = (self.bucket_bytes / 8).max(1);
+        let flat = self
+            .collective
+            .sum_buckets(gather.len(), bucket, &mut |range, out| {
+                let t = Instant::now();
+                let filled = gather.fill(range, out);
+                gathering += t.elapsed();
+                filled
+            })?;
+        let reduced = Instant::now();
         let (device, model) = &mut self.replicas[0];
         let mut params: Vec<&mut Tensor> =
             model.parameters_mut().into_iter().map(|(_, p)| p).collect();
@@ -224,7 +286,15 @@ impl<M: Module + Send> DataParallel<M> {
         for p in &mut params {
             p.zero_grad();
         }
+        let updated = Instant::now();
         self.broadcast()?;
+        let t = &mut self.times;
+        t.steps += 1;
+        t.compute += computed - started;
+        t.gather += gathering;
+        t.reduce += (reduced - computed).saturating_sub(gathering);
+        t.update += updated - reduced;
+        t.broadcast += updated.elapsed();
         Ok(flat[0] as f32)
     }
 
@@ -262,6 +332,72 @@ impl<M: Module + Send> DataParallel<M> {
                 *p = Tensor::from_vec(dev, flat[at..at + n].to_vec(), p.shape())?.with_grad()?;
                 at += n;
             }
+        }
+        Ok(())
+    }
+}
+
+/// The weighted sum of the replicas' shares (their losses and gradients), produced a range at a
+/// time in the layout of the all-reduce: each parameter's gradients are read back from every
+/// replica when the first bucket that holds part of them is filled.
+struct Gather<'p> {
+    parts: &'p [(f64, Part)],
+    /// Each parameter's first position in the layout (the loss is at 0), and its length.
+    spans: Vec<(usize, usize)>,
+    len: usize,
+    /// The parameter read last, and its weighted sum.
+    current: Option<(usize, Vec<f64>)>,
+}
+
+impl<'p> Gather<'p> {
+    fn new(parts: &'p [(f64, Part)], sizes: &[usize]) -> Gather<'p> {
+        let mut at = 1;
+        let spans = sizes
+            .iter()
+            .map(|&n| {
+                at += n;
+                (at - n, n)
+            })
+            .collect();
+        Gather {
+            parts,
+            spans,
+            len: at,
+            current: None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Writes the values of `range` into `out` (ranges come in order).
+    fn fill(&mut self, range: Range<usize>, out: &mut [f64]) -> Result<()> {
+        let mut pos = range.start;
+        while pos < range.end {
+            if pos == 0 {
+                out[0] = self.parts.iter().map(|(w, (l, _))| w * f64::from(*l)).sum();
+                pos = 1;
+                continue;
+            }
+            // The parameter holding `pos`: spans are sorted by their start.
+            let j = self.spans.partition_point(|&(start, _)| start <= pos) - 1;
+            let (start, n) = self.spans[j];
+            if self.current.as_ref().is_none_or(|(k, _)| *k != j) {
+                let mut sum = vec![0f64; n];
+                for (w, (_, grads)) in self.parts {
+                    for (s, v) in sum.iter_mut().zip(grads[j].to_vec()?) {
+                        *s += w * f64::from(v);
+                    }
+                }
+                self.current = Some((j, sum));
+            }
+            let end = range.end.min(start + n);
+            if let Some((_, sum)) = &self.current {
+                out[pos - range.start..end - range.start]
+                    .copy_from_slice(&sum[pos - start..end - start]);
+            }
+            pos = end;
         }
         Ok(())
     }

@@ -40,5 +40,5 @@ mod data_parallel;
 
 #[cfg(feature = "mpi")]
 pub use collective::Mpi;
-pub use collective::{Collective, Single};
-pub use data_parallel::DataParallel;
+pub use collective::{Collective, Fill, Single};
+pub use data_parallel::{DEFAULT_BUCKET_BYTES, DataParallel, StepTimes};

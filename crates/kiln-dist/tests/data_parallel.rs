@@ -183,6 +183,32 @@ fn replicas_train_as_one_device_on_the_whole_batch() {
     }
 }
 
+/// The gradient buckets change nothing in the result: one value per bucket, a bucket that cuts
+/// parameters in pieces, and one bucket for everything train to the same parameters, bit for
+/// bit; the step's time is accounted for.
+#[test]
+fn bucket_sizes_give_the_same_training() {
+    let data = data(256);
+    let mut runs = Vec::new();
+    for bytes in [8, 8 * 100, kiln_dist::DEFAULT_BUCKET_BYTES] {
+        let devices = [Device::cpu(), Device::cpu()];
+        let mut dp = DataParallel::new(&devices, mlp, Box::new(Adam::new(0.01))).unwrap();
+        dp.set_bucket_bytes(bytes);
+        for s in 0..10 {
+            let start = first_row(s, 48, 256);
+            dp.step(48, |m, d, rows| batch_loss(&data, start, m, d, rows))
+                .unwrap();
+        }
+        let t = dp.times();
+        assert_eq!(t.steps, 10);
+        assert!(t.compute > std::time::Duration::ZERO && t.total() >= t.compute);
+        assert!((0.0..=1.0).contains(&t.communication_share()));
+        runs.push(params(dp.model()));
+    }
+    assert_eq!(runs[0], runs[2], "one value per bucket");
+    assert_eq!(runs[1], runs[2], "100 values per bucket");
+}
+
 /// A batch smaller than the replicas leaves one idle and still matches the reference; an empty
 /// batch, no devices and replicas of different shapes are typed errors; a replica whose loss
 /// fails fails the step, and no parameter changes.

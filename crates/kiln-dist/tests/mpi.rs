@@ -65,8 +65,10 @@ fn ranks_train_as_one_process_on_the_whole_batch() {
     std::fs::create_dir_all(&dir).unwrap();
     for adam in [false, true] {
         let mut runs = Vec::new();
-        for ranks in [1, 2, 3] {
-            let out = dir.join(format!("r{ranks}-{adam}.txt"));
+        // 2 ranks twice: with one bucket, and with 85 buckets of 8 values (64 bytes) in
+        // flight at once.
+        for (ranks, bucket) in [(1, None), (2, None), (2, Some("64")), (3, None)] {
+            let out = dir.join(format!("r{ranks}-{adam}-{bucket:?}.txt"));
             let mut args = vec![
                 "--steps",
                 "30",
@@ -77,6 +79,9 @@ fn ranks_train_as_one_process_on_the_whole_batch() {
             ];
             if adam {
                 args.push("--adam");
+            }
+            if let Some(b) = bucket {
+                args.extend(["--bucket-bytes", b]);
             }
             let Some((o, _)) = mpirun(ranks, &args) else {
                 return;

@@ -122,17 +122,21 @@ async function classify() {
   for (let ch = 0; ch < c; ch++)
     for (let i = 0; i < h * w; i++) values[ch * h * w + i] = px[4 * i + Math.min(ch, 2)] / 255;
   const out = JSON.parse(await kiln.onnx_run(modelBytes, values, new Uint32Array(d.length === 4 ? d : [n, c, h, w].slice(4 - d.length))));
-  const v = out.values, m = Math.max(...v), e = v.map((x) => Math.exp(x - m)), s = e.reduce((a, b) => a + b, 0);
+  // Probabilities as they are (a model ending in Softmax), else the softmax of the logits.
+  const v = out.values, total = v.reduce((a, b) => a + b, 0);
+  const probs = v.every((x) => x >= 0) && Math.abs(total - 1) < 1e-3;
+  const m = Math.max(...v), e = probs ? v : v.map((x) => Math.exp(x - m)), s = probs ? 1 : e.reduce((a, b) => a + b, 0);
   const top = [...v.keys()].sort((a, b) => v[b] - v[a]).slice(0, 5);
   $('top').textContent = `${out.name} [${out.shape.join(', ')}]\n` +
     top.map((k) => `class ${k}: ${(100 * e[k] / s).toFixed(1)}%`).join('\n');
+  return { output: out.name, shape: out.shape, top: top.map((k) => [k, e[k] / s]) };
 }
 
 async function compareOnnx(model, inputs, outputs) {
   const get = async (p) => new Uint8Array(await (await fetch(p)).arrayBuffer());
   const report = JSON.parse(await kiln.onnx_compare(await get(model),
     await Promise.all(inputs.map(get)), await Promise.all(outputs.map(get))));
-  $('modelinfo').textContent = `${model}: ` + report.map((r) =>
+  $('onnxcheck').textContent = `${model.split('/').pop()} against onnxruntime's output: ` + report.map((r) =>
     `${r.name} max |kiln−onnxruntime| ${r.max_diff.toExponential(2)} (values up to ${r.max_abs.toFixed(3)})`).join('; ');
   return report;
 }
@@ -163,6 +167,11 @@ async function autotest() {
     result.digits = await train();
     if (params.get('onnx')) {
       result.onnx = await compareOnnx(params.get('onnx'), params.getAll('onnx_in'), params.getAll('onnx_out'));
+      // The classifier panel's own path: the model as a picked file, a drawn stroke as its image.
+      const name = params.get('onnx').split('/').pop();
+      await loadModel(new File([await (await fetch(params.get('onnx'))).arrayBuffer()], name));
+      pen.fillStyle = '#fff'; pen.fillRect(60, 40, 100, 140);
+      result.classify = await classify();
     }
   } catch (e) {
     result.error = String(e);

@@ -6,6 +6,7 @@
 //! mpirun -np 2 kiln-dist-check --steps 30 --batch 48 --out out.txt [--adam]
 //!     [--fail-at STEP] [--panic-at STEP]     # rank 1 fails (an error, or a panic) at STEP
 //!     [--hidden N]                           # a wider hidden layer (32 by default)
+//!     [--bucket-bytes N]                     # the all-reduce's bucket size
 //!     [--checkpoint FILE --stop-after STEP]  # rank 0 checkpoints after STEP steps, all stop
 //!     [--resume FILE]                        # continue from such a checkpoint
 //! ```
@@ -32,6 +33,7 @@ struct Args {
     checkpoint: Option<String>,
     stop_after: Option<usize>,
     resume: Option<String>,
+    bucket_bytes: Option<usize>,
 }
 
 fn args() -> std::result::Result<Args, String> {
@@ -46,6 +48,7 @@ fn args() -> std::result::Result<Args, String> {
         checkpoint: None,
         stop_after: None,
         resume: None,
+        bucket_bytes: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,6 +65,7 @@ fn args() -> std::result::Result<Args, String> {
             "--checkpoint" => a.checkpoint = Some(value()?),
             "--stop-after" => a.stop_after = Some(number(value()?)?),
             "--resume" => a.resume = Some(value()?),
+            "--bucket-bytes" => a.bucket_bytes = Some(number(value()?)?),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -111,6 +115,9 @@ fn run(mpi: Mpi, a: &Args) -> Result<()> {
     };
     let build = |d: &Device| mlp(d, a.hidden);
     let mut dp = DataParallel::across(&[Device::cpu()], build, optimizer, Box::new(mpi))?;
+    if let Some(b) = a.bucket_bytes {
+        dp.set_bucket_bytes(b);
+    }
     // 256 rows (twice the batch when that is more), so that batches wrap around the data.
     let rows = 256.max(2 * a.batch);
     let (x, y) = data(rows);
