@@ -194,9 +194,17 @@ fn check_case(op: &OpInfo, sample: usize, m: &Mutation) -> Result<(), TestCaseEr
         _ => 0.0,
     };
     let run = |dev: &Device, view: bool| -> kiln::Result<Tensor> {
+        // Index inputs are u32 tensors, made as every runner makes them; the rest may be views.
         let ts = inputs
             .iter()
-            .map(|(s, v)| build(dev, s, v, view))
+            .enumerate()
+            .map(|(k, (s, v))| {
+                if op.index_inputs.contains(&k) {
+                    input(op, k, dev, s, v)
+                } else {
+                    build(dev, s, v, view)
+                }
+            })
             .collect::<kiln::Result<Vec<_>>>()?;
         (op.run)(&ts)
     };

@@ -69,7 +69,7 @@ fn check_op_on(op: &OpInfo, wrt: &[usize], samples: &[Sample], dev: &Device) -> 
             .iter()
             .enumerate()
             .map(|(k, (s, v))| {
-                let t = Tensor::from_slice(dev, v, s).unwrap();
+                let t = input(op, k, dev, s, v).unwrap();
                 if wrt.contains(&k) {
                     t.with_grad().unwrap()
                 } else {

@@ -26,7 +26,8 @@ fn run_op_on(op: &OpInfo, dev: &Device) {
         let inputs: Vec<Tensor> = sample
             .inputs
             .iter()
-            .map(|(s, v)| Tensor::from_slice(dev, v, s).unwrap())
+            .enumerate()
+            .map(|(k, (s, v))| input(op, k, dev, s, v).unwrap())
             .collect();
         let refs: Vec<Ref> = sample
             .inputs

@@ -12,6 +12,7 @@ const CAUSAL: AttentionOptions = AttentionOptions {
 pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
+            index_inputs: &[],
             name: "attention",
             grad: || Grad::wrt(THREE),
             samples: attention_samples,
@@ -21,6 +22,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: attention_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "attention(causal, scale 0.3)",
             grad: || Grad::wrt(THREE),
             samples: attention_samples,
@@ -39,6 +41,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "attention_packed(causal)",
             grad: || Grad::wrt(ONE),
             samples: packed_samples,
@@ -48,6 +51,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: packed_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "attention_packed",
             grad: || Grad::wrt(ONE),
             samples: packed_samples,

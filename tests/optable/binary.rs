@@ -6,6 +6,7 @@ use kiln::{Device, Error, Tensor};
 macro_rules! binary_op {
     ($name:literal, $method:ident, $f:expr, $grad:expr) => {
         OpInfo {
+            index_inputs: &[],
             name: $name,
             samples: binary_samples,
             run: |t| t[0].$method(&t[1]),
@@ -21,6 +22,7 @@ macro_rules! binary_op {
 pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
+            index_inputs: &[],
             name: "where",
             grad: || Grad::wrt(&[1, 2]),
             samples: where_samples,
@@ -36,6 +38,7 @@ pub fn table() -> Vec<OpInfo> {
         binary_op!("maximum", maximum, f64::max, || binary_grad(-2.0, 2.0)),
         binary_op!("minimum", minimum, f64::min, || binary_grad(-2.0, 2.0)),
         OpInfo {
+            index_inputs: &[],
             name: "pow",
             grad: || binary_grad(0.5, 2.0),
             samples: pow_samples,

@@ -7,6 +7,7 @@ use kiln::{Device, Error, Tensor};
 pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
+            index_inputs: &[],
             name: "conv2d(bias)",
             grad: || Grad::wrt(THREE),
             samples: conv_samples,
@@ -21,6 +22,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: conv_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "conv2d(stride 2, pad 1, dilation 2)",
             grad: || Grad::wrt(THREE),
             samples: conv_samples,
@@ -57,6 +59,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "conv2d(groups 2, bias, pad 1)",
             grad: || Grad::wrt(THREE),
             samples: grouped_samples,
@@ -71,6 +74,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: grouped_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "conv2d(depthwise, stride 2, pad 1)",
             grad: || Grad::wrt(THREE),
             samples: depthwise_samples,
@@ -88,6 +92,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "conv_transpose2d(bias)",
             grad: || Grad::wrt(THREE),
             samples: || transpose_samples(1),
@@ -102,6 +107,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: conv_transpose_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "conv_transpose2d(stride 2, pad 1, dilation 2, output padding 1, groups 2)",
             grad: || Grad::wrt(THREE),
             samples: || transpose_samples(2),
@@ -116,6 +122,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "max_pool2d(3, 2, 1)",
             grad: own,
             samples: || {
@@ -130,6 +137,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "avg_pool2d(2, 2)",
             grad: own,
             samples: || {
@@ -144,6 +152,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "avg_pool2d(3, 1, 1)",
             grad: own,
             samples: || shaped(&[&[1, 2, 6, 5], &[2, 1, 3, 3]], 113),

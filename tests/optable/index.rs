@@ -7,6 +7,7 @@ use kiln::{Device, Error, Tensor};
 pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
+            index_inputs: &[],
             name: "argmax(-1)",
             grad: || Grad::NoGrad("integer output"),
             samples: argmax_samples,
@@ -16,6 +17,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: index_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "argmax(0, keepdim)",
             grad: || Grad::NoGrad("integer output"),
             samples: argmax_samples,
@@ -25,28 +27,31 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[1],
             name: "index_select(0)",
             grad: own,
             samples: || index_samples(0),
-            run: |t| t[0].index_select(0, &as_indices(&t[1])?),
+            run: |t| t[0].index_select(0, &t[1]),
             reference: |r| index_ref(r, 0),
             tol: |_| (0.0, 0.0),
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[1],
             name: "index_select(1)",
             grad: own,
             samples: || index_samples(1),
-            run: |t| t[0].index_select(1, &as_indices(&t[1])?),
+            run: |t| t[0].index_select(1, &t[1]),
             reference: |r| index_ref(r, 1),
             tol: |_| (0.0, 0.0),
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[1],
             name: "gather(1)",
             grad: own,
             samples: || gather_samples(1),
-            run: |t| t[0].gather(1, &as_indices(&t[1])?),
+            run: |t| t[0].gather(1, &t[1]),
             reference: |r| gather_ref(r, 1),
             tol: |_| (0.0, 0.0),
             errors: |d| {
@@ -68,15 +73,17 @@ pub fn table() -> Vec<OpInfo> {
             },
         },
         OpInfo {
+            index_inputs: &[1],
             name: "gather(0)",
             grad: own,
             samples: || gather_samples(0),
-            run: |t| t[0].gather(0, &as_indices(&t[1])?),
+            run: |t| t[0].gather(0, &t[1]),
             reference: |r| gather_ref(r, 0),
             tol: |_| (0.0, 0.0),
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[1],
             name: "embedding",
             grad: own,
             samples: || {
@@ -93,7 +100,7 @@ pub fn table() -> Vec<OpInfo> {
                     },
                 ]
             },
-            run: |t| Tensor::embedding(&t[0], &as_indices(&t[1])?),
+            run: |t| Tensor::embedding(&t[0], &t[1]),
             reference: |r| {
                 let flat = Ref {
                     shape: vec![r[1].data.len()],
@@ -107,12 +114,6 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
     ]
-}
-
-/// The second input's values as a u32 index tensor on the same device.
-pub fn as_indices(t: &Tensor) -> kiln::Result<Tensor> {
-    let v: Vec<u32> = t.to_vec()?.into_iter().map(|x| x as u32).collect();
-    Tensor::from_vec_u32(t.device(), v, t.shape())
 }
 
 pub fn argmax_samples() -> Vec<Sample> {

@@ -7,6 +7,7 @@ use kiln::{Device, Error, Tensor};
 pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
+            index_inputs: &[],
             name: "pad([(1, 2), (-1, 3)], 0.5)",
             grad: own,
             samples: || shaped(&[&[3, 4], &[2, 5], &[1, 1], &[4, 257], &[3, 2]], 69),
@@ -16,6 +17,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: pad_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "pad([(0, 0), (2, -1), (-1, 1)], -3)",
             grad: own,
             samples: || shaped(&[&[2, 3, 4], &[1, 2, 3], &[3, 6, 2]], 68),
@@ -25,6 +27,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "transpose(0, -1)",
             grad: own,
             samples: || {
@@ -52,6 +55,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: layout_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "permute([2, 0, 1])",
             grad: own,
             samples: || {
@@ -72,6 +76,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "narrow(-1, 1, 2)",
             grad: own,
             samples: || {
@@ -93,6 +98,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "narrow(0, 1, 1)",
             grad: own,
             samples: || shaped(&[&[3, 4], &[2, 3, 5], &[2, 300, 3], &[4, 0]], 73),
@@ -102,6 +108,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "cat(0)",
             grad: || Grad::wrt(TWO),
             samples: || {
@@ -121,6 +128,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "cat(-1)",
             grad: || Grad::wrt(TWO),
             samples: || {
@@ -139,6 +147,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "broadcast_to",
             grad: own,
             // The second input only carries the target shape.
@@ -190,6 +199,7 @@ pub fn table() -> Vec<OpInfo> {
             },
         },
         OpInfo {
+            index_inputs: &[],
             name: "broadcast_to of a computed value",
             grad: own,
             // One value still being computed (a fused program) repeated: it extends that program.

@@ -7,6 +7,7 @@ use kiln::{Device, Error, Tensor};
 pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
+            index_inputs: &[],
             name: "matmul",
             grad: || matmul_grad(false, false),
             samples: matmul_samples,
@@ -17,6 +18,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: matmul_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "matmul(aᵀ, b)",
             grad: || matmul_grad(true, false),
             samples: || matmul_t_samples(true, false),
@@ -26,6 +28,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "matmul(a, bᵀ)",
             grad: || matmul_grad(false, true),
             samples: || matmul_t_samples(false, true),
@@ -35,6 +38,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "matmul(aᵀ, bᵀ)",
             grad: || matmul_grad(true, true),
             samples: || matmul_t_samples(true, true),
@@ -44,6 +48,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "linear+bias+gelu_tanh",
             grad: || Grad::wrt(THREE),
             samples: linear_samples,
@@ -60,6 +65,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: linear_errors,
         },
         OpInfo {
+            index_inputs: &[],
             // Version 4's plain epilogue (a bias, then ReLU) on lavapipe.
             name: "linear+bias+relu",
             grad: || Grad::wrt(THREE),
@@ -70,6 +76,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "linear",
             grad: || Grad::wrt(THREE),
             samples: linear_samples,
@@ -85,6 +92,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "linear_add(w, b, residual)",
             grad: || Grad::wrt(&[0, 1, 2, 3]),
             samples: linear_residual_samples,

@@ -70,6 +70,26 @@ pub struct OpInfo {
     pub errors: fn(&Device) -> Vec<ErrorCase>,
     /// Which inputs `tests/grad.rs` differentiates, and on which samples.
     pub grad: fn() -> Grad,
+    /// The inputs that are indices: every runner makes them u32 tensors from the sample's
+    /// values (see [`input`]), with the host copy `from_vec_u32` keeps, so no runner reads a
+    /// device tensor back to make them (a page cannot).
+    pub index_inputs: &'static [usize],
+}
+
+/// Input `k` of `op` on `dev`: a u32 index tensor (the values cast) for the op's index inputs,
+/// else f32.
+pub fn input(
+    op: &OpInfo,
+    k: usize,
+    dev: &Device,
+    shape: &[usize],
+    values: &[f32],
+) -> kiln::Result<Tensor> {
+    if op.index_inputs.contains(&k) {
+        Tensor::from_vec_u32(dev, values.iter().map(|&x| x as u32).collect(), shape)
+    } else {
+        Tensor::from_slice(dev, values, shape)
+    }
 }
 
 pub fn map_ref(x: &Ref, f: impl Fn(f64) -> f64) -> Ref {

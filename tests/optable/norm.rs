@@ -7,6 +7,7 @@ use kiln::{Device, Error, Tensor};
 pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
+            index_inputs: &[],
             name: "layer_norm(w, b)",
             grad: || Grad::wrt(THREE),
             samples: norm_samples,
@@ -16,6 +17,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: norm_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "layer_norm",
             grad: || Grad::wrt(THREE),
             samples: norm_samples,
@@ -25,6 +27,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "rms_norm(w)",
             grad: || Grad::wrt(THREE),
             samples: norm_samples,

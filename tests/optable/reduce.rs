@@ -7,6 +7,7 @@ use kiln::{Device, Error, Tensor};
 pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
+            index_inputs: &[],
             name: "sum(-1)",
             grad: own,
             samples: reduce_samples_with_empty,
@@ -16,6 +17,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: reduce_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "sum(0, keepdim)",
             grad: own,
             samples: reduce_samples_with_empty,
@@ -25,6 +27,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "mean(-1, keepdim)",
             grad: own,
             samples: reduce_samples_with_empty,
@@ -34,6 +37,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "var(0)",
             grad: own,
             samples: reduce_samples_with_empty,
@@ -43,6 +47,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "max(-1)",
             grad: own,
             samples: reduce_samples,
@@ -56,6 +61,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "min(0)",
             grad: own,
             samples: reduce_samples,
@@ -69,6 +75,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "sum_all",
             grad: own,
             samples: reduce_samples_with_empty,
@@ -81,6 +88,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "softmax(-1)",
             grad: own,
             samples: reduce_samples,
@@ -90,6 +98,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "softmax(0)",
             grad: own,
             samples: reduce_samples,
@@ -99,6 +108,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "log_softmax(-1)",
             grad: own,
             samples: reduce_samples,

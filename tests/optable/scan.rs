@@ -7,6 +7,7 @@ use kiln::{Device, Error, Tensor};
 pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
+            index_inputs: &[],
             name: "cumsum(-1)",
             grad: own,
             samples: reduce_samples,
@@ -16,6 +17,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: scan_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "cumsum(0, exclusive, reverse)",
             grad: own,
             samples: reduce_samples,
@@ -25,6 +27,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "topk(2, -1) values",
             grad: own,
             samples: topk_samples,
@@ -34,6 +37,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "topk(1, 0, smallest) values",
             grad: own,
             samples: topk_samples,
@@ -43,6 +47,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "topk(3, -1) indices, ties and NaN",
             grad: || Grad::NoGrad("integer output"),
             samples: topk_tie_samples,
@@ -52,6 +57,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "topk(2, 1, smallest) indices, ties and NaN",
             grad: || Grad::NoGrad("integer output"),
             samples: topk_tie_samples,

@@ -5,6 +5,7 @@ use super::*;
 macro_rules! unary_op {
     ($name:literal, $method:ident, $reference:expr, $grad:expr) => {
         OpInfo {
+            index_inputs: &[],
             name: $name,
             samples: unary_samples,
             run: |t| t[0].$method(),
@@ -21,6 +22,7 @@ macro_rules! unary_op {
 macro_rules! math_op {
     ($name:literal, $samples:expr, $run:expr, $reference:expr, $grad:expr) => {
         OpInfo {
+            index_inputs: &[],
             name: $name,
             samples: $samples,
             run: $run,
@@ -41,6 +43,7 @@ pub fn table() -> Vec<OpInfo> {
             &[0.0]
         )),
         OpInfo {
+            index_inputs: &[],
             name: "hard_sigmoid",
             grad: || un(-3.0, 3.0, &[-2.5, 2.5]),
             samples: unary_samples,
@@ -50,6 +53,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "hard_swish",
             grad: || un(-5.0, 5.0, &[-3.0, 3.0]),
             samples: unary_samples,
@@ -59,6 +63,7 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[],
             name: "leaky_relu",
             grad: || un(-3.0, 3.0, &[0.0]),
             samples: unary_samples,

@@ -4,7 +4,7 @@
 //! asynchronously; nothing panics on a failed case, so one bad op cannot end the page.
 
 use crate::common::check_close;
-use crate::optable::{OpInfo, Ref, table};
+use crate::optable::{OpInfo, Ref, input, table};
 use kiln::{DType, Device, Error, Tensor};
 
 /// What one op of the table did on the device.
@@ -116,7 +116,8 @@ async fn check_op(op: &OpInfo, dev: &Device, result: &mut OpResult) -> Result<()
             let inputs = sample
                 .inputs
                 .iter()
-                .map(|(s, v)| Tensor::from_slice(d, v, s))
+                .enumerate()
+                .map(|(k, (s, v))| input(op, k, d, s, v))
                 .collect::<kiln::Result<Vec<Tensor>>>()
                 .map_err(|e| failed(&what, &e))?;
             let got = (op.run)(&inputs).map_err(|e| failed(&what, &e))?;
