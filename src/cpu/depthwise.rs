@@ -162,25 +162,28 @@ fn accumulate_blocks<const B: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::depthwise3;
     use super::*;
     use crate::conv::Conv2dOptions;
 
-    /// The phase-plane kernel gives exactly the general direct loop's values, over kernel
-    /// sizes, strides, dilations, paddings, channel multipliers, odd and even and tiny sizes, a
-    /// bias, and a non-finite weight.
+    /// The phase-plane kernel, and the unrolled 3×3 one (`depthwise3`) where it applies, give
+    /// exactly the general direct loop's values, bit for bit, over kernel sizes, strides,
+    /// dilations, paddings, channel multipliers, odd and even and tiny sizes, a bias, and a
+    /// non-finite weight.
     #[test]
-    fn depthwise_matches_the_direct_loop_exactly() {
+    fn depthwise_kernels_match_the_direct_loop_exactly() {
         let mut seed = 7u32;
         let mut next = move || {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
         };
-        let mut checked = 0;
+        let (mut checked, mut checked3) = (0, 0);
         for (h, w) in [(7, 9), (8, 8), (3, 3), (2, 5), (1, 1), (12, 5), (14, 14)] {
             for (kh, kw) in [(3, 3), (5, 5), (1, 3), (3, 1), (7, 7)] {
                 for (stride, dil, pad, mult) in [
                     (1, 1, 0, 1),
                     (1, 1, 1, 1),
+                    (2, 1, 0, 1),
                     (2, 1, 1, 1),
                     (1, 1, 2, 1),
                     (2, 1, 2, 2),
@@ -209,18 +212,26 @@ mod tests {
                     let bias: Vec<f32> = (0..c * mult).map(|_| next()).collect();
                     let got = conv2d(&x, &wt, Some(&bias), &g).unwrap();
                     let want = super::super::conv::conv2d_direct(&x, &wt, Some(&bias), &g).unwrap();
-                    assert_eq!(got.len(), want.len());
-                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                        assert!(
-                            a == b || (a.is_nan() && b.is_nan()),
-                            "{h}x{w} kernel {kh}x{kw} stride {stride} dilation {dil} pad {pad} \
-                             multiplier {mult}: value {i}: {a} vs {b}"
-                        );
+                    let mut kernels = vec![("phase planes", got)];
+                    if depthwise3::applies(&g) {
+                        let got = depthwise3::conv2d(&x, &wt, Some(&bias), &g).unwrap();
+                        kernels.push(("unrolled 3x3", got));
+                        checked3 += 1;
+                    }
+                    for (kernel, got) in kernels {
+                        assert_eq!(got.len(), want.len());
+                        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                                "{kernel}: {h}x{w} kernel {kh}x{kw} stride {stride} dilation \
+                                 {dil} pad {pad} multiplier {mult}: value {i}: {a} vs {b}"
+                            );
+                        }
                     }
                     checked += 1;
                 }
             }
         }
-        assert!(checked > 150, "{checked}");
+        assert!(checked > 150 && checked3 > 20, "{checked}, {checked3}");
     }
 }

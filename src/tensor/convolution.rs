@@ -40,11 +40,7 @@ impl Tensor {
                     .transpose()?,
             ];
             if has_bias {
-                grads.push(
-                    need[2]
-                        .then(|| g.sum(-1, false)?.sum(-1, false)?.sum(0, false))
-                        .transpose()?,
-                );
+                grads.push(channel_bias_grad(g, need[2])?);
             }
             Ok(grads)
         }))
@@ -177,11 +173,7 @@ impl Tensor {
                     .transpose()?,
             ];
             if has_bias {
-                grads.push(
-                    need[2]
-                        .then(|| g.sum(-1, false)?.sum(-1, false)?.sum(0, false))
-                        .transpose()?,
-                );
+                grads.push(channel_bias_grad(g, need[2])?);
             }
             Ok(grads)
         }))
@@ -298,4 +290,12 @@ impl Tensor {
     ) -> Result<Tensor> {
         self.pool2d(kernel, stride, padding, false)
     }
+}
+
+/// The gradient of a bias added per channel to `[n, c, h, w]` outputs whose gradient is `g`
+/// (`g` summed over n, h and w), where it is needed.
+fn channel_bias_grad(g: &Tensor, needed: bool) -> Result<Option<Tensor>> {
+    needed
+        .then(|| g.sum(-1, false)?.sum(-1, false)?.sum(0, false))
+        .transpose()
 }
