@@ -95,6 +95,11 @@ fn next_id() -> u64 {
 }
 
 impl Node {
+    /// This node's id: unique, and larger than the ids of every node it depends on.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     pub(crate) fn leaf() -> Arc<Node> {
         Arc::new(Node {
             id: next_id(),
@@ -190,7 +195,15 @@ fn accumulate(slot: &mut Option<Tensor>, g: Tensor) -> Result<()> {
 
 /// Runs backward from `root` with output gradient `seed`: fills the gradients of the leaves
 /// that `root` depends on, adding to what they hold.
-pub(crate) fn backward(root: &Arc<Node>, seed: Tensor) -> Result<()> {
+///
+/// Nodes run in the reverse order of their creation, so a leaf comes off the queue only after
+/// every op that used it: its gradient is then complete, and `on_leaf(id)` is told (the
+/// leaf's node id, [`Node::id`]).
+pub(crate) fn backward(
+    root: &Arc<Node>,
+    seed: Tensor,
+    on_leaf: &mut dyn FnMut(u64) -> Result<()>,
+) -> Result<()> {
     let _no_grad = NoGradGuard::new();
     let mut todo: BTreeMap<u64, (Arc<Node>, Option<Tensor>)> = BTreeMap::new();
     todo.insert(root.id, (root.clone(), Some(seed)));
@@ -198,8 +211,8 @@ pub(crate) fn backward(root: &Arc<Node>, seed: Tensor) -> Result<()> {
         let Some(grad) = grad else { continue };
         match &node.kind {
             NodeKind::Leaf { grad: slot } => {
-                let mut slot = lock(slot);
-                accumulate(&mut slot, grad)?;
+                accumulate(&mut lock(slot), grad)?;
+                on_leaf(node.id)?;
             }
             NodeKind::Op { name, pending } => {
                 let Some(Pending { inputs, backward }) = lock(pending).take() else {

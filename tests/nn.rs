@@ -175,3 +175,64 @@ fn safetensors_round_trip_and_errors() {
     let back = load_safetensors(&temp("loose.safetensors"), &Device::cpu()).unwrap();
     assert_eq!(back["t"].to_vec().unwrap(), vec![1.0; 3]);
 }
+
+/// `backward_reporting` names each leaf once, when its gradient is complete (every use of it
+/// already differentiated), leaves out a leaf the output does not depend on, and stops at an
+/// error from the callback; on every device.
+#[test]
+fn backward_reports_each_leaf_when_its_gradient_is_complete() {
+    for dev in devices() {
+        let leaf = |v: &[f32]| {
+            Tensor::from_slice(&dev, v, &[v.len()])
+                .unwrap()
+                .with_grad()
+                .unwrap()
+        };
+        let (a, b, unused) = (leaf(&[1.0, 2.0]), leaf(&[3.0, -1.0]), leaf(&[5.0]));
+        // a is used twice, the second time at the very end of the forward pass.
+        let loss = || {
+            let h = a.mul(&b).unwrap().tanh().unwrap();
+            h.add(&a).unwrap().sum(0, false).unwrap()
+        };
+        let mut seen = Vec::new();
+        loss()
+            .backward_reporting(&[&a, &b, &unused], &mut |i| {
+                let t = [&a, &b, &unused][i];
+                seen.push((i, t.grad().unwrap().to_vec().unwrap()));
+                Ok(())
+            })
+            .unwrap();
+        let mut order: Vec<usize> = seen.iter().map(|s| s.0).collect();
+        order.sort_unstable();
+        assert_eq!(order, [0, 1], "on {dev}: {seen:?}");
+        for (i, at_report) in &seen {
+            let t = [&a, &b][*i];
+            assert_eq!(
+                at_report,
+                &t.grad().unwrap().to_vec().unwrap(),
+                "on {dev}: leaf {i}"
+            );
+        }
+        // d/da = b·(1 − tanh²(ab)) + 1: the +1 from the last use is in the reported value.
+        let want: Vec<f32> = [(1.0f32, 3.0f32), (2.0, -1.0)]
+            .iter()
+            .map(|&(x, y)| y * (1.0 - (x * y).tanh().powi(2)) + 1.0)
+            .collect();
+        let got = &seen.iter().find(|s| s.0 == 0).unwrap().1;
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5, "on {dev}: {got:?} vs {want:?}");
+        }
+        a.zero_grad();
+        b.zero_grad();
+        let stop = loss().backward_reporting(&[&a, &b], &mut |_| {
+            Err(Error::InvalidArgument {
+                op: "test",
+                reason: "stop".into(),
+            })
+        });
+        assert!(
+            matches!(stop, Err(Error::InvalidArgument { op: "test", .. })),
+            "on {dev}"
+        );
+    }
+}

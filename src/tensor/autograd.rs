@@ -75,6 +75,39 @@ impl Tensor {
     /// Backward with an explicit gradient of this tensor (same shape): vector-Jacobian
     /// products for non-scalar outputs.
     pub fn backward_with(&self, grad: &Tensor) -> Result<()> {
+        self.backward_inner(grad, &[], &mut |_| Ok(()))
+    }
+
+    /// [`Tensor::backward`], calling `ready(i)` as soon as the gradient of `leaves[i]` is
+    /// complete: backward has passed every op that used it (leaves come in about the reverse
+    /// order of the forward pass). Work with that gradient can start while backward goes on
+    /// through the rest of the graph, on another thread (`kiln-dist` sends gradient buckets
+    /// to the other processes this way). A leaf the output does not depend on is not
+    /// reported; an error from `ready` ends the backward with it.
+    pub fn backward_reporting(
+        &self,
+        leaves: &[&Tensor],
+        ready: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<()> {
+        if self.numel() != 1 {
+            return Err(Error::Autograd {
+                op: "backward",
+                reason: format!(
+                    "backward() needs a one-element output, got shape {}",
+                    self.shape
+                ),
+            });
+        }
+        let seed = Tensor::ones(&self.device, self.shape())?;
+        self.backward_inner(&seed, leaves, ready)
+    }
+
+    fn backward_inner(
+        &self,
+        grad: &Tensor,
+        leaves: &[&Tensor],
+        ready: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<()> {
         let Some(node) = &self.node else {
             return Err(Error::Autograd {
                 op: "backward",
@@ -92,7 +125,15 @@ impl Tensor {
                 rhs: grad.shape().to_vec(),
             });
         }
-        autograd::backward(node, grad.detach())
+        let ids: std::collections::HashMap<u64, usize> = leaves
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.node.as_ref().filter(|n| n.is_leaf()).map(|n| (n.id(), i)))
+            .collect();
+        autograd::backward(node, grad.detach(), &mut |id| match ids.get(&id) {
+            Some(&i) => ready(i),
+            None => Ok(()),
+        })
     }
 
     /// Whether an op on `inputs` records a graph node: recording is on and an input requires

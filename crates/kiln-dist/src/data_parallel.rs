@@ -8,10 +8,6 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// What a replica's share of a step gives back: its mean loss, and its parameters' gradients
-/// (on its device), in parameter order.
-type Part = (f32, Vec<Tensor>);
-
 /// Bytes of gradient per bucket by default: 4 MiB (of f64 sums), as PyTorch DDP's default
 /// bucket is a few MB.
 pub const DEFAULT_BUCKET_BYTES: usize = 4 << 20;
@@ -22,7 +18,8 @@ pub const DEFAULT_BUCKET_BYTES: usize = 4 << 20;
 pub struct StepTimes {
     /// Steps timed.
     pub steps: usize,
-    /// Forward and backward on every replica (concurrently).
+    /// Waiting for the replicas' forward and backward (concurrently on their threads; what
+    /// the gathering of completed gradients did not overlap).
     pub compute: Duration,
     /// Reading the gradients back and summing the replicas' shares on the host.
     pub gather: Duration,
@@ -181,9 +178,11 @@ impl<M: Module + Send> DataParallel<M> {
     /// One training step on a batch of `batch` rows: `loss(replica, device, rows)` gives the
     /// mean loss of `rows` (a one-element tensor on `device`, computed by `replica`); each
     /// replica runs it and its backward on its own thread, on its shard
-    /// ([`DataParallel::shards`]; a replica with no rows sits the step out). The gradients are
-    /// averaged on the host, weighted by the shards' rows, the optimizer steps once on the first
-    /// device, and the new parameters are copied to the other replicas. Returns the batch's
+    /// ([`DataParallel::shards`]; a replica with no rows sits the step out). Each gradient is
+    /// averaged on the host, weighted by the shards' rows, as soon as backward has completed it
+    /// on every replica, and summed over the processes bucket by bucket while backward goes on;
+    /// the optimizer steps once on the first device, and the new parameters are copied to the
+    /// other replicas. Returns the batch's
     /// mean loss. An error on any replica fails the step before anything changes: the
     /// optimizer has not stepped and every replica's parameters are as they were (the
     /// gradients the other replicas computed are cleared by the next step).
@@ -200,84 +199,61 @@ impl<M: Module + Send> DataParallel<M> {
         let shards = self.shards(batch);
         let loss = &loss;
         let started = Instant::now();
-        // Forward and backward on every replica at once; each gives back its loss and its
-        // parameters' gradients (still on its device).
-        let results: Vec<Result<Option<Part>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .replicas
-                .iter_mut()
-                .zip(&shards)
-                .map(|((dev, model), rows)| {
-                    let rows = rows.clone();
-                    s.spawn(move || -> Result<Option<Part>> {
-                        model.zero_grad();
-                        if rows.is_empty() {
-                            return Ok(None);
-                        }
-                        let l = loss(model, dev, rows)?;
-                        l.backward()?;
-                        let value = l.to_vec()?[0];
-                        let grads = model
-                            .parameters()
-                            .into_iter()
-                            .map(|(name, p)| {
-                                p.grad().ok_or_else(|| Error::Autograd {
-                                    op: "DataParallel::step",
-                                    reason: format!("parameter `{name}` got no gradient"),
-                                })
-                            })
-                            .collect::<Result<Vec<_>>>()?;
-                        Ok(Some((value, grads)))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
-        let mut parts = Vec::new();
-        for (r, rows) in results.into_iter().zip(&shards) {
-            match r {
-                Ok(Some(part)) => parts.push((rows.len() as f64 / batch as f64, part)),
-                Ok(None) => {}
-                Err(e) => {
-                    // The other processes wait in the sum below: end the run (MPI), or return.
-                    self.collective.fail(&e);
-                    return Err(e);
-                }
-            }
-        }
-        let computed = Instant::now();
-        // The whole batch's mean loss and gradient: each shard's mean weighted by its rows,
-        // summed here, then over the processes, bucket by bucket. Layout: the loss, then
-        // every gradient in parameter order.
         let sizes: Vec<usize> = self.replicas[0]
             .1
             .parameters()
             .iter()
             .map(|(_, p)| p.numel())
             .collect();
-        let mut gather = Gather::new(&parts, &sizes);
-        let mut gathering = Duration::ZERO;
-        let bucket = (self.bucket_bytes / 8).max(1);
-        let flat = self
-            .collective
-            .sum_buckets(gather.len(), bucket, &mut |range, out| {
-                let t = Instant::now();
-                let filled = gather.fill(range, out);
-                gathering += t.elapsed();
-                filled
-            })?;
+        let weights: Vec<f64> = shards
+            .iter()
+            .map(|r| r.len() as f64 / batch as f64)
+            .collect();
+        let DataParallel {
+            replicas,
+            collective,
+            bucket_bytes,
+            ..
+        } = self;
+        let bucket = (*bucket_bytes / 8).max(1);
+        // Each replica runs forward and backward on its own thread and sends every gradient
+        // the moment backward completes it; this thread sums the replicas' shares bucket by
+        // bucket and starts each bucket's sum over the processes while backward goes on.
+        let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+        let (flat, times) = std::thread::scope(|s| {
+            for (r, ((dev, model), rows)) in replicas.iter_mut().zip(&shards).enumerate() {
+                model.zero_grad();
+                if rows.is_empty() {
+                    continue;
+                }
+                let (tx, rows) = (tx.clone(), rows.clone());
+                s.spawn(move || {
+                    let sent = replica_step(r, model, dev, rows, loss, &tx);
+                    let _ = tx.send(match sent {
+                        Ok(value) => Msg::Loss(r, value),
+                        Err(e) => Msg::Failed(e),
+                    });
+                });
+            }
+            drop(tx);
+            let mut gather = Gather::new(&weights, &sizes, rx);
+            let summed = collective.sum_buckets(gather.len(), bucket, &mut |range, out| {
+                gather.fill(range, out)
+            });
+            (summed, (gather.waiting, gather.gathering))
+        });
+        let flat = flat?;
+        let (waiting, gathering) = times;
         let reduced = Instant::now();
         let (device, model) = &mut self.replicas[0];
         let mut params: Vec<&mut Tensor> =
             model.parameters_mut().into_iter().map(|(_, p)| p).collect();
-        let mut at = 1;
+        // The layout is the parameters in reverse order, then the loss.
+        let mut at = flat.len() - 1;
         for p in params.iter_mut() {
             let n = p.numel();
+            at -= n;
             let avg: Vec<f32> = flat[at..at + n].iter().map(|&v| v as f32).collect();
-            at += n;
             let g = Tensor::from_vec(device, avg, p.shape())?;
             p.zero_grad();
             p.backward_with(&g)?;
@@ -289,13 +265,14 @@ impl<M: Module + Send> DataParallel<M> {
         let updated = Instant::now();
         self.broadcast()?;
         let t = &mut self.times;
+        let summing = reduced - started;
         t.steps += 1;
-        t.compute += computed - started;
+        t.compute += waiting;
         t.gather += gathering;
-        t.reduce += (reduced - computed).saturating_sub(gathering);
+        t.reduce += summing.saturating_sub(waiting + gathering);
         t.update += updated - reduced;
         t.broadcast += updated.elapsed();
-        Ok(flat[0] as f32)
+        Ok(flat[flat.len() - 1] as f32)
     }
 
     /// Writes a checkpoint (the model, the optimizer's state and `progress`, as
@@ -337,33 +314,93 @@ impl<M: Module + Send> DataParallel<M> {
     }
 }
 
-/// The weighted sum of the replicas' shares (their losses and gradients), produced a range at a
-/// time in the layout of the all-reduce: each parameter's gradients are read back from every
-/// replica when the first bucket that holds part of them is filled.
-struct Gather<'p> {
-    parts: &'p [(f64, Part)],
-    /// Each parameter's first position in the layout (the loss is at 0), and its length.
-    spans: Vec<(usize, usize)>,
-    len: usize,
-    /// The parameter read last, and its weighted sum.
-    current: Option<(usize, Vec<f64>)>,
+/// What a replica's thread tells the summing thread.
+enum Msg {
+    /// Replica `.0`'s gradient of parameter `.1` is complete.
+    Ready(usize, usize, Tensor),
+    /// Replica `.0` finished its share, with this mean loss.
+    Loss(usize, f32),
+    /// A replica's share failed.
+    Failed(Error),
 }
 
-impl<'p> Gather<'p> {
-    fn new(parts: &'p [(f64, Part)], sizes: &[usize]) -> Gather<'p> {
-        let mut at = 1;
+/// Replica `r`'s forward and backward on `rows`, sending each parameter's gradient as soon as
+/// backward completes it; returns its loss.
+fn replica_step<M: Module, F>(
+    r: usize,
+    model: &M,
+    dev: &Device,
+    rows: Range<usize>,
+    loss: &F,
+    tx: &std::sync::mpsc::Sender<Msg>,
+) -> Result<f32>
+where
+    F: Fn(&M, &Device, Range<usize>) -> Result<Tensor> + Sync,
+{
+    let l = loss(model, dev, rows)?;
+    let params = model.parameters();
+    let leaves: Vec<&Tensor> = params.iter().map(|(_, p)| *p).collect();
+    let mut reported = vec![false; leaves.len()];
+    l.backward_reporting(&leaves, &mut |j| {
+        let grad = leaves[j].grad().ok_or_else(|| Error::Autograd {
+            op: "DataParallel::step",
+            reason: format!("parameter `{}` has no gradient", params[j].0),
+        })?;
+        reported[j] = true;
+        // The summing thread may have stopped on another replica's error: nothing to do then.
+        let _ = tx.send(Msg::Ready(r, j, grad));
+        Ok(())
+    })?;
+    if let Some(j) = reported.iter().position(|&done| !done) {
+        return Err(Error::Autograd {
+            op: "DataParallel::step",
+            reason: format!("parameter `{}` got no gradient", params[j].0),
+        });
+    }
+    Ok(l.to_vec()?[0])
+}
+
+/// The weighted sum of the replicas' shares (their gradients and losses), produced a range at
+/// a time in the layout of the all-reduce: the parameters in reverse order (about the order in
+/// which backward completes them), then the loss. A range waits for the gradients it holds.
+struct Gather<'w> {
+    /// Each replica's weight (its share of the batch's rows; 0 for an idle one).
+    weights: &'w [f64],
+    /// Each parameter's first position in the layout, and its length.
+    spans: Vec<(usize, usize)>,
+    len: usize,
+    rx: std::sync::mpsc::Receiver<Msg>,
+    /// Gradients received and not yet summed, by parameter, with their replica.
+    pending: Vec<Vec<(usize, Tensor)>>,
+    /// Each parameter's weighted sum, once every replica's gradient is in.
+    sums: Vec<Option<Vec<f64>>>,
+    losses: Vec<Option<f32>>,
+    /// Time spent waiting for the replicas, and reading and summing their gradients.
+    waiting: Duration,
+    gathering: Duration,
+}
+
+impl<'w> Gather<'w> {
+    fn new(weights: &'w [f64], sizes: &[usize], rx: std::sync::mpsc::Receiver<Msg>) -> Gather<'w> {
+        let total: usize = sizes.iter().sum();
+        let mut end = total;
         let spans = sizes
             .iter()
             .map(|&n| {
-                at += n;
-                (at - n, n)
+                end -= n;
+                (end, n)
             })
             .collect();
         Gather {
-            parts,
+            weights,
             spans,
-            len: at,
-            current: None,
+            len: total + 1,
+            rx,
+            pending: vec![Vec::new(); sizes.len()],
+            sums: vec![None; sizes.len()],
+            losses: vec![None; weights.len()],
+            waiting: Duration::ZERO,
+            gathering: Duration::ZERO,
         }
     }
 
@@ -371,31 +408,89 @@ impl<'p> Gather<'p> {
         self.len
     }
 
-    /// Writes the values of `range` into `out` (ranges come in order).
+    fn active(&self) -> usize {
+        self.weights.iter().filter(|&&w| w > 0.0).count()
+    }
+
+    /// Takes the next message from a replica.
+    fn receive(&mut self) -> Result<()> {
+        let t = Instant::now();
+        let msg = self.rx.recv();
+        self.waiting += t.elapsed();
+        match msg {
+            Ok(Msg::Ready(r, j, grad)) => {
+                self.pending[j].push((r, grad));
+                Ok(())
+            }
+            Ok(Msg::Loss(r, value)) => {
+                self.losses[r] = Some(value);
+                Ok(())
+            }
+            Ok(Msg::Failed(e)) => Err(e),
+            Err(_) => Err(Error::Autograd {
+                op: "DataParallel::step",
+                reason: "a replica's thread ended without finishing its share".into(),
+            }),
+        }
+    }
+
+    /// Parameter `j`'s weighted sum over the replicas, waiting for their gradients.
+    fn sum(&mut self, j: usize) -> Result<&[f64]> {
+        while self.pending[j].len() < self.active() && self.sums[j].is_none() {
+            self.receive()?;
+        }
+        if self.sums[j].is_none() {
+            let t = Instant::now();
+            // Replicas in device order, whatever order their gradients came in: the same sum
+            // on every run.
+            let mut grads = std::mem::take(&mut self.pending[j]);
+            grads.sort_by_key(|(r, _)| *r);
+            let mut sum = vec![0f64; self.spans[j].1];
+            for (r, g) in grads {
+                let w = self.weights[r];
+                for (s, v) in sum.iter_mut().zip(g.to_vec()?) {
+                    *s += w * f64::from(v);
+                }
+            }
+            self.sums[j] = Some(sum);
+            self.gathering += t.elapsed();
+        }
+        Ok(self.sums[j].as_deref().unwrap_or_default())
+    }
+
+    /// Writes the values of `range` into `out`.
     fn fill(&mut self, range: Range<usize>, out: &mut [f64]) -> Result<()> {
         let mut pos = range.start;
         while pos < range.end {
-            if pos == 0 {
-                out[0] = self.parts.iter().map(|(w, (l, _))| w * f64::from(*l)).sum();
-                pos = 1;
+            if pos == self.len - 1 {
+                while self.losses.iter().filter(|l| l.is_some()).count() < self.active() {
+                    self.receive()?;
+                }
+                out[pos - range.start] = self
+                    .losses
+                    .iter()
+                    .zip(self.weights)
+                    .map(|(l, w)| l.map_or(0.0, |l| w * f64::from(l)))
+                    .sum();
+                pos += 1;
                 continue;
             }
-            // The parameter holding `pos`: spans are sorted by their start.
-            let j = self.spans.partition_point(|&(start, _)| start <= pos) - 1;
-            let (start, n) = self.spans[j];
-            if self.current.as_ref().is_none_or(|(k, _)| *k != j) {
-                let mut sum = vec![0f64; n];
-                for (w, (_, grads)) in self.parts {
-                    for (s, v) in sum.iter_mut().zip(grads[j].to_vec()?) {
-                        *s += w * f64::from(v);
-                    }
-                }
-                self.current = Some((j, sum));
-            }
-            let end = range.end.min(start + n);
-            if let Some((_, sum)) = &self.current {
-                out[pos - range.start..end - range.start]
-                    .copy_from_slice(&sum[pos - start..end - start]);
+            // The parameter holding `pos`: the spans run backwards from the layout's end.
+            let j = self
+                .spans
+                .iter()
+                .position(|&(start, n)| start <= pos && pos < start + n)
+                .ok_or_else(|| Error::Autograd {
+                    op: "DataParallel::step",
+                    reason: format!("internal: no parameter holds position {pos}"),
+                })?;
+            let start = self.spans[j].0;
+            let end = range.end.min(start + self.spans[j].1);
+            let sum = self.sum(j)?;
+            out[pos - range.start..end - range.start]
+                .copy_from_slice(&sum[pos - start..end - start]);
+            if end == start + self.spans[j].1 {
+                self.sums[j] = Some(Vec::new()); // all of it copied out: free the values
             }
             pos = end;
         }

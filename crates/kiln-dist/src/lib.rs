@@ -2,14 +2,16 @@
 //!
 //! [`DataParallel`] keeps one replica of a model on each device of a process (any mix of GPU
 //! adapters and the CPU backend), splits every batch among them, runs each replica's forward and
-//! backward on its own thread, averages the gradients (weighted by each shard's rows, so the
-//! result is the gradient of the whole batch's mean loss), takes the optimizer step once, on the
+//! backward on its own thread, averages the gradients as backward completes them (weighted by
+//! each shard's rows, so the result is the gradient of the whole batch's mean loss), takes the
+//! optimizer step once, on the
 //! first device, and copies the new parameters to the other replicas: the replicas stay
 //! identical bit for bit, whatever their devices compute in their last bits.
 //!
 //! Across processes and machines (feature `mpi`): [`DataParallel::across`] with [`Mpi`], one
 //! process per rank as `mpirun -np N` starts them. The batch is split over every rank's
-//! devices, each rank's weighted gradient sum is summed over the ranks (`MPI_Allreduce`), and
+//! devices, each rank's weighted gradient sum is summed over the ranks in buckets, each bucket's
+//! `MPI_Iallreduce` started while backward still runs, and
 //! after the step rank 0's parameters are broadcast, so every replica of every rank holds the
 //! same values. Nothing in kiln opens a socket of its own.
 //!
