@@ -434,28 +434,43 @@ impl<'w> Gather<'w> {
         }
     }
 
-    /// Parameter `j`'s weighted sum over the replicas, waiting for their gradients.
-    fn sum(&mut self, j: usize) -> Result<&[f64]> {
-        while self.pending[j].len() < self.active() && self.sums[j].is_none() {
+    /// The weighted sums over the replicas of the parameters `js`, waiting for their
+    /// gradients: each replica's are read back together (one read-back per bucket and
+    /// replica on a GPU, see [`read_back`]), and the replicas are added in device order,
+    /// whatever order their gradients came in, so the sums are the same on every run.
+    fn sum_params(&mut self, js: &[usize]) -> Result<()> {
+        let js: Vec<usize> = js
+            .iter()
+            .copied()
+            .filter(|&j| self.sums[j].is_none())
+            .collect();
+        while js.iter().any(|&j| self.pending[j].len() < self.active()) {
             self.receive()?;
         }
-        if self.sums[j].is_none() {
-            let t = Instant::now();
-            // Replicas in device order, whatever order their gradients came in: the same sum
-            // on every run.
-            let mut grads = std::mem::take(&mut self.pending[j]);
-            grads.sort_by_key(|(r, _)| *r);
-            let mut sum = vec![0f64; self.spans[j].1];
-            for (r, g) in grads {
-                let w = self.weights[r];
-                for (s, v) in sum.iter_mut().zip(g.to_vec()?) {
+        if js.is_empty() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let mut sums: Vec<Vec<f64>> = js.iter().map(|&j| vec![0f64; self.spans[j].1]).collect();
+        for (r, &w) in self.weights.iter().enumerate().filter(|(_, w)| **w > 0.0) {
+            let grads: Vec<Tensor> = js
+                .iter()
+                .filter_map(|&j| {
+                    let at = self.pending[j].iter().position(|(from, _)| *from == r)?;
+                    Some(self.pending[j].swap_remove(at).1)
+                })
+                .collect();
+            for (sum, values) in sums.iter_mut().zip(read_back(&grads)?) {
+                for (s, v) in sum.iter_mut().zip(values) {
                     *s += w * f64::from(v);
                 }
             }
-            self.sums[j] = Some(sum);
-            self.gathering += t.elapsed();
         }
-        Ok(self.sums[j].as_deref().unwrap_or_default())
+        for (j, sum) in js.into_iter().zip(sums) {
+            self.sums[j] = Some(sum);
+        }
+        self.gathering += t.elapsed();
+        Ok(())
     }
 
     /// Writes the values of `range` into `out`.
@@ -484,9 +499,20 @@ impl<'w> Gather<'w> {
                     op: "DataParallel::step",
                     reason: format!("internal: no parameter holds position {pos}"),
                 })?;
+            if self.sums[j].is_none() {
+                // Every parameter of the range at once: one read-back per replica.
+                let (lo, hi) = (pos, range.end);
+                let js: Vec<usize> = (0..self.spans.len())
+                    .filter(|&k| {
+                        let (start, n) = self.spans[k];
+                        n > 0 && start < hi && start + n > lo
+                    })
+                    .collect();
+                self.sum_params(&js)?;
+            }
             let start = self.spans[j].0;
             let end = range.end.min(start + self.spans[j].1);
-            let sum = self.sum(j)?;
+            let sum = self.sums[j].as_deref().unwrap_or_default();
             out[pos - range.start..end - range.start]
                 .copy_from_slice(&sum[pos - start..end - start]);
             if end == start + self.spans[j].1 {
@@ -495,5 +521,28 @@ impl<'w> Gather<'w> {
             pos = end;
         }
         Ok(())
+    }
+}
+
+/// The values of `grads`, which live on one device: on a GPU flattened, joined and read back at
+/// once (one staging buffer and one wait for all of them), on the CPU backend read each.
+fn read_back(grads: &[Tensor]) -> Result<Vec<Vec<f32>>> {
+    match grads.first() {
+        Some(g) if !g.device().is_cpu() && grads.len() > 1 => {
+            let flat = grads
+                .iter()
+                .map(|g| g.reshape(&[g.numel()]))
+                .collect::<Result<Vec<_>>>()?;
+            let all = Tensor::cat(&flat.iter().collect::<Vec<_>>(), 0)?.to_vec()?;
+            let mut at = 0;
+            Ok(grads
+                .iter()
+                .map(|g| {
+                    at += g.numel();
+                    all[at - g.numel()..at].to_vec()
+                })
+                .collect())
+        }
+        _ => grads.iter().map(Tensor::to_vec).collect(),
     }
 }

@@ -209,6 +209,38 @@ fn bucket_sizes_give_the_same_training() {
     assert_eq!(runs[1], runs[2], "100 values per bucket");
 }
 
+/// A GPU replica's gradients come back once per bucket, not once per parameter: with one
+/// bucket a step submits the GPU's work about twice (the bucket's read-back and the loss's),
+/// where buckets of one value read each of the six parameters on its own.
+#[test]
+fn a_gpu_replica_reads_its_gradients_back_once_per_bucket() {
+    let Some(g) = gpu() else { return };
+    let data = data(256);
+    let mut per_step = Vec::new();
+    for bytes in [kiln_dist::DEFAULT_BUCKET_BYTES, 8] {
+        let devices = [Device::cpu(), g.clone()];
+        let mut dp = DataParallel::new(&devices, mlp, Box::new(Adam::new(0.01))).unwrap();
+        dp.set_bucket_bytes(bytes);
+        let step = |dp: &mut DataParallel<Sequential>, s| {
+            let start = first_row(s, 48, 256);
+            dp.step(48, |m, d, rows| batch_loss(&data, start, m, d, rows))
+                .unwrap();
+        };
+        step(&mut dp, 0);
+        let before = g.stats().submissions;
+        for s in 1..6 {
+            step(&mut dp, s);
+        }
+        per_step.push((g.stats().submissions - before) as f64 / 5.0);
+    }
+    let params = mlp(&Device::cpu()).unwrap().parameters().len();
+    eprintln!("kiln-dist: GPU submissions per step, one bucket and 1-value buckets: {per_step:?}");
+    assert!(
+        per_step[0] <= 3.0 && per_step[1] >= params as f64,
+        "submissions per step: {per_step:?} ({params} parameters)"
+    );
+}
+
 /// A batch smaller than the replicas leaves one idle and still matches the reference; an empty
 /// batch, no devices and replicas of different shapes are typed errors; a replica whose loss
 /// fails fails the step, and no parameter changes.
