@@ -10,7 +10,8 @@
 //! RAYON_NUM_THREADS=1 mpirun -np 2 target/release/examples/char_transformer --mpi
 //! ```
 //!
-//! `--data-parallel` takes a comma-separated list of `cpu`, `gpu` and `software`; `--steps N`
+//! `--data-parallel` takes `all` (every GPU adapter) or a comma-separated list of `cpu`, `gpu`
+//! and `software`; `--steps N`
 //! (default 300), `--batch N` windows of 32 characters per step (default 32), `--bucket-kib K`
 //! the all-reduce's bucket size (default 4096).
 
@@ -22,32 +23,20 @@ mod data;
 mod models;
 
 use kiln::nn::{Adam, cross_entropy};
-use kiln::{Device, Result, Tensor};
+use kiln::{Device, Tensor};
 use kiln_dist::{Collective, DataParallel, Single};
 use models::{CharTransformer, TransformerConfig};
 
 const CONTEXT: usize = 32;
 
-fn device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::cpu()),
-        "gpu" => Device::gpu(),
-        "software" => Device::software(),
-        other => Err(kiln::Error::InvalidArgument {
-            op: "char_transformer",
-            reason: format!("--data-parallel: {other} is not one of cpu, gpu, software"),
-        }),
-    }
-}
-
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let (mut devices, mut steps, mut batch, mut bucket_kib, mut mpi) =
-        (vec!["cpu".to_string()], 300usize, 32usize, 4096usize, false);
+        ("cpu".to_string(), 300usize, 32usize, 4096usize, false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
-            "--data-parallel" => devices = value()?.split(',').map(str::to_string).collect(),
+            "--data-parallel" => devices = value()?,
             "--steps" => steps = value()?.parse()?,
             "--batch" => batch = value()?.parse()?,
             "--bucket-kib" => bucket_kib = value()?.parse()?,
@@ -65,7 +54,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     } else {
         Box::new(Single)
     };
-    let devices: Vec<Device> = devices.iter().map(|d| device(d)).collect::<Result<_>>()?;
+    let devices = kiln_dist::devices_from_list(&devices)?;
     let text: Vec<char> = data::TEXT.chars().collect();
     let mut vocab = text.clone();
     vocab.sort_unstable();

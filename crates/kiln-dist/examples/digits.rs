@@ -8,7 +8,8 @@
 //! mpirun -np 2 target/release/examples/digits --mpi                            # two ranks
 //! ```
 //!
-//! `--data-parallel` takes a comma-separated list of `cpu`, `gpu` and `software` (each `gpu`
+//! `--data-parallel` takes `all` (every GPU adapter) or a comma-separated list of `cpu`, `gpu`
+//! and `software` (each `gpu`
 //! opens a device of its own). With `--mpi` every rank trains one CPU replica unless
 //! `--data-parallel` says otherwise. `--epochs N` (default 20).
 
@@ -29,25 +30,13 @@ fn mlp(dev: &Device) -> Result<Sequential> {
         .push(Linear::new(dev, 128, 10, 2)?))
 }
 
-fn device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::cpu()),
-        "gpu" => Device::gpu(),
-        "software" => Device::software(),
-        other => Err(kiln::Error::InvalidArgument {
-            op: "digits",
-            reason: format!("--data-parallel: {other} is not one of cpu, gpu, software"),
-        }),
-    }
-}
-
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let (mut devices, mut epochs, mut mpi) = (vec!["cpu".to_string()], 20usize, false);
+    let (mut devices, mut epochs, mut mpi) = ("cpu".to_string(), 20usize, false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
-            "--data-parallel" => devices = value()?.split(',').map(str::to_string).collect(),
+            "--data-parallel" => devices = value()?,
             "--epochs" => epochs = value()?.parse()?,
             "--mpi" => mpi = true,
             other => return Err(format!("unknown argument {other}").into()),
@@ -63,7 +52,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     } else {
         Box::new(Single)
     };
-    let devices: Vec<Device> = devices.iter().map(|d| device(d)).collect::<Result<_>>()?;
+    let devices = kiln_dist::devices_from_list(&devices)?;
     let (train, test) = data::split(&data::digits(), 0.2, 42);
     let rank = collective.rank();
     let mut dp = DataParallel::across(&devices, mlp, Box::new(Adam::new(0.005)), collective)?;

@@ -21,7 +21,9 @@ pub struct StepTimes {
     /// Waiting for the replicas' forward and backward (concurrently on their threads; what
     /// the gathering of completed gradients did not overlap).
     pub compute: Duration,
-    /// Reading the gradients back and summing the replicas' shares on the host.
+    /// Reading the gradients back and summing the replicas' shares on the host. On a GPU a
+    /// read-back also waits for the device to finish the work queued before it, so most of
+    /// a GPU replica's backward shows here, not in `compute` (which is the recording).
     pub gather: Duration,
     /// Waiting for the gradient sums over the processes, beyond what overlapped the
     /// gathering of later buckets (nothing for one process).

@@ -39,8 +39,10 @@
 
 mod collective;
 mod data_parallel;
+mod devices;
 
 #[cfg(feature = "mpi")]
 pub use collective::Mpi;
 pub use collective::{Collective, Fill, Single};
 pub use data_parallel::{DEFAULT_BUCKET_BYTES, DataParallel, StepTimes};
+pub use devices::devices_from_list;

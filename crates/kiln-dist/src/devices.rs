@@ -1,0 +1,47 @@
+//! Devices named on a command line: what `--data-parallel` takes in the examples.
+
+use kiln::{Device, Error, Result};
+
+/// The devices a comma-separated list names: `cpu` (the CPU backend), `gpu` (a device of its
+/// own on the best adapter, each time it is named), `software` (a software adapter), or `all`
+/// alone: one device on every GPU adapter wgpu can open (the CPU backend where none opens).
+/// An unknown name is `Error::InvalidArgument`.
+pub fn devices_from_list(list: &str) -> Result<Vec<Device>> {
+    if list.trim() == "all" {
+        let gpus: Vec<Device> = Device::all_gpus()
+            .into_iter()
+            .filter_map(|d| d.map_err(|e| log::warn!("kiln-dist: {e}")).ok())
+            .collect();
+        return Ok(if gpus.is_empty() {
+            vec![Device::cpu()]
+        } else {
+            gpus
+        });
+    }
+    list.split(',')
+        .map(|name| match name.trim() {
+            "cpu" => Ok(Device::cpu()),
+            "gpu" => Device::gpu(),
+            "software" => Device::software(),
+            other => Err(Error::InvalidArgument {
+                op: "devices_from_list",
+                reason: format!("{other:?} is not one of cpu, gpu, software (or all, alone)"),
+            }),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_name_devices_and_refuse_unknown_names() {
+        let d = devices_from_list("cpu, cpu").unwrap();
+        assert_eq!(d.len(), 2);
+        assert!(d.iter().all(Device::is_cpu));
+        assert!(!devices_from_list("all").unwrap().is_empty());
+        let e = devices_from_list("cpu,tpu").unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { ref reason, .. } if reason.contains("tpu")));
+    }
+}
