@@ -19,7 +19,9 @@
 //! ```
 //!
 //! On a GPU, ops are recorded into one compute pass and submitted in batches; readback
-//! (`to_vec`, `to_vec_async`) and [`Device::synchronize`] submit what is pending. Elementwise
+//! (`to_vec`, `to_vec_async`) and [`Device::synchronize`] submit what is pending. In the
+//! browser (`wasm32-unknown-unknown`, WebGPU) nothing may block: open the GPU with
+//! [`Device::gpu_async`] and read with the `*_async` read-backs (crate `kiln-web`). Elementwise
 //! ops are fused on every device: a chain of them (broadcasting included) runs as one generated
 //! kernel on a GPU and one pass on the CPU when its value is needed, and a reduction or softmax
 //! of such a chain takes it as its prologue ([`Device::set_fusion`], `KILN_FUSION=0` to turn it
