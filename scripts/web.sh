@@ -36,12 +36,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 build() {
-    # The glue generator (native, with rustup's toolchain).
-    cargo build -q --release --manifest-path crates/kiln-web/tools/bindgen/Cargo.toml
+    # The glue generator (native, with rustup's toolchain). A debug build: it compiles in half
+    # the time of a release one (22 s against 47 s here) and runs once, in about a second.
+    cargo build -q --manifest-path crates/kiln-web/tools/bindgen/Cargo.toml
     echo "scripts/web.sh: building kiln-web for wasm32-unknown-unknown with $("$WEB_RUSTC" --version)"
     RUSTC="$WEB_RUSTC" RUSTC_BOOTSTRAP=1 cargo build -q --release -p kiln-web \
         --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort --target-dir target-wasm
-    crates/kiln-web/tools/bindgen/target/release/kiln-bindgen \
+    crates/kiln-web/tools/bindgen/target/debug/kiln-bindgen \
         target-wasm/wasm32-unknown-unknown/release/kiln_web.wasm crates/kiln-web/www/pkg
     echo "scripts/web.sh: page in crates/kiln-web/www ($(du -k crates/kiln-web/www/pkg/kiln_web_bg.wasm | cut -f1) KiB of wasm)"
 }
