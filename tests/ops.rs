@@ -29,14 +29,7 @@ fn run_op_on(op: &OpInfo, dev: &Device) {
             .enumerate()
             .map(|(k, (s, v))| input(op, k, dev, s, v).unwrap())
             .collect();
-        let refs: Vec<Ref> = sample
-            .inputs
-            .iter()
-            .map(|(s, v)| Ref {
-                shape: s.clone(),
-                data: v.iter().map(|&x| f64::from(x)).collect(),
-            })
-            .collect();
+        let refs = sample.refs();
         let got = (op.run)(&inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
         let want = (op.reference)(&refs);
         assert_eq!(got.shape(), want.shape.as_slice(), "{what}: shape");

@@ -59,6 +59,19 @@ pub struct Sample {
     pub inputs: Vec<(Vec<usize>, Vec<f32>)>,
 }
 
+impl Sample {
+    /// The inputs as f64 references, for an op's `reference` and `tol`.
+    pub fn refs(&self) -> Vec<Ref> {
+        self.inputs
+            .iter()
+            .map(|(s, v)| Ref {
+                shape: s.clone(),
+                data: v.iter().map(|&x| f64::from(x)).collect(),
+            })
+            .collect()
+    }
+}
+
 pub struct OpInfo {
     pub name: &'static str,
     pub samples: fn() -> Vec<Sample>,

@@ -24,7 +24,7 @@ mod models;
 
 use kiln::nn::{Adam, cross_entropy};
 use kiln::{Device, Tensor};
-use kiln_dist::{Collective, DataParallel, Single};
+use kiln_dist::DataParallel;
 use models::{CharTransformer, TransformerConfig};
 
 const CONTEXT: usize = 32;
@@ -44,16 +44,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    let collective: Box<dyn Collective> = if mpi {
-        #[cfg(feature = "mpi")]
-        {
-            Box::new(kiln_dist::Mpi::init()?)
-        }
-        #[cfg(not(feature = "mpi"))]
-        return Err("--mpi needs the build's `mpi` feature (--features mpi)".into());
-    } else {
-        Box::new(Single)
-    };
+    let collective = kiln_dist::collective_from_flag(mpi)?;
     let devices = kiln_dist::devices_from_list(&devices)?;
     let text: Vec<char> = data::TEXT.chars().collect();
     let mut vocab = text.clone();

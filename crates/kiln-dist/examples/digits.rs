@@ -19,7 +19,7 @@ mod data;
 
 use kiln::nn::{Activation, Adam, Linear, Module, Sequential, cross_entropy};
 use kiln::{Device, Result, Tensor, UnaryOp};
-use kiln_dist::{Collective, DataParallel, Single};
+use kiln_dist::DataParallel;
 
 const BATCH: usize = 64;
 
@@ -42,16 +42,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    let collective: Box<dyn Collective> = if mpi {
-        #[cfg(feature = "mpi")]
-        {
-            Box::new(kiln_dist::Mpi::init()?)
-        }
-        #[cfg(not(feature = "mpi"))]
-        return Err("--mpi needs the build's `mpi` feature (--features mpi)".into());
-    } else {
-        Box::new(Single)
-    };
+    let collective = kiln_dist::collective_from_flag(mpi)?;
     let devices = kiln_dist::devices_from_list(&devices)?;
     let (train, test) = data::split(&data::digits(), 0.2, 42);
     let rank = collective.rank();

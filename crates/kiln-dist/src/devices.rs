@@ -1,6 +1,25 @@
 //! Devices named on a command line: what `--data-parallel` takes in the examples.
 
+use crate::collective::{Collective, Single};
 use kiln::{Device, Error, Result};
+
+/// The processes of a run, as a `--mpi` flag chooses them: the MPI job's ranks
+/// ([`crate::Mpi::init`], feature `mpi`) when `mpi` is set, else this process alone. `--mpi`
+/// in a build without the feature is `Error::Unsupported`.
+pub fn collective_from_flag(mpi: bool) -> Result<Box<dyn Collective>> {
+    if !mpi {
+        return Ok(Box::new(Single));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        Ok(Box::new(crate::Mpi::init()?))
+    }
+    #[cfg(not(feature = "mpi"))]
+    Err(Error::Unsupported {
+        op: "--mpi",
+        reason: "this build has no MPI: build with --features mpi".into(),
+    })
+}
 
 /// The devices a comma-separated list names: `cpu` (the CPU backend), `gpu` (a device of its
 /// own on the best adapter, each time it is named), `software` (a software adapter), or `all`

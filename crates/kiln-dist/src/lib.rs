@@ -45,4 +45,4 @@ mod devices;
 pub use collective::Mpi;
 pub use collective::{Collective, Fill, Single};
 pub use data_parallel::{DEFAULT_BUCKET_BYTES, DataParallel, StepTimes};
-pub use devices::devices_from_list;
+pub use devices::{collective_from_flag, devices_from_list};

@@ -4,7 +4,7 @@
 //! asynchronously; nothing panics on a failed case, so one bad op cannot end the page.
 
 use crate::common::check_close;
-use crate::optable::{OpInfo, Ref, input, table};
+use crate::optable::{OpInfo, input, table};
 use kiln::{DType, Device, Error, Tensor};
 
 /// What one op of the table did on the device.
@@ -101,14 +101,7 @@ async fn check_op(op: &OpInfo, dev: &Device, result: &mut OpResult) -> Result<()
     for (si, sample) in (op.samples)().into_iter().enumerate() {
         let shapes: Vec<&Vec<usize>> = sample.inputs.iter().map(|i| &i.0).collect();
         let what = format!("{} sample {si} {shapes:?}", op.name);
-        let refs: Vec<Ref> = sample
-            .inputs
-            .iter()
-            .map(|(s, v)| Ref {
-                shape: s.clone(),
-                data: v.iter().map(|&x| f64::from(x)).collect(),
-            })
-            .collect();
+        let refs = sample.refs();
         let want = (op.reference)(&refs);
         let (atol, rtol) = (op.tol)(&refs);
         let mut values = Vec::new();

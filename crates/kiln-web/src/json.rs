@@ -42,28 +42,28 @@ impl Json {
     }
 
     /// An array of numbers.
-    pub fn nums(mut self, key: &str, values: impl IntoIterator<Item = f64>) -> Json {
-        self.key(key);
-        self.out.push('[');
-        for (i, v) in values.into_iter().enumerate() {
-            if i > 0 {
-                self.out.push(',');
-            }
-            number(&mut self.out, v);
-        }
-        self.out.push(']');
-        self
+    pub fn nums(self, key: &str, values: impl IntoIterator<Item = f64>) -> Json {
+        self.array(key, values, number)
     }
 
     /// An array of strings.
-    pub fn strs<'a>(mut self, key: &str, values: impl IntoIterator<Item = &'a str>) -> Json {
+    pub fn strs<'a>(self, key: &str, values: impl IntoIterator<Item = &'a str>) -> Json {
+        self.array(key, values, quote)
+    }
+
+    fn array<T>(
+        mut self,
+        key: &str,
+        values: impl IntoIterator<Item = T>,
+        write: fn(&mut String, T),
+    ) -> Json {
         self.key(key);
         self.out.push('[');
         for (i, v) in values.into_iter().enumerate() {
             if i > 0 {
                 self.out.push(',');
             }
-            quote(&mut self.out, v);
+            write(&mut self.out, v);
         }
         self.out.push(']');
         self
