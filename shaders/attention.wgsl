@@ -67,28 +67,25 @@ fn keys_of(i: u32, causal: u32, tk: u32) -> u32 {
     return select(tk, min(i + 1u, tk), causal != 0u);
 }
 
-@compute @workgroup_size(WG)
-fn forward(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let r = folded_index(wid, nwg, lid, WG);
-    if (r >= p.rows) {
+// Query row i of head h in batch b attends to its first n keys (n > 0: the row's output and
+// logsumexp; n = 0: zeros and -inf).
+fn attend(a: Params, b: u32, h: u32, i: u32, n: u32) {
+    let row = stat(b, i, h, a.tq, a.heads);
+    if (n == 0u) {
+        for (var x = 0u; x < DV; x = x + 1u) {
+            o[row * DV + x] = 0.0;
+        }
+        lse[row] = f32_bits(0xff800000u);
         return;
     }
-    let at3 = split(r, p.tq, p.heads);
-    let b = at3.x;
-    let h = at3.y;
-    let i = at3.z;
     var qi: array<f32, MAXD>;
-    let qa = at(p.q, b, i, h);
+    let qa = at(a.q, b, i, h);
     for (var x = 0u; x < D; x = x + 1u) {
-        qi[x] = q[qa + x] * p.scale;
+        qi[x] = q[qa + x] * a.scale;
     }
     var acc: array<f32, MAXD>;
-    var ka = at(p.k, b, 0u, h);
-    var va = at(p.v, b, 0u, h);
+    var ka = at(a.k, b, 0u, h);
+    var va = at(a.v, b, 0u, h);
     var m = 0.0;
     for (var x = 0u; x < D; x = x + 1u) {
         m = m + qi[x] * k[ka + x];
@@ -97,10 +94,9 @@ fn forward(
         acc[x] = v[va + x];
     }
     var l = 1.0;
-    let n = keys_of(i, p.causal, p.tk);
     for (var j = 1u; j < n; j = j + 1u) {
-        ka = at(p.k, b, j, h);
-        va = at(p.v, b, j, h);
+        ka = at(a.k, b, j, h);
+        va = at(a.v, b, j, h);
         var s = 0.0;
         for (var x = 0u; x < D; x = x + 1u) {
             s = s + qi[x] * k[ka + x];
@@ -117,11 +113,48 @@ fn forward(
     // The row is NaN, as softmax makes it, where the largest score is NaN or infinite (or
     // every score -inf), whatever key came first; tested on the bits (drivers may fold m - m).
     l = select(nan_f32(), l, is_finite(m));
-    let row = stat(b, i, h, p.tq, p.heads);
     for (var x = 0u; x < DV; x = x + 1u) {
         o[row * DV + x] = acc[x] / l;
     }
     lse[row] = m + log(l);
+}
+
+@compute @workgroup_size(WG)
+fn forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let r = folded_index(wid, nwg, lid, WG);
+    if (r >= p.rows) {
+        return;
+    }
+    let at3 = split(r, p.tq, p.heads);
+    attend(p, at3.x, at3.y, at3.z, keys_of(at3.z, p.causal, p.tk));
+}
+
+// forward with a key count per batch element: batch b sees its first min(lens[b], tk) keys,
+// its queries being the last tq of them when causal (Tensor::attention_cached).
+@group(0) @binding(5) var<storage, read> lens: array<u32>;
+@group(0) @binding(6) var<uniform> lp: Params;
+
+@compute @workgroup_size(WG)
+fn forward_lens(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let r = folded_index(wid, nwg, lid, WG);
+    if (r >= lp.rows) {
+        return;
+    }
+    let at3 = split(r, lp.tq, lp.heads);
+    let len = min(lens[at3.x], lp.tk);
+    var n = len;
+    if (lp.causal != 0u) {
+        n = min(select(0u, len + at3.z + 1u - lp.tq, len + at3.z + 1u > lp.tq), len);
+    }
+    attend(lp, at3.x, at3.y, at3.z, n);
 }
 
 @group(0) @binding(3) var<storage, read> bo: array<f32>;

@@ -33,3 +33,25 @@ fn main(
     let outer = o / (p.inner * p.count);
     y[o] = x[(outer * p.len + idx[j]) * p.inner + i];
 }
+
+// index_copy (in place): y[outer, idx[j], i] = x[o] for a source viewed as [outer, count, inner]
+// and a destination as [outer, len, inner]. One invocation per source element; an index at or
+// past `len` writes nothing (the host checks them, and a replayed graph's new indices too).
+@compute @workgroup_size(WG)
+fn copy_in(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let o = folded_index(wid, nwg, lid, WG);
+    if (o >= p.n) {
+        return;
+    }
+    let i = o % p.inner;
+    let j = (o / p.inner) % p.count;
+    let outer = o / (p.inner * p.count);
+    let at = idx[j];
+    if (at < p.len) {
+        y[(outer * p.len + at) * p.inner + i] = x[o];
+    }
+}

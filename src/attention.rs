@@ -43,6 +43,9 @@ pub(crate) struct AttnDims {
     pub scale: f32,
     /// q, k and v are the three parts of one `[batch, t, 3, heads, d]` tensor.
     pub packed: bool,
+    /// Batch element `b` sees only its first `lens[b]` keys (a u32 operand), its queries being
+    /// the last `tq` of them when causal ([`crate::Tensor::attention_cached`]).
+    pub limited: bool,
 }
 
 impl AttnDims {
@@ -77,12 +80,24 @@ impl AttnDims {
         self.batch * self.heads * self.tq
     }
 
-    /// How many keys query `i` attends to.
+    /// How many keys query `i` attends to (without a length operand).
     pub(crate) fn keys(&self, i: usize) -> usize {
         if self.causal {
             (i + 1).min(self.tk)
         } else {
             self.tk
+        }
+    }
+
+    /// How many keys query `i` attends to when its batch element has `len` keys: the first
+    /// `len` (at most `tk`), and, when causal, those up to the query's own position, the
+    /// queries being the last `tq` of the `len` (none for a query before the first key).
+    pub(crate) fn keys_limited(&self, i: usize, len: usize) -> usize {
+        let len = len.min(self.tk);
+        if self.causal {
+            (len + i + 1).saturating_sub(self.tq).min(len)
+        } else {
+            len
         }
     }
 

@@ -93,7 +93,7 @@ pub(crate) trait BackendStorage: Sized + Clone {
 
     /// Rows `idx` (checked) of a table of a storage type with rows of `len` values (whole
     /// blocks), decoded to f32.
-    fn packed_rows(&self, idx: &[u32], len: usize) -> Result<Self>;
+    fn packed_rows(&self, ids: &Self, idx: &[u32], len: usize) -> Result<Self>;
 
     /// `op` on each of the `n` values.
     fn unary(&self, op: UnaryOp, n: usize) -> Result<Self>;
@@ -202,6 +202,11 @@ pub(crate) trait BackendStorage: Sized + Clone {
     /// The slices `idx` (u32 `indices`, checked) of the middle of `dims`, any element type.
     fn index_select(&self, indices: &Self, idx: &[u32], dims: Around) -> Result<Self>;
 
+    /// Writes the slices of `src` (`[outer, idx.len(), inner]`) into this storage's slices
+    /// `idx` (u32 `indices`, checked, distinct) of the middle of `dims`, in place; any element
+    /// type. The caller has made this storage unshared.
+    fn index_copy(&mut self, src: &Self, indices: &Self, idx: &[u32], dims: Around) -> Result<()>;
+
     /// PyTorch's gather along `axis` with the u32 `index` (shape `dims`, values `idx` checked),
     /// from a source with strides `x_strides`; any element type.
     fn gather(
@@ -265,7 +270,7 @@ pub(crate) trait BackendStorage: Sized + Clone {
     /// Attention over the views `dims` describes of `qkv` (the same storage three times when
     /// packed): the output `[batch, tq, heads, dv]` and each query row's logsumexp. Every
     /// extent > 0 except the head dimensions.
-    fn attention(qkv: [&Self; 3], dims: &AttnDims) -> Result<(Self, Self)>;
+    fn attention(qkv: [&Self; 3], lens: Option<&Self>, dims: &AttnDims) -> Result<(Self, Self)>;
 
     /// The gradients of attention's inputs from its output, the output's gradient and the
     /// forward's logsumexp (`ogl`): one storage in the packed layout, or three.

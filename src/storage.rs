@@ -108,8 +108,8 @@ impl Storage {
     }
 
     /// Rows `idx` of a packed table with rows of `len` values, as f32.
-    pub(crate) fn packed_rows(&self, idx: &[u32], len: usize) -> Result<Storage> {
-        on!(self, |x| x.packed_rows(idx, len))
+    pub(crate) fn packed_rows(&self, ids: &Storage, idx: &[u32], len: usize) -> Result<Storage> {
+        on!(self, |x| x.packed_rows(the(ids, "embedding")?, idx, len))
     }
 
     /// `n` copies of `value` on `device`.
@@ -411,6 +411,31 @@ impl Storage {
         ))
     }
 
+    /// `src`'s slices written into the slices `idx` of the middle of `dims`, in place
+    /// (`BackendStorage::index_copy`); the caller has made this storage unshared.
+    pub(crate) fn index_copy(
+        &mut self,
+        src: &Storage,
+        indices: &Storage,
+        idx: &[u32],
+        dims: Around,
+    ) -> Result<()> {
+        fn run<B: Backend>(
+            dst: &mut Storage,
+            src: &Storage,
+            indices: &Storage,
+            idx: &[u32],
+            dims: Around,
+        ) -> Result<()> {
+            const OP: &str = "index_copy";
+            B::of_mut(dst, OP)?.index_copy(the(src, OP)?, the(indices, OP)?, idx, dims)
+        }
+        match self {
+            Storage::Cpu(_) => run::<CpuStorage>(self, src, indices, idx, dims),
+            Storage::Gpu(_) => run::<GpuStorage>(self, src, indices, idx, dims),
+        }
+    }
+
     /// PyTorch's gather along `axis` with the u32 `index` (`BackendStorage::gather`).
     pub(crate) fn gather(
         &self,
@@ -430,14 +455,22 @@ impl Storage {
     }
 
     /// Attention over the views `dims` describes of `qkv` (`BackendStorage::attention`).
-    pub(crate) fn attention(qkv: [&Storage; 3], dims: &AttnDims) -> Result<(Storage, Storage)> {
-        fn run<B: Backend>(qkv: [&Storage; 3], dims: &AttnDims) -> Result<(Storage, Storage)> {
+    pub(crate) fn attention(
+        qkv: [&Storage; 3],
+        lens: Option<&Storage>,
+        dims: &AttnDims,
+    ) -> Result<(Storage, Storage)> {
+        fn run<B: Backend>(
+            qkv: [&Storage; 3],
+            lens: Option<&Storage>,
+            dims: &AttnDims,
+        ) -> Result<(Storage, Storage)> {
             let [q, k, v] = qkv.map(|s| the::<B>(s, "attention"));
-            B::attention([q?, k?, v?], dims).map(wrap2)
+            B::attention([q?, k?, v?], opt(lens, "attention")?, dims).map(wrap2)
         }
         match qkv[0] {
-            Storage::Cpu(_) => run::<CpuStorage>(qkv, dims),
-            Storage::Gpu(_) => run::<GpuStorage>(qkv, dims),
+            Storage::Cpu(_) => run::<CpuStorage>(qkv, lens, dims),
+            Storage::Gpu(_) => run::<GpuStorage>(qkv, lens, dims),
         }
     }
 

@@ -354,6 +354,108 @@ fn embedding_steps_replay_with_new_indices() {
 }
 
 #[test]
+fn a_decode_step_writes_its_cache_in_place_and_replays_in_one_submission() {
+    // A key/value cache preallocated to 8 positions; each step writes its token's key and
+    // value at `pos` (index_copy) and attends over the first `len` keys (attention_cached),
+    // with pos and len graph inputs. Replays must match the eager steps, fill the cache, and
+    // submit once per step with its readback.
+    let (cap, heads, d) = (8, 2, 4);
+    let mut rng = Lcg(5);
+    let tokens: Vec<[Vec<f32>; 3]> = (0..cap)
+        .map(|_| std::array::from_fn(|_| rng.vec(heads * d, -1.0, 1.0)))
+        .collect();
+    let causal = kiln::AttentionOptions {
+        causal: true,
+        scale: None,
+    };
+    for dev in devices() {
+        let row = |v: &[f32]| Tensor::from_slice(&dev, v, &[1, 1, heads, d]).unwrap();
+        let at = |i: usize| Tensor::from_vec_u32(&dev, vec![i as u32], &[1]).unwrap();
+        let new_cache = || Tensor::zeros(&dev, &[1, cap, heads, d]).unwrap();
+        let step = |k: &mut Tensor, v: &mut Tensor, io: &[Tensor]| -> kiln::Result<Vec<Tensor>> {
+            k.index_copy(1, &io[0], &io[3])?;
+            v.index_copy(1, &io[0], &io[4])?;
+            Ok(vec![io[2].attention_cached(k, v, &io[1], causal)?])
+        };
+        let inputs = |i: usize| {
+            let [q, k, v] = &tokens[i];
+            [at(i), at(i + 1), row(q), row(k), row(v)]
+        };
+        let (mut ek, mut ev) = (new_cache(), new_cache());
+        let want: Vec<Vec<f32>> = (0..cap)
+            .map(|i| {
+                step(&mut ek, &mut ev, &inputs(i)).unwrap()[0]
+                    .to_vec()
+                    .unwrap()
+            })
+            .collect();
+        let (mut k, mut v) = (new_cache(), new_cache());
+        let first = inputs(0);
+        let (mut graph, out) = dev
+            .capture(&first.iter().collect::<Vec<_>>(), |io| {
+                step(&mut k, &mut v, io)
+            })
+            .unwrap();
+        assert_eq!(out[0].to_vec().unwrap(), want[0], "{dev}: the captured run");
+        for (i, want) in want.iter().enumerate().skip(1) {
+            let io = inputs(i);
+            let before = dev.stats().submissions;
+            let got = graph.run(&io.iter().collect::<Vec<_>>()).unwrap()[0]
+                .to_vec()
+                .unwrap();
+            if !dev.is_cpu() {
+                assert_eq!(dev.stats().submissions - before, 1, "{dev}: step {i}");
+            }
+            assert_eq!(&got, want, "{dev}: step {i}");
+        }
+        let bad = inputs(0);
+        let past = at(cap);
+        let mut io: Vec<&Tensor> = bad.iter().collect();
+        io[0] = &past;
+        let err = graph.run(&io).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::IndexOutOfRange {
+                    op: "index_copy",
+                    index: 8,
+                    size: 8
+                }
+            ),
+            "{dev}: {err:?}"
+        );
+        drop(graph);
+        assert_eq!(k.to_vec().unwrap(), ek.to_vec().unwrap(), "{dev}: keys");
+        assert_eq!(v.to_vec().unwrap(), ev.to_vec().unwrap(), "{dev}: values");
+    }
+}
+
+#[test]
+fn rows_of_a_packed_table_replay_with_new_ids() {
+    // An embedding from a q8_0 or f16 table (a language model's token embeddings) reads its
+    // ids on the device, so a replay picks the new rows.
+    for dev in devices() {
+        for dtype in [kiln::DType::Q8_0, kiln::DType::F16] {
+            let table = Tensor::randn(&dev, &[5, 32], 3)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let ids = |v: &[u32]| Tensor::from_vec_u32(&dev, v.to_vec(), &[v.len()]).unwrap();
+            let rows = |i: &Tensor| Tensor::embedding(&table, i)?.tanh();
+            let batches = [ids(&[0, 4]), ids(&[3, 1]), ids(&[2, 2])];
+            let (mut graph, _) = dev
+                .capture(&[&batches[0]], |io| Ok(vec![rows(&io[0])?]))
+                .unwrap();
+            for b in &batches[1..] {
+                let got = graph.run(&[b]).unwrap()[0].to_vec().unwrap();
+                let want = rows(b).unwrap().to_vec().unwrap();
+                assert_eq!(got, want, "{dev}: {dtype:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn what_cannot_be_replayed_is_an_error() {
     for dev in devices() {
         let data = batches(&dev);

@@ -25,7 +25,11 @@ const KEY_BLOCK: usize = 64;
 /// `(q·scale)·k` (vector dot products), its largest, then each key's weight `exp(s − m)` into
 /// the row's sum and output. Query rows are claimed a few at a time, so a causal prompt's long
 /// last rows do not leave one thread waiting on another.
-pub(crate) fn attention([q, k, v]: [&[f32]; 3], a: &AttnDims) -> Result<(Vec<f32>, Vec<f32>)> {
+pub(crate) fn attention(
+    [q, k, v]: [&[f32]; 3],
+    lens: Option<&[u32]>,
+    a: &AttnDims,
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let [qv, kv, vv] = a.views();
     let (h, d, dv) = (a.heads, a.d, a.dv);
     // Each (batch, query) row: every head's output, then every head's logsumexp.
@@ -43,7 +47,15 @@ pub(crate) fn attention([q, k, v]: [&[f32]; 3], a: &AttnDims) -> Result<(Vec<f32
             let acc = &mut o[hh * dv..][..dv];
             acc.fill(0.0);
             let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
-            let keys = a.keys(i);
+            let keys = match lens {
+                Some(l) => a.keys_limited(i, l[b] as usize),
+                None => a.keys(i),
+            };
+            if keys == 0 {
+                // A query that sees no key: zeros, and a logsumexp of -inf.
+                lse[hh] = f32::NEG_INFINITY;
+                continue;
+            }
             for j0 in (0..keys).step_by(KEY_BLOCK) {
                 let s = &mut s[..KEY_BLOCK.min(keys - j0)];
                 for (jj, x) in s.iter_mut().enumerate() {

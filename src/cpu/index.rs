@@ -1,8 +1,27 @@
-//! Index-driven loops: index_select, gather (for any element type), `where`, and the grouping
+//! Index-driven loops: index_select, index_copy, gather (for any element type), `where`, and the grouping
 //! of indices by row that index_select's backward uses on every device.
 
 use super::{alloc, par_chunks_mut};
+use crate::backend::Around;
 use crate::error::Result;
+
+/// Writes `src` (`[outer, idx.len(), inner]`) into the slices `idx` (checked) of the middle
+/// axis of `dst` (`[outer, len, inner]`).
+pub(crate) fn index_copy<T: Copy>(
+    dst: &mut [T],
+    src: &[T],
+    idx: &[u32],
+    (outer, len, inner): Around,
+) {
+    let count = idx.len();
+    for o in 0..outer {
+        for (j, &at) in idx.iter().enumerate() {
+            let to = (o * len + at as usize) * inner;
+            let from = (o * count + j) * inner;
+            dst[to..to + inner].copy_from_slice(&src[from..from + inner]);
+        }
+    }
+}
 
 /// index_select along the middle axis of `[outer, len, inner]` with checked indices.
 pub(crate) fn index_select<T: Copy + Default>(

@@ -32,7 +32,7 @@ pub(crate) use elementwise::{binary, fill, unary};
 pub(crate) use grad::{
     conv2d_grad_input, conv2d_grad_weight, index_select_grad, pool2d_grad, scatter_add, unary_grad,
 };
-pub(crate) use index::{gather, group_by_row, index_select, where_};
+pub(crate) use index::{gather, group_by_row, index_copy, index_select, where_};
 pub(crate) use matmul::{linear, matmul};
 pub(crate) use optim::update;
 pub(crate) use reduce::{

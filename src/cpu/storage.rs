@@ -221,7 +221,7 @@ impl BackendStorage for CpuStorage {
         )?))
     }
 
-    fn packed_rows(&self, idx: &[u32], len: usize) -> Result<CpuStorage> {
+    fn packed_rows(&self, _ids: &CpuStorage, idx: &[u32], len: usize) -> Result<CpuStorage> {
         const OP: &str = "embedding_rows";
         let (dtype, table) = self.packed(OP)?;
         let row_bytes = quant::byte_len(OP, dtype, len)?;
@@ -453,6 +453,26 @@ impl BackendStorage for CpuStorage {
         })
     }
 
+    fn index_copy(
+        &mut self,
+        src: &CpuStorage,
+        _indices: &CpuStorage,
+        idx: &[u32],
+        dims: Around,
+    ) -> Result<()> {
+        const OP: &str = "index_copy";
+        match (self, src) {
+            (CpuStorage::U32(dst), CpuStorage::U32(src)) => {
+                super::index_copy(Arc::make_mut(dst).as_mut_slice(), src, idx, dims);
+            }
+            (CpuStorage::F32(dst), src) => {
+                super::index_copy(Arc::make_mut(dst).as_mut_slice(), src.f32s(OP)?, idx, dims);
+            }
+            (dst, src) => return Err(mismatch(OP, dst.dtype(), src.dtype())),
+        }
+        Ok(())
+    }
+
     fn gather(
         &self,
         _index: &CpuStorage,
@@ -585,9 +605,18 @@ impl BackendStorage for CpuStorage {
         Ok(())
     }
 
-    fn attention([q, k, v]: [&CpuStorage; 3], dims: &AttnDims) -> Result<(CpuStorage, CpuStorage)> {
+    fn attention(
+        [q, k, v]: [&CpuStorage; 3],
+        lens: Option<&CpuStorage>,
+        dims: &AttnDims,
+    ) -> Result<(CpuStorage, CpuStorage)> {
         const OP: &str = "attention";
-        let (o, lse) = super::attention([q.f32s(OP)?, k.f32s(OP)?, v.f32s(OP)?], dims)?;
+        let lens = match lens {
+            Some(CpuStorage::U32(l)) => Some(l.as_slice()),
+            Some(other) => return Err(mismatch(OP, DType::U32, other.dtype())),
+            None => None,
+        };
+        let (o, lse) = super::attention([q.f32s(OP)?, k.f32s(OP)?, v.f32s(OP)?], lens, dims)?;
         Ok((f32s_of(o), f32s_of(lse)))
     }
 

@@ -394,7 +394,10 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Record kept dispatches again, in order (a replay).
+    /// Record kept dispatches again, in order (a replay), all in the open batch: recording
+    /// them costs the host next to nothing, so the batch is not cut at `MAX_BATCH` (which lets
+    /// the GPU start while ops are still planned), and a replay and the readback after it are
+    /// one submission.
     pub(crate) fn record_all<'d>(
         &self,
         dispatches: impl Iterator<Item = (&'d wgpu::ComputePipeline, &'d wgpu::BindGroup, [u32; 3])>,
@@ -405,9 +408,6 @@ impl GpuContext {
             self.dispatches.fetch_add(1, Ordering::Relaxed);
             self.replayed.fetch_add(1, Ordering::Relaxed);
             rec.dispatch(&self.device, pipeline, bind_group, workgroups);
-            if rec.len() >= MAX_BATCH {
-                self.submit(&mut rec);
-            }
         }
         Ok(())
     }

@@ -392,16 +392,17 @@ impl BackendStorage for GpuStorage {
         })
     }
 
-    fn packed_rows(&self, idx: &[u32], len: usize) -> Result<GpuStorage> {
+    fn packed_rows(&self, ids: &GpuStorage, idx: &[u32], len: usize) -> Result<GpuStorage> {
         const OP: &str = "embedding_rows";
         let n = idx.len() * len;
         if n == 0 {
             return Ok(GpuStorage::blank(&self.ctx, DType::F32));
         }
         let table = self.bound(OP, self.dtype)?;
+        // The ids' own buffer, not their host values: a replayed step brings new ones.
+        let rows = ids.bound(OP, DType::U32)?;
         self.output(n, DType::F32, |ctx| {
-            let rows = ctx.upload(OP, bytemuck::cast_slice(idx))?;
-            packed::decode(ctx, OP, self.dtype, table, Some(&rows), idx.len(), len)
+            packed::decode(ctx, OP, self.dtype, table, Some(rows), idx.len(), len)
         })
     }
 
@@ -716,6 +717,28 @@ impl BackendStorage for GpuStorage {
         })
     }
 
+    fn index_copy(
+        &mut self,
+        src: &GpuStorage,
+        indices: &GpuStorage,
+        idx: &[u32],
+        dims: Around,
+    ) -> Result<()> {
+        const OP: &str = "index_copy";
+        if dims.0 * idx.len() * dims.2 == 0 {
+            return Ok(());
+        }
+        let dst = self.bound(OP, self.dtype)?;
+        index::index_copy(
+            &self.ctx,
+            dst,
+            src.bound(OP, self.dtype)?,
+            indices.bound(OP, DType::U32)?,
+            dims,
+            idx.len(),
+        )
+    }
+
     fn gather(
         &self,
         index: &GpuStorage,
@@ -853,10 +876,15 @@ impl BackendStorage for GpuStorage {
         )
     }
 
-    fn attention([q, k, v]: [&GpuStorage; 3], dims: &AttnDims) -> Result<(GpuStorage, GpuStorage)> {
+    fn attention(
+        [q, k, v]: [&GpuStorage; 3],
+        lens: Option<&GpuStorage>,
+        dims: &AttnDims,
+    ) -> Result<(GpuStorage, GpuStorage)> {
         const OP: &str = "attention";
         let [bq, bk, bv] = [q, k, v].map(|s| s.bound(OP, DType::F32));
-        let (o, lse) = attention::forward(&q.ctx, [bq?, bk?, bv?], dims)?;
+        let lens = lens.map(|l| l.bound(OP, DType::U32)).transpose()?;
+        let (o, lse) = attention::forward(&q.ctx, [bq?, bk?, bv?], lens, dims)?;
         Ok((q.filled(o, DType::F32), q.filled(lse, DType::F32)))
     }
 

@@ -21,20 +21,31 @@ impl Tensor {
     /// keys, `ShapeMismatch` where the batch, heads, head dimension or key count disagree,
     /// `InvalidArgument` for a non-finite scale.
     pub fn attention(&self, k: &Tensor, v: &Tensor, options: AttentionOptions) -> Result<Tensor> {
-        const OP: &str = "attention";
+        let dims = self.attention_problem(k, v, options, "attention")?;
+        Self::attention_op(&[self, k, v], dims)
+    }
+
+    /// The checked problem of q (`self`), `k` and `v`.
+    fn attention_problem(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        options: AttentionOptions,
+        op: &'static str,
+    ) -> Result<AttnDims> {
         for t in [self, k, v] {
-            self.same_device(t, OP)?;
-            t.expect(DType::F32, OP)?;
+            self.same_device(t, op)?;
+            t.expect(DType::F32, op)?;
             if t.rank() != 4 {
                 return Err(Error::InvalidShape {
-                    op: OP,
+                    op,
                     reason: format!("q, k and v are [batch, time, heads, dim]; got {}", t.shape),
                 });
             }
         }
         let (q, ks, vs) = (self.shape(), k.shape(), v.shape());
         let mismatch = |lhs: &[usize], rhs: &[usize]| Error::ShapeMismatch {
-            op: OP,
+            op,
             lhs: lhs.to_vec(),
             rhs: rhs.to_vec(),
         };
@@ -44,8 +55,56 @@ impl Tensor {
         if ks[..3] != vs[..3] {
             return Err(mismatch(ks, vs));
         }
-        let dims = Self::attention_dims(q[0], q[1], ks[1], q[2], q[3], vs[3], options, false)?;
-        Self::attention_op(&[self, k, v], dims)
+        Self::attention_dims(q[0], q[1], ks[1], q[2], q[3], vs[3], options, false)
+    }
+
+    /// [`Tensor::attention`] over a key/value cache: batch element `b` attends to the first
+    /// `lens[b]` keys of `k` and `v` only (those written so far in a cache preallocated to its
+    /// capacity, `tk`), where `lens` is a u32 tensor `[batch]` that may live only on the device
+    /// (a captured decode step's input). When causal, the `tq` queries are the *last* `tq` of
+    /// those keys' positions, so query `i` sees keys `j ≤ lens[b] − tq + i` (flash-attention's
+    /// `cache_seqlens`): a prompt appended to a cache that already holds tokens, or one new
+    /// token, attends as a whole sequence would. A query that sees no key gives zeros.
+    ///
+    /// Inference only: `Unsupported` where an input requires gradients. Lengths are checked
+    /// (`IndexOutOfRange` past `tk`) from their host copy where they were made on the host.
+    /// Other errors as [`Tensor::attention`], and `ShapeMismatch` for `lens` not `[batch]`.
+    pub fn attention_cached(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        lens: &Tensor,
+        options: AttentionOptions,
+    ) -> Result<Tensor> {
+        const OP: &str = "attention_cached";
+        if Tensor::tracking(&[self, k, v]) {
+            return Err(Error::Unsupported {
+                op: OP,
+                reason: "no gradients through a cache: detach q, k and v".into(),
+            });
+        }
+        self.same_device(lens, OP)?;
+        lens.expect(DType::U32, OP)?;
+        let batch = self.shape().first().copied().unwrap_or(0);
+        if lens.shape() != [batch] {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: vec![batch],
+                rhs: lens.shape().to_vec(),
+            });
+        }
+        let mut dims = self.attention_problem(k, v, options, OP)?;
+        dims.limited = true;
+        if lens.host_indices().is_some() {
+            lens.checked_indices(OP, dims.tk + 1)?;
+        }
+        let out_shape = Shape::new(&[dims.batch, dims.tq, dims.heads, dims.dv])?;
+        if out_shape.numel() == 0 || !self.storage.takes(Kernel::Attention(&dims)) {
+            return Self::attention_composite(&[self, k, v], Some(lens), &dims);
+        }
+        let s = [&self.storage, &k.storage, &v.storage];
+        let (o, _) = Storage::attention(s, Some(&lens.storage), &dims)?;
+        Ok(self.with(o, out_shape))
     }
 
     /// [`Tensor::attention`] over one packed `[batch, t, 3, heads, d]` tensor holding q, k and
@@ -109,6 +168,7 @@ impl Tensor {
             causal: options.causal,
             scale,
             packed,
+            limited: false,
         })
     }
 
@@ -122,10 +182,10 @@ impl Tensor {
         // An empty output, or a problem this backend's kernel does not take: products and a
         // softmax.
         if out_shape.numel() == 0 || !first.storage.takes(Kernel::Attention(&dims)) {
-            return Self::attention_composite(inputs, &dims);
+            return Self::attention_composite(inputs, None, &dims);
         }
         let s = storages(inputs);
-        let (o, lse) = Storage::attention([&s[0], &s[1], &s[2]], &dims)?;
+        let (o, lse) = Storage::attention([&s[0], &s[1], &s[2]], None, &dims)?;
         let out = first.with(o, out_shape);
         if !Tensor::tracking(inputs) {
             return Ok(out);
@@ -149,8 +209,13 @@ impl Tensor {
     }
 
     /// The same attention from layout ops, products and a softmax, tracked op by op: for
-    /// shapes the kernels do not take and for empty outputs.
-    fn attention_composite(inputs: &[&Tensor], a: &AttnDims) -> Result<Tensor> {
+    /// shapes the kernels do not take and for empty outputs; `lens` limits each batch
+    /// element's keys as [`Tensor::attention_cached`] does.
+    fn attention_composite(
+        inputs: &[&Tensor],
+        lens: Option<&Tensor>,
+        a: &AttnDims,
+    ) -> Result<Tensor> {
         let heads = |t: Tensor| t.permute(&[0, 2, 1, 3]);
         let (q, k, v) = match inputs {
             [qkv] => {
@@ -166,7 +231,7 @@ impl Tensor {
         };
         // q scaled first, as the kernels do: (q·s)·k, so that the two overflow alike.
         let mut scores = q.mul_scalar(a.scale)?.matmul_transposed(&k, false, true)?;
-        if a.causal {
+        if a.causal && lens.is_none() {
             // Keys after the query are selected away (not added -inf: an infinite score there
             // must not make the row NaN, as the kernels never read it).
             let keep: Vec<f32> = (0..a.tq * a.tk)
@@ -175,6 +240,30 @@ impl Tensor {
             let keep = Tensor::from_vec(q.device(), keep, &[a.tq, a.tk])?;
             let none = Tensor::full(q.device(), &[], f32::NEG_INFINITY)?;
             scores = Tensor::where_cond(&keep, &scores, &none)?;
+        }
+        if let Some(lens) = lens {
+            // Key j is seen by query i of batch b where j < lens[b] + (i + 1 − tq when causal).
+            let dev = q.device();
+            let keys: Vec<f32> = (0..a.tk).map(|j| j as f32).collect();
+            let keys = Tensor::from_vec(dev, keys, &[1, 1, 1, a.tk])?;
+            let shift: Vec<f32> = (0..a.tq)
+                .map(|i| match a.causal {
+                    true => i as f32 + 1.0 - a.tq as f32,
+                    false => 0.0,
+                })
+                .collect();
+            let shift = Tensor::from_vec(dev, shift, &[1, 1, a.tq, 1])?;
+            let limit = lens
+                .to_dtype(DType::F32)?
+                .reshape(&[a.batch, 1, 1, 1])?
+                .add(&shift)?;
+            let keep = keys.lt(&limit)?;
+            let none = Tensor::full(dev, &[], f32::NEG_INFINITY)?;
+            let zero = Tensor::full(dev, &[], 0.0)?;
+            // A row that sees no key is all -inf (NaN after the softmax): zeros there.
+            let p = Tensor::where_cond(&keep, &scores, &none)?.softmax(-1)?;
+            let p = Tensor::where_cond(&keep, &p, &zero)?;
+            return p.matmul(&v)?.permute(&[0, 2, 1, 3]);
         }
         scores.softmax(-1)?.matmul(&v)?.permute(&[0, 2, 1, 3])
     }

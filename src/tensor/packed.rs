@@ -170,7 +170,7 @@ impl Tensor {
         }) {
             return Tensor::embedding(&self.to_dtype(DType::F32)?, ids);
         }
-        let storage = self.storage.packed_rows(&idx, len)?;
+        let storage = self.storage.packed_rows(&ids.storage, &idx, len)?;
         Ok(self.with(storage, Shape::new(&dims)?))
     }
 }

@@ -1,4 +1,5 @@
-//! The op table's attention: q, k and v as three tensors or one packed tensor, causal or not.
+//! The op table's attention: q, k and v as three tensors or one packed tensor, causal or not,
+//! and over a cache's first `lens[b]` keys.
 
 use super::*;
 use kiln::{AttentionOptions, Device, Error, Tensor};
@@ -37,6 +38,26 @@ pub fn table() -> Vec<OpInfo> {
                 )
             },
             reference: |r| attention_ref(&r[0], &r[1], &r[2], true, Some(0.3)),
+            tol: |_| (2e-5, 2e-5),
+            errors: no_errors,
+        },
+        OpInfo {
+            index_inputs: &[3],
+            name: "attention_cached(causal)",
+            grad: || Grad::NoGrad("inference only"),
+            samples: cached_samples,
+            run: |t| t[0].attention_cached(&t[1], &t[2], &t[3], CAUSAL),
+            reference: |r| cached_ref(r, true),
+            tol: |_| (2e-5, 2e-5),
+            errors: cached_errors,
+        },
+        OpInfo {
+            index_inputs: &[3],
+            name: "attention_cached",
+            grad: || Grad::NoGrad("inference only"),
+            samples: cached_samples,
+            run: |t| t[0].attention_cached(&t[1], &t[2], &t[3], AttentionOptions::default()),
+            reference: |r| cached_ref(r, false),
             tol: |_| (2e-5, 2e-5),
             errors: no_errors,
         },
@@ -97,12 +118,144 @@ pub fn attention_samples() -> Vec<Sample> {
     out
 }
 
+/// q, k, v and lens `[batch]`: a decode step (one query) and a chunk of queries after tokens
+/// already cached, lengths short of the capacity, at it, and past the queries' count; a chunk
+/// longer than its keys (its first queries see none); a head dimension past the kernel's 128.
+pub fn cached_samples() -> Vec<Sample> {
+    let mut rng = Lcg(151);
+    let cases: &[([&[usize]; 3], &[f32])] = &[
+        (
+            [&[3, 1, 4, 8], &[3, 9, 2 * 2, 8], &[3, 9, 4, 8]],
+            &[1.0, 5.0, 9.0],
+        ),
+        ([&[2, 3, 2, 4], &[2, 7, 2, 4], &[2, 7, 2, 3]], &[3.0, 6.0]),
+        ([&[1, 4, 1, 16], &[1, 70, 1, 16], &[1, 70, 1, 16]], &[66.0]),
+        ([&[2, 3, 1, 4], &[2, 5, 1, 4], &[2, 5, 1, 4]], &[2.0, 0.0]),
+        ([&[1, 2, 1, 130], &[1, 4, 1, 130], &[1, 4, 1, 2]], &[3.0]),
+    ];
+    cases
+        .iter()
+        .map(|(shapes, lens)| {
+            let mut inputs: Vec<(Vec<usize>, Vec<f32>)> = shapes
+                .iter()
+                .map(|d| (d.to_vec(), rng.vec(d.iter().product(), -1.5, 1.5)))
+                .collect();
+            inputs.push((vec![lens.len()], lens.to_vec()));
+            Sample { inputs }
+        })
+        .collect()
+}
+
+/// attention_cached's reference: batch `b` sees keys `j < lens[b] (+ i + 1 − tq when causal)`.
+pub fn cached_ref(r: &[Ref], causal: bool) -> Ref {
+    let (tq, tk) = (r[0].shape[1], r[1].shape[1]);
+    let lens = &r[3].data;
+    let keys = |b: usize, i: usize| {
+        let len = (lens[b] as usize).min(tk);
+        match causal {
+            true => (len + i + 1).saturating_sub(tq).min(len),
+            false => len,
+        }
+    };
+    attention_ref_keys(&r[0], &r[1], &r[2], None, keys)
+}
+
+fn cached_errors(d: &Device) -> Vec<ErrorCase> {
+    let t = |s: &[usize]| Tensor::zeros(d, s).unwrap();
+    let (q, k) = (t(&[2, 1, 2, 4]), t(&[2, 3, 2, 4]));
+    let lens = |v: Vec<u32>| Tensor::from_vec_u32(d, v, &[2]).unwrap();
+    let tracked = t(&[2, 1, 2, 4]).with_grad().unwrap();
+    vec![
+        (
+            "a length past the keys",
+            q.attention_cached(&k, &k, &lens(vec![3, 4]), CAUSAL),
+            |e| {
+                *e == Error::IndexOutOfRange {
+                    op: "attention_cached",
+                    index: 4,
+                    size: 4,
+                }
+            },
+        ),
+        (
+            "one length for two sequences",
+            q.attention_cached(
+                &k,
+                &k,
+                &Tensor::from_vec_u32(d, vec![1], &[1]).unwrap(),
+                CAUSAL,
+            ),
+            |e| {
+                matches!(
+                    e,
+                    Error::ShapeMismatch {
+                        op: "attention_cached",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "f32 lengths",
+            q.attention_cached(&k, &k, &t(&[2]), CAUSAL),
+            |e| {
+                matches!(
+                    e,
+                    Error::DTypeMismatch {
+                        op: "attention_cached",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "k with other heads",
+            q.attention_cached(&t(&[2, 3, 1, 4]), &k, &lens(vec![1, 1]), CAUSAL),
+            |e| {
+                matches!(
+                    e,
+                    Error::ShapeMismatch {
+                        op: "attention_cached",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "a query that requires gradients",
+            tracked.attention_cached(&k, &k, &lens(vec![1, 1]), CAUSAL),
+            |e| {
+                matches!(
+                    e,
+                    Error::Unsupported {
+                        op: "attention_cached",
+                        ..
+                    }
+                )
+            },
+        ),
+    ]
+}
+
 pub fn packed_samples() -> Vec<Sample> {
     shaped(&[&[2, 5, 3, 2, 4], &[1, 3, 3, 1, 8], &[0, 2, 3, 2, 4]], 151)
 }
 
 /// The f64 reference: `[b, tq, h, dv]`.
 pub fn attention_ref(q: &Ref, k: &Ref, v: &Ref, causal: bool, scale: Option<f64>) -> Ref {
+    let tk = k.shape[1];
+    let keys = |_: usize, i: usize| if causal { (i + 1).min(tk) } else { tk };
+    attention_ref_keys(q, k, v, scale, keys)
+}
+
+/// q of batch element `bb`, row `i` over its first `keys(bb, i)` keys (none: zeros).
+fn attention_ref_keys(
+    q: &Ref,
+    k: &Ref,
+    v: &Ref,
+    scale: Option<f64>,
+    keys: impl Fn(usize, usize) -> usize,
+) -> Ref {
     let [b, tq, h, d] = q.shape[..] else { panic!() };
     let (tk, dv) = (k.shape[1], v.shape[3]);
     let scale = scale.unwrap_or(1.0 / (d.max(1) as f64).sqrt());
@@ -110,7 +263,10 @@ pub fn attention_ref(q: &Ref, k: &Ref, v: &Ref, causal: bool, scale: Option<f64>
     for bb in 0..b {
         for i in 0..tq {
             for hh in 0..h {
-                let n = if causal { (i + 1).min(tk) } else { tk };
+                let n = keys(bb, i);
+                if n == 0 {
+                    continue;
+                }
                 let s: Vec<f64> = (0..n)
                     .map(|j| {
                         (0..d)

@@ -1,4 +1,4 @@
-//! The op table's argmax, index_select, gather and embedding (u32 tensors).
+//! The op table's argmax, index_select, index_copy, gather and embedding (u32 tensors).
 
 use super::*;
 use kiln::{Device, Error, Tensor};
@@ -43,6 +43,36 @@ pub fn table() -> Vec<OpInfo> {
             samples: || index_samples(1),
             run: |t| t[0].index_select(1, &t[1]),
             reference: |r| index_ref(r, 1),
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+        OpInfo {
+            index_inputs: &[1],
+            name: "index_copy(1)",
+            grad: || Grad::NoGrad("an in-place write"),
+            samples: || copy_samples(1),
+            run: |t| {
+                // A clone shares the input's values: the write copies them first, so the
+                // table's input keeps its own.
+                let mut out = t[0].clone();
+                out.index_copy(1, &t[1], &t[2])?;
+                Ok(out)
+            },
+            reference: |r| copy_ref(r, 1),
+            tol: |_| (0.0, 0.0),
+            errors: copy_errors,
+        },
+        OpInfo {
+            index_inputs: &[1],
+            name: "index_copy(0)",
+            grad: || Grad::NoGrad("an in-place write"),
+            samples: || copy_samples(0),
+            run: |t| {
+                let mut out = t[0].clone();
+                out.index_copy(0, &t[1], &t[2])?;
+                Ok(out)
+            },
+            reference: |r| copy_ref(r, 0),
             tol: |_| (0.0, 0.0),
             errors: no_errors,
         },
@@ -244,6 +274,145 @@ pub fn index_ref(r: &[Ref], dim: usize) -> Ref {
         })
         .collect();
     Ref { shape, data }
+}
+
+/// (destination, distinct indices along `dim`, source) samples, with no index and with every
+/// slice written.
+pub fn copy_samples(dim: usize) -> Vec<Sample> {
+    let mut rng = Lcg(99);
+    let cases: &[(&[usize], &[u32])] = &[
+        (&[5, 4], &[3]),
+        (&[3, 6, 2], &[2, 0]),
+        (&[4, 257], &[1, 3, 0, 2]),
+        (&[3, 4], &[]),
+        (&[2, 3, 5], &[1, 0]),
+    ];
+    cases
+        .iter()
+        .map(|&(s, idx)| {
+            let mut src = s.to_vec();
+            src[dim] = idx.len();
+            // The destination's own values stay where no index points.
+            let n = s.iter().product();
+            let m = src.iter().product();
+            Sample {
+                inputs: vec![
+                    (s.to_vec(), rng.vec(n, -3.0, 3.0)),
+                    (vec![idx.len()], idx.iter().map(|&i| i as f32).collect()),
+                    (src, rng.vec(m, 4.0, 9.0)),
+                ],
+            }
+        })
+        .filter(|sample| {
+            sample.inputs[1]
+                .1
+                .iter()
+                .all(|&i| (i as usize) < sample.inputs[0].0[dim])
+        })
+        .collect()
+}
+
+pub fn copy_ref(r: &[Ref], dim: usize) -> Ref {
+    let (dst, idx, src) = (&r[0], &r[1], &r[2]);
+    let mut out = dst.clone();
+    let st = strides(&dst.shape);
+    for (i, &x) in src.data.iter().enumerate() {
+        let mut m = unravel(i, &src.shape);
+        m[dim] = idx.data[m[dim]] as usize;
+        out.data[m.iter().zip(&st).map(|(a, b)| a * b).sum::<usize>()] = x;
+    }
+    out
+}
+
+fn copy_errors(d: &Device) -> Vec<ErrorCase> {
+    let idx = |v: Vec<u32>| Tensor::from_vec_u32(d, v.clone(), &[v.len()]).unwrap();
+    let mut x = Tensor::zeros(d, &[3, 4]).unwrap();
+    let src = Tensor::ones(d, &[3, 2]).unwrap();
+    let mut tracked = Tensor::zeros(d, &[3, 4]).unwrap().with_grad().unwrap();
+    let mut bits = Tensor::from_vec_u32(d, vec![0; 12], &[3, 4]).unwrap();
+    // A write that succeeded where it should not have reaches the runner as an Ok result.
+    let done = |r: kiln::Result<()>| r.and_then(|()| Tensor::zeros(d, &[0]));
+    vec![
+        (
+            "index 4 of 4",
+            done(x.index_copy(1, &idx(vec![0, 4]), &src)),
+            |e| {
+                *e == Error::IndexOutOfRange {
+                    op: "index_copy",
+                    index: 4,
+                    size: 4,
+                }
+            },
+        ),
+        (
+            "a repeated index",
+            done(x.index_copy(1, &idx(vec![2, 2]), &src)),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidArgument {
+                        op: "index_copy",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "a source of 3 slices for 2 indices",
+            done(x.index_copy(0, &idx(vec![0, 1]), &src)),
+            |e| {
+                matches!(
+                    e,
+                    Error::ShapeMismatch {
+                        op: "index_copy",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "an f32 source into u32",
+            done(bits.index_copy(1, &idx(vec![0, 1]), &src)),
+            |e| {
+                matches!(
+                    e,
+                    Error::DTypeMismatch {
+                        op: "index_copy",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "a destination that requires gradients",
+            done(tracked.index_copy(1, &idx(vec![0, 1]), &src)),
+            |e| {
+                matches!(
+                    e,
+                    Error::Unsupported {
+                        op: "index_copy",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "dimension 2 of 2",
+            done(x.index_copy(2, &idx(vec![0]), &src)),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidArgument {
+                        op: "index_copy",
+                        ..
+                    } | Error::InvalidShape {
+                        op: "index_copy",
+                        ..
+                    }
+                )
+            },
+        ),
+    ]
 }
 
 pub fn index_errors(d: &Device) -> Vec<ErrorCase> {

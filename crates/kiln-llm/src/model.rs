@@ -1,19 +1,39 @@
 //! The decoder: Llama-family blocks (RMSNorm, RoPE, grouped-query attention, SwiGLU) built from
 //! kiln's ops, with weights kept in the file's storage types and a KV cache per sequence.
 
-use kiln::{AttentionOptions, DType, Device, Tensor, UnaryOp};
+use kiln::{AttentionOptions, DType, Device, Graph, Tensor, UnaryOp};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::config::{Arch, Config, RopeStyle};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
+/// `e` as the engine's error, for a step the engine runs (a captured one).
+fn engine(e: Error) -> kiln::Error {
+    match e {
+        Error::Kiln(e) => e,
+        other => kiln::Error::InvalidArgument {
+            op: "decode step",
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Attention over a cache's first keys with the queries last (decode and prefill alike).
+const CAUSAL: AttentionOptions = AttentionOptions {
+    causal: true,
+    scale: None,
+};
+
 /// A block's q, k and v projections: three products, or one fused product (GPT-2's
 /// `attn_qkv`, rows q then k then v) whose output is cut in three.
+#[derive(Clone)]
 enum Qkv {
     Separate(Box<SeparateQkv>),
     Fused { w: Tensor, b: Option<Tensor> },
 }
 
+#[derive(Clone)]
 struct SeparateQkv {
     wq: Tensor,
     wk: Tensor,
@@ -23,6 +43,7 @@ struct SeparateQkv {
     bv: Option<Tensor>,
 }
 
+#[derive(Clone)]
 struct Block {
     attn_norm: Tensor,
     attn_norm_b: Option<Tensor>,
@@ -39,7 +60,8 @@ struct Block {
     down_b: Option<Tensor>,
 }
 
-/// A language model on one device.
+/// A language model on one device. Cloning it is cheap (the weights are shared).
+#[derive(Clone)]
 pub struct Model {
     /// Its hyperparameters.
     pub config: Config,
@@ -57,12 +79,30 @@ pub struct Model {
     rope_partner: Tensor,
 }
 
-/// The keys and values of one sequence's past tokens, per layer.
+/// The keys and values of one sequence's past tokens, per layer: each layer's are one tensor
+/// `[1, capacity, kv_heads, head_dim]`, allocated at the first step and written in place
+/// (`Tensor::index_copy`), so a token costs no copy of the tokens before it.
+///
+/// On a GPU, the single-token steps are captured once (the second one) and replayed
+/// (`Device::capture`): a token is then one submission, with its logits' readback.
 pub struct Cache {
-    k: Vec<Option<Tensor>>,
-    v: Vec<Option<Tensor>>,
+    kv: Arc<Mutex<Layers>>,
     len: usize,
     capacity: usize,
+    /// The captured single-token step, once there is one.
+    decode: Option<Graph<'static>>,
+    /// Single-token steps run so far (the first runs eagerly, so kernels are tuned first).
+    steps: usize,
+    replay: bool,
+}
+
+/// A cache's tensors: per layer keys and values, and RoPE's tables for its positions.
+#[derive(Default)]
+struct Layers {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// `cos` and signed `sin` `[capacity, head_dim]` (see [`Model::rope_tables`]).
+    rope: Option<(Tensor, Tensor)>,
 }
 
 impl Cache {
@@ -81,11 +121,24 @@ impl Cache {
         self.capacity
     }
 
-    /// Forgets every token (a new conversation).
+    /// Forgets every token (a new conversation); the memory stays for the next one.
     pub fn clear(&mut self) {
-        self.k.iter_mut().for_each(|k| *k = None);
-        self.v.iter_mut().for_each(|v| *v = None);
         self.len = 0;
+    }
+
+    /// Whether single-token steps are captured and replayed on a GPU (on by default). Off,
+    /// every step runs its ops again: for comparisons, and for a device where replays misbehave.
+    pub fn set_replay(&mut self, on: bool) {
+        self.replay = on;
+        if !on {
+            self.decode = None;
+        }
+    }
+
+    /// The cache's tensors, locked (a step that failed while holding them left them whole: a
+    /// write either happened or did not).
+    fn layers(kv: &Mutex<Layers>) -> MutexGuard<'_, Layers> {
+        kv.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -278,13 +331,36 @@ impl Model {
     /// An empty cache for one sequence of up to `capacity` tokens (at most the model's context
     /// length).
     pub fn cache(&self, capacity: usize) -> Cache {
-        let n = self.config.layers;
         Cache {
-            k: vec![None; n],
-            v: vec![None; n],
+            kv: Arc::new(Mutex::new(Layers::default())),
             len: 0,
             capacity: capacity.min(self.config.context),
+            decode: None,
+            steps: 0,
+            replay: true,
         }
+    }
+
+    /// Allocates `cache`'s tensors on first use: zeros for the keys and values, and RoPE's
+    /// tables for every position it can hold.
+    fn allocate(&self, cache: &Cache) -> Result<()> {
+        let c = &self.config;
+        let mut kv = Cache::layers(&cache.kv);
+        if kv.k.len() == c.layers {
+            return Ok(());
+        }
+        let shape = [1, cache.capacity, c.kv_heads, c.head_dim];
+        for _ in 0..c.layers {
+            kv.k.push(Tensor::zeros(&self.device, &shape)?);
+            kv.v.push(Tensor::zeros(&self.device, &shape)?);
+        }
+        if c.rope_dim > 0 {
+            let positions: Vec<usize> = (0..cache.capacity).collect();
+            let (cos, sin) = self.rope_tables(&positions)?;
+            let rows = [cache.capacity, c.head_dim];
+            kv.rope = Some((cos.reshape(&rows)?, sin.reshape(&rows)?));
+        }
+        Ok(())
     }
 
     /// Checks a request of `n` tokens (`tokens` among them) against a cache.
@@ -305,7 +381,8 @@ impl Model {
                 cache.len, cache.capacity
             )));
         }
-        if cache.k.len() != c.layers {
+        let layers = Cache::layers(&cache.kv).k.len();
+        if layers != 0 && layers != c.layers {
             return Err(Error::InvalidRequest(
                 "the cache belongs to another model".into(),
             ));
@@ -319,20 +396,13 @@ impl Model {
     /// cache has room for; a refused request leaves the cache as it was.
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache, which: Logits) -> Result<Tensor> {
         self.check(tokens, tokens.len(), cache)?;
-        // Attention over a cache and several new tokens would need a mask offset by the cache
-        // length; kiln's causal mask starts at the top left, so such a chunk runs token by token.
-        if !cache.is_empty() && tokens.len() > 1 {
-            let mut last = Vec::new();
-            for &t in tokens {
-                let l = self.forward(&[t], cache, which)?;
-                last.push(l);
-            }
-            return match which {
-                Logits::Last => Ok(last.pop().expect("tokens is not empty")),
-                Logits::All => Ok(Tensor::cat(&last.iter().collect::<Vec<_>>(), 0)?),
-            };
-        }
         let t = tokens.len();
+        if t == 1 && cache.replay && !self.device.is_cpu() && cache.steps > 0 {
+            return self.decode_replayed(tokens[0], cache);
+        }
+        if t == 1 {
+            cache.steps += 1;
+        }
         let x = self.step(tokens, &[t], &mut [cache])?;
         let x = match which {
             Logits::Last if t > 1 => x.narrow(0, t - 1, 1)?,
@@ -361,6 +431,39 @@ impl Model {
         self.logits(&x)
     }
 
+    /// One token through `cache`'s captured step (captured now if it has none): its inputs are
+    /// the token, its position and the cache's length after it, so every replay is the same
+    /// dispatches on new values.
+    fn decode_replayed(&self, token: u32, cache: &mut Cache) -> Result<Tensor> {
+        let at = |v: usize| Tensor::from_vec_u32(&self.device, vec![v as u32], &[1]);
+        let inputs = [at(token as usize)?, at(cache.len)?, at(cache.len + 1)?];
+        let inputs: Vec<&Tensor> = inputs.iter().collect();
+        let out = match &mut cache.decode {
+            Some(graph) => graph.run(&inputs)?,
+            None => {
+                let (model, kv) = (self.clone(), cache.kv.clone());
+                // Unused by a single token's attention, which reads the count on the device.
+                let keys = cache.len + 1;
+                let (graph, out) = self.device.capture(&inputs, move |io| {
+                    let run = || -> Result<Tensor> {
+                        let mut kv = Cache::layers(&kv);
+                        let x = model.step_on(&io[0], &io[1], (&io[2], keys), 1, &mut kv)?;
+                        model.logits(&x)
+                    };
+                    run().map(|l| vec![l]).map_err(engine)
+                })?;
+                log::debug!("decode step captured: {} dispatches", graph.dispatches());
+                cache.decode = Some(graph);
+                out
+            }
+        };
+        cache.len += 1;
+        cache.steps += 1;
+        out.into_iter()
+            .next()
+            .ok_or_else(|| Error::InvalidRequest("the captured step has no output".into()))
+    }
+
     /// The final norm and the output product.
     fn logits(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.norm(x, &self.norm, self.norm_b.as_ref())?;
@@ -368,105 +471,193 @@ impl Model {
     }
 
     /// The blocks over `tokens`, which are consecutive segments of `lens[i]` tokens, segment `i`
-    /// following what `caches[i]` holds (a prompt on an empty cache, or single tokens): the last
-    /// hidden state of every token, `[tokens, dim]`. Appends every segment's keys and values.
+    /// following what `caches[i]` holds (a prompt, or single tokens): the last hidden state of
+    /// every token, `[tokens, dim]`. Writes every segment's keys and values into its cache.
     fn step(&self, tokens: &[u32], lens: &[usize], caches: &mut [&mut Cache]) -> Result<Tensor> {
-        let c = &self.config;
         let t = tokens.len();
-        let mut starts = Vec::with_capacity(lens.len());
-        let mut positions = Vec::with_capacity(t);
-        let mut at = 0;
-        for (cache, &len) in caches.iter().zip(lens) {
-            starts.push(at);
-            positions.extend(cache.len..cache.len + len);
-            at += len;
-        }
         let ids = Tensor::from_vec_u32(&self.device, tokens.to_vec(), &[t])?;
-        let mut x = Tensor::embedding(&self.embed, &ids)?;
-        if let Some(pos) = &self.positions {
-            let at: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
-            let at = Tensor::from_vec_u32(&self.device, at, &[t])?;
-            x = x.add(&Tensor::embedding(pos, &at)?)?;
+        let mut segments = Vec::with_capacity(lens.len());
+        let mut positions = Vec::with_capacity(t);
+        for (cache, &len) in caches.iter().zip(lens) {
+            self.allocate(cache)?;
+            let at: Vec<u32> = (cache.len..cache.len + len).map(|p| p as u32).collect();
+            positions.extend_from_slice(&at);
+            let keys = cache.len + len;
+            segments.push((
+                Tensor::from_vec_u32(&self.device, at, &[len])?,
+                Tensor::from_vec_u32(&self.device, vec![keys as u32], &[1])?,
+                keys,
+            ));
         }
-        let rope = match c.rope_dim {
-            0 => None,
-            _ => Some(self.rope_tables(&positions)?),
-        };
-        let (q_out, kv_out) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
-        for (i, b) in self.blocks.iter().enumerate() {
-            let h = self.norm(&x, &b.attn_norm, b.attn_norm_b.as_ref())?;
-            let (q, k, v) = match &b.qkv {
-                Qkv::Separate(sep) => {
-                    let SeparateQkv {
-                        wq,
-                        wk,
-                        wv,
-                        bq,
-                        bk,
-                        bv,
-                    } = &**sep;
-                    (
-                        h.linear(wq, bq.as_ref(), None)?,
-                        h.linear(wk, bk.as_ref(), None)?,
-                        h.linear(wv, bv.as_ref(), None)?,
-                    )
-                }
-                Qkv::Fused { w, b } => {
-                    let y = h.linear(w, b.as_ref(), None)?;
-                    (
-                        y.narrow(1, 0, q_out)?,
-                        y.narrow(1, q_out, kv_out)?,
-                        y.narrow(1, q_out + kv_out, kv_out)?,
-                    )
-                }
-            };
-            let q = q.reshape(&[1, t, c.heads, c.head_dim])?;
-            let k = k.reshape(&[1, t, c.kv_heads, c.head_dim])?;
-            let v = v.reshape(&[1, t, c.kv_heads, c.head_dim])?;
-            let (q, k) = match &rope {
-                Some((cos, sin)) => (self.rope(&q, cos, sin)?, self.rope(&k, cos, sin)?),
-                None => (q, k),
-            };
-            let mut outs = Vec::with_capacity(lens.len());
-            for (s, cache) in caches.iter_mut().enumerate() {
-                let (start, len) = (starts[s], lens[s]);
-                let part = |x: &Tensor| -> Result<Tensor> {
-                    Ok(match lens.len() {
-                        1 => x.clone(),
-                        _ => x.narrow(1, start, len)?,
-                    })
-                };
-                let (qs, ks, vs) = (part(&q)?, part(&k)?, part(&v)?);
-                let (ks, vs) = match (&cache.k[i], &cache.v[i]) {
-                    (Some(pk), Some(pv)) => {
-                        (Tensor::cat(&[pk, &ks], 1)?, Tensor::cat(&[pv, &vs], 1)?)
-                    }
-                    _ => (ks, vs),
-                };
-                cache.k[i] = Some(ks.clone());
-                cache.v[i] = Some(vs.clone());
-                outs.push(self.attend(&qs, &ks, &vs)?);
+        let pos = Tensor::from_vec_u32(&self.device, positions, &[t])?;
+        let x = match caches {
+            [cache] => {
+                let (_, len, keys) = &segments[0];
+                self.step_on(&ids, &pos, (len, *keys), t, &mut Cache::layers(&cache.kv))?
             }
-            let a = match outs.len() {
-                1 => outs.pop().expect("one segment"),
-                _ => Tensor::cat(&outs.iter().collect::<Vec<_>>(), 1)?,
-            };
-            let a = a.reshape(&[t, q_out])?;
-            x = a.linear_add(&b.wo, b.bo.as_ref(), &x)?;
-            let h = self.norm(&x, &b.ffn_norm, b.ffn_norm_b.as_ref())?;
-            let inner = match &b.gate {
-                Some(gate) => {
-                    let g = h.linear(gate, None, Some(UnaryOp::Silu))?;
-                    g.mul(&h.linear(&b.up, b.up_b.as_ref(), None)?)?
-                }
-                None => h.linear(&b.up, b.up_b.as_ref(), Some(UnaryOp::GeluTanh))?,
-            };
-            x = inner.linear_add(&b.down, b.down_b.as_ref(), &x)?;
-        }
+            _ => {
+                let mut layers: Vec<_> = caches.iter().map(|c| Cache::layers(&c.kv)).collect();
+                self.step_batch(&ids, &pos, lens, &segments, &mut layers)?
+            }
+        };
         for (cache, &len) in caches.iter_mut().zip(lens) {
             cache.len += len;
         }
         Ok(x)
+    }
+
+    /// The blocks over the `t` tokens `ids` of one sequence at positions `pos` (u32 `[t]`,
+    /// consecutive), writing their keys and values into `kv` and attending over its first
+    /// `len` (u32 `[1]`, the last position + 1; `keys` on the host). Every value that changes between tokens is a
+    /// device tensor here, so a single-token step can be captured and replayed.
+    fn step_on(
+        &self,
+        ids: &Tensor,
+        pos: &Tensor,
+        len: (&Tensor, usize),
+        t: usize,
+        kv: &mut Layers,
+    ) -> Result<Tensor> {
+        let mut x = self.embed(ids, pos)?;
+        let rope = self.rope_at(kv, pos, t)?;
+        for i in 0..self.blocks.len() {
+            let (q, k, v) = self.qkv(i, &x, t, rope.as_ref())?;
+            kv.k[i].index_copy(1, pos, &k)?;
+            kv.v[i].index_copy(1, pos, &v)?;
+            let a = self.attend(&q, &kv.k[i], &kv.v[i], len)?;
+            x = self.feed_forward(i, &a, &x, t)?;
+        }
+        Ok(x)
+    }
+
+    /// [`Model::step_on`] for several sequences (one token each, or any segments): the
+    /// products run once over every token; each segment's attention runs over its own cache.
+    fn step_batch(
+        &self,
+        ids: &Tensor,
+        pos: &Tensor,
+        lens: &[usize],
+        segments: &[(Tensor, Tensor, usize)],
+        kv: &mut [MutexGuard<'_, Layers>],
+    ) -> Result<Tensor> {
+        let t = lens.iter().sum();
+        let mut x = self.embed(ids, pos)?;
+        // Each sequence's RoPE rows from its own tables, in token order.
+        let rope = match self.config.rope_dim {
+            0 => None,
+            _ => {
+                let (mut cos, mut sin) = (Vec::new(), Vec::new());
+                for (layers, (at, _, _)) in kv.iter().zip(segments) {
+                    let (c, s) = self.rope_at(layers, at, at.numel())?.expect("rope_dim > 0");
+                    cos.push(c);
+                    sin.push(s);
+                }
+                let join = |v: &[Tensor]| Tensor::cat(&v.iter().collect::<Vec<_>>(), 1);
+                Some((join(&cos)?, join(&sin)?))
+            }
+        };
+        for i in 0..self.blocks.len() {
+            let (q, k, v) = self.qkv(i, &x, t, rope.as_ref())?;
+            let mut outs = Vec::with_capacity(lens.len());
+            let mut start = 0;
+            for (layers, ((at, len, keys), &n)) in kv.iter_mut().zip(segments.iter().zip(lens)) {
+                let part = |x: &Tensor| x.narrow(1, start, n);
+                layers.k[i].index_copy(1, at, &part(&k)?)?;
+                layers.v[i].index_copy(1, at, &part(&v)?)?;
+                let (k, v) = (&layers.k[i], &layers.v[i]);
+                outs.push(self.attend(&part(&q)?, k, v, (len, *keys))?);
+                start += n;
+            }
+            let a = Tensor::cat(&outs.iter().collect::<Vec<_>>(), 1)?;
+            x = self.feed_forward(i, &a, &x, t)?;
+        }
+        Ok(x)
+    }
+
+    /// The token embeddings of `ids`, plus GPT-2's learned positions at `pos`.
+    fn embed(&self, ids: &Tensor, pos: &Tensor) -> Result<Tensor> {
+        let x = Tensor::embedding(&self.embed, ids)?;
+        Ok(match &self.positions {
+            Some(table) => x.add(&Tensor::embedding(table, pos)?)?,
+            None => x,
+        })
+    }
+
+    /// RoPE's rows for positions `pos` from a cache's tables: `[1, t, 1, head_dim]` each.
+    fn rope_at(&self, kv: &Layers, pos: &Tensor, t: usize) -> Result<Option<(Tensor, Tensor)>> {
+        let d = self.config.head_dim;
+        let Some((cos, sin)) = &kv.rope else {
+            return Ok(None);
+        };
+        let rows = |table: &Tensor| -> Result<Tensor> {
+            Ok(Tensor::embedding(table, pos)?.reshape(&[1, t, 1, d])?)
+        };
+        Ok(Some((rows(cos)?, rows(sin)?)))
+    }
+
+    /// Block `i`'s normalised input projected to q `[1, t, heads, d]`, k and v `[1, t,
+    /// kv_heads, d]`, with RoPE on q and k.
+    fn qkv(
+        &self,
+        i: usize,
+        x: &Tensor,
+        t: usize,
+        rope: Option<&(Tensor, Tensor)>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let c = &self.config;
+        let b = &self.blocks[i];
+        let (q_out, kv_out) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let h = self.norm(x, &b.attn_norm, b.attn_norm_b.as_ref())?;
+        let (q, k, v) = match &b.qkv {
+            Qkv::Separate(sep) => {
+                let SeparateQkv {
+                    wq,
+                    wk,
+                    wv,
+                    bq,
+                    bk,
+                    bv,
+                } = &**sep;
+                (
+                    h.linear(wq, bq.as_ref(), None)?,
+                    h.linear(wk, bk.as_ref(), None)?,
+                    h.linear(wv, bv.as_ref(), None)?,
+                )
+            }
+            Qkv::Fused { w, b } => {
+                let y = h.linear(w, b.as_ref(), None)?;
+                (
+                    y.narrow(1, 0, q_out)?,
+                    y.narrow(1, q_out, kv_out)?,
+                    y.narrow(1, q_out + kv_out, kv_out)?,
+                )
+            }
+        };
+        let q = q.reshape(&[1, t, c.heads, c.head_dim])?;
+        let k = k.reshape(&[1, t, c.kv_heads, c.head_dim])?;
+        let v = v.reshape(&[1, t, c.kv_heads, c.head_dim])?;
+        Ok(match rope {
+            Some((cos, sin)) => (self.rope(&q, cos, sin)?, self.rope(&k, cos, sin)?, v),
+            None => (q, k, v),
+        })
+    }
+
+    /// Block `i` after attention: the output projection added to the residual `x`, then the
+    /// feed-forward (SwiGLU, or GPT-2's GELU) added in turn.
+    fn feed_forward(&self, i: usize, a: &Tensor, x: &Tensor, t: usize) -> Result<Tensor> {
+        let c = &self.config;
+        let b = &self.blocks[i];
+        let a = a.reshape(&[t, c.heads * c.head_dim])?;
+        let x = a.linear_add(&b.wo, b.bo.as_ref(), x)?;
+        let h = self.norm(&x, &b.ffn_norm, b.ffn_norm_b.as_ref())?;
+        let inner = match &b.gate {
+            Some(gate) => {
+                let g = h.linear(gate, None, Some(UnaryOp::Silu))?;
+                g.mul(&h.linear(&b.up, b.up_b.as_ref(), None)?)?
+            }
+            None => h.linear(&b.up, b.up_b.as_ref(), Some(UnaryOp::GeluTanh))?,
+        };
+        Ok(inner.linear_add(&b.down, b.down_b.as_ref(), &x)?)
     }
 
     /// The architecture's normalisation: LayerNorm with its bias (GPT-2) or RMSNorm.
@@ -514,12 +705,32 @@ impl Model {
         Ok(x.mul(cos)?.add(&swapped.mul(sin)?)?)
     }
 
-    /// Attention of `q` `[1, t, heads, d]` over the cache's `k`, `v` `[1, T, kv_heads, d]`
-    /// (causal when `t > 1`, which happens only on an empty cache). Query heads `j·rep ..
+    /// Attention of `q` `[1, t, heads, d]` (the last `t` positions) over a cache's first `len`
+    /// keys and values (`[1, capacity, kv_heads, d]`; `len` u32 `[1]`). Query heads `j·rep ..
     /// (j+1)·rep` share key/value head `j`. For one new token those `rep` heads become `rep`
     /// queries of head `j`, so the cache is read as it is; for a prompt the key/value heads are
     /// repeated.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        (len, keys): (&Tensor, usize),
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let t = q.shape()[1];
+        let rep = c.heads / c.kv_heads;
+        if t == 1 || rep == 1 {
+            return self.attend_keys(q, k, v, len);
+        }
+        // A prompt with grouped heads: the key/value heads are repeated, over the `keys` written
+        // so far only (prompts are never captured, so that count is the host's to know).
+        let (k, v) = (k.narrow(1, 0, keys)?, v.narrow(1, 0, keys)?);
+        self.attend_keys(q, &self.repeat_kv(&k)?, &self.repeat_kv(&v)?, len)
+    }
+
+    /// [`Model::attend`] over keys and values as given.
+    fn attend_keys(&self, q: &Tensor, k: &Tensor, v: &Tensor, len: &Tensor) -> Result<Tensor> {
         let c = &self.config;
         let t = q.shape()[1];
         let rep = c.heads / c.kv_heads;
@@ -527,18 +738,14 @@ impl Model {
             let q = q
                 .reshape(&[1, c.kv_heads, rep, c.head_dim])?
                 .transpose(1, 2)?;
-            let options = AttentionOptions {
+            let every = AttentionOptions {
                 causal: false,
                 scale: None,
             };
-            let a = q.attention(k, v, options)?; // [1, rep, kv_heads, d]
+            let a = q.attention_cached(k, v, len, every)?; // [1, rep, kv_heads, d]
             return Ok(a.transpose(1, 2)?.reshape(&[1, 1, c.heads, c.head_dim])?);
         }
-        let options = AttentionOptions {
-            causal: t > 1,
-            scale: None,
-        };
-        Ok(q.attention(&self.repeat_kv(k)?, &self.repeat_kv(v)?, options)?)
+        Ok(q.attention_cached(k, v, len, CAUSAL)?)
     }
 
     /// Grouped-query attention's key/value heads repeated to the query heads' count.

@@ -589,6 +589,86 @@ fn hugging_face_directory_matches_a_numpy_forward() {
     }
 }
 
+/// The cache written in place and the single-token step captured and replayed: a replayed token
+/// gives the logits of the same step run op by op (bit for bit on the same device) and costs one
+/// submission with its readback on a GPU; a prompt run in two chunks, the second after tokens
+/// already cached, gives the logits of one pass.
+#[test]
+fn replayed_decoding_is_one_submission_per_token() {
+    let Some((_, dir)) = fixtures() else { return };
+    for name in ["llama-q4_0", "qwen2-f16", "gpt2-f32"] {
+        let file = Gguf::open(dir.join(format!("{name}.gguf"))).unwrap();
+        let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+        let prompt = tokenizer.encode(PROMPT, true).unwrap();
+        for device in devices() {
+            let model = Model::from_gguf(&file, &device).unwrap();
+            let what = format!("{name} on {}", device.info().name);
+            let run = |replay: bool| {
+                let mut cache = model.cache(prompt.len() + 12);
+                cache.set_replay(replay);
+                let mut logits = model.forward(&prompt, &mut cache, Logits::Last).unwrap();
+                let mut out = Vec::new();
+                let (mut submissions, mut replays) = (Vec::new(), Vec::new());
+                for _ in 0..12 {
+                    let l = logits.to_vec().unwrap();
+                    let next = argmax(&l);
+                    out.push(l);
+                    let before = device.stats();
+                    logits = model.forward(&[next], &mut cache, Logits::Last).unwrap();
+                    logits.to_vec().unwrap();
+                    let after = device.stats();
+                    submissions.push(after.submissions - before.submissions);
+                    replays.push(after.replayed > before.replayed);
+                }
+                (out, submissions, replays)
+            };
+            let (replayed, submissions, replays) = run(true);
+            let (eager, eager_submissions, eager_replays) = run(false);
+            assert_eq!(replayed, eager, "{what}: replayed logits");
+            if !device.is_cpu() {
+                assert!(replays[2..].iter().all(|&r| r), "{what}: {replays:?}");
+                assert!(
+                    eager_replays.iter().all(|&r| !r),
+                    "{what}: {eager_replays:?}"
+                );
+                // The first two single-token steps run op by op (and capture); then one each.
+                assert!(
+                    submissions[2..].iter().all(|&n| n == 1),
+                    "{what}: {submissions:?}"
+                );
+                eprintln!(
+                    "{what}: submissions per token {:?} replayed, {:?} op by op",
+                    &submissions[2..5],
+                    &eager_submissions[2..5]
+                );
+            }
+            // The prompt in two chunks: the second attends to the first through the cache.
+            let vocab = model.config.vocab;
+            let mut whole = model.cache(prompt.len());
+            let all = model
+                .forward(&prompt, &mut whole, Logits::All)
+                .unwrap()
+                .to_vec()
+                .unwrap();
+            let cut = prompt.len() / 2;
+            let mut parts = model.cache(prompt.len());
+            model
+                .forward(&prompt[..cut], &mut parts, Logits::Last)
+                .unwrap();
+            let rest = model
+                .forward(&prompt[cut..], &mut parts, Logits::All)
+                .unwrap()
+                .to_vec()
+                .unwrap();
+            let err = rel_err(&rest, &all[cut * vocab..]);
+            assert!(
+                err <= 1e-5,
+                "{what}: a prompt in two chunks is off by {err:.2e}"
+            );
+        }
+    }
+}
+
 /// A batch's decode step (three sequences of different lengths, one token each per step) gives
 /// each sequence the logits it gets alone, on every device; a malformed batch is refused whole.
 #[test]

@@ -124,22 +124,29 @@ pub(crate) fn check(ctx: &GpuContext, a: &AttnDims) -> Result<()> {
 }
 
 /// The output `[batch, tq, heads, dv]` and each query row's logsumexp (every extent > 0).
+/// With `lens` (u32, one per batch element), batch element `b` sees its first `lens[b]` keys
+/// (`forward_lens`).
 pub(crate) fn forward(
     ctx: &GpuContext,
     [q, k, v]: [&PooledBuffer; 3],
+    lens: Option<&PooledBuffer>,
     a: &AttnDims,
 ) -> Result<(PooledBuffer, PooledBuffer)> {
     const OP: &str = "attention";
     check(ctx, a)?;
     let rows = a.rows();
     let (o, lse) = (ctx.alloc(OP, rows * a.dv)?, ctx.alloc(OP, rows)?);
-    ctx.dispatch_1d(
-        OP,
-        &spec("forward", a.d, a.dv),
-        &[&q.buffer, &k.buffer, &v.buffer, &o.buffer, &lse.buffer],
-        bytemuck::bytes_of(&AttnParams::new(a, rows)),
-        rows,
-    )?;
+    let params = AttnParams::new(a, rows);
+    let mut buffers = vec![&q.buffer, &k.buffer, &v.buffer, &o.buffer, &lse.buffer];
+    let entry = match lens {
+        Some(l) => {
+            buffers.push(&l.buffer);
+            "forward_lens"
+        }
+        None => "forward",
+    };
+    let params = bytemuck::bytes_of(&params);
+    ctx.dispatch_1d(OP, &spec(entry, a.d, a.dv), &buffers, params, rows)?;
     Ok((o, lse))
 }
 
@@ -209,7 +216,7 @@ fn specs() -> Vec<KernelSpec> {
         (MAX_HEAD_DIM, MAX_HEAD_DIM),
         (0, 0),
     ] {
-        for entry in ["forward", "backward_q", "backward_kv"] {
+        for entry in ["forward", "forward_lens", "backward_q", "backward_kv"] {
             out.push(spec(entry, d, dv));
         }
     }

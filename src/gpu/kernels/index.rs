@@ -1,4 +1,4 @@
-//! `shaders/index.wgsl` (index_select) and `shaders/gather.wgsl` (gather), with u32 indices.
+//! `shaders/index.wgsl` (index_select, index_copy) and `shaders/gather.wgsl` (gather), with u32 indices.
 
 use super::Family;
 use crate::error::{Error, Result};
@@ -52,6 +52,39 @@ pub(crate) fn index_select(
         n,
     )?;
     Ok(out)
+}
+
+/// Write `src` (`[outer, count, inner]`) into the slices `idx` of the middle axis of `dst`
+/// (`[outer, len, inner]`), in place.
+pub(crate) fn index_copy(
+    ctx: &GpuContext,
+    dst: &PooledBuffer,
+    src: &PooledBuffer,
+    idx: &PooledBuffer,
+    (outer, len, inner): (usize, usize, usize),
+    count: usize,
+) -> Result<()> {
+    let n = outer * count * inner;
+    if n == 0 {
+        return Ok(());
+    }
+    let params = IndexParams {
+        n: n as u32,
+        len: len as u32,
+        inner: inner as u32,
+        count: count as u32,
+    };
+    let spec = KernelSpec {
+        entry: "copy_in",
+        ..spec()
+    };
+    ctx.dispatch_1d(
+        "index_copy",
+        &spec,
+        &[&src.buffer, &idx.buffer, &dst.buffer],
+        bytemuck::bytes_of(&params),
+        n,
+    )
 }
 
 /// Largest rank `gather.wgsl` takes.
