@@ -394,10 +394,9 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Record kept dispatches again, in order (a replay), all in the open batch: recording
-    /// them costs the host next to nothing, so the batch is not cut at `MAX_BATCH` (which lets
-    /// the GPU start while ops are still planned), and a replay and the readback after it are
-    /// one submission.
+    /// Record kept dispatches again, in order (a replay), all in the open batch: they do not
+    /// count toward `MAX_BATCH` (see [`Recorder::planned`]), so a replay and the readback after
+    /// it are one submission.
     pub(crate) fn record_all<'d>(
         &self,
         dispatches: impl Iterator<Item = (&'d wgpu::ComputePipeline, &'d wgpu::BindGroup, [u32; 3])>,
@@ -407,7 +406,7 @@ impl GpuContext {
         for (pipeline, bind_group, workgroups) in dispatches {
             self.dispatches.fetch_add(1, Ordering::Relaxed);
             self.replayed.fetch_add(1, Ordering::Relaxed);
-            rec.dispatch(&self.device, pipeline, bind_group, workgroups);
+            rec.dispatch_replayed(&self.device, pipeline, bind_group, workgroups);
         }
         Ok(())
     }
@@ -454,7 +453,7 @@ impl GpuContext {
         });
         let mut rec = lock(&self.recorder);
         rec.dispatch(&self.device, &pipeline, &bind_group, workgroups);
-        if rec.len() >= MAX_BATCH {
+        if rec.planned() >= MAX_BATCH {
             self.submit(&mut rec);
         }
         Ok(())

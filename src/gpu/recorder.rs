@@ -11,6 +11,8 @@ pub(crate) struct Recorder {
     encoder: Option<wgpu::CommandEncoder>,
     pass: Option<wgpu::ComputePass<'static>>,
     dispatches: usize,
+    /// Of `dispatches`, those a replay recorded (they do not count toward `MAX_BATCH`).
+    replayed: usize,
     /// While set, every compute pass opened writes begin/end timestamps into the query set.
     pub(crate) timing: Option<Timing>,
 }
@@ -29,9 +31,23 @@ impl Recorder {
         self.encoder.is_none()
     }
 
-    /// Number of dispatches recorded in the open batch.
-    pub(crate) fn len(&self) -> usize {
-        self.dispatches
+    /// Dispatches recorded in the open batch as ops planned them: a replay's are not counted,
+    /// since recording them costs the host next to nothing (no reason to start the GPU early),
+    /// so a replay, the ops after it and a readback go in one submission.
+    pub(crate) fn planned(&self) -> usize {
+        self.dispatches - self.replayed
+    }
+
+    /// [`Recorder::dispatch`] of a kept dispatch (a replay).
+    pub(crate) fn dispatch_replayed(
+        &mut self,
+        device: &wgpu::Device,
+        pipeline: &wgpu::ComputePipeline,
+        bind_group: &wgpu::BindGroup,
+        workgroups: [u32; 3],
+    ) {
+        self.dispatch(device, pipeline, bind_group, workgroups);
+        self.replayed += 1;
     }
 
     /// Record one dispatch in the open compute pass, opening one if needed.
@@ -81,6 +97,7 @@ impl Recorder {
     pub(crate) fn discard(&mut self) {
         self.pass = None;
         self.dispatches = 0;
+        self.replayed = 0;
         self.encoder = None;
         self.timing = None;
     }
@@ -89,6 +106,7 @@ impl Recorder {
     pub(crate) fn finish(&mut self) -> Option<wgpu::CommandBuffer> {
         self.pass = None;
         self.dispatches = 0;
+        self.replayed = 0;
         self.encoder.take().map(wgpu::CommandEncoder::finish)
     }
 }

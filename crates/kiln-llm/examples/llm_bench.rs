@@ -5,11 +5,12 @@
 //! cargo run --release -p kiln-llm --example llm_bench -- MODEL PROMPT_TOKENS DECODE_TOKENS REPS [BATCH]
 //! ```
 //!
-//! With BATCH above 1, BATCH sequences are prefilled one by one and then decoded together
-//! (`Model::forward_batch`): decode tokens/s counts every sequence's tokens.
+//! With BATCH above 1, BATCH sequences are prefilled together (`Model::prefill_batch`) and then
+//! decoded together (`Model::forward_batch`): tokens/s counts every sequence's tokens.
 //!
 //! Each rep clears the cache, runs the prompt in one pass, then decodes greedily (argmax on the
 //! device, one id read back per token). The device is `KILN_DEVICE` or the best one found.
+//! `KILN_REPLAY=0` runs every decode step op by op (no captured step on a GPU), to compare.
 
 use std::time::Instant;
 
@@ -34,12 +35,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut sampler = Sampler::new(Sampling::default())?;
     for _ in 0..reps {
         let mut caches: Vec<_> = (0..batch).map(|_| model.cache(p + n + 8)).collect();
+        let replay = std::env::var("KILN_REPLAY").map_or(true, |v| v != "0");
+        caches.iter_mut().for_each(|c| c.set_replay(replay));
         let t0 = Instant::now();
-        let mut next = Vec::with_capacity(batch);
-        for cache in caches.iter_mut() {
-            let logits = model.forward(&prompt, cache, Logits::Last)?;
-            next.push(sampler.next(&logits, &prompt)?);
-        }
+        let mut next = if batch == 1 {
+            let logits = model.forward(&prompt, &mut caches[0], Logits::Last)?;
+            vec![sampler.next(&logits, &prompt)?]
+        } else {
+            let prompts = vec![prompt.as_slice(); batch];
+            let mut refs: Vec<&mut kiln_llm::Cache> = caches.iter_mut().collect();
+            let logits = model.prefill_batch(&prompts, &mut refs)?;
+            logits.argmax(-1, false)?.to_vec_u32()?
+        };
         let t1 = Instant::now();
         let before = device.stats();
         for _ in 0..n {

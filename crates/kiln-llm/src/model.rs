@@ -431,6 +431,36 @@ impl Model {
         self.logits(&x)
     }
 
+    /// Several prompts at once, prompt `i` after what `caches[i]` holds: the products run once
+    /// over every prompt's tokens (each weight read once for the batch), attention per
+    /// sequence over its own cache. Returns each prompt's last logits, `[batch, vocab]`. Errors
+    /// as [`Model::forward`], and `InvalidRequest` when the counts differ; nothing is written
+    /// unless every prompt is accepted.
+    pub fn prefill_batch(&self, prompts: &[&[u32]], caches: &mut [&mut Cache]) -> Result<Tensor> {
+        if prompts.len() != caches.len() || prompts.is_empty() {
+            return Err(Error::InvalidRequest(format!(
+                "{} prompts for {} caches",
+                prompts.len(),
+                caches.len()
+            )));
+        }
+        for (p, cache) in prompts.iter().zip(caches.iter()) {
+            self.check(p, p.len(), cache)?;
+        }
+        let tokens: Vec<u32> = prompts.concat();
+        let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+        let x = self.step(&tokens, &lens, caches)?;
+        let last: Vec<u32> = lens
+            .iter()
+            .scan(0, |end, &n| {
+                *end += n;
+                Some(*end as u32 - 1)
+            })
+            .collect();
+        let rows = Tensor::from_vec_u32(&self.device, last, &[lens.len()])?;
+        self.logits(&x.index_select(0, &rows)?)
+    }
+
     /// One token through `cache`'s captured step (captured now if it has none): its inputs are
     /// the token, its position and the cache's length after it, so every replay is the same
     /// dispatches on new values.

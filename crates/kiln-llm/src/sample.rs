@@ -1,4 +1,4 @@
-//! Choosing the next token from logits: greedy (on the device: one u32 read back), or sampled
+//! Choosing the next token from logits on their device (one u32 read back): greedy, or drawn
 //! with temperature, top-k, top-p and a repetition penalty from a seeded generator.
 
 use kiln::Tensor;
@@ -58,64 +58,89 @@ impl Sampler {
         })
     }
 
-    /// Whether this sampler is greedy (no logits leave the device).
+    /// Whether this sampler is greedy (no draw).
     pub fn is_greedy(&self) -> bool {
-        self.settings.temperature == 0.0 && self.settings.repetition_penalty == 1.0
+        self.settings.temperature == 0.0
     }
 
-    /// The next token from `logits` (`[1, vocab]`), given the sequence so far.
+    /// The next token from `logits` (`[1, vocab]` or `[vocab]`), given the sequence so far:
+    /// [`Sampler::pick`], read back (one u32).
     pub fn next(&mut self, logits: &Tensor, history: &[u32]) -> Result<u32> {
-        if self.is_greedy() {
-            return Ok(logits.argmax(-1, false)?.to_vec_u32()?[0]);
-        }
-        let mut l = logits.to_vec()?;
+        Ok(self.pick(logits, history)?.to_vec_u32()?[0])
+    }
+
+    /// The next token as a u32 tensor `[1]` on the logits' device, chosen there: no logits are
+    /// read back. The repetition penalty is applied to the logits of `history`'s tokens, then
+    /// greedy takes the argmax; otherwise the softmax of the logits over the temperature is cut
+    /// to the `top_k` most likely tokens, then to the most likely whose probabilities (renormed)
+    /// reach `top_p` (found by bisection on a probability threshold, so no sort), and one token
+    /// is drawn from what is left with the seeded generator (walking the vocabulary in id
+    /// order: the same distribution as any order). Ties at a cut are all kept. NaN logits make
+    /// the draw undefined.
+    pub fn pick(&mut self, logits: &Tensor, history: &[u32]) -> Result<Tensor> {
         let s = &self.settings;
+        let vocab = logits.numel();
+        let dev = logits.device().clone();
+        let mut l = logits.reshape(&[vocab])?;
         if s.repetition_penalty != 1.0 {
-            for &t in history {
-                if let Some(x) = l.get_mut(t as usize) {
-                    *x = if *x > 0.0 {
-                        *x / s.repetition_penalty
-                    } else {
-                        *x * s.repetition_penalty
-                    };
-                }
+            let mut seen: Vec<u32> = history
+                .iter()
+                .copied()
+                .filter(|&t| (t as usize) < vocab)
+                .collect();
+            seen.sort_unstable();
+            seen.dedup();
+            if !seen.is_empty() {
+                let ids = Tensor::from_vec_u32(&dev, seen.clone(), &[seen.len()])?;
+                let g = l.index_select(0, &ids)?;
+                let r = s.repetition_penalty;
+                let zero = Tensor::full(&dev, &[], 0.0)?;
+                let g =
+                    Tensor::where_cond(&g.gt(&zero)?, &g.mul_scalar(1.0 / r)?, &g.mul_scalar(r)?)?;
+                l.index_copy(0, &ids, &g)?;
             }
         }
-        let argmax =
-            |l: &[f32]| (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b }) as u32;
-        if s.temperature == 0.0 {
-            return Ok(argmax(&l));
+        if self.is_greedy() {
+            return Ok(l.argmax(0, true)?);
         }
-        let mut order: Vec<usize> = (0..l.len()).filter(|&i| !l[i].is_nan()).collect();
-        order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
-        if s.top_k > 0 {
-            order.truncate(s.top_k);
+        let p = l.mul_scalar(1.0 / s.temperature)?.softmax(0)?;
+        let zero = Tensor::full(&dev, &[], 0.0)?;
+        let mut q = p.clone();
+        if s.top_k > 0 && s.top_k < vocab {
+            let (top, _) = p.topk(s.top_k, 0, true)?;
+            let least = top.narrow(0, s.top_k - 1, 1)?;
+            q = Tensor::where_cond(&p.ge(&least)?, &p, &zero)?;
         }
-        let top = l[order[0]];
-        let mut p: Vec<f64> = order
-            .iter()
-            .map(|&i| (((l[i] - top) / s.temperature) as f64).exp())
-            .collect();
-        let sum: f64 = p.iter().sum();
-        p.iter_mut().for_each(|x| *x /= sum);
-        let mut keep = p.len();
-        let mut acc = 0.0;
-        for (i, &x) in p.iter().enumerate() {
-            acc += x;
-            if acc >= s.top_p as f64 {
-                keep = i + 1;
-                break;
-            }
+        if s.top_p < 1.0 {
+            q = Self::top_p(&q, s.top_p)?;
         }
-        let total: f64 = p[..keep].iter().sum();
-        let mut u = self.uniform() * total;
-        for (i, &x) in p[..keep].iter().enumerate() {
-            if u < x {
-                return Ok(order[i] as u32);
-            }
-            u -= x;
+        let cdf = q.cumsum(0, false, false)?;
+        let total = cdf.narrow(0, vocab - 1, 1)?;
+        let u = Tensor::from_vec(&dev, vec![self.uniform() as f32], &[1])?;
+        // The first token whose running sum passes u·total (argmax takes the first maximum).
+        Ok(cdf.gt(&total.mul(&u)?)?.argmax(0, true)?)
+    }
+
+    /// `q` (probabilities, some zeroed) with only its most likely values whose sum reaches
+    /// `top_p` of the whole kept: a threshold between `lo` (keeps enough) and `hi` (keeps too
+    /// little), halved 32 times on the device.
+    fn top_p(q: &Tensor, top_p: f32) -> Result<Tensor> {
+        let dev = q.device();
+        let zero = Tensor::full(dev, &[], 0.0)?;
+        let target = q.sum_all()?.mul_scalar(top_p)?;
+        let mut lo = Tensor::full(dev, &[], 0.0)?;
+        let mut hi = q
+            .max(0, false)?
+            .mul_scalar(2.0)?
+            .add_scalar(f32::MIN_POSITIVE)?;
+        for _ in 0..32 {
+            let mid = lo.add(&hi)?.mul_scalar(0.5)?;
+            let mass = Tensor::where_cond(&q.ge(&mid)?, q, &zero)?.sum_all()?;
+            let enough = mass.ge(&target)?;
+            lo = Tensor::where_cond(&enough, &mid, &lo)?;
+            hi = Tensor::where_cond(&enough, &hi, &mid)?;
         }
-        Ok(order[keep - 1] as u32)
+        Ok(Tensor::where_cond(&q.ge(&lo)?, q, &zero)?)
     }
 
     /// A uniform draw in [0, 1) (SplitMix64).

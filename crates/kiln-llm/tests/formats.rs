@@ -301,3 +301,136 @@ fn chat_templates_are_recognised_or_refused_by_name() {
     );
     assert_eq!(Template::ChatMl.end_of_turn(), Some("<|im_end|>"));
 }
+
+/// The generator `Sampler` draws from (SplitMix64 on the seed mixed as `Sampler::new` does).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn uniform(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The draw in f64 from the settings' definition: penalty, softmax over the temperature, the
+/// `top_k` most likely, the shortest most-likely set reaching `top_p`, then the first token in
+/// id order whose running sum passes `u` of what is left. Also how close `u` came to a boundary
+/// (relative), below which f32 sums may pick the neighbour.
+fn reference_draw(l: &[f32], s: &Sampling, history: &[u32], u: f64) -> (u32, f64) {
+    let mut l: Vec<f64> = l.iter().map(|&x| f64::from(x)).collect();
+    for &t in history {
+        let x = &mut l[t as usize];
+        let r = f64::from(s.repetition_penalty);
+        *x = if *x > 0.0 { *x / r } else { *x * r };
+    }
+    let t = f64::from(s.temperature);
+    let top = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = l.iter().map(|x| ((x - top) / t).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    let mut p: Vec<f64> = e.iter().map(|x| x / sum).collect();
+    let mut order: Vec<usize> = (0..p.len()).collect();
+    order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+    if s.top_k > 0 {
+        for &i in &order[s.top_k..] {
+            p[i] = 0.0;
+        }
+    }
+    let kept: f64 = p.iter().sum();
+    let mut acc = 0.0;
+    let mut cut = order.len();
+    for (n, &i) in order.iter().enumerate() {
+        acc += p[i];
+        if acc >= f64::from(s.top_p) * kept {
+            cut = n + 1;
+            break;
+        }
+    }
+    for &i in &order[cut..] {
+        p[i] = 0.0;
+    }
+    let total: f64 = p.iter().sum();
+    let mut run = 0.0;
+    let mut near = f64::INFINITY;
+    let mut pick = None;
+    for (i, &x) in p.iter().enumerate() {
+        run += x;
+        near = near.min((run / total - u).abs());
+        if pick.is_none() && run > u * total {
+            pick = Some(i as u32);
+        }
+    }
+    (pick.unwrap(), near)
+}
+
+/// Sampling runs on the logits' device: on the CPU and a GPU, every draw of several settings
+/// matches the f64 definition for the same seed (except where the draw fell within f32 rounding
+/// of a boundary), and the repetition penalty turns greedy away from a used token.
+#[test]
+fn sampling_on_every_device_matches_its_definition() {
+    let mut devices = vec![Device::cpu()];
+    match Device::gpu() {
+        Ok(d) => devices.push(d),
+        Err(e) if std::env::var("KILN_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("KILN_REQUIRE_GPU=1 but no GPU: {e}")
+        }
+        Err(e) => eprintln!("!!!!! kiln-llm: NO GPU ({e}) — GPU sampling SKIPPED !!!!!"),
+    }
+    let vocab = 500;
+    let mut rng = SplitMix(11);
+    let logits: Vec<f32> = (0..vocab)
+        .map(|_| (rng.uniform() * 8.0 - 4.0) as f32)
+        .collect();
+    let history = [3u32, 17, 17, 250, 499];
+    let settings = [
+        (0.8, 0, 1.0, 1.0),
+        (1.0, 20, 1.0, 1.3),
+        (0.7, 0, 0.9, 1.0),
+        (1.2, 50, 0.8, 1.1),
+        (0.5, 1, 1.0, 1.0),
+    ];
+    for dev in &devices {
+        let l = Tensor::from_slice(dev, &logits, &[1, vocab]).unwrap();
+        let mut close = 0;
+        for (n, &(temperature, top_k, top_p, repetition_penalty)) in settings.iter().enumerate() {
+            let s = Sampling {
+                temperature,
+                top_k,
+                top_p,
+                repetition_penalty,
+                seed: 40 + n as u64,
+            };
+            let mut sampler = Sampler::new(s.clone()).unwrap();
+            let mut draws = SplitMix(s.seed ^ 0x9E37_79B9_7F4A_7C15);
+            for draw in 0..60 {
+                let got = sampler.next(&l, &history).unwrap();
+                let (want, near) = reference_draw(&logits, &s, &history, draws.uniform());
+                if near < 1e-5 {
+                    close += 1;
+                    continue;
+                }
+                assert_eq!(got, want, "{dev}: {s:?}, draw {draw}");
+            }
+        }
+        assert!(close <= 3, "{dev}: {close} draws too close to call");
+        let penalized = Sampling {
+            repetition_penalty: 50.0,
+            ..Sampling::default()
+        };
+        let best = reference_draw(
+            &logits,
+            &Sampling {
+                temperature: 1e-3,
+                ..Sampling::default()
+            },
+            &[],
+            0.0,
+        )
+        .0;
+        let next = Sampler::new(penalized).unwrap().next(&l, &[best]).unwrap();
+        assert_ne!(next, best, "{dev}: the penalty turns greedy away");
+    }
+}

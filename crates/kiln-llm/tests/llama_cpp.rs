@@ -669,8 +669,9 @@ fn replayed_decoding_is_one_submission_per_token() {
     }
 }
 
-/// A batch's decode step (three sequences of different lengths, one token each per step) gives
-/// each sequence the logits it gets alone, on every device; a malformed batch is refused whole.
+/// A batch's prefill (three prompts of different lengths in one pass) and decode steps (one
+/// token each per step) give each sequence the logits it gets alone, on every device; a
+/// malformed batch is refused whole.
 #[test]
 fn batched_decoding_matches_one_sequence_at_a_time() {
     let Some((_, dir)) = fixtures() else { return };
@@ -690,13 +691,26 @@ fn batched_decoding_matches_one_sequence_at_a_time() {
                 .collect();
             let mut alone: Vec<_> = ids.iter().map(|_| model.cache(64)).collect();
             let mut batch: Vec<_> = ids.iter().map(|_| model.cache(64)).collect();
+            // The prompts prefilled together give each one's logits alone.
+            let vocab = model.config.vocab;
+            let prompts: Vec<&[u32]> = ids.iter().map(|p| p.as_slice()).collect();
+            let mut refs: Vec<&mut kiln_llm::Cache> = batch.iter_mut().collect();
+            let together = model
+                .prefill_batch(&prompts, &mut refs)
+                .unwrap()
+                .to_vec()
+                .unwrap();
             let mut next = Vec::new();
-            for (i, p) in ids.iter().enumerate() {
-                model.forward(p, &mut alone[i], Logits::Last).unwrap();
-                let l = model.forward(p, &mut batch[i], Logits::Last).unwrap();
-                next.push(argmax(&l.to_vec().unwrap()));
-            }
             let mut worst = 0f32;
+            for (i, p) in ids.iter().enumerate() {
+                let l = model
+                    .forward(p, &mut alone[i], Logits::Last)
+                    .unwrap()
+                    .to_vec()
+                    .unwrap();
+                worst = worst.max(rel_err(&together[i * vocab..(i + 1) * vocab], &l));
+                next.push(argmax(&l));
+            }
             for _ in 0..8 {
                 let mut refs: Vec<&mut kiln_llm::Cache> = batch.iter_mut().collect();
                 let got = model
@@ -704,7 +718,6 @@ fn batched_decoding_matches_one_sequence_at_a_time() {
                     .unwrap()
                     .to_vec()
                     .unwrap();
-                let vocab = model.config.vocab;
                 for (i, cache) in alone.iter_mut().enumerate() {
                     let want = model
                         .forward(&[next[i]], cache, Logits::Last)
@@ -727,6 +740,9 @@ fn batched_decoding_matches_one_sequence_at_a_time() {
             let lens: Vec<usize> = batch.iter().map(|c| c.len()).collect();
             let mut refs: Vec<&mut kiln_llm::Cache> = batch.iter_mut().collect();
             assert!(model.forward_batch(&next[..2], &mut refs).is_err());
+            assert!(model.prefill_batch(&prompts[..2], &mut refs).is_err());
+            let empty: [&[u32]; 3] = [&[1], &[], &[2]];
+            assert!(model.prefill_batch(&empty, &mut refs).is_err());
             assert!(
                 model
                     .forward_batch(&[next[0], next[1], 1 << 30], &mut refs)
