@@ -23,8 +23,9 @@ const KEY_BLOCK: usize = 64;
 ///
 /// The same online softmax as the shader, a block of keys at a time: the block's scores
 /// `(q·scale)·k` (vector dot products), its largest, then each key's weight `exp(s − m)` into
-/// the row's sum and output. Query rows are claimed a few at a time, so a causal prompt's long
-/// last rows do not leave one thread waiting on another.
+/// the row's sum and output. Each (query row, head) is claimed apart, a few at a time, so a
+/// causal prompt's long last rows do not leave one thread waiting on another, and a decode
+/// step's few rows still use every thread.
 pub(crate) fn attention(
     [q, k, v]: [&[f32]; 3],
     lens: Option<&[u32]>,
@@ -32,65 +33,65 @@ pub(crate) fn attention(
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let [qv, kv, vv] = a.views();
     let (h, d, dv) = (a.heads, a.d, a.dv);
-    // Each (batch, query) row: every head's output, then every head's logsumexp.
-    let per = h * (dv + 1);
-    let mut both: Vec<f32> = alloc(OP, a.batch * a.tq * per)?;
-    par_chunks_claimed(&mut both, per, 4, a.tk * h * (d + dv), &|r, out| {
-        let (b, i) = (r / a.tq, r % a.tq);
-        let (o, lse) = out.split_at_mut(h * dv);
+    // Each (batch, query, head): its output, then its logsumexp. Heads are claimed apart, so a
+    // decode step's few query rows still spread over the threads.
+    let per = dv + 1;
+    let units = a.batch * a.tq * h;
+    let mut both: Vec<f32> = alloc(OP, units * per)?;
+    let claim = (units / 8).clamp(1, 4);
+    par_chunks_claimed(&mut both, per, claim, a.tk * (d + dv), &|r, out| {
+        let (b, i, hh) = (r / (a.tq * h), (r / h) % a.tq, r % h);
+        let (acc, lse) = out.split_at_mut(dv);
         let mut qs = vec![0f32; d];
         let mut s = [0f32; KEY_BLOCK];
-        for hh in 0..h {
-            for (x, &y) in qs.iter_mut().zip(&q[qv.at(b, i, hh)..][..d]) {
-                *x = y * a.scale;
-            }
-            let acc = &mut o[hh * dv..][..dv];
-            acc.fill(0.0);
-            let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
-            let keys = match lens {
-                Some(l) => a.keys_limited(i, l[b] as usize),
-                None => a.keys(i),
-            };
-            if keys == 0 {
-                // A query that sees no key: zeros, and a logsumexp of -inf.
-                lse[hh] = f32::NEG_INFINITY;
-                continue;
-            }
-            for j0 in (0..keys).step_by(KEY_BLOCK) {
-                let s = &mut s[..KEY_BLOCK.min(keys - j0)];
-                for (jj, x) in s.iter_mut().enumerate() {
-                    let ka = kv.at(b, j0 + jj, hh);
-                    *x = dot_f32(&qs, &k[ka..ka + d]);
-                }
-                let m2 = s.iter().fold(m, |m, &x| m.max(x));
-                // The first block rescales nothing (m is -inf and so is its exp's argument).
-                let c = if m == f32::NEG_INFINITY {
-                    0.0
-                } else {
-                    exp_f32(m - m2)
-                };
-                l *= c;
-                acc.iter_mut().for_each(|x| *x *= c);
-                s.iter_mut().for_each(|x| *x = exp_f32(*x - m2));
-                for (jj, &e) in s.iter().enumerate() {
-                    l += e;
-                    for (x, &y) in acc.iter_mut().zip(&v[vv.at(b, j0 + jj, hh)..][..dv]) {
-                        *x += e * y;
-                    }
-                }
-                m = m2;
-            }
-            // The row is NaN, as softmax makes it, where a score is NaN, the largest is
-            // infinite, or every score is -inf.
-            let l = if m.is_finite() { l } else { f32::NAN };
-            acc.iter_mut().for_each(|x| *x /= l);
-            lse[hh] = m + l.ln();
+        for (x, &y) in qs.iter_mut().zip(&q[qv.at(b, i, hh)..][..d]) {
+            *x = y * a.scale;
         }
+        acc.fill(0.0);
+        let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
+        let keys = match lens {
+            Some(l) => a.keys_limited(i, l[b] as usize),
+            None => a.keys(i),
+        };
+        if keys == 0 {
+            // A query that sees no key: zeros, and a logsumexp of -inf.
+            lse[0] = f32::NEG_INFINITY;
+            return;
+        }
+        for j0 in (0..keys).step_by(KEY_BLOCK) {
+            let s = &mut s[..KEY_BLOCK.min(keys - j0)];
+            for (jj, x) in s.iter_mut().enumerate() {
+                let ka = kv.at(b, j0 + jj, hh);
+                *x = dot_f32(&qs, &k[ka..ka + d]);
+            }
+            let m2 = s.iter().fold(m, |m, &x| m.max(x));
+            // The first block rescales nothing (m is -inf and so is its exp's argument).
+            let c = if m == f32::NEG_INFINITY {
+                0.0
+            } else {
+                exp_f32(m - m2)
+            };
+            l *= c;
+            acc.iter_mut().for_each(|x| *x *= c);
+            s.iter_mut().for_each(|x| *x = exp_f32(*x - m2));
+            for (jj, &e) in s.iter().enumerate() {
+                l += e;
+                for (x, &y) in acc.iter_mut().zip(&v[vv.at(b, j0 + jj, hh)..][..dv]) {
+                    *x += e * y;
+                }
+            }
+            m = m2;
+        }
+        // The row is NaN, as softmax makes it, where a score is NaN, the largest is infinite,
+        // or every score is -inf.
+        let l = if m.is_finite() { l } else { f32::NAN };
+        acc.iter_mut().for_each(|x| *x /= l);
+        lse[0] = m + l.ln();
     });
-    let (mut o, mut lse) = (alloc(OP, a.batch * a.tq * h * dv)?, alloc(OP, a.rows())?);
-    for (r, row) in both.chunks_exact(per.max(1)).enumerate() {
-        o[r * h * dv..][..h * dv].copy_from_slice(&row[..h * dv]);
-        lse[r * h..][..h].copy_from_slice(&row[h * dv..]);
+    let (mut o, mut lse) = (alloc(OP, units * dv)?, alloc(OP, units)?);
+    for (r, unit) in both.chunks_exact(per).enumerate() {
+        o[r * dv..][..dv].copy_from_slice(&unit[..dv]);
+        lse[r] = unit[dv];
     }
     Ok((o, lse))
 }
