@@ -55,3 +55,22 @@ fn copy_in(
         y[(outer * p.len + at) * p.inner + i] = x[o];
     }
 }
+
+// The u32 values of `cx` as f32 (a cast on the device): cy[o] = f32(cx[o]), rounded to nearest
+// even above 2^24 as the CPU's `as f32` does. Its own bindings (value in, value out, params).
+@group(0) @binding(0) var<storage, read> cx: array<u32>;
+@group(0) @binding(1) var<storage, read_write> cy: array<f32>;
+@group(0) @binding(2) var<uniform> cp: Params;
+
+@compute @workgroup_size(WG)
+fn to_f32(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let o = folded_index(wid, nwg, lid, WG);
+    if (o >= cp.n) {
+        return;
+    }
+    cy[o] = f32(cx[o]);
+}

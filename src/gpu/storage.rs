@@ -347,6 +347,11 @@ impl BackendStorage for GpuStorage {
                 packed::decode(ctx, op, self.dtype, src, None, 1, n)
             });
         }
+        if (self.dtype, dtype) == (DType::U32, DType::F32) {
+            return self.output(n, DType::F32, |ctx| {
+                index::u32_to_f32(ctx, self.bound(op, DType::U32)?, n)
+            });
+        }
         // Encoding (and the odd-length decodes) run on the host: read, convert, upload.
         let bytes = self.to_bytes(op, n)?;
         let mut values = vec![0f32; n];

@@ -77,6 +77,27 @@ pub fn table() -> Vec<OpInfo> {
             errors: no_errors,
         },
         OpInfo {
+            index_inputs: &[0],
+            name: "to_dtype(u32 to f32)",
+            grad: || Grad::NoGrad("integer input"),
+            samples: || {
+                let big = [0.0, 1.0, 16_777_216.0, 4_294_967_040.0, 65_535.0];
+                [1, 3, 5, 1000]
+                    .iter()
+                    .map(|&n| Sample {
+                        inputs: vec![(
+                            vec![n],
+                            (0..n).map(|i| big[i % 5] + (i / 5) as f32).collect(),
+                        )],
+                    })
+                    .collect()
+            },
+            run: |t| t[0].to_dtype(kiln::DType::F32),
+            reference: |r| r[0].clone(),
+            tol: |_| (0.0, 0.0),
+            errors: no_errors,
+        },
+        OpInfo {
             index_inputs: &[1],
             name: "gather(1)",
             grad: own,

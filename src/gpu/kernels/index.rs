@@ -87,6 +87,29 @@ pub(crate) fn index_copy(
     )
 }
 
+/// The `n` u32 values of `x` as f32 (a cast on the device).
+pub(crate) fn u32_to_f32(ctx: &GpuContext, x: &PooledBuffer, n: usize) -> Result<PooledBuffer> {
+    let out = ctx.alloc("to_dtype", n)?;
+    let params = IndexParams {
+        n: n as u32,
+        len: 0,
+        inner: 0,
+        count: 0,
+    };
+    let spec = KernelSpec {
+        entry: "to_f32",
+        ..spec()
+    };
+    ctx.dispatch_1d(
+        "to_dtype",
+        &spec,
+        &[&x.buffer, &out.buffer],
+        bytemuck::bytes_of(&params),
+        n,
+    )?;
+    Ok(out)
+}
+
 /// Largest rank `gather.wgsl` takes.
 pub(crate) const MAX_GATHER_RANK: usize = 8;
 
@@ -154,7 +177,10 @@ pub(crate) fn gather(
 
 /// This family's specializations and uniform params structs (see `kernels::Family`).
 pub(crate) const FAMILY: Family = Family {
-    specs: || vec![spec(), gather_spec()],
+    specs: || {
+        let entry = |entry| KernelSpec { entry, ..spec() };
+        vec![spec(), entry("copy_in"), entry("to_f32"), gather_spec()]
+    },
     params: &[
         ("index.wgsl", "Params", size_of::<IndexParams>()),
         ("gather.wgsl", "Params", size_of::<GatherParams>()),
