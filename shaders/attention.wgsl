@@ -35,10 +35,15 @@ struct Params {
     causal: u32,
     scale: f32,
     rows: u32,
-    _pad: u32,
+    // forward_split: the chunks of CHUNK keys per query row, and whether `slens` limits them.
+    splits: u32,
     q: View,
     k: View,
     v: View,
+    limited: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 fn at(view: View, b: u32, t: u32, h: u32) -> u32 {
@@ -155,6 +160,146 @@ fn forward_lens(
         n = min(select(0u, len + at3.z + 1u - lp.tq, len + at3.z + 1u > lp.tq), len);
     }
     attend(lp, at3.x, at3.y, at3.z, n);
+}
+
+// Flash-decoding, for rows too few to fill a device and keys too many for one invocation: one
+// invocation per (query row, chunk of CHUNK keys) walks its chunk with the same online softmax
+// and writes the partial state [seen, m, l, acc[DV]] (`forward_split`: seen is 0 for a chunk
+// past the row's keys), then one invocation per row merges its chunks (`merge`) into the output
+// and logsumexp. NaN is tested on the bits, as drivers may assume it away.
+override CHUNK: u32 = 64u;
+
+@group(0) @binding(3) var<storage, read_write> part: array<f32>;
+@group(0) @binding(4) var<storage, read> slens: array<u32>;
+
+@compute @workgroup_size(WG)
+fn forward_split(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let u = folded_index(wid, nwg, lid, WG);
+    if (u >= p.rows * p.splits) {
+        return;
+    }
+    let at3 = split(u / p.splits, p.tq, p.heads);
+    let b = at3.x;
+    let h = at3.y;
+    let i = at3.z;
+    var n = keys_of(i, p.causal, p.tk);
+    if (p.limited != 0u) {
+        let len = min(slens[b], p.tk);
+        n = len;
+        if (p.causal != 0u) {
+            n = min(select(0u, len + i + 1u - p.tq, len + i + 1u > p.tq), len);
+        }
+    }
+    let j0 = (u % p.splits) * CHUNK;
+    let j1 = min(j0 + CHUNK, n);
+    let base = u * (DV + 3u);
+    if (j0 >= j1) {
+        part[base] = 0.0;
+        return;
+    }
+    var qi: array<f32, MAXD>;
+    let qa = at(p.q, b, i, h);
+    for (var x = 0u; x < D; x = x + 1u) {
+        qi[x] = q[qa + x] * p.scale;
+    }
+    var acc: array<f32, MAXD>;
+    var ka = at(p.k, b, j0, h);
+    var va = at(p.v, b, j0, h);
+    var m = 0.0;
+    for (var x = 0u; x < D; x = x + 1u) {
+        m = m + qi[x] * k[ka + x];
+    }
+    for (var x = 0u; x < DV; x = x + 1u) {
+        acc[x] = v[va + x];
+    }
+    var l = 1.0;
+    for (var j = j0 + 1u; j < j1; j = j + 1u) {
+        ka = at(p.k, b, j, h);
+        va = at(p.v, b, j, h);
+        var s = 0.0;
+        for (var x = 0u; x < D; x = x + 1u) {
+            s = s + qi[x] * k[ka + x];
+        }
+        let m2 = max(m, s);
+        let c = exp(m - m2);
+        let e = exp(s - m2);
+        l = l * c + e;
+        for (var x = 0u; x < DV; x = x + 1u) {
+            acc[x] = acc[x] * c + e * v[va + x];
+        }
+        m = m2;
+    }
+    part[base] = 1.0;
+    part[base + 1u] = m;
+    part[base + 2u] = l;
+    for (var x = 0u; x < DV; x = x + 1u) {
+        part[base + 3u + x] = acc[x];
+    }
+}
+
+@group(0) @binding(0) var<storage, read> mpart: array<f32>;
+@group(0) @binding(1) var<storage, read_write> mo: array<f32>;
+@group(0) @binding(2) var<storage, read_write> mlse: array<f32>;
+@group(0) @binding(3) var<uniform> mp: Params;
+
+@compute @workgroup_size(WG)
+fn merge(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let r = folded_index(wid, nwg, lid, WG);
+    if (r >= mp.rows) {
+        return;
+    }
+    let at3 = split(r, mp.tq, mp.heads);
+    let row = stat(at3.x, at3.z, at3.y, mp.tq, mp.heads);
+    let first = r * mp.splits;
+    // The largest chunk maximum; a chunk whose maximum or sum is NaN or infinite (a maximum of
+    // -inf: every score -inf) makes the row NaN, as softmax does.
+    var big = 0.0;
+    var any = false;
+    var bad = false;
+    for (var s = 0u; s < mp.splits; s = s + 1u) {
+        let base = (first + s) * (DV + 3u);
+        if (mpart[base] != 0.0) {
+            let m = mpart[base + 1u];
+            if (!is_finite(m) || !is_finite(mpart[base + 2u])) {
+                bad = true;
+            } else if (!any || m > big) {
+                big = m;
+            }
+            any = true;
+        }
+    }
+    if (!any) {
+        for (var x = 0u; x < DV; x = x + 1u) {
+            mo[row * DV + x] = 0.0;
+        }
+        mlse[row] = f32_bits(0xff800000u);
+        return;
+    }
+    var acc: array<f32, MAXD>;
+    var l = 0.0;
+    for (var s = 0u; s < mp.splits; s = s + 1u) {
+        let base = (first + s) * (DV + 3u);
+        if (mpart[base] != 0.0 && !bad) {
+            let c = exp(mpart[base + 1u] - big);
+            l = l + mpart[base + 2u] * c;
+            for (var x = 0u; x < DV; x = x + 1u) {
+                acc[x] = acc[x] + c * mpart[base + 3u + x];
+            }
+        }
+    }
+    l = select(l, nan_f32(), bad);
+    for (var x = 0u; x < DV; x = x + 1u) {
+        mo[row * DV + x] = acc[x] / l;
+    }
+    mlse[row] = big + log(l);
 }
 
 @group(0) @binding(3) var<storage, read> bo: array<f32>;

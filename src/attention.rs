@@ -46,6 +46,9 @@ pub(crate) struct AttnDims {
     /// Batch element `b` sees only its first `lens[b]` keys (a u32 operand), its queries being
     /// the last `tq` of them when causal ([`crate::Tensor::attention_cached`]).
     pub limited: bool,
+    /// No backward will run (no input requires gradients): a backend may pick a forward that
+    /// a backward could not follow on its device.
+    pub inference: bool,
 }
 
 impl AttnDims {

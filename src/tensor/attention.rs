@@ -95,6 +95,7 @@ impl Tensor {
         }
         let mut dims = self.attention_problem(k, v, options, OP)?;
         dims.limited = true;
+        dims.inference = true;
         if lens.host_indices().is_some() {
             lens.checked_indices(OP, dims.tk + 1)?;
         }
@@ -169,12 +170,14 @@ impl Tensor {
             scale,
             packed,
             limited: false,
+            inference: false,
         })
     }
 
     /// The op over q, k and v (or the packed tensor), recorded for autograd.
-    fn attention_op(inputs: &[&Tensor], dims: AttnDims) -> Result<Tensor> {
+    fn attention_op(inputs: &[&Tensor], mut dims: AttnDims) -> Result<Tensor> {
         let first = inputs[0];
+        dims.inference = !Tensor::tracking(inputs);
         let out_shape = Shape::new(&[dims.batch, dims.tq, dims.heads, dims.dv])?;
         let storages = |ts: &[&Tensor]| -> [Storage; 3] {
             std::array::from_fn(|i| ts[i.min(ts.len() - 1)].storage.clone())

@@ -63,6 +63,16 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            name: "attention(many keys)",
+            grad: || Grad::NoGrad("the entries above check the backward"),
+            samples: many_key_samples,
+            run: |t| t[0].attention(&t[1], &t[2], CAUSAL),
+            reference: |r| attention_ref(&r[0], &r[1], &r[2], true, None),
+            tol: |_| (2e-5, 2e-5),
+            errors: no_errors,
+        },
+        OpInfo {
+            index_inputs: &[],
             name: "attention_packed(causal)",
             grad: || Grad::wrt(ONE),
             samples: packed_samples,
@@ -118,6 +128,37 @@ pub fn attention_samples() -> Vec<Sample> {
     out
 }
 
+/// Rows of more keys than a chunk of a split forward (64): a row of 150 keys, queries past the
+/// keys, a NaN key in the second chunk (rows that see it are NaN, the others not), and a large
+/// score in a late chunk (the chunks' maxima differ by far).
+pub fn many_key_samples() -> Vec<Sample> {
+    let mut rng = Lcg(152);
+    let mut shaped = |q: [usize; 4], k: [usize; 4]| -> Sample {
+        let v = [k[0], k[1], k[2], k[3]];
+        Sample {
+            inputs: [q, k, v]
+                .iter()
+                .map(|d| (d.to_vec(), rng.vec(d.iter().product(), -1.5, 1.5)))
+                .collect(),
+        }
+    };
+    let mut out = vec![
+        shaped([1, 150, 2, 16], [1, 150, 2, 16]),
+        shaped([1, 160, 1, 4], [1, 140, 1, 4]),
+    ];
+    let mut nan = shaped([1, 130, 1, 8], [1, 130, 1, 8]);
+    nan.inputs[1].1[70 * 8 + 3] = f32::NAN;
+    out.push(nan);
+    let mut big = shaped([1, 3, 1, 8], [1, 190, 1, 8]);
+    for x in 0..8 {
+        big.inputs[1].1[180 * 8 + x] = 9.0 * big.inputs[0].1[2 * 8 + x].signum();
+    }
+    // Query 2 sees only keys 0..=2 (causal from the top left), so keep the large key visible
+    // to nobody but show the long rows with a second, non-causal look in the cached entries.
+    out.push(big);
+    out
+}
+
 /// q, k, v and lens `[batch]`: a decode step (one query) and a chunk of queries after tokens
 /// already cached, lengths short of the capacity, at it, and past the queries' count; a chunk
 /// longer than its keys (its first queries see none); a head dimension past the kernel's 128.
@@ -132,6 +173,16 @@ pub fn cached_samples() -> Vec<Sample> {
         ([&[1, 4, 1, 16], &[1, 70, 1, 16], &[1, 70, 1, 16]], &[66.0]),
         ([&[2, 3, 1, 4], &[2, 5, 1, 4], &[2, 5, 1, 4]], &[2.0, 0.0]),
         ([&[1, 2, 1, 130], &[1, 4, 1, 130], &[1, 4, 1, 2]], &[3.0]),
+        // Longer than a chunk of a split forward (64 keys): a decode step over 257 of 300
+        // cached keys, and a chunk of queries whose first sees fewer keys than a chunk holds.
+        (
+            [&[1, 1, 3, 64], &[1, 300, 3, 64], &[1, 300, 3, 64]],
+            &[257.0],
+        ),
+        (
+            [&[2, 5, 2, 8], &[2, 200, 2, 8], &[2, 200, 2, 8]],
+            &[200.0, 131.0],
+        ),
     ];
     cases
         .iter()

@@ -64,10 +64,12 @@ struct AttnParams {
     causal: u32,
     scale: f32,
     rows: u32,
-    _pad: u32,
+    splits: u32,
     q: ViewParams,
     k: ViewParams,
     v: ViewParams,
+    limited: u32,
+    _pad: [u32; 3],
 }
 
 impl AttnParams {
@@ -81,11 +83,31 @@ impl AttnParams {
             causal: a.causal.into(),
             scale: a.scale,
             rows: rows as u32,
-            _pad: 0,
+            splits: splits(a) as u32,
             q: q.into(),
             k: k.into(),
             v: v.into(),
+            limited: a.limited.into(),
+            _pad: [0; 3],
         }
+    }
+}
+
+/// Keys per chunk of a split forward (`CHUNK` in the shader).
+const CHUNK: usize = 64;
+
+/// Query rows from which a forward is not split: enough invocations without it.
+const SPLIT_BELOW_ROWS: usize = 1024;
+
+/// The chunks of [`CHUNK`] keys a forward splits each query row into, for few rows (a decode
+/// step's) of more than `CHUNK` keys: they then spread over many invocations, and a row's walk
+/// is one chunk, which fits llvmpipe's loop limit. 1 (no split) otherwise: many rows fill the
+/// device as they are (on lavapipe, a prompt's long rows go to products and a softmax, faster
+/// there than a split: 256-token prefill 52–59 tokens/s split against 67–77).
+fn splits(a: &AttnDims) -> usize {
+    match a.rows() < SPLIT_BELOW_ROWS {
+        true => a.tk.div_ceil(CHUNK).max(1),
+        false => 1,
     }
 }
 
@@ -103,6 +125,16 @@ fn spec(entry: &'static str, d: usize, dv: usize) -> KernelSpec {
 /// [`MAX_HEAD_DIM`], a loop past llvmpipe's limit, indices past u32): the caller composes
 /// attention from products and a softmax instead.
 pub(crate) fn check(ctx: &GpuContext, a: &AttnDims) -> Result<()> {
+    check_forward(ctx, a)?;
+    if a.inference {
+        return Ok(());
+    }
+    ctx.check_walk("attention", a.tq.max(a.tk) * (2 * a.d + 2 * a.dv + 2))
+}
+
+/// [`check`] of the forward alone: its walks are a chunk of keys and the merge of the chunks
+/// when split, else every key.
+fn check_forward(ctx: &GpuContext, a: &AttnDims) -> Result<()> {
     const OP: &str = "attention";
     if a.d > MAX_HEAD_DIM || a.dv > MAX_HEAD_DIM {
         return Err(Error::Unsupported {
@@ -120,7 +152,9 @@ pub(crate) fn check(ctx: &GpuContext, a: &AttnDims) -> Result<()> {
             reason: format!("{longest} values are past the kernels' u32 indices"),
         });
     }
-    ctx.check_walk(OP, a.tq.max(a.tk) * (2 * a.d + 2 * a.dv + 2))
+    let keys = if splits(a) > 1 { CHUNK } else { a.tk };
+    ctx.check_walk(OP, keys * (2 * a.d + 2 * a.dv + 2))?;
+    ctx.check_walk(OP, splits(a) * (a.dv + 3))
 }
 
 /// The output `[batch, tq, heads, dv]` and each query row's logsumexp (every extent > 0).
@@ -133,10 +167,33 @@ pub(crate) fn forward(
     a: &AttnDims,
 ) -> Result<(PooledBuffer, PooledBuffer)> {
     const OP: &str = "attention";
-    check(ctx, a)?;
+    check_forward(ctx, a)?;
     let rows = a.rows();
     let (o, lse) = (ctx.alloc(OP, rows * a.dv)?, ctx.alloc(OP, rows)?);
     let params = AttnParams::new(a, rows);
+    let s = splits(a);
+    if s > 1 {
+        // The chunks' partial states, then their merge.
+        let part = ctx.alloc(OP, rows * s * (a.dv + 3))?;
+        let params = bytemuck::bytes_of(&params);
+        // Without lengths the shader does not read them: q is bound there.
+        let lens = lens.unwrap_or(q);
+        ctx.dispatch_1d(
+            OP,
+            &spec("forward_split", a.d, a.dv),
+            &[&q.buffer, &k.buffer, &v.buffer, &part.buffer, &lens.buffer],
+            params,
+            rows * s,
+        )?;
+        ctx.dispatch_1d(
+            OP,
+            &spec("merge", a.d, a.dv),
+            &[&part.buffer, &o.buffer, &lse.buffer],
+            params,
+            rows,
+        )?;
+        return Ok((o, lse));
+    }
     let mut buffers = vec![&q.buffer, &k.buffer, &v.buffer, &o.buffer, &lse.buffer];
     let entry = match lens {
         Some(l) => {
@@ -216,7 +273,14 @@ fn specs() -> Vec<KernelSpec> {
         (MAX_HEAD_DIM, MAX_HEAD_DIM),
         (0, 0),
     ] {
-        for entry in ["forward", "forward_lens", "backward_q", "backward_kv"] {
+        for entry in [
+            "forward",
+            "forward_lens",
+            "forward_split",
+            "merge",
+            "backward_q",
+            "backward_kv",
+        ] {
             out.push(spec(entry, d, dv));
         }
     }
