@@ -17,6 +17,10 @@ given (default target/llm-models), as real GGUF files:
   hf-qwen2/         a Qwen2-shaped Hugging Face directory (config.json, bf16 weights in two
                     safetensors shards with an index, the BPE tokenizer.json) and reference.json:
                     the logits of an independent numpy forward (float64) for one text
+  hf-spm-<form>/    a SentencePiece-style BPE tokenizer.json (Llama 2's kind: "▁" for spaces,
+                    one put in front, byte fallback) trained by `tokenizers`, in the normalizer
+                    form and the Metaspace pre-tokenizer form, with texts.json: the ids and
+                    decoded texts `tokenizers` gives the test texts
   chat-<name>.gguf  a one-block model carrying a chat template (ChatML, Llama 3, Llama 2, TinyLlama's,
                     and the name `zephyr`) and those templates' special tokens
   <arch>-<t>-deq.gguf   the same weights decoded to f32 by gguf.quants.dequantize: llama.cpp on
@@ -261,6 +265,45 @@ def write_bpe():
     return tokenizers["qwen2"]
 
 
+# SentencePiece-style BPE as Hugging Face writes Llama 2's tokenizer.json: spaces as "▁" with one
+# put in front (normalizer Prepend + Replace), merges over characters, and characters outside
+# the vocabulary as their UTF-8 bytes' <0xXX> tokens (byte_fallback). Trained by `tokenizers` on
+# the corpus; two directories, the normalizer form and the Metaspace pre-tokenizer form, with
+# the ids `tokenizers` gives the test texts (hf-spm-*/texts.json).
+def write_spm():
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    specials = ["<unk>", "<s>", "</s>"]
+    base = Tokenizer(models.BPE(unk_token="<unk>"))
+    base.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=specials, show_progress=False)
+    base.train_from_iterator([CORPUS] * 20, trainer)
+    spec = json.loads(base.to_str())["model"]
+    # The byte tokens right after the specials, as Llama 2's vocabulary has them.
+    pieces = specials + [f"<0x{b:02X}>" for b in range(256)]
+    pieces += [p for p, _ in sorted(spec["vocab"].items(), key=lambda kv: kv[1]) if p not in specials]
+    vocab = {p: i for i, p in enumerate(pieces)}
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in spec["merges"]]
+    for form in ("normalizer", "metaspace"):
+        t = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+        if form == "normalizer":
+            t.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+        else:
+            t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+        t.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                       decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+        t.add_special_tokens(specials)
+        d = os.path.join(out, f"hf-spm-{form}")
+        os.makedirs(d, exist_ok=True)
+        t.save(os.path.join(d, "tokenizer.json"))
+        with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+            json.dump({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True}, f)
+        cases = [{"text": text, "ids": t.encode(text, add_special_tokens=False).ids,
+                  "decoded": t.decode(t.encode(text, add_special_tokens=False).ids)} for text in BPE_TEXTS]
+        with open(os.path.join(d, "texts.json"), "w", encoding="utf-8") as f:
+            json.dump(cases, f, ensure_ascii=False)
+
+
 def write_gpt2(tokens, types, merges, eot):
     """A GPT-2-shaped model (LayerNorm, learned positions, fused q/k/v, GELU, biases, tied
     output) with the byte-level BPE vocabulary above, then llama.cpp's f16 and q8_0 of it and
@@ -482,6 +525,7 @@ write("qwen2", bias=True)
 for name, template in CHAT_TEMPLATES.items():
     write_chat(name, template)
 write_hf(write_bpe())
+write_spm()
 with open(os.path.join(out, "corpus.txt"), "w", encoding="utf-8") as f:
     f.write(CORPUS)
 print(f"wrote {out}: llama and qwen2, vocabulary of {VOCAB}")

@@ -1,7 +1,10 @@
-//! GPT-2-style byte-level BPE (`tokenizer.ggml.model = "gpt2"`: Qwen2, SmolLM, Llama 3), as
-//! llama.cpp runs it: the text is split by the model's pre-tokenizer regexes, each piece's
-//! UTF-8 bytes are spelled in GPT-2's printable byte alphabet, and adjacent symbols are merged,
-//! lowest merge rank first (ties: the leftmost), while a merge applies.
+//! BPE by merge ranks. GPT-2-style byte-level BPE (`tokenizer.ggml.model = "gpt2"`: Qwen2,
+//! SmolLM, Llama 3), as llama.cpp runs it: the text is split by the model's pre-tokenizer
+//! regexes, each piece's UTF-8 bytes are spelled in GPT-2's printable byte alphabet, and
+//! adjacent symbols are merged, lowest merge rank first (ties: the leftmost), while a merge
+//! applies. SentencePiece-style BPE as Hugging Face's `tokenizer.json` has it (Llama 2's):
+//! spaces become `▁` with one put in front, the characters are merged the same way, and a
+//! symbol left that is not a token becomes its UTF-8 bytes' `<0xXX>` tokens (byte fallback).
 
 use std::collections::HashMap;
 
@@ -17,9 +20,46 @@ const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|
 /// Llama 3's.
 const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// A byte-level BPE model.
+/// How a BPE model spells text before merging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Alphabet {
+    /// UTF-8 bytes in GPT-2's printable byte alphabet.
+    Bytes,
+    /// Characters, spaces as `▁`, and byte tokens for what the vocabulary lacks.
+    Metaspace {
+        /// Where a `▁` is put in front.
+        front: Front,
+        /// Words (each from a `▁` to the next) merge apart.
+        split: bool,
+    },
+}
+
+/// How a SentencePiece-style model puts `▁` in front of a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Front {
+    /// Which texts.
+    pub(crate) prepend: Prepend,
+    /// Not in front of a text that starts with a space (the `Metaspace` pre-tokenizer's rule;
+    /// a `Prepend` normalizer puts one in front of every text).
+    pub(crate) unless_space: bool,
+}
+
+/// Which texts a SentencePiece-style model puts a `▁` in front of (Hugging Face's
+/// `prepend_scheme`; a `Prepend` normalizer is `Always`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Prepend {
+    /// None.
+    Never,
+    /// The input's first text only (not a text after a special token).
+    First,
+    /// Every text between special tokens.
+    Always,
+}
+
+/// A BPE model.
 #[derive(Debug, Clone)]
 pub(crate) struct Bpe {
+    alphabet: Alphabet,
     /// Merge rank of each `"left right"` pair.
     ranks: HashMap<String, u32>,
     /// The pre-tokenizer: each regex splits the pieces the one before it made.
@@ -58,12 +98,29 @@ impl Bpe {
             .map(|(b, &c)| (c, b as u8))
             .collect();
         Ok(Bpe {
+            alphabet: Alphabet::Bytes,
             ranks,
             splits,
             ignore_merges,
             to_char,
             to_byte,
         })
+    }
+
+    /// A SentencePiece-style model from its merge list (`"a b"`).
+    pub(crate) fn metaspace(merges: &[String], front: Front, split: bool) -> Result<Bpe> {
+        Ok(Bpe {
+            alphabet: Alphabet::Metaspace { front, split },
+            ..Bpe::from_regexes(&[], merges, false)?
+        })
+    }
+
+    /// Whether the input gets a `▁` in front (a decoder strips that space again).
+    pub(crate) fn prepends(&self) -> bool {
+        match self.alphabet {
+            Alphabet::Metaspace { front, .. } => front.prepend != Prepend::Never,
+            Alphabet::Bytes => false,
+        }
     }
 
     /// The model for GGUF's `tokenizer.ggml.pre` name and merge list. Returns also whether BOS
@@ -83,34 +140,74 @@ impl Bpe {
         Ok((Bpe::from_regexes(exprs, merges, ignore_merges)?, add_bos))
     }
 
-    /// The ids of `text`, looked up in `ids`.
+    /// The ids of `text` (`first`: the input's first text, before any special token), looked
+    /// up in `ids`.
     pub(crate) fn encode(
         &self,
         text: &str,
+        first: bool,
         ids: &HashMap<String, u32>,
         out: &mut Vec<u32>,
     ) -> Result<()> {
+        if let Alphabet::Metaspace { front, split } = self.alphabet {
+            if text.is_empty() {
+                return Ok(());
+            }
+            let mut spelled = String::with_capacity(text.len() + 3);
+            let wanted = match front.prepend {
+                Prepend::Always => true,
+                Prepend::First => first,
+                Prepend::Never => false,
+            };
+            if wanted && !(front.unless_space && text.starts_with(' ')) {
+                spelled.push('\u{2581}');
+            }
+            spelled.push_str(&text.replace(' ', "\u{2581}"));
+            let mut words = Vec::new();
+            match split {
+                true => {
+                    let mut at = 0;
+                    for (i, _) in spelled.match_indices('\u{2581}') {
+                        if i > at {
+                            words.push(&spelled[at..i]);
+                        }
+                        at = i;
+                    }
+                    words.push(&spelled[at..]);
+                }
+                false => words.push(&spelled),
+            }
+            for s in words.into_iter().flat_map(|w| self.merge(w)) {
+                match ids.get(&s) {
+                    Some(&id) => out.push(id),
+                    None => {
+                        // Byte fallback: each UTF-8 byte's token, or the unknown token.
+                        let bytes: Option<Vec<u32>> = s
+                            .bytes()
+                            .map(|b| ids.get(&format!("<0x{b:02X}>")).copied())
+                            .collect();
+                        match (bytes, ids.get("<unk>")) {
+                            (Some(b), _) => out.extend(b),
+                            (None, Some(&unk)) => out.push(unk),
+                            (None, None) => {
+                                return Err(Error::Tokenizer(format!(
+                                    "`{s}` is not in the vocabulary, which has neither its byte \
+                                     tokens nor <unk>"
+                                )));
+                            }
+                        }
+                    }
+                }
+            }
+            return Ok(());
+        }
         for piece in self.pieces(text)? {
             let word: String = piece.bytes().map(|b| self.to_char[b as usize]).collect();
             if let (true, Some(&id)) = (self.ignore_merges, ids.get(&word)) {
                 out.push(id);
                 continue;
             }
-            let mut syms: Vec<String> = word.chars().map(String::from).collect();
-            loop {
-                let mut best: Option<(u32, usize)> = None;
-                for i in 0..syms.len().saturating_sub(1) {
-                    let key = format!("{} {}", syms[i], syms[i + 1]);
-                    match self.ranks.get(&key) {
-                        Some(&r) if best.is_none_or(|(b, _)| r < b) => best = Some((r, i)),
-                        _ => {}
-                    }
-                }
-                let Some((_, i)) = best else { break };
-                let right = syms.remove(i + 1);
-                syms[i].push_str(&right);
-            }
-            for s in &syms {
+            for s in &self.merge(&word) {
                 match ids.get(s) {
                     Some(&id) => out.push(id),
                     // A symbol that is not a token: its characters, where they are (llama.cpp).
@@ -119,6 +216,26 @@ impl Bpe {
             }
         }
         Ok(())
+    }
+
+    /// `word`'s characters merged, lowest rank first (ties: the leftmost), while a merge
+    /// applies.
+    fn merge(&self, word: &str) -> Vec<String> {
+        let mut syms: Vec<String> = word.chars().map(String::from).collect();
+        loop {
+            let mut best: Option<(u32, usize)> = None;
+            for i in 0..syms.len().saturating_sub(1) {
+                let key = format!("{} {}", syms[i], syms[i + 1]);
+                match self.ranks.get(&key) {
+                    Some(&r) if best.is_none_or(|(b, _)| r < b) => best = Some((r, i)),
+                    _ => {}
+                }
+            }
+            let Some((_, i)) = best else { break };
+            let right = syms.remove(i + 1);
+            syms[i].push_str(&right);
+        }
+        syms
     }
 
     /// `text` split by every regex in turn; the text between matches is a piece too.
@@ -145,8 +262,20 @@ impl Bpe {
         Ok(pieces)
     }
 
-    /// The bytes a token's text spells (characters outside the byte alphabet as UTF-8).
+    /// The bytes a token's text spells (characters outside the byte alphabet as UTF-8; for a
+    /// SentencePiece-style model, `▁` as a space and `<0xXX>` as its byte).
     pub(crate) fn bytes_of(&self, piece: &str) -> Vec<u8> {
+        if let Alphabet::Metaspace { .. } = self.alphabet {
+            let byte = piece
+                .strip_prefix("<0x")
+                .and_then(|p| p.strip_suffix('>'))
+                .filter(|h| h.len() == 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            return match byte {
+                Some(b) => vec![b],
+                None => piece.replace('\u{2581}', " ").into_bytes(),
+            };
+        }
         let mut out = Vec::with_capacity(piece.len());
         for c in piece.chars() {
             match self.to_byte.get(&c) {

@@ -1,5 +1,6 @@
 //! Hugging Face model directories: `config.json`, the weights in `model.safetensors` (or shards
-//! listed by `model.safetensors.index.json`), and a byte-level BPE `tokenizer.json` (with
+//! listed by `model.safetensors.index.json`), and a BPE `tokenizer.json`, byte-level (GPT-2,
+//! Qwen2, Llama 3) or SentencePiece-style (Llama 2, Mistral, TinyLlama) (with
 //! `tokenizer_config.json` for BOS/EOS and the chat template). Weights keep their stored type:
 //! bf16 and f16 stay half-precision on the device and are widened in the products' registers.
 
@@ -9,7 +10,7 @@ use std::path::Path;
 use kiln::{Device, Tensor};
 use serde_json::Value;
 
-use crate::bpe::{self, Bpe};
+use crate::bpe::{self, Bpe, Front, Prepend};
 use crate::chat::Template;
 use crate::config::{Arch, Config, RopeStyle};
 use crate::error::{Error, Result};
@@ -39,8 +40,8 @@ fn read_json(path: &Path) -> Result<Value> {
 
 /// Loads a Hugging Face model directory onto `device`. Errors: a missing or malformed file
 /// ([`Error::Io`], [`Error::Metadata`]), an architecture this crate does not run, a missing
-/// tensor or one whose shape disagrees with `config.json`, a tokenizer that is not byte-level
-/// BPE.
+/// tensor or one whose shape disagrees with `config.json`, a tokenizer that is not BPE
+/// (byte-level or SentencePiece-style).
 pub fn load_dir(dir: impl AsRef<Path>, device: &Device) -> Result<HfModel> {
     let dir = dir.as_ref();
     let cfg = read_json(&dir.join("config.json"))?;
@@ -80,17 +81,7 @@ pub fn load_dir(dir: impl AsRef<Path>, device: &Device) -> Result<HfModel> {
         Some((t.shape().to_vec(), Box::new(move || Ok(t))))
     };
     let model = Model::build(config, device, &source)?;
-    let tok_config = dir.join("tokenizer_config.json");
-    let tok_config = if tok_config.exists() {
-        Some(read_json(&tok_config)?)
-    } else {
-        None
-    };
-    let tokenizer = tokenizer(
-        &read_json(&dir.join("tokenizer.json"))?,
-        tok_config.as_ref(),
-        &cfg,
-    )?;
+    let (tokenizer, tok_config) = dir_tokenizer(dir, &cfg)?;
     let template = tok_config
         .as_ref()
         .and_then(|t| t["chat_template"].as_str())
@@ -197,13 +188,90 @@ fn config(c: &Value) -> Result<Config> {
     })
 }
 
-/// A byte-level BPE tokenizer from `tokenizer.json`.
+/// The tokenizer of a Hugging Face directory alone: `tokenizer.json`, with
+/// `tokenizer_config.json` (BOS/EOS, whether BOS is added) and `config.json` (BOS/EOS ids)
+/// where present. Errors: a missing or malformed file, a tokenizer kind this crate does not run
+/// (BPE, byte-level or SentencePiece-style, is).
+pub fn load_tokenizer(dir: impl AsRef<Path>) -> Result<Tokenizer> {
+    let dir = dir.as_ref();
+    let cfg = dir.join("config.json");
+    let cfg = match cfg.exists() {
+        true => read_json(&cfg)?,
+        false => Value::Null,
+    };
+    Ok(dir_tokenizer(dir, &cfg)?.0)
+}
+
+/// The directory's tokenizer and its `tokenizer_config.json`, if any.
+fn dir_tokenizer(dir: &Path, cfg: &Value) -> Result<(Tokenizer, Option<Value>)> {
+    let tok_config = dir.join("tokenizer_config.json");
+    let tok_config = if tok_config.exists() {
+        Some(read_json(&tok_config)?)
+    } else {
+        None
+    };
+    let t = tokenizer(
+        &read_json(&dir.join("tokenizer.json"))?,
+        tok_config.as_ref(),
+        cfg,
+    )?;
+    Ok((t, tok_config))
+}
+
+/// How a SentencePiece-style `tokenizer.json` spells text, if it is one: a `Prepend("▁")` and
+/// `Replace(" ", "▁")` normalizer (Llama 2's), or a `Metaspace` pre-tokenizer.
+fn metaspace(t: &Value) -> Option<(Front, bool)> {
+    const SPACE: &str = "\u{2581}";
+    let norm = &t["normalizer"];
+    let steps: Vec<&Value> = match norm["type"].as_str() {
+        Some("Sequence") => norm["normalizers"].as_array()?.iter().collect(),
+        Some(_) => vec![norm],
+        None => vec![],
+    };
+    let replaces = steps
+        .iter()
+        .any(|s| s["type"] == "Replace" && s["pattern"]["String"] == " " && s["content"] == SPACE);
+    if replaces {
+        let prepends = steps
+            .iter()
+            .any(|s| s["type"] == "Prepend" && s["prepend"] == SPACE);
+        let prepend = if prepends {
+            Prepend::Always
+        } else {
+            Prepend::Never
+        };
+        let front = Front {
+            prepend,
+            unless_space: false,
+        };
+        return Some((front, false));
+    }
+    let pre = &t["pre_tokenizer"];
+    if pre["type"] == "Metaspace" && pre["replacement"] == SPACE {
+        let prepend = match pre["prepend_scheme"].as_str() {
+            Some("never") => Prepend::Never,
+            Some("first") => Prepend::First,
+            // Older files say `add_prefix_space` instead.
+            Some("always") => Prepend::Always,
+            _ if pre["add_prefix_space"] == false => Prepend::Never,
+            _ => Prepend::Always,
+        };
+        let front = Front {
+            prepend,
+            unless_space: true,
+        };
+        return Some((front, pre["split"] == true));
+    }
+    None
+}
+
+/// A BPE tokenizer from `tokenizer.json`: byte-level, or SentencePiece-style.
 fn tokenizer(t: &Value, tok_config: Option<&Value>, cfg: &Value) -> Result<Tokenizer> {
     let bad = |reason: &str| Error::Tokenizer(format!("tokenizer.json: {reason}"));
     let model = &t["model"];
     if model["type"] != "BPE" {
         return Err(bad(&format!(
-            "model type {} (byte-level BPE is supported)",
+            "model type {} (BPE, byte-level or SentencePiece-style, is supported)",
             model["type"]
         )));
     }
@@ -219,10 +287,12 @@ fn tokenizer(t: &Value, tok_config: Option<&Value>, cfg: &Value) -> Result<Token
         })
         .collect::<Option<_>>()
         .ok_or_else(|| bad("a merge is neither \"a b\" nor [a, b]"))?;
+    let spm = metaspace(t);
     // The pre-tokenizer: ByteLevel (with GPT-2's regex), or Split(regex) then ByteLevel.
     let pre = &t["pre_tokenizer"];
     let byte_level = |p: &Value| p["type"] == "ByteLevel";
     let exprs: Vec<String> = match pre["type"].as_str() {
+        _ if spm.is_some() => vec![],
         Some("ByteLevel") if pre["use_regex"] != false => vec![bpe::GPT2.to_string()],
         Some("Sequence") => {
             let steps = pre["pretokenizers"]
@@ -251,7 +321,8 @@ fn tokenizer(t: &Value, tok_config: Option<&Value>, cfg: &Value) -> Result<Token
         }
         _ => {
             return Err(bad(&format!(
-                "pre-tokenizer {pre} is not supported (ByteLevel, Split + ByteLevel)"
+                "pre-tokenizer {pre} is not supported (ByteLevel, Split + ByteLevel, Metaspace, \
+                 or a normalizer replacing spaces by ▁)"
             )));
         }
     };
@@ -286,7 +357,10 @@ fn tokenizer(t: &Value, tok_config: Option<&Value>, cfg: &Value) -> Result<Token
         }
     }
     let exprs: Vec<&str> = exprs.iter().map(String::as_str).collect();
-    let bpe = Bpe::from_regexes(&exprs, &merges, model["ignore_merges"] == true)?;
+    let bpe = match spm {
+        Some((front, split)) => Bpe::metaspace(&merges, front, split)?,
+        None => Bpe::from_regexes(&exprs, &merges, model["ignore_merges"] == true)?,
+    };
     // BOS/EOS: tokenizer_config.json's token texts, else config.json's ids.
     let id_of = |key: &str| -> Option<u32> {
         let text = tok_config.and_then(|c| match &c[key] {

@@ -42,7 +42,7 @@ pub use chat::{Message, Template};
 pub use config::{Arch, Config, RopeStyle};
 pub use error::{Error, Result};
 pub use gguf::Gguf;
-pub use hf::{HfModel, load_dir};
+pub use hf::{HfModel, load_dir, load_tokenizer};
 pub use model::{Cache, Logits, Model};
 pub use sample::{Sampler, Sampling};
 pub use tokenizer::{TextStream, Tokenizer};

@@ -156,7 +156,7 @@ impl Tokenizer {
         })
     }
 
-    /// A byte-level BPE tokenizer from its parts (a Hugging Face `tokenizer.json`): the pieces
+    /// A BPE tokenizer from its parts (a Hugging Face `tokenizer.json`): the pieces
     /// by id (`None` for ids the file leaves out), which ids are special (control) tokens, the
     /// model, BOS/EOS and whether BOS is added.
     pub(crate) fn from_bpe_parts(
@@ -186,7 +186,8 @@ impl Tokenizer {
             eos,
             unk: None,
             add_bos,
-            add_space_prefix: false,
+            // The decoder strips the space a SentencePiece-style model put in front.
+            add_space_prefix: bpe.prepends(),
             bpe: Some(bpe),
             specials,
         }
@@ -253,7 +254,7 @@ impl Tokenizer {
         }
         // SentencePiece-style text gets a space in front at the start and after a special token.
         let mut after_special = true;
-        for part in parts {
+        for (n, part) in parts.into_iter().enumerate() {
             match part {
                 Part::Token(id) => {
                     out.push(id);
@@ -261,7 +262,7 @@ impl Tokenizer {
                 }
                 Part::Text(t) => {
                     match &self.bpe {
-                        Some(bpe) => bpe.encode(t, &self.ids, &mut out)?,
+                        Some(bpe) => bpe.encode(t, n == 0, &self.ids, &mut out)?,
                         None => {
                             let mut s = String::with_capacity(t.len() + 3);
                             if self.add_space_prefix && after_special {

@@ -450,6 +450,44 @@ fn byte_level_bpe_matches_llama_cpp_and_tokenizers() {
     }
 }
 
+/// SentencePiece-style BPE from a Hugging Face `tokenizer.json` (Llama 2's kind: `▁` for
+/// spaces, one put in front, byte fallback), in its normalizer form and its Metaspace
+/// pre-tokenizer form, against the `tokenizers` package that wrote them: the ids of the test
+/// texts (eight scripts, emoji, spaces, tabs, newlines) and the texts its decoder gives back.
+#[test]
+fn sentencepiece_tokenizer_json_matches_tokenizers() {
+    let Some((_, dir)) = fixtures() else { return };
+    for form in ["normalizer", "metaspace"] {
+        let d = dir.join(format!("hf-spm-{form}"));
+        let tokenizer = kiln_llm::load_tokenizer(&d).unwrap();
+        let texts = std::fs::read_to_string(d.join("texts.json")).unwrap();
+        let cases = json_cases(&texts, "ids");
+        assert!(cases.len() >= 10);
+        let mut bytes = 0;
+        let decoded: Vec<String> = texts
+            .split("\"decoded\": ")
+            .skip(1)
+            .map(|d| parse_json_string(d).0)
+            .collect();
+        assert_eq!(decoded.len(), cases.len());
+        for ((text, want), decoded) in cases.iter().zip(&decoded) {
+            let got = tokenizer.encode(text, false).unwrap();
+            assert_eq!(&got, want, "{form}: tokenizers on {text:?}");
+            // tokenizers' decoder strips one space in front, whether or not it was put there.
+            assert_eq!(
+                tokenizer.decode(&got).unwrap(),
+                *decoded,
+                "{form}: decode of {text:?}"
+            );
+            bytes += got.iter().filter(|&&i| (3..259).contains(&i)).count();
+        }
+        assert!(bytes > 0, "{form}: no text took the byte fallback");
+        // BOS from tokenizer_config.json, put first as add_bos_token asks.
+        let with_bos = tokenizer.encode("x", true).unwrap();
+        assert_eq!(with_bos[0], tokenizer.bos.unwrap(), "{form}");
+    }
+}
+
 /// `(text, ids under pre)` from bpe-texts.json (a list of objects with "text" and one id list
 /// per pre-tokenizer; read with a few string operations, no JSON crate).
 fn json_cases(json: &str, pre: &str) -> Vec<(String, Vec<u32>)> {
