@@ -167,11 +167,16 @@ def branchy():
     return [helper.make_tensor_value_info("input", TensorProto.FLOAT, [4, 8])], [4, 8]
 
 
-def einsum(equation, in_shape, other_shape, out_shape):
-    """One `Einsum` of the input with a seeded second operand (or of the input alone when
-    `other_shape` is None)."""
+def einsum(equation, in_shape, other_shapes, out_shape):
+    """One `Einsum` of the input with seeded further operands (a shape, a list of shapes, or
+    None for the input alone)."""
+    if other_shapes is None:
+        other_shapes = []
+    elif isinstance(other_shapes[0], int):
+        other_shapes = [other_shapes]
+
     def build():
-        operands = ["input"] + ([w("e_other", *other_shape, scale=1.0)] if other_shape else [])
+        operands = ["input"] + [w(f"e_other{i}", *shape, scale=1.0) for i, shape in enumerate(other_shapes)]
         node("Einsum", operands, "output", equation=equation)
         return [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(in_shape))], list(out_shape)
     return build
@@ -186,6 +191,12 @@ EINSUMS = {
     "einsum_trace": ("...ii->...", (3, 4, 4), None, (3,)),
     "einsum_implicit": ("...ij,j", (2, 3, 4), (4,), (2, 3)),
     "einsum_diagonal_product": ("iij,jk->ik", (3, 3, 4), (4, 5), (3, 5)),
+    # Three and four operands (contracted pairwise, left to right), with a batch index, an
+    # ellipsis broadcast against operands without one, an index summed inside one operand,
+    # and an implicit output.
+    "einsum_chain": ("bij,bjk,bkl->bil", (2, 3, 4), [(2, 4, 5), (2, 5, 6)], (2, 3, 6)),
+    "einsum_three_ellipsis": ("...i,ij,jz->...", (2, 3, 4), [(4, 5), (5, 7)], (2, 3)),
+    "einsum_four_implicit": ("ab,bc,cd,de", (3, 4), [(4, 5), (5, 2), (2, 3)], (3, 3)),
 }
 
 

@@ -83,14 +83,19 @@ cargo run -q --example info
 benches/peers/ggml/build.sh
 # CI runs the MPI tests (2 and 3 ranks under mpirun), not skips them.
 export KILN_REQUIRE_MPI=1
+echo "scripts/test.sh: tools and peers ready at ${SECONDS} s"
 cargo test --workspace --all-targets --features kiln-dist/mpi "$@"
+echo "scripts/test.sh: workspace tests done at ${SECONDS} s"
 # Kernels picked at run time: the CPU's int8 dot kernels (test the ones this CPU does not pick
 # too) and the GPU's layout for packed products (lavapipe picks rows: test groups there too).
 for choice in KILN_CPU_QDOT=avx2 KILN_CPU_QDOT=scalar KILN_PACKED_KERNEL=groups; do
     echo "scripts/test.sh: tests/packed.rs with $choice"
     env "$choice" cargo test -q --test packed
 done
-cargo test --workspace --doc
+# The same features as the build above, so its artifacts serve (without them the whole graph is
+# built again: 50 s for five doc tests).
+cargo test --workspace --doc --features kiln-dist/mpi
+echo "scripts/test.sh: native tests done at ${SECONDS} s"
 # kiln in the browser (crates/kiln-web): the engine built for wasm32 and its page run in
 # headless Chromium on WebGPU (scripts/web.sh installs Debian's rustc-web and Chromium when
 # missing), with the published MobileNetV3 of the ONNX zoo, which the kiln-onnx tests above
@@ -105,3 +110,4 @@ else
     echo "!!!!! scripts/test.sh: no ONNX zoo in $zoo: the browser test runs WITHOUT its ONNX model !!!!!"
     scripts/web.sh test
 fi
+echo "scripts/test.sh: browser test done at ${SECONDS} s"

@@ -1,7 +1,8 @@
-//! ONNX `Einsum` for one or two operands: an ellipsis becomes letters of its own (its
+//! ONNX `Einsum` for any number of operands: an ellipsis becomes letters of its own (its
 //! dimensions aligned from the right across operands), a repeated index within one operand
-//! takes that operand's diagonal, then sums over the indices the output drops, one batched
-//! matmul for the contraction, and a permutation.
+//! takes that operand's diagonal, then the operands are contracted pairwise, left to right,
+//! each pair summed over the indices nothing later needs and multiplied as one batched matmul,
+//! and a permutation gives the output's order.
 
 use super::{Args, Ctx};
 use crate::value::Value;
@@ -75,6 +76,56 @@ fn diagonals(ctx: &Ctx, t: &Tensor, letters: &[char]) -> Result<(Tensor, Vec<cha
         letters = rest.iter().map(|&d| letters[d]).chain([c]).collect();
     }
     Ok((t, letters))
+}
+
+/// The product of `a` and `b` (with their letters) over the letters they share that `keep`
+/// rejects (letters of one operand alone that `keep` rejects are summed first), as one batched
+/// matmul: the result's letters are the shared kept ones, then `a`'s own, then `b`'s own.
+fn pair(
+    ctx: &Ctx,
+    (a, a_spec): (&Tensor, &[char]),
+    (b, b_spec): (&Tensor, &[char]),
+    keep: impl Fn(char) -> bool,
+    size: &dyn Fn(char) -> Option<usize>,
+) -> Result<(Tensor, Vec<char>)> {
+    let (a, al) = sum_out(a, a_spec, |c| keep(c) || b_spec.contains(&c))?;
+    let (b, bl) = sum_out(b, b_spec, |c| keep(c) || al.contains(&c))?;
+    let batch: Vec<char> = al
+        .iter()
+        .copied()
+        .filter(|c| bl.contains(c) && keep(*c))
+        .collect();
+    let contr: Vec<char> = al
+        .iter()
+        .copied()
+        .filter(|c| bl.contains(c) && !keep(*c))
+        .collect();
+    let free_a: Vec<char> = al.iter().copied().filter(|c| !bl.contains(c)).collect();
+    let free_b: Vec<char> = bl.iter().copied().filter(|c| !al.contains(c)).collect();
+    for c in batch.iter().chain(&contr) {
+        let (da, db) = (
+            a.shape()[al.iter().position(|x| x == c).unwrap_or(0)],
+            b.shape()[bl.iter().position(|x| x == c).unwrap_or(0)],
+        );
+        if da != db {
+            return Err(ctx.invalid(format!(
+                "index {c} is {da} in one operand and {db} in another"
+            )));
+        }
+    }
+    let prod = |cs: &[char]| cs.iter().map(|&c| size(c).unwrap_or(1)).product::<usize>();
+    let a_order: Vec<char> = batch.iter().chain(&free_a).chain(&contr).copied().collect();
+    let b_order: Vec<char> = batch.iter().chain(&contr).chain(&free_b).copied().collect();
+    let a3 = arrange(&a, &al, &a_order)?.reshape(&[prod(&batch), prod(&free_a), prod(&contr)])?;
+    let b3 = arrange(&b, &bl, &b_order)?.reshape(&[prod(&batch), prod(&contr), prod(&free_b)])?;
+    let letters: Vec<char> = batch
+        .iter()
+        .chain(&free_a)
+        .chain(&free_b)
+        .copied()
+        .collect();
+    let dims: Vec<usize> = letters.iter().map(|&c| size(c).unwrap_or(1)).collect();
+    Ok((a3.matmul(&b3)?.reshape(&dims)?, letters))
 }
 
 pub(super) fn einsum(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
@@ -171,64 +222,16 @@ pub(super) fn einsum(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
             .zip(&inputs)
             .find_map(|(s, t)| s.iter().position(|&x| x == c).map(|i| t.shape()[i]))
     };
-    let y = match inputs.len() {
-        1 => {
-            let (t, letters) = sum_out(inputs[0], &specs[0], |c| out.contains(&c))?;
-            arrange(&t, &letters, &out)?
-        }
-        2 => {
-            let (a_spec, b_spec) = (&specs[0], &specs[1]);
-            let in_b = |c: &char| b_spec.contains(c);
-            let in_a = |c: &char| a_spec.contains(c);
-            let (a, al) = sum_out(inputs[0], a_spec, |c| out.contains(&c) || in_b(&c))?;
-            let (b, bl) = sum_out(inputs[1], b_spec, |c| out.contains(&c) || in_a(&c))?;
-            let batch: Vec<char> = al
-                .iter()
-                .copied()
-                .filter(|c| bl.contains(c) && out.contains(c))
-                .collect();
-            let contr: Vec<char> = al
-                .iter()
-                .copied()
-                .filter(|c| bl.contains(c) && !out.contains(c))
-                .collect();
-            let free_a: Vec<char> = al.iter().copied().filter(|c| !bl.contains(c)).collect();
-            let free_b: Vec<char> = bl.iter().copied().filter(|c| !al.contains(c)).collect();
-            for c in batch.iter().chain(&contr) {
-                let (da, db) = (
-                    a.shape()[al.iter().position(|x| x == c).unwrap_or(0)],
-                    b.shape()[bl.iter().position(|x| x == c).unwrap_or(0)],
-                );
-                if da != db {
-                    return Err(ctx.invalid(format!(
-                        "index {c} is {da} in one operand and {db} in the other"
-                    )));
-                }
-            }
-            let prod = |cs: &[char]| cs.iter().map(|&c| size(c).unwrap_or(1)).product::<usize>();
-            let a_order: Vec<char> = batch.iter().chain(&free_a).chain(&contr).copied().collect();
-            let b_order: Vec<char> = batch.iter().chain(&contr).chain(&free_b).copied().collect();
-            let a3 = arrange(&a, &al, &a_order)?.reshape(&[
-                prod(&batch),
-                prod(&free_a),
-                prod(&contr),
-            ])?;
-            let b3 = arrange(&b, &bl, &b_order)?.reshape(&[
-                prod(&batch),
-                prod(&contr),
-                prod(&free_b),
-            ])?;
-            let letters: Vec<char> = batch
-                .iter()
-                .chain(&free_a)
-                .chain(&free_b)
-                .copied()
-                .collect();
-            let dims: Vec<usize> = letters.iter().map(|&c| size(c).unwrap_or(1)).collect();
-            let y = a3.matmul(&b3)?.reshape(&dims)?;
-            arrange(&y, &letters, &out)?
-        }
-        n => return Err(ctx.unsupported(format!("{n} operands (one or two)"))),
-    };
+    // Operands contracted pairwise, left to right: each product keeps the letters the output
+    // or a later operand still needs.
+    let mut acc = inputs[0].clone();
+    let mut acc_l = specs[0].clone();
+    for k in 1..inputs.len() {
+        let later = &specs[k + 1..];
+        let keep = |c: char| out.contains(&c) || later.iter().any(|s| s.contains(&c));
+        (acc, acc_l) = pair(ctx, (&acc, &acc_l), (inputs[k], &specs[k]), keep, &size)?;
+    }
+    let (t, letters) = sum_out(&acc, &acc_l, |c| out.contains(&c))?;
+    let y = arrange(&t, &letters, &out)?;
     Ok(vec![Value::Float(y)])
 }
