@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 
-TIMEOUT_S = 900
+TIMEOUT_S = int(os.environ.get("KILN_BROWSER_TIMEOUT", "900"))
 
 
 def free_port():

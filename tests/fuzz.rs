@@ -199,7 +199,7 @@ fn check_case(op: &OpInfo, sample: usize, m: &Mutation) -> Result<(), TestCaseEr
             .iter()
             .enumerate()
             .map(|(k, (s, v))| {
-                if op.index_inputs.contains(&k) {
+                if op.index_inputs.contains(&k) || op.packed_inputs.iter().any(|p| p.0 == k) {
                     input(op, k, dev, s, v)
                 } else {
                     build(dev, s, v, view)

@@ -14,6 +14,7 @@ pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "attention",
             grad: || Grad::wrt(THREE),
             samples: attention_samples,
@@ -24,6 +25,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "attention(causal, scale 0.3)",
             grad: || Grad::wrt(THREE),
             samples: attention_samples,
@@ -43,6 +45,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[3],
+            packed_inputs: &[],
             name: "attention_cached(causal)",
             grad: || Grad::NoGrad("inference only"),
             samples: cached_samples,
@@ -53,6 +56,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[3],
+            packed_inputs: &[],
             name: "attention_cached",
             grad: || Grad::NoGrad("inference only"),
             samples: cached_samples,
@@ -63,6 +67,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "attention(many keys)",
             grad: || Grad::NoGrad("the entries above check the backward"),
             samples: many_key_samples,
@@ -73,6 +78,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "attention_packed(causal)",
             grad: || Grad::wrt(ONE),
             samples: packed_samples,
@@ -83,6 +89,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "attention_packed",
             grad: || Grad::wrt(ONE),
             samples: packed_samples,

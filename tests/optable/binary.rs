@@ -7,6 +7,7 @@ macro_rules! binary_op {
     ($name:literal, $method:ident, $f:expr, $grad:expr) => {
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: $name,
             samples: binary_samples,
             run: |t| t[0].$method(&t[1]),
@@ -23,6 +24,7 @@ pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "where",
             grad: || Grad::wrt(&[1, 2]),
             samples: where_samples,
@@ -39,6 +41,7 @@ pub fn table() -> Vec<OpInfo> {
         binary_op!("minimum", minimum, f64::min, || binary_grad(-2.0, 2.0)),
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "pow",
             grad: || binary_grad(0.5, 2.0),
             samples: pow_samples,

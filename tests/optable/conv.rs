@@ -8,6 +8,7 @@ pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "conv2d(bias)",
             grad: || Grad::wrt(THREE),
             samples: conv_samples,
@@ -23,6 +24,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "conv2d(stride 2, pad 1, dilation 2)",
             grad: || Grad::wrt(THREE),
             samples: conv_samples,
@@ -60,6 +62,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "conv2d(groups 2, bias, pad 1)",
             grad: || Grad::wrt(THREE),
             samples: grouped_samples,
@@ -75,6 +78,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "conv2d(depthwise, stride 2, pad 1)",
             grad: || Grad::wrt(THREE),
             samples: depthwise_samples,
@@ -93,6 +97,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "conv_transpose2d(bias)",
             grad: || Grad::wrt(THREE),
             samples: || transpose_samples(1),
@@ -108,6 +113,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "conv_transpose2d(stride 2, pad 1, dilation 2, output padding 1, groups 2)",
             grad: || Grad::wrt(THREE),
             samples: || transpose_samples(2),
@@ -123,6 +129,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "max_pool2d(3, 2, 1)",
             grad: own,
             samples: || {
@@ -138,6 +145,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "avg_pool2d(2, 2)",
             grad: own,
             samples: || {
@@ -153,6 +161,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "avg_pool2d(3, 1, 1)",
             grad: own,
             samples: || shaped(&[&[1, 2, 6, 5], &[2, 1, 3, 3]], 113),

@@ -8,6 +8,7 @@ pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "argmax(-1)",
             grad: || Grad::NoGrad("integer output"),
             samples: argmax_samples,
@@ -18,6 +19,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "argmax(0, keepdim)",
             grad: || Grad::NoGrad("integer output"),
             samples: argmax_samples,
@@ -28,6 +30,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[1],
+            packed_inputs: &[],
             name: "index_select(0)",
             grad: own,
             samples: || index_samples(0),
@@ -38,6 +41,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[1],
+            packed_inputs: &[],
             name: "index_select(1)",
             grad: own,
             samples: || index_samples(1),
@@ -48,6 +52,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[1],
+            packed_inputs: &[],
             name: "index_copy(1)",
             grad: || Grad::NoGrad("an in-place write"),
             samples: || copy_samples(1),
@@ -64,6 +69,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[1],
+            packed_inputs: &[],
             name: "index_copy(0)",
             grad: || Grad::NoGrad("an in-place write"),
             samples: || copy_samples(0),
@@ -78,6 +84,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[0],
+            packed_inputs: &[],
             name: "to_dtype(u32 to f32)",
             grad: || Grad::NoGrad("integer input"),
             samples: || {
@@ -99,6 +106,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[1],
+            packed_inputs: &[],
             name: "gather(1)",
             grad: own,
             samples: || gather_samples(1),
@@ -125,6 +133,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[1],
+            packed_inputs: &[],
             name: "gather(0)",
             grad: own,
             samples: || gather_samples(0),
@@ -135,6 +144,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[1],
+            packed_inputs: &[],
             name: "embedding",
             grad: own,
             samples: || {

@@ -8,6 +8,7 @@ pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "pad([(1, 2), (-1, 3)], 0.5)",
             grad: own,
             samples: || shaped(&[&[3, 4], &[2, 5], &[1, 1], &[4, 257], &[3, 2]], 69),
@@ -18,6 +19,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "pad([(0, 0), (2, -1), (-1, 1)], -3)",
             grad: own,
             samples: || shaped(&[&[2, 3, 4], &[1, 2, 3], &[3, 6, 2]], 68),
@@ -28,6 +30,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "transpose(0, -1)",
             grad: own,
             samples: || {
@@ -56,6 +59,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "permute([2, 0, 1])",
             grad: own,
             samples: || {
@@ -77,6 +81,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "narrow(-1, 1, 2)",
             grad: own,
             samples: || {
@@ -99,6 +104,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "narrow(0, 1, 1)",
             grad: own,
             samples: || shaped(&[&[3, 4], &[2, 3, 5], &[2, 300, 3], &[4, 0]], 73),
@@ -109,6 +115,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "cat(0)",
             grad: || Grad::wrt(TWO),
             samples: || {
@@ -129,6 +136,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "cat(-1)",
             grad: || Grad::wrt(TWO),
             samples: || {
@@ -148,6 +156,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "broadcast_to",
             grad: own,
             // The second input only carries the target shape.
@@ -200,6 +209,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "broadcast_to of a computed value",
             grad: own,
             // One value still being computed (a fused program) repeated: it extends that program.

@@ -8,6 +8,7 @@ pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "matmul",
             grad: || matmul_grad(false, false),
             samples: matmul_samples,
@@ -19,6 +20,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "matmul(aᵀ, b)",
             grad: || matmul_grad(true, false),
             samples: || matmul_t_samples(true, false),
@@ -29,6 +31,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "matmul(a, bᵀ)",
             grad: || matmul_grad(false, true),
             samples: || matmul_t_samples(false, true),
@@ -39,6 +42,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "matmul(aᵀ, bᵀ)",
             grad: || matmul_grad(true, true),
             samples: || matmul_t_samples(true, true),
@@ -49,6 +53,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "linear+bias+gelu_tanh",
             grad: || Grad::wrt(THREE),
             samples: linear_samples,
@@ -66,6 +71,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             // Version 4's plain epilogue (a bias, then ReLU) on lavapipe.
             name: "linear+bias+relu",
             grad: || Grad::wrt(THREE),
@@ -77,6 +83,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "linear",
             grad: || Grad::wrt(THREE),
             samples: linear_samples,
@@ -91,8 +98,13 @@ pub fn table() -> Vec<OpInfo> {
             tol: |r| (1e-6 * (1 + r[1].shape[1]) as f64, 1e-5),
             errors: no_errors,
         },
+        packed_linear("linear(f16 weight)", kiln::DType::F16),
+        packed_linear("linear(bf16 weight)", kiln::DType::BF16),
+        packed_linear("linear(q8_0 weight)", kiln::DType::Q8_0),
+        packed_linear("linear(q4_0 weight)", kiln::DType::Q4_0),
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "linear_add(w, b, residual)",
             grad: || Grad::wrt(&[0, 1, 2, 3]),
             samples: linear_residual_samples,
@@ -111,6 +123,181 @@ pub fn table() -> Vec<OpInfo> {
 }
 
 /// The linear samples with a residual of the output's shape.
+/// `linear` with its weight in a storage type, made from the sample's f32 values by kiln's
+/// encoder on the host (as a GGUF tensor arrives). The reference is the product with the
+/// weight through ggml's reference quantizer and back ([`round_trip`]). The tolerance is what
+/// the CPU promises for quantized weights: it quantizes activations to 8 bits per block of 32
+/// as ggml does (an error of at most max|x|/254 per activation), so each output may be off by
+/// Σ|w|·max|x|/254; the GPU keeps activations in f32. Half-precision weights take f32
+/// activations everywhere.
+fn packed_linear(name: &'static str, dtype: kiln::DType) -> OpInfo {
+    let (reference, tol, samples, errors): PackedFns = match dtype {
+        kiln::DType::F16 => (
+            |r| packed_ref(r, kiln::DType::F16),
+            |r| (1e-6 * (1 + r[1].shape[1]) as f64, 1e-5),
+            packed_samples,
+            no_errors,
+        ),
+        kiln::DType::BF16 => (
+            |r| packed_ref(r, kiln::DType::BF16),
+            |r| (1e-6 * (1 + r[1].shape[1]) as f64, 1e-5),
+            packed_samples,
+            no_errors,
+        ),
+        kiln::DType::Q8_0 => (
+            |r| packed_ref(r, kiln::DType::Q8_0),
+            quantized_tol,
+            packed_samples,
+            packed_errors,
+        ),
+        _ => (
+            |r| packed_ref(r, kiln::DType::Q4_0),
+            quantized_tol,
+            packed_samples,
+            no_errors,
+        ),
+    };
+    let packed_inputs: &'static [(usize, kiln::DType)] = match dtype {
+        kiln::DType::F16 => &[(1, kiln::DType::F16)],
+        kiln::DType::BF16 => &[(1, kiln::DType::BF16)],
+        kiln::DType::Q8_0 => &[(1, kiln::DType::Q8_0)],
+        _ => &[(1, kiln::DType::Q4_0)],
+    };
+    OpInfo {
+        index_inputs: &[],
+        packed_inputs,
+        name,
+        grad: || Grad::NoGrad("the weight is a constant in a storage type"),
+        samples,
+        run: |t| t[0].linear(&t[1], None, None),
+        reference,
+        tol,
+        errors,
+    }
+}
+
+/// A packed entry's reference, tolerance, samples and error cases.
+type PackedFns = (
+    fn(&[Ref]) -> Ref,
+    fn(&[Ref]) -> (f64, f64),
+    fn() -> Vec<Sample>,
+    fn(&Device) -> Vec<ErrorCase>,
+);
+
+/// x `[m, k]` and w `[n, k]` with k whole blocks of 32: one row (a decode step's GEMV), rows
+/// past the CPU's register tiles, n not a multiple of 4, a weight block of zeros, large and
+/// tiny magnitudes in one row, and no rows.
+fn packed_samples() -> Vec<Sample> {
+    let mut rng = Lcg(171);
+    let mut out: Vec<Sample> = [(1, 64, 5), (3, 96, 7), (19, 256, 9), (0, 32, 3)]
+        .iter()
+        .map(|&(m, k, n)| Sample {
+            inputs: vec![
+                (vec![m, k], rng.vec(m * k, -2.0, 2.0)),
+                (vec![n, k], rng.vec(n * k, -1.0, 1.0)),
+            ],
+        })
+        .collect();
+    let mut w = rng.vec(4 * 64, -1.0, 1.0);
+    w[..32].fill(0.0);
+    w[64] = 300.0;
+    w[65] = -1e-3;
+    out.push(Sample {
+        inputs: vec![(vec![2, 64], rng.vec(2 * 64, -1.0, 1.0)), (vec![4, 64], w)],
+    });
+    out
+}
+
+/// The product with `r[1]` through `dtype` and back.
+fn packed_ref(r: &[Ref], dtype: kiln::DType) -> Ref {
+    let w = Ref {
+        shape: r[1].shape.clone(),
+        data: round_trip(dtype, &r[1].data),
+    };
+    let zero = Ref {
+        shape: vec![w.shape[0]],
+        data: vec![0.0; w.shape[0]],
+    };
+    linear_ref(&[r[0].clone(), w, zero], |v| v)
+}
+
+/// Per-output error bound of 8-bit activations (see [`packed_linear`]), with room for f32 sums.
+fn quantized_tol(r: &[Ref]) -> (f64, f64) {
+    let (x, w) = (&r[0], &r[1]);
+    let k = w.shape[1];
+    let xmax = x.data.iter().fold(0f64, |a, v| a.max(v.abs()));
+    let wsum = w
+        .data
+        .chunks(k.max(1))
+        .map(|row| row.iter().map(|v| v.abs()).sum::<f64>())
+        .fold(0f64, f64::max);
+    (wsum * xmax / 254.0 * 1.05 + 1e-5 * k as f64, 1e-5)
+}
+
+fn packed_errors(d: &Device) -> Vec<ErrorCase> {
+    let x = Tensor::zeros(d, &[2, 40]).unwrap();
+    vec![
+        (
+            "a row of 40 values in 32-value blocks",
+            x.to_dtype(kiln::DType::Q8_0),
+            |e| matches!(e, Error::InvalidShape { op: "to_dtype", .. }),
+        ),
+        (
+            "an f32 activation against a q8_0 weight of another width",
+            // Encoded on the host, as the table's packed inputs are (a page cannot read back).
+            Tensor::zeros(&Device::cpu(), &[3, 32])
+                .and_then(|w| w.to_dtype(kiln::DType::Q8_0)?.to_bytes())
+                .and_then(|b| Tensor::from_bytes(d, &b, kiln::DType::Q8_0, &[3, 32]))
+                .and_then(|w| Tensor::zeros(d, &[2, 64])?.linear(&w, None, None)),
+            |e| matches!(e, Error::ShapeMismatch { .. }),
+        ),
+    ]
+}
+
+/// `w` (rows of whole 32-value blocks for the quantized types) through `dtype`'s encoder and
+/// decoder as ggml's reference code defines them (in f32): f16 and bf16 round to nearest even;
+/// q8_0 keeps `round(x / d)` with `d = max|x| / 127` (stored as f16); q4_0 keeps
+/// `min(15, trunc(x / d + 8.5)) − 8` with `d = m / −8`, m the block's value of largest
+/// magnitude (its first).
+pub fn round_trip(dtype: kiln::DType, w: &[f64]) -> Vec<f64> {
+    use half::{bf16, f16};
+    let f: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+    let mut out = Vec::with_capacity(f.len());
+    match dtype {
+        kiln::DType::F16 => out.extend(f.iter().map(|&v| f16::from_f32(v).to_f64())),
+        kiln::DType::BF16 => out.extend(f.iter().map(|&v| bf16::from_f32(v).to_f64())),
+        kiln::DType::Q8_0 => {
+            for block in f.chunks(32) {
+                let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let dh = f16::from_f32(d).to_f32();
+                out.extend(block.iter().map(|&v| f64::from((v * id).round() * dh)));
+            }
+        }
+        kiln::DType::Q4_0 => {
+            for block in f.chunks(32) {
+                let (mut amax, mut max) = (0f32, 0f32);
+                for &v in block {
+                    if amax < v.abs() {
+                        amax = v.abs();
+                        max = v;
+                    }
+                }
+                let d = max / -8.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let dh = f16::from_f32(d).to_f32();
+                out.extend(block.iter().map(|&v| {
+                    let q = ((v * id + 8.5) as i8).min(15);
+                    f64::from(f32::from(q - 8) * dh)
+                }));
+            }
+        }
+        other => panic!("no reference round trip for {other:?}"),
+    }
+    out
+}
+
 pub fn linear_residual_samples() -> Vec<Sample> {
     let mut rng = Lcg(45);
     linear_samples()

@@ -87,6 +87,10 @@ pub struct OpInfo {
     /// values (see [`input`]), with the host copy `from_vec_u32` keeps, so no runner reads a
     /// device tensor back to make them (a page cannot).
     pub index_inputs: &'static [usize],
+    /// The inputs given in a storage type (a packed weight): every runner encodes the sample's
+    /// values on the host (kiln's quantizers, which match ggml's byte for byte) and uploads the
+    /// bytes (see [`input`]), as a GGUF file's tensor arrives.
+    pub packed_inputs: &'static [(usize, kiln::DType)],
 }
 
 /// Input `k` of `op` on `dev`: a u32 index tensor (the values cast) for the op's index inputs,
@@ -99,10 +103,15 @@ pub fn input(
     values: &[f32],
 ) -> kiln::Result<Tensor> {
     if op.index_inputs.contains(&k) {
-        Tensor::from_vec_u32(dev, values.iter().map(|&x| x as u32).collect(), shape)
-    } else {
-        Tensor::from_slice(dev, values, shape)
+        return Tensor::from_vec_u32(dev, values.iter().map(|&x| x as u32).collect(), shape);
     }
+    if let Some(&(_, dtype)) = op.packed_inputs.iter().find(|p| p.0 == k) {
+        let bytes = Tensor::from_slice(&Device::cpu(), values, shape)?
+            .to_dtype(dtype)?
+            .to_bytes()?;
+        return Tensor::from_bytes(dev, &bytes, dtype, shape);
+    }
+    Tensor::from_slice(dev, values, shape)
 }
 
 pub fn map_ref(x: &Ref, f: impl Fn(f64) -> f64) -> Ref {

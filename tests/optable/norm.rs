@@ -8,6 +8,7 @@ pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "layer_norm(w, b)",
             grad: || Grad::wrt(THREE),
             samples: norm_samples,
@@ -18,6 +19,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "layer_norm",
             grad: || Grad::wrt(THREE),
             samples: norm_samples,
@@ -28,6 +30,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "rms_norm(w)",
             grad: || Grad::wrt(THREE),
             samples: norm_samples,

@@ -8,6 +8,7 @@ pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "sum(-1)",
             grad: own,
             samples: reduce_samples_with_empty,
@@ -18,6 +19,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "sum(0, keepdim)",
             grad: own,
             samples: reduce_samples_with_empty,
@@ -28,6 +30,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "mean(-1, keepdim)",
             grad: own,
             samples: reduce_samples_with_empty,
@@ -38,6 +41,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "var(0)",
             grad: own,
             samples: reduce_samples_with_empty,
@@ -48,6 +52,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "max(-1)",
             grad: own,
             samples: reduce_samples,
@@ -62,6 +67,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "min(0)",
             grad: own,
             samples: reduce_samples,
@@ -76,6 +82,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "sum_all",
             grad: own,
             samples: reduce_samples_with_empty,
@@ -89,6 +96,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "softmax(-1)",
             grad: own,
             samples: reduce_samples,
@@ -99,6 +107,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "softmax(0)",
             grad: own,
             samples: reduce_samples,
@@ -109,6 +118,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "log_softmax(-1)",
             grad: own,
             samples: reduce_samples,

@@ -8,6 +8,7 @@ pub fn table() -> Vec<OpInfo> {
     vec![
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "cumsum(-1)",
             grad: own,
             samples: reduce_samples,
@@ -18,6 +19,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "cumsum(0, exclusive, reverse)",
             grad: own,
             samples: reduce_samples,
@@ -28,6 +30,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "topk(2, -1) values",
             grad: own,
             samples: topk_samples,
@@ -38,6 +41,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "topk(1, 0, smallest) values",
             grad: own,
             samples: topk_samples,
@@ -48,6 +52,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "topk(3, -1) indices, ties and NaN",
             grad: || Grad::NoGrad("integer output"),
             samples: topk_tie_samples,
@@ -58,6 +63,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "topk(2, 1, smallest) indices, ties and NaN",
             grad: || Grad::NoGrad("integer output"),
             samples: topk_tie_samples,

@@ -6,6 +6,7 @@ macro_rules! unary_op {
     ($name:literal, $method:ident, $reference:expr, $grad:expr) => {
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: $name,
             samples: unary_samples,
             run: |t| t[0].$method(),
@@ -23,6 +24,7 @@ macro_rules! math_op {
     ($name:literal, $samples:expr, $run:expr, $reference:expr, $grad:expr) => {
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: $name,
             samples: $samples,
             run: $run,
@@ -44,6 +46,7 @@ pub fn table() -> Vec<OpInfo> {
         )),
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "hard_sigmoid",
             grad: || un(-3.0, 3.0, &[-2.5, 2.5]),
             samples: unary_samples,
@@ -54,6 +57,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "hard_swish",
             grad: || un(-5.0, 5.0, &[-3.0, 3.0]),
             samples: unary_samples,
@@ -64,6 +68,7 @@ pub fn table() -> Vec<OpInfo> {
         },
         OpInfo {
             index_inputs: &[],
+            packed_inputs: &[],
             name: "leaky_relu",
             grad: || un(-3.0, 3.0, &[0.0]),
             samples: unary_samples,

@@ -51,7 +51,12 @@ static CONSOLE: Console = Console;
 #[wasm_bindgen(start)]
 fn start() {
     std::panic::set_hook(Box::new(|info| {
-        web_sys::console::error_1(&JsValue::from_str(&format!("kiln-web panicked: {info}")));
+        let message = format!("kiln-web panicked: {info}");
+        web_sys::console::error_1(&JsValue::from_str(&message));
+        // A page under test ends with the panic as its result, not a wait for one.
+        let result = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&result, &"error".into(), &JsValue::from_str(&message));
+        let _ = js_sys::Reflect::set(&js_sys::global(), &"kilnResult".into(), &result);
     }));
     if log::set_logger(&CONSOLE).is_ok() {
         log::set_max_level(log::LevelFilter::Info);
