@@ -102,6 +102,24 @@ pub fn table() -> Vec<OpInfo> {
         packed_linear("linear(bf16 weight)", kiln::DType::BF16),
         packed_linear("linear(q8_0 weight)", kiln::DType::Q8_0),
         packed_linear("linear(q4_0 weight)", kiln::DType::Q4_0),
+        packed_decode("to_dtype(f16 to f32)", &[(0, kiln::DType::F16)], |r| {
+            round_trip_ref(r, kiln::DType::F16)
+        }),
+        packed_decode("to_dtype(bf16 to f32)", &[(0, kiln::DType::BF16)], |r| {
+            round_trip_ref(r, kiln::DType::BF16)
+        }),
+        packed_decode("to_dtype(q8_0 to f32)", &[(0, kiln::DType::Q8_0)], |r| {
+            round_trip_ref(r, kiln::DType::Q8_0)
+        }),
+        packed_decode("to_dtype(q4_0 to f32)", &[(0, kiln::DType::Q4_0)], |r| {
+            round_trip_ref(r, kiln::DType::Q4_0)
+        }),
+        packed_rows("embedding(q8_0 table)", &[(0, kiln::DType::Q8_0)], |r| {
+            rows_ref(r, kiln::DType::Q8_0)
+        }),
+        packed_rows("embedding(f16 table)", &[(0, kiln::DType::F16)], |r| {
+            rows_ref(r, kiln::DType::F16)
+        }),
         OpInfo {
             index_inputs: &[],
             packed_inputs: &[],
@@ -173,6 +191,85 @@ fn packed_linear(name: &'static str, dtype: kiln::DType) -> OpInfo {
         reference,
         tol,
         errors,
+    }
+}
+
+/// A tensor in a storage type decoded to f32 on its device: exactly the reference round trip.
+fn packed_decode(
+    name: &'static str,
+    packed_inputs: &'static [(usize, kiln::DType)],
+    reference: fn(&[Ref]) -> Ref,
+) -> OpInfo {
+    OpInfo {
+        index_inputs: &[],
+        packed_inputs,
+        name,
+        grad: || Grad::NoGrad("a storage type"),
+        samples: || {
+            packed_samples()
+                .into_iter()
+                .map(|s| Sample {
+                    inputs: vec![s.inputs[1].clone()],
+                })
+                .collect()
+        },
+        run: |t| t[0].to_dtype(kiln::DType::F32),
+        reference,
+        tol: |_| (0.0, 0.0),
+        errors: no_errors,
+    }
+}
+
+fn round_trip_ref(r: &[Ref], dtype: kiln::DType) -> Ref {
+    Ref {
+        shape: r[0].shape.clone(),
+        data: round_trip(dtype, &r[0].data),
+    }
+}
+
+/// Rows of a table in a storage type (a language model's token embeddings), by u32 ids.
+fn packed_rows(
+    name: &'static str,
+    packed_inputs: &'static [(usize, kiln::DType)],
+    reference: fn(&[Ref]) -> Ref,
+) -> OpInfo {
+    OpInfo {
+        index_inputs: &[1],
+        packed_inputs,
+        name,
+        grad: || Grad::NoGrad("a storage type"),
+        samples: || {
+            let mut rng = Lcg(172);
+            [(9, 64, 5), (3, 32, 1), (4, 96, 0)]
+                .iter()
+                .map(|&(rows, len, n)| Sample {
+                    inputs: vec![
+                        (vec![rows, len], rng.vec(rows * len, -2.0, 2.0)),
+                        (
+                            vec![n],
+                            (0..n).map(|i| ((i * 7 + 2) % rows) as f32).collect(),
+                        ),
+                    ],
+                })
+                .collect()
+        },
+        run: |t| Tensor::embedding(&t[0], &t[1]),
+        reference,
+        tol: |_| (0.0, 0.0),
+        errors: no_errors,
+    }
+}
+
+fn rows_ref(r: &[Ref], dtype: kiln::DType) -> Ref {
+    let len = r[0].shape[1];
+    let table = round_trip(dtype, &r[0].data);
+    let ids: Vec<usize> = r[1].data.iter().map(|&i| i as usize).collect();
+    Ref {
+        shape: vec![ids.len(), len],
+        data: ids
+            .iter()
+            .flat_map(|&i| table[i * len..(i + 1) * len].iter().copied())
+            .collect(),
     }
 }
 
