@@ -6,7 +6,8 @@
 // same operations in the same order.
 //
 // `forward`: query row i of head h attends to keys 0..keys(i) with an online softmax whose
-// running maximum starts at the first key's score (no infinities), writing the output row
+// running maximum starts at the first key's score (equal maxima weigh 1, so scores of -inf
+// before a finite one weigh nothing in the end), writing the output row
 // [batch, tq, heads, DV] and the row's logsumexp [batch, tq, heads].
 //
 // `backward_q`: with g the output's gradient and δ_i = Σ g_i·o_i, p_ij = exp(s_ij - lse_i),
@@ -107,8 +108,11 @@ fn attend(a: Params, b: u32, h: u32, i: u32, n: u32) {
             s = s + qi[x] * k[ka + x];
         }
         let m2 = max(m, s);
-        let c = exp(m - m2);
-        let e = exp(s - m2);
+        // Equal maxima weigh 1, not exp(-inf - -inf): keys whose scores are all -inf so far
+        // keep a placeholder weight that the first finite score wipes out (and a row left at
+        // -inf is NaN below, as softmax makes it).
+        let c = select(exp(m - m2), 1.0, m == m2);
+        let e = select(exp(s - m2), 1.0, s == m2);
         l = l * c + e;
         for (var x = 0u; x < DV; x = x + 1u) {
             acc[x] = acc[x] * c + e * v[va + x];
@@ -225,8 +229,11 @@ fn forward_split(
             s = s + qi[x] * k[ka + x];
         }
         let m2 = max(m, s);
-        let c = exp(m - m2);
-        let e = exp(s - m2);
+        // Equal maxima weigh 1, not exp(-inf - -inf): keys whose scores are all -inf so far
+        // keep a placeholder weight that the first finite score wipes out (and a row left at
+        // -inf is NaN below, as softmax makes it).
+        let c = select(exp(m - m2), 1.0, m == m2);
+        let e = select(exp(s - m2), 1.0, s == m2);
         l = l * c + e;
         for (var x = 0u; x < DV; x = x + 1u) {
             acc[x] = acc[x] * c + e * v[va + x];

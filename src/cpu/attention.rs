@@ -65,15 +65,22 @@ pub(crate) fn attention(
                 *x = dot_f32(&qs, &k[ka..ka + d]);
             }
             let m2 = s.iter().fold(m, |m, &x| m.max(x));
-            // The first block rescales nothing (m is -inf and so is its exp's argument).
-            let c = if m == f32::NEG_INFINITY {
-                0.0
-            } else {
-                exp_f32(m - m2)
+            // As the shader: equal maxima weigh 1, not exp(-inf - -inf), so keys whose scores
+            // are all -inf so far keep a placeholder weight that the first finite score wipes
+            // out (a row left at -inf is NaN below); -inf against a finite maximum weighs 0.
+            let weight = |x: f32| {
+                if x == m2 {
+                    1.0
+                } else if x == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    exp_f32(x - m2)
+                }
             };
+            let c = weight(m);
             l *= c;
             acc.iter_mut().for_each(|x| *x *= c);
-            s.iter_mut().for_each(|x| *x = exp_f32(*x - m2));
+            s.iter_mut().for_each(|x| *x = weight(*x));
             for (jj, &e) in s.iter().enumerate() {
                 l += e;
                 for (x, &y) in acc.iter_mut().zip(&v[vv.at(b, j0 + jj, hh)..][..dv]) {

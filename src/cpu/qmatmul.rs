@@ -31,7 +31,10 @@ pub(crate) fn matmul_packed(
     w: &[u8],
     (m, k, n): (usize, usize, usize),
 ) -> Result<Vec<f32>> {
-    if m >= f32_from_rows() {
+    // Activations with NaN or ±inf take the f32 route too: 8-bit blocks cannot hold them (an
+    // infinite block scale times a zero quant is NaN, a NaN quant is 0), and there they
+    // propagate as IEEE arithmetic, as a GPU's products do.
+    if m >= f32_from_rows() || x.iter().any(|v| !v.is_finite()) {
         return via_f32(op, x, dtype, w, (m, k, n));
     }
     let row_bytes = quant::byte_len(op, dtype, k)?;

@@ -256,16 +256,17 @@ impl Tensor {
                 })
                 .collect();
             let shift = Tensor::from_vec(dev, shift, &[1, 1, a.tq, 1])?;
-            let limit = lens
-                .to_dtype(DType::F32)?
-                .reshape(&[a.batch, 1, 1, 1])?
-                .add(&shift)?;
-            let keep = keys.lt(&limit)?;
+            let lens = lens.to_dtype(DType::F32)?.reshape(&[a.batch, 1, 1, 1])?;
+            let keep = keys.lt(&lens.add(&shift)?)?;
             let none = Tensor::full(dev, &[], f32::NEG_INFINITY)?;
             let zero = Tensor::full(dev, &[], 0.0)?;
             // A row that sees no key is all -inf (NaN after the softmax): zeros there.
             let p = Tensor::where_cond(&keep, &scores, &none)?.softmax(-1)?;
             let p = Tensor::where_cond(&keep, &p, &zero)?;
+            // Values past a sequence's length (a cache's unwritten or stale rows) are zeroed
+            // first, as the kernels never read them: a NaN there must not reach the product.
+            let written = keys.reshape(&[1, 1, a.tk, 1])?.lt(&lens)?;
+            let v = Tensor::where_cond(&written, &v, &zero)?;
             return p.matmul(&v)?.permute(&[0, 2, 1, 3]);
         }
         scores.softmax(-1)?.matmul(&v)?.permute(&[0, 2, 1, 3])

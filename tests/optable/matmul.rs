@@ -152,13 +152,13 @@ fn packed_linear(name: &'static str, dtype: kiln::DType) -> OpInfo {
     let (reference, tol, samples, errors): PackedFns = match dtype {
         kiln::DType::F16 => (
             |r| packed_ref(r, kiln::DType::F16),
-            |r| (1e-6 * (1 + r[1].shape[1]) as f64, 1e-5),
+            |r| (1e-6 * (1 + width(&r[1])) as f64, 1e-5),
             packed_samples,
             no_errors,
         ),
         kiln::DType::BF16 => (
             |r| packed_ref(r, kiln::DType::BF16),
-            |r| (1e-6 * (1 + r[1].shape[1]) as f64, 1e-5),
+            |r| (1e-6 * (1 + width(&r[1])) as f64, 1e-5),
             packed_samples,
             no_errors,
         ),
@@ -318,10 +318,16 @@ fn packed_ref(r: &[Ref], dtype: kiln::DType) -> Ref {
     linear_ref(&[r[0].clone(), w, zero], |v| v)
 }
 
+/// The last dimension of `r` (1 for a scalar): a weight's row width, whatever a fuzzer made of
+/// its shape.
+fn width(r: &Ref) -> usize {
+    r.shape.last().copied().unwrap_or(1)
+}
+
 /// Per-output error bound of 8-bit activations (see [`packed_linear`]), with room for f32 sums.
 fn quantized_tol(r: &[Ref]) -> (f64, f64) {
     let (x, w) = (&r[0], &r[1]);
-    let k = w.shape[1];
+    let k = width(w);
     let xmax = x.data.iter().fold(0f64, |a, v| a.max(v.abs()));
     let wsum = w
         .data
