@@ -73,6 +73,63 @@ fn keys_of(i: u32, causal: u32, tk: u32) -> u32 {
     return select(tk, min(i + 1u, tk), causal != 0u);
 }
 
+// The online softmax of query row i of head h in batch b over keys j0..j1 (j0 < j1): the
+// largest score m (starting at key j0's), the sum l of exp(s - m), and the values weighted
+// the same way, unnormalised.
+struct Walk {
+    m: f32,
+    l: f32,
+    acc: array<f32, MAXD>,
+}
+
+fn walk(a: Params, b: u32, h: u32, i: u32, j0: u32, j1: u32) -> Walk {
+    var qi: array<f32, MAXD>;
+    let qa = at(a.q, b, i, h);
+    for (var x = 0u; x < D; x = x + 1u) {
+        qi[x] = q[qa + x] * a.scale;
+    }
+    var acc: array<f32, MAXD>;
+    var ka = at(a.k, b, j0, h);
+    var va = at(a.v, b, j0, h);
+    var m = 0.0;
+    for (var x = 0u; x < D; x = x + 1u) {
+        m = m + qi[x] * k[ka + x];
+    }
+    for (var x = 0u; x < DV; x = x + 1u) {
+        acc[x] = v[va + x];
+    }
+    var l = 1.0;
+    for (var j = j0 + 1u; j < j1; j = j + 1u) {
+        ka = at(a.k, b, j, h);
+        va = at(a.v, b, j, h);
+        var s = 0.0;
+        for (var x = 0u; x < D; x = x + 1u) {
+            s = s + qi[x] * k[ka + x];
+        }
+        let m2 = max(m, s);
+        // Equal maxima weigh 1, not exp(-inf - -inf): keys whose scores are all -inf so far
+        // keep a placeholder weight that the first finite score wipes out (and a row left at
+        // -inf is NaN in the end, as softmax makes it).
+        let c = select(exp(m - m2), 1.0, m == m2);
+        let e = select(exp(s - m2), 1.0, s == m2);
+        l = l * c + e;
+        for (var x = 0u; x < DV; x = x + 1u) {
+            acc[x] = acc[x] * c + e * v[va + x];
+        }
+        m = m2;
+    }
+    return Walk(m, l, acc);
+}
+
+// How many keys query i sees when its batch element holds `len` (at most tk): all `len`, or
+// when causal those up to its own position, the queries being the last tq (AttnDims::keys_limited).
+fn keys_limited(i: u32, len: u32, a: Params) -> u32 {
+    if (a.causal == 0u) {
+        return len;
+    }
+    return min(select(0u, len + i + 1u - a.tq, len + i + 1u > a.tq), len);
+}
+
 // Query row i of head h in batch b attends to its first n keys (n > 0: the row's output and
 // logsumexp; n = 0: zeros and -inf).
 fn attend(a: Params, b: u32, h: u32, i: u32, n: u32) {
@@ -84,48 +141,14 @@ fn attend(a: Params, b: u32, h: u32, i: u32, n: u32) {
         lse[row] = f32_bits(0xff800000u);
         return;
     }
-    var qi: array<f32, MAXD>;
-    let qa = at(a.q, b, i, h);
-    for (var x = 0u; x < D; x = x + 1u) {
-        qi[x] = q[qa + x] * a.scale;
-    }
-    var acc: array<f32, MAXD>;
-    var ka = at(a.k, b, 0u, h);
-    var va = at(a.v, b, 0u, h);
-    var m = 0.0;
-    for (var x = 0u; x < D; x = x + 1u) {
-        m = m + qi[x] * k[ka + x];
-    }
-    for (var x = 0u; x < DV; x = x + 1u) {
-        acc[x] = v[va + x];
-    }
-    var l = 1.0;
-    for (var j = 1u; j < n; j = j + 1u) {
-        ka = at(a.k, b, j, h);
-        va = at(a.v, b, j, h);
-        var s = 0.0;
-        for (var x = 0u; x < D; x = x + 1u) {
-            s = s + qi[x] * k[ka + x];
-        }
-        let m2 = max(m, s);
-        // Equal maxima weigh 1, not exp(-inf - -inf): keys whose scores are all -inf so far
-        // keep a placeholder weight that the first finite score wipes out (and a row left at
-        // -inf is NaN below, as softmax makes it).
-        let c = select(exp(m - m2), 1.0, m == m2);
-        let e = select(exp(s - m2), 1.0, s == m2);
-        l = l * c + e;
-        for (var x = 0u; x < DV; x = x + 1u) {
-            acc[x] = acc[x] * c + e * v[va + x];
-        }
-        m = m2;
-    }
+    let w = walk(a, b, h, i, 0u, n);
     // The row is NaN, as softmax makes it, where the largest score is NaN or infinite (or
     // every score -inf), whatever key came first; tested on the bits (drivers may fold m - m).
-    l = select(nan_f32(), l, is_finite(m));
+    let l = select(nan_f32(), w.l, is_finite(w.m));
     for (var x = 0u; x < DV; x = x + 1u) {
-        o[row * DV + x] = acc[x] / l;
+        o[row * DV + x] = w.acc[x] / l;
     }
-    lse[row] = m + log(l);
+    lse[row] = w.m + log(l);
 }
 
 @compute @workgroup_size(WG)
@@ -158,12 +181,7 @@ fn forward_lens(
         return;
     }
     let at3 = split(r, lp.tq, lp.heads);
-    let len = min(lens[at3.x], lp.tk);
-    var n = len;
-    if (lp.causal != 0u) {
-        n = min(select(0u, len + at3.z + 1u - lp.tq, len + at3.z + 1u > lp.tq), len);
-    }
-    attend(lp, at3.x, at3.y, at3.z, n);
+    attend(lp, at3.x, at3.y, at3.z, keys_limited(at3.z, min(lens[at3.x], lp.tk), lp));
 }
 
 // Flash-decoding, for rows too few to fill a device and keys too many for one invocation: one
@@ -192,11 +210,7 @@ fn forward_split(
     let i = at3.z;
     var n = keys_of(i, p.causal, p.tk);
     if (p.limited != 0u) {
-        let len = min(slens[b], p.tk);
-        n = len;
-        if (p.causal != 0u) {
-            n = min(select(0u, len + i + 1u - p.tq, len + i + 1u > p.tq), len);
-        }
+        n = keys_limited(i, min(slens[b], p.tk), p);
     }
     let j0 = (u % p.splits) * CHUNK;
     let j1 = min(j0 + CHUNK, n);
@@ -205,46 +219,12 @@ fn forward_split(
         part[base] = 0.0;
         return;
     }
-    var qi: array<f32, MAXD>;
-    let qa = at(p.q, b, i, h);
-    for (var x = 0u; x < D; x = x + 1u) {
-        qi[x] = q[qa + x] * p.scale;
-    }
-    var acc: array<f32, MAXD>;
-    var ka = at(p.k, b, j0, h);
-    var va = at(p.v, b, j0, h);
-    var m = 0.0;
-    for (var x = 0u; x < D; x = x + 1u) {
-        m = m + qi[x] * k[ka + x];
-    }
-    for (var x = 0u; x < DV; x = x + 1u) {
-        acc[x] = v[va + x];
-    }
-    var l = 1.0;
-    for (var j = j0 + 1u; j < j1; j = j + 1u) {
-        ka = at(p.k, b, j, h);
-        va = at(p.v, b, j, h);
-        var s = 0.0;
-        for (var x = 0u; x < D; x = x + 1u) {
-            s = s + qi[x] * k[ka + x];
-        }
-        let m2 = max(m, s);
-        // Equal maxima weigh 1, not exp(-inf - -inf): keys whose scores are all -inf so far
-        // keep a placeholder weight that the first finite score wipes out (and a row left at
-        // -inf is NaN below, as softmax makes it).
-        let c = select(exp(m - m2), 1.0, m == m2);
-        let e = select(exp(s - m2), 1.0, s == m2);
-        l = l * c + e;
-        for (var x = 0u; x < DV; x = x + 1u) {
-            acc[x] = acc[x] * c + e * v[va + x];
-        }
-        m = m2;
-    }
+    let w = walk(p, b, h, i, j0, j1);
     part[base] = 1.0;
-    part[base + 1u] = m;
-    part[base + 2u] = l;
+    part[base + 1u] = w.m;
+    part[base + 2u] = w.l;
     for (var x = 0u; x < DV; x = x + 1u) {
-        part[base + 3u + x] = acc[x];
+        part[base + 3u + x] = w.acc[x];
     }
 }
 
