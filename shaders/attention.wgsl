@@ -246,21 +246,29 @@ fn merge(
     let at3 = split(r, mp.tq, mp.heads);
     let row = stat(at3.x, at3.z, at3.y, mp.tq, mp.heads);
     let first = r * mp.splits;
-    // The largest chunk maximum; a chunk whose maximum or sum is NaN or infinite (a maximum of
-    // -inf: every score -inf) makes the row NaN, as softmax does.
+    // The largest finite chunk maximum. A chunk whose scores were all -inf (a maximum of -inf)
+    // weighs nothing beside a finite one, and makes the row NaN when every chunk is so, as
+    // softmax does; a chunk whose maximum is +inf or NaN, or whose sum is not finite, makes
+    // the row NaN. (-inf is tested on the bits: llvmpipe may assume comparisons see no NaN.)
     var big = 0.0;
     var any = false;
+    var found = false;
     var bad = false;
     for (var s = 0u; s < mp.splits; s = s + 1u) {
         let base = (first + s) * (DV + 3u);
         if (mpart[base] != 0.0) {
-            let m = mpart[base + 1u];
-            if (!is_finite(m) || !is_finite(mpart[base + 2u])) {
-                bad = true;
-            } else if (!any || m > big) {
-                big = m;
-            }
             any = true;
+            let m = mpart[base + 1u];
+            if (!is_finite(mpart[base + 2u])) {
+                bad = true;
+            } else if (is_finite(m)) {
+                if (!found || m > big) {
+                    big = m;
+                }
+                found = true;
+            } else if (bitcast<u32>(m) != 0xff800000u) {
+                bad = true;
+            }
         }
     }
     if (!any) {
@@ -270,11 +278,12 @@ fn merge(
         mlse[row] = f32_bits(0xff800000u);
         return;
     }
+    bad = bad || !found;
     var acc: array<f32, MAXD>;
     var l = 0.0;
     for (var s = 0u; s < mp.splits; s = s + 1u) {
         let base = (first + s) * (DV + 3u);
-        if (mpart[base] != 0.0 && !bad) {
+        if (mpart[base] != 0.0 && !bad && is_finite(mpart[base + 1u])) {
             let c = exp(mpart[base + 1u] - big);
             l = l + mpart[base + 2u] * c;
             for (var x = 0u; x < DV; x = x + 1u) {

@@ -2,7 +2,6 @@
 //! online softmax over the same views of q, k and v (the forward takes its keys a block at a
 //! time; the backward keeps the GPU passes' order).
 
-use super::qdot::dot_f32;
 use super::{alloc, par_chunks_claimed, par_chunks_mut};
 use crate::attention::{AttnDims, View};
 use crate::error::Result;
@@ -19,13 +18,22 @@ fn score(q: &[f32], k: &[f32], scale: f32) -> f32 {
 /// running maximum, and with it the output's rescale, moves once per block.
 const KEY_BLOCK: usize = 64;
 
+/// Query rows of one head taken together, so that each key and value row is read once for all
+/// of them (a decode step's grouped query heads, or a prompt's neighbouring rows).
+const ROWS: usize = 4;
+
+/// The fewest keys in one split of a row's keys (see [`attention`]).
+const MIN_SPLIT: usize = 128;
+
 /// The output `[batch, tq, heads, dv]` and each query row's logsumexp `[batch, tq, heads]`.
 ///
 /// The same online softmax as the shader, a block of keys at a time: the block's scores
 /// `(q·scale)·k` (vector dot products), its largest, then each key's weight `exp(s − m)` into
-/// the row's sum and output. Each (query row, head) is claimed apart, a few at a time, so a
-/// causal prompt's long last rows do not leave one thread waiting on another, and a decode
-/// step's few rows still use every thread.
+/// the row's sum and output. A piece of work is up to [`ROWS`] query rows of one head (each
+/// key and value row loaded once for all of them) over a span of keys. When there are fewer
+/// pieces than threads to keep busy (a decode step: a few rows over a long cache), the keys are
+/// split into spans whose partial softmaxes are merged at the end, as the GPU's split
+/// attention (flash-decoding) does.
 pub(crate) fn attention(
     [q, k, v]: [&[f32]; 3],
     lens: Option<&[u32]>,
@@ -33,74 +41,216 @@ pub(crate) fn attention(
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let [qv, kv, vv] = a.views();
     let (h, d, dv) = (a.heads, a.d, a.dv);
-    // Each (batch, query, head): its output, then its logsumexp. Heads are claimed apart, so a
-    // decode step's few query rows still spread over the threads.
-    let per = dv + 1;
-    let units = a.batch * a.tq * h;
-    let mut both: Vec<f32> = alloc(OP, units * per)?;
-    let claim = (units / 8).clamp(1, 4);
-    par_chunks_claimed(&mut both, per, claim, a.tk * (d + dv), &|r, out| {
-        let (b, i, hh) = (r / (a.tq * h), (r / h) % a.tq, r % h);
-        let (acc, lse) = out.split_at_mut(dv);
-        let mut qs = vec![0f32; d];
-        let mut s = [0f32; KEY_BLOCK];
-        for (x, &y) in qs.iter_mut().zip(&q[qv.at(b, i, hh)..][..d]) {
-            *x = y * a.scale;
+    let keys_of = |b: usize, i: usize| match lens {
+        Some(l) => a.keys_limited(i, l[b] as usize),
+        None => a.keys(i),
+    };
+    let longest = match lens {
+        Some(l) => l.iter().map(|&n| (n as usize).min(a.tk)).max().unwrap_or(0),
+        None => a.tk,
+    };
+    let groups = a.tq.div_ceil(ROWS);
+    let units = a.batch * h * groups;
+    let want = 2 * super::spin_pool::width();
+    let splits = match units {
+        0 => 1,
+        u if u >= want => 1,
+        u => want.div_ceil(u).min(longest / MIN_SPLIT).max(1),
+    };
+    let span = longest
+        .div_ceil(splits)
+        .next_multiple_of(KEY_BLOCK)
+        .max(KEY_BLOCK);
+    let splits = longest.div_ceil(span).max(1);
+    // Each piece: its rows' partial outputs, then their running maxima, then their sums.
+    let per = ROWS * (dv + 2);
+    let mut parts: Vec<f32> = alloc(OP, units * splits * per)?;
+    let pieces = units * splits;
+    let claim = (pieces / 8).clamp(1, 4);
+    par_chunks_claimed(&mut parts, per, claim, span * ROWS * (d + dv), &|p, out| {
+        let (u, s) = (p / splits, p % splits);
+        let (b, hh, g) = (u / (h * groups), (u / groups) % h, u % groups);
+        let first = g * ROWS;
+        let n = ROWS.min(a.tq - first);
+        let (lo, hi) = (s * span, ((s + 1) * span).min(a.tk));
+        let mut qs = vec![0f32; n * d];
+        let mut limit = [0usize; ROWS];
+        for r in 0..n {
+            let row = &q[qv.at(b, first + r, hh)..][..d];
+            for (x, &y) in qs[r * d..][..d].iter_mut().zip(row) {
+                *x = y * a.scale;
+            }
+            limit[r] = keys_of(b, first + r).min(hi);
         }
-        acc.fill(0.0);
-        let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
-        let keys = match lens {
-            Some(l) => a.keys_limited(i, l[b] as usize),
-            None => a.keys(i),
+        let piece = Piece {
+            k,
+            v,
+            qs: &qs,
+            kv: (kv, vv),
+            b,
+            hh,
+            d,
+            dv,
+            limit: &limit[..n],
         };
-        if keys == 0 {
+        piece.run(lo, out);
+    });
+    // Each row's pieces merged, as the GPU's split attention merges its chunks.
+    let rows = a.batch * a.tq * h;
+    let (mut o, mut lse) = (alloc(OP, rows * dv)?, alloc(OP, rows)?);
+    for (r, (out, lse)) in o.chunks_exact_mut(dv).zip(lse.iter_mut()).enumerate() {
+        let (b, i, hh) = (r / (a.tq * h), (r / h) % a.tq, r % h);
+        if keys_of(b, i) == 0 {
             // A query that sees no key: zeros, and a logsumexp of -inf.
-            lse[0] = f32::NEG_INFINITY;
-            return;
+            *lse = f32::NEG_INFINITY;
+            continue;
         }
-        for j0 in (0..keys).step_by(KEY_BLOCK) {
-            let s = &mut s[..KEY_BLOCK.min(keys - j0)];
-            for (jj, x) in s.iter_mut().enumerate() {
-                let ka = kv.at(b, j0 + jj, hh);
-                *x = dot_f32(&qs, &k[ka..ka + d]);
+        let (u, row) = ((b * h + hh) * groups + i / ROWS, i % ROWS);
+        let piece = |s: usize| &parts[(u * splits + s) * per..][..per];
+        let max = |s: usize| piece(s)[ROWS * dv + row];
+        let m = (0..splits).map(max).fold(f32::NEG_INFINITY, f32::max);
+        let mut l = 0f32;
+        for s in 0..splits {
+            let c = weight(max(s), m);
+            l += c * piece(s)[ROWS * dv + ROWS + row];
+            for (x, &y) in out.iter_mut().zip(&piece(s)[row * dv..][..dv]) {
+                *x += c * y;
             }
-            let m2 = s.iter().fold(m, |m, &x| m.max(x));
-            // As the shader: equal maxima weigh 1, not exp(-inf - -inf), so keys whose scores
-            // are all -inf so far keep a placeholder weight that the first finite score wipes
-            // out (a row left at -inf is NaN below); -inf against a finite maximum weighs 0.
-            let weight = |x: f32| {
-                if x == m2 {
-                    1.0
-                } else if x == f32::NEG_INFINITY {
-                    0.0
-                } else {
-                    exp_f32(x - m2)
-                }
-            };
-            let c = weight(m);
-            l *= c;
-            acc.iter_mut().for_each(|x| *x *= c);
-            s.iter_mut().for_each(|x| *x = weight(*x));
-            for (jj, &e) in s.iter().enumerate() {
-                l += e;
-                for (x, &y) in acc.iter_mut().zip(&v[vv.at(b, j0 + jj, hh)..][..dv]) {
-                    *x += e * y;
-                }
-            }
-            m = m2;
         }
         // The row is NaN, as softmax makes it, where a score is NaN, the largest is infinite,
         // or every score is -inf.
         let l = if m.is_finite() { l } else { f32::NAN };
-        acc.iter_mut().for_each(|x| *x /= l);
-        lse[0] = m + l.ln();
-    });
-    let (mut o, mut lse) = (alloc(OP, units * dv)?, alloc(OP, units)?);
-    for (r, unit) in both.chunks_exact(per).enumerate() {
-        o[r * dv..][..dv].copy_from_slice(&unit[..dv]);
-        lse[r] = unit[dv];
+        out.iter_mut().for_each(|x| *x /= l);
+        *lse = m + l.ln();
     }
     Ok((o, lse))
+}
+
+/// The weight of a score `x` under a running maximum `m`: `exp(x − m)`, except that equal
+/// maxima weigh 1, not `exp(-inf − -inf)`, so keys whose scores are all -inf so far keep a
+/// placeholder weight that the first finite score wipes out (a row left at -inf is NaN), and
+/// -inf against a finite maximum weighs 0. As the shader.
+#[inline(always)]
+fn weight(x: f32, m: f32) -> f32 {
+    if x == m {
+        1.0
+    } else if x == f32::NEG_INFINITY {
+        0.0
+    } else {
+        exp_f32(x - m)
+    }
+}
+
+/// Up to [`ROWS`] query rows of head `hh` in batch element `b` (scaled, `qs`), row `r` seeing
+/// keys below `limit[r]`, over a span of keys.
+struct Piece<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    qs: &'a [f32],
+    kv: (View, View),
+    b: usize,
+    hh: usize,
+    d: usize,
+    dv: usize,
+    limit: &'a [usize],
+}
+
+impl Piece<'_> {
+    /// The rows' partial softmax over keys `lo..` into `out` (see [`attention`]'s layout), on
+    /// the widest vectors the CPU has.
+    fn run(&self, lo: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F, checked just above.
+                return unsafe { self.run_avx512(lo, out) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2, checked just above.
+                return unsafe { self.run_avx2(lo, out) };
+            }
+        }
+        self.walk(lo, out);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn run_avx512(&self, lo: usize, out: &mut [f32]) {
+        self.walk(lo, out);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn run_avx2(&self, lo: usize, out: &mut [f32]) {
+        self.walk(lo, out);
+    }
+
+    /// The online softmax, a block of keys at a time: every row's scores against each key row
+    /// (loaded once), each row's new maximum and rescale, then each value row (loaded once)
+    /// into every row's output.
+    // `jj` indexes a key (and value) row and every query row's score of it at once.
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    fn walk(&self, lo: usize, out: &mut [f32]) {
+        let (d, dv, n) = (self.d, self.dv, self.limit.len());
+        let (acc, stats) = out.split_at_mut(ROWS * dv);
+        let (ms, ls) = stats.split_at_mut(ROWS);
+        acc.fill(0.0);
+        ms.fill(f32::NEG_INFINITY);
+        ls.fill(0.0);
+        let end = self.limit.iter().copied().max().unwrap_or(0);
+        let mut s = [[0f32; KEY_BLOCK]; ROWS];
+        for j0 in (lo..end).step_by(KEY_BLOCK) {
+            let nb = KEY_BLOCK.min(end - j0);
+            let mut count = [0usize; ROWS];
+            for (c, &l) in count.iter_mut().zip(self.limit) {
+                *c = l.saturating_sub(j0).min(nb);
+            }
+            for jj in 0..nb {
+                let key = &self.k[self.kv.0.at(self.b, j0 + jj, self.hh)..][..d];
+                for r in (0..n).filter(|&r| jj < count[r]) {
+                    s[r][jj] = dot(&self.qs[r * d..][..d], key);
+                }
+            }
+            for r in 0..n {
+                let s = &mut s[r][..count[r]];
+                if s.is_empty() {
+                    continue;
+                }
+                let m2 = s.iter().fold(ms[r], |m, &x| m.max(x));
+                let c = weight(ms[r], m2);
+                ls[r] *= c;
+                acc[r * dv..][..dv].iter_mut().for_each(|x| *x *= c);
+                s.iter_mut().for_each(|x| *x = weight(*x, m2));
+                ls[r] += s.iter().sum::<f32>();
+                ms[r] = m2;
+            }
+            for jj in 0..nb {
+                let value = &self.v[self.kv.1.at(self.b, j0 + jj, self.hh)..][..dv];
+                for r in (0..n).filter(|&r| jj < count[r]) {
+                    let e = s[r][jj];
+                    for (x, &y) in acc[r * dv..][..dv].iter_mut().zip(value) {
+                        *x += e * y;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Σ a[i]·b[i]` in 16 running sums (one or two vector registers).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0f32; 16];
+    let (ac, at) = a.as_chunks::<16>();
+    let (bc, bt) = b.as_chunks::<16>();
+    for (x, y) in ac.iter().zip(bc) {
+        for l in 0..16 {
+            sums[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = at.iter().zip(bt).map(|(&x, &y)| x * y).sum();
+    sums.iter().sum::<f32>() + tail
 }
 
 /// The gradients of q, k and v from the output `o`, its gradient `g` and the forward's `lse`:

@@ -444,6 +444,16 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    /// A mask of the first `count` (≤ 8) of eight 32-bit lanes, for masked loads.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn first_lanes(count: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(count as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
     /// The products of `count` (≤ 8) weight blocks' f16 scales (the first at `w`, one every
     /// `stride` bytes) with the activation blocks' scales at `xd`, into `out`: eight at once
     /// with F16C, off the accumulators' dependency chains (converting one scale per block
@@ -470,16 +480,11 @@ mod x86 {
                 let h = _mm_setr_epi16(at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7));
                 (h, _mm256_loadu_ps(xd))
             } else {
-                let mut bits = [0i16; 8];
-                let mut xs = [0f32; 8];
-                for j in 0..count {
-                    bits[j] = at(j);
-                    xs[j] = *xd.add(j);
-                }
-                (
-                    _mm_loadu_si128(bits.as_ptr() as *const __m128i),
-                    _mm256_loadu_ps(xs.as_ptr()),
-                )
+                // A row's last group: lanes past `count` zero, read with a masked load and
+                // inserts (small stores then a wide load would stall, once per row).
+                let g = |j: usize| if j < count { at(j) } else { 0 };
+                let h = _mm_setr_epi16(g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7));
+                (h, _mm256_maskload_ps(xd, first_lanes(count)))
             };
             let s = _mm256_mul_ps(_mm256_cvtph_ps(h), xs);
             _mm256_storeu_ps(out.as_mut_ptr(), s);
@@ -876,13 +881,10 @@ mod x86 {
                             count,
                             &mut sc,
                         );
-                        let sums = if count == 8 {
-                            _mm256_loadu_si256(x.sums.as_ptr().add(b0) as *const __m256i)
-                        } else {
-                            let mut part = [0i32; 8];
-                            part[..count].copy_from_slice(&x.sums[b0..b0 + count]);
-                            _mm256_loadu_si256(part.as_ptr() as *const __m256i)
-                        };
+                        // A masked load for a row's last group: copying it out and loading
+                        // it wide stalled on the copy's stores, once per row.
+                        let sums =
+                            _mm256_maskload_epi32(x.sums.as_ptr().add(b0), first_lanes(count));
                         // Lanes past `count` hold a scale of 0.
                         let scv = _mm256_loadu_ps(sc.as_ptr());
                         offset = _mm256_fmadd_ps(scv, _mm256_cvtepi32_ps(sums), offset);

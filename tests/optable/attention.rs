@@ -191,7 +191,7 @@ pub fn cached_samples() -> Vec<Sample> {
             &[200.0, 131.0],
         ),
     ];
-    cases
+    let mut out: Vec<Sample> = cases
         .iter()
         .map(|(shapes, lens)| {
             let mut inputs: Vec<(Vec<usize>, Vec<f32>)> = shapes
@@ -201,7 +201,27 @@ pub fn cached_samples() -> Vec<Sample> {
             inputs.push((vec![lens.len()], lens.to_vec()));
             Sample { inputs }
         })
-        .collect()
+        .collect();
+    // A decode step over 590 of 600 keys, whose first 400 score -inf for head 0's rows (a
+    // -inf in dimension 0 against a positive query): a CPU forward that splits the keys
+    // between threads sees a span of -inf scores only, which must weigh nothing once merged.
+    let mut long = Sample {
+        inputs: [[1, 2, 2, 8], [1, 600, 2, 8], [1, 600, 2, 8]]
+            .iter()
+            .map(|d| (d.to_vec(), rng.vec(d.iter().product(), -1.5, 1.5)))
+            .collect(),
+    };
+    for i in 0..2 {
+        long.inputs[0].1[i * 16] = 1.0;
+    }
+    for j in 0..400 {
+        let key = &mut long.inputs[1].1[j * 16..j * 16 + 8];
+        key.fill(0.0);
+        key[0] = f32::NEG_INFINITY;
+    }
+    long.inputs.push((vec![1], vec![590.0]));
+    out.push(long);
+    out
 }
 
 /// attention_cached's reference: batch `b` sees keys `j < lens[b] (+ i + 1 − tq when causal)`.
