@@ -207,6 +207,21 @@ impl Piece<'_> {
                 *c = l.saturating_sub(j0).min(nb);
             }
             for jj in 0..nb {
+                // The value row this block will need, and the key row a few ahead: the rows
+                // of one head are strided (the cache's other heads between them), and asking
+                // early keeps several loads from memory in flight.
+                prefetch(self.v, self.kv.1.at(self.b, j0 + jj, self.hh), dv);
+                if jj + AHEAD < nb {
+                    prefetch(self.k, self.kv.0.at(self.b, j0 + jj + AHEAD, self.hh), d);
+                } else if j0 + KEY_BLOCK + jj + AHEAD - nb < end {
+                    prefetch(
+                        self.k,
+                        self.kv
+                            .0
+                            .at(self.b, j0 + KEY_BLOCK + jj + AHEAD - nb, self.hh),
+                        d,
+                    );
+                }
                 let key = &self.k[self.kv.0.at(self.b, j0 + jj, self.hh)..][..d];
                 for r in (0..n).filter(|&r| jj < count[r]) {
                     s[r][jj] = dot(&self.qs[r * d..][..d], key);
@@ -236,6 +251,28 @@ impl Piece<'_> {
             }
         }
     }
+}
+
+/// Key rows ahead of the one being scored that [`Piece::walk`] asks the memory for.
+const AHEAD: usize = 8;
+
+/// Asks for the cache lines of `x[at..at + n]` (a hint: nothing happens off x86-64).
+#[inline(always)]
+fn prefetch(x: &[f32], at: usize, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if at + n <= x.len() {
+        for line in (0..n).step_by(16) {
+            // SAFETY: a prefetch of an address inside `x` reads nothing and cannot fault.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch(
+                    x.as_ptr().add(at + line) as *const i8,
+                    std::arch::x86_64::_MM_HINT_T0,
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (x, at, n);
 }
 
 /// `Σ a[i]·b[i]` in 16 running sums (one or two vector registers).
