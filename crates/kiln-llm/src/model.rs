@@ -43,6 +43,22 @@ struct SeparateQkv {
     bv: Option<Tensor>,
 }
 
+/// A block's feed-forward up to its down projection.
+#[derive(Clone)]
+enum Ffn {
+    /// GPT-2: GELU of one product (with its bias).
+    Gelu { up: Tensor, b: Option<Tensor> },
+    /// SwiGLU, `silu(x·gate) · (x·up)`, from one weight stacking gate's rows over up's: one
+    /// product, as wide as both.
+    Stacked(Tensor),
+    /// SwiGLU with gate and up apart (their storage types differ, or up has a bias).
+    Apart {
+        gate: Tensor,
+        up: Tensor,
+        b: Option<Tensor>,
+    },
+}
+
 #[derive(Clone)]
 struct Block {
     attn_norm: Tensor,
@@ -52,10 +68,7 @@ struct Block {
     bo: Option<Tensor>,
     ffn_norm: Tensor,
     ffn_norm_b: Option<Tensor>,
-    /// SwiGLU's gate (the Llama family); GPT-2's feed-forward has none and applies GELU.
-    gate: Option<Tensor>,
-    up: Tensor,
-    up_b: Option<Tensor>,
+    ffn: Ffn,
     down: Tensor,
     down_b: Option<Tensor>,
 }
@@ -225,14 +238,46 @@ impl Model {
                     w: load(&p("attn_qkv.weight"), &[q_out + 2 * kv_out, c.dim])?,
                     b: bias("attn_qkv.bias", q_out + 2 * kv_out)?,
                 },
-                false => Qkv::Separate(Box::new(SeparateQkv {
-                    wq: load(&p("attn_q.weight"), &[q_out, c.dim])?,
-                    wk: load(&p("attn_k.weight"), &[kv_out, c.dim])?,
-                    wv: load(&p("attn_v.weight"), &[kv_out, c.dim])?,
-                    bq: bias("attn_q.bias", q_out)?,
-                    bk: bias("attn_k.bias", kv_out)?,
-                    bv: bias("attn_v.bias", kv_out)?,
-                })),
+                false => {
+                    let sep = SeparateQkv {
+                        wq: load(&p("attn_q.weight"), &[q_out, c.dim])?,
+                        wk: load(&p("attn_k.weight"), &[kv_out, c.dim])?,
+                        wv: load(&p("attn_v.weight"), &[kv_out, c.dim])?,
+                        bq: bias("attn_q.bias", q_out)?,
+                        bk: bias("attn_k.bias", kv_out)?,
+                        bv: bias("attn_v.bias", kv_out)?,
+                    };
+                    let biases = match (&sep.bq, &sep.bk, &sep.bv) {
+                        (None, None, None) => Some(None),
+                        (Some(q), Some(k), Some(v)) => Some(Some(stack(&[q, k, v])?)),
+                        _ => None,
+                    };
+                    match (stack_rows(&[&sep.wq, &sep.wk, &sep.wv])?, biases) {
+                        (Some(w), Some(b)) => Qkv::Fused { w, b },
+                        _ => Qkv::Separate(Box::new(sep)),
+                    }
+                }
+            };
+            let ffn = match gpt2 {
+                true => Ffn::Gelu {
+                    up: load(&p("ffn_up.weight"), &[c.ffn, c.dim])?,
+                    b: opt_bias("ffn_up.bias", c.ffn)?,
+                },
+                false => {
+                    let gate = load(&p("ffn_gate.weight"), &[c.ffn, c.dim])?;
+                    let up = load(&p("ffn_up.weight"), &[c.ffn, c.dim])?;
+                    match opt_bias("ffn_up.bias", c.ffn)? {
+                        Some(b) => Ffn::Apart {
+                            gate,
+                            up,
+                            b: Some(b),
+                        },
+                        None => match stack_rows(&[&gate, &up])? {
+                            Some(w) => Ffn::Stacked(w),
+                            None => Ffn::Apart { gate, up, b: None },
+                        },
+                    }
+                }
             };
             blocks.push(Block {
                 attn_norm: vector(&p("attn_norm.weight"), c.dim)?,
@@ -242,12 +287,7 @@ impl Model {
                 bo: opt_bias("attn_output.bias", c.dim)?,
                 ffn_norm: vector(&p("ffn_norm.weight"), c.dim)?,
                 ffn_norm_b: opt_bias("ffn_norm.bias", c.dim)?,
-                gate: match gpt2 {
-                    true => None,
-                    false => Some(load(&p("ffn_gate.weight"), &[c.ffn, c.dim])?),
-                },
-                up: load(&p("ffn_up.weight"), &[c.ffn, c.dim])?,
-                up_b: opt_bias("ffn_up.bias", c.ffn)?,
+                ffn,
                 down: load(&p("ffn_down.weight"), &[c.dim, c.ffn])?,
                 down_b: opt_bias("ffn_down.bias", c.dim)?,
             });
@@ -680,12 +720,17 @@ impl Model {
         let a = a.reshape(&[t, c.heads * c.head_dim])?;
         let x = a.linear_add(&b.wo, b.bo.as_ref(), x)?;
         let h = self.norm(&x, &b.ffn_norm, b.ffn_norm_b.as_ref())?;
-        let inner = match &b.gate {
-            Some(gate) => {
-                let g = h.linear(gate, None, Some(UnaryOp::Silu))?;
-                g.mul(&h.linear(&b.up, b.up_b.as_ref(), None)?)?
+        let inner = match &b.ffn {
+            Ffn::Stacked(w) => {
+                let y = h.linear(w, None, None)?;
+                let g = y.narrow(1, 0, c.ffn)?.silu()?;
+                g.mul(&y.narrow(1, c.ffn, c.ffn)?)?
             }
-            None => h.linear(&b.up, b.up_b.as_ref(), Some(UnaryOp::GeluTanh))?,
+            Ffn::Apart { gate, up, b } => {
+                let g = h.linear(gate, None, Some(UnaryOp::Silu))?;
+                g.mul(&h.linear(up, b.as_ref(), None)?)?
+            }
+            Ffn::Gelu { up, b } => h.linear(up, b.as_ref(), Some(UnaryOp::GeluTanh))?,
         };
         Ok(inner.linear_add(&b.down, b.down_b.as_ref(), &x)?)
     }
@@ -790,4 +835,34 @@ impl Model {
             .broadcast_to(&[s[0], s[1], c.kv_heads, rep, c.head_dim])?
             .reshape(&[s[0], s[1], c.heads, c.head_dim])?)
     }
+}
+
+/// Weights with the same columns and storage type stacked by rows into one, so that their
+/// products with one input run as one (a wider product: one pass over the input, one parallel
+/// region); `None` where their types or columns differ (a GGUF file may keep one in another
+/// type). Rows are whole blocks of their format, so the stack is the rows' bytes in turn.
+fn stack_rows(ws: &[&Tensor]) -> Result<Option<Tensor>> {
+    let (dtype, cols) = (ws[0].dtype(), ws[0].shape()[1]);
+    if ws
+        .iter()
+        .any(|w| w.dtype() != dtype || w.shape()[1] != cols)
+    {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    for w in ws {
+        bytes.extend_from_slice(&w.to_bytes()?);
+    }
+    let rows = ws.iter().map(|w| w.shape()[0]).sum::<usize>();
+    Ok(Some(Tensor::from_bytes(
+        ws[0].device(),
+        &bytes,
+        dtype,
+        &[rows, cols],
+    )?))
+}
+
+/// f32 vectors one after another.
+fn stack(vs: &[&Tensor]) -> Result<Tensor> {
+    Ok(Tensor::cat(vs, 0)?)
 }
