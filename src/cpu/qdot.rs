@@ -277,6 +277,43 @@ pub(crate) fn kernel(dtype: DType) -> Kernel {
     }
 }
 
+/// Consecutive weight rows' (of the given bytes each) dot products with one activation row.
+pub(crate) type RowsKernel = fn(&[u8], usize, Q8Slice, &mut [f32]);
+
+/// The fastest [`RowsKernel`] for q8_0 or q4_0 weights on this CPU: [`kernel`] row by row.
+pub(crate) fn rows_kernel(dtype: DType) -> RowsKernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY (each closure): `isa` detected the features.
+        match (dtype, isa()) {
+            (DType::Q8_0, Isa::Vnni) => {
+                return |w, b, x, o| unsafe { x86::q8_0_rows_vnni(w, b, x, o) };
+            }
+            (DType::Q4_0, Isa::Vnni) => {
+                return |w, b, x, o| unsafe { x86::q4_0_rows_vnni(w, b, x, o) };
+            }
+            (DType::Q8_0, Isa::Avx2) => {
+                return |w, b, x, o| unsafe { x86::q8_0_rows_avx2(w, b, x, o) };
+            }
+            (DType::Q4_0, Isa::Avx2) => {
+                return |w, b, x, o| unsafe { x86::q4_0_rows_avx2(w, b, x, o) };
+            }
+            _ => {}
+        }
+    }
+    match dtype {
+        DType::Q4_0 => |w, b, x, o| rows_with(q4_0_scalar, w, b, x, o),
+        _ => |w, b, x, o| rows_with(q8_0_scalar, w, b, x, o),
+    }
+}
+
+/// `one` over consecutive weight rows of `row_bytes` bytes into `out`.
+fn rows_with(one: Kernel, w: &[u8], row_bytes: usize, x: Q8Slice, out: &mut [f32]) {
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+        *o = one(row, x);
+    }
+}
+
 /// Four weight rows' dot products with several activation rows at once (a register tile):
 /// `out[i * 4 + r]` is weight row `r` with activation row `i`, for `rows()` activation rows.
 #[derive(Clone, Copy)]
@@ -777,6 +814,7 @@ mod x86 {
             ///
             /// # Safety
             /// The CPU has the target features; `w` holds as many blocks as `x`.
+            #[inline]
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $name(w: &[u8], x: Q8Slice) -> f32 {
                 let blocks = w.len() / $size;
@@ -838,6 +876,7 @@ mod x86 {
             ///
             /// # Safety
             /// The CPU has the target features; `w` holds as many blocks as `x`.
+            #[inline]
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $name(w: &[u8], x: Q8Slice) -> f32 {
                 const SIZE: usize = 18;
@@ -910,6 +949,36 @@ mod x86 {
 
     q4_0_row!(q4_0_avx2, "avx2,fma,f16c", udot_avx2);
     q4_0_row!(q4_0_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", udot_vnni);
+
+    macro_rules! rows {
+        ($name:ident, $features:literal, $row:ident) => {
+            /// The row kernel over consecutive weight rows of `row_bytes` bytes into `out`, in
+            /// one call: no call through a pointer per row, the constants kept in registers.
+            ///
+            /// # Safety
+            /// The CPU has the target features; each row holds as many blocks as `x`.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(w: &[u8], row_bytes: usize, x: Q8Slice, out: &mut [f32]) {
+                for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+                    // SAFETY: per the contract.
+                    *o = unsafe { $row(row, x) };
+                }
+            }
+        };
+    }
+
+    rows!(q8_0_rows_avx2, "avx2,fma,f16c", q8_0_avx2);
+    rows!(
+        q8_0_rows_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        q8_0_vnni
+    );
+    rows!(q4_0_rows_avx2, "avx2,fma,f16c", q4_0_avx2);
+    rows!(
+        q4_0_rows_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        q4_0_vnni
+    );
 
     macro_rules! half_dot {
         ($name:ident, $widen:ident, $dtype:ident) => {

@@ -43,6 +43,27 @@ pub(crate) fn matmul_packed(
         DType::Q8_0 | DType::Q4_0 => {
             let xq = Q8Row::quantize(x);
             let blocks = k / 32;
+            if m == 1 {
+                // A decode step: one weight row at a time (see below), a claim's rows in one
+                // call.
+                let (run, xs) = (qdot::rows_kernel(dtype), xq.blocks(0, blocks));
+                super::par_chunks_claimed(
+                    &mut out_t,
+                    ROWS_PER_CLAIM,
+                    1,
+                    ROWS_PER_CLAIM * k,
+                    &|c, out| {
+                        let r0 = c * ROWS_PER_CLAIM;
+                        run(
+                            &w[r0 * row_bytes..(r0 + out.len()) * row_bytes],
+                            row_bytes,
+                            xs,
+                            out,
+                        );
+                    },
+                );
+                return Ok(out_t);
+            }
             let (one, four, tile) = (qdot::kernel(dtype), qdot::kernel4(dtype), qdot::tile(dtype));
             // With several activation rows, four weight rows per piece: each activation row is
             // read once for four of them, and the four rows stay in L1 while every activation
