@@ -161,28 +161,29 @@ impl Piece<'_> {
     fn run(&self, lo: usize, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F, checked just above.
+            let fma = std::arch::is_x86_feature_detected!("fma");
+            if fma && std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F and FMA, checked just above.
                 return unsafe { self.run_avx512(lo, out) };
             }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2, checked just above.
+            if fma && std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 and FMA, checked just above.
                 return unsafe { self.run_avx2(lo, out) };
             }
         }
-        self.walk(lo, out);
+        self.walk::<false>(lo, out);
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,fma")]
     fn run_avx512(&self, lo: usize, out: &mut [f32]) {
-        self.walk(lo, out);
+        self.walk::<true>(lo, out);
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     fn run_avx2(&self, lo: usize, out: &mut [f32]) {
-        self.walk(lo, out);
+        self.walk::<true>(lo, out);
     }
 
     /// The online softmax, a block of keys at a time: every row's scores against each key row
@@ -191,7 +192,7 @@ impl Piece<'_> {
     // `jj` indexes a key (and value) row and every query row's score of it at once.
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    fn walk(&self, lo: usize, out: &mut [f32]) {
+    fn walk<const FMA: bool>(&self, lo: usize, out: &mut [f32]) {
         let (d, dv, n) = (self.d, self.dv, self.limit.len());
         let (acc, stats) = out.split_at_mut(ROWS * dv);
         let (ms, ls) = stats.split_at_mut(ROWS);
@@ -224,7 +225,7 @@ impl Piece<'_> {
                 }
                 let key = &self.k[self.kv.0.at(self.b, j0 + jj, self.hh)..][..d];
                 for r in (0..n).filter(|&r| jj < count[r]) {
-                    s[r][jj] = dot(&self.qs[r * d..][..d], key);
+                    s[r][jj] = dot::<FMA>(&self.qs[r * d..][..d], key);
                 }
             }
             for r in 0..n {
@@ -236,7 +237,12 @@ impl Piece<'_> {
                 let c = weight(ms[r], m2);
                 ls[r] *= c;
                 acc[r * dv..][..dv].iter_mut().for_each(|x| *x *= c);
-                s.iter_mut().for_each(|x| *x = weight(*x, m2));
+                // Every weight computed, then chosen (no branch), so the loop runs on vectors.
+                s.iter_mut().for_each(|x| {
+                    let e = exp_f32(*x - m2);
+                    let e = if *x == f32::NEG_INFINITY { 0.0 } else { e };
+                    *x = if *x == m2 { 1.0 } else { e };
+                });
                 ls[r] += s.iter().sum::<f32>();
                 ms[r] = m2;
             }
@@ -245,7 +251,7 @@ impl Piece<'_> {
                 for r in (0..n).filter(|&r| jj < count[r]) {
                     let e = s[r][jj];
                     for (x, &y) in acc[r * dv..][..dv].iter_mut().zip(value) {
-                        *x += e * y;
+                        *x = madd::<FMA>(e, y, *x);
                     }
                 }
             }
@@ -275,15 +281,21 @@ fn prefetch(x: &[f32], at: usize, n: usize) {
     let _ = (x, at, n);
 }
 
+/// `a·b + c`, fused where the caller is compiled with FMA.
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
 /// `Σ a[i]·b[i]` in 16 running sums (one or two vector registers).
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     let mut sums = [0f32; 16];
     let (ac, at) = a.as_chunks::<16>();
     let (bc, bt) = b.as_chunks::<16>();
     for (x, y) in ac.iter().zip(bc) {
         for l in 0..16 {
-            sums[l] += x[l] * y[l];
+            sums[l] = madd::<FMA>(x[l], y[l], sums[l]);
         }
     }
     let tail: f32 = at.iter().zip(bt).map(|(&x, &y)| x * y).sum();
