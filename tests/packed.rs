@@ -69,6 +69,21 @@ fn packed_tensors_round_trip_and_decode_alike_on_every_device() {
             let t = Tensor::from_bytes(&dev, &bytes, dtype, &shape).unwrap();
             assert_eq!(t.dtype(), dtype);
             assert_eq!(t.to_bytes().unwrap(), bytes, "{dtype} on {dev}: bytes");
+            // The same from an owned buffer, and its checks: one byte short is refused.
+            let owned = Tensor::from_byte_vec(&dev, bytes.clone(), dtype, &shape).unwrap();
+            assert_eq!(
+                owned.to_bytes().unwrap(),
+                bytes,
+                "{dtype} on {dev}: owned bytes"
+            );
+            let short = bytes[..bytes.len() - 1].to_vec();
+            assert!(
+                matches!(
+                    Tensor::from_byte_vec(&dev, short, dtype, &shape),
+                    Err(Error::InvalidShape { .. })
+                ),
+                "{dtype} on {dev}: a short buffer"
+            );
             let f = t.to_dtype(DType::F32).unwrap();
             let got = f.to_vec().unwrap();
             let want64: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();

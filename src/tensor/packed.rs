@@ -23,26 +23,56 @@ impl Tensor {
         dtype: DType,
         shape: &[usize],
     ) -> Result<Tensor> {
+        match dtype {
+            // Copied into f32 or u32 values below anyway.
+            DType::F32 | DType::U32 => Self::from_bytes_in(device, bytes, dtype, shape),
+            _ => Tensor::from_byte_vec(device, bytes.to_vec(), dtype, shape),
+        }
+    }
+
+    /// [`Tensor::from_bytes`] taking the buffer: on the CPU a storage type's bytes become the
+    /// tensor's storage without a copy (a loader that assembles a weight's bytes, several
+    /// tensors of a file stacked into one, holds them once).
+    pub fn from_byte_vec(
+        device: &Device,
+        bytes: Vec<u8>,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<Tensor> {
+        Self::from_bytes_in(device, bytes, dtype, shape)
+    }
+
+    /// [`Tensor::from_bytes`] from a slice or a vector (taken where it can be).
+    fn from_bytes_in<B: AsRef<[u8]> + Into<Vec<u8>>>(
+        device: &Device,
+        bytes: B,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<Tensor> {
         const OP: &str = "from_bytes";
         let shape = Self::packed_shape(OP, dtype, shape)?;
         let len = quant::byte_len(OP, dtype, shape.numel())?;
-        if bytes.len() != len {
+        if bytes.as_ref().len() != len {
             return Err(Error::InvalidShape {
                 op: OP,
                 reason: format!(
                     "{} bytes for {} values of {dtype} in shape {shape}, which take {len}",
-                    bytes.len(),
+                    bytes.as_ref().len(),
                     shape.numel()
                 ),
             });
         }
-        quant::check_scales(OP, dtype, bytes)?;
+        quant::check_scales(OP, dtype, bytes.as_ref())?;
         let storage = match dtype {
-            DType::F32 => Storage::from_f32_vec(device, OP, bytemuck::pod_collect_to_vec(bytes))?,
-            DType::U32 => {
-                Storage::from_u32(device, OP, bytemuck::pod_collect_to_vec(bytes).into())?
+            DType::F32 => {
+                Storage::from_f32_vec(device, OP, bytemuck::pod_collect_to_vec(bytes.as_ref()))?
             }
-            _ => Storage::from_bytes(device, OP, dtype, bytes.to_vec())?,
+            DType::U32 => Storage::from_u32(
+                device,
+                OP,
+                bytemuck::pod_collect_to_vec(bytes.as_ref()).into(),
+            )?,
+            _ => Storage::from_bytes(device, OP, dtype, bytes.into())?,
         };
         Ok(Tensor::new(storage, shape, device))
     }

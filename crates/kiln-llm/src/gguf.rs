@@ -426,6 +426,46 @@ impl Gguf {
         Ok(tensor)
     }
 
+    /// Several 2-D tensors stacked by rows into one `[Σ rows, columns]` tensor on `device`
+    /// (a model's q, k and v weights, whose products with one input then run as one), read
+    /// straight from the file into the tensor's storage; `None` where their types or columns
+    /// differ. Errors as [`Gguf::tensor`].
+    pub fn stacked(&self, names: &[&str], device: &Device) -> Result<Option<Tensor>> {
+        let mut infos = Vec::with_capacity(names.len());
+        for &name in names {
+            infos.push(
+                self.info(name)
+                    .ok_or_else(|| Error::MissingTensor(name.into()))?,
+            );
+        }
+        let Some(first) = infos.first() else {
+            return Ok(None);
+        };
+        let cols = first.shape.get(1).copied();
+        if infos.iter().any(|i| {
+            i.ggml_type != first.ggml_type || i.shape.len() != 2 || i.shape.get(1).copied() != cols
+        }) {
+            return Ok(None);
+        }
+        let dtype = first.dtype().ok_or_else(|| Error::BadTensor {
+            name: names[0].into(),
+            reason: format!(
+                "ggml type {} is not one kiln stores",
+                ggml_type_name(first.ggml_type)
+            ),
+        })?;
+        let mut bytes = Vec::with_capacity(infos.iter().map(|i| i.len).sum());
+        for i in &infos {
+            bytes.extend_from_slice(&self.bytes[i.offset..i.offset + i.len]);
+        }
+        let rows = infos.iter().map(|i| i.shape[0]).sum::<usize>();
+        let tensor = Tensor::from_byte_vec(device, bytes, dtype, &[rows, cols.unwrap_or(0)])?;
+        for i in &infos {
+            self.release(i.offset, i.len);
+        }
+        Ok(Some(tensor))
+    }
+
     /// Hands a mapped range's pages back to the kernel once its tensor has been copied into
     /// device storage, so a loaded model is resident once (its storage), not twice (storage and
     /// the file's pages). Reading the range again faults it back in from the file.

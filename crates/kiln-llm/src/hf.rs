@@ -14,7 +14,7 @@ use crate::bpe::{self, Bpe, Front, Prepend};
 use crate::chat::Template;
 use crate::config::{Arch, Config, RopeStyle};
 use crate::error::{Error, Result};
-use crate::model::{Model, Weight};
+use crate::model::{Model, Weight, stack_rows};
 use crate::tokenizer::Tokenizer;
 
 /// A model directory's parts.
@@ -80,7 +80,18 @@ pub fn load_dir(dir: impl AsRef<Path>, device: &Device) -> Result<HfModel> {
         let t = weights.get(&name)?.clone();
         Some((t.shape().to_vec(), Box::new(move || Ok(t))))
     };
-    let model = Model::build(config, device, &source)?;
+    // The directory's weights are all loaded already: stacking copies them once more.
+    let stack = |names: &[&str]| -> Result<Option<Tensor>> {
+        let mut ws = Vec::with_capacity(names.len());
+        for name in names {
+            match hf_name(name, &weights).and_then(|n| weights.get(&n)) {
+                Some(w) => ws.push(w),
+                None => return Ok(None),
+            }
+        }
+        stack_rows(&ws)
+    };
+    let model = Model::build(config, device, &source, &stack)?;
     let (tokenizer, tok_config) = dir_tokenizer(dir, &cfg)?;
     let template = tok_config
         .as_ref()

@@ -161,6 +161,11 @@ pub(crate) type Weight<'a> = (Vec<usize>, Box<dyn FnOnce() -> Result<Tensor> + '
 /// Where [`Model::build`] finds a weight by its GGUF name.
 pub(crate) type WeightSource<'a> = dyn Fn(&str) -> Option<Weight<'a>> + 'a;
 
+/// Where [`Model::build`] finds several weights stacked by rows into one tensor (their
+/// products with one input then run as one): `None` where they cannot be (their storage
+/// types or columns differ). The shapes are checked before.
+pub(crate) type StackSource<'a> = dyn Fn(&[&str]) -> Result<Option<Tensor>> + 'a;
+
 /// Which positions' logits [`Model::forward`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -185,7 +190,8 @@ impl Model {
                 Box::new(move || g.tensor(&name, device)),
             ))
         };
-        Model::build(config, device, &source)
+        let stack = |names: &[&str]| g.stacked(names, device);
+        Model::build(config, device, &source, &stack)
     }
 
     /// A model from its configuration and its weights under GGUF's names (`token_embd.weight`,
@@ -194,9 +200,10 @@ impl Model {
         config: Config,
         device: &Device,
         source: &WeightSource<'_>,
+        stack: &StackSource<'_>,
     ) -> Result<Model> {
         let c = &config;
-        let load = |name: &str, shape: &[usize]| -> Result<Tensor> {
+        let found = |name: &str, shape: &[usize]| -> Result<Weight<'_>> {
             let (have, get) = source(name).ok_or_else(|| Error::MissingTensor(name.into()))?;
             if have != shape {
                 return Err(Error::BadTensor {
@@ -204,7 +211,15 @@ impl Model {
                     reason: format!("shape {have:?}, the configuration needs {shape:?}"),
                 });
             }
-            get()
+            Ok((have, get))
+        };
+        let load = |name: &str, shape: &[usize]| -> Result<Tensor> { found(name, shape)?.1() };
+        // Weights stacked by rows where the source can, each one's shape checked first.
+        let stacked = |parts: &[(&str, &[usize])]| -> Result<Option<Tensor>> {
+            for (name, shape) in parts {
+                let _shape_checked = found(name, shape)?.0;
+            }
+            stack(&parts.iter().map(|(n, _)| *n).collect::<Vec<_>>())
         };
         let present = |name: &str| source(name).is_some();
         let vector = |name: &str, n: usize| -> Result<Tensor> {
@@ -239,22 +254,35 @@ impl Model {
                     b: bias("attn_qkv.bias", q_out + 2 * kv_out)?,
                 },
                 false => {
-                    let sep = SeparateQkv {
-                        wq: load(&p("attn_q.weight"), &[q_out, c.dim])?,
-                        wk: load(&p("attn_k.weight"), &[kv_out, c.dim])?,
-                        wv: load(&p("attn_v.weight"), &[kv_out, c.dim])?,
-                        bq: bias("attn_q.bias", q_out)?,
-                        bk: bias("attn_k.bias", kv_out)?,
-                        bv: bias("attn_v.bias", kv_out)?,
-                    };
-                    let biases = match (&sep.bq, &sep.bk, &sep.bv) {
+                    let (wq, wk, wv) = (p("attn_q.weight"), p("attn_k.weight"), p("attn_v.weight"));
+                    let (bq, bk, bv) = (
+                        bias("attn_q.bias", q_out)?,
+                        bias("attn_k.bias", kv_out)?,
+                        bias("attn_v.bias", kv_out)?,
+                    );
+                    let biases = match (&bq, &bk, &bv) {
                         (None, None, None) => Some(None),
-                        (Some(q), Some(k), Some(v)) => Some(Some(stack(&[q, k, v])?)),
+                        (Some(q), Some(k), Some(v)) => Some(Some(Tensor::cat(&[q, k, v], 0)?)),
                         _ => None,
                     };
-                    match (stack_rows(&[&sep.wq, &sep.wk, &sep.wv])?, biases) {
+                    let w = match biases {
+                        Some(_) => stacked(&[
+                            (&wq, &[q_out, c.dim]),
+                            (&wk, &[kv_out, c.dim]),
+                            (&wv, &[kv_out, c.dim]),
+                        ])?,
+                        None => None,
+                    };
+                    match (w, biases) {
                         (Some(w), Some(b)) => Qkv::Fused { w, b },
-                        _ => Qkv::Separate(Box::new(sep)),
+                        _ => Qkv::Separate(Box::new(SeparateQkv {
+                            wq: load(&wq, &[q_out, c.dim])?,
+                            wk: load(&wk, &[kv_out, c.dim])?,
+                            wv: load(&wv, &[kv_out, c.dim])?,
+                            bq,
+                            bk,
+                            bv,
+                        })),
                     }
                 }
             };
@@ -264,17 +292,19 @@ impl Model {
                     b: opt_bias("ffn_up.bias", c.ffn)?,
                 },
                 false => {
-                    let gate = load(&p("ffn_gate.weight"), &[c.ffn, c.dim])?;
-                    let up = load(&p("ffn_up.weight"), &[c.ffn, c.dim])?;
-                    match opt_bias("ffn_up.bias", c.ffn)? {
-                        Some(b) => Ffn::Apart {
-                            gate,
-                            up,
-                            b: Some(b),
-                        },
-                        None => match stack_rows(&[&gate, &up])? {
-                            Some(w) => Ffn::Stacked(w),
-                            None => Ffn::Apart { gate, up, b: None },
+                    let (gate, up) = (p("ffn_gate.weight"), p("ffn_up.weight"));
+                    let shape: &[usize] = &[c.ffn, c.dim];
+                    let b = opt_bias("ffn_up.bias", c.ffn)?;
+                    let w = match b {
+                        Some(_) => None,
+                        None => stacked(&[(&gate, shape), (&up, shape)])?,
+                    };
+                    match w {
+                        Some(w) => Ffn::Stacked(w),
+                        None => Ffn::Apart {
+                            gate: load(&gate, shape)?,
+                            up: load(&up, shape)?,
+                            b,
                         },
                     }
                 }
@@ -837,15 +867,17 @@ impl Model {
     }
 }
 
-/// Weights with the same columns and storage type stacked by rows into one, so that their
-/// products with one input run as one (a wider product: one pass over the input, one parallel
-/// region); `None` where their types or columns differ (a GGUF file may keep one in another
-/// type). Rows are whole blocks of their format, so the stack is the rows' bytes in turn.
-fn stack_rows(ws: &[&Tensor]) -> Result<Option<Tensor>> {
-    let (dtype, cols) = (ws[0].dtype(), ws[0].shape()[1]);
+/// Weights with the same columns and storage type stacked by rows into one (see
+/// [`StackSource`]), from tensors already loaded; `None` where their types or columns differ.
+/// Rows are whole blocks of their format, so the stack is the rows' bytes in turn.
+pub(crate) fn stack_rows(ws: &[&Tensor]) -> Result<Option<Tensor>> {
+    let Some(first) = ws.first() else {
+        return Ok(None);
+    };
+    let (dtype, cols) = (first.dtype(), first.shape().get(1).copied());
     if ws
         .iter()
-        .any(|w| w.dtype() != dtype || w.shape()[1] != cols)
+        .any(|w| w.dtype() != dtype || w.rank() != 2 || w.shape().get(1).copied() != cols)
     {
         return Ok(None);
     }
@@ -854,15 +886,10 @@ fn stack_rows(ws: &[&Tensor]) -> Result<Option<Tensor>> {
         bytes.extend_from_slice(&w.to_bytes()?);
     }
     let rows = ws.iter().map(|w| w.shape()[0]).sum::<usize>();
-    Ok(Some(Tensor::from_bytes(
-        ws[0].device(),
-        &bytes,
+    Ok(Some(Tensor::from_byte_vec(
+        first.device(),
+        bytes,
         dtype,
-        &[rows, cols],
+        &[rows, cols.unwrap_or(0)],
     )?))
-}
-
-/// f32 vectors one after another.
-fn stack(vs: &[&Tensor]) -> Result<Tensor> {
-    Ok(Tensor::cat(vs, 0)?)
 }
