@@ -214,8 +214,15 @@ impl Model {
             Ok((have, get))
         };
         let load = |name: &str, shape: &[usize]| -> Result<Tensor> { found(name, shape)?.1() };
-        // Weights stacked by rows where the source can, each one's shape checked first.
+        // Weights stacked by rows where the source can, each one's shape checked first; on the
+        // CPU only. There one product instead of three (or two) saves a parallel region and
+        // a quantization of the input each, and the parts are cut apart by cheap copies; on a
+        // GPU each cut is a dispatch like the product it saves (lavapipe: 636 -> 696
+        // dispatches a token stacked), so GPUs keep the weights apart.
         let stacked = |parts: &[(&str, &[usize])]| -> Result<Option<Tensor>> {
+            if !device.is_cpu() {
+                return Ok(None);
+            }
             for (name, shape) in parts {
                 let _shape_checked = found(name, shape)?.0;
             }
