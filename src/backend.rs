@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::matmul_plan::MatmulPlan;
 use crate::op::{BinaryOp, ReduceOp, UnaryOp};
 use crate::optim_params::{OptimParams, Replayed};
+use crate::rope::RopeDims;
 use crate::shape::BroadcastLayout;
 use std::sync::Arc;
 
@@ -271,6 +272,9 @@ pub(crate) trait BackendStorage: Sized + Clone {
     /// packed): the output `[batch, tq, heads, dv]` and each query row's logsumexp. Every
     /// extent > 0 except the head dimensions.
     fn attention(qkv: [&Self; 3], lens: Option<&Self>, dims: &AttnDims) -> Result<(Self, Self)>;
+
+    /// Rotary position embedding of x with the tables cos and sin (see `shaders/rope.wgsl`).
+    fn rope(xcs: [&Self; 3], dims: &RopeDims) -> Result<Self>;
 
     /// The gradients of attention's inputs from its output, the output's gradient and the
     /// forward's logsumexp (`ogl`): one storage in the packed layout, or three.

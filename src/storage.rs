@@ -20,6 +20,7 @@ use crate::gpu::storage::GpuStorage;
 use crate::matmul_plan::MatmulPlan;
 use crate::op::{BinaryOp, ReduceOp, UnaryOp};
 use crate::optim_params::{OptimParams, Replayed};
+use crate::rope::RopeDims;
 use crate::shape::BroadcastLayout;
 use crate::strided::StridedCopy;
 use std::sync::Arc;
@@ -471,6 +472,18 @@ impl Storage {
         match qkv[0] {
             Storage::Cpu(_) => run::<CpuStorage>(qkv, lens, dims),
             Storage::Gpu(_) => run::<GpuStorage>(qkv, lens, dims),
+        }
+    }
+
+    /// Rotary position embedding of x with the tables cos and sin.
+    pub(crate) fn rope(xcs: [&Storage; 3], dims: &RopeDims) -> Result<Storage> {
+        fn run<B: Backend>(xcs: [&Storage; 3], dims: &RopeDims) -> Result<Storage> {
+            let [x, c, s] = xcs.map(|s| the::<B>(s, "rope"));
+            B::rope([x?, c?, s?], dims).map(|s| s.wrap())
+        }
+        match xcs[0] {
+            Storage::Cpu(_) => run::<CpuStorage>(xcs, dims),
+            Storage::Gpu(_) => run::<GpuStorage>(xcs, dims),
         }
     }
 

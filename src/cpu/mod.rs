@@ -19,6 +19,7 @@ mod optim;
 mod qdot;
 mod qmatmul;
 mod reduce;
+mod rope;
 mod scan;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
@@ -39,6 +40,7 @@ pub(crate) use reduce::{
     argmax, cross_entropy_grad, cross_entropy_rows, norm, norm_backward, norm_param_grads, reduce,
     softmax,
 };
+pub(crate) use rope::rope;
 pub(crate) use scan::{cumsum, topk};
 pub(crate) use strided::{pad, strided_copy};
 

@@ -12,6 +12,7 @@ use crate::matmul_plan::MatmulPlan;
 use crate::op::{BinaryOp, ReduceOp, UnaryOp};
 use crate::optim_params::{OptimParams, Replayed};
 use crate::quant;
+use crate::rope::RopeDims;
 use crate::shape::BroadcastLayout;
 use crate::strided::StridedCopy;
 use std::sync::Arc;
@@ -603,6 +604,14 @@ impl BackendStorage for CpuStorage {
             params,
         );
         Ok(())
+    }
+
+    fn rope([x, c, s]: [&CpuStorage; 3], dims: &RopeDims) -> Result<CpuStorage> {
+        const OP: &str = "rope";
+        Ok(f32s_of(super::rope(
+            [x.f32s(OP)?, c.f32s(OP)?, s.f32s(OP)?],
+            dims,
+        )?))
     }
 
     fn attention(

@@ -8,7 +8,7 @@ use super::kernels::matmul::Epilogue;
 use super::kernels::{
     attention, conv, copy, elementwise, grad, index, matmul, norm, optim, packed,
 };
-use super::kernels::{reduce, scan, select, xent};
+use super::kernels::{reduce, rope, scan, select, xent};
 use super::pool::PooledBuffer;
 use crate::attention::AttnDims;
 use crate::backend::{Around, BackendStorage, Kernel, WherePlan, mismatch};
@@ -19,6 +19,7 @@ use crate::fusion::{self, LeafMap, Operand};
 use crate::matmul_plan::MatmulPlan;
 use crate::op::{BinaryOp, ReduceOp, UnaryOp};
 use crate::optim_params::{OptimParams, Replayed};
+use crate::rope::RopeDims;
 use crate::shape::BroadcastLayout;
 use crate::strided::StridedCopy;
 use std::sync::Arc;
@@ -879,6 +880,13 @@ impl BackendStorage for GpuStorage {
             params,
             replay,
         )
+    }
+
+    fn rope([x, c, s]: [&GpuStorage; 3], dims: &RopeDims) -> Result<GpuStorage> {
+        const OP: &str = "rope";
+        let [bx, bc, bs] = [x, c, s].map(|t| t.bound(OP, DType::F32));
+        let out = rope::rope(&x.ctx, [bx?, bc?, bs?], dims)?;
+        Ok(x.filled(out, DType::F32))
     }
 
     fn attention(

@@ -37,6 +37,7 @@ mod linalg;
 mod packed;
 mod pointwise;
 mod reduction;
+mod rope;
 mod scan;
 mod update;
 

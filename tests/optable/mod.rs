@@ -16,6 +16,7 @@ mod layout;
 mod matmul;
 mod norm;
 mod reduce;
+mod rope;
 mod scan;
 mod unary;
 
@@ -167,6 +168,7 @@ pub fn table() -> Vec<OpInfo> {
         scan::table(),
         layout::table(),
         norm::table(),
+        rope::table(),
         index::table(),
         conv::table(),
         binary::table(),

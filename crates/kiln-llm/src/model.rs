@@ -1,7 +1,7 @@
 //! The decoder: Llama-family blocks (RMSNorm, RoPE, grouped-query attention, SwiGLU) built from
 //! kiln's ops, with weights kept in the file's storage types and a KV cache per sequence.
 
-use kiln::{AttentionOptions, DType, Device, Graph, Tensor, UnaryOp};
+use kiln::{AttentionOptions, DType, Device, Graph, RopeLayout, Tensor, UnaryOp};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::config::{Arch, Config, RopeStyle};
@@ -88,8 +88,6 @@ pub struct Model {
     output: Tensor,
     /// RoPE's inverse frequencies, one per rotated pair.
     inv_freq: Vec<f64>,
-    /// Each head dimension's partner in its RoPE pair (itself past `rope_dim`), as u32 ids.
-    rope_partner: Tensor,
 }
 
 /// The keys and values of one sequence's past tokens, per layer: each layer's are one tensor
@@ -114,7 +112,7 @@ pub struct Cache {
 struct Layers {
     k: Vec<Tensor>,
     v: Vec<Tensor>,
-    /// `cos` and signed `sin` `[capacity, head_dim]` (see [`Model::rope_tables`]).
+    /// `cos` and `sin` `[capacity, rope_dim / 2]` (see [`Model::rope_tables`]).
     rope: Option<(Tensor, Tensor)>,
 }
 
@@ -366,16 +364,6 @@ impl Model {
                     / f64::from(c.rope_scale)
             })
             .collect();
-        let half = c.rope_dim / 2;
-        let partner: Vec<u32> = (0..c.head_dim)
-            .map(|j| match c.rope_style {
-                _ if j >= c.rope_dim => j,
-                RopeStyle::Adjacent => j ^ 1,
-                RopeStyle::Halves if j < half => j + half,
-                RopeStyle::Halves => j - half,
-            } as u32)
-            .collect();
-        let rope_partner = Tensor::from_vec_u32(device, partner, &[c.head_dim])?;
         log::info!(
             "{:?}: {} layers, width {}, {} heads ({} kv), vocab {}, on {}",
             c.arch,
@@ -396,7 +384,6 @@ impl Model {
             blocks,
             output,
             inv_freq,
-            rope_partner,
         })
     }
 
@@ -433,9 +420,7 @@ impl Model {
         }
         if c.rope_dim > 0 {
             let positions: Vec<usize> = (0..cache.capacity).collect();
-            let (cos, sin) = self.rope_tables(&positions)?;
-            let rows = [cache.capacity, c.head_dim];
-            kv.rope = Some((cos.reshape(&rows)?, sin.reshape(&rows)?));
+            kv.rope = Some(self.rope_tables(&positions)?);
         }
         Ok(())
     }
@@ -626,7 +611,7 @@ impl Model {
         kv: &mut Layers,
     ) -> Result<Tensor> {
         let mut x = self.embed(ids, pos)?;
-        let rope = self.rope_at(kv, pos, t)?;
+        let rope = self.rope_at(kv, pos)?;
         for i in 0..self.blocks.len() {
             let (q, k, v) = self.qkv(i, &x, t, rope.as_ref())?;
             kv.k[i].index_copy(1, pos, &k)?;
@@ -655,11 +640,11 @@ impl Model {
             _ => {
                 let (mut cos, mut sin) = (Vec::new(), Vec::new());
                 for (layers, (at, _, _)) in kv.iter().zip(segments) {
-                    let (c, s) = self.rope_at(layers, at, at.numel())?.expect("rope_dim > 0");
+                    let (c, s) = self.rope_at(layers, at)?.expect("rope_dim > 0");
                     cos.push(c);
                     sin.push(s);
                 }
-                let join = |v: &[Tensor]| Tensor::cat(&v.iter().collect::<Vec<_>>(), 1);
+                let join = |v: &[Tensor]| Tensor::cat(&v.iter().collect::<Vec<_>>(), 0);
                 Some((join(&cos)?, join(&sin)?))
             }
         };
@@ -690,15 +675,12 @@ impl Model {
         })
     }
 
-    /// RoPE's rows for positions `pos` from a cache's tables: `[1, t, 1, head_dim]` each.
-    fn rope_at(&self, kv: &Layers, pos: &Tensor, t: usize) -> Result<Option<(Tensor, Tensor)>> {
-        let d = self.config.head_dim;
+    /// RoPE's rows for positions `pos` from a cache's tables: `[t, rope_dim / 2]` each.
+    fn rope_at(&self, kv: &Layers, pos: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
         let Some((cos, sin)) = &kv.rope else {
             return Ok(None);
         };
-        let rows = |table: &Tensor| -> Result<Tensor> {
-            Ok(Tensor::embedding(table, pos)?.reshape(&[1, t, 1, d])?)
-        };
+        let rows = |table: &Tensor| -> Result<Tensor> { Ok(Tensor::embedding(table, pos)?) };
         Ok(Some((rows(cos)?, rows(sin)?)))
     }
 
@@ -780,41 +762,31 @@ impl Model {
         })
     }
 
-    /// RoPE's tables for `positions` (one per token), over a head's whole width `d`: `cos`
-    /// and a signed `sin`, `[1, t, 1, d]`, such that `x·cos + x[partner]·sin` rotates every pair
-    /// (dimensions past `rope_dim` pass through: cos 1, sin 0).
+    /// RoPE's tables for `positions` (one per token): the cosine and sine of each rotated
+    /// pair's angle, `[t, rope_dim / 2]` each (see [`Tensor::rope`]).
     fn rope_tables(&self, positions: &[usize]) -> Result<(Tensor, Tensor)> {
-        let c = &self.config;
-        let (d, half, t) = (c.head_dim, c.rope_dim / 2, positions.len());
-        let (mut cos, mut sin) = (Vec::with_capacity(t * d), Vec::with_capacity(t * d));
+        let (half, t) = (self.config.rope_dim / 2, positions.len());
+        let (mut cos, mut sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
         for &p in positions {
-            for j in 0..d {
-                let (pair, first) = match c.rope_style {
-                    _ if j >= c.rope_dim => {
-                        cos.push(1.0);
-                        sin.push(0.0);
-                        continue;
-                    }
-                    RopeStyle::Adjacent => (j / 2, j % 2 == 0),
-                    RopeStyle::Halves => (j % half, j < half),
-                };
-                let a = p as f64 * self.inv_freq[pair];
+            for f in &self.inv_freq {
+                let a = p as f64 * f;
                 cos.push(a.cos() as f32);
-                sin.push(if first { -a.sin() } else { a.sin() } as f32);
+                sin.push(a.sin() as f32);
             }
         }
         Ok((
-            Tensor::from_vec(&self.device, cos, &[1, t, 1, d])?,
-            Tensor::from_vec(&self.device, sin, &[1, t, 1, d])?,
+            Tensor::from_vec(&self.device, cos, &[t, half])?,
+            Tensor::from_vec(&self.device, sin, &[t, half])?,
         ))
     }
 
-    /// RoPE on `[1, t, heads, head_dim]`: each pair `(a, b)` becomes
-    /// `(a·cos − b·sin, a·sin + b·cos)`, as `x·cos + x[partner]·sin` with the signed tables of
-    /// [`Model::rope_tables`]: one gather and one fused elementwise pass.
+    /// RoPE on `[1, t, heads, head_dim]` with the checkpoint's pairing: one kernel.
     fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let swapped = x.index_select(3, &self.rope_partner)?;
-        Ok(x.mul(cos)?.add(&swapped.mul(sin)?)?)
+        let layout = match self.config.rope_style {
+            RopeStyle::Adjacent => RopeLayout::Adjacent,
+            RopeStyle::Halves => RopeLayout::Halves,
+        };
+        Ok(x.rope(cos, sin, layout)?)
     }
 
     /// Attention of `q` `[1, t, heads, d]` (the last `t` positions) over a cache's first `len`

@@ -15,6 +15,7 @@ pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod packed;
 pub(crate) mod reduce;
+pub(crate) mod rope;
 pub(crate) mod scan;
 pub(crate) mod select;
 pub(crate) mod xent;
@@ -30,7 +31,7 @@ pub(crate) struct Family {
     pub params: &'static [(&'static str, &'static str, usize)],
 }
 
-const FAMILIES: [&Family; 15] = [
+const FAMILIES: [&Family; 16] = [
     &attention::FAMILY,
     &elementwise::FAMILY,
     &fused::FAMILY,
@@ -46,6 +47,7 @@ const FAMILIES: [&Family; 15] = [
     &optim::FAMILY,
     &xent::FAMILY,
     &packed::FAMILY,
+    &rope::FAMILY,
 ];
 
 /// Every specialization the host can ask for, so that `tests/shaders.rs` validates exactly what
