@@ -85,8 +85,9 @@ pub(crate) trait BackendStorage: Sized + Clone {
     fn to_bytes(&self, op: &'static str, n: usize) -> Result<Vec<u8>>;
 
     /// These `n` values converted to `dtype` (through f32: decoded, then encoded; see
-    /// `quant::encode` for the rounding).
-    fn cast(&self, op: &'static str, dtype: DType, n: usize) -> Result<Self>;
+    /// `quant::encode` for the rounding), in rows of `row_len` values (the shape's last
+    /// dimension: a backend may order a storage type's rows for its kernels).
+    fn cast(&self, op: &'static str, dtype: DType, n: usize, row_len: usize) -> Result<Self>;
 
     /// `self · weightᵀ` for f32 `self` of `m × k` and a `weight` of a storage type of
     /// `n × k` (whole blocks per row), decoded in registers: an `m × n` f32 result.

@@ -23,6 +23,11 @@ impl Shape {
         &self.0
     }
 
+    /// The last dimension's size (1 for a scalar).
+    pub(crate) fn last_dim(&self) -> usize {
+        self.0.last().copied().unwrap_or(1)
+    }
+
     /// Number of dimensions.
     pub fn rank(&self) -> usize {
         self.0.len()

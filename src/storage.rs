@@ -82,9 +82,10 @@ impl Storage {
         op: &'static str,
         dtype: DType,
         bytes: Vec<u8>,
+        row_len: usize,
     ) -> Result<Storage> {
         match device.gpu_context() {
-            None => Ok(CpuStorage::from_bytes(dtype, bytes)?.wrap()),
+            None => Ok(CpuStorage::from_bytes(dtype, bytes, row_len)?.wrap()),
             Some(ctx) => Ok(GpuStorage::upload_bytes(ctx, op, dtype, &bytes)?.wrap()),
         }
     }
@@ -95,8 +96,14 @@ impl Storage {
     }
 
     /// These `n` values converted to `dtype`.
-    pub(crate) fn cast(&self, op: &'static str, dtype: DType, n: usize) -> Result<Storage> {
-        on!(self, |x| x.cast(op, dtype, n))
+    pub(crate) fn cast(
+        &self,
+        op: &'static str,
+        dtype: DType,
+        n: usize,
+        row_len: usize,
+    ) -> Result<Storage> {
+        on!(self, |x| x.cast(op, dtype, n, row_len))
     }
 
     /// `self · weightᵀ` for f32 `self` (`m × k`) and a packed `weight` (`n × k`).
@@ -189,14 +196,17 @@ impl Storage {
         on!(self, |x| x.duplicate(op, n))
     }
 
-    /// These `n` values on `device` (whatever their element type).
-    pub(crate) fn to_device(&self, device: &Device, n: usize) -> Result<Storage> {
+    /// These `n` values on `device` (whatever their element type), in rows of `row_len`.
+    pub(crate) fn to_device(&self, device: &Device, n: usize, row_len: usize) -> Result<Storage> {
         match self.dtype() {
             DType::F32 => Self::from_f32_vec(device, "to_device", self.to_f32("to_device", n)?),
             DType::U32 => {
                 Self::from_u32(device, "to_device", Arc::new(self.to_u32("to_device", n)?))
             }
-            packed => Self::from_bytes(device, "to_device", packed, self.to_bytes("to_device", n)?),
+            packed => {
+                let bytes = self.to_bytes("to_device", n)?;
+                Self::from_bytes(device, "to_device", packed, bytes, row_len)
+            }
         }
     }
 

@@ -20,6 +20,7 @@ mod qdot;
 mod qmatmul;
 mod reduce;
 mod rope;
+pub(crate) mod row_groups;
 mod scan;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
@@ -166,6 +167,23 @@ pub(crate) fn par_chunks_claimed<T: Send>(
         }
     });
 }
+
+/// A pointer that threads of a parallel loop write through, each at places that are its
+/// alone (every use says why they are).
+#[derive(Clone, Copy)]
+pub(crate) struct Shared<T>(pub(crate) *mut T);
+
+impl<T> Shared<T> {
+    /// The pointer (a method, so that a closure captures the whole `Shared`, not its field).
+    pub(crate) fn ptr(self) -> *mut T {
+        self.0
+    }
+}
+
+// SAFETY: the writers' places are disjoint (see the uses).
+unsafe impl<T> Send for Shared<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for Shared<T> {}
 
 /// `&mut [f32]` over values that have all been written.
 ///

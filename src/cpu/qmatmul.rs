@@ -3,11 +3,14 @@
 //!
 //! q8_0 and q4_0 take ggml's route: each activation row is quantized to q8 blocks once, and a
 //! weight block's dot product with it is an int8 one (`qdot`: AVX-512 VNNI, AVX2 or scalar,
-//! chosen at run time), scaled by the two blocks' scales. The other types decode a chunk of
+//! chosen at run time), scaled by the two blocks' scales. Their weights are kept in groups of
+//! eight rows (`row_groups`), multiplied eight rows at a time from one stream of bytes, for one
+//! activation row (a decode step) or many (a prompt: no f32 route for them). The other types decode a chunk of
 //! the weight row to f32 and take f32 dot products. Threads split the weight's rows, so each
 //! weight byte is read once whatever the number of activation rows.
 
 use super::qdot::{self, Q8KRow, Q8Row};
+use super::row_groups::{self, GROUP, Layout};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::matmul_plan::MatmulPlan;
@@ -22,99 +25,42 @@ const CHUNK: usize = 256;
 /// (an atomic add whose cache line moves between cores) rare beside the work.
 const ROWS_PER_CLAIM: usize = 64;
 
-/// `x · wᵀ` for `x` of `m × k` (f32, row-major) and `w` of `n × k` values of `dtype` (`bytes`,
-/// whole blocks per row): an `m × n` result.
+/// `x · wᵀ` for `x` of `m × k` (f32, row-major) and `w` of `n × k` values of `dtype` (`bytes`
+/// in `layout`'s order, whole blocks per row): an `m × n` result.
 pub(crate) fn matmul_packed(
     op: &'static str,
     x: &[f32],
     dtype: DType,
     w: &[u8],
+    layout: Layout,
     (m, k, n): (usize, usize, usize),
 ) -> Result<Vec<f32>> {
+    let row_bytes = quant::byte_len(op, dtype, k)?;
+    let grouped = match layout {
+        Layout::Rows => false,
+        Layout::Grouped { row_bytes: r } if r == row_bytes => true,
+        // Rows of another length (the weight reshaped): the file's order.
+        Layout::Grouped { row_bytes: r } => {
+            let mut file = super::alloc(op, w.len())?;
+            row_groups::ungroup(dtype, r, w, &mut file);
+            return matmul_packed(op, x, dtype, &file, Layout::Rows, (m, k, n));
+        }
+    };
     // Activations with NaN or ±inf take the f32 route too: 8-bit blocks cannot hold them (an
     // infinite block scale times a zero quant is NaN, a NaN quant is 0), and there they
     // propagate as IEEE arithmetic, as a GPU's products do.
-    if m >= f32_from_rows() || x.iter().any(|v| !v.is_finite()) {
-        return via_f32(op, x, dtype, w, (m, k, n));
+    // Grouped rows stay in int8 for a prompt too: their products ran at 1.0-2.2× the
+    // SGEMM's speed on the decoded weight from 128 to 512 rows (two Sapphire Rapids cores).
+    if x.iter().any(|v| !v.is_finite()) || (!grouped && m >= f32_from_rows()) {
+        return via_f32(op, x, dtype, w, grouped, (m, k, n));
     }
-    let row_bytes = quant::byte_len(op, dtype, k)?;
+    if grouped {
+        return grouped_product(op, x, dtype, w, (m, k, n));
+    }
     let mut out_t = super::alloc::<f32>(op, n * m)?;
     match dtype {
         DType::Q8_0 | DType::Q4_0 => {
-            let xq = Q8Row::quantize(x);
-            let blocks = k / 32;
-            if m == 1 {
-                // A decode step: one weight row at a time (see below), a claim's rows in one
-                // call.
-                let (run, xs) = (qdot::rows_kernel(dtype), xq.blocks(0, blocks));
-                super::par_chunks_claimed(
-                    &mut out_t,
-                    ROWS_PER_CLAIM,
-                    1,
-                    ROWS_PER_CLAIM * k,
-                    &|c, out| {
-                        let r0 = c * ROWS_PER_CLAIM;
-                        run(
-                            &w[r0 * row_bytes..(r0 + out.len()) * row_bytes],
-                            row_bytes,
-                            xs,
-                            out,
-                        );
-                    },
-                );
-                return Ok(out_t);
-            }
-            let (one, four, tile) = (qdot::kernel(dtype), qdot::kernel4(dtype), qdot::tile(dtype));
-            // With several activation rows, four weight rows per piece: each activation row is
-            // read once for four of them, and the four rows stay in L1 while every activation
-            // row passes. With one (a decode step), one weight row at a time: four concurrent
-            // weight streams per thread halved the speed on weights larger than the caches
-            // (q8_0 11008×4096: 2.0 ms against 1.0), where one stream keeps the prefetcher ahead.
-            super::par_chunks_claimed(
-                &mut out_t,
-                4 * m,
-                ROWS_PER_CLAIM / 4,
-                4 * k * m,
-                &|quad, out| {
-                    let row = |r: usize| &w[r * row_bytes..(r + 1) * row_bytes];
-                    let r0 = 4 * quad;
-                    let rows = out.len() / m;
-                    let mut i0 = 0;
-                    // Several activation rows at a time where a register tile exists.
-                    if let (Some(t), 4) = (tile, rows) {
-                        let quad = [row(r0), row(r0 + 1), row(r0 + 2), row(r0 + 3)];
-                        let mut vals = [0f32; 16];
-                        let mut xs = Vec::with_capacity(t.rows());
-                        while i0 + t.rows() <= m {
-                            xs.clear();
-                            xs.extend(
-                                (i0..i0 + t.rows())
-                                    .map(|i| xq.blocks(i * blocks, (i + 1) * blocks)),
-                            );
-                            t.run(&quad, &xs, &mut vals[..4 * t.rows()]);
-                            for (i, v) in vals[..4 * t.rows()].chunks_exact(4).enumerate() {
-                                for (r, &x) in v.iter().enumerate() {
-                                    out[r * m + i0 + i] = x;
-                                }
-                            }
-                            i0 += t.rows();
-                        }
-                    }
-                    for i in i0..m {
-                        let xs = xq.blocks(i * blocks, (i + 1) * blocks);
-                        if rows == 4 && m > 1 {
-                            let d = four([row(r0), row(r0 + 1), row(r0 + 2), row(r0 + 3)], xs);
-                            for (r, v) in d.into_iter().enumerate() {
-                                out[r * m + i] = v;
-                            }
-                        } else {
-                            for r in 0..rows {
-                                out[r * m + i] = one(row(r0 + r), xs);
-                            }
-                        }
-                    }
-                },
-            );
+            q8_rows(dtype, w, row_bytes, &Q8Row::quantize(x), m, &mut out_t);
         }
         DType::Q4K | DType::Q6K => {
             let xq = Q8KRow::quantize(x);
@@ -158,6 +104,122 @@ pub(crate) fn matmul_packed(
     })
 }
 
+/// `x · wᵀ` for a q8_0 or q4_0 `w` in groups of eight rows (`row_groups`): the groups by
+/// [`qdot::groups_kernel`], threads taking a claim's groups at a time and writing their columns
+/// of the `m × n` result, then the rows after the groups.
+fn grouped_product(
+    op: &'static str,
+    x: &[f32],
+    dtype: DType,
+    w: &[u8],
+    (m, k, n): (usize, usize, usize),
+) -> Result<Vec<f32>> {
+    let row_bytes = quant::byte_len(op, dtype, k)?;
+    let xq = Q8Row::quantize(x);
+    let blocks = k / 32;
+    let mut out = super::alloc::<f32>(op, m * n)?;
+    let groups = n / GROUP;
+    let run = qdot::groups_kernel(dtype);
+    let xs: Vec<_> = (0..m)
+        .map(|i| xq.blocks(i * blocks, (i + 1) * blocks))
+        .collect();
+    let size = GROUP * row_bytes;
+    let per_call = ROWS_PER_CLAIM / GROUP;
+    let at = super::Shared(out.as_mut_ptr());
+    let mut units = vec![(); groups];
+    super::par_chunks_claimed(&mut units, per_call, 1, ROWS_PER_CLAIM * k * m, &|c, u| {
+        let g0 = c * per_call;
+        // SAFETY: `out` has `m` rows of `n`; this call writes columns 8·g0.. of its groups
+        // only, which no other call writes.
+        unsafe {
+            run(
+                &w[g0 * size..(g0 + u.len()) * size],
+                blocks,
+                &xs,
+                at.ptr().add(g0 * GROUP),
+                n,
+            )
+        };
+    });
+    let split = groups * GROUP;
+    if split < n {
+        let mut tail = super::alloc::<f32>(op, (n - split) * m)?;
+        q8_rows(dtype, &w[split * row_bytes..], row_bytes, &xq, m, &mut tail);
+        for (r, col) in tail.chunks_exact(m).enumerate() {
+            for (i, &v) in col.iter().enumerate() {
+                out[i * n + split + r] = v;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The q8_0 or q4_0 rows of `w` (the file's order, `row_bytes` each) with every activation
+/// row of `xq` (`m` of them): `out[r·m + i]`.
+fn q8_rows(dtype: DType, w: &[u8], row_bytes: usize, xq: &Q8Row, m: usize, out_t: &mut [f32]) {
+    if out_t.is_empty() {
+        return;
+    }
+    let blocks = row_bytes / dtype.block_bytes();
+    let k = 32 * blocks;
+    if m == 1 {
+        // A decode step: one weight row at a time (see below), a claim's rows in one call.
+        let (run, xs) = (qdot::rows_kernel(dtype), xq.blocks(0, blocks));
+        super::par_chunks_claimed(out_t, ROWS_PER_CLAIM, 1, ROWS_PER_CLAIM * k, &|c, out| {
+            let r0 = c * ROWS_PER_CLAIM;
+            run(
+                &w[r0 * row_bytes..(r0 + out.len()) * row_bytes],
+                row_bytes,
+                xs,
+                out,
+            );
+        });
+        return;
+    }
+    let (one, four, tile) = (qdot::kernel(dtype), qdot::kernel4(dtype), qdot::tile(dtype));
+    // With several activation rows, four weight rows per piece: each activation row is read
+    // once for four of them, and the four rows stay in L1 while every activation row passes.
+    // With one (a decode step), one weight row at a time: four concurrent weight streams per
+    // thread halved the speed on weights larger than the caches (q8_0 11008×4096: 2.0 ms
+    // against 1.0), where one stream keeps the prefetcher ahead.
+    super::par_chunks_claimed(out_t, 4 * m, ROWS_PER_CLAIM / 4, 4 * k * m, &|quad, out| {
+        let row = |r: usize| &w[r * row_bytes..(r + 1) * row_bytes];
+        let r0 = 4 * quad;
+        let rows = out.len() / m;
+        let mut i0 = 0;
+        // Several activation rows at a time where a register tile exists.
+        if let (Some(t), 4) = (tile, rows) {
+            let quad = [row(r0), row(r0 + 1), row(r0 + 2), row(r0 + 3)];
+            let mut vals = [0f32; 16];
+            let mut xs = Vec::with_capacity(t.rows());
+            while i0 + t.rows() <= m {
+                xs.clear();
+                xs.extend((i0..i0 + t.rows()).map(|i| xq.blocks(i * blocks, (i + 1) * blocks)));
+                t.run(&quad, &xs, &mut vals[..4 * t.rows()]);
+                for (i, v) in vals[..4 * t.rows()].chunks_exact(4).enumerate() {
+                    for (r, &x) in v.iter().enumerate() {
+                        out[r * m + i0 + i] = x;
+                    }
+                }
+                i0 += t.rows();
+            }
+        }
+        for i in i0..m {
+            let xs = xq.blocks(i * blocks, (i + 1) * blocks);
+            if rows == 4 {
+                let d = four([row(r0), row(r0 + 1), row(r0 + 2), row(r0 + 3)], xs);
+                for (r, v) in d.into_iter().enumerate() {
+                    out[r * m + i] = v;
+                }
+            } else {
+                for r in 0..rows {
+                    out[r * m + i] = one(row(r0 + r), xs);
+                }
+            }
+        }
+    });
+}
+
 /// From this many activation rows (a prompt), a product decodes its weight to f32, a band of
 /// rows at a time, and runs kiln's SGEMM on it: its register tiles reuse each weight value for
 /// many rows, where the int8 row dots above decode and multiply every weight block once per
@@ -180,12 +242,14 @@ fn f32_from_rows() -> usize {
 /// 4 MiB, so the decoded weight never exists whole.
 const BAND_ROWS: usize = 256;
 
-/// `x · wᵀ` through the SGEMM, the weight decoded a band of rows at a time.
+/// `x · wᵀ` through the SGEMM, the weight (`grouped` or in the file's order) decoded a band
+/// of rows at a time.
 fn via_f32(
     op: &'static str,
     x: &[f32],
     dtype: DType,
     w: &[u8],
+    grouped: bool,
     (m, k, n): (usize, usize, usize),
 ) -> Result<Vec<f32>> {
     let row_bytes = quant::byte_len(op, dtype, k)?;
@@ -197,7 +261,13 @@ fn via_f32(
         let dec = &mut band[..rows * k];
         super::par_chunks_claimed(dec, k, 16, k, &|r, o| {
             let row = r0 + r;
-            quant::decode(dtype, &w[row * row_bytes..(row + 1) * row_bytes], o);
+            if grouped {
+                let mut file = vec![0u8; row_bytes];
+                row_groups::row(dtype, row_bytes, w, row, &mut file);
+                quant::decode(dtype, &file, o);
+            } else {
+                quant::decode(dtype, &w[row * row_bytes..(row + 1) * row_bytes], o);
+            }
         });
         let plan = MatmulPlan::with_transposed_rhs(&xs, &Shape::new(&[rows, k])?)?;
         let part = super::matmul::matmul(x, dec, &plan)?;

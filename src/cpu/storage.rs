@@ -2,6 +2,7 @@
 //! ([`BackendStorage`]) as the loops of this module's siblings.
 
 use super::fused::{self, CpuFused};
+use super::row_groups::{self, Layout};
 use crate::attention::AttnDims;
 use crate::backend::{Around, BackendStorage, Kernel, WherePlan, mismatch};
 use crate::conv::Window;
@@ -15,6 +16,7 @@ use crate::quant;
 use crate::rope::RopeDims;
 use crate::shape::BroadcastLayout;
 use crate::strided::StridedCopy;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Host values, typed. Cloning shares them; an in-place update copies shared values first.
@@ -27,8 +29,9 @@ pub(crate) enum CpuStorage {
     /// 32-bit floats that a fused elementwise program computes when they are read
     /// (`cpu/fused.rs`).
     Lazy(Arc<CpuFused>),
-    /// Values of a storage type (`DType::is_packed`), as the bytes of its format.
-    Packed(DType, Arc<Vec<u8>>),
+    /// Values of a storage type (`DType::is_packed`), as the bytes of its format in `Layout`'s
+    /// order.
+    Packed(DType, Arc<Vec<u8>>, Layout),
 }
 
 /// f32 results.
@@ -52,24 +55,54 @@ impl CpuStorage {
         CpuStorage::U32(data)
     }
 
-    /// Values of a storage type, as the bytes of its format (checked by the caller). Large
-    /// ones are copied into a buffer that asked for huge pages before it was touched (weights
-    /// are streamed by every product: fewer TLB misses).
-    pub(crate) fn from_bytes(dtype: DType, bytes: Vec<u8>) -> Result<CpuStorage> {
+    /// Values of a storage type, as the bytes of its format (checked by the caller) in rows of
+    /// `row_len` values (the shape's last dimension). Large ones are copied into a buffer that
+    /// asked for huge pages before it was touched (weights are streamed by every product: fewer
+    /// TLB misses). q8_0 and q4_0 rows are kept in groups of eight (`row_groups`), the order
+    /// of the products' kernels; the bytes read back are the file's.
+    pub(crate) fn from_bytes(
+        dtype: DType,
+        mut bytes: Vec<u8>,
+        row_len: usize,
+    ) -> Result<CpuStorage> {
+        let layout = row_groups::groups(dtype, row_len, bytes.len()).unwrap_or(Layout::Rows);
         let bytes = if bytes.len() >= super::HUGE_PAGE_MIN {
             let mut v = super::reserve("from_bytes", bytes.len())?;
-            v.extend_from_slice(&bytes);
+            match layout {
+                Layout::Grouped { row_bytes } => {
+                    v.resize(bytes.len(), 0);
+                    row_groups::group(dtype, row_bytes, &bytes, &mut v);
+                }
+                Layout::Rows => v.extend_from_slice(&bytes),
+            }
             v
         } else {
+            if let Layout::Grouped { row_bytes } = layout {
+                row_groups::group_in_place(dtype, row_bytes, &mut bytes);
+            }
             bytes
         };
-        Ok(CpuStorage::Packed(dtype, Arc::new(bytes)))
+        Ok(CpuStorage::Packed(dtype, Arc::new(bytes), layout))
     }
 
-    /// The bytes of a packed operand (`DTypeMismatch` naming `op` otherwise).
-    fn packed(&self, op: &'static str) -> Result<(DType, &[u8])> {
+    /// The bytes of a packed operand in the file's order (`DTypeMismatch` naming `op`
+    /// otherwise): borrowed, or ungrouped into a copy.
+    fn file_bytes(&self, op: &'static str) -> Result<(DType, Cow<'_, [u8]>)> {
+        let (dtype, bytes, layout) = self.packed(op)?;
+        Ok(match layout {
+            Layout::Rows => (dtype, Cow::Borrowed(bytes)),
+            Layout::Grouped { row_bytes } => {
+                let mut out = super::alloc(op, bytes.len())?;
+                row_groups::ungroup(dtype, row_bytes, bytes, &mut out);
+                (dtype, Cow::Owned(out))
+            }
+        })
+    }
+
+    /// The bytes of a packed operand and their order (`DTypeMismatch` naming `op` otherwise).
+    fn packed(&self, op: &'static str) -> Result<(DType, &[u8], Layout)> {
         match self {
-            CpuStorage::Packed(d, b) => Ok((*d, b.as_slice())),
+            CpuStorage::Packed(d, b, l) => Ok((*d, b.as_slice(), *l)),
             other => Err(Error::Unsupported {
                 op,
                 reason: format!(
@@ -168,7 +201,7 @@ impl BackendStorage for CpuStorage {
         match self {
             CpuStorage::F32(_) | CpuStorage::Lazy(_) => DType::F32,
             CpuStorage::U32(_) => DType::U32,
-            CpuStorage::Packed(d, _) => *d,
+            CpuStorage::Packed(d, _, _) => *d,
         }
     }
 
@@ -190,17 +223,18 @@ impl BackendStorage for CpuStorage {
 
     fn to_bytes(&self, op: &'static str, n: usize) -> Result<Vec<u8>> {
         Ok(match self {
-            CpuStorage::Packed(_, b) => b.as_ref().clone(),
+            CpuStorage::Packed(..) => self.file_bytes(op)?.1.into_owned(),
             CpuStorage::U32(v) => bytemuck::cast_slice(v.as_slice()).to_vec(),
             _ => quant::encode(op, DType::F32, &self.to_f32(op, n)?)?,
         })
     }
 
-    fn cast(&self, op: &'static str, dtype: DType, n: usize) -> Result<CpuStorage> {
+    fn cast(&self, op: &'static str, dtype: DType, n: usize, row_len: usize) -> Result<CpuStorage> {
         let values = match self {
-            CpuStorage::Packed(from, b) => {
+            CpuStorage::Packed(..) => {
+                let (from, b) = self.file_bytes(op)?;
                 let mut v = super::alloc(op, n)?;
-                quant::decode(*from, b, &mut v);
+                quant::decode(from, &b, &mut v);
                 v
             }
             CpuStorage::U32(v) => v.iter().map(|&i| i as f32).collect(),
@@ -209,27 +243,39 @@ impl BackendStorage for CpuStorage {
         Ok(match dtype {
             DType::F32 => f32s_of(values),
             DType::U32 => u32s_of(values.iter().map(|&v| v as u32).collect()),
-            packed => CpuStorage::from_bytes(packed, quant::encode(op, packed, &values)?)?,
+            packed => CpuStorage::from_bytes(packed, quant::encode(op, packed, &values)?, row_len)?,
         })
     }
 
     fn matmul_packed(&self, weight: &CpuStorage, mkn: (usize, usize, usize)) -> Result<CpuStorage> {
         const OP: &str = "linear";
-        let (dtype, w) = weight.packed(OP)?;
+        let (dtype, w, layout) = weight.packed(OP)?;
         let x = self.f32s(OP)?;
         Ok(f32s_of(super::qmatmul::matmul_packed(
-            OP, x, dtype, w, mkn,
+            OP, x, dtype, w, layout, mkn,
         )?))
     }
 
     fn packed_rows(&self, _ids: &CpuStorage, idx: &[u32], len: usize) -> Result<CpuStorage> {
         const OP: &str = "embedding_rows";
-        let (dtype, table) = self.packed(OP)?;
+        let (dtype, table, layout) = self.packed(OP)?;
         let row_bytes = quant::byte_len(OP, dtype, len)?;
         let mut out = super::alloc(OP, idx.len() * len)?;
+        let mut row = Vec::new();
         for (o, &i) in out.chunks_exact_mut(len.max(1)).zip(idx) {
             let at = i as usize * row_bytes;
-            quant::decode(dtype, &table[at..at + row_bytes], o);
+            match layout {
+                Layout::Grouped { row_bytes: grouped } if grouped == row_bytes => {
+                    row.resize(row_bytes, 0);
+                    row_groups::row(dtype, row_bytes, table, i as usize, &mut row);
+                    quant::decode(dtype, &row, o);
+                }
+                Layout::Grouped { .. } => {
+                    let (_, file) = self.file_bytes(OP)?;
+                    quant::decode(dtype, &file[at..at + row_bytes], o);
+                }
+                Layout::Rows => quant::decode(dtype, &table[at..at + row_bytes], o),
+            }
         }
         Ok(f32s_of(out))
     }

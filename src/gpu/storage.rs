@@ -335,7 +335,13 @@ impl BackendStorage for GpuStorage {
         }
     }
 
-    fn cast(&self, op: &'static str, dtype: DType, n: usize) -> Result<GpuStorage> {
+    fn cast(
+        &self,
+        op: &'static str,
+        dtype: DType,
+        n: usize,
+        _row_len: usize,
+    ) -> Result<GpuStorage> {
         if dtype == self.dtype {
             return Ok(self.clone());
         }

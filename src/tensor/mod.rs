@@ -106,7 +106,9 @@ impl Tensor {
         if self.device.same(device) {
             return Ok(self.clone());
         }
-        let storage = self.storage.to_device(device, self.numel())?;
+        let storage = self
+            .storage
+            .to_device(device, self.numel(), self.shape.last_dim())?;
         Ok(Tensor::new(storage, self.shape.clone(), device))
     }
 

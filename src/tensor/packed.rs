@@ -72,7 +72,7 @@ impl Tensor {
                 OP,
                 bytemuck::pod_collect_to_vec(bytes.as_ref()).into(),
             )?,
-            _ => Storage::from_bytes(device, OP, dtype, bytes.into())?,
+            _ => Storage::from_bytes(device, OP, dtype, bytes.into(), shape.last_dim())?,
         };
         Ok(Tensor::new(storage, shape, device))
     }
@@ -122,7 +122,9 @@ impl Tensor {
             return Ok(self.clone());
         }
         Self::packed_shape(OP, dtype, self.shape())?;
-        let storage = self.storage.cast(OP, dtype, self.numel())?;
+        let storage = self
+            .storage
+            .cast(OP, dtype, self.numel(), self.shape.last_dim())?;
         Ok(self.with(storage, self.shape.clone()))
     }
 

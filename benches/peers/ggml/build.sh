@@ -27,7 +27,11 @@ src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/llama-cpp-sys-2-0.1.161
 # a copy with an empty one.
 rm -rf build && mkdir -p build && cp -r "$src/llama.cpp" build/llama-src
 touch build/llama-src/ggml/ggml.pc.in
+# Without AMX where the CPU has it (Sapphire Rapids): this version's AMX products crash
+# (SIGSEGV in ggml_backend_amx_mul_mat) on the q8_0 test models; its AVX-512 kernels run instead.
+noamx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 cmake -S build/llama-src -B build/llama -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    -DCMAKE_C_FLAGS="$noamx" -DCMAKE_CXX_FLAGS="$noamx" \
     -DBUILD_SHARED_LIBS=OFF -DGGML_BACKEND_DL=OFF -DGGML_BUILD_TESTS=OFF \
     -DGGML_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
