@@ -60,7 +60,7 @@ fn decoded(bytes: &[u8], dtype: DType, shape: &[usize]) -> Vec<f32> {
 fn packed_tensors_round_trip_and_decode_alike_on_every_device() {
     let mut rng = Lcg(7);
     for dtype in packed() {
-        // 19 rows: the CPU keeps q8_0 and q4_0 rows in groups of eight (two groups, three
+        // 19 rows: the CPU keeps q4_0 rows in groups of eight (two groups, three
         // rows after them), and reads the file's order back.
         let shape = [19, 2 * dtype.block_len().max(4)];
         let n: usize = shape.iter().product();
@@ -221,7 +221,7 @@ fn linear_with_a_packed_weight_matches_the_decoded_product() {
             (2, 0, 3),
             (1, 2048, 2),
             (200, 1, 3),
-            // The CPU's groups of eight q8_0/q4_0 rows: a decode step over whole groups, a
+            // The CPU's groups of eight q4_0 rows: a decode step over whole groups, a
             // prompt through the decoded weight with a row after the groups.
             (1, 18, 24),
             (200, 1, 11),
@@ -295,7 +295,7 @@ fn linear_with_a_packed_weight_matches_the_decoded_product() {
 }
 
 /// A packed weight reshaped to rows of another length multiplies as its new rows (the CPU
-/// keeps q8_0 and q4_0 rows in groups of eight, ordered for the old length).
+/// keeps q4_0 rows in groups of eight, ordered for the old length).
 #[test]
 fn a_reshaped_packed_weight_multiplies_by_its_new_rows() {
     let mut rng = Lcg(11);

@@ -3,7 +3,7 @@
 //!
 //! q8_0 and q4_0 take ggml's route: each activation row is quantized to q8 blocks once, and a
 //! weight block's dot product with it is an int8 one (`qdot`: AVX-512 VNNI, AVX2 or scalar,
-//! chosen at run time), scaled by the two blocks' scales. Their weights are kept in groups of
+//! chosen at run time), scaled by the two blocks' scales. q4_0 weights are kept in groups of
 //! eight rows (`row_groups`), multiplied eight rows at a time from one stream of bytes, for one
 //! activation row (a decode step) or many (a prompt: no f32 route for them). The other types decode a chunk of
 //! the weight row to f32 and take f32 dot products. Threads split the weight's rows, so each
@@ -104,7 +104,7 @@ pub(crate) fn matmul_packed(
     })
 }
 
-/// `x · wᵀ` for a q8_0 or q4_0 `w` in groups of eight rows (`row_groups`): the groups by
+/// `x · wᵀ` for a q4_0 `w` in groups of eight rows (`row_groups`): the groups by
 /// [`qdot::groups_kernel`], threads taking a claim's groups at a time and writing their columns
 /// of the `m × n` result, then the rows after the groups.
 fn grouped_product(
@@ -119,7 +119,7 @@ fn grouped_product(
     let blocks = k / 32;
     let mut out = super::alloc::<f32>(op, m * n)?;
     let groups = n / GROUP;
-    let run = qdot::groups_kernel(dtype);
+    let run = qdot::groups_kernel();
     let xs: Vec<_> = (0..m)
         .map(|i| xq.blocks(i * blocks, (i + 1) * blocks))
         .collect();

@@ -1,12 +1,11 @@
-//! Products of grouped q8_0 and q4_0 weights (`cpu/row_groups.rs`: eight rows' blocks
-//! interleaved) with activation rows quantized to q8 blocks: each group block's bytes are
-//! loaded once, 64 at a time, for eight output rows, whose sums lie in the lanes of one
-//! accumulator (two lanes a row); no horizontal sum per row, one scale conversion per eight
-//! blocks. AVX-512 VNNI (512-bit), AVX2, or portable code.
+//! Products of grouped q4_0 weights (`cpu/row_groups.rs`: eight rows' blocks interleaved)
+//! with activation rows quantized to q8 blocks: each group block's bytes are loaded once, 64
+//! at a time, for eight output rows, whose sums lie in the lanes of one accumulator (two lanes
+//! a row); no horizontal sum per row, one scale conversion per eight blocks. AVX-512 VNNI
+//! (512-bit), AVX2, or portable code.
 
 use super::{Isa, Q8Slice, isa};
 use crate::cpu::row_groups::GROUP;
-use crate::dtype::DType;
 use crate::quant::f16_at;
 
 /// `out[i·n + 8g + r]` = row `r` of group `g` of `w` (whole groups of `blocks` blocks a row)
@@ -16,57 +15,38 @@ use crate::quant::f16_at;
 /// `out` is valid for those writes, which no one else makes meanwhile.
 pub(crate) type GroupsKernel = unsafe fn(&[u8], usize, &[Q8Slice], *mut f32, usize);
 
-/// The fastest [`GroupsKernel`] for grouped q8_0 or q4_0 weights on this CPU.
-pub(crate) fn groups_kernel(dtype: DType) -> GroupsKernel {
+/// The fastest [`GroupsKernel`] for grouped q4_0 weights on this CPU.
+pub(crate) fn groups_kernel() -> GroupsKernel {
     #[cfg(target_arch = "x86_64")]
     {
         // (The kernels' features were detected.)
-        match (dtype, isa()) {
-            (DType::Q8_0, Isa::Vnni) if x86::wide() => return x86::q8_0_512,
-            (DType::Q4_0, Isa::Vnni) if x86::wide() => return x86::q4_0_512,
-            (DType::Q8_0, Isa::Vnni | Isa::Avx2) => return x86::q8_0_avx2,
-            (DType::Q4_0, Isa::Vnni | Isa::Avx2) => return x86::q4_0_avx2,
-            _ => {}
+        match isa() {
+            Isa::Vnni if x86::wide() => return x86::q4_0_512,
+            Isa::Vnni | Isa::Avx2 => return x86::q4_0_avx2,
+            Isa::Portable => {}
         }
     }
-    match dtype {
-        DType::Q4_0 => groups_scalar::<true>,
-        _ => groups_scalar::<false>,
-    }
+    groups_scalar
 }
 
-/// Portable: q4_0 (`Q4`) or q8_0 group blocks, value by value.
+/// Portable: q4_0 group blocks, value by value.
 ///
 /// # Safety
 /// As [`GroupsKernel`].
-unsafe fn groups_scalar<const Q4: bool>(
-    w: &[u8],
-    blocks: usize,
-    xs: &[Q8Slice],
-    out: *mut f32,
-    n: usize,
-) {
-    let (block, chunks) = if Q4 { (18, 2) } else { (34, 4) };
-    for (g, gw) in w.chunks_exact(GROUP * block * blocks).enumerate() {
+unsafe fn groups_scalar(w: &[u8], blocks: usize, xs: &[Q8Slice], out: *mut f32, n: usize) {
+    for (g, gw) in w.chunks_exact(GROUP * 18 * blocks).enumerate() {
         for (i, x) in xs.iter().enumerate() {
             let mut acc = [0f32; GROUP];
-            for (b, gb) in gw.chunks_exact(GROUP * block).enumerate() {
+            for (b, gb) in gw.chunks_exact(GROUP * 18).enumerate() {
                 let xq = &x.qs[32 * b..32 * b + 32];
                 for (r, a) in acc.iter_mut().enumerate() {
-                    let mut dot = 0i32;
-                    for c in 0..chunks {
+                    let mut dot = -8 * x.sums[b];
+                    for c in 0..2 {
                         let q = &gb[2 * GROUP + c * 64 + r * 8..][..8];
                         for (j, &byte) in q.iter().enumerate() {
-                            if Q4 {
-                                dot += (byte & 15) as i32 * xq[8 * c + j] as i32;
-                                dot += (byte >> 4) as i32 * xq[16 + 8 * c + j] as i32;
-                            } else {
-                                dot += byte as i8 as i32 * xq[8 * c + j] as i32;
-                            }
+                            dot += (byte & 15) as i32 * xq[8 * c + j] as i32;
+                            dot += (byte >> 4) as i32 * xq[16 + 8 * c + j] as i32;
                         }
-                    }
-                    if Q4 {
-                        dot -= 8 * x.sums[b];
                     }
                     *a += f16_at(gb, 2 * r) * x.d[b] * dot as f32;
                 }
@@ -301,45 +281,7 @@ mod x86 {
         Q4Wide([lo(v0), hi(v0), lo(v1), hi(v1)])
     }
 
-    /// A q8_0 group block's four chunks, offset to unsigned bytes (q + 128).
-    struct Q8Wide([__m512i; 4]);
-
-    impl Q8Wide {
-        /// Row sums Σq·x in two lanes a row, for activation block `x` (`sum` its Σx).
-        ///
-        /// # Safety
-        /// The block's 32 values are readable.
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        unsafe fn dot(&self, x: *const i8, sum: i32) -> __m512i {
-            let [c0, c1, c2, c3] = self.0;
-            // SAFETY: per the contract.
-            unsafe {
-                let a = _mm512_dpbusd_epi32(even512(-128 * sum), c0, bcast512(x, 0));
-                let a = _mm512_dpbusd_epi32(a, c1, bcast512(x, 8));
-                let b = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c2, bcast512(x, 16));
-                let b = _mm512_dpbusd_epi32(b, c3, bcast512(x, 24));
-                _mm512_add_epi32(a, b)
-            }
-        }
-    }
-
-    /// Loads a q8_0 group block's quants.
-    ///
-    /// # Safety
-    /// 256 bytes at `p` are readable.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn q8_wide(p: *const u8) -> Q8Wide {
-        let flip = _mm512_set1_epi8(-128);
-        // SAFETY: per the contract.
-        Q8Wide(std::array::from_fn(|c| unsafe {
-            _mm512_xor_si512(_mm512_loadu_si512(p.add(64 * c) as *const _), flip)
-        }))
-    }
-
     wide_kernel!(q4_0_512, q4_0_tile_512, 144, q4_wide);
-    wide_kernel!(q8_0_512, q8_0_tile_512, 272, q8_wide);
 
     /// `R` activation rows with one q4_0 group (at `w`), AVX2: rows 0–3 and 4–7 as two halves.
     ///
@@ -398,56 +340,5 @@ mod x86 {
         acc.map(|[a, b]| rows_of(a, b))
     }
 
-    /// `R` activation rows with one q8_0 group (at `w`), AVX2: rows 0–3 and 4–7 as two halves.
-    ///
-    /// # Safety
-    /// The CPU has AVX2, FMA and F16C; the group and the rows hold `blocks` blocks.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q8_0_tile_avx2<const R: usize>(
-        w: *const u8,
-        blocks: usize,
-        x: [Q8Slice; R],
-    ) -> [[f32; GROUP]; R] {
-        const SIZE: usize = 272;
-        let ones = _mm256_set1_epi16(1);
-        let spread = [
-            _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3),
-            _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7),
-        ];
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        for b in 0..blocks {
-            // SAFETY: inside the group and the rows.
-            unsafe {
-                let p = w.add(b * SIZE);
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-                for h in 0..2 {
-                    let q: [__m256i; 4] = std::array::from_fn(|c| {
-                        _mm256_loadu_si256(p.add(16 + 64 * c + 32 * h) as *const _)
-                    });
-                    let u = q.map(|v| _mm256_sign_epi8(v, v));
-                    let dh = _mm256_permutevar8x32_ps(d, spread[h]);
-                    for r in 0..R {
-                        let xs = x[r].qs.as_ptr().add(32 * b);
-                        // |q|·(x with q's sign): a pair's sum ≤ 2·128·127 fits 16 bits, so
-                        // each chunk widens to 32 bits on its own.
-                        let chunk = |c: usize| {
-                            let s = _mm256_sign_epi8(bcast256(xs, 8 * c), q[c]);
-                            _mm256_madd_epi16(_mm256_maddubs_epi16(u[c], s), ones)
-                        };
-                        let dot = _mm256_add_epi32(
-                            _mm256_add_epi32(chunk(0), chunk(1)),
-                            _mm256_add_epi32(chunk(2), chunk(3)),
-                        );
-                        let s = _mm256_mul_ps(dh, _mm256_set1_ps(*x[r].d.get_unchecked(b)));
-                        acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc[r][h]);
-                    }
-                }
-            }
-        }
-        acc.map(|[a, b]| rows_of(a, b))
-    }
-
     wrapper!(q4_0_avx2, "avx2,fma,f16c", q4_0_tile_avx2, 144, 2);
-    wrapper!(q8_0_avx2, "avx2,fma,f16c", q8_0_tile_avx2, 272, 2);
 }
