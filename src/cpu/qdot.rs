@@ -499,10 +499,10 @@ mod x86 {
     use super::Q8Slice;
     use std::arch::x86_64::*;
 
-    /// Horizontal sum of eight f32 lanes.
+    /// Horizontal sum of eight f32 lanes, in ggml's order (`hsum_float_8`).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
+    pub(super) fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));

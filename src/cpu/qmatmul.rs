@@ -3,7 +3,7 @@
 //!
 //! q8_0 and q4_0 take ggml's route: each activation row is quantized to q8 blocks once, and a
 //! weight block's dot product with it is an int8 one (`qdot`: AVX-512 VNNI, AVX2 or scalar,
-//! chosen at run time), scaled by the two blocks' scales. q4_0 weights are kept in groups of
+//! chosen at run time), scaled by the two blocks' scales. Their weights are kept in groups of
 //! eight rows (`row_groups`), multiplied eight rows at a time from one stream of bytes, for one
 //! activation row (a decode step) or many (a prompt: no f32 route for them). The other types decode a chunk of
 //! the weight row to f32 and take f32 dot products. Threads split the weight's rows, so each
@@ -104,7 +104,7 @@ pub(crate) fn matmul_packed(
     })
 }
 
-/// `x · wᵀ` for a q4_0 `w` in groups of eight rows (`row_groups`): the groups by
+/// `x · wᵀ` for a q8_0 or q4_0 `w` in groups of eight rows (`row_groups`): the groups by
 /// [`qdot::groups_kernel`], threads taking a claim's groups at a time and writing their columns
 /// of the `m × n` result, then the rows after the groups.
 fn grouped_product(
@@ -119,7 +119,7 @@ fn grouped_product(
     let blocks = k / 32;
     let mut out = super::alloc::<f32>(op, m * n)?;
     let groups = n / GROUP;
-    let run = qdot::groups_kernel();
+    let run = qdot::groups_kernel(dtype);
     let xs: Vec<_> = (0..m)
         .map(|i| xq.blocks(i * blocks, (i + 1) * blocks))
         .collect();
@@ -337,4 +337,42 @@ fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Weight bytes of `rows × 32·blocks` q8_0 values, deterministic and varied: scales of
+    /// assorted sizes and every quant value.
+    fn q8_0_weight(rows: usize, blocks: usize) -> Vec<u8> {
+        let mut w = Vec::new();
+        for i in 0..rows * blocks {
+            let d = half::f16::from_f32(0.01 + (i % 7) as f32 * 0.013);
+            w.extend(d.to_bits().to_le_bytes());
+            w.extend((0..32).map(|j| ((i * 37 + j * 11) % 255) as u8));
+        }
+        w
+    }
+
+    /// A decode step's q8_0 product is the same to the bit grouped as in the file's order,
+    /// whose row kernel sums as ggml's `vec_dot_q8_0_q8_0` does (so logits match llama.cpp's).
+    #[test]
+    fn grouped_q8_0_rows_sum_as_the_file_order_kernel_does() {
+        let (n, blocks) = (19, 5);
+        let k = 32 * blocks;
+        let file = q8_0_weight(n, blocks);
+        let row_bytes = 34 * blocks;
+        let mut grouped = vec![0; file.len()];
+        row_groups::group(DType::Q8_0, row_bytes, &file, &mut grouped);
+        let x: Vec<f32> = (0..k)
+            .map(|i| ((i * 29 % 97) as f32 - 48.0) * 0.037)
+            .collect();
+        let mkn = (1, k, n);
+        let rows = matmul_packed("t", &x, DType::Q8_0, &file, Layout::Rows, mkn).unwrap();
+        let layout = Layout::Grouped { row_bytes };
+        let groups = matmul_packed("t", &x, DType::Q8_0, &grouped, layout, mkn).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&groups), bits(&rows));
+    }
 }

@@ -1,26 +1,26 @@
-//! q4_0 weights as the CPU keeps them for its products: groups of eight rows with their blocks
-//! interleaved, so one stream of bytes feeds eight output rows at once (llama.cpp repacks its
-//! CPU weights the same way; this layout is kiln's own). The permutation below is written for
-//! any block of a 2-byte scale and quants; only q4_0 takes it: q8_0 kept this way ran 1.3×
-//! as fast, but its kernel sums each row in two lanes where ggml's sums it in eight, and the
-//! last-bit differences, quantized again at every layer, moved a test model's logits 1e-2
-//! from llama.cpp's, which in the file's order agree with them bit for bit.
+//! q8_0 and q4_0 weights as the CPU keeps them for its products: groups of eight rows with
+//! their blocks interleaved, so one stream of bytes feeds eight output rows at once (llama.cpp
+//! repacks its CPU weights the same way; this layout is kiln's own).
 //!
 //! A group holds rows `8g..8g + 8`. Its bytes are, for each block index `b` of a row, the eight
 //! rows' block `b` as one *group block*: their eight f16 scales, then their quantized bytes in
-//! chunks of eight: chunk `c` is bytes `8c..8c + 8` of row 0's quants, then of row 1's, ... of
-//! row 7's (so a 64-byte load takes one chunk of all eight rows). A group block is as long as
-//! eight blocks. Rows past the last whole group stay as they are in the file, after the groups.
-//! The layout is a permutation of the file's bytes: the tensor holds them once, and
-//! [`ungroup`] gives the file's bytes back.
+//! chunks: chunk `c` is bytes `c·len..(c + 1)·len` of row 0's quants, then of row 1's, ... of
+//! row 7's, with `len` 8 for q4_0 (a 64-byte load takes one chunk of all eight rows) and 32 for
+//! q8_0 (two rows' quants whole: its kernel sums each row in eight lanes, as ggml does, so that
+//! logits agree with llama.cpp's bit for bit). A group block is as long as eight blocks. Rows
+//! past the last whole group stay as they are in the file, after the groups. The layout is a
+//! permutation of the file's bytes: the tensor holds them once, and [`ungroup`] gives the file's
+//! bytes back.
 
 use crate::dtype::DType;
 
 /// Rows in a group.
 pub(crate) const GROUP: usize = 8;
 
-/// Bytes of a chunk: one row's share of a 64-byte load.
-const CHUNK: usize = 8;
+/// Bytes of a chunk of `dtype`'s quants (see the header).
+fn chunk(dtype: DType) -> usize {
+    if dtype == DType::Q8_0 { 32 } else { 8 }
+}
 
 /// How packed bytes are ordered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,13 +34,13 @@ pub(crate) enum Layout {
     },
 }
 
-/// Whether weights of `dtype` with rows of `row_len` values are kept grouped: q4_0 with at
-/// least one whole group (`bytes` long in all), unless `KILN_CPU_ROW_GROUPS=0` (read
+/// Whether weights of `dtype` with rows of `row_len` values are kept grouped: q8_0 and q4_0
+/// with at least one whole group (`bytes` long in all), unless `KILN_CPU_ROW_GROUPS=0` (read
 /// once) keeps every weight in the file's order (for comparisons).
 pub(crate) fn groups(dtype: DType, row_len: usize, bytes: usize) -> Option<Layout> {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| std::env::var("KILN_CPU_ROW_GROUPS").as_deref() != Ok("0"));
-    if !on || dtype != DType::Q4_0 || row_len == 0 {
+    if !on || !matches!(dtype, DType::Q8_0 | DType::Q4_0) || row_len == 0 {
         return None;
     }
     let row_bytes = row_len / 32 * dtype.block_bytes();
@@ -62,8 +62,8 @@ fn position(dtype: DType, row_bytes: usize, rows: usize, r: usize, at: usize) ->
     if j < 2 {
         start + 2 * i + j
     } else {
-        let q = j - 2;
-        start + 2 * GROUP + (q / CHUNK) * GROUP * CHUNK + i * CHUNK + q % CHUNK
+        let (q, len) = (j - 2, chunk(dtype));
+        start + 2 * GROUP + (q / len) * GROUP * len + i * len + q % len
     }
 }
 
@@ -87,7 +87,7 @@ fn permute(dtype: DType, row_bytes: usize, src: &[u8], dst: &mut [u8], forward: 
             // The scale's two bytes, then the quants a chunk at a time.
             let mut at = b;
             while at < b + block {
-                let len = if at == b { 2 } else { CHUNK };
+                let len = if at == b { 2 } else { chunk(dtype) };
                 let (file, grouped) = (r * row_bytes + at, position(dtype, row_bytes, rows, r, at));
                 let (from, to) = if forward {
                     (file, grouped)
@@ -120,7 +120,7 @@ pub(crate) fn row(dtype: DType, row_bytes: usize, bytes: &[u8], r: usize, out: &
     for b in (0..row_bytes).step_by(block) {
         let mut at = b;
         while at < b + block {
-            let len = if at == b { 2 } else { CHUNK };
+            let len = if at == b { 2 } else { chunk(dtype) };
             let from = position(dtype, row_bytes, rows, r, at);
             out[at..at + len].copy_from_slice(&bytes[from..from + len]);
             at += len;
@@ -183,5 +183,14 @@ mod tests {
         assert_eq!(&g[24..26], &[34, 35]);
         // Chunk 1 of row 7: block bytes 10..18.
         assert_eq!(&g[136..144], &[234, 235, 236, 237, 238, 239, 240, 241]);
+        // q8_0: each row's 32 quants whole, row after row.
+        let file: Vec<u8> = (0..8 * 34).map(|n| (n / 34 * 30 + n % 34) as u8).collect();
+        let mut g = vec![0; file.len()];
+        group(DType::Q8_0, 34, &file, &mut g);
+        assert_eq!(&g[..4], &[0, 1, 30, 31]);
+        assert_eq!(&g[16..18], &[2, 3]);
+        assert_eq!(&g[48..50], &[32, 33]);
+        let row7: Vec<u8> = (212..244).collect();
+        assert_eq!(&g[240..272], &row7[..]);
     }
 }

@@ -58,8 +58,8 @@ impl CpuStorage {
     /// Values of a storage type, as the bytes of its format (checked by the caller) in rows of
     /// `row_len` values (the shape's last dimension). Large ones are copied into a buffer that
     /// asked for huge pages before it was touched (weights are streamed by every product: fewer
-    /// TLB misses). q4_0 rows are kept in groups of eight (`row_groups`), the order of the
-    /// products' kernels; the bytes read back are the file's.
+    /// TLB misses). q8_0 and q4_0 rows are kept in groups of eight (`row_groups`), the order
+    /// of the products' kernels; the bytes read back are the file's.
     pub(crate) fn from_bytes(
         dtype: DType,
         mut bytes: Vec<u8>,

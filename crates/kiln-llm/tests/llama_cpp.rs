@@ -314,14 +314,14 @@ fn check_model(arch: &str, kind: &str) {
         }
         // The long prompt in one pass (repeated where a compact vocabulary makes it shorter
         // than 192 rows, where the CPU's products of the other block types and f16 decode the
-        // weight to f32): against the exact arithmetic, or on the CPU with q4_0, whose
-        // products quantize a prompt's activations to 8 bits at every length as llama.cpp's
-        // do, against llama.cpp's run of the same file.
+        // weight to f32): against the exact arithmetic, or on the CPU with q8_0 and q4_0,
+        // whose products quantize a prompt's activations to 8 bits at every length as
+        // llama.cpp's do, against llama.cpp's run of the same file.
         let mut long_text = LONG_PROMPT.to_string();
         while tokenizer.encode(&long_text, true).unwrap().len() < 192 {
             long_text = format!("{long_text} {LONG_PROMPT}");
         }
-        let eight_bit_prompt = device.is_cpu() && kind == "q4_0";
+        let eight_bit_prompt = device.is_cpu() && matches!(kind, "q8_0" | "q4_0");
         let (long_file, long_tol) = match eight_bit_prompt {
             true => (&reference_file, bound),
             false => (&exact_file, exact),

@@ -1,11 +1,13 @@
-//! Products of grouped q4_0 weights (`cpu/row_groups.rs`: eight rows' blocks interleaved)
-//! with activation rows quantized to q8 blocks: each group block's bytes are loaded once, 64
-//! at a time, for eight output rows, whose sums lie in the lanes of one accumulator (two lanes
-//! a row); no horizontal sum per row, one scale conversion per eight blocks. AVX-512 VNNI
-//! (512-bit), AVX2, or portable code.
+//! Products of grouped q8_0 and q4_0 weights (`cpu/row_groups.rs`: eight rows' blocks
+//! interleaved) with activation rows quantized to q8 blocks: each group block's bytes are
+//! loaded once, 64 at a time, for eight output rows, one scale conversion per eight blocks.
+//! q4_0's eight rows lie in the lanes of one accumulator (two lanes a row, no horizontal sum
+//! per row); q8_0's are summed in eight lanes a row, as ggml's `vec_dot_q8_0_q8_0` sums one
+//! row, so its results are ggml's to the bit. AVX-512 VNNI (512-bit), AVX2, or portable code.
 
 use super::{Isa, Q8Slice, isa};
 use crate::cpu::row_groups::GROUP;
+use crate::dtype::DType;
 use crate::quant::f16_at;
 
 /// `out[i·n + 8g + r]` = row `r` of group `g` of `w` (whole groups of `blocks` blocks a row)
@@ -15,25 +17,56 @@ use crate::quant::f16_at;
 /// `out` is valid for those writes, which no one else makes meanwhile.
 pub(crate) type GroupsKernel = unsafe fn(&[u8], usize, &[Q8Slice], *mut f32, usize);
 
-/// The fastest [`GroupsKernel`] for grouped q4_0 weights on this CPU.
-pub(crate) fn groups_kernel() -> GroupsKernel {
+/// The fastest [`GroupsKernel`] for grouped q8_0 or q4_0 weights on this CPU.
+pub(crate) fn groups_kernel(dtype: DType) -> GroupsKernel {
     #[cfg(target_arch = "x86_64")]
     {
         // (The kernels' features were detected.)
-        match isa() {
-            Isa::Vnni if x86::wide() => return x86::q4_0_512,
-            Isa::Vnni | Isa::Avx2 => return x86::q4_0_avx2,
-            Isa::Portable => {}
+        match (dtype, isa()) {
+            (DType::Q8_0, Isa::Vnni) if x86::wide() => return x86::q8_0_512,
+            (DType::Q4_0, Isa::Vnni) if x86::wide() => return x86::q4_0_512,
+            (DType::Q8_0, Isa::Vnni | Isa::Avx2) => return x86::q8_0_avx2,
+            (DType::Q4_0, Isa::Vnni | Isa::Avx2) => return x86::q4_0_avx2,
+            _ => {}
         }
     }
-    groups_scalar
+    match dtype {
+        DType::Q8_0 => q8_0_scalar,
+        _ => q4_0_scalar,
+    }
+}
+
+/// Portable: q8_0 group blocks (rows' quants whole), value by value.
+///
+/// # Safety
+/// As [`GroupsKernel`].
+unsafe fn q8_0_scalar(w: &[u8], blocks: usize, xs: &[Q8Slice], out: *mut f32, n: usize) {
+    for (g, gw) in w.chunks_exact(GROUP * 34 * blocks).enumerate() {
+        for (i, x) in xs.iter().enumerate() {
+            let mut acc = [0f32; GROUP];
+            for (b, gb) in gw.chunks_exact(GROUP * 34).enumerate() {
+                let xq = &x.qs[32 * b..32 * b + 32];
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let q = &gb[2 * GROUP + 32 * r..][..32];
+                    let dot: i32 = q
+                        .iter()
+                        .zip(xq)
+                        .map(|(&w, &v)| w as i8 as i32 * v as i32)
+                        .sum();
+                    *a += f16_at(gb, 2 * r) * x.d[b] * dot as f32;
+                }
+            }
+            // SAFETY: per the contract.
+            unsafe { store(out, n, g, i, &acc) };
+        }
+    }
 }
 
 /// Portable: q4_0 group blocks, value by value.
 ///
 /// # Safety
 /// As [`GroupsKernel`].
-unsafe fn groups_scalar(w: &[u8], blocks: usize, xs: &[Q8Slice], out: *mut f32, n: usize) {
+unsafe fn q4_0_scalar(w: &[u8], blocks: usize, xs: &[Q8Slice], out: *mut f32, n: usize) {
     for (g, gw) in w.chunks_exact(GROUP * 18 * blocks).enumerate() {
         for (i, x) in xs.iter().enumerate() {
             let mut acc = [0f32; GROUP];
@@ -211,7 +244,7 @@ mod x86 {
                     let i1 = (i0 + band).min(m);
                     for (g, gw) in w.chunks_exact($size * blocks).enumerate() {
                         let mut i = i0;
-                        while i + $rows <= i1 {
+                        while i1 - i >= $rows {
                             let x: [Q8Slice; $rows] = std::array::from_fn(|j| xs[i + j]);
                             // SAFETY: per the contract.
                             unsafe {
@@ -282,6 +315,118 @@ mod x86 {
     }
 
     wide_kernel!(q4_0_512, q4_0_tile_512, 144, q4_wide);
+
+    /// `R` activation rows with one q8_0 group (at `w`, `blocks` group blocks), each row summed
+    /// as ggml sums it: per block, eight i32 lanes of four products each, converted and
+    /// multiplied-added into eight f32 lanes with the product of the two scales; at the end the
+    /// lanes' horizontal sum in ggml's order. Two rows share a 512-bit register.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and VNNI; the group and the rows hold `blocks` blocks.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q8_0_tile_512<const R: usize>(
+        w: *const u8,
+        blocks: usize,
+        x: [Q8Slice; R],
+    ) -> [[f32; GROUP]; R] {
+        // Rows 2p and 2p + 1's scales, each over eight lanes.
+        let pairs: [__m512i; 4] = std::array::from_fn(|p| {
+            let (a, b) = (2 * p as i32, 2 * p as i32 + 1);
+            _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
+        });
+        let flip = _mm512_set1_epi8(-128);
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        for b in 0..blocks {
+            // SAFETY: inside the group and the rows.
+            unsafe {
+                let p = w.add(b * 272);
+                let d =
+                    _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)));
+                let d: [__m512; 4] = std::array::from_fn(|q| _mm512_permutexvar_ps(pairs[q], d));
+                // Quants + 128 (unsigned), two rows a register.
+                let q: [__m512i; 4] = std::array::from_fn(|q| {
+                    _mm512_xor_si512(_mm512_loadu_si512(p.add(16 + 64 * q) as *const _), flip)
+                });
+                for r in 0..R {
+                    let xv = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                        x[r].qs.as_ptr().add(32 * b) as *const __m256i,
+                    ));
+                    // −128·(each lane's four x): what the +128 adds.
+                    let off = _mm512_sub_epi32(
+                        _mm512_setzero_si512(),
+                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, xv),
+                    );
+                    let dx = _mm512_set1_ps(*x[r].d.get_unchecked(b));
+                    for j in 0..4 {
+                        let dot = _mm512_dpbusd_epi32(off, q[j], xv);
+                        let s = _mm512_mul_ps(d[j], dx);
+                        acc[r][j] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(dot), acc[r][j]);
+                    }
+                }
+            }
+        }
+        acc.map(|a| {
+            let mut rows = [0f32; GROUP];
+            for (j, v) in a.into_iter().enumerate() {
+                let high = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v));
+                rows[2 * j] = super::super::x86::hsum(_mm512_castps512_ps256(v));
+                rows[2 * j + 1] = super::super::x86::hsum(_mm256_castpd_ps(high));
+            }
+            rows
+        })
+    }
+
+    wrapper!(
+        q8_0_512,
+        "avx512f,avx512bw,avx512vnni,avx2,fma,f16c",
+        q8_0_tile_512,
+        272,
+        4
+    );
+
+    /// One activation row with one q8_0 group (at `w`), AVX2, each row summed as ggml sums it
+    /// (see [`q8_0_tile_512`]).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; the group and the row hold `blocks` blocks.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_tile_avx2<const R: usize>(
+        w: *const u8,
+        blocks: usize,
+        x: [Q8Slice; R],
+    ) -> [[f32; GROUP]; R] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); GROUP]; R];
+        for b in 0..blocks {
+            // SAFETY: inside the group and the rows.
+            unsafe {
+                let p = w.add(b * 272);
+                let mut d = [0f32; GROUP];
+                _mm256_storeu_ps(
+                    d.as_mut_ptr(),
+                    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+                );
+                for r in 0..R {
+                    let xv = _mm256_loadu_si256(x[r].qs.as_ptr().add(32 * b) as *const __m256i);
+                    let dx = *x[r].d.get_unchecked(b);
+                    for (j, a) in acc[r].iter_mut().enumerate() {
+                        let q = _mm256_loadu_si256(p.add(16 + 32 * j) as *const __m256i);
+                        let dot = _mm256_madd_epi16(
+                            _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q)),
+                            ones,
+                        );
+                        let s = _mm256_set1_ps(d[j] * dx);
+                        *a = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(dot), *a);
+                    }
+                }
+            }
+        }
+        acc.map(|a| a.map(|v| super::super::x86::hsum(v)))
+    }
+
+    wrapper!(q8_0_avx2, "avx2,fma,f16c", q8_0_tile_avx2, 272, 1);
 
     /// `R` activation rows with one q4_0 group (at `w`), AVX2: rows 0–3 and 4–7 as two halves.
     ///
