@@ -22,6 +22,13 @@ const KEY_BLOCK: usize = 64;
 /// of them (a decode step's grouped query heads, or a prompt's neighbouring rows).
 const ROWS: usize = 4;
 
+/// From this many query rows (a prompt), when the key and value width is one of [`Piece`]'s
+/// fixed ones, the keys are first laid out transposed, each head's `[d, tk]`, so that a block's
+/// scores are multiply-adds along the keys in registers (no sum across a vector per score) and
+/// each row's output stays in registers over the block's values; fewer rows (a decode step)
+/// score each key row as it is.
+const TRANSPOSED_FROM: usize = 32;
+
 /// The fewest keys in one split of a row's keys (see [`attention`]).
 const MIN_SPLIT: usize = 128;
 
@@ -64,6 +71,21 @@ pub(crate) fn attention(
     let splits = longest.div_ceil(span).max(1);
     // Each piece: its rows' partial outputs, then their running maxima, then their sums.
     let per = ROWS * (dv + 2);
+    let kt = if a.tq >= TRANSPOSED_FROM && d == dv && matches!(d, 64 | 128) {
+        let tk = a.tk;
+        let mut kt: Vec<f32> = alloc(OP, a.batch * h * d * tk)?;
+        par_chunks_mut(&mut kt, d * tk, d * tk, &|bh, out| {
+            let (b, hh) = (bh / h, bh % h);
+            for j in 0..tk {
+                for (dd, &x) in k[kv.at(b, j, hh)..][..d].iter().enumerate() {
+                    out[dd * tk + j] = x;
+                }
+            }
+        });
+        Some(kt)
+    } else {
+        None
+    };
     let mut parts: Vec<f32> = alloc(OP, units * splits * per)?;
     let pieces = units * splits;
     let claim = (pieces / 8).clamp(1, 4);
@@ -84,6 +106,9 @@ pub(crate) fn attention(
         }
         let piece = Piece {
             k,
+            kt: kt
+                .as_deref()
+                .map(|t| &t[(b * h + hh) * d * a.tk..][..d * a.tk]),
             v,
             qs: &qs,
             kv: (kv, vv),
@@ -145,6 +170,9 @@ fn weight(x: f32, m: f32) -> f32 {
 /// keys below `limit[r]`, over a span of keys.
 struct Piece<'a> {
     k: &'a [f32],
+    /// The keys of this piece's head transposed (`[d, tk]`), where the call made them (then
+    /// `d` is `dv` and 64 or 128).
+    kt: Option<&'a [f32]>,
     v: &'a [f32],
     qs: &'a [f32],
     kv: (View, View),
@@ -171,19 +199,99 @@ impl Piece<'_> {
                 return unsafe { self.run_avx2(lo, out) };
             }
         }
-        self.walk::<false>(lo, out);
+        self.walk_any::<false>(lo, out);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,fma")]
     fn run_avx512(&self, lo: usize, out: &mut [f32]) {
-        self.walk::<true>(lo, out);
+        self.walk_any::<true>(lo, out);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn run_avx2(&self, lo: usize, out: &mut [f32]) {
-        self.walk::<true>(lo, out);
+        self.walk_any::<true>(lo, out);
+    }
+
+    /// [`Piece::walk_fixed`] where the keys were transposed, else [`Piece::walk`].
+    #[inline(always)]
+    fn walk_any<const FMA: bool>(&self, lo: usize, out: &mut [f32]) {
+        match (self.kt.is_some(), self.d) {
+            (true, 64) => self.walk_fixed::<FMA, 64>(lo, out),
+            (true, 128) => self.walk_fixed::<FMA, 128>(lo, out),
+            _ => self.walk::<FMA>(lo, out),
+        }
+    }
+
+    /// [`Piece::walk`] for a prompt's rows with the keys transposed and `d = dv = D`: a row's
+    /// scores of a block, and its output over the block's values, are arrays of fixed length
+    /// that stay in registers.
+    #[inline(always)]
+    fn walk_fixed<const FMA: bool, const D: usize>(&self, lo: usize, out: &mut [f32]) {
+        let n = self.limit.len();
+        let (acc, stats) = out.split_at_mut(ROWS * D);
+        let (ms, ls) = stats.split_at_mut(ROWS);
+        acc.fill(0.0);
+        ms.fill(f32::NEG_INFINITY);
+        ls.fill(0.0);
+        let kt = self.kt.unwrap_or_default();
+        let tk = kt.len() / D;
+        let end = self.limit.iter().copied().max().unwrap_or(0);
+        let mut s = [[0f32; KEY_BLOCK]; ROWS];
+        for j0 in (lo..end).step_by(KEY_BLOCK) {
+            let nb = KEY_BLOCK.min(end - j0);
+            for r in 0..n {
+                let count = self.limit[r].saturating_sub(j0).min(nb);
+                if count == 0 {
+                    continue;
+                }
+                let q = &self.qs[r * D..][..D];
+                let s = &mut s[r];
+                if j0 + KEY_BLOCK <= tk {
+                    let mut sc = [0f32; KEY_BLOCK];
+                    for (dd, &x) in q.iter().enumerate() {
+                        let keys: &[f32; KEY_BLOCK] = kt[dd * tk + j0..][..KEY_BLOCK]
+                            .try_into()
+                            .unwrap_or(&[0.0; KEY_BLOCK]);
+                        for (y, &kk) in sc.iter_mut().zip(keys) {
+                            *y = madd::<FMA>(x, kk, *y);
+                        }
+                    }
+                    s[..count].copy_from_slice(&sc[..count]);
+                } else {
+                    let s = &mut s[..count];
+                    s.fill(0.0);
+                    for (dd, &x) in q.iter().enumerate() {
+                        for (y, &kk) in s.iter_mut().zip(&kt[dd * tk + j0..]) {
+                            *y = madd::<FMA>(x, kk, *y);
+                        }
+                    }
+                }
+                let s = &mut s[..count];
+                let m2 = s.iter().fold(ms[r], |m, &x| m.max(x));
+                let c = weight(ms[r], m2);
+                ls[r] *= c;
+                let mut a = [0f32; D];
+                for (x, &y) in a.iter_mut().zip(&acc[r * D..][..D]) {
+                    *x = y * c;
+                }
+                s.iter_mut().for_each(|x| {
+                    let e = exp_f32(*x - m2);
+                    let e = if *x == f32::NEG_INFINITY { 0.0 } else { e };
+                    *x = if *x == m2 { 1.0 } else { e };
+                });
+                ls[r] += s.iter().sum::<f32>();
+                ms[r] = m2;
+                for (jj, &e) in s.iter().enumerate() {
+                    let value = &self.v[self.kv.1.at(self.b, j0 + jj, self.hh)..][..D];
+                    for (x, &y) in a.iter_mut().zip(value) {
+                        *x = madd::<FMA>(e, y, *x);
+                    }
+                }
+                acc[r * D..][..D].copy_from_slice(&a);
+            }
+        }
     }
 
     /// The online softmax, a block of keys at a time: every row's scores against each key row

@@ -163,6 +163,14 @@ pub fn many_key_samples() -> Vec<Sample> {
     // Query 2 sees only keys 0..=2 (causal from the top left), so keep the large key visible
     // to nobody but show the long rows with a second, non-causal look in the cached entries.
     out.push(big);
+    // A prompt's rows (32 or more) at the CPU's fixed head widths, 64 and 128 (its keys
+    // transposed first): a last block of keys short of 64, more keys than queries, and a NaN
+    // key in a short block.
+    out.push(shaped([1, 100, 2, 64], [1, 100, 2, 64]));
+    out.push(shaped([1, 40, 1, 128], [1, 150, 1, 128]));
+    let mut nan = shaped([1, 70, 1, 64], [1, 70, 1, 64]);
+    nan.inputs[1].1[66 * 64 + 5] = f32::NAN;
+    out.push(nan);
     out
 }
 
@@ -189,6 +197,12 @@ pub fn cached_samples() -> Vec<Sample> {
         (
             [&[2, 5, 2, 8], &[2, 200, 2, 8], &[2, 200, 2, 8]],
             &[200.0, 131.0],
+        ),
+        // A prompt's chunk after cached tokens at the CPU's fixed head width (keys transposed
+        // first), the cache longer than the length.
+        (
+            [&[1, 40, 2, 64], &[1, 100, 2, 64], &[1, 100, 2, 64]],
+            &[90.0],
         ),
     ];
     let mut out: Vec<Sample> = cases
