@@ -320,6 +320,16 @@ fn a_reshaped_packed_weight_multiplies_by_its_new_rows() {
                 );
             }
             assert_eq!(wt.to_bytes().unwrap(), bytes, "{dtype} on {dev}: bytes");
+            // And as an embedding table of the new rows.
+            let ids = Tensor::from_vec_u32(&dev, vec![31, 0, 17], &[3]).unwrap();
+            let rows = Tensor::embedding(&wt, &ids).unwrap().to_vec().unwrap();
+            for (n, &r) in [31usize, 0, 17].iter().enumerate() {
+                assert_eq!(
+                    rows[n * 32..(n + 1) * 32],
+                    w[r * 32..(r + 1) * 32],
+                    "{dtype} on {dev}: row {r}"
+                );
+            }
         }
     }
 }

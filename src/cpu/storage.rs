@@ -260,21 +260,25 @@ impl BackendStorage for CpuStorage {
         const OP: &str = "embedding_rows";
         let (dtype, table, layout) = self.packed(OP)?;
         let row_bytes = quant::byte_len(OP, dtype, len)?;
+        // Groups of rows of another length (the table reshaped): the file's order, once.
+        let file;
+        let (table, grouped) = match layout {
+            Layout::Grouped { row_bytes: g } if g != row_bytes => {
+                file = self.file_bytes(OP)?.1;
+                (&file[..], false)
+            }
+            Layout::Grouped { .. } => (table, true),
+            Layout::Rows => (table, false),
+        };
         let mut out = super::alloc(OP, idx.len() * len)?;
-        let mut row = Vec::new();
+        let mut row = vec![0; if grouped { row_bytes } else { 0 }];
         for (o, &i) in out.chunks_exact_mut(len.max(1)).zip(idx) {
             let at = i as usize * row_bytes;
-            match layout {
-                Layout::Grouped { row_bytes: grouped } if grouped == row_bytes => {
-                    row.resize(row_bytes, 0);
-                    row_groups::row(dtype, row_bytes, table, i as usize, &mut row);
-                    quant::decode(dtype, &row, o);
-                }
-                Layout::Grouped { .. } => {
-                    let (_, file) = self.file_bytes(OP)?;
-                    quant::decode(dtype, &file[at..at + row_bytes], o);
-                }
-                Layout::Rows => quant::decode(dtype, &table[at..at + row_bytes], o),
+            if grouped {
+                row_groups::row(dtype, row_bytes, table, i as usize, &mut row);
+                quant::decode(dtype, &row, o);
+            } else {
+                quant::decode(dtype, &table[at..at + row_bytes], o);
             }
         }
         Ok(f32s_of(out))
