@@ -5,7 +5,7 @@
 //! per row); q8_0's are summed in eight lanes a row, as ggml's `vec_dot_q8_0_q8_0` sums one
 //! row, so its results are ggml's to the bit. AVX-512 VNNI (512-bit), AVX2, or portable code.
 
-use super::{Isa, Q8Slice, isa};
+use super::Q8Slice;
 use crate::cpu::row_groups::GROUP;
 use crate::dtype::DType;
 use crate::quant::f16_at;
@@ -21,6 +21,7 @@ pub(crate) type GroupsKernel = unsafe fn(&[u8], usize, &[Q8Slice], *mut f32, usi
 pub(crate) fn groups_kernel(dtype: DType) -> GroupsKernel {
     #[cfg(target_arch = "x86_64")]
     {
+        use super::{Isa, isa};
         // (The kernels' features were detected.)
         match (dtype, isa()) {
             (DType::Q8_0, Isa::Vnni) if x86::wide() => return x86::q8_0_512,
