@@ -269,20 +269,11 @@ impl Piece<'_> {
                     }
                 }
                 let s = &mut s[..count];
-                let m2 = s.iter().fold(ms[r], |m, &x| m.max(x));
-                let c = weight(ms[r], m2);
-                ls[r] *= c;
+                let c = soften(s, &mut ms[r], &mut ls[r]);
                 let mut a = [0f32; D];
                 for (x, &y) in a.iter_mut().zip(&acc[r * D..][..D]) {
                     *x = y * c;
                 }
-                s.iter_mut().for_each(|x| {
-                    let e = exp_f32(*x - m2);
-                    let e = if *x == f32::NEG_INFINITY { 0.0 } else { e };
-                    *x = if *x == m2 { 1.0 } else { e };
-                });
-                ls[r] += s.iter().sum::<f32>();
-                ms[r] = m2;
                 for (jj, &e) in s.iter().enumerate() {
                     let value = &self.v[self.kv.1.at(self.b, j0 + jj, self.hh)..][..D];
                     for (x, &y) in a.iter_mut().zip(value) {
@@ -341,18 +332,8 @@ impl Piece<'_> {
                 if s.is_empty() {
                     continue;
                 }
-                let m2 = s.iter().fold(ms[r], |m, &x| m.max(x));
-                let c = weight(ms[r], m2);
-                ls[r] *= c;
+                let c = soften(s, &mut ms[r], &mut ls[r]);
                 acc[r * dv..][..dv].iter_mut().for_each(|x| *x *= c);
-                // Every weight computed, then chosen (no branch), so the loop runs on vectors.
-                s.iter_mut().for_each(|x| {
-                    let e = exp_f32(*x - m2);
-                    let e = if *x == f32::NEG_INFINITY { 0.0 } else { e };
-                    *x = if *x == m2 { 1.0 } else { e };
-                });
-                ls[r] += s.iter().sum::<f32>();
-                ms[r] = m2;
             }
             for jj in 0..nb {
                 let value = &self.v[self.kv.1.at(self.b, j0 + jj, self.hh)..][..dv];
@@ -365,6 +346,25 @@ impl Piece<'_> {
             }
         }
     }
+}
+
+/// One row's online-softmax step over a block's scores `s`: the running maximum `m` and sum
+/// `l` move to the block's, the scores become their weights, and the factor the row's output
+/// must be rescaled by is returned.
+#[inline(always)]
+fn soften(s: &mut [f32], m: &mut f32, l: &mut f32) -> f32 {
+    let m2 = s.iter().fold(*m, |m, &x| m.max(x));
+    let c = weight(*m, m2);
+    *l *= c;
+    // Every weight computed, then chosen (no branch), so the loop runs on vectors.
+    s.iter_mut().for_each(|x| {
+        let e = exp_f32(*x - m2);
+        let e = if *x == f32::NEG_INFINITY { 0.0 } else { e };
+        *x = if *x == m2 { 1.0 } else { e };
+    });
+    *l += s.iter().sum::<f32>();
+    *m = m2;
+    c
 }
 
 /// Key rows ahead of the one being scored that [`Piece::walk`] asks the memory for.

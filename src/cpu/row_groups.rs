@@ -77,26 +77,28 @@ pub(crate) fn ungroup(dtype: DType, row_bytes: usize, src: &[u8], dst: &mut [u8]
     permute(dtype, row_bytes, src, dst, false);
 }
 
-/// [`group`] (`forward`) or [`ungroup`], a block's pieces at a time.
+/// Each piece of a row as the layout moves it: its offset in the row and its length (a block's
+/// scale, then its quants a chunk at a time).
+fn pieces(dtype: DType, row_bytes: usize) -> impl Iterator<Item = (usize, usize)> {
+    let (block, len) = (dtype.block_bytes(), chunk(dtype));
+    (0..row_bytes).step_by(block).flat_map(move |b| {
+        std::iter::once((b, 2)).chain((b + 2..b + block).step_by(len).map(move |at| (at, len)))
+    })
+}
+
+/// [`group`] (`forward`) or [`ungroup`], a row's pieces at a time.
 fn permute(dtype: DType, row_bytes: usize, src: &[u8], dst: &mut [u8], forward: bool) {
     debug_assert_eq!(src.len(), dst.len());
     let rows = src.len() / row_bytes;
-    let block = dtype.block_bytes();
     for r in 0..rows {
-        for b in (0..row_bytes).step_by(block) {
-            // The scale's two bytes, then the quants a chunk at a time.
-            let mut at = b;
-            while at < b + block {
-                let len = if at == b { 2 } else { chunk(dtype) };
-                let (file, grouped) = (r * row_bytes + at, position(dtype, row_bytes, rows, r, at));
-                let (from, to) = if forward {
-                    (file, grouped)
-                } else {
-                    (grouped, file)
-                };
-                dst[to..to + len].copy_from_slice(&src[from..from + len]);
-                at += len;
-            }
+        for (at, len) in pieces(dtype, row_bytes) {
+            let (file, grouped) = (r * row_bytes + at, position(dtype, row_bytes, rows, r, at));
+            let (from, to) = if forward {
+                (file, grouped)
+            } else {
+                (grouped, file)
+            };
+            dst[to..to + len].copy_from_slice(&src[from..from + len]);
         }
     }
 }
@@ -116,15 +118,9 @@ pub(crate) fn group_in_place(dtype: DType, row_bytes: usize, bytes: &mut [u8]) {
 /// Row `r` of a grouped buffer (rows of `row_bytes`) in the file's order, into `out`.
 pub(crate) fn row(dtype: DType, row_bytes: usize, bytes: &[u8], r: usize, out: &mut [u8]) {
     let rows = bytes.len() / row_bytes;
-    let block = dtype.block_bytes();
-    for b in (0..row_bytes).step_by(block) {
-        let mut at = b;
-        while at < b + block {
-            let len = if at == b { 2 } else { chunk(dtype) };
-            let from = position(dtype, row_bytes, rows, r, at);
-            out[at..at + len].copy_from_slice(&bytes[from..from + len]);
-            at += len;
-        }
+    for (at, len) in pieces(dtype, row_bytes) {
+        let from = position(dtype, row_bytes, rows, r, at);
+        out[at..at + len].copy_from_slice(&bytes[from..from + len]);
     }
 }
 

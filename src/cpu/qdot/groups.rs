@@ -31,30 +31,30 @@ pub(crate) fn groups_kernel(dtype: DType) -> GroupsKernel {
             _ => {}
         }
     }
+    // SAFETY (each closure): the caller keeps [`GroupsKernel`]'s contract.
     match dtype {
-        DType::Q8_0 => q8_0_scalar,
-        _ => q4_0_scalar,
+        DType::Q8_0 => |w, b, x, o, n| unsafe { groups_scalar((w, b, x, o, n), 272, q8_0_dot) },
+        _ => |w, b, x, o, n| unsafe { groups_scalar((w, b, x, o, n), 144, q4_0_dot) },
     }
 }
 
-/// Portable: q8_0 group blocks (rows' quants whole), value by value.
+/// Portable: group blocks of `size` bytes, value by value, `dot` giving a row's integer dot
+/// product with an activation block.
 ///
 /// # Safety
 /// As [`GroupsKernel`].
-unsafe fn q8_0_scalar(w: &[u8], blocks: usize, xs: &[Q8Slice], out: *mut f32, n: usize) {
-    for (g, gw) in w.chunks_exact(GROUP * 34 * blocks).enumerate() {
+unsafe fn groups_scalar(
+    (w, blocks, xs, out, n): (&[u8], usize, &[Q8Slice], *mut f32, usize),
+    size: usize,
+    dot: fn(&[u8], usize, &[i8], i32) -> i32,
+) {
+    for (g, gw) in w.chunks_exact(size * blocks).enumerate() {
         for (i, x) in xs.iter().enumerate() {
             let mut acc = [0f32; GROUP];
-            for (b, gb) in gw.chunks_exact(GROUP * 34).enumerate() {
+            for (b, gb) in gw.chunks_exact(size).enumerate() {
                 let xq = &x.qs[32 * b..32 * b + 32];
                 for (r, a) in acc.iter_mut().enumerate() {
-                    let q = &gb[2 * GROUP + 32 * r..][..32];
-                    let dot: i32 = q
-                        .iter()
-                        .zip(xq)
-                        .map(|(&w, &v)| w as i8 as i32 * v as i32)
-                        .sum();
-                    *a += f16_at(gb, 2 * r) * x.d[b] * dot as f32;
+                    *a += f16_at(gb, 2 * r) * x.d[b] * dot(gb, r, xq, x.sums[b]) as f32;
                 }
             }
             // SAFETY: per the contract.
@@ -63,32 +63,26 @@ unsafe fn q8_0_scalar(w: &[u8], blocks: usize, xs: &[Q8Slice], out: *mut f32, n:
     }
 }
 
-/// Portable: q4_0 group blocks, value by value.
-///
-/// # Safety
-/// As [`GroupsKernel`].
-unsafe fn q4_0_scalar(w: &[u8], blocks: usize, xs: &[Q8Slice], out: *mut f32, n: usize) {
-    for (g, gw) in w.chunks_exact(GROUP * 18 * blocks).enumerate() {
-        for (i, x) in xs.iter().enumerate() {
-            let mut acc = [0f32; GROUP];
-            for (b, gb) in gw.chunks_exact(GROUP * 18).enumerate() {
-                let xq = &x.qs[32 * b..32 * b + 32];
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let mut dot = -8 * x.sums[b];
-                    for c in 0..2 {
-                        let q = &gb[2 * GROUP + c * 64 + r * 8..][..8];
-                        for (j, &byte) in q.iter().enumerate() {
-                            dot += (byte & 15) as i32 * xq[8 * c + j] as i32;
-                            dot += (byte >> 4) as i32 * xq[16 + 8 * c + j] as i32;
-                        }
-                    }
-                    *a += f16_at(gb, 2 * r) * x.d[b] * dot as f32;
-                }
-            }
-            // SAFETY: per the contract.
-            unsafe { store(out, n, g, i, &acc) };
+/// Row `r`'s integer dot with `xq` in a q8_0 group block (rows' quants whole).
+fn q8_0_dot(gb: &[u8], r: usize, xq: &[i8], _sum: i32) -> i32 {
+    let q = &gb[2 * GROUP + 32 * r..][..32];
+    q.iter()
+        .zip(xq)
+        .map(|(&w, &v)| w as i8 as i32 * v as i32)
+        .sum()
+}
+
+/// Row `r`'s integer dot with `xq` (`sum` its Σ) in a q4_0 group block: Σ(q − 8)·x.
+fn q4_0_dot(gb: &[u8], r: usize, xq: &[i8], sum: i32) -> i32 {
+    let mut dot = -8 * sum;
+    for c in 0..2 {
+        let q = &gb[2 * GROUP + c * 64 + r * 8..][..8];
+        for (j, &byte) in q.iter().enumerate() {
+            dot += (byte & 15) as i32 * xq[8 * c + j] as i32;
+            dot += (byte >> 4) as i32 * xq[16 + 8 * c + j] as i32;
         }
     }
+    dot
 }
 
 /// Writes group `g`'s eight sums with activation row `i` to `out` (rows of `n`).
