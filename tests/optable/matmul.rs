@@ -283,10 +283,18 @@ type PackedFns = (
 
 /// x `[m, k]` and w `[n, k]` with k whole blocks of 32: one row (a decode step's GEMV), rows
 /// past the CPU's register tiles, n not a multiple of 4, a weight block of zeros, large and
-/// tiny magnitudes in one row, and no rows.
+/// tiny magnitudes in one row, and no rows; one row over whole groups of eight weight rows and
+/// many rows over groups and a row after them (the CPU keeps q8_0/q4_0 rows grouped).
 fn packed_samples() -> Vec<Sample> {
     let mut rng = Lcg(171);
-    let mut out: Vec<Sample> = [(1, 64, 5), (3, 96, 7), (19, 256, 9), (0, 32, 3)]
+    let shapes = [
+        (1, 64, 5),
+        (3, 96, 7),
+        (19, 256, 9),
+        (0, 32, 3),
+        (1, 64, 16),
+    ];
+    let mut out: Vec<Sample> = shapes
         .iter()
         .map(|&(m, k, n)| Sample {
             inputs: vec![
