@@ -147,7 +147,7 @@ impl Model {
         }
         let mut constants = HashMap::new();
         for t in &graph.initializer {
-            constants.insert(t.name.clone(), value::from_proto(t, device)?);
+            constants.insert(t.name.clone(), value::weight_from_proto(t, device)?);
         }
         let op_types = {
             let mut seen = HashSet::new();
@@ -408,7 +408,7 @@ impl Model {
             let subgraph = |g: &GraphProto| -> Result<Vec<Value>> {
                 let mut own = HashMap::new();
                 for t in &g.initializer {
-                    own.insert(t.name.clone(), value::from_proto(t, &self.device)?);
+                    own.insert(t.name.clone(), value::weight_from_proto(t, &self.device)?);
                 }
                 let out = self.eval(g, own, &lookup, None, None)?;
                 Ok(out.into_iter().map(|(_, v)| v).collect())
@@ -687,7 +687,7 @@ fn hoist_subgraph_constants(
                 let mut kept = Vec::new();
                 for t in std::mem::take(&mut sub.initializer) {
                     if once.contains(&t.name) && !constants.contains_key(&t.name) {
-                        constants.insert(t.name.clone(), value::from_proto(&t, device)?);
+                        constants.insert(t.name.clone(), value::weight_from_proto(&t, device)?);
                         moved += 1;
                     } else {
                         kept.push(t);
