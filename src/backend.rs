@@ -190,8 +190,15 @@ pub(crate) trait BackendStorage: Sized + Clone {
     /// `lens` values. `Unsupported` on a GPU without SHADER_F16 (even for an empty product).
     fn matmul_f16(&self, rhs: &Self, plan: &MatmulPlan, lens: (usize, usize)) -> Result<Self>;
 
-    /// 2-D convolution over the window `w` (input and weight non-empty).
-    fn conv2d(&self, weight: &Self, bias: Option<&Self>, w: &Window) -> Result<Self>;
+    /// 2-D convolution over the window `w` (input and weight non-empty), then `act` on every
+    /// output.
+    fn conv2d(
+        &self,
+        weight: &Self,
+        bias: Option<&Self>,
+        w: &Window,
+        act: Option<UnaryOp>,
+    ) -> Result<Self>;
 
     /// Max (`max`) or average pooling over the window `w`.
     fn pool2d(&self, w: &Window, max: bool) -> Result<Self>;

@@ -356,11 +356,13 @@ impl Storage {
         weight: &Storage,
         bias: Option<&Storage>,
         w: &Window,
+        act: Option<UnaryOp>,
     ) -> Result<Storage> {
         on!(self, |x| x.conv2d(
             the(weight, "conv2d")?,
             opt(bias, "conv2d")?,
-            w
+            w,
+            act
         ))
     }
 

@@ -5,21 +5,37 @@ use super::alloc;
 use super::par_chunks_mut;
 use crate::conv::Window;
 use crate::error::Result;
+use crate::op::UnaryOp;
 
-/// Convolution: through im2col and the SGEMM (`conv_gemm.rs`) where that pays, directly
-/// otherwise. Both treat the padding as zeros that multiply like any input (ONNX's and
-/// PyTorch's definition): a non-finite weight over the padding gives NaN (`inf · 0`).
-pub(crate) fn conv2d(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Result<Vec<f32>> {
+/// Convolution, then `act` on every output: through im2col and the SGEMM (`conv_gemm.rs`)
+/// where that pays, directly otherwise. Each kernel applies the activation to an output plane
+/// (or row of planes) as soon as it is written, while it is in the thread's cache. All treat
+/// the padding as zeros that multiply like any input (ONNX's and PyTorch's definition): a
+/// non-finite weight over the padding gives NaN (`inf · 0`).
+pub(crate) fn conv2d(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    g: &Window,
+    act: Option<UnaryOp>,
+) -> Result<Vec<f32>> {
     if super::depthwise3::applies(g) {
-        return super::depthwise3::conv2d(x, wt, bias, g);
+        return super::depthwise3::conv2d(x, wt, bias, g, act);
     }
     if super::depthwise::applies(g) {
-        return super::depthwise::conv2d(x, wt, bias, g);
+        return super::depthwise::conv2d(x, wt, bias, g, act);
     }
     if super::conv_gemm::worthwhile(g) {
-        return super::conv_gemm::forward(x, wt, bias, g);
+        return super::conv_gemm::forward(x, wt, bias, g, act);
     }
-    conv2d_direct(x, wt, bias, g)
+    conv2d_direct(x, wt, bias, g, act)
+}
+
+/// `act` on a finished output plane.
+pub(super) fn activate(act: Option<UnaryOp>, plane: &mut [f32]) {
+    if let Some(op) = act {
+        op.apply_slice(plane);
+    }
 }
 
 /// The output columns `ox` whose input column `ox·stride + k·dil - pad` lies in `0..w`, as a
@@ -53,6 +69,7 @@ pub(super) fn conv2d_direct(
     wt: &[f32],
     bias: Option<&[f32]>,
     g: &Window,
+    act: Option<UnaryOp>,
 ) -> Result<Vec<f32>> {
     let plane = g.oh * g.ow;
     let mut out = alloc("conv2d", g.n * g.c_out * plane)?;
@@ -109,6 +126,7 @@ pub(super) fn conv2d_direct(
                 }
             }
         }
+        activate(act, y);
     });
     Ok(out)
 }

@@ -18,6 +18,7 @@ use super::par_chunks_mut;
 use crate::conv::Window;
 use crate::error::Result;
 use crate::matmul_plan::MatmulPlan;
+use crate::op::UnaryOp;
 use crate::shape::Shape;
 
 /// Input taps per output value at or above which a convolution runs through the SGEMM.
@@ -171,15 +172,30 @@ fn dims(g: &Window) -> (usize, usize, usize) {
 }
 
 /// The forward convolution (`worthwhile(g)`).
-pub(crate) fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Result<Vec<f32>> {
+pub(crate) fn forward(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    g: &Window,
+    act: Option<UnaryOp>,
+) -> Result<Vec<f32>> {
     let (cog, taps, plane) = dims(g);
+    // Bias and activation of output channel `c`'s plane, applied by the thread that computed
+    // it while it is in that thread's cache (rows of the products are channel planes).
+    let finish = |c: usize, y: &mut [f32]| {
+        if let Some(b) = bias {
+            let b = b[c % g.c_out];
+            y.iter_mut().for_each(|v| *v += b);
+        }
+        super::conv::activate(act, y);
+    };
     let plan = MatmulPlan::transposed(
         &Shape::new(&[cog, taps])?,
         &Shape::new(&[taps, plane])?,
         false,
         false,
     )?;
-    let mut out = if pointwise(g) {
+    let out = if pointwise(g) {
         // One batched product over (image, group), reading the input in place; the batches'
         // outputs follow one another as NCHW's (image, channel) planes do.
         let groups = g.opts.groups;
@@ -193,7 +209,7 @@ pub(crate) fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -
             out_shape: Shape::new(&[g.n * groups, cog, plane])?,
             ..plan
         };
-        super::matmul(wt, x, &batched)?
+        super::matmul_then(wt, x, &batched, Some(&finish))?
     } else if g.n * g.opts.groups * taps * plane <= MAX_COLUMNS {
         // Every (image, group)'s columns, then one batched product whose outputs follow one
         // another as NCHW's planes do.
@@ -209,7 +225,7 @@ pub(crate) fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -
             for (bg, part) in cols.chunks_exact_mut(per).enumerate() {
                 im2col(x, g, bg / groups, bg % groups, part);
             }
-            super::matmul(wt, cols, &batched)
+            super::matmul_then(wt, cols, &batched, Some(&finish))
         })?
     } else {
         let mut out = alloc("conv2d", g.n * g.c_out * plane)?;
@@ -218,18 +234,14 @@ pub(crate) fn forward(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -
             for grp in 0..g.opts.groups {
                 im2col(x, g, b, grp, &mut cols);
                 let w0 = grp * cog * taps;
-                let y = super::matmul(&wt[w0..w0 + cog * taps], &cols, &plan)?;
+                let rows = |i: usize, y: &mut [f32]| finish(grp * cog + i, y);
+                let y = super::matmul_then(&wt[w0..w0 + cog * taps], &cols, &plan, Some(&rows))?;
                 let o0 = (b * g.c_out + grp * cog) * plane;
                 out[o0..o0 + cog * plane].copy_from_slice(&y);
             }
         }
         out
     };
-    if let Some(bias) = bias {
-        par_chunks_mut(&mut out, plane, plane, &|bc, y| {
-            y.iter_mut().for_each(|v| *v += bias[bc % g.c_out])
-        });
-    }
     Ok(out)
 }
 
@@ -367,8 +379,8 @@ mod tests {
             let what = |part: &str| format!("case {i} {part}");
             close(
                 &what("forward"),
-                &forward(&x, &wt, Some(&bias), &g).unwrap(),
-                &super::super::conv::conv2d_direct(&x, &wt, Some(&bias), &g).unwrap(),
+                &forward(&x, &wt, Some(&bias), &g, None).unwrap(),
+                &super::super::conv::conv2d_direct(&x, &wt, Some(&bias), &g, None).unwrap(),
             );
             close(
                 &what("input gradient"),

@@ -14,6 +14,7 @@ use super::alloc;
 use super::par_chunks_mut;
 use crate::conv::Window;
 use crate::error::Result;
+use crate::op::UnaryOp;
 use std::cell::RefCell;
 
 /// Output channels per input channel below which a depthwise convolution runs here; from it
@@ -38,7 +39,13 @@ thread_local! {
 }
 
 /// The convolution (`applies(g)`), parallel over output planes.
-pub(crate) fn conv2d(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Result<Vec<f32>> {
+pub(crate) fn conv2d(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    g: &Window,
+    act: Option<UnaryOp>,
+) -> Result<Vec<f32>> {
     let plane = g.oh * g.ow;
     let mut out = alloc("conv2d", g.n * g.c_out * plane)?;
     if plane == 0 {
@@ -104,6 +111,7 @@ pub(crate) fn conv2d(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) ->
                 row.copy_from_slice(&src[..g.ow]);
             }
         });
+        super::conv::activate(act, y);
     });
     Ok(out)
 }
@@ -210,11 +218,12 @@ mod tests {
                         wt[kh * kw / 2] = f32::INFINITY;
                     }
                     let bias: Vec<f32> = (0..c * mult).map(|_| next()).collect();
-                    let got = conv2d(&x, &wt, Some(&bias), &g).unwrap();
-                    let want = super::super::conv::conv2d_direct(&x, &wt, Some(&bias), &g).unwrap();
+                    let got = conv2d(&x, &wt, Some(&bias), &g, None).unwrap();
+                    let want =
+                        super::super::conv::conv2d_direct(&x, &wt, Some(&bias), &g, None).unwrap();
                     let mut kernels = vec![("phase planes", got)];
                     if depthwise3::applies(&g) {
-                        let got = depthwise3::conv2d(&x, &wt, Some(&bias), &g).unwrap();
+                        let got = depthwise3::conv2d(&x, &wt, Some(&bias), &g, None).unwrap();
                         kernels.push(("unrolled 3x3", got));
                         checked3 += 1;
                     }

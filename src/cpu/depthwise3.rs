@@ -10,6 +10,7 @@ use super::alloc;
 use super::par_chunks_mut;
 use crate::conv::Window;
 use crate::error::Result;
+use crate::op::UnaryOp;
 
 /// Whether `g` is a convolution [`conv2d`] computes.
 pub(crate) fn applies(g: &Window) -> bool {
@@ -35,7 +36,13 @@ fn interior(ow: usize, w: usize, stride: usize, pad: usize) -> (usize, usize) {
 }
 
 /// The convolution (`applies(g)`), parallel over output planes.
-pub(crate) fn conv2d(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) -> Result<Vec<f32>> {
+pub(crate) fn conv2d(
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    g: &Window,
+    act: Option<UnaryOp>,
+) -> Result<Vec<f32>> {
     let plane = g.oh * g.ow;
     let mut out = alloc("conv2d", g.n * g.c_out * plane)?;
     if plane == 0 {
@@ -102,6 +109,7 @@ pub(crate) fn conv2d(x: &[f32], wt: &[f32], bias: Option<&[f32]>, g: &Window) ->
                 }
             }
         }
+        super::conv::activate(act, y);
     });
     Ok(out)
 }

@@ -25,9 +25,10 @@ fn own_kernel(
     let (m, k, n) = (plan.m, plan.k, plan.n);
     let total = plan.out_numel();
     let mut out = super::reserve("matmul", total)?;
-    for (c, &(oa, ob)) in out.spare_capacity_mut()[..total]
+    for (batch, (c, &(oa, ob))) in out.spare_capacity_mut()[..total]
         .chunks_mut(m * n)
         .zip(&plan.offsets)
+        .enumerate()
     {
         let view = |data, offset, (rs, cs): (usize, usize)| View {
             data,
@@ -35,6 +36,8 @@ fn own_kernel(
             rs,
             cs,
         };
+        // Rows numbered across the batches, as the whole output's.
+        let numbered = epilogue.map(|f| move |i: usize, row: &mut [f32]| f(batch * m + i, row));
         gemm(
             m,
             k,
@@ -42,7 +45,7 @@ fn own_kernel(
             view(a, oa, plan.a_strides),
             view(b, ob, plan.b_strides),
             c,
-            epilogue,
+            numbered.as_ref().map(|f| f as super::RowEpilogue),
         );
     }
     // SAFETY: gemm wrote all m·n elements of every batch, i.e. the first `total` values.
@@ -56,7 +59,7 @@ pub(crate) fn matmul(a: &[f32], b: &[f32], plan: &MatmulPlan) -> Result<Vec<f32>
 
 /// The product, with `epilogue` applied to every row of the result: inside the threads of
 /// kiln's own kernel where it runs, afterwards otherwise.
-fn matmul_then(
+pub(crate) fn matmul_then(
     a: &[f32],
     b: &[f32],
     plan: &MatmulPlan,
@@ -67,7 +70,9 @@ fn matmul_then(
         if let Some(f) = epilogue
             && n > 0
         {
-            out.chunks_exact_mut(n).for_each(f);
+            out.chunks_exact_mut(n)
+                .enumerate()
+                .for_each(|(i, row)| f(i, row));
         }
         Ok(out)
     };
@@ -141,7 +146,7 @@ pub(crate) fn linear(
     if bias.is_none() && act.is_none() {
         return matmul(x, w, plan);
     }
-    let epilogue = |row: &mut [f32]| {
+    let epilogue = |_: usize, row: &mut [f32]| {
         if let Some(b) = bias {
             row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
         }

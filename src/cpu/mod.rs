@@ -35,7 +35,7 @@ pub(crate) use grad::{
     conv2d_grad_input, conv2d_grad_weight, index_select_grad, pool2d_grad, scatter_add, unary_grad,
 };
 pub(crate) use index::{gather, group_by_row, index_copy, index_select, where_};
-pub(crate) use matmul::{linear, matmul};
+pub(crate) use matmul::{linear, matmul, matmul_then};
 pub(crate) use optim::update;
 pub(crate) use reduce::{
     argmax, cross_entropy_grad, cross_entropy_rows, norm, norm_backward, norm_param_grads, reduce,
@@ -80,8 +80,10 @@ fn keep_freed_memory() {
     }
 }
 
-/// Work applied to each finished row of a product (a matmul's fused bias and activation).
-pub(crate) type RowEpilogue<'e> = &'e (dyn Fn(&mut [f32]) + Sync);
+/// Work applied to each finished row of a product, given the row's index in the whole output
+/// (rows numbered across batches): a matmul's fused bias and activation, a convolution's bias
+/// per channel.
+pub(crate) type RowEpilogue<'e> = &'e (dyn Fn(usize, &mut [f32]) + Sync);
 
 /// Outputs of at least this many values are split over kiln's worker pool (`spin_pool`); below
 /// it (about 100 µs of work) waking a worker can cost more than it saves.

@@ -470,6 +470,7 @@ impl BackendStorage for CpuStorage {
         weight: &CpuStorage,
         bias: Option<&CpuStorage>,
         w: &Window,
+        act: Option<UnaryOp>,
     ) -> Result<CpuStorage> {
         const OP: &str = "conv2d";
         let bias = Self::opt_f32s(OP, bias)?;
@@ -478,6 +479,7 @@ impl BackendStorage for CpuStorage {
             weight.f32s(OP)?,
             bias,
             w,
+            act,
         )?))
     }
 

@@ -689,14 +689,20 @@ impl BackendStorage for GpuStorage {
         weight: &GpuStorage,
         bias: Option<&GpuStorage>,
         w: &Window,
+        act: Option<UnaryOp>,
     ) -> Result<GpuStorage> {
         const OP: &str = "conv2d";
         let n: usize = w.out_dims().iter().product();
-        self.output(n, DType::F32, |ctx| {
+        let y = self.output(n, DType::F32, |ctx| {
             let bias = Self::bound_opt(OP, bias)?;
             let (x, k) = (self.bound(OP, DType::F32)?, weight.bound(OP, DType::F32)?);
             conv::conv2d(ctx, x, k, bias, w)
-        })
+        })?;
+        // The convolution shaders have no epilogue: the activation is one more dispatch.
+        match act {
+            Some(op) => y.unary(op, n),
+            None => Ok(y),
+        }
     }
 
     fn pool2d(&self, w: &Window, max: bool) -> Result<GpuStorage> {

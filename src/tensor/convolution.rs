@@ -4,6 +4,7 @@ use super::Tensor;
 use crate::conv::{Conv2dOptions, Window};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::op::UnaryOp;
 use crate::shape::Shape;
 
 impl Tensor {
@@ -16,7 +17,31 @@ impl Tensor {
         bias: Option<&Tensor>,
         opts: Conv2dOptions,
     ) -> Result<Tensor> {
-        let out = self.conv2d_forward(weight, bias, opts)?;
+        self.conv2d_act(weight, bias, opts, None)
+    }
+
+    /// [`Tensor::conv2d`] then the activation `act` in one op (a network's conv + ReLU,
+    /// HardSwish, SiLU, ...): the CPU applies it to each output plane as its kernel finishes the
+    /// plane, so the output is not read and written again; a GPU runs it as one more dispatch.
+    /// When gradients are recorded the activation runs as its own op (its backward needs its
+    /// input).
+    pub fn conv2d_act(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        opts: Conv2dOptions,
+        act: Option<UnaryOp>,
+    ) -> Result<Tensor> {
+        let present: Vec<&Tensor> = [Some(self), Some(weight), bias]
+            .into_iter()
+            .flatten()
+            .collect();
+        if let Some(op) = act
+            && Tensor::tracking(&present)
+        {
+            return self.conv2d(weight, bias, opts)?.unary(op);
+        }
+        let out = self.conv2d_forward(weight, bias, opts, act)?;
         let present: Vec<&Tensor> = [Some(self), Some(weight), bias]
             .into_iter()
             .flatten()
@@ -166,7 +191,7 @@ impl Tensor {
             // convolution's weight gradient with the roles of input and output swapped.
             let mut grads = vec![
                 need[0]
-                    .then(|| g.conv2d_forward(&wt, None, opts))
+                    .then(|| g.conv2d_forward(&wt, None, opts, None))
                     .transpose()?,
                 need[1]
                     .then(|| x.conv2d_grad(g, &win, true, wt.shape()))
@@ -184,6 +209,7 @@ impl Tensor {
         weight: &Tensor,
         bias: Option<&Tensor>,
         opts: Conv2dOptions,
+        act: Option<UnaryOp>,
     ) -> Result<Tensor> {
         for t in [Some(weight), bias].into_iter().flatten() {
             self.same_device(t, "conv2d")?;
@@ -214,15 +240,23 @@ impl Tensor {
         if self.numel() == 0 || weight.numel() == 0 {
             // An empty sum: zeros, plus the bias where there is one.
             let zeros = Tensor::zeros(&self.device, &dims)?;
-            return match bias {
-                Some(b) if n_out > 0 => zeros.add(&b.reshape(&[c_out, 1, 1])?),
-                _ => Ok(zeros),
+            let y = match bias {
+                Some(b) if n_out > 0 => zeros.add(&b.reshape(&[c_out, 1, 1])?)?,
+                _ => zeros,
+            };
+            return match act {
+                Some(op) => y.unary(op),
+                None => Ok(y),
             };
         }
-        if (kh, kw) == (1, 1) && opts.stride == (1, 1) && opts.padding == (0, 0) && opts.groups == 1
-        {
+        let pointwise = (kh, kw) == (1, 1)
+            && opts.stride == (1, 1)
+            && opts.padding == (0, 0)
+            && opts.groups == 1;
+        if pointwise && !self.device.is_cpu() {
             // A pointwise convolution is a matrix product over channels: [c_out, c_in] times
-            // each image's [c_in, h·w], on the tuned matmul kernels.
+            // each image's [c_in, h·w], on the GPU's tuned matmul kernels. (The CPU's
+            // convolution runs it as that product already, bias and activation in its epilogue.)
             let (n, h, w) = (g.n, g.h, g.w);
             let y = weight
                 .reshape(&[c_out, c_in])?
@@ -231,9 +265,13 @@ impl Tensor {
                 Some(b) => y.add(&b.reshape(&[c_out, 1])?)?,
                 None => y,
             };
-            return y.reshape(&dims);
+            let y = y.reshape(&dims)?;
+            return match act {
+                Some(op) => y.unary(op),
+                None => Ok(y),
+            };
         }
-        let storage = (self.storage).conv2d(&weight.storage, bias.map(|b| &b.storage), &g)?;
+        let storage = (self.storage).conv2d(&weight.storage, bias.map(|b| &b.storage), &g, act)?;
         Ok(self.with(storage, Shape::new(&dims)?))
     }
 

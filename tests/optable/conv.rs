@@ -95,6 +95,87 @@ pub fn table() -> Vec<OpInfo> {
             },
             errors: no_errors,
         },
+        // The activation inside the convolution: on the CPU each kernel (the SGEMM's epilogue
+        // with rows numbered across images, the depthwise and direct loops) applies it to the
+        // planes it writes; the large samples reach the SGEMM and the pointwise product.
+        OpInfo {
+            index_inputs: &[],
+            packed_inputs: &[],
+            name: "conv2d_act(bias, silu)",
+            grad: || Grad::wrt(THREE),
+            samples: act_samples,
+            run: |t| {
+                let act = Some(kiln::UnaryOp::Silu);
+                t[0].conv2d_act(&t[1], Some(&t[2]), Default::default(), act)
+            },
+            reference: |r| {
+                act_ref(conv_ref(r, Default::default(), true), |v| {
+                    v / (1.0 + (-v).exp())
+                })
+            },
+            tol: |r| {
+                (
+                    1e-6 * (1 + r[1].data.len() / r[1].shape[0].max(1)) as f64,
+                    1e-5,
+                )
+            },
+            errors: no_errors,
+        },
+        OpInfo {
+            index_inputs: &[],
+            packed_inputs: &[],
+            name: "conv2d_act(groups 2, pad 1, hard_swish)",
+            grad: || {
+                Grad::NoGrad(
+                    "the hard swish's kinks at ±3 defeat finite differences; the silu entry checks the composition's gradient",
+                )
+            },
+            samples: grouped_samples,
+            run: |t| {
+                let act = Some(kiln::UnaryOp::HardSwish);
+                t[0].conv2d_act(&t[1], Some(&t[2]), grouped(2), act)
+            },
+            reference: |r| {
+                act_ref(conv_ref(r, grouped(2), true), |v| {
+                    v * (v / 6.0 + 0.5).clamp(0.0, 1.0)
+                })
+            },
+            tol: |r| {
+                (
+                    1e-6 * (1 + r[1].data.len() / r[1].shape[0].max(1)) as f64,
+                    1e-5,
+                )
+            },
+            errors: no_errors,
+        },
+        OpInfo {
+            index_inputs: &[],
+            packed_inputs: &[],
+            name: "conv2d_act(depthwise, stride 2, pad 1, clamp 0..6)",
+            grad: || {
+                Grad::NoGrad(
+                    "the clamp's kinks defeat finite differences; the silu entry checks the composition's gradient",
+                )
+            },
+            samples: depthwise_samples,
+            run: |t| {
+                let g = t[0].shape()[1];
+                let act = Some(kiln::UnaryOp::Clamp(0.0, 6.0));
+                t[0].conv2d_act(&t[1], Some(&t[2]), depthwise(g), act)
+            },
+            reference: |r| {
+                act_ref(conv_ref(r, depthwise(r[0].shape[1]), true), |v| {
+                    v.clamp(0.0, 6.0)
+                })
+            },
+            tol: |r| {
+                (
+                    1e-6 * (1 + r[1].data.len() / r[1].shape[0].max(1)) as f64,
+                    1e-5,
+                )
+            },
+            errors: no_errors,
+        },
         OpInfo {
             index_inputs: &[],
             packed_inputs: &[],
@@ -360,6 +441,32 @@ pub fn conv_samples() -> Vec<Sample> {
             (&[1, 4, 3, 3], &[2, 4, 3, 3]),
         ],
     )
+}
+
+/// [`conv_samples`]' small shapes and two that reach the CPU's SGEMM (at least 2^21
+/// multiply-adds a product) over two images: a 3×3 kernel through its column matrix, and a
+/// pointwise one read in place. Values of ±4 so that activations see both sides of their bends.
+pub fn act_samples() -> Vec<Sample> {
+    let mut s = conv_cases(
+        115,
+        &[
+            (&[2, 3, 9, 7], &[4, 3, 3, 3]),
+            (&[1, 1, 5, 5], &[2, 1, 1, 1]),
+            (&[0, 2, 4, 4], &[1, 2, 3, 3]),
+            (&[2, 16, 24, 24], &[32, 16, 3, 3]),
+            (&[2, 128, 32, 32], &[64, 128, 1, 1]),
+        ],
+    );
+    for sample in &mut s {
+        sample.inputs[0].1.iter_mut().for_each(|v| *v *= 4.0);
+    }
+    s
+}
+
+/// `f` on every value of a reference.
+fn act_ref(mut r: Ref, f: fn(f64) -> f64) -> Ref {
+    r.data.iter_mut().for_each(|v| *v = f(*v));
+    r
 }
 
 /// Samples for 2 groups: weights `[c_out, c_in / 2, kh, kw]`.

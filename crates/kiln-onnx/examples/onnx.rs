@@ -87,6 +87,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     if profile {
         model.run(&named)?; // warm-up: pipelines, tuning
+        for _ in 1..std::env::var("PROF_RUNS").map_or(1, |v| v.parse().unwrap()) {
+            model.run_profiled(&named)?;
+        }
         let (_, times) = model.run_profiled(&named)?;
         println!("time per op type (synchronized after every node):");
         for (op, n, t) in times {

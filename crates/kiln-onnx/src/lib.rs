@@ -22,9 +22,11 @@
 
 mod compare;
 mod external;
+mod fuse;
 mod narrow;
 mod ops;
 mod proto;
+mod simplify;
 mod value;
 
 pub use compare::{Comparison, NodeDiff, Tolerance};
@@ -92,6 +94,8 @@ pub struct Model {
     op_types: Vec<String>,
     /// Op types run by the user's code instead of kiln's ([`Model::replace_op`]).
     replaced: HashMap<String, OpImpl>,
+    /// Convolutions that run the activation after them (`fuse.rs`), by node index.
+    fusions: fuse::Fusions,
 }
 
 impl std::fmt::Debug for Model {
@@ -170,6 +174,21 @@ impl Model {
         if folded > 0 {
             log::info!("onnx: folded {folded} BatchNormalization nodes into their convolutions");
         }
+        let pinned = subgraph_reads(&graph);
+        let dropped = simplify::drop_identities(&mut graph, &pinned);
+        let affine = simplify::fold_affine(&mut graph, &mut constants, &pinned, device)?;
+        if dropped + affine > 0 {
+            log::info!(
+                "onnx: dropped {dropped} Identity nodes, folded {affine} constant scales and shifts into convolutions"
+            );
+        }
+        let fusions = fuse::find(&graph, &constants, opset, &pinned);
+        if !fusions.is_empty() {
+            log::info!(
+                "onnx: {} activations run inside their convolutions",
+                fusions.len()
+            );
+        }
         if let Some(s) = graph.sparse_initializer.first() {
             let name = s.values.as_ref().map_or("?", |v| v.name.as_str());
             return Err(Error::Unsupported {
@@ -220,6 +239,7 @@ impl Model {
             types,
             op_types,
             replaced: HashMap::new(),
+            fusions,
         })
     }
 
@@ -292,8 +312,11 @@ impl Model {
     /// given on this model's device and copied to the other's. The returned [`Comparison`]
     /// lists every node output and names the first one the runs disagree on
     /// ([`Comparison::first_difference`]): every input of that node agreed, so the fault is
-    /// that node's. Both runs are whole runs, fused as `run` fuses them, so a fault that shows
-    /// only inside a fused kernel still shows. Every value stays alive until the end and is
+    /// that node's. Both runs are whole runs, their elementwise ops fused as `run` fuses them,
+    /// so a fault that shows only inside a fused kernel still shows; the activations `run`
+    /// applies inside convolutions (`fuse.rs`) run as their own nodes here, so that each node
+    /// has its output checked (the op table checks `conv2d_act` itself on every device).
+    /// Every value stays alive until the end and is
     /// read back, so this takes more memory and time than `run`.
     ///
     /// A graph that is not the same, node for node, is `Error::InvalidArgument`.
@@ -389,7 +412,23 @@ impl Model {
         last_use: Option<&HashMap<String, usize>>,
         mut watch: Option<&mut Watch>,
     ) -> Result<Vec<(String, Value)>> {
+        // Activations run inside their convolutions (`fuse.rs`): in the model's own graph,
+        // unless every node's output is being traced (`compare` checks each node) or the user
+        // replaced either op.
+        let fusing = std::ptr::eq(graph, &self.graph) && !matches!(watch, Some(Watch::Trace(_)));
+        let mut done_by_conv: HashSet<usize> = HashSet::new();
         for (i, node) in graph.node.iter().enumerate() {
+            if done_by_conv.contains(&i) {
+                continue; // an activation its convolution applied
+            }
+            let fusion = self.fusions.get(&i).filter(|f| {
+                fusing
+                    && !self.replaced.contains_key(&node.op_type)
+                    && !f
+                        .nodes
+                        .iter()
+                        .any(|&a| self.replaced.contains_key(&graph.node[a].op_type))
+            });
             let lookup = |n: &str| values.get(n).cloned().or_else(|| outer(n));
             let args: Vec<Option<Value>> = node
                 .input
@@ -419,6 +458,7 @@ impl Model {
                 opset: self.opset,
                 types: &self.types,
                 subgraph: &subgraph,
+                activation: fusion.map(|f| f.op),
             };
             let start = web_time::Instant::now();
             let own_domain = node.domain.is_empty() || node.domain == "ai.onnx";
@@ -451,7 +491,15 @@ impl Model {
                 }
                 None => {}
             }
-            for (name, v) in node.output.iter().zip(out) {
+            let names = match fusion {
+                Some(f) => {
+                    done_by_conv.extend(&f.nodes);
+                    let last = f.nodes.last().expect("a fusion stands in for some node");
+                    &graph.node[*last].output
+                }
+                None => &node.output,
+            };
+            for (name, v) in names.iter().zip(out) {
                 if !name.is_empty() {
                     values.insert(name.clone(), v);
                 }
@@ -517,6 +565,7 @@ fn fold_constants(
             opset,
             types: &types,
             subgraph: &no_subgraph,
+            activation: None,
         };
         for (name, v) in node.output.iter().zip(ops::run(&ctx, &[])?) {
             if !name.is_empty() {
@@ -761,6 +810,23 @@ fn names_read<'g>(node: &'g NodeProto, out: &mut Vec<&'g String>) {
         }
         out.extend(g.output.iter().map(|o| &o.name));
     }
+}
+
+/// The names the subgraphs of `graph`'s nodes (`If` branches, loop bodies) read: values of
+/// `graph` the load-time rewrites must keep.
+fn subgraph_reads(graph: &GraphProto) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for node in &graph.node {
+        for g in node.attribute.iter().filter_map(|a| a.g.as_ref()) {
+            for n in &g.node {
+                let mut read = Vec::new();
+                names_read(n, &mut read);
+                out.extend(read.into_iter().cloned());
+            }
+            out.extend(g.output.iter().map(|o| o.name.clone()));
+        }
+    }
+    out
 }
 
 /// A node's position for messages.

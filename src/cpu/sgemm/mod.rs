@@ -456,7 +456,8 @@ fn gemm_with<K: Micro>(
             // SAFETY: gemm_rows wrote every value of these rows.
             unsafe { super::assume_init(c) }
                 .chunks_exact_mut(n)
-                .for_each(f);
+                .enumerate()
+                .for_each(|(j, row)| f(i0 + j, row));
         }
     });
     drop(shared);

@@ -151,7 +151,7 @@ pub(super) fn conv(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         dilation,
         groups,
     };
-    let y = x.conv2d(&w, bias, opts)?;
+    let y = x.conv2d_act(&w, bias, opts, ctx.activation)?;
     Ok(vec![Value::Float(as_1d(y, one_d)?)])
 }
 

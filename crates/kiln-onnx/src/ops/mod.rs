@@ -37,6 +37,8 @@ pub(crate) struct Ctx<'a> {
     pub types: &'a std::collections::HashMap<String, i32>,
     /// Runs a subgraph (an `If` branch) in the node's scope, returning its outputs in order.
     pub subgraph: &'a dyn Fn(&super::proto::GraphProto) -> Result<Vec<Value>>,
+    /// The activation a `Conv` applies to its output (the node after it, fused at load).
+    pub activation: Option<kiln::UnaryOp>,
 }
 
 /// The inputs of a node (`None`: an optional input left out).
