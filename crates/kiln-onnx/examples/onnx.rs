@@ -5,7 +5,7 @@
 //! cargo run --release --example onnx -- model.onnx                      # seeded random inputs
 //! cargo run --release --example onnx -- model.onnx --input x=x.pb      # an ONNX TensorProto file
 //! cargo run --release --example onnx -- model.onnx --runs 20 --json out.json
-//! cargo run --release --example onnx -- model.onnx --profile            # time per op type
+//! cargo run --release --example onnx -- model.onnx --profile --runs 20 # time per op type
 //! cargo run --release --example onnx -- model.onnx --compare cpu        # node by node
 //! ```
 //!
@@ -87,13 +87,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     if profile {
         model.run(&named)?; // warm-up: pipelines, tuning
-        for _ in 1..std::env::var("PROF_RUNS").map_or(1, |v| v.parse().unwrap()) {
-            model.run_profiled(&named)?;
+        // Each op type's median over `--runs` profiled runs (one VM hiccup does not show).
+        let mut per_op: std::collections::BTreeMap<String, (usize, Vec<f64>)> = Default::default();
+        for _ in 0..runs.max(1) {
+            for (op, n, t) in model.run_profiled(&named)?.1 {
+                let e = per_op.entry(op).or_default();
+                e.0 = n;
+                e.1.push(t.as_secs_f64() * 1e3);
+            }
         }
-        let (_, times) = model.run_profiled(&named)?;
-        println!("time per op type (synchronized after every node):");
-        for (op, n, t) in times {
-            println!("  {op:<24} {n:>4} nodes {:>10.3} ms", t.as_secs_f64() * 1e3);
+        let mut rows: Vec<(String, usize, f64)> = per_op
+            .into_iter()
+            .map(|(op, (n, mut ts))| {
+                ts.sort_by(f64::total_cmp);
+                (op, n, ts[ts.len() / 2])
+            })
+            .collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        println!("time per op type (synchronized after every node; median of {runs} runs):");
+        for (op, n, t) in rows {
+            println!("  {op:<24} {n:>4} nodes {t:>10.3} ms");
         }
     }
     if let Some(name) = compare {
