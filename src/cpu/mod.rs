@@ -80,6 +80,62 @@ fn keep_freed_memory() {
     }
 }
 
+/// A piece of work whose plain f32 loops vectorise: [`widest`] compiles it for the CPU's widest
+/// vectors. Its `run` must be `#[inline(always)]`, so that it is compiled into each of
+/// `widest`'s per-ISA functions (a closure would be compiled once, for the baseline).
+pub(crate) trait Wide {
+    /// What the work returns.
+    type Out;
+    /// The work.
+    fn run(self) -> Self::Out;
+}
+
+/// `k.run()` compiled for the widest vectors this CPU has (AVX-512F, else AVX2, else the
+/// build's baseline, SSE2 on x86-64). The values are the same on each: Rust never fuses a
+/// multiply and an add, and every lane computes the same operations.
+#[inline]
+pub(crate) fn widest<K: Wide>(k: K) -> K::Out {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+        fn avx512<K: Wide>(k: K) -> K::Out {
+            k.run()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<K: Wide>(k: K) -> K::Out {
+            k.run()
+        }
+        static ISA: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+        let isa = *ISA.get_or_init(|| {
+            let has = |f: &str| match f {
+                "avx512" => {
+                    std::arch::is_x86_feature_detected!("avx512f")
+                        && std::arch::is_x86_feature_detected!("avx512bw")
+                        && std::arch::is_x86_feature_detected!("avx512dq")
+                        && std::arch::is_x86_feature_detected!("avx512vl")
+                }
+                _ => {
+                    std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                }
+            };
+            match (has("avx512") && has("avx2"), has("avx2")) {
+                (true, _) => 2,
+                (_, true) => 1,
+                _ => 0,
+            }
+        });
+        match isa {
+            // SAFETY: the CPU has these features, checked above.
+            2 => return unsafe { avx512(k) },
+            // SAFETY: as above.
+            1 => return unsafe { avx2(k) },
+            _ => {}
+        }
+    }
+    k.run()
+}
+
 /// Work applied to each finished row of a product, given the row's index in the whole output
 /// (rows numbered across batches): a matmul's fused bias and activation, a convolution's bias
 /// per channel.

@@ -182,6 +182,7 @@ impl UnaryOp {
     /// The op on every value of `xs`, in place: the same results as [`UnaryOp::apply`], with
     /// the cheap ops as branch-free loops the compiler vectorises (a call of `apply` per value
     /// cost a fused `linear`'s epilogue more than its bias).
+    #[inline(always)]
     pub(crate) fn apply_slice(self, xs: &mut [f32]) {
         // NaN stays NaN in each arm: `x < 0.0` is false for it, and NaN + s, NaN * s, ... are NaN.
         match self {

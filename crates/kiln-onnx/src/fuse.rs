@@ -317,14 +317,20 @@ mod tests {
     #[test]
     fn the_activations_exporters_write_are_recognised() {
         let one = fusions(vec![node("Relu", &["c"], "y")], &[]);
-        assert_eq!((one[&0].nodes.clone(), one[&0].op), (vec![1], UnaryOp::Relu));
+        assert_eq!(
+            (one[&0].nodes.clone(), one[&0].op),
+            (vec![1], UnaryOp::Relu)
+        );
         let clip = fusions(vec![node("Clip", &["c", "zero", "six"], "y")], &[]);
         assert_eq!(clip[&0].op, UnaryOp::Clamp(0.0, 6.0));
         let silu = fusions(
             vec![node("Sigmoid", &["c"], "s"), node("Mul", &["s", "c"], "y")],
             &[],
         );
-        assert_eq!((silu[&0].nodes.clone(), silu[&0].op), (vec![1, 2], UnaryOp::Silu));
+        assert_eq!(
+            (silu[&0].nodes.clone(), silu[&0].op),
+            (vec![1, 2], UnaryOp::Silu)
+        );
         let paddle = vec![
             node("Add", &["c", "three"], "a"),
             node("Clip", &["a", "zero", "six"], "k"),
@@ -332,7 +338,10 @@ mod tests {
             node("Div", &["m", "six"], "y"),
         ];
         let hs = fusions(paddle.clone(), &[]);
-        assert_eq!((hs[&0].nodes.clone(), hs[&0].op), (vec![1, 2, 3, 4], UnaryOp::HardSwish));
+        assert_eq!(
+            (hs[&0].nodes.clone(), hs[&0].op),
+            (vec![1, 2, 3, 4], UnaryOp::HardSwish)
+        );
         let gelu = fusions(
             vec![
                 node("Div", &["c", "root2"], "d"),
