@@ -143,7 +143,8 @@ fn pad_product(row: &mut [f32], lo: usize, hi: usize, wv: f32) {
     }
 }
 
-/// Max (NaN-propagating, padding ignored) or average (padding counted as zeros) pooling.
+/// Max (NaN-propagating, padding ignored) or average (padding counted as zeros) pooling,
+/// parallel over planes, each plane on the CPU's widest vectors ([`Pooled`]).
 pub(crate) fn pool2d(x: &[f32], g: &Window, max: bool) -> Result<Vec<f32>> {
     let plane = g.oh * g.ow;
     let mut out = alloc(
@@ -153,38 +154,95 @@ pub(crate) fn pool2d(x: &[f32], g: &Window, max: bool) -> Result<Vec<f32>> {
     if plane == 0 {
         return Ok(out);
     }
-    let (sh, sw) = g.opts.stride;
-    let (ph, pw) = g.opts.padding;
+    let cols: Vec<(usize, usize)> = (0..g.kw)
+        .map(|kx| valid_columns(g.ow, g.w, g.opts.stride.1, kx, 1, g.opts.padding.1))
+        .collect();
     par_chunks_mut(&mut out, plane, plane * g.kh * g.kw, &|p, y| {
-        let xp = p * g.h * g.w;
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                let mut acc = if max { f32::NEG_INFINITY } else { 0.0 };
-                let mut nan = false;
-                for ky in 0..g.kh {
-                    let iy = (oy * sh + ky) as isize - ph as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
-                    }
-                    for kx in 0..g.kw {
-                        let ix = (ox * sw + kx) as isize - pw as isize;
-                        if ix < 0 || ix >= g.w as isize {
-                            continue;
-                        }
-                        let v = x[xp + iy as usize * g.w + ix as usize];
-                        nan |= v.is_nan();
-                        acc = if max { acc.max(v) } else { acc + v };
-                    }
-                }
-                y[oy * g.ow + ox] = if max && nan {
-                    f32::NAN
-                } else if max {
-                    acc
-                } else {
-                    acc / (g.kh * g.kw) as f32
-                };
-            }
-        }
+        let xs = &x[p * g.h * g.w..(p + 1) * g.h * g.w];
+        super::widest(Pooled {
+            xs,
+            y,
+            g,
+            cols: &cols,
+            max,
+        });
     });
     Ok(out)
+}
+
+/// One pooled plane `y` of input plane `xs`: each output row gathers its window's input rows
+/// tap by tap over the columns where the tap lies inside (`cols`, per kx), as plain loops that
+/// vectorise. Max keeps the largest value and turns NaN if any value was; average sums and
+/// divides by the window's size.
+struct Pooled<'a> {
+    xs: &'a [f32],
+    y: &'a mut [f32],
+    g: &'a Window,
+    cols: &'a [(usize, usize)],
+    max: bool,
+}
+
+impl super::Wide for Pooled<'_> {
+    type Out = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Pooled {
+            xs,
+            y,
+            g,
+            cols,
+            max,
+        } = self;
+        let (sh, sw) = g.opts.stride;
+        let (ph, pw) = g.opts.padding;
+        let mut nan = vec![false; g.ow];
+        for (oy, row) in y.chunks_exact_mut(g.ow).enumerate() {
+            row.fill(if max { f32::NEG_INFINITY } else { 0.0 });
+            nan.fill(false);
+            for ky in 0..g.kh {
+                let Some(iy) = (oy * sh + ky).checked_sub(ph).filter(|&iy| iy < g.h) else {
+                    continue;
+                };
+                let src = &xs[iy * g.w..(iy + 1) * g.w];
+                for (kx, &(lo, hi)) in cols.iter().enumerate() {
+                    if lo >= hi {
+                        continue;
+                    }
+                    let start = lo * sw + kx - pw;
+                    let out = &mut row[lo..hi];
+                    if sw == 1 {
+                        let src = &src[start..start + (hi - lo)];
+                        if max {
+                            for ((o, &v), n) in out.iter_mut().zip(src).zip(&mut nan[lo..hi]) {
+                                *o = o.max(v);
+                                *n |= v.is_nan();
+                            }
+                        } else {
+                            out.iter_mut().zip(src).for_each(|(o, &v)| *o += v);
+                        }
+                    } else {
+                        let src = src[start..].iter().step_by(sw);
+                        if max {
+                            for ((o, &v), n) in out.iter_mut().zip(src).zip(&mut nan[lo..hi]) {
+                                *o = o.max(v);
+                                *n |= v.is_nan();
+                            }
+                        } else {
+                            out.iter_mut().zip(src).for_each(|(o, &v)| *o += v);
+                        }
+                    }
+                }
+            }
+            if max {
+                row.iter_mut()
+                    .zip(&nan)
+                    .filter(|(_, n)| **n)
+                    .for_each(|(o, _)| *o = f32::NAN);
+            } else {
+                let size = (g.kh * g.kw) as f32;
+                row.iter_mut().for_each(|o| *o /= size);
+            }
+        }
+    }
 }
