@@ -40,6 +40,41 @@ pub(crate) fn reduce(
     Ok(out)
 }
 
+/// A contiguous row's (log-)softmax, each pass a loop that vectorises ([`super::widest`]).
+struct SoftmaxRow<'a> {
+    src: &'a [f32],
+    block: &'a mut [f32],
+    log: bool,
+}
+
+impl super::Wide for SoftmaxRow<'_> {
+    type Out = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let SoftmaxRow { src, block, log } = self;
+        if has_nan(src) {
+            block.fill(f32::NAN);
+            return;
+        }
+        let m = max_f32(src);
+        block
+            .iter_mut()
+            .zip(src)
+            .for_each(|(o, &v)| *o = exp_f32(v - m));
+        let sum = sum_f32(block);
+        if log {
+            let log_sum = sum.ln();
+            block
+                .iter_mut()
+                .zip(src)
+                .for_each(|(o, &v)| *o = (v - m) - log_sum);
+        } else {
+            block.iter_mut().for_each(|o| *o /= sum);
+        }
+    }
+}
+
 pub(crate) fn softmax(
     x: &[f32],
     (outer, len, inner): (usize, usize, usize),
@@ -55,27 +90,7 @@ pub(crate) fn softmax(
     par_chunks_mut(&mut out, len * inner, 4 * len * inner, &|o, block| {
         let src = &x[o * len * inner..(o + 1) * len * inner];
         if inner == 1 {
-            // A contiguous row: each pass a loop the compiler vectorises.
-            if has_nan(src) {
-                block.fill(f32::NAN);
-                return;
-            }
-            let m = max_f32(src);
-            block
-                .iter_mut()
-                .zip(src)
-                .for_each(|(o, &v)| *o = exp_f32(v - m));
-            let sum = sum_f32(block);
-            if log {
-                let log_sum = sum.ln();
-                block
-                    .iter_mut()
-                    .zip(src)
-                    .for_each(|(o, &v)| *o = (v - m) - log_sum);
-            } else {
-                block.iter_mut().for_each(|o| *o /= sum);
-            }
-            return;
+            return super::widest(SoftmaxRow { src, block, log });
         }
         for i in 0..inner {
             let at = |j: usize| j * inner + i;
