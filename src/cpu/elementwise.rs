@@ -13,17 +13,34 @@ pub(crate) fn unary(x: &[f32], op: UnaryOp) -> Result<Vec<f32>> {
     let mut out = reserve(op.name(), x.len())?;
     let write_piece = |start: usize, piece: &mut [MaybeUninit<f32>]| {
         let src = &x[start..start + piece.len()];
-        for (s, d) in src.chunks(BLOCK).zip(piece.chunks_mut(BLOCK)) {
-            d.iter_mut().zip(s).for_each(|(d, &v)| {
-                d.write(v);
-            });
-            // SAFETY: every value of `d` was just written.
-            op.apply_slice(unsafe { assume_init(d) });
-        }
+        super::widest(UnaryPiece { src, piece, op });
     };
     // SAFETY: `write_piece` writes every value of its piece.
     unsafe { fill_spare(&mut out, x.len(), &write_piece) };
     Ok(out)
+}
+
+/// `op` of `src` into `piece` (as long), a block at a time: copied, then transformed while
+/// in L1, on the CPU's widest vectors.
+struct UnaryPiece<'a> {
+    src: &'a [f32],
+    piece: &'a mut [MaybeUninit<f32>],
+    op: UnaryOp,
+}
+
+impl super::Wide for UnaryPiece<'_> {
+    type Out = ();
+
+    #[inline(always)]
+    fn run(self) {
+        for (s, d) in self.src.chunks(BLOCK).zip(self.piece.chunks_mut(BLOCK)) {
+            d.iter_mut().zip(s).for_each(|(d, &v)| {
+                d.write(v);
+            });
+            // SAFETY: every value of `d` was just written.
+            self.op.apply_slice(unsafe { assume_init(d) });
+        }
+    }
 }
 
 pub(crate) fn fill(n: usize, value: f32) -> Result<Vec<f32>> {

@@ -80,24 +80,51 @@ impl CpuFused {
         }
     }
 
-    /// Outputs `start..start + piece.len()` into `piece`, block by block. Contiguous leaves are
-    /// read in place; every other value of the block lives in its instruction's register.
+    /// Outputs `start..start + piece.len()` into `piece`, block by block, on the CPU's widest
+    /// vectors ([`Piece`]).
     fn eval_into(&self, start: usize, piece: &mut [MaybeUninit<f32>]) {
+        super::widest(Piece {
+            program: self,
+            start,
+            piece,
+        });
+    }
+}
+
+/// Outputs `start..start + piece.len()` of `program` into `piece`, block by block. Contiguous
+/// leaves are read in place; every other value of the block lives in its instruction's
+/// register.
+struct Piece<'a> {
+    program: &'a CpuFused,
+    start: usize,
+    piece: &'a mut [MaybeUninit<f32>],
+}
+
+impl super::Wide for Piece<'_> {
+    type Out = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Piece {
+            program,
+            start,
+            piece,
+        } = self;
         // Registers as large as a block of this piece (small tensors zero less).
         let blk = BLOCK.min(piece.len());
-        let mut store = vec![0f32; self.insts.len() * blk];
+        let mut store = vec![0f32; program.insts.len() * blk];
         let mut regs: Vec<&mut [f32]> = store.chunks_mut(blk).collect();
-        let mut views: Vec<Option<&[f32]>> = vec![None; self.insts.len()];
+        let mut views: Vec<Option<&[f32]>> = vec![None; program.insts.len()];
         for (b, chunk) in piece.chunks_mut(blk).enumerate() {
             let (base, len) = (start + b * blk, chunk.len());
-            for (k, inst) in self.insts.iter().enumerate() {
+            for (k, inst) in program.insts.iter().enumerate() {
                 let (before, rest) = regs.split_at_mut(k);
                 let dst = &mut rest[0][..len];
                 let (seen, view) = views.split_at_mut(k);
                 let arg = |x: usize| seen[x].unwrap_or(&before[x][..len]);
                 view[0] = None;
                 match *inst {
-                    Inst::Load(leaf) => match &self.leaves[leaf] {
+                    Inst::Load(leaf) => match &program.leaves[leaf] {
                         (values, LeafMap::Contiguous) => view[0] = Some(&values[base..base + len]),
                         (values, map) => load(values, map, base, dst),
                     },
@@ -105,7 +132,7 @@ impl CpuFused {
                     Inst::Binary(op, a, b) => binary(op, arg(a), arg(b), dst),
                 }
             }
-            let last = self.insts.len() - 1;
+            let last = program.insts.len() - 1;
             let value = views[last].unwrap_or(&regs[last][..len]);
             for (o, &v) in chunk.iter_mut().zip(value) {
                 o.write(v);
@@ -115,6 +142,7 @@ impl CpuFused {
 }
 
 /// Values `base..base + dst.len()` of the output, read from a leaf through its map.
+#[inline(always)]
 fn load(values: &[f32], map: &LeafMap, base: usize, dst: &mut [f32]) {
     match map {
         LeafMap::Contiguous => dst.copy_from_slice(&values[base..base + dst.len()]),
@@ -163,6 +191,7 @@ fn load(values: &[f32], map: &LeafMap, base: usize, dst: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 fn unary(op: UnaryOp, x: &[f32], dst: &mut [f32]) {
     dst.copy_from_slice(x);
     op.apply_slice(dst);
@@ -170,6 +199,7 @@ fn unary(op: UnaryOp, x: &[f32], dst: &mut [f32]) {
 
 /// `op` over two blocks; the arithmetic ops as plain loops the compiler vectorises (the same
 /// IEEE operations as `BinaryOp::apply`).
+#[inline(always)]
 fn binary(op: BinaryOp, a: &[f32], b: &[f32], dst: &mut [f32]) {
     let pairs = a.iter().zip(b).zip(dst.iter_mut());
     match op {
