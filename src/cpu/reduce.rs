@@ -87,36 +87,116 @@ pub(crate) fn softmax(
     if len == 0 || inner == 0 {
         return Ok(out);
     }
-    par_chunks_mut(&mut out, len * inner, 4 * len * inner, &|o, block| {
-        let src = &x[o * len * inner..(o + 1) * len * inner];
-        if inner == 1 {
-            return super::widest(SoftmaxRow { src, block, log });
-        }
-        for i in 0..inner {
-            let at = |j: usize| j * inner + i;
-            if (0..len).any(|j| src[at(j)].is_nan()) {
-                (0..len).for_each(|j| block[at(j)] = f32::NAN);
-                continue;
-            }
-            let m = (0..len)
-                .map(|j| src[at(j)])
-                .fold(f32::NEG_INFINITY, f32::max);
-            // One exponential per value: kept in the output, then divided by their sum.
-            let mut sum = 0.0;
-            for j in 0..len {
-                let e = exp_f32(src[at(j)] - m);
-                block[at(j)] = e;
-                sum += e;
-            }
-            if log {
-                let log_sum = sum.ln();
-                (0..len).for_each(|j| block[at(j)] = (src[at(j)] - m) - log_sum);
-            } else {
-                (0..len).for_each(|j| block[at(j)] /= sum);
-            }
+    if inner == 1 {
+        par_chunks_mut(&mut out, len, 4 * len, &|o, block| {
+            let src = &x[o * len..(o + 1) * len];
+            super::widest(SoftmaxRow { src, block, log });
+        });
+        return Ok(out);
+    }
+    // Along a strided axis: tiles of up to COLUMNS columns (one per `inner` position) of one
+    // outer block, the threads taking every width-th tile.
+    let tiles = inner.div_ceil(COLUMNS);
+    let (tasks, dst) = (outer * tiles, super::Shared(out.as_mut_ptr()));
+    let threads = if tasks * len * COLUMNS >= 1 << 16 {
+        super::spin_pool::width().min(tasks)
+    } else {
+        1
+    };
+    super::spin_pool::run(threads, &|t| {
+        for task in (t..tasks).step_by(threads) {
+            let (o, i0) = (task / tiles, (task % tiles) * COLUMNS);
+            super::widest(SoftmaxColumns {
+                src: &x[o * len * inner..(o + 1) * len * inner],
+                dst,
+                base: o * len * inner,
+                dims: (len, inner),
+                cols: i0..(i0 + COLUMNS).min(inner),
+                log,
+            });
         }
     });
     Ok(out)
+}
+
+/// Columns of one task of a softmax along a strided axis.
+const COLUMNS: usize = 256;
+
+/// The (log-)softmax of columns `cols` (positions along the `inner` axis) of one outer block
+/// `src` (`len × inner`), written at `base` of `dst`: each pass over the block's rows a
+/// contiguous loop over the columns, each column's max, exponentials and sum taken in the
+/// row order as one column at a time would.
+struct SoftmaxColumns<'a> {
+    src: &'a [f32],
+    dst: super::Shared<f32>,
+    base: usize,
+    dims: (usize, usize),
+    cols: std::ops::Range<usize>,
+    log: bool,
+}
+
+impl super::Wide for SoftmaxColumns<'_> {
+    type Out = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let SoftmaxColumns {
+            src,
+            dst,
+            base,
+            dims: (len, inner),
+            cols,
+            log,
+        } = self;
+        let w = cols.len();
+        let (mut m, mut sum, mut nan) = (
+            [f32::NEG_INFINITY; COLUMNS],
+            [0f32; COLUMNS],
+            [false; COLUMNS],
+        );
+        let (m, sum, nan) = (&mut m[..w], &mut sum[..w], &mut nan[..w]);
+        let row = |j: usize| &src[j * inner + cols.start..j * inner + cols.end];
+        // SAFETY: this task alone writes columns `cols` of this outer block (tiles are
+        // disjoint), and `dst` holds `base + len * inner` values.
+        let out = |j: usize| unsafe {
+            std::slice::from_raw_parts_mut(dst.ptr().add(base + j * inner + cols.start), w)
+        };
+        for j in 0..len {
+            for ((m, n), &v) in m.iter_mut().zip(nan.iter_mut()).zip(row(j)) {
+                *m = m.max(v);
+                *n |= v.is_nan();
+            }
+        }
+        // One exponential per value: kept in the output, then divided by their sum.
+        for j in 0..len {
+            for ((o, s), (&v, &m)) in out(j)
+                .iter_mut()
+                .zip(sum.iter_mut())
+                .zip(row(j).iter().zip(&*m))
+            {
+                let e = exp_f32(v - m);
+                *o = e;
+                *s += e;
+            }
+        }
+        if log {
+            sum.iter_mut().for_each(|s| *s = s.ln());
+        }
+        for j in 0..len {
+            let o = out(j);
+            if log {
+                for (((o, &v), &m), &log_sum) in o.iter_mut().zip(row(j)).zip(&*m).zip(&*sum) {
+                    *o = (v - m) - log_sum;
+                }
+            } else {
+                o.iter_mut().zip(&*sum).for_each(|(o, &s)| *o /= s);
+            }
+            o.iter_mut()
+                .zip(&*nan)
+                .filter(|(_, n)| **n)
+                .for_each(|(o, _)| *o = f32::NAN);
+        }
+    }
 }
 
 /// layer_norm (`rms` false) or rms_norm over rows of `len` values; see `shaders/norm.wgsl`.

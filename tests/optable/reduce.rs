@@ -127,6 +127,46 @@ pub fn table() -> Vec<OpInfo> {
             tol: |_| (2e-5, 1e-5),
             errors: no_errors,
         },
+        // Along a middle axis with many columns (YOLOv8's box-distribution softmax: the CPU
+        // splits the columns into tiles over its threads), a NaN in one column.
+        OpInfo {
+            index_inputs: &[],
+            packed_inputs: &[],
+            name: "softmax(1) of wide columns",
+            grad: own,
+            samples: column_samples,
+            run: |t| t[0].softmax(1),
+            reference: |r| softmax_ref(&r[0], 1, false),
+            tol: |_| (1e-6, 1e-5),
+            errors: no_errors,
+        },
+        OpInfo {
+            index_inputs: &[],
+            packed_inputs: &[],
+            name: "log_softmax(1) of wide columns",
+            grad: own,
+            samples: column_samples,
+            run: |t| t[0].log_softmax(1),
+            reference: |r| softmax_ref(&r[0], 1, true),
+            tol: |_| (2e-5, 1e-5),
+            errors: no_errors,
+        },
+    ]
+}
+
+/// Softmax along axis 1 over many columns: 16 values in each of 8,400 columns (33 tiles of
+/// 256), and a smaller case whose third column holds a NaN.
+pub fn column_samples() -> Vec<Sample> {
+    let mut rng = Lcg(67);
+    let mut small = rng.vec(2 * 5 * 300, -3.0, 3.0);
+    small[2 * 300 + 2] = f32::NAN;
+    vec![
+        Sample {
+            inputs: vec![(vec![1, 16, 8400], rng.vec(16 * 8400, -3.0, 3.0))],
+        },
+        Sample {
+            inputs: vec![(vec![2, 5, 300], small)],
+        },
     ]
 }
 
