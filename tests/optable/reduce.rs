@@ -155,7 +155,8 @@ pub fn table() -> Vec<OpInfo> {
 }
 
 /// Softmax along axis 1 over many columns: 16 values in each of 8,400 columns (33 tiles of
-/// 256), and a smaller case whose third column holds a NaN.
+/// 256), a smaller case whose third column holds a NaN, and one small enough for the gradient
+/// check.
 pub fn column_samples() -> Vec<Sample> {
     let mut rng = Lcg(67);
     let mut small = rng.vec(2 * 5 * 300, -3.0, 3.0);
@@ -166,6 +167,9 @@ pub fn column_samples() -> Vec<Sample> {
         },
         Sample {
             inputs: vec![(vec![2, 5, 300], small)],
+        },
+        Sample {
+            inputs: vec![(vec![2, 3, 5], rng.vec(30, -3.0, 3.0))],
         },
     ]
 }
