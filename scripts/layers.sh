@@ -13,7 +13,7 @@ rules=(
   "src/nn|crate::(storage|gpu|cpu)\b|\bwgpu::|nn/ uses the public API (and the device's capture hooks)"
   "src/storage.rs src/device|crate::(tensor|graph|autograd|nn)\b|\bTensor\b|the seam and the devices sit below the tensor layer"
   "src/op|crate::[a-z_]+|use crate::|the op registry uses nothing but std"
-  "src/shape.rs src/strided.rs src/conv.rs src/attention.rs src/matmul_plan.rs src/optim_params.rs src/dtype.rs src/quant src/error.rs src/random.rs src/fusion.rs|crate::(tensor|graph|autograd|nn|storage|device|gpu|cpu)\b|the shared modules are backend-neutral and below everything"
+  "src/shape.rs src/strided.rs src/dft.rs src/conv.rs src/attention.rs src/matmul_plan.rs src/optim_params.rs src/dtype.rs src/quant src/error.rs src/random.rs src/fusion.rs|crate::(tensor|graph|autograd|nn|storage|device|gpu|cpu)\b|the shared modules are backend-neutral and below everything"
   "crates|kiln::(gpu|cpu|storage|tensor)\b|member crates use kiln's public API only"
 )
 

@@ -54,6 +54,9 @@ pub(crate) enum Kernel<'a> {
     /// Decoding rows of `len` values of a storage type in registers (`matmul_packed`,
     /// `packed_rows`, a cast to f32).
     Packed { dtype: DType, len: usize },
+    /// A fast Fourier transform (`rfft`); a backend without one has the tensor layer multiply
+    /// by the transform's coefficients.
+    Fft,
 }
 
 /// `DTypeMismatch` for `op`.
@@ -199,6 +202,11 @@ pub(crate) trait BackendStorage: Sized + Clone {
         w: &Window,
         act: Option<UnaryOp>,
     ) -> Result<Self>;
+
+    /// The real discrete Fourier transform of each of `rows` rows of `len` values, zero-padded
+    /// to `n ≥ len` points: `[rows, n/2 + 1, 2]` (each bin's real and imaginary parts). Only
+    /// where the backend `takes(Kernel::Fft)`.
+    fn rfft(&self, rows: usize, len: usize, n: usize) -> Result<Self>;
 
     /// Max (`max`) or average pooling over the window `w`.
     fn pool2d(&self, w: &Window, max: bool) -> Result<Self>;

@@ -59,6 +59,7 @@ mod backend;
 mod conv;
 mod cpu;
 mod device;
+mod dft;
 mod dtype;
 mod error;
 mod fusion;

@@ -366,6 +366,11 @@ impl Storage {
         ))
     }
 
+    /// The real DFT of `rows` rows of `len` values at `n` points (`Kernel::Fft`).
+    pub(crate) fn rfft(&self, rows: usize, len: usize, n: usize) -> Result<Storage> {
+        on!(self, |x| x.rfft(rows, len, n))
+    }
+
     /// Max (`max`) or average pooling over the window `w`.
     pub(crate) fn pool2d(&self, w: &Window, max: bool) -> Result<Storage> {
         on!(self, |x| x.pool2d(w, max))

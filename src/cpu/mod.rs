@@ -11,6 +11,7 @@ mod depthwise;
 mod depthwise3;
 pub(crate) mod device;
 mod elementwise;
+mod fft;
 pub(crate) mod fused;
 mod grad;
 mod index;

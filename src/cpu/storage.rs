@@ -483,6 +483,10 @@ impl BackendStorage for CpuStorage {
         )?))
     }
 
+    fn rfft(&self, rows: usize, len: usize, n: usize) -> Result<CpuStorage> {
+        Ok(f32s_of(super::fft::rfft(self.f32s("rfft")?, rows, len, n)?))
+    }
+
     fn pool2d(&self, w: &Window, max: bool) -> Result<CpuStorage> {
         let op = if max { "max_pool2d" } else { "avg_pool2d" };
         Ok(f32s_of(super::pool2d(self.f32s(op)?, w, max)?))

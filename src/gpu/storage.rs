@@ -305,6 +305,7 @@ impl BackendStorage for GpuStorage {
             Kernel::Matmul { k } => ctx.walks(matmul::walk(k)),
             Kernel::Attention(dims) => attention::check(ctx, dims).is_ok(),
             Kernel::Packed { dtype, len } => packed::takes(dtype, len),
+            Kernel::Fft => false,
         }
     }
 
@@ -703,6 +704,14 @@ impl BackendStorage for GpuStorage {
             Some(op) => y.unary(op, n),
             None => Ok(y),
         }
+    }
+
+    fn rfft(&self, _rows: usize, _len: usize, _n: usize) -> Result<GpuStorage> {
+        // `takes(Kernel::Fft)` is false: the tensor layer multiplies by the coefficients.
+        Err(crate::error::Error::Unsupported {
+            op: "rfft",
+            reason: "no FFT kernel on a GPU (the tensor layer composes it)".into(),
+        })
     }
 
     fn pool2d(&self, w: &Window, max: bool) -> Result<GpuStorage> {

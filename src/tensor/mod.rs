@@ -31,6 +31,7 @@ mod autograd;
 mod backward;
 mod construct;
 mod convolution;
+mod fourier;
 mod index;
 mod layout;
 mod linalg;

@@ -11,6 +11,7 @@ use kiln::{Device, Error, Tensor};
 mod attention;
 mod binary;
 mod conv;
+mod fourier;
 mod index;
 mod layout;
 mod matmul;
@@ -171,6 +172,7 @@ pub fn table() -> Vec<OpInfo> {
         rope::table(),
         index::table(),
         conv::table(),
+        fourier::table(),
         binary::table(),
         matmul::table(),
     ]

@@ -1,8 +1,8 @@
-//! Fourier transforms: `DFT` and `STFT`, as a matrix product with the transform's cosines and
-//! sines (made on the host in f64, once per node run): one matmul on the device over every
-//! signal at once. That is O(n²) per signal where an FFT is O(n log n), but for the frame
-//! lengths of audio front ends (a few hundred samples) the product is the faster kernel on a
-//! GPU and on kiln's SGEMM.
+//! Fourier transforms: `DFT` and `STFT`. A real signal's one-sided forward transform (what
+//! spectrogram front ends compute) is kiln's `rfft`: an FFT on the CPU, a product with the
+//! coefficients on a GPU. The others (complex, two-sided, inverse) are a matrix product with
+//! the transform's cosines and sines (made on the host in f64, kept between runs): one matmul
+//! on the device over every signal at once, O(n²) per signal.
 
 use super::{Args, Ctx};
 use crate::value::Value;
@@ -109,10 +109,7 @@ pub(super) fn stft(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
         return Err(ctx.invalid("a one-sided transform of a complex signal"));
     }
     let frames = (len - frame) / step + 1;
-    let at: Vec<u32> = (0..frames)
-        .flat_map(|f| (0..frame).map(move |t| (f * step + t) as u32))
-        .collect();
-    let at = Tensor::from_vec_u32(ctx.dev, at, &[frames * frame])?;
+    let at = frame_starts(ctx, frames, frame, step)?;
     let framed = x
         .index_select(1, &at)?
         .reshape(&[batch, frames, frame, c])?;
@@ -122,6 +119,31 @@ pub(super) fn stft(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
     };
     let y = transform(ctx, &framed, 2, frame, Kind::Forward { onesided })?;
     Ok(vec![Value::Float(y)])
+}
+
+/// The sample indices of `frames` frames of `frame` samples, `step` apart (`[frames·frame]`,
+/// u32) on the node's device: kept for the last few shapes, as a front end frames signals of
+/// one length on every call.
+fn frame_starts(ctx: &Ctx, frames: usize, frame: usize, step: usize) -> Result<Tensor> {
+    type Key = (usize, usize, usize);
+    static KEPT: std::sync::Mutex<Vec<(Key, Tensor)>> = std::sync::Mutex::new(Vec::new());
+    let key = (frames, frame, step);
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, t)) = kept
+        .iter()
+        .find(|(k, t)| *k == key && t.device().same(ctx.dev))
+    {
+        return Ok(t.clone());
+    }
+    let at: Vec<u32> = (0..frames)
+        .flat_map(|f| (0..frame).map(move |t| (f * step + t) as u32))
+        .collect();
+    let t = Tensor::from_vec_u32(ctx.dev, at, &[frames * frame])?;
+    if kept.len() == 8 {
+        kept.remove(0);
+    }
+    kept.push((key, t.clone()));
+    Ok(t)
 }
 
 #[derive(Clone, Copy)]
@@ -153,24 +175,41 @@ fn transform(ctx: &Ctx, x: &Tensor, axis: usize, length: usize, kind: Kind) -> R
         Kind::Forward { onesided: false } | Kind::Inverse => (length, 2),
         Kind::InverseReal => (length, 1),
     };
-    if (m * c).saturating_mul(bins * oc) > MAX_MATRIX {
-        return Err(ctx.unsupported(format!(
-            "a {length}-point transform (its matrix would hold over {MAX_MATRIX} values)"
-        )));
-    }
-    let mat = coefficients(ctx, (m, c, length, bins, oc), kind)?;
-    let x = x.narrow(axis as isize, 0, m)?;
+    // Copies only where they change something (a spectrogram's frames are already in order).
+    let x = if m < n {
+        x.narrow(axis as isize, 0, m)?
+    } else {
+        x.clone()
+    };
     // [..., m, ..., c] → [rest, m·c] with the transform axis next to the parts.
     let mut order: Vec<usize> = (0..rank - 1).filter(|&d| d != axis).collect();
     order.extend([axis, rank - 1]);
-    let moved = x.permute(&order)?;
+    let identity = order.iter().enumerate().all(|(i, &d)| i == d);
+    let moved = if identity { x } else { x.permute(&order)? };
     let rest: Vec<usize> = order[..rank - 2].iter().map(|&d| shape[d]).collect();
     let rows: usize = rest.iter().product();
-    let y = moved.reshape(&[rows, m * c])?.matmul(&mat)?;
+    let y = if matches!(kind, Kind::Forward { onesided: true }) && c == 1 {
+        // A real signal's one-sided transform: kiln's rfft (an FFT on the CPU).
+        moved
+            .reshape(&[rows, m])?
+            .rfft(length)?
+            .reshape(&[rows, bins * oc])?
+    } else {
+        if (m * c).saturating_mul(bins * oc) > MAX_MATRIX {
+            return Err(ctx.unsupported(format!(
+                "a {length}-point transform (its matrix would hold over {MAX_MATRIX} values)"
+            )));
+        }
+        let mat = coefficients(ctx, (m, c, length, bins, oc), kind)?;
+        moved.reshape(&[rows, m * c])?.matmul(&mat)?
+    };
     let mut out_shape = rest.clone();
     out_shape.extend([bins, oc]);
     let y = y.reshape(&out_shape)?;
     // Back to the input's order, the transform axis where it was.
+    if identity {
+        return Ok(y);
+    }
     let mut back = vec![0; rank];
     for (i, &d) in order.iter().enumerate() {
         back[d] = i;
