@@ -137,9 +137,10 @@ fn folded_weights(
     scale: bool,
     constants: &HashMap<String, Value>,
 ) -> Result<Option<Folded>> {
+    // Values a device cannot hand back without blocking (WebGPU in a browser) are not folded.
     let host = |name: &str| -> Result<Option<(Vec<f64>, Vec<usize>)>> {
         match constants.get(name) {
-            Some(v @ Value::Float(t)) => Ok(Some((v.to_f64()?, t.shape().to_vec()))),
+            Some(v @ Value::Float(t)) => Ok(v.to_f64().ok().map(|h| (h, t.shape().to_vec()))),
             _ => Ok(None),
         }
     };
