@@ -92,8 +92,9 @@ pub(crate) trait Wide {
 }
 
 /// `k.run()` compiled for the widest vectors this CPU has (AVX-512F, else AVX2, else the
-/// build's baseline, SSE2 on x86-64). The values are the same on each: Rust never fuses a
-/// multiply and an add, and every lane computes the same operations.
+/// build's baseline, SSE2 on x86-64; `KILN_CPU_WIDEST=avx2` or `=baseline` caps it, for tests
+/// and comparisons). The values are the same on each: Rust never fuses a multiply and an add,
+/// and every lane computes the same operations.
 #[inline]
 pub(crate) fn widest<K: Wide>(k: K) -> K::Out {
     #[cfg(target_arch = "x86_64")]
@@ -120,10 +121,15 @@ pub(crate) fn widest<K: Wide>(k: K) -> K::Out {
                         && std::arch::is_x86_feature_detected!("fma")
                 }
             };
-            match (has("avx512") && has("avx2"), has("avx2")) {
+            let best = match (has("avx512") && has("avx2"), has("avx2")) {
                 (true, _) => 2,
                 (_, true) => 1,
                 _ => 0,
+            };
+            match std::env::var("KILN_CPU_WIDEST").as_deref() {
+                Ok("baseline") => 0,
+                Ok("avx2") => best.min(1),
+                _ => best,
             }
         });
         match isa {
