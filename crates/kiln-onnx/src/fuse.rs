@@ -11,6 +11,7 @@
 //!   `Div(Mul(x, Clip(Add(x, 3), 0, 6)), 6)` (or `· (1/6)`);
 //! - GELU: `Mul(Mul(x, Add(Erf(Div(x, √2)), 1)), 0.5)` (PyTorch's and Paddle's export).
 
+use crate::own_domain;
 use crate::proto::{GraphProto, NodeProto};
 use crate::value::Value;
 use kiln::UnaryOp;
@@ -74,10 +75,6 @@ pub(crate) fn find(
         }
     }
     fusions
-}
-
-fn own_domain(n: &NodeProto) -> bool {
-    n.domain.is_empty() || n.domain == "ai.onnx"
 }
 
 impl View<'_> {

@@ -49,9 +49,18 @@ pub fn supported_ops() -> Vec<String> {
     v
 }
 
+/// Whether `node` is of ONNX's own domain (empty or `ai.onnx`).
+pub(crate) fn own_domain(node: &NodeProto) -> bool {
+    is_onnx_domain(&node.domain)
+}
+
+fn is_onnx_domain(domain: &str) -> bool {
+    domain.is_empty() || domain == "ai.onnx"
+}
+
 /// `name`, prefixed with its domain unless that is ONNX's own.
 fn qualified(domain: &str, name: &str) -> String {
-    if domain.is_empty() || domain == "ai.onnx" {
+    if is_onnx_domain(domain) {
         name.to_string()
     } else {
         format!("{domain}.{name}")
@@ -143,7 +152,7 @@ impl Model {
         let opset = model
             .opset_import
             .iter()
-            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .find(|o| is_onnx_domain(&o.domain))
             .map_or(21, |o| o.version);
         check(&graph)?;
         for t in &mut graph.initializer {
@@ -461,7 +470,7 @@ impl Model {
                 activation: fusion.map(|f| f.op),
             };
             let start = web_time::Instant::now();
-            let own_domain = node.domain.is_empty() || node.domain == "ai.onnx";
+            let own_domain = own_domain(node);
             let out = match self.replaced.get(&node.op_type) {
                 Some(f) if own_domain => f(&self.device, &args)?,
                 _ => ops::run(&ctx, &args)?,
@@ -550,7 +559,7 @@ fn fold_constants(
     let mut kept = Vec::with_capacity(graph.node.len());
     let mut made = 0;
     for node in std::mem::take(&mut graph.node) {
-        let own_domain = node.domain.is_empty() || node.domain == "ai.onnx";
+        let own_domain = own_domain(&node);
         if node.op_type != "Constant"
             || !own_domain
             || !node.input.is_empty()

@@ -4,14 +4,11 @@
 //! value per output channel: PaddlePaddle's "learnable affine" blocks, a bias exported as its
 //! own `Add`). `BatchNormalization` after a convolution is folded in `lib.rs` the same way.
 
+use crate::own_domain;
 use crate::proto::{GraphProto, NodeProto};
 use crate::value::Value;
 use kiln::{Device, Result, Tensor};
 use std::collections::{HashMap, HashSet};
-
-fn own_domain(n: &NodeProto) -> bool {
-    n.domain.is_empty() || n.domain == "ai.onnx"
-}
 
 /// Drops `Identity` nodes whose output is neither a graph output nor read by a subgraph
 /// (`pinned`), renaming their readers' inputs to the source. Returns how many went.

@@ -8,6 +8,7 @@ use super::{Args, Ctx};
 use crate::value::Value;
 use kiln::{Result, Tensor};
 use std::f64::consts::PI;
+use std::sync::Mutex;
 
 /// The largest transform matrix built (values): a 4,096-point complex transform is 67 M.
 const MAX_MATRIX: usize = 1 << 26;
@@ -125,24 +126,42 @@ pub(super) fn stft(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
 /// u32) on the node's device: kept for the last few shapes, as a front end frames signals of
 /// one length on every call.
 fn frame_starts(ctx: &Ctx, frames: usize, frame: usize, step: usize) -> Result<Tensor> {
-    type Key = (usize, usize, usize);
-    static KEPT: std::sync::Mutex<Vec<(Key, Tensor)>> = std::sync::Mutex::new(Vec::new());
-    let key = (frames, frame, step);
-    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    static KEPT: Kept<(usize, usize, usize)> = Mutex::new(Vec::new());
+    kept(&KEPT, (frames, frame, step), ctx, || {
+        let at: Vec<u32> = (0..frames)
+            .flat_map(|f| (0..frame).map(move |t| (f * step + t) as u32))
+            .collect();
+        Tensor::from_vec_u32(ctx.dev, at, &[frames * frame])
+    })
+}
+
+/// Tensors made once per key and device, the last few kept.
+type Kept<K> = Mutex<Vec<(K, Tensor)>>;
+
+/// The tensor `cache` holds for `key` on the node's device, else `make`'s, kept (the last 8,
+/// each of at most 4 M values, 16 MiB).
+fn kept<K: PartialEq>(
+    cache: &Kept<K>,
+    key: K,
+    ctx: &Ctx,
+    make: impl FnOnce() -> Result<Tensor>,
+) -> Result<Tensor> {
+    const KEEP: usize = 8;
+    const KEEP_VALUES: usize = 4 << 20;
+    let mut kept = cache.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, t)) = kept
         .iter()
         .find(|(k, t)| *k == key && t.device().same(ctx.dev))
     {
         return Ok(t.clone());
     }
-    let at: Vec<u32> = (0..frames)
-        .flat_map(|f| (0..frame).map(move |t| (f * step + t) as u32))
-        .collect();
-    let t = Tensor::from_vec_u32(ctx.dev, at, &[frames * frame])?;
-    if kept.len() == 8 {
-        kept.remove(0);
+    let t = make()?;
+    if t.numel() <= KEEP_VALUES {
+        if kept.len() == KEEP {
+            kept.remove(0);
+        }
+        kept.push((key, t.clone()));
     }
-    kept.push((key, t.clone()));
     Ok(t)
 }
 
@@ -226,24 +245,24 @@ fn coefficients(
     (m, c, length, bins, oc): (usize, usize, usize, usize, usize),
     kind: Kind,
 ) -> Result<Tensor> {
-    type Key = (usize, usize, usize, usize, usize, u8);
-    static KEPT: std::sync::Mutex<Vec<(Key, Tensor)>> = std::sync::Mutex::new(Vec::new());
-    const KEEP: usize = 8;
-    const KEEP_VALUES: usize = 4 << 20;
+    static KEPT: Kept<(usize, usize, usize, usize, usize, u8)> = Mutex::new(Vec::new());
     let tag = match kind {
         Kind::Forward { onesided: false } => 0,
         Kind::Forward { onesided: true } => 1,
         Kind::Inverse => 2,
         Kind::InverseReal => 3,
     };
-    let key = (m, c, length, bins, oc, tag);
-    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, t)) = kept
-        .iter()
-        .find(|(k, t)| *k == key && t.device().same(ctx.dev))
-    {
-        return Ok(t.clone());
-    }
+    kept(&KEPT, (m, c, length, bins, oc, tag), ctx, || {
+        make_coefficients((m, c, length, bins, oc), kind, ctx)
+    })
+}
+
+/// [`coefficients`]' matrix, made.
+fn make_coefficients(
+    (m, c, length, bins, oc): (usize, usize, usize, usize, usize),
+    kind: Kind,
+    ctx: &Ctx,
+) -> Result<Tensor> {
     // Rows: input sample t (real part, then imaginary part when complex); columns: output
     // bin k (real part, then imaginary part).
     let mut mat = vec![0f32; m * c * bins * oc];
@@ -274,12 +293,5 @@ fn coefficients(
             }
         }
     }
-    let t = Tensor::from_vec(ctx.dev, mat, &[m * c, bins * oc])?;
-    if t.numel() <= KEEP_VALUES {
-        if kept.len() == KEEP {
-            kept.remove(0);
-        }
-        kept.push((key, t.clone()));
-    }
-    Ok(t)
+    Tensor::from_vec(ctx.dev, mat, &[m * c, bins * oc])
 }
