@@ -186,6 +186,106 @@ fn casts_from_f32_keep_the_promised_precision() {
     }
 }
 
+/// f32 ↔ f16/bf16 casts give the CPU's bits (the `half` crate's) on every device, for every
+/// half value and for the f32 inputs where rounding is hard: ties, overflow, values that become
+/// half subnormals, f32 subnormals, NaN payloads, infinities, signed zeros; an odd count.
+#[test]
+fn half_casts_are_bit_exact_on_every_device() {
+    let mut rng = Lcg(29);
+    let mut x: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7f80_0001),
+        f32::from_bits(0xffc1_2345),
+        f32::MIN_POSITIVE,
+        f32::from_bits(1),
+        -f32::from_bits(0x0040_0000),
+        f32::MAX,
+        f32::MIN,
+        65504.0,
+        65519.0,
+        65520.0,
+        -65520.0,
+        1e-8,
+        5.96e-8,
+        2.98e-8,
+        2.9802326e-8,
+        6.1e-5,
+        1.0 + 1.0 / 2048.0,
+        1.0 + 3.0 / 2048.0,
+        1.0 + 1.0 / 256.0,
+        1.0 + 3.0 / 256.0,
+        3.3895314e38,
+        3.4e38,
+    ];
+    // Ties and near-ties of both grids, and random bit patterns of every exponent.
+    for _ in 0..2000 {
+        let base = rng.next_u32() & 0xffff_e000;
+        x.push(f32::from_bits(base | 0x1000));
+        x.push(f32::from_bits(base | 0x0fff));
+        x.push(f32::from_bits(rng.next_u32() & 0xffff_8000 | 0x8000));
+        x.push(f32::from_bits(rng.next_u32()));
+    }
+    // Every f16 value's f32 (some are bf16 ties too).
+    x.extend((0..=u16::MAX).map(|b| half::f16::from_bits(b).to_f32()));
+    if x.len().is_multiple_of(2) {
+        x.push(0.1);
+    }
+    let n = x.len();
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+    for dtype in [DType::F16, DType::BF16] {
+        let encode = |v: f32| match dtype {
+            DType::F16 => half::f16::from_f32(v).to_bits(),
+            _ => half::bf16::from_f32(v).to_bits(),
+        };
+        let want: Vec<u8> = x.iter().flat_map(|&v| encode(v).to_le_bytes()).collect();
+        let halves: Vec<u8> = (0..=u16::MAX)
+            .chain([0])
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let want_wide = bits(&decoded(&halves, dtype, &[halves.len() / 2]));
+        for dev in devices() {
+            let t = Tensor::from_slice(&dev, &x, &[n]).unwrap();
+            let got = t.to_dtype(dtype).unwrap().to_bytes().unwrap();
+            if let Some(i) = (0..n).find(|&i| got[2 * i..2 * i + 2] != want[2 * i..2 * i + 2]) {
+                panic!(
+                    "{dtype} on {dev}: {:e} ({:#010x}) encodes as {:#06x}, the CPU {:#06x}",
+                    x[i],
+                    x[i].to_bits(),
+                    u16::from_le_bytes([got[2 * i], got[2 * i + 1]]),
+                    u16::from_le_bytes([want[2 * i], want[2 * i + 1]]),
+                );
+            }
+            let h = Tensor::from_bytes(&dev, &halves, dtype, &[halves.len() / 2]).unwrap();
+            let wide = bits(&h.to_dtype(DType::F32).unwrap().to_vec().unwrap());
+            if let Some(i) = (0..wide.len()).find(|&i| wide[i] != want_wide[i]) {
+                panic!(
+                    "{dtype} on {dev}: value {i:#06x} decodes as {:#010x}, the CPU {:#010x}",
+                    wide[i], want_wide[i]
+                );
+            }
+            // f16 <-> bf16 goes through f32 on every device.
+            let other = if dtype == DType::F16 {
+                DType::BF16
+            } else {
+                DType::F16
+            };
+            let cross = h.to_dtype(other).unwrap().to_bytes().unwrap();
+            let cpu = Tensor::from_bytes(&Device::cpu(), &halves, dtype, &[halves.len() / 2])
+                .unwrap()
+                .to_dtype(other)
+                .unwrap()
+                .to_bytes()
+                .unwrap();
+            assert!(cross == cpu, "{dtype} -> {other} on {dev}");
+        }
+    }
+}
+
 /// Σ|x_i·w_i| per output, for tolerances.
 fn abs_products(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
     let mut out = vec![0f64; m * n];

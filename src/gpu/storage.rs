@@ -8,7 +8,7 @@ use super::kernels::matmul::Epilogue;
 use super::kernels::{
     attention, conv, copy, elementwise, grad, index, matmul, norm, optim, packed,
 };
-use super::kernels::{reduce, rope, scan, select, xent};
+use super::kernels::{half, reduce, rope, scan, select, xent};
 use super::pool::PooledBuffer;
 use crate::attention::AttnDims;
 use crate::backend::{Around, BackendStorage, Kernel, WherePlan, mismatch};
@@ -345,6 +345,26 @@ impl BackendStorage for GpuStorage {
     ) -> Result<GpuStorage> {
         if dtype == self.dtype {
             return Ok(self.clone());
+        }
+        // f32 <-> f16/bf16 on the device for any length (f16 <-> bf16 through f32).
+        if half::is_half(self.dtype) && (dtype == DType::F32 || half::is_half(dtype)) {
+            let src = self.readable(op, self.dtype)?;
+            let wide = self.output(n, DType::F32, |ctx| {
+                let src = src.ok_or_else(|| {
+                    Error::Gpu(format!("{op}: internal error: values without a buffer"))
+                })?;
+                half::decode(ctx, op, self.dtype, src, n)
+            })?;
+            return wide.cast(op, dtype, n, _row_len);
+        }
+        if self.dtype == DType::F32 && half::is_half(dtype) {
+            let src = self.readable(op, DType::F32)?;
+            return self.output(n, dtype, |ctx| {
+                let src = src.ok_or_else(|| {
+                    Error::Gpu(format!("{op}: internal error: values without a buffer"))
+                })?;
+                half::encode(ctx, op, dtype, src, n)
+            });
         }
         if dtype == DType::F32 && packed::takes(self.dtype, n) {
             let src = self.readable(op, self.dtype)?;

@@ -9,6 +9,7 @@ pub(crate) mod copy;
 pub(crate) mod elementwise;
 pub(crate) mod fused;
 pub(crate) mod grad;
+pub(crate) mod half;
 pub(crate) mod index;
 pub(crate) mod matmul;
 pub(crate) mod norm;
@@ -31,7 +32,7 @@ pub(crate) struct Family {
     pub params: &'static [(&'static str, &'static str, usize)],
 }
 
-const FAMILIES: [&Family; 16] = [
+const FAMILIES: [&Family; 17] = [
     &attention::FAMILY,
     &elementwise::FAMILY,
     &fused::FAMILY,
@@ -48,6 +49,7 @@ const FAMILIES: [&Family; 16] = [
     &xent::FAMILY,
     &packed::FAMILY,
     &rope::FAMILY,
+    &half::FAMILY,
 ];
 
 /// Every specialization the host can ask for, so that `tests/shaders.rs` validates exactly what
