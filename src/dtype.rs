@@ -1,5 +1,6 @@
-//! Element types: the arithmetic type (f32), indices (u32), and the storage types that weights
-//! ship in (half floats, 8-bit and 32-bit integers, and GGUF's quantized blocks).
+//! Element types: the arithmetic types (f32, and f16/bf16 computed through f32), indices (u32),
+//! and the storage types that weights ship in (8-bit and 32-bit integers, GGUF's quantized
+//! blocks, and the half floats as weights).
 
 use std::fmt;
 
@@ -10,7 +11,10 @@ use std::fmt;
 /// of their format (on a GPU, in 32-bit words), created with [`crate::Tensor::from_bytes`],
 /// read with [`crate::Tensor::to_bytes`], cast with [`crate::Tensor::to_dtype`] and taken as
 /// weights by [`crate::Tensor::linear`] and [`crate::Tensor::embedding`], which
-/// decode them in registers. Other ops refuse them with `DTypeMismatch` (cast to f32 first).
+/// decode them in registers. f16 and bf16 tensors are also taken by every arithmetic op, which
+/// computes in f32 and rounds its result to the operands' type (operands of different float
+/// types give f32). Other ops refuse the remaining types with `DTypeMismatch` (cast to f32
+/// first).
 ///
 /// The quantized types are GGUF's (llama.cpp's) block formats, byte for byte: a tensor's values
 /// run row-major in blocks of [`DType::block_len`] values along the flattened order, so a

@@ -286,6 +286,118 @@ fn half_casts_are_bit_exact_on_every_device() {
     }
 }
 
+/// f16 and bf16 tensors in arithmetic: the result's type (the operands' half type; f32 where
+/// float types meet; u32 for indices), a gradient reaching an f32 operand through an op with a
+/// half one, typed errors for bad half input, and the storage types that are not arithmetic
+/// (i8, q8_0) refused by layout ops on every device (a GPU once copied their bytes as f32
+/// words).
+#[test]
+fn half_tensors_compute_through_f32_with_typed_errors() {
+    let xs = [0.5f32, -1.25, 3.0, 7.5, -0.125, 2.0];
+    for dev in devices() {
+        let x = Tensor::from_slice(&dev, &xs, &[2, 3]).unwrap();
+        let (h, b) = (
+            x.to_dtype(DType::F16).unwrap(),
+            x.to_dtype(DType::BF16).unwrap(),
+        );
+        assert_eq!(h.add(&h).unwrap().dtype(), DType::F16, "{dev}");
+        assert_eq!(b.exp().unwrap().dtype(), DType::BF16, "{dev}");
+        assert_eq!(h.add(&x).unwrap().dtype(), DType::F32, "{dev}: f16 + f32");
+        assert_eq!(h.mul(&b).unwrap().dtype(), DType::F32, "{dev}: f16 * bf16");
+        assert_eq!(h.argmax(1, false).unwrap().dtype(), DType::U32, "{dev}");
+        let (v, i) = b.topk(2, 1, true).unwrap();
+        assert_eq!((v.dtype(), i.dtype()), (DType::BF16, DType::U32), "{dev}");
+        // f16 · f16ᵀ: the activation's type, the weight read as a weight.
+        let y = h.linear(&h, None, None).unwrap();
+        assert_eq!(y.dtype(), DType::F16, "{dev}");
+        let want = x.linear(&x, None, None).unwrap().to_vec().unwrap();
+        let got = y.to_dtype(DType::F32).unwrap().to_vec().unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(
+                *g,
+                half::f16::from_f32(*w).to_f32(),
+                "{dev}: linear rounds once"
+            );
+        }
+        // A softmax over f16 rounds once: the f32 softmax's values, rounded.
+        let s = h
+            .softmax(1)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        let s32 = x.softmax(1).unwrap().to_vec().unwrap();
+        for (g, w) in s.iter().zip(&s32) {
+            assert_eq!(
+                *g,
+                half::f16::from_f32(*w).to_f32(),
+                "{dev}: softmax rounds once"
+            );
+        }
+        // Gradients: an f32 parameter times an f16 constant.
+        let w = Tensor::from_slice(&dev, &[2.0, 3.0, 4.0], &[3])
+            .unwrap()
+            .with_grad()
+            .unwrap();
+        h.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = w.grad().unwrap().to_vec().unwrap();
+        assert_eq!(
+            g,
+            vec![0.5 + 7.5, -1.25 - 0.125, 3.0 + 2.0],
+            "{dev}: gradient"
+        );
+        assert!(
+            matches!(h.clone().with_grad(), Err(Error::DTypeMismatch { .. })),
+            "{dev}: with_grad on f16"
+        );
+        // Bad half input gets the error f32 input gets.
+        let wrong = Tensor::zeros(&dev, &[4])
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap();
+        assert!(
+            matches!(h.add(&wrong), Err(Error::ShapeMismatch { .. })),
+            "{dev}"
+        );
+        assert!(
+            matches!(h.matmul(&h), Err(Error::ShapeMismatch { .. })),
+            "{dev}"
+        );
+        assert!(
+            matches!(b.softmax(2), Err(Error::InvalidShape { .. })),
+            "{dev}"
+        );
+        let empty = Tensor::zeros(&dev, &[0, 3])
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap();
+        assert_eq!(empty.relu().unwrap().shape(), &[0, 3], "{dev}: empty");
+        // Storage types that are not arithmetic are refused, not copied as words.
+        for dtype in [DType::I8, DType::Q8_0] {
+            let t = Tensor::zeros(&dev, &[2, 32])
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            for (what, r) in [
+                ("permute", t.transpose(0, 1)),
+                ("narrow", t.narrow(0, 1, 1)),
+                ("cat", Tensor::cat(&[&t, &t], 0)),
+                (
+                    "broadcast_to",
+                    t.reshape(&[1, 64]).unwrap().broadcast_to(&[2, 64]),
+                ),
+                ("add", t.add(&t)),
+            ] {
+                match r {
+                    Err(Error::DTypeMismatch { got, .. }) if got == dtype => {}
+                    other => panic!("{dtype} {what} on {dev}: {other:?}"),
+                }
+            }
+        }
+    }
+}
+
 /// Σ|x_i·w_i| per output, for tolerances.
 fn abs_products(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
     let mut out = vec![0f64; m * n];

@@ -10,6 +10,9 @@ use crate::tensor::Tensor;
 /// `0..classes` is `Error::IndexOutOfRange`, checked on the host: free for targets made with
 /// `from_vec_u32`, one read-back for targets computed on a GPU.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if let Some(r) = Tensor::via_f32(&[logits], |t| cross_entropy(&t[0], targets)) {
+        return r;
+    }
     if targets.dtype() != DType::U32 {
         return Err(Error::DTypeMismatch {
             op: "cross_entropy",
@@ -40,6 +43,9 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// Mean squared error between `pred` and `target` (the same shape; no broadcasting, so a
 /// shape slip is an error rather than a silently wrong loss), a scalar.
 pub fn mse_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    if let Some(r) = Tensor::via_f32(&[pred, target], |t| mse_loss(&t[0], &t[1])) {
+        return r;
+    }
     if pred.shape() != target.shape() {
         return Err(Error::ShapeMismatch {
             op: "mse_loss",

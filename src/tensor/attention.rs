@@ -21,6 +21,9 @@ impl Tensor {
     /// keys, `ShapeMismatch` where the batch, heads, head dimension or key count disagree,
     /// `InvalidArgument` for a non-finite scale.
     pub fn attention(&self, k: &Tensor, v: &Tensor, options: AttentionOptions) -> Result<Tensor> {
+        if let Some(r) = Tensor::via_f32(&[self, k, v], |t| t[0].attention(&t[1], &t[2], options)) {
+            return r;
+        }
         let dims = self.attention_problem(k, v, options, "attention")?;
         Self::attention_op(&[self, k, v], dims)
     }
@@ -77,6 +80,11 @@ impl Tensor {
         options: AttentionOptions,
     ) -> Result<Tensor> {
         const OP: &str = "attention_cached";
+        if let Some(r) = Tensor::via_f32(&[self, k, v], |t| {
+            t[0].attention_cached(&t[1], &t[2], lens, options)
+        }) {
+            return r;
+        }
         if Tensor::tracking(&[self, k, v]) {
             return Err(Error::Unsupported {
                 op: OP,
@@ -113,6 +121,9 @@ impl Tensor {
     /// gradient is one tensor in the packed layout, so no part is ever copied out or back.
     pub fn attention_packed(&self, options: AttentionOptions) -> Result<Tensor> {
         const OP: &str = "attention_packed";
+        if let Some(r) = Tensor::via_f32(&[self], |t| t[0].attention_packed(options)) {
+            return r;
+        }
         self.expect(DType::F32, OP)?;
         let s = self.shape();
         if s.len() != 5 || s[2] != 3 {

@@ -32,6 +32,14 @@ impl Tensor {
         opts: Conv2dOptions,
         act: Option<UnaryOp>,
     ) -> Result<Tensor> {
+        if let Some(r) = Tensor::via_f32_opt(&[Some(self), Some(weight), bias], |t| {
+            let [Some(x), Some(w), b] = t else {
+                unreachable!("via_f32_opt keeps the operands' places")
+            };
+            x.conv2d_act(w, b.as_ref(), opts, act)
+        }) {
+            return r;
+        }
         let present: Vec<&Tensor> = [Some(self), Some(weight), bias]
             .into_iter()
             .flatten()
@@ -89,6 +97,14 @@ impl Tensor {
         output_padding: (usize, usize),
     ) -> Result<Tensor> {
         const OP: &str = "conv_transpose2d";
+        if let Some(r) = Tensor::via_f32_opt(&[Some(self), Some(weight), bias], |t| {
+            let [Some(x), Some(w), b] = t else {
+                unreachable!("via_f32_opt keeps the operands' places")
+            };
+            x.conv_transpose2d(w, b.as_ref(), opts, output_padding)
+        }) {
+            return r;
+        }
         for t in [Some(weight), bias].into_iter().flatten() {
             self.same_device(t, OP)?;
             t.expect(DType::F32, OP)?;
@@ -283,6 +299,9 @@ impl Tensor {
         max: bool,
     ) -> Result<Tensor> {
         let op = if max { "max_pool2d" } else { "avg_pool2d" };
+        if let Some(r) = Tensor::via_f32(&[self], |t| t[0].pool2d(kernel, stride, padding, max)) {
+            return r;
+        }
         self.expect(DType::F32, op)?;
         if padding.0 * 2 > kernel.0 || padding.1 * 2 > kernel.1 {
             return Err(Error::InvalidArgument {

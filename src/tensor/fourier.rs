@@ -28,6 +28,9 @@ impl Tensor {
     /// whose matrix would exceed 2^26 values `Unsupported`.
     pub fn rfft(&self, n: usize) -> Result<Tensor> {
         const OP: &str = "rfft";
+        if let Some(r) = Tensor::via_f32(&[self], |t| t[0].rfft(n)) {
+            return r;
+        }
         self.expect(DType::F32, OP)?;
         let Some(&len) = self.shape().last() else {
             return Err(Error::InvalidShape {

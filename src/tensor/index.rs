@@ -10,6 +10,9 @@ impl Tensor {
     /// Index of the maximum along `dim` as a u32 tensor (the first maximum; the first NaN if
     /// there is one, NaN counting as the largest value). An empty axis is an error.
     pub fn argmax(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
+        if let Some(r) = Tensor::via_f32(&[self], |t| t[0].argmax(dim, keepdim)) {
+            return r;
+        }
         self.expect(DType::F32, "argmax")?;
         let axis = self.axis("argmax", dim)?;
         let (outer, len, inner) = self.around(axis);
@@ -34,6 +37,9 @@ impl Tensor {
     /// the indices back, one synchronisation), so an out-of-range index is
     /// `Error::IndexOutOfRange`, never garbage. Works for f32 and u32 tensors.
     pub fn index_select(&self, dim: isize, indices: &Tensor) -> Result<Tensor> {
+        if let Some(r) = Tensor::via_f32(&[self], |t| t[0].index_select(dim, indices)) {
+            return r;
+        }
         let (out, idx) = self.index_select_forward(dim, indices)?;
         if !Tensor::tracking(&[self]) {
             return Ok(out);
@@ -80,6 +86,9 @@ impl Tensor {
     /// larger than `self`. Every index is checked first (on a GPU, one read back), so an
     /// out-of-range one is `Error::IndexOutOfRange`.
     pub fn gather(&self, dim: isize, index: &Tensor) -> Result<Tensor> {
+        if let Some(r) = Tensor::via_f32(&[self], |t| t[0].gather(dim, index)) {
+            return r;
+        }
         let out = self.gather_forward(dim, index)?;
         if !Tensor::tracking(&[self]) {
             return Ok(out);

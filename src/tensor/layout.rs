@@ -140,6 +140,9 @@ impl Tensor {
     /// gradient is the gradient cropped (or padded with zeros) back. A negative result extent
     /// or a wrong number of pairs is `InvalidArgument`.
     pub fn pad(&self, pads: &[(isize, isize)], value: f32) -> Result<Tensor> {
+        if let Some(r) = Tensor::via_f32(&[self], |t| t[0].pad(pads, value)) {
+            return r;
+        }
         self.expect(DType::F32, "pad")?;
         if pads.len() != self.rank() {
             return Err(Error::InvalidArgument {
@@ -266,6 +269,23 @@ impl Tensor {
         parts: &[(&Tensor, StridedCopy)],
         zeroed: bool,
     ) -> Result<Tensor> {
+        if super::half::is_half(dtype) {
+            // Half values are moved as f32 (exact both ways).
+            let wide = (parts.iter())
+                .map(|(t, _)| t.to_dtype(DType::F32))
+                .collect::<Result<Vec<_>>>()?;
+            let parts: Vec<(&Tensor, StridedCopy)> = (wide.iter().zip(parts))
+                .map(|(w, (_, plan))| (w, plan.clone()))
+                .collect();
+            return Self::assemble(op, device, DType::F32, shape, &parts, zeroed)?.to_dtype(dtype);
+        }
+        if !matches!(dtype, DType::F32 | DType::U32) {
+            return Err(Error::DTypeMismatch {
+                op,
+                expected: DType::F32,
+                got: dtype,
+            });
+        }
         let parts: Vec<(&Storage, &StridedCopy)> =
             parts.iter().map(|(t, plan)| (&t.storage, plan)).collect();
         let storage = Storage::assemble(device, op, dtype, shape.numel(), &parts, zeroed)?;

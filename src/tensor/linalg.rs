@@ -28,7 +28,16 @@ impl Tensor {
         transpose_rhs: bool,
     ) -> Result<Tensor> {
         if rhs.dtype().is_packed() && transpose_rhs && !transpose_self && rhs.rank() == 2 {
+            // A weight of a storage type: the activation's type is the result's.
+            if let Some(r) = Tensor::via_f32(&[self], |t| t[0].matmul_packed(rhs)) {
+                return r;
+            }
             return self.matmul_packed(rhs);
+        }
+        if let Some(r) = Tensor::via_f32(&[self, rhs], |t| {
+            t[0].matmul_transposed(&t[1], transpose_self, transpose_rhs)
+        }) {
+            return r;
         }
         let out = self.matmul_forward(rhs, transpose_self, transpose_rhs)?;
         if !Tensor::tracking(&[self, rhs]) {
@@ -135,6 +144,17 @@ impl Tensor {
         act: Option<UnaryOp>,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
+        // A weight of a storage type (f16 included) is read as it is; the other operands'
+        // types make the result's.
+        let own = (!weight.dtype().is_packed()).then_some(weight);
+        if let Some(r) = Tensor::via_f32_opt(&[Some(self), own, bias, residual], |t| {
+            let [Some(x), w, b, res] = t else {
+                unreachable!("via_f32_opt keeps the operands' places")
+            };
+            x.linear_with(w.as_ref().unwrap_or(weight), b.as_ref(), act, res.as_ref())
+        }) {
+            return r;
+        }
         if weight.dtype().is_packed() {
             // A weight of a storage type: decoded in registers, the epilogue as ops (which
             // fuse into one pass).
@@ -283,6 +303,9 @@ impl Tensor {
     /// precision (relative rounding 2^-11). On a GPU it needs SHADER_F16 (`Error::Unsupported`
     /// otherwise); the CPU backend rounds the operands to f16 the same way and multiplies in f32.
     pub fn matmul_f16(&self, rhs: &Tensor) -> Result<Tensor> {
+        if let Some(r) = Tensor::via_f32(&[self, rhs], |t| t[0].matmul_f16(&t[1])) {
+            return r;
+        }
         if Tensor::tracking(&[self, rhs]) {
             return Err(Error::Autograd {
                 op: "matmul_f16",

@@ -10,7 +10,8 @@ use crate::storage::Storage;
 use std::fmt;
 use std::sync::Arc;
 
-/// An immutable n-dimensional array of f32, row-major, on one [`Device`]. Cloning is cheap (the
+/// An immutable n-dimensional array, row-major, on one [`Device`]: f32 (or f16/bf16, computed
+/// through f32), u32 indices, or a weight in a storage type ([`DType`]). Cloning is cheap (the
 /// values are shared); every op makes a new tensor. On a GPU, ops are recorded and run in
 /// batches: `to_vec`, `to_vec_async` and [`Device::synchronize`] submit the work.
 #[derive(Clone)]
@@ -32,6 +33,7 @@ mod backward;
 mod construct;
 mod convolution;
 mod fourier;
+mod half;
 mod index;
 mod layout;
 mod linalg;

@@ -10,6 +10,9 @@ use crate::storage::{Storage, WherePlan};
 impl Tensor {
     /// Apply an elementwise [`UnaryOp`].
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        if let Some(r) = Tensor::via_f32(&[self], |t| t[0].unary(op)) {
+            return r;
+        }
         let out = self.unary_forward(op)?;
         if !Tensor::tracking(&[self]) {
             return Ok(out);
@@ -195,6 +198,9 @@ impl Tensor {
     /// Apply an elementwise [`BinaryOp`] with numpy broadcasting. The comparisons have no
     /// gradient (their output does not require one).
     pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        if let Some(r) = Tensor::via_f32(&[self, rhs], |t| t[0].binary(&t[1], op)) {
+            return r;
+        }
         let out = self.binary_forward(rhs, op)?;
         if op.is_comparison() || !Tensor::tracking(&[self, rhs]) {
             return Ok(out);
@@ -288,6 +294,12 @@ impl Tensor {
     /// `a` where `mask` is non-zero (NaN counts as non-zero), else `b`; all three broadcast
     /// together under numpy's rules. Masks usually come from the comparison ops.
     pub fn where_cond(mask: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if super::half::is_half(mask.dtype()) {
+            return Tensor::where_cond(&mask.to_dtype(DType::F32)?, a, b);
+        }
+        if let Some(r) = Tensor::via_f32(&[a, b], |t| Tensor::where_cond(mask, &t[0], &t[1])) {
+            return r;
+        }
         let out = Self::where_forward(mask, a, b)?;
         if !Tensor::tracking(&[a, b]) {
             return Ok(out);

@@ -12,6 +12,9 @@ impl Tensor {
     /// Reduce along `dim` (negative counts from the end); `keepdim` keeps it with extent 1.
     /// `max` and `min` over an empty axis are an error; `sum` gives 0 and `mean`/`var` NaN there.
     pub fn reduce(&self, op: ReduceOp, dim: isize, keepdim: bool) -> Result<Tensor> {
+        if let Some(r) = Tensor::via_f32(&[self], |t| t[0].reduce(op, dim, keepdim)) {
+            return r;
+        }
         let out = self.reduce_forward(op, dim, keepdim)?;
         if !Tensor::tracking(&[self]) {
             return Ok(out);
@@ -140,6 +143,9 @@ impl Tensor {
     }
 
     fn softmax_tracked(&self, dim: isize, log: bool) -> Result<Tensor> {
+        if let Some(r) = Tensor::via_f32(&[self], |t| t[0].softmax_tracked(dim, log)) {
+            return r;
+        }
         let out = self.softmax_impl(dim, log)?;
         if !Tensor::tracking(&[self]) {
             return Ok(out);
@@ -165,6 +171,14 @@ impl Tensor {
         eps: f32,
         rms: bool,
     ) -> Result<Tensor> {
+        if let Some(r) = Tensor::via_f32_opt(&[Some(self), weight, bias], |t| {
+            let [Some(x), w, b] = t else {
+                unreachable!("via_f32_opt keeps the operands' places")
+            };
+            x.norm_impl(w.as_ref(), b.as_ref(), eps, rms)
+        }) {
+            return r;
+        }
         let out = self.norm_forward(weight, bias, eps, rms)?;
         let inputs = [Some(self), weight, bias];
         let present: Vec<&Tensor> = inputs.iter().flatten().copied().collect();

@@ -21,6 +21,9 @@ impl Tensor {
     /// `2·half ≤ d`, `DeviceMismatch`.
     pub fn rope(&self, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Result<Tensor> {
         const OP: &str = "rope";
+        if let Some(r) = Tensor::via_f32(&[self, cos, sin], |t| t[0].rope(&t[1], &t[2], layout)) {
+            return r;
+        }
         for t in [self, cos, sin] {
             self.same_device(t, OP)?;
             t.expect(DType::F32, OP)?;

@@ -11,6 +11,9 @@ impl Tensor {
     /// sums are f32 additions in the axis's order, the same on every device. Differentiable
     /// (the gradient is the running sum of the output gradient the other way).
     pub fn cumsum(&self, dim: isize, exclusive: bool, reverse: bool) -> Result<Tensor> {
+        if let Some(r) = Tensor::via_f32(&[self], |t| t[0].cumsum(dim, exclusive, reverse)) {
+            return r;
+        }
         self.expect(DType::F32, "cumsum")?;
         let axis = self.axis("cumsum", dim)?;
         if self.numel() == 0 {
@@ -32,6 +35,9 @@ impl Tensor {
     /// dimension is `InvalidArgument`. The values are differentiable (the gradient goes back to
     /// the picked positions).
     pub fn topk(&self, k: usize, dim: isize, largest: bool) -> Result<(Tensor, Tensor)> {
+        if let Some(r) = Tensor::via_f32_pair(&[self], |t| t[0].topk(k, dim, largest)) {
+            return r;
+        }
         self.expect(DType::F32, "topk")?;
         let axis = self.axis("topk", dim)?;
         let (outer, len, inner) = self.around(axis);

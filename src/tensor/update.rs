@@ -59,7 +59,7 @@ impl Tensor {
             return Err(Error::Unsupported {
                 op: OP,
                 reason: format!(
-                    "{:?} tensors (f32 and u32 are written in place)",
+                    "{} tensors (f32 and u32 are written in place; cast to f32 first)",
                     self.dtype()
                 ),
             });
