@@ -165,7 +165,7 @@ def main():
     ops = result.get("ops")
     if ops:
         print(f"browser test: op table: {ops['passed']} of {ops['ops']} ops passed "
-              f"({ops['samples']} samples, {ops['error_cases']} error cases; "
+              f"({ops['samples']} samples, {ops['half_samples']} in f16/bf16, {ops['error_cases']} error cases; "
               f"largest |webgpu - cpu| / max(1, |cpu|) {ops['max_vs_cpu']:.2e}); "
               f"{ops['needs_blocking_read']} need a blocking read-back; {ops['failed']} failed")
         for r in ops["results"]:

@@ -58,95 +58,51 @@ fn run_op_on(op: &OpInfo, dev: &Device) {
     }
 }
 
-/// One op's samples on `dev` with its float inputs in `dtype` (f16 or bf16): the sample's
-/// values rounded to the type and uploaded as its bytes, the f64 reference taken of those
-/// rounded values. The op computes in f32 and rounds its result to `dtype` once (index
-/// results stay u32), so its tolerance widens by one step of the type's grid: one unit in the
-/// last place relative (the f32 result and the exact one may round to neighbours) and the
-/// smallest subnormal absolute; a reference past the type's range is its infinity.
-///
-/// Ops whose result is f32 by definition (`embedding` decodes a table of a storage type to f32,
-/// as ggml's `get_rows` does) are held to that; ops that refuse half tensors must refuse them
-/// with a typed error naming the type; entries without a float input have nothing to test.
+/// One op's samples on `dev` with its float inputs in `dtype` (f16 or bf16), as
+/// [`half_table`] describes: results of the half type (f32 for ops that decode to it, u32
+/// for indices) within one step of its grid of the reference, or the typed refusal of an op
+/// that does not take halves.
 fn run_op_half_on(op: &OpInfo, dev: &Device, dtype: kiln::DType) {
-    /// Ops whose result is f32 whatever their table's type.
-    const DECODES_TO_F32: &[&str] = &["embedding"];
-    /// Ops that refuse half tensors: `index_copy` writes f32 and u32 values in place.
-    const REFUSES_HALF: &[&str] = &["index_copy"];
-    let (round, eps, tiny): (fn(f32) -> f32, f64, f64) = match dtype {
-        kiln::DType::F16 => (
-            |v| half::f16::from_f32(v).to_f32(),
-            2f64.powi(-10),
-            2f64.powi(-24),
-        ),
-        _ => (
-            |v| half::bf16::from_f32(v).to_f32(),
-            2f64.powi(-7),
-            2f64.powi(-133),
-        ),
-    };
     for (si, sample) in (op.samples)().into_iter().enumerate() {
         let what = format!(
             "{} sample {si} {:?} in {dtype} on {dev}",
             op.name,
             sample.inputs.iter().map(|i| &i.0).collect::<Vec<_>>()
         );
-        let is_float =
-            |k: usize| !op.index_inputs.contains(&k) && !op.packed_inputs.iter().any(|p| p.0 == k);
-        let sample = Sample {
-            inputs: (sample.inputs.into_iter().enumerate())
-                .map(|(k, (s, v))| match is_float(k) {
-                    true => (s, v.into_iter().map(round).collect()),
-                    false => (s, v),
-                })
-                .collect(),
+        let Some(sample) = half_table::sample(op, sample, dtype) else {
+            return;
         };
         let inputs: Vec<Tensor> = (sample.inputs.iter().enumerate())
-            .map(|(k, (s, v))| match is_float(k) {
-                true => {
-                    let bytes = Tensor::from_slice(&Device::cpu(), v, s)
-                        .and_then(|t| t.to_dtype(dtype))
-                        .and_then(|t| t.to_bytes())
-                        .unwrap();
-                    Tensor::from_bytes(dev, &bytes, dtype, s).unwrap()
-                }
-                false => input(op, k, dev, s, v).unwrap(),
-            })
+            .map(|(k, (s, v))| half_table::input_in(op, k, dev, s, v, dtype).unwrap())
             .collect();
-        if !(0..inputs.len()).any(is_float) {
-            return;
-        }
-        let refs = sample.refs();
-        if REFUSES_HALF.iter().any(|n| op.name.starts_with(n)) {
+        if half_table::REFUSES_HALF
+            .iter()
+            .any(|n| op.name.starts_with(n))
+        {
             match (op.run)(&inputs) {
                 Err(Error::Unsupported { reason, .. }) if reason.contains(dtype.name()) => {}
                 other => panic!("{what}: expected Unsupported naming {dtype}, got {other:?}"),
             }
             continue;
         }
+        let refs = sample.refs();
         let got = (op.run)(&inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
         let want = (op.reference)(&refs);
         assert_eq!(got.shape(), want.shape.as_slice(), "{what}: shape");
-        let (atol, rtol) = (op.tol)(&refs);
-        let f32_result = DECODES_TO_F32.iter().any(|n| op.name.starts_with(n));
         let values = match got.dtype() {
-            kiln::DType::F32 if f32_result => got.to_vec().unwrap(),
             kiln::DType::U32 => got
                 .to_vec_u32()
                 .unwrap()
                 .into_iter()
                 .map(|v| v as f32)
                 .collect(),
-            d if d == dtype => got.to_dtype(kiln::DType::F32).unwrap().to_vec().unwrap(),
-            other => panic!("{what}: the result is {other}, not {dtype}"),
+            d if d == half_table::result_type(op, dtype) => {
+                got.to_dtype(kiln::DType::F32).unwrap().to_vec().unwrap()
+            }
+            other => panic!("{what}: the result is {other}"),
         };
-        let want: Vec<f64> = (want.data.iter())
-            .map(|&w| match f64::from(round(w as f32)) {
-                r if r.is_infinite() => r,
-                _ => w,
-            })
-            .collect();
-        assert_close(&what, &values, &want, atol + tiny, rtol + eps);
+        let (want, atol, rtol) = half_table::reference(&want, dtype, (op.tol)(&refs));
+        assert_close(&what, &values, &want, atol, rtol);
     }
 }
 

@@ -116,6 +116,97 @@ pub fn input(
     Tensor::from_slice(dev, values, shape)
 }
 
+/// The op table in a half-precision type (f16 or bf16), shared by `tests/ops.rs` and the page's
+/// check: each entry's float inputs (not its index or packed ones) rounded to the type and
+/// uploaded as its bytes, the f64 reference taken of the rounded values. The op computes in
+/// f32 and rounds its result to the type once (index results stay u32), so the tolerance
+/// widens by one step of the type's grid: one unit in the last place relative (the f32 result
+/// and the exact one may round to neighbours) and the smallest subnormal absolute; a reference
+/// past the type's range is its infinity.
+pub mod half_table {
+    use super::*;
+    use kiln::DType;
+
+    /// Ops whose result is f32 whatever their table's type: `embedding` decodes a table of a
+    /// storage type to f32, as ggml's `get_rows` does.
+    pub const DECODES_TO_F32: &[&str] = &["embedding"];
+    /// Ops that refuse half tensors (`Unsupported` naming the type): `index_copy` writes f32
+    /// and u32 values in place.
+    pub const REFUSES_HALF: &[&str] = &["index_copy"];
+
+    /// Whether input `k` of `op` is a float input (rounded to the half type).
+    pub fn is_float(op: &OpInfo, k: usize) -> bool {
+        !op.index_inputs.contains(&k) && !op.packed_inputs.iter().any(|p| p.0 == k)
+    }
+
+    /// `values` rounded to `dtype` and back (on the CPU backend).
+    pub fn rounded(values: &[f32], dtype: DType) -> Vec<f32> {
+        let cpu = Device::cpu();
+        Tensor::from_slice(&cpu, values, &[values.len()])
+            .and_then(|t| t.to_dtype(dtype))
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec())
+            .expect("casts on the CPU backend")
+    }
+
+    /// `sample` with its float inputs rounded to `dtype`; `None` when it has none.
+    pub fn sample(op: &OpInfo, sample: Sample, dtype: DType) -> Option<Sample> {
+        (0..sample.inputs.len())
+            .any(|k| is_float(op, k))
+            .then(|| Sample {
+                inputs: (sample.inputs.into_iter().enumerate())
+                    .map(|(k, (s, v))| match is_float(op, k) {
+                        true => {
+                            let v = rounded(&v, dtype);
+                            (s, v)
+                        }
+                        false => (s, v),
+                    })
+                    .collect(),
+            })
+    }
+
+    /// Input `k` of a rounded sample on `dev`: a float input as `dtype`'s bytes, others as
+    /// [`input`] makes them.
+    pub fn input_in(
+        op: &OpInfo,
+        k: usize,
+        dev: &Device,
+        shape: &[usize],
+        values: &[f32],
+        dtype: DType,
+    ) -> kiln::Result<Tensor> {
+        if !is_float(op, k) {
+            return input(op, k, dev, shape, values);
+        }
+        let bytes = Tensor::from_slice(&Device::cpu(), values, shape)?
+            .to_dtype(dtype)?
+            .to_bytes()?;
+        Tensor::from_bytes(dev, &bytes, dtype, shape)
+    }
+
+    /// The type `op`'s float result must have in a half run of `dtype`.
+    pub fn result_type(op: &OpInfo, dtype: DType) -> DType {
+        match DECODES_TO_F32.iter().any(|n| op.name.starts_with(n)) {
+            true => DType::F32,
+            false => dtype,
+        }
+    }
+
+    /// The reference and (atol, rtol) a half result is held to, from the op's own.
+    pub fn reference(want: &Ref, dtype: DType, (atol, rtol): (f64, f64)) -> (Vec<f64>, f64, f64) {
+        let (eps, tiny) = match dtype {
+            DType::F16 => (2f64.powi(-10), 2f64.powi(-24)),
+            _ => (2f64.powi(-7), 2f64.powi(-133)),
+        };
+        let wide: Vec<f32> = want.data.iter().map(|&w| w as f32).collect();
+        let data = (want.data.iter().zip(rounded(&wide, dtype)))
+            .map(|(&w, r)| if r.is_infinite() { f64::from(r) } else { w })
+            .collect();
+        (data, atol + tiny, rtol + eps)
+    }
+}
+
 pub fn map_ref(x: &Ref, f: impl Fn(f64) -> f64) -> Ref {
     Ref {
         shape: x.shape.clone(),

@@ -4,7 +4,7 @@
 //! asynchronously; nothing panics on a failed case, so one bad op cannot end the page.
 
 use crate::common::check_close;
-use crate::optable::{OpInfo, input, table};
+use crate::optable::{OpInfo, half_table, input, table};
 use kiln::{DType, Device, Error, Tensor};
 
 /// What one op of the table did on the device.
@@ -14,6 +14,8 @@ pub struct OpResult {
     pub name: &'static str,
     /// Samples checked against the reference.
     pub samples: usize,
+    /// Samples checked with their float inputs in f16 and in bf16 (each type counted).
+    pub half_samples: usize,
     /// Error cases checked.
     pub error_cases: usize,
     /// The largest |device − CPU backend| / max(1, |CPU backend|) over the samples' values
@@ -74,6 +76,7 @@ async fn run_op(op: &OpInfo, dev: &Device) -> OpResult {
     let mut result = OpResult {
         name: op.name,
         samples: 0,
+        half_samples: 0,
         error_cases: 0,
         max_vs_cpu: 0.0,
         failure: None,
@@ -134,6 +137,9 @@ async fn check_op(op: &OpInfo, dev: &Device, result: &mut OpResult) -> Result<()
         result.max_vs_cpu = result.max_vs_cpu.max(diff);
         result.samples += 1;
     }
+    for dtype in [DType::F16, DType::BF16] {
+        check_half(op, dev, dtype, result).await?;
+    }
     for (what, outcome, check) in (op.errors)(dev) {
         match outcome {
             Ok(t) => {
@@ -151,6 +157,65 @@ async fn check_op(op: &OpInfo, dev: &Device, result: &mut OpResult) -> Result<()
             }
             Err(_) => result.error_cases += 1,
         }
+    }
+    Ok(())
+}
+
+/// The op's samples on `dev` with their float inputs in `dtype` (the native suite's half run,
+/// `half_table`): results of the type within one step of its grid of the reference, or the
+/// typed refusal of an op that does not take halves.
+async fn check_half(
+    op: &OpInfo,
+    dev: &Device,
+    dtype: DType,
+    result: &mut OpResult,
+) -> Result<(), Failure> {
+    for (si, sample) in (op.samples)().into_iter().enumerate() {
+        let what = format!("{} sample {si} in {dtype}", op.name);
+        let Some(sample) = half_table::sample(op, sample, dtype) else {
+            return Ok(());
+        };
+        let inputs = (sample.inputs.iter().enumerate())
+            .map(|(k, (s, v))| half_table::input_in(op, k, dev, s, v, dtype))
+            .collect::<kiln::Result<Vec<Tensor>>>()
+            .map_err(|e| failed(&what, &e))?;
+        let outcome = (op.run)(&inputs);
+        if half_table::REFUSES_HALF
+            .iter()
+            .any(|n| op.name.starts_with(n))
+        {
+            match outcome {
+                Err(Error::Unsupported { reason, .. }) if reason.contains(dtype.name()) => {
+                    result.half_samples += 1;
+                    continue;
+                }
+                other => {
+                    let got = other.map(|t| t.shape().to_vec());
+                    return Err((format!("{what}: expected a refusal, got {got:?}"), false));
+                }
+            }
+        }
+        let got = outcome.map_err(|e| failed(&what, &e))?;
+        let refs = sample.refs();
+        let want = (op.reference)(&refs);
+        if got.shape() != want.shape.as_slice() {
+            let shape = got.shape();
+            return Err((
+                format!("{what}: shape {shape:?}, want {:?}", want.shape),
+                false,
+            ));
+        }
+        let expected = half_table::result_type(op, dtype);
+        let wide = match got.dtype() {
+            DType::U32 => got,
+            d if d == expected => got.to_dtype(DType::F32).map_err(|e| failed(&what, &e))?,
+            other => return Err((format!("{what}: the result is {other}"), false)),
+        };
+        let v = read(&wide).await.map_err(|e| failed(&what, &e))?;
+        let (want, atol, rtol) = half_table::reference(&want, dtype, (op.tol)(&refs));
+        let on = format!("{what} on {}", dev.info().name);
+        check_close(&on, &v, &want, atol, rtol).map_err(|e| (e, false))?;
+        result.half_samples += 1;
     }
     Ok(())
 }

@@ -134,6 +134,7 @@ fn op_json(r: &check::OpResult) -> String {
     Json::new()
         .str("name", r.name)
         .num("samples", r.samples as f64)
+        .num("half_samples", r.half_samples as f64)
         .num("error_cases", r.error_cases as f64)
         .num("max_vs_cpu", r.max_vs_cpu)
         .bool("passed", r.failure.is_none())
@@ -168,6 +169,10 @@ pub async fn check_ops(on_op: js_sys::Function) -> Result<String, JsValue> {
         .num(
             "samples",
             results.iter().map(|r| r.samples).sum::<usize>() as f64,
+        )
+        .num(
+            "half_samples",
+            results.iter().map(|r| r.half_samples).sum::<usize>() as f64,
         )
         .num(
             "error_cases",

@@ -32,9 +32,15 @@ fn op_table_passes_through_the_async_runner_on_every_device() {
         let failed: Vec<String> = results.iter().filter_map(|r| r.failure.clone()).collect();
         assert!(failed.is_empty(), "on {}: {failed:#?}", dev.info().name);
         let samples: usize = results.iter().map(|r| r.samples).sum();
+        let halves: usize = results.iter().map(|r| r.half_samples).sum();
+        assert!(
+            halves > samples,
+            "on {}: {halves} half samples",
+            dev.info().name
+        );
         let worst = results.iter().map(|r| r.max_vs_cpu).fold(0.0, f64::max);
         eprintln!(
-            "kiln-web: op table on {}: {} ops, {samples} samples, largest relative difference from the CPU {worst:.1e}",
+            "kiln-web: op table on {}: {} ops, {samples} samples ({halves} in f16/bf16), largest relative difference from the CPU {worst:.1e}",
             dev.info().name,
             results.len()
         );

@@ -78,7 +78,7 @@ async function checkOps() {
     const line = document.createElement('div');
     line.className = r.passed ? 'ok' : 'fail';
     line.textContent = r.passed
-      ? `✓ ${r.name}: ${r.samples} samples, ${r.error_cases} error cases, largest difference from the CPU ${r.max_vs_cpu.toExponential(1)}`
+      ? `✓ ${r.name}: ${r.samples} samples (${r.half_samples} more in f16/bf16), ${r.error_cases} error cases, largest difference from the CPU ${r.max_vs_cpu.toExponential(1)}`
       : `✗ ${r.name}: ${r.failure}`;
     $('ops').appendChild(line);
     $('checksum').textContent = `op ${i + 1} of ${n}…`;
