@@ -102,6 +102,8 @@ pub fn table() -> Vec<OpInfo> {
         packed_linear("linear(bf16 weight)", kiln::DType::BF16),
         packed_linear("linear(q8_0 weight)", kiln::DType::Q8_0),
         packed_linear("linear(q4_0 weight)", kiln::DType::Q4_0),
+        packed_linear("linear(q4_K weight)", kiln::DType::Q4K),
+        packed_linear("linear(q6_K weight)", kiln::DType::Q6K),
         packed_decode("to_dtype(f16 to f32)", &[(0, kiln::DType::F16)], |r| {
             round_trip_ref(r, kiln::DType::F16)
         }),
@@ -113,6 +115,15 @@ pub fn table() -> Vec<OpInfo> {
         }),
         packed_decode("to_dtype(q4_0 to f32)", &[(0, kiln::DType::Q4_0)], |r| {
             round_trip_ref(r, kiln::DType::Q4_0)
+        }),
+        packed_decode("to_dtype(q4_K to f32)", &[(0, kiln::DType::Q4K)], |r| {
+            round_trip_ref(r, kiln::DType::Q4K)
+        }),
+        packed_decode("to_dtype(q6_K to f32)", &[(0, kiln::DType::Q6K)], |r| {
+            round_trip_ref(r, kiln::DType::Q6K)
+        }),
+        packed_rows("embedding(q6_K table)", &[(0, kiln::DType::Q6K)], |r| {
+            rows_ref(r, kiln::DType::Q6K)
         }),
         packed_rows("embedding(q8_0 table)", &[(0, kiln::DType::Q8_0)], |r| {
             rows_ref(r, kiln::DType::Q8_0)
@@ -168,10 +179,22 @@ fn packed_linear(name: &'static str, dtype: kiln::DType) -> OpInfo {
             packed_samples,
             packed_errors,
         ),
-        _ => (
+        kiln::DType::Q4_0 => (
             |r| packed_ref(r, kiln::DType::Q4_0),
             quantized_tol,
             packed_samples,
+            no_errors,
+        ),
+        kiln::DType::Q4K => (
+            |r| packed_ref(r, kiln::DType::Q4K),
+            quantized_tol,
+            super_block_samples,
+            super_block_errors,
+        ),
+        _ => (
+            |r| packed_ref(r, kiln::DType::Q6K),
+            quantized_tol,
+            super_block_samples,
             no_errors,
         ),
     };
@@ -179,7 +202,9 @@ fn packed_linear(name: &'static str, dtype: kiln::DType) -> OpInfo {
         kiln::DType::F16 => &[(1, kiln::DType::F16)],
         kiln::DType::BF16 => &[(1, kiln::DType::BF16)],
         kiln::DType::Q8_0 => &[(1, kiln::DType::Q8_0)],
-        _ => &[(1, kiln::DType::Q4_0)],
+        kiln::DType::Q4_0 => &[(1, kiln::DType::Q4_0)],
+        kiln::DType::Q4K => &[(1, kiln::DType::Q4K)],
+        _ => &[(1, kiln::DType::Q6K)],
     };
     OpInfo {
         index_inputs: &[],
@@ -194,6 +219,58 @@ fn packed_linear(name: &'static str, dtype: kiln::DType) -> OpInfo {
     }
 }
 
+/// x `[m, k]` and w `[n, k]` with k whole super-blocks of 256 (q4_K, q6_K): one row, several
+/// rows over groups of eight weight rows and a ragged n, two super-blocks a row, no rows, and
+/// a weight with a zero super-block and large and tiny magnitudes in one.
+fn super_block_samples() -> Vec<Sample> {
+    let mut rng = Lcg(173);
+    let shapes = [
+        (1, 256, 5),
+        (3, 512, 7),
+        (19, 256, 9),
+        (0, 256, 3),
+        (1, 256, 16),
+    ];
+    let mut out: Vec<Sample> = shapes
+        .iter()
+        .map(|&(m, k, n)| Sample {
+            inputs: vec![
+                (vec![m, k], rng.vec(m * k, -2.0, 2.0)),
+                (vec![n, k], rng.vec(n * k, -1.0, 1.0)),
+            ],
+        })
+        .collect();
+    let mut w = rng.vec(3 * 512, -1.0, 1.0);
+    w[..256].fill(0.0);
+    w[512] = 300.0;
+    w[513] = -1e-3;
+    out.push(Sample {
+        inputs: vec![
+            (vec![2, 512], rng.vec(2 * 512, -1.0, 1.0)),
+            (vec![3, 512], w),
+        ],
+    });
+    out
+}
+
+fn super_block_errors(d: &Device) -> Vec<ErrorCase> {
+    vec![
+        (
+            "a row of 288 values in 256-value super-blocks",
+            Tensor::zeros(d, &[2, 288]).and_then(|x| x.to_dtype(kiln::DType::Q4K)),
+            |e| matches!(e, Error::InvalidShape { op: "to_dtype", .. }),
+        ),
+        (
+            "an f32 activation against a q4_K weight of another width",
+            Tensor::zeros(&Device::cpu(), &[3, 256])
+                .and_then(|w| w.to_dtype(kiln::DType::Q4K)?.to_bytes())
+                .and_then(|b| Tensor::from_bytes(d, &b, kiln::DType::Q4K, &[3, 256]))
+                .and_then(|w| Tensor::zeros(d, &[2, 512])?.linear(&w, None, None)),
+            |e| matches!(e, Error::ShapeMismatch { .. }),
+        ),
+    ]
+}
+
 /// A tensor in a storage type decoded to f32 on its device: exactly the reference round trip.
 fn packed_decode(
     name: &'static str,
@@ -205,19 +282,25 @@ fn packed_decode(
         packed_inputs,
         name,
         grad: || Grad::NoGrad("a storage type"),
-        samples: || {
-            packed_samples()
-                .into_iter()
-                .map(|s| Sample {
-                    inputs: vec![s.inputs[1].clone()],
-                })
-                .collect()
-        },
+        samples: match packed_inputs[0].1.block_len() {
+            256 => || weights_of(super_block_samples()),
+            _ => || weights_of(packed_samples()),
+        } as fn() -> Vec<Sample>,
         run: |t| t[0].to_dtype(kiln::DType::F32),
         reference,
         tol: |_| (0.0, 0.0),
         errors: no_errors,
     }
+}
+
+/// The weights (second inputs) of linear samples, as samples of their own.
+fn weights_of(samples: Vec<Sample>) -> Vec<Sample> {
+    samples
+        .into_iter()
+        .map(|s| Sample {
+            inputs: vec![s.inputs[1].clone()],
+        })
+        .collect()
 }
 
 fn round_trip_ref(r: &[Ref], dtype: kiln::DType) -> Ref {
@@ -238,26 +321,32 @@ fn packed_rows(
         packed_inputs,
         name,
         grad: || Grad::NoGrad("a storage type"),
-        samples: || {
-            let mut rng = Lcg(172);
-            [(9, 64, 5), (3, 32, 1), (4, 96, 0)]
-                .iter()
-                .map(|&(rows, len, n)| Sample {
-                    inputs: vec![
-                        (vec![rows, len], rng.vec(rows * len, -2.0, 2.0)),
-                        (
-                            vec![n],
-                            (0..n).map(|i| ((i * 7 + 2) % rows) as f32).collect(),
-                        ),
-                    ],
-                })
-                .collect()
-        },
+        samples: match packed_inputs[0].1.block_len() {
+            256 => || table_samples(&[(9, 256, 5), (3, 512, 2), (4, 256, 0)]),
+            _ => || table_samples(&[(9, 64, 5), (3, 32, 1), (4, 96, 0)]),
+        } as fn() -> Vec<Sample>,
         run: |t| Tensor::embedding(&t[0], &t[1]),
         reference,
         tol: |_| (0.0, 0.0),
         errors: no_errors,
     }
+}
+
+/// Tables `[rows, len]` and `n` ids into them.
+fn table_samples(shapes: &[(usize, usize, usize)]) -> Vec<Sample> {
+    let mut rng = Lcg(172);
+    shapes
+        .iter()
+        .map(|&(rows, len, n)| Sample {
+            inputs: vec![
+                (vec![rows, len], rng.vec(rows * len, -2.0, 2.0)),
+                (
+                    vec![n],
+                    (0..n).map(|i| ((i * 7 + 2) % rows) as f32).collect(),
+                ),
+            ],
+        })
+        .collect()
 }
 
 fn rows_ref(r: &[Ref], dtype: kiln::DType) -> Ref {
@@ -404,7 +493,81 @@ pub fn round_trip(dtype: kiln::DType, w: &[f64]) -> Vec<f64> {
                 }));
             }
         }
+        kiln::DType::Q4K | kiln::DType::Q6K => {
+            // ggml's K-quant quantizers search their scales by weighted least squares, which
+            // the table does not derive again: the bytes are kiln's quantizer's (held to the
+            // `gguf` package's and ggml's byte for byte by tests/packed.rs), decoded here as
+            // ggml's `dequantize_row_q4_K` / `dequantize_row_q6_K` do.
+            let bytes = Tensor::from_slice(&Device::cpu(), &f, &[f.len()])
+                .and_then(|t| t.to_dtype(dtype))
+                .and_then(|t| t.to_bytes())
+                .expect("whole super-blocks");
+            out.extend(dequantize_k(dtype, &bytes));
+        }
         other => panic!("no reference round trip for {other:?}"),
+    }
+    out
+}
+
+/// ggml's `dequantize_row_q4_K` (144-byte super-blocks: f16 d, f16 dmin, 12 bytes of 6-bit
+/// scales and mins, 128 bytes of nibbles) and `dequantize_row_q6_K` (210 bytes: 128 of low
+/// nibbles, 64 of high bit pairs, 16 i8 scales, f16 d), in f32 as ggml computes them.
+fn dequantize_k(dtype: kiln::DType, bytes: &[u8]) -> Vec<f64> {
+    let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+    let mut out = Vec::new();
+    if dtype == kiln::DType::Q4K {
+        for b in bytes.chunks_exact(144) {
+            let (d, dmin, sc, mut q) = (f16(&b[0..]), f16(&b[2..]), &b[4..16], &b[16..]);
+            // get_scale_min_k4
+            let scale_min = |j: usize| -> (f32, f32) {
+                if j < 4 {
+                    (f32::from(sc[j] & 63), f32::from(sc[j + 4] & 63))
+                } else {
+                    (
+                        f32::from((sc[j + 4] & 0xf) | ((sc[j - 4] >> 6) << 4)),
+                        f32::from((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)),
+                    )
+                }
+            };
+            for pair in 0..4 {
+                let (s1, m1) = scale_min(2 * pair);
+                let (s2, m2) = scale_min(2 * pair + 1);
+                let (d1, m1, d2, m2) = (d * s1, dmin * m1, d * s2, dmin * m2);
+                out.extend(
+                    q[..32]
+                        .iter()
+                        .map(|&v| f64::from(d1 * f32::from(v & 0xf) - m1)),
+                );
+                out.extend(
+                    q[..32]
+                        .iter()
+                        .map(|&v| f64::from(d2 * f32::from(v >> 4) - m2)),
+                );
+                q = &q[32..];
+            }
+        }
+    } else {
+        for b in bytes.chunks_exact(210) {
+            let d = f16(&b[208..]);
+            for half in 0..2 {
+                let ql = &b[64 * half..64 * half + 64];
+                let qh = &b[128 + 32 * half..128 + 32 * half + 32];
+                let sc = &b[192 + 8 * half..192 + 8 * half + 8];
+                let mut y = [0f32; 128];
+                for l in 0..32 {
+                    let is = l / 16;
+                    let q = |low: u8, shift: u32| {
+                        f32::from((low | (((qh[l] >> shift) & 3) << 4)) as i8 - 32)
+                    };
+                    let s = |i: usize| d * f32::from(sc[is + i] as i8);
+                    y[l] = s(0) * q(ql[l] & 0xf, 0);
+                    y[l + 32] = s(2) * q(ql[l + 32] & 0xf, 2);
+                    y[l + 64] = s(4) * q(ql[l] >> 4, 4);
+                    y[l + 96] = s(6) * q(ql[l + 32] >> 4, 6);
+                }
+                out.extend(y.iter().map(|&v| f64::from(v)));
+            }
+        }
     }
     out
 }
