@@ -14,6 +14,7 @@ mod elementwise;
 mod fft;
 pub(crate) mod fused;
 mod grad;
+mod half;
 mod index;
 mod matmul;
 mod optim;
