@@ -396,7 +396,7 @@ impl Storage {
             parts.iter().map(|(s, p)| Ok((the(s, op)?, *p))).collect()
         }
         match device.gpu_context() {
-            None => Ok(CpuStorage::assemble(op, dtype, n, &taken(op, parts)?)?.wrap()),
+            None => Ok(CpuStorage::assemble(op, dtype, n, &taken(op, parts)?, zeroed)?.wrap()),
             Some(ctx) => {
                 let parts = taken(op, parts)?;
                 Ok(GpuStorage::assemble(ctx, op, dtype, n, &parts, zeroed)?.wrap())

@@ -17,6 +17,7 @@ use crate::rope::RopeDims;
 use crate::shape::BroadcastLayout;
 use crate::strided::StridedCopy;
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 /// Host values, typed. Cloning shares them; an in-place update copies shared values first.
@@ -118,39 +119,51 @@ impl CpuStorage {
         Ok(f32s_of(super::fill(n, value)?))
     }
 
-    /// `n` values of `dtype` filled by strided copies from `parts` (which cover it and have
-    /// that element type, unless the caller asked for zeros: a zero start serves both).
+    /// `n` values of `dtype` filled by strided copies from `parts` (which have that element
+    /// type and cover the output, unless the caller asked for a `zeroed` start: a zero start
+    /// serves both types). Without zeros the output is written once, never cleared first.
     pub(crate) fn assemble(
         op: &'static str,
         dtype: DType,
         n: usize,
         parts: &[(&CpuStorage, &StridedCopy)],
+        zeroed: bool,
     ) -> Result<CpuStorage> {
-        fn fill<T: Copy + Default>(
-            op: &'static str,
-            n: usize,
-            parts: &[(&[T], &StridedCopy)],
-        ) -> Result<Vec<T>> {
-            let mut out = super::alloc(op, n)?;
-            for (src, plan) in parts {
-                super::strided_copy(src, &mut out, plan);
+        let fill = |srcs: &[(&[u32], &StridedCopy)]| -> Result<Vec<u32>> {
+            if zeroed {
+                let mut out = super::alloc(op, n)?;
+                for (src, plan) in srcs {
+                    super::strided_copy(src, &mut out, plan);
+                }
+                return Ok(out);
             }
+            let mut out: Vec<u32> = super::reserve(op, n)?;
+            let spare = &mut out.spare_capacity_mut()[..n];
+            for (src, plan) in srcs {
+                // SAFETY: MaybeUninit<u32> has u32's layout, and initialised values may be read
+                // as possibly uninitialised ones.
+                let src = unsafe { &*(*src as *const [u32] as *const [MaybeUninit<u32>]) };
+                super::strided_copy(src, spare, plan);
+            }
+            // SAFETY: the parts cover the output (the caller's contract without `zeroed`).
+            unsafe { out.set_len(n) };
             Ok(out)
-        }
+        };
         Ok(match dtype {
+            // f32 values move as their bits (a copy is the same either way).
             DType::F32 => {
                 let srcs = parts
                     .iter()
-                    .map(|(s, p)| Ok((s.f32s(op)?.as_slice(), *p)))
+                    .map(|(s, p)| Ok((bytemuck::cast_slice(s.f32s(op)?.as_slice()), *p)))
                     .collect::<Result<Vec<_>>>()?;
-                f32s_of(fill(op, n, &srcs)?)
+                f32s_of(bytemuck::allocation::cast_vec(fill(&srcs)?))
             }
             DType::U32 => {
                 let srcs = parts
                     .iter()
                     .map(|(s, p)| Ok((s.u32s(op)?.as_slice(), *p)))
                     .collect::<Result<Vec<_>>>()?;
-                u32s_of(fill(op, n, &srcs)?)
+                u32s_of(fill(&srcs)?)
             }
             packed => return Err(mismatch(op, DType::F32, packed)),
         })
