@@ -11,6 +11,8 @@
 //! Times are wall-clock medians after warm-up, each run ending in `Device::synchronize` (the GPU
 //! has finished); `--timer gpu` times matmuls with GPU timestamp queries where granted.
 //! `--chain N` times a chain of 16 elementwise ops over N values, fused and eager.
+//! `--half N` times `add`, `relu(x·y + x)` and a row softmax (rows of 4096) over N values in
+//! f32, f16 and bf16 (halves compute in f32 and round once per op).
 //! `--conv B CIN H W COUT` times a 3×3 convolution (stride 1, padding 1, with bias);
 //! `--train B D H C` training steps of a D-H-C MLP (ReLU, cross-entropy, Adam) on a batch of
 //! B, 20 per timed run ending in `Device::synchronize`: ordinary steps (fused, eager dispatch)
@@ -30,6 +32,7 @@ struct Args {
     device: Option<String>,
     matmul: Vec<(usize, usize, usize)>,
     elementwise: Vec<usize>,
+    half: Vec<usize>,
     chain: Vec<usize>,
     mlp: Vec<usize>,
     conv: Vec<usize>,
@@ -48,6 +51,7 @@ fn parse_args() -> Args {
         device: None,
         matmul: vec![],
         elementwise: vec![],
+        half: vec![],
         chain: vec![],
         mlp: vec![],
         conv: vec![],
@@ -96,6 +100,7 @@ fn parse_args() -> Args {
                     .collect()
             }
             "--elementwise" => a.elementwise = nums(),
+            "--half" => a.half = nums(),
             // N: a chain of 16 elementwise ops over N values, fused and eager.
             "--chain" => a.chain = nums(),
             "--mlp" => a.mlp = nums(),
@@ -287,6 +292,30 @@ fn main() -> kiln::Result<()> {
             12.0 * n as f64 / t.as_secs_f64() / 1e9,
             "GB/s",
         );
+    }
+
+    for &n in &args.half {
+        let rows = [n.div_ceil(4096), 4096];
+        let x = Tensor::randn(&dev, &rows, 3)?;
+        let y = Tensor::randn(&dev, &rows, 4)?;
+        for dtype in [kiln::DType::F32, kiln::DType::F16, kiln::DType::BF16] {
+            let (a, b) = (x.to_dtype(dtype)?, y.to_dtype(dtype)?);
+            let cases: [(&str, &dyn Fn() -> kiln::Result<Tensor>); 3] = [
+                ("add", &|| a.add(&b)),
+                ("mul_add_relu", &|| a.mul(&b)?.add(&a)?.relu()),
+                ("softmax", &|| a.softmax(-1)),
+            ];
+            for (op, f) in cases {
+                let t = time(args.reps, || {
+                    let r = f()?;
+                    dev.synchronize()?;
+                    drop(r);
+                    Ok(())
+                })?;
+                let values = n as f64 / t.as_secs_f64() / 1e9;
+                report(op, format!("{n}"), dtype.name(), t, values, "Gvalues/s");
+            }
+        }
     }
 
     for &n in &args.chain {

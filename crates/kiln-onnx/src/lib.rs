@@ -179,6 +179,10 @@ impl Model {
         if hoisted > 0 {
             log::info!("onnx: {hoisted} subgraph initializers and Constants made once, at load");
         }
+        let computed = fold_constant_nodes(&mut graph, &mut constants, device, opset)?;
+        if computed > 0 {
+            log::info!("onnx: {computed} nodes of constants computed once, at load");
+        }
         let folded = fold_batch_norms(&mut graph, &mut constants, device)?;
         if folded > 0 {
             log::info!("onnx: folded {folded} BatchNormalization nodes into their convolutions");
@@ -587,6 +591,161 @@ fn fold_constants(
     Ok(made)
 }
 
+/// Ops never computed at load: their values change between runs (random draws) or they run
+/// subgraphs.
+const NOT_FOLDED: &[&str] = &[
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "Dropout",
+    "If",
+    "Loop",
+    "Scan",
+];
+
+/// Compute once, at load, every node whose inputs are all constants (initializers, folded
+/// `Constant`s, or outputs of nodes computed before it): exporters leave weight arithmetic in
+/// the graph (an LSTM's gates sliced and concatenated into ONNX's order, a weight transposed or
+/// reshaped), which would otherwise run at every run. Nodes of the model's graph and of its
+/// subgraphs (whose output names nothing else defines) are computed, in order. Not computed:
+/// ops of [`NOT_FOLDED`], other domains' ops, nodes reading an initializer that is also a graph
+/// input (the caller may feed another value), results much larger than their inputs (more than
+/// 4× their values and 64 Ki values: memory kept for a fill), and any node whose computation
+/// fails here (it stays in the graph and reports at run time). Returns how many were computed.
+fn fold_constant_nodes(
+    graph: &mut GraphProto,
+    constants: &mut HashMap<String, Value>,
+    device: &Device,
+    opset: i64,
+) -> Result<usize> {
+    fn numel(v: &Value) -> usize {
+        v.shape().iter().product()
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn fold(
+        g: &mut GraphProto,
+        constants: &mut HashMap<String, Value>,
+        fed: &HashSet<String>,
+        may_define: &dyn Fn(&str) -> bool,
+        device: &Device,
+        opset: i64,
+        once: &HashSet<String>,
+    ) -> usize {
+        let types = HashMap::new();
+        let no_subgraph = |_: &GraphProto| -> Result<Vec<Value>> {
+            Err(Error::Unsupported {
+                op: "onnx",
+                reason: "a subgraph while computing constants".into(),
+            })
+        };
+        let mut made = 0;
+        let mut kept = Vec::with_capacity(g.node.len());
+        for mut node in std::mem::take(&mut g.node) {
+            for sub in node.attribute.iter_mut().filter_map(|a| a.g.as_mut()) {
+                let unique = |n: &str| once.contains(n);
+                made += fold(sub, constants, fed, &unique, device, opset, once);
+            }
+            let args: Option<Vec<Option<Value>>> = node
+                .input
+                .iter()
+                .map(|n| match n.is_empty() {
+                    true => Some(None),
+                    false if fed.contains(n) => None,
+                    false => constants.get(n).cloned().map(Some),
+                })
+                .collect();
+            let foldable = own_domain(&node)
+                && !NOT_FOLDED.contains(&node.op_type.as_str())
+                && !node.input.is_empty()
+                && node.attribute.iter().all(|a| a.g.is_none())
+                && node.output.iter().all(|o| o.is_empty() || may_define(o));
+            let Some(args) = args.filter(|_| foldable) else {
+                kept.push(node);
+                continue;
+            };
+            let ctx = ops::Ctx {
+                dev: device,
+                node: &node,
+                opset,
+                types: &types,
+                subgraph: &no_subgraph,
+                activation: None,
+            };
+            let out = match ops::run(&ctx, &args) {
+                Ok(out) => out,
+                Err(e) => {
+                    log::debug!(
+                        "onnx: {} `{}` stays in the graph: {e}",
+                        node.op_type,
+                        node.name
+                    );
+                    kept.push(node);
+                    continue;
+                }
+            };
+            let read: usize = args.iter().flatten().map(numel).sum();
+            let made_values: usize = out.iter().map(numel).sum();
+            if made_values > 4 * read && made_values > 1 << 16 {
+                kept.push(node);
+                continue;
+            }
+            for (name, v) in node.output.iter().zip(out) {
+                if !name.is_empty() {
+                    constants.insert(name.clone(), v);
+                }
+            }
+            made += 1;
+        }
+        g.node = kept;
+        made
+    }
+    let fed: HashSet<String> = graph
+        .input
+        .iter()
+        .map(|i| i.name.clone())
+        .filter(|n| constants.contains_key(n))
+        .collect();
+    let once = defined_once(graph);
+    Ok(fold(
+        graph,
+        constants,
+        &fed,
+        &|_| true,
+        device,
+        opset,
+        &once,
+    ))
+}
+
+/// Names that the model (its graph and subgraphs) defines exactly once: as a node output, a
+/// graph input or an initializer.
+fn defined_once(graph: &GraphProto) -> HashSet<String> {
+    fn count<'g>(g: &'g GraphProto, into: &mut HashMap<&'g str, usize>) {
+        let names = g.node.iter().flat_map(|n| n.output.iter());
+        let names = names.chain(g.input.iter().map(|i| &i.name));
+        for name in names.chain(g.initializer.iter().map(|t| &t.name)) {
+            *into.entry(name.as_str()).or_default() += 1;
+        }
+        for sub in g
+            .node
+            .iter()
+            .flat_map(|n| n.attribute.iter().filter_map(|a| a.g.as_ref()))
+        {
+            count(sub, into);
+        }
+    }
+    let mut counts = HashMap::new();
+    count(graph, &mut counts);
+    counts
+        .into_iter()
+        .filter(|&(_, c)| c == 1)
+        .map(|(n, _)| n.to_string())
+        .collect()
+}
+
 /// Fold each inference BatchNormalization whose input is a Conv's output read by nothing else
 /// into that Conv's weight and bias (all of them initializers): `w' = w·s` and
 /// `b' = (b - mean)·s + B`, with `s = scale / sqrt(var + eps)` per output channel. One op less
@@ -715,21 +874,6 @@ fn hoist_subgraph_constants(
     device: &Device,
     opset: i64,
 ) -> Result<usize> {
-    /// How many times each name is defined: as a node output, a graph input or an initializer.
-    fn count<'g>(g: &'g GraphProto, into: &mut HashMap<&'g str, usize>) {
-        let names = g.node.iter().flat_map(|n| n.output.iter());
-        let names = names.chain(g.input.iter().map(|i| &i.name));
-        for name in names.chain(g.initializer.iter().map(|t| &t.name)) {
-            *into.entry(name.as_str()).or_default() += 1;
-        }
-        for sub in g
-            .node
-            .iter()
-            .flat_map(|n| n.attribute.iter().filter_map(|a| a.g.as_ref()))
-        {
-            count(sub, into);
-        }
-    }
     fn hoist(
         g: &mut GraphProto,
         constants: &mut HashMap<String, Value>,
@@ -757,13 +901,8 @@ fn hoist_subgraph_constants(
         }
         Ok(moved)
     }
-    let mut counts = HashMap::new();
-    count(graph, &mut counts);
-    let once: HashSet<String> = counts
-        .into_iter()
-        .filter(|&(n, c)| c == 1 && !constants.contains_key(n))
-        .map(|(n, _)| n.to_string())
-        .collect();
+    let mut once = defined_once(graph);
+    once.retain(|n| !constants.contains_key(n));
     hoist(graph, constants, &once, device, opset)
 }
 
@@ -861,4 +1000,94 @@ pub fn load_tensor(path: &Path, device: &Device) -> Result<(String, Value)> {
 pub fn tensor_from_bytes(bytes: &[u8], what: &str, device: &Device) -> Result<(String, Value)> {
     let t: proto::TensorProto = proto::decode(bytes, what)?;
     Ok((t.name.clone(), value::from_proto(&t, device)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ValueInfoProto;
+    use crate::value::IntTensor;
+    use kiln::Tensor;
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+        NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.to_string()],
+            op_type: op.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn info(name: &str) -> ValueInfoProto {
+        ValueInfoProto {
+            name: name.to_string(),
+            r#type: None,
+        }
+    }
+
+    /// Nodes of constants are computed at load, in order and inside a subgraph; a node reading
+    /// a graph input, an initializer the caller may feed instead, a random op, or making far
+    /// more values than it reads stays in the graph.
+    #[test]
+    fn nodes_of_constants_are_computed_once() {
+        let dev = Device::cpu();
+        let mut constants = HashMap::new();
+        let f = |v: Vec<f32>, s: &[usize]| Value::Float(Tensor::from_vec(&dev, v, s).unwrap());
+        constants.insert("w".to_string(), f(vec![-1.0, 2.0, -3.0, 4.0], &[2, 2]));
+        constants.insert("b".to_string(), f(vec![0.5, 0.5], &[2]));
+        constants.insert("one".to_string(), f(vec![1.0], &[1]));
+        let big = IntTensor::new(vec![2], vec![512, 512]);
+        constants.insert("big".to_string(), Value::Int(big));
+        // The branches define distinct names (a name both define is computed per run).
+        let branch = |out: &str| GraphProto {
+            node: vec![node("Neg", &["t"], out)],
+            output: vec![info(out)],
+            ..Default::default()
+        };
+        let mut if_node = node("If", &["cond"], "z");
+        if_node.attribute.push(proto::AttributeProto {
+            name: "then_branch".into(),
+            g: Some(branch("n")),
+            ..Default::default()
+        });
+        if_node.attribute.push(proto::AttributeProto {
+            name: "else_branch".into(),
+            g: Some(branch("m")),
+            ..Default::default()
+        });
+        let mut random = node("RandomNormalLike", &["w"], "noise");
+        random.attribute.push(proto::AttributeProto {
+            name: "seed".into(),
+            f: 1.0,
+            ..Default::default()
+        });
+        let mut graph = GraphProto {
+            node: vec![
+                node("Relu", &["w"], "r"),
+                node("Transpose", &["r"], "t"),
+                node("Add", &["t", "b"], "fed"),
+                node("Mul", &["x", "t"], "y"),
+                random,
+                node("Expand", &["one", "big"], "wide"),
+                if_node,
+            ],
+            input: vec![info("x"), info("b"), info("cond")],
+            output: vec![info("y"), info("fed"), info("z")],
+            ..Default::default()
+        };
+        let made = fold_constant_nodes(&mut graph, &mut constants, &dev, 17).unwrap();
+        assert_eq!(made, 4, "Relu, Transpose and each branch's Neg");
+        let left: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(left, ["Add", "Mul", "RandomNormalLike", "Expand", "If"]);
+        let t = match &constants["t"] {
+            Value::Float(t) => t.to_vec().unwrap(),
+            _ => panic!("t is a float tensor"),
+        };
+        assert_eq!(t, [0.0, 0.0, 2.0, 4.0]);
+        let n = match &constants["n"] {
+            Value::Float(t) => t.to_vec().unwrap(),
+            _ => panic!("n is a float tensor"),
+        };
+        assert_eq!(n, [-0.0, -0.0, -2.0, -4.0]);
+    }
 }
