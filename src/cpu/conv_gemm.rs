@@ -28,6 +28,11 @@ const MIN_TAPS: usize = 16;
 const MIN_OUT: usize = 8;
 /// The most values one image's column matrix may hold (64 MiB); larger ones run directly.
 const MAX_COLUMNS: usize = 16 << 20;
+/// Output values per image per channel (`oh·ow`) up to which several images' columns sit side
+/// by side in one product (a 1-D convolution over a few frames, a late layer's small map):
+/// one weight read and one product instead of a small product per image, each packing the
+/// weight again.
+const SIDE_BY_SIDE_PLANE: usize = 256;
 
 /// Whether `g` runs through the SGEMM (operands aside: see the module docs). A pointwise
 /// convolution always does: it needs no column matrix.
@@ -195,7 +200,35 @@ pub(crate) fn forward(
         false,
         false,
     )?;
-    let out = if pointwise(g) {
+    let out = if g.opts.groups == 1 && g.n > 1 && plane <= SIDE_BY_SIDE_PLANE {
+        // The images' columns side by side, `[taps, n·plane]`: one product, its rows the
+        // output channels over every image (bias and activation on each row), then the
+        // rows dealt back to NCHW.
+        let wide = g.n * plane;
+        let plan = MatmulPlan::transposed(
+            &Shape::new(&[cog, taps])?,
+            &Shape::new(&[taps, wide])?,
+            false,
+            false,
+        )?;
+        let y = with_scratch(taps * (wide + plane), |buf| {
+            let (cols, own) = buf.split_at_mut(taps * wide);
+            for b in 0..g.n {
+                let part = columns(x, g, b, 0, own);
+                for (t, row) in part.chunks_exact(plane).enumerate() {
+                    cols[t * wide + b * plane..][..plane].copy_from_slice(row);
+                }
+            }
+            super::matmul_then(wt, cols, &plan, Some(&finish))
+        })?;
+        let mut out = alloc("conv2d", g.n * g.c_out * plane)?;
+        for (c, row) in y.chunks_exact(wide).enumerate() {
+            for (b, src) in row.chunks_exact(plane).enumerate() {
+                out[(b * g.c_out + c) * plane..][..plane].copy_from_slice(src);
+            }
+        }
+        out
+    } else if pointwise(g) {
         // One batched product over (image, group), reading the input in place; the batches'
         // outputs follow one another as NCHW's (image, channel) planes do.
         let groups = g.opts.groups;
