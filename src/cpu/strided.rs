@@ -3,25 +3,45 @@
 
 use crate::strided::StridedCopy;
 
+/// Copies `plan`'s values of `src` into `dst`, row by row of the plan's last dimension (after
+/// dropping unit dimensions and merging those both sides walk contiguously); a transpose (the
+/// output's rows read down the input's columns) goes tile by tile, so both sides stay in cache.
 pub(crate) fn strided_copy<T: Copy>(src: &[T], dst: &mut [T], plan: &StridedCopy) {
     let n = plan.numel();
     if n == 0 {
         return;
     }
-    let rank = plan.dims.len();
-    if rank == 0 {
-        dst[plan.out_offset] = src[plan.in_offset];
-        return;
-    }
-    let last = rank - 1;
+    let plan = simplified(plan);
+    let last = plan.dims.len() - 1;
     let (len, si, so) = (
         plan.dims[last],
         plan.in_strides[last],
         plan.out_strides[last],
     );
-    let mut idx = vec![0usize; last];
-    let (mut s, mut d) = (plan.in_offset, plan.out_offset);
-    for _ in 0..n / len {
+    // A dimension the input walks contiguously while the output's rows stride through it:
+    // copy tiles of it and the last dimension.
+    let across = (0..last).find(|&q| plan.in_strides[q] == 1 && plan.dims[q] >= 8);
+    if let Some(q) = across.filter(|_| so == 1 && si != 1 && len >= 8) {
+        let (rows, oq) = (plan.dims[q], plan.out_strides[q]);
+        let mut outer = plan.clone();
+        outer.dims[q] = 1;
+        outer.dims[last] = 1;
+        each_start(&outer, |s, d| {
+            for i0 in (0..rows).step_by(TILE) {
+                for j0 in (0..len).step_by(TILE) {
+                    for i in i0..(i0 + TILE).min(rows) {
+                        for j in j0..(j0 + TILE).min(len) {
+                            dst[d + i * oq + j] = src[s + i + j * si];
+                        }
+                    }
+                }
+            }
+        });
+        return;
+    }
+    let mut row = plan.clone();
+    row.dims[last] = 1;
+    each_start(&row, |s, d| {
         if si == 1 && so == 1 {
             dst[d..d + len].copy_from_slice(&src[s..s + len]);
         } else {
@@ -29,8 +49,21 @@ pub(crate) fn strided_copy<T: Copy>(src: &[T], dst: &mut [T], plan: &StridedCopy
                 dst[d + j * so] = src[s + j * si];
             }
         }
-        // Advance the odometer over the outer dimensions.
-        for k in (0..last).rev() {
+    });
+}
+
+/// Side of the square tiles a transposing copy moves at a time.
+const TILE: usize = 32;
+
+/// `f(source index, destination index)` at every position of `plan` (an odometer, the last
+/// dimension fastest).
+fn each_start(plan: &StridedCopy, mut f: impl FnMut(usize, usize)) {
+    let rank = plan.dims.len();
+    let mut idx = vec![0usize; rank];
+    let (mut s, mut d) = (plan.in_offset, plan.out_offset);
+    for _ in 0..plan.numel() {
+        f(s, d);
+        for k in (0..rank).rev() {
             idx[k] += 1;
             s += plan.in_strides[k];
             d += plan.out_strides[k];
@@ -42,6 +75,43 @@ pub(crate) fn strided_copy<T: Copy>(src: &[T], dst: &mut [T], plan: &StridedCopy
             idx[k] = 0;
         }
     }
+}
+
+/// `plan` with dimensions of extent 1 dropped and each dimension merged into the one outside
+/// it where both sides step across the pair as across one (at least one dimension is left).
+fn simplified(plan: &StridedCopy) -> StridedCopy {
+    let mut out = StridedCopy {
+        dims: Vec::with_capacity(plan.dims.len()),
+        in_strides: Vec::with_capacity(plan.dims.len()),
+        in_offset: plan.in_offset,
+        out_strides: Vec::with_capacity(plan.dims.len()),
+        out_offset: plan.out_offset,
+    };
+    for d in (0..plan.dims.len()).filter(|&d| plan.dims[d] != 1) {
+        let (e, si, so) = (plan.dims[d], plan.in_strides[d], plan.out_strides[d]);
+        match (
+            out.dims.last_mut(),
+            out.in_strides.last_mut(),
+            out.out_strides.last_mut(),
+        ) {
+            (Some(pe), Some(pi), Some(po)) if *pi == si * e && *po == so * e => {
+                *pe *= e;
+                *pi = si;
+                *po = so;
+            }
+            _ => {
+                out.dims.push(e);
+                out.in_strides.push(si);
+                out.out_strides.push(so);
+            }
+        }
+    }
+    if out.dims.is_empty() {
+        out.dims.push(1);
+        out.in_strides.push(0);
+        out.out_strides.push(0);
+    }
+    out
 }
 
 /// `src` (contiguous, of `src_dims`) padded or cropped to `dims`, `before[d]` being the output

@@ -43,6 +43,9 @@ pub fn table() -> Vec<OpInfo> {
                         &[5],
                         &[2, 3, 4, 5],
                         &[17, 1, 33],
+                        // The CPU's tiled transpose: ragged tiles of 32 both ways.
+                        &[40, 70],
+                        &[9, 2, 37],
                     ],
                     70,
                 )
@@ -70,6 +73,7 @@ pub fn table() -> Vec<OpInfo> {
                         &[3, 0, 2],
                         &[7, 1, 33],
                         &[16, 17, 15],
+                        &[33, 9, 41],
                     ],
                     71,
                 )
