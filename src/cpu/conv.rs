@@ -31,10 +31,24 @@ pub(crate) fn conv2d(
     conv2d_direct(x, wt, bias, g, act)
 }
 
-/// `act` on a finished output plane.
+/// `act` on a finished output plane, in the widest vectors the CPU has (`cpu::widest`: the
+/// transcendental activations' polynomials run 16 lanes at a time on AVX-512).
 pub(super) fn activate(act: Option<UnaryOp>, plane: &mut [f32]) {
     if let Some(op) = act {
-        op.apply_slice(plane);
+        super::widest(Activate { op, plane });
+    }
+}
+
+struct Activate<'a> {
+    op: UnaryOp,
+    plane: &'a mut [f32],
+}
+
+impl super::Wide for Activate<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn run(self) {
+        self.op.apply_slice(self.plane);
     }
 }
 
