@@ -81,18 +81,37 @@ pub(super) fn pad(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
                 .collect();
             t.pad(&pairs, fill as f32)?
         } else {
-            // Edge, reflect, wrap: per padded axis, one selection of the source rows (every
-            // output position has one: the input is not empty).
+            // Edge, reflect, wrap: per padded axis, a selection of the source rows (every
+            // output position has one: the input is not empty). Where the input is kept
+            // whole (no cropping), only the padded rows are selected and joined to it.
             let mut y = t.clone();
             for a in 0..r {
                 let idx: Vec<u32> = (0..out_shape[a])
                     .map(|p| source(a, p).map(|i| i as u32))
                     .collect::<Option<_>>()
                     .ok_or_else(|| ctx.invalid("a padded position without a source"))?;
-                if idx.len() != shape[a] || idx.iter().enumerate().any(|(i, &k)| k as usize != i) {
-                    let n = idx.len();
-                    y = y.index_select(a as isize, &Tensor::from_vec_u32(ctx.dev, idx, &[n])?)?;
+                if idx.len() == shape[a] && idx.iter().enumerate().all(|(i, &k)| k as usize == i) {
+                    continue;
                 }
+                let select = |y: &Tensor, rows: &[u32]| -> Result<Tensor> {
+                    let ids = Tensor::from_vec_u32(ctx.dev, rows.to_vec(), &[rows.len()])?;
+                    y.index_select(a as isize, &ids)
+                };
+                let after = out_shape[a] as i64 - shape[a] as i64 - begin[a];
+                y = if begin[a] >= 0 && after >= 0 {
+                    let (b, dim) = (begin[a] as usize, shape[a]);
+                    let mut parts = Vec::with_capacity(3);
+                    if b > 0 {
+                        parts.push(select(&y, &idx[..b])?);
+                    }
+                    parts.push(y.clone());
+                    if b + dim < idx.len() {
+                        parts.push(select(&y, &idx[b + dim..])?);
+                    }
+                    Tensor::cat(&parts.iter().collect::<Vec<_>>(), a as isize)?
+                } else {
+                    select(&y, &idx)?
+                };
             }
             y
         };
