@@ -80,8 +80,9 @@ pub type OpImpl =
 
 /// What a run records besides its outputs.
 enum Watch<'a> {
-    /// Per op type: nodes run and their time (the device synchronized after each node).
-    Profile(&'a mut HashMap<String, (usize, std::time::Duration)>),
+    /// Per op type: nodes run and their time (the device synchronized after each node), the
+    /// nodes of subgraphs included (shared with their evaluation).
+    Profile(&'a std::cell::RefCell<HashMap<String, (usize, std::time::Duration)>>),
     /// Every node output, in node order, kept to the end of the run.
     Trace(&'a mut Vec<compare::Traced>),
 }
@@ -310,10 +311,13 @@ impl Model {
 
     /// [`Model::run`], timing each op type: the device is synchronized after every node, so
     /// the times are per node and the run is slower than `run`. Returns the outputs and, per op
-    /// type, the nodes run and their total time, longest first.
+    /// type, the nodes run and their total time, longest first. The nodes of subgraphs (the
+    /// branches of an `If`) count under their own types too, so a control-flow node's time
+    /// also appears as its subgraph's nodes' times.
     pub fn run_profiled(&self, inputs: &[(&str, Value)]) -> Result<(Outputs, Profile)> {
-        let mut times: HashMap<String, (usize, std::time::Duration)> = HashMap::new();
-        let out = self.execute(inputs, Some(&mut Watch::Profile(&mut times)))?;
+        let times = std::cell::RefCell::new(HashMap::new());
+        let out = self.execute(inputs, Some(&mut Watch::Profile(&times)))?;
+        let times: HashMap<String, (usize, std::time::Duration)> = times.into_inner();
         let mut v: Profile = times.into_iter().map(|(k, (n, t))| (k, n, t)).collect();
         v.sort_by_key(|e| std::cmp::Reverse(e.2));
         Ok((out, v))
@@ -430,6 +434,10 @@ impl Model {
         // replaced either op.
         let fusing = std::ptr::eq(graph, &self.graph) && !matches!(watch, Some(Watch::Trace(_)));
         let mut done_by_conv: HashSet<usize> = HashSet::new();
+        let profile = match watch.as_deref() {
+            Some(Watch::Profile(p)) => Some(*p),
+            _ => None,
+        };
         for (i, node) in graph.node.iter().enumerate() {
             if done_by_conv.contains(&i) {
                 continue; // an activation its convolution applied
@@ -462,7 +470,8 @@ impl Model {
                 for t in &g.initializer {
                     own.insert(t.name.clone(), value::weight_from_proto(t, &self.device)?);
                 }
-                let out = self.eval(g, own, &lookup, None, None)?;
+                let mut watch = profile.map(Watch::Profile);
+                let out = self.eval(g, own, &lookup, None, watch.as_mut())?;
                 Ok(out.into_iter().map(|(_, v)| v).collect())
             };
             let ctx = ops::Ctx {
@@ -490,6 +499,7 @@ impl Model {
                         args.iter().flatten().map(Value::shape).collect::<Vec<_>>(),
                         out.iter().map(Value::shape).collect::<Vec<_>>(),
                     );
+                    let mut p = p.borrow_mut();
                     let e = p.entry(node.op_type.clone()).or_default();
                     e.0 += 1;
                     e.1 += took;
