@@ -301,6 +301,8 @@ fn half_tensors_compute_through_f32_with_typed_errors() {
             x.to_dtype(DType::BF16).unwrap(),
         );
         assert_eq!(h.add(&h).unwrap().dtype(), DType::F16, "{dev}");
+        assert_eq!(h.to_vec().unwrap(), xs, "{dev}: to_vec widens");
+        assert_eq!(pollster::block_on(b.to_vec_async()).unwrap(), xs, "{dev}");
         assert_eq!(b.exp().unwrap().dtype(), DType::BF16, "{dev}");
         assert_eq!(h.add(&x).unwrap().dtype(), DType::F32, "{dev}: f16 + f32");
         assert_eq!(h.mul(&b).unwrap().dtype(), DType::F32, "{dev}: f16 * bf16");

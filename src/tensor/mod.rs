@@ -69,8 +69,12 @@ impl Tensor {
 
     // ---- readback and transfer ----------------------------------------------------------
 
-    /// The values, row-major. On a GPU this submits the recorded work and waits for it.
+    /// The values, row-major (an f16 or bf16 tensor's widened to f32, exactly). On a GPU this
+    /// submits the recorded work and waits for it.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
+        if half::is_half(self.dtype()) {
+            return self.to_dtype(DType::F32)?.to_vec();
+        }
         self.storage.to_f32("to_vec", self.numel())
     }
 
@@ -92,6 +96,9 @@ impl Tensor {
     /// In the browser (wasm32) this is the way to read a GPU tensor: the blocking readbacks
     /// return `Error::Unsupported` there.
     pub async fn to_vec_async(&self) -> Result<Vec<f32>> {
+        if half::is_half(self.dtype()) {
+            return Box::pin(self.to_dtype(DType::F32)?.to_vec_async()).await;
+        }
         self.storage
             .to_f32_async("to_vec_async", self.numel())
             .await
