@@ -42,6 +42,20 @@ pub(crate) fn worthwhile(g: &Window) -> bool {
     g.oh * g.ow > 0 && (pointwise(g) || (reused && taps * g.oh * g.ow <= MAX_COLUMNS))
 }
 
+/// A 1-D convolution of one input channel over one row, without padding or dilation (an
+/// STFT's windows, a strided feature extractor over samples): output column `p`'s taps are the
+/// input's values `p·stride .. p·stride + kw`.
+fn framing(g: &Window) -> bool {
+    (
+        g.c_in,
+        g.opts.groups,
+        g.h,
+        g.kh,
+        g.opts.padding,
+        g.opts.dilation.1,
+    ) == (1, 1, 1, 1, (0, 0), 1)
+}
+
 /// A 1×1 kernel at stride 1 without padding: each image's channels of a group, `[c_in/groups,
 /// h·w]`, are already its column matrix.
 fn pointwise(g: &Window) -> bool {
@@ -200,7 +214,18 @@ pub(crate) fn forward(
         false,
         false,
     )?;
-    let out = if g.opts.groups == 1 && g.n > 1 && plane <= SIDE_BY_SIDE_PLANE {
+    let out = if framing(g) {
+        // Each output column's taps are a contiguous run of the input: the column matrix is
+        // the input itself, read with stride 1 between taps and the stride between columns
+        // (no im2col pass).
+        let batched = MatmulPlan {
+            offsets: (0..g.n).map(|b| (0, b * g.w)).collect(),
+            b_strides: (1, g.opts.stride.1),
+            out_shape: Shape::new(&[g.n, cog, plane])?,
+            ..plan
+        };
+        super::matmul_then(wt, x, &batched, Some(&finish))?
+    } else if g.opts.groups == 1 && g.n > 1 && plane <= SIDE_BY_SIDE_PLANE {
         // The images' columns side by side, `[taps, n·plane]`: one product, its rows the
         // output channels over every image (bias and activation on each row), then the
         // rows dealt back to NCHW.

@@ -25,6 +25,33 @@ pub fn table() -> Vec<OpInfo> {
         OpInfo {
             index_inputs: &[],
             packed_inputs: &[],
+            // One input channel over one row without padding: the CPU reads the input as its
+            // column matrix through strides (an STFT's frames); the second sample reaches the
+            // SGEMM.
+            name: "conv2d(1-D frames, stride 16, bias)",
+            grad: || Grad::wrt(THREE),
+            samples: || {
+                conv_cases(
+                    118,
+                    &[
+                        (&[2, 1, 1, 300], &[5, 1, 1, 40]),
+                        (&[1, 1, 1, 1000], &[64, 1, 1, 400]),
+                    ],
+                )
+            },
+            run: |t| t[0].conv2d(&t[1], Some(&t[2]), frames()),
+            reference: |r| conv_ref(r, frames(), true),
+            tol: |r| {
+                (
+                    1e-6 * (1 + r[1].data.len() / r[1].shape[0].max(1)) as f64,
+                    1e-5,
+                )
+            },
+            errors: no_errors,
+        },
+        OpInfo {
+            index_inputs: &[],
+            packed_inputs: &[],
             name: "conv2d(stride 2, pad 1, dilation 2)",
             grad: || Grad::wrt(THREE),
             samples: conv_samples,
@@ -430,6 +457,14 @@ fn conv_transpose_errors(d: &Device) -> Vec<ErrorCase> {
 }
 
 /// (input NCHW, weight, bias) samples: odd sizes, 1x1 kernels, channels 1 and 3, an empty batch.
+/// A framing's options: stride 16 along the row.
+fn frames() -> kiln::Conv2dOptions {
+    kiln::Conv2dOptions {
+        stride: (1, 16),
+        ..Default::default()
+    }
+}
+
 pub fn conv_samples() -> Vec<Sample> {
     conv_cases(
         110,
