@@ -26,12 +26,21 @@ pub(crate) fn strided_copy<T: Copy>(src: &[T], dst: &mut [T], plan: &StridedCopy
         let mut outer = plan.clone();
         outer.dims[q] = 1;
         outer.dims[last] = 1;
+        // A tile goes through a buffer: read as the input's contiguous runs (along `q`),
+        // written as the output's (along the last dimension).
+        let mut tile = [[src[plan.in_offset]; TILE]; TILE];
         each_start(&outer, |s, d| {
             for i0 in (0..rows).step_by(TILE) {
+                let ni = TILE.min(rows - i0);
                 for j0 in (0..len).step_by(TILE) {
-                    for i in i0..(i0 + TILE).min(rows) {
-                        for j in j0..(j0 + TILE).min(len) {
-                            dst[d + i * oq + j] = src[s + i + j * si];
+                    let nj = TILE.min(len - j0);
+                    for (j, t) in tile[..nj].iter_mut().enumerate() {
+                        t[..ni].copy_from_slice(&src[s + i0 + (j0 + j) * si..][..ni]);
+                    }
+                    for i in 0..ni {
+                        let out = &mut dst[d + (i0 + i) * oq + j0..][..nj];
+                        for (o, t) in out.iter_mut().zip(&tile[..nj]) {
+                            *o = t[i];
                         }
                     }
                 }
