@@ -1,7 +1,7 @@
 //! Unary ops: the registry table (Rust enum, selectors, WGSL formulas) and the Rust formula and
 //! derivative of each op, which the CPU backend runs and the GPU's WGSL mirrors.
 
-use super::math::{erf_f32, exp_f32, sigmoid_f32, tanh_f32};
+use super::math::{erf_f32, exp_f32, log_f32, sigmoid_f32, tanh_f32};
 use super::registry::op_family;
 
 op_family! {
@@ -205,6 +205,7 @@ impl UnaryOp {
             UnaryOp::Exp => xs.iter_mut().for_each(|x| *x = exp_f32(*x)),
             UnaryOp::Sigmoid => xs.iter_mut().for_each(|x| *x = sigmoid_f32(*x)),
             UnaryOp::Tanh => xs.iter_mut().for_each(|x| *x = tanh_f32(*x)),
+            UnaryOp::Log => xs.iter_mut().for_each(|x| *x = log_f32(*x)),
             UnaryOp::Silu => xs.iter_mut().for_each(|x| *x *= sigmoid_f32(*x)),
             UnaryOp::Erf => xs.iter_mut().for_each(|x| *x = erf_f32(*x)),
             UnaryOp::Gelu => xs.iter_mut().for_each(|x| *x = gelu(*x)),
@@ -242,7 +243,7 @@ impl UnaryOp {
             UnaryOp::Tanh => tanh_f32(x),
             UnaryOp::Silu => x * sigmoid_f32(x),
             UnaryOp::Exp => exp_f32(x),
-            UnaryOp::Log => x.ln(),
+            UnaryOp::Log => log_f32(x),
             UnaryOp::Sqrt => x.sqrt(),
             UnaryOp::Rsqrt => 1.0 / x.sqrt(),
             UnaryOp::Abs => x.abs(),
