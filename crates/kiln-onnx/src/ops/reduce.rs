@@ -67,7 +67,20 @@ pub(super) fn reduce(ctx: &Ctx, args: &Args) -> Result<Vec<Value>> {
             _ => Value::Float(t),
         }]);
     }
+    // Consecutive axes are one axis of a reshaped view (every reduction here is the same over
+    // them as over their product): one pass instead of one per axis, each writing its result.
+    let kept: Vec<usize> = (0..x.rank())
+        .map(|d| if axes.contains(&d) { 1 } else { x.shape()[d] })
+        .collect();
+    let (lo, hi) = (axes[0], axes[axes.len() - 1]);
+    let run = axes.len() > 1 && hi - lo + 1 == axes.len();
     let each = |t: &Tensor, f: &dyn Fn(&Tensor, isize) -> Result<Tensor>| -> Result<Tensor> {
+        if run {
+            let s = t.shape();
+            let part = |r: &[usize]| r.iter().product::<usize>();
+            let merged = t.reshape(&[part(&s[..lo]), part(&s[lo..=hi]), part(&s[hi + 1..])])?;
+            return f(&merged, 1)?.reshape(&kept);
+        }
         axes.iter()
             .try_fold(t.clone(), |acc, &a| f(&acc, a as isize))
     };
