@@ -18,15 +18,27 @@ pub(crate) fn reduce(
     if inner > 1 && matches!(op, ReduceOp::Sum | ReduceOp::Mean) {
         // Rows of x added into the zeroed output row in order of j: contiguous, vectorised
         // loads, and for each output the same sum in the same order (0 + x0 + x1 + ...) as the
-        // strided loop below and `shaders/reduce.wgsl`.
-        par_chunks_mut(&mut out, inner, len * inner, &|o, row| {
-            let base = o * len * inner;
-            for src in x[base..base + len * inner].chunks_exact(inner) {
-                row.iter_mut().zip(src).for_each(|(acc, &v)| *acc += v);
-            }
-            if op == ReduceOp::Mean {
-                let n = len as f32;
-                row.iter_mut().for_each(|acc| *acc /= n);
+        // strided loop below and `shaders/reduce.wgsl`. The outputs go to the threads in
+        // pieces of at most `PIECE` (a few long rows, or one, still spread), each piece cut
+        // at the rows' ends.
+        const PIECE: usize = 1 << 14;
+        let piece = inner.min(PIECE);
+        par_chunks_mut(&mut out, piece, len * piece, &|c, chunk| {
+            let (mut at, mut rest) = (c * piece, chunk);
+            while !rest.is_empty() {
+                let (o, i0) = (at / inner, at % inner);
+                let (seg, tail) = rest.split_at_mut((inner - i0).min(rest.len()));
+                let base = o * len * inner + i0;
+                for j in 0..len {
+                    let src = &x[base + j * inner..][..seg.len()];
+                    seg.iter_mut().zip(src).for_each(|(acc, &v)| *acc += v);
+                }
+                if op == ReduceOp::Mean {
+                    let n = len as f32;
+                    seg.iter_mut().for_each(|acc| *acc /= n);
+                }
+                at += seg.len();
+                rest = tail;
             }
         });
         return Ok(out);

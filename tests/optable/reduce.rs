@@ -31,6 +31,27 @@ pub fn table() -> Vec<OpInfo> {
         OpInfo {
             index_inputs: &[],
             packed_inputs: &[],
+            // Rows longer than the CPU's pieces of outputs (16,384), several of them: pieces
+            // cut at the rows' ends.
+            name: "sum(1) and mean(1) over long rows",
+            grad: own,
+            samples: || shaped(&[&[2, 3, 4], &[3, 2, 20_000], &[2, 5, 16_385]], 74),
+            run: |t| t[0].sum(1, false)?.add(&t[0].mean(1, false)?),
+            reference: |r| {
+                let s = reduce_ref(&r[0], 1, false, |v| v.iter().sum());
+                let m = reduce_ref(&r[0], 1, false, mean);
+                let data = s.data.iter().zip(&m.data).map(|(a, b)| a + b).collect();
+                Ref {
+                    shape: s.shape,
+                    data,
+                }
+            },
+            tol: |r| (1e-6 * (1 + r[0].shape[1]) as f64, 1e-6),
+            errors: no_errors,
+        },
+        OpInfo {
+            index_inputs: &[],
+            packed_inputs: &[],
             name: "mean(-1, keepdim)",
             grad: own,
             samples: reduce_samples_with_empty,
