@@ -318,7 +318,7 @@ pub struct MemoryStats {
     pub budget: Option<u64>,
 }
 
-/// Counters of the work a device has done ([`Device::stats`]).
+/// Counters of the work a device has done ([`crate::Device::stats`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DeviceStats {
     /// Compute dispatches recorded since the device was opened (fused kernels included).
