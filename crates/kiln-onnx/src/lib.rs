@@ -553,6 +553,31 @@ impl Model {
     }
 }
 
+/// `node` computed at load from `args` (constants): no subgraph, no value types, no fused
+/// activation.
+fn run_at_load(
+    node: &NodeProto,
+    device: &Device,
+    opset: i64,
+    args: &[Option<Value>],
+) -> Result<Vec<Value>> {
+    let no_subgraph = |_: &GraphProto| -> Result<Vec<Value>> {
+        Err(Error::Unsupported {
+            op: "onnx",
+            reason: "a subgraph while computing constants at load".into(),
+        })
+    };
+    let ctx = ops::Ctx {
+        dev: device,
+        node,
+        opset,
+        types: &HashMap::new(),
+        subgraph: &no_subgraph,
+        activation: None,
+    };
+    ops::run(&ctx, args)
+}
+
 /// Evaluate each `Constant` node of the graph once, at load: its value joins the initializers
 /// (made and uploaded once instead of at every run) and the node leaves the graph, so the
 /// folds after this one see it as an initializer. Returns how many were evaluated.
@@ -563,13 +588,6 @@ fn fold_constants(
     opset: i64,
     may_hoist: &dyn Fn(&str) -> bool,
 ) -> Result<usize> {
-    let types = HashMap::new();
-    let no_subgraph = |_: &GraphProto| -> Result<Vec<Value>> {
-        Err(Error::Unsupported {
-            op: "onnx",
-            reason: "a subgraph inside a Constant".into(),
-        })
-    };
     let mut kept = Vec::with_capacity(graph.node.len());
     let mut made = 0;
     for node in std::mem::take(&mut graph.node) {
@@ -582,15 +600,11 @@ fn fold_constants(
             kept.push(node);
             continue;
         }
-        let ctx = ops::Ctx {
-            dev: device,
-            node: &node,
-            opset,
-            types: &types,
-            subgraph: &no_subgraph,
-            activation: None,
-        };
-        for (name, v) in node.output.iter().zip(ops::run(&ctx, &[])?) {
+        for (name, v) in node
+            .output
+            .iter()
+            .zip(run_at_load(&node, device, opset, &[])?)
+        {
             if !name.is_empty() {
                 constants.insert(name.clone(), v);
             }
@@ -644,13 +658,6 @@ fn fold_constant_nodes(
         opset: i64,
         once: &HashSet<String>,
     ) -> usize {
-        let types = HashMap::new();
-        let no_subgraph = |_: &GraphProto| -> Result<Vec<Value>> {
-            Err(Error::Unsupported {
-                op: "onnx",
-                reason: "a subgraph while computing constants".into(),
-            })
-        };
         let mut made = 0;
         let mut kept = Vec::with_capacity(g.node.len());
         for mut node in std::mem::take(&mut g.node) {
@@ -676,15 +683,7 @@ fn fold_constant_nodes(
                 kept.push(node);
                 continue;
             };
-            let ctx = ops::Ctx {
-                dev: device,
-                node: &node,
-                opset,
-                types: &types,
-                subgraph: &no_subgraph,
-                activation: None,
-            };
-            let out = match ops::run(&ctx, &args) {
+            let out = match run_at_load(&node, device, opset, &args) {
                 Ok(out) => out,
                 Err(e) => {
                     log::debug!(
