@@ -7,8 +7,10 @@ use crate::dtype::DType;
 use crate::quant::f16_at;
 
 mod groups;
+mod half_tile;
 
 pub(crate) use groups::groups_kernel;
+pub(crate) use half_tile::half_quad;
 
 /// An activation row quantized to 8 bits per value in blocks of 32 (ggml's `block_q8_0`, its
 /// scales rounded to f16 as ggml stores them, kept in f32), with each block's sum of quantized

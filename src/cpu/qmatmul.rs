@@ -81,15 +81,7 @@ pub(crate) fn matmul_packed(
                 }
             });
         }
-        DType::F16 | DType::BF16 => {
-            let dot = qdot::half_kernel(dtype);
-            super::par_chunks_claimed(&mut out_t, m, ROWS_PER_CLAIM, k * m, &|row, out| {
-                let wrow = &w[row * row_bytes..(row + 1) * row_bytes];
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = dot(wrow, &x[i * k..(i + 1) * k]);
-                }
-            });
-        }
+        DType::F16 | DType::BF16 => half_rows(dtype, w, row_bytes, x, m, &mut out_t),
         _ => {
             super::par_chunks_claimed(&mut out_t, m, ROWS_PER_CLAIM, k * m, &|row, out| {
                 let wrow = &w[row * row_bytes..(row + 1) * row_bytes];
@@ -214,6 +206,39 @@ fn q8_rows(dtype: DType, w: &[u8], row_bytes: usize, xq: &Q8Row, m: usize, out_t
             } else {
                 for r in 0..rows {
                     out[r * m + i] = one(row(r0 + r), xs);
+                }
+            }
+        }
+    });
+}
+
+/// The f16 or bf16 rows of `w` (`row_bytes` each) with every activation row of `x` (`m` of
+/// them): `out[r·m + i]`. One activation row (a decode step) takes one weight row at a time, a
+/// single stream the prefetcher keeps ahead of; several take four weight rows at a time through
+/// the register tile ([`qdot::half_quad`]), which widens each weight value once for all of
+/// a tile's activation rows.
+fn half_rows(dtype: DType, w: &[u8], row_bytes: usize, x: &[f32], m: usize, out_t: &mut [f32]) {
+    let k = row_bytes / 2;
+    let dot = qdot::half_kernel(dtype);
+    let quad = qdot::half_quad(dtype).filter(|_| m > 1);
+    let Some(quad) = quad else {
+        super::par_chunks_claimed(out_t, m, ROWS_PER_CLAIM, k * m, &|row, out| {
+            let wrow = &w[row * row_bytes..(row + 1) * row_bytes];
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = dot(wrow, &x[i * k..(i + 1) * k]);
+            }
+        });
+        return;
+    };
+    super::par_chunks_claimed(out_t, 4 * m, ROWS_PER_CLAIM / 4, 4 * k * m, &|q, out| {
+        let row = |r: usize| &w[r * row_bytes..(r + 1) * row_bytes];
+        let r0 = 4 * q;
+        if out.len() == 4 * m {
+            quad(&[row(r0), row(r0 + 1), row(r0 + 2), row(r0 + 3)], x, m, out);
+        } else {
+            for (r, o) in out.chunks_exact_mut(m).enumerate() {
+                for (i, v) in o.iter_mut().enumerate() {
+                    *v = dot(row(r0 + r), &x[i * k..(i + 1) * k]);
                 }
             }
         }

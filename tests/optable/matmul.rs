@@ -164,13 +164,13 @@ fn packed_linear(name: &'static str, dtype: kiln::DType) -> OpInfo {
         kiln::DType::F16 => (
             |r| packed_ref(r, kiln::DType::F16),
             |r| (1e-6 * (1 + width(&r[1])) as f64, 1e-5),
-            packed_samples,
+            half_samples,
             no_errors,
         ),
         kiln::DType::BF16 => (
             |r| packed_ref(r, kiln::DType::BF16),
             |r| (1e-6 * (1 + width(&r[1])) as f64, 1e-5),
-            packed_samples,
+            half_samples,
             no_errors,
         ),
         kiln::DType::Q8_0 => (
@@ -399,6 +399,25 @@ fn packed_samples() -> Vec<Sample> {
     out.push(Sample {
         inputs: vec![(vec![2, 64], rng.vec(2 * 64, -1.0, 1.0)), (vec![4, 64], w)],
     });
+    out
+}
+
+/// [`packed_samples`] and rows of any length (half-precision weights have no blocks): a
+/// length past the register tile's last whole vector (37 = 2·16 + 5), one shorter than a
+/// vector, and activation rows that fill no whole tile.
+fn half_samples() -> Vec<Sample> {
+    let mut rng = Lcg(176);
+    let mut out = packed_samples();
+    out.extend(
+        [(5, 37, 6), (2, 7, 4), (6, 53, 8)]
+            .iter()
+            .map(|&(m, k, n)| Sample {
+                inputs: vec![
+                    (vec![m, k], rng.vec(m * k, -2.0, 2.0)),
+                    (vec![n, k], rng.vec(n * k, -1.0, 1.0)),
+                ],
+            }),
+    );
     out
 }
 
