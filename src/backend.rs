@@ -16,6 +16,7 @@ use crate::op::{BinaryOp, ReduceOp, UnaryOp};
 use crate::optim_params::{OptimParams, Replayed};
 use crate::rope::RopeDims;
 use crate::shape::BroadcastLayout;
+use crate::strided::StridedCopy;
 use std::sync::Arc;
 
 /// Dimensions `[outer, len, inner]` around one axis.
@@ -106,6 +107,12 @@ pub(crate) trait BackendStorage: Sized + Clone {
     /// This one f32 value repeated `n` times as a fused program, so that a broadcast scalar
     /// costs no pass of its own; `None` with fusion off (the caller copies).
     fn splat(&self, n: usize) -> Result<Option<Self>>;
+
+    /// These f32 values read through `plan` (its output contiguous) as a fused program, so
+    /// that a view (a `narrow`) read by elementwise ops costs no copy of its own; `None` with
+    /// fusion off, for other element types, or past the generated code's rank (the caller
+    /// copies).
+    fn view(&self, plan: &StridedCopy) -> Result<Option<Self>>;
 
     /// `self op rhs` over the `n` outputs of `layout`.
     fn binary(&self, rhs: &Self, layout: &BroadcastLayout, n: usize, op: BinaryOp) -> Result<Self>;

@@ -8,6 +8,7 @@
 use crate::error::Result;
 use crate::op::{BinaryOp, UnaryOp};
 use crate::shape::BroadcastLayout;
+use crate::strided::StridedCopy;
 use std::sync::{Arc, OnceLock, Weak};
 
 /// Most instructions in one program; past it the operand is materialised first.
@@ -37,12 +38,14 @@ pub(crate) enum LeafMap {
     Contiguous,
     /// Element 0: one value broadcast everywhere.
     Scalar,
-    /// `i` unravelled over `dims`, dotted with `strides` (0 where broadcast).
+    /// `i` unravelled over `dims`, dotted with `strides` (0 where broadcast), plus `offset`.
     Strided {
         /// The (coalesced) output dimensions.
         dims: Vec<usize>,
         /// The leaf's strides for them.
         strides: Vec<usize>,
+        /// The leaf's element at output index 0 (a view that starts inside its buffer).
+        offset: usize,
     },
 }
 
@@ -64,8 +67,21 @@ impl LeafMap {
             LeafMap::Strided {
                 dims: dims.to_vec(),
                 strides: strides.to_vec(),
+                offset: 0,
             }
         }
+    }
+
+    /// The map of a view, `plan`'s input read into its contiguous output (a `narrow`),
+    /// simplified; `None` past the generated code's rank.
+    pub(crate) fn view(plan: &StridedCopy) -> Option<LeafMap> {
+        let p = plan.simplified();
+        let map = LeafMap::Strided {
+            dims: p.dims,
+            strides: p.in_strides,
+            offset: p.in_offset,
+        };
+        fits(&map).then_some(map)
     }
 }
 
@@ -185,8 +201,9 @@ impl<B: Buffer> Program<B> {
         }
     }
 
-    /// `x`'s one value repeated `n` times, as a program.
-    pub(crate) fn splat(x: Operand<B>, n: usize) -> Arc<Program<B>> {
+    /// `x` read through its map into `n` values, as a program: one value repeated (a
+    /// broadcast scalar) or a view of a buffer (a `narrow`).
+    pub(crate) fn read(x: Operand<B>, n: usize) -> Arc<Program<B>> {
         let mut b = Builder::new();
         b.operand(&x);
         b.finish(n)

@@ -222,6 +222,11 @@ impl Storage {
         on!(self, |x| x.splat(n), |s| s.map(Backend::wrap))
     }
 
+    /// These f32 values read through `plan` as a fused program (`BackendStorage::view`).
+    pub(crate) fn view(&self, plan: &StridedCopy) -> Result<Option<Storage>> {
+        on!(self, |x| x.view(plan), |s| s.map(Backend::wrap))
+    }
+
     /// `self op rhs` over the `n` outputs of `layout`.
     pub(crate) fn binary(
         &self,

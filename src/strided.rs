@@ -31,6 +31,44 @@ impl StridedCopy {
         }
     }
 
+    /// This copy with dimensions of extent 1 dropped and each dimension merged into the one outside
+    /// it where both sides step across the pair as across one (at least one dimension is left).
+    pub(crate) fn simplified(&self) -> StridedCopy {
+        let plan = self;
+        let mut out = StridedCopy {
+            dims: Vec::with_capacity(plan.dims.len()),
+            in_strides: Vec::with_capacity(plan.dims.len()),
+            in_offset: plan.in_offset,
+            out_strides: Vec::with_capacity(plan.dims.len()),
+            out_offset: plan.out_offset,
+        };
+        for d in (0..plan.dims.len()).filter(|&d| plan.dims[d] != 1) {
+            let (e, si, so) = (plan.dims[d], plan.in_strides[d], plan.out_strides[d]);
+            match (
+                out.dims.last_mut(),
+                out.in_strides.last_mut(),
+                out.out_strides.last_mut(),
+            ) {
+                (Some(pe), Some(pi), Some(po)) if *pi == si * e && *po == so * e => {
+                    *pe *= e;
+                    *pi = si;
+                    *po = so;
+                }
+                _ => {
+                    out.dims.push(e);
+                    out.in_strides.push(si);
+                    out.out_strides.push(so);
+                }
+            }
+        }
+        if out.dims.is_empty() {
+            out.dims.push(1);
+            out.in_strides.push(0);
+            out.out_strides.push(0);
+        }
+        out
+    }
+
     pub(crate) fn numel(&self) -> usize {
         self.dims.iter().product()
     }

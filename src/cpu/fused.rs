@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::fusion::{Inst, LeafMap, Operand, Pending, Program};
 use crate::op::{BinaryOp, UnaryOp};
 use crate::shape::BroadcastLayout;
+use crate::strided::StridedCopy;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -58,6 +59,40 @@ impl CpuFused {
             LeafMap::Strided { .. } => None,
         };
         match self.insts.last() {
+            // A view (a `narrow` read by an op of another kind): the layout ops' strided copy,
+            // straight into the output.
+            Some(&Inst::Load(l)) if self.insts.len() == 1 => match &self.leaves[l] {
+                (
+                    v,
+                    LeafMap::Strided {
+                        dims,
+                        strides,
+                        offset,
+                    },
+                ) => {
+                    let mut out_strides = vec![1; dims.len()];
+                    for d in (0..dims.len().saturating_sub(1)).rev() {
+                        out_strides[d] = out_strides[d + 1] * dims[d + 1];
+                    }
+                    let plan = StridedCopy {
+                        dims: dims.clone(),
+                        in_strides: strides.clone(),
+                        in_offset: *offset,
+                        out_strides,
+                        out_offset: 0,
+                    };
+                    let mut out = super::reserve("narrow", self.n)?;
+                    // SAFETY: MaybeUninit<f32> has f32's layout, and initialised values may be
+                    // read as possibly uninitialised ones.
+                    let src =
+                        unsafe { &*(v.as_slice() as *const [f32] as *const [MaybeUninit<f32>]) };
+                    super::strided_copy(src, &mut out.spare_capacity_mut()[..self.n], &plan);
+                    // SAFETY: the plan covers the output's `n` values.
+                    unsafe { out.set_len(self.n) };
+                    Ok(Some(out))
+                }
+                _ => Ok(None),
+            },
             Some(&Inst::Unary(op, x)) if self.insts.len() == 2 => match leaf(x) {
                 Some((v, LeafMap::Contiguous)) => super::unary(v, op).map(Some),
                 _ => Ok(None),
@@ -147,13 +182,17 @@ fn load(values: &[f32], map: &LeafMap, base: usize, dst: &mut [f32]) {
     match map {
         LeafMap::Contiguous => dst.copy_from_slice(&values[base..base + dst.len()]),
         LeafMap::Scalar => dst.fill(values[0]),
-        LeafMap::Strided { dims, strides } => {
+        LeafMap::Strided {
+            dims,
+            strides,
+            offset,
+        } => {
             // An odometer over the dimensions from `base`: one division per dimension for the
             // block, then runs along the last dimension (copied where its stride is 1, filled
             // where it is 0: a per-channel value broadcast over a plane).
             let rank = dims.len();
             let mut idx = vec![0; rank];
-            let (mut rem, mut at) = (base, 0);
+            let (mut rem, mut at) = (base, *offset);
             for k in (0..rank).rev() {
                 idx[k] = rem % dims[k];
                 at += idx[k] * strides[k];
@@ -242,9 +281,10 @@ pub(crate) fn fused_unary(x: Operand<Arc<Vec<f32>>>, op: UnaryOp, n: usize) -> A
     register(Program::unary(x, op, n))
 }
 
-/// `x`'s one value repeated `n` times, as a program (run when read).
-pub(crate) fn fused_splat(x: Operand<Arc<Vec<f32>>>, n: usize) -> Arc<CpuFused> {
-    register(Program::splat(x, n))
+/// `x` read through its map into `n` values (a repeated value, a view), as a program (run
+/// when read).
+pub(crate) fn fused_read(x: Operand<Arc<Vec<f32>>>, n: usize) -> Arc<CpuFused> {
+    register(Program::read(x, n))
 }
 
 /// `x op y` over `n` values, as a program (run when read).

@@ -324,7 +324,19 @@ impl BackendStorage for CpuStorage {
             CpuStorage::Lazy(f) if !f.is_done() => Operand::Splat(f),
             _ => Operand::Buffer(self.f32s("broadcast_to")?, LeafMap::Scalar),
         };
-        Ok(Some(CpuStorage::Lazy(fused::fused_splat(x, n))))
+        Ok(Some(CpuStorage::Lazy(fused::fused_read(x, n))))
+    }
+
+    fn view(&self, plan: &StridedCopy) -> Result<Option<CpuStorage>> {
+        let n = plan.numel();
+        let map = LeafMap::view(plan);
+        match map {
+            Some(map) if n > 0 && fused::enabled() && self.dtype() == DType::F32 => {
+                let x = Operand::Buffer(self.f32s("narrow")?, map);
+                Ok(Some(CpuStorage::Lazy(fused::fused_read(x, n))))
+            }
+            _ => Ok(None),
+        }
     }
 
     fn binary(

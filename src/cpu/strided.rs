@@ -11,7 +11,7 @@ pub(crate) fn strided_copy<T: Copy>(src: &[T], dst: &mut [T], plan: &StridedCopy
     if n == 0 {
         return;
     }
-    let plan = simplified(plan);
+    let plan = plan.simplified();
     let last = plan.dims.len() - 1;
     let (len, si, so) = (
         plan.dims[last],
@@ -84,43 +84,6 @@ fn each_start(plan: &StridedCopy, mut f: impl FnMut(usize, usize)) {
             idx[k] = 0;
         }
     }
-}
-
-/// `plan` with dimensions of extent 1 dropped and each dimension merged into the one outside
-/// it where both sides step across the pair as across one (at least one dimension is left).
-fn simplified(plan: &StridedCopy) -> StridedCopy {
-    let mut out = StridedCopy {
-        dims: Vec::with_capacity(plan.dims.len()),
-        in_strides: Vec::with_capacity(plan.dims.len()),
-        in_offset: plan.in_offset,
-        out_strides: Vec::with_capacity(plan.dims.len()),
-        out_offset: plan.out_offset,
-    };
-    for d in (0..plan.dims.len()).filter(|&d| plan.dims[d] != 1) {
-        let (e, si, so) = (plan.dims[d], plan.in_strides[d], plan.out_strides[d]);
-        match (
-            out.dims.last_mut(),
-            out.in_strides.last_mut(),
-            out.out_strides.last_mut(),
-        ) {
-            (Some(pe), Some(pi), Some(po)) if *pi == si * e && *po == so * e => {
-                *pe *= e;
-                *pi = si;
-                *po = so;
-            }
-            _ => {
-                out.dims.push(e);
-                out.in_strides.push(si);
-                out.out_strides.push(so);
-            }
-        }
-    }
-    if out.dims.is_empty() {
-        out.dims.push(1);
-        out.in_strides.push(0);
-        out.out_strides.push(0);
-    }
-    out
 }
 
 /// `src` (contiguous, of `src_dims`) padded or cropped to `dims`, `before[d]` being the output

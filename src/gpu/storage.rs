@@ -473,7 +473,19 @@ impl BackendStorage for GpuStorage {
             Some(f) => Operand::Splat(f),
             None => Operand::Buffer(self.materialized(OP)?, LeafMap::Scalar),
         };
-        Ok(Some(self.lazy(fused::splat(&self.ctx, x, n))))
+        Ok(Some(self.lazy(fused::read(&self.ctx, x, n))))
+    }
+
+    fn view(&self, plan: &StridedCopy) -> Result<Option<GpuStorage>> {
+        let n = plan.numel();
+        let map = LeafMap::view(plan);
+        match map {
+            Some(map) if n > 0 && fused::enabled(&self.ctx) && self.dtype == DType::F32 => {
+                let x = Operand::Buffer(self.materialized("narrow")?, map);
+                Ok(Some(self.lazy(fused::read(&self.ctx, x, n))))
+            }
+            _ => Ok(None),
+        }
     }
 
     fn binary(

@@ -116,14 +116,22 @@ impl Tensor {
             out_strides: out_shape.strides(),
             out_offset: 0,
         };
-        let out = Self::assemble(
-            "narrow",
-            &self.device,
-            self.dtype(),
-            out_shape,
-            &[(self, plan)],
-            false,
-        )?;
+        // f32 values as a view that elementwise ops read in place (a fused program), else a copy.
+        let view = match self.dtype() {
+            DType::F32 => self.storage.view(&plan)?,
+            _ => None,
+        };
+        let out = match view {
+            Some(storage) => self.with(storage, out_shape),
+            None => Self::assemble(
+                "narrow",
+                &self.device,
+                self.dtype(),
+                out_shape,
+                &[(self, plan)],
+                false,
+            )?,
+        };
         if !Tensor::tracking(&[self]) {
             return Ok(out);
         }

@@ -7,6 +7,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::optim_params::{OptimParams, Replayed};
 use crate::storage::Storage;
+use crate::strided::StridedCopy;
 use std::sync::Arc;
 
 impl Tensor {
@@ -27,7 +28,17 @@ impl Tensor {
                  another tensor, so it would update a copy; drop the other tensor (a clone the \
                  step keeps) before the step"
             ))?;
-            let copy = self.detach().reshape(&[n])?.narrow(0, 0, n)?;
+            let flat = self.detach().reshape(&[n])?;
+            let plan = StridedCopy::place(&flat.shape, &[1], 0, 0);
+            let (device, dtype) = (self.device.clone(), self.dtype());
+            let copy = Tensor::assemble(
+                "copy",
+                &device,
+                dtype,
+                flat.shape.clone(),
+                &[(&flat, plan)],
+                false,
+            )?;
             self.storage = copy.storage;
         }
         Ok(())

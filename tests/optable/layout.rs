@@ -120,6 +120,44 @@ pub fn table() -> Vec<OpInfo> {
         OpInfo {
             index_inputs: &[],
             packed_inputs: &[],
+            // Two views of one buffer read by one fused program (a SwiGLU after a product
+            // with the gate's and up's rows stacked): offsets inside the buffer, odd widths.
+            name: "silu(narrow(-1, 0, h)) * narrow(-1, h, h)",
+            grad: own,
+            samples: || {
+                shaped(
+                    &[
+                        &[3, 4],
+                        &[2, 3, 10],
+                        &[1, 514],
+                        &[5, 2],
+                        &[2, 300, 6],
+                        &[0, 8],
+                    ],
+                    1075,
+                )
+            },
+            run: |t| {
+                let h = t[0].shape()[t[0].rank() - 1] / 2;
+                t[0].narrow(-1, 0, h)?.silu()?.mul(&t[0].narrow(-1, h, h)?)
+            },
+            reference: |r| {
+                let (axis, h) = (r[0].shape.len() - 1, r[0].shape[r[0].shape.len() - 1] / 2);
+                let (a, b) = (narrow_ref(&r[0], axis, 0, h), narrow_ref(&r[0], axis, h, h));
+                let data = (a.data.iter().zip(&b.data))
+                    .map(|(&x, &y)| x * sigmoid(x) * y)
+                    .collect();
+                Ref {
+                    shape: a.shape,
+                    data,
+                }
+            },
+            tol: |_| (2e-6, 2e-6),
+            errors: no_errors,
+        },
+        OpInfo {
+            index_inputs: &[],
+            packed_inputs: &[],
             name: "cat(0)",
             grad: || Grad::wrt(TWO),
             samples: || {

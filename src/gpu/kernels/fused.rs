@@ -28,10 +28,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Words of metadata the uniform holds (the WGSL `words` array: 64 vec4). The caps of
-/// `crate::fusion` bound what a program needs: per strided leaf 1 + 2 · rank, per unary op 2, so at most
-/// `MAX_LEAVES · (1 + 2 · MAX_RANK) + 2 · MAX_INSTS` = 198 words.
+/// `crate::fusion` bound what a program needs: per strided leaf 2 + 2 · rank (its rank,
+/// dimensions, strides and offset), per unary op 2, so at most
+/// `MAX_LEAVES · (2 + 2 · MAX_RANK) + 2 · MAX_INSTS` = 204 words.
 const META_WORDS: usize = 256;
-const _: () = assert!(MAX_LEAVES * (1 + 2 * MAX_RANK) + 2 * MAX_INSTS <= META_WORDS);
+const _: () = assert!(MAX_LEAVES * (2 + 2 * MAX_RANK) + 2 * MAX_INSTS <= META_WORDS);
 /// Bytes of a generated kernel's uniform: four header words and the metadata.
 /// Words of the uniform before the metadata: the kernel's own parameters (`ReduceParams` for
 /// the reductions).
@@ -63,9 +64,10 @@ pub(crate) fn binary(
     pending(ctx, Program::binary(x, y, op, n))
 }
 
-/// `x`'s one value repeated `n` times, as a program of this device (run later).
-pub(crate) fn splat(ctx: &GpuContext, x: Operand<Arc<PooledBuffer>>, n: usize) -> Arc<Fused> {
-    pending(ctx, Program::splat(x, n))
+/// `x` read through its map into `n` values (a repeated value, a view), as a program of this
+/// device (run later).
+pub(crate) fn read(ctx: &GpuContext, x: Operand<Arc<PooledBuffer>>, n: usize) -> Arc<Fused> {
+    pending(ctx, Program::read(x, n))
 }
 
 impl Fused {
@@ -249,7 +251,7 @@ fn declarations(maps: &[&LeafMap], vec4: bool, header: &str) -> String {
          override WG: u32 = 256u;\n\n\
          // Element offset of flat index i for the strided leaf whose rank is at fmeta(at).\n\
          fn strided(i: u32, at: u32) -> u32 {\n    \
-         let rank = fmeta(at);\n    var rem = i;\n    var idx = 0u;\n    \
+         let rank = fmeta(at);\n    var rem = i;\n    var idx = fmeta(at + 2u * rank + 1u);\n    \
          for (var d = rank; d > 0u; d = d - 1u) {\n        \
          let dim = fmeta(at + d);\n        \
          idx = idx + (rem % dim) * fmeta(at + rank + d);\n        \
@@ -259,7 +261,7 @@ fn declarations(maps: &[&LeafMap], vec4: bool, header: &str) -> String {
 }
 
 /// The program's statements for the flat index `i`: `let vK = ...;` for each instruction, its
-/// metadata words appended to `meta` (per strided leaf its rank, dimensions and strides; per
+/// metadata words appended to `meta` (per strided leaf its rank, dimensions, strides and offset; per
 /// unary op its two parameters as f32 bits). With `vec4`, each value is four lanes.
 fn statements(insts: &[Inst], maps: &[&LeafMap], vec4: bool, meta: &mut Vec<u32>) -> String {
     let mut s = String::new();
@@ -285,11 +287,16 @@ fn statements(insts: &[Inst], maps: &[&LeafMap], vec4: bool, meta: &mut Vec<u32>
                 LeafMap::Contiguous => format!("x{leaf}[i]"),
                 LeafMap::Scalar if vec4 => format!("vec4(x{leaf}[0])"),
                 LeafMap::Scalar => format!("x{leaf}[0]"),
-                LeafMap::Strided { dims, strides } => {
+                LeafMap::Strided {
+                    dims,
+                    strides,
+                    offset,
+                } => {
                     let at = meta.len();
                     meta.push(dims.len() as u32);
                     meta.extend(dims.iter().map(|&d| d as u32));
                     meta.extend(strides.iter().map(|&d| d as u32));
+                    meta.push(*offset as u32);
                     format!("x{leaf}[strided(i, {at}u)]")
                 }
             },
@@ -525,6 +532,7 @@ const REPRESENTATIVE: Shader = Shader::derived("fused.wgsl", || {
     let strided = LeafMap::Strided {
         dims: vec![3, 4],
         strides: vec![0, 1],
+        offset: 0,
     };
     generate(
         &insts,
@@ -566,6 +574,7 @@ const REPRESENTATIVE_REDUCE: Shader = Shader::derived("fused_reduce.wgsl", || {
     let strided = LeafMap::Strided {
         dims: vec![3, 4],
         strides: vec![0, 1],
+        offset: 0,
     };
     let maps = [&LeafMap::Contiguous, &LeafMap::Scalar, &strided];
     generate_reduce(&insts, &maps, "reduce").0
@@ -582,6 +591,7 @@ const REPRESENTATIVE_SOFTMAX: Shader = Shader::derived("fused_softmax.wgsl", || 
     let mask = LeafMap::Strided {
         dims: vec![3, 4],
         strides: vec![4, 1],
+        offset: 0,
     };
     generate_reduce(&insts, &[&LeafMap::Contiguous, &mask], "softmax").0
 });
@@ -664,6 +674,7 @@ mod tests {
             LeafMap::Strided {
                 dims: vec![2, 3, 4],
                 strides: vec![12, 0, 1],
+                offset: 5,
             },
         ];
         for case in 0..40 {
