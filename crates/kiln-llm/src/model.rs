@@ -212,13 +212,14 @@ impl Model {
             Ok((have, get))
         };
         let load = |name: &str, shape: &[usize]| -> Result<Tensor> { found(name, shape)?.1() };
-        // Weights stacked by rows where the source can, each one's shape checked first; on the
-        // CPU only. There one product instead of three (or two) saves a parallel region and
-        // a quantization of the input each, and the parts are cut apart by cheap copies; on a
-        // GPU each cut is a dispatch like the product it saves (lavapipe: 636 -> 696
-        // dispatches a token stacked), so GPUs keep the weights apart.
-        let stacked = |parts: &[(&str, &[usize])]| -> Result<Option<Tensor>> {
-            if !device.is_cpu() {
+        // Weights stacked by rows where the source can, each one's shape checked first. One
+        // product instead of three (or two) saves a parallel region and a quantization of the
+        // input each on the CPU, a dispatch on a GPU. Gate and up everywhere: their halves are
+        // read in place by SwiGLU's one fused pass (`narrow` is a view). q, k and v on the CPU
+        // only: RoPE reads them, so on a GPU each cut is a copy dispatch like the product it
+        // saves (lavapipe: 636 -> 696 dispatches a token stacked).
+        let stacked = |parts: &[(&str, &[usize])], cpu_only: bool| -> Result<Option<Tensor>> {
+            if cpu_only && !device.is_cpu() {
                 return Ok(None);
             }
             for (name, shape) in parts {
@@ -271,11 +272,14 @@ impl Model {
                         _ => None,
                     };
                     let w = match biases {
-                        Some(_) => stacked(&[
-                            (&wq, &[q_out, c.dim]),
-                            (&wk, &[kv_out, c.dim]),
-                            (&wv, &[kv_out, c.dim]),
-                        ])?,
+                        Some(_) => stacked(
+                            &[
+                                (&wq, &[q_out, c.dim]),
+                                (&wk, &[kv_out, c.dim]),
+                                (&wv, &[kv_out, c.dim]),
+                            ],
+                            true,
+                        )?,
                         None => None,
                     };
                     match (w, biases) {
@@ -302,7 +306,7 @@ impl Model {
                     let b = opt_bias("ffn_up.bias", c.ffn)?;
                     let w = match b {
                         Some(_) => None,
-                        None => stacked(&[(&gate, shape), (&up, shape)])?,
+                        None => stacked(&[(&gate, shape), (&up, shape)], false)?,
                     };
                     match w {
                         Some(w) => Ffn::Stacked(w),
