@@ -213,14 +213,18 @@ fn q8_rows(dtype: DType, w: &[u8], row_bytes: usize, xq: &Q8Row, m: usize, out_t
 }
 
 /// The f16 or bf16 rows of `w` (`row_bytes` each) with every activation row of `x` (`m` of
-/// them): `out[r·m + i]`. One activation row (a decode step) takes one weight row at a time, a
-/// single stream the prefetcher keeps ahead of; several take four weight rows at a time through
-/// the register tile ([`qdot::half_quad`]), which widens each weight value once for all of
-/// a tile's activation rows.
+/// them): `out[r·m + i]`, four weight rows at a time through the register tile
+/// ([`qdot::half_quad`]), which widens each weight value once for all of a tile's activation
+/// rows. A decode step (one activation row) takes it for long rows only: four weight streams
+/// a thread kept two Zen 4 cores' reads ahead better than one for rows of 11,008 values (f16
+/// 4096×11008, medians of 3 alternating rounds: 3.69 ms a row at a time, 2.33 four at a
+/// time), worse for rows of 4,096 (4096×4096 0.80 → 0.87, 11008×4096 2.52 → 2.73).
 fn half_rows(dtype: DType, w: &[u8], row_bytes: usize, x: &[f32], m: usize, out_t: &mut [f32]) {
+    /// Row length from which one activation row takes the tile (between the two measured).
+    const QUAD_DECODE_FROM: usize = 8192;
     let k = row_bytes / 2;
     let dot = qdot::half_kernel(dtype);
-    let quad = qdot::half_quad(dtype).filter(|_| m > 1);
+    let quad = qdot::half_quad(dtype).filter(|_| m > 1 || k >= QUAD_DECODE_FROM);
     let Some(quad) = quad else {
         super::par_chunks_claimed(out_t, m, ROWS_PER_CLAIM, k * m, &|row, out| {
             let wrow = &w[row * row_bytes..(row + 1) * row_bytes];

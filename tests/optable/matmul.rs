@@ -404,12 +404,13 @@ fn packed_samples() -> Vec<Sample> {
 
 /// [`packed_samples`] and rows of any length (half-precision weights have no blocks): a
 /// length past the register tile's last whole vector (37 = 2·16 + 5), one shorter than a
-/// vector, and activation rows that fill no whole tile.
+/// vector, activation rows that fill no whole tile, and one activation row with rows long
+/// enough for a decode step to take the tile (8,200 = 512·16 + 8).
 fn half_samples() -> Vec<Sample> {
     let mut rng = Lcg(176);
     let mut out = packed_samples();
     out.extend(
-        [(5, 37, 6), (2, 7, 4), (6, 53, 8)]
+        [(5, 37, 6), (2, 7, 4), (6, 53, 8), (1, 8200, 6)]
             .iter()
             .map(|&(m, k, n)| Sample {
                 inputs: vec![
