@@ -405,19 +405,26 @@ fn packed_samples() -> Vec<Sample> {
 /// [`packed_samples`] and rows of any length (half-precision weights have no blocks): a
 /// length past the register tile's last whole vector (37 = 2·16 + 5), one shorter than a
 /// vector, activation rows that fill no whole tile, and one activation row with rows long
-/// enough for a decode step to take the tile (8,200 = 512·16 + 8).
+/// enough for a decode step to take the tile (8,200 = 512·16 + 8), and a prompt's 200 rows
+/// (where other storage types take the SGEMM).
 fn half_samples() -> Vec<Sample> {
     let mut rng = Lcg(176);
     let mut out = packed_samples();
     out.extend(
-        [(5, 37, 6), (2, 7, 4), (6, 53, 8), (1, 8200, 6)]
-            .iter()
-            .map(|&(m, k, n)| Sample {
-                inputs: vec![
-                    (vec![m, k], rng.vec(m * k, -2.0, 2.0)),
-                    (vec![n, k], rng.vec(n * k, -1.0, 1.0)),
-                ],
-            }),
+        [
+            (5, 37, 6),
+            (2, 7, 4),
+            (6, 53, 8),
+            (1, 8200, 6),
+            (200, 40, 9),
+        ]
+        .iter()
+        .map(|&(m, k, n)| Sample {
+            inputs: vec![
+                (vec![m, k], rng.vec(m * k, -2.0, 2.0)),
+                (vec![n, k], rng.vec(n * k, -1.0, 1.0)),
+            ],
+        }),
     );
     out
 }
