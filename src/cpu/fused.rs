@@ -9,7 +9,7 @@
 use crate::error::Result;
 use crate::fusion::{Inst, LeafMap, Operand, Pending, Program};
 use crate::op::{BinaryOp, UnaryOp};
-use crate::shape::BroadcastLayout;
+use crate::shape::{BroadcastLayout, Shape};
 use crate::strided::StridedCopy;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,15 +70,11 @@ impl CpuFused {
                         offset,
                     },
                 ) => {
-                    let mut out_strides = vec![1; dims.len()];
-                    for d in (0..dims.len().saturating_sub(1)).rev() {
-                        out_strides[d] = out_strides[d + 1] * dims[d + 1];
-                    }
                     let plan = StridedCopy {
                         dims: dims.clone(),
                         in_strides: strides.clone(),
                         in_offset: *offset,
-                        out_strides,
+                        out_strides: Shape::new(dims)?.strides(),
                         out_offset: 0,
                     };
                     let mut out = super::reserve("narrow", self.n)?;

@@ -1055,14 +1055,14 @@ mod x86 {
     /// Eight f16 as f32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn widen_f16(h: __m128i) -> __m256 {
+    pub(super) fn widen_f16(h: __m128i) -> __m256 {
         _mm256_cvtph_ps(h)
     }
 
     /// Eight bf16 as f32 (their bits shifted into the top half).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn widen_bf16(h: __m128i) -> __m256 {
+    pub(super) fn widen_bf16(h: __m128i) -> __m256 {
         _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
     }
 

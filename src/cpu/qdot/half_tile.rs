@@ -39,6 +39,7 @@ pub(crate) fn half_quad(dtype: DType) -> Option<HalfQuad> {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::x86::{hsum, widen_bf16, widen_f16};
     use crate::dtype::DType;
     use std::arch::x86_64::*;
 
@@ -54,27 +55,6 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     fn bf16_512(h: __m256i) -> __m512 {
         _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-    }
-
-    /// Eight f16 (a 128-bit load) as f32.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn f16_256(h: __m128i) -> __m256 {
-        _mm256_cvtph_ps(h)
-    }
-
-    /// Eight bf16 as f32.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn bf16_256(h: __m128i) -> __m256 {
-        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
-    }
-
-    /// Sum of eight f32 lanes.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn sum256(v: __m256) -> f32 {
-        super::super::x86::hsum(v)
     }
 
     /// Sum of sixteen f32 lanes.
@@ -194,12 +174,12 @@ mod x86 {
         __m128i,
         8,
         2,
-        f16_256,
+        widen_f16,
         _mm_loadu_si128,
         _mm256_loadu_ps,
         _mm256_fmadd_ps,
         _mm256_setzero_ps,
-        sum256
+        hsum
     );
     quad!(
         bf16_quad256,
@@ -209,11 +189,11 @@ mod x86 {
         __m128i,
         8,
         2,
-        bf16_256,
+        widen_bf16,
         _mm_loadu_si128,
         _mm256_loadu_ps,
         _mm256_fmadd_ps,
         _mm256_setzero_ps,
-        sum256
+        hsum
     );
 }
