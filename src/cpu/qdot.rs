@@ -8,9 +8,11 @@ use crate::quant::f16_at;
 
 mod groups;
 mod half_tile;
+mod k_lanes;
 
 pub(crate) use groups::groups_kernel;
 pub(crate) use half_tile::half_quad;
+pub(crate) use k_lanes::{LaneRows, k_lanes};
 
 /// An activation row quantized to 8 bits per value in blocks of 32 (ggml's `block_q8_0`, its
 /// scales rounded to f16 as ggml stores them, kept in f32), with each block's sum of quantized
@@ -112,29 +114,58 @@ pub(crate) struct Q8KRow {
     d: Vec<f32>,
     /// Σq of each 16 values (at most 16·127: an i16).
     bsums: Vec<i16>,
+    /// Each 16 values' sum as the scale gives it back (d·Σq, f32), for the lane kernel's
+    /// offset terms.
+    bsumf: Vec<f32>,
 }
 
 impl Q8KRow {
-    /// `x` (a multiple of 256 values) quantized: scale max |x| / 127 per 256 values.
+    /// `x` (a multiple of 256 values) quantized as ggml's `quantize_row_q8_K` does: values
+    /// times 127 / max |x| rounded to the nearest integer, ties to even, scale max |x| / 127
+    /// (ggml negates both when the largest magnitude is negative: the same products). Threads
+    /// take runs of super-blocks (a prompt's activations).
     pub(crate) fn quantize(x: &[f32]) -> Q8KRow {
+        let blocks = x.len() / 256;
         let mut row = Q8KRow {
             qs: vec![0; x.len()],
-            d: Vec::with_capacity(x.len() / 256),
-            bsums: Vec::with_capacity(x.len() / 16),
+            d: vec![0.0; blocks],
+            bsums: vec![0; 16 * blocks],
+            bsumf: vec![0.0; 16 * blocks],
         };
-        for (xs, qs) in x.chunks_exact(256).zip(row.qs.chunks_exact_mut(256)) {
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            for (q, v) in qs.iter_mut().zip(xs) {
-                *q = (v * id).round() as i8;
+        const RUN: usize = 32;
+        let (d, bsums, bsumf) = (
+            super::Shared(row.d.as_mut_ptr()),
+            super::Shared(row.bsums.as_mut_ptr()),
+            super::Shared(row.bsumf.as_mut_ptr()),
+        );
+        super::par_chunks_mut(&mut row.qs, 256 * RUN, 256 * RUN, &|c, qs| {
+            let b0 = c * RUN;
+            for (j, (qs, xs)) in qs
+                .chunks_exact_mut(256)
+                .zip(x[256 * b0..].chunks_exact(256))
+                .enumerate()
+            {
+                let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let scale = amax / 127.0;
+                let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+                for (q, v) in qs.iter_mut().zip(xs) {
+                    // Ties to even, as in `quantize_block`.
+                    const MAGIC: f32 = 12_582_912.0;
+                    *q = ((v * id + MAGIC) - MAGIC) as i8;
+                }
+                let sb = b0 + j;
+                for (s, c) in qs.chunks_exact(16).enumerate() {
+                    let sum = c.iter().map(|&q| q as i16).sum::<i16>();
+                    // SAFETY: super-block `sb` is this run's alone, inside all three vectors.
+                    unsafe {
+                        *bsums.ptr().add(16 * sb + s) = sum;
+                        *bsumf.ptr().add(16 * sb + s) = scale * sum as f32;
+                    }
+                }
+                // SAFETY: as above.
+                unsafe { *d.ptr().add(sb) = scale };
             }
-            row.d.push(d);
-            row.bsums.extend(
-                qs.chunks_exact(16)
-                    .map(|c| c.iter().map(|&q| q as i16).sum::<i16>()),
-            );
-        }
+        });
         row
     }
 
@@ -1109,7 +1140,7 @@ mod x86 {
     /// word at a time (ggml's kmask trick).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn q4_k_scales_mins(blk: &[u8]) -> __m256i {
+    pub(super) fn q4_k_scales_mins(blk: &[u8]) -> __m256i {
         let mut u = [0u32; 4];
         for (i, c) in blk[4..16].chunks_exact(4).enumerate() {
             u[i] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);

@@ -52,8 +52,14 @@ pub(crate) fn matmul_packed(
     // Grouped rows stay in int8 for a prompt too: their products ran at 1.0-2.2× the
     // SGEMM's speed on the decoded weight from 128 to 512 rows (two Sapphire Rapids cores).
     // Half weights with a register tile stay on it for any number of rows: it ran 1.5-2× the
-    // SGEMM's speed on the decoded weight at 256 and 512 rows (f16 4096×4096, two Zen 4 cores).
-    let tiled = matches!(dtype, DType::F16 | DType::BF16) && qdot::half_quad(dtype).is_some();
+    // SGEMM's speed on the decoded weight at 256 and 512 rows (f16 4096×4096, two Zen 4 cores),
+    // and K-quants with the lane kernel: 4096×4096 q4_K with 512 rows 59 ms, the SGEMM 82 (two
+    // Sapphire Rapids cores).
+    let tiled = match dtype {
+        DType::F16 | DType::BF16 => qdot::half_quad(dtype).is_some(),
+        DType::Q4K | DType::Q6K => qdot::k_lanes(dtype).is_some(),
+        _ => false,
+    };
     if x.iter().any(|v| !v.is_finite()) || (!grouped && !tiled && m >= f32_from_rows()) {
         return via_f32(op, x, dtype, w, grouped, (m, k, n));
     }
@@ -65,25 +71,7 @@ pub(crate) fn matmul_packed(
         DType::Q8_0 | DType::Q4_0 => {
             q8_rows(dtype, w, row_bytes, &Q8Row::quantize(x), m, &mut out_t);
         }
-        DType::Q4K | DType::Q6K => {
-            let xq = Q8KRow::quantize(x);
-            let blocks = k / 256;
-            let (one, four) = (qdot::k_kernel(dtype), qdot::k_kernel4(dtype));
-            super::par_chunks_claimed(&mut out_t, m, ROWS_PER_CLAIM, k * m, &|row, out| {
-                let wrow = &w[row * row_bytes..(row + 1) * row_bytes];
-                let xs = |i: usize| xq.blocks(i * blocks, (i + 1) * blocks);
-                // Four activation rows at a time share each unpacked weight super-block.
-                let mut i = 0;
-                while i + 4 <= m {
-                    out[i..i + 4]
-                        .copy_from_slice(&four(wrow, [xs(i), xs(i + 1), xs(i + 2), xs(i + 3)]));
-                    i += 4;
-                }
-                for (j, o) in out.iter_mut().enumerate().skip(i) {
-                    *o = one(wrow, xs(j));
-                }
-            });
-        }
+        DType::Q4K | DType::Q6K => k_rows(dtype, w, row_bytes, &Q8KRow::quantize(x), m, &mut out_t),
         DType::F16 | DType::BF16 => half_rows(dtype, w, row_bytes, x, m, &mut out_t),
         _ => {
             super::par_chunks_claimed(&mut out_t, m, ROWS_PER_CLAIM, k * m, &|row, out| {
@@ -213,6 +201,48 @@ fn q8_rows(dtype: DType, w: &[u8], row_bytes: usize, xq: &Q8Row, m: usize, out_t
             }
         }
     });
+}
+
+/// Activation rows from which K-quant products take the lane kernel ([`qdot::k_lanes`]: sixteen
+/// rows a pass, so fewer leave lanes idle). Measured (4096×4096, two Sapphire Rapids cores):
+/// q4_K with 4 rows 1.0 ms by the one-row kernels, 1.5 by the lanes; with 7 rows 1.9 and 1.5.
+const LANES_FROM: usize = 6;
+
+/// The q4_K or q6_K rows of `w` (`row_bytes` each) with every activation row of `xq` (`m`
+/// of them): `out[r·m + i]`. From [`LANES_FROM`] activation rows, eight weight rows at a time
+/// take the lane kernel where the CPU has one (the rows after the last eight and other CPUs:
+/// each weight row's super-blocks unpacked once for four activation rows, [`qdot::k_kernel4`]).
+fn k_rows(dtype: DType, w: &[u8], row_bytes: usize, xq: &Q8KRow, m: usize, out_t: &mut [f32]) {
+    let blocks = row_bytes / dtype.block_bytes();
+    let k = 256 * blocks;
+    let xs = |i: usize| xq.blocks(i * blocks, (i + 1) * blocks);
+    let (one, four) = (qdot::k_kernel(dtype), qdot::k_kernel4(dtype));
+    let row_by_row = |row: usize, out: &mut [f32]| {
+        let wrow = &w[row * row_bytes..(row + 1) * row_bytes];
+        let mut i = 0;
+        while i + 4 <= m {
+            out[i..i + 4].copy_from_slice(&four(wrow, [xs(i), xs(i + 1), xs(i + 2), xs(i + 3)]));
+            i += 4;
+        }
+        for (j, o) in out.iter_mut().enumerate().skip(i) {
+            *o = one(wrow, xs(j));
+        }
+    };
+    if let Some(lanes) = qdot::k_lanes(dtype).filter(|_| m >= LANES_FROM) {
+        let x = qdot::LaneRows::new(xq, m, blocks);
+        super::par_chunks_claimed(out_t, 8 * m, ROWS_PER_CLAIM / 8, 8 * k * m, &|g, out| {
+            let r0 = 8 * g;
+            if out.len() == 8 * m {
+                lanes(&w[r0 * row_bytes..(r0 + 8) * row_bytes], &x, out);
+            } else {
+                for (r, o) in out.chunks_exact_mut(m).enumerate() {
+                    row_by_row(r0 + r, o);
+                }
+            }
+        });
+        return;
+    }
+    super::par_chunks_claimed(out_t, m, ROWS_PER_CLAIM, k * m, &row_by_row);
 }
 
 /// The f16 or bf16 rows of `w` (`row_bytes` each) with every activation row of `x` (`m` of

@@ -220,8 +220,9 @@ fn packed_linear(name: &'static str, dtype: kiln::DType) -> OpInfo {
 }
 
 /// x `[m, k]` and w `[n, k]` with k whole super-blocks of 256 (q4_K, q6_K): one row, several
-/// rows over groups of eight weight rows and a ragged n, two super-blocks a row, no rows, and
-/// a weight with a zero super-block and large and tiny magnitudes in one.
+/// rows over groups of eight weight rows and a ragged n, two super-blocks a row, no rows, the
+/// lane kernel's shapes, and a weight with a zero super-block and large and tiny magnitudes
+/// in one.
 fn super_block_samples() -> Vec<Sample> {
     let mut rng = Lcg(173);
     let shapes = [
@@ -230,6 +231,13 @@ fn super_block_samples() -> Vec<Sample> {
         (19, 256, 9),
         (0, 256, 3),
         (1, 256, 16),
+        // The CPU's lane kernel (eight weight rows by bands of sixteen activation rows, from
+        // six rows): its first row count, a band partly filled, a whole one and the rows after
+        // the last eight, a prompt's 200 rows; five rows stay on the one-row kernels.
+        (5, 512, 8),
+        (6, 256, 8),
+        (16, 768, 12),
+        (200, 512, 8),
     ];
     let mut out: Vec<Sample> = shapes
         .iter()
