@@ -390,14 +390,20 @@ fn decoded_row_dots(dtype: DType, w: &[u8], x: &[f32], k: usize, out: &mut [f32]
     }
 }
 
-/// `a` (`rows × cols`) transposed.
+/// `a` (`rows × cols`) transposed, threads taking sixteen output rows at a time (each reads
+/// one 64-byte piece of every input row). Single-threaded and row by row, it was 18% of a
+/// 512-row q4_K product (4096×4096, two Sapphire Rapids cores).
 fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const BAND: usize = 16;
     let mut t = vec![0f32; a.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = a[r * cols + c];
+    super::par_chunks_mut(&mut t, BAND * rows, BAND * rows, &|ci, band| {
+        let (c0, nc) = (BAND * ci, band.len() / rows.max(1));
+        for r in 0..rows {
+            for (j, &v) in a[r * cols + c0..][..nc].iter().enumerate() {
+                band[j * rows + r] = v;
+            }
         }
-    }
+    });
     t
 }
 
