@@ -114,9 +114,6 @@ pub(crate) struct Q8KRow {
     d: Vec<f32>,
     /// Σq of each 16 values (at most 16·127: an i16).
     bsums: Vec<i16>,
-    /// Each 16 values' sum as the scale gives it back (d·Σq, f32), for the lane kernel's
-    /// offset terms.
-    bsumf: Vec<f32>,
 }
 
 impl Q8KRow {
@@ -130,13 +127,11 @@ impl Q8KRow {
             qs: vec![0; x.len()],
             d: vec![0.0; blocks],
             bsums: vec![0; 16 * blocks],
-            bsumf: vec![0.0; 16 * blocks],
         };
         const RUN: usize = 32;
-        let (d, bsums, bsumf) = (
+        let (d, bsums) = (
             super::Shared(row.d.as_mut_ptr()),
             super::Shared(row.bsums.as_mut_ptr()),
-            super::Shared(row.bsumf.as_mut_ptr()),
         );
         super::par_chunks_mut(&mut row.qs, 256 * RUN, 256 * RUN, &|c, qs| {
             let b0 = c * RUN;
@@ -149,18 +144,13 @@ impl Q8KRow {
                 let scale = amax / 127.0;
                 let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
                 for (q, v) in qs.iter_mut().zip(xs) {
-                    // Ties to even, as in `quantize_block`.
-                    const MAGIC: f32 = 12_582_912.0;
-                    *q = ((v * id + MAGIC) - MAGIC) as i8;
+                    *q = crate::quant::nearest_int(v * id) as i8;
                 }
                 let sb = b0 + j;
                 for (s, c) in qs.chunks_exact(16).enumerate() {
                     let sum = c.iter().map(|&q| q as i16).sum::<i16>();
-                    // SAFETY: super-block `sb` is this run's alone, inside all three vectors.
-                    unsafe {
-                        *bsums.ptr().add(16 * sb + s) = sum;
-                        *bsumf.ptr().add(16 * sb + s) = scale * sum as f32;
-                    }
+                    // SAFETY: super-block `sb` is this run's alone, inside both vectors.
+                    unsafe { *bsums.ptr().add(16 * sb + s) = sum };
                 }
                 // SAFETY: as above.
                 unsafe { *d.ptr().add(sb) = scale };

@@ -57,8 +57,8 @@ impl LaneRows {
                     unsafe {
                         *d.ptr().add(at + lane) = xq.d[i * blocks + sb];
                         for g in 0..16 {
-                            *bsumf.ptr().add((at + g) * 16 + lane) =
-                                xq.bsumf[(i * blocks + sb) * 16 + g];
+                            *bsumf.ptr().add((at + g) * 16 + lane) = xq.d[i * blocks + sb]
+                                * f32::from(xq.bsums[(i * blocks + sb) * 16 + g]);
                         }
                     }
                 }
@@ -97,6 +97,7 @@ pub(crate) fn k_lanes(dtype: DType) -> Option<KLanes> {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::LaneRows;
+    use crate::quant::f16_at;
     use std::arch::x86_64::*;
 
     /// A super-block of a K-quant weight row, its scales unpacked.
@@ -129,13 +130,6 @@ mod x86 {
         unsafe fn values(blk: *const u8, c: usize) -> __m512i;
     }
 
-    /// The f16 at `p` as f32.
-    #[inline]
-    unsafe fn f16_at(p: *const u8) -> f32 {
-        // SAFETY: the caller's two bytes.
-        half::f16::from_bits(u16::from_le_bytes(unsafe { [*p, *p.add(1)] })).to_f32()
-    }
-
     /// q4_K: 144 bytes (d, dmin, twelve bytes of 6-bit scales and mins, 128 of nibbles).
     pub(super) struct Q4K;
 
@@ -159,9 +153,9 @@ mod x86 {
                 let mins =
                     _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(idx, _mm512_cvtepu16_epi32(ms)));
                 Unpacked {
-                    d: f16_at(blk),
+                    d: f16_at(b, 0),
                     ints,
-                    offset: _mm512_mul_ps(_mm512_set1_ps(-f16_at(blk.add(2))), mins),
+                    offset: _mm512_mul_ps(_mm512_set1_ps(-f16_at(b, 2)), mins),
                 }
             }
         }
@@ -190,7 +184,7 @@ mod x86 {
         unsafe fn unpack(blk: *const u8) -> Unpacked {
             // SAFETY: the caller's features and super-block: sixteen i8 scales at 192, d at 208.
             unsafe {
-                let d = f16_at(blk.add(208));
+                let d = f16_at(std::slice::from_raw_parts(blk, 210), 208);
                 let sc = _mm_loadu_si128(blk.add(192) as *const __m128i);
                 let ints = std::array::from_fn(|j| i32::from(*blk.add(192 + j) as i8));
                 let scf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc));
