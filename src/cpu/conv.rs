@@ -7,8 +7,9 @@ use crate::conv::Window;
 use crate::error::Result;
 use crate::op::UnaryOp;
 
-/// Convolution, then `act` on every output: through im2col and the SGEMM (`conv_gemm.rs`)
-/// where that pays, directly otherwise. Each kernel applies the activation to an output plane
+/// Convolution, then `act` on every output: depthwise kernels by their own loops, dense ones on
+/// register tiles straight from the input (`conv_tile.rs`) where the CPU has them, else
+/// through im2col and the SGEMM (`conv_gemm.rs`) where that pays, directly otherwise. Each kernel applies the activation to an output plane
 /// (or row of planes) as soon as it is written, while it is in the thread's cache. All treat
 /// the padding as zeros that multiply like any input (ONNX's and PyTorch's definition): a
 /// non-finite weight over the padding gives NaN (`inf · 0`).
@@ -24,6 +25,9 @@ pub(crate) fn conv2d(
     }
     if super::depthwise::applies(g) {
         return super::depthwise::conv2d(x, wt, bias, g, act);
+    }
+    if super::conv_tile::applies(g) {
+        return super::conv_tile::conv2d(x, wt, bias, g, act);
     }
     if super::conv_gemm::worthwhile(g) {
         return super::conv_gemm::forward(x, wt, bias, g, act);

@@ -1,17 +1,15 @@
 //! Depthwise convolution: each output channel reads one input channel (`c_in == groups`, a
 //! channel multiplier of `c_out / groups`), any kernel size, stride, dilation and padding.
 //!
-//! Per output plane, the input plane is first laid out zero-padded and split by the stride
-//! into `sh·sw` phase planes (phase `(ry, rx)` holds the padded values at rows `ry, ry + sh, ...`
-//! and columns `rx, rx + sw, ...`). Tap `(ky, kx)` of every output then reads phase
-//! `(ky·dh % sh, kx·dw % sw)` at a fixed offset, so with the output computed at the phase's row
-//! pitch (a few spare columns per row, dropped at the end) each tap is one contiguous
-//! multiply-add over the whole plane: long loops that vectorise, no edge cases, whatever the
-//! kernel. Every output sums the bias and then the taps row by row, left to right, as the
-//! general direct loop does, and the padding's zeros multiply like any input (`inf · 0` is NaN).
+//! Per output plane, the input plane is first laid out in phase planes (`phases.rs`), zero-padded
+//! and split by the stride, so that each tap is one contiguous multiply-add over the whole
+//! output at the phases' pitch: long loops that vectorise, no edge cases, whatever the kernel.
+//! Every output sums the bias and then the taps row by row, left to right, as the general
+//! direct loop does, and the padding's zeros multiply like any input (`inf · 0` is NaN).
 
 use super::alloc;
 use super::par_chunks_mut;
+use super::phases::Phases;
 use crate::conv::Window;
 use crate::error::Result;
 use crate::op::UnaryOp;
@@ -52,24 +50,10 @@ pub(crate) fn conv2d(
         return Ok(out);
     }
     let (sh, sw) = g.opts.stride;
-    let (ph, pw) = g.opts.padding;
-    let (dh, dw) = g.opts.dilation;
     let mult = g.c_out / g.opts.groups;
-    // Each phase plane: `rows × pitch`, enough for the furthest tap's offset plus a whole
-    // output at the pitch.
-    let pitch = ((g.kw - 1) * dw / sw) + g.ow;
-    let rows = ((g.kh - 1) * dh / sh) + g.oh + 1;
-    let phase_len = rows * pitch;
     let taps = g.kh * g.kw;
-    // Tap offsets into the phase planes, in the sum's order.
-    let offsets: Vec<usize> = (0..taps)
-        .map(|t| {
-            let (ky, kx) = (t / g.kw, t % g.kw);
-            let (ry, qy) = ((ky * dh) % sh, (ky * dh) / sh);
-            let (rx, qx) = ((kx * dw) % sw, (kx * dw) / sw);
-            (ry * sw + rx) * phase_len + qy * pitch + qx
-        })
-        .collect();
+    let layout = Phases::new(g);
+    let (pitch, phase_len) = (layout.pitch, layout.phase_len);
     // The output at the phase pitch, in whole blocks (the spare values are dropped); the
     // phase planes end in a block's worth of slack so the last block reads inside them.
     let wide_len = (g.oh * pitch).next_multiple_of(MAX_BLOCK);
@@ -81,29 +65,9 @@ pub(crate) fn conv2d(
         SCRATCH.with_borrow_mut(|(phases, wide, weighted)| {
             phases.clear();
             phases.resize(sh * sw * phase_len + MAX_BLOCK, 0.0);
-            // Padded value (py, px) = input (py - ph, px - pw) lands in phase
-            // (py % sh, px % sw) at (py / sh, px / sw).
-            for iy in 0..g.h {
-                let py = iy + ph;
-                let (ry, qy) = (py % sh, py / sh);
-                if qy >= rows {
-                    continue;
-                }
-                let src = &xs[iy * g.w..][..g.w];
-                for rx in 0..sw {
-                    // The first padded column at or after the input's first in this phase.
-                    let px0 = pw + (rx + sw - pw % sw) % sw;
-                    let dst = &mut phases[(ry * sw + rx) * phase_len + qy * pitch..][..pitch];
-                    let (ix0, qx0) = (px0 - pw, px0 / sw);
-                    if ix0 < g.w && qx0 < pitch {
-                        for (d, &v) in dst[qx0..].iter_mut().zip(src[ix0..].iter().step_by(sw)) {
-                            *d = v;
-                        }
-                    }
-                }
-            }
+            layout.fill(g, xs, phases);
             weighted.clear();
-            weighted.extend(offsets.iter().zip(k).map(|(&o, &w)| (o, w)));
+            weighted.extend(layout.offsets.iter().zip(k).map(|(&o, &w)| (o, w)));
             wide.clear();
             wide.resize(wide_len, 0.0);
             accumulate(wide, phases, weighted, bias.map_or(0.0, |v| v[co]));

@@ -7,6 +7,7 @@
 mod attention;
 mod conv;
 mod conv_gemm;
+mod conv_tile;
 mod depthwise;
 mod depthwise3;
 pub(crate) mod device;
@@ -18,6 +19,7 @@ mod half;
 mod index;
 mod matmul;
 mod optim;
+mod phases;
 mod qdot;
 mod qmatmul;
 mod reduce;

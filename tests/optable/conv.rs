@@ -474,6 +474,12 @@ pub fn conv_samples() -> Vec<Sample> {
             (&[1, 2, 17, 16], &[3, 2, 5, 2]),
             (&[0, 2, 4, 4], &[1, 2, 3, 3]),
             (&[1, 4, 3, 3], &[2, 4, 3, 3]),
+            // The CPU's register tiles (`conv_tile.rs`): 40 input channels take two passes a
+            // tile, 13 output channels leave a block part empty, and the second image starts
+            // from phases the first left; at stride 2 and dilation 2 the second sample's
+            // output still fills tiles across rows.
+            (&[2, 40, 12, 12], &[13, 40, 3, 3]),
+            (&[1, 3, 33, 30], &[5, 3, 3, 3]),
         ],
     )
 }
