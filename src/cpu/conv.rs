@@ -20,6 +20,9 @@ pub(crate) fn conv2d(
     g: &Window,
     act: Option<UnaryOp>,
 ) -> Result<Vec<f32>> {
+    if let Some(t) = transposed(g) {
+        return conv2d(x, wt, bias, &t, act);
+    }
     if super::depthwise3::applies(g) {
         return super::depthwise3::conv2d(x, wt, bias, g, act);
     }
@@ -33,6 +36,30 @@ pub(crate) fn conv2d(
         return super::conv_gemm::forward(x, wt, bias, g, act);
     }
     conv2d_direct(x, wt, bias, g, act)
+}
+
+/// A convolution along columns of one value (`w = kw = 1`, no padding across: a 1-D
+/// convolution written as `[n, c, len, 1]`) as the same convolution along one row: the input,
+/// weight and output are the same values in the same order, and every kernel then reads each
+/// tap's inputs as one contiguous run rather than a value per output row.
+fn transposed(g: &Window) -> Option<Window> {
+    let o = &g.opts;
+    let swap = |(a, b): (usize, usize)| (b, a);
+    (g.w == 1 && g.kw == 1 && o.padding.1 == 0 && g.h > 1).then(|| Window {
+        h: g.w,
+        w: g.h,
+        kh: g.kw,
+        kw: g.kh,
+        oh: g.ow,
+        ow: g.oh,
+        opts: crate::conv::Conv2dOptions {
+            stride: swap(o.stride),
+            padding: swap(o.padding),
+            dilation: swap(o.dilation),
+            groups: o.groups,
+        },
+        ..*g
+    })
 }
 
 /// `act` on a finished output plane, in the widest vectors the CPU has (`cpu::widest`: the
@@ -260,6 +287,48 @@ impl super::Wide for Pooled<'_> {
             } else {
                 let size = (g.kh * g.kw) as f32;
                 row.iter_mut().for_each(|o| *o /= size);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::Conv2dOptions;
+
+    /// A convolution down columns of one value, run along a row ([`transposed`]), gives the
+    /// direct loop's results on the original window: strides, dilation, padding along the
+    /// column, groups and several images, through each kernel the row form reaches.
+    #[test]
+    fn columns_of_one_value_run_as_rows() {
+        let cases = [
+            // (n, c_in, h, c_out, kh, stride, padding, dilation, groups)
+            (2, 4, 40, 6, 5, 3, 1, 2, 2),
+            (1, 3, 70, 8, 3, 2, 2, 1, 1),
+            (2, 16, 33, 32, 5, 1, 0, 1, 1),
+            (1, 8, 25, 8, 3, 1, 1, 3, 8),
+        ];
+        for (i, &(n, c_in, h, c_out, kh, s, p, d, groups)) in cases.iter().enumerate() {
+            let opts = Conv2dOptions {
+                stride: (s, 1),
+                padding: (p, 0),
+                dilation: (d, 1),
+                groups,
+            };
+            let cig = c_in / groups;
+            let g = Window::new("test", &[n, c_in, h, 1], c_out, Some(cig), (kh, 1), opts).unwrap();
+            assert!(transposed(&g).is_some(), "case {i}");
+            let value = |j: usize| ((j * 7919 + i * 31) % 2000) as f32 / 1000.0 - 1.0;
+            let x: Vec<f32> = (0..n * c_in * h).map(value).collect();
+            let wt: Vec<f32> = (0..c_out * cig * kh).map(|j| value(j + 5)).collect();
+            let bias: Vec<f32> = (0..c_out).map(|j| value(j + 11)).collect();
+            let want = conv2d_direct(&x, &wt, Some(&bias), &g, None).unwrap();
+            let got = conv2d(&x, &wt, Some(&bias), &g, None).unwrap();
+            assert_eq!(got.len(), want.len(), "case {i}");
+            for (j, (a, e)) in got.iter().zip(&want).enumerate() {
+                let tol = 1e-5 * (cig * kh) as f32 * (1.0 + e.abs());
+                assert!((a - e).abs() <= tol, "case {i} output {j}: {a} vs {e}");
             }
         }
     }

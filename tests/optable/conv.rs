@@ -480,6 +480,8 @@ pub fn conv_samples() -> Vec<Sample> {
             // output still fills tiles across rows.
             (&[2, 40, 12, 12], &[13, 40, 3, 3]),
             (&[1, 3, 33, 30], &[5, 3, 3, 3]),
+            // A 1-D convolution down columns of one value: the CPU runs it along a row.
+            (&[2, 3, 20, 1], &[4, 3, 5, 1]),
         ],
     )
 }
