@@ -22,6 +22,7 @@ use crate::op::UnaryOp;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Vectors of consecutive outputs per tile.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const VECTORS: usize = 3;
 /// Output channels up to which a convolution runs here: with more, the SGEMM's packing is
 /// shared by enough of them that its faster kernel wins (two Sapphire Rapids cores, 3×3 at

@@ -98,10 +98,11 @@ pub(crate) fn type_name(t: wgpu::DeviceType) -> &'static str {
 }
 
 /// The optional features kiln asks for when the adapter offers them.
-pub(crate) const OPTIONAL_FEATURES: [(wgpu::Features, &str); 3] = [
+pub(crate) const OPTIONAL_FEATURES: [(wgpu::Features, &str); 4] = [
     (wgpu::Features::SHADER_F16, "shader-f16"),
     (wgpu::Features::SUBGROUP, "subgroup"),
     (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
+    (wgpu::Features::PIPELINE_CACHE, "pipeline-cache"),
 ];
 
 /// Names of the optional features in `features`.

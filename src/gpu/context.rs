@@ -147,6 +147,7 @@ impl GpuContext {
         let walk_cap = (info.name.to_lowercase().contains("llvmpipe")
             || info.driver.to_lowercase().contains("llvmpipe"))
         .then_some(LLVMPIPE_LOOP_ITERATIONS);
+        let pipelines = PipelineCache::open(&device, &info, features);
         Ok(GpuContext {
             pool: BufferPool::new(device.clone(), budget),
             device,
@@ -154,7 +155,7 @@ impl GpuContext {
             limits,
             features,
             subgroups,
-            pipelines: PipelineCache::default(),
+            pipelines,
             adapter_key,
             states: Mutex::default(),
             dispatches: AtomicU64::new(0),

@@ -21,3 +21,17 @@ pub use kernels::matmul::{
 };
 pub use kernels::{all_specs, param_structs, shaders};
 pub use pipelines::{KernelSpec, Shader};
+
+/// Where kiln keeps what it learns about an adapter between processes (the matmul tuning
+/// results, the driver's compiled pipelines): `KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`,
+/// else `~/.cache/kiln`.
+pub(crate) fn cache_dir() -> Option<std::path::PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+    };
+    var("KILN_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("kiln")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("kiln")))
+}

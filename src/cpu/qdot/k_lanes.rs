@@ -15,6 +15,8 @@ use crate::dtype::DType;
 /// Activation rows laid out for [`k_lanes`]: sixteen rows a band, one per 32-bit lane, each
 /// lane holding four consecutive values of its row (the layout `vpdpbusd` multiplies by four
 /// broadcast weight bytes), with each band's super-block scales and 16-value sums by lane.
+/// (Built on every CPU; read by the x86 kernel only.)
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct LaneRows {
     /// Rows (the last band's lanes past them are zeros).
     m: usize,

@@ -75,17 +75,6 @@ pub(crate) enum Trial {
     Yes { key: ShapeClass, timed: bool },
 }
 
-fn cache_dir() -> Option<PathBuf> {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    var("KILN_CACHE_DIR")
-        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("kiln")))
-        .or_else(|| var("HOME").map(|d| d.join(".cache").join("kiln")))
-}
-
 fn parse_line(line: &str) -> Option<(ShapeClass, MatmulConfig)> {
     let (key, config) = line.split_once('\t')?;
     let v: Vec<&str> = key.split(' ').collect();
@@ -118,7 +107,7 @@ impl Tuner {
                 }
             })
             .collect();
-        let file = cache_dir()
+        let file = crate::gpu::cache_dir()
             .filter(|_| !cfg!(target_arch = "wasm32"))
             .map(|d| d.join(format!("matmul-v{CACHE_VERSION}-{slug}.tsv")));
         let mut tuned = HashMap::new();
