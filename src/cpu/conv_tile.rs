@@ -28,13 +28,17 @@ const VECTORS: usize = 3;
 /// shared by enough of them that its faster kernel wins (two Sapphire Rapids cores, 3×3 at
 /// 10×10 to 40×40: tiles 1.3–1.5× faster at 64 channels, even at 128, slower at 256).
 const MAX_OUT: usize = 64;
-/// Output positions (at the phases' pitch) from which a convolution runs here: a smaller
-/// output fills less than one tile, and the SGEMM's few-column paths read its weight once.
-const MIN_SPAN: usize = 64;
+/// Output positions (at the phases' pitch) from which a convolution runs here. Even a 3×3
+/// output (15 positions of a 48-position tile) was faster here than through the SGEMM's
+/// few-column path (ocr_det's 96→24 channels: 36 → 24 µs; at 6×6, 89 → 23 µs).
+const MIN_SPAN: usize = 8;
 
 /// One tile: `out[c·T + i]` (`T` = `VECTORS` × the kernel's lanes) += the sum over every
-/// `j < offs.len()` of `w[j·CB + c] · x[offs[j] + i]`, for the block's `CB` channels.
-type TileFn = unsafe fn(*const f32, &[usize], *const f32, &mut [f32]);
+/// `j < offs.len()` of `w[c·stride + j] · x[offs[j] + i]`, for the block's `CB` channels,
+/// of which the first `rows` are real (the others repeat the last one's weights; the caller
+/// drops their sums). The weights are read where they lie, `[c_out, c_in·kh·kw]`: eight
+/// channels' rows are eight streams, one broadcast each per step.
+type TileFn = unsafe fn(*const f32, &[usize], *const f32, usize, usize, &mut [f32]);
 
 /// The tile kernel for this CPU: (output channels per block, outputs per tile, kernel).
 #[derive(Clone, Copy)]
@@ -130,15 +134,7 @@ fn conv2d_with(
     let offs: Vec<usize> = (0..g.c_in)
         .flat_map(|ci| layout.offsets.iter().map(move |&o| ci * ci_len + o))
         .collect();
-    // The weights per block of output channels, `[step][channel in block]` (zeros past c_out).
     let blocks = g.c_out.div_ceil(k.block);
-    let mut wp = alloc("conv2d", blocks * steps * k.block)?;
-    for (co, w) in wt.chunks_exact(steps).enumerate() {
-        let blk = &mut wp[(co / k.block) * steps * k.block..][..steps * k.block];
-        for (j, &v) in w.iter().enumerate() {
-            blk[j * k.block + co % k.block] = v;
-        }
-    }
     // The input's phases, channel after channel, then a tile's slack: the last tile reads up
     // to a tile past the last output's taps. Every image writes the same places, so the
     // padding's zeros from `alloc` stay.
@@ -169,7 +165,7 @@ fn conv2d_with(
             pitch: layout.pitch,
             xs: &xs,
             offs: &offs,
-            wp: &wp,
+            wt,
             bias,
             act,
             chunk: channels * taps,
@@ -213,8 +209,8 @@ struct Tiles<'a> {
     xs: &'a [f32],
     /// Per step (input channel, tap), where it reads in `xs` for position 0.
     offs: &'a [usize],
-    /// The weights, per block of output channels `[step][channel in block]`.
-    wp: &'a [f32],
+    /// The weights, `[c_out][step]`.
+    wt: &'a [f32],
     bias: Option<&'a [f32]>,
     act: Option<UnaryOp>,
     /// Steps per pass over a tile: whole input channels whose inputs for a tile stay in the
@@ -240,13 +236,15 @@ impl Tiles<'_> {
             for j0 in (0..steps).step_by(self.chunk) {
                 let offs = &self.offs[j0..(j0 + self.chunk).min(steps)];
                 for (blk, tile) in blocks.clone().zip(sums.chunks_exact_mut(per_block)) {
-                    let w = &self.wp[(blk * steps + j0) * k.block..][..offs.len() * k.block];
+                    let co = blk * k.block;
+                    let rows = k.block.min(g.c_out - co);
+                    let w = &self.wt[co * steps + j0..];
                     // SAFETY: the kernel was detected; every read `p + offs[j] + i` (i < span)
                     // lies in `xs`, whose phases end in a tile's slack (p < oh·pitch, and a
                     // tap's offset plus oh·pitch stays inside its channel's phases); `w` holds
                     // a block's weights for these steps, `tile` a whole tile.
                     unsafe {
-                        (k.tile)(self.xs.as_ptr().add(p), offs, w.as_ptr(), tile);
+                        (k.tile)(self.xs.as_ptr().add(p), offs, w.as_ptr(), steps, rows, tile);
                     }
                 }
             }
@@ -304,11 +302,21 @@ mod x86 {
             ///
             /// # Safety
             #[doc = concat!("The CPU has ", $feat, "; `x + offs[j] + i` is readable for every `j` and ")]
-            /// `i` below the tile's span, `w` holds `offs.len()` blocks of weights and `out`
-            /// the tile.
+            /// `i` below the tile's span; `w + c·stride + j` is readable for every `c < rows`
+            /// (at least one) and `j`; `out` holds the tile.
             #[target_feature(enable = $feat)]
-            pub(super) unsafe fn $name(x: *const f32, offs: &[usize], w: *const f32, out: &mut [f32]) {
-                assert!(out.len() >= $block * VECTORS * $lanes, "a whole tile");
+            pub(super) unsafe fn $name(
+                x: *const f32,
+                offs: &[usize],
+                w: *const f32,
+                stride: usize,
+                rows: usize,
+                out: &mut [f32],
+            ) {
+                assert!(out.len() >= $block * VECTORS * $lanes && rows >= 1, "a whole tile");
+                // SAFETY: rows below `rows` (per the contract).
+                let wr: [*const f32; $block] =
+                    std::array::from_fn(|c| unsafe { w.add(c.min(rows - 1) * stride) });
                 let mut acc = [[$zero(); VECTORS]; $block];
                 // SAFETY: per the function's contract; `out` holds the tile (asserted).
                 unsafe {
@@ -323,9 +331,8 @@ mod x86 {
                         for (v, xr) in xv.iter_mut().enumerate() {
                             *xr = $load(p.add(v * $lanes));
                         }
-                        let wj = w.add(j * $block);
-                        for (c, a) in acc.iter_mut().enumerate() {
-                            let wv = $set1(*wj.add(c));
+                        for (a, r) in acc.iter_mut().zip(&wr) {
+                            let wv = $set1(*r.add(j));
                             for (s, &xr) in a.iter_mut().zip(&xv) {
                                 *s = $fma(wv, xr, *s);
                             }
@@ -420,6 +427,7 @@ mod tests {
             (1, 6, 40, 1, 16, (5, 1), (1, 1), (2, 0), (1, 1)),
             (1, 2, 9, 70, 4, (1, 7), (1, 2), (0, 3), (1, 2)),
             (3, 64, 10, 10, 64, (3, 3), (1, 1), (1, 1), (1, 1)),
+            (2, 20, 3, 3, 11, (3, 3), (1, 1), (1, 1), (1, 1)),
         ];
         for (name, k) in kernels {
             for (i, &(n, c_in, h, w, c_out, ks, stride, padding, dilation)) in
