@@ -67,13 +67,6 @@ fn tap(g: &Window, t: usize) -> (usize, usize, usize) {
     (t / (g.kh * g.kw), (t / g.kw) % g.kh, t % g.kw)
 }
 
-/// Input row `iy` and column `ix` read by output (oy, ox) at tap (ky, kx), if not padding.
-fn source(g: &Window, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
-    let iy = (oy * g.opts.stride.0 + ky * g.opts.dilation.0).checked_sub(g.opts.padding.0)?;
-    let ix = (ox * g.opts.stride.1 + kx * g.opts.dilation.1).checked_sub(g.opts.padding.1)?;
-    (iy < g.h && ix < g.w).then_some((iy, ix))
-}
-
 /// Column matrices up to this many values stay allocated between convolutions (16 MiB), so
 /// a network's convolutions do not each allocate and zero theirs.
 const KEPT_COLUMNS: usize = 4 << 20;
@@ -156,9 +149,17 @@ fn im2col(x: &[f32], g: &Window, b: usize, grp: usize, cols: &mut [f32]) {
 
 /// Adds the column matrix `cols` of image `b`, group `grp` back onto the input gradient `dx`
 /// (the transpose of [`im2col`]); parallel over the group's channels, which own disjoint
-/// planes of `dx`.
+/// planes of `dx`. Per tap and output row, the columns whose tap lands inside the input are
+/// one strided run (as in `im2col`); each value of `dx` sums its terms in the order of a loop
+/// over taps, rows and columns.
 fn col2im(cols: &[f32], g: &Window, b: usize, grp: usize, dx: &mut [f32]) {
     let (cig, plane, taps) = (g.c_in_group(), g.oh * g.ow, g.kh * g.kw);
+    let (sh, sw) = g.opts.stride;
+    let (ph, pw) = g.opts.padding;
+    let (dh, dw) = g.opts.dilation;
+    let spans: Vec<(usize, usize)> = (0..g.kw)
+        .map(|kx| super::conv::valid_columns(g.ow, g.w, sw, kx, dw, pw))
+        .collect();
     let first = (b * g.c_in + grp * cig) * g.h * g.w;
     let work = taps * plane;
     par_chunks_mut(
@@ -168,12 +169,24 @@ fn col2im(cols: &[f32], g: &Window, b: usize, grp: usize, dx: &mut [f32]) {
         &|cl, plane_dx| {
             for t in cl * taps..(cl + 1) * taps {
                 let (_, ky, kx) = tap(g, t);
+                let (lo, hi) = spans[kx];
+                if lo >= hi {
+                    continue;
+                }
                 let row = &cols[t * plane..(t + 1) * plane];
                 for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        if let Some((iy, ix)) = source(g, oy, ox, ky, kx) {
-                            plane_dx[iy * g.w + ix] += row[oy * g.ow + ox];
-                        }
+                    let Some(iy) = (oy * sh + ky * dh).checked_sub(ph).filter(|&iy| iy < g.h)
+                    else {
+                        continue;
+                    };
+                    let src = &row[oy * g.ow + lo..oy * g.ow + hi];
+                    let start = iy * g.w + lo * sw + kx * dw - pw;
+                    if sw == 1 {
+                        let dst = &mut plane_dx[start..start + (hi - lo)];
+                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v);
+                    } else {
+                        let dst = plane_dx[start..].iter_mut().step_by(sw);
+                        dst.zip(src).for_each(|(d, &v)| *d += v);
                     }
                 }
             }
