@@ -18,6 +18,11 @@ seeded random weights, so no large file lives in git:
                     int32 bias. Input uint8 [1, 4, 7, 6].
   conv_integer_1d.onnx  a 1-D ConvInteger (int8, stride 2, pads (1, 2); ONNX's reference
                     evaluator takes no per-channel weight zero point here). Input int8 [1, 2, 9].
+  decoder.onnx      a segmentation head's upsampling: ConvTranspose 3x3 stride 2 in 2 groups
+                    and ConvTranspose 2x2 stride 2, each followed by BatchNormalization (which
+                    kiln folds into the transposed convolution at load), Relu, Sigmoid.
+                    Input [1, 8, 12, 12]. Its output is onnxruntime's (the reference
+                    evaluator of onnx 1.23 fails on a grouped ConvTranspose).
   einsum_*.onnx     Einsum with ellipses and diagonals (EINSUMS below).
   branchy_*.onnx    an If on a run-time condition, branches reading the outer scope, a
                     nested If (for control flow; the two files differ only in their input).
@@ -133,6 +138,22 @@ def transformer():
     return [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, t, d])], [1, t, d]
 
 
+def bn(x, c, tag):
+    gamma = const(f"{tag}.g", (1 + 0.1 * rng.standard_normal(c)).astype(np.float32))
+    beta, mean = w(f"{tag}.b", c, scale=0.1), w(f"{tag}.m", c, scale=0.1)
+    var = const(f"{tag}.v", (np.abs(rng.standard_normal(c)) + 0.5).astype(np.float32))
+    return node("BatchNormalization", [x, gamma, beta, mean, var], f"{tag}.bn", epsilon=1e-3)
+
+
+def decoder():
+    x = node("ConvTranspose", ["input", w("up1.w", 8, 6, 3, 3), w("up1.bias", 12, scale=0.1)], "up1",
+             kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1], group=2)
+    x = node("Relu", [bn(x, 12, "up1")], "up1.relu")
+    x = node("ConvTranspose", [x, w("up2.w", 12, 3, 2, 2)], "up2", kernel_shape=[2, 2], strides=[2, 2])
+    node("Sigmoid", [bn(x, 3, "up2")], "output")
+    return [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 12, 12])], [1, 3, 48, 48]
+
+
 def classifier_head():
     x = node("MatMul", ["input", w("head.w", 96, 6625)], "head.matmul")
     x = node("Add", [x, w("head.b", 6625, scale=0.5)], "head.bias")
@@ -243,7 +264,7 @@ def save_quantized(out):
         print(f"{name}.onnx: output {np.asarray(y).shape} {np.asarray(y).dtype}")
 
 
-def save(out, name, build, shift=0.0):
+def save(out, name, build, shift=0.0, ort=False):
     nodes.clear()
     inits.clear()
     inputs, out_shape = build()
@@ -256,7 +277,13 @@ def save(out, name, build, shift=0.0):
     from onnx.reference import ReferenceEvaluator
 
     x = np.random.default_rng(1).standard_normal(inputs[0].type.tensor_type.shape.dim and [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]).astype(np.float32) + np.float32(shift)
-    (y,) = ReferenceEvaluator(model).run(None, {"input": x})
+    if ort:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        (y,) = session.run(None, {"input": x})
+    else:
+        (y,) = ReferenceEvaluator(model).run(None, {"input": x})
     for kind, arr in (("input", x), ("output", y)):
         with open(os.path.join(out, f"{name}.{kind}.pb"), "wb") as f:
             f.write(numpy_helper.from_array(np.asarray(arr, dtype=np.float32), kind).SerializeToString())
@@ -269,6 +296,8 @@ if __name__ == "__main__":
     save(out, "mobile", mobile)
     save(out, "transformer", transformer)
     save(out, "classifier_head", classifier_head)
+    # ONNX 1.23's reference evaluator cannot run a grouped ConvTranspose: onnxruntime's output.
+    save(out, "decoder", decoder, ort=True)
     save_quantized(out)
     for name, (eq, a, b, y) in EINSUMS.items():
         save(out, name, einsum(eq, a, b, y))

@@ -755,10 +755,11 @@ fn defined_once(graph: &GraphProto) -> HashSet<String> {
         .collect()
 }
 
-/// Fold each inference BatchNormalization whose input is a Conv's output read by nothing else
-/// into that Conv's weight and bias (all of them initializers): `w' = w·s` and
-/// `b' = (b - mean)·s + B`, with `s = scale / sqrt(var + eps)` per output channel. One op less
-/// per pair, and no elementwise pass over the activation. Returns how many were folded.
+/// Fold each inference BatchNormalization whose input is a Conv's or ConvTranspose's output
+/// read by nothing else into that convolution's weight and bias (all of them initializers):
+/// `w' = w·s` and `b' = (b - mean)·s + B`, with `s = scale / sqrt(var + eps)` per output
+/// channel (a Conv weight's first axis; a ConvTranspose weight's second, per group). One op
+/// less per pair, and no elementwise pass over the activation. Returns how many were folded.
 fn fold_batch_norms(
     graph: &mut GraphProto,
     constants: &mut HashMap<String, Value>,
@@ -793,11 +794,10 @@ fn fold_batch_norms(
         {
             continue;
         }
-        let Some(c) = graph
-            .node
-            .iter()
-            .position(|n| n.op_type == "Conv" && n.output.first() == Some(&bn.input[0]))
-        else {
+        let Some(c) = graph.node.iter().position(|n| {
+            matches!(n.op_type.as_str(), "Conv" | "ConvTranspose")
+                && n.output.first() == Some(&bn.input[0])
+        }) else {
             continue;
         };
         if readers.get(&bn.input[0]) != Some(&1) {
@@ -815,7 +815,20 @@ fn fold_batch_norms(
         };
         let c_out = scale.len();
         let dims = constants[&conv.input[1]].shape().to_vec();
-        if dims.first() != Some(&c_out) || [&shift, &mean, &var].iter().any(|v| v.len() != c_out) {
+        let transposed = conv.op_type == "ConvTranspose";
+        let groups = conv
+            .attribute
+            .iter()
+            .find(|a| a.name == "group")
+            .map_or(1, |a| a.i.max(1) as usize);
+        // The output channel of weight value `i`: `[c_out, ...]` for a Conv;
+        // `[c_in, c_out / groups, ...]` for a ConvTranspose, group `ci / (c_in / groups)`.
+        let channels_ok = if transposed {
+            dims.len() >= 2 && dims[1] * groups == c_out && dims[0].is_multiple_of(groups)
+        } else {
+            dims.first() == Some(&c_out)
+        };
+        if !channels_ok || [&shift, &mean, &var].iter().any(|v| v.len() != c_out) {
             continue;
         }
         let bias = match conv.input.get(2).filter(|n| !n.is_empty()) {
@@ -834,10 +847,19 @@ fn fold_batch_norms(
             .map(|k| scale[k] / (var[k] + eps).sqrt())
             .collect();
         let per = w.len() / c_out;
+        let channel = |i: usize| {
+            if transposed {
+                let (cog, taps) = (dims[1], dims[2..].iter().product::<usize>());
+                let ci = i / (cog * taps);
+                (ci / (dims[0] / groups)) * cog + (i / taps) % cog
+            } else {
+                i / per
+            }
+        };
         let new_w: Vec<f32> = w
             .iter()
             .enumerate()
-            .map(|(i, &v)| (v * s[i / per]) as f32)
+            .map(|(i, &v)| (v * s[channel(i)]) as f32)
             .collect();
         let new_b: Vec<f32> = (0..c_out)
             .map(|k| ((bias[k] - mean[k]) * s[k] + shift[k]) as f32)

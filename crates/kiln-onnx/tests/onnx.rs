@@ -424,8 +424,9 @@ fn onnx_load_errors_are_typed_and_complete() {
 /// The two real-model-shaped networks of `scripts/onnx_models.py` (a MobileNetV3-style convnet
 /// with depthwise convolutions, batch norms folded at load, hard-swish and squeeze-excite; two
 /// transformer blocks with attention in the MatMul/Softmax pattern and layer norm), and its
-/// control-flow model (an `If` on a run-time condition, both branches taken, one nested),
-/// give ONNX's reference evaluator's outputs on the CPU and every GPU, within 1e-4.
+/// control-flow model (an `If` on a run-time condition, both branches taken, one nested), and
+/// a decoder of transposed convolutions whose batch norms fold into them at load (its
+/// reference onnxruntime's), give ONNX's reference evaluator's outputs on the CPU and every GPU, within 1e-4.
 #[test]
 fn onnx_models_match_the_reference_evaluator() {
     let Some(dir) = models_dir() else { return };
@@ -435,6 +436,7 @@ fn onnx_models_match_the_reference_evaluator() {
         "mobile",
         "transformer",
         "classifier_head",
+        "decoder",
         "qlinear_conv",
         "conv_integer_1d",
         "einsum_batched",
@@ -468,6 +470,13 @@ fn onnx_models_match_the_reference_evaluator() {
             assert!(diff <= 1e-4, "{name} on {dev}: {diff}");
         }
     }
+    // The decoder's BatchNormalizations fold into its transposed convolutions (one grouped).
+    let cpu = Device::cpu();
+    let model = Model::load(&dir.join("decoder.onnx"), &cpu).unwrap();
+    let (_, x) = load_tensor(&dir.join("decoder.input.pb"), &cpu).unwrap();
+    let (_, profile) = model.run_profiled(&[("input", x)]).unwrap();
+    let ran: Vec<&str> = profile.iter().map(|(op, _, _)| op.as_str()).collect();
+    assert!(!ran.contains(&"BatchNormalization"), "ran: {ran:?}");
 }
 
 /// `Model::compare` runs a graph on two devices node by node and names the first node whose
