@@ -19,8 +19,9 @@ seeded random weights, so no large file lives in git:
   conv_integer_1d.onnx  a 1-D ConvInteger (int8, stride 2, pads (1, 2); ONNX's reference
                     evaluator takes no per-channel weight zero point here). Input int8 [1, 2, 9].
   decoder.onnx      a segmentation head's upsampling: ConvTranspose 3x3 stride 2 in 2 groups
-                    and ConvTranspose 2x2 stride 2, each followed by BatchNormalization (which
-                    kiln folds into the transposed convolution at load), Relu, Sigmoid.
+                    and ConvTranspose 2x2 stride 2 with its bias as an Add, each followed by
+                    BatchNormalization (kiln folds the Add and the batch norms into the
+                    transposed convolutions at load), Relu, Sigmoid.
                     Input [1, 8, 12, 12]. Its output is onnxruntime's (the reference
                     evaluator of onnx 1.23 fails on a grouped ConvTranspose).
   einsum_*.onnx     Einsum with ellipses and diagonals (EINSUMS below).
@@ -150,6 +151,7 @@ def decoder():
              kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1], group=2)
     x = node("Relu", [bn(x, 12, "up1")], "up1.relu")
     x = node("ConvTranspose", [x, w("up2.w", 12, 3, 2, 2)], "up2", kernel_shape=[2, 2], strides=[2, 2])
+    x = node("Add", [x, w("up2.bias", 1, 3, 1, 1, scale=0.1)], "up2.add")
     node("Sigmoid", [bn(x, 3, "up2")], "output")
     return [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 12, 12])], [1, 3, 48, 48]
 

@@ -184,13 +184,16 @@ impl Model {
         if computed > 0 {
             log::info!("onnx: {computed} nodes of constants computed once, at load");
         }
+        let pinned = subgraph_reads(&graph);
+        let dropped = simplify::drop_identities(&mut graph, &pinned);
+        // Scales and shifts fold into a convolution before and after its batch norm does
+        // (a bias exported as its own `Add` before it, a learnable affine after it).
+        let mut affine = simplify::fold_affine(&mut graph, &mut constants, &pinned, device)?;
         let folded = fold_batch_norms(&mut graph, &mut constants, device)?;
         if folded > 0 {
             log::info!("onnx: folded {folded} BatchNormalization nodes into their convolutions");
+            affine += simplify::fold_affine(&mut graph, &mut constants, &pinned, device)?;
         }
-        let pinned = subgraph_reads(&graph);
-        let dropped = simplify::drop_identities(&mut graph, &pinned);
-        let affine = simplify::fold_affine(&mut graph, &mut constants, &pinned, device)?;
         if dropped + affine > 0 {
             log::info!(
                 "onnx: dropped {dropped} Identity nodes, folded {affine} constant scales and shifts into convolutions"
@@ -815,20 +818,10 @@ fn fold_batch_norms(
         };
         let c_out = scale.len();
         let dims = constants[&conv.input[1]].shape().to_vec();
-        let transposed = conv.op_type == "ConvTranspose";
-        let groups = conv
-            .attribute
-            .iter()
-            .find(|a| a.name == "group")
-            .map_or(1, |a| a.i.max(1) as usize);
-        // The output channel of weight value `i`: `[c_out, ...]` for a Conv;
-        // `[c_in, c_out / groups, ...]` for a ConvTranspose, group `ci / (c_in / groups)`.
-        let channels_ok = if transposed {
-            dims.len() >= 2 && dims[1] * groups == c_out && dims[0].is_multiple_of(groups)
-        } else {
-            dims.first() == Some(&c_out)
+        let Some(channels) = simplify::OutChannels::new(conv, &dims) else {
+            continue;
         };
-        if !channels_ok || [&shift, &mean, &var].iter().any(|v| v.len() != c_out) {
+        if channels.count != c_out || [&shift, &mean, &var].iter().any(|v| v.len() != c_out) {
             continue;
         }
         let bias = match conv.input.get(2).filter(|n| !n.is_empty()) {
@@ -846,20 +839,10 @@ fn fold_batch_norms(
         let s: Vec<f64> = (0..c_out)
             .map(|k| scale[k] / (var[k] + eps).sqrt())
             .collect();
-        let per = w.len() / c_out;
-        let channel = |i: usize| {
-            if transposed {
-                let (cog, taps) = (dims[1], dims[2..].iter().product::<usize>());
-                let ci = i / (cog * taps);
-                (ci / (dims[0] / groups)) * cog + (i / taps) % cog
-            } else {
-                i / per
-            }
-        };
         let new_w: Vec<f32> = w
             .iter()
             .enumerate()
-            .map(|(i, &v)| (v * s[channel(i)]) as f32)
+            .map(|(i, &v)| (v * s[channels.of(i)]) as f32)
             .collect();
         let new_b: Vec<f32> = (0..c_out)
             .map(|k| ((bias[k] - mean[k]) * s[k] + shift[k]) as f32)

@@ -2,7 +2,8 @@
 //! do: `Identity` nodes dropped (their readers read the source), and constant scales and shifts
 //! after a convolution folded into its weight and bias (`Mul` then `Add` by a scalar or by one
 //! value per output channel: PaddlePaddle's "learnable affine" blocks, a bias exported as its
-//! own `Add`). `BatchNormalization` after a convolution is folded in `lib.rs` the same way.
+//! own `Add`), for `Conv` and `ConvTranspose`. `BatchNormalization` after a convolution is
+//! folded in `lib.rs` the same way.
 
 use crate::own_domain;
 use crate::proto::{GraphProto, NodeProto};
@@ -62,7 +63,11 @@ pub(crate) fn fold_affine(
             .node
             .iter()
             .enumerate()
-            .filter(|(_, n)| own_domain(n) && n.op_type == "Conv" && n.output.len() == 1)
+            .filter(|(_, n)| {
+                own_domain(n)
+                    && matches!(n.op_type.as_str(), "Conv" | "ConvTranspose")
+                    && n.output.len() == 1
+            })
             .map(|(i, n)| (n.output[0].as_str(), i))
             .collect();
         let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
@@ -145,10 +150,10 @@ fn folded_weights(
         return Ok(None);
     };
     let rank = wdims.len();
-    let c_out = match wdims.first() {
-        Some(&c) if rank >= 3 => c,
-        _ => return Ok(None),
+    let Some(channels) = OutChannels::new(conv, &wdims) else {
+        return Ok(None);
     };
+    let c_out = channels.count;
     // The constant's shape without leading ones: [] (a scalar) or [c_out, 1, ...] reaching
     // the output's channel axis, so that broadcasting it does not grow the output.
     let trimmed: Vec<usize> = kdims.iter().copied().skip_while(|&d| d == 1).collect();
@@ -169,12 +174,11 @@ fn folded_weights(
         },
         None => vec![0.0; c_out],
     };
-    let per = w.len() / c_out;
     let (w, b): (Vec<f32>, Vec<f32>) = if scale {
         (
             w.iter()
                 .enumerate()
-                .map(|(i, &v)| (v * at(i / per)) as f32)
+                .map(|(i, &v)| (v * at(channels.of(i))) as f32)
                 .collect(),
             (0..c_out).map(|co| (bias[co] * at(co)) as f32).collect(),
         )
@@ -185,4 +189,60 @@ fn folded_weights(
         )
     };
     Ok(Some((w, wdims, b)))
+}
+
+/// Which output channel each value of a convolution's weight feeds: a `Conv` weight is
+/// `[c_out, c_in / groups, kh, kw]`; a `ConvTranspose` weight `[c_in, c_out / groups, kh, kw]`,
+/// input channel `ci` in group `ci / (c_in / groups)`, whose outputs are that group's
+/// `c_out / groups` channels.
+pub(crate) struct OutChannels {
+    /// Output channels.
+    pub count: usize,
+    /// `[c_in, c_out / groups, taps]` of a ConvTranspose's weight; `None` for a Conv.
+    transposed: Option<(usize, usize, usize)>,
+    /// Weight values per output channel of a Conv.
+    per: usize,
+}
+
+impl OutChannels {
+    /// The mapping for convolution `node` (a `Conv` or `ConvTranspose`) of weight dims `wdims`,
+    /// if they fit its `group` attribute.
+    pub(crate) fn new(node: &NodeProto, wdims: &[usize]) -> Option<OutChannels> {
+        let groups = node
+            .attribute
+            .iter()
+            .find(|a| a.name == "group")
+            .map_or(1, |a| a.i.max(1) as usize);
+        let total: usize = wdims.iter().product();
+        match node.op_type.as_str() {
+            "Conv" if wdims.len() >= 3 && wdims[0] > 0 => Some(OutChannels {
+                count: wdims[0],
+                transposed: None,
+                per: total / wdims[0],
+            }),
+            "ConvTranspose"
+                if wdims.len() >= 3 && wdims[0].is_multiple_of(groups) && wdims[1] > 0 =>
+            {
+                let taps = wdims[2..].iter().product();
+                Some(OutChannels {
+                    count: wdims[1] * groups,
+                    transposed: Some((wdims[0], wdims[1], taps)),
+                    per: 0,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The output channel of weight value `i`.
+    pub(crate) fn of(&self, i: usize) -> usize {
+        match self.transposed {
+            None => i / self.per,
+            Some((c_in, cog, taps)) => {
+                let ci = i / (cog * taps);
+                let groups = self.count / cog;
+                (ci / (c_in / groups)) * cog + (i / taps) % cog
+            }
+        }
+    }
 }
