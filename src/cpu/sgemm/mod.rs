@@ -352,6 +352,15 @@ impl SharedB<'_> {
     }
 }
 
+/// Where a thread writes its tiles of C: `len` values from `ptr`, row-major with the product's
+/// `n` columns. The threads' tiles are disjoint: each has its rows (split by rows) or its
+/// columns of every row (split by columns).
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: super::Shared<f32>,
+    len: usize,
+}
+
 /// Where a thread finds B's packed panels.
 enum PackedB<'a> {
     /// All of B, packed once for every thread.
@@ -425,6 +434,31 @@ fn gemm_with<K: Micro>(
     let (mr, nr) = (K::MR, K::NR);
     let tasks = spin_pool::width().min(max_threads).clamp(1, m.div_ceil(mr));
     let per = m.div_ceil(mr).div_ceil(tasks) * mr;
+    // Each thread would meet every panel of B with one panel of rows (a few rows against a
+    // wide B: a classifier's 20 rows and 18,710 classes): the threads take ranges of columns
+    // instead, every row each, and pack their own blocks of B, so that B is read once in all
+    // rather than once per thread. Each thread then writes its columns of every row of C.
+    let threads = spin_pool::width().min(max_threads);
+    let col_tasks = n.div_ceil(nr).min(threads);
+    if per <= mr && col_tasks > 1 && n >= 4 * nr * col_tasks {
+        let cols_per = n.div_ceil(nr).div_ceil(col_tasks) * nr;
+        let col_tasks = n.div_ceil(cols_per);
+        let out = Out {
+            ptr: super::Shared(c.as_mut_ptr().cast::<f32>()),
+            len: m * n,
+        };
+        let own = PackedB::Own(&b);
+        spin_pool::run(col_tasks, &|t| {
+            let cols = t * cols_per..((t + 1) * cols_per).min(n);
+            gemm_rows::<K>(0, m, k, n, cols, &a, &own, out, bl, (t, col_tasks));
+        });
+        if let Some(f) = epilogue {
+            // SAFETY: the tasks wrote every value of C's m rows.
+            let c = unsafe { super::assume_init(&mut c[..m * n]) };
+            super::par_chunks_mut(c, n, n, &|i, row| f(i, row));
+        }
+        return;
+    }
     let panels = n.div_ceil(nr);
     let shared_len = k * panels * nr;
     let mut buffer = Vec::new();
@@ -451,7 +485,11 @@ fn gemm_with<K: Micro>(
     };
     spin_pool::run_claimed(&mut c[..m * n], per * n, &|t, c| {
         let (i0, rows) = (t * per, c.len() / n);
-        gemm_rows::<K>(i0, rows, k, n, &a, &source, c, bl, (t, tasks));
+        let out = Out {
+            ptr: super::Shared(c.as_mut_ptr().cast::<f32>()),
+            len: c.len(),
+        };
+        gemm_rows::<K>(i0, rows, k, n, 0..n, &a, &source, out, bl, (t, tasks));
         if let Some(f) = epilogue {
             // SAFETY: gemm_rows wrote every value of these rows.
             unsafe { super::assume_init(c) }
@@ -475,9 +513,10 @@ fn gemm_rows<K: Micro>(
     m: usize,
     k: usize,
     n: usize,
+    cols: std::ops::Range<usize>,
     a: &View,
     b: &PackedB,
-    c: &mut [MaybeUninit<f32>],
+    c: Out,
     bl: Blocking,
     (t, tasks): (usize, usize),
 ) {
@@ -498,8 +537,8 @@ fn gemm_rows<K: Micro>(
     let own_len = own.len();
     let own_block = aligned(&mut own[..own_len]);
     let me = (t, tasks);
-    for j0 in (0..n).step_by(nc_step) {
-        let nc = nc_step.min(n - j0);
+    for j0 in cols.clone().step_by(nc_step) {
+        let nc = nc_step.min(cols.end - j0);
         for p0 in (0..k).step_by(bl.kc) {
             let kc = bl.kc.min(k - p0);
             let packed: &[f32] = match b {
@@ -567,7 +606,7 @@ fn sweep<'g, K: Micro>(
     }: Tile,
     apack: &[f32],
     group: &dyn Fn(usize) -> &'g [f32],
-    c: &mut [MaybeUninit<f32>],
+    c: Out,
     n: usize,
     (t, tasks): (usize, usize),
 ) {
@@ -583,16 +622,16 @@ fn sweep<'g, K: Micro>(
                 let bp = &bg[(jp - first) * nr * kc..][..nr * kc];
                 let at = (ib + ip * mr) * n + j0 + jp * nr;
                 let ap = &apack[ip * mr * kc..][..mr * kc];
-                assert!(at + (rows - 1) * n + cols <= c.len());
+                assert!(at + (rows - 1) * n + cols <= c.len);
                 // SAFETY: the caller of `gemm_with` checked K's instruction set; the packed
                 // panels hold mr·kc and nr·kc values; the `rows` × `cols` tile at `at` lies
-                // inside `c` (asserted).
+                // inside `c` (asserted), and no other thread writes it (`Out`).
                 unsafe {
                     K::kernel(
                         kc,
                         ap.as_ptr(),
                         bp.as_ptr(),
-                        c[at..].as_mut_ptr().cast::<f32>(),
+                        c.ptr.ptr().add(at),
                         n,
                         rows,
                         cols,
@@ -839,8 +878,9 @@ mod tests {
     }
 
     /// Every micro-kernel this CPU supports against an f64 reference: edge tiles in every
-    /// direction (m, n not multiples of MR, NR; k across several KC blocks), and operands read
-    /// through transposed strides (both packing paths).
+    /// direction (m, n not multiples of MR, NR; k across several KC blocks), operands read
+    /// through transposed strides (both packing paths), threads split by rows or by columns,
+    /// and an epilogue on every row.
     #[test]
     fn matches_a_reference_on_ragged_and_strided_operands() {
         let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
@@ -870,6 +910,10 @@ mod tests {
             (40, 300, 1100, false, false),
             // B larger than SHARED_B_MAX: each thread packs its own blocks.
             (3, 4100, 4100, false, false),
+            // A few rows against a wide B: the threads split the columns (a partial last
+            // panel, k over two blocks; B row-major and transposed).
+            (20, 300, 1000, false, false),
+            (17, 120, 2100, true, true),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| next()).collect();
@@ -888,16 +932,17 @@ mod tests {
                 rs: brs,
                 cs: bcs,
             };
+            // Every row gets 1 + its index added afterwards, by the threads (`linear`'s bias).
+            let epilogue =
+                |i: usize, row: &mut [f32]| row.iter_mut().for_each(|v| *v += 1.0 + i as f32);
             for &isa in &isas {
                 let mut c = vec![MaybeUninit::new(f32::NAN); m * n];
-                let (bl, threads) = (Blocking::DEFAULT, usize::MAX);
+                let (bl, threads, e) = (Blocking::DEFAULT, usize::MAX, Some(&epilogue as _));
                 match isa {
                     Isa::Avx512 => {
-                        gemm_with::<avx512::Avx512>(m, k, n, va, vb, &mut c, bl, threads, None)
+                        gemm_with::<avx512::Avx512>(m, k, n, va, vb, &mut c, bl, threads, e)
                     }
-                    Isa::Avx2 => {
-                        gemm_with::<avx2::Avx2>(m, k, n, va, vb, &mut c, bl, threads, None)
-                    }
+                    Isa::Avx2 => gemm_with::<avx2::Avx2>(m, k, n, va, vb, &mut c, bl, threads, e),
                 }
                 // SAFETY: initialised above (and overwritten by gemm).
                 let c: Vec<f32> = c.into_iter().map(|v| unsafe { v.assume_init() }).collect();
@@ -905,7 +950,9 @@ mod tests {
                     for j in 0..n {
                         let want: f64 = (0..k)
                             .map(|p| f64::from(va.at(i, p)) * f64::from(vb.at(p, j)))
-                            .sum();
+                            .sum::<f64>()
+                            + 1.0
+                            + i as f64;
                         let got = f64::from(c[i * n + j]);
                         assert!(
                             (got - want).abs() <= 1e-5 * k as f64,
