@@ -70,11 +70,23 @@ impl super::Wide for SoftmaxRow<'_> {
             return;
         }
         let m = max_f32(src);
-        block
-            .iter_mut()
-            .zip(src)
-            .for_each(|(o, &v)| *o = exp_f32(v - m));
-        let sum = sum_f32(block);
+        // e^(v - m) written and summed in one pass, in LANES interleaved partial sums.
+        const LANES: usize = 32;
+        let mut acc = [0.0f32; LANES];
+        let mut outs = block.chunks_exact_mut(LANES);
+        let mut ins = src.chunks_exact(LANES);
+        for (o, s) in (&mut outs).zip(&mut ins) {
+            for ((o, &v), a) in o.iter_mut().zip(s).zip(&mut acc) {
+                *o = exp_f32(v - m);
+                *a += *o;
+            }
+        }
+        let mut tail = 0.0;
+        for (o, &v) in outs.into_remainder().iter_mut().zip(ins.remainder()) {
+            *o = exp_f32(v - m);
+            tail += *o;
+        }
+        let sum = acc.iter().sum::<f32>() + tail;
         if log {
             let log_sum = sum.ln();
             block
@@ -82,7 +94,8 @@ impl super::Wide for SoftmaxRow<'_> {
                 .zip(src)
                 .for_each(|(o, &v)| *o = (v - m) - log_sum);
         } else {
-            block.iter_mut().for_each(|o| *o /= sum);
+            let inv = 1.0 / sum;
+            block.iter_mut().for_each(|o| *o *= inv);
         }
     }
 }
