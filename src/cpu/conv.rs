@@ -62,6 +62,17 @@ fn transposed(g: &Window) -> Option<Window> {
     })
 }
 
+/// Deterministic values in [-1, 1), for the convolution kernels' tests.
+#[cfg(test)]
+pub(super) fn test_values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n as u32)
+        .map(|i| {
+            let h = (i ^ seed).wrapping_mul(2_654_435_761).rotate_left(13);
+            (h % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
 /// `act` on a finished output plane, in the widest vectors the CPU has (`cpu::widest`: the
 /// transcendental activations' polynomials run 16 lanes at a time on AVX-512).
 pub(super) fn activate(act: Option<UnaryOp>, plane: &mut [f32]) {
@@ -105,6 +116,15 @@ pub(super) fn valid_columns(
     (lo.min(ow), hi.min(ow).max(lo.min(ow)))
 }
 
+/// Per kernel column `kx`, the output columns whose tap lies inside the input
+/// ([`valid_columns`] at `g`'s stride, dilation and padding across).
+pub(super) fn column_spans(g: &Window) -> Vec<(usize, usize)> {
+    let o = &g.opts;
+    (0..g.kw)
+        .map(|kx| valid_columns(g.ow, g.w, o.stride.1, kx, o.dilation.1, o.padding.1))
+        .collect()
+}
+
 /// One output plane per task; each kernel tap is an AXPY over the valid span of every output
 /// row (contiguous reads when the stride is 1), so the loops vectorise. Every output still sums
 /// bias, then channels, then taps in the same order as a loop per output would. The padding's
@@ -126,9 +146,7 @@ pub(super) fn conv2d_direct(
     let (dh, dw) = g.opts.dilation;
     let cig = g.c_in_group();
     let cog = g.c_out / g.opts.groups;
-    let cols: Vec<(usize, usize)> = (0..g.kw)
-        .map(|kx| valid_columns(g.ow, g.w, sw, kx, dw, pw))
-        .collect();
+    let cols = column_spans(g);
     let work = plane * cig * g.kh * g.kw;
     par_chunks_mut(&mut out, plane, work, &|bc, y| {
         let (b, co) = (bc / g.c_out, bc % g.c_out);

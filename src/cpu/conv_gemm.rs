@@ -115,26 +115,19 @@ fn columns<'a>(x: &'a [f32], g: &Window, b: usize, grp: usize, cols: &'a mut [f3
 /// the span of columns whose tap lands inside the input is one copy (strided when the stride
 /// is), the rest zeros.
 fn im2col(x: &[f32], g: &Window, b: usize, grp: usize, cols: &mut [f32]) {
-    let (cig, plane) = (g.c_in_group(), g.oh * g.ow);
-    let (sh, sw) = g.opts.stride;
-    let (ph, pw) = g.opts.padding;
-    let (dh, dw) = g.opts.dilation;
-    let spans: Vec<(usize, usize)> = (0..g.kw)
-        .map(|kx| super::conv::valid_columns(g.ow, g.w, sw, kx, dw, pw))
-        .collect();
+    let (cig, plane, sw) = (g.c_in_group(), g.oh * g.ow, g.opts.stride.1);
+    let spans = super::conv::column_spans(g);
     par_chunks_mut(cols, plane, plane, &|t, row| {
         let (cl, ky, kx) = tap(g, t);
         let xp = (b * g.c_in + grp * cig + cl) * g.h * g.w;
-        let (lo, hi) = spans[kx];
         for (oy, dst) in row.chunks_exact_mut(g.ow).enumerate() {
-            let iy = (oy * sh + ky * dh).checked_sub(ph).filter(|&iy| iy < g.h);
-            let Some(iy) = iy.filter(|_| lo < hi) else {
+            let Some((start, lo, hi)) = tap_run(g, &spans, ky, kx, oy) else {
                 dst.fill(0.0);
                 continue;
             };
             dst[..lo].fill(0.0);
             dst[hi..].fill(0.0);
-            let start = xp + iy * g.w + lo * sw + kx * dw - pw;
+            let start = xp + start;
             if sw == 1 {
                 dst[lo..hi].copy_from_slice(&x[start..start + hi - lo]);
             } else {
@@ -147,6 +140,27 @@ fn im2col(x: &[f32], g: &Window, b: usize, grp: usize, cols: &mut [f32]) {
     });
 }
 
+/// Where tap (`ky`, `kx`) of output row `oy` reads an input plane: the output columns
+/// `lo..hi` whose tap lands inside it (`spans`: [`super::conv::column_spans`]), from plane
+/// offset `start` on at the column stride; `None` when the row's tap lies in the padding or no
+/// column's does.
+fn tap_run(
+    g: &Window,
+    spans: &[(usize, usize)],
+    ky: usize,
+    kx: usize,
+    oy: usize,
+) -> Option<(usize, usize, usize)> {
+    let (lo, hi) = spans[kx];
+    let (sh, sw) = g.opts.stride;
+    let (dh, dw) = g.opts.dilation;
+    let (ph, pw) = g.opts.padding;
+    let iy = (oy * sh + ky * dh)
+        .checked_sub(ph)
+        .filter(|&iy| iy < g.h && lo < hi)?;
+    Some((iy * g.w + lo * sw + kx * dw - pw, lo, hi))
+}
+
 /// Adds the column matrix `cols` of image `b`, group `grp` back onto the input gradient `dx`
 /// (the transpose of [`im2col`]); parallel over the group's channels, which own disjoint
 /// planes of `dx`. Per tap and output row, the columns whose tap lands inside the input are
@@ -154,12 +168,8 @@ fn im2col(x: &[f32], g: &Window, b: usize, grp: usize, cols: &mut [f32]) {
 /// over taps, rows and columns.
 fn col2im(cols: &[f32], g: &Window, b: usize, grp: usize, dx: &mut [f32]) {
     let (cig, plane, taps) = (g.c_in_group(), g.oh * g.ow, g.kh * g.kw);
-    let (sh, sw) = g.opts.stride;
-    let (ph, pw) = g.opts.padding;
-    let (dh, dw) = g.opts.dilation;
-    let spans: Vec<(usize, usize)> = (0..g.kw)
-        .map(|kx| super::conv::valid_columns(g.ow, g.w, sw, kx, dw, pw))
-        .collect();
+    let sw = g.opts.stride.1;
+    let spans = super::conv::column_spans(g);
     let first = (b * g.c_in + grp * cig) * g.h * g.w;
     let work = taps * plane;
     par_chunks_mut(
@@ -169,18 +179,12 @@ fn col2im(cols: &[f32], g: &Window, b: usize, grp: usize, dx: &mut [f32]) {
         &|cl, plane_dx| {
             for t in cl * taps..(cl + 1) * taps {
                 let (_, ky, kx) = tap(g, t);
-                let (lo, hi) = spans[kx];
-                if lo >= hi {
-                    continue;
-                }
                 let row = &cols[t * plane..(t + 1) * plane];
                 for oy in 0..g.oh {
-                    let Some(iy) = (oy * sh + ky * dh).checked_sub(ph).filter(|&iy| iy < g.h)
-                    else {
+                    let Some((start, lo, hi)) = tap_run(g, &spans, ky, kx, oy) else {
                         continue;
                     };
                     let src = &row[oy * g.ow + lo..oy * g.ow + hi];
-                    let start = iy * g.w + lo * sw + kx * dw - pw;
                     if sw == 1 {
                         let dst = &mut plane_dx[start..start + (hi - lo)];
                         dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v);
@@ -374,15 +378,7 @@ mod tests {
     use super::*;
     use crate::conv::Conv2dOptions;
 
-    /// Deterministic values in [-1, 1).
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n as u32)
-            .map(|i| {
-                let h = (i ^ seed).wrapping_mul(2_654_435_761).rotate_left(13);
-                (h % 2000) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use super::super::conv::test_values as values;
 
     fn close(what: &str, a: &[f32], b: &[f32]) {
         assert_eq!(a.len(), b.len(), "{what}: lengths");

@@ -96,7 +96,7 @@ pub(crate) fn applies(g: &Window) -> bool {
         && g.c_out <= MAX_OUT
         && o.stride.0 <= 2
         && o.stride.1 <= 2
-        && g.oh * Phases::new(g).pitch >= MIN_SPAN
+        && g.oh * Phases::pitch_of(g) >= MIN_SPAN
 }
 
 /// The convolution (`applies(g)`), then `act`: per image, the phases of every input channel
@@ -379,15 +379,7 @@ mod tests {
     use super::*;
     use crate::conv::Conv2dOptions;
 
-    /// Deterministic values in [-1, 1).
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n as u32)
-            .map(|i| {
-                let h = (i ^ seed).wrapping_mul(2_654_435_761).rotate_left(13);
-                (h % 2000) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use super::super::conv::test_values as values;
 
     /// Every tile kernel this CPU has gives the direct loop's results (to rounding: the
     /// sums run in another order, with fused multiply-adds) over strides 1 and 2, padding,

@@ -27,7 +27,7 @@ impl Phases {
     pub fn new(g: &Window) -> Phases {
         let (sh, sw) = g.opts.stride;
         let (dh, dw) = g.opts.dilation;
-        let pitch = ((g.kw - 1) * dw / sw) + g.ow;
+        let pitch = Phases::pitch_of(g);
         let rows = ((g.kh - 1) * dh / sh) + g.oh + 1;
         let phase_len = rows * pitch;
         let offsets = (0..g.kh * g.kw)
@@ -44,6 +44,11 @@ impl Phases {
             phase_len,
             offsets,
         }
+    }
+
+    /// [`Phases::pitch`] of `g`'s layout, without building it.
+    pub fn pitch_of(g: &Window) -> usize {
+        ((g.kw - 1) * g.opts.dilation.1 / g.opts.stride.1) + g.ow
     }
 
     /// Values the phases of one input plane take (`sh·sw` phase planes).
